@@ -1,0 +1,3 @@
+from sipmask.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Command line: parse arguments, load the config, hand over to the module that does the work.
+
+Exit status (CONTRACT.md): 0 done, 1 refused (stderr names the field), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sipmask import __version__
+from sipmask.config import loader
+from sipmask.config.schema import Config
+from sipmask.errors import ConfigError
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+# Subcommand → "module:function". Imported only when run, so `sipmask show` never pays for
+# the SIP stack and `sipmask serve` never imports the CSV importer.
+HANDLERS: dict[str, str] = {
+    "serve": "sipmask.server:run",
+    "check-config": "sipmask.cli:check_config",
+    "bind": "sipmask.admin:bind",
+    "show": "sipmask.admin:show",
+    "unbind": "sipmask.admin:unbind",
+    "list": "sipmask.admin:list_bindings",
+    "pool": "sipmask.admin:pool",
+    "import": "sipmask.admin:import_file",
+    "audit": "sipmask.admin:audit",
+    "cdr": "sipmask.cdr.commands:run",
+}
+
+
+def _common(sub: bool) -> argparse.ArgumentParser:
+    # On subcommands the defaults are suppressed, so `sipmask -c F show ID` and
+    # `sipmask show ID -c F` both work and neither clobbers the other.
+    p = argparse.ArgumentParser(add_help=False)
+    default: Any = argparse.SUPPRESS if sub else None
+    p.add_argument("-c", "--config", metavar="FILE", default=default,
+                   help="config file (default: $SIPMASK_CONFIG, configs/sipmask.yaml, "
+                        "or the embedded default)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   default=argparse.SUPPRESS if sub else [],
+                   help="override a config key, value parsed as YAML "
+                        "(e.g. --set store.path=/tmp/s.lmdb); repeatable")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(sub=True)
+    parser = argparse.ArgumentParser(
+        prog="sipmask", parents=[_common(sub=False)],
+        description="Number-protection SIP B2BUA for 700 privacy numbers.")
+    parser.add_argument("--version", action="version", version=f"sipmask {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    subs.add_parser("serve", parents=[common],
+                    help="run the B2BUA in the foreground (SIGTERM drains)")
+    subs.add_parser("check-config", parents=[common],
+                    help="validate the config; name any bad key")
+
+    bind = subs.add_parser("bind", parents=[common], help="create a binding, print it as JSON")
+    modes = bind.add_subparsers(dest="mode", metavar="MODE", required=True)
+    for mode, text in (("axb", "A and B reach each other through X"),
+                       ("axn", "anyone calling X reaches A")):
+        m = modes.add_parser(mode, parents=[common], help=text)
+        m.add_argument("--a", required=True, help="real number A")
+        if mode == "axb":
+            m.add_argument("--b", required=True, help="real number B")
+        m.add_argument("--x", help="the 700 number (default: allocated from the tenant's pool)")
+        m.add_argument("--ttl", type=int, default=7200,
+                       help="seconds until the binding expires; 0: never (default 7200)")
+        m.add_argument("--tenant", help="tenant (default: the only one configured)")
+
+    show = subs.add_parser("show", parents=[common], help="print one binding as JSON")
+    show.add_argument("id")
+    unbind = subs.add_parser("unbind", parents=[common], help="delete a binding")
+    unbind.add_argument("id")
+    unbind.add_argument("--tenant", help="only if it belongs to this tenant")
+    lst = subs.add_parser("list", parents=[common], help="list bindings as JSON lines")
+    lst.add_argument("--x", help="only bindings on this X")
+    lst.add_argument("--tenant", help="only this tenant's bindings")
+    lst.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+
+    pool = subs.add_parser("pool", parents=[common], help="manage a tenant's X ranges")
+    pool_ops = pool.add_subparsers(dest="op", metavar="OP", required=True)
+    for op, text in (("add", "add a range of X numbers to a tenant"),
+                     ("remove", "remove a range (refused while bindings use it)")):
+        p = pool_ops.add_parser(op, parents=[common], help=text)
+        p.add_argument("range", help="FIRST-LAST, e.g. 700100000000000-700100000009999")
+        p.add_argument("--tenant", help="tenant (default: the only one configured)")
+    p = pool_ops.add_parser("list", parents=[common], help="list ranges with use counts")
+    p.add_argument("--tenant", help="only this tenant")
+
+    imp = subs.add_parser("import", parents=[common],
+                          help="bulk-create bindings from JSON lines or CSV")
+    imp.add_argument("file", help="path, or - for standard input")
+    imp.add_argument("--format", choices=["jsonl", "csv"],
+                     help="default: from the file name (.csv is CSV, else JSON lines)")
+    imp.add_argument("--tenant", help="tenant for lines without one")
+    imp.add_argument("--rejects", metavar="FILE", help="write rejected lines with reasons here")
+
+    audit = subs.add_parser("audit", parents=[common], help="show the audit log (numbers masked)")
+    audit.add_argument("--since", help="ISO time or Unix seconds")
+    audit.add_argument("--tenant", help="only this tenant")
+    audit.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
+    cdr = subs.add_parser("cdr", parents=[common], help="call detail records")
+    cdr_ops = cdr.add_subparsers(dest="op", metavar="OP", required=True)
+    for op in ("list", "export"):
+        c = cdr_ops.add_parser(op, parents=[common],
+                               help="print records" if op == "list" else "export records")
+        c.add_argument("--format", choices=["json", "csv"], default="json")
+        c.add_argument("--since", help="ISO time or Unix seconds")
+        c.add_argument("--tenant", help="only this tenant")
+        c.add_argument("--limit", type=int, default=None if op == "export" else 100)
+    return parser
+
+
+def check_config(args: argparse.Namespace, config: Config) -> int:
+    source = loader.resolve_source(args.config)
+    print(f"{source or loader.EMBEDDED}: ok")
+    return EXIT_OK
+
+
+def resolve(command: str) -> Handler:
+    module_name, _, func = HANDLERS[command].partition(":")
+    handler: Handler = getattr(importlib.import_module(module_name), func)
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = loader.load(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"sipmask: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return resolve(args.command)(args, config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

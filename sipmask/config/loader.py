@@ -1,0 +1,207 @@
+"""Load YAML into the typed Config. Every error names the file, the key path and the value.
+
+Where the config comes from, first match wins: `-c FILE`, `$SIPMASK_CONFIG`,
+`configs/sipmask.yaml` in the working directory, the default embedded in the package.
+`--set dotted.key=value` overrides are applied on top; the value is parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from sipmask.config.schema import Config
+from sipmask.errors import ConfigError
+
+EMBEDDED = "<embedded default>"
+DEFAULT_PATH = Path("configs/sipmask.yaml")
+
+
+def default_text() -> str:
+    """The embedded default config (same content as configs/sipmask.yaml)."""
+    return resources.files("sipmask.config").joinpath("default.yaml").read_text("utf-8")
+
+
+def resolve_source(path: str | os.PathLike[str] | None) -> Path | None:
+    """Which file to read; None means the embedded default."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("SIPMASK_CONFIG")
+    if env:
+        return Path(env)
+    if DEFAULT_PATH.is_file():
+        return DEFAULT_PATH
+    return None
+
+
+def load(path: str | os.PathLike[str] | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read, override and type-check a config. Raises ConfigError."""
+    source = resolve_source(path)
+    if source is None:
+        name, text = EMBEDDED, default_text()
+    else:
+        name = str(source)
+        try:
+            text = source.read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(name, "", f"cannot read the file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(name, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, "", "the top level must be a mapping of sections")
+    for item in overrides:
+        apply_override(data, item)
+    return from_data(data, name)
+
+
+def loads(text: str, overrides: typing.Sequence[str] = (), name: str = "<string>") -> Config:
+    data = yaml.safe_load(text) or {}
+    for item in overrides:
+        apply_override(data, item)
+    return from_data(data, name)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one `dotted.key=value` to raw config data (value parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", item, "expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError("--set", key, "value is not valid YAML", raw) from None
+    node = data
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError("--set", ".".join(parts[: i + 1]), "is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_data(data: dict[str, Any], source: str) -> Config:
+    config = _build(Config, data, source, "")
+    assert isinstance(config, Config)
+    _check_whole(config, source)
+    return config
+
+
+def _build(tp: Any, value: Any, source: str, path: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors: list[ConfigError] = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _build(option, value, source, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(source, path, f"must be one of {', '.join(map(str, allowed))}", value)
+        return value
+    if origin is tuple:
+        (item_type, _) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(source, path, "must be a list", value)
+        return tuple(_build(item_type, v, source, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        _, item_type = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(source, path, "must be a mapping", value)
+        return {str(k): _build(item_type, v, source, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if hasattr(tp, "parse"):
+            if not isinstance(value, str | int):
+                raise ConfigError(source, path, "must be a string", value)
+            try:
+                return tp.parse(str(value))
+            except ValueError as exc:
+                raise ConfigError(source, path, str(exc), value) from None
+        if not isinstance(value, dict):
+            raise ConfigError(source, path, "must be a mapping", value)
+        hints = get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                raise ConfigError(source, _join(path, str(key)), f"unknown key (known: {known})")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _build(hints[name], value[name], source, _join(path, name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(source, _join(path, name), "is required")
+        return tp(**kwargs)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, path, "must be true or false", value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, path, "must be an integer", value)
+        if value < 0:
+            raise ConfigError(source, path, "must not be negative", value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(source, path, "must be a number", value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(source, path, "must be a non-empty string", value)
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(source, path, "must be a path", value)
+        return Path(value)
+    raise ConfigError(source, path, f"unsupported type {tp!r}")  # a schema bug, not user error
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_whole(config: Config, source: str) -> None:
+    """Rules that span keys: no X range serves two tenants, tokens unique, a trunk exists."""
+    if not config.trunks:
+        raise ConfigError(source, "trunks", "at least one trunk is needed")
+    seen_tokens: dict[str, str] = {}
+    ranges: list[tuple[int, int, str]] = []
+    for name, tenant in config.tenants.items():
+        if tenant.token in seen_tokens:
+            raise ConfigError(source, f"tenants.{name}.token",
+                              f"same token as tenant {seen_tokens[tenant.token]}")
+        seen_tokens[tenant.token] = name
+        for i, pool in enumerate(tenant.pools):
+            lo, hi = int(pool.first), int(pool.last)
+            for olo, ohi, other in ranges:
+                if lo <= ohi and olo <= hi:
+                    raise ConfigError(source, f"tenants.{name}.pools[{i}]",
+                                      f"overlaps a pool of tenant {other} (no re-leasing)",
+                                      str(pool))
+            ranges.append((lo, hi, name))
+    if config.events.webhook.url and not config.events.webhook.secret:
+        raise ConfigError(source, "events.webhook.secret", "is required when a webhook url is set")

@@ -1,0 +1,238 @@
+"""The typed configuration. Every key users may write is a field here, with its default.
+
+Scalar types that need parsing (`udp://host:port`, `30000-39999`, CIDR blocks, X ranges)
+are small frozen classes with a `parse(str)` classmethod; the loader calls it and turns a
+ValueError into a ConfigError naming the key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sipmask import numbers
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """`udp://127.0.0.1:5060`, `tcp://[::1]:5060`."""
+
+    transport: Literal["udp", "tcp"]
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in ("udp", "tcp"):
+            raise ValueError("expected udp://HOST:PORT or tcp://HOST:PORT")
+        host, port = _split_host_port(rest)
+        return cls(scheme.lower(), host, port)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """`127.0.0.1:8080`."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        host, port = _split_host_port(text)
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """`30000-39999`, inclusive. RTP wants even ports; the allocator takes pairs from it."""
+
+    first: int
+    last: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        lo, sep, hi = str(text).partition("-")
+        if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+            raise ValueError("expected FIRST-LAST, e.g. 30000-39999")
+        first, last = int(lo), int(hi)
+        if not (1024 <= first < last <= 65535):
+            raise ValueError("ports must satisfy 1024 <= first < last <= 65535")
+        if last - first < 3:
+            raise ValueError("the range must hold at least two RTP/RTCP pairs")
+        return cls(first, last)
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A CIDR block such as `127.0.0.0/8` or a single address."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    @classmethod
+    def parse(cls, text: str) -> Network:
+        try:
+            return cls(ipaddress.ip_network(str(text), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not an address or CIDR block: {exc}") from None
+
+    def __contains__(self, host: str) -> bool:
+        try:
+            return ipaddress.ip_address(host) in self.network
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        return str(self.network)
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """An inclusive range of X numbers: `700100000000000-700100000009999`."""
+
+    first: str
+    last: str
+
+    @classmethod
+    def parse(cls, text: str) -> NumberRange:
+        lo, sep, hi = str(text).partition("-")
+        if not sep:
+            lo = hi = str(text)
+        lo, hi = lo.strip(), hi.strip()
+        for end in (lo, hi):
+            if not numbers.is_x(end):
+                raise ValueError("pool ends must be 15-digit numbers starting with 700")
+        if int(lo) > int(hi):
+            raise ValueError("pool range runs backwards")
+        return cls(lo, hi)
+
+    def __len__(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def __contains__(self, x: str) -> bool:
+        return len(x) == numbers.X_LENGTH and self.first <= x <= self.last
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError("expected [IPv6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected HOST:PORT")
+    if not host:
+        raise ValueError("host is empty")
+    if not port_text.isdigit() or not (0 < int(port_text) < 65536):
+        raise ValueError("port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    """RFC 3261 §17.1.1.1 timer bases, in milliseconds."""
+
+    t1_ms: int = 500
+    t2_ms: int = 4000
+    t4_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    listen: tuple[Endpoint, ...] = (
+        Endpoint("udp", "127.0.0.1", 5060),
+        Endpoint("tcp", "127.0.0.1", 5060),
+    )
+    advertise: str = "127.0.0.1"
+    max_message_bytes: int = 65535
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    ring_timeout_s: int = 60
+    send_pai: bool = False
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    outbound: Endpoint = Endpoint("udp", "127.0.0.1", 5090)
+    inbound_allow: tuple[Network, ...] = (Network.parse("127.0.0.0/8"),)
+    trust_pai: bool = False
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path = Path("var/sipmask.lmdb")
+    map_size_mb: int = 64
+    sweep_interval_s: int = 5
+
+
+@dataclass(frozen=True)
+class RtpengineConfig:
+    ng: HostPort = HostPort("127.0.0.1", 2223)
+    timeout_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    backend: Literal["relay", "rtpengine"] = "relay"
+    address: str = "127.0.0.1"
+    ports: PortRange = PortRange(30000, 39999)
+    timeout_s: int = 60
+    rtpengine: RtpengineConfig = field(default_factory=RtpengineConfig)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: HostPort | None = HostPort("127.0.0.1", 8080)
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    token: str
+    pools: tuple[NumberRange, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    mask_numbers: bool = True
+    format: Literal["console", "json"] = "console"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    sip: SipConfig = field(default_factory=SipConfig)
+    trunks: dict[str, TrunkConfig] = field(default_factory=lambda: {"carrier": TrunkConfig()})
+    store: StoreConfig = field(default_factory=StoreConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    log: LogConfig = field(default_factory=LogConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)

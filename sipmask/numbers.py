@@ -1,0 +1,105 @@
+"""Phone numbers: one normaliser for everything that enters, one masker for everything logged.
+
+National format is the canonical form inside sipmask: mobiles `1[3-9]` + 9 digits, fixed
+lines `0` + area code + subscriber (10–12 digits), X numbers `700` + 12 digits. Whatever the
+trunk or the API sends (`+86 138-0000-0001`, `0086…`, `86…`, `tel:+86…`, a SIP user with
+`;user=phone` parameters) is brought to that form before any lookup or write.
+"""
+
+from __future__ import annotations
+
+import re
+
+X_LENGTH = 15
+X_PREFIX = "700"
+
+_SEPARATORS = re.compile(r"[\s\-.()\u00a0]")
+_MOBILE = re.compile(r"1[3-9]\d{9}")
+_FIXED = re.compile(r"0[1-9]\d{8,10}")
+_X = re.compile(r"700\d{12}")
+_DIGITS = re.compile(r"\d+")
+
+# A real number inside free text: mobile or fixed line, optionally with a country prefix,
+# and not part of a longer digit run (so X numbers, ports and timestamps stay intact).
+_REAL_IN_TEXT = re.compile(r"(?<![\d])(?:\+?86|0086)?(1[3-9]\d{9}|0[1-9]\d{8,10})(?![\d])")
+
+
+class NumberError(ValueError):
+    """Not a phone number we can use. str() says why, without echoing the whole number."""
+
+
+def normalise(raw: str) -> str:
+    """Bring a dialled or presented number to national format, or raise NumberError.
+
+    Accepts `tel:` URIs (parameters after `;` are dropped), `+86`/`0086`/`86` prefixes and
+    visual separators. A number without a country prefix is taken as national already.
+    """
+    text = raw.strip()
+    if text.lower().startswith("tel:"):
+        text = text[4:]
+    text = text.split(";", 1)[0]
+    text = _SEPARATORS.sub("", text)
+    if not text:
+        raise NumberError("empty number")
+    international = False
+    if text.startswith("+"):
+        text = text[1:]
+        if not text.startswith("86"):
+            raise NumberError("only +86 numbers are served")
+        text = text[2:]
+        international = True
+    elif text.startswith("0086"):
+        text = text[4:]
+        international = True
+    elif text.startswith("86") and (
+        _MOBILE.fullmatch(text[2:]) or _X.fullmatch(text[2:])
+    ):
+        # Bare `86` is ambiguous with national numbers; strip it only when what is left is
+        # unmistakably a mobile or an X number.
+        text = text[2:]
+    if not _DIGITS.fullmatch(text):
+        raise NumberError("a number may hold only digits after its prefix")
+    if international and not (text.startswith("1") or text.startswith(X_PREFIX)):
+        # E.164 drops the national trunk prefix of fixed lines: +86 10 … is 010 …
+        text = "0" + text
+    return text
+
+
+def is_x(number: str) -> bool:
+    """A 700 privacy number: `700` + 12 digits."""
+    return _X.fullmatch(number) is not None
+
+
+def is_real(number: str) -> bool:
+    """A number a person can have: a mobile or a fixed line, in national format."""
+    return _MOBILE.fullmatch(number) is not None or _FIXED.fullmatch(number) is not None
+
+
+def normalise_real(raw: str) -> str:
+    """Normalise and insist on a real (non-X) number."""
+    number = normalise(raw)
+    if not is_real(number):
+        if is_x(number):
+            raise NumberError("a 700 number cannot be a real party")
+        raise NumberError("not a valid mobile or fixed-line number")
+    return number
+
+
+def normalise_x(raw: str) -> str:
+    """Normalise and insist on a 15-digit 700 number."""
+    number = normalise(raw)
+    if not is_x(number):
+        raise NumberError("X must be a 15-digit number starting with 700")
+    return number
+
+
+def mask(number: str) -> str:
+    """`13800000001` → `138****0001`. Short strings are masked whole."""
+    if len(number) <= 7:
+        return "*" * len(number)
+    return f"{number[:3]}****{number[-4:]}"
+
+
+def mask_text(text: str) -> str:
+    """Mask every real-number-shaped run inside free text; X numbers stay readable."""
+    return _REAL_IN_TEXT.sub(lambda m: mask(m.group(1)), text)

@@ -1,0 +1,69 @@
+"""structlog set-up. The number-masking processor runs before any renderer, so no real
+number reaches a log line unless `log.mask_numbers: false` says so."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from sipmask.config.schema import LogConfig
+from sipmask.numbers import mask_text
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        text = str(value)
+        masked = mask_text(text)
+        return value if masked == text else masked
+    if isinstance(value, dict):
+        return {k: _mask_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_mask_value(v) for v in value]
+    if isinstance(value, bytes):
+        return mask_text(value.decode("utf-8", "replace"))
+    # Anything else is rendered via str(); mask that text so reprs cannot leak either.
+    return mask_text(str(value))
+
+
+def mask_numbers(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+                 ) -> MutableMapping[str, Any]:
+    """structlog processor: mask every real-number-shaped value, keys stay as they are."""
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _mask_value(value)
+    return event_dict
+
+
+def setup(config: LogConfig, stream: TextIO | None = None) -> None:
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    if config.mask_numbers:
+        processors.append(mask_numbers)
+    if config.format == "json":
+        processors.append(structlog.processors.JSONRenderer())
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[config.level]),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str, **bound: Any) -> Any:
+    return structlog.get_logger(name).bind(**bound)
