@@ -1,0 +1,114 @@
+"""The config loader: defaults, overrides, and errors that name file, key path and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipmask.config import loader
+from sipmask.config.schema import Config, Endpoint, NumberRange, PortRange
+from sipmask.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_is_the_embedded_default() -> None:
+    assert (ROOT / "configs/sipmask.yaml").read_text() == loader.default_text()
+
+
+def test_default_config_has_every_contract_key() -> None:
+    config = loader.loads(loader.default_text())
+    assert config.sip.listen == (Endpoint("udp", "127.0.0.1", 5060),
+                                 Endpoint("tcp", "127.0.0.1", 5060))
+    assert config.sip.advertise == "127.0.0.1"
+    assert config.trunks["carrier"].outbound == Endpoint("udp", "127.0.0.1", 5090)
+    assert "10.0.0.1" not in config.trunks["carrier"].inbound_allow[0]
+    assert "127.0.0.2" in config.trunks["carrier"].inbound_allow[0]
+    assert config.store.path == Path("var/sipmask.lmdb")
+    assert config.media.backend == "relay"
+    assert config.media.ports == PortRange(30000, 39999)
+    assert str(config.api.listen) == "127.0.0.1:8080"
+    assert config.tenants["demo"].token == "demo-token"
+    assert config.tenants["demo"].pools == (NumberRange("700100000000000", "700100000009999"),)
+    assert config.log.mask_numbers is True
+    assert config.events.webhook.url is None
+
+
+def test_embedded_default_used_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SIPMASK_CONFIG", raising=False)
+    assert loader.resolve_source(None) is None
+    assert loader.load(None) == loader.loads(loader.default_text())
+
+
+def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("sip: {advertise: 192.0.2.7}\n")
+    monkeypatch.setenv("SIPMASK_CONFIG", str(f))
+    assert loader.load(None).sip.advertise == "192.0.2.7"
+
+
+def test_set_overrides_parse_yaml_values() -> None:
+    config = loader.loads("", ["store.path=/tmp/s.lmdb", "sip.timers.t1_ms=250",
+                               "api.listen=null", "log.mask_numbers=false",
+                               "sip.listen=['udp://[::1]:5070']"])
+    assert config.store.path == Path("/tmp/s.lmdb")
+    assert config.sip.timers.t1_ms == 250
+    assert config.api.listen is None
+    assert config.log.mask_numbers is False
+    assert config.sip.listen == (Endpoint("udp", "::1", 5070),)
+    assert str(config.sip.listen[0]) == "udp://[::1]:5070"
+
+
+def test_missing_sections_take_defaults() -> None:
+    assert loader.loads("") == Config()
+
+
+@pytest.mark.parametrize(("text", "path", "words"), [
+    ("sip: {listen: [http://x:1]}", "sip.listen[0]", "udp://"),
+    ("sip: {listen: udp://x:1}", "sip.listen", "must be a list"),
+    ("sip: {advertize: x}", "sip.advertize", "unknown key"),
+    ("media: {ports: 40000-30000}", "media.ports", "1024 <= first < last"),
+    ("media: {backend: kamailio}", "media.backend", "one of relay, rtpengine"),
+    ("log: {mask_numbers: maybe}", "log.mask_numbers", "true or false"),
+    ("sip: {timers: {t1_ms: -5}}", "sip.timers.t1_ms", "negative"),
+    ("tenants: {t: {pools: [1-2]}}", "tenants.t.token", "required"),
+    ("tenants: {t: {token: a, pools: [800100000000000-800100000000001]}}",
+     "tenants.t.pools[0]", "700"),
+    ("trunks: {c: {inbound_allow: [300.1.1.1/8]}}", "trunks.c.inbound_allow[0]", "CIDR"),
+    ("tenants: {a: {token: t, pools: [700100000000000-700100000000099]},"
+     " b: {token: u, pools: [700100000000050-700100000000060]}}",
+     "tenants.b.pools[0]", "re-leasing"),
+    ("tenants: {a: {token: t}, b: {token: t}}", "tenants.b.token", "same token"),
+    ("events: {webhook: {url: 'http://127.0.0.1:9/x'}}", "events.webhook.secret", "required"),
+    ("trunks: {}", "trunks", "at least one trunk"),
+])
+def test_errors_name_key_path(text: str, path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        loader.loads(text, name="f.yaml")
+    assert err.value.path == path
+    assert words in str(err.value)
+    assert str(err.value).startswith(f"f.yaml: {path}: ")
+
+
+def test_error_names_file_and_bad_yaml_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("sip:\n  listen: [udp://127.0.0.1:5060\nlog: {}\n")
+    with pytest.raises(ConfigError) as err:
+        loader.load(f)
+    assert str(f) in str(err.value)
+    assert "line" in str(err.value)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        loader.load(tmp_path / "absent.yaml")
+
+
+def test_bad_override_names_it() -> None:
+    with pytest.raises(ConfigError, match="--set: nokey: expected dotted.key=value"):
+        loader.loads("", ["nokey"])
+    with pytest.raises(ConfigError, match="--set: sip.advertise: is not a section"):
+        loader.loads("", ["sip.advertise=a", "sip.advertise.x.y=1"])
