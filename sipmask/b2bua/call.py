@@ -1,0 +1,225 @@
+"""The two-leg call as a state machine written down as data (h11 style).
+
+Leg A is the caller's side (the trunk that sent the INVITE for X), leg B the callee's (the
+new leg sipmask places). `TRANSITIONS` says, for each (state, event), the next state and the
+actions the engine must carry out, in order. An event a state does not list raises
+CallStateError: nothing falls through an if chain. The module is pure: no I/O, no clock;
+times come in with the events, and the call's record (CDR fields) is kept here so that the
+record is always consistent with the state that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from sipmask.errors import CallStateError
+
+
+class CallState(Enum):
+    ROUTING = "routing"          # INVITE from A accepted; media and leg B being prepared
+    CALLING = "calling"          # INVITE sent on leg B, nothing back yet
+    EARLY = "early"              # B sent a provisional; relayed to A
+    ANSWERED = "answered"        # B answered 2xx, relayed to A; waiting for A's ACK
+    CONFIRMED = "confirmed"      # A acknowledged: both legs up
+    CANCELLING = "cancelling"    # A cancelled or ring timeout: CANCEL sent on leg B
+    ENDING = "ending"            # BYE sent on one or both legs, waiting for the answers
+    ENDED = "ended"
+
+
+class CallEvent(Enum):
+    LEG_B_SENT = "leg_b_sent"            # engine placed the INVITE on leg B
+    SETUP_FAILED = "setup_failed"        # media or leg B could not be set up (503 to A)
+    B_PROVISIONAL = "b_provisional"      # 18x from B
+    B_ANSWER = "b_answer"                # 2xx from B
+    B_FAILURE = "b_failure"              # 3xx-6xx from B
+    B_TIMEOUT = "b_timeout"              # Timer B on leg B, or a transport error
+    A_CANCEL = "a_cancel"                # CANCEL from A matched the INVITE
+    RING_TIMEOUT = "ring_timeout"        # sip.ring_timeout_s passed without an answer
+    A_ACK = "a_ack"                      # ACK from A for our 2xx
+    A_ACK_TIMEOUT = "a_ack_timeout"      # our 2xx to A was never acknowledged (§13.3.1.4)
+    A_BYE = "a_bye"
+    B_BYE = "b_bye"
+    A_REQUEST = "a_request"              # in-dialog request from A (re-INVITE, UPDATE, INFO…)
+    B_REQUEST = "b_request"              # in-dialog request from B
+    MEDIA_TIMEOUT = "media_timeout"      # no RTP for media.timeout_s
+    MAX_DURATION = "max_duration"        # the binding's call length limit
+    SHUTDOWN = "shutdown"                # drain timeout on SIGTERM
+    BYES_DONE = "byes_done"              # every BYE we sent got an answer or timed out
+
+
+class Action(Enum):
+    SEND_B_INVITE = "send_b_invite"
+    RELAY_PROVISIONAL_TO_A = "relay_provisional_to_a"
+    RELAY_ANSWER_TO_A = "relay_answer_to_a"
+    RELAY_FAILURE_TO_A = "relay_failure_to_a"
+    ANSWER_A_487 = "answer_a_487"          # Request Terminated for A's INVITE (§9.2)
+    ANSWER_A_408 = "answer_a_408"          # leg B timed out / never answered
+    ANSWER_A_503 = "answer_a_503"          # we could not set the call up
+    ACK_B = "ack_b"                        # ACK B's 2xx (§13.2.2.4)
+    CANCEL_B = "cancel_b"
+    BYE_A = "bye_a"
+    BYE_B = "bye_b"
+    ANSWER_BYE_A = "answer_bye_a"          # 200 to A's BYE
+    ANSWER_BYE_B = "answer_bye_b"
+    RELAY_REQUEST_TO_B = "relay_request_to_b"
+    RELAY_REQUEST_TO_A = "relay_request_to_a"
+    FREE_MEDIA = "free_media"
+    WRITE_CDR = "write_cdr"
+
+
+S, E, A = CallState, CallEvent, Action
+_END = (A.FREE_MEDIA, A.WRITE_CDR)
+
+TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ...]]] = {
+    (S.ROUTING, E.LEG_B_SENT): (S.CALLING, ()),
+    (S.ROUTING, E.SETUP_FAILED): (S.ENDED, (A.ANSWER_A_503, *_END)),
+    (S.ROUTING, E.A_CANCEL): (S.ENDED, (A.ANSWER_A_487, *_END)),
+    (S.ROUTING, E.SHUTDOWN): (S.ENDED, (A.ANSWER_A_503, *_END)),
+
+    (S.CALLING, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),
+    (S.EARLY, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),
+    (S.CALLING, E.B_ANSWER): (S.ANSWERED, (A.ACK_B, A.RELAY_ANSWER_TO_A)),
+    (S.EARLY, E.B_ANSWER): (S.ANSWERED, (A.ACK_B, A.RELAY_ANSWER_TO_A)),
+    (S.CALLING, E.B_FAILURE): (S.ENDED, (A.RELAY_FAILURE_TO_A, *_END)),
+    (S.EARLY, E.B_FAILURE): (S.ENDED, (A.RELAY_FAILURE_TO_A, *_END)),
+    (S.CALLING, E.B_TIMEOUT): (S.ENDED, (A.ANSWER_A_408, *_END)),
+    (S.EARLY, E.B_TIMEOUT): (S.ENDED, (A.ANSWER_A_408, *_END)),
+    # §9.1: CANCEL leg B; A gets 487 at once (§9.2: the UAS answers the INVITE with 487).
+    (S.CALLING, E.A_CANCEL): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_487)),
+    (S.EARLY, E.A_CANCEL): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_487)),
+    (S.CALLING, E.RING_TIMEOUT): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_408)),
+    (S.EARLY, E.RING_TIMEOUT): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_408)),
+    (S.CALLING, E.SHUTDOWN): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_503)),
+    (S.EARLY, E.SHUTDOWN): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_503)),
+    # In-dialog requests in the early dialog (UPDATE, INFO, PRACK) cross as they are.
+    (S.EARLY, E.A_REQUEST): (S.EARLY, (A.RELAY_REQUEST_TO_B,)),
+    (S.EARLY, E.B_REQUEST): (S.EARLY, (A.RELAY_REQUEST_TO_A,)),
+
+    (S.CANCELLING, E.B_PROVISIONAL): (S.CANCELLING, ()),
+    (S.CANCELLING, E.B_FAILURE): (S.ENDED, _END),     # B's 487; its ACK is the txn's job
+    (S.CANCELLING, E.B_TIMEOUT): (S.ENDED, _END),
+    # The 2xx crossed our CANCEL (§9.1): acknowledge it and hang the leg up at once.
+    (S.CANCELLING, E.B_ANSWER): (S.ENDING, (A.ACK_B, A.BYE_B)),
+    (S.CANCELLING, E.A_CANCEL): (S.CANCELLING, ()),
+    (S.CANCELLING, E.SHUTDOWN): (S.CANCELLING, ()),
+    (S.CANCELLING, E.RING_TIMEOUT): (S.CANCELLING, ()),
+
+    (S.ANSWERED, E.A_ACK): (S.CONFIRMED, ()),
+    (S.ANSWERED, E.A_ACK_TIMEOUT): (S.ENDING, (A.BYE_A, A.BYE_B)),
+    (S.ANSWERED, E.A_BYE): (S.ENDING, (A.ANSWER_BYE_A, A.BYE_B)),
+    (S.ANSWERED, E.B_BYE): (S.ENDING, (A.ANSWER_BYE_B, A.BYE_A)),
+    (S.ANSWERED, E.B_ANSWER): (S.ANSWERED, (A.ACK_B,)),     # 2xx retransmission
+    (S.ANSWERED, E.SHUTDOWN): (S.ENDING, (A.BYE_A, A.BYE_B)),
+    (S.ANSWERED, E.A_CANCEL): (S.ANSWERED, ()),             # too late (§9.2): ignored
+
+    (S.CONFIRMED, E.A_ACK): (S.CONFIRMED, ()),             # ACK retransmission
+    (S.CONFIRMED, E.B_ANSWER): (S.CONFIRMED, (A.ACK_B,)),  # 2xx retransmission: ACK again
+    (S.CONFIRMED, E.A_BYE): (S.ENDING, (A.ANSWER_BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.B_BYE): (S.ENDING, (A.ANSWER_BYE_B, A.BYE_A)),
+    (S.CONFIRMED, E.A_REQUEST): (S.CONFIRMED, (A.RELAY_REQUEST_TO_B,)),
+    (S.CONFIRMED, E.B_REQUEST): (S.CONFIRMED, (A.RELAY_REQUEST_TO_A,)),
+    (S.CONFIRMED, E.MEDIA_TIMEOUT): (S.ENDING, (A.BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.MAX_DURATION): (S.ENDING, (A.BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.SHUTDOWN): (S.ENDING, (A.BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.A_CANCEL): (S.CONFIRMED, ()),
+
+    # Crossing BYEs and late messages while hanging up: answer, keep waiting.
+    (S.ENDING, E.A_BYE): (S.ENDING, (A.ANSWER_BYE_A,)),
+    (S.ENDING, E.B_BYE): (S.ENDING, (A.ANSWER_BYE_B,)),
+    (S.ENDING, E.A_ACK): (S.ENDING, ()),
+    (S.ENDING, E.B_ANSWER): (S.ENDING, (A.ACK_B,)),
+    (S.ENDING, E.B_FAILURE): (S.ENDING, ()),
+    (S.ENDING, E.B_TIMEOUT): (S.ENDING, ()),
+    (S.ENDING, E.MEDIA_TIMEOUT): (S.ENDING, ()),
+    (S.ENDING, E.MAX_DURATION): (S.ENDING, ()),
+    (S.ENDING, E.SHUTDOWN): (S.ENDING, ()),
+    (S.ENDING, E.A_ACK_TIMEOUT): (S.ENDING, ()),
+    (S.ENDING, E.A_CANCEL): (S.ENDING, ()),
+    (S.ENDING, E.BYES_DONE): (S.ENDED, _END),
+}
+
+# Who ended the call, by the event that started the end (CONTRACT: release_side).
+_RELEASE_SIDE: dict[CallEvent, str] = {
+    E.A_CANCEL: "caller", E.A_BYE: "caller",
+    E.B_FAILURE: "callee", E.B_BYE: "callee",
+    E.B_TIMEOUT: "sipmask", E.RING_TIMEOUT: "sipmask", E.MEDIA_TIMEOUT: "sipmask",
+    E.MAX_DURATION: "sipmask", E.SHUTDOWN: "sipmask", E.SETUP_FAILED: "sipmask",
+    E.A_ACK_TIMEOUT: "sipmask",
+}
+
+# The final status leg A gets, for actions that choose it themselves.
+_STATUS_FOR_ACTION = {A.ANSWER_A_487: 487, A.ANSWER_A_408: 408, A.ANSWER_A_503: 503}
+
+_CAUSE_FOR_EVENT: dict[CallEvent, str] = {
+    E.B_FAILURE: "callee_failed", E.B_TIMEOUT: "timeout", E.RING_TIMEOUT: "timeout",
+    E.A_CANCEL: "none", E.SETUP_FAILED: "callee_failed", E.SHUTDOWN: "none",
+}
+
+
+@dataclass
+class Call:
+    """One call attempt through X: its state and the record it will leave behind."""
+
+    call_id: str                       # sipmask's own id; also leg B's Call-ID
+    tenant: str
+    binding_id: str
+    x: str
+    caller: str
+    callee: str
+    direction: str                     # a_to_b, b_to_a, n_to_a
+    invite_at: float
+    state: CallState = CallState.ROUTING
+    ring_at: float | None = None
+    answer_at: float | None = None
+    end_at: float | None = None
+    release_side: str | None = None
+    sip_status: int | None = None      # final status sent to leg A
+    unconnected_cause: str = "none"
+    history: list[tuple[CallState, CallEvent]] = field(default_factory=list)
+
+    def apply(self, event: CallEvent, now: float, *, status: int | None = None
+              ) -> tuple[Action, ...]:
+        """Take one event; return what the engine must do. `status` is B's status for
+        B_PROVISIONAL / B_ANSWER / B_FAILURE."""
+        try:
+            next_state, actions = TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise CallStateError(f"{event.value} is not allowed in state {self.state.value}"
+                                 ) from None
+        self.history.append((self.state, event))
+        self._record(event, actions, now, status)
+        self.state = next_state
+        if next_state is CallState.ENDED and self.end_at is None:
+            self.end_at = now
+        return actions
+
+    def _record(self, event: CallEvent, actions: tuple[Action, ...], now: float,
+                status: int | None) -> None:
+        if event is E.B_PROVISIONAL and self.ring_at is None and self.state is not S.CANCELLING:
+            self.ring_at = now
+        if event is E.B_ANSWER and self.answer_at is None and self.state in (S.CALLING, S.EARLY):
+            self.answer_at = now
+            self.sip_status = status or 200
+        if Action.RELAY_FAILURE_TO_A in actions:
+            self.sip_status = status
+        for action in actions:
+            if action in _STATUS_FOR_ACTION and self.sip_status is None:
+                self.sip_status = _STATUS_FOR_ACTION[action]
+        if self.release_side is None and event in _RELEASE_SIDE and (
+                actions or event in (E.A_CANCEL,)):
+            self.release_side = _RELEASE_SIDE[event]
+        if self.answer_at is None and event in _CAUSE_FOR_EVENT and \
+                self.unconnected_cause == "none":
+            self.unconnected_cause = _CAUSE_FOR_EVENT[event]
+
+    @property
+    def duration_s(self) -> float:
+        """Talk time: answer to end, 0 for calls never answered."""
+        if self.answer_at is None or self.end_at is None:
+            return 0.0
+        return round(self.end_at - self.answer_at, 3)
+
+    @property
+    def done(self) -> bool:
+        return self.state is CallState.ENDED
