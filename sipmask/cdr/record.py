@@ -1,0 +1,80 @@
+"""The call detail record: one per call attempt (CONTRACT.md "Call detail records")."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from sipmask import numbers
+
+CDR_VERSION = 1
+
+DIRECTIONS = ("a_to_b", "b_to_a", "n_to_a")
+RELEASE_SIDES = ("caller", "callee", "sipmask")
+CAUSES = ("none", "no_binding", "not_allowed", "blacklist", "rate_limited", "callee_failed",
+          "timeout")
+
+
+@dataclass(frozen=True)
+class Cdr:
+    call_id: str
+    tenant: str
+    binding_id: str | None
+    x: str
+    caller: str
+    callee: str | None
+    direction: str | None
+    invite_at: float
+    ring_at: float | None
+    answer_at: float | None
+    end_at: float | None
+    duration_s: float
+    release_side: str | None
+    sip_status: int | None
+    unconnected_cause: str
+
+    def to_json(self, *, mask: bool = False) -> dict[str, Any]:
+        """JSON shape: times as ISO-8601 UTC, numbers as they are (or masked for others)."""
+        out = asdict(self)
+        for key in ("invite_at", "ring_at", "answer_at", "end_at"):
+            out[key] = iso(out[key])
+        if mask:
+            out["caller"] = numbers.mask(self.caller)
+            out["callee"] = numbers.mask(self.callee) if self.callee else None
+        return out
+
+    def encode(self) -> bytes:
+        """Versioned storage encoding: new optional fields can be added without a migration."""
+        return json.dumps({"v": CDR_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Cdr:
+        raw = json.loads(data)
+        raw.pop("v", None)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+CSV_COLUMNS = tuple(f.name for f in fields(Cdr))
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def parse_time(text: str) -> float:
+    """`--since` / `?since=`: Unix seconds or ISO-8601 (UTC when no zone is given)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()

@@ -1,0 +1,82 @@
+"""Routing: X from the Request-URI, the caller from From or trusted PAI, binding → callee."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from sipmask.b2bua import routing
+from sipmask.sip.headers import Headers
+from sipmask.sip.message import Request
+
+
+@dataclass(frozen=True)
+class B:
+    mode: str
+    a: str
+    b: str | None = None
+
+
+def invite(uri: str, from_: str, pai: str | None = None) -> Request:
+    pairs = [("From", from_ + ";tag=1"), ("To", f"<{uri}>")]
+    if pai:
+        pairs.append(("P-Asserted-Identity", pai))
+    return Request("INVITE", uri, Headers.of(*pairs))
+
+
+@pytest.mark.parametrize("uri", [
+    "sip:700100000000001@10.0.0.1",
+    "sip:+86700100000000001@10.0.0.1;user=phone",
+    "sip:86700100000000001@10.0.0.1",
+    "sip:0086700100000000001@10.0.0.1:5060;transport=udp",
+    "tel:+86-700-1000-0000-0001",
+    "sip:+86700100000000001;npdi;rn=+8613300000000@10.0.0.1;user=phone",
+    "sip:700%20100000000001@10.0.0.1",
+])
+def test_target_x_normalises(uri: str) -> None:
+    assert routing.target_x(invite(uri, "<sip:13800000001@h>")) == "700100000000001"
+
+
+@pytest.mark.parametrize("uri", ["sip:13900000002@h", "sip:h", "mailto:x@y",
+                                 "sip:7001000000000011@h"])
+def test_not_an_x_is_404(uri: str) -> None:
+    with pytest.raises(routing.UnknownX) as err:
+        routing.target_x(invite(uri, "<sip:13800000001@h>"))
+    assert err.value.status == 404 and err.value.cause == "no_binding"
+
+
+def test_caller_from_from_header() -> None:
+    req = invite("sip:700100000000001@h", '"x" <sip:+86-138-0000-0001@h;user=phone>',
+                 pai="<tel:+8613700000003>")
+    assert routing.caller_number(req, trust_pai=False) == "13800000001"
+    assert routing.caller_number(req, trust_pai=True) == "13700000003"
+
+
+def test_untrusted_or_anonymous_caller_is_403() -> None:
+    req = invite("sip:700100000000001@h", '"Anonymous" <sip:anonymous@anonymous.invalid>')
+    with pytest.raises(routing.NotAllowed) as err:
+        routing.caller_number(req, trust_pai=False)
+    assert err.value.status == 403
+
+
+def test_axb_both_directions_and_strangers() -> None:
+    binding = B("axb", "13800000001", "13900000002")
+    assert routing.route(binding, "13800000001") == routing.Route("13900000002", "a_to_b")
+    assert routing.route(binding, "13900000002") == routing.Route("13800000001", "b_to_a")
+    with pytest.raises(routing.NotAllowed):
+        routing.route(binding, "13700000003")
+
+
+def test_axn() -> None:
+    binding = B("axn", "13800000001")
+    assert routing.route(binding, "13700000003") == routing.Route("13800000001", "n_to_a")
+    with pytest.raises(routing.NotAllowed):
+        routing.route(binding, "13800000001")
+
+
+def test_no_binding_is_404_unknown_mode_403() -> None:
+    with pytest.raises(routing.UnknownX):
+        routing.route(None, "13800000001")
+    with pytest.raises(routing.NotAllowed):
+        routing.route(B("axyb", "13800000001"), "13700000003")
