@@ -69,36 +69,40 @@ class Action(Enum):
 
 
 S, E, A = CallState, CallEvent, Action
+# CONTRACT: the CDR is written before the call's last response leaves, so every transition
+# that decides the end starts with these two, ahead of the final response or BYE answer.
 _END = (A.FREE_MEDIA, A.WRITE_CDR)
+
+LIVE = frozenset({S.ROUTING, S.CALLING, S.EARLY, S.ANSWERED, S.CONFIRMED})
 
 TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ...]]] = {
     (S.ROUTING, E.LEG_B_SENT): (S.CALLING, ()),
-    (S.ROUTING, E.SETUP_FAILED): (S.ENDED, (A.ANSWER_A_503, *_END)),
-    (S.ROUTING, E.A_CANCEL): (S.ENDED, (A.ANSWER_A_487, *_END)),
-    (S.ROUTING, E.SHUTDOWN): (S.ENDED, (A.ANSWER_A_503, *_END)),
+    (S.ROUTING, E.SETUP_FAILED): (S.ENDED, (*_END, A.ANSWER_A_503)),
+    (S.ROUTING, E.A_CANCEL): (S.ENDED, (*_END, A.ANSWER_A_487)),
+    (S.ROUTING, E.SHUTDOWN): (S.ENDED, (*_END, A.ANSWER_A_503)),
 
     (S.CALLING, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),
     (S.EARLY, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),
     (S.CALLING, E.B_ANSWER): (S.ANSWERED, (A.ACK_B, A.RELAY_ANSWER_TO_A)),
     (S.EARLY, E.B_ANSWER): (S.ANSWERED, (A.ACK_B, A.RELAY_ANSWER_TO_A)),
-    (S.CALLING, E.B_FAILURE): (S.ENDED, (A.RELAY_FAILURE_TO_A, *_END)),
-    (S.EARLY, E.B_FAILURE): (S.ENDED, (A.RELAY_FAILURE_TO_A, *_END)),
-    (S.CALLING, E.B_TIMEOUT): (S.ENDED, (A.ANSWER_A_408, *_END)),
-    (S.EARLY, E.B_TIMEOUT): (S.ENDED, (A.ANSWER_A_408, *_END)),
+    (S.CALLING, E.B_FAILURE): (S.ENDED, (*_END, A.RELAY_FAILURE_TO_A)),
+    (S.EARLY, E.B_FAILURE): (S.ENDED, (*_END, A.RELAY_FAILURE_TO_A)),
+    (S.CALLING, E.B_TIMEOUT): (S.ENDED, (*_END, A.ANSWER_A_408)),
+    (S.EARLY, E.B_TIMEOUT): (S.ENDED, (*_END, A.ANSWER_A_408)),
     # §9.1: CANCEL leg B; A gets 487 at once (§9.2: the UAS answers the INVITE with 487).
-    (S.CALLING, E.A_CANCEL): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_487)),
-    (S.EARLY, E.A_CANCEL): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_487)),
-    (S.CALLING, E.RING_TIMEOUT): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_408)),
-    (S.EARLY, E.RING_TIMEOUT): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_408)),
-    (S.CALLING, E.SHUTDOWN): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_503)),
-    (S.EARLY, E.SHUTDOWN): (S.CANCELLING, (A.CANCEL_B, A.ANSWER_A_503)),
+    (S.CALLING, E.A_CANCEL): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_487)),
+    (S.EARLY, E.A_CANCEL): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_487)),
+    (S.CALLING, E.RING_TIMEOUT): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_408)),
+    (S.EARLY, E.RING_TIMEOUT): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_408)),
+    (S.CALLING, E.SHUTDOWN): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_503)),
+    (S.EARLY, E.SHUTDOWN): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_503)),
     # In-dialog requests in the early dialog (UPDATE, INFO, PRACK) cross as they are.
     (S.EARLY, E.A_REQUEST): (S.EARLY, (A.RELAY_REQUEST_TO_B,)),
     (S.EARLY, E.B_REQUEST): (S.EARLY, (A.RELAY_REQUEST_TO_A,)),
 
     (S.CANCELLING, E.B_PROVISIONAL): (S.CANCELLING, ()),
-    (S.CANCELLING, E.B_FAILURE): (S.ENDED, _END),     # B's 487; its ACK is the txn's job
-    (S.CANCELLING, E.B_TIMEOUT): (S.ENDED, _END),
+    (S.CANCELLING, E.B_FAILURE): (S.ENDED, ()),     # B's 487; its ACK is the txn's job
+    (S.CANCELLING, E.B_TIMEOUT): (S.ENDED, ()),
     # The 2xx crossed our CANCEL (§9.1): acknowledge it and hang the leg up at once.
     (S.CANCELLING, E.B_ANSWER): (S.ENDING, (A.ACK_B, A.BYE_B)),
     (S.CANCELLING, E.A_CANCEL): (S.CANCELLING, ()),
@@ -106,22 +110,22 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.CANCELLING, E.RING_TIMEOUT): (S.CANCELLING, ()),
 
     (S.ANSWERED, E.A_ACK): (S.CONFIRMED, ()),
-    (S.ANSWERED, E.A_ACK_TIMEOUT): (S.ENDING, (A.BYE_A, A.BYE_B)),
-    (S.ANSWERED, E.A_BYE): (S.ENDING, (A.ANSWER_BYE_A, A.BYE_B)),
-    (S.ANSWERED, E.B_BYE): (S.ENDING, (A.ANSWER_BYE_B, A.BYE_A)),
+    (S.ANSWERED, E.A_ACK_TIMEOUT): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
+    (S.ANSWERED, E.A_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_A, A.BYE_B)),
+    (S.ANSWERED, E.B_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_B, A.BYE_A)),
     (S.ANSWERED, E.B_ANSWER): (S.ANSWERED, (A.ACK_B,)),     # 2xx retransmission
-    (S.ANSWERED, E.SHUTDOWN): (S.ENDING, (A.BYE_A, A.BYE_B)),
+    (S.ANSWERED, E.SHUTDOWN): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
     (S.ANSWERED, E.A_CANCEL): (S.ANSWERED, ()),             # too late (§9.2): ignored
 
     (S.CONFIRMED, E.A_ACK): (S.CONFIRMED, ()),             # ACK retransmission
     (S.CONFIRMED, E.B_ANSWER): (S.CONFIRMED, (A.ACK_B,)),  # 2xx retransmission: ACK again
-    (S.CONFIRMED, E.A_BYE): (S.ENDING, (A.ANSWER_BYE_A, A.BYE_B)),
-    (S.CONFIRMED, E.B_BYE): (S.ENDING, (A.ANSWER_BYE_B, A.BYE_A)),
+    (S.CONFIRMED, E.A_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.B_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_B, A.BYE_A)),
     (S.CONFIRMED, E.A_REQUEST): (S.CONFIRMED, (A.RELAY_REQUEST_TO_B,)),
     (S.CONFIRMED, E.B_REQUEST): (S.CONFIRMED, (A.RELAY_REQUEST_TO_A,)),
-    (S.CONFIRMED, E.MEDIA_TIMEOUT): (S.ENDING, (A.BYE_A, A.BYE_B)),
-    (S.CONFIRMED, E.MAX_DURATION): (S.ENDING, (A.BYE_A, A.BYE_B)),
-    (S.CONFIRMED, E.SHUTDOWN): (S.ENDING, (A.BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.MEDIA_TIMEOUT): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.MAX_DURATION): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
+    (S.CONFIRMED, E.SHUTDOWN): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
     (S.CONFIRMED, E.A_CANCEL): (S.CONFIRMED, ()),
 
     # Crossing BYEs and late messages while hanging up: answer, keep waiting.
@@ -136,7 +140,7 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.ENDING, E.SHUTDOWN): (S.ENDING, ()),
     (S.ENDING, E.A_ACK_TIMEOUT): (S.ENDING, ()),
     (S.ENDING, E.A_CANCEL): (S.ENDING, ()),
-    (S.ENDING, E.BYES_DONE): (S.ENDED, _END),
+    (S.ENDING, E.BYES_DONE): (S.ENDED, ()),
 }
 
 # Who ended the call, by the event that started the end (CONTRACT: release_side).
@@ -189,9 +193,9 @@ class Call:
                                  ) from None
         self.history.append((self.state, event))
         self._record(event, actions, now, status)
+        if Action.WRITE_CDR in actions:
+            self.end_at = now   # the moment the end was decided, before any answer leaves
         self.state = next_state
-        if next_state is CallState.ENDED and self.end_at is None:
-            self.end_at = now
         return actions
 
     def _record(self, event: CallEvent, actions: tuple[Action, ...], now: float,
@@ -223,3 +227,8 @@ class Call:
     @property
     def done(self) -> bool:
         return self.state is CallState.ENDED
+
+    @property
+    def recorded(self) -> bool:
+        """The CDR has been written (the call left the live states)."""
+        return self.state not in LIVE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipmask.b2bua.call import TRANSITIONS, Action, Call, CallEvent, CallState
+from sipmask.b2bua.call import LIVE, TRANSITIONS, Action, Call, CallEvent, CallState
 from sipmask.errors import CallStateError
 
 E, A, S = CallEvent, Action, CallState
@@ -32,10 +32,10 @@ def test_answered_call_caller_hangs_up() -> None:
                     (E.B_ANSWER, 103.0, 200), (E.A_ACK, 103.05), (E.A_BYE, 163.0),
                     (E.BYES_DONE, 163.02))
     assert actions == [(), (A.RELAY_PROVISIONAL_TO_A,), (A.ACK_B, A.RELAY_ANSWER_TO_A), (),
-                       (A.ANSWER_BYE_A, A.BYE_B), (A.FREE_MEDIA, A.WRITE_CDR)]
+                       (A.FREE_MEDIA, A.WRITE_CDR, A.ANSWER_BYE_A, A.BYE_B), ()]
     assert call.state is S.ENDED and call.done
-    assert (call.ring_at, call.answer_at, call.end_at) == (100.5, 103.0, 163.02)
-    assert call.duration_s == pytest.approx(60.02)
+    assert (call.ring_at, call.answer_at, call.end_at) == (100.5, 103.0, 163.0)
+    assert call.duration_s == pytest.approx(60.0)
     assert call.release_side == "caller"
     assert call.sip_status == 200
     assert call.unconnected_cause == "none"
@@ -44,15 +44,15 @@ def test_answered_call_caller_hangs_up() -> None:
 def test_callee_hangs_up() -> None:
     call = new_call()
     drive(call, (E.LEG_B_SENT, 100), (E.B_ANSWER, 101, 200), (E.A_ACK, 101))
-    assert call.apply(E.B_BYE, 130) == (A.ANSWER_BYE_B, A.BYE_A)
+    assert call.apply(E.B_BYE, 130) == (A.FREE_MEDIA, A.WRITE_CDR, A.ANSWER_BYE_B, A.BYE_A)
     assert call.release_side == "callee"
 
 
 def test_callee_busy_passes_status_through() -> None:
     call = new_call()
     drive(call, (E.LEG_B_SENT, 100), (E.B_PROVISIONAL, 101, 180))
-    assert call.apply(E.B_FAILURE, 102, status=486) == (A.RELAY_FAILURE_TO_A, A.FREE_MEDIA,
-                                                        A.WRITE_CDR)
+    assert call.apply(E.B_FAILURE, 102, status=486) == (A.FREE_MEDIA, A.WRITE_CDR,
+                                                        A.RELAY_FAILURE_TO_A)
     assert call.sip_status == 486
     assert call.release_side == "callee"
     assert call.unconnected_cause == "callee_failed"
@@ -63,10 +63,11 @@ def test_callee_busy_passes_status_through() -> None:
 def test_caller_cancels_while_ringing() -> None:
     call = new_call()
     drive(call, (E.LEG_B_SENT, 100), (E.B_PROVISIONAL, 101, 180))
-    assert call.apply(E.A_CANCEL, 105) == (A.CANCEL_B, A.ANSWER_A_487)
-    assert call.state is S.CANCELLING
-    assert call.apply(E.B_FAILURE, 105.1, status=487) == (A.FREE_MEDIA, A.WRITE_CDR)
-    assert call.sip_status == 487
+    assert call.apply(E.A_CANCEL, 105) == (A.FREE_MEDIA, A.WRITE_CDR, A.CANCEL_B,
+                                           A.ANSWER_A_487)
+    assert call.state is S.CANCELLING and call.recorded
+    assert call.apply(E.B_FAILURE, 105.1, status=487) == ()
+    assert call.sip_status == 487 and call.end_at == 105
     assert call.release_side == "caller"
 
 
@@ -75,14 +76,15 @@ def test_answer_crossing_cancel_is_acked_and_hung_up() -> None:
     drive(call, (E.LEG_B_SENT, 100), (E.A_CANCEL, 101))
     assert call.apply(E.B_ANSWER, 101.01, status=200) == (A.ACK_B, A.BYE_B)
     assert call.answer_at is None  # never connected for the caller
-    assert call.apply(E.BYES_DONE, 101.2) == (A.FREE_MEDIA, A.WRITE_CDR)
+    assert call.apply(E.BYES_DONE, 101.2) == ()
     assert call.sip_status == 487
 
 
 def test_ring_timeout() -> None:
     call = new_call()
     drive(call, (E.LEG_B_SENT, 100), (E.B_PROVISIONAL, 101, 180))
-    assert call.apply(E.RING_TIMEOUT, 160) == (A.CANCEL_B, A.ANSWER_A_408)
+    assert call.apply(E.RING_TIMEOUT, 160) == (A.FREE_MEDIA, A.WRITE_CDR, A.CANCEL_B,
+                                               A.ANSWER_A_408)
     assert call.sip_status == 408
     assert call.release_side == "sipmask"
     assert call.unconnected_cause == "timeout"
@@ -91,7 +93,7 @@ def test_ring_timeout() -> None:
 def test_leg_b_timeout() -> None:
     call = new_call()
     drive(call, (E.LEG_B_SENT, 100))
-    assert call.apply(E.B_TIMEOUT, 132) == (A.ANSWER_A_408, A.FREE_MEDIA, A.WRITE_CDR)
+    assert call.apply(E.B_TIMEOUT, 132) == (A.FREE_MEDIA, A.WRITE_CDR, A.ANSWER_A_408)
     assert (call.sip_status, call.unconnected_cause, call.release_side) == (408, "timeout",
                                                                             "sipmask")
 
@@ -99,7 +101,7 @@ def test_leg_b_timeout() -> None:
 def test_media_timeout_ends_both_legs() -> None:
     call = new_call()
     drive(call, (E.LEG_B_SENT, 100), (E.B_ANSWER, 101, 200), (E.A_ACK, 101))
-    assert call.apply(E.MEDIA_TIMEOUT, 200) == (A.BYE_A, A.BYE_B)
+    assert call.apply(E.MEDIA_TIMEOUT, 200) == (A.FREE_MEDIA, A.WRITE_CDR, A.BYE_A, A.BYE_B)
     assert call.release_side == "sipmask"
     assert call.apply(E.B_BYE, 200.1) == (A.ANSWER_BYE_B,)  # crossing BYE still answered
     assert call.release_side == "sipmask"
@@ -115,7 +117,7 @@ def test_in_dialog_requests_relay_without_state_change() -> None:
 
 def test_setup_failure() -> None:
     call = new_call()
-    assert call.apply(E.SETUP_FAILED, 100) == (A.ANSWER_A_503, A.FREE_MEDIA, A.WRITE_CDR)
+    assert call.apply(E.SETUP_FAILED, 100) == (A.FREE_MEDIA, A.WRITE_CDR, A.ANSWER_A_503)
     assert call.sip_status == 503
 
 
@@ -131,11 +133,16 @@ def test_illegal_events_raise(state: CallState, event: CallEvent) -> None:
     assert call.state is state
 
 
-def test_every_path_that_ends_writes_one_cdr_and_frees_media() -> None:
+def test_cdr_written_once_when_the_end_is_decided_before_any_answer() -> None:
+    answers = {A.RELAY_FAILURE_TO_A, A.ANSWER_A_487, A.ANSWER_A_408, A.ANSWER_A_503,
+               A.ANSWER_BYE_A, A.ANSWER_BYE_B, A.BYE_A, A.BYE_B, A.CANCEL_B}
     for (state, event), (next_state, actions) in TRANSITIONS.items():
-        ends_here = next_state is S.ENDED and state is not S.ENDED
-        assert (A.WRITE_CDR in actions) == ends_here, (state, event)
-        assert (A.FREE_MEDIA in actions) == ends_here, (state, event)
+        leaves_live = state in LIVE and next_state not in LIVE
+        assert (A.WRITE_CDR in actions) == leaves_live, (state, event)
+        assert (A.FREE_MEDIA in actions) == leaves_live, (state, event)
+        if leaves_live:
+            first_answer = min((actions.index(a) for a in answers if a in actions), default=99)
+            assert actions.index(A.WRITE_CDR) < first_answer, (state, event)
 
 
 def test_every_state_but_ended_can_be_left() -> None:
