@@ -3,11 +3,23 @@
 Header names are matched case-insensitively and compact forms (RFC 3261 §7.3.3, §20) are
 equal to their long forms, but a field we do not touch is written back exactly as it came,
 folding and case included, so a relayed message keeps its bytes.
+
+Each field is a tuple (key, name, value, raw): `key` the canonical name (lower case, compact
+form expanded), `name` as written (without the whitespace some senders put before the
+colon), `value` with folding joined and outer whitespace removed, `raw` the text the field
+arrived as, or None for a field we set. A parallel list of keys lets lookups run as C-level
+`list.index` / `list.count` calls: the parser's hot path depends on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+
+from sipmask.errors import ParseError
+
+Field = tuple[str, str, str, str | None]
 
 # RFC 3261 §7.3.3 and the RFCs that registered further compact forms (3265, 3515, 3841,
 # 3892, 4028, 4474). The key is the lower-case compact letter, the value the canonical key.
@@ -28,26 +40,64 @@ _UNSPLITTABLE = frozenset({
     "retry-after", "timestamp", "identity", "warning",
 })
 
-_TOKEN_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
-)
+# RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+# Name as written → canonical key, for names already checked to be tokens. The vocabulary
+# of header names on a link is small, so after warm-up the parser never validates a name
+# twice; the bound keeps a peer that invents names from growing it without limit.
+_NAME_KEYS: dict[str, str] = {}
+_NAME_KEYS_MAX = 4096
 
 
 def canonical(name: str) -> str:
     """The key a header is matched by: lower case, compact form expanded."""
+    key = _NAME_KEYS.get(name)
+    if key is not None:
+        return key
     low = name.lower()
     return COMPACT.get(low, low)
 
 
 def is_token(text: str) -> bool:
     """RFC 3261 §25.1 token."""
-    return bool(text) and all(ch in _TOKEN_CHARS for ch in text)
+    return _TOKEN.fullmatch(text) is not None
+
+
+def key_of_wire_name(name: str) -> str:
+    """Canonical key of a header name as it arrived, which must be a token once trailing
+    whitespace is dropped (§7.3.1 allows LWS before the colon). Raises ParseError."""
+    key = _NAME_KEYS.get(name)
+    if key is not None:
+        return key
+    clean = name.rstrip(" \t")
+    if _TOKEN.fullmatch(clean) is None:
+        raise ParseError(f"Bad header name {clean[:32]!r}")
+    low = clean.lower()
+    key = COMPACT.get(low, low)
+    if clean == name:
+        # Only names without trailing whitespace are remembered, so a cache hit also
+        # means "this name is already clean" to the parser's fast path.
+        if len(_NAME_KEYS) >= _NAME_KEYS_MAX:
+            _NAME_KEYS.clear()
+        _NAME_KEYS[name] = key
+    return key
+
+
+def known_wire_keys(names: Sequence[str]) -> list[str] | None:
+    """Keys of header names all seen before (valid tokens, no trailing whitespace), in one
+    C-level pass; None when any name is new, so the caller takes the careful path."""
+    keys = list(map(_NAME_KEYS.get, names))
+    if None in keys:
+        return None
+    return keys  # type: ignore[return-value]  # no None left: every lookup hit
 
 
 def split_commas(value: str) -> list[str]:
     """Split a header value on commas outside quotes and angle brackets (§7.3.1)."""
     if "," not in value:
-        return [value.strip()]
+        value = value.strip()
+        return [value] if value else []
     parts: list[str] = []
     depth = 0
     quoted = False
@@ -77,56 +127,107 @@ def split_commas(value: str) -> list[str]:
 class Headers:
     """Ordered header fields. Each field is (key, name, value, raw) where `raw` is the text the
     field arrived as (None for fields set by us); `modified` tells the serializer whether the
-    original bytes can still be sent as they are."""
+    original bytes can still be sent as they are.
 
-    __slots__ = ("_fields", "modified")
+    A parsed message's fields are built on first use: the parser hands over the keys and
+    the lines split at their colon, and `get` reads a value without building the rest, so a
+    message relayed unchanged never pays for tuples nobody reads."""
 
-    def __init__(self, fields: list[tuple[str, str, str, str | None]] | None = None) -> None:
-        self._fields: list[tuple[str, str, str, str | None]] = fields if fields is not None else []
+    __slots__ = ("_fields", "_keys", "_lazy", "modified")
+
+    def __init__(self, fields: list[Field] | None = None) -> None:
+        self._fields: list[Field] | None = fields if fields is not None else []
+        self._keys: list[str] = [f[0] for f in fields] if fields else []
+        self._lazy: tuple[tuple[str, ...], tuple[str, ...], list[str] | None] | None = None
         self.modified = False
+
+    @classmethod
+    def _trusted(cls, fields: list[Field], keys: list[str]) -> Headers:
+        """The parser's constructor: `keys` is already the list of fields' keys."""
+        self = cls.__new__(cls)
+        self._fields = fields
+        self._keys = keys
+        self._lazy = None
+        self.modified = False
+        return self
+
+    @classmethod
+    def _deferred(cls, keys: list[str], names: tuple[str, ...], values: tuple[str, ...],
+                  raws: list[str] | None) -> Headers:
+        """The parser's constructor: names as written (clean), values not yet stripped, and
+        the raw lines (None when they may not be reused)."""
+        self = cls.__new__(cls)
+        self._fields = None
+        self._keys = keys
+        self._lazy = (names, values, raws)
+        self.modified = False
+        return self
 
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """Headers we build ourselves, in the order given."""
         return cls([(canonical(n), n, v, None) for n, v in pairs])
 
+    def _all(self) -> list[Field]:
+        fields = self._fields
+        if fields is None:
+            assert self._lazy is not None
+            names, values, raws = self._lazy
+            stripped = map(str.strip, values)
+            if raws is None:
+                fields = list(zip(self._keys, names, stripped, repeat(None)))
+            else:
+                fields = list(zip(self._keys, names, stripped, raws, strict=True))
+            self._fields = fields
+            self._lazy = None
+        return fields
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) in order."""
-        for _key, name, value, _raw in self._fields:
+        for _key, name, value, _raw in self._all():
             yield name, value
 
     def __len__(self) -> int:
-        return len(self._fields)
+        return len(self._keys)
 
     def __contains__(self, name: str) -> bool:
-        key = canonical(name)
-        return any(f[0] == key for f in self._fields)
+        return canonical(name) in self._keys
 
-    def fields(self) -> list[tuple[str, str, str, str | None]]:
-        return list(self._fields)
+    def __repr__(self) -> str:
+        return f"<Headers {self._keys}>"
+
+    def fields(self) -> list[Field]:
+        return list(self._all())
 
     def keys(self) -> list[str]:
         """Canonical keys in order (one per field line)."""
-        return [f[0] for f in self._fields]
+        return list(self._keys)
+
+    def count(self, name: str) -> int:
+        """How many field lines carry this name."""
+        return self._keys.count(canonical(name))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Value of the first field with this name (whole field, not comma-split)."""
         key = canonical(name)
-        for f in self._fields:
-            if f[0] == key:
-                return f[2]
-        return default
+        if key not in self._keys:
+            return default
+        i = self._keys.index(key)
+        if self._fields is None:
+            assert self._lazy is not None
+            return self._lazy[1][i].strip()
+        return self._fields[i][2]
 
     def get_fields(self, name: str) -> list[str]:
         """Every field line with this name, unsplit."""
         key = canonical(name)
-        return [f[2] for f in self._fields if f[0] == key]
+        return [f[2] for f in self._all() if f[0] == key]
 
     def get_all(self, name: str) -> list[str]:
         """Every value with this name, comma-separated values split (§7.3.1) where allowed."""
         key = canonical(name)
         out: list[str] = []
-        for f in self._fields:
+        for f in self._all():
             if f[0] == key:
                 if key in _UNSPLITTABLE:
                     out.append(f[2])
@@ -135,19 +236,23 @@ class Headers:
         return out
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
-        entry = (canonical(name), name, value, None)
+        fields = self._all()
+        key = canonical(name)
+        entry = (key, name, value, None)
         if first:
-            self._fields.insert(0, entry)
+            fields.insert(0, entry)
+            self._keys.insert(0, key)
         else:
-            self._fields.append(entry)
+            fields.append(entry)
+            self._keys.append(key)
         self.modified = True
 
     def set(self, name: str, value: str) -> None:
         """Replace the first field with this name in place (others removed), or append."""
         key = canonical(name)
-        out: list[tuple[str, str, str, str | None]] = []
+        out: list[Field] = []
         placed = False
-        for f in self._fields:
+        for f in self._all():
             if f[0] == key:
                 if not placed:
                     # Keep the name as it was written (case, compact form) where it existed.
@@ -157,31 +262,31 @@ class Headers:
             out.append(f)
         if not placed:
             out.append((key, name, value, None))
-        self._fields = out
-        self.modified = True
+        self._replace(out)
 
     def remove(self, name: str) -> int:
         """Drop every field with this name; returns how many went."""
         key = canonical(name)
-        before = len(self._fields)
-        self._fields = [f for f in self._fields if f[0] != key]
-        removed = before - len(self._fields)
+        removed = self._keys.count(key)
         if removed:
-            self.modified = True
+            self._replace([f for f in self._all() if f[0] != key])
         return removed
 
     def pop_first(self, name: str) -> str | None:
         """Remove the first field with this name and return its value (e.g. the top Via)."""
         key = canonical(name)
-        for i, f in enumerate(self._fields):
-            if f[0] == key:
-                del self._fields[i]
-                self.modified = True
-                return f[2]
-        return None
+        if key not in self._keys:
+            return None
+        fields = self._all()
+        i = self._keys.index(key)
+        value = fields[i][2]
+        del fields[i]
+        del self._keys[i]
+        self.modified = True
+        return value
 
     def copy(self) -> Headers:
-        clone = Headers(list(self._fields))
+        clone = Headers._trusted(list(self._all()), list(self._keys))
         clone.modified = self.modified
         return clone
 
@@ -189,5 +294,10 @@ class Headers:
         """The header block, each line ending in CRLF; untouched fields keep their text."""
         return "".join(
             (raw if raw is not None else f"{name}: {value}") + "\r\n"
-            for _key, name, value, raw in self._fields
+            for _key, name, value, raw in self._all()
         )
+
+    def _replace(self, fields: list[Field]) -> None:
+        self._fields = fields
+        self._keys = [f[0] for f in fields]
+        self.modified = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sipmask.errors import ParseError
-from sipmask.sip.headers import Headers
+from sipmask.sip.headers import Headers, is_token
 from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
 
 SIP_VERSION = "SIP/2.0"
@@ -39,8 +39,13 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
             raise ParseError("Bad CSeq")
+        if not is_token(parts[1]):
+            raise ParseError("Bad CSeq: method is not a token")
+        # Bound the digits before int(): a peer must not make us convert a megabyte number.
+        if len(parts[0]) > 10:
+            raise ParseError("Bad CSeq: number out of range")
         number = int(parts[0])
         # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
         if number >= 2**31:
@@ -52,16 +57,42 @@ class CSeq:
 
 
 class Message:
-    """What requests and responses share: headers, body, original bytes."""
+    """What requests and responses share: headers, body, original bytes.
 
-    __slots__ = ("_body", "_raw", "headers", "version")
+    Every attribute that is written on the wire is a property whose setter drops the
+    original bytes, so `to_bytes()` can never send stale text after a change."""
+
+    __slots__ = ("_body", "_headers", "_raw", "_version")
 
     def __init__(self, headers: Headers, body: bytes = b"", version: str = SIP_VERSION,
                  raw: bytes | None = None) -> None:
-        self.headers = headers
+        self._headers = headers
         self._body = body
-        self.version = version
+        self._version = version
         self._raw = raw
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+        self._raw = None
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @version.setter
+    def version(self, value: str) -> None:
+        self._version = value
+        self._raw = None
+
+    @property
+    def raw(self) -> bytes | None:
+        """The bytes this message was parsed from while they are still what it says."""
+        return self._raw if not self._headers.modified else None
 
     # -- body ---------------------------------------------------------------------------
     @property
@@ -123,7 +154,7 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        if self._raw is not None and not self.headers.modified:
+        if self._raw is not None and not self._headers.modified:
             return self._raw
         # Content-Length always tells the truth about the body we send (§20.14); on a
         # stream transport it is how the peer finds the end of the message (§18.3).
@@ -138,13 +169,25 @@ class Message:
 
 
 class Request(Message):
-    __slots__ = ("_uri", "method")
+    __slots__ = ("_method", "_uri")
 
     def __init__(self, method: str, uri: str, headers: Headers, body: bytes = b"",
                  version: str = SIP_VERSION, raw: bytes | None = None) -> None:
-        super().__init__(headers, body, version, raw)
-        self.method = method
+        self._headers = headers
+        self._body = body
+        self._version = version
+        self._raw = raw
+        self._method = method
         self._uri = uri
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self._method = value
+        self._raw = None
 
     @property
     def uri(self) -> str:
@@ -161,23 +204,44 @@ class Request(Message):
         return parse_uri(self._uri)
 
     def start_line(self) -> str:
-        return f"{self.method} {self._uri} {self.version}"
+        return f"{self._method} {self._uri} {self._version}"
 
     def __repr__(self) -> str:
         return f"<Request {self.method} call-id={self.headers.get('call-id')}>"
 
 
 class Response(Message):
-    __slots__ = ("reason", "status")
+    __slots__ = ("_reason", "_status")
 
     def __init__(self, status: int, reason: str, headers: Headers, body: bytes = b"",
                  version: str = SIP_VERSION, raw: bytes | None = None) -> None:
-        super().__init__(headers, body, version, raw)
-        self.status = status
-        self.reason = reason
+        self._headers = headers
+        self._body = body
+        self._version = version
+        self._raw = raw
+        self._status = status
+        self._reason = reason
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self._status = value
+        self._raw = None
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    @reason.setter
+    def reason(self, value: str) -> None:
+        self._reason = value
+        self._raw = None
 
     def start_line(self) -> str:
-        return f"{self.version} {self.status} {self.reason}"
+        return f"{self._version} {self._status} {self._reason}"
 
     def __repr__(self) -> str:
         return f"<Response {self.status} call-id={self.headers.get('call-id')}>"

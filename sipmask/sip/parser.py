@@ -4,35 +4,69 @@
 a TCP stream) and raises ParseError with a reason that names the problem; that reason
 becomes the 400's reason phrase. `salvage` reads what it can from a message that failed to
 parse, so the shell can still answer 400 when the Via is readable (RFC 3261 §8.2).
+
+What is checked here is what every later layer relies on: the start line, the five headers
+RFC 3261 §8.1.1 requires (present, single where single-valued, well-formed), Max-Forwards,
+Contact and Content-Length. RFC 4475 §3.1.2 is the reference for what must be refused.
+
+Speed matters (every packet of every call goes through here), so the header block is cut
+with C-level `str.split` / `map` / `zip` and the common shapes of From, To, Contact, Via and
+the Request-URI are checked with one compiled regex each; anything the fast patterns do
+not recognise falls back to the full parsers in `uri.py`, which have the last word. The
+fast patterns only ever accept a subset of what the full parsers accept.
 """
 
 from __future__ import annotations
 
+import re
+from itertools import repeat
+
 from sipmask.errors import MessageTooLarge, ParseError
-from sipmask.sip.headers import Headers, canonical, is_token
-from sipmask.sip.message import SIP_VERSION, CSeq, Message, Request, Response
-from sipmask.sip.uri import NameAddr, Via, parse_uri
+from sipmask.sip.headers import (
+    Headers,
+    canonical,
+    is_token,
+    key_of_wire_name,
+    known_wire_keys,
+    split_commas,
+)
+from sipmask.sip.message import SIP_VERSION, CSeq, Request, Response
+from sipmask.sip.uri import NameAddr, SipUri, Via, parse_uri
 
 DEFAULT_MAX_BYTES = 65535
 
 # RFC 3261 §8.1.1: a request MUST hold these; without them it cannot be answered properly.
 _REQUIRED = ("to", "from", "cseq", "call-id", "via")
+_REQUIRED_SET = frozenset(_REQUIRED)
+_PRETTY = {"to": "To", "from": "From", "cseq": "CSeq", "call-id": "Call-ID", "via": "Via",
+           "content-length": "Content-Length"}
+
+_KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
+                            "UPDATE", "INFO", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE",
+                            "PUBLISH"})
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    """Header block (without the blank line) and the rest."""
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        return data[:end], data[end + 4:]
-    # Be lenient with bare-LF senders (RFC 3261 §7.5 asks for CRLF, many old UAs send LF).
-    end = data.find(b"\n\n")
-    if end >= 0:
-        return data[:end], data[end + 2:]
-    raise ParseError("Missing blank line after headers")
-
-
-def _lines(head: str) -> list[str]:
-    return head.replace("\r\n", "\n").split("\n") if "\n" in head else [head]
+# Fast shapes (see the module docstring). RFC 3261 §25.1 character classes, narrowed.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_PORT = r"(?::(?:[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+_HOSTNAME = r"(?:[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])"
+_FAST_SIP = (r"[sS][iI][pP][sS]?:(?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]+"
+             r"(?::[A-Za-z0-9\-_.!~*'()%&=+$,]*)?@)?"
+             + _HOSTNAME + _PORT +
+             r"(?:;[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+)?)*")
+_FAST_REQUEST_URI = re.compile(_FAST_SIP)
+# A bare addr-spec may not hold `;`, `?` or `,` in its URI (§20.10), so its shape is narrower.
+_FAST_SIP_BARE = (r"[sS][iI][pP][sS]?:(?:[A-Za-z0-9\-_.!~*'()%&=+$/]+"
+                  r"(?::[A-Za-z0-9\-_.!~*'()%&=+$]*)?@)?" + _HOSTNAME + _PORT)
+_HEADER_PARAMS = r"(?:;" + _TOKEN + r"(?:=" + _TOKEN + r")?)*"
+_FAST_NAME_ADDR = re.compile(
+    r'(?:(?:"[^"\\\r\n]*"|' + _TOKEN + r"(?: " + _TOKEN + r")*) ?)?<" + _FAST_SIP + r">"
+    + _HEADER_PARAMS + r"|" + _FAST_SIP_BARE + _HEADER_PARAMS
+)
+_FAST_VIA = re.compile(
+    r"SIP/2\.0/(?:UDP|TCP|TLS|SCTP|WS|WSS) " + _HOSTNAME + _PORT +
+    r"(?:;" + _TOKEN + r"(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*"
+)
 
 
 def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -40,152 +74,247 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
     """Parse one message. `stream=True` (TCP) makes Content-Length mandatory (§18.3)."""
     if len(data) > max_bytes:
         raise MessageTooLarge(f"Message Too Large: over {max_bytes} bytes")
-    # §7.5: implementations SHOULD ignore CRLFs before the start line.
-    start = 0
-    while data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
-        start += 2 if data.startswith(b"\r\n", start) else 1
-    if start:
-        data = data[start:]
-    if not data:
-        raise ParseError("Empty message")
-    head_bytes, rest = _split_head(data)
-    head = head_bytes.decode("utf-8", "surrogateescape")
-    raw_lines = _lines(head)
-    first = raw_lines[0]
+    if data.startswith((b"\r", b"\n")):
+        # §7.5: implementations SHOULD ignore CRLFs before the start line.
+        data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    body_start = end + 4
+    crlf = end >= 0
+    if crlf:
+        head = data[:end].decode("utf-8", "surrogateescape")
+        lines = head.split("\r\n")
+        breaks = len(lines) - 1
+        # A lone CR or LF inside a field would let a value smuggle a header line into a
+        # message we build from it; count them instead of trusting the split.
+        if head.count("\n") != breaks:
+            crlf = False  # bare LFs among the CRLFs: read it the lenient way below
+        elif head.count("\r") != breaks:
+            raise ParseError("Bare CR in header")
+    if not crlf:
+        # Be lenient with bare-LF senders (§7.5 asks for CRLF, some old UAs send LF).
+        end = data.find(b"\n\n")
+        if end < 0:
+            if not data:
+                raise ParseError("Empty message")
+            raise ParseError("Missing blank line after headers")
+        body_start = end + 2
+        head = data[:end].decode("utf-8", "surrogateescape")
+        lines = [line[:-1] if line.endswith("\r") else line for line in head.split("\n")]
+        if any("\r" in line for line in lines):
+            raise ParseError("Bare CR in header")
+    first = lines[0]
+    del lines[0]
+    keys, names, values, raws = _split_fields(lines, crlf)
 
-    fields: list[tuple[str, str, str, str | None]] = []
-    crlf = "\r\n" if b"\r\n" in head_bytes else "\n"
-    for line in raw_lines[1:]:
-        if line[:1] in (" ", "\t"):
-            # §7.3.1 folding: a continuation line joins the previous value with one SP.
-            if not fields:
+    # -- body: Content-Length (§20.14, §18.3) ------------------------------------------------
+    n_cl = keys.count("content-length")
+    if n_cl:
+        text = values[keys.index("content-length")].strip()
+        if n_cl > 1 and any(v.strip() != text for k, v in zip(keys, values, strict=True)
+                            if k == "content-length"):
+            raise ParseError("Conflicting Content-Length headers")
+        if not (text.isdigit() and text.isascii()) or len(text) > 10:
+            raise ParseError("Bad Content-Length")
+        length = int(text)
+        available = len(data) - body_start
+        if length > available:
+            # §18.3: a datagram that ends before the body does is an error (400 for a
+            # request, dropped for a response).
+            raise ParseError("Content-Length larger than the body")
+        if length == available:
+            body = data[body_start:]
+            raw: bytes | None = data
+        else:
+            # §18.3: over UDP, octets past Content-Length are discarded.
+            body = data[body_start: body_start + length]
+            raw = data[: body_start + length]
+    else:
+        if stream:
+            raise ParseError("Missing Content-Length on a stream transport")
+        body = data[body_start:]
+        raw = data
+    if not crlf:
+        raw = None  # rebuilt messages use CRLF, so the original bytes are never reused
+
+    headers = Headers._deferred(keys, names, values, raws)
+    if first.startswith("SIP/"):
+        return _response(first, keys, values, headers, body, raw)
+    return _request(first, keys, values, headers, body, raw)
+
+
+_Split = tuple[list[str], tuple[str, ...], tuple[str, ...], list[str] | None]
+
+
+def _split_fields(lines: list[str], crlf: bool) -> _Split:
+    """Header lines → keys, names as written, unstripped values and raw lines (None when
+    the raw text may not be reused). The fast path handles lines of known header names;
+    anything else (folding, new names, LWS before the colon, junk) takes `_careful`."""
+    if not lines:
+        return [], (), (), [] if crlf else None
+    parts = list(map(str.partition, lines, repeat(":", len(lines))))
+    names, colons, values = zip(*parts, strict=True)
+    if "" in colons:
+        return _careful(lines, crlf)
+    keys = known_wire_keys(names)
+    if keys is None:
+        return _careful(lines, crlf)
+    return keys, names, values, lines if crlf else None
+
+
+def _careful(lines: list[str], crlf: bool) -> _Split:
+    raws: list[str] = []
+    logical: list[str] = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and line:
+            # §7.3.1 folding: a line starting with SP or HT continues the previous one; the
+            # value reads as if the line break and leading whitespace were one SP.
+            if not raws:
                 raise ParseError("Continuation line before any header")
-            key, name, value, raw = fields[-1]
-            joined = (value + " " + line.strip(" \t")).strip()
-            fields[-1] = (key, name, joined, f"{raw}{crlf}{line}")
-            continue
+            raws[-1] += "\r\n" + line
+            logical[-1] = logical[-1].rstrip(" \t") + " " + line.strip(" \t")
+        else:
+            raws.append(line)
+            logical.append(line)
+    keys: list[str] = []
+    names: list[str] = []
+    values: list[str] = []
+    for line in logical:
         name, colon, value = line.partition(":")
         if not colon:
             raise ParseError("Header line without a colon")
-        name = name.rstrip(" \t")
-        if not is_token(name):
-            raise ParseError(f"Bad header name {name[:32]!r}")
-        fields.append((canonical(name), name, value.strip(" \t"), line))
-    if crlf == "\n":
-        # Bare-LF input: rebuilt messages use CRLF, so nothing raw may be reused.
-        fields = [(k, n, v, None) for k, n, v, _ in fields]
-    headers = Headers(fields)
-
-    body, used = _body(headers, rest, stream)
-    raw = data[: len(data) - len(rest) + used] if crlf == "\r\n" else None
-    msg: Message
-    if first.startswith("SIP/"):
-        msg = _response(first, headers, body, raw)
-    else:
-        msg = _request(first, headers, body, raw)
-    return msg  # type: ignore[return-value]
+        keys.append(key_of_wire_name(name))
+        names.append(name.rstrip(" \t"))
+        values.append(value)
+    return keys, tuple(names), tuple(values), raws if crlf else None
 
 
-def _body(headers: Headers, rest: bytes, stream: bool) -> tuple[bytes, int]:
-    lengths = headers.get_fields("content-length")
-    if not lengths:
-        if stream:
-            raise ParseError("Missing Content-Length on a stream transport")
-        return rest, len(rest)
-    if len(set(v.strip() for v in lengths)) > 1:
-        raise ParseError("Conflicting Content-Length headers")
-    text = lengths[0].strip()
-    if not text.isdigit():
-        raise ParseError("Bad Content-Length")
-    n = int(text)
-    if n > len(rest):
-        raise ParseError("Content-Length larger than the body")
-    # §18.3: over UDP, octets past Content-Length are discarded.
-    return rest[:n], n
-
-
-def _request(first: str, headers: Headers, body: bytes, raw: bytes | None) -> Request:
+def _request(first: str, keys: list[str], values: tuple[str, ...], headers: Headers,
+             body: bytes, raw: bytes | None) -> Request:
     parts = first.split(" ")
     if len(parts) != 3 or not all(parts):
+        # RFC 4475 §3.1.2.8-10: LWS inside the Request-URI, extra SP, trailing SP → 400.
         raise ParseError("Bad Request-Line")
     method, uri, version = parts
-    if not is_token(method):
-        raise ParseError("Bad method")
-    if version.upper() != SIP_VERSION:
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
         if version.upper().startswith("SIP/"):
+            # RFC 3261 §8.2.1 / RFC 4475 §3.1.2.16.
             raise ParseError("Version Not Supported", status=505)
         raise ParseError("Bad Request-Line: not SIP/2.0")
-    parse_uri(uri)
-    for key in _REQUIRED:
-        if key not in headers:
-            raise ParseError(f"Missing {_PRETTY[key]}")
-    cseq = CSeq.parse(headers.get("cseq") or "")
-    # RFC 4475 §3.1.2.14 / RFC 3261 §8.1.1.5: CSeq method must match the request method.
-    if cseq.method != method:
+    if method not in _KNOWN_METHODS and not is_token(method):
+        raise ParseError("Bad method")
+    if _FAST_REQUEST_URI.fullmatch(uri) is None:
+        parsed = parse_uri(uri)
+        # RFC 3261 §19.1.1 table 1: headers are not allowed in a Request-URI
+        # (RFC 4475 §3.1.2.11 escruri: 400).
+        if isinstance(parsed, SipUri) and parsed.headers:
+            raise ParseError("Bad Request-URI: headers are not allowed")
+    _check_required(keys, values)
+    cseq_method = _check_cseq(values[keys.index("cseq")].strip())
+    # RFC 3261 §8.1.1.5 / RFC 4475 §3.1.2.17-18: CSeq method must match the request.
+    if cseq_method != method:
         raise ParseError("CSeq method does not match the request")
-    _check_common(headers)
-    mf = headers.get("max-forwards")
-    if mf is not None and (not mf.strip().isdigit() or int(mf) > 255):
-        raise ParseError("Bad Max-Forwards")
+    if "max-forwards" in keys:
+        mf = values[keys.index("max-forwards")].strip()
+        # §20.22: 0-255; RFC 4475 §3.1.2.4 refuses 300. Leading zeros are fine (wsinv).
+        if not (mf.isdigit() and mf.isascii()) or len(mf) > 10 or int(mf) > 255:
+            raise ParseError("Bad Max-Forwards")
     return Request(method, uri, headers, body, version, raw)
 
 
-def _response(first: str, headers: Headers, body: bytes, raw: bytes | None) -> Response:
+def _response(first: str, keys: list[str], values: tuple[str, ...], headers: Headers,
+              body: bytes, raw: bytes | None) -> Response:
     parts = first.split(" ", 2)
     if len(parts) < 2:
         raise ParseError("Bad Status-Line")
     version, code = parts[0], parts[1]
     reason = parts[2] if len(parts) == 3 else ""
-    if version.upper() != SIP_VERSION:
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
         raise ParseError("Bad Status-Line: not SIP/2.0")
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    # §7.2 Status-Code = 3DIGIT, 100-699 (RFC 4475 §3.1.2.19 bigcode is dropped).
+    if len(code) != 3 or not (code.isdigit() and code.isascii()) or not 100 <= int(code) <= 699:
         raise ParseError("Bad status code")
-    for key in _REQUIRED:
-        if key not in headers:
-            raise ParseError(f"Missing {_PRETTY[key]}")
-    CSeq.parse(headers.get("cseq") or "")
-    _check_common(headers)
+    _check_required(keys, values)
+    _check_cseq(values[keys.index("cseq")].strip())
     return Response(int(code), reason, headers, body, version, raw)
 
 
-def _check_common(headers: Headers) -> None:
-    """Headers whose syntax every transaction relies on must parse (§8.1.1, §20)."""
-    for key in ("from", "to"):
-        if len(headers.get_fields(key)) > 1:
+def _check_required(keys: list[str], values: tuple[str, ...]) -> None:
+    """The §8.1.1 headers are present, single where single-valued, and parse; so do Via
+    and Contact (RFC 4475 §3.1.2.1, §3.1.2.6, §3.1.2.13-15, §3.3.1, §3.3.8)."""
+    if not _REQUIRED_SET.issubset(keys):
+        for key in _REQUIRED:
+            if key not in keys:
+                raise ParseError(f"Missing {_PRETTY[key]}")
+    for key in ("from", "to", "call-id", "cseq"):
+        if keys.count(key) > 1:
             raise ParseError(f"Multiple {_PRETTY[key]} headers")
-        NameAddr.parse(headers.get(key) or "")
-    if len(headers.get_fields("call-id")) > 1:
-        raise ParseError("Multiple Call-ID headers")
-    if not (headers.get("call-id") or "").strip():
+    for key in ("from", "to"):
+        value = values[keys.index(key)].strip()
+        if _FAST_NAME_ADDR.fullmatch(value) is None:
+            NameAddr.parse(value)
+    if not values[keys.index("call-id")].strip():
         raise ParseError("Empty Call-ID")
-    for via in headers.get_all("via"):
-        Via.parse(via)
+    for value in _all_of("via", keys, values):
+        if _FAST_VIA.fullmatch(value) is not None:
+            continue
+        parms = split_commas(value)
+        if not parms:
+            raise ParseError("Empty Via")
+        for parm in parms:
+            Via.parse(parm)
+    if "contact" in keys:
+        for value in _all_of("contact", keys, values):
+            if value != "*" and _FAST_NAME_ADDR.fullmatch(value) is None:
+                for addr in split_commas(value):
+                    NameAddr.parse(addr)
 
 
-_PRETTY = {"to": "To", "from": "From", "cseq": "CSeq", "call-id": "Call-ID", "via": "Via"}
+def _all_of(key: str, keys: list[str], values: tuple[str, ...]) -> list[str]:
+    """Stripped values of every line with this key (one line is the common case)."""
+    if keys.count(key) == 1:
+        return [values[keys.index(key)].strip()]
+    return [v.strip() for k, v in zip(keys, values, strict=True) if k == key]
+
+
+def _check_cseq(value: str) -> str:
+    """CSeq is `number method` with number < 2**31 (§8.1.1.5); returns the method."""
+    number, sp, method = value.partition(" ")
+    if sp and number.isdigit() and number.isascii() and len(number) <= 10 and \
+            int(number) < 2**31 and method in _KNOWN_METHODS:
+        return method
+    return CSeq.parse(value).method
 
 
 def salvage(data: bytes) -> Headers | None:
     """Best-effort header read of a message that failed to parse: enough to build a 400
     when Via, From, To, Call-ID and CSeq are all readable, else None (drop it)."""
-    try:
-        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    except Exception:  # pragma: no cover - decode with "replace" does not raise
-        return None
-    lines = _lines(head)
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    head = (data if end < 0 else data[:end]).decode("utf-8", "replace")
+    lines = [line.rstrip("\r") for line in head.split("\n")]
     if not lines or lines[0].startswith("SIP/"):
         return None  # never answer a response (§8.1.3.3 has no error path for them)
-    pairs: list[tuple[str, str]] = []
+    joined: list[str] = []
     for line in lines[1:]:
+        if line[:1] in (" ", "\t") and joined:
+            joined[-1] = joined[-1] + " " + line.strip(" \t")
+        else:
+            joined.append(line)
+    pairs: list[tuple[str, str]] = []
+    for line in joined:
         name, colon, value = line.partition(":")
-        key = canonical(name.strip())
-        if colon and key in ("via", "from", "to", "call-id", "cseq"):
-            pairs.append((name.strip(), value.strip()))
+        name = name.strip(" \t")
+        key = canonical(name)
+        if colon and key in _REQUIRED_SET:
+            pairs.append((name, value.strip(" \t")))
     headers = Headers.of(*pairs)
     try:
-        if not headers.get_all("via"):
+        vias = headers.get_all("via")
+        if not vias:
             return None
-        Via.parse(headers.get_all("via")[0])
+        Via.parse(vias[0])
         for key in ("from", "to", "call-id", "cseq"):
             if not headers.get(key):
                 return None
@@ -198,47 +327,81 @@ class StreamFramer:
     """Cuts a TCP byte stream into messages by Content-Length (RFC 3261 §18.3).
 
     `feed(data)` returns the complete messages now available. Keep-alive CRLFs between
-    messages (RFC 5626 §3.5.1) are skipped. A header block over `max_bytes` or a missing
-    Content-Length raises ParseError; the connection cannot be resynchronised after that.
+    messages (RFC 5626 §3.5.1) are skipped and counted in `keepalives`; a double-CRLF ping
+    should be answered with a single-CRLF pong (RFC 5626 §4.4.1): `take_pings()` says how
+    many are due. A header block over `max_bytes`, a missing or bad Content-Length raises
+    ParseError; the connection cannot be resynchronised after that.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self._buf = bytearray()
+        self._need = -1          # total length of the message being read, once known
+        self._scanned = 0        # bytes of the header block already searched for CRLFCRLF
+        self._crlf_run = 0       # CRLFs seen since the last message or ping
+        self._pings = 0
         self.keepalives = 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
+        buf = self._buf
+        buf += data
         out: list[bytes] = []
         while True:
-            while self._buf[:2] == b"\r\n":
-                del self._buf[:2]
-                self.keepalives += 1
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > self.max_bytes:
-                    raise MessageTooLarge("Message Too Large: header block too long")
+            if self._need < 0:
+                if self._scanned == 0:
+                    skip = 0
+                    while buf.startswith(b"\r\n", skip):
+                        skip += 2
+                    if skip:
+                        del buf[:skip]
+                        self._count_crlfs(skip // 2)
+                    if not buf or buf == b"\r":
+                        return out
+                end = buf.find(b"\r\n\r\n", self._scanned)
+                if end < 0:
+                    if len(buf) > self.max_bytes:
+                        raise MessageTooLarge("Message Too Large: header block too long")
+                    self._scanned = max(0, len(buf) - 3)
+                    return out
+                self._scanned = 0
+                self._crlf_run = 0
+                total = end + 4 + _content_length(bytes(buf[:end]))
+                if total > self.max_bytes:
+                    raise MessageTooLarge(f"Message Too Large: over {self.max_bytes} bytes")
+                self._need = total
+            if len(buf) < self._need:
                 return out
-            length = _content_length(bytes(self._buf[:end]))
-            total = end + 4 + length
-            if total > self.max_bytes:
-                raise MessageTooLarge(f"Message Too Large: over {self.max_bytes} bytes")
-            if len(self._buf) < total:
-                return out
-            out.append(bytes(self._buf[:total]))
-            del self._buf[:total]
+            out.append(bytes(buf[: self._need]))
+            del buf[: self._need]
+            self._need = -1
+
+    def take_pings(self) -> int:
+        """How many CRLFCRLF pings arrived since the last call (each wants a CRLF pong)."""
+        pings, self._pings = self._pings, 0
+        return pings
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
+    def _count_crlfs(self, n: int) -> None:
+        self.keepalives += n
+        self._crlf_run += n
+        self._pings += self._crlf_run // 2
+        self._crlf_run %= 2
+
+
+_CL_LINE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)",
+                      re.IGNORECASE)
+
 
 def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in (b"content-length", b"l"):
-            text = value.strip()
-            if not text.isdigit():
-                raise ParseError("Bad Content-Length")
-            return int(text)
-    raise ParseError("Missing Content-Length on a stream transport")
+    found = _CL_LINE.findall(head)
+    if not found:
+        raise ParseError("Missing Content-Length on a stream transport")
+    if len(set(found)) > 1:
+        raise ParseError("Conflicting Content-Length headers")
+    text = found[0]
+    if not text.isdigit() or len(text) > 10:
+        raise ParseError("Bad Content-Length")
+    return int(text)

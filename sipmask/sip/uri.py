@@ -3,10 +3,16 @@
 `SipUri.parse(text)` and `str(uri)` are symmetric for the forms RFC 3261 §19.1 allows;
 parameters keep their order and case. The user part is kept as written (escaped);
 `user_unescaped` decodes it (§19.1.2).
+
+We are strict where RFC 4475 §3.1.2 asks for a 400 (whitespace inside `<…>`, unbalanced
+quotes, a display name that is not tokens, empty parameters) and liberal elsewhere: a user
+part may hold any visible character but `@`, `:`, `<`, `>` and `"`, because trunks send
+`*21#` and friends unescaped.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -14,21 +20,35 @@ from sipmask.errors import ParseError
 
 Params = list[tuple[str, str | None]]
 
+_PARAM_NAME = re.compile(r"[^\s;=,?<>\"@]+")
+
 
 def parse_params(text: str, what: str) -> Params:
-    """`;a=1;b;c=x` (leading `;` optional) → ordered pairs; a flag param has value None."""
+    """`;a=1;b;c=x` (leading `;` optional) → ordered pairs; a flag param has value None.
+
+    LWS around `;` and `=` is allowed (RFC 3261 §25.1 SEMI and EQUAL are SWS-wrapped);
+    a quoted value may hold `;` (generic-param, §25.1 gen-value)."""
     out: Params = []
     if not text:
         return out
-    for part in text.lstrip(";").split(";"):
-        part = part.strip()
-        if not part:
-            raise ParseError(f"Bad {what}: empty parameter")
+    text = text.strip()
+    if text.startswith(";"):
+        text = text[1:]
+    parts = _split_unquoted(text, ";") if '"' in text else text.split(";")
+    for part in parts:
         name, eq, value = part.partition("=")
         name = name.strip()
         if not name:
-            raise ParseError(f"Bad {what}: parameter without a name")
-        out.append((name, value.strip() if eq else None))
+            raise ParseError(f"Bad {what}: empty parameter")
+        if _PARAM_NAME.fullmatch(name) is None:
+            raise ParseError(f"Bad {what}: invalid parameter name")
+        if eq:
+            value = value.strip()
+            if value.startswith('"') and _quoted_end(value, 0) != len(value):
+                raise ParseError(f"Bad {what}: unterminated quoted parameter")
+            out.append((name, value))
+        else:
+            out.append((name, None))
     return out
 
 
@@ -67,47 +87,49 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
     return out
 
 
+# RFC 3261 §25.1 host = hostname / IPv4address / IPv6reference. Underscores are tolerated
+# in hostnames (seen from real trunks' DNS names).
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)"
+_HOSTPORT = re.compile(rf"({_HOST})(?::([0-9]{{1,5}}))?")
+
+
 def _split_host_port(hostport: str, what: str) -> tuple[str, int | None]:
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        if end < 0:
+    m = _HOSTPORT.fullmatch(hostport)
+    if m is None:
+        if hostport.startswith("[") and "]" not in hostport:
             raise ParseError(f"Bad {what}: unterminated IPv6 reference")
-        host = hostport[: end + 1]
-        rest = hostport[end + 1:]
-        if not rest:
-            return host, None
-        if not rest.startswith(":"):
-            raise ParseError(f"Bad {what}: junk after IPv6 reference")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = hostport.partition(":")
-        if not colon:
-            port_text = ""
-        if ":" in port_text:
+        if hostport.count(":") > 1 and not hostport.startswith("["):
             raise ParseError(f"Bad {what}: IPv6 address must be in brackets")
-    if not host:
-        raise ParseError(f"Bad {what}: empty host")
-    if not colon_ok(host):
-        raise ParseError(f"Bad {what}: invalid host")
-    if port_text == "" and hostport.endswith(":"):
-        raise ParseError(f"Bad {what}: empty port")
-    if port_text:
-        if not port_text.isdigit() or not (0 < int(port_text) < 65536):
-            raise ParseError(f"Bad {what}: invalid port")
-        return host, int(port_text)
-    return host, None
-
-
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+        if hostport.endswith(":"):
+            raise ParseError(f"Bad {what}: empty port")
+        if not hostport or hostport.startswith(":"):
+            raise ParseError(f"Bad {what}: empty host")
+        raise ParseError(f"Bad {what}: invalid host or port")
+    host, port_text = m.group(1, 2)
+    if port_text is None:
+        return host, None
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ParseError(f"Bad {what}: invalid port")
+    return host, port
 
 
 def colon_ok(host: str) -> bool:
     """RFC 3261 §25.1 host: hostname, IPv4 or bracketed IPv6."""
-    if host.startswith("["):
-        inner = host[1:-1]
-        return host.endswith("]") and bool(inner) and all(
-            c in "0123456789abcdefABCDEF:." for c in inner)
-    return all(c in _HOST_CHARS for c in host)
+    return re.fullmatch(_HOST, host) is not None
+
+
+# sip:/sips: URI, RFC 3261 §19.1.1. The user part ends at the first `@` (neither user nor
+# password may hold a raw `@`), so `?` and `;` before it belong to the user (RFC 4475
+# §3.1.1.2 intmeth). Whitespace, `<`, `>` and `"` are never part of a URI.
+_SIP_URI = re.compile(
+    r"""([sS][iI][pP][sS]?):
+        (?:([^\s@:<>"]+)(?::([^\s@<>"]*))?@)?
+        ([^\s;?<>"@]*)
+        ((?:;[^\s;?<>"]*)*)
+        (?:\?([^\s<>"]*))?""",
+    re.VERBOSE,
+)
 
 
 @dataclass
@@ -122,24 +144,20 @@ class SipUri:
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
-        scheme, colon, rest = text.partition(":")
-        if not colon or scheme.lower() not in ("sip", "sips"):
-            raise ParseError("Bad URI: expected sip: or sips:")
-        if not rest or any(c in rest for c in " \t\r\n<>"):
-            raise ParseError("Bad URI: contains whitespace or angle brackets")
-        rest, qmark, headers = rest.partition("?")
-        user: str | None = None
-        password: str | None = None
-        if "@" in rest:
-            userinfo, _, rest = rest.rpartition("@")
-            user, pcolon, pw = userinfo.partition(":")
-            password = pw if pcolon else None
-            if not user:
-                raise ParseError("Bad URI: empty user part")
-        hostport, _, ptext = rest.partition(";")
+        m = _SIP_URI.fullmatch(text)
+        if m is None:
+            if text.partition(":")[0].lower() not in ("sip", "sips"):
+                raise ParseError("Bad URI: expected sip: or sips:")
+            if any(c in text for c in " \t\r\n<>\""):
+                raise ParseError("Bad URI: contains whitespace, quotes or angle brackets")
+            raise ParseError("Bad URI: invalid sip URI")
+        scheme, user, password, hostport, ptext, headers = m.groups()
+        if user is not None and user == "":
+            raise ParseError("Bad URI: empty user part")
         host, port = _split_host_port(hostport, "URI")
         params = parse_params(ptext, "URI") if ptext else []
-        return cls(scheme, user, host, port, password, params, headers if qmark else "")
+        return cls(scheme, user, host, port, password, params,
+                   headers if headers is not None else "")
 
     def __str__(self) -> str:
         out = [self.scheme, ":"]
@@ -158,18 +176,42 @@ class SipUri:
 
     @property
     def user_unescaped(self) -> str | None:
-        return None if self.user is None else unquote(self.user)
+        return None if self.user is None else unquote(self.user, errors="surrogateescape")
 
     @property
     def phone_number(self) -> str | None:
         """The user part as a phone number: the part before any `;` user parameters
-        (`sip:+8613800000001;npdi;rn=…@host;user=phone`), unescaped."""
+        (`sip:+8613800000001;npdi;rn=…@host;user=phone`, RFC 4694 §4), unescaped."""
         if self.user is None:
             return None
         return unquote(self.user).split(";", 1)[0]
 
+    @property
+    def user_params(self) -> Params:
+        """Parameters inside the user part of a telephone-subscriber user
+        (`+86…;npdi;rn=+86…`, RFC 3261 §19.1.6 with RFC 4694), in order."""
+        if self.user is None or ";" not in self.user:
+            return []
+        return parse_params(unquote(self.user).split(";", 1)[1], "user parameters")
+
+    @property
+    def header_pairs(self) -> list[tuple[str, str]]:
+        """The `?a=b&c=d` headers, names as written and values unescaped (§19.1.1)."""
+        if not self.headers:
+            return []
+        out: list[tuple[str, str]] = []
+        for item in self.headers.split("&"):
+            name, _, value = item.partition("=")
+            out.append((unquote(name), unquote(value)))
+        return out
+
     def param(self, name: str) -> str | None:
         return get_param(self.params, name)
+
+
+# RFC 3966 §3: telephone-subscriber = global-number / local-number. We keep visual
+# separators as written; sipmask.numbers normalises.
+_TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()]+")
 
 
 @dataclass
@@ -178,6 +220,7 @@ class TelUri:
 
     number: str
     params: Params = field(default_factory=list)
+    scheme: str = "tel"
 
     @classmethod
     def parse(cls, text: str) -> TelUri:
@@ -185,12 +228,12 @@ class TelUri:
         if not colon or scheme.lower() != "tel":
             raise ParseError("Bad URI: expected tel:")
         number, _, ptext = rest.partition(";")
-        if not number or any(c in number for c in " \t<>@"):
+        if _TEL_NUMBER.fullmatch(number) is None or not any(c.isdigit() for c in number):
             raise ParseError("Bad URI: invalid telephone-subscriber")
-        return cls(number, parse_params(ptext, "URI") if ptext else [])
+        return cls(number, parse_params(ptext, "URI") if ptext else [], scheme)
 
     def __str__(self) -> str:
-        return f"tel:{self.number}{format_params(self.params)}"
+        return f"{self.scheme}:{self.number}{format_params(self.params)}"
 
     @property
     def phone_number(self) -> str:
@@ -200,9 +243,13 @@ class TelUri:
         return get_param(self.params, name)
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+
+
 @dataclass
 class AbsoluteUri:
-    """Any other scheme (RFC 3261 allows absoluteURI, e.g. `mailto:`, `urn:`); kept as text."""
+    """Any other scheme (RFC 3261 allows absoluteURI, e.g. `mailto:`, `urn:`); kept as text.
+    A request to one is answered 416 by the application (RFC 3261 §8.2.2.1)."""
 
     text: str
 
@@ -226,11 +273,19 @@ def parse_uri(text: str) -> Uri:
         return SipUri.parse(text)
     if low == "tel":
         return TelUri.parse(text)
-    if not (scheme[0].isalpha() and all(c.isalnum() or c in "+-." for c in scheme)):
+    if _SCHEME.fullmatch(scheme) is None:
         raise ParseError("Bad URI: invalid scheme")
-    if any(c in text for c in " \t<>"):
-        raise ParseError("Bad URI: contains whitespace or angle brackets")
+    if any(c in text for c in " \t\r\n<>\""):
+        raise ParseError("Bad URI: contains whitespace, quotes or angle brackets")
     return AbsoluteUri(text)
+
+
+# display-name = *(token LWS) / quoted-string (RFC 3261 §25.1). Unquoted display names
+# outside ASCII (UTF-8 names from some CN trunks) are tolerated; ASCII separators such as
+# `,` are not (RFC 4475 §3.1.2.15).
+_DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+"
+                             r"(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+)*")
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 @dataclass
@@ -238,7 +293,8 @@ class NameAddr:
     """A From/To/Contact/Route value: `"Name" <uri>;tag=…` or a bare addr-spec.
 
     For a bare addr-spec, parameters after the URI belong to the header, not the URI
-    (RFC 3261 §20.10): `sip:a@b;tag=1` has header param tag=1.
+    (RFC 3261 §20.10): `sip:a@b;tag=1` has header param tag=1, and a URI holding `,`, `?`
+    or `;` must be in angle brackets.
     """
 
     uri: Uri
@@ -252,24 +308,41 @@ class NameAddr:
         if text == "*":
             raise ParseError("Bad name-addr: '*' is not an address")
         display: str | None = None
-        if "<" in text:
-            lt = _find_unquoted(text, "<")
-            if lt < 0:
-                raise ParseError("Bad name-addr: '<' inside quotes only")
-            display = text[:lt].strip() or None
-            if display is not None and display.startswith('"'):
-                if not display.endswith('"') or len(display) < 2:
-                    raise ParseError("Bad name-addr: unterminated quoted display name")
+        if text.startswith('"'):
+            end = _quoted_end(text, 0)
+            if end < 0:
+                raise ParseError("Bad name-addr: unterminated quoted display name")
+            display = text[:end]
+            lt = end + len(text[end:]) - len(text[end:].lstrip(" \t"))
+            if text[lt:lt + 1] != "<":
+                raise ParseError("Bad name-addr: display name without <uri>")
+        else:
+            lt = text.find("<")
+            if lt >= 0:
+                words = text[:lt].strip(" \t")
+                if words:
+                    if _DISPLAY_TOKENS.fullmatch(words) is None:
+                        raise ParseError("Bad name-addr: display name must be tokens or "
+                                         "a quoted string")
+                    display = words
+        if lt >= 0:
             gt = text.find(">", lt)
             if gt < 0:
                 raise ParseError("Bad name-addr: missing '>'")
-            uri = parse_uri(text[lt + 1: gt].strip())
-            params = parse_params(text[gt + 1:].strip(), "header parameters")
-            return cls(uri, display, params, True)
-        if text.startswith('"'):
-            raise ParseError("Bad name-addr: display name without <uri>")
+            inner = text[lt + 1: gt]
+            # RFC 3261 §25.1: LAQUOT = SWS "<" and RAQUOT = ">" SWS: no LWS inside.
+            if inner != inner.strip(" \t") or not inner:
+                raise ParseError("Bad name-addr: whitespace inside <>")
+            rest = text[gt + 1:].strip(" \t")
+            if rest and not rest.startswith(";"):
+                raise ParseError("Bad name-addr: junk after '>'")
+            return cls(parse_uri(inner), display, parse_params(rest, "header parameters"),
+                       True)
         addr, _, ptext = text.partition(";")
-        return cls(parse_uri(addr.strip()), None, parse_params(ptext, "header parameters"), False)
+        addr = addr.rstrip(" \t")
+        if "?" in addr or "," in addr:
+            raise ParseError("Bad name-addr: URI with '?' or ',' must be in <>")
+        return cls(parse_uri(addr), None, parse_params(ptext, "header parameters"), False)
 
     def __str__(self) -> str:
         if self.bracketed or self.display is not None or not isinstance(self.uri, SipUri) or \
@@ -279,11 +352,56 @@ class NameAddr:
         return f"{self.uri}{format_params(self.params)}"
 
     @property
+    def display_name(self) -> str | None:
+        """The display name as text: quotes removed and quoted-pairs undone (§25.1)."""
+        if self.display is None:
+            return None
+        if self.display.startswith('"'):
+            return _QUOTED_PAIR.sub(r"\1", self.display[1:-1])
+        return self.display
+
+    @property
     def tag(self) -> str | None:
         return get_param(self.params, "tag")
 
     def with_tag(self, tag: str) -> NameAddr:
         return NameAddr(self.uri, self.display, set_param(self.params, "tag", tag), self.bracketed)
+
+
+def _quoted_end(text: str, start: int) -> int:
+    """Index just past the quoted-string that opens at `start`, or -1 if unterminated."""
+    i = start + 1
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i + 1
+        i += 1
+    return -1
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    start = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            end = _quoted_end(text, i)
+            if end < 0:
+                raise ParseError("Bad parameters: unterminated quoted string")
+            i = end
+            continue
+        if c == sep:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
 
 
 def _find_unquoted(text: str, ch: str) -> int:
@@ -301,6 +419,17 @@ def _find_unquoted(text: str, ch: str) -> int:
     return -1
 
 
+# RFC 3261 §20.42 via-parm = sent-protocol LWS sent-by *( SEMI via-params ), where
+# SLASH, COLON and SEMI allow LWS around them (§25.1) — RFC 4475 §3.1.1.1 uses all of it.
+_VIA = re.compile(
+    r"""\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)
+        \s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)
+        \s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?:\s*:\s*([0-9]{1,5}))?
+        \s*((?:;.*)?)""",
+    re.VERBOSE | re.DOTALL,
+)
+
+
 @dataclass
 class Via:
     """One Via value: `SIP/2.0/UDP host:port;branch=z9hG4bK…;rport;received=…`."""
@@ -313,23 +442,19 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        text = text.strip()
-        sent_protocol, _, rest = _split_ws(text)
-        parts = [p.strip() for p in sent_protocol.split("/")]
-        if len(parts) != 3 or not all(parts):
-            # Tolerate LWS around the slashes (RFC 3261 §25.1 SLASH = SWS "/" SWS).
-            joined = text.replace(" / ", "/").replace(" /", "/").replace("/ ", "/")
-            sent_protocol, _, rest = _split_ws(joined)
-            parts = [p.strip() for p in sent_protocol.split("/")]
-            if len(parts) != 3 or not all(parts):
+        m = _VIA.fullmatch(text)
+        if m is None:
+            if "/" not in text:
                 raise ParseError("Bad Via: sent-protocol")
-        rest = rest.strip()
-        if not rest:
-            raise ParseError("Bad Via: no sent-by")
-        hostport, _, ptext = rest.partition(";")
-        host, port = _split_host_port(hostport.strip().replace(" ", ""), "Via")
+            raise ParseError("Bad Via: sent-protocol or sent-by")
+        name, version, transport, host, port_text, ptext = m.groups()
+        port: int | None = None
+        if port_text is not None:
+            port = int(port_text)
+            if not 0 < port < 65536:
+                raise ParseError("Bad Via: invalid port")
         params = parse_params(ptext, "Via") if ptext else []
-        return cls(parts[2], host, port, params, f"{parts[0]}/{parts[1]}")
+        return cls(transport, host, port, params, f"{name}/{version}")
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
@@ -348,6 +473,11 @@ class Via:
     def received(self) -> str | None:
         return get_param(self.params, "received")
 
+    @property
+    def default_port(self) -> int:
+        """RFC 3261 §18.2.2 / §19.1.2: 5061 for TLS, else 5060."""
+        return 5061 if self.transport.upper() == "TLS" else 5060
+
     def param(self, name: str) -> str | None:
         return get_param(self.params, name)
 
@@ -357,13 +487,39 @@ class Via:
             params = set_param(params, k, v)
         return Via(self.transport, self.host, self.port, params, self.protocol)
 
+    def stamped(self, source: tuple[str, int]) -> Via:
+        """The Via a server keeps after receiving a request from `source` (ip, port).
+
+        RFC 3261 §18.2.1: add `received` when sent-by's host differs from the source IP.
+        RFC 3581 §4: when `rport` came without a value, fill it with the source port and
+        add `received` even when it equals sent-by."""
+        ip, port = source
+        params = self.params
+        if self.rport == "":
+            params = set_param(params, "rport", str(port))
+            params = set_param(params, "received", ip)
+        elif self.host.strip("[]") != ip.strip("[]"):
+            params = set_param(params, "received", ip)
+        else:
+            return self
+        return Via(self.transport, self.host, self.port, params, self.protocol)
+
     def response_target(self, source: tuple[str, int]) -> tuple[str, int]:
-        """Where a response to this Via goes over UDP: RFC 3261 §18.2.2 with RFC 3581 §4
-        (rport: back to the source address and port the request came from)."""
-        if self.rport is not None:
-            return source
-        host = self.received or self.host.strip("[]")
-        return host, self.port or 5060
+        """Where a response to this Via goes over UDP: RFC 3261 §18.2.2 with RFC 3581 §4.
+
+        `maddr` wins; then `rport` (its value, or the request's source port when empty)
+        with `received` (or the source IP); then `received` or sent-by's host, with
+        sent-by's port or the transport's default."""
+        maddr = self.param("maddr")
+        if maddr:
+            return maddr.strip("[]"), self.port or self.default_port
+        rport = self.rport
+        received = self.received
+        if rport is not None:
+            host = received.strip("[]") if received else source[0]
+            return host, int(rport) if rport.isdigit() else source[1]
+        host = received or self.host
+        return host.strip("[]"), self.port or self.default_port
 
 
 def _split_ws(text: str) -> tuple[str, str, str]:
