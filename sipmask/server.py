@@ -1,0 +1,390 @@
+"""`sipmask serve`: the listeners, the SIP core between them, and the request handler seam.
+
+    sockets ─► transport/udp, tcp ─► SipServer.message_received ─► core (transactions)
+                                                                    │ events
+                                     RequestHandler.handle_request ◄┘ (B2BUA plugs in here)
+    sockets ◄─ transport/udp, tcp ◄─ SipServer.flush ◄── core.outgoing()
+
+The core is sans-IO (aioquic style): the server passes it `now`, drains its outgoing
+datagrams and events after every call, and keeps exactly one `loop.call_at` armed for
+`core.next_timer()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from sipmask.config.schema import Config, Endpoint
+from sipmask.observability import logging as sm_logging
+from sipmask.sip.message import Request, Response, build_response
+from sipmask.sip.uri import NameAddr
+from sipmask.transport.counters import SipCounters
+from sipmask.transport.inbound import Address, TransportName
+from sipmask.transport.tcp import TcpTransport, open_tcp
+from sipmask.transport.udp import UdpTransport, open_udp
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+# Lazy proxy: bound at first use, so `sipmask.observability.logging.setup` applies.
+log = structlog.get_logger("sipmask.server")
+
+
+# -- the core's interface (what sipmask.sip.transaction.TransactionLayer provides) ---------
+@dataclass(frozen=True)
+class Outgoing:
+    data: bytes
+    dest: Address
+    transport: TransportName
+
+
+@dataclass(frozen=True)
+class RequestReceived:
+    request: Request
+    source: Address
+    transport: TransportName
+    txn_id: str
+
+
+@dataclass(frozen=True)
+class ResponseReceived:
+    response: Response
+    source: Address
+    transport: TransportName
+    txn_id: str | None
+
+
+class SipCore(Protocol):
+    def receive(self, message: Request | Response, source: Address,
+                transport: TransportName, now: float) -> None: ...
+    def send_response(self, txn_id: str, response: Response, now: float) -> None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_timer(self) -> float | None: ...
+    def outgoing(self) -> list[Outgoing]: ...
+    def events(self) -> list[Any]: ...
+
+
+class StatelessCore:
+    """Answers requests without transaction state (RFC 3261 §8.2.7 stateless UAS): each
+    request is its own event and its response goes straight out. A retransmitted request is
+    simply answered again. Used until the transaction layer takes over."""
+
+    def __init__(self) -> None:
+        self._out: list[Outgoing] = []
+        self._events: list[Any] = []
+        self._pending: dict[str, RequestReceived] = {}
+        self._ids = itertools.count(1)
+
+    def receive(self, message: Request | Response, source: Address,
+                transport: TransportName, now: float) -> None:
+        if isinstance(message, Response):
+            self._events.append(ResponseReceived(message, source, transport, None))
+            return
+        txn_id = str(next(self._ids))
+        event = RequestReceived(message, source, transport, txn_id)
+        if message.method != "ACK":
+            self._pending[txn_id] = event
+        self._events.append(event)
+
+    def send_response(self, txn_id: str, response: Response, now: float) -> None:
+        event = self._pending.get(txn_id)
+        if event is None:
+            return
+        if response.status >= 200:
+            del self._pending[txn_id]
+        if event.transport == "tcp":
+            dest = event.source  # §18.2.2: back on the connection the request came on
+        else:
+            dest = event.request.top_via.response_target(event.source)
+        self._out.append(Outgoing(response.to_bytes(), dest, event.transport))
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+    def next_timer(self) -> float | None:
+        return None
+
+    def outgoing(self) -> list[Outgoing]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Any]:
+        out, self._events = self._events, []
+        return out
+
+
+# -- the handler seam -------------------------------------------------------------------
+class SipActions(Protocol):
+    """What a request handler may do; SipServer implements it."""
+
+    def respond(self, event: RequestReceived, response: Response) -> None: ...
+
+
+class RequestHandler(Protocol):
+    """The B2BUA plugs in here: it gets every request and response the core delivers."""
+
+    def handle_request(self, event: RequestReceived) -> None: ...
+    def handle_response(self, event: ResponseReceived) -> None: ...
+
+
+HandlerFactory = Callable[[SipActions], RequestHandler]
+
+# RFC 3261 §8.2.1: a method we know but do not serve is 405 (with Allow); one we do not
+# know at all is 501.
+KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
+URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+
+
+class DefaultHandler:
+    """What sipmask answers with no B2BUA attached: OPTIONS 200, everything else refused
+    with the status RFC 3261 gives for it."""
+
+    def __init__(self, actions: SipActions, *, allow: tuple[str, ...] = ("OPTIONS", "ACK"),
+                 supported: tuple[str, ...] = (), accept: str = "application/sdp") -> None:
+        self.actions = actions
+        self.allow = ", ".join(allow)
+        self.supported = supported
+        self.accept = accept
+        self.tag_prefix = secrets.token_hex(4)
+        self._tags = itertools.count(1)
+
+    def to_tag(self) -> str:
+        return f"{self.tag_prefix}{next(self._tags):x}"
+
+    def handle_request(self, event: RequestReceived) -> None:
+        request = event.request
+        method = request.method
+        if method == "ACK":
+            return  # §17.2.1: an ACK is absorbed, never answered
+        status, extra = self.decide(request)
+        response = build_response(request, status, to_tag=self.to_tag(), extra=extra)
+        self.actions.respond(event, response)
+
+    def decide(self, request: Request) -> tuple[int, tuple[tuple[str, str], ...]]:
+        method = request.method
+        scheme = request.uri.partition(":")[0].lower()
+        if scheme not in URI_SCHEMES:
+            return 416, ()  # §8.2.2.1
+        if method != "CANCEL":
+            required = [t.strip() for t in request.headers.get_all("require") if t.strip()]
+            unsupported = [t for t in required if t not in self.supported]
+            if unsupported:
+                return 420, (("Unsupported", ", ".join(unsupported)),)  # §8.2.2.3
+        if method == "OPTIONS":
+            # §11.2: the answer lists what we can do.
+            return 200, (("Allow", self.allow), ("Accept", self.accept),
+                         ("Supported", ", ".join(self.supported)))
+        if method in ("CANCEL", "BYE") or _has_to_tag(request):
+            return 481, ()  # §9.2, §12.2.2: no such transaction or dialog here
+        if method in KNOWN_METHODS:
+            return 405, (("Allow", self.allow),)
+        return 501, (("Allow", self.allow),)
+
+    def handle_response(self, event: ResponseReceived) -> None:
+        log.debug("sip.stray_response", status=event.response.status, source=event.source)
+
+
+def _has_to_tag(request: Request) -> bool:
+    try:
+        return NameAddr.parse(request.headers.get("to") or "").tag is not None
+    except Exception:
+        return False
+
+
+# -- the server -------------------------------------------------------------------------
+class ListenError(Exception):
+    def __init__(self, endpoint: Endpoint, cause: OSError) -> None:
+        self.endpoint = endpoint
+        self.cause = cause
+        detail = cause.strerror or str(cause)
+        super().__init__(f"cannot listen on {endpoint}: {detail}")
+
+
+@dataclass
+class SipServer:
+    """Owns the listeners, the core and the handler; one per process."""
+
+    config: Config
+    handler_factory: HandlerFactory = DefaultHandler
+    core_factory: Callable[[Config], SipCore] = lambda config: StatelessCore()
+    counters: SipCounters = field(default_factory=SipCounters)
+
+    def __post_init__(self) -> None:
+        self.core = self.core_factory(self.config)
+        self.handler = self.handler_factory(self)
+        self.udp: list[UdpTransport] = []
+        self.tcp: list[TcpTransport] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> list[str]:
+        """Open every `sip.listen` endpoint; returns their URLs. Raises ListenError."""
+        self._loop = asyncio.get_running_loop()
+        max_bytes = self.config.sip.max_message_bytes
+        urls: list[str] = []
+        for endpoint in self.config.sip.listen:
+            try:
+                if endpoint.transport == "udp":
+                    udp = await open_udp(endpoint, self, self.counters, max_bytes)
+                    self.udp.append(udp)
+                    host, port = udp.local
+                else:
+                    tcp = await open_tcp(endpoint, self, self.counters, max_bytes)
+                    self.tcp.append(tcp)
+                    host, port = tcp.local
+            except OSError as exc:
+                self.close()
+                raise ListenError(endpoint, exc) from None
+            urls.append(str(Endpoint(endpoint.transport, host, port)))
+        return urls
+
+    # MessageSink: the transports call this for every parsed message.
+    def message_received(self, message: Request | Response, source: Address,
+                         transport: TransportName) -> None:
+        self.core.receive(message, source, transport, self._now())
+        self._drain()
+
+    # SipActions
+    def respond(self, event: RequestReceived, response: Response) -> None:
+        self.core.send_response(event.txn_id, response, self._now())
+        self._flush()
+
+    def _now(self) -> float:
+        # The loop's clock, so `now` and loop.call_at agree (aioquic does the same).
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _drain(self) -> None:
+        """Hand the core's events to the handler, then send what the core produced."""
+        events = self.core.events()
+        while events:
+            for event in events:
+                try:
+                    if isinstance(event, RequestReceived):
+                        self.handler.handle_request(event)
+                    elif isinstance(event, ResponseReceived):
+                        self.handler.handle_response(event)
+                except Exception:
+                    self.counters.internal_errors += 1
+                    log.exception("sip.handler_failed", event=type(event).__name__)
+            events = self.core.events()
+        self._flush()
+
+    def _flush(self) -> None:
+        for out in self.core.outgoing():
+            self.send(out.data, out.dest, out.transport)
+        self._arm_timer()
+
+    def send(self, data: bytes, dest: Address, transport: TransportName) -> None:
+        if transport == "tcp" and self.tcp:
+            self.tcp[0].send(data, dest)
+        elif transport == "udp" and self.udp:
+            self.udp[0].send(data, dest)
+        else:
+            self.counters.send_errors += 1
+
+    def _arm_timer(self) -> None:
+        when = self.core.next_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None and self._loop is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.core.handle_timer(self._now())
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("sip.timer_failed")
+        self._drain()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for udp in self.udp:
+            udp.close()
+        for tcp in self.tcp:
+            tcp.close()
+
+
+# -- admin (HTTP API + store) -------------------------------------------------------------
+class AdminHandle(Protocol):
+    async def close(self) -> None: ...
+
+
+async def start_admin(config: Config) -> AdminHandle | None:
+    """Start the HTTP admin API next to SIP when `api.listen` is set. The store and API
+    modules plug in here; while they are absent nothing is started."""
+    return None
+
+
+# -- entry point ----------------------------------------------------------------------------
+async def serve(config: Config) -> int:
+    server = SipServer(config)
+    try:
+        urls = await server.start()
+    except ListenError as exc:
+        print(f"sipmask: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    try:
+        admin = await start_admin(config)
+    except OSError as exc:
+        server.close()
+        print(f"sipmask: cannot start the admin API: {exc.strerror or exc}", file=sys.stderr,
+              flush=True)
+        return EXIT_FAILED
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"sipmask listening on {', '.join(urls)}", flush=True)
+    log.info("sipmask.started", listen=urls)
+    try:
+        await stop.wait()
+    finally:
+        # Draining calls comes with the B2BUA; for now stop listening and leave.
+        server.close()
+        if admin is not None:
+            await admin.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    print(f"sipmask stopped: counters {json.dumps(server.counters.as_dict())}", flush=True)
+    return EXIT_OK
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    sm_logging.setup(config.log)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner, \
+            contextlib.suppress(KeyboardInterrupt):
+        return runner.run(serve(config))
+    return EXIT_OK
