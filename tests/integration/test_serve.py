@@ -1,0 +1,258 @@
+"""`sipmask serve` over real loopback sockets: OPTIONS, malformed input, TCP framing, rport.
+
+Each behaviour is pinned against a real server subprocess; the counters it prints at
+SIGTERM are the observable record of what it dropped and answered.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipmask.sip.message import Response
+from sipmask.sip.parser import StreamFramer, parse_message
+from tests.conftest import (
+    LOOPBACK,
+    REPO,
+    ServeProcess,
+    free_port,
+    options_request,
+    start_serve,
+    udp_exchange,
+)
+
+MAX_BYTES = 4096
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    proc = start_serve(tmp_path_factory.mktemp("serve"),
+                       "--set", f"sip.max_message_bytes={MAX_BYTES}")
+    yield proc
+    assert proc.stop() == 0, proc.stderr()
+
+
+def response_of(data: bytes | None) -> Response:
+    assert data is not None, "no answer"
+    message = parse_message(data)
+    assert isinstance(message, Response)
+    return message
+
+
+def udp_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((LOOPBACK, 0))
+    return s
+
+
+def broken(field: str, value: str, target: tuple[str, int]) -> bytes:
+    """A valid OPTIONS with one header replaced."""
+    lines = options_request(target).decode().split("\r\n")
+    out = [f"{field}: {value}" if line.split(":", 1)[0] == field else line for line in lines]
+    return "\r\n".join(out).encode()
+
+
+def test_options_gets_200_copying_the_transaction_headers(server: ServeProcess) -> None:
+    with udp_socket() as s:
+        local = s.getsockname()
+        request = options_request(server.udp, local=local, call_id="opt-1@probe",
+                                  branch="z9hG4bKopt1")
+        response = response_of(udp_exchange(request, server.udp, sock=s))
+    assert (response.status, response.reason) == (200, "OK")
+    # RFC 3261 §8.2.6.2: Via, From, Call-ID, CSeq copied; To copied with a tag added.
+    assert response.top_via.branch == "z9hG4bKopt1"
+    assert response.top_via.host == LOOPBACK and response.top_via.port == local[1]
+    assert response.headers.get("from") == f"<sip:probe@{LOOPBACK}>;tag=probe1"
+    assert response.to.uri.__str__() == f"sip:{server.udp[0]}:{server.udp[1]}"
+    assert response.to.tag
+    assert response.call_id == "opt-1@probe"
+    assert str(response.cseq) == "1 OPTIONS"
+    # §11.2: the answer says what we can do.
+    assert "OPTIONS" in (response.headers.get("allow") or "")
+    assert response.headers.get("accept") == "application/sdp"
+    assert "supported" in response.headers
+
+
+def test_garbage_datagram_gets_no_answer(server: ServeProcess) -> None:
+    assert udp_exchange(b"\x00\xff not sip at all \r\n\r\n", server.udp, timeout=0.5) is None
+    assert udp_exchange(b"", server.udp, timeout=0.3) is None
+    assert server.alive()
+
+
+def test_readable_via_and_broken_header_gets_400_naming_it(server: ServeProcess) -> None:
+    response = response_of(udp_exchange(broken("Max-Forwards", "seventy", server.udp),
+                                        server.udp))
+    assert response.status == 400
+    assert "Max-Forwards" in response.reason
+    assert response.to.tag  # §8.2.6.2, even on a stateless error
+
+
+def test_broken_from_gets_400_naming_from(server: ServeProcess) -> None:
+    # The answer copies the broken From (§8.2.6.2), so read its status line only.
+    answer = udp_exchange(broken("From", "<<<", server.udp), server.udp)
+    assert answer is not None
+    status_line = answer.split(b"\r\n", 1)[0].decode()
+    assert status_line.startswith("SIP/2.0 400 ")
+    assert "From" in status_line or "name-addr" in status_line
+
+
+def test_broken_ack_is_never_answered(server: ServeProcess) -> None:
+    ack = broken("Max-Forwards", "x", server.udp).replace(b"OPTIONS", b"ACK")
+    assert udp_exchange(ack, server.udp, timeout=0.4) is None
+
+
+def test_unreadable_via_is_dropped(server: ServeProcess) -> None:
+    assert udp_exchange(broken("Via", "garbage", server.udp), server.udp, timeout=0.4) is None
+
+
+def test_oversized_datagram_is_refused_with_513(server: ServeProcess) -> None:
+    request = options_request(server.udp)
+    huge = request.replace(b"Content-Length: 0\r\n\r\n",
+                           b"X-Pad: " + b"a" * (MAX_BYTES + 100) + b"\r\nContent-Length: 0\r\n\r\n")
+    response = response_of(udp_exchange(huge, server.udp))
+    assert response.status == 513
+    assert "Too Large" in response.reason
+
+
+def test_unsupported_methods_get_405_or_501(server: ServeProcess) -> None:
+    invite = options_request(server.udp).replace(b"OPTIONS", b"REGISTER")
+    response = response_of(udp_exchange(invite, server.udp))
+    assert response.status == 405 and "OPTIONS" in (response.headers.get("allow") or "")
+    unknown = options_request(server.udp).replace(b"OPTIONS", b"FROB")
+    assert response_of(udp_exchange(unknown, server.udp)).status == 501
+    bye = options_request(server.udp).replace(b"OPTIONS", b"BYE")
+    assert response_of(udp_exchange(bye, server.udp)).status == 481
+
+
+def test_still_answers_after_abuse(server: ServeProcess) -> None:
+    for junk in (b"\r\n" * 100, b"INVITE", b"SIP/2.0 200 OK\r\n\r\n", bytes(range(256)) * 10,
+                 broken("CSeq", "1 INVITE", server.udp), broken("Call-ID", "", server.udp)):
+        with udp_socket() as s:
+            s.sendto(junk, server.udp)
+    assert response_of(udp_exchange(options_request(server.udp), server.udp)).status == 200
+    assert server.alive()
+
+
+def test_rport_sends_the_response_to_the_source_port(server: ServeProcess) -> None:
+    with udp_socket() as sender, udp_socket() as via_port:
+        # The Via names another port; RFC 3581 §4: with rport, the source port wins.
+        request = options_request(server.udp, local=via_port.getsockname(), rport=True)
+        response = response_of(udp_exchange(request, server.udp, sock=sender))
+        assert response.top_via.rport == str(sender.getsockname()[1])
+        assert response.top_via.received == LOOPBACK
+        # Without rport, RFC 3261 §18.2.2: the response goes to the Via's sent-by port.
+        request = options_request(server.udp, local=via_port.getsockname(), rport=False)
+        sender.sendto(request, server.udp)
+        via_port.settimeout(1.0)
+        assert response_of(via_port.recv(65535)).status == 200
+
+
+# -- TCP -----------------------------------------------------------------------------------
+def tcp_read(sock: socket.socket, count: int, timeout: float = 2.0) -> list[Response]:
+    framer = StreamFramer()
+    got: list[bytes] = []
+    sock.settimeout(timeout)
+    while len(got) < count:
+        chunk = sock.recv(65535)
+        if not chunk:
+            break
+        got += framer.feed(chunk)
+    return [response_of(raw) for raw in got]
+
+
+def tcp_options(server: ServeProcess, sock: socket.socket, call_id: str) -> bytes:
+    return options_request(server.tcp, local=sock.getsockname(), transport="TCP",
+                           call_id=call_id)
+
+
+def test_tcp_two_messages_in_one_segment(server: ServeProcess) -> None:
+    with socket.create_connection(server.tcp) as sock:
+        sock.sendall(tcp_options(server, sock, "one") + tcp_options(server, sock, "two"))
+        responses = tcp_read(sock, 2)
+    assert [(r.status, r.call_id) for r in responses] == [(200, "one"), (200, "two")]
+
+
+def test_tcp_one_message_split_over_segments(server: ServeProcess) -> None:
+    data = b""
+    with socket.create_connection(server.tcp) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = tcp_options(server, sock, "split")
+        for i in range(0, len(data), 17):
+            sock.sendall(data[i:i + 17])
+            time.sleep(0.005)
+        responses = tcp_read(sock, 1)
+    assert [(r.status, r.call_id) for r in responses] == [(200, "split")]
+
+
+def test_tcp_bad_message_gets_400_and_the_stream_goes_on(server: ServeProcess) -> None:
+    with socket.create_connection(server.tcp) as sock:
+        bad = tcp_options(server, sock, "bad").replace(b"Max-Forwards: 70",
+                                                       b"Max-Forwards: many")
+        sock.sendall(bad + tcp_options(server, sock, "good"))
+        responses = tcp_read(sock, 2)
+    assert [(r.status, r.call_id) for r in responses] == [(400, "bad"), (200, "good")]
+    assert "Max-Forwards" in responses[0].reason
+
+
+def test_tcp_unframeable_stream_gets_400_and_is_closed(server: ServeProcess) -> None:
+    with socket.create_connection(server.tcp) as sock:
+        # §18.3: Content-Length is mandatory on a stream; without it nothing can be cut.
+        bad = tcp_options(server, sock, "nolen").replace(b"Content-Length: 0\r\n", b"")
+        sock.sendall(bad)
+        responses = tcp_read(sock, 1)
+        assert [(r.status, r.call_id) for r in responses] == [(400, "nolen")]
+        assert "Content-Length" in responses[0].reason
+        sock.settimeout(2.0)
+        assert sock.recv(100) == b""  # closed by the server
+
+
+# -- counters, signals, start-up errors -----------------------------------------------------
+def test_counters_record_what_was_answered_and_dropped(serve) -> None:  # type: ignore[no-untyped-def]
+    proc: ServeProcess = serve("--set", f"sip.max_message_bytes={MAX_BYTES}")
+    assert udp_exchange(b"garbage\r\n\r\n", proc.udp, timeout=0.3) is None
+    response_of(udp_exchange(broken("Max-Forwards", "x", proc.udp), proc.udp))
+    response_of(udp_exchange(options_request(proc.udp) + b"a" * MAX_BYTES, proc.udp))
+    response_of(udp_exchange(options_request(proc.udp).replace(b"OPTIONS", b"INVITE"),
+                             proc.udp))
+    counters = proc.counters()
+    assert proc.returncode == 0
+    assert counters["parse_errors"] == 3
+    assert counters["dropped"] == 1
+    assert counters["answered_400"] == 2
+    assert counters["too_large"] == 1
+    assert counters["internal_errors"] == 0
+    assert counters["requests_by_method"]["INVITE"] == 1
+    assert counters["requests_by_method"]["OPTIONS"] >= 1  # the fixture's readiness probes
+    assert counters["sent"] == counters["received"] + counters["answered_400"]
+
+
+def run_serve(*overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sipmask", "serve", "--set", "api.listen=null",
+                           *overrides], capture_output=True, text=True, cwd=REPO, timeout=30)
+
+
+def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, port))
+        result = run_serve("--set", f"sip.listen=[udp://{LOOPBACK}:{port}]",
+                           "--set", f"store.path={tmp_path / 's.lmdb'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"sipmask: cannot listen on udp://{LOOPBACK}:{port}: Address already in use"]
+
+
+def test_address_not_local_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never assigned here, so bind() fails; no packet
+    # is sent anywhere.
+    result = run_serve("--set", "sip.listen=[tcp://192.0.2.1:5060]",
+                       "--set", f"store.path={tmp_path / 's.lmdb'}")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sipmask: cannot listen on tcp://192.0.2.1:5060")
