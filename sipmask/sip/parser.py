@@ -80,16 +80,6 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
     end = data.find(b"\r\n\r\n")
     body_start = end + 4
     crlf = end >= 0
-    if crlf:
-        head = data[:end].decode("utf-8", "surrogateescape")
-        lines = head.split("\r\n")
-        breaks = len(lines) - 1
-        # A lone CR or LF inside a field would let a value smuggle a header line into a
-        # message we build from it; count them instead of trusting the split.
-        if head.count("\n") != breaks:
-            crlf = False  # bare LFs among the CRLFs: read it the lenient way below
-        elif head.count("\r") != breaks:
-            raise ParseError("Bare CR in header")
     if not crlf:
         # Be lenient with bare-LF senders (§7.5 asks for CRLF, some old UAs send LF).
         end = data.find(b"\n\n")
@@ -98,7 +88,17 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
                 raise ParseError("Empty message")
             raise ParseError("Missing blank line after headers")
         body_start = end + 2
-        head = data[:end].decode("utf-8", "surrogateescape")
+    head = data[:end].decode("utf-8", "surrogateescape")
+    if crlf:
+        lines = head.split("\r\n")
+        breaks = len(lines) - 1
+        # A lone CR or LF inside a field would let a value smuggle a header line into a
+        # message we build from it; count them instead of trusting the split.
+        if head.count("\n") != breaks:
+            crlf = False  # bare LFs among the CRLFs: split on LF below
+        elif head.count("\r") != breaks:
+            raise ParseError("Bare CR in header")
+    if not crlf:
         lines = [line[:-1] if line.endswith("\r") else line for line in head.split("\n")]
         if any("\r" in line for line in lines):
             raise ParseError("Bare CR in header")
@@ -241,20 +241,23 @@ def _response(first: str, keys: list[str], values: tuple[str, ...], headers: Hea
 def _check_required(keys: list[str], values: tuple[str, ...]) -> None:
     """The §8.1.1 headers are present, single where single-valued, and parse; so do Via
     and Contact (RFC 4475 §3.1.2.1, §3.1.2.6, §3.1.2.13-15, §3.3.1, §3.3.8)."""
-    if not _REQUIRED_SET.issubset(keys):
+    present = set(keys)
+    if not present >= _REQUIRED_SET:
         for key in _REQUIRED:
-            if key not in keys:
+            if key not in present:
                 raise ParseError(f"Missing {_PRETTY[key]}")
-    for key in ("from", "to", "call-id", "cseq"):
-        if keys.count(key) > 1:
-            raise ParseError(f"Multiple {_PRETTY[key]} headers")
+    unique = len(present) == len(keys)
+    if not unique:
+        for key in ("from", "to", "call-id", "cseq"):
+            if keys.count(key) > 1:
+                raise ParseError(f"Multiple {_PRETTY[key]} headers")
     for key in ("from", "to"):
         value = values[keys.index(key)].strip()
         if _FAST_NAME_ADDR.fullmatch(value) is None:
             NameAddr.parse(value)
     if not values[keys.index("call-id")].strip():
         raise ParseError("Empty Call-ID")
-    for value in _all_of("via", keys, values):
+    for value in _all_of("via", keys, values, unique):
         if _FAST_VIA.fullmatch(value) is not None:
             continue
         parms = split_commas(value)
@@ -262,16 +265,16 @@ def _check_required(keys: list[str], values: tuple[str, ...]) -> None:
             raise ParseError("Empty Via")
         for parm in parms:
             Via.parse(parm)
-    if "contact" in keys:
-        for value in _all_of("contact", keys, values):
+    if "contact" in present:
+        for value in _all_of("contact", keys, values, unique):
             if value != "*" and _FAST_NAME_ADDR.fullmatch(value) is None:
                 for addr in split_commas(value):
                     NameAddr.parse(addr)
 
 
-def _all_of(key: str, keys: list[str], values: tuple[str, ...]) -> list[str]:
+def _all_of(key: str, keys: list[str], values: tuple[str, ...], unique: bool) -> list[str]:
     """Stripped values of every line with this key (one line is the common case)."""
-    if keys.count(key) == 1:
+    if unique or keys.count(key) == 1:
         return [values[keys.index(key)].strip()]
     return [v.strip() for k, v in zip(keys, values, strict=True) if k == key]
 
