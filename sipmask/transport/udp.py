@@ -41,6 +41,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         self.max_bytes = max_bytes
         self.transport: asyncio.DatagramTransport | None = None
         self.local: Address = ("", 0)
+        self.family = socket.AF_INET
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDPTransport does not subclass asyncio.DatagramTransport; cast, not assert.
@@ -71,7 +72,19 @@ class UdpTransport(asyncio.DatagramProtocol):
         if self.transport is None or self.transport.is_closing():
             self.counters.send_errors += 1
             return
-        self.transport.sendto(data, dest)
+        host, port = dest
+        try:
+            # Only IP literals of our family: a peer-chosen name (Via maddr, sent-by) must
+            # not make us block on DNS, and plain asyncio closes the whole endpoint on a bad
+            # port (a fatal OverflowError), which a peer could otherwise trigger at will.
+            socket.inet_pton(self.family, host)
+            if not 0 < port < 65536:
+                raise ValueError(port)
+            self.transport.sendto(data, dest)
+        except (OSError, ValueError):
+            self.counters.send_errors += 1
+            log.debug("sip.udp_bad_destination", dest=dest)
+            return
         self.counters.sent += 1
 
     def close(self) -> None:
@@ -102,4 +115,5 @@ async def open_udp(endpoint: Endpoint, sink: MessageSink, counters: SipCounters,
     _, protocol = await loop.create_datagram_endpoint(
         lambda: UdpTransport(sink, counters, max_bytes), sock=sock)
     protocol.local = (str(local[0]), int(local[1]))
+    protocol.family = sock.family
     return protocol

@@ -6,6 +6,7 @@ SIGTERM are the observable record of what it dropped and answered.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -256,3 +257,49 @@ def test_address_not_local_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sipmask: cannot listen on tcp://192.0.2.1:5060")
+
+
+# -- nothing a peer sends can crash the process ---------------------------------------------
+CORPUS = REPO / "tests" / "corpus"
+
+
+def mutations(seed: bytes, count: int) -> Iterator[bytes]:
+    rng = random.Random(4475)
+    for _ in range(count):
+        data = bytearray(seed)
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.4:
+                data[i] = rng.randrange(256)
+            elif op < 0.7:
+                del data[i:i + rng.randint(1, 20)]
+            else:
+                data[i:i] = rng.choice([b"\r\n", b":", b";", b"<", b",", b" ", b"\x00", b"%"])
+        yield bytes(data)
+
+
+def test_torture_corpus_and_mutations_never_crash(serve) -> None:  # type: ignore[no-untyped-def]
+    proc: ServeProcess = serve()
+    corpus = sorted(CORPUS.rglob("*.dat")) + sorted(CORPUS.rglob("*.sip"))
+    assert len(corpus) >= 40
+    with udp_socket() as s:
+        for path in corpus:
+            s.sendto(path.read_bytes()[:65000], proc.udp)
+        for data in mutations(options_request(proc.udp), 400):
+            s.sendto(data, proc.udp)
+        # A destination we must not use: a name (DNS on the hot path) via maddr.
+        s.sendto(broken("Via", "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKm;"
+                        "maddr=no.such.host.invalid", proc.udp), proc.udp)
+    for path in corpus:
+        with socket.create_connection(proc.tcp) as sock:
+            sock.sendall(path.read_bytes())
+    time.sleep(0.3)
+    assert response_of(udp_exchange(options_request(proc.udp), proc.udp)).status == 200
+    with socket.create_connection(proc.tcp) as sock:
+        sock.sendall(tcp_options(proc, sock, "after"))
+        assert [r.status for r in tcp_read(sock, 1)] == [200]
+    counters = proc.counters()
+    assert proc.returncode == 0
+    assert counters["internal_errors"] == 0, proc.stderr()[-3000:]
+    assert counters["parse_errors"] > 0 and counters["send_errors"] >= 1
