@@ -6,6 +6,7 @@ SIGTERM are the observable record of what it dropped and answered.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import subprocess
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from sipmask.config.schema import Endpoint
 from sipmask.sip.message import Response
 from sipmask.sip.parser import StreamFramer, parse_message
+from sipmask.transport.counters import SipCounters
+from sipmask.transport.tcp import open_tcp
 from tests.conftest import (
     LOOPBACK,
     REPO,
@@ -303,3 +307,82 @@ def test_torture_corpus_and_mutations_never_crash(serve) -> None:  # type: ignor
     assert proc.returncode == 0
     assert counters["internal_errors"] == 0, proc.stderr()[-3000:]
     assert counters["parse_errors"] > 0 and counters["send_errors"] >= 1
+
+
+# -- the TCP shell in-process: idle timeout, connection limit, outgoing reuse --------------
+class Collect:
+    """A sink that records what the shell delivers."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, tuple[str, int]]] = []
+
+    def message_received(self, message: object, source: tuple[str, int],
+                         transport: str) -> None:
+        self.messages.append((type(message).__name__, source))
+
+
+def test_tcp_idle_connections_are_closed_and_limit_is_kept() -> None:
+    async def scenario() -> SipCounters:
+        counters = SipCounters()
+        endpoint = Endpoint("tcp", LOOPBACK, free_port())
+        shell = await open_tcp(endpoint, Collect(), counters, 65535, idle_timeout=0.3,
+                               max_connections=2)
+        try:
+            streams = [await asyncio.open_connection(LOOPBACK, endpoint.port)
+                       for _ in range(3)]
+            # The third is over the limit: closed at once without a byte.
+            assert await asyncio.wait_for(streams[2][0].read(), 2) == b""
+            assert len(shell.connections) == 2
+            # The other two go idle and are closed after idle_timeout.
+            for reader, _ in streams[:2]:
+                assert await asyncio.wait_for(reader.read(), 3) == b""
+            assert shell.connections == {}
+        finally:
+            shell.close()
+            for _, writer in streams:
+                writer.close()
+            await asyncio.sleep(0.05)  # let the transports finish closing
+        return counters
+
+    counters = asyncio.run(scenario())
+    assert counters.tcp_refused == 1
+    assert counters.tcp_idle_closed == 2
+
+
+def test_tcp_send_opens_one_connection_and_reuses_it() -> None:
+    async def scenario() -> tuple[int, bytes, SipCounters]:
+        counters = SipCounters()
+        accepted: list[asyncio.StreamReader] = []
+        writers: list[asyncio.StreamWriter] = []
+
+        async def on_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(reader)
+            writers.append(writer)
+
+        peer = await asyncio.start_server(on_peer, LOOPBACK, 0)
+        dest = peer.sockets[0].getsockname()[:2]
+        shell = await open_tcp(Endpoint("tcp", LOOPBACK, free_port()), Collect(), counters,
+                               65535)
+        try:
+            first = options_request(dest, transport="TCP", call_id="out-1")
+            second = options_request(dest, transport="TCP", call_id="out-2")
+            shell.send(first, dest)   # queued while the connection opens
+            shell.send(second, dest)
+            await asyncio.sleep(0.2)
+            shell.send(first, dest)   # on the open connection
+            await asyncio.sleep(0.2)
+            data = await asyncio.wait_for(accepted[0].read(len(first) * 3), 2)
+        finally:
+            shell.close()
+            peer.close()
+            for writer in writers:
+                writer.close()
+            await asyncio.sleep(0.05)  # let the transports finish closing
+        return len(accepted), data, counters
+
+    count, data, counters = asyncio.run(scenario())
+    assert count == 1
+    framer = StreamFramer()
+    calls = [parse_message(raw).call_id for raw in framer.feed(data)]
+    assert calls == ["out-1", "out-2", "out-1"]
+    assert counters.sent == 3
