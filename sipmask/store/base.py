@@ -1,0 +1,228 @@
+"""The bindings store: records and the Protocol the call path, the CLI and the API code against.
+
+Two implementations share one set of rules (store/rules.py): LMDB (store/lmdb.py) for every
+process that runs, and an in-memory one (store/memory.py) for unit tests of other modules.
+
+Inputs arrive un-normalised (numbers.normalise_real / normalise_x run inside `create`);
+`route()` is the call path and takes numbers already normalised by b2bua/routing.py.
+Errors: errors.RefusedError(field, message), ConflictError, PoolExhausted (field "x"),
+RecordNotFound.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from sipmask import numbers
+from sipmask.config.schema import NumberRange, TenantConfig
+
+Mode = Literal["axb", "axn"]
+Actor = Literal["cli", "api", "import", "sweep", "config"]
+MODES: tuple[str, ...] = ("axb", "axn")
+ACTORS: tuple[str, ...] = ("cli", "api", "import", "sweep", "config")
+DEFAULT_TTL = 7200
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds → ISO-8601 UTC with a Z, as CONTRACT's JSON shows times."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Who may reach whom through X, until when (CONTRACT "Words").
+
+    The policy fields after `expires_at` are optional and default to "no rule"; the encoding
+    (store/codec.py) carries them only when set, so older records read as defaults and a
+    newer field this version does not know is ignored on read.
+    """
+
+    id: str
+    mode: str                      # "axb" | "axn"; later modes fit the same field
+    tenant: str
+    x: str
+    a: str
+    b: str | None                  # None for AXN
+    created_at: float              # unix seconds
+    expires_at: float | None       # unix seconds; None: no expiry (ttl 0)
+    direction: str = "both"        # a_to_b | b_to_a | both (policy issue)
+    max_duration_s: int | None = None
+    max_concurrent: int | None = None
+    blacklist: tuple[str, ...] = ()
+
+    def live(self, now: float) -> bool:
+        """Expired bindings stop routing at once, before the sweep removes them."""
+        return self.expires_at is None or now < self.expires_at
+
+    def to_json(self) -> dict[str, object]:
+        """CONTRACT's binding JSON: times as ISO-8601 UTC strings plus the unix numbers."""
+        out: dict[str, object] = {
+            "id": self.id, "mode": self.mode, "tenant": self.tenant, "x": self.x,
+            "a": self.a, "b": self.b,
+            "created_at": iso(self.created_at), "expires_at": iso(self.expires_at),
+            "created_at_unix": self.created_at, "expires_at_unix": self.expires_at,
+        }
+        if self.direction != "both":
+            out["direction"] = self.direction
+        if self.max_duration_s is not None:
+            out["max_duration_s"] = self.max_duration_s
+        if self.max_concurrent is not None:
+            out["max_concurrent"] = self.max_concurrent
+        if self.blacklist:
+            out["blacklist"] = list(self.blacklist)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRequest:
+    """One binding to create, un-normalised, as the CLI, the API or an import line gives it."""
+
+    mode: str
+    a: str
+    b: str | None = None
+    x: str | None = None
+    ttl: int = DEFAULT_TTL
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRange:
+    """A range of X numbers a tenant owns. `source` says who manages it: the config file
+    (changed by editing the config) or the store (`sipmask pool add/remove`)."""
+
+    tenant: str
+    first: str
+    last: str
+    source: str                    # "config" | "store"
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def __contains__(self, x: object) -> bool:
+        return isinstance(x, str) and len(x) == numbers.X_LENGTH and self.first <= x <= self.last
+
+    def as_range(self) -> NumberRange:
+        return NumberRange(self.first, self.last)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A pool range with how many of its Xs carry a binding and how many bindings in all."""
+
+    pool: PoolRange
+    xs_used: int
+    bindings: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"tenant": self.pool.tenant, "range": f"{self.pool.first}-{self.pool.last}",
+                "source": self.pool.source, "size": self.pool.size,
+                "xs_used": self.xs_used, "bindings": self.bindings}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One append-only audit record: who (tenant, actor), when, what (action on subject).
+
+    `data` holds the record as written (real numbers included); `to_json(masked=True)` is
+    what `sipmask audit` prints, with every real number masked (numbers.mask).
+    """
+
+    seq: int
+    at: float
+    tenant: str
+    actor: str
+    action: str                    # create | update | delete | expire | pool_add | pool_remove
+    subject: str                   # binding id or pool range
+    data: Mapping[str, object] = field(default_factory=dict)
+
+    def to_json(self, masked: bool = True) -> dict[str, object]:
+        data: object = dict(self.data)
+        if masked:
+            data = json.loads(numbers.mask_text(json.dumps(data)))
+        return {"seq": self.seq, "at": iso(self.at), "tenant": self.tenant,
+                "actor": self.actor, "action": self.action, "subject": self.subject,
+                "data": data}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """One line of a bulk create: the binding made, or the refusal (field + reason)."""
+
+    line: int
+    binding: Binding | None = None
+    field: str | None = None
+    reason: str | None = None
+
+
+class BindingStore(Protocol):
+    """What the call engine, the CLI and the HTTP API need of the store."""
+
+    def create(self, *, mode: str, tenant: str | None, a: str, b: str | None = None,
+               x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",
+               now: float | None = None) -> Binding:
+        """Check every rule and write the binding; X is allocated when not given."""
+        ...
+
+    def create_many(self, requests: Iterable[tuple[int, BindingRequest]], *,
+                    actor: str = "import", batch: int = 5000,
+                    default_tenant: str | None = None) -> Iterable[ImportOutcome]:
+        """Bulk create in batched transactions; yields one outcome per (line, request)."""
+        ...
+
+    def get(self, binding_id: str, tenant: str | None = None) -> Binding:
+        """RecordNotFound when absent, expired, or another tenant's."""
+        ...
+
+    def delete(self, binding_id: str, tenant: str | None = None, actor: str = "cli") -> None:
+        ...
+
+    def update_ttl(self, binding_id: str, ttl: int, tenant: str | None = None,
+                   actor: str = "cli") -> Binding:
+        """New expiry counted from now; ttl 0 means no expiry."""
+        ...
+
+    def list(self, tenant: str | None = None, x: str | None = None,
+             limit: int = 1000) -> list[Binding]:
+        """Live bindings, by id order (or on one X)."""
+        ...
+
+    def route(self, x: str, caller: str, now: float) -> Binding | None:
+        """The call path. Normalised X and caller → the live binding for this caller on X;
+        else any live binding on X (so a stranger is refused with 403, not 404); else None."""
+        ...
+
+    def sweep(self, now: float, limit: int = 1000) -> int:
+        """Delete up to `limit` expired bindings; returns how many. The server calls it
+        every store.sweep_interval_s."""
+        ...
+
+    def sync_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
+        """Seed config tenants and their pools (config is the source of truth)."""
+        ...
+
+    def tenants(self) -> list[str]:
+        ...
+
+    def add_pool(self, tenant: str, pool: str | NumberRange, actor: str = "cli") -> PoolRange:
+        ...
+
+    def remove_pool(self, tenant: str, pool: str | NumberRange, actor: str = "cli") -> None:
+        ...
+
+    def list_pools(self, tenant: str | None = None) -> list[PoolUsage]:
+        ...
+
+    def audit(self, since: float | None = None, tenant: str | None = None,
+              limit: int = 100) -> list[AuditEntry]:
+        """Oldest first from `since`; the last `limit` entries when since is None."""
+        ...
+
+    def close(self) -> None:
+        ...
