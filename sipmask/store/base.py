@@ -11,6 +11,7 @@ RecordNotFound.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ class BindingStore(Protocol):
         ...
 
     def list(self, tenant: str | None = None, x: str | None = None,
-             limit: int = 1000) -> list[Binding]:
+             limit: int = 1000) -> builtins.list[Binding]:
         """Live bindings, by id order (or on one X)."""
         ...
 
@@ -207,7 +208,7 @@ class BindingStore(Protocol):
         """Seed config tenants and their pools (config is the source of truth)."""
         ...
 
-    def tenants(self) -> list[str]:
+    def tenants(self) -> builtins.list[str]:
         ...
 
     def add_pool(self, tenant: str, pool: str | NumberRange, actor: str = "cli") -> PoolRange:
@@ -216,11 +217,11 @@ class BindingStore(Protocol):
     def remove_pool(self, tenant: str, pool: str | NumberRange, actor: str = "cli") -> None:
         ...
 
-    def list_pools(self, tenant: str | None = None) -> list[PoolUsage]:
+    def list_pools(self, tenant: str | None = None) -> builtins.list[PoolUsage]:
         ...
 
     def audit(self, since: float | None = None, tenant: str | None = None,
-              limit: int = 100) -> list[AuditEntry]:
+              limit: int = 100) -> builtins.list[AuditEntry]:
         """Oldest first from `since`; the last `limit` entries when since is None."""
         ...
 
