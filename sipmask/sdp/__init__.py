@@ -1,1 +1,50 @@
+"""SDP (RFC 4566): model, parse/serialize, and the rewrite that points a body at sipmask's
+relay. Sans-IO: nothing here touches sockets, the event loop or the clock."""
 
+from sipmask.sdp.errors import SdpError
+from sipmask.sdp.model import (
+    Attribute,
+    Bandwidth,
+    Connection,
+    Line,
+    MediaDescription,
+    Origin,
+    SdpLine,
+    SessionDescription,
+)
+from sipmask.sdp.parser import parse
+from sipmask.sdp.rewrite import (
+    KEPT_ATTRIBUTES,
+    NEVER_KEPT,
+    Direction,
+    OriginCounter,
+    direction,
+    is_on_hold,
+    media_endpoints,
+    new_session_id,
+    relay_ports_needed,
+    rewrite_for_relay,
+)
+
+__all__ = [
+    "KEPT_ATTRIBUTES",
+    "NEVER_KEPT",
+    "Attribute",
+    "Bandwidth",
+    "Connection",
+    "Direction",
+    "Line",
+    "MediaDescription",
+    "Origin",
+    "OriginCounter",
+    "SdpError",
+    "SdpLine",
+    "SessionDescription",
+    "direction",
+    "is_on_hold",
+    "media_endpoints",
+    "new_session_id",
+    "parse",
+    "relay_ports_needed",
+    "rewrite_for_relay",
+]
