@@ -1,0 +1,168 @@
+"""The LMDB store: one environment that the server, the CLI and the API open at once.
+
+Why LMDB: readers never block the writer and see the last commit on their next transaction,
+so a running server routes a binding the CLI wrote a moment ago without any signal; writes
+are serialised by LMDB's own lock across processes; a committed write is on disk
+(sync on commit), so an acknowledged binding survives kill -9. Bulk imports batch many
+bindings per commit to pay that fsync once per batch.
+
+The map is a fixed-size mmap: when a write finds it full (MapFullError) we double it and
+run the write again; a process that finds the map grown by another (MapResizedError)
+adopts the new size and retries.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar, cast
+
+import lmdb
+
+from sipmask.clock import Clock
+from sipmask.config.schema import Config
+from sipmask.errors import StoreError
+from sipmask.store import codec
+from sipmask.store.base import Binding
+from sipmask.store.rules import _ROUTE_SCAN, DATABASES, RuleStore, Txn
+
+T = TypeVar("T")
+
+MAX_DBS = 16            # the named databases in rules.py plus room for later modules
+_RETRIES = 8
+
+
+class _LmdbTxn:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self.txn = txn
+        self.dbs = dbs
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        return cast("bytes | None", self.txn.get(key, db=self.dbs[db]))
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self.txn.put(key, value, db=self.dbs[db])
+
+    def delete(self, db: str, key: bytes) -> None:
+        self.txn.delete(key, db=self.dbs[db])
+
+    def scan(self, db: str, start: bytes = b"",
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self.txn.cursor(db=self.dbs[db])
+        if reverse:
+            if cursor.last():
+                yield from cast("Iterator[tuple[bytes, bytes]]", cursor.iterprev())
+            return
+        if cursor.set_range(start):
+            yield from cast("Iterator[tuple[bytes, bytes]]", cursor.iternext())
+
+
+class LmdbStore(RuleStore):
+    """BindingStore on LMDB. `env` and `db(name)` let later modules (CDRs, the event outbox)
+    keep their records in the same environment and transactions."""
+
+    def __init__(self, path: Path | str, clock: Clock | None = None, *,
+                 map_size: int = 64 << 20, rng: random.Random | None = None) -> None:
+        super().__init__(clock, rng)
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=MAX_DBS,
+                                 max_readers=512, subdir=True, sync=True, metasync=True,
+                                 readahead=False)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+        self._dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self._route_db = self._dbs["route"]
+        self._check_schema()
+
+    def db(self, name: str) -> lmdb._Database:
+        """A named database of this environment (cdrs, outbox, or a new one)."""
+        if name not in self._dbs:
+            self._dbs[name] = self.env.open_db(name.encode())
+        return self._dbs[name]
+
+    def _check_schema(self) -> None:
+        def run(txn: Txn) -> int:
+            raw = txn.get("meta", b"schema_version")
+            if raw is None:
+                txn.put("meta", b"schema_version", str(codec.SCHEMA_VERSION).encode())
+                return codec.SCHEMA_VERSION
+            return int(raw)
+        if self._read(lambda txn: txn.get("meta", b"schema_version")) is None:
+            version = self._write(run)
+        else:
+            version = self._read(run)
+        if version > codec.SCHEMA_VERSION:
+            raise StoreError(f"the store at {self.path} has schema {version}; this sipmask "
+                             f"reads up to {codec.SCHEMA_VERSION}")
+
+    def _adopt_size(self) -> None:
+        self.env.set_mapsize(0)   # 0: take the size another process grew the map to
+
+    def _read(self, fn: Callable[[Txn], T]) -> T:
+        for _ in range(_RETRIES):
+            try:
+                with self.env.begin() as txn:
+                    return fn(_LmdbTxn(txn, self._dbs))
+            except lmdb.MapResizedError:
+                self._adopt_size()
+        raise StoreError("the store kept resizing under this read")
+
+    def _write(self, fn: Callable[[Txn], T]) -> T:
+        for _ in range(_RETRIES):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(_LmdbTxn(txn, self._dbs))
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:
+                self._adopt_size()
+        raise StoreError("the store map could not grow enough for this write")
+
+    def route(self, x: str, caller: str, now: float) -> Binding | None:
+        # The call path: one read transaction, one get; the value is the binding itself.
+        try:
+            txn = self.env.begin(db=self._route_db)
+        except lmdb.MapResizedError:
+            self._adopt_size()
+            txn = self.env.begin(db=self._route_db)
+        try:
+            raw = txn.get((x + caller).encode())
+            if raw is not None:
+                b = codec.decode_binding(raw)
+                if b.expires_at is None or now < b.expires_at:
+                    return b
+            prefix = x.encode()
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return None
+            for i, (key, value) in enumerate(cursor.iternext()):
+                if i >= _ROUTE_SCAN or not key.startswith(prefix):
+                    break
+                b = codec.decode_binding(value)
+                if b.live(now):
+                    return b
+            return None
+        finally:
+            txn.abort()
+
+    def disk_bytes(self) -> int:
+        """Bytes the environment's pages use (not the sparse map size)."""
+        info, stat = self.env.info(), self.env.stat()
+        return int((info["last_pgno"] + 1) * stat["psize"])
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def open_store(config: Config, clock: Clock | None = None) -> LmdbStore:
+    """Open the configured store and seed the config's tenants and pools into it."""
+    store = LmdbStore(config.store.path, clock, map_size=config.store.map_size_mb << 20)
+    try:
+        store.sync_tenants(config.tenants)
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -1,0 +1,101 @@
+"""An in-memory store for unit tests of other modules: the same rules as LMDB (rules.py)
+over sorted dicts. A write that raises is undone, as an aborted LMDB transaction would be."""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
+
+from sipmask.clock import Clock
+from sipmask.config.schema import TenantConfig
+from sipmask.store.rules import DATABASES, RuleStore, Txn
+
+T = TypeVar("T")
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.keys: list[bytes] = []     # sorted, for scans (LMDB iterates keys in order)
+
+
+class _MemoryTxn:
+    def __init__(self, tables: dict[str, _Table], write: bool) -> None:
+        self.tables = tables
+        self.write = write
+        self.undo: list[tuple[str, bytes, bytes | None]] = []
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        return self.tables[db].data.get(key)
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        assert self.write, "put in a read transaction"
+        t = self.tables[db]
+        prev = t.data.get(key)
+        self.undo.append((db, key, prev))
+        if prev is None:
+            bisect.insort(t.keys, key)
+        t.data[key] = value
+
+    def delete(self, db: str, key: bytes) -> None:
+        assert self.write, "delete in a read transaction"
+        t = self.tables[db]
+        prev = t.data.pop(key, None)
+        if prev is not None:
+            self.undo.append((db, key, prev))
+            del t.keys[bisect.bisect_left(t.keys, key)]
+
+    def scan(self, db: str, start: bytes = b"",
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        # Re-seek after every step so the caller may write between steps, as with a cursor.
+        t = self.tables[db]
+        if reverse:
+            i = len(t.keys) - 1
+            while 0 <= i < len(t.keys):
+                key = t.keys[i]
+                yield key, t.data[key]
+                i = bisect.bisect_left(t.keys, key) - 1
+            return
+        i = bisect.bisect_left(t.keys, start)
+        while i < len(t.keys):
+            key = t.keys[i]
+            yield key, t.data[key]
+            i = bisect.bisect_right(t.keys, key)
+
+    def rollback(self) -> None:
+        for db, key, prev in reversed(self.undo):
+            t = self.tables[db]
+            if prev is None:
+                t.data.pop(key, None)
+                del t.keys[bisect.bisect_left(t.keys, key)]
+            else:
+                if key not in t.data:
+                    bisect.insort(t.keys, key)
+                t.data[key] = prev
+
+
+class MemoryStore(RuleStore):
+    """BindingStore in a dict. Not shared between processes; tests only."""
+
+    def __init__(self, clock: Clock | None = None,
+                 tenants: Mapping[str, TenantConfig] | None = None,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(clock, rng)
+        self._tables = {name: _Table() for name in DATABASES}
+        self._tables["meta"].data[b"schema_version"] = b"1"
+        self._tables["meta"].keys.append(b"schema_version")
+        if tenants:
+            self.sync_tenants(tenants)
+
+    def _read(self, fn: Callable[[Txn], T]) -> T:
+        return fn(_MemoryTxn(self._tables, write=False))
+
+    def _write(self, fn: Callable[[Txn], T]) -> T:
+        txn = _MemoryTxn(self._tables, write=True)
+        try:
+            return fn(txn)
+        except BaseException:
+            txn.rollback()
+            raise

@@ -1,0 +1,573 @@
+"""The binding rules, written once over a small key-value transaction.
+
+LMDB (store/lmdb.py) and the in-memory store (store/memory.py) differ only in how they
+give a `Txn` and run a function in it; every rule below holds for both, and the unit tests
+run one suite against each.
+
+Named databases (keys → values; codec.py has the encodings):
+    meta      b"schema_version" → b"1"; b"audit_seq" → u64
+    bindings  id → binding
+    route     x + number → binding (AXB: one key per party); x alone → AXN binding.
+              The call path is one read: X and caller make the key, the value is the record.
+    expiry    u64 ms + id → b""              (the sweep walks it in time order)
+    xuse      x → mode flag + count          (AXN exclusivity, least-used allocation, pools)
+    pools     first → pool range             (ranges never overlap, across all tenants)
+    tenants   name → {"source": …}
+    audit     u64 µs + u64 seq → entry       (append-only)
+"""
+
+from __future__ import annotations
+
+import builtins
+import random
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol, TypeVar
+
+from sipmask import numbers
+from sipmask.clock import Clock, SystemClock
+from sipmask.config.schema import NumberRange, TenantConfig
+from sipmask.errors import ConfigError, ConflictError, PoolExhausted, RecordNotFound, RefusedError
+from sipmask.store import codec
+from sipmask.store.base import (
+    ACTORS,
+    DEFAULT_TTL,
+    MODES,
+    AuditEntry,
+    Binding,
+    BindingRequest,
+    ImportOutcome,
+    PoolRange,
+    PoolUsage,
+)
+
+T = TypeVar("T")
+
+DATABASES = ("meta", "bindings", "route", "expiry", "xuse", "pools", "tenants", "audit",
+             "cdrs", "outbox")
+MAX_TTL = 10 * 365 * 86400       # ten years: anything longer is a typo, not a policy
+_RANDOM_PROBES = 8               # least-used of this many random Xs before a full walk
+_ROUTE_SCAN = 16                 # expired keys route() steps over before giving up on X
+
+
+class Txn(Protocol):
+    def get(self, db: str, key: bytes) -> bytes | None: ...
+    def put(self, db: str, key: bytes, value: bytes) -> None: ...
+    def delete(self, db: str, key: bytes) -> None: ...
+    def scan(self, db: str, start: bytes = b"",
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Forward from the first key >= start, or backward from the last key."""
+        ...
+
+
+def _refuse_number(field: str, raw: object, normalise: Callable[[str], str]) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise RefusedError(field, "required")
+    try:
+        return normalise(raw)
+    except numbers.NumberError as exc:
+        raise RefusedError(field, str(exc)) from None
+
+
+def _ttl(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise RefusedError("ttl", "must be a whole number of seconds")
+    if raw < 0 or raw > MAX_TTL:
+        raise RefusedError("ttl", f"must be 0 (no expiry) or 1..{MAX_TTL} seconds")
+    return raw
+
+
+def parse_range(pool: str | NumberRange) -> NumberRange:
+    if isinstance(pool, NumberRange):
+        return pool
+    try:
+        return NumberRange.parse(pool)
+    except ValueError as exc:
+        raise RefusedError("range", str(exc)) from None
+
+
+class _Work:
+    """One write transaction's worth of rule checks and writes, with its audit sequence."""
+
+    def __init__(self, txn: Txn, now: float, actor: str) -> None:
+        self.txn = txn
+        self.now = now
+        self.actor = actor
+        self._seq: int | None = None
+
+    # -- audit ------------------------------------------------------------------------------
+    def audit(self, tenant: str, action: str, subject: str, data: Mapping[str, object],
+              actor: str | None = None) -> None:
+        if self._seq is None:
+            raw = self.txn.get("meta", b"audit_seq")
+            self._seq = codec.from_u64(raw) if raw else 0
+        self._seq += 1
+        entry = AuditEntry(self._seq, self.now, tenant, actor or self.actor, action, subject,
+                           dict(data))
+        self.txn.put("audit", codec.audit_key(self.now, self._seq), codec.encode_audit(entry))
+
+    def finish(self) -> None:
+        if self._seq is not None:
+            self.txn.put("meta", b"audit_seq", codec.u64(self._seq))
+
+    # -- bindings ---------------------------------------------------------------------------
+    def route_keys(self, b: Binding) -> list[bytes]:
+        if b.mode == "axn":
+            return [b.x.encode()]
+        keys = [(b.x + b.a).encode()]
+        if b.b is not None:
+            keys.append((b.x + b.b).encode())
+        return keys
+
+    def put_binding(self, b: Binding, old: Binding | None = None) -> None:
+        raw = codec.encode_binding(b)
+        self.txn.put("bindings", b.id.encode(), raw)
+        for key in self.route_keys(b):
+            self.txn.put("route", key, raw)
+        if old is not None and old.expires_at is not None:
+            self.txn.delete("expiry", codec.expiry_key(old.expires_at, old.id))
+        if b.expires_at is not None:
+            self.txn.put("expiry", codec.expiry_key(b.expires_at, b.id), b"")
+        if old is None:
+            use = self.txn.get("xuse", b.x.encode())
+            count = codec.decode_use(use)[1] if use else 0
+            self.txn.put("xuse", b.x.encode(), codec.encode_use(b.mode, count + 1))
+
+    def remove_binding(self, b: Binding, action: str, actor: str | None = None) -> None:
+        self.txn.delete("bindings", b.id.encode())
+        for key in self.route_keys(b):
+            self.txn.delete("route", key)
+        if b.expires_at is not None:
+            self.txn.delete("expiry", codec.expiry_key(b.expires_at, b.id))
+        use = self.txn.get("xuse", b.x.encode())
+        count = codec.decode_use(use)[1] - 1 if use else 0
+        if count > 0:
+            self.txn.put("xuse", b.x.encode(), codec.encode_use(b.mode, count))
+        else:
+            self.txn.delete("xuse", b.x.encode())
+        self.audit(b.tenant, action, b.id, b.to_json(), actor)
+
+    def purge_if_expired(self, raw: bytes | None) -> bool:
+        """True when the key is free: absent, or held by an expired binding (removed now,
+        so an expired pair never blocks a new one before the sweep comes round)."""
+        if raw is None:
+            return True
+        b = codec.decode_binding(raw)
+        if b.live(self.now):
+            return False
+        self.remove_binding(b, "expire", "sweep")
+        return True
+
+    def purge_x(self, x: str) -> int:
+        """Remove expired bindings on X; return how many live ones are left."""
+        prefix = x.encode()
+        found: list[bytes] = []
+        for key, raw in self.txn.scan("route", prefix):
+            if not key.startswith(prefix):
+                break
+            found.append(raw)
+        live = {b.id for b in map(codec.decode_binding, found) if b.live(self.now)}
+        for raw in found:
+            b = codec.decode_binding(raw)
+            if b.id not in live and self.txn.get("bindings", b.id.encode()) is not None:
+                self.remove_binding(b, "expire", "sweep")
+        return len(live)
+
+    def load(self, binding_id: str, tenant: str | None) -> Binding:
+        raw = self.txn.get("bindings", binding_id.encode())
+        if raw is None:
+            raise RecordNotFound("binding", binding_id)
+        b = codec.decode_binding(raw)
+        if (tenant is not None and b.tenant != tenant) or not b.live(self.now):
+            raise RecordNotFound("binding", binding_id)
+        return b
+
+    # -- pools ------------------------------------------------------------------------------
+    def pools(self, tenant: str | None = None) -> list[PoolRange]:
+        out = [codec.decode_pool(raw) for _, raw in self.txn.scan("pools")]
+        return [p for p in out if tenant is None or p.tenant == tenant]
+
+    def tenant_known(self, tenant: str) -> bool:
+        return self.txn.get("tenants", tenant.encode()) is not None
+
+    def use(self, x: str) -> tuple[str, int] | None:
+        raw = self.txn.get("xuse", x.encode())
+        return codec.decode_use(raw) if raw else None
+
+    def range_in_use(self, p: PoolRange) -> tuple[int, int]:
+        xs = total = 0
+        for key, raw in self.txn.scan("xuse", p.first.encode()):
+            if key.decode() > p.last:
+                break
+            xs += 1
+            total += codec.decode_use(raw)[1]
+        return xs, total
+
+    def add_range(self, tenant: str, rng: NumberRange, source: str) -> PoolRange:
+        for p in self.pools():
+            if p.first <= rng.last and rng.first <= p.last:
+                if p.tenant != tenant:
+                    # An X never serves two tenants: a call to it must have one owner.
+                    raise ConflictError("range", f"overlaps tenant {p.tenant}'s range "
+                                                 f"{p.first}-{p.last}")
+                if (p.first, p.last) == (rng.first, rng.last):
+                    return p
+                raise ConflictError("range", f"overlaps this tenant's range "
+                                             f"{p.first}-{p.last}")
+        pool = PoolRange(tenant, rng.first, rng.last, source)
+        self.txn.put("pools", rng.first.encode(), codec.encode_pool(pool))
+        self.audit(tenant, "pool_add", str(rng), {"source": source})
+        return pool
+
+    def drop_range(self, pool: PoolRange) -> None:
+        xs, total = self.range_in_use(pool)
+        if total:
+            raise ConflictError("range", f"{total} binding(s) on {xs} X(s) still use it")
+        self.txn.delete("pools", pool.first.encode())
+        self.audit(pool.tenant, "pool_remove", f"{pool.first}-{pool.last}",
+                   {"source": pool.source})
+
+
+class RuleStore:
+    """Every BindingStore operation, over `_read` / `_write` that subclasses provide."""
+
+    def __init__(self, clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+
+    # -- what a backend provides ------------------------------------------------------------
+    def _read(self, fn: Callable[[Txn], T]) -> T:
+        raise NotImplementedError
+
+    def _write(self, fn: Callable[[Txn], T]) -> T:
+        """Run fn in one write transaction; fn may run again (e.g. after the map grew)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+    def _now(self, now: float | None) -> float:
+        return self.clock.wall() if now is None else now
+
+    def _work(self, fn: Callable[[_Work], T], actor: str, now: float | None = None) -> T:
+        if actor not in ACTORS:
+            raise RefusedError("actor", f"must be one of {', '.join(ACTORS)}")
+        at = self._now(now)
+
+        def run(txn: Txn) -> T:
+            work = _Work(txn, at, actor)
+            out = fn(work)
+            work.finish()
+            return out
+        return self._write(run)
+
+    # -- tenants ----------------------------------------------------------------------------
+    def tenants(self) -> builtins.list[str]:
+        return self._read(lambda txn: [k.decode() for k, _ in txn.scan("tenants")])
+
+    def sync_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
+        def wanted(txn: Txn) -> bool:
+            work = _Work(txn, 0.0, "config")
+            have = {(p.tenant, p.first, p.last) for p in work.pools() if p.source == "config"}
+            want = {(t, r.first, r.last) for t, tc in tenants.items() for r in tc.pools}
+            known = {k.decode() for k, _ in txn.scan("tenants")}
+            return have != want or not set(tenants) <= known
+        if not self._read(wanted):
+            return   # nothing changed: opening the store does not write (no fsync per CLI run)
+
+        def sync(work: _Work) -> None:
+            for name in tenants:
+                if not work.tenant_known(name):
+                    work.txn.put("tenants", name.encode(), codec.encode_json({"source": "config"}))
+            want = {(t, r.first, r.last) for t, tc in tenants.items() for r in tc.pools}
+            for p in work.pools():
+                if p.source == "config" and (p.tenant, p.first, p.last) not in want:
+                    _, total = work.range_in_use(p)
+                    if not total:   # a range still in use stays until its bindings end
+                        work.drop_range(p)
+            for name, tc in tenants.items():
+                for rng in tc.pools:
+                    try:
+                        work.add_range(name, rng, "config")
+                    except RefusedError as exc:
+                        raise ConfigError("store", f"tenants.{name}.pools",
+                                          exc.message, str(rng)) from None
+        self._work(sync, "config")
+
+    def _tenant(self, work: _Work, tenant: str | None) -> str:
+        if tenant is None or tenant == "":
+            names = [k.decode() for k, _ in work.txn.scan("tenants")]
+            if len(names) == 1:
+                return names[0]
+            raise RefusedError("tenant", "required: more than one tenant is configured"
+                               if names else "no tenant is configured")
+        if not work.tenant_known(tenant):
+            raise RefusedError("tenant", f"unknown tenant {tenant!r}")
+        return tenant
+
+    # -- create -----------------------------------------------------------------------------
+    def _create(self, work: _Work, req: BindingRequest) -> Binding:
+        if req.mode not in MODES:
+            raise RefusedError("mode", f"must be one of {', '.join(MODES)}")
+        tenant = self._tenant(work, req.tenant)
+        a = _refuse_number("a", req.a, numbers.normalise_real)
+        b: str | None = None
+        if req.mode == "axb":
+            b = _refuse_number("b", req.b, numbers.normalise_real)
+            if a == b:
+                raise RefusedError("b", "must differ from a")
+        elif req.b not in (None, ""):
+            raise RefusedError("b", "an AXN binding has no b")
+        ttl = _ttl(req.ttl)
+        if req.x not in (None, ""):
+            x = _refuse_number("x", req.x, numbers.normalise_x)
+            if not any(x in p for p in work.pools(tenant)):
+                raise RefusedError("x", f"not in tenant {tenant}'s pool")
+            self._check_x(work, req.mode, x, a, b)
+        else:
+            x = self._allocate(work, tenant, req.mode, a, b)
+        binding_id = secrets.token_hex(8)
+        while work.txn.get("bindings", binding_id.encode()) is not None:
+            binding_id = secrets.token_hex(8)
+        binding = Binding(binding_id, req.mode, tenant, x, a, b, work.now,
+                          work.now + ttl if ttl else None)
+        work.put_binding(binding)
+        work.audit(tenant, "create", binding_id, binding.to_json())
+        return binding
+
+    def _check_x(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> None:
+        use = work.use(x)
+        if use is not None and (mode == "axn" or use[0] == "axn") and work.purge_x(x):
+            if use[0] == "axn":
+                raise ConflictError("x", "X carries an AXN binding, which takes it whole")
+            raise ConflictError("x", "an AXN binding needs an X with no other binding")
+        if mode == "axb":
+            # A number appears at most once per X, so a call from it to X has one answer.
+            for field, number in (("a", a), ("b", b)):
+                if not work.purge_if_expired(work.txn.get("route", (x + str(number)).encode())):
+                    raise ConflictError(field, "already bound on this X")
+
+    def _fits(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> int | None:
+        """How many bindings X carries if this one fits on it, else None (reads only)."""
+        use = work.use(x)
+        if use is None:
+            return 0
+        if mode == "axn" or use[0] == "axn":
+            return None
+        for number in (a, b):
+            raw = work.txn.get("route", (x + str(number)).encode())
+            if raw is not None and codec.decode_binding(raw).live(work.now):
+                return None
+        return use[1]
+
+    def _allocate(self, work: _Work, tenant: str, mode: str, a: str, b: str | None) -> str:
+        pools = work.pools(tenant)
+        total = sum(p.size for p in pools)
+        if not total:
+            raise PoolExhausted("x", f"tenant {tenant} has no pool of X numbers")
+
+        def nth(i: int) -> str:
+            for p in pools:
+                if i < p.size:
+                    return str(int(p.first) + i)
+                i -= p.size
+            raise IndexError(i)
+
+        # Fair spread: the least used of a few random Xs; a walk from a random start only
+        # when those all clash, so exhaustion is certain before it is reported.
+        best: tuple[int, str] | None = None
+        for _ in range(min(_RANDOM_PROBES, total)):
+            x = nth(self.rng.randrange(total))
+            used = self._fits(work, mode, x, a, b)
+            if used is not None and (best is None or used < best[0]):
+                best = (used, x)
+                if used == 0:
+                    break
+        if best is None:
+            start = self.rng.randrange(total)
+            for i in range(total):
+                x = nth((start + i) % total)
+                if self._fits(work, mode, x, a, b) is not None:
+                    best = (0, x)
+                    break
+        if best is None:
+            raise PoolExhausted("x", f"no free X in tenant {tenant}'s pool for this "
+                                     f"{'pair' if mode == 'axb' else 'number'}")
+        self._check_x(work, mode, best[1], a, b)   # purges expired holders it found free
+        return best[1]
+
+    def create(self, *, mode: str, tenant: str | None, a: str, b: str | None = None,
+               x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",
+               now: float | None = None) -> Binding:
+        req = BindingRequest(mode, a, b, x, ttl, tenant)
+        return self._work(lambda work: self._create(work, req), actor, now)
+
+    def create_many(self, requests: Iterable[tuple[int, BindingRequest]], *,
+                    actor: str = "import", batch: int = 5000,
+                    default_tenant: str | None = None) -> Iterator[ImportOutcome]:
+        chunk: builtins.list[tuple[int, BindingRequest]] = []
+
+        def run(work: _Work) -> builtins.list[ImportOutcome]:
+            out = []
+            for line, req in chunk:
+                if req.tenant is None and default_tenant is not None:
+                    req = BindingRequest(req.mode, req.a, req.b, req.x, req.ttl, default_tenant)
+                try:
+                    out.append(ImportOutcome(line, binding=self._create(work, req)))
+                except RefusedError as exc:
+                    out.append(ImportOutcome(line, field=exc.field, reason=exc.message))
+            return out
+
+        for item in requests:
+            chunk.append(item)
+            if len(chunk) >= batch:
+                yield from self._work(run, actor)
+                chunk = []
+        if chunk:
+            yield from self._work(run, actor)
+
+    # -- read, change, delete ---------------------------------------------------------------
+    def get(self, binding_id: str, tenant: str | None = None) -> Binding:
+        now = self.clock.wall()
+        return self._read(lambda txn: _Work(txn, now, "cli").load(binding_id, tenant))
+
+    def delete(self, binding_id: str, tenant: str | None = None, actor: str = "cli") -> None:
+        def run(work: _Work) -> None:
+            work.remove_binding(work.load(binding_id, tenant), "delete")
+        self._work(run, actor)
+
+    def update_ttl(self, binding_id: str, ttl: int, tenant: str | None = None,
+                   actor: str = "cli") -> Binding:
+        seconds = _ttl(ttl)
+
+        def run(work: _Work) -> Binding:
+            old = work.load(binding_id, tenant)
+            new = Binding(old.id, old.mode, old.tenant, old.x, old.a, old.b, old.created_at,
+                          work.now + seconds if seconds else None, old.direction,
+                          old.max_duration_s, old.max_concurrent, old.blacklist)
+            work.put_binding(new, old)
+            work.audit(new.tenant, "update", new.id,
+                       {"expires_at": new.expires_at, "was": old.expires_at})
+            return new
+        return self._work(run, actor)
+
+    def list(self, tenant: str | None = None, x: str | None = None,
+             limit: int = 1000) -> builtins.list[Binding]:
+        now = self.clock.wall()
+
+        def run(txn: Txn) -> builtins.list[Binding]:
+            out: builtins.list[Binding] = []
+            seen: set[str] = set()
+            if x is not None:
+                prefix = _refuse_number("x", x, numbers.normalise_x).encode()
+                rows: Iterable[tuple[bytes, bytes]] = txn.scan("route", prefix)
+            else:
+                prefix = b""
+                rows = txn.scan("bindings")
+            for key, raw in rows:
+                if len(out) >= limit or not key.startswith(prefix):
+                    break
+                b = codec.decode_binding(raw)
+                if b.id in seen or not b.live(now) or (tenant is not None and b.tenant != tenant):
+                    continue
+                seen.add(b.id)
+                out.append(b)
+            return out
+        return self._read(run)
+
+    def route(self, x: str, caller: str, now: float) -> Binding | None:
+        def run(txn: Txn) -> Binding | None:
+            raw = txn.get("route", (x + caller).encode())
+            if raw is not None:
+                b = codec.decode_binding(raw)
+                if b.live(now):
+                    return b
+            return self._any_on_x(txn, x, now)
+        return self._read(run)
+
+    @staticmethod
+    def _any_on_x(txn: Txn, x: str, now: float) -> Binding | None:
+        """The AXN binding on X (its key is X alone, so it sorts first), or any live AXB one
+        so that a stranger is told 403 rather than 404."""
+        prefix = x.encode()
+        for i, (key, raw) in enumerate(txn.scan("route", prefix)):
+            if i >= _ROUTE_SCAN or not key.startswith(prefix):
+                break
+            b = codec.decode_binding(raw)
+            if b.live(now):
+                return b
+        return None
+
+    def sweep(self, now: float, limit: int = 1000) -> int:
+        now_ms = int(now * 1000)
+
+        def due(txn: Txn) -> builtins.list[str]:
+            ids: builtins.list[str] = []
+            for key, _ in txn.scan("expiry"):
+                if len(ids) >= limit or codec.expiry_ms(key) > now_ms:
+                    break
+                ids.append(key[8:].decode())
+            return ids
+        if not self._read(due):
+            return 0   # nothing due: no write transaction, no fsync
+
+        def run(work: _Work) -> int:
+            done = 0
+            for binding_id in due(work.txn):
+                raw = work.txn.get("bindings", binding_id.encode())
+                if raw is None:
+                    continue
+                b = codec.decode_binding(raw)
+                if not b.live(now):
+                    work.remove_binding(b, "expire")
+                    done += 1
+            return done
+        return self._work(run, "sweep", now)
+
+    # -- pools ------------------------------------------------------------------------------
+    def add_pool(self, tenant: str | None, pool: str | NumberRange,
+                 actor: str = "cli") -> PoolRange:
+        rng = parse_range(pool)
+        return self._work(lambda w: w.add_range(self._tenant(w, tenant), rng, "store"), actor)
+
+    def remove_pool(self, tenant: str | None, pool: str | NumberRange,
+                    actor: str = "cli") -> None:
+        rng = parse_range(pool)
+
+        def run(work: _Work) -> None:
+            name = self._tenant(work, tenant)
+            for p in work.pools(name):
+                if (p.first, p.last) == (rng.first, rng.last):
+                    if p.source == "config":
+                        raise RefusedError("range", "set in the config file: remove it there")
+                    work.drop_range(p)
+                    return
+            raise RecordNotFound("pool", str(rng))
+        self._work(run, actor)
+
+    def list_pools(self, tenant: str | None = None) -> builtins.list[PoolUsage]:
+        def run(txn: Txn) -> builtins.list[PoolUsage]:
+            work = _Work(txn, 0.0, "cli")
+            return [PoolUsage(p, *work.range_in_use(p)) for p in work.pools(tenant)]
+        return self._read(run)
+
+    # -- audit ------------------------------------------------------------------------------
+    def audit(self, since: float | None = None, tenant: str | None = None,
+              limit: int = 100) -> builtins.list[AuditEntry]:
+        def run(txn: Txn) -> builtins.list[AuditEntry]:
+            out: builtins.list[AuditEntry] = []
+            rows = (txn.scan("audit", reverse=True) if since is None
+                    else txn.scan("audit", codec.audit_key(since, 0)))
+            for _, raw in rows:
+                if len(out) >= limit:
+                    break
+                entry = codec.decode_audit(raw)
+                if tenant is None or entry.tenant == tenant:
+                    out.append(entry)
+            return out[::-1] if since is None else out
+        return self._read(run)
+
+    def schema_version(self) -> int:
+        raw = self._read(lambda txn: txn.get("meta", b"schema_version"))
+        return int(raw) if raw else 0
+
