@@ -1,0 +1,339 @@
+"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit.
+
+They open the LMDB store directly, so they work with or without a running server, and a
+running server sees their writes on its next call. Output is JSON on stdout (one object, or
+JSON lines for lists); a refusal is one line on stderr naming the field and exit status 1;
+a config the store cannot take is exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from sipmask.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from sipmask.config.schema import Config
+from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
+from sipmask.store import BindingRequest, LmdbStore, open_store
+from sipmask.store.base import DEFAULT_TTL, ImportOutcome
+
+PROGRESS_EVERY_S = 5.0          # progress line period when stderr is not a terminal
+_BAR_EVERY_S = 0.1
+_BAR_WIDTH = 30
+IMPORT_BATCH = 5000             # bindings per transaction: one fsync per batch
+CSV_COLUMNS = ("mode", "a", "b", "x", "ttl", "tenant")
+_SHOWN_REJECTS = 20             # rejected lines listed on stderr; --rejects has them all
+
+
+def _err(text: str) -> None:
+    print(f"sipmask: {text}", file=sys.stderr, flush=True)
+
+
+def _emit(obj: object) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def _default_tenant(args: argparse.Namespace, config: Config) -> str | None:
+    tenant: str | None = getattr(args, "tenant", None)
+    if tenant is None and len(config.tenants) == 1:
+        return next(iter(config.tenants))
+    return tenant
+
+
+def _with_store(config: Config, work: Callable[[LmdbStore], int]) -> int:
+    """Open the store, run one command, map the error types to exit status and stderr."""
+    try:
+        store = open_store(config)
+    except ConfigError as exc:
+        _err(f"config error: {exc}")
+        return EXIT_USAGE
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    try:
+        return work(store)
+    except RefusedError as exc:
+        _err(f"{exc.field}: {exc.message}")
+        return EXIT_REFUSED
+    except RecordNotFound as exc:
+        _err(f"{exc.what}: {exc.key} not found")
+        return EXIT_REFUSED
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    finally:
+        store.close()
+
+
+# -- bindings ---------------------------------------------------------------------------------
+def bind(args: argparse.Namespace, config: Config) -> int:
+    def run(store: LmdbStore) -> int:
+        binding = store.create(mode=args.mode, tenant=_default_tenant(args, config),
+                               a=args.a, b=getattr(args, "b", None), x=args.x, ttl=args.ttl,
+                               actor="cli")
+        _emit(binding.to_json())
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+def show(args: argparse.Namespace, config: Config) -> int:
+    def run(store: LmdbStore) -> int:
+        _emit(store.get(args.id, getattr(args, "tenant", None)).to_json())
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+def unbind(args: argparse.Namespace, config: Config) -> int:
+    def run(store: LmdbStore) -> int:
+        store.delete(args.id, getattr(args, "tenant", None), actor="cli")
+        _emit({"id": args.id, "deleted": True})
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+def list_bindings(args: argparse.Namespace, config: Config) -> int:
+    def run(store: LmdbStore) -> int:
+        for binding in store.list(tenant=args.tenant, x=args.x, limit=args.limit):
+            _emit(binding.to_json())
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+# -- pools ------------------------------------------------------------------------------------
+def pool(args: argparse.Namespace, config: Config) -> int:
+    def run(store: LmdbStore) -> int:
+        if args.op == "list":
+            for usage in store.list_pools(args.tenant):
+                _emit(usage.to_json())
+            return EXIT_OK
+        tenant = _default_tenant(args, config)
+        if args.op == "add":
+            added = store.add_pool(tenant, args.range, actor="cli")
+            _emit({"tenant": added.tenant, "range": f"{added.first}-{added.last}",
+                   "source": added.source, "size": added.size})
+        else:
+            store.remove_pool(tenant, args.range, actor="cli")
+            _emit({"tenant": tenant, "range": args.range, "removed": True})
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+# -- audit ------------------------------------------------------------------------------------
+def parse_time(text: str) -> float:
+    """ISO-8601 (a naive time is UTC) or unix seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+def audit(args: argparse.Namespace, config: Config) -> int:
+    since: float | None = None
+    if args.since is not None:
+        try:
+            since = parse_time(args.since)
+        except ValueError:
+            _err("since: expected an ISO time or unix seconds")
+            return EXIT_USAGE
+
+    def run(store: LmdbStore) -> int:
+        for entry in store.audit(since=since, tenant=args.tenant, limit=args.limit):
+            _emit(entry.to_json(masked=True))
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+# -- bulk import ------------------------------------------------------------------------------
+class _Rejected(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+def _ttl_of(value: Any) -> int:
+    if value is None or value == "":
+        return DEFAULT_TTL
+    if isinstance(value, bool):
+        raise _Rejected("ttl", "must be a whole number of seconds")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise _Rejected("ttl", "must be a whole number of seconds") from None
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | int):
+        raise _Rejected(field, "must be a string")
+    return str(value).strip() or None
+
+
+def _request(row: dict[str, Any]) -> BindingRequest:
+    mode = _text(row.get("mode"), "mode")
+    if mode is None:
+        raise _Rejected("mode", "required")
+    a = _text(row.get("a"), "a")
+    return BindingRequest(mode.lower(), a or "", _text(row.get("b"), "b"),
+                          _text(row.get("x"), "x"), _ttl_of(row.get("ttl")),
+                          _text(row.get("tenant"), "tenant"))
+
+
+class _Counted(Iterator[str]):
+    """Text lines from a binary stream, counting bytes for the progress bar."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.done = 0
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self) -> str:
+        line = self.raw.readline()
+        if not line:
+            raise StopIteration
+        self.done += len(line)
+        return line.decode("utf-8-sig" if self.done == len(line) else "utf-8")
+
+
+def _rows(lines: _Counted, fmt: str) -> Iterator[tuple[int, dict[str, Any] | _Rejected]]:
+    if fmt == "jsonl":
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                yield number, _Rejected("line", "not a JSON object")
+                continue
+            yield number, row if isinstance(row, dict) else _Rejected("line",
+                                                                      "not a JSON object")
+        return
+    reader = csv.reader(lines)
+    columns: tuple[str, ...] = CSV_COLUMNS
+    for cells in reader:
+        number = reader.line_num
+        if not cells or not any(c.strip() for c in cells):
+            continue
+        if number == 1 and cells[0].strip().lower() == "mode":
+            columns = tuple(c.strip().lower() for c in cells)   # a header names the columns
+            continue
+        if len(cells) > len(columns):
+            yield number, _Rejected("line", f"more than {len(columns)} columns")
+            continue
+        yield number, dict(zip(columns, cells, strict=False))
+
+
+class _Progress:
+    """A bar on a terminal; elsewhere a line every PROGRESS_EVERY_S (logs stay readable)."""
+
+    def __init__(self, stream: IO[str], total_bytes: int | None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.total = total_bytes
+        self.start = self.last = time.monotonic()
+
+    def update(self, done_bytes: int, lines: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < (_BAR_EVERY_S if self.tty else PROGRESS_EVERY_S):
+            return
+        self.last = now
+        rate = lines / max(now - self.start, 1e-9)
+        if self.tty:
+            share = min(done_bytes / self.total, 1.0) if self.total else 0.0
+            bar = "#" * int(share * _BAR_WIDTH)
+            pct = f"{share:4.0%}" if self.total else "   ?"
+            self.stream.write(f"\r[{bar:<{_BAR_WIDTH}}] {pct} {lines:,} lines "
+                              f"{rate:,.0f}/s" + ("\n" if final else ""))
+        else:
+            pct = f" ({done_bytes / self.total:.0%})" if self.total else ""
+            self.stream.write(f"import: {lines:,} lines{pct}, {rate:,.0f}/s\n")
+        self.stream.flush()
+
+
+def import_file(args: argparse.Namespace, config: Config) -> int:
+    fmt = args.format or ("csv" if str(args.file).lower().endswith(".csv") else "jsonl")
+    try:
+        raw: IO[bytes] = (sys.stdin.buffer if args.file == "-"
+                          else open(args.file, "rb"))   # noqa: SIM115 - closed below
+    except OSError as exc:
+        _err(f"file: {exc.strerror or exc}: {args.file}")
+        return EXIT_USAGE
+    total = None
+    if args.file != "-":
+        total = os.fstat(raw.fileno()).st_size or None
+    rejects_out: IO[str] | None = None
+    if args.rejects:
+        rejects_out = open(args.rejects, "w", encoding="utf-8")   # noqa: SIM115
+    try:
+        return _with_store(config, lambda store: _import(store, args, config, raw, fmt,
+                                                         total, rejects_out))
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+        if rejects_out is not None:
+            rejects_out.close()
+
+
+def _import(store: LmdbStore, args: argparse.Namespace, config: Config, raw: IO[bytes],
+            fmt: str, total: int | None, rejects_out: IO[str] | None) -> int:
+    lines = _Counted(raw)
+    progress = _Progress(sys.stderr, total)
+    rejected: list[ImportOutcome] = []
+    imported = seen = 0
+    started = time.monotonic()
+
+    def requests() -> Iterator[tuple[int, BindingRequest]]:
+        nonlocal seen
+        for number, row in _rows(lines, fmt):
+            seen += 1
+            if isinstance(row, _Rejected):
+                rejected.append(ImportOutcome(number, field=row.field, reason=row.reason))
+                continue
+            try:
+                yield number, _request(row)
+            except _Rejected as exc:
+                rejected.append(ImportOutcome(number, field=exc.field, reason=exc.reason))
+            progress.update(lines.done, seen)
+
+    for outcome in store.create_many(requests(), actor="import", batch=IMPORT_BATCH,
+                                     default_tenant=_default_tenant(args, config)):
+        if outcome.binding is not None:
+            imported += 1
+        else:
+            rejected.append(outcome)
+    progress.update(lines.done, seen, final=True)
+    rejected.sort(key=lambda o: o.line)
+    if rejects_out is not None:
+        for o in rejected:
+            rejects_out.write(json.dumps({"line": o.line, "field": o.field,
+                                          "reason": o.reason}) + "\n")
+    for o in rejected[:_SHOWN_REJECTS]:
+        print(f"line {o.line}: {o.field}: {o.reason}", file=sys.stderr)
+    if len(rejected) > _SHOWN_REJECTS:
+        more = len(rejected) - _SHOWN_REJECTS
+        print(f"... and {more} more rejected line(s)"
+              + (f"; all in {args.rejects}" if args.rejects else "; use --rejects FILE"),
+              file=sys.stderr)
+    elapsed = time.monotonic() - started
+    _emit({"imported": imported, "rejected": len(rejected), "seconds": round(elapsed, 3),
+           "per_second": round(imported / elapsed) if elapsed > 0 else None})
+    return EXIT_REFUSED if rejected else EXIT_OK
+
+
+__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "show", "unbind"]
