@@ -24,6 +24,7 @@ from sipmask.sdp.rewrite import (
     new_session_id,
     relay_ports_needed,
     rewrite_for_relay,
+    uses_ice,
 )
 
 __all__ = [
@@ -47,4 +48,5 @@ __all__ = [
     "parse",
     "relay_ports_needed",
     "rewrite_for_relay",
+    "uses_ice",
 ]

@@ -5,7 +5,9 @@ party's identity or address. Like leg B's headers, the output is *built* from a 
 
 - o= is sipmask's own (`OriginCounter`), s= is "-" (RFC 8866 §5.3), t= r= z= b= are kept.
 - c= and a=rtcp point at the relay; m= ports are the relay's ports. A c= of 0.0.0.0 (or ::)
-  is kept: it is RFC 3264 §8.4 hold, and it names nobody.
+  is kept: it is RFC 3264 §8.4 hold, and it names nobody. Not so in an SDP that uses ICE:
+  there 0.0.0.0 only says no candidate was gathered yet (RFC 8840 §4.2), so it is
+  rewritten like any other address and does not count as hold.
 - i=, u=, e=, p= (RFC 4566 §5.4-5.6: free text, a URI, e-mail and phone of the user), k=
   (§5.12: may carry a URI) and line types RFC 4566 does not define are dropped.
 - a= lines are kept only when their name is in KEPT_ATTRIBUTES (codecs, direction, RTCP
@@ -128,10 +130,11 @@ def rewrite_for_relay(sd: SessionDescription, *, address: str, ports: Sequence[i
             raise SdpError("Not Acceptable Here: SDP network type is not IN")
     keep = keep_attributes - NEVER_KEPT
     relay = Connection.for_address(address)
+    hold_allowed = not uses_ice(sd)
 
     session_lines: list[SdpLine] = []
     session_connection = sd.connection
-    session_lines.append(session_connection if session_connection is not None
+    session_lines.append(session_connection if session_connection is not None and hold_allowed
                          and session_connection.is_unspecified else relay)
     has_time = False
     for line in sd.lines:
@@ -152,19 +155,20 @@ def rewrite_for_relay(sd: SessionDescription, *, address: str, ports: Sequence[i
     next_port = iter(ports)
     for section in sd.media:
         if section.port == 0:
-            media.append(_rewrite_media(section, 0, None, keep, address))
+            media.append(_rewrite_media(section, 0, None, keep, address, hold_allowed))
             continue
         if section.port_count is not None and section.port_count > 1:
             # §5.14 layered encoding over several ports: the relay carries one pair.
             raise SdpError("Not Acceptable Here: m= with several ports")
-        media.append(_rewrite_media(section, next(next_port), relay, keep, address))
+        media.append(_rewrite_media(section, next(next_port), relay, keep, address,
+                                    hold_allowed))
 
     return SessionDescription(origin=origin, session_name=NO_SESSION_NAME,
                               lines=session_lines, media=media, version=sd.version)
 
 
 def _rewrite_media(section: MediaDescription, port: int, relay: Connection | None,
-                   keep: frozenset[str], address: str) -> MediaDescription:
+                   keep: frozenset[str], address: str, hold_allowed: bool) -> MediaDescription:
     lines: list[SdpLine] = []
     connection_done = False
     for line in section.lines:
@@ -172,7 +176,7 @@ def _rewrite_media(section: MediaDescription, port: int, relay: Connection | Non
             # A disabled stream needs no c= of its own: the session c= covers it. Several c=
             # (§5.7, multicast layers) collapse into one relay address.
             if relay is not None and not connection_done:
-                lines.append(line if line.is_unspecified else relay)
+                lines.append(line if hold_allowed and line.is_unspecified else relay)
                 connection_done = True
         elif isinstance(line, Bandwidth):
             lines.append(line)
@@ -240,8 +244,9 @@ def direction(target: SessionDescription | MediaDescription,
 
     For one m= line: its own direction attribute, else the session's, else sendrecv
     (RFC 4566 §6); a port of 0 is inactive (RFC 3264 §6); a c= of 0.0.0.0 takes away
-    "receive" (RFC 3264 §8.4: nothing is to be sent to that address). Pass `session` so
-    the session-level attribute and c= are seen.
+    "receive" (RFC 3264 §8.4: nothing is to be sent to that address), unless ICE is in use
+    (RFC 8840 §4.2: 0.0.0.0 is then a placeholder). Pass `session` so the session-level
+    attribute, c= and ICE lines are seen.
     For a whole description: it sends if any active stream sends and receives if any
     receives, so sendonly or inactive there means the author put the call on hold.
     """
@@ -259,9 +264,22 @@ def direction(target: SessionDescription | MediaDescription,
         found = _direction_attribute(session.lines)
     result = found or Direction.SENDRECV
     connection = target.connection or (session.connection if session is not None else None)
-    if connection is not None and connection.is_unspecified:
+    ice = _has_ice(target.lines) or (session is not None and _has_ice(session.lines))
+    if connection is not None and connection.is_unspecified and not ice:
         result = Direction.of(result.sends, False)
     return result
+
+
+def uses_ice(sd: SessionDescription) -> bool:
+    """True when any section carries ICE attributes (RFC 8839 §5)."""
+    return _has_ice(sd.lines) or any(_has_ice(section.lines) for section in sd.media)
+
+
+def _has_ice(lines: Sequence[SdpLine]) -> bool:
+    return any(isinstance(line, Attribute) and line.key in _ICE_MARKERS for line in lines)
+
+
+_ICE_MARKERS = frozenset({"candidate", "ice-ufrag", "ice-pwd", "ice-lite"})
 
 
 def is_on_hold(sd: SessionDescription) -> bool:
