@@ -250,19 +250,18 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace the first field with this name in place (others removed), or append."""
         key = canonical(name)
-        out: list[Field] = []
-        placed = False
-        for f in self._all():
-            if f[0] == key:
-                if not placed:
-                    # Keep the name as it was written (case, compact form) where it existed.
-                    out.append((key, f[1], value, None))
-                    placed = True
-                continue
-            out.append(f)
-        if not placed:
-            out.append((key, name, value, None))
-        self._replace(out)
+        fields = self._all()
+        keys = self._keys
+        if key not in keys:
+            fields.append((key, name, value, None))
+            keys.append(key)
+        else:
+            i = keys.index(key)
+            # Keep the name as it was written (case, compact form) where it existed.
+            fields[i] = (key, fields[i][1], value, None)
+            if keys.count(key) > 1:
+                self._replace([f for j, f in enumerate(fields) if j <= i or f[0] != key])
+        self.modified = True
 
     def remove(self, name: str) -> int:
         """Drop every field with this name; returns how many went."""
@@ -292,10 +291,10 @@ class Headers:
 
     def serialize(self) -> str:
         """The header block, each line ending in CRLF; untouched fields keep their text."""
-        return "".join(
-            (raw if raw is not None else f"{name}: {value}") + "\r\n"
-            for _key, name, value, raw in self._all()
-        )
+        lines = [raw if raw is not None else f"{name}: {value}"
+                 for _key, name, value, raw in self._all()]
+        lines.append("")
+        return "\r\n".join(lines)
 
     def _replace(self, fields: list[Field]) -> None:
         self._fields = fields
