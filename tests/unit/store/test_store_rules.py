@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 import pytest
-from conftest import A, B, C, D, X
+from conftest import TENANTS, A, B, C, D, X
 
 from sipmask.clock import FakeClock
 from sipmask.errors import ConflictError, PoolExhausted, RecordNotFound, RefusedError
+from sipmask.store import MemoryStore
 from sipmask.store.base import BindingRequest
 from sipmask.store.rules import RuleStore
 
 
-def refused(exc: pytest.ExceptionInfo[RefusedError], field: str) -> str:
-    assert exc.value.field == field, exc.value
-    return exc.value.message
+def refused(exc: pytest.ExceptionInfo[Any], field: str) -> str:
+    error: RefusedError = exc.value
+    assert error.field == field, error
+    return error.message
 
 
 # -- records and normalisation ----------------------------------------------------------------
@@ -62,8 +65,6 @@ def test_tenant_defaults_only_when_there_is_one(store: RuleStore, clock: FakeClo
     with pytest.raises(RefusedError) as exc:
         store.create(mode="axb", tenant=None, a=A, b=B)
     assert "more than one tenant" in refused(exc, "tenant")
-    from sipmask.store import MemoryStore
-    from conftest import TENANTS
     single = MemoryStore(clock, {"demo": TENANTS["demo"]})
     assert single.create(mode="axb", tenant=None, a=A, b=B).tenant == "demo"
 
@@ -74,10 +75,10 @@ def test_an_x_carries_many_pairs_but_a_number_once(store: RuleStore) -> None:
     store.create(mode="axb", tenant="demo", a=C, b=D, x=X)
     with pytest.raises(ConflictError) as exc:
         store.create(mode="axb", tenant="demo", a=A, b=C.replace("137", "135"), x=X)
-    assert "already bound" in refused(exc, "a")  # type: ignore[arg-type]
+    assert "already bound" in refused(exc, "a")
     with pytest.raises(ConflictError) as exc2:
         store.create(mode="axb", tenant="demo", a="13500000005", b=B, x=X)
-    refused(exc2, "b")  # type: ignore[arg-type]
+    refused(exc2, "b")
     other = store.create(mode="axb", tenant="demo", a=A, b=B, x="700100000000002")
     assert other.x != X
     assert {b.a for b in store.list(x=X)} == {A, C}
@@ -87,12 +88,12 @@ def test_axn_takes_its_x_whole(store: RuleStore) -> None:
     store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
     with pytest.raises(ConflictError) as exc:
         store.create(mode="axn", tenant="demo", a=C, x=X)
-    refused(exc, "x")  # type: ignore[arg-type]
+    refused(exc, "x")
     store.create(mode="axn", tenant="demo", a=C, x="700100000000002")
     for kwargs in ({"mode": "axn", "a": D}, {"mode": "axb", "a": D, "b": "13500000005"}):
         with pytest.raises(ConflictError) as exc:
             store.create(tenant="demo", x="700100000000002", **kwargs)  # type: ignore[arg-type]
-        assert "AXN" in refused(exc, "x")  # type: ignore[arg-type]
+        assert "AXN" in refused(exc, "x")
 
 
 def test_route_axb(store: RuleStore, clock: FakeClock) -> None:
@@ -192,7 +193,7 @@ def test_allocation_fills_the_pool_then_says_exhausted(store: RuleStore) -> None
     assert len(xs) == 10 and all(x.startswith("70010000000000") for x in xs)
     with pytest.raises(PoolExhausted) as exc:
         store.create(mode="axn", tenant="demo", a="13900000000")
-    assert "demo" in refused(exc, "x")  # type: ignore[arg-type]
+    assert "demo" in refused(exc, "x")
     assert store.create(mode="axn", tenant="acme", a="13900000000").x.startswith("7002")
 
 
@@ -216,7 +217,7 @@ def test_allocation_spreads_over_the_pool(store: RuleStore) -> None:
 def test_pools_never_overlap_across_tenants(store: RuleStore) -> None:
     with pytest.raises(ConflictError) as exc:
         store.add_pool("acme", "700100000000005-700100000000020")
-    assert "tenant demo" in refused(exc, "range")  # type: ignore[arg-type]
+    assert "tenant demo" in refused(exc, "range")
     with pytest.raises(RefusedError) as exc2:
         store.add_pool("nobody", "700300000000000-700300000000009")
     refused(exc2, "tenant")
@@ -228,7 +229,7 @@ def test_pools_never_overlap_across_tenants(store: RuleStore) -> None:
     b = store.create(mode="axb", tenant="acme", a=A, b=B, x="700300000000050")
     with pytest.raises(ConflictError) as exc4:
         store.remove_pool("acme", "700300000000000-700300000000099")
-    assert "1 binding" in refused(exc4, "range")  # type: ignore[arg-type]
+    assert "1 binding" in refused(exc4, "range")
     store.delete(b.id)
     store.remove_pool("acme", "700300000000000-700300000000099")
     with pytest.raises(RecordNotFound):
