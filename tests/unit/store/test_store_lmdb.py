@@ -1,0 +1,129 @@
+"""What only LMDB does: encoding versions, reopening, the map growing, the shared env."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import lmdb
+import pytest
+from conftest import TENANTS, A, B, X
+
+from sipmask.clock import FakeClock
+from sipmask.config.schema import NumberRange, TenantConfig
+from sipmask.errors import ConfigError, StoreError
+from sipmask.store import LmdbStore, MemoryStore, codec
+from sipmask.store.base import Binding, BindingRequest
+
+
+def binding(**extra: object) -> Binding:
+    return Binding("id1", "axb", "demo", X, A, B, 1.5, None, **extra)  # type: ignore[arg-type]
+
+
+def test_binding_encoding_round_trips_with_and_without_policy_fields() -> None:
+    plain = binding()
+    assert codec.decode_binding(codec.encode_binding(plain)) == plain
+    rich = binding(direction="a_to_b", max_duration_s=600, max_concurrent=2,
+                   blacklist=("13700000003",))
+    assert codec.decode_binding(codec.encode_binding(rich)) == rich
+    axn = Binding("id2", "axn", "demo", X, A, None, 2.0, 9.25)
+    assert codec.decode_binding(codec.encode_binding(axn)) == axn
+
+
+def test_a_newer_optional_field_is_ignored_a_newer_version_refused() -> None:
+    raw = codec.encode_binding(binding(max_duration_s=60))
+    head, _, ext = raw.rpartition(codec.SEP.encode())
+    newer = json.loads(ext) | {"callback_url": "http://127.0.0.1/x"}
+    decoded = codec.decode_binding(head + codec.SEP.encode() + json.dumps(newer).encode())
+    assert decoded == binding(max_duration_s=60)
+    with pytest.raises(codec.RecordVersionError):
+        codec.decode_binding(b"\x02" + raw[1:])
+
+
+def open_lmdb(path: Path, clock: FakeClock, map_size: int = 1 << 20) -> LmdbStore:
+    store = LmdbStore(path, clock, map_size=map_size, rng=random.Random(1))
+    store.sync_tenants(TENANTS)
+    return store
+
+
+def test_reopen_keeps_everything_and_writes_a_schema_version(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = open_lmdb(tmp_path / "s", clock)
+    made = store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
+    store.close()
+    again = open_lmdb(tmp_path / "s", clock)
+    assert again.get(made.id) == made
+    assert again.route(X, B, clock.wall()) == made
+    assert again.schema_version() == codec.SCHEMA_VERSION
+    assert [e.action for e in again.audit()].count("pool_add") == 2   # seeded once only
+    again.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    store = open_lmdb(tmp_path / "s", FakeClock())
+    with store.env.begin(write=True) as txn:
+        txn.put(b"schema_version", b"9", db=store.db("meta"))
+    store.close()
+    with pytest.raises(StoreError, match="schema 9"):
+        LmdbStore(tmp_path / "s")
+
+
+def test_the_map_grows_when_full(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = open_lmdb(tmp_path / "s", clock, map_size=64 << 10)
+    store.add_pool("demo", "700500000000000-700500000099999")
+    start = store.env.info()["map_size"]
+    rows = ((i, BindingRequest("axb", f"138{i:08d}", f"139{i:08d}", tenant="demo"))
+            for i in range(3000))
+    assert all(o.binding for o in store.create_many(rows, batch=1000))
+    assert store.env.info()["map_size"] > start
+    store.create(mode="axb", tenant="demo", a=A, b=B, x=X)   # single writes grow too
+    assert len(store.list(limit=10_000)) == 3001
+    assert store.disk_bytes() > 0
+    store.close()
+
+
+def test_the_env_holds_cdrs_and_outbox_for_later_modules(tmp_path: Path) -> None:
+    store = open_lmdb(tmp_path / "s", FakeClock())
+    with store.env.begin(write=True) as txn:
+        txn.put(b"k", b"v", db=store.db("cdrs"))
+        txn.put(b"k", b"v", db=store.db("outbox"))
+    with store.env.begin() as txn:
+        names = [k for k, _ in txn.cursor()]
+    assert b"cdrs" in names and b"outbox" in names and b"bindings" in names
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "lmdb"])
+def test_config_pools_that_overlap_are_a_config_error_and_leave_nothing(
+        tmp_path: Path, kind: str) -> None:
+    clash = {"demo": TENANTS["demo"],
+             "other": TenantConfig("t", (NumberRange.parse("700100000000005"),))}
+    store = MemoryStore(FakeClock()) if kind == "memory" else LmdbStore(tmp_path / "s")
+    with pytest.raises(ConfigError) as exc:
+        store.sync_tenants(clash)
+    assert exc.value.path == "tenants.other.pools" and "tenant demo" in str(exc.value)
+    assert store.list_pools() == [] and store.tenants() == [] and store.audit() == []
+    store.close()
+
+
+def test_a_config_range_dropped_from_the_config_goes_unless_used(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = open_lmdb(tmp_path / "s", clock)
+    store.create(mode="axn", tenant="acme", a=A)
+    store.sync_tenants({"demo": TenantConfig("t", ()), "acme": TenantConfig("t", ())})
+    assert [u.pool.tenant for u in store.list_pools()] == ["acme"]   # still used: kept
+    store.close()
+
+
+def test_a_full_environment_is_not_written_by_just_opening(tmp_path: Path) -> None:
+    clock = FakeClock()
+    open_lmdb(tmp_path / "s", clock).close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
+    before = env.info()["last_txnid"]
+    env.close()
+    open_lmdb(tmp_path / "s", clock).close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
+    assert env.info()["last_txnid"] == before
+    env.close()
