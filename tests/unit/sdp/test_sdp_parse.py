@@ -17,6 +17,7 @@ from sipmask.sdp import (
     Line,
     MediaDescription,
     Origin,
+    SdpLine,
     SessionDescription,
     parse,
 )
@@ -125,8 +126,8 @@ def test_out_of_order_lines_come_out_in_rfc_4566_order() -> None:
 
 
 def test_rfc_order_keeps_t_r_groups_and_unknown_lines_behind_their_neighbour() -> None:
-    lines = [Line("t", "1 2"), Line("r", "7d 1h 0"), Line("t", "3 4"), Line("x", "y"),
-             Attribute("a"), Connection("IN", "IP4", "192.0.2.1")]
+    lines: list[SdpLine] = [Line("t", "1 2"), Line("r", "7d 1h 0"), Line("t", "3 4"),
+                            Line("x", "y"), Attribute("a"), Connection("IN", "IP4", "192.0.2.1")]
     ranks = {"c": 5, "t": 7, "r": 7, "a": 10}
     assert in_rfc_order(lines, ranks) == [lines[5], *lines[:5]]
 
