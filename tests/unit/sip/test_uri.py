@@ -243,3 +243,23 @@ def test_with_params_sets_in_place() -> None:
     via = Via.parse("SIP/2.0/UDP h;branch=z9hG4bK1;rport")
     assert str(via.with_params(rport="5999", received="1.2.3.4")) == \
         "SIP/2.0/UDP h;branch=z9hG4bK1;rport=5999;received=1.2.3.4"
+
+
+@pytest.mark.parametrize(("text", "last_param"), [
+    ('<sip:a@127.0.0.1:5060;transport=tcp;ob>;reg-id=1;'
+     '+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"',
+     ("+sip.instance", '"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"')),
+    ('"Name" <sip:a@b>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel"',
+     ("+g.3gpp.icsi-ref", '"urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel"')),
+    ('<sip:13800000001@10.0.0.1;user=phone>;q=0.5;expires=600', ("expires", "600")),
+    ('<sip:b@h>;p="semi;colon"', ("p", '"semi;colon"')),
+])
+def test_contacts_seen_on_real_links(text: str, last_param: tuple[str, str]) -> None:
+    # RFC 5626 instance ids and 3GPP feature tags: quoted values holding <, >, ; and :.
+    assert NameAddr.parse(text).params[-1] == last_param
+
+
+def test_via_received_ipv6_without_brackets() -> None:
+    via = Via.parse("SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK1;received=2001:db8::1;"
+                    "rport=5070")
+    assert via.response_target(("2001:db8::1", 5999)) == ("2001:db8::1", 5070)
