@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipmask.sip.parser import parse_message
-from sipmask.sip.uri import parse_uri
+from sipmask.errors import ParseError
+from sipmask.sip.parser import StreamFramer, parse_message
+from sipmask.sip.uri import NameAddr, parse_uri
 
 # Per test, not a global profile: other modules' property tests keep their own settings.
 SETTINGS = settings(deadline=None, max_examples=80)
@@ -229,3 +231,55 @@ def test_a_change_keeps_every_other_header_text(
         assert again.headers.get(target.key) == new_value
     elif action == "remove":
         assert target.key not in again.headers
+
+
+# -- hostile input: only ParseError ever leaves the parser ----------------------------------
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+SEEDS = sorted(p.read_bytes() for p in CORPUS.rglob("*") if p.suffix in (".dat", ".sip"))
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    """A corpus message with a few bytes replaced, inserted or deleted."""
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        op = draw(st.sampled_from(["replace", "insert", "delete"]))
+        byte = draw(st.sampled_from([0, 9, 10, 13, 32, 34, 44, 58, 59, 60, 62, 64, 0xFF]))
+        if op == "replace" and data:
+            data[at] = byte
+        elif op == "insert":
+            data.insert(at, byte)
+        elif data:
+            del data[at]
+    return bytes(data)
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=300), mutated()))
+def test_parser_raises_only_parse_error(data: bytes) -> None:
+    try:
+        msg = parse_message(data)
+    except ParseError:
+        return
+    # Whatever parsed can be written again, and the typed reads the transaction and dialog
+    # layers make on every message cannot fail after the parser said yes.
+    assert parse_message(msg.to_bytes()).body == msg.body
+    for _name, value in msg.headers:
+        assert "\r" not in value and "\n" not in value
+    assert msg.from_ and msg.to and msg.vias and msg.cseq and msg.call_id
+    for contact in msg.headers.get_all("contact"):
+        assert contact == "*" or NameAddr.parse(contact)
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=300), mutated()), st.integers(1, 64))
+def test_framer_raises_only_parse_error(data: bytes, chunk: int) -> None:
+    framer = StreamFramer(max_bytes=2048)
+    try:
+        for i in range(0, len(data), chunk):
+            for message in framer.feed(data[i:i + chunk]):
+                assert len(message) <= 2048
+    except ParseError:
+        return
