@@ -25,8 +25,8 @@ ORIGIN = Origin.for_address(RELAY, 1000001, 1000001)
 _TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._",
                  min_size=1, max_size=12)
 # RFC 4566 §9 byte-string: anything but NUL, CR, LF (surrogates cannot be sent as UTF-8).
-_TEXT = st.text(st.characters(blacklist_characters="\r\n\x00",
-                              blacklist_categories=("Cs",)), max_size=30)
+_TEXT = st.text(st.characters(exclude_characters="\r\n\x00",
+                              exclude_categories=["Cs"]), max_size=30)
 _DIGITS = st.integers(min_value=0, max_value=2**64).map(str)
 _PORT = st.integers(min_value=0, max_value=65535)
 
@@ -152,6 +152,9 @@ def test_rewrite_never_leaks_an_input_address(case: tuple[bytes, set[str]]) -> N
                  "a=ssrc", "a=path"):
         assert f"\n{kind}" not in text
     assert [m.port for m in out.media if m.port] == ports
+    for media in out.media:
+        rtcp = media.attribute("rtcp")
+        assert rtcp is None or rtcp.value == f"{media.port + 1} IN IP4 {RELAY}"
     assert all(c == Connection("IN", "IP4", RELAY) for m in out.media for c in m.connections)
     assert out.connection == Connection("IN", "IP4", RELAY)
     assert parse(data) == out
