@@ -1,13 +1,13 @@
 """`sipmask serve`: the listeners, the SIP core between them, and the request handler seam.
 
-    sockets ─► transport/udp, tcp ─► SipServer.message_received ─► core (transactions)
-                                                                    │ events
+    sockets ─► transport/udp, tcp ─► SipServer.message_received ─► TransactionLayer.receive
+                                                                    │ events()
                                      RequestHandler.handle_request ◄┘ (B2BUA plugs in here)
-    sockets ◄─ transport/udp, tcp ◄─ SipServer.flush ◄── core.outgoing()
+    sockets ◄─ transport/udp, tcp ◄─ SipServer._flush ◄── TransactionLayer.outgoing()
 
-The core is sans-IO (aioquic style): the server passes it `now`, drains its outgoing
-datagrams and events after every call, and keeps exactly one `loop.call_at` armed for
-`core.next_timer()`.
+The transaction layer is sans-IO (aioquic style): the server passes it `now` (the loop's
+clock), drains its events and outgoing messages after every call, and keeps exactly one
+`loop.call_at` armed for `next_timer()`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,22 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from sipmask.config.schema import Config, Endpoint
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response, build_response
+from sipmask.sip.timers import TimerConfig
+from sipmask.sip.transaction import (
+    Outgoing,
+    RequestReceived,
+    ResponseReceived,
+    StrayResponse,
+    TransactionLayer,
+    TUEvent,
+)
 from sipmask.sip.uri import NameAddr
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.inbound import Address, TransportName
@@ -41,101 +50,29 @@ EXIT_OK, EXIT_FAILED = 0, 1
 log = structlog.get_logger("sipmask.server")
 
 
-# -- the core's interface (what sipmask.sip.transaction.TransactionLayer provides) ---------
-@dataclass(frozen=True)
-class Outgoing:
-    data: bytes
-    dest: Address
-    transport: TransportName
-
-
-@dataclass(frozen=True)
-class RequestReceived:
-    request: Request
-    source: Address
-    transport: TransportName
-    txn_id: str
-
-
-@dataclass(frozen=True)
-class ResponseReceived:
-    response: Response
-    source: Address
-    transport: TransportName
-    txn_id: str | None
-
-
-class SipCore(Protocol):
-    def receive(self, message: Request | Response, source: Address,
-                transport: TransportName, now: float) -> None: ...
-    def send_response(self, txn_id: str, response: Response, now: float) -> None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def next_timer(self) -> float | None: ...
-    def outgoing(self) -> list[Outgoing]: ...
-    def events(self) -> list[Any]: ...
-
-
-class StatelessCore:
-    """Answers requests without transaction state (RFC 3261 §8.2.7 stateless UAS): each
-    request is its own event and its response goes straight out. A retransmitted request is
-    simply answered again. Used until the transaction layer takes over."""
-
-    def __init__(self) -> None:
-        self._out: list[Outgoing] = []
-        self._events: list[Any] = []
-        self._pending: dict[str, RequestReceived] = {}
-        self._ids = itertools.count(1)
-
-    def receive(self, message: Request | Response, source: Address,
-                transport: TransportName, now: float) -> None:
-        if isinstance(message, Response):
-            self._events.append(ResponseReceived(message, source, transport, None))
-            return
-        txn_id = str(next(self._ids))
-        event = RequestReceived(message, source, transport, txn_id)
-        if message.method != "ACK":
-            self._pending[txn_id] = event
-        self._events.append(event)
-
-    def send_response(self, txn_id: str, response: Response, now: float) -> None:
-        event = self._pending.get(txn_id)
-        if event is None:
-            return
-        if response.status >= 200:
-            del self._pending[txn_id]
-        if event.transport == "tcp":
-            dest = event.source  # §18.2.2: back on the connection the request came on
-        else:
-            dest = event.request.top_via.response_target(event.source)
-        self._out.append(Outgoing(response.to_bytes(), dest, event.transport))
-
-    def handle_timer(self, now: float) -> None:
-        return None
-
-    def next_timer(self) -> float | None:
-        return None
-
-    def outgoing(self) -> list[Outgoing]:
-        out, self._out = self._out, []
-        return out
-
-    def events(self) -> list[Any]:
-        out, self._events = self._events, []
-        return out
-
-
 # -- the handler seam -------------------------------------------------------------------
 class SipActions(Protocol):
-    """What a request handler may do; SipServer implements it."""
+    """What a request handler may do; SipServer implements it. Each call goes through the
+    transaction layer and what it produces is sent before the call returns."""
 
     def respond(self, event: RequestReceived, response: Response) -> None: ...
+    def send_request(self, request: Request, dest: Address,
+                     transport: TransportName) -> str: ...
+    def cancel(self, invite_txn_id: str) -> str | None: ...
+    def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
+                 transport: TransportName) -> None: ...
 
 
 class RequestHandler(Protocol):
-    """The B2BUA plugs in here: it gets every request and response the core delivers."""
+    """The B2BUA plugs in here: it gets every event the transaction layer delivers."""
 
-    def handle_request(self, event: RequestReceived) -> None: ...
-    def handle_response(self, event: ResponseReceived) -> None: ...
+    def handle_request(self, event: RequestReceived) -> None:
+        """A new request in its server transaction; answer with `actions.respond`."""
+    def handle_response(self, event: ResponseReceived | StrayResponse) -> None:
+        """A response to a request the handler sent (or one no transaction matches)."""
+    def handle_event(self, event: TUEvent) -> None:
+        """Everything else: ACK for a 2xx, CANCEL (already answered), timeouts, transport
+        failures, terminated transactions."""
 
 
 HandlerFactory = Callable[[SipActions], RequestHandler]
@@ -165,10 +102,9 @@ class DefaultHandler:
         return f"{self.tag_prefix}{next(self._tags):x}"
 
     def handle_request(self, event: RequestReceived) -> None:
+        # ACK and CANCEL never arrive here: the transaction layer absorbs the one and
+        # answers the other (§17.2.1, §9.2).
         request = event.request
-        method = request.method
-        if method == "ACK":
-            return  # §17.2.1: an ACK is absorbed, never answered
         status, extra = self.decide(request)
         response = build_response(request, status, to_tag=self.to_tag(), extra=extra)
         self.actions.respond(event, response)
@@ -187,14 +123,17 @@ class DefaultHandler:
             # §11.2: the answer lists what we can do.
             return 200, (("Allow", self.allow), ("Accept", self.accept),
                          ("Supported", ", ".join(self.supported)))
-        if method in ("CANCEL", "BYE") or _has_to_tag(request):
-            return 481, ()  # §9.2, §12.2.2: no such transaction or dialog here
+        if method == "BYE" or _has_to_tag(request):
+            return 481, ()  # §12.2.2: no such dialog here
         if method in KNOWN_METHODS:
             return 405, (("Allow", self.allow),)
         return 501, (("Allow", self.allow),)
 
-    def handle_response(self, event: ResponseReceived) -> None:
+    def handle_response(self, event: ResponseReceived | StrayResponse) -> None:
         log.debug("sip.stray_response", status=event.response.status, source=event.source)
+
+    def handle_event(self, event: TUEvent) -> None:
+        return None
 
 
 def _has_to_tag(request: Request) -> bool:
@@ -213,17 +152,27 @@ class ListenError(Exception):
         super().__init__(f"cannot listen on {endpoint}: {detail}")
 
 
+def transaction_layer(config: Config) -> TransactionLayer:
+    """The core for `config`: RFC 3261 timers from `sip.timers`; the Via sipmask puts on
+    requests it sends names `sip.advertise` and the first listen port."""
+    timers = config.sip.timers
+    port = config.sip.listen[0].port if config.sip.listen else 5060
+    udp = [e.port for e in config.sip.listen if e.transport == "udp"]
+    return TransactionLayer(TimerConfig.from_ms(timers.t1_ms, timers.t2_ms, timers.t4_ms),
+                            local_via_host=config.sip.advertise,
+                            local_port=udp[0] if udp else port)
+
+
 @dataclass
 class SipServer:
-    """Owns the listeners, the core and the handler; one per process."""
+    """Owns the listeners, the transaction layer and the handler; one per process."""
 
     config: Config
     handler_factory: HandlerFactory = DefaultHandler
-    core_factory: Callable[[Config], SipCore] = lambda config: StatelessCore()
     counters: SipCounters = field(default_factory=SipCounters)
 
     def __post_init__(self) -> None:
-        self.core = self.core_factory(self.config)
+        self.core = transaction_layer(self.config)
         self.handler = self.handler_factory(self)
         self.udp: list[UdpTransport] = []
         self.tcp: list[TcpTransport] = []
@@ -258,9 +207,30 @@ class SipServer:
         self.core.receive(message, source, transport, self._now())
         self._drain()
 
+    def transport_failed(self, dest: Address, transport: TransportName) -> None:
+        """A shell could not deliver to `dest` (§17.1.4, §17.2.4)."""
+        self.core.transport_error(dest, transport, self._now())
+        self._drain()
+
     # SipActions
     def respond(self, event: RequestReceived, response: Response) -> None:
         self.core.send_response(event.txn_id, response, self._now())
+        self._flush()
+
+    def send_request(self, request: Request, dest: Address,
+                     transport: TransportName) -> str:
+        txn_id = self.core.send_request(request, dest, transport, self._now())
+        self._flush()
+        return txn_id
+
+    def cancel(self, invite_txn_id: str) -> str | None:
+        txn_id = self.core.cancel(invite_txn_id, self._now())
+        self._flush()
+        return txn_id
+
+    def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
+                 transport: TransportName) -> None:
+        self.core.send_ack(invite_txn_id, ack, dest, transport)
         self._flush()
 
     def _now(self) -> float:
@@ -276,26 +246,47 @@ class SipServer:
                 try:
                     if isinstance(event, RequestReceived):
                         self.handler.handle_request(event)
-                    elif isinstance(event, ResponseReceived):
+                    elif isinstance(event, ResponseReceived | StrayResponse):
                         self.handler.handle_response(event)
+                    else:
+                        self.handler.handle_event(event)
                 except Exception:
                     self.counters.internal_errors += 1
                     log.exception("sip.handler_failed", event=type(event).__name__)
+                    if isinstance(event, RequestReceived):
+                        self._answer_500(event)
             events = self.core.events()
         self._flush()
 
-    def _flush(self) -> None:
-        for out in self.core.outgoing():
-            self.send(out.data, out.dest, out.transport)
-        self._arm_timer()
+    def _answer_500(self, event: RequestReceived) -> None:
+        """A handler that failed must not leave its server transaction open forever."""
+        try:
+            response = build_response(event.request, 500, to_tag=secrets.token_hex(4))
+            self.core.send_response(event.txn_id, response, self._now())
+        except Exception:
+            pass  # already answered (TransactionError) or unanswerable: nothing more to do
 
-    def send(self, data: bytes, dest: Address, transport: TransportName) -> None:
+    def _flush(self) -> None:
+        failed: list[Outgoing] = []
+        for out in self.core.outgoing():
+            if not self.send(out.data, out.dest, out.transport):
+                failed.append(out)
+        for out in failed:
+            self.core.transport_error(out.dest, out.transport, self._now())
+        if failed:
+            self._drain()
+        else:
+            self._arm_timer()
+
+    def send(self, data: bytes, dest: Address, transport: TransportName) -> bool:
+        """Hand bytes to a shell; False when it refused them at once."""
         if transport == "tcp" and self.tcp:
             self.tcp[0].send(data, dest)
-        elif transport == "udp" and self.udp:
-            self.udp[0].send(data, dest)
-        else:
-            self.counters.send_errors += 1
+            return True
+        if transport == "udp" and self.udp:
+            return self.udp[0].send(data, dest)
+        self.counters.send_errors += 1
+        return False
 
     def _arm_timer(self) -> None:
         when = self.core.next_timer()

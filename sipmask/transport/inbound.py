@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sipmask.errors import MessageTooLarge, ParseError
-from sipmask.sip.headers import Headers, split_commas
+from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message, salvage
 from sipmask.sip.uri import NameAddr, Via
@@ -37,12 +37,10 @@ class Rejection:
 
 def decode(data: bytes, source: Address, transport: TransportName, counters: SipCounters,
            max_bytes: int) -> Request | Response | Rejection:
-    """Parse one complete message. Requests get their top Via stamped (§18.2.1, RFC 3581 §4)
-    so every response built from them carries `received`/`rport` and goes back right."""
+    """Parse one complete message and count it. (The transaction layer stamps the top Via of
+    requests, §18.2.1; the shell only parses.)"""
     try:
         message = parse_message(data, max_bytes, stream=transport == "tcp")
-        if isinstance(message, Request):
-            stamp_top_via(message, source)
     except ParseError as exc:
         return reject(data, exc, source, counters)
     counters.received += 1
@@ -110,22 +108,4 @@ def error_response(data: bytes, error: ParseError, source: Address
 def _phrase(reason: str) -> str:
     """RFC 3261 §25.1 Reason-Phrase: no CR/LF and no other control characters."""
     return "".join(c if c >= " " and c != "\x7f" else "?" for c in reason)[:120] or "Bad Request"
-
-
-def stamp_top_via(request: Request, source: Address) -> None:
-    """§18.2.1 / RFC 3581 §4: the server transport records `received` (and fills `rport`)
-    in the top Via, so responses copy it and `response_target` finds the way back."""
-    fields = request.headers.fields()
-    for i, (key, name, value, _raw) in enumerate(fields):
-        if key != "via":
-            continue
-        values = split_commas(value)
-        top = Via.parse(values[0])
-        stamped = top.stamped(source)
-        if stamped is top:
-            return
-        values[0] = str(stamped)
-        fields[i] = (key, name, ", ".join(values), None)
-        request.headers = Headers(fields)
-        return
 

@@ -175,6 +175,11 @@ class TcpTransport:
             dropped = self._connecting.pop(dest, [])
             self.counters.send_errors += len(dropped)
             log.info("sip.tcp_connect_failed", dest=dest, error=str(exc))
+            try:
+                self.sink.transport_failed(dest, "tcp")
+            except Exception:
+                self.counters.internal_errors += 1
+                log.exception("sip.transport_failed_hook", dest=dest)
             return
         for data in self._connecting.pop(dest, []):
             conn.write(data)

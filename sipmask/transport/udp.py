@@ -33,6 +33,9 @@ class MessageSink(Protocol):
     def message_received(self, message: Request | Response, source: Address,
                          transport: TransportName) -> None: ...
 
+    def transport_failed(self, dest: Address, transport: TransportName) -> None:
+        """Bytes for `dest` could not be delivered (a TCP connect failed, say)."""
+
 
 class UdpTransport(asyncio.DatagramProtocol):
     def __init__(self, sink: MessageSink, counters: SipCounters, max_bytes: int) -> None:
@@ -68,10 +71,11 @@ class UdpTransport(asyncio.DatagramProtocol):
         self.counters.send_errors += 1
         log.debug("sip.udp_error", error=str(exc))
 
-    def send(self, data: bytes, dest: Address) -> None:
+    def send(self, data: bytes, dest: Address) -> bool:
+        """Send one datagram; False (counted) when `dest` is unusable or we are closed."""
         if self.transport is None or self.transport.is_closing():
             self.counters.send_errors += 1
-            return
+            return False
         host, port = dest
         try:
             # Only IP literals of our family: a peer-chosen name (Via maddr, sent-by) must
@@ -84,8 +88,9 @@ class UdpTransport(asyncio.DatagramProtocol):
         except (OSError, ValueError):
             self.counters.send_errors += 1
             log.debug("sip.udp_bad_destination", dest=dest)
-            return
+            return False
         self.counters.sent += 1
+        return True
 
     def close(self) -> None:
         if self.transport is not None:

@@ -320,6 +320,9 @@ class Collect:
                          transport: str) -> None:
         self.messages.append((type(message).__name__, source))
 
+    def transport_failed(self, dest: tuple[str, int], transport: str) -> None:
+        self.messages.append(("failed", dest))
+
 
 def test_tcp_idle_connections_are_closed_and_limit_is_kept() -> None:
     async def scenario() -> SipCounters:
@@ -386,3 +389,21 @@ def test_tcp_send_opens_one_connection_and_reuses_it() -> None:
     calls = [parse_message(raw).call_id for raw in framer.feed(data)]
     assert calls == ["out-1", "out-2", "out-1"]
     assert counters.sent == 3
+
+
+# -- transactions: retransmissions absorbed, Timer J armed by the shell ------------------------
+def test_retransmitted_options_is_absorbed_until_timer_j(serve) -> None:  # type: ignore[no-untyped-def]
+    # T1 = 10 ms makes Timer J (64*T1 on UDP, RFC 3261 §17.2.2) 0.64 s.
+    proc: ServeProcess = serve("--set", "sip.timers.t1_ms=10")
+    with udp_socket() as s:
+        request = options_request(proc.udp, local=s.getsockname(), branch="z9hG4bKretx1")
+        first = udp_exchange(request, proc.udp, sock=s)
+        again = udp_exchange(request, proc.udp, sock=s)
+        # §17.2.2: the server transaction answers a retransmission with the same response.
+        assert first is not None and again == first
+        time.sleep(1.0)
+        # Timer J fired (the shell's loop.call_at) and the transaction is gone: the same
+        # request is new again and gets a fresh answer with its own To tag.
+        later = udp_exchange(request, proc.udp, sock=s)
+    assert response_of(later).status == 200
+    assert response_of(later).to.tag != response_of(first).to.tag
