@@ -77,6 +77,8 @@ def is_real(number: str) -> bool:
 
 def normalise_real(raw: str) -> str:
     """Normalise and insist on a real (non-X) number."""
+    if _MOBILE.fullmatch(raw) or _FIXED.fullmatch(raw):
+        return raw   # already national: bulk imports mostly arrive like this
     number = normalise(raw)
     if not is_real(number):
         if is_x(number):
@@ -87,6 +89,8 @@ def normalise_real(raw: str) -> str:
 
 def normalise_x(raw: str) -> str:
     """Normalise and insist on a 15-digit 700 number."""
+    if _X.fullmatch(raw):
+        return raw
     number = normalise(raw)
     if not is_x(number):
         raise NumberError("X must be a 15-digit number starting with 700")

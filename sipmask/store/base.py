@@ -35,13 +35,14 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Binding:
     """Who may reach whom through X, until when (CONTRACT "Words").
 
     The policy fields after `expires_at` are optional and default to "no rule"; the encoding
     (store/codec.py) carries them only when set, so older records read as defaults and a
-    newer field this version does not know is ignored on read.
+    newer field this version does not know is ignored on read. Not slotted: the codec
+    fills `__dict__` in one step on the call path (codec.decode_binding).
     """
 
     id: str

@@ -47,6 +47,9 @@ class _LmdbTxn:
     def delete(self, db: str, key: bytes) -> None:
         self.txn.delete(key, db=self.dbs[db])
 
+    def insert(self, db: str, key: bytes, value: bytes) -> bool:
+        return bool(self.txn.put(key, value, db=self.dbs[db], overwrite=False))
+
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         cursor = self.txn.cursor(db=self.dbs[db])

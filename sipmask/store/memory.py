@@ -39,6 +39,12 @@ class _MemoryTxn:
             bisect.insort(t.keys, key)
         t.data[key] = value
 
+    def insert(self, db: str, key: bytes, value: bytes) -> bool:
+        if key in self.tables[db].data:
+            return False
+        self.put(db, key, value)
+        return True
+
     def delete(self, db: str, key: bytes) -> None:
         assert self.write, "delete in a read transaction"
         t = self.tables[db]

@@ -54,6 +54,9 @@ class Txn(Protocol):
     def get(self, db: str, key: bytes) -> bytes | None: ...
     def put(self, db: str, key: bytes, value: bytes) -> None: ...
     def delete(self, db: str, key: bytes) -> None: ...
+    def insert(self, db: str, key: bytes, value: bytes) -> bool:
+        """Put only if the key is absent; False (and no write) if it is there."""
+        ...
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Forward from the first key >= start, or backward from the last key."""
@@ -86,6 +89,11 @@ def parse_range(pool: str | NumberRange) -> NumberRange:
         raise RefusedError("range", str(exc)) from None
 
 
+def _what(b: Binding) -> dict[str, object]:
+    """What an audit entry keeps of a binding: enough to say what it was, and small."""
+    return {"mode": b.mode, "x": b.x, "a": b.a, "b": b.b, "expires_at": b.expires_at}
+
+
 class _Work:
     """One write transaction's worth of rule checks and writes, with its audit sequence."""
 
@@ -94,6 +102,8 @@ class _Work:
         self.now = now
         self.actor = actor
         self._seq: int | None = None
+        self._pools: list[PoolRange] | None = None     # per transaction: imports ask often
+        self._tenants: set[str] = set()
 
     # -- audit ------------------------------------------------------------------------------
     def audit(self, tenant: str, action: str, subject: str, data: Mapping[str, object],
@@ -102,9 +112,9 @@ class _Work:
             raw = self.txn.get("meta", b"audit_seq")
             self._seq = codec.from_u64(raw) if raw else 0
         self._seq += 1
-        entry = AuditEntry(self._seq, self.now, tenant, actor or self.actor, action, subject,
-                           dict(data))
-        self.txn.put("audit", codec.audit_key(self.now, self._seq), codec.encode_audit(entry))
+        self.txn.put("audit", codec.audit_key(self.now, self._seq),
+                     codec.encode_audit(self._seq, self.now, tenant, actor or self.actor,
+                                        action, subject, data))
 
     def finish(self) -> None:
         if self._seq is not None:
@@ -119,9 +129,14 @@ class _Work:
             keys.append((b.x + b.b).encode())
         return keys
 
-    def put_binding(self, b: Binding, old: Binding | None = None) -> None:
+    def put_binding(self, b: Binding, old: Binding | None = None) -> bool:
+        """Write b and its indexes; False (nothing written) when a new b's id is taken."""
         raw = codec.encode_binding(b)
-        self.txn.put("bindings", b.id.encode(), raw)
+        if old is None:
+            if not self.txn.insert("bindings", b.id.encode(), raw):
+                return False
+        else:
+            self.txn.put("bindings", b.id.encode(), raw)
         for key in self.route_keys(b):
             self.txn.put("route", key, raw)
         if old is not None and old.expires_at is not None:
@@ -132,6 +147,7 @@ class _Work:
             use = self.txn.get("xuse", b.x.encode())
             count = codec.decode_use(use)[1] if use else 0
             self.txn.put("xuse", b.x.encode(), codec.encode_use(b.mode, count + 1))
+        return True
 
     def remove_binding(self, b: Binding, action: str, actor: str | None = None) -> None:
         self.txn.delete("bindings", b.id.encode())
@@ -145,7 +161,7 @@ class _Work:
             self.txn.put("xuse", b.x.encode(), codec.encode_use(b.mode, count))
         else:
             self.txn.delete("xuse", b.x.encode())
-        self.audit(b.tenant, action, b.id, b.to_json(), actor)
+        self.audit(b.tenant, action, b.id, _what(b), actor)
 
     def purge_if_expired(self, raw: bytes | None) -> bool:
         """True when the key is free: absent, or held by an expired binding (removed now,
@@ -184,11 +200,17 @@ class _Work:
 
     # -- pools ------------------------------------------------------------------------------
     def pools(self, tenant: str | None = None) -> list[PoolRange]:
-        out = [codec.decode_pool(raw) for _, raw in self.txn.scan("pools")]
-        return [p for p in out if tenant is None or p.tenant == tenant]
+        if self._pools is None:
+            self._pools = [codec.decode_pool(raw) for _, raw in self.txn.scan("pools")]
+        return [p for p in self._pools if tenant is None or p.tenant == tenant]
 
     def tenant_known(self, tenant: str) -> bool:
-        return self.txn.get("tenants", tenant.encode()) is not None
+        if tenant in self._tenants:
+            return True
+        if self.txn.get("tenants", tenant.encode()) is None:
+            return False
+        self._tenants.add(tenant)
+        return True
 
     def use(self, x: str) -> tuple[str, int] | None:
         raw = self.txn.get("xuse", x.encode())
@@ -216,6 +238,7 @@ class _Work:
                                              f"{p.first}-{p.last}")
         pool = PoolRange(tenant, rng.first, rng.last, source)
         self.txn.put("pools", rng.first.encode(), codec.encode_pool(pool))
+        self._pools = None
         self.audit(tenant, "pool_add", str(rng), {"source": source})
         return pool
 
@@ -224,6 +247,7 @@ class _Work:
         if total:
             raise ConflictError("range", f"{total} binding(s) on {xs} X(s) still use it")
         self.txn.delete("pools", pool.first.encode())
+        self._pools = None
         self.audit(pool.tenant, "pool_remove", f"{pool.first}-{pool.last}",
                    {"source": pool.source})
 
@@ -326,13 +350,12 @@ class RuleStore:
             self._check_x(work, req.mode, x, a, b)
         else:
             x = self._allocate(work, tenant, req.mode, a, b)
-        binding_id = secrets.token_hex(8)
-        while work.txn.get("bindings", binding_id.encode()) is not None:
-            binding_id = secrets.token_hex(8)
-        binding = Binding(binding_id, req.mode, tenant, x, a, b, work.now,
-                          work.now + ttl if ttl else None)
-        work.put_binding(binding)
-        work.audit(tenant, "create", binding_id, binding.to_json())
+        expires = work.now + ttl if ttl else None
+        while True:   # 64 random bits: a clash is all but impossible, but never overwrite
+            binding = Binding(secrets.token_hex(8), req.mode, tenant, x, a, b, work.now, expires)
+            if work.put_binding(binding):
+                break
+        work.audit(tenant, "create", binding.id, _what(binding))
         return binding
 
     def _check_x(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> None:
