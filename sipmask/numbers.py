@@ -59,8 +59,9 @@ def normalise(raw: str) -> str:
         text = text[2:]
     if not _DIGITS.fullmatch(text):
         raise NumberError("a number may hold only digits after its prefix")
-    if international and not (text.startswith("1") or text.startswith(X_PREFIX)):
-        # E.164 drops the national trunk prefix of fixed lines: +86 10 … is 010 …
+    if international and not (_MOBILE.fullmatch(text) or text.startswith(X_PREFIX)):
+        # E.164 drops the national trunk prefix of fixed lines: +86 10 … is 010 … (Beijing's
+        # area code starts with 1 too, so only a whole mobile number keeps its digits).
         text = "0" + text
     return text
 
