@@ -192,7 +192,10 @@ class SipServer:
                     self.udp.append(udp)
                     host, port = udp.local
                 else:
-                    tcp = await open_tcp(endpoint, self, self.counters, max_bytes)
+                    tcp = await open_tcp(
+                        endpoint, self, self.counters, max_bytes,
+                        idle_timeout=float(self.config.sip.tcp_idle_timeout_s),
+                        max_connections=self.config.sip.tcp_max_connections)
                     self.tcp.append(tcp)
                     host, port = tcp.local
             except OSError as exc:

@@ -166,6 +166,8 @@ class SipConfig:
     timers: TimersConfig = field(default_factory=TimersConfig)
     ring_timeout_s: int = 60
     send_pai: bool = False
+    tcp_idle_timeout_s: int = 300
+    tcp_max_connections: int = 4096
 
 
 @dataclass(frozen=True)
