@@ -1,0 +1,98 @@
+"""The store shared by processes: a reader sees CLI writes on its next lookup; an
+acknowledged write survives kill -9; concurrent writers cannot both take one pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+A, B, C = "13800000001", "13900000002", "13700000003"
+X = "700100000000001"
+
+READER = """
+import sys, time
+from sipmask.store import LmdbStore
+store = LmdbStore(sys.argv[1])
+print("ready", flush=True)
+state, seen, deadline = "start", False, time.monotonic() + 60
+while time.monotonic() < deadline:
+    found = store.route(sys.argv[2], sys.argv[3], time.time())
+    now = found.id if found else None
+    if now != state:
+        state = now
+        print(f"route {state}", flush=True)
+        if state is None and seen:
+            break
+        seen = seen or state is not None
+"""
+
+WRITER = """
+import sys
+from sipmask.config import loader
+from sipmask.store import open_store
+store = open_store(loader.load(None, [f"store.path={sys.argv[1]}"]))
+for i in range(100_000):
+    b = store.create(mode="axn", tenant="demo", a=f"138{i:08d}", actor="api")
+    print(b.id, flush=True)   # printed only after the commit returned
+"""
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sipmask", *args,
+                           "--set", f"store.path={tmp_path / 's'}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+
+
+def test_a_reader_process_sees_cli_writes_on_its_next_lookup(tmp_path: Path) -> None:
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "s"), X, A],
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "ready"
+        assert reader.stdout.readline().strip() == "route None"
+        made = cli(tmp_path, "bind", "axb", "--a", A, "--b", B, "--x", X)
+        assert made.returncode == 0, made.stderr
+        binding_id = json.loads(made.stdout)["id"]
+        assert reader.stdout.readline().strip() == f"route {binding_id}"
+        assert cli(tmp_path, "unbind", binding_id).returncode == 0
+        assert reader.stdout.readline().strip() == "route None"
+        assert reader.wait(timeout=30) == 0
+    finally:
+        reader.kill()
+        reader.wait()
+        if reader.stdout is not None:
+            reader.stdout.close()
+
+
+def test_an_acknowledged_binding_survives_kill_9(tmp_path: Path) -> None:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "s")],
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert writer.stdout is not None
+    acknowledged = [writer.stdout.readline().strip() for _ in range(50)]
+    os.kill(writer.pid, signal.SIGKILL)   # mid-stream: it is writing more as we kill it
+    writer.wait()
+    acknowledged += [line.strip() for line in writer.stdout if line.strip()]
+    writer.stdout.close()
+    shown = [cli(tmp_path, "show", acknowledged[i]) for i in (0, -1)]
+    assert all(r.returncode == 0 for r in shown), [r.stderr for r in shown]
+    listed = {json.loads(line)["id"] for line in
+              cli(tmp_path, "list", "--limit", "1000000").stdout.splitlines()}
+    assert set(acknowledged) <= listed
+    assert cli(tmp_path, "bind", "axn", "--a", C).returncode == 0   # the store still writes
+
+
+def test_concurrent_writers_cannot_both_take_a_pair(tmp_path: Path) -> None:
+    assert cli(tmp_path, "list").returncode == 0   # create the store before the race
+    procs = [subprocess.Popen([sys.executable, "-m", "sipmask", "bind", "axb", "--a", A,
+                               "--b", b, "--x", X, "--set", f"store.path={tmp_path / 's'}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path) for b in (B, C, B, C)]
+    results = [(p.wait(timeout=60), p.communicate()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 1, 1, 1]
+    refusals = [err for rc, (_, err) in results if rc == 1]
+    assert all(err == "sipmask: a: already bound on this X\n" for err in refusals)
+    assert len(cli(tmp_path, "list", "--x", X).stdout.splitlines()) == 1
