@@ -72,6 +72,7 @@ class Step:
     mean_ms: float
     achieved: float
     cpu_us: float          # server CPU per OPTIONS
+    rss_mb: float          # server resident memory after the step
 
     @property
     def held(self) -> bool:
@@ -89,6 +90,13 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS   # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def hms_to_ms(text: str) -> float:
@@ -130,7 +138,7 @@ def run_step(port: int, pid: int, rate: int, seconds: float, workdir: Path) -> S
     ok = int(row["SuccessfulCall(C)"])
     return Step(rate, total, ok, int(row["FailedCall(C)"]), int(row["Retransmissions(C)"]),
                 hms_to_ms(row["ResponseTimeoptions(C)"]), float(row["CallRate(C)"]),
-                cpu / max(ok, 1) * 1e6)
+                cpu / max(ok, 1) * 1e6, rss_mb(pid))
 
 
 def ladder(name: str, argv: list[str], port: int, rates: list[int], seconds: float,
@@ -146,6 +154,7 @@ def ladder(name: str, argv: list[str], port: int, rates: list[int], seconds: flo
             print(f"  {name:9} {rate:6}/s  ok {step.ok}/{step.sent}  failed {step.failed}  "
                   f"retrans {step.retrans}  achieved {step.achieved:7.0f}/s  "
                   f"mean {step.mean_ms:6.2f} ms  cpu {step.cpu_us:6.1f} µs/req  "
+                  f"rss {step.rss_mb:5.0f} MB  "
                   f"{'held' if step.held else 'LOST'}", flush=True)
         return steps
     finally:

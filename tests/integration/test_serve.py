@@ -407,3 +407,15 @@ def test_retransmitted_options_is_absorbed_until_timer_j(serve) -> None:  # type
         later = udp_exchange(request, proc.udp, sock=s)
     assert response_of(later).status == 200
     assert response_of(later).to.tag != response_of(first).to.tag
+
+
+def test_tcp_connection_limit_from_config(serve) -> None:  # type: ignore[no-untyped-def]
+    proc: ServeProcess = serve("--set", "sip.tcp_max_connections=1")
+    with socket.create_connection(proc.tcp) as first:
+        first.sendall(tcp_options(proc, first, "kept"))
+        assert [r.status for r in tcp_read(first, 1)] == [200]
+        with socket.create_connection(proc.tcp) as second:
+            second.settimeout(2.0)
+            assert second.recv(100) == b""  # over the limit: closed without a word
+    counters = proc.counters()
+    assert counters["tcp_refused"] == 1 and counters["tcp_accepted"] == 1
