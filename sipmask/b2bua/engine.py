@@ -1,0 +1,845 @@
+"""The B2BUA engine: wires transactions, dialogs, the store, routing, masking, media and CDRs.
+
+The server hands every TU event of the transaction layer to `Engine.handle_event`. The call
+logic itself is the table in b2bua/call.py; this module turns its actions into SIP messages
+and media operations. Media operations may wait (rtpengine answers over UDP), so each call
+runs its work through a small per-call queue (`_CallContext.submit`): one call's events are
+handled strictly in order, different calls run concurrently.
+
+Leg A is the trunk that sent the INVITE for X (sipmask is the UAS there), leg B the new call
+to the real party (sipmask is the UAC). Nothing crosses between the legs but what
+masking.py lets through and the SDP the media backend rewrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from sipmask import numbers
+from sipmask.b2bua import masking, routing
+from sipmask.b2bua.call import Action, Call, CallEvent, CallState
+from sipmask.cdr.record import Cdr
+from sipmask.cdr.store import CdrSink
+from sipmask.clock import Clock
+from sipmask.config.schema import Config, TrunkConfig
+from sipmask.errors import CallStateError, MediaError, ParseError, SipError, TransactionError
+from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
+from sipmask.sip.message import Request, Response, build_response
+from sipmask.sip.transaction import (
+    AckReceived,
+    AckTimeout,
+    CancelReceived,
+    RequestReceived,
+    ResponseReceived,
+    StrayResponse,
+    TransactionTimeout,
+    TransportFailed,
+)
+from sipmask.sip.uri import SipUri, parse_uri
+from sipmask.store.base import BindingStore
+
+log = structlog.get_logger("sipmask.b2bua")
+
+Transport = Literal["udp", "tcp"]
+Address = tuple[str, int]
+
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
+# Methods relayed inside a dialog; REFER is refused (it would carry a URI across, DESIGN.md).
+RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE"})
+SDP = "application/sdp"
+
+
+class SipPort(Protocol):
+    """What the engine needs of the SIP server around it (SipServer implements it)."""
+
+    def respond(self, txn_id: str, response: Response) -> None: ...
+    def send_request(self, request: Request, dest: Address, transport: Transport) -> str: ...
+    def cancel(self, invite_txn_id: str) -> str | None: ...
+    def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
+                 transport: Transport) -> None: ...
+    def local_port(self, transport: Transport) -> int: ...
+
+
+class MediaPort(Protocol):
+    """The media backend, rtpengine-shaped (media/backend.py's MediaBackend fits)."""
+
+    async def offer(self, call_id: str, leg: str, sdp: bytes) -> bytes: ...
+    async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes: ...
+    async def delete(self, call_id: str) -> Any: ...
+
+
+class EventSink(Protocol):
+    """Call events for webhooks (events/outbox.py); optional."""
+
+    def call_event(self, kind: str, call: Call, at: float, cdr: Cdr | None = None) -> None: ...
+
+
+class Hooks(Protocol):
+    """Policy and metrics hooks (the hardening issue plugs in here); all optional."""
+
+    def admit(self, request: Request, source: Address, trunk: str | None) -> None: ...
+    def call_finished(self, call: Call) -> None: ...
+
+
+@dataclass
+class _Relay:
+    """An in-dialog request relayed from one leg to the other: answer `origin` on `from_leg`
+    with what the other leg answers."""
+
+    ctx: _CallContext
+    from_leg: str                 # "a" or "b": the leg the request came from
+    origin_txn: str
+    request: Request
+
+
+@dataclass
+class _CallContext:
+    call: Call
+    a_invite: Request
+    a_txn: str
+    a_source: Address
+    a_transport: Transport
+    a_tag: str
+    trunk: TrunkConfig
+    b_tag: str
+    b_dest: Address
+    b_transport: Transport
+    a_dialog: Dialog | None = None
+    b_dialog: Dialog | None = None
+    b_invite: Request | None = None
+    b_txn: str | None = None
+    b_acked: set[str] = field(default_factory=set)     # To tags we sent an ACK for
+    pending_byes: set[str] = field(default_factory=set)
+    relays: set[str] = field(default_factory=set)       # txn ids of relayed requests
+    ring_timer: asyncio.TimerHandle | None = None
+    media_open: bool = False
+    queue: collections.deque[Callable[[], Awaitable[None]]] = field(
+        default_factory=collections.deque)
+    running: bool = False
+
+
+class Engine:
+    def __init__(self, sip: SipPort, *, config: Config, store: BindingStore, media: MediaPort,
+                 cdrs: CdrSink, clock: Clock, events: EventSink | None = None,
+                 hooks: Hooks | None = None) -> None:
+        self.sip = sip
+        self.config = config
+        self.store = store
+        self.media = media
+        self.cdrs = cdrs
+        self.clock = clock
+        self.events = events
+        self.hooks = hooks
+        self.calls: dict[str, _CallContext] = {}
+        self._by_a: dict[tuple[str, str], _CallContext] = {}      # (Call-ID, From tag)
+        self._by_a_txn: dict[str, _CallContext] = {}
+        self._by_txn: dict[str, tuple[str, _CallContext] | _Relay] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self.draining = False
+        self.stats = collections.Counter[str]()
+
+    # -- entry point -------------------------------------------------------------------------
+    def handle_event(self, event: object) -> None:
+        if isinstance(event, RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, ResponseReceived):
+            self._on_response(event.response, event.txn_id)
+        elif isinstance(event, AckReceived):
+            self._on_ack(event)
+        elif isinstance(event, CancelReceived):
+            self._on_cancel(event)
+        elif isinstance(event, TransactionTimeout | TransportFailed):
+            self._on_timeout(event.txn_id)
+        elif isinstance(event, AckTimeout):
+            ctx = self._by_a_txn.get(event.txn_id)
+            if ctx is not None:
+                self._fire(ctx, CallEvent.A_ACK_TIMEOUT)
+        elif isinstance(event, StrayResponse):
+            self._on_stray(event.response)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.calls)
+
+    # -- requests ----------------------------------------------------------------------------
+    def _on_request(self, event: RequestReceived) -> None:
+        request = event.request
+        method = request.method
+        try:
+            has_to_tag = request.to.tag is not None
+        except ParseError:
+            has_to_tag = False
+        if method == "INVITE" and not has_to_tag:
+            self._new_call(event)
+            return
+        if method == "OPTIONS" and not has_to_tag:
+            self._reply(event.txn_id, request, 200, extra=(("Allow", ALLOW),
+                                                            ("Accept", SDP)))
+            return
+        found = self._find_dialog(request)
+        if found is None:
+            status = 481 if has_to_tag or method in ("BYE", "CANCEL") else 405
+            extra = (("Allow", ALLOW),) if status == 405 else ()
+            self._reply(event.txn_id, request, status, extra=extra)
+            return
+        ctx, leg = found
+        if method == "REFER":
+            self._reply(event.txn_id, request, 403, reason="Forbidden (REFER not allowed)")
+            return
+        if method == "BYE":
+            dialog = self._dialog_of(ctx, leg)
+            if dialog is not None and dialog.state is not DialogState.TERMINATED:
+                dialog.receive_request(request)
+            ctx_event = CallEvent.A_BYE if leg == "a" else CallEvent.B_BYE
+            self._fire(ctx, ctx_event, origin=(event.txn_id, request))
+            return
+        if method == "PRACK" and leg == "a":
+            # We never send reliable provisionals to A (no 100rel on leg A), so a PRACK from
+            # A matches nothing (RFC 3262 §3).
+            self._reply(event.txn_id, request, 481)
+            return
+        if method not in RELAYED_IN_DIALOG:
+            self._reply(event.txn_id, request, 405, extra=(("Allow", ALLOW),))
+            return
+        dialog = self._dialog_of(ctx, leg)
+        if dialog is not None:
+            try:
+                dialog.receive_request(request)
+            except SipError as exc:
+                self._reply(event.txn_id, request, exc.status, reason=exc.reason)
+                return
+        if method == "INVITE" and ctx.relays and any(
+                isinstance(r := self._by_txn.get(t), _Relay) and r.request.method == "INVITE"
+                for t in ctx.relays):
+            # RFC 3261 §14.2: a re-INVITE while another is pending on the dialog gets 491.
+            self._reply(event.txn_id, request, 491)
+            return
+        self._fire(ctx, CallEvent.A_REQUEST if leg == "a" else CallEvent.B_REQUEST,
+                   origin=(event.txn_id, request))
+
+    def _new_call(self, event: RequestReceived) -> None:
+        request = event.request
+        now = self.clock.wall()
+        trunk_name, trunk = self._trunk_for(event.source[0])
+        if trunk is None:
+            self.stats["refused_acl"] += 1
+            self._reply(event.txn_id, request, 403)
+            return
+        if self.draining:
+            self._reply(event.txn_id, request, 503, extra=(("Retry-After", "5"),))
+            return
+        # CONTRACT: 100 Trying at once (§17.2.1 lets the TU send it; it stops A's Timer A).
+        self._reply(event.txn_id, request, 100)
+        try:
+            # §8.2.2.3: we implement no extension a caller could require of us on leg A
+            # (reliable provisionals are handled on leg B only).
+            if any(t.strip() for t in request.headers.get_all("require")):
+                raise SipError("Bad Extension", status=420)
+            max_forwards = masking.next_max_forwards(request)
+            if self.hooks is not None:
+                self.hooks.admit(request, event.source, trunk_name)
+            x = routing.target_x(request)
+            caller = routing.caller_number(request, trust_pai=trunk.trust_pai)
+            binding = self.store.route(x, caller, now)
+            target = routing.route(binding, caller)
+        except SipError as exc:
+            extra: tuple[tuple[str, str], ...] = ()
+            if exc.status == 420:
+                extra = (("Unsupported", ", ".join(request.headers.get_all("require"))),)
+            if exc.retry_after is not None:
+                extra = (("Retry-After", str(exc.retry_after)),)
+            self._refuse(event, exc, now, extra)
+            return
+        assert binding is not None
+        call = Call(call_id=new_call_id(host=self.config.sip.advertise), tenant=binding.tenant,
+                    binding_id=binding.id, x=x, caller=caller, callee=target.callee,
+                    direction=target.direction, invite_at=now)
+        ctx = _CallContext(
+            call=call, a_invite=request, a_txn=event.txn_id, a_source=event.source,
+            a_transport=event.transport, a_tag=new_tag(), trunk=trunk, b_tag=new_tag(),
+            b_dest=(trunk.outbound.host, trunk.outbound.port),
+            b_transport=trunk.outbound.transport)
+        self.calls[call.call_id] = ctx
+        self._by_a[(request.call_id, request.from_.tag or "")] = ctx
+        self._by_a_txn[event.txn_id] = ctx
+        self.stats["calls"] += 1
+        log.info("call.routing", call_id=call.call_id, x=x, caller=caller,
+                 callee=target.callee, direction=target.direction)
+        self._submit(ctx, lambda: self._place_leg_b(ctx, max_forwards))
+
+    def _refuse(self, event: RequestReceived, exc: SipError, now: float,
+                extra: tuple[tuple[str, str], ...]) -> None:
+        """A refused attempt still leaves a CDR (CONTRACT: one per call attempt)."""
+        request = event.request
+        cause = getattr(exc, "cause", None) or (
+            "rate_limited" if exc.status == 503 else "not_allowed")
+        self.stats[f"refused_{cause}"] += 1
+        x = _safe(lambda: routing.target_x(request)) or ""
+        caller = _safe(lambda: routing.caller_number(request, trust_pai=False)) or ""
+        tenant = self._tenant_of_x(x)
+        record = Cdr(call_id=new_call_id(host=self.config.sip.advertise), tenant=tenant,
+                     binding_id=None, x=x, caller=caller, callee=None, direction=None,
+                     invite_at=now, ring_at=None, answer_at=None, end_at=now, duration_s=0.0,
+                     release_side="sipmask", sip_status=exc.status, unconnected_cause=cause)
+        self._write_cdr(record)
+        self._reply(event.txn_id, request, exc.status, extra=extra)
+        log.info("call.refused", status=exc.status, cause=cause, x=x, caller=caller)
+
+    # -- leg B -------------------------------------------------------------------------------
+    async def _place_leg_b(self, ctx: _CallContext, max_forwards: int) -> None:
+        if ctx.call.state is not CallState.ROUTING:
+            return
+        call = ctx.call
+        body = b""
+        if ctx.a_invite.body and ctx.a_invite.content_type == SDP:
+            try:
+                body = await self.media.offer(call.call_id, "a", ctx.a_invite.body)
+                ctx.media_open = True
+            except (MediaError, SipError, ValueError) as exc:
+                log.warning("call.media_failed", call_id=call.call_id, error=str(exc))
+                status = exc.status if isinstance(exc, SipError) else 503
+                self._apply(ctx, CallEvent.SETUP_FAILED, status_override=status)
+                return
+        if call.state is not CallState.ROUTING:     # cancelled while media was set up
+            return
+        trunk = ctx.trunk.outbound
+        host = _host(trunk.host)
+        target = f"sip:{call.callee}@{host}:{trunk.port};user=phone"
+        local = f"<sip:{call.x}@{self.config.sip.advertise}>;tag={ctx.b_tag}"
+        extra: list[tuple[str, str]] = []
+        if self.config.sip.send_pai:
+            extra.append(("P-Asserted-Identity", f"<sip:{call.x}@{self.config.sip.advertise}>"))
+        crossing = masking.crossing_headers(ctx.a_invite)
+        # RFC 3262: reliable provisionals are handled per leg; on leg B we support them.
+        if not any(n.lower() in ("supported", "k") for n, _ in crossing):
+            extra.append(("Supported", "100rel"))
+        else:
+            crossing = [(n, f"{v}, 100rel") if n.lower() == "supported" else (n, v)
+                        for n, v in crossing]
+        request = masking.build_request(
+            "INVITE", request_uri=target, local=local, remote=f"<{target}>",
+            call_id=call.call_id, cseq=1, contact=self._contact(call.x, ctx.b_transport),
+            max_forwards=max_forwards, crossing=crossing, extra=extra, body=body,
+            content_type=SDP if body else None)
+        ctx.b_invite = request
+        try:
+            ctx.b_txn = self.sip.send_request(request, ctx.b_dest, ctx.b_transport)
+        except (TransactionError, OSError) as exc:
+            log.warning("call.leg_b_failed", call_id=call.call_id, error=str(exc))
+            self._apply(ctx, CallEvent.SETUP_FAILED)
+            return
+        self._by_txn[ctx.b_txn] = ("b_invite", ctx)
+        self._apply(ctx, CallEvent.LEG_B_SENT)
+        loop = asyncio.get_running_loop()
+        ctx.ring_timer = loop.call_later(self.config.sip.ring_timeout_s,
+                                         lambda: self._fire(ctx, CallEvent.RING_TIMEOUT))
+
+    # -- responses ---------------------------------------------------------------------------
+    def _on_response(self, response: Response, txn_id: str) -> None:
+        entry = self._by_txn.get(txn_id)
+        if entry is None:
+            return
+        if isinstance(entry, _Relay):
+            if response.status >= 200:
+                self._by_txn.pop(txn_id, None)
+                entry.ctx.relays.discard(txn_id)
+            if response.status > 100:
+                self._submit(entry.ctx, lambda: self._relay_response(entry, response))
+            return
+        role, ctx = entry
+        status = response.status
+        if role == "b_invite":
+            if status == 100:
+                return
+            if status < 200:
+                self._fire(ctx, CallEvent.B_PROVISIONAL, response=response)
+            elif status < 300:
+                self._fire(ctx, CallEvent.B_ANSWER, response=response)
+            else:
+                self._by_txn.pop(txn_id, None)
+                self._fire(ctx, CallEvent.B_FAILURE, response=response)
+        elif role in ("bye_a", "bye_b") and status >= 200:
+            self._bye_done(ctx, txn_id)
+
+    def _on_timeout(self, txn_id: str) -> None:
+        entry = self._by_txn.pop(txn_id, None)
+        if entry is None:
+            return
+        if isinstance(entry, _Relay):
+            entry.ctx.relays.discard(txn_id)
+            self._reply(entry.origin_txn, entry.request, 408)
+            return
+        role, ctx = entry
+        if role == "b_invite":
+            self._fire(ctx, CallEvent.B_TIMEOUT)
+        elif role in ("bye_a", "bye_b"):
+            self._bye_done(ctx, txn_id)
+
+    def _on_stray(self, response: Response) -> None:
+        # A 2xx to leg B's INVITE retransmitted after its transaction ended (§13.2.2.4:
+        # the UAC core ACKs every 2xx retransmission).
+        try:
+            ctx = self.calls.get(response.call_id)
+            if ctx is None or response.cseq.method != "INVITE" or not 200 <= response.status < 300:
+                return
+        except ParseError:
+            return
+        ctx.b_acked.discard(response.to.tag or "")
+        self._fire(ctx, CallEvent.B_ANSWER, response=response)
+
+    def _on_ack(self, event: AckReceived) -> None:
+        found = self._find_dialog(event.request)
+        if found is None:
+            return
+        ctx, leg = found
+        if leg == "a" and event.request.cseq.number == ctx.a_invite.cseq.number:
+            self._fire(ctx, CallEvent.A_ACK)
+        # ACKs for relayed re-INVITE 2xx are absorbed: we ACKed leg B's 2xx ourselves.
+
+    def _on_cancel(self, event: CancelReceived) -> None:
+        if event.invite_txn_id is None:
+            return
+        ctx = self._by_a_txn.get(event.invite_txn_id)
+        if ctx is not None:
+            self._fire(ctx, CallEvent.A_CANCEL)
+
+    # -- the state machine -------------------------------------------------------------------
+    def _fire(self, ctx: _CallContext, event: CallEvent, *, response: Response | None = None,
+              origin: tuple[str, Request] | None = None) -> None:
+        """Queue an event for the call; the per-call queue keeps its order."""
+        self._submit(ctx, lambda: self._run(ctx, event, response, origin))
+
+    async def _run(self, ctx: _CallContext, event: CallEvent, response: Response | None,
+                   origin: tuple[str, Request] | None) -> None:
+        if ctx.call.state is CallState.ENDED:
+            if origin is not None:
+                self._reply(origin[0], origin[1], 481)
+            return
+        try:
+            actions = ctx.call.apply(event, self.clock.wall(),
+                                     status=response.status if response else None)
+        except CallStateError as exc:
+            log.warning("call.unexpected_event", call_id=ctx.call.call_id, error=str(exc))
+            if origin is not None:
+                self._reply(origin[0], origin[1], 481 if event in (
+                    CallEvent.A_BYE, CallEvent.B_BYE) else 491)
+            return
+        for action in actions:
+            await self._do(ctx, action, response, origin)
+        self._after(ctx)
+
+    def _apply(self, ctx: _CallContext, event: CallEvent, status_override: int | None = None
+               ) -> None:
+        """Apply an event inside an already running call task (no re-queueing)."""
+        actions = ctx.call.apply(event, self.clock.wall())
+        if status_override is not None and Action.ANSWER_A_503 in actions:
+            ctx.call.sip_status = status_override
+        for action in actions:
+            self._do_sync(ctx, action)
+        self._after(ctx)
+
+    def _after(self, ctx: _CallContext) -> None:
+        call = ctx.call
+        if call.state is not CallState.CALLING and call.state is not CallState.EARLY and \
+                ctx.ring_timer is not None:
+            ctx.ring_timer.cancel()
+            ctx.ring_timer = None
+        if call.state is CallState.ENDING and not ctx.pending_byes:
+            actions = call.apply(CallEvent.BYES_DONE, self.clock.wall())
+            for action in actions:
+                self._do_sync(ctx, action)
+        if call.state is CallState.ENDED:
+            self._forget(ctx)
+
+    def _do_sync(self, ctx: _CallContext, action: Action) -> None:
+        """Actions that need no media round trip."""
+        if action is Action.WRITE_CDR:
+            self._write_call_cdr(ctx)
+        elif action is Action.FREE_MEDIA:
+            self._free_media(ctx)
+        elif action in (Action.ANSWER_A_487, Action.ANSWER_A_408, Action.ANSWER_A_503):
+            status = {Action.ANSWER_A_487: 487, Action.ANSWER_A_408: 408}.get(action, 503)
+            if action is Action.ANSWER_A_503 and ctx.call.sip_status not in (None, 503):
+                status = ctx.call.sip_status or 503
+            self._reply(ctx.a_txn, ctx.a_invite, status, to_tag=ctx.a_tag)
+        elif action is Action.CANCEL_B:
+            if ctx.b_txn is not None:
+                # A final response may have raced the CANCEL; then there is nothing to cancel.
+                with contextlib.suppress(TransactionError):
+                    self.sip.cancel(ctx.b_txn)
+        elif action is Action.BYE_A:
+            self._send_bye(ctx, "a")
+        elif action is Action.BYE_B:
+            self._send_bye(ctx, "b")
+        else:
+            raise CallStateError(f"{action.value} needs a response or request")
+
+    async def _do(self, ctx: _CallContext, action: Action, response: Response | None,
+                  origin: tuple[str, Request] | None) -> None:
+        call = ctx.call
+        if action is Action.RELAY_PROVISIONAL_TO_A:
+            assert response is not None
+            self._track_b_dialog(ctx, response)
+            if response.headers.get("rseq") is not None and _requires_100rel(response) \
+                    and ctx.b_dialog is not None:
+                # RFC 3262 §4: PRACK the reliable provisional on leg B ourselves.
+                prack = ctx.b_dialog.prack(response)
+                txn = self._send_in_dialog(ctx, "b", prack)
+                if txn is not None:
+                    self._by_txn[txn] = ("prack", ctx)
+            body = await self._answer_sdp(ctx, response)
+            if ctx.a_dialog is None and response.to.tag is not None:
+                ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag,
+                                             local_contact=self._contact(call.x, ctx.a_transport))
+            out = masking.build_relayed_response(
+                response, ctx.a_invite, to_tag=ctx.a_tag,
+                contact=self._contact(call.x, ctx.a_transport), body=body)
+            self._send_response(ctx.a_txn, out)
+            self._emit("ring", ctx, only_once="ring")
+        elif action is Action.RELAY_ANSWER_TO_A:
+            assert response is not None
+            body = await self._answer_sdp(ctx, response)
+            if call.state is not CallState.ANSWERED:
+                return  # the call ended while media was being answered
+            contact = self._contact(call.x, ctx.a_transport)
+            if ctx.a_dialog is None:
+                ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,
+                                             confirmed=True)
+            out = masking.build_relayed_response(response, ctx.a_invite, to_tag=ctx.a_tag,
+                                                 contact=contact, body=body)
+            ctx.a_dialog.on_response(out)
+            self._send_response(ctx.a_txn, out)
+            self._emit("answer", ctx)
+            log.info("call.answered", call_id=call.call_id)
+        elif action is Action.RELAY_FAILURE_TO_A:
+            assert response is not None
+            out = masking.build_relayed_response(response, ctx.a_invite, to_tag=ctx.a_tag,
+                                                 contact=None)
+            self._send_response(ctx.a_txn, out)
+        elif action is Action.ACK_B:
+            assert response is not None
+            self._ack_b(ctx, response)
+        elif action is Action.ANSWER_BYE_A or action is Action.ANSWER_BYE_B:
+            if origin is not None:
+                self._reply(origin[0], origin[1], 200)
+        elif action is Action.RELAY_REQUEST_TO_B or action is Action.RELAY_REQUEST_TO_A:
+            assert origin is not None
+            await self._relay_request(ctx, "a" if action is Action.RELAY_REQUEST_TO_B else "b",
+                                      origin)
+        else:
+            self._do_sync(ctx, action)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _track_b_dialog(self, ctx: _CallContext, response: Response) -> None:
+        """§12.1.2: leg B's dialog from its first response with a To tag."""
+        if ctx.b_invite is None or response.to.tag is None:
+            return
+        if ctx.b_dialog is None or (ctx.b_dialog.remote_tag != response.to.tag
+                                    and response.status >= 200):
+            # The first dialog, or the one a 2xx confirms when B forked (§13.2.2.4).
+            ctx.b_dialog = Dialog.as_uac(ctx.b_invite, response,
+                                         local_contact=self._contact(ctx.call.x,
+                                                                     ctx.b_transport))
+        elif response.status >= 200 and ctx.b_dialog.state is DialogState.EARLY:
+            ctx.b_dialog.on_response(response)
+
+    def _ack_b(self, ctx: _CallContext, response: Response) -> None:
+        self._track_b_dialog(ctx, response)
+        tag = response.to.tag or ""
+        if tag in ctx.b_acked or ctx.b_dialog is None or ctx.b_invite is None:
+            return  # the transaction layer re-sends our ACK for 2xx retransmissions
+        ctx.b_acked.add(tag)
+        ack = ctx.b_dialog.ack(ctx.b_invite.cseq.number)
+        dest, transport = self._next_hop(ctx, "b")
+        self.sip.send_ack(ctx.b_txn, ack, dest, transport)
+
+    async def _answer_sdp(self, ctx: _CallContext, response: Response) -> bytes:
+        if not response.body or response.content_type != SDP:
+            return b""
+        try:
+            return await self.media.answer(ctx.call.call_id, "b", response.body)
+        except (MediaError, SipError, ValueError) as exc:
+            log.warning("call.media_answer_failed", call_id=ctx.call.call_id, error=str(exc))
+            return b""
+
+    async def _relay_request(self, ctx: _CallContext, from_leg: str,
+                             origin: tuple[str, Request]) -> None:
+        txn_id, request = origin
+        to_leg = "b" if from_leg == "a" else "a"
+        dialog = self._dialog_of(ctx, to_leg)
+        if dialog is None:
+            self._reply(txn_id, request, 481)
+            return
+        body = b""
+        if request.body and request.content_type == SDP:
+            try:
+                body = await self.media.offer(ctx.call.call_id, from_leg, request.body)
+            except (MediaError, SipError, ValueError) as exc:
+                status = exc.status if isinstance(exc, SipError) else 488
+                self._reply(txn_id, request, status)
+                return
+        elif request.body:
+            body = request.body   # INFO payloads (DTMF relay) carry no identity
+        crossing = tuple(masking.crossing_headers(request))
+        content_type = None
+        if body and not any(n.lower() in ("content-type", "c") for n, _ in crossing):
+            content_type = request.headers.get("content-type") or SDP
+        out = dialog.new_request(request.method, body=body, content_type=content_type,
+                                 extra=crossing)
+        sent = self._send_in_dialog(ctx, to_leg, out)
+        if sent is None:
+            self._reply(txn_id, request, 503)
+            return
+        self._by_txn[sent] = _Relay(ctx, from_leg, txn_id, request)
+        ctx.relays.add(sent)
+
+    async def _relay_response(self, relay: _Relay, response: Response) -> None:
+        ctx = relay.ctx
+        answered_leg = "b" if relay.from_leg == "a" else "a"
+        body = b""
+        if response.body and response.content_type == SDP:
+            try:
+                body = await self.media.answer(ctx.call.call_id, answered_leg, response.body)
+            except (MediaError, SipError, ValueError):
+                body = b""
+        if relay.request.method == "INVITE" and 200 <= response.status < 300:
+            # ACK the other leg's 2xx ourselves (§13.2.2.4); A's ACK is absorbed.
+            dialog = self._dialog_of(ctx, answered_leg)
+            if dialog is not None:
+                ack = dialog.ack(response.cseq.number)
+                dest, transport = self._next_hop(ctx, answered_leg)
+                self.sip.send_ack(None, ack, dest, transport)
+        leg_contact = self._contact(ctx.call.x, ctx.a_transport if relay.from_leg == "a"
+                                    else ctx.b_transport)
+        origin_dialog = self._dialog_of(ctx, relay.from_leg)
+        to_tag = origin_dialog.local_tag if origin_dialog is not None else None
+        out = masking.build_relayed_response(response, relay.request, to_tag=to_tag,
+                                             contact=leg_contact, body=body)
+        self._send_response(relay.origin_txn, out)
+
+    def _send_bye(self, ctx: _CallContext, leg: str) -> None:
+        dialog = self._dialog_of(ctx, leg)
+        if dialog is None or dialog.state is DialogState.TERMINATED:
+            return
+        try:
+            bye = dialog.new_request("BYE")
+        except CallStateError:
+            return
+        txn = self._send_in_dialog(ctx, leg, bye)
+        if txn is not None:
+            ctx.pending_byes.add(txn)
+            self._by_txn[txn] = (f"bye_{leg}", ctx)
+
+    def _bye_done(self, ctx: _CallContext, txn_id: str) -> None:
+        self._by_txn.pop(txn_id, None)
+        ctx.pending_byes.discard(txn_id)
+        if not ctx.pending_byes and ctx.call.state is CallState.ENDING:
+            self._fire(ctx, CallEvent.BYES_DONE)
+
+    def _send_in_dialog(self, ctx: _CallContext, leg: str, request: Request) -> str | None:
+        dest, transport = self._next_hop(ctx, leg)
+        try:
+            return self.sip.send_request(request, dest, transport)
+        except (TransactionError, OSError) as exc:
+            log.warning("call.send_failed", call_id=ctx.call.call_id, leg=leg, error=str(exc))
+            return None
+
+    def _next_hop(self, ctx: _CallContext, leg: str) -> tuple[Address, Transport]:
+        """Where an in-dialog request on `leg` goes: the dialog's next hop when it names an
+        IP address (no DNS in the call path), else where the leg's signalling came from."""
+        dialog = self._dialog_of(ctx, leg)
+        fallback = (ctx.a_source, ctx.a_transport) if leg == "a" else (ctx.b_dest,
+                                                                        ctx.b_transport)
+        if dialog is None:
+            return fallback
+        try:
+            uri = parse_uri(dialog.next_hop())
+        except ParseError:
+            return fallback
+        if not isinstance(uri, SipUri) or not _is_ip(uri.host):
+            return fallback
+        transport: Transport = "tcp" if (uri.param("transport") or "").lower() == "tcp" \
+            else "udp"
+        return (uri.host.strip("[]"), uri.port or 5060), transport
+
+    def _dialog_of(self, ctx: _CallContext, leg: str) -> Dialog | None:
+        return ctx.a_dialog if leg == "a" else ctx.b_dialog
+
+    def _find_dialog(self, request: Request) -> tuple[_CallContext, str] | None:
+        try:
+            call_id = request.call_id
+            from_tag = request.from_.tag or ""
+            to_tag = request.to.tag or ""
+        except ParseError:
+            return None
+        ctx = self.calls.get(call_id)
+        if ctx is not None and to_tag == ctx.b_tag:
+            return ctx, "b"
+        ctx = self._by_a.get((call_id, from_tag))
+        if ctx is not None and (to_tag == ctx.a_tag or request.method == "ACK"):
+            return ctx, "a"
+        return None
+
+    def _contact(self, x: str, transport: Transport) -> str:
+        host = _host(self.config.sip.advertise)
+        port = self.sip.local_port(transport)
+        suffix = ";transport=tcp" if transport == "tcp" else ""
+        return f"<sip:{x}@{host}:{port}{suffix}>"
+
+    def _reply(self, txn_id: str, request: Request, status: int, *, reason: str | None = None,
+               extra: tuple[tuple[str, str], ...] = (), to_tag: str | None = None) -> None:
+        tag = to_tag if to_tag is not None else (new_tag() if status > 100 else None)
+        response = build_response(request, status, reason, to_tag=tag, extra=extra)
+        self._send_response(txn_id, response)
+
+    def _send_response(self, txn_id: str, response: Response) -> None:
+        try:
+            self.sip.respond(txn_id, response)
+        except TransactionError as exc:
+            # The transaction ended under us (e.g. Timer H): nothing left to answer.
+            log.debug("call.response_dropped", status=response.status, error=str(exc))
+
+    def _free_media(self, ctx: _CallContext) -> None:
+        if not ctx.media_open:
+            return
+        ctx.media_open = False
+        self._spawn(self._delete_media(ctx.call.call_id))
+
+    async def _delete_media(self, call_id: str) -> None:
+        try:
+            await self.media.delete(call_id)
+        except MediaError as exc:
+            log.warning("call.media_delete_failed", call_id=call_id, error=str(exc))
+
+    def _write_call_cdr(self, ctx: _CallContext) -> None:
+        call = ctx.call
+        record = Cdr(call_id=call.call_id, tenant=call.tenant, binding_id=call.binding_id,
+                     x=call.x, caller=call.caller, callee=call.callee,
+                     direction=call.direction, invite_at=call.invite_at, ring_at=call.ring_at,
+                     answer_at=call.answer_at, end_at=call.end_at,
+                     duration_s=call.duration_s, release_side=call.release_side,
+                     sip_status=call.sip_status, unconnected_cause=call.unconnected_cause)
+        self._write_cdr(record)
+        self._emit("hangup", ctx, cdr=record)
+        if self.hooks is not None:
+            self.hooks.call_finished(call)
+
+    def _write_cdr(self, record: Cdr) -> None:
+        try:
+            self.cdrs.write(record)
+        except Exception:
+            # A CDR that cannot be written is an operator emergency, but the call must still
+            # be answered; the log line carries the record (numbers masked by the logger).
+            self.stats["cdr_write_failed"] += 1
+            log.exception("cdr.write_failed", record=record.to_json())
+
+    def _emit(self, kind: str, ctx: _CallContext, *, cdr: Cdr | None = None,
+              only_once: str | None = None) -> None:
+        if self.events is None:
+            return
+        if only_once is not None:
+            key = f"sent_{only_once}"
+            if getattr(ctx, key, False):
+                return
+            setattr(ctx, key, True)
+        try:
+            self.events.call_event(kind, ctx.call, self.clock.wall(), cdr)
+        except Exception:
+            log.exception("events.enqueue_failed", kind=kind, call_id=ctx.call.call_id)
+
+    def _forget(self, ctx: _CallContext) -> None:
+        call = ctx.call
+        self.calls.pop(call.call_id, None)
+        self._by_a.pop((ctx.a_invite.call_id, _safe(lambda: ctx.a_invite.from_.tag) or ""),
+                       None)
+        self._by_a_txn.pop(ctx.a_txn, None)
+        for txn in [t for t, e in self._by_txn.items()
+                    if (e.ctx if isinstance(e, _Relay) else e[1]) is ctx]:
+            del self._by_txn[txn]
+        if ctx.ring_timer is not None:
+            ctx.ring_timer.cancel()
+        log.info("call.ended", call_id=call.call_id, status=call.sip_status,
+                 release=call.release_side, duration_s=call.duration_s)
+
+    # -- per-call ordering ------------------------------------------------------------------
+    def _submit(self, ctx: _CallContext, work: Callable[[], Awaitable[None]]) -> None:
+        ctx.queue.append(work)
+        if not ctx.running:
+            ctx.running = True
+            self._spawn(self._pump(ctx))
+
+    async def _pump(self, ctx: _CallContext) -> None:
+        try:
+            while ctx.queue:
+                work = ctx.queue.popleft()
+                try:
+                    await work()
+                except Exception:
+                    self.stats["internal_errors"] += 1
+                    log.exception("call.internal_error", call_id=ctx.call.call_id)
+        finally:
+            ctx.running = False
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def start_drain(self) -> None:
+        """SIGTERM: refuse new calls (503), let running ones finish."""
+        self.draining = True
+
+    def end_all(self) -> None:
+        """Drain timeout: hang up what is left (BYE both ways / CANCEL)."""
+        for ctx in list(self.calls.values()):
+            self._fire(ctx, CallEvent.SHUTDOWN)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _trunk_for(self, host: str) -> tuple[str | None, TrunkConfig | None]:
+        for name, trunk in self.config.trunks.items():
+            if any(host in net for net in trunk.inbound_allow):
+                return name, trunk
+        return None, None
+
+    def _tenant_of_x(self, x: str) -> str:
+        if not x:
+            return ""
+        for name, tenant in self.config.tenants.items():
+            if any(x in pool for pool in tenant.pools):
+                return name
+        return ""
+
+
+def _requires_100rel(response: Response) -> bool:
+    return any(t.strip().lower() == "100rel" for t in response.headers.get_all("require"))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _safe(fn: Callable[[], str | None]) -> str | None:
+    try:
+        return fn()
+    except (ParseError, SipError, numbers.NumberError, ValueError):
+        return None
+
