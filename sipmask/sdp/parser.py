@@ -30,65 +30,84 @@ def parse(data: bytes) -> SessionDescription:
     # RFC 4566 §5: text is UTF-8 unless a=charset says otherwise; surrogateescape carries
     # any other byte through to `to_bytes` unchanged instead of refusing the call.
     text = data.decode("utf-8", "surrogateescape")
-    version: int | None = None
+    lines = _split_lines(text)
+    first = 0
+    while first < len(lines) and not lines[first]:
+        first += 1
+    if first == len(lines):
+        raise ParseError("Bad SDP: empty body")
+    if lines[first] != "v=0":
+        # §5.1: a description begins with v=, and v=0 is the only version.
+        raise ParseError(f"Bad SDP: line {first + 1}: must begin with v=0")
+
     origin: Origin | None = None
     session_name: str | None = None
     session_lines: list[SdpLine] = []
     media: list[MediaDescription] = []
-    current: list[SdpLine] = session_lines
-
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+    current = session_lines
+    append = current.append
+    # The branches run most-frequent first: a= lines are most of any SDP.
+    for number, line in enumerate(lines[first + 1:], start=first + 2):
         if not line:
             continue
-        if "\r" in line or "\x00" in line:
-            # RFC 4566 §9: text fields exclude NUL, CR and LF.
-            raise ParseError(f"Bad SDP: line {number}: NUL or CR inside a line")
-        if len(line) < 2 or line[1] != "=":
+        kind = line[0]
+        if line[1:2] != "=":
             # §5: "<type>=<value>", one-letter type, no space around "=".
             raise ParseError(f"Bad SDP: line {number}: not <type>=<value>")
-        kind, value = line[0], line[2:]
-        if version is None:
-            # §5.1: a description begins with v=, and v=0 is the only version.
-            if kind != "v" or value != "0":
-                raise ParseError(f"Bad SDP: line {number}: must begin with v=0")
-            version = 0
-            continue
-        if kind in "vos" and (kind == "v" or current is not session_lines):
-            raise ParseError(f"Bad SDP: line {number}: {kind}= out of place")
-        if kind == "o":
-            if origin is not None:
-                raise ParseError(f"Bad SDP: line {number}: second o= line")
-            origin = _origin(value, number)
-        elif kind == "s":
-            if session_name is not None:
-                raise ParseError(f"Bad SDP: line {number}: second s= line")
-            session_name = value
+        value = line[2:]
+        if kind == "a":
+            name, colon, rest = value.partition(":")
+            if not name:
+                raise ParseError(f"Bad SDP: line {number}: a= without a name")
+            append(Attribute(name, rest if colon else None))
+        elif kind == "c":
+            append(_connection(value, number))
         elif kind == "m":
             section = _media(value, number)
             media.append(section)
             current = section.lines
-        elif kind == "a":
-            name, colon, rest = value.partition(":")
-            if not name:
-                raise ParseError(f"Bad SDP: line {number}: a= without a name")
-            current.append(Attribute(name, rest if colon else None))
-        elif kind == "c":
-            current.append(_connection(value, number))
+            append = current.append
         elif kind == "b":
             bwtype, colon, amount = value.partition(":")
             if not colon or not bwtype:
                 raise ParseError(f"Bad SDP: line {number}: b= is not <bwtype>:<bandwidth>")
-            current.append(Bandwidth(bwtype, amount))
+            append(Bandwidth(bwtype, amount))
+        elif kind not in "vos":
+            append(Line(kind, value))
+        elif kind == "v" or media:
+            raise ParseError(f"Bad SDP: line {number}: {kind}= out of place")
+        elif kind == "o":
+            if origin is not None:
+                raise ParseError(f"Bad SDP: line {number}: second o= line")
+            origin = _origin(value, number)
         else:
-            current.append(Line(kind, value))
+            if session_name is not None:
+                raise ParseError(f"Bad SDP: line {number}: second s= line")
+            session_name = value
 
-    if version is None:
-        raise ParseError("Bad SDP: empty body")
     if origin is None:
         raise ParseError("Bad SDP: no o= line")
     return SessionDescription(origin=origin, session_name=session_name, lines=session_lines,
-                              media=media, version=version)
+                              media=media, version=0)
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines without their CRLF or LF ends. RFC 4566 §9: text excludes NUL, CR and LF, so
+    a NUL or a CR not followed by LF is refused. The checks run on the whole text first;
+    the line-by-line search only runs to name the bad line."""
+    crlf = text.count("\r\n")
+    if crlf == text.count("\n"):
+        lines = text.split("\r\n")
+        clean = crlf == text.count("\r")
+    else:
+        lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+        clean = not any("\r" in line for line in lines)
+    if clean and "\x00" not in text:
+        return lines
+    for number, line in enumerate(lines, start=1):
+        if "\r" in line or "\x00" in line:
+            raise ParseError(f"Bad SDP: line {number}: NUL or CR inside a line")
+    raise AssertionError("unreachable: a NUL or CR was seen above")
 
 
 def _origin(value: str, number: int) -> Origin:

@@ -78,6 +78,16 @@ NEVER_KEPT = frozenset({
     "bundle-only",
 })
 
+
+
+def _allowed(keep_attributes: frozenset[str]) -> frozenset[str]:
+    """What may be kept: the caller's names, never NEVER_KEPT nor any ICE name."""
+    return frozenset(name.lower() for name in keep_attributes
+                     if not name.lower().startswith("ice-")) - NEVER_KEPT
+
+
+_DEFAULT_KEEP = _allowed(KEPT_ATTRIBUTES)
+
 # RFC 4566 §5: session lines that describe timing or bandwidth and name nobody.
 _KEPT_SESSION_LINES = frozenset({"t", "r", "z"})
 
@@ -128,7 +138,7 @@ def rewrite_for_relay(sd: SessionDescription, *, address: str, ports: Sequence[i
     for nettype in _nettypes(sd):
         if nettype != "IN":
             raise SdpError("Not Acceptable Here: SDP network type is not IN")
-    keep = keep_attributes - NEVER_KEPT
+    keep = _DEFAULT_KEEP if keep_attributes is KEPT_ATTRIBUTES else _allowed(keep_attributes)
     relay = Connection.for_address(address)
     hold_allowed = not uses_ice(sd)
 
@@ -190,8 +200,8 @@ def _rewrite_media(section: MediaDescription, port: int, relay: Connection | Non
 
 def _kept_attribute(line: Attribute, keep: frozenset[str], rtp_port: int | None,
                     address: str) -> Attribute | None:
-    key = line.key
-    if key not in keep or key.startswith("ice-"):
+    key = line.name.lower()
+    if key not in keep:
         return None
     if key == "rtcp":
         # RFC 3605 §2.1: a=rtcp:<port> [nettype addrtype address]; it points at the relay's
@@ -276,7 +286,7 @@ def uses_ice(sd: SessionDescription) -> bool:
 
 
 def _has_ice(lines: Sequence[SdpLine]) -> bool:
-    return any(isinstance(line, Attribute) and line.key in _ICE_MARKERS for line in lines)
+    return any(type(line) is Attribute and line.name.lower() in _ICE_MARKERS for line in lines)
 
 
 _ICE_MARKERS = frozenset({"candidate", "ice-ufrag", "ice-pwd", "ice-lite"})
