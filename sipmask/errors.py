@@ -16,6 +16,8 @@
     │   │   └── ConflictError  the pair / number is already bound on X
     │   └── RecordNotFound     no such binding / pool / record (for this tenant)
     └── MediaError             relay / rtpengine failures
+        ├── PortsExhausted     no free RTP/RTCP port pair in media.ports
+        └── RtpengineError     rtpengine refused a command or did not answer
 
 `field` on RefusedError feeds the CLI (exit 1, "a: …") and the API
 (`{"error": {"field": …, "message": …}}`).
@@ -123,3 +125,11 @@ class RecordNotFound(StoreError):
 
 class MediaError(SipmaskError):
     """The media relay or rtpengine failed."""
+
+
+class PortsExhausted(MediaError):
+    """Every RTP/RTCP pair in media.ports is in use (or failed to bind)."""
+
+
+class RtpengineError(MediaError):
+    """rtpengine answered `error` to an ng command, or did not answer in time."""
