@@ -125,31 +125,30 @@ class LmdbStore(RuleStore):
         raise StoreError("the store map could not grow enough for this write")
 
     def route(self, x: str, caller: str, now: float) -> Binding | None:
-        # The call path: one read transaction, one get; the value is the binding itself.
+        # The call path: one read transaction (a fresh snapshot, so CLI/API writes count at
+        # once), one get, and the value is the binding itself. The transaction is aborted
+        # when its last reference goes, at return.
         try:
             txn = self.env.begin(db=self._route_db)
         except lmdb.MapResizedError:
             self._adopt_size()
             txn = self.env.begin(db=self._route_db)
-        try:
-            raw = txn.get((x + caller).encode())
-            if raw is not None:
-                b = codec.decode_binding(raw)
-                if b.expires_at is None or now < b.expires_at:
-                    return b
-            prefix = x.encode()
-            cursor = txn.cursor()
-            if not cursor.set_range(prefix):
-                return None
-            for i, (key, value) in enumerate(cursor.iternext()):
-                if i >= _ROUTE_SCAN or not key.startswith(prefix):
-                    break
-                b = codec.decode_binding(value)
-                if b.live(now):
-                    return b
+        raw = txn.get((x + caller).encode())
+        if raw is not None:
+            b = codec.decode_binding(raw)
+            if b.expires_at is None or now < b.expires_at:
+                return b
+        prefix = x.encode()
+        cursor = txn.cursor()
+        if not cursor.set_range(prefix):
             return None
-        finally:
-            txn.abort()
+        for i, (key, value) in enumerate(cursor.iternext()):
+            if i >= _ROUTE_SCAN or not key.startswith(prefix):
+                break
+            b = codec.decode_binding(value)
+            if b.live(now):
+                return b
+        return None
 
     def disk_bytes(self) -> int:
         """Bytes the environment's pages use (not the sparse map size)."""

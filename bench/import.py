@@ -1,0 +1,127 @@
+"""Bulk import rate: `sipmask import FILE` end to end, and store.create_many in-process.
+
+    python3 bench/import.py                  # 300,000 bindings (about 1-2 min here)
+    python3 bench/import.py --size 1000000
+
+Baseline measured in the same run: raw LMDB puts of the same records (the binding and its
+two route keys, no rules, no audit), batched the same way. The ratio says how much of the
+disk layer's speed the rules, indexes and audit log leave. Target: >= 50,000 bindings/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+
+from sipmask.config.schema import NumberRange, TenantConfig
+from sipmask.store import BindingRequest, LmdbStore, codec
+from sipmask.store.base import Binding
+
+BATCH = 5000
+PAIRS_PER_X = 4
+
+
+def x_of(i: int) -> str:
+    return f"7001{i // PAIRS_PER_X:011d}"
+
+
+def write_csv(path: Path, size: int) -> None:
+    with path.open("w") as out:
+        out.write("mode,a,b,x,ttl,tenant\n")
+        for i in range(size):
+            out.write(f"axb,138{i:08d},139{i:08d},{x_of(i)},7200,\n")
+
+
+def config_file(where: Path, size: int) -> Path:
+    cfg = where / "bench.yaml"
+    cfg.write_text(f"tenants:\n  bench:\n    token: t\n    pools: [{x_of(0)}-{x_of(size - 1)}]\n"
+                   f"store:\n  path: {where / 'cli.lmdb'}\n  map_size_mb: 256\n")
+    return cfg
+
+
+def by_cli(where: Path, size: int) -> float:
+    data = where / "in.csv"
+    write_csv(data, size)
+    started = time.perf_counter()
+    # stderr passes through: the import's own progress line shows every 5 s.
+    result = subprocess.run([sys.executable, "-m", "sipmask", "-c", str(config_file(where, size)),
+                             "import", str(data)], stdout=subprocess.PIPE, text=True,
+                            check=False)
+    elapsed = time.perf_counter() - started
+    summary = json.loads(result.stdout)
+    if result.returncode != 0 or summary["imported"] != size:
+        raise SystemExit(f"import failed: {summary}")
+    return size / elapsed
+
+
+def by_store(where: Path, size: int) -> float:
+    store = LmdbStore(where / "api.lmdb", map_size=256 << 20)
+    store.sync_tenants({"bench": TenantConfig("t", (NumberRange(x_of(0), x_of(size - 1)),))})
+
+    def rows() -> Iterator[tuple[int, BindingRequest]]:
+        for i in range(size):
+            if i % 50_000 == 0:
+                sys.stderr.write(f"create_many: {i:,}/{size:,}\n")
+            yield i, BindingRequest("axb", f"138{i:08d}", f"139{i:08d}", x_of(i), 7200,
+                                    "bench")
+    started = time.perf_counter()
+    made = sum(1 for o in store.create_many(rows(), batch=BATCH) if o.binding)
+    elapsed = time.perf_counter() - started
+    store.close()
+    if made != size:
+        raise SystemExit(f"create_many made {made} of {size}")
+    return size / elapsed
+
+
+def by_raw_lmdb(where: Path, size: int) -> float:
+    env = lmdb.open(str(where / "raw.lmdb"), map_size=256 << 20, max_dbs=4)
+    bindings, route = env.open_db(b"bindings"), env.open_db(b"route")
+    started = time.perf_counter()
+    for first in range(0, size, BATCH):
+        if first % 50_000 == 0:
+            sys.stderr.write(f"raw lmdb: {first:,}/{size:,}\n")
+        with env.begin(write=True) as txn:
+            for i in range(first, min(first + BATCH, size)):
+                b = Binding(secrets.token_hex(8), "axb", "bench", x_of(i), f"138{i:08d}",
+                            f"139{i:08d}", 1.8e9, 1.8e9 + 7200)
+                raw = codec.encode_binding(b)
+                txn.put(b.id.encode(), raw, db=bindings)
+                txn.put((b.x + b.a).encode(), raw, db=route)
+                txn.put((b.x + str(b.b)).encode(), raw, db=route)
+    elapsed = time.perf_counter() - started
+    env.close()
+    return size / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=300_000, help="bindings to import")
+    args = parser.parse_args()
+    where = Path(tempfile.mkdtemp(prefix="sipmask-bench-"))
+    try:
+        raw = by_raw_lmdb(where, args.size)
+        store = by_store(where, args.size)
+        cli = by_cli(where, args.size)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    print(f"bindings {args.size:,}, {BATCH:,} per transaction")
+    print(f"  raw lmdb puts (baseline)  {raw:10,.0f}/s")
+    print(f"  store.create_many         {store:10,.0f}/s   ratio to baseline {store / raw:.2f}")
+    print(f"  sipmask import FILE.csv   {cli:10,.0f}/s   ratio to baseline {cli / raw:.2f}")
+    print(f"target 50,000/s: {'met' if cli >= 50_000 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
