@@ -1,0 +1,437 @@
+"""The engine over the real transaction layer: peers are bytes in, bytes out; no sockets.
+
+Leg A's peer (the trunk) is 192.0.2.10:5060, leg B's (trunk.outbound) 127.0.0.1:5090.
+The store is the in-memory one and media a small rewriting backend (both stand-ins that the
+design injects for unit tests; the SIPp tests run the real ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from sipmask.b2bua.call import CallState
+from sipmask.b2bua.engine import Engine
+from sipmask.cdr.store import MemoryCdrLog
+from sipmask.clock import SystemClock
+from sipmask.config import loader
+from sipmask.sip.message import Request, Response
+from sipmask.sip.parser import parse_message
+from sipmask.sip.transaction import TransactionLayer
+from sipmask.store.memory import MemoryStore
+
+A_ADDR = ("192.0.2.10", 5060)
+B_ADDR = ("127.0.0.1", 5090)
+X = "700100000000001"
+A_NUM, B_NUM, STRANGER = "13800000001", "13900000002", "13700000003"
+
+A_SDP = (b"v=0\r\no=alice 1 1 IN IP4 192.0.2.10\r\ns=Zhang\r\nc=IN IP4 192.0.2.10\r\n"
+         b"t=0 0\r\nm=audio 16000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+         b"a=rtpmap:101 telephone-event/8000\r\n")
+B_SDP = (b"v=0\r\no=bob 2 2 IN IP4 198.51.100.7\r\ns=Li\r\nc=IN IP4 198.51.100.7\r\n"
+         b"t=0 0\r\nm=audio 18000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+
+
+class RelaySdp:
+    """Media stand-in: answers every offer/answer with sipmask's own address and a port per
+    leg, and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.deleted: list[str] = []
+
+    def _sdp(self, port: int) -> bytes:
+        return (f"v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n").encode()
+
+    async def offer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+        self.calls.append(("offer", call_id, leg))
+        return self._sdp(self._facing_other(leg))
+
+    async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+        self.calls.append(("answer", call_id, leg))
+        return self._sdp(self._facing_other(leg))
+
+    @staticmethod
+    def _facing_other(leg: str) -> int:
+        # SDP from leg A goes to B with the B-facing relay port, and the other way round.
+        return 30002 if leg == "a" else 30000
+
+    async def delete(self, call_id: str) -> None:
+        self.deleted.append(call_id)
+
+
+class Harness:
+    """SipPort for the engine, backed by a real TransactionLayer; peers talk in bytes."""
+
+    def __init__(self, ring_timeout_s: int = 60) -> None:
+        self.config = loader.loads(loader.default_text(), [f"sip.ring_timeout_s={ring_timeout_s}",
+                                        "trunks.carrier.inbound_allow=['192.0.2.0/24', "
+                                        "'127.0.0.0/8']"])
+        self.layer = TransactionLayer(local_via_host="127.0.0.1", local_port=5060)
+        self.store = MemoryStore(tenants=self.config.tenants)
+        self.cdrs = MemoryCdrLog()
+        self.media = RelaySdp()
+        self.engine = Engine(self, config=self.config, store=self.store, media=self.media,
+                             cdrs=self.cdrs, clock=SystemClock())
+        self.wire: list[tuple[Request | Response, tuple[str, int]]] = []
+
+    # SipPort --------------------------------------------------------------------------------
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def respond(self, txn_id: str, response: Response) -> None:
+        self.layer.send_response(txn_id, response, self.now())
+        self._collect()
+
+    def send_request(self, request: Request, dest: tuple[str, int], transport: Any) -> str:
+        txn = self.layer.send_request(request, dest, transport, self.now())
+        self._collect()
+        return txn
+
+    def cancel(self, invite_txn_id: str) -> str | None:
+        txn = self.layer.cancel(invite_txn_id, self.now())
+        self._collect()
+        return txn
+
+    def send_ack(self, invite_txn_id: str | None, ack: Request, dest: tuple[str, int],
+                 transport: Any) -> None:
+        self.layer.send_ack(invite_txn_id, ack, dest, transport)
+        self._collect()
+
+    def local_port(self, transport: Any) -> int:
+        return 5060
+
+    # the peers ------------------------------------------------------------------------------
+    def _collect(self) -> None:
+        for out in self.layer.outgoing():
+            self.wire.append((parse_message(out.data), out.dest))
+
+    async def deliver(self, data: bytes | str, source: tuple[str, int]) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        self.layer.receive(parse_message(raw), source, "udp", self.now())
+        self._collect()
+        for event in self.layer.events():
+            self.engine.handle_event(event)
+        await self.settle()
+
+    async def settle(self) -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+        self._collect()
+        for event in self.layer.events():
+            self.engine.handle_event(event)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        self._collect()
+
+    def take(self, dest: tuple[str, int] | None = None) -> list[Request | Response]:
+        """Messages sent (to `dest`) since the last take."""
+        picked = [m for m, d in self.wire if dest is None or d == dest]
+        self.wire = [(m, d) for m, d in self.wire if not (dest is None or d == dest)]
+        return picked
+
+
+def a_invite(caller: str = A_NUM, x: str = X, branch: str = "z9hG4bKa1",
+             extra: str = "") -> str:
+    body = A_SDP.decode()
+    return (f"INVITE sip:{x}@127.0.0.1;user=phone SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\n"
+            f'From: "Zhang San" <sip:{caller}@192.0.2.10>;tag=fa1\r\n'
+            f"To: <sip:{x}@127.0.0.1>\r\n"
+            f"Call-ID: acall-{branch}@192.0.2.10\r\n"
+            f"CSeq: 10 INVITE\r\n"
+            f"Contact: <sip:{caller}@192.0.2.10:5060>\r\n"
+            f"User-Agent: leaky/1.0\r\n{extra}"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+
+
+def b_response(invite: Request, status: int, *, tag: str = "tb1", sdp: bytes = b"",
+               extra: str = "") -> str:
+    vias = "".join(f"Via: {v}\r\n" for v in invite.headers.get_fields("via"))
+    ctype = "Content-Type: application/sdp\r\n" if sdp else ""
+    return (f"SIP/2.0 {status} Whatever {B_NUM}\r\n{vias}"
+            f"From: {invite.headers.get('from')}\r\nTo: {invite.headers.get('to')};tag={tag}\r\n"
+            f"Call-ID: {invite.call_id}\r\nCSeq: {invite.headers.get('cseq')}\r\n"
+            f"Contact: <sip:{B_NUM}@127.0.0.1:5090>\r\nServer: callee-pbx\r\n{extra}"
+            f"{ctype}Content-Length: {len(sdp)}\r\n\r\n").encode().decode() + sdp.decode()
+
+
+def in_dialog(method: str, *, ruri: str, from_: str, to: str, call_id: str, cseq: int,
+              via: str) -> str:
+    return (f"{method} {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from_}\r\n"
+            f"To: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
+            f"Content-Length: 0\r\n\r\n")
+
+
+def run(test: Callable[[Harness], Coroutine[Any, Any, None]], **kw: Any) -> Harness:
+    harness = Harness(**kw)
+
+    async def main() -> None:
+        await test(harness)
+    asyncio.run(main())
+    return harness
+
+
+def bind_axb(h: Harness) -> None:
+    h.store.create(mode="axb", tenant="demo", a=A_NUM, b=B_NUM, x=X, ttl=0)
+
+
+def no_identity(message: Request | Response, *secrets: str) -> None:
+    text = message.to_bytes().decode()
+    for secret in secrets:
+        assert secret not in text, f"{secret} leaked in {text}"
+
+
+async def answered_call(h: Harness) -> tuple[Request, Request]:
+    """Drive A → sipmask → B to a confirmed call; returns (leg A INVITE, leg B INVITE)."""
+    bind_axb(h)
+    await h.deliver(a_invite(), A_ADDR)
+    [trying] = h.take(A_ADDR)
+    assert isinstance(trying, Response) and trying.status == 100
+    [b_inv] = h.take(B_ADDR)
+    assert isinstance(b_inv, Request) and b_inv.method == "INVITE"
+    await h.deliver(b_response(b_inv, 180), B_ADDR)
+    [ringing] = h.take(A_ADDR)
+    assert isinstance(ringing, Response) and ringing.status == 180
+    await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+    sent_b = h.take(B_ADDR)
+    assert [m.method for m in sent_b if isinstance(m, Request)] == ["ACK"]
+    [ok] = h.take(A_ADDR)
+    assert isinstance(ok, Response) and ok.status == 200
+    a_inv = parse_message(a_invite().encode())
+    assert isinstance(a_inv, Request)
+    ack = in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from") or "",
+                    to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=10,
+                    via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1")
+    await h.deliver(ack, A_ADDR)
+    return a_inv, b_inv
+
+
+def test_answered_call_is_masked_both_ways_and_recorded() -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        [trying] = h.take(A_ADDR)
+        assert isinstance(trying, Response) and trying.status == 100
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request)
+        # Leg B: X calls B; nothing of A.
+        assert b_inv.uri == f"sip:{B_NUM}@127.0.0.1:5090;user=phone"
+        assert b_inv.from_.uri.user == X  # type: ignore[union-attr]
+        no_identity(b_inv, A_NUM, "192.0.2.10", "acall", "Zhang", "leaky", "16000", "fa1")
+        assert b_inv.headers.get("max-forwards") == "69"
+        await h.deliver(b_response(b_inv, 180), B_ADDR)
+        await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+        [ack_b] = h.take(B_ADDR)
+        assert isinstance(ack_b, Request) and ack_b.method == "ACK"
+        assert ack_b.to.tag == "tb1" and ack_b.cseq.number == 1
+        ringing, ok = h.take(A_ADDR)
+        assert isinstance(ringing, Response) and isinstance(ok, Response)
+        assert (ringing.status, ok.status) == (180, 200)
+        for resp in (ringing, ok):
+            no_identity(resp, B_NUM, "198.51.100.7", "callee-pbx", "18000", "tb1", "bob")
+            assert resp.headers.get("call-id") == "acall-z9hG4bKa1@192.0.2.10"
+        assert ringing.to.tag == ok.to.tag  # one dialog with A
+        assert b"m=audio 30000" in ok.body
+        assert ok.headers.get("contact") == f"<sip:{X}@127.0.0.1:5060>"
+        [call] = h.engine.calls.values()
+        assert call.call.state is CallState.ANSWERED
+        # A acknowledges, talks, hangs up.
+        a_inv = parse_message(a_invite().encode())
+        assert isinstance(a_inv, Request)
+        from_a, to_a = a_inv.headers.get("from") or "", ok.headers.get("to") or ""
+        await h.deliver(in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=from_a, to=to_a,
+                                  call_id=a_inv.call_id, cseq=10,
+                                  via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack"), A_ADDR)
+        assert call.call.state is CallState.CONFIRMED
+        await h.deliver(in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060", from_=from_a, to=to_a,
+                                  call_id=a_inv.call_id, cseq=11,
+                                  via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye"), A_ADDR)
+        [bye_ok] = h.take(A_ADDR)
+        assert isinstance(bye_ok, Response) and bye_ok.status == 200
+        [bye_b] = h.take(B_ADDR)
+        assert isinstance(bye_b, Request) and bye_b.method == "BYE"
+        assert bye_b.uri == f"sip:{B_NUM}@127.0.0.1:5090"     # B's Contact
+        no_identity(bye_b, A_NUM, "192.0.2.10")
+        assert len(h.cdrs.records) == 1                       # written before the 200 left
+        await h.deliver(b_response(bye_b, 200), B_ADDR)
+        assert h.engine.calls == {}
+        assert h.media.deleted == [call.call.call_id]
+
+    h = run(flow)
+    [cdr] = h.cdrs.records
+    assert (cdr.tenant, cdr.x, cdr.caller, cdr.callee, cdr.direction) == (
+        "demo", X, A_NUM, B_NUM, "a_to_b")
+    assert (cdr.sip_status, cdr.release_side, cdr.unconnected_cause) == (200, "caller", "none")
+    assert cdr.ring_at is not None and cdr.answer_at is not None and cdr.end_at is not None
+    assert cdr.invite_at <= cdr.ring_at <= cdr.answer_at <= cdr.end_at
+
+
+def test_callee_hangs_up() -> None:
+    async def flow(h: Harness) -> None:
+        _a_inv, _b_inv = await answered_call(h)
+        h.take()
+        [call] = h.engine.calls.values()
+        dialog = call.b_dialog
+        assert dialog is not None
+        bye = in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060",
+                        from_=f"<sip:{B_NUM}@127.0.0.1:5090>;tag=tb1",
+                        to=f"<sip:{X}@127.0.0.1>;tag={call.b_tag}", call_id=call.call.call_id,
+                        cseq=1, via="SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbb")
+        await h.deliver(bye, B_ADDR)
+        [ok_b] = h.take(B_ADDR)
+        assert isinstance(ok_b, Response) and ok_b.status == 200
+        [bye_a] = h.take(A_ADDR)
+        assert isinstance(bye_a, Request) and bye_a.method == "BYE"
+        assert bye_a.uri == f"sip:{A_NUM}@192.0.2.10:5060"   # A's Contact
+        assert bye_a.call_id == "acall-z9hG4bKa1@192.0.2.10"
+        assert bye_a.from_.uri.user == X  # type: ignore[union-attr]
+        no_identity(bye_a, B_NUM, "127.0.0.1:5090")
+
+    h = run(flow)
+    assert h.cdrs.records[0].release_side == "callee"
+
+
+@pytest.mark.parametrize(("status", "cause"), [(486, "callee_failed"), (603, "callee_failed"),
+                                               (302, "callee_failed")])
+def test_callee_failure_status_passes_through(status: int, cause: str) -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        h.take(A_ADDR)
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request)
+        await h.deliver(b_response(b_inv, status, extra="Warning: 399 x \"Li Si busy\"\r\n"),
+                        B_ADDR)
+        [ack] = h.take(B_ADDR)
+        assert isinstance(ack, Request) and ack.method == "ACK"   # §17.1.1.3, by the txn
+        [final] = h.take(A_ADDR)
+        assert isinstance(final, Response) and final.status == status
+        no_identity(final, B_NUM, "Li Si", "callee-pbx", "tb1")
+        assert "contact" not in final.headers   # a 3xx target would leak the callee
+
+    h = run(flow)
+    [cdr] = h.cdrs.records
+    assert (cdr.sip_status, cdr.unconnected_cause, cdr.release_side) == (status, cause, "callee")
+    assert h.engine.calls == {}
+
+
+def test_unknown_x_is_404_and_stranger_is_403_with_cdrs() -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite(x="700100000000999", branch="z9hG4bKu"), A_ADDR)
+        await h.deliver(a_invite(caller=STRANGER, branch="z9hG4bKs"), A_ADDR)
+        sent = [m for m in h.take(A_ADDR) if isinstance(m, Response) and m.status > 100]
+        assert [m.status for m in sent] == [404, 403]
+        assert h.take(B_ADDR) == []
+
+    h = run(flow)
+    causes = [(c.sip_status, c.unconnected_cause, c.binding_id is None) for c in h.cdrs.records]
+    assert causes == [(404, "no_binding", True), (403, "not_allowed", True)]
+    assert h.cdrs.records[0].tenant == "demo"   # X is in demo's pool, just not bound
+
+
+def test_source_outside_every_trunk_acl_is_403() -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite(), ("203.0.113.9", 5060))
+        [final] = h.take()
+        assert isinstance(final, Response) and final.status == 403
+
+    h = run(flow)
+    assert h.engine.stats["refused_acl"] == 1
+
+
+def test_caller_cancel_while_ringing() -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        h.take(A_ADDR)
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request)
+        await h.deliver(b_response(b_inv, 180), B_ADDR)
+        h.take(A_ADDR)
+        a_inv = parse_message(a_invite().encode())
+        assert isinstance(a_inv, Request)
+        cancel = (f"CANCEL {a_inv.uri} SIP/2.0\r\nVia: {a_inv.headers.get('via')}\r\n"
+                  f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('from')}\r\n"
+                  f"To: {a_inv.headers.get('to')}\r\nCall-ID: {a_inv.call_id}\r\n"
+                  f"CSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n")
+        await h.deliver(cancel, A_ADDR)
+        to_a = [m for m in h.take(A_ADDR) if isinstance(m, Response)]
+        assert sorted((m.status, m.cseq.method) for m in to_a) == [(200, "CANCEL"),
+                                                                   (487, "INVITE")]
+        [cancel_b] = h.take(B_ADDR)
+        assert isinstance(cancel_b, Request) and cancel_b.method == "CANCEL"
+        assert cancel_b.top_via.branch == b_inv.top_via.branch   # §9.1
+        assert len(h.cdrs.records) == 1                          # before the 487 left
+        await h.deliver(b_response(cancel_b, 200), B_ADDR)
+        await h.deliver(b_response(b_inv, 487), B_ADDR)
+        assert h.engine.calls == {}
+
+    h = run(flow)
+    [cdr] = h.cdrs.records
+    assert (cdr.sip_status, cdr.release_side, cdr.answer_at) == (487, "caller", None)
+
+
+def test_ring_timeout_cancels_leg_b_and_answers_408() -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request)
+        await h.deliver(b_response(b_inv, 180), B_ADDR)
+        h.take()
+        await asyncio.sleep(1.1)
+        await h.settle()
+        finals = [m for m in h.take(A_ADDR) if isinstance(m, Response)]
+        assert [m.status for m in finals] == [408]
+        assert [m.method for m in h.take(B_ADDR) if isinstance(m, Request)] == ["CANCEL"]
+
+    h = run(flow, ring_timeout_s=1)
+    [cdr] = h.cdrs.records
+    assert (cdr.sip_status, cdr.unconnected_cause, cdr.release_side) == (408, "timeout",
+                                                                         "sipmask")
+
+
+def test_refer_is_refused_and_reinvite_relayed_with_new_sdp() -> None:
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        [call] = h.engine.calls.values()
+        from_a = a_inv.headers.get("from") or ""
+        to_a = f"<sip:{X}@127.0.0.1>;tag={call.a_tag}"
+        refer = in_dialog("REFER", ruri=f"sip:{X}@127.0.0.1:5060", from_=from_a, to=to_a,
+                          call_id=a_inv.call_id, cseq=11,
+                          via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKref")
+        await h.deliver(refer, A_ADDR)
+        [refused] = h.take(A_ADDR)
+        assert isinstance(refused, Response) and refused.status == 403
+        assert h.take(B_ADDR) == []
+        body = A_SDP.replace(b"a=rtpmap:101", b"a=sendonly\r\na=rtpmap:101")
+        reinvite = (in_dialog("INVITE", ruri=f"sip:{X}@127.0.0.1:5060", from_=from_a, to=to_a,
+                              call_id=a_inv.call_id, cseq=12,
+                              via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKre")
+                    .replace("Content-Length: 0\r\n\r\n",
+                             f"Content-Type: application/sdp\r\nContent-Length: {len(body)}"
+                             f"\r\n\r\n{body.decode()}"))
+        await h.deliver(reinvite, A_ADDR)
+        [re_b] = h.take(B_ADDR)
+        assert isinstance(re_b, Request) and re_b.method == "INVITE"
+        assert re_b.call_id == call.call.call_id and re_b.cseq.number == 2
+        no_identity(re_b, A_NUM, "192.0.2.10", "16000")
+        await h.deliver(b_response(re_b, 200, sdp=B_SDP), B_ADDR)
+        [ack_b] = h.take(B_ADDR)
+        assert isinstance(ack_b, Request) and ack_b.method == "ACK"
+        [ok_a] = h.take(A_ADDR)
+        assert isinstance(ok_a, Response) and ok_a.status == 200
+        assert ok_a.cseq.number == 12 and ok_a.to.tag == call.a_tag
+        no_identity(ok_a, B_NUM, "198.51.100.7")
+        assert ("offer", call.call.call_id, "a") in h.media.calls
+
+    run(flow)
