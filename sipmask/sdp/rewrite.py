@@ -328,7 +328,7 @@ class OriginCounter:
     sess_id: int
     username: str = "-"
     sess_version: int = -1
-    _last: bytes | None = field(default=None, repr=False)
+    _last: SessionDescription | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Stacks commonly start the version at the sess-id; any start is valid (§5.2).
@@ -343,12 +343,19 @@ class OriginCounter:
         """`sd` with this leg's origin, the version raised first if the body changed since
         the last description stamped. The result is a new SessionDescription holding copies
         of `sd`'s line lists; `sd` is not changed."""
-        body = replace(sd, origin=_PLACEHOLDER_ORIGIN).to_bytes()
-        if self._last is not None and body != self._last:
+        # Field-by-field equality of the typed lines is what the bytes would show (the
+        # serializer is a function of them) and costs a fraction of serializing.
+        snapshot = _copy(sd, _PLACEHOLDER_ORIGIN)
+        if self._last is not None and snapshot != self._last:
             self.sess_version += 1
-        self._last = body
-        media = [replace(m, formats=list(m.formats), lines=list(m.lines)) for m in sd.media]
-        return replace(sd, origin=self.origin, lines=list(sd.lines), media=media)
+        self._last = snapshot
+        return _copy(sd, self.origin)
+
+
+def _copy(sd: SessionDescription, origin: Origin) -> SessionDescription:
+    """A copy whose lists can change without touching `sd` (the lines are immutable)."""
+    media = [replace(m, formats=list(m.formats), lines=list(m.lines)) for m in sd.media]
+    return replace(sd, origin=origin, lines=list(sd.lines), media=media)
 
 
 _PLACEHOLDER_ORIGIN = Origin("-", "0", "0", "IN", "IP4", "0.0.0.0")
