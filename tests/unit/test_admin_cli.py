@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from collections.abc import Callable
@@ -171,3 +173,28 @@ def test_import_jsonl_and_csv_with_rejects(sipmask: Run, tmp_path: Path) -> None
     assert len(listed) == 5
     audit = sipmask("audit").stdout
     assert audit.count('"actor": "import"') == 5
+
+
+def test_import_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"mode": "axn", "a": A}) + "\n")
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "sipmask", "import", str(data),
+             "--set", f"store.path={tmp_path / 's'}"],
+            stdout=subprocess.PIPE, stderr=secondary, text=True, cwd=tmp_path, timeout=60)
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:   # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    assert result.returncode == 0 and json.loads(result.stdout)["imported"] == 1
+    assert b"\r[" in shown and b"100%" in shown and b"import:" not in shown

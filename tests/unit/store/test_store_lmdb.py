@@ -14,7 +14,7 @@ from sipmask.clock import FakeClock
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.errors import ConfigError, StoreError
 from sipmask.store import LmdbStore, MemoryStore, codec
-from sipmask.store.base import Binding, BindingRequest
+from sipmask.store.base import Binding, BindingRequest, BindingStore
 
 
 def binding(**extra: object) -> Binding:
@@ -127,3 +127,13 @@ def test_a_full_environment_is_not_written_by_just_opening(tmp_path: Path) -> No
     env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
     assert env.info()["last_txnid"] == before
     env.close()
+
+
+def test_both_stores_satisfy_the_protocol(tmp_path: Path) -> None:
+    # mypy checks the assignment structurally; the call checks the shared behaviour.
+    stores: list[BindingStore] = [MemoryStore(FakeClock(), TENANTS),
+                                  open_lmdb(tmp_path / "s", FakeClock())]
+    for store in stores:
+        made = store.create(mode="axn", tenant="acme", a=A)
+        assert store.route(made.x, B, FakeClock().wall()) == made
+        store.close()
