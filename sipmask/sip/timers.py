@@ -45,6 +45,10 @@ class TimerConfig:
 class Timer(Enum):
     """The RFC 3261 §17 timers (A–K), RFC 6026 §8 (L, M), and two the layer adds."""
 
+    # Identity hash: members key the transaction tables on the hot path (Enum's default
+    # hashes the name in Python code).
+    __hash__ = object.__hash__
+
     A = "A"            # client INVITE retransmit (§17.1.1.2)
     B = "B"            # client INVITE timeout (§17.1.1.2)
     D = "D"            # client INVITE: absorb retransmitted final responses (§17.1.1.2)

@@ -170,14 +170,21 @@ TUEvent = (RequestReceived | ResponseReceived | AckReceived | CancelReceived
 
 
 # -- the state machines, as data ------------------------------------------------------------
-class Kind(Enum):
+class _Member(Enum):
+    """Enum members hash by identity: they key the transition tables, and Enum's own
+    name-based __hash__ is a Python call on every lookup of the hot path."""
+
+    __hash__ = object.__hash__
+
+
+class Kind(_Member):
     INVITE_CLIENT = "invite_client"
     NON_INVITE_CLIENT = "non_invite_client"
     INVITE_SERVER = "invite_server"
     NON_INVITE_SERVER = "non_invite_server"
 
 
-class ClientInviteState(Enum):      # §17.1.1.2 figure 5, with RFC 6026 §7.2 Accepted
+class ClientInviteState(_Member):      # §17.1.1.2 figure 5, with RFC 6026 §7.2 Accepted
     CALLING = "calling"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
@@ -185,14 +192,14 @@ class ClientInviteState(Enum):      # §17.1.1.2 figure 5, with RFC 6026 §7.2 A
     TERMINATED = "terminated"
 
 
-class ClientNonInviteState(Enum):   # §17.1.2.2 figure 6
+class ClientNonInviteState(_Member):   # §17.1.2.2 figure 6
     TRYING = "trying"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
     TERMINATED = "terminated"
 
 
-class ServerInviteState(Enum):      # §17.2.1 figure 7, with RFC 6026 §7.1 Accepted
+class ServerInviteState(_Member):      # §17.2.1 figure 7, with RFC 6026 §7.1 Accepted
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
     CONFIRMED = "confirmed"
@@ -200,7 +207,7 @@ class ServerInviteState(Enum):      # §17.2.1 figure 7, with RFC 6026 §7.1 Acc
     TERMINATED = "terminated"
 
 
-class ServerNonInviteState(Enum):   # §17.2.2 figure 8
+class ServerNonInviteState(_Member):   # §17.2.2 figure 8
     TRYING = "trying"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
@@ -210,7 +217,7 @@ class ServerNonInviteState(Enum):   # §17.2.2 figure 8
 State = ClientInviteState | ClientNonInviteState | ServerInviteState | ServerNonInviteState
 
 
-class Input(Enum):
+class Input(_Member):
     """What a transaction is told. Responses are received (client) or sent by the TU
     (server); timers arrive as `Timer` members."""
 
@@ -226,7 +233,7 @@ class Input(Enum):
 Event = Input | Timer
 
 
-class Step(Enum):
+class Step(_Member):
     """What a transition does, in order."""
 
     SEND = "send"                      # server: send the TU's response; client: the request
@@ -558,9 +565,9 @@ class TransactionLayer:
 
     def _receive_request(self, request: Request, source: Address, transport: Transport,
                          now: float) -> None:
-        stamp_top_via(request, source)
+        via = stamp_top_via(request, source)
         method = request.method
-        key = server_key(request)
+        key = server_key(request, via=via)
         txn = self._txns.get(key)
         if method == "ACK":
             if txn is not None and txn.kind is Kind.INVITE_SERVER:
@@ -580,7 +587,7 @@ class TransactionLayer:
             self._feed(txn, Input.REQUEST, _Context(now, request, source, transport))
             return
         kind = Kind.INVITE_SERVER if method == "INVITE" else Kind.NON_INVITE_SERVER
-        peer = source if transport == "tcp" else request.top_via.response_target(source)
+        peer = source if transport == "tcp" else via.response_target(source)
         txn = Transaction(key, kind, request, transport, peer, INITIAL_STATE[kind],
                           source=source)
         self._add(txn, _Context(now))
@@ -710,7 +717,7 @@ class TransactionLayer:
     def _run(self, txn: Transaction, actions: tuple[Action, ...], ctx: _Context) -> None:
         for action in actions:
             if isinstance(action, Step):
-                self._step(txn, action, ctx)
+                STEPS[action](self, txn, ctx)
             elif isinstance(action, Start):
                 interval = self._initial(action.timer, txn.transport)
                 if interval is not None:
@@ -742,73 +749,83 @@ class TransactionLayer:
         # The heap entry stays; next_timer / handle_timer skip it as stale.
         txn.timers.pop(timer, None)
 
-    def _step(self, txn: Transaction, step: Step, ctx: _Context) -> None:
-        if step is Step.SEND:
-            if txn.is_client:
-                self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
-            else:
-                assert isinstance(ctx.message, Response)
-                self._send_server_response(txn, ctx.message)
-        elif step is Step.RETRANSMIT:
+    # -- the steps, one method each (dispatched by STEPS below) -----------------------------
+    def _do_send(self, txn: Transaction, ctx: _Context) -> None:
+        if txn.is_client:
             self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
-        elif step is Step.RESEND:
-            if txn.last_bytes is None:
-                # §17.2.1: a retransmitted INVITE before anything was sent: say 100 now.
-                self._send_trying(txn)
-            else:
-                self._out.append(Outgoing(txn.last_bytes, txn.peer, txn.transport))
-        elif step is Step.SEND_TRYING:
-            self._send_trying(txn)
-        elif step is Step.SEND_ACK:
+        else:
             assert isinstance(ctx.message, Response)
-            txn.ack_bytes = ack_for_non_2xx(txn.request, ctx.message).to_bytes()
-            self._out.append(Outgoing(txn.ack_bytes, txn.peer, txn.transport))
-        elif step is Step.RESEND_ACK:
-            assert txn.ack_bytes is not None
-            self._out.append(Outgoing(txn.ack_bytes, txn.peer, txn.transport))
-        elif step is Step.DELIVER:
-            self._deliver(txn, ctx)
-        elif step is Step.DELIVER_2XX:
-            assert isinstance(ctx.message, Response)
-            ack = txn.acks_2xx.get(ctx.message.to.tag or "")
-            if ack is not None:
-                self._out.append(ack)  # §13.2.2.4: each retransmitted 2xx gets the ACK again
-            else:
-                self._deliver(txn, ctx)
-        elif step is Step.DELIVER_ACK:
-            assert isinstance(ctx.message, Request) and ctx.source and ctx.transport
-            txn.acked = True
-            self._events.append(AckReceived(ctx.message, ctx.source, ctx.transport,
-                                            txn.txn_id))
-        elif step is Step.TIMEOUT:
-            self._events.append(TransactionTimeout(txn.txn_id, txn.request))
-        elif step is Step.TRANSPORT_FAILED:
-            self._events.append(TransportFailed(txn.txn_id, txn.request))
-        elif step is Step.ACK_TIMEOUT:
-            if not txn.acked and txn.last_response is not None:
-                self._events.append(AckTimeout(txn.txn_id, txn.last_response))
-        elif step is Step.HOLD_CANCEL:
-            if txn.cancel is None:
-                txn.cancel = cancel_for(txn.request)
-                branch = txn.request.top_via.branch or ""
-                txn.cancel_id = _client_key(branch, "CANCEL")
-        elif step is Step.SEND_CANCEL:
-            if txn.cancel is not None and not txn.cancel_sent:
-                txn.cancel_sent = True
-                self.send_request(txn.cancel, txn.peer, txn.transport, ctx.now)
-        else:  # Step.DROP_CANCEL
-            if txn.cancel_id is not None and not txn.cancel_sent:
-                self._events.append(TransactionTerminated(txn.cancel_id))
-                txn.cancel = None
-                txn.cancel_id = None
+            self._send_server_response(txn, ctx.message)
 
-    def _deliver(self, txn: Transaction, ctx: _Context) -> None:
+    def _do_retransmit(self, txn: Transaction, ctx: _Context) -> None:
+        self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
+
+    def _do_resend(self, txn: Transaction, ctx: _Context) -> None:
+        if txn.last_bytes is None:
+            # §17.2.1: a retransmitted INVITE before anything was sent: say 100 now.
+            self._send_trying(txn)
+        else:
+            self._out.append(Outgoing(txn.last_bytes, txn.peer, txn.transport))
+
+    def _do_send_trying(self, txn: Transaction, ctx: _Context) -> None:
+        self._send_trying(txn)
+
+    def _do_send_ack(self, txn: Transaction, ctx: _Context) -> None:
+        assert isinstance(ctx.message, Response)
+        txn.ack_bytes = ack_for_non_2xx(txn.request, ctx.message).to_bytes()
+        self._out.append(Outgoing(txn.ack_bytes, txn.peer, txn.transport))
+
+    def _do_resend_ack(self, txn: Transaction, ctx: _Context) -> None:
+        assert txn.ack_bytes is not None
+        self._out.append(Outgoing(txn.ack_bytes, txn.peer, txn.transport))
+
+    def _do_deliver(self, txn: Transaction, ctx: _Context) -> None:
         assert isinstance(ctx.message, Response) and ctx.source and ctx.transport
         self._events.append(ResponseReceived(ctx.message, txn.txn_id, ctx.source,
                                              ctx.transport))
 
+    def _do_deliver_2xx(self, txn: Transaction, ctx: _Context) -> None:
+        assert isinstance(ctx.message, Response)
+        ack = txn.acks_2xx.get(ctx.message.to.tag or "")
+        if ack is not None:
+            self._out.append(ack)  # §13.2.2.4: each retransmitted 2xx gets the ACK again
+        else:
+            self._do_deliver(txn, ctx)
+
+    def _do_deliver_ack(self, txn: Transaction, ctx: _Context) -> None:
+        assert isinstance(ctx.message, Request) and ctx.source and ctx.transport
+        txn.acked = True
+        self._events.append(AckReceived(ctx.message, ctx.source, ctx.transport, txn.txn_id))
+
+    def _do_timeout(self, txn: Transaction, ctx: _Context) -> None:
+        self._events.append(TransactionTimeout(txn.txn_id, txn.request))
+
+    def _do_transport_failed(self, txn: Transaction, ctx: _Context) -> None:
+        self._events.append(TransportFailed(txn.txn_id, txn.request))
+
+    def _do_ack_timeout(self, txn: Transaction, ctx: _Context) -> None:
+        if not txn.acked and txn.last_response is not None:
+            self._events.append(AckTimeout(txn.txn_id, txn.last_response))
+
+    def _do_hold_cancel(self, txn: Transaction, ctx: _Context) -> None:
+        if txn.cancel is None:
+            txn.cancel = cancel_for(txn.request)
+            txn.cancel_id = _client_key(txn.request.top_via.branch or "", "CANCEL")
+
+    def _do_send_cancel(self, txn: Transaction, ctx: _Context) -> None:
+        if txn.cancel is not None and not txn.cancel_sent:
+            txn.cancel_sent = True
+            self.send_request(txn.cancel, txn.peer, txn.transport, ctx.now)
+
+    def _do_drop_cancel(self, txn: Transaction, ctx: _Context) -> None:
+        if txn.cancel_id is not None and not txn.cancel_sent:
+            self._events.append(TransactionTerminated(txn.cancel_id))
+            txn.cancel = None
+            txn.cancel_id = None
+
     def _send_server_response(self, txn: Transaction, response: Response) -> None:
-        tag = _to_tag(response)
+        # The To tag matters to INVITE transactions only: CANCEL's 200 and the 2xx ACK.
+        tag = _to_tag(response) if txn.kind is Kind.INVITE_SERVER else None
         if tag is not None:
             txn.to_tag = tag
         txn.last_response = response
@@ -848,6 +865,25 @@ class TransactionLayer:
         return self.rand(8).hex()
 
 
+STEPS: dict[Step, Callable[[TransactionLayer, Transaction, _Context], None]] = {
+    Step.SEND: TransactionLayer._do_send,
+    Step.RETRANSMIT: TransactionLayer._do_retransmit,
+    Step.RESEND: TransactionLayer._do_resend,
+    Step.SEND_TRYING: TransactionLayer._do_send_trying,
+    Step.SEND_ACK: TransactionLayer._do_send_ack,
+    Step.RESEND_ACK: TransactionLayer._do_resend_ack,
+    Step.DELIVER: TransactionLayer._do_deliver,
+    Step.DELIVER_2XX: TransactionLayer._do_deliver_2xx,
+    Step.DELIVER_ACK: TransactionLayer._do_deliver_ack,
+    Step.TIMEOUT: TransactionLayer._do_timeout,
+    Step.TRANSPORT_FAILED: TransactionLayer._do_transport_failed,
+    Step.ACK_TIMEOUT: TransactionLayer._do_ack_timeout,
+    Step.HOLD_CANCEL: TransactionLayer._do_hold_cancel,
+    Step.SEND_CANCEL: TransactionLayer._do_send_cancel,
+    Step.DROP_CANCEL: TransactionLayer._do_drop_cancel,
+}
+
+
 # -- message helpers ------------------------------------------------------------------------
 def _client_key(branch: str, method: str) -> str:
     return f"c|{branch}|{method}"
@@ -857,11 +893,13 @@ def _sent_by(via: Via) -> str:
     return f"{via.host.lower()}:{via.port or via.default_port}"
 
 
-def server_key(request: Request, *, method: str | None = None) -> str:
+def server_key(request: Request, *, method: str | None = None, via: Via | None = None) -> str:
     """The server transaction a request belongs to (§17.2.3): the top Via's branch and
     sent-by and the method, ACK counting as INVITE. Without the magic cookie (RFC 2543),
-    Call-ID, From tag, CSeq number and sent-by stand in for the branch."""
-    via = request.top_via
+    Call-ID, From tag, CSeq number and sent-by stand in for the branch. `via`: the top Via
+    when the caller has it parsed already."""
+    if via is None:
+        via = request.top_via
     name = method or request.method
     if name == "ACK":
         name = "INVITE"
@@ -888,24 +926,27 @@ def _ack_dialog_key(ack: Request) -> tuple[str, int, str, str]:
     return (ack.call_id, ack.cseq.number, ack.from_.tag or "", ack.to.tag or "")
 
 
-def stamp_top_via(request: Request, source: Address) -> None:
+def stamp_top_via(request: Request, source: Address) -> Via:
     """§18.2.1 / RFC 3581 §4: record `received` (and fill `rport`) in the top Via, so every
-    response copies it and goes back to the real source. Idempotent: a Via the transport
-    already stamped is left as it is (and so are the request's bytes)."""
+    response copies it and goes back to the real source; returns that Via. Idempotent: a
+    Via the transport already stamped is left as it is (and so are the request's bytes)."""
+    value = request.headers.get("via")
+    if value is None:
+        raise ParseError("Missing Via")
+    top = Via.parse(split_commas(value)[0] if "," in value else value)
+    stamped = top.stamped(source)
+    if stamped is top or stamped.params == top.params:
+        return top
     fields = request.headers.fields()
-    for i, (key, name, value, _raw) in enumerate(fields):
-        if key != "via":
-            continue
-        values = split_commas(value)
-        top = Via.parse(values[0])
-        stamped = top.stamped(source)
-        if str(stamped) == str(top):
-            return
-        values[0] = str(stamped)
-        fields[i] = (key, name, ", ".join(values), None)
-        request.headers = Headers(fields)
-        request.headers.modified = True
-        return
+    for i, (key, name, line, _raw) in enumerate(fields):
+        if key == "via":
+            values = split_commas(line)
+            values[0] = str(stamped)
+            fields[i] = (key, name, ", ".join(values), None)
+            break
+    request.headers = Headers(fields)
+    request.headers.modified = True
+    return stamped
 
 
 def _copied(request: Request, method: str, to_value: str) -> Request:
