@@ -795,6 +795,12 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def media_timeout(self, call_id: str) -> None:
+        """The media backend saw no RTP for media.timeout_s: BYE both ways (CallEvent)."""
+        ctx = self.calls.get(call_id)
+        if ctx is not None:
+            self._fire(ctx, CallEvent.MEDIA_TIMEOUT)
+
     # -- shutdown ----------------------------------------------------------------------------
     def start_drain(self) -> None:
         """SIGTERM: refuse new calls (503), let running ones finish."""
