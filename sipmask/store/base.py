@@ -42,7 +42,8 @@ class Binding:
     The policy fields after `expires_at` are optional and default to "no rule"; the encoding
     (store/codec.py) carries them only when set, so older records read as defaults and a
     newer field this version does not know is ignored on read. Not slotted: the codec
-    fills `__dict__` in one step on the call path (codec.decode_binding).
+    fills `__dict__` in one step on the call path (codec.decode_binding), and a new optional
+    field must keep a plain default (a class attribute), never a default_factory.
     """
 
     id: str

@@ -137,3 +137,16 @@ def test_both_stores_satisfy_the_protocol(tmp_path: Path) -> None:
         made = store.create(mode="axn", tenant="acme", a=A)
         assert store.route(made.x, B, FakeClock().wall()) == made
         store.close()
+
+
+def test_every_optional_binding_field_has_a_class_level_default() -> None:
+    # decode_binding leaves unset optional fields to the class attributes dataclass makes
+    # from plain defaults; a default_factory field would have no class attribute.
+    import dataclasses
+    decoded = codec.decode_binding(codec.encode_binding(binding()))
+    for f in dataclasses.fields(Binding):
+        assert getattr(decoded, f.name) == getattr(binding(), f.name)
+        if f.default is dataclasses.MISSING:
+            assert f.name in ("id", "mode", "tenant", "x", "a", "b", "created_at",
+                              "expires_at"), f"{f.name} needs a plain default"
+    assert hash(decoded) == hash(binding()) and decoded == binding()
