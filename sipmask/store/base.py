@@ -154,7 +154,7 @@ class AuditEntry:
                 "data": data}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ImportOutcome:
     """One line of a bulk create: the binding made, or the refusal (field + reason)."""
 

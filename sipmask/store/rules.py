@@ -103,6 +103,7 @@ class _Work:
         self.actor = actor
         self._seq: int | None = None
         self._pools: list[PoolRange] | None = None     # per transaction: imports ask often
+        self._tenant_pools: dict[str, list[PoolRange]] = {}
         self._tenants: set[str] = set()
 
     # -- audit ------------------------------------------------------------------------------
@@ -202,7 +203,13 @@ class _Work:
     def pools(self, tenant: str | None = None) -> list[PoolRange]:
         if self._pools is None:
             self._pools = [codec.decode_pool(raw) for _, raw in self.txn.scan("pools")]
-        return [p for p in self._pools if tenant is None or p.tenant == tenant]
+            self._tenant_pools = {}
+        if tenant is None:
+            return self._pools
+        mine = self._tenant_pools.get(tenant)
+        if mine is None:
+            mine = self._tenant_pools[tenant] = [p for p in self._pools if p.tenant == tenant]
+        return mine
 
     def tenant_known(self, tenant: str) -> bool:
         if tenant in self._tenants:
@@ -345,14 +352,15 @@ class RuleStore:
         ttl = _ttl(req.ttl)
         if req.x not in (None, ""):
             x = _refuse_number("x", req.x, numbers.normalise_x)
-            if not any(x in p for p in work.pools(tenant)):
+            if not any(p.first <= x <= p.last for p in work.pools(tenant)):
                 raise RefusedError("x", f"not in tenant {tenant}'s pool")
             self._check_x(work, req.mode, x, a, b)
         else:
             x = self._allocate(work, tenant, req.mode, a, b)
         expires = work.now + ttl if ttl else None
         while True:   # 64 random bits: a clash is all but impossible, but never overwrite
-            binding = Binding(secrets.token_hex(8), req.mode, tenant, x, a, b, work.now, expires)
+            binding = codec.new_binding(secrets.token_hex(8), req.mode, tenant, x, a, b,
+                                        work.now, expires)
             if work.put_binding(binding):
                 break
         work.audit(tenant, "create", binding.id, _what(binding))
