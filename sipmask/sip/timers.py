@@ -62,6 +62,7 @@ class Timer(Enum):
     L = "L"            # server INVITE Accepted: absorb INVITE retransmissions (RFC 6026 §8.7)
     M = "M"            # client INVITE Accepted: take 2xx retransmissions (RFC 6026 §8.4)
     TRYING = "Trying"  # server INVITE: send 100 Trying if the TU is slow (§17.2.1)
+    CANCELLED = "Cancelled"  # client INVITE: no final 64*T1 after CANCEL: give up (§9.1)
     RETRANSMIT_2XX = "2xx"  # server INVITE Accepted: 2xx until ACK (§13.3.1.4)
 
 
@@ -76,8 +77,8 @@ def initial(timer: Timer, config: TimerConfig, transport: Transport) -> float | 
         # §13.3.1.4: the UAS core retransmits 2xx from T1 whatever the transport, because a
         # proxy further on may use UDP.
         return config.t1
-    if timer in (Timer.B, Timer.F, Timer.H, Timer.L, Timer.M):
-        # §17.1.1.2 (B), §17.1.2.2 (F), §17.2.1 (H), RFC 6026 §8.4/§8.7 (M, L): 64*T1.
+    if timer in (Timer.B, Timer.F, Timer.H, Timer.L, Timer.M, Timer.CANCELLED):
+        # §17.1.1.2 (B), §17.1.2.2 (F), §17.2.1 (H), RFC 6026 §8.4/§8.7 (M, L), §9.1: 64*T1.
         return config.timeout
     if timer is Timer.D:
         # §17.1.1.2: at least 32 s for unreliable transports, zero for reliable ones. The

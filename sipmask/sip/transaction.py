@@ -24,6 +24,11 @@ Choices, where RFC 3261 leaves one:
 - CANCEL (§9.2) is answered by the layer: 200 when it matches an INVITE server transaction,
   481 otherwise. The TU gets `CancelReceived`; `invite_txn_id` is set when that INVITE is
   still waiting for its final response (the TU then answers it 487 and cancels its own leg).
+- A CANCEL sent gives the INVITE 64*T1 to end; then its client transaction is destroyed
+  (§9.1) and the TU gets `TransactionTimeout`. Otherwise an INVITE in Proceeding waits for
+  its final response as long as it takes (no Timer C: how long to ring is the TU's call),
+  and a server transaction waits for the TU's final response: the TU must answer every
+  request it is given, or the transaction stays.
 - The ACK for a non-2xx final response is built and sent by the client INVITE transaction
   (§17.1.1.3) and sent again for each retransmitted final response while Timer D runs. The
   ACK for a 2xx is the TU's (`send_ack`); the layer keeps it and sends it again when the 2xx
@@ -317,10 +322,14 @@ CLIENT_INVITE: Table = _table([
      (Stop(Timer.A), Stop(Timer.B), Step.DELIVER, Step.SEND_CANCEL)),
     ((_CI.PROCEEDING,), (Input.PROVISIONAL,), None, (Step.DELIVER,)),
     ((_CI.CALLING, _CI.PROCEEDING), (Input.SUCCESS,), _CI.ACCEPTED,
-     (Stop(Timer.A), Stop(Timer.B), Step.DROP_CANCEL, Step.DELIVER, Start(Timer.M))),
+     (Stop(Timer.A), Stop(Timer.B), Stop(Timer.CANCELLED), Step.DROP_CANCEL, Step.DELIVER,
+      Start(Timer.M))),
     ((_CI.CALLING, _CI.PROCEEDING), (Input.FAILURE,), _CI.COMPLETED,
-     (Stop(Timer.A), Stop(Timer.B), Step.DROP_CANCEL, Step.SEND_ACK, Step.DELIVER,
-      Start(Timer.D))),
+     (Stop(Timer.A), Stop(Timer.B), Stop(Timer.CANCELLED), Step.DROP_CANCEL, Step.SEND_ACK,
+      Step.DELIVER, Start(Timer.D))),
+    # §9.1: no final response 64*T1 after the CANCEL went: the INVITE is given up (the TU
+    # hears TransactionTimeout and treats the call as cancelled).
+    ((_CI.PROCEEDING,), (Timer.CANCELLED,), _CI.TERMINATED, (Step.TIMEOUT,)),
     ((_CI.CALLING, _CI.PROCEEDING), (Input.TRANSPORT_ERROR,), _CI.TERMINATED,
      (Step.DROP_CANCEL, Step.TRANSPORT_FAILED)),
     ((_CI.CALLING,), (Input.CANCEL,), None, (Step.HOLD_CANCEL,)),
@@ -816,6 +825,8 @@ class TransactionLayer:
         if txn.cancel is not None and not txn.cancel_sent:
             txn.cancel_sent = True
             self.send_request(txn.cancel, txn.peer, txn.transport, ctx.now)
+            # §9.1: the INVITE now has 64*T1 to end with a final response.
+            self._start(txn, Timer.CANCELLED, self.timers.timeout, ctx.now)
 
     def _do_drop_cancel(self, txn: Transaction, ctx: _Context) -> None:
         if txn.cancel_id is not None and not txn.cancel_sent:

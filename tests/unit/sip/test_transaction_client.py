@@ -28,6 +28,7 @@ from sipmask.sip.transaction import (
     TransactionTimeout,
     TransportFailed,
     TUEvent,
+    cancel_for,
 )
 
 PEER = ("127.0.0.1", 5090)
@@ -525,4 +526,38 @@ def test_an_event_missing_from_the_table_raises_transaction_error() -> None:
 def _ctx():  # type: ignore[no-untyped-def]
     from sipmask.sip.transaction import _Context
     return _Context(0.0)
+
+
+
+def test_an_invite_with_no_final_response_64_t1_after_cancel_is_given_up() -> None:
+    tl = layer()
+    req = request()
+    invite_id = tl.send_request(req, PEER, "tcp", 0.0)
+    tl.receive(reply(req, 180), PEER, "tcp", 1.0)
+    cancel_id = tl.cancel(invite_id, 10.0)
+    tl.outgoing()
+    assert cancel_id is not None
+    tl.receive(reply(cancel_for(req), 200), PEER, "tcp", 10.1)
+    tl.events()
+    # §9.1: the callee never sends 487; 64*T1 after the CANCEL the INVITE is destroyed.
+    assert tl.next_timer() == pytest.approx(42.0)
+    tl.handle_timer(41.9)
+    assert tl.state_of(invite_id) is ClientInviteState.PROCEEDING
+    tl.handle_timer(42.0)
+    events = tl.events()
+    assert kinds(events) == ["TransactionTimeout", "TransactionTerminated"]
+    assert isinstance(events[0], TransactionTimeout) and events[0].txn_id == invite_id
+    assert_idle(tl)
+
+
+def test_a_final_response_after_cancel_stops_the_give_up_timer() -> None:
+    tl = layer()
+    req = request()
+    invite_id = tl.send_request(req, PEER, "tcp", 0.0)
+    tl.receive(reply(req, 180), PEER, "tcp", 1.0)
+    tl.cancel(invite_id, 10.0)
+    tl.receive(reply(cancel_for(req), 200), PEER, "tcp", 10.1)
+    tl.receive(reply(req, 487), PEER, "tcp", 10.2)
+    assert tl.next_timer() is None
+    assert_idle(tl)
 
