@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 from sipmask.clock import Clock
 from sipmask.config.schema import TenantConfig
-from sipmask.store.rules import DATABASES, RuleStore, Txn
+from sipmask.store.rules import RuleStore, Txn
 
 T = TypeVar("T")
 
@@ -89,7 +90,8 @@ class MemoryStore(RuleStore):
                  tenants: Mapping[str, TenantConfig] | None = None,
                  rng: random.Random | None = None) -> None:
         super().__init__(clock, rng)
-        self._tables = {name: _Table() for name in DATABASES}
+        # Any name works, as LmdbStore.db(name) opens any named database.
+        self._tables: dict[str, _Table] = defaultdict(_Table)
         self._tables["meta"].data[b"schema_version"] = b"1"
         self._tables["meta"].keys.append(b"schema_version")
         if tenants:

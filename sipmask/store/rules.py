@@ -274,6 +274,16 @@ class RuleStore:
         """Run fn in one write transaction; fn may run again (e.g. after the map grew)."""
         raise NotImplementedError
 
+    def read(self, fn: Callable[[Txn], T]) -> T:
+        """Run fn in a read transaction (a snapshot of the last commit). For modules that
+        keep their own records beside the bindings (cdrs, outbox): txn.get("cdrs", key)."""
+        return self._read(fn)
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Run fn in one write transaction, committed (synced) on return; fn may run twice
+        when the map grows, so it must only read and write through txn."""
+        return self._write(fn)
+
     def close(self) -> None:
         """Nothing to release by default."""
 

@@ -15,6 +15,7 @@ from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.errors import ConfigError, StoreError
 from sipmask.store import LmdbStore, MemoryStore, codec
 from sipmask.store.base import Binding, BindingRequest, BindingStore
+from sipmask.store.rules import RuleStore, Txn
 
 
 def binding(**extra: object) -> Binding:
@@ -150,3 +151,16 @@ def test_every_optional_binding_field_has_a_class_level_default() -> None:
             assert f.name in ("id", "mode", "tenant", "x", "a", "b", "created_at",
                               "expires_at"), f"{f.name} needs a plain default"
     assert hash(decoded) == hash(binding()) and decoded == binding()
+
+
+def test_other_modules_keep_records_beside_bindings(store: RuleStore) -> None:
+    # CDRs and the event outbox use read()/write() on named databases of the same store.
+    store.write(lambda txn: txn.put("cdrs", b"k1", b"v1"))
+    assert store.read(lambda txn: txn.get("cdrs", b"k1")) == b"v1"
+
+    def put_then_fail(txn: Txn) -> None:
+        txn.put("outbox", b"k", b"v")
+        raise RuntimeError("abort")
+    with pytest.raises(RuntimeError):
+        store.write(put_then_fail)
+    assert store.read(lambda txn: txn.get("outbox", b"k")) is None   # rolled back
