@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ _BAR_EVERY_S = 0.1
 _BAR_WIDTH = 30
 IMPORT_BATCH = 5000             # bindings per transaction: one fsync per batch
 CSV_COLUMNS = ("mode", "a", "b", "x", "ttl", "tenant")
+_PROGRESS_LINES = 512           # look at the clock once per this many lines
 _SHOWN_REJECTS = 20             # rejected lines listed on stderr; --rejects has them all
 
 
@@ -193,38 +195,33 @@ def _request(row: dict[str, Any]) -> BindingRequest:
                           _text(row.get("tenant"), "tenant"))
 
 
-class _Counted(Iterator[str]):
-    """Text lines from a binary stream, counting bytes for the progress bar."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.done = 0
-
-    def __iter__(self) -> _Counted:
-        return self
-
-    def __next__(self) -> str:
-        line = self.raw.readline()
-        if not line:
-            raise StopIteration
-        self.done += len(line)
-        return line.decode("utf-8-sig" if self.done == len(line) else "utf-8")
+def _csv_request(cells: list[str]) -> BindingRequest:
+    # The usual shape (mode,a,b,x,ttl,tenant by position) without building a dict per line.
+    mode, a, b, x, ttl, tenant = (c.strip() for c in cells)
+    if not mode:
+        raise _Rejected("mode", "required")
+    return BindingRequest(mode.lower(), a, b or None, x or None, _ttl_of(ttl), tenant or None)
 
 
-def _rows(lines: _Counted, fmt: str) -> Iterator[tuple[int, dict[str, Any] | _Rejected]]:
+def _rows(text: IO[str], fmt: str) -> Iterator[tuple[int, BindingRequest | _Rejected]]:
+    """Line number and request (or why the line cannot be one), blank lines skipped."""
     if fmt == "jsonl":
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(text, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(row)
             except ValueError:
                 yield number, _Rejected("line", "not a JSON object")
                 continue
-            yield number, row if isinstance(row, dict) else _Rejected("line",
-                                                                      "not a JSON object")
+            try:
+                yield number, _request(row)
+            except _Rejected as exc:
+                yield number, exc
         return
-    reader = csv.reader(lines)
+    reader = csv.reader(text)
     columns: tuple[str, ...] = CSV_COLUMNS
     for cells in reader:
         number = reader.line_num
@@ -236,7 +233,13 @@ def _rows(lines: _Counted, fmt: str) -> Iterator[tuple[int, dict[str, Any] | _Re
         if len(cells) > len(columns):
             yield number, _Rejected("line", f"more than {len(columns)} columns")
             continue
-        yield number, dict(zip(columns, cells, strict=False))
+        try:
+            if columns == CSV_COLUMNS and len(cells) == len(CSV_COLUMNS):
+                yield number, _csv_request(cells)
+            else:
+                yield number, _request(dict(zip(columns, cells, strict=False)))
+        except _Rejected as exc:
+            yield number, exc
 
 
 class _Progress:
@@ -277,22 +280,39 @@ def import_file(args: argparse.Namespace, config: Config) -> int:
     total = None
     if args.file != "-":
         total = os.fstat(raw.fileno()).st_size or None
+    # newline="" as the csv module asks; utf-8-sig drops the BOM spreadsheets write.
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     rejects_out: IO[str] | None = None
-    if args.rejects:
-        rejects_out = open(args.rejects, "w", encoding="utf-8")   # noqa: SIM115
     try:
-        return _with_store(config, lambda store: _import(store, args, config, raw, fmt,
-                                                         total, rejects_out))
+        if args.rejects:
+            rejects_out = open(args.rejects, "w", encoding="utf-8")   # noqa: SIM115
+        return _with_store(config, lambda store: _import(store, args, config, text, raw,
+                                                         fmt, total, rejects_out))
+    except OSError as exc:
+        _err(f"rejects: {exc.strerror or exc}: {args.rejects}")
+        return EXIT_USAGE
+    except UnicodeDecodeError as exc:
+        # Batches before this point are committed; say where the text went bad.
+        _err(f"file: not UTF-8 text (byte {exc.start} of a read chunk); earlier lines "
+             "were imported")
+        return EXIT_REFUSED
     finally:
+        text.detach()   # leave standard input open; a file is closed just below
         if raw is not sys.stdin.buffer:
             raw.close()
         if rejects_out is not None:
             rejects_out.close()
 
 
-def _import(store: LmdbStore, args: argparse.Namespace, config: Config, raw: IO[bytes],
-            fmt: str, total: int | None, rejects_out: IO[str] | None) -> int:
-    lines = _Counted(raw)
+def _position(raw: IO[bytes]) -> int:
+    try:
+        return raw.tell()   # bytes read so far (by the buffer: close enough for a bar)
+    except OSError:
+        return 0            # a pipe has no position
+
+
+def _import(store: LmdbStore, args: argparse.Namespace, config: Config, text: IO[str],
+            raw: IO[bytes], fmt: str, total: int | None, rejects_out: IO[str] | None) -> int:
     progress = _Progress(sys.stderr, total)
     rejected: list[ImportOutcome] = []
     imported = seen = 0
@@ -300,16 +320,14 @@ def _import(store: LmdbStore, args: argparse.Namespace, config: Config, raw: IO[
 
     def requests() -> Iterator[tuple[int, BindingRequest]]:
         nonlocal seen
-        for number, row in _rows(lines, fmt):
+        for number, row in _rows(text, fmt):
             seen += 1
             if isinstance(row, _Rejected):
                 rejected.append(ImportOutcome(number, field=row.field, reason=row.reason))
-                continue
-            try:
-                yield number, _request(row)
-            except _Rejected as exc:
-                rejected.append(ImportOutcome(number, field=exc.field, reason=exc.reason))
-            progress.update(lines.done, seen)
+            else:
+                yield number, row
+            if seen % _PROGRESS_LINES == 0:
+                progress.update(_position(raw), seen)
 
     for outcome in store.create_many(requests(), actor="import", batch=IMPORT_BATCH,
                                      default_tenant=_default_tenant(args, config)):
@@ -317,7 +335,7 @@ def _import(store: LmdbStore, args: argparse.Namespace, config: Config, raw: IO[
             imported += 1
         else:
             rejected.append(outcome)
-    progress.update(lines.done, seen, final=True)
+    progress.update(total or _position(raw), seen, final=True)
     rejected.sort(key=lambda o: o.line)
     if rejects_out is not None:
         for o in rejected:

@@ -198,3 +198,12 @@ def test_import_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
         os.close(primary)
     assert result.returncode == 0 and json.loads(result.stdout)["imported"] == 1
     assert b"\r[" in shown and b"100%" in shown and b"import:" not in shown
+
+
+def test_import_of_text_that_is_not_utf8_stops_with_a_reason(sipmask: Run,
+                                                             tmp_path: Path) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_bytes(b"axn,13800000001,,,,\n\xff\xfe\n")
+    result = sipmask("import", str(data))
+    assert result.returncode == 1
+    assert result.stderr.startswith("sipmask: file: not UTF-8 text")
