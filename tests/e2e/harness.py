@@ -100,7 +100,6 @@ def wait_ready(proc: subprocess.Popen[str], bind: tuple[str, int], limit: float)
 def run_pair(workdir: Path, call_uri: str, *, caller_number: str, callee_number: str,
              duration: float = 2.0, timeout: float = 15.0) -> Pair:
     """Start the callee, run the caller against `call_uri`, return both results."""
-    workdir.mkdir(parents=True, exist_ok=True)
     caller_bind = (CALLER_IP, free_port(CALLER_IP))
     callee_bind = (CALLEE_IP, free_port(CALLEE_IP))
     return run_pair_at(workdir, call_uri, caller_bind, callee_bind,
@@ -111,6 +110,7 @@ def run_pair(workdir: Path, call_uri: str, *, caller_number: str, callee_number:
 def run_pair_at(workdir: Path, call_uri: str, caller_bind: tuple[str, int],
                 callee_bind: tuple[str, int], *, caller_number: str, callee_number: str,
                 duration: float = 2.0, timeout: float = 15.0) -> Pair:
+    workdir.mkdir(parents=True, exist_ok=True)
     callee_wav, caller_wav = workdir / "callee.wav", workdir / "caller.wav"
     callee = subprocess.Popen(
         endpoint_args("callee", callee_bind, callee_number, CALLEE_TONE, callee_wav, timeout),
@@ -127,7 +127,7 @@ def run_pair_at(workdir: Path, call_uri: str, caller_bind: tuple[str, int],
         # A caller that failed will bring no BYE: stop the callee (SIGTERM makes it print
         # what it saw) instead of waiting out its deadline.
         try:
-            out, err = callee.communicate(timeout=timeout + 10 if caller_done.ok else 3)
+            out, err = callee.communicate(timeout=timeout + 10 if caller_done.ok else 1)
         except subprocess.TimeoutExpired:
             callee.terminate()
             out, err = callee.communicate(timeout=10)

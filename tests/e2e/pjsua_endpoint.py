@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -116,6 +117,8 @@ class EndpointCall(pj.Call):  # type: ignore[misc]
         self.runner.outcome.rtp_local = transport.localRtpName
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        # A final failure response ends the session before onCallTsxState would see it.
+        self.note_received(prm.e)
         self.note_info()
         info = self.getInfo()
         self.runner.outcome.states.append(info.stateText)
@@ -124,11 +127,17 @@ class EndpointCall(pj.Call):  # type: ignore[misc]
         if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.disconnected = True
 
-    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
-        event = prm.e
+    def note_received(self, event: pj.SipEvent) -> None:
+        """Keep the text of a message received for this call (once, though both the call
+        state and the transaction state callbacks may carry it)."""
         if event.type == pj.PJSIP_EVENT_TSX_STATE and \
                 event.body.tsxState.type == pj.PJSIP_EVENT_RX_MSG:
-            self.runner.outcome.received.append(event.body.tsxState.src.rdata.wholeMsg)
+            text = event.body.tsxState.src.rdata.wholeMsg
+            if text not in self.runner.outcome.received:
+                self.runner.outcome.received.append(text)
+
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
+        self.note_received(prm.e)
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         info = self.getInfo()
@@ -362,6 +371,8 @@ def main(argv: list[str]) -> None:
                 runner.finish()
         line = known.line(ok=False, error=error, trace=traceback.format_exc(limit=5))
     os.write(result_fd, (line + "\n").encode())
+    # pjlib writes its log file through stdio buffers that os._exit would drop.
+    ctypes.CDLL(None).fflush(None)
     # A Call alive at libDestroy aborts the process (TESTING.md): leave without it.
     os._exit(status)
 
