@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import secrets
@@ -350,6 +351,7 @@ async def serve(config: Config) -> int:
         return EXIT_FAILED
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    freezer = GcFreezer(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"sipmask listening on {', '.join(urls)}", flush=True)
@@ -359,6 +361,7 @@ async def serve(config: Config) -> int:
     finally:
         # Draining calls comes with the B2BUA; for now stop listening and leave.
         server.close()
+        freezer.close()
         if admin is not None:
             await admin.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -374,6 +377,36 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+GC_FREEZE_INTERVAL = 1.0
+
+
+class GcFreezer:
+    """Keeps the cyclic garbage collector's pauses short under load.
+
+    Every live transaction (Timer J keeps each one for 64*T1 = 32 s on UDP) holds a dozen
+    container objects, so at a few thousand requests a second the collector tracks close to
+    a million of them and a full collection stalls the loop for a second or more: UDP peers
+    retransmit and load collapses (measured: bench/options_load.py, README). Every second the
+    survivors are moved out of the collector's sight (gc.freeze); reference counting still
+    frees them when their transaction ends (nothing on the request path forms cycles; see
+    tests/integration/test_serve.py), and young cycles are still collected as usual."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 interval: float = GC_FREEZE_INTERVAL) -> None:
+        self.loop = loop
+        self.interval = interval
+        gc.collect()
+        gc.freeze()
+        self._handle = loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        gc.freeze()
+        self._handle = self.loop.call_later(self.interval, self._tick)
+
+    def close(self) -> None:
+        self._handle.cancel()
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

@@ -7,6 +7,7 @@ SIGTERM are the observable record of what it dropped and answered.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import socket
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from sipmask.config import loader
 from sipmask.config.schema import Endpoint
+from sipmask.server import SipServer
 from sipmask.sip.message import Response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.transport.counters import SipCounters
@@ -419,3 +422,41 @@ def test_tcp_connection_limit_from_config(serve) -> None:  # type: ignore[no-unt
             assert second.recv(100) == b""  # over the limit: closed without a word
     counters = proc.counters()
     assert counters["tcp_refused"] == 1 and counters["tcp_accepted"] == 1
+
+
+def test_ended_transactions_are_freed_without_the_cycle_collector() -> None:
+    """GcFreezer hides survivors from the cycle collector; that is only safe while what a
+    request leaves behind is freed by reference counting alone when its transaction ends."""
+    config = loader.loads("", [f"sip.listen=[udp://{LOOPBACK}:{free_port()}]",
+                               "sip.timers.t1_ms=1", "api.listen=null"])
+
+    async def scenario() -> tuple[int, int, int]:
+        server = SipServer(config)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind((LOOPBACK, 0))
+        client.setblocking(False)
+        gc.collect()
+        gc.freeze()
+        before = gc.get_freeze_count()
+        try:
+            for i in range(500):
+                request = options_request(server.udp[0].local, local=client.getsockname(),
+                                          branch=f"z9hG4bKgc{i}")
+                await loop.sock_sendto(client, request, server.udp[0].local)
+                await loop.sock_recv(client, 65535)
+            live = len(server.core)
+            gc.freeze()   # what GcFreezer does every second
+            await asyncio.sleep(0.3)   # Timer J = 64 ms ends every transaction
+            return live, gc.get_freeze_count() - before, len(server.core)
+        finally:
+            gc.unfreeze()
+            client.close()
+            server.close()
+            await asyncio.sleep(0.05)
+
+    live, left, after = asyncio.run(scenario())
+    assert live > 0 and after == 0
+    # Per transaction about a dozen objects were frozen; all of them must be gone again.
+    assert left < 200, f"{left} frozen objects outlived their transactions"
