@@ -388,7 +388,7 @@ class GcFreezer:
     Every live transaction (Timer J keeps each one for 64*T1 = 32 s on UDP) holds a dozen
     container objects, so at a few thousand requests a second the collector tracks close to
     a million of them and a full collection stalls the loop for a second or more: UDP peers
-    retransmit and load collapses (measured: bench/options_load.py, README). Every second the
+    retransmit and load collapses (bench/options_load.py at 2,000/s). Every second the
     survivors are moved out of the collector's sight (gc.freeze); reference counting still
     frees them when their transaction ends (nothing on the request path forms cycles; see
     tests/integration/test_serve.py), and young cycles are still collected as usual."""
