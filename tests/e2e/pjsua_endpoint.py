@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import math
 import os
@@ -37,9 +38,10 @@ import sys
 import time
 import traceback
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pjsua2 as pj
 
@@ -85,6 +87,22 @@ class Outcome:
         return json.dumps({**self.__dict__, **extra})
 
 
+Callback = TypeVar("Callback", bound=Callable[..., None])
+
+
+def guarded(callback: Callback) -> Callback:
+    """An exception must not cross a SWIG director back into C++ (it aborts the process):
+    keep the first one on the runner, whose polling loop raises it."""
+    @functools.wraps(callback)
+    def wrapper(self: Any, *args: Any) -> None:
+        try:
+            callback(self, *args)
+        except Exception as exc:
+            if self.runner.failure is None:
+                self.runner.failure = exc
+    return wrapper  # type: ignore[return-value]
+
+
 class EndpointCall(pj.Call):  # type: ignore[misc]
     """A call that wires tone and recorder once media is active and notes what it sees."""
 
@@ -116,6 +134,7 @@ class EndpointCall(pj.Call):  # type: ignore[misc]
         self.runner.outcome.rtp_remote = stream.remoteRtpAddress
         self.runner.outcome.rtp_local = transport.localRtpName
 
+    @guarded
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         # A final failure response ends the session before onCallTsxState would see it.
         self.note_received(prm.e)
@@ -136,9 +155,11 @@ class EndpointCall(pj.Call):  # type: ignore[misc]
             if text not in self.runner.outcome.received:
                 self.runner.outcome.received.append(text)
 
+    @guarded
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
         self.note_received(prm.e)
 
+    @guarded
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         info = self.getInfo()
         for index, media in enumerate(info.media):
@@ -158,6 +179,7 @@ class EndpointAccount(pj.Account):  # type: ignore[misc]
         super().__init__()
         self.runner = runner
 
+    @guarded
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         call = EndpointCall(self.runner, self, prm.callId)
         self.runner.outcome.received.append(prm.rdata.wholeMsg)
@@ -183,6 +205,7 @@ class Runner:
         self.extra_calls: list[EndpointCall] = []
         self.answer_at: float | None = None
         self.deadline = time.monotonic() + args.timeout
+        self.failure: Exception | None = None
         host, _, port = args.bind.rpartition(":")
         self.host, self.port = host, int(port)
         self.ep = pj.Endpoint()
@@ -245,9 +268,15 @@ class Runner:
         cfg.natConfig.viaRewriteUse = 0
         return cfg
 
+    def handle_events(self) -> None:
+        self.ep.libHandleEvents(10)
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
     def poll(self, until: float) -> None:
         while time.monotonic() < until:
-            self.ep.libHandleEvents(10)
+            self.handle_events()
 
     def wait_for(self, what: str, done: Any, limit: float | None = None) -> None:
         """Poll until `done()` or the deadline; a timeout raises with `what` in the text."""
@@ -255,7 +284,7 @@ class Runner:
         while not done():
             if time.monotonic() >= end:
                 raise TimeoutError(f"timed out waiting for {what}")
-            self.ep.libHandleEvents(10)
+            self.handle_events()
 
     def run_caller(self) -> None:
         call = EndpointCall(self, self.account)

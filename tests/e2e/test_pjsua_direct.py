@@ -7,11 +7,13 @@ does find the far party's number and address when nothing masks them.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 from tests.e2e.goertzel import dominant_tone, rms, tone_powers
 from tests.e2e.harness import (
     CALLEE_IP,
@@ -19,6 +21,8 @@ from tests.e2e.harness import (
     CALLER_IP,
     CALLER_TONE,
     TONES,
+    endpoint_args,
+    parse_line,
     run_pair_at,
 )
 
@@ -68,3 +72,21 @@ def test_direct_call_exposes_what_sipmask_must_hide(tmp_path: Path) -> None:
     # The received messages are really there (INVITE at the callee, responses at the caller).
     assert any(m.startswith("INVITE ") for m in pair.callee.data["received"])
     assert any(m.startswith("SIP/2.0 200") for m in pair.caller.data["received"])
+
+
+def test_endpoint_that_gets_no_answer_exits_with_a_json_error(tmp_path: Path) -> None:
+    """Timeouts everywhere: a caller whose INVITE goes nowhere stops at its deadline with
+    exit status 1 and one JSON line saying what it waited for."""
+    caller_bind = (CALLER_IP, free_port(CALLER_IP))
+    nobody = free_port(CALLEE_IP)
+    started = time.monotonic()
+    result = subprocess.run(
+        [*endpoint_args("caller", caller_bind, A, CALLER_TONE, tmp_path / "a.wav", timeout=2),
+         "--call", f"sip:{B}@{CALLEE_IP}:{nobody}"],
+        capture_output=True, text=True, cwd=REPO, timeout=20)
+    seen = parse_line("caller", result.returncode, result.stdout, result.stderr,
+                      tmp_path / "a.wav.log")
+    assert result.returncode == 1 and not seen.ok, seen.report()
+    assert "timed out waiting for the call to be answered" in seen.data["error"]
+    assert seen.data["states"] == ["CALLING"]
+    assert time.monotonic() - started < 10
