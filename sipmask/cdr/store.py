@@ -13,6 +13,7 @@ from typing import Protocol
 
 from sipmask.cdr.record import Cdr
 from sipmask.store.lmdb import LmdbStore
+from sipmask.store.rules import Txn
 
 DB = "cdrs"
 
@@ -37,13 +38,13 @@ class CdrLog:
         store.db(DB)
 
     def write(self, cdr: Cdr) -> None:
-        self.store._write(lambda txn: txn.put(DB, _key(cdr), cdr.encode()))
+        self.store.write(lambda txn: txn.put(DB, _key(cdr), cdr.encode()))
 
     def list(self, since: float | None = None, tenant: str | None = None,
              limit: int | None = None) -> list[Cdr]:
-        def run(txn: object) -> list[Cdr]:
+        def run(txn: Txn) -> list[Cdr]:
             out: list[Cdr] = []
-            for _key, value in txn.scan(DB, _since_key(since)):  # type: ignore[attr-defined]
+            for _key, value in txn.scan(DB, _since_key(since)):
                 cdr = Cdr.decode(value)
                 if tenant is not None and cdr.tenant != tenant:
                     continue
@@ -51,7 +52,7 @@ class CdrLog:
                 if limit is not None and len(out) >= limit:
                     break
             return out
-        return self.store._read(run)
+        return self.store.read(run)
 
     def count(self) -> int:
         with self.store.env.begin() as txn:
