@@ -97,19 +97,16 @@ def wait_ready(proc: subprocess.Popen[str], bind: tuple[str, int], limit: float)
     raise AssertionError(f"callee on {bind} did not answer OPTIONS within {limit} s")
 
 
-def run_pair(workdir: Path, call_uri: str, *, caller_number: str, callee_number: str,
-             duration: float = 2.0, timeout: float = 15.0) -> Pair:
-    """Start the callee, run the caller against `call_uri`, return both results."""
-    caller_bind = (CALLER_IP, free_port(CALLER_IP))
-    callee_bind = (CALLEE_IP, free_port(CALLEE_IP))
-    return run_pair_at(workdir, call_uri, caller_bind, callee_bind,
-                       caller_number=caller_number, callee_number=callee_number,
-                       duration=duration, timeout=timeout)
+def endpoint_binds() -> tuple[tuple[str, int], tuple[str, int]]:
+    """Free SIP addresses for the caller (127.0.0.2) and the callee (127.0.0.3)."""
+    return (CALLER_IP, free_port(CALLER_IP)), (CALLEE_IP, free_port(CALLEE_IP))
 
 
-def run_pair_at(workdir: Path, call_uri: str, caller_bind: tuple[str, int],
+def run_pair(workdir: Path, call_uri: str, caller_bind: tuple[str, int],
                 callee_bind: tuple[str, int], *, caller_number: str, callee_number: str,
                 duration: float = 2.0, timeout: float = 15.0) -> Pair:
+    """Start the callee at `callee_bind`, run the caller from `caller_bind` against
+    `call_uri` for `duration` seconds of call, return what both saw."""
     workdir.mkdir(parents=True, exist_ok=True)
     callee_wav, caller_wav = workdir / "callee.wav", workdir / "caller.wav"
     callee = subprocess.Popen(

@@ -22,19 +22,20 @@ from tests.e2e.harness import (
     CALLER_TONE,
     TONES,
     endpoint_args,
+    endpoint_binds,
     parse_line,
-    run_pair_at,
+    run_pair,
 )
 
-pjsua2 = pytest.importorskip("pjsua2")
+pytest.importorskip("pjsua2")
 pytestmark = pytest.mark.pjsua
 
 A, B = "13800000001", "13900000002"
 
 
 def test_direct_call_each_side_hears_the_other(tmp_path: Path) -> None:
-    caller_bind, callee_bind = (CALLER_IP, free_port(CALLER_IP)), (CALLEE_IP, free_port(CALLEE_IP))
-    pair = run_pair_at(tmp_path, f"sip:{B}@{callee_bind[0]}:{callee_bind[1]}",
+    caller_bind, callee_bind = endpoint_binds()
+    pair = run_pair(tmp_path, f"sip:{B}@{callee_bind[0]}:{callee_bind[1]}",
                        caller_bind, callee_bind, caller_number=A, callee_number=B)
     assert pair.caller.ok and pair.callee.ok, pair.report()
     assert pair.caller.data["last_status"] == 200, pair.report()
@@ -61,8 +62,8 @@ def test_direct_call_each_side_hears_the_other(tmp_path: Path) -> None:
 def test_direct_call_exposes_what_sipmask_must_hide(tmp_path: Path) -> None:
     """The privacy assertions of the masked test fire on an unmasked call: each side's
     identity text carries the other's number and address."""
-    caller_bind, callee_bind = (CALLER_IP, free_port(CALLER_IP)), (CALLEE_IP, free_port(CALLEE_IP))
-    pair = run_pair_at(tmp_path, f"sip:{B}@{callee_bind[0]}:{callee_bind[1]}",
+    caller_bind, callee_bind = endpoint_binds()
+    pair = run_pair(tmp_path, f"sip:{B}@{callee_bind[0]}:{callee_bind[1]}",
                        caller_bind, callee_bind, caller_number=A, callee_number=B,
                        duration=0.5)
     assert pair.caller.ok and pair.callee.ok, pair.report()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, REPO, ServeProcess, free_port
+from tests.conftest import LOOPBACK, REPO, ServeProcess
 from tests.e2e.goertzel import dominant_tone, tone_powers
 from tests.e2e.harness import (
     CALLEE_IP,
@@ -28,10 +28,11 @@ from tests.e2e.harness import (
     CALLER_TONE,
     TONES,
     Pair,
-    run_pair_at,
+    endpoint_binds,
+    run_pair,
 )
 
-pjsua2 = pytest.importorskip("pjsua2")
+pytest.importorskip("pjsua2")
 pytestmark = pytest.mark.pjsua
 
 A, B, X = "13800000001", "13900000002", "700100000000001"
@@ -83,14 +84,14 @@ def test_masked_call_media_and_identities(serve: Callable[..., ServeProcess],
                                           tmp_path: Path) -> None:
     store = tmp_path / "e2e.lmdb"
     first, last = free_port_range(MEDIA_PORTS)
-    caller_bind, callee_bind = (CALLER_IP, free_port(CALLER_IP)), (CALLEE_IP, free_port(CALLEE_IP))
+    caller_bind, callee_bind = endpoint_binds()
     cli(store, "bind", "axb", "--a", A, "--b", B, "--x", X, "--ttl", "0")
     server = serve("--set", f"store.path={store}",
                    "--set", f"trunks.carrier.outbound=udp://{callee_bind[0]}:{callee_bind[1]}",
                    "--set", f"media.address={LOOPBACK}",
                    "--set", f"media.ports={first}-{last}")
 
-    pair = run_pair_at(tmp_path / "call", f"sip:{X}@{LOOPBACK}:{server.port}",
+    pair = run_pair(tmp_path / "call", f"sip:{X}@{LOOPBACK}:{server.port}",
                        caller_bind, callee_bind, caller_number=A, callee_number=B)
     refusal = rejected_by_server(pair)
     if refusal is not None:
