@@ -1,0 +1,257 @@
+"""The HTTP admin API (CONTRACT.md "HTTP API") on aiohttp.
+
+`create_app` builds the application over a store; `start_api` binds `config.api.listen`
+and returns the running AppRunner (`await runner.cleanup()` stops it and its writer thread;
+close the store after that). Reads (get, list, CDRs) call the store in the handler: an LMDB
+read is microseconds and sees the last commit of any process. Writes go through
+api/writer.py, off the event loop, because each commit waits for an fsync.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import prometheus_client
+from aiohttp import web
+
+from sipmask.api import inputs
+from sipmask.api.auth import TokenTable
+from sipmask.api.inputs import ApiError
+from sipmask.api.openapi import DOCUMENT
+from sipmask.api.writer import ACTOR, BindingWriter
+from sipmask.config.schema import Config, HostPort
+from sipmask.errors import RecordNotFound, RefusedError, StoreError
+from sipmask.observability.logging import get_logger
+from sipmask.store.base import BindingStore
+
+log = get_logger("sipmask.api")
+
+# Paths anyone may read: liveness for load balancers, Prometheus scrapes, the API's own
+# description. None of them carries a number.
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+
+
+class CdrSource(Protocol):
+    def __call__(self, tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+        ...
+
+
+@dataclass(slots=True)
+class ApiState:
+    store: BindingStore
+    tokens: TokenTable
+    writer: BindingWriter
+    metrics_text: Callable[[], bytes]
+    cdr_source: CdrSource | None
+
+
+STATE = web.AppKey("sipmask_api", ApiState)
+# The tenant the request's token names (set by auth_middleware; aiohttp >= 3.14 keys).
+TENANT = web.RequestKey("sipmask_tenant", str)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, field: str, message: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """CONTRACT's error body: {"error": {"field": …, "message": …}}."""
+    return web.json_response({"error": {"field": field, "message": message}},
+                             status=status, headers=headers)
+
+
+# aiohttp raises these for requests that match no route or method, or whose body is too
+# large; the field names what the client got wrong.
+_HTTP_FIELDS = {404: "path", 405: "method", 413: "body"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.field, exc.message, exc.headers)
+    except RefusedError as exc:
+        # 422 for rule refusals; ConflictError and PoolExhausted carry 409.
+        return error_response(exc.http_status, exc.field, exc.message)
+    except RecordNotFound as exc:
+        return error_response(404, "id" if exc.what == "binding" else exc.what,
+                              f"no such {exc.what}")
+    except StoreError as exc:
+        log.error("api.store_failed", path=request.path, error=str(exc))
+        return error_response(503, "store", "the store is unavailable; try again")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, _HTTP_FIELDS.get(exc.status, "request"),
+                              exc.reason.lower(), headers)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC_PATHS:
+        tenants = request.app[STATE].tokens
+        request[TENANT] = tenants.tenant_for(request.headers.get("Authorization"))
+    return await handler(request)
+
+
+async def _body(request: web.Request) -> bytes:
+    # Refuse a declared oversize body before reading it; read() enforces the same limit
+    # (client_max_size) on chunked bodies.
+    if request.content_length is not None and request.content_length > inputs.MAX_BODY_BYTES:
+        raise ApiError(413, "body", f"larger than {inputs.MAX_BODY_BYTES} bytes")
+    return await request.read()
+
+
+# -- bindings -------------------------------------------------------------------------------
+async def create_binding(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    wanted = inputs.create_request(await _body(request), request[TENANT])
+    binding = await state.writer.create(wanted)
+    return web.json_response(binding.to_json(), status=201,
+                             headers={"Location": f"/v1/bindings/{binding.id}"})
+
+
+async def get_binding(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    binding_id = inputs.binding_id(request.match_info["id"])
+    return web.json_response(state.store.get(binding_id, tenant=request[TENANT]).to_json())
+
+
+async def delete_binding(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    binding_id = inputs.binding_id(request.match_info["id"])
+    tenant = request[TENANT]
+    await state.writer.run(lambda: state.store.delete(binding_id, tenant=tenant, actor=ACTOR))
+    return web.Response(status=204)
+
+
+async def patch_binding(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    binding_id = inputs.binding_id(request.match_info["id"])
+    ttl = inputs.patch_ttl(await _body(request))
+    tenant = request[TENANT]
+    binding = await state.writer.run(
+        lambda: state.store.update_ttl(binding_id, ttl, tenant=tenant, actor=ACTOR))
+    return web.json_response(binding.to_json())
+
+
+async def list_bindings(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    query = inputs.list_query(request.query)
+    found = state.store.list(tenant=request[TENANT], x=query.x, limit=query.limit)
+    return web.json_response([b.to_json() for b in found])
+
+
+# -- CDRs, health, metrics, description -----------------------------------------------------
+async def list_cdrs(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    query = inputs.cdr_query(request.query)
+    if state.cdr_source is None:
+        return web.json_response([])
+    # Filtered by the token's tenant: real numbers in CDRs are visible only to their tenant.
+    return web.json_response(state.cdr_source(request[TENANT], query.since, query.limit))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        state.store.tenants()
+    except StoreError:
+        return error_response(503, "store", "the store cannot be read")
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics_text()
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT)
+
+
+def _default_metrics() -> bytes:
+    return prometheus_client.generate_latest(prometheus_client.REGISTRY)
+
+
+def create_app(config: Config, store: BindingStore, *,
+               metrics_text: Callable[[], bytes] | None = None,
+               cdr_source: CdrSource | None = None) -> web.Application:
+    """The API over `store`, tokens from `config.tenants`. Tests and `sipmask serve` call it."""
+    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+                          client_max_size=inputs.MAX_BODY_BYTES)
+    writer = BindingWriter(store)
+    app[STATE] = ApiState(store=store, tokens=TokenTable.from_tenants(config.tenants),
+                          writer=writer, metrics_text=metrics_text or _default_metrics,
+                          cdr_source=cdr_source)
+    app.router.add_post("/v1/bindings", create_binding)
+    app.router.add_get("/v1/bindings", list_bindings, allow_head=False)
+    app.router.add_get("/v1/bindings/{id}", get_binding, allow_head=False)
+    app.router.add_delete("/v1/bindings/{id}", delete_binding)
+    app.router.add_patch("/v1/bindings/{id}", patch_binding)
+    app.router.add_get("/v1/cdrs", list_cdrs, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)
+
+    async def stop_writer(_app: web.Application) -> None:
+        await writer.close()
+    app.on_cleanup.append(stop_writer)
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False     # a name we do not resolve here: assume it may be public
+
+
+def warn_if_public(config: Config, listen: HostPort) -> bool:
+    """Warn (and say so) when a non-loopback API still accepts the sample config's token."""
+    if _is_loopback(listen.host):
+        return False
+    demo = TokenTable.from_tenants(config.tenants).demo_tokens()
+    if demo:
+        log.warning("api.public_with_demo_token", listen=str(listen), tenants=demo,
+                    hint="set tenants.<name>.token to a secret before exposing the API")
+    return bool(demo)
+
+
+async def start_api(config: Config, store: BindingStore, *,
+                    metrics_text: Callable[[], bytes] | None = None,
+                    cdr_source: CdrSource | None = None) -> web.AppRunner | None:
+    """Serve the API on `config.api.listen`; None when the API is off (listen: null).
+
+    OSError (address in use, no permission) reaches the caller, which names it and exits.
+    """
+    listen = config.api.listen
+    if listen is None:
+        return None
+    app = create_app(config, store, metrics_text=metrics_text, cdr_source=cdr_source)
+    warn_if_public(config, listen)
+    # No access log: query strings may carry numbers, and the audit log already records
+    # every write with its actor.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("api.listening", listen=[f"{h}:{p}" for h, p, *_ in runner.addresses])
+    return runner
+
+
+def cdrs_from_log(cdr_log: Any) -> CdrSource:
+    """A CdrSource over cdr/store.CdrLog (anything with `list(since, tenant, limit)`)."""
+    def source(tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+        return [c.to_json() for c in cdr_log.list(since=since, tenant=tenant, limit=limit)]
+    return source

@@ -1,0 +1,173 @@
+"""What an API request may carry, checked for shape before the store checks the rules.
+
+Two kinds of "no": the request's *shape* is wrong (not JSON, a field of the wrong type, a
+field we do not know, a required field missing) → 400 here, naming the field; the request
+is well formed but a rule refuses it (a bad number, X not in the pool, a ttl out of range)
+→ the store raises RefusedError and its `http_status` answers (422 or 409). Keeping the two
+apart means a client can tell a bug in its own code from a business refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sipmask.cdr.record import parse_time
+from sipmask.errors import SipmaskError
+from sipmask.store.base import DEFAULT_TTL, BindingRequest
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_LIST_LIMIT = 1000
+MAX_CDR_LIMIT = 10000
+
+# Binding ids are 16 hex digits today (store/rules.py); anything far from that shape cannot
+# name a binding, and LMDB refuses empty keys and keys over 511 bytes, so such ids are
+# answered 404 before they reach the store.
+_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+_CREATE_FIELDS = ("mode", "a", "b", "x", "ttl", "tenant")
+
+
+class ApiError(SipmaskError):
+    """An HTTP-level refusal: the status, the input at fault and why (no number echoed)."""
+
+    def __init__(self, status: int, field: str, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        self.field = field
+        self.message = message
+        self.headers = dict(headers or {})
+        super().__init__(f"{status} {field}: {message}")
+
+
+def bad(field: str, message: str) -> ApiError:
+    return ApiError(400, field, message)
+
+
+def parse_json_object(body: bytes) -> dict[str, object]:
+    """The request body as a JSON object, or 400 naming `body`."""
+    if not body.strip():
+        raise bad("body", "a JSON object is required")
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        # json recurses per nesting level: 64 KiB of "[" would otherwise surface as a 500.
+        raise bad("body", "JSON nested too deeply") from None
+    except ValueError as exc:   # JSONDecodeError and UnicodeDecodeError alike
+        raise bad("body", f"not valid JSON: {exc.__class__.__name__}") from None
+    if not isinstance(value, dict):
+        raise bad("body", "must be a JSON object")
+    return value
+
+
+def _unknown(value: Mapping[str, object], allowed: tuple[str, ...]) -> None:
+    for key in value:
+        if key not in allowed:
+            # The key is the client's own text; cut it so an error never carries a payload.
+            raise bad(key[:64], "unknown field")
+
+
+def _string(value: Mapping[str, object], key: str, *, required: bool) -> str | None:
+    raw = value.get(key)
+    if raw is None:
+        if required:
+            raise bad(key, "required")
+        return None
+    if not isinstance(raw, str):
+        raise bad(key, "must be a string")
+    return raw
+
+
+def _ttl(raw: object) -> int:
+    # bool is an int subclass in Python; JSON true is not a number of seconds.
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise bad("ttl", "must be a whole number of seconds")
+    return raw
+
+
+def create_request(body: bytes, tenant: str) -> BindingRequest:
+    """POST /v1/bindings → a BindingRequest for the token's tenant.
+
+    `tenant` in the body is accepted only when it names the caller's own tenant: the token
+    decides the tenant, a body never picks another (CONTRACT "a tenant sees and binds only
+    its own").
+    """
+    value = parse_json_object(body)
+    _unknown(value, _CREATE_FIELDS)
+    mode = _string(value, "mode", required=True)
+    a = _string(value, "a", required=True)
+    b = _string(value, "b", required=False)
+    x = _string(value, "x", required=False)
+    ttl = _ttl(value["ttl"]) if value.get("ttl") is not None else DEFAULT_TTL
+    named = _string(value, "tenant", required=False)
+    if named is not None and named != tenant:
+        raise ApiError(403, "tenant", "a token acts for its own tenant only")
+    assert mode is not None and a is not None
+    return BindingRequest(mode=mode, a=a, b=b, x=x, ttl=ttl, tenant=tenant)
+
+
+def patch_ttl(body: bytes) -> int:
+    """PATCH /v1/bindings/{id} → the new ttl (0: no expiry; the store checks the range)."""
+    value = parse_json_object(body)
+    _unknown(value, ("ttl",))
+    if value.get("ttl") is None:
+        raise bad("ttl", "required")
+    return _ttl(value["ttl"])
+
+
+def binding_id(raw: str) -> str:
+    """A path id that cannot name a binding is a 404, like any other unknown id."""
+    if not _ID.fullmatch(raw):
+        raise ApiError(404, "id", "no such binding")
+    return raw
+
+
+def _query_only(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    for key in query:
+        if key not in allowed:
+            raise bad(key[:64], "unknown query parameter")
+
+
+def _limit(query: Mapping[str, str], default: int, most: int) -> int:
+    raw = query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise bad("limit", f"must be a whole number from 1 to {most}")
+    return int(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    x: str | None
+    limit: int
+
+
+def list_query(query: Mapping[str, str]) -> ListQuery:
+    """GET /v1/bindings?x=…&limit=… (both optional; the store normalises and checks x)."""
+    _query_only(query, ("x", "limit"))
+    x = query.get("x")
+    return ListQuery(x=x if x else None, limit=_limit(query, MAX_LIST_LIMIT, MAX_LIST_LIMIT))
+
+
+@dataclass(frozen=True, slots=True)
+class CdrQuery:
+    since: float | None
+    limit: int
+
+
+def cdr_query(query: Mapping[str, str]) -> CdrQuery:
+    """GET /v1/cdrs?since=…&limit=…; since is Unix seconds or ISO-8601 (UTC by default)."""
+    _query_only(query, ("since", "limit"))
+    since: float | None = None
+    raw = query.get("since")
+    if raw:
+        try:
+            since = parse_time(raw)
+        except (ValueError, OverflowError):
+            raise bad("since", "must be Unix seconds or an ISO-8601 time") from None
+        if since != since or since in (float("inf"), float("-inf")):   # NaN / inf
+            raise bad("since", "must be Unix seconds or an ISO-8601 time")
+    return CdrQuery(since=since, limit=_limit(query, 1000, MAX_CDR_LIMIT))

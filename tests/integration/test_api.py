@@ -1,0 +1,448 @@
+"""The HTTP admin API over real loopback HTTP, on a real LMDB store (CONTRACT "HTTP API").
+
+One server for the module runs in a thread with its own event loop; tests speak plain HTTP
+to it with http.client, and look at the same LMDB environment directly where the API's
+effect must be checked (audit actor, tenant of a record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sipmask.api import cdrs_from_log, start_api
+from sipmask.api.app import STATE, warn_if_public
+from sipmask.api.openapi import DOCUMENT
+from sipmask.cdr.record import Cdr
+from sipmask.cdr.store import CdrLog
+from sipmask.config.schema import (
+    ApiConfig,
+    Config,
+    HostPort,
+    NumberRange,
+    StoreConfig,
+    TenantConfig,
+)
+from sipmask.store.lmdb import LmdbStore, open_store
+
+A, B, C = "13800000001", "13900000002", "13700000003"
+DEMO_POOL = "700100000000000-700100000000999"
+OTHER_X = "700200000000001"
+TINY_X = "700300000000000"
+TOKENS = {"demo": "tok-demo", "other": "tok-other", "tiny": "tok-tiny"}
+
+
+def make_config(store_path: Path, listen: HostPort | None = HostPort("127.0.0.1", 0)) -> Config:
+    return Config(
+        api=ApiConfig(listen=listen),
+        store=StoreConfig(path=store_path),
+        tenants={
+            "demo": TenantConfig(TOKENS["demo"], (NumberRange.parse(DEMO_POOL),)),
+            "other": TenantConfig(TOKENS["other"],
+                                  (NumberRange.parse("700200000000000-700200000000099"),)),
+            "tiny": TenantConfig(TOKENS["tiny"], (NumberRange.parse(TINY_X),)),
+        },
+    )
+
+
+class ApiThread:
+    """`start_api` on its own event loop in a thread, stopped with the same cleanup
+    `sipmask serve` uses."""
+
+    def __init__(self, config: Config, store: LmdbStore) -> None:
+        self.config, self.store = config, store
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.runner: web.AppRunner | None = None
+        self.thread = threading.Thread(target=self._run, name="api-test", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.runner = self.loop.run_until_complete(
+                start_api(self.config, self.store, cdr_source=cdrs_from_log(CdrLog(self.store))))
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+            self.loop.close()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+        assert self.runner is not None
+        self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.close()
+
+    def start(self) -> ApiThread:
+        self.thread.start()
+        assert self.ready.wait(10), "API did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.runner is not None
+        return int(self.runner.addresses[0][1])
+
+    @property
+    def app(self) -> web.Application:
+        assert self.runner is not None
+        return self.runner.app
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    raw: bytes
+    body: Any = field(default=None)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiThread]:
+    config = make_config(tmp_path_factory.mktemp("api") / "store.lmdb")
+    store = open_store(config)
+    server = ApiThread(config, store).start()
+    yield server
+    server.stop()
+    store.close()
+
+
+def call(api: ApiThread, method: str, path: str, body: Any = None, *,
+         token: str | None = TOKENS["demo"], raw: bytes | None = None,
+         headers: dict[str, str] | None = None) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=data, headers=sent)
+        resp = conn.getresponse()
+        payload = resp.read()
+        reply = Reply(resp.status, resp.headers, payload)
+        if resp.headers.get_content_type() == "application/json" and payload:
+            reply.body = json.loads(payload)
+        return reply
+    finally:
+        conn.close()
+
+
+def assert_error(reply: Reply, status: int, field_name: str) -> str:
+    """CONTRACT's error shape, exactly: {"error": {"field": …, "message": …}}."""
+    assert reply.status == status, (reply.status, reply.raw)
+    assert isinstance(reply.body, dict) and set(reply.body) == {"error"}, reply.raw
+    assert set(reply.body["error"]) == {"field", "message"}, reply.raw
+    assert reply.body["error"]["field"] == field_name, reply.body
+    message = reply.body["error"]["message"]
+    assert isinstance(message, str) and message
+    return message
+
+
+def create(api: ApiThread, body: dict[str, Any], token: str = TOKENS["demo"]) -> dict[str, Any]:
+    reply = call(api, "POST", "/v1/bindings", body, token=token)
+    assert reply.status == 201, (reply.status, reply.raw)
+    out: dict[str, Any] = reply.body
+    return out
+
+
+# -- the binding lifecycle ------------------------------------------------------------------
+def test_create_get_list_patch_delete(api: ApiThread) -> None:
+    reply = call(api, "POST", "/v1/bindings", {"mode": "axb", "a": "+86 138-0000-0001",
+                                                "b": B, "ttl": 600})
+    assert reply.status == 201, reply.raw
+    made = reply.body
+    assert made["mode"] == "axb" and made["tenant"] == "demo"
+    assert (made["a"], made["b"]) == (A, B)               # normalised from +86 and dashes
+    assert made["x"].startswith("7001000000")             # allocated from demo's pool
+    assert made["expires_at_unix"] - made["created_at_unix"] == 600
+    assert reply.headers["Location"] == f"/v1/bindings/{made['id']}"
+
+    got = call(api, "GET", f"/v1/bindings/{made['id']}")
+    assert got.status == 200 and got.body == made
+
+    listed = call(api, "GET", f"/v1/bindings?x={made['x']}")
+    assert listed.status == 200 and made["id"] in [b["id"] for b in listed.body]
+    everything = call(api, "GET", "/v1/bindings?limit=1000")
+    assert made["id"] in [b["id"] for b in everything.body]
+
+    patched = call(api, "PATCH", f"/v1/bindings/{made['id']}", {"ttl": 0})
+    assert patched.status == 200 and patched.body["expires_at"] is None
+    patched = call(api, "PATCH", f"/v1/bindings/{made['id']}", {"ttl": 30})
+    assert 25 <= patched.body["expires_at_unix"] - time.time() <= 31
+
+    gone = call(api, "DELETE", f"/v1/bindings/{made['id']}")
+    assert gone.status == 204 and gone.raw == b""
+    assert_error(call(api, "GET", f"/v1/bindings/{made['id']}"), 404, "id")
+    assert_error(call(api, "DELETE", f"/v1/bindings/{made['id']}"), 404, "id")
+
+
+def test_writes_are_audited_as_api(api: ApiThread) -> None:
+    made = create(api, {"mode": "axn", "a": C})
+    entries = [e for e in api.store.audit(tenant="demo", limit=1000) if e.subject == made["id"]]
+    assert [(e.action, e.actor) for e in entries] == [("create", "api")]
+
+
+def test_bindings_written_outside_the_api_are_served_at_once(api: ApiThread) -> None:
+    # The CLI opens the same LMDB environment; the API's next read sees its commit.
+    made = api.store.create(mode="axb", tenant="demo", a="13600000006", b=B, actor="cli")
+    got = call(api, "GET", f"/v1/bindings/{made.id}")
+    assert got.status == 200 and got.body["x"] == made.x
+
+
+# -- rule refusals: 422 / 409, the field named ----------------------------------------------
+def test_rule_refusals_name_the_field(api: ApiThread) -> None:
+    message = assert_error(call(api, "POST", "/v1/bindings",
+                                {"mode": "axb", "a": "12345", "b": B}), 422, "a")
+    assert "12345" not in message
+    assert_error(call(api, "POST", "/v1/bindings",
+                      {"mode": "axb", "a": A, "b": B, "x": OTHER_X}), 422, "x")
+    assert_error(call(api, "POST", "/v1/bindings",
+                      {"mode": "axb", "a": A, "b": A}), 422, "b")
+    assert_error(call(api, "POST", "/v1/bindings",
+                      {"mode": "axz", "a": A, "b": B}), 422, "mode")
+    assert_error(call(api, "POST", "/v1/bindings",
+                      {"mode": "axb", "a": A, "b": B, "ttl": -1}), 422, "ttl")
+
+
+def test_conflict_on_the_same_x_is_409(api: ApiThread) -> None:
+    made = create(api, {"mode": "axb", "a": "13500000005", "b": B})
+    again = call(api, "POST", "/v1/bindings",
+                 {"mode": "axb", "a": "13500000005", "b": B, "x": made["x"]})
+    assert again.status == 409 and again.body["error"]["field"] in ("a", "b", "x")
+
+
+def test_exhausted_pool_is_409_on_x(api: ApiThread) -> None:
+    create(api, {"mode": "axn", "a": A}, token=TOKENS["tiny"])
+    assert_error(call(api, "POST", "/v1/bindings", {"mode": "axn", "a": C},
+                      token=TOKENS["tiny"]), 409, "x")
+
+
+# -- shape errors: 400 naming the field -----------------------------------------------------
+@pytest.mark.parametrize(("body", "field_name"), [
+    ({"mode": "axb", "a": 13800000001, "b": B}, "a"),
+    ({"mode": "axb", "a": A, "b": ["x"]}, "b"),
+    ({"mode": "axb", "a": A, "b": B, "ttl": "7200"}, "ttl"),
+    ({"mode": "axb", "a": A, "b": B, "ttl": True}, "ttl"),
+    ({"mode": "axb", "a": A, "b": B, "ttl": 1.5}, "ttl"),
+    ({"mode": "axb", "a": A, "b": B, "colour": "red"}, "colour"),
+    ({"a": A, "b": B}, "mode"),
+    ({"mode": "axb", "b": B}, "a"),
+])
+def test_malformed_create_is_400(api: ApiThread, body: dict[str, Any], field_name: str) -> None:
+    assert_error(call(api, "POST", "/v1/bindings", body), 400, field_name)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b'"axb"', b"\xff\xfe{}", b"[" * 60000])
+def test_unparseable_bodies_are_400_on_body(api: ApiThread, raw: bytes) -> None:
+    assert_error(call(api, "POST", "/v1/bindings", raw=raw), 400, "body")
+
+
+def test_malformed_patch_and_queries_are_400(api: ApiThread) -> None:
+    made = create(api, {"mode": "axb", "a": "13300000003", "b": B})
+    path = f"/v1/bindings/{made['id']}"
+    assert_error(call(api, "PATCH", path, {}), 400, "ttl")
+    assert_error(call(api, "PATCH", path, {"ttl": "60"}), 400, "ttl")
+    assert_error(call(api, "PATCH", path, {"ttl": 60, "a": A}), 400, "a")
+    assert_error(call(api, "PATCH", path, {"ttl": 10 ** 12}), 422, "ttl")
+    assert_error(call(api, "GET", "/v1/bindings?limit=0"), 400, "limit")
+    assert_error(call(api, "GET", "/v1/bindings?limit=ten"), 400, "limit")
+    assert_error(call(api, "GET", "/v1/bindings?tenant=other"), 400, "tenant")
+    assert_error(call(api, "GET", "/v1/bindings?x=12"), 422, "x")
+    assert_error(call(api, "GET", "/v1/cdrs?since=yesterday"), 400, "since")
+
+
+def test_method_path_and_size_errors_keep_the_shape(api: ApiThread) -> None:
+    reply = call(api, "PUT", "/v1/bindings/abc", {"ttl": 1})
+    assert_error(reply, 405, "method")
+    assert "PATCH" in reply.headers["Allow"]
+    assert_error(call(api, "GET", "/v1/nothing"), 404, "path")
+    assert_error(call(api, "GET", "/v1/bindings/" + "z" * 600), 404, "id")
+    big = json.dumps({"mode": "axb", "a": A, "b": B, "pad": "x" * 70000}).encode()
+    assert_error(call(api, "POST", "/v1/bindings", raw=big), 413, "body")
+
+
+def test_oversize_chunked_body_is_413(api: ApiThread) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        chunks = iter([b"{" + b" " * 40000, b" " * 40000 + b"}"])
+        conn.request("POST", "/v1/bindings", body=chunks, encode_chunked=True,
+                      headers={"Authorization": f"Bearer {TOKENS['demo']}",
+                               "Transfer-Encoding": "chunked"})
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert json.loads(resp.read())["error"]["field"] == "body"
+    finally:
+        conn.close()
+
+
+# -- authentication and tenant isolation ----------------------------------------------------
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Bearer wrong",
+                                    f"Basic {TOKENS['demo']}", f"Bearer {TOKENS['demo']}x",
+                                    "Bearer tök-demo"])
+def test_missing_or_wrong_token_is_401(api: ApiThread, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    for method, path in (("GET", "/v1/bindings"), ("POST", "/v1/bindings"),
+                         ("GET", "/v1/cdrs"), ("DELETE", "/v1/bindings/abc")):
+        reply = call(api, method, path, {"mode": "axn", "a": A}, token=None, headers=headers)
+        assert_error(reply, 401, "authorization")
+        assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_public_endpoints_need_no_token(api: ApiThread) -> None:
+    health = call(api, "GET", "/healthz", token=None)
+    assert health.status == 200 and health.body == {"status": "ok"}
+    metrics = call(api, "GET", "/metrics", token=None)
+    assert metrics.status == 200 and metrics.headers.get_content_type() == "text/plain"
+    assert b"# TYPE" in metrics.raw
+    assert call(api, "GET", "/openapi.json", token=None).status == 200
+
+
+def test_another_tenants_binding_is_404_and_untouched(api: ApiThread) -> None:
+    made = create(api, {"mode": "axb", "a": "13400000004", "b": B})
+    path = f"/v1/bindings/{made['id']}"
+    other = TOKENS["other"]
+    assert_error(call(api, "GET", path, token=other), 404, "id")
+    assert_error(call(api, "DELETE", path, token=other), 404, "id")
+    assert_error(call(api, "PATCH", path, {"ttl": 1}, token=other), 404, "id")
+    assert made["id"] not in [b["id"] for b in call(api, "GET", "/v1/bindings",
+                                                     token=other).body]
+    assert call(api, "GET", f"/v1/bindings?x={made['x']}", token=other).body == []
+    assert call(api, "GET", path).body == made                 # still there, unchanged
+
+
+def test_a_body_cannot_pick_another_tenant(api: ApiThread) -> None:
+    assert_error(call(api, "POST", "/v1/bindings",
+                      {"mode": "axb", "a": A, "b": B, "tenant": "other"}), 403, "tenant")
+    own = create(api, {"mode": "axb", "a": "13200000002", "b": B, "tenant": "demo"})
+    assert own["tenant"] == "demo"
+    # Another tenant's X in the body is outside this tenant's pool: refused, not bound.
+    assert_error(call(api, "POST", "/v1/bindings", {"mode": "axn", "a": A, "x": OTHER_X}),
+                 422, "x")
+
+
+def test_cdrs_are_the_tokens_tenants_only(api: ApiThread) -> None:
+    now = time.time()
+    log = CdrLog(api.store)
+    for tenant, call_id in (("demo", "c-demo"), ("other", "c-other")):
+        log.write(Cdr(call_id=call_id, tenant=tenant, binding_id=None, x="700100000000005",
+                      caller=A, callee=B, direction="a_to_b", invite_at=now, ring_at=None,
+                      answer_at=None, end_at=now + 1, duration_s=0.0, release_side="caller",
+                      sip_status=487, unconnected_cause="none"))
+    mine = call(api, "GET", f"/v1/cdrs?since={now - 1}")
+    assert mine.status == 200 and [c["call_id"] for c in mine.body] == ["c-demo"]
+    assert mine.body[0]["caller"] == A                          # the tenant's own numbers
+    assert call(api, "GET", f"/v1/cdrs?since={now + 10}").body == []
+
+
+# -- never a 500 on bad input ---------------------------------------------------------------
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8)
+_bodies = st.dictionaries(
+    st.sampled_from(["mode", "a", "b", "x", "ttl", "tenant", "other"]),
+    st.sampled_from(["axb", "axn", A, B, "+8613800000001", "700100000000009", "7001", 0, 60,
+                     -5, "", "\ud800", "\x00"]) | _json_values, max_size=6)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_bodies, raw=st.binary(max_size=64))
+def test_random_input_never_500(api: ApiThread, body: dict[str, Any], raw: bytes) -> None:
+    for reply in (call(api, "POST", "/v1/bindings", body),
+                  call(api, "POST", "/v1/bindings", raw=raw),
+                  call(api, "PATCH", "/v1/bindings/abc", body)):
+        assert reply.status in (201, 400, 403, 404, 409, 413, 422), (reply.status, reply.raw)
+        if reply.status >= 400:
+            assert set(reply.body["error"]) == {"field", "message"}
+
+
+# -- concurrency: creates that arrive together share a commit -------------------------------
+def test_concurrent_creates_share_commits(api: ApiThread) -> None:
+    writer = api.app[STATE].writer
+    commits_before, n = writer.commits, 64
+
+    async def burst() -> list[int]:
+        headers = {"Authorization": f"Bearer {TOKENS['demo']}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async def one(i: int) -> int:
+                body = {"mode": "axb", "a": f"1510000{i:04d}", "b": B}
+                async with session.post(f"http://127.0.0.1:{api.port}/v1/bindings",
+                                        json=body) as resp:
+                    await resp.read()
+                    return resp.status
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    statuses = asyncio.run(burst())
+    assert statuses == [201] * n
+    assert writer.commits - commits_before < n          # grouped, not one fsync each
+    ids = {b.id for b in api.store.list(tenant="demo", limit=1000) if b.a.startswith("1510000")}
+    assert len(ids) == n
+
+
+# -- the OpenAPI document -------------------------------------------------------------------
+def test_openapi_describes_every_route(api: ApiThread) -> None:
+    reply = call(api, "GET", "/openapi.json", token=None)
+    doc = json.loads(reply.raw)
+    assert doc == DOCUMENT and doc["openapi"].startswith("3.1.")
+    served = {(r.resource.canonical, r.method.lower()) for r in api.app.router.routes()
+              if r.resource is not None}
+    described = {(path, method) for path, item in doc["paths"].items()
+                 for method in item if method != "parameters"}
+    assert served == described
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref":
+                    yield value
+                else:
+                    yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+    for ref in refs(doc):
+        section, name = ref.removeprefix("#/components/").split("/")
+        assert name in doc["components"][section], ref
+
+
+# -- start-up -------------------------------------------------------------------------------
+def test_no_listen_means_no_api(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "s.lmdb", listen=None)
+    store = open_store(config)
+    try:
+        assert asyncio.run(start_api(config, store)) is None
+    finally:
+        store.close()
+
+
+def test_public_listen_with_demo_token_warns(tmp_path: Path) -> None:
+    # Judged from the config alone: tests never bind a non-loopback address.
+    demo = Config(tenants={"demo": TenantConfig("demo-token")})
+    assert warn_if_public(demo, HostPort("192.0.2.10", 8080))
+    assert not warn_if_public(demo, HostPort("127.0.0.1", 8080))
+    assert not warn_if_public(demo, HostPort("::1", 8080))
+    assert not warn_if_public(make_config(tmp_path), HostPort("192.0.2.10", 8080))
