@@ -45,7 +45,10 @@ TINY_X = "700300000000000"
 TOKENS = {"demo": "tok-demo", "other": "tok-other", "tiny": "tok-tiny"}
 
 
-def make_config(store_path: Path, listen: HostPort | None = HostPort("127.0.0.1", 0)) -> Config:
+EPHEMERAL = HostPort("127.0.0.1", 0)
+
+
+def make_config(store_path: Path, listen: HostPort | None = EPHEMERAL) -> Config:
     return Config(
         api=ApiConfig(listen=listen),
         store=StoreConfig(path=store_path),
