@@ -26,8 +26,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
+from aiohttp import web
 
+from sipmask.api.app import cdrs_from_log, start_api
+from sipmask.b2bua.engine import Engine
+from sipmask.cdr.store import CdrLog
+from sipmask.clock import SystemClock
 from sipmask.config.schema import Config, Endpoint
+from sipmask.errors import StoreError
+from sipmask.media.backend import MediaBackend
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.timers import TimerConfig
@@ -40,6 +47,7 @@ from sipmask.sip.transaction import (
     TUEvent,
 )
 from sipmask.sip.uri import NameAddr
+from sipmask.store import LmdbStore, open_store
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.inbound import Address, TransportName
 from sipmask.transport.tcp import TcpTransport, open_tcp
@@ -56,7 +64,7 @@ class SipActions(Protocol):
     """What a request handler may do; SipServer implements it. Each call goes through the
     transaction layer and what it produces is sent before the call returns."""
 
-    def respond(self, event: RequestReceived, response: Response) -> None: ...
+    def respond(self, txn_id: str, response: Response) -> None: ...
     def send_request(self, request: Request, dest: Address,
                      transport: TransportName) -> str: ...
     def cancel(self, invite_txn_id: str) -> str | None: ...
@@ -108,7 +116,7 @@ class DefaultHandler:
         request = event.request
         status, extra = self.decide(request)
         response = build_response(request, status, to_tag=self.to_tag(), extra=extra)
-        self.actions.respond(event, response)
+        self.actions.respond(event.txn_id, response)
 
     def decide(self, request: Request) -> tuple[int, tuple[tuple[str, str], ...]]:
         method = request.method
@@ -217,9 +225,17 @@ class SipServer:
         self._drain()
 
     # SipActions
-    def respond(self, event: RequestReceived, response: Response) -> None:
-        self.core.send_response(event.txn_id, response, self._now())
+    def respond(self, txn_id: str, response: Response) -> None:
+        self.core.send_response(txn_id, response, self._now())
         self._flush()
+
+    def local_port(self, transport: TransportName) -> int:
+        """The port sipmask listens on for `transport` (for Contact headers)."""
+        shells: list[UdpTransport] | list[TcpTransport] = self.udp if transport == "udp" \
+            else self.tcp
+        if shells:
+            return shells[0].local[1]
+        return self.config.sip.listen[0].port
 
     def send_request(self, request: Request, dest: Address,
                      transport: TransportName) -> str:
@@ -323,31 +339,118 @@ class SipServer:
             tcp.close()
 
 
-# -- admin (HTTP API + store) -------------------------------------------------------------
-class AdminHandle(Protocol):
-    async def close(self) -> None: ...
+# -- the services around SIP: store, CDRs, media, the engine, the HTTP API ---------------
+def build_media(config: Config, on_timeout: Callable[[str], None]) -> MediaBackend:
+    """The media backend `media.backend` names (imported on demand)."""
+    if config.media.backend == "rtpengine":
+        from sipmask.media.rtpengine import RtpengineBackend
+        return RtpengineBackend(config.media)
+    from sipmask.media.embedded import EmbeddedBackend
+    return EmbeddedBackend(config.media, on_timeout=on_timeout)
 
 
-async def start_admin(config: Config) -> AdminHandle | None:
-    """Start the HTTP admin API next to SIP when `api.listen` is set. The store and API
-    modules plug in here; while they are absent nothing is started."""
-    return None
+@dataclass
+class Services:
+    """Everything `sipmask serve` runs beside the SIP listeners."""
+
+    config: Config
+    store: LmdbStore
+    cdrs: CdrLog
+    media: MediaBackend
+    engines: list[Engine] = field(default_factory=list)   # the one SipServer made
+    api: web.AppRunner | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, config: Config) -> Services:
+        store = open_store(config)
+        engines: list[Engine] = []
+
+        def media_timeout(call_id: str) -> None:
+            # The relay exists before the engine (the server makes the engine); it reports
+            # silent calls to whichever engine is running by then.
+            for engine in engines:
+                engine.media_timeout(call_id)
+        media = build_media(config, on_timeout=media_timeout)
+        return cls(config, store, CdrLog(store), media, engines)
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.engines[0] if self.engines else None
+
+    def engine_factory(self, actions: SipActions) -> Engine:
+        engine = Engine(actions, config=self.config, store=self.store,  # type: ignore[arg-type]
+                        media=self.media, cdrs=self.cdrs, clock=SystemClock())
+        self.engines.append(engine)
+        return engine
+
+    async def start(self) -> None:
+        self.api = await start_api(self.config, self.store,
+                                   cdr_source=cdrs_from_log(self.cdrs))
+        self.tasks.append(asyncio.create_task(self._sweep()))
+
+    async def _sweep(self) -> None:
+        """Expired bindings already stop routing (route() checks expires_at); this removes
+        them from disk every store.sweep_interval_s."""
+        clock = SystemClock()
+        while True:
+            await asyncio.sleep(self.config.store.sweep_interval_s)
+            try:
+                while self.store.sweep(clock.wall()) >= 1000:
+                    await asyncio.sleep(0)
+            except Exception:
+                log.exception("store.sweep_failed")
+
+    async def drain(self, timeout: float) -> None:
+        """SIGTERM: no new calls, running ones finish up to `timeout`, then BYE both ways."""
+        engine = self.engine
+        if engine is None:
+            return
+        engine.start_drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while engine.active_calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if engine.active_calls:
+            log.info("sipmask.drain_timeout", calls=engine.active_calls)
+            engine.end_all()
+            # The BYEs get a few seconds for their answers (each gives up on its own, §17.1.2).
+            deadline = loop.time() + 5.0
+            while engine.active_calls and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.api is not None:
+            await self.api.cleanup()
+        with contextlib.suppress(Exception):
+            await self.media.close()
+        self.store.close()
 
 
 # -- entry point ----------------------------------------------------------------------------
 async def serve(config: Config) -> int:
-    server = SipServer(config)
+    try:
+        services = Services.open(config)
+    except (StoreError, OSError) as exc:
+        print(f"sipmask: cannot open the store at {config.store.path}: {exc}",
+              file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    server = SipServer(config, handler_factory=services.engine_factory)
     try:
         urls = await server.start()
     except ListenError as exc:
         print(f"sipmask: {exc}", file=sys.stderr, flush=True)
+        await services.close()
         return EXIT_FAILED
     try:
-        admin = await start_admin(config)
+        await services.start()
     except OSError as exc:
         server.close()
-        print(f"sipmask: cannot start the admin API: {exc.strerror or exc}", file=sys.stderr,
-              flush=True)
+        await services.close()
+        print(f"sipmask: cannot start the admin API on {config.api.listen}: "
+              f"{exc.strerror or exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -355,15 +458,14 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"sipmask listening on {', '.join(urls)}", flush=True)
-    log.info("sipmask.started", listen=urls)
+    log.info("sipmask.started", listen=urls, api=str(config.api.listen))
     try:
         await stop.wait()
+        await services.drain(float(config.sip.drain_timeout_s))
     finally:
-        # Draining calls comes with the B2BUA; for now stop listening and leave.
         server.close()
         freezer.close()
-        if admin is not None:
-            await admin.close()
+        await services.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     print(f"sipmask stopped: counters {json.dumps(server.counters.as_dict())}", flush=True)

@@ -148,7 +148,13 @@ class Engine:
         self.draining = False
         self.stats = collections.Counter[str]()
 
-    # -- entry point -------------------------------------------------------------------------
+    # -- entry point (server.RequestHandler) -------------------------------------------------
+    def handle_request(self, event: RequestReceived) -> None:
+        self._on_request(event)
+
+    def handle_response(self, event: ResponseReceived | StrayResponse) -> None:
+        self.handle_event(event)
+
     def handle_event(self, event: object) -> None:
         if isinstance(event, RequestReceived):
             self._on_request(event)

@@ -167,6 +167,7 @@ class SipConfig:
     ring_timeout_s: int = 60
     send_pai: bool = False
     tcp_idle_timeout_s: int = 300
+    drain_timeout_s: int = 30
     tcp_max_connections: int = 4096
 
 
