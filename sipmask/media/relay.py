@@ -1,0 +1,436 @@
+"""The embedded RTP/RTCP relay: asyncio datagram sockets, symmetric latching, media timeout.
+
+Each call is a `RelaySession` with two sides, A and B. Each side owns an RTP socket and an
+RTCP socket on `media.address` (an even port and the next one, RFC 3550 §11). A packet that
+arrives on side A's socket leaves from side B's socket towards B's peer, and the other way
+round, so each party only ever sees sipmask's address and ports.
+
+Where a side's peer is (the latching rule, per socket, RTP and RTCP apart):
+1. `set_remote()` gives the address from the party's SDP; packets go there until a packet
+   arrives from the party.
+2. The source of the first packet received on the socket becomes the peer (symmetric RTP,
+   RFC 4961 §3: a party sends from the port it receives on; "comedia", RFC 4145 §4), so a
+   party behind NAT is reached at its real, translated address rather than the SDP one.
+3. Once latched, packets from any other source are dropped (counted as `rejected`): a
+   stranger spraying the port range cannot take over a call. The latch moves only when the
+   latched source has been silent for `relatch_after_s` and another source speaks (a phone
+   that changed network, a NAT binding that expired).
+4. A new SDP address (re-INVITE moving the media) clears the latch: rules 1-3 start again.
+   An SDP address of 0.0.0.0 or port 0 means "do not send" (RFC 3264 §8.4, §8.2).
+
+Media timeout: once both sides have an SDP address, if no RTP arrives on either side for
+`timeout_s` the relay calls `on_timeout(call_id)` once; the call engine ends the call with
+BYE both ways. `set_hold(True)` (a=sendonly / inactive) suspends the timeout; releasing the
+hold restarts the count. RTCP does not count: RFC 3550 §6.2 lets it be 5 s apart or more.
+
+The packet path (`_Stream.datagram_received`) is kept to attribute reads, one clock read
+and one sendto: it is what limits how many calls one core can carry (bench/relay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, cast
+
+from sipmask.config.schema import MediaConfig
+from sipmask.errors import MediaError, PortsExhausted
+from sipmask.media.backend import CallStats, LegStats
+from sipmask.media.ports import PortAllocator, PortPair
+
+Address = tuple[Any, ...]   # what the socket layer gives: (host, port) or IPv6 4-tuple
+
+# How many port pairs a side tries before giving up when binds keep failing (other
+# processes holding ports in our range); each failed pair goes to the back of the queue.
+MAX_BIND_ATTEMPTS = 64
+# Addresses that mean "no media to send" in SDP (RFC 3264 §8.4, the RFC 2543 hold form).
+_NO_ADDRESS = frozenset({"0.0.0.0", "::"})
+
+
+class Side(StrEnum):
+    A = "a"
+    B = "b"
+
+    @property
+    def other(self) -> Side:
+        return Side.B if self is Side.A else Side.A
+
+
+class _Stream(asyncio.DatagramProtocol):
+    """One socket: RTP or RTCP of one side. Holds its own peer, latch and counters."""
+
+    __slots__ = ("_clock", "_relatch_after", "bytes_in", "bytes_out", "dropped", "errors",
+                 "last_in", "packets_in", "packets_out", "peer", "rejected", "sdp_peer",
+                 "source", "transport", "twin")
+
+    def __init__(self, clock: Callable[[], float], relatch_after_s: float) -> None:
+        self._clock = clock
+        self._relatch_after = relatch_after_s
+        self.transport: asyncio.DatagramTransport | None = None
+        self.twin: _Stream | None = None      # the same kind of socket on the other side
+        self.peer: Address | None = None      # where packets for this party go
+        self.sdp_peer: Address | None = None  # the address its SDP gave
+        self.source: Address | None = None    # the latched source, None until one speaks
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.dropped = self.rejected = self.errors = 0
+        self.last_in: float | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not isinstance: CPython 3.11's selector transport does not subclass it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        now = self._clock()
+        if addr != self.source and not self._latch(addr, now):
+            self.rejected += 1
+            return
+        size = len(data)
+        self.packets_in += 1
+        self.bytes_in += size
+        self.last_in = now
+        out = self.twin
+        if out is None or out.peer is None or out.transport is None:
+            self.dropped += 1
+            return
+        out.transport.sendto(data, out.peer)
+        out.packets_out += 1
+        out.bytes_out += size
+
+    def _latch(self, addr: Address, now: float) -> bool:
+        """Rules 2 and 3 of the module docstring: first source wins; another source takes
+        over only after the latched one has been silent for relatch_after_s."""
+        if (self.source is not None and self.last_in is not None
+                and now - self.last_in < self._relatch_after):
+            return False
+        self.source = addr
+        self.peer = addr
+        return True
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a peer that went away: counted, never fatal.
+        self.errors += 1
+
+    def set_sdp_peer(self, addr: Address | None) -> None:
+        """Rule 4: a changed SDP address clears the latch; the same one keeps it."""
+        if addr == self.sdp_peer and self.source is not None:
+            return
+        self.sdp_peer = addr
+        self.source = None
+        self.peer = addr
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    @property
+    def local_port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def _port_taken(exc: OSError) -> bool:
+    """Another process holds the port (or it is reserved): try the next pair."""
+    return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+
+
+def _returning(stream: _Stream) -> Callable[[], _Stream]:
+    return lambda: stream
+
+
+@dataclass(frozen=True, slots=True)
+class SidePorts:
+    """What the SDP towards a party must name: sipmask's address and this side's ports."""
+
+    host: str
+    rtp: int
+    rtcp: int
+
+
+class RelaySession:
+    """One call's media: sides A and B, an RTP and an RTCP socket each."""
+
+    def __init__(self, call_id: str, address: str, pairs: dict[Side, PortPair],
+                 streams: dict[Side, tuple[_Stream, _Stream]], timeout_s: float,
+                 on_timeout: Callable[[str], None], clock: Callable[[], float],
+                 on_close: Callable[[RelaySession], None]) -> None:
+        self.call_id = call_id
+        self.address = address
+        self.pairs = pairs
+        self._streams = streams
+        self._timeout_s = timeout_s
+        self._on_timeout = on_timeout
+        self._clock = clock
+        self._on_close = on_close
+        self._remote_set: set[Side] = set()
+        self._armed_at: float | None = None
+        self.held = False
+        self.timed_out = False
+        self.closed = False
+        for side in Side:
+            rtp, rtcp = streams[side]
+            other_rtp, other_rtcp = streams[side.other]
+            rtp.twin, rtcp.twin = other_rtp, other_rtcp
+
+    def local(self, side: Side | str) -> SidePorts:
+        """Sipmask's address and ports that `side`'s party must send to (for its SDP)."""
+        rtp, rtcp = self._streams[Side(side)]
+        return SidePorts(self.address, rtp.local_port, rtcp.local_port)
+
+    def set_remote(self, side: Side | str, host: str, rtp_port: int,
+                   rtcp_port: int | None = None) -> None:
+        """The party's media address from its SDP (RFC 3605 a=rtcp gives `rtcp_port`;
+        without it RTCP is RTP + 1, RFC 3550 §11). Port 0 or 0.0.0.0: send nothing."""
+        side = Side(side)
+        rtp, rtcp = self._streams[side]
+        if rtp_port == 0 or host in _NO_ADDRESS:
+            rtp.set_sdp_peer(None)
+            rtcp.set_sdp_peer(None)
+        else:
+            rtp.set_sdp_peer((host, rtp_port))
+            rtcp.set_sdp_peer((host, rtcp_port if rtcp_port is not None else rtp_port + 1))
+        self._remote_set.add(side)
+        if self._armed_at is None and len(self._remote_set) == 2:
+            self._armed_at = self._clock()
+
+    def set_hold(self, held: bool) -> None:
+        """Hold suspends the media timeout; leaving hold restarts its count from now."""
+        if self.held and not held and self._armed_at is not None:
+            self._armed_at = self._clock()
+        self.held = held
+
+    def check_timeout(self, now: float) -> bool:
+        """Fire `on_timeout(call_id)` once if no RTP came from either side for timeout_s."""
+        if self.timed_out or self.held or self._armed_at is None or self.closed:
+            return False
+        last = self._armed_at
+        for side in Side:
+            heard = self._streams[side][0].last_in
+            if heard is not None and heard > last:
+                last = heard
+        if now - last < self._timeout_s:
+            return False
+        self.timed_out = True
+        self._on_timeout(self.call_id)
+        return True
+
+    def leg_stats(self, side: Side | str) -> LegStats:
+        rtp, rtcp = self._streams[Side(side)]
+        return LegStats(
+            packets_in=rtp.packets_in + rtcp.packets_in,
+            bytes_in=rtp.bytes_in + rtcp.bytes_in,
+            packets_out=rtp.packets_out + rtcp.packets_out,
+            bytes_out=rtp.bytes_out + rtcp.bytes_out,
+            dropped=rtp.dropped + rtcp.dropped,
+            rejected=rtp.rejected + rtcp.rejected,
+            last_rtp_at=rtp.last_in,
+        )
+
+    def stats(self) -> CallStats:
+        return CallStats(self.call_id, self.leg_stats(Side.A), self.leg_stats(Side.B),
+                         self.timed_out)
+
+    def peer(self, side: Side | str) -> Address | None:
+        """Where RTP for `side`'s party goes now (the SDP address or the latched one)."""
+        return self._streams[Side(side)][0].peer
+
+    def close(self) -> CallStats:
+        """Close the four sockets and give the ports back. Safe to call twice."""
+        final = self.stats()
+        if not self.closed:
+            self.closed = True
+            for rtp, rtcp in self._streams.values():
+                rtp.close()
+                rtcp.close()
+            self._on_close(self)
+        return final
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """For metrics: gauges and counters over the relay's life."""
+
+    active_sessions: int
+    sessions_opened: int
+    timeouts: int
+    packets_relayed: int
+    bytes_relayed: int
+    dropped: int
+    rejected: int
+    ports_in_use: int
+    ports_skipped: int
+
+
+class Relay:
+    """Opens and closes sessions, owns the port allocator, sweeps for media timeouts.
+
+    `clock` is the monotonic time source (default: the running loop's `time`); tests pass a
+    fake one and call `check_timeouts()` themselves.
+    """
+
+    def __init__(self, config: MediaConfig, *, on_timeout: Callable[[str], None],
+                 clock: Callable[[], float] | None = None, timeout_s: float | None = None,
+                 relatch_after_s: float = 2.0, sweep_interval_s: float | None = None) -> None:
+        self.address = config.address
+        self._family = socket.AF_INET6 if _is_ipv6(config.address) else socket.AF_INET
+        self.allocator = PortAllocator(config.ports)
+        self.timeout_s = float(config.timeout_s if timeout_s is None else timeout_s)
+        self.relatch_after_s = relatch_after_s
+        self._on_timeout = on_timeout
+        self._clock = clock
+        self._sweep_interval = sweep_interval_s or min(1.0, self.timeout_s / 4)
+        self._sessions: dict[str, RelaySession] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._opened = 0
+        self._timeouts = 0
+        # Totals of closed sessions, so counters survive their sessions.
+        self._closed_packets = self._closed_bytes = self._closed_dropped = 0
+        self._closed_rejected = 0
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
+        return self._clock
+
+    async def start(self) -> None:
+        """Start the timeout sweep (one task for all sessions)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            self.check_timeouts()
+
+    def check_timeouts(self, now: float | None = None) -> list[str]:
+        """Fire on_timeout for each silent session; returns their call ids."""
+        now = self.clock() if now is None else now
+        fired = [s.call_id for s in list(self._sessions.values()) if s.check_timeout(now)]
+        self._timeouts += len(fired)
+        return fired
+
+    async def open_session(self, call_id: str) -> RelaySession:
+        """Bind both sides' sockets. Raises PortsExhausted when no pair can be had."""
+        if call_id in self._sessions:
+            raise MediaError(f"a relay session for call {call_id} is already open")
+        clock = self.clock
+        pairs: dict[Side, PortPair] = {}
+        streams: dict[Side, tuple[_Stream, _Stream]] = {}
+        try:
+            for side in Side:
+                pairs[side], streams[side] = await self._bind_side(clock)
+        except BaseException:
+            for side, (rtp, rtcp) in streams.items():
+                rtp.close()
+                rtcp.close()
+                self.allocator.free(pairs[side])
+            raise
+        session = RelaySession(call_id, self.address, pairs, streams, self.timeout_s,
+                               self._on_timeout, clock, self._forget)
+        self._sessions[call_id] = session
+        self._opened += 1
+        return session
+
+    async def _bind_side(self, clock: Callable[[], float]
+                         ) -> tuple[PortPair, tuple[_Stream, _Stream]]:
+        loop = asyncio.get_running_loop()
+        for _ in range(min(MAX_BIND_ATTEMPTS, max(1, self.allocator.available))):
+            pair = self.allocator.allocate()
+            try:
+                socks = self._bind_pair(pair)
+            except OSError as exc:
+                if _port_taken(exc):
+                    self.allocator.skip(pair)
+                    continue
+                self.allocator.free(pair)
+                raise MediaError(f"cannot bind {self.address}:{pair.rtp}: {exc}") from exc
+            streams = (_Stream(clock, self.relatch_after_s), _Stream(clock, self.relatch_after_s))
+            try:
+                for sock, stream in zip(socks, streams, strict=True):
+                    await loop.create_datagram_endpoint(_returning(stream), sock=sock)
+            except BaseException:
+                for sock, stream in zip(socks, streams, strict=True):
+                    stream.close()
+                    sock.close()
+                self.allocator.free(pair)
+                raise
+            return pair, streams
+        raise PortsExhausted(f"no bindable RTP/RTCP pair in {self.allocator.range} on "
+                             f"{self.address} ({self.allocator.available} free pairs, "
+                             f"{self.allocator.skipped} failed to bind)")
+
+    def _bind_pair(self, pair: PortPair) -> tuple[socket.socket, socket.socket]:
+        """Bind RTP and RTCP ourselves and hand the sockets to the loop: uvloop 0.19-0.21
+        leaks a transport when its own bind in create_datagram_endpoint fails."""
+        socks: list[socket.socket] = []
+        try:
+            for port in (pair.rtp, pair.rtcp):
+                sock = socket.socket(self._family, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.setblocking(False)
+                sock.bind((self.address, port))
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks[0], socks[1]
+
+    def session(self, call_id: str) -> RelaySession | None:
+        return self._sessions.get(call_id)
+
+    def close_session(self, call_id: str) -> CallStats | None:
+        """Close a call's session; its final counters, or None if there was none."""
+        session = self._sessions.get(call_id)
+        return None if session is None else session.close()
+
+    def _forget(self, session: RelaySession) -> None:
+        self._sessions.pop(session.call_id, None)
+        for pair in session.pairs.values():
+            self.allocator.free(pair)
+        final = session.stats()
+        self._closed_packets += final.packets_relayed
+        self._closed_bytes += final.a.bytes_out + final.b.bytes_out
+        self._closed_dropped += final.a.dropped + final.b.dropped
+        self._closed_rejected += final.a.rejected + final.b.rejected
+
+    def stats(self) -> RelayStats:
+        packets, octets = self._closed_packets, self._closed_bytes
+        dropped, rejected = self._closed_dropped, self._closed_rejected
+        for session in self._sessions.values():
+            s = session.stats()
+            packets += s.packets_relayed
+            octets += s.a.bytes_out + s.b.bytes_out
+            dropped += s.a.dropped + s.b.dropped
+            rejected += s.a.rejected + s.b.rejected
+        return RelayStats(
+            active_sessions=len(self._sessions), sessions_opened=self._opened,
+            timeouts=self._timeouts, packets_relayed=packets, bytes_relayed=octets,
+            dropped=dropped, rejected=rejected,
+            ports_in_use=self.allocator.in_use * 2, ports_skipped=self.allocator.skipped)
+
+    async def close(self) -> None:
+        """Stop the sweep and close every session."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for session in list(self._sessions.values()):
+            session.close()
+        # Transports close their sockets on the next loop iteration; let it run so the
+        # ports are free when close() returns, even if the loop stops right after.
+        await asyncio.sleep(0)

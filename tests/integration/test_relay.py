@@ -1,0 +1,388 @@
+"""The embedded relay on real UDP sockets on 127.0.0.1, under asyncio and uvloop.
+
+Two fake endpoints (A and B) send RTP-shaped packets through a RelaySession. Pinned here:
+each receives the other's payload from sipmask's port only; symmetric latching learns a
+real source different from the SDP one and refuses a stranger; the media timeout fires once
+and not during hold; counters add up; ports that fail to bind are skipped; exhaustion is
+typed; close frees the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
+
+import pytest
+import uvloop
+
+from sipmask.clock import FakeClock
+from sipmask.config.schema import MediaConfig, PortRange
+from sipmask.errors import MediaError, PortsExhausted
+from sipmask.media.relay import Relay, RelaySession, Side
+
+HOST = "127.0.0.1"
+Runner = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+def port_range(pairs: int) -> PortRange:
+    """A range below the kernel's ephemeral ports, spread by pid so parallel runs differ."""
+    base = 20000 + (os.getpid() * 40) % 9000
+    base -= base % 2
+    return PortRange(base, base + 2 * pairs - 1)
+
+
+def config(pairs: int = 50) -> MediaConfig:
+    return MediaConfig(address=HOST, ports=port_range(pairs), timeout_s=60)
+
+
+def rtp_packet(seq: int, payload: bytes) -> bytes:
+    """RFC 3550 §5.1 fixed header (V=2, PT 0 = PCMU) and a payload."""
+    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, 0x1234) + payload
+
+
+class Endpoint(asyncio.DatagramProtocol):
+    """A fake phone: one UDP socket, a queue of what it received and from where."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls) -> Endpoint:
+        endpoint = cls()
+        await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: endpoint, local_addr=(HOST, 0))
+        return endpoint
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not isinstance: CPython 3.11's selector transport does not subclass it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.put_nowait((data, addr))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def send(self, data: bytes, to: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, to)
+
+    async def recv(self, timeout: float = 1.0) -> tuple[bytes, tuple[str, int]]:
+        return await asyncio.wait_for(self.received.get(), timeout)
+
+    async def nothing(self, wait: float = 0.15) -> bool:
+        await asyncio.sleep(wait)
+        return self.received.empty()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        yield lambda test: runner.run(test())
+
+
+def rtp(session: RelaySession, side: Side) -> tuple[str, int]:
+    local = session.local(side)
+    return local.host, local.rtp
+
+
+def test_each_party_receives_the_other_from_sipmask_only(run: Runner) -> None:
+    async def test() -> None:
+        relay = Relay(config(), on_timeout=lambda call_id: None)
+        session = await relay.open_session("c1")
+        a, b = await Endpoint.open(), await Endpoint.open()
+        session.set_remote(Side.A, *a.address)
+        session.set_remote(Side.B, *b.address)
+        for seq in range(5):
+            a.send(rtp_packet(seq, b"from-a" * 20), rtp(session, Side.A))
+            data, source = await b.recv()
+            assert data == rtp_packet(seq, b"from-a" * 20)
+            assert source == rtp(session, Side.B)       # B sees sipmask's B-side port
+            b.send(rtp_packet(seq, b"from-b" * 20), rtp(session, Side.B))
+            data, source = await a.recv()
+            assert data == rtp_packet(seq, b"from-b" * 20)
+            assert source == rtp(session, Side.A)       # A sees sipmask's A-side port
+        assert a.address[1] not in (source[1], rtp(session, Side.B)[1])
+        stats = session.stats()
+        assert (stats.a.packets_in, stats.a.packets_out) == (5, 5)
+        assert (stats.b.packets_in, stats.b.packets_out) == (5, 5)
+        assert stats.a.bytes_in == stats.b.bytes_out == 5 * (12 + 120)
+        assert stats.packets_relayed == 10 and stats.a.dropped == stats.b.dropped == 0
+        a.close()
+        b.close()
+        await relay.close()
+    run(test)
+
+
+def test_rtcp_goes_through_its_own_odd_ports(run: Runner) -> None:
+    async def test() -> None:
+        relay = Relay(config(), on_timeout=lambda call_id: None)
+        session = await relay.open_session("c1")
+        a_rtp, a_rtcp, b_rtp, b_rtcp = [await Endpoint.open() for _ in range(4)]
+        # RFC 3605 a=rtcp: RTCP at a port that is not RTP + 1.
+        session.set_remote(Side.A, HOST, a_rtp.address[1], a_rtcp.address[1])
+        session.set_remote(Side.B, HOST, b_rtp.address[1], b_rtcp.address[1])
+        local_a, local_b = session.local(Side.A), session.local(Side.B)
+        assert local_a.rtp % 2 == 0 and local_a.rtcp == local_a.rtp + 1
+        assert local_b.rtp % 2 == 0 and local_b.rtcp == local_b.rtp + 1
+        a_rtcp.send(b"\x81\xc8rtcp-sr", (HOST, local_a.rtcp))
+        data, source = await b_rtcp.recv()
+        assert (data, source) == (b"\x81\xc8rtcp-sr", (HOST, local_b.rtcp))
+        assert await b_rtp.nothing()
+        for endpoint in (a_rtp, a_rtcp, b_rtp, b_rtcp):
+            endpoint.close()
+        await relay.close()
+    run(test)
+
+
+def test_latching_learns_the_real_source_behind_nat(run: Runner) -> None:
+    async def test() -> None:
+        relay = Relay(config(), on_timeout=lambda call_id: None)
+        session = await relay.open_session("c1")
+        sdp_a, real_a, b = await Endpoint.open(), await Endpoint.open(), await Endpoint.open()
+        # A's SDP names one address; A really sends from another (a NAT rewrote it).
+        session.set_remote(Side.A, *sdp_a.address)
+        session.set_remote(Side.B, *b.address)
+        b.send(b"early", rtp(session, Side.B))
+        assert (await sdp_a.recv())[0] == b"early"      # before A speaks: the SDP address
+        real_a.send(b"hello", rtp(session, Side.A))
+        assert (await b.recv())[0] == b"hello"
+        assert session.peer(Side.A) == real_a.address    # latched
+        b.send(b"after", rtp(session, Side.B))
+        assert await real_a.recv() == (b"after", rtp(session, Side.A))
+        assert await sdp_a.nothing()
+        for endpoint in (sdp_a, real_a, b):
+            endpoint.close()
+        await relay.close()
+    run(test)
+
+
+def test_a_stranger_cannot_take_over_until_the_latched_source_goes_silent(run: Runner) -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        relay = Relay(config(), on_timeout=lambda call_id: None, clock=clock.monotonic,
+                      relatch_after_s=2.0)
+        session = await relay.open_session("c1")
+        a, b, stranger = (await Endpoint.open(), await Endpoint.open(),
+                          await Endpoint.open())
+        session.set_remote(Side.A, *a.address)
+        session.set_remote(Side.B, *b.address)
+        a.send(b"a1", rtp(session, Side.A))
+        assert (await b.recv())[0] == b"a1"
+        clock.advance(1.0)
+        stranger.send(b"inject", rtp(session, Side.A))
+        assert await b.nothing()                          # not relayed
+        b.send(b"b1", rtp(session, Side.B))
+        assert (await a.recv())[0] == b"b1"               # A keeps its media
+        assert await stranger.nothing(0.05)
+        assert session.stats().a.rejected == 1
+        # A silent for the re-latch time: the new source takes over (phone moved network).
+        clock.advance(2.5)
+        stranger.send(b"moved", rtp(session, Side.A))
+        assert (await b.recv())[0] == b"moved"
+        assert session.peer(Side.A) == stranger.address
+        # And now the old source is the stranger.
+        a.send(b"old", rtp(session, Side.A))
+        assert await b.nothing()
+        for endpoint in (a, b, stranger):
+            endpoint.close()
+        await relay.close()
+    run(test)
+
+
+def test_a_new_sdp_address_clears_the_latch(run: Runner) -> None:
+    async def test() -> None:
+        relay = Relay(config(), on_timeout=lambda call_id: None)
+        session = await relay.open_session("c1")
+        a, a2, b = await Endpoint.open(), await Endpoint.open(), await Endpoint.open()
+        session.set_remote(Side.A, *a.address)
+        session.set_remote(Side.B, *b.address)
+        a.send(b"x", rtp(session, Side.A))
+        await b.recv()
+        session.set_remote(Side.B, *b.address)            # same SDP again: latch kept
+        session.set_remote(Side.A, *a2.address)           # re-INVITE moved A's media
+        b.send(b"to-new", rtp(session, Side.B))
+        assert (await a2.recv())[0] == b"to-new"
+        a2.send(b"from-new", rtp(session, Side.A))        # no 2 s wait: the latch was reset
+        assert (await b.recv())[0] == b"from-new"
+        session.set_remote(Side.A, "0.0.0.0", a2.address[1])   # RFC 3264 §8.4 hold form
+        b.send(b"held", rtp(session, Side.B))
+        assert await a2.nothing()
+        for endpoint in (a, a2, b):
+            endpoint.close()
+        await relay.close()
+    run(test)
+
+
+def test_packets_with_nowhere_to_go_are_counted_as_dropped(run: Runner) -> None:
+    async def test() -> None:
+        relay = Relay(config(), on_timeout=lambda call_id: None)
+        session = await relay.open_session("c1")
+        a, b = await Endpoint.open(), await Endpoint.open()
+        session.set_remote(Side.A, *a.address)            # B's answer not seen yet
+        for _ in range(3):
+            a.send(b"early", rtp(session, Side.A))
+        await asyncio.sleep(0.1)
+        stats = session.stats()
+        assert (stats.a.packets_in, stats.a.dropped, stats.b.packets_out) == (3, 3, 0)
+        # B speaks first without an SDP: latching alone gives it a peer.
+        b.send(b"hi", rtp(session, Side.B))
+        assert (await a.recv())[0] == b"hi"
+        a.send(b"now", rtp(session, Side.A))
+        assert (await b.recv())[0] == b"now"
+        assert relay.stats().dropped == 3
+        a.close()
+        b.close()
+        await relay.close()
+    run(test)
+
+
+def test_media_timeout_fires_once_and_not_on_hold(run: Runner) -> None:
+    async def test() -> None:
+        fired: list[str] = []
+        relay = Relay(config(), on_timeout=fired.append, timeout_s=0.4, sweep_interval_s=0.05)
+        await relay.start()
+        talking = await relay.open_session("talking")
+        held = await relay.open_session("held")
+        a, b = await Endpoint.open(), await Endpoint.open()
+        for session in (talking, held):
+            session.set_remote(Side.A, *a.address)
+            session.set_remote(Side.B, *b.address)
+        held.set_hold(True)
+        for _ in range(6):                                # 0.6 s of RTP on "talking"
+            a.send(b"rtp", rtp(talking, Side.A))
+            await asyncio.sleep(0.1)
+        assert fired == []
+        await asyncio.sleep(0.7)                          # then silence
+        assert fired == ["talking"]
+        held.set_hold(False)                              # the count starts now
+        await asyncio.sleep(0.2)
+        assert fired == ["talking"]
+        await asyncio.sleep(0.5)
+        assert fired == ["talking", "held"]
+        await asyncio.sleep(0.3)
+        assert fired == ["talking", "held"]               # once each
+        assert talking.stats().timed_out and relay.stats().timeouts == 2
+        a.close()
+        b.close()
+        await relay.close()
+    run(test)
+
+
+def test_timeout_waits_for_both_sdp_addresses_on_a_fake_clock(run: Runner) -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        fired: list[str] = []
+        relay = Relay(config(), on_timeout=fired.append, clock=clock.monotonic, timeout_s=5)
+        session = await relay.open_session("ringing")
+        session.set_remote(Side.A, HOST, 40000)
+        clock.advance(60)                                 # a long ring, no answer yet
+        assert relay.check_timeouts() == []
+        session.set_remote(Side.B, HOST, 40002)
+        clock.advance(4.9)
+        assert relay.check_timeouts() == []
+        clock.advance(0.2)
+        assert relay.check_timeouts() == ["ringing"] and fired == ["ringing"]
+        await relay.close()
+    run(test)
+
+
+def test_busy_ports_are_skipped_and_exhaustion_is_typed(run: Runner) -> None:
+    async def test() -> None:
+        cfg = config(pairs=3)
+        relay = Relay(cfg, on_timeout=lambda call_id: None)
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        squatter.bind((HOST, cfg.ports.first + 1))        # RTCP port of the first pair
+        try:
+            session = await relay.open_session("c1")
+            used = {session.local(side).rtp for side in Side}
+            assert used == {cfg.ports.first + 2, cfg.ports.first + 4}
+            assert relay.allocator.skipped == 1
+            with pytest.raises(PortsExhausted):
+                await relay.open_session("c2")
+            assert relay.session("c2") is None and relay.allocator.in_use == 2
+        finally:
+            squatter.close()
+        with pytest.raises(MediaError, match="already open"):
+            await relay.open_session("c1")
+        relay.close_session("c1")
+        await asyncio.sleep(0)                            # transports close on the next turn
+        session = await relay.open_session("c3")         # the squatter left: all bindable
+        assert relay.stats().active_sessions == 1
+        await relay.close()
+    run(test)
+
+
+def test_close_frees_sockets_and_ports_and_keeps_totals(run: Runner) -> None:
+    async def test() -> None:
+        cfg = config(pairs=2)
+        relay = Relay(cfg, on_timeout=lambda call_id: None)
+        session = await relay.open_session("c1")
+        a, b = await Endpoint.open(), await Endpoint.open()
+        session.set_remote(Side.A, *a.address)
+        session.set_remote(Side.B, *b.address)
+        for _ in range(4):
+            a.send(b"p" * 172, rtp(session, Side.A))
+            await b.recv()
+        ports = [session.local(side) for side in Side]
+        final = relay.close_session("c1")
+        assert final is not None and final.packets_relayed == 4
+        assert relay.close_session("c1") is None
+        await asyncio.sleep(0)                            # transports close on the next turn
+        for local in ports:                               # the OS has the ports back
+            for port in (local.rtp, local.rtcp):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probe.bind((HOST, port))
+                probe.close()
+        stats = relay.stats()
+        assert (stats.active_sessions, stats.sessions_opened, stats.ports_in_use) == (0, 1, 0)
+        assert (stats.packets_relayed, stats.bytes_relayed) == (4, 4 * 172)
+        a.close()
+        b.close()
+        await relay.close()
+    run(test)
+
+
+def test_counters_add_up_under_a_burst(run: Runner) -> None:
+    async def test() -> None:
+        relay = Relay(config(), on_timeout=lambda call_id: None)
+        sessions = [await relay.open_session(f"c{i}") for i in range(10)]
+        a, b = await Endpoint.open(), await Endpoint.open()
+        for session in sessions:
+            session.set_remote(Side.A, *a.address)
+            session.set_remote(Side.B, *b.address)
+        sent = 0
+        for seq in range(20):
+            for session in sessions:
+                a.send(rtp_packet(seq, b"\xff" * 160), rtp(session, Side.A))
+                b.send(rtp_packet(seq, b"\x7f" * 160), rtp(session, Side.B))
+                sent += 2
+            await asyncio.sleep(0.01)
+        got: list[Any] = []
+        for endpoint in (a, b):
+            while len(got) < sent:
+                try:
+                    got.append(await endpoint.recv(0.3))
+                except TimeoutError:
+                    break
+        assert len(got) == sent
+        stats = relay.stats()
+        assert stats.packets_relayed == sent and stats.bytes_relayed == sent * 172
+        assert sum(s.stats().a.packets_in + s.stats().b.packets_in for s in sessions) == sent
+        a.close()
+        b.close()
+        await relay.close()
+    run(test)
