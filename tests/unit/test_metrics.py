@@ -1,0 +1,187 @@
+"""Metrics: the families render, sources are read at scrape time, no label carries a
+number, and the label guard refuses number-shaped values."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sipmask.events.outbox import Outbox, new_event
+from sipmask.events.webhook import DeliveryStats
+from sipmask.observability.metrics import (
+    OUTCOMES,
+    REFUSAL_REASONS,
+    LabelRefused,
+    Metrics,
+    Sources,
+    outcome_of,
+    safe_label,
+)
+from sipmask.store.lmdb import LmdbStore
+from sipmask.transport.counters import SipCounters
+
+FAMILIES = {
+    "sipmask_calls", "sipmask_active_calls", "sipmask_call_setup_seconds",
+    "sipmask_sip_parse_errors", "sipmask_sip_messages", "sipmask_refusals",
+    "sipmask_relay_packets", "sipmask_relay_dropped", "sipmask_store_bytes",
+    "sipmask_store_bindings", "sipmask_event_backlog", "sipmask_transactions",
+    "sipmask_media_sessions", "sipmask_events_delivered", "sipmask_event_delivery_failures",
+}
+
+
+@dataclass
+class FakeCall:
+    invite_at: float = 100.0
+    ring_at: float | None = None
+    answer_at: float | None = None
+    sip_status: int | None = None
+    unconnected_cause: str = "none"
+
+
+@dataclass(frozen=True)
+class RelayFigures:
+    active_sessions: int = 3
+    packets_relayed: int = 1000
+    bytes_relayed: int = 172000
+    dropped: int = 4
+    rejected: int = 2
+    timeouts: int = 1
+    ports_in_use: int = 12
+
+
+@dataclass
+class Live:
+    calls: int = 0
+    txns: dict[str, int] = field(default_factory=lambda: {"invite_server": 2})
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def full_metrics(tmp_path: Path, live: Live) -> tuple[Metrics, LmdbStore]:
+    store = LmdbStore(tmp_path / "s")
+    outbox = Outbox(store)
+    outbox.enqueue(new_event("ring", call_id="c", binding_id="b", tenant="demo",
+                             x="700100000000001", at=0.0))
+    sip = SipCounters(received=5, sent=4, parse_errors=1,
+                      requests_by_method=Counter({"INVITE": 2, "OPTIONS": 1,
+                                                  "13800000001": 1}),
+                      responses_by_status=Counter({180: 1, 200: 1}))
+    metrics = Metrics(Sources(
+        active_calls=lambda: live.calls, transactions=lambda: live.txns, sip=lambda: sip,
+        relay=RelayFigures, store_bytes=store.disk_bytes, store_bindings=lambda: 7,
+        event_backlog=outbox.backlog, event_delivery=lambda: DeliveryStats(9, 2)))
+    return metrics, store
+
+
+def test_render_has_every_family_and_reads_sources_at_scrape_time(tmp_path: Path) -> None:
+    live = Live()
+    metrics, store = full_metrics(tmp_path, live)
+    metrics.call_finished(FakeCall(ring_at=100.004, answer_at=101.0, sip_status=200))
+    metrics.refused("no_binding")
+    live.calls = 4
+    text = metrics.render()
+    names = {f.name for f in text_string_to_metric_families(text.decode())}
+    assert names >= FAMILIES
+    got = samples(text)
+    assert got[("sipmask_calls_total", (("outcome", "answered"),))] == 1
+    assert got[("sipmask_calls_total", (("outcome", "busy"),))] == 0     # shown at zero
+    assert got[("sipmask_refusals_total", (("reason", "no_binding"),))] == 1
+    assert got[("sipmask_call_setup_seconds_bucket", (("le", "0.0025"),))] == 0
+    assert got[("sipmask_call_setup_seconds_bucket", (("le", "0.005"),))] == 1
+    assert got[("sipmask_active_calls", ())] == 4
+    assert got[("sipmask_transactions", (("kind", "invite_server"),))] == 2
+    assert got[("sipmask_transactions", (("kind", "invite_client"),))] == 0
+    assert got[("sipmask_sip_messages_total", (("direction", "in"), ("kind", "request")))] == 4
+    assert got[("sipmask_sip_messages_total", (("direction", "out"), ("kind", "all")))] == 4
+    assert got[("sipmask_sip_requests_received_total", (("method", "other"),))] == 1
+    assert got[("sipmask_sip_responses_received_total", (("class", "1xx"),))] == 1
+    assert got[("sipmask_sip_parse_errors_total", ())] == 1
+    assert got[("sipmask_relay_packets_total", ())] == 1000
+    assert got[("sipmask_relay_dropped_total", (("reason", "wrong_source"),))] == 2
+    assert got[("sipmask_media_sessions", ())] == 3
+    assert got[("sipmask_event_backlog", ())] == 1
+    assert got[("sipmask_events_delivered_total", ())] == 9
+    assert got[("sipmask_store_bindings", ())] == 7
+    assert got[("sipmask_store_bytes", ())] > 0
+    live.calls = 1
+    assert samples(metrics.render())[("sipmask_active_calls", ())] == 1
+    store.close()
+
+
+def test_no_label_value_looks_like_a_number(tmp_path: Path) -> None:
+    # The SIP counters above include a "method" that is a phone number, as a hostile peer
+    # could send; it must be folded into "other".
+    metrics, store = full_metrics(tmp_path, Live())
+    text = metrics.render().decode()
+    labels = re.findall(r'="([^"]*)"', text)
+    assert labels and not [v for v in labels if re.search(r"\d{7,}", v)]
+    assert "13800000001" not in text
+    store.close()
+
+
+def test_the_guard_refuses_number_shaped_and_unknown_label_values() -> None:
+    assert safe_label("no_binding", REFUSAL_REASONS) == "no_binding"
+    assert safe_label("1xx") == "1xx"
+    assert safe_label("a123456b") == "a123456b"          # six digits in a row are fine
+    with pytest.raises(LabelRefused) as refused:
+        safe_label("13800000001")
+    assert "13800000001" not in str(refused.value)       # the error does not leak it
+    with pytest.raises(LabelRefused):
+        safe_label("tenant-700100000000001")
+    with pytest.raises(LabelRefused, match="not one of"):
+        safe_label("mystery", OUTCOMES)
+    metrics = Metrics()
+    with pytest.raises(LabelRefused):
+        metrics.refused("13900000002")
+    with pytest.raises(LabelRefused):
+        metrics.count_call("picked_up")
+
+
+def test_a_source_with_a_number_shaped_label_loses_its_family_not_the_page() -> None:
+    metrics = Metrics(Sources(transactions=lambda: {"13800000001": 1}, active_calls=lambda: 2))
+    text = metrics.render().decode()
+    assert "13800000001" not in text and "sipmask_transactions" not in text
+    assert "sipmask_active_calls 2.0" in text
+
+
+def test_a_failing_source_does_not_take_metrics_down() -> None:
+    def broken() -> int:
+        raise RuntimeError("store closed")
+    text = Metrics(Sources(store_bytes=broken, active_calls=lambda: 1)).render().decode()
+    assert "sipmask_store_bytes" not in text and "sipmask_active_calls 1.0" in text
+
+
+@pytest.mark.parametrize(("call", "outcome"), [
+    (FakeCall(ring_at=101.0, answer_at=102.0, sip_status=200), "answered"),
+    (FakeCall(sip_status=404, unconnected_cause="no_binding"), "refused"),
+    (FakeCall(sip_status=403, unconnected_cause="blacklist"), "refused"),
+    (FakeCall(ring_at=101.0, sip_status=487), "cancelled"),
+    (FakeCall(sip_status=486, unconnected_cause="callee_failed"), "busy"),
+    (FakeCall(sip_status=600, unconnected_cause="callee_failed"), "busy"),
+    (FakeCall(ring_at=101.0, sip_status=408, unconnected_cause="timeout"), "no_answer"),
+    (FakeCall(sip_status=480, unconnected_cause="callee_failed"), "no_answer"),
+    (FakeCall(sip_status=404, unconnected_cause="callee_failed"), "rejected"),
+    (FakeCall(sip_status=603, unconnected_cause="callee_failed"), "rejected"),
+    (FakeCall(sip_status=503), "failed"),
+    (FakeCall(), "failed"),
+])
+def test_outcomes(call: FakeCall, outcome: str) -> None:
+    assert outcome_of(call) == outcome
+
+
+def test_registries_are_separate() -> None:
+    one, two = Metrics(), Metrics()
+    one.refused("acl")
+    assert samples(two.render())[("sipmask_refusals_total", (("reason", "acl"),))] == 0
+    assert samples(one.render())[("sipmask_refusals_total", (("reason", "acl"),))] == 1
