@@ -222,6 +222,8 @@ class LogConfig:
 class WebhookConfig:
     url: str | None = None
     secret: str | None = None
+    timeout_s: int = 5          # a POST not answered in this long counts as failed
+    max_backoff_s: int = 60     # retries back off from 1 s, doubling, up to this
 
 
 @dataclass(frozen=True)

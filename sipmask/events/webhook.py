@@ -32,6 +32,7 @@ import aiohttp
 import structlog
 
 from sipmask.clock import Clock, SystemClock
+from sipmask.config.schema import WebhookConfig
 from sipmask.events.outbox import Event, Outbox
 
 log = structlog.get_logger("sipmask.events.webhook")
@@ -186,3 +187,17 @@ class WebhookDelivery:
             return None, f"no answer in {self.timeout_s} s"
         except (aiohttp.ClientError, OSError) as exc:
             return None, type(exc).__name__
+
+
+def from_config(config: WebhookConfig, outbox: Outbox, *,
+                clock: Clock | None = None) -> WebhookDelivery | None:
+    """The delivery `events.webhook` asks for, or None when no url is set (events off).
+    The loader has already refused a url without a secret."""
+    if not config.url or not config.secret:
+        return None
+    # 0 in the config would mean "no timeout" to aiohttp and "no backoff" here: both would
+    # hammer a receiver, so one second is the floor.
+    max_backoff = max(config.max_backoff_s, 1)
+    return WebhookDelivery(outbox, config.url, config.secret, clock=clock,
+                           timeout_s=max(config.timeout_s, 1), min_backoff_s=1.0,
+                           max_backoff_s=float(max_backoff))

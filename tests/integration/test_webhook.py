@@ -13,11 +13,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sipmask.config.schema import WebhookConfig
 from sipmask.events.outbox import Event, Outbox, new_event
 from sipmask.events.webhook import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     WebhookDelivery,
+    from_config,
     sign,
     verify,
 )
@@ -253,3 +255,15 @@ def test_sign_is_hex_hmac_sha256_of_the_body() -> None:
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
     assert verify(b"{}", SECRET, sign(b"{}", SECRET))
     assert not verify(b"{} ", SECRET, sign(b"{}", SECRET))
+
+
+def test_from_config_is_off_without_a_url_and_takes_the_configured_limits(
+        tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "s")
+    outbox = Outbox(store)
+    assert from_config(WebhookConfig(), outbox) is None
+    delivery = from_config(WebhookConfig(url="http://127.0.0.1:9/hook", secret=SECRET,
+                                         timeout_s=0, max_backoff_s=30), outbox)
+    assert delivery is not None
+    assert (delivery.timeout_s, delivery.min_backoff_s, delivery.max_backoff_s) == (1, 1.0, 30.0)
+    store.close()
