@@ -181,11 +181,16 @@ class Outbox:
 
     def ack(self, key: bytes) -> None:
         """The receiver has it: forget the event and its attempt record (sync commit)."""
+        self.ack_many((key,))
+
+    def ack_many(self, keys: Iterable[bytes]) -> None:
+        """Forget several acknowledged events in one transaction (one fsync)."""
         def run(txn: Txn) -> None:
-            if txn.get(DB, key) is not None:
-                txn.delete(DB, key)
-            if txn.get(STATE_DB, key) is not None:
-                txn.delete(STATE_DB, key)
+            for key in keys:
+                if txn.get(DB, key) is not None:
+                    txn.delete(DB, key)
+                if txn.get(STATE_DB, key) is not None:
+                    txn.delete(STATE_DB, key)
         self.store.write(run)
 
     def attempts(self, key: bytes) -> Attempts:

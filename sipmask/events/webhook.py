@@ -13,7 +13,8 @@ many sipmask nodes behind one receiver do not retry in step. The attempt count a
 attempt time are kept in the outbox (wall clock), so a restart does not reset the backoff.
 
 Delivery is at least once: an event leaves the outbox only after a 2xx; a crash or stop
-between the receiver's 2xx and our ack sends it again, with the same id and body.
+between the receiver's 2xx and our ack (acks of one batch are committed together) sends it
+again, with the same id and body.
 Receivers deduplicate on `id` (also sent as X-Sipmask-Event-Id).
 """
 
@@ -144,9 +145,18 @@ class WebhookDelivery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             return
-        for key, event in entries:
-            if not await self._deliver(session, key, event):
-                return
+        # Acks of one batch share one commit: the fsync per event would otherwise cost as
+        # much as the POST. A crash before the commit only repeats up to `batch` events,
+        # which at-least-once delivery allows (receivers deduplicate on id).
+        acked: list[bytes] = []
+        try:
+            for key, event in entries:
+                if not await self._deliver(session, key, event):
+                    return
+                acked.append(key)
+        finally:
+            if acked:
+                self.outbox.ack_many(acked)
 
     async def _deliver(self, session: aiohttp.ClientSession, key: bytes, event: Event) -> bool:
         attempts = self.outbox.attempts(key)
@@ -157,7 +167,6 @@ class WebhookDelivery:
         status, problem = await self._post(session, event)
         self.stats.last_status = status
         if problem is None:
-            self.outbox.ack(key)
             self.stats.delivered += 1
             return True
         wait = self.backoff(attempts.count + 1)

@@ -43,6 +43,8 @@ def test_events_come_out_in_enqueue_order_and_leave_on_ack(tmp_path: Path) -> No
     outbox.ack(head[1][0])                            # out of order ack is allowed
     assert [e.call_id for _, e in outbox.peek(3)] == ["c0", "c2", "c3"]
     assert outbox.backlog() == 299
+    outbox.ack_many([key for key, _ in outbox.peek(2)])      # one commit for a batch
+    assert [e.call_id for _, e in outbox.peek(1)] == ["c3"]
     for key, _ in outbox.peek(1000):
         outbox.ack(key)
     assert outbox.backlog() == 0 and outbox.peek(5) == []
