@@ -1,9 +1,10 @@
 """The embedded RTP/RTCP relay: asyncio datagram sockets, symmetric latching, media timeout.
 
-Each call is a `RelaySession` with two sides, A and B. Each side owns an RTP socket and an
-RTCP socket on `media.address` (an even port and the next one, RFC 3550 §11). A packet that
-arrives on side A's socket leaves from side B's socket towards B's peer, and the other way
-round, so each party only ever sees sipmask's address and ports.
+Each call is a `RelaySession` with two sides, A and B. For each media line (m= in SDP;
+one for a voice call) each side owns an RTP socket and an RTCP socket on `media.address`
+(an even port and the next one, RFC 3550 §11). A packet that arrives on side A's socket
+leaves from side B's matching socket towards B's peer, and the other way round, so each
+party only ever sees sipmask's address and ports.
 
 Where a side's peer is (the latching rule, per socket, RTP and RTCP apart):
 1. `set_remote()` gives the address from the party's SDP; packets go there until a packet
@@ -160,17 +161,35 @@ class SidePorts:
     rtcp: int
 
 
-class RelaySession:
-    """One call's media: sides A and B, an RTP and an RTCP socket each."""
+@dataclass(slots=True)
+class _Media:
+    """One media line (m= in SDP) of a call: on each side a port pair and its two sockets."""
 
-    def __init__(self, call_id: str, address: str, pairs: dict[Side, PortPair],
-                 streams: dict[Side, tuple[_Stream, _Stream]], timeout_s: float,
+    pairs: dict[Side, PortPair]
+    streams: dict[Side, tuple[_Stream, _Stream]]
+
+    def link(self) -> None:
+        for side in Side:
+            rtp, rtcp = self.streams[side]
+            rtp.twin, rtcp.twin = self.streams[side.other]
+
+    def close(self) -> None:
+        for rtp, rtcp in self.streams.values():
+            rtp.close()
+            rtcp.close()
+
+
+class RelaySession:
+    """One call's media: sides A and B, and per media line an RTP and an RTCP socket on
+    each side. Media line 0 is opened with the session; `Relay.add_media` adds more (a
+    call with video has two active m= lines)."""
+
+    def __init__(self, call_id: str, address: str, media: _Media, timeout_s: float,
                  on_timeout: Callable[[str], None], clock: Callable[[], float],
                  on_close: Callable[[RelaySession], None]) -> None:
         self.call_id = call_id
         self.address = address
-        self.pairs = pairs
-        self._streams = streams
+        self._media = [media]
         self._timeout_s = timeout_s
         self._on_timeout = on_timeout
         self._clock = clock
@@ -180,22 +199,32 @@ class RelaySession:
         self.held = False
         self.timed_out = False
         self.closed = False
-        for side in Side:
-            rtp, rtcp = streams[side]
-            other_rtp, other_rtcp = streams[side.other]
-            rtp.twin, rtcp.twin = other_rtp, other_rtcp
+        media.link()
 
-    def local(self, side: Side | str) -> SidePorts:
+    @property
+    def media_count(self) -> int:
+        return len(self._media)
+
+    @property
+    def pairs(self) -> list[PortPair]:
+        return [pair for media in self._media for pair in media.pairs.values()]
+
+    def _add(self, media: _Media) -> int:
+        media.link()
+        self._media.append(media)
+        return len(self._media) - 1
+
+    def local(self, side: Side | str, index: int = 0) -> SidePorts:
         """Sipmask's address and ports that `side`'s party must send to (for its SDP)."""
-        rtp, rtcp = self._streams[Side(side)]
+        rtp, rtcp = self._media[index].streams[Side(side)]
         return SidePorts(self.address, rtp.local_port, rtcp.local_port)
 
     def set_remote(self, side: Side | str, host: str, rtp_port: int,
-                   rtcp_port: int | None = None) -> None:
+                   rtcp_port: int | None = None, index: int = 0) -> None:
         """The party's media address from its SDP (RFC 3605 a=rtcp gives `rtcp_port`;
         without it RTCP is RTP + 1, RFC 3550 §11). Port 0 or 0.0.0.0: send nothing."""
         side = Side(side)
-        rtp, rtcp = self._streams[side]
+        rtp, rtcp = self._media[index].streams[side]
         if rtp_port == 0 or host in _NO_ADDRESS:
             rtp.set_sdp_peer(None)
             rtcp.set_sdp_peer(None)
@@ -217,10 +246,10 @@ class RelaySession:
         if self.timed_out or self.held or self._armed_at is None or self.closed:
             return False
         last = self._armed_at
-        for side in Side:
-            heard = self._streams[side][0].last_in
-            if heard is not None and heard > last:
-                last = heard
+        for media in self._media:
+            for rtp, _ in media.streams.values():
+                if rtp.last_in is not None and rtp.last_in > last:
+                    last = rtp.last_in
         if now - last < self._timeout_s:
             return False
         self.timed_out = True
@@ -228,33 +257,36 @@ class RelaySession:
         return True
 
     def leg_stats(self, side: Side | str) -> LegStats:
-        rtp, rtcp = self._streams[Side(side)]
+        """One party's counters, all media lines and RTP with RTCP summed."""
+        side = Side(side)
+        sockets = [s for media in self._media for s in media.streams[side]]
+        heard = [media.streams[side][0].last_in for media in self._media]
         return LegStats(
-            packets_in=rtp.packets_in + rtcp.packets_in,
-            bytes_in=rtp.bytes_in + rtcp.bytes_in,
-            packets_out=rtp.packets_out + rtcp.packets_out,
-            bytes_out=rtp.bytes_out + rtcp.bytes_out,
-            dropped=rtp.dropped + rtcp.dropped,
-            rejected=rtp.rejected + rtcp.rejected,
-            last_rtp_at=rtp.last_in,
+            packets_in=sum(s.packets_in for s in sockets),
+            bytes_in=sum(s.bytes_in for s in sockets),
+            packets_out=sum(s.packets_out for s in sockets),
+            bytes_out=sum(s.bytes_out for s in sockets),
+            dropped=sum(s.dropped for s in sockets),
+            rejected=sum(s.rejected for s in sockets),
+            last_rtp_at=max((t for t in heard if t is not None), default=None),
         )
 
     def stats(self) -> CallStats:
         return CallStats(self.call_id, self.leg_stats(Side.A), self.leg_stats(Side.B),
                          self.timed_out)
 
-    def peer(self, side: Side | str) -> Address | None:
+    def peer(self, side: Side | str, index: int = 0) -> Address | None:
         """Where RTP for `side`'s party goes now (the SDP address or the latched one)."""
-        return self._streams[Side(side)][0].peer
+        return self._media[index].streams[Side(side)][0].peer
 
     def close(self) -> CallStats:
-        """Close the four sockets and give the ports back. Safe to call twice."""
+        """Close the sockets and give the ports back. Safe to call twice. The sockets
+        close on the loop's next turn (asyncio transports defer it)."""
         final = self.stats()
         if not self.closed:
             self.closed = True
-            for rtp, rtcp in self._streams.values():
-                rtp.close()
-                rtcp.close()
+            for media in self._media:
+                media.close()
             self._on_close(self)
         return final
 
@@ -277,13 +309,15 @@ class RelayStats:
 class Relay:
     """Opens and closes sessions, owns the port allocator, sweeps for media timeouts.
 
-    `clock` is the monotonic time source (default: the running loop's `time`); tests pass a
-    fake one and call `check_timeouts()` themselves.
+    `clock` is the monotonic time source (default: the running loop's `time`). The timeout
+    sweep starts with the first session; tests on a fake clock pass `sweep=False` and call
+    `check_timeouts()` themselves.
     """
 
     def __init__(self, config: MediaConfig, *, on_timeout: Callable[[str], None],
                  clock: Callable[[], float] | None = None, timeout_s: float | None = None,
-                 relatch_after_s: float = 2.0, sweep_interval_s: float | None = None) -> None:
+                 relatch_after_s: float = 2.0, sweep_interval_s: float | None = None,
+                 sweep: bool = True) -> None:
         self.address = config.address
         self._family = socket.AF_INET6 if _is_ipv6(config.address) else socket.AF_INET
         self.allocator = PortAllocator(config.ports)
@@ -294,6 +328,7 @@ class Relay:
         self._sweep_interval = sweep_interval_s or min(1.0, self.timeout_s / 4)
         self._sessions: dict[str, RelaySession] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_enabled = sweep
         self._opened = 0
         self._timeouts = 0
         # Totals of closed sessions, so counters survive their sessions.
@@ -324,9 +359,32 @@ class Relay:
         return fired
 
     async def open_session(self, call_id: str) -> RelaySession:
-        """Bind both sides' sockets. Raises PortsExhausted when no pair can be had."""
+        """Bind both sides' sockets for media line 0. Raises PortsExhausted when no pair
+        can be had."""
         if call_id in self._sessions:
             raise MediaError(f"a relay session for call {call_id} is already open")
+        if self._sweeper is None and self._sweep_enabled:
+            await self.start()
+        media = await self._bind_media()
+        session = RelaySession(call_id, self.address, media, self.timeout_s,
+                               self._on_timeout, self.clock, self._forget)
+        self._sessions[call_id] = session
+        self._opened += 1
+        return session
+
+    async def add_media(self, session: RelaySession) -> int:
+        """Bind one more media line for `session`; returns its index."""
+        if session.closed:
+            raise MediaError(f"relay session for call {session.call_id} is closed")
+        media = await self._bind_media()
+        if session.closed:          # closed while we were binding
+            media.close()
+            for pair in media.pairs.values():
+                self.allocator.free(pair)
+            raise MediaError(f"relay session for call {session.call_id} is closed")
+        return session._add(media)
+
+    async def _bind_media(self) -> _Media:
         clock = self.clock
         pairs: dict[Side, PortPair] = {}
         streams: dict[Side, tuple[_Stream, _Stream]] = {}
@@ -339,11 +397,7 @@ class Relay:
                 rtcp.close()
                 self.allocator.free(pairs[side])
             raise
-        session = RelaySession(call_id, self.address, pairs, streams, self.timeout_s,
-                               self._on_timeout, clock, self._forget)
-        self._sessions[call_id] = session
-        self._opened += 1
-        return session
+        return _Media(pairs, streams)
 
     async def _bind_side(self, clock: Callable[[], float]
                          ) -> tuple[PortPair, tuple[_Stream, _Stream]]:
@@ -399,7 +453,7 @@ class Relay:
 
     def _forget(self, session: RelaySession) -> None:
         self._sessions.pop(session.call_id, None)
-        for pair in session.pairs.values():
+        for pair in session.pairs:
             self.allocator.free(pair)
         final = session.stats()
         self._closed_packets += final.packets_relayed

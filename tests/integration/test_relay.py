@@ -22,6 +22,7 @@ import uvloop
 from sipmask.clock import FakeClock
 from sipmask.config.schema import MediaConfig, PortRange
 from sipmask.errors import MediaError, PortsExhausted
+from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import Relay, RelaySession, Side
 
 HOST = "127.0.0.1"
@@ -174,7 +175,7 @@ def test_a_stranger_cannot_take_over_until_the_latched_source_goes_silent(run: R
     async def test() -> None:
         clock = FakeClock()
         relay = Relay(config(), on_timeout=lambda call_id: None, clock=clock.monotonic,
-                      relatch_after_s=2.0)
+                      relatch_after_s=2.0, sweep=False)
         session = await relay.open_session("c1")
         a, b, stranger = (await Endpoint.open(), await Endpoint.open(),
                           await Endpoint.open())
@@ -286,7 +287,8 @@ def test_timeout_waits_for_both_sdp_addresses_on_a_fake_clock(run: Runner) -> No
     async def test() -> None:
         clock = FakeClock()
         fired: list[str] = []
-        relay = Relay(config(), on_timeout=fired.append, clock=clock.monotonic, timeout_s=5)
+        relay = Relay(config(), on_timeout=fired.append, clock=clock.monotonic, timeout_s=5,
+                      sweep=False)
         session = await relay.open_session("ringing")
         session.set_remote(Side.A, HOST, 40000)
         clock.advance(60)                                 # a long ring, no answer yet
@@ -385,4 +387,114 @@ def test_counters_add_up_under_a_burst(run: Runner) -> None:
         a.close()
         b.close()
         await relay.close()
+    run(test)
+
+
+# -- EmbeddedBackend: the rtpengine-shaped adapter over the relay --------------------------
+
+def sdp_body(host: str, *ports: int, direction: str = "sendrecv") -> bytes:
+    media = "".join(f"m=audio {port} RTP/AVP 0\r\na={direction}\r\n" for port in ports)
+    return (f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+            f"{media}").encode()
+
+
+def parse_endpoints(sdp: bytes) -> list[tuple[str, int] | None]:
+    """The lambda-sized stand-in for sipmask.sdp: c= host and each m= port."""
+    lines = sdp.decode().split("\r\n")
+    host = next(line[9:] for line in lines if line.startswith("c=IN IP4 "))
+    ports = [int(line.split()[1]) for line in lines if line.startswith("m=")]
+    return [(host, port) if port else None for port in ports]
+
+
+def test_embedded_offer_answer_points_each_leg_at_its_own_side(run: Runner) -> None:
+    async def test() -> None:
+        rewrites: list[tuple[str, list[int], str]] = []
+
+        def rewrite(sdp: bytes, address: str, ports: list[int], leg_key: str) -> bytes:
+            rewrites.append((address, ports, leg_key))
+            return sdp_body(address, *ports)
+
+        backend = EmbeddedBackend(config(), on_timeout=lambda call_id: None,
+                                  parse_endpoints=parse_endpoints, rewrite=rewrite,
+                                  is_hold=lambda sdp: b"a=sendonly" in sdp)
+        a, b = await Endpoint.open(), await Endpoint.open()
+        to_b = await backend.offer("c1", "a", sdp_body(HOST, a.address[1]))
+        session = backend.relay.session("c1")
+        assert session is not None
+        b_side = session.local(Side.B).rtp
+        assert rewrites[-1] == (HOST, [b_side], "c1:b")
+        assert parse_endpoints(to_b) == [(HOST, b_side)]
+        to_a = await backend.answer("c1", "b", sdp_body(HOST, b.address[1]))
+        assert parse_endpoints(to_a) == [(HOST, session.local(Side.A).rtp)]
+        assert rewrites[-1][2] == "c1:a"
+        # Media follows the rewritten bodies: each party sends where its SDP said.
+        a.send(b"voice-a", parse_endpoints(to_a)[0])  # type: ignore[arg-type]
+        assert await b.recv() == (b"voice-a", (HOST, b_side))
+        b.send(b"voice-b", parse_endpoints(to_b)[0])  # type: ignore[arg-type]
+        assert (await a.recv())[0] == b"voice-b"
+        # Re-INVITE from B putting the call on hold suspends the media timeout.
+        await backend.offer("c1", "b", sdp_body(HOST, b.address[1], direction="sendonly"))
+        assert session.held
+        await backend.answer("c1", "a", sdp_body(HOST, a.address[1]))
+        assert session.held                                # B still holds
+        await backend.offer("c1", "b", sdp_body(HOST, b.address[1]))
+        assert not session.held
+        final = await backend.delete("c1")
+        assert (final.a.packets_in, final.b.packets_out, final.b.packets_in) == (1, 1, 1)
+        assert backend.relay.session("c1") is None
+        again = await backend.delete("c1")                 # BYE and timeout racing: no error
+        assert again.packets_relayed == 0
+        with pytest.raises(MediaError, match="without an offer"):
+            await backend.answer("c2", "b", sdp_body(HOST, 4000))
+        a.close()
+        b.close()
+        await backend.close()
+    run(test)
+
+
+def test_embedded_relays_each_enabled_media_line(run: Runner) -> None:
+    async def test() -> None:
+        backend = EmbeddedBackend(config(), on_timeout=lambda call_id: None,
+                                  parse_endpoints=parse_endpoints,
+                                  rewrite=lambda sdp, address, ports, key: sdp_body(address,
+                                                                                    *ports))
+        a1, a2, b1, b2 = [await Endpoint.open() for _ in range(4)]
+        # Audio, a rejected stream (port 0), and video: two relay media lines.
+        offer = sdp_body(HOST, a1.address[1], 0, a2.address[1])
+        to_b = parse_endpoints(await backend.offer("c1", "a", offer))
+        assert len(to_b) == 2 and to_b[0] != to_b[1]
+        to_a = parse_endpoints(await backend.answer("c1", "b", sdp_body(
+            HOST, b1.address[1], 0, b2.address[1])))
+        session = backend.relay.session("c1")
+        assert session is not None and session.media_count == 2
+        a2.send(b"video", to_a[1])  # type: ignore[arg-type]
+        assert (await b2.recv())[0] == b"video"
+        assert await b1.nothing()
+        for endpoint in (a1, a2, b1, b2):
+            endpoint.close()
+        await backend.close()
+        assert backend.relay.allocator.in_use == 0
+    run(test)
+
+
+def test_embedded_defaults_to_the_sipmask_sdp_rewrite(run: Runner) -> None:
+    async def test() -> None:
+        backend = EmbeddedBackend(config(), on_timeout=lambda call_id: None)
+        a, b = await Endpoint.open(), await Endpoint.open()
+        offer = (f"v=0\r\no=alice 2890844526 2890844526 IN IP4 {HOST}\r\ns=call\r\n"
+                 f"c=IN IP4 {HOST}\r\nt=0 0\r\nm=audio {a.address[1]} RTP/AVP 0\r\n"
+                 "a=rtpmap:0 PCMU/8000\r\n").encode()
+        to_b = await backend.offer("c1", "a", offer)
+        session = backend.relay.session("c1")
+        assert session is not None
+        assert f"m=audio {session.local(Side.B).rtp} RTP/AVP 0".encode() in to_b
+        assert str(a.address[1]).encode() not in to_b and b"alice" not in to_b
+        answer = offer.replace(str(a.address[1]).encode(), str(b.address[1]).encode())
+        to_a = await backend.answer("c1", "b", answer)
+        assert f"m=audio {session.local(Side.A).rtp} ".encode() in to_a
+        a.send(b"pcmu", (HOST, session.local(Side.A).rtp))
+        assert (await b.recv())[0] == b"pcmu"
+        await backend.close()
+        a.close()
+        b.close()
     run(test)
