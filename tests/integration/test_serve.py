@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -460,3 +461,11 @@ def test_ended_transactions_are_freed_without_the_cycle_collector() -> None:
     assert live > 0 and after == 0
     # Per transaction about a dozen objects were frozen; all of them must be gone again.
     assert left < 200, f"{left} frozen objects outlived their transactions"
+
+
+def test_sigint_stops_like_sigterm(serve) -> None:  # type: ignore[no-untyped-def]
+    proc: ServeProcess = serve()
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.proc.wait(10) == 0
+    assert "sipmask stopped: counters " in proc.stdout()
+    assert "Traceback" not in proc.stderr()
