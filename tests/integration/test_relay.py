@@ -13,7 +13,7 @@ import asyncio
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, cast
 
 import pytest
@@ -26,7 +26,7 @@ from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import Relay, RelaySession, Side
 
 HOST = "127.0.0.1"
-Runner = Callable[[Callable[[], Awaitable[None]]], None]
+Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 def port_range(pairs: int) -> PortRange:

@@ -1,0 +1,273 @@
+"""rtpengine as the media backend, over its ng control protocol.
+
+The ng protocol (rtpengine's docs, "ng Control Protocol"): one UDP datagram per message,
+`<cookie> <bencoded dictionary>`. The reply carries the same cookie; rtpengine keeps
+recent replies by cookie, so a request resent with the same cookie after a lost reply is
+answered from that cache and not run twice. We resend on timeout like Kamailio's
+rtpengine module (per-try timeout `media.rtpengine.timeout_ms`, a few tries).
+
+Commands used: `ping`, `offer`, `answer`, `delete`, `query`. The offer/answer flags make
+rtpengine behave as the privacy contract needs:
+- "ICE": "remove" strips candidates, which carry the party's real addresses;
+- "replace": ["origin", "session-connection"] rewrites o= and the session c= to
+  rtpengine's interface (without it o= keeps the party's address);
+- "direction" only when two named interfaces are configured (one-interface setups, the
+  Debian default, need none).
+rtpengine 10.5 (Debian 12) replaces only the o= address, not its username, and keeps s=
+and a=ssrc cname lines; `scrub_identity` finishes the job on the returned SDP (the privacy
+contract in DESIGN.md: no o= username, no cname crosses).
+Tags: rtpengine keys a call's sides by SIP tags. We pass our leg names: the leg that offers
+is `from-tag`, the other leg `to-tag` (rtpengine's answer uses the offerer's tag as
+from-tag and the answerer's as to-tag, as the SIP From/To of the dialog would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections.abc import Mapping
+from typing import cast
+
+from sipmask.config.schema import HostPort, MediaConfig
+from sipmask.errors import RtpengineError
+from sipmask.media import bencode
+from sipmask.media.backend import LEGS, CallStats, LegStats, other_leg
+
+ATTEMPTS = 3
+# What offer and answer always ask for (see the module docstring).
+PRIVACY_FLAGS: dict[str, bencode.Encodable] = {
+    "ICE": "remove",
+    "replace": ["origin", "session-connection"],
+}
+
+
+class NgClient(asyncio.DatagramProtocol):
+    """A request/reply client for the ng protocol over one connected UDP socket."""
+
+    def __init__(self, target: HostPort, *, timeout_s: float, attempts: int = ATTEMPTS) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.transport: asyncio.DatagramTransport | None = None
+        self._pending: dict[bytes, asyncio.Future[dict[str, bencode.Value]]] = {}
+        # A random prefix per client, so cookies from a restarted sipmask never match
+        # replies rtpengine still caches from the previous run.
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+        self.resends = 0
+
+    @classmethod
+    async def connect(cls, target: HostPort, *, timeout_s: float,
+                      attempts: int = ATTEMPTS) -> NgClient:
+        client = cls(target, timeout_s=timeout_s, attempts=attempts)
+        await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: client, remote_addr=(target.host, target.port))
+        return client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        cookie, _, body = data.partition(b" ")
+        waiter = self._pending.get(cookie)
+        if waiter is None or waiter.done():
+            return          # a late reply to a request we resent or gave up on
+        try:
+            reply = bencode.decode(body)
+        except bencode.BencodeError as exc:
+            waiter.set_exception(RtpengineError(f"rtpengine sent an unreadable reply: {exc}"))
+            return
+        if not isinstance(reply, dict):
+            waiter.set_exception(RtpengineError("rtpengine reply is not a dictionary"))
+            return
+        waiter.set_result(reply)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable: nothing listens at the ng address. Fail fast.
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(RtpengineError(
+                    f"rtpengine at {self.target} unreachable: {exc}"))
+
+    async def request(self, command: str, **params: bencode.Encodable) -> dict[str, bencode.Value]:
+        """Send `command` with `params`; the reply dictionary, or RtpengineError for a
+        reply with result "error" or none after `attempts` tries."""
+        if self.transport is None:
+            raise RtpengineError("ng client is not connected")
+        cookie = f"{self._prefix}_{next(self._counter)}".encode()
+        datagram = cookie + b" " + bencode.encode({"command": command, **params})
+        waiter: asyncio.Future[dict[str, bencode.Value]] = (
+            asyncio.get_running_loop().create_future())
+        self._pending[cookie] = waiter
+        try:
+            for attempt in range(self.attempts):
+                if attempt:
+                    self.resends += 1
+                self.transport.sendto(datagram)
+                try:
+                    reply = await asyncio.wait_for(asyncio.shield(waiter), self.timeout_s)
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                raise RtpengineError(f"no answer from rtpengine at {self.target} to "
+                                     f"{command} after {self.attempts} tries")
+        finally:
+            del self._pending[cookie]
+            if not waiter.done():
+                waiter.cancel()
+        result = reply.get("result")
+        if result == b"error":
+            reason = _text(reply.get("error-reason", b"no reason given"))
+            raise RtpengineError(f"rtpengine refused {command}: {reason}")
+        return reply
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class RtpengineBackend:
+    """MediaBackend on rtpengine. Connects on first use, so it can be built outside a loop."""
+
+    def __init__(self, config: MediaConfig, *, interfaces: tuple[str, str] | None = None,
+                 attempts: int = ATTEMPTS) -> None:
+        self.target = config.rtpengine.ng
+        self._timeout_s = config.rtpengine.timeout_ms / 1000
+        self._attempts = attempts
+        self._interfaces = interfaces
+        self._client: NgClient | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._answered: set[str] = set()    # calls with a to-tag known to rtpengine
+
+    async def client(self) -> NgClient:
+        if self._client is None:
+            self._connecting = self._connecting or asyncio.Lock()
+            async with self._connecting:
+                if self._client is None:
+                    self._client = await NgClient.connect(
+                        self.target, timeout_s=self._timeout_s, attempts=self._attempts)
+        return self._client
+
+    async def ping(self) -> None:
+        reply = await (await self.client()).request("ping")
+        if reply.get("result") != b"pong":
+            raise RtpengineError(f"rtpengine answered ping with {reply.get('result')!r}")
+
+    def _flags(self) -> dict[str, bencode.Encodable]:
+        flags = dict(PRIVACY_FLAGS)
+        if self._interfaces is not None:
+            flags["direction"] = list(self._interfaces)
+        return flags
+
+    async def offer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+        params: dict[str, bencode.Encodable] = {
+            "call-id": call_id, "from-tag": leg, "sdp": sdp, **self._flags()}
+        if call_id in self._answered:
+            # A re-offer in an established call names the other side too.
+            params["to-tag"] = other_leg(leg)
+        reply = await (await self.client()).request("offer", **params)
+        return scrub_identity(_sdp(reply, "offer"))
+
+    async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+        reply = await (await self.client()).request(
+            "answer", **{"call-id": call_id, "from-tag": other_leg(leg), "to-tag": leg,
+                         "sdp": sdp, **self._flags()})
+        self._answered.add(call_id)
+        return scrub_identity(_sdp(reply, "answer"))
+
+    async def query(self, call_id: str) -> CallStats:
+        reply = await (await self.client()).request("query", **{"call-id": call_id})
+        return call_stats(call_id, reply)
+
+    async def delete(self, call_id: str) -> CallStats:
+        """Delete the call in rtpengine; its final counters. rtpengine's delete reply holds
+        no counters (it keeps the call for --delete-delay), so a query comes first. A call
+        rtpengine does not know (deleted already, timed out there) gives empty counters."""
+        self._answered.discard(call_id)
+        client = await self.client()
+        try:
+            final = call_stats(call_id, await client.request("query", **{"call-id": call_id}))
+        except RtpengineError as exc:
+            if "Unknown call-id" not in str(exc):
+                raise
+            final = CallStats(call_id, LegStats(), LegStats())
+        # Unknown call-ids answer "ok" with a warning: deleting twice is harmless.
+        await client.request("delete", **{"call-id": call_id})
+        return final
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def call_stats(call_id: str, reply: Mapping[str, bencode.Value]) -> CallStats:
+    """Counters from a `delete` or `query` reply: per tag (our legs), per stream, the
+    `stats` rtpengine keeps for what it received from that side; what a side was sent is
+    what the other side's streams received."""
+    received: dict[str, tuple[int, int]] = {leg: (0, 0) for leg in LEGS}
+    tags = reply.get("tags")
+    if isinstance(tags, dict):
+        for tag, monologue in tags.items():
+            if tag not in received or not isinstance(monologue, dict):
+                continue
+            packets = octets = 0
+            for stream in _streams(monologue):
+                stats = stream.get("stats")
+                if isinstance(stats, dict):
+                    packets += _int(stats.get("packets"))
+                    octets += _int(stats.get("bytes"))
+            received[tag] = (packets, octets)
+    a_in, b_in = received["a"], received["b"]
+    return CallStats(call_id,
+                     LegStats(packets_in=a_in[0], bytes_in=a_in[1],
+                              packets_out=b_in[0], bytes_out=b_in[1]),
+                     LegStats(packets_in=b_in[0], bytes_in=b_in[1],
+                              packets_out=a_in[0], bytes_out=a_in[1]))
+
+
+def _streams(monologue: dict[str, bencode.Value]) -> list[dict[str, bencode.Value]]:
+    found: list[dict[str, bencode.Value]] = []
+    medias = monologue.get("medias")
+    if isinstance(medias, list):
+        for media in medias:
+            streams = media.get("streams") if isinstance(media, dict) else None
+            if isinstance(streams, list):
+                found += [s for s in streams if isinstance(s, dict)]
+    return found
+
+
+def scrub_identity(sdp: bytes) -> bytes:
+    """o= username to "-" (RFC 4566 §5.2 allows "-" when there is no user id), s= to "-"
+    (§5.3), and a=ssrc cname lines dropped (RFC 5576 §6.1: a CNAME names the sender's
+    host). Everything else, byte for byte."""
+    lines = sdp.split(b"\n")
+    kept: list[bytes] = []
+    for line in lines:
+        if line.startswith(b"o="):
+            fields = line[2:].split(b" ", 1)
+            line = b"o=-" + (b" " + fields[1] if len(fields) > 1 else b"")
+        elif line.startswith(b"s="):
+            line = b"s=-" + (b"\r" if line.endswith(b"\r") else b"")
+        elif line.startswith(b"a=ssrc:") and b" cname:" in line:
+            continue
+        kept.append(line)
+    return b"\n".join(kept)
+
+
+def _sdp(reply: Mapping[str, bencode.Value], command: str) -> bytes:
+    sdp = reply.get("sdp")
+    if not isinstance(sdp, bytes):
+        raise RtpengineError(f"rtpengine answered {command} without an SDP")
+    return sdp
+
+
+def _int(value: bencode.Value | None) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _text(value: bencode.Value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,206 @@
+"""RtpengineBackend against the real daemon (Debian rtpengine-daemon 10.5, userspace mode).
+
+Starts `rtpengine --table=-1` on loopback with its own ng port and RTP port range, then:
+ping; offer/answer a real SDP (with ICE, a named o= user and a foreign origin address);
+RTP both ways through it, each party hearing only rtpengine's ports; counters from query
+and delete; a re-offer (hold) in the established call; errors are typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipmask.config.schema import HostPort, MediaConfig, RtpengineConfig
+from sipmask.errors import MediaError, RtpengineError
+from sipmask.media.rtpengine import NgClient, RtpengineBackend
+from tests.conftest import LOOPBACK, free_port
+
+pytestmark = pytest.mark.rtpengine
+
+BINARY = shutil.which("rtpengine")
+
+
+class Daemon:
+    def __init__(self, proc: subprocess.Popen[bytes], ng: HostPort, log: Path) -> None:
+        self.proc = proc
+        self.ng = ng
+        self.log = log
+
+    def media_config(self) -> MediaConfig:
+        return MediaConfig(backend="rtpengine",
+                           rtpengine=RtpengineConfig(ng=self.ng, timeout_ms=500))
+
+
+def free_udp_range(size: int) -> int:
+    """The first port of `size` consecutive UDP ports free on loopback now, below the
+    kernel's ephemeral range so other tests' bind(0) does not land in it."""
+    start = 12000 + (os.getpid() * 100) % 6000
+    for first in range(start, 19900, size):
+        probes: list[socket.socket] = []
+        try:
+            for port in range(first, first + size):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probes.append(probe)
+                probe.bind((LOOPBACK, port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError("no free UDP port range for rtpengine")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    if BINARY is None:
+        pytest.skip("rtpengine binary not found (apt-get install rtpengine-daemon)")
+    ng = HostPort(LOOPBACK, free_port())
+    first = free_udp_range(100)
+    log = tmp_path_factory.mktemp("rtpengine") / "rtpengine.log"
+    args = [BINARY, "--config-file=none", "--table=-1", f"--interface={LOOPBACK}",
+            f"--listen-ng={ng}", "--foreground", "--log-stderr", "--log-level=6",
+            f"--port-min={first}", f"--port-max={first + 99}", "--num-threads=2",
+            "--delete-delay=0"]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
+    daemon = Daemon(proc, ng, log)
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers_ping(ng):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"rtpengine did not start:\n{log.read_text()}")
+        yield daemon
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _answers_ping(ng: HostPort) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        sock.sendto(b"probe d7:command4:pinge", (ng.host, ng.port))
+        try:
+            return sock.recv(1000) == b"probe d6:result4:ponge"
+        except OSError:
+            time.sleep(0.1)
+            return False
+
+
+def offer_sdp(port: int, user: str = "alice", direction: str = "sendrecv") -> bytes:
+    return (f"v=0\r\no={user} 2890844526 2890844526 IN IP4 127.0.0.2\r\ns=Talk to Bob\r\n"
+            f"c=IN IP4 {LOOPBACK}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n"
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+            f"a={direction}\r\na=ssrc:305419896 cname:alice@host.example\r\n"
+            "a=ice-ufrag:F7gI\r\na=ice-pwd:x9cml/YzichV2+XlhiMu8g\r\n"
+            f"a=candidate:1 1 UDP 2130706431 192.0.2.10 {port} typ host\r\n").encode()
+
+
+def media_port(sdp: bytes) -> int:
+    found = re.search(rb"^m=audio (\d+) ", sdp, re.M)
+    assert found is not None, sdp
+    return int(found.group(1))
+
+
+def phone() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.settimeout(2.0)
+    return sock
+
+
+def rtp(seq: int, fill: bytes) -> bytes:
+    return bytes([0x80, 0, 0, seq]) + seq.to_bytes(4, "big") + b"\x00\x00\x12\x34" + fill * 160
+
+
+def test_ping(daemon: Daemon) -> None:
+    async def test() -> None:
+        backend = RtpengineBackend(daemon.media_config())
+        started = time.perf_counter()
+        await backend.ping()
+        assert time.perf_counter() - started < 0.5
+        await backend.close()
+    asyncio.run(test())
+
+
+def test_a_call_through_rtpengine(daemon: Daemon) -> None:
+    a, b = phone(), phone()
+
+    async def test() -> None:
+        backend = RtpengineBackend(daemon.media_config())
+        to_b = await backend.offer("call-1", "a", offer_sdp(a.getsockname()[1]))
+        to_a = await backend.answer("call-1", "b", offer_sdp(b.getsockname()[1], user="bob"))
+        for body, party in ((to_b, a), (to_a, b)):
+            text = body.decode()
+            assert "candidate" not in text and "ice-ufrag" not in text      # ICE removed
+            assert "alice" not in text and "bob" not in text and "Talk" not in text
+            assert "127.0.0.2" not in text                                  # origin replaced
+            assert f" {party.getsockname()[1]} " not in text
+            assert text.startswith("v=0\r\no=- ") and "\r\ns=-\r\n" in text
+        b_side, a_side = media_port(to_b), media_port(to_a)
+        # RTP both ways, each party hearing only rtpengine's port on its side.
+        loop = asyncio.get_running_loop()
+        for seq in range(10):
+            a.sendto(rtp(seq, b"A"), (LOOPBACK, a_side))
+            data, source = await loop.run_in_executor(None, b.recvfrom, 2048)
+            assert (data, source) == (rtp(seq, b"A"), (LOOPBACK, b_side))
+            b.sendto(rtp(seq, b"B"), (LOOPBACK, b_side))
+            data, source = await loop.run_in_executor(None, a.recvfrom, 2048)
+            assert (data, source) == (rtp(seq, b"B"), (LOOPBACK, a_side))
+        live = await backend.query("call-1")
+        assert (live.a.packets_in, live.b.packets_in) == (10, 10)
+        assert live.a.bytes_in == 10 * 172 and live.b.packets_out == 10
+        # Re-offer from B in the established call (hold), then back.
+        held = await backend.offer("call-1", "b", offer_sdp(b.getsockname()[1], "bob",
+                                                             "sendonly"))
+        assert b"a=sendonly" in held and media_port(held) == a_side
+        await backend.answer("call-1", "a", offer_sdp(a.getsockname()[1], direction="recvonly"))
+        final = await backend.delete("call-1")
+        assert final.packets_relayed == 20
+        gone = await backend.delete("call-1")               # BYE and timeout racing: harmless
+        assert gone.packets_relayed == 0
+        with pytest.raises(RtpengineError, match="Unknown call-id"):
+            await backend.query("call-1")
+        await backend.close()
+
+    try:
+        asyncio.run(test())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_no_daemon_is_a_typed_error(daemon: Daemon) -> None:
+    async def test() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind((LOOPBACK, 0))                          # bound, never answers
+        client = await NgClient.connect(HostPort(LOOPBACK, silent.getsockname()[1]),
+                                        timeout_s=0.1, attempts=3)
+        with pytest.raises(RtpengineError, match="after 3 tries"):
+            await client.request("ping")
+        assert client.resends == 2
+        assert len(silent.recv(100)) > 0                    # it did send
+        client.close()
+        silent.close()
+        refused = RtpengineBackend(MediaConfig(rtpengine=RtpengineConfig(
+            ng=HostPort(LOOPBACK, free_port()), timeout_ms=1000)))
+        started = time.perf_counter()
+        with pytest.raises(MediaError, match="unreachable"):
+            await refused.ping()                            # ICMP refused: no 3 s wait
+        assert time.perf_counter() - started < 0.9
+        await refused.close()
+    asyncio.run(test())
