@@ -34,8 +34,12 @@ from sipmask.cdr.store import CdrLog
 from sipmask.clock import SystemClock
 from sipmask.config.schema import Config, Endpoint
 from sipmask.errors import StoreError
+from sipmask.events.outbox import Outbox
+from sipmask.events.webhook import WebhookDelivery
+from sipmask.events.webhook import from_config as webhook_from_config
 from sipmask.media.backend import MediaBackend
 from sipmask.observability import logging as sm_logging
+from sipmask.observability.metrics import Metrics
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.timers import TimerConfig
 from sipmask.sip.transaction import (
@@ -358,6 +362,9 @@ class Services:
     cdrs: CdrLog
     media: MediaBackend
     engines: list[Engine] = field(default_factory=list)   # the one SipServer made
+    outbox: Outbox | None = None
+    delivery: WebhookDelivery | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     api: web.AppRunner | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -372,22 +379,45 @@ class Services:
             for engine in engines:
                 engine.media_timeout(call_id)
         media = build_media(config, on_timeout=media_timeout)
-        return cls(config, store, CdrLog(store), media, engines)
+        services = cls(config, store, CdrLog(store), media, engines)
+        services.outbox = Outbox(store)
+        services.delivery = webhook_from_config(config.events.webhook, services.outbox)
+        sources = services.metrics.sources
+        sources.store_bytes = store.disk_bytes
+        sources.event_backlog = services.outbox.backlog
+        delivery = services.delivery
+        if delivery is not None:
+            sources.event_delivery = lambda: delivery.stats
+        relay = getattr(media, "relay", None)
+        if relay is not None:
+            sources.relay = relay.stats
+        return services
 
     @property
     def engine(self) -> Engine | None:
         return self.engines[0] if self.engines else None
 
     def engine_factory(self, actions: SipActions) -> Engine:
+        # Events are written to the outbox only when a webhook will deliver them.
         engine = Engine(actions, config=self.config, store=self.store,  # type: ignore[arg-type]
-                        media=self.media, cdrs=self.cdrs, clock=SystemClock())
+                        media=self.media, cdrs=self.cdrs, clock=SystemClock(),
+                        events=self.outbox if self.delivery is not None else None,
+                        metrics=self.metrics)
         self.engines.append(engine)
+        self.metrics.sources.active_calls = lambda: engine.active_calls
         return engine
 
+    def watch(self, server: SipServer) -> None:
+        """Metrics read from the SIP side: transaction gauges and message counters."""
+        self.metrics.sources.transactions = server.core.gauges
+        self.metrics.sources.sip = lambda: server.counters
+
     async def start(self) -> None:
-        self.api = await start_api(self.config, self.store,
+        self.api = await start_api(self.config, self.store, metrics_text=self.metrics.render,
                                    cdr_source=cdrs_from_log(self.cdrs))
         self.tasks.append(asyncio.create_task(self._sweep()))
+        if self.delivery is not None:
+            self.delivery.start()
 
     async def _sweep(self) -> None:
         """Expired bindings already stop routing (route() checks expires_at); this removes
@@ -422,6 +452,8 @@ class Services:
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.delivery is not None:
+            await self.delivery.stop()
         if self.api is not None:
             await self.api.cleanup()
         with contextlib.suppress(Exception):
@@ -438,6 +470,7 @@ async def serve(config: Config) -> int:
               file=sys.stderr, flush=True)
         return EXIT_FAILED
     server = SipServer(config, handler_factory=services.engine_factory)
+    services.watch(server)
     try:
         urls = await server.start()
     except ListenError as exc:

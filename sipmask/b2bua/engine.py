@@ -83,11 +83,18 @@ class EventSink(Protocol):
     def call_event(self, kind: str, call: Call, at: float, cdr: Cdr | None = None) -> None: ...
 
 
-class Hooks(Protocol):
-    """Policy and metrics hooks (the hardening issue plugs in here); all optional."""
+class Policy(Protocol):
+    """Who may call (the hardening issue's ACLs, rate limits, blacklists): raises a SipError
+    (403/503, with its CDR cause) to refuse, returns to admit."""
 
     def admit(self, request: Request, source: Address, trunk: str | None) -> None: ...
+
+
+class CallMetrics(Protocol):
+    """observability/metrics.Metrics fits."""
+
     def call_finished(self, call: Call) -> None: ...
+    def refused(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -130,7 +137,7 @@ class _CallContext:
 class Engine:
     def __init__(self, sip: SipPort, *, config: Config, store: BindingStore, media: MediaPort,
                  cdrs: CdrSink, clock: Clock, events: EventSink | None = None,
-                 hooks: Hooks | None = None) -> None:
+                 policy: Policy | None = None, metrics: CallMetrics | None = None) -> None:
         self.sip = sip
         self.config = config
         self.store = store
@@ -138,7 +145,8 @@ class Engine:
         self.cdrs = cdrs
         self.clock = clock
         self.events = events
-        self.hooks = hooks
+        self.policy = policy
+        self.metrics = metrics
         self.calls: dict[str, _CallContext] = {}
         self._by_a: dict[tuple[str, str], _CallContext] = {}      # (Call-ID, From tag)
         self._by_a_txn: dict[str, _CallContext] = {}
@@ -239,9 +247,13 @@ class Engine:
         trunk_name, trunk = self._trunk_for(event.source[0])
         if trunk is None:
             self.stats["refused_acl"] += 1
+            if self.metrics is not None:
+                self.metrics.refused("acl")
             self._reply(event.txn_id, request, 403)
             return
         if self.draining:
+            if self.metrics is not None:
+                self.metrics.refused("overload")
             self._reply(event.txn_id, request, 503, extra=(("Retry-After", "5"),))
             return
         # CONTRACT: 100 Trying at once (§17.2.1 lets the TU send it; it stops A's Timer A).
@@ -252,8 +264,8 @@ class Engine:
             if any(t.strip() for t in request.headers.get_all("require")):
                 raise SipError("Bad Extension", status=420)
             max_forwards = masking.next_max_forwards(request)
-            if self.hooks is not None:
-                self.hooks.admit(request, event.source, trunk_name)
+            if self.policy is not None:
+                self.policy.admit(request, event.source, trunk_name)
             x = routing.target_x(request)
             caller = routing.caller_number(request, trust_pai=trunk.trust_pai)
             binding = self.store.route(x, caller, now)
@@ -290,6 +302,8 @@ class Engine:
         cause = getattr(exc, "cause", None) or (
             "rate_limited" if exc.status == 503 else "not_allowed")
         self.stats[f"refused_{cause}"] += 1
+        if self.metrics is not None:
+            self.metrics.refused(_REFUSAL_REASON.get(exc.status, cause))
         x = _safe(lambda: routing.target_x(request)) or ""
         caller = _safe(lambda: routing.caller_number(request, trust_pai=False)) or ""
         tenant = self._tenant_of_x(x)
@@ -737,8 +751,8 @@ class Engine:
                      sip_status=call.sip_status, unconnected_cause=call.unconnected_cause)
         self._write_cdr(record)
         self._emit("hangup", ctx, cdr=record)
-        if self.hooks is not None:
-            self.hooks.call_finished(call)
+        if self.metrics is not None:
+            self.metrics.call_finished(call)
 
     def _write_cdr(self, record: Cdr) -> None:
         try:
@@ -831,6 +845,10 @@ class Engine:
             if any(x in pool for pool in tenant.pools):
                 return name
         return ""
+
+
+# Refusals whose status says more than the CDR cause (metrics reasons, not CDR causes).
+_REFUSAL_REASON = {400: "bad_request", 420: "bad_request", 483: "loop"}
 
 
 def _requires_100rel(response: Response) -> bool:
