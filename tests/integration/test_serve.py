@@ -21,9 +21,10 @@ import pytest
 
 from sipmask.config import loader
 from sipmask.config.schema import Endpoint
-from sipmask.server import SipServer
-from sipmask.sip.message import Response
+from sipmask.server import DefaultHandler, SipServer
+from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import StreamFramer, parse_message
+from sipmask.sip.transaction import TransportFailed
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.tcp import open_tcp
 from tests.conftest import (
@@ -502,3 +503,35 @@ def test_sigint_stops_like_sigterm(serve) -> None:  # type: ignore[no-untyped-de
     assert proc.proc.wait(10) == 0
     assert "sipmask stopped: counters " in proc.stdout()
     assert "Traceback" not in proc.stderr()
+
+
+def test_tcp_connect_failure_reaches_the_handler_as_transport_failed() -> None:
+    """§17.1.4: a request the transport cannot deliver fails its client transaction at
+    once; the handler hears TransportFailed rather than waiting for Timer F."""
+    config = loader.loads("", [f"sip.listen=[tcp://{LOOPBACK}:{free_port()}]",
+                               "api.listen=null"])
+    seen: list[object] = []
+
+    class Recorder(DefaultHandler):
+        def handle_event(self, event: object) -> None:  # type: ignore[override]
+            seen.append(event)
+
+    async def scenario() -> None:
+        server = SipServer(config, handler_factory=Recorder)
+        await server.start()
+        closed = (LOOPBACK, free_port())   # nothing listens there: connection refused
+        try:
+            request = parse_message(options_request(closed, transport="TCP"))
+            assert isinstance(request, Request)
+            request.headers.pop_first("via")   # the layer adds its own Via
+            server.send_request(request, closed, "tcp")
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            server.close()
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert [type(e) for e in seen][:1] == [TransportFailed]
