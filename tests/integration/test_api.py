@@ -12,7 +12,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from sipmask.config.schema import (
     TenantConfig,
 )
 from sipmask.store.lmdb import LmdbStore, open_store
+from tests.conftest import ServeProcess, free_port
 
 A, B, C = "13800000001", "13900000002", "13700000003"
 DEMO_POOL = "700100000000000-700100000000999"
@@ -449,3 +450,42 @@ def test_public_listen_with_demo_token_warns(tmp_path: Path) -> None:
     assert not warn_if_public(demo, HostPort("127.0.0.1", 8080))
     assert not warn_if_public(demo, HostPort("::1", 8080))
     assert not warn_if_public(make_config(tmp_path), HostPort("192.0.2.10", 8080))
+
+
+# -- inside `sipmask serve` -----------------------------------------------------------------
+def test_serve_exposes_the_api(serve: Callable[..., ServeProcess]) -> None:
+    """The default config's demo tenant through a real `sipmask serve`: a bind over HTTP is
+    routed by SIP's own store and shows in the server's metrics."""
+    port = free_port()
+    server = serve("--set", f"api.listen=127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+
+    async def scenario() -> tuple[int, dict[str, Any], int, str]:
+        headers = {"Authorization": "Bearer demo-token"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            for _ in range(100):               # the API starts just after SIP answers
+                try:
+                    async with session.get(f"{base}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            async with session.post(f"{base}/v1/bindings",
+                                    json={"mode": "axb", "a": A, "b": B}) as resp:
+                status, made = resp.status, await resp.json()
+            async with session.get(f"{base}/v1/bindings/{made['id']}") as resp:
+                got = resp.status
+            async with session.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+        return status, made, got, text
+
+    status, made, got, metrics_text = asyncio.run(scenario())
+    assert status == 201 and made["tenant"] == "demo" and got == 200
+    assert "sipmask_" in metrics_text
+    assert server.stop() == 0
+    store = LmdbStore(server.workdir / "store.lmdb")
+    try:
+        assert store.route(made["x"], A, time.time()) is not None
+        assert store.get(made["id"]).b == B
+    finally:
+        store.close()
