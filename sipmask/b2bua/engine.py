@@ -55,6 +55,9 @@ Address = tuple[str, int]
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
 # Methods relayed inside a dialog; REFER is refused (it would carry a URI across, DESIGN.md).
 RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE"})
+KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
+                           "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE",
+                           "UPDATE"})
 SDP = "application/sdp"
 
 
@@ -198,12 +201,18 @@ class Engine:
             return
         if method == "OPTIONS" and not has_to_tag:
             self._reply(event.txn_id, request, 200, extra=(("Allow", ALLOW),
-                                                            ("Accept", SDP)))
+                                                            ("Accept", SDP),
+                                                            ("Supported", "")))
             return
         found = self._find_dialog(request)
         if found is None:
-            status = 481 if has_to_tag or method in ("BYE", "CANCEL") else 405
-            extra = (("Allow", ALLOW),) if status == 405 else ()
+            # §12.2.2: no such dialog; §21.4.6 / §21.5.2: a method we know but do not serve
+            # outside a dialog is 405 (with Allow), one we do not know at all 501.
+            if has_to_tag or method in ("BYE", "CANCEL"):
+                status = 481
+            else:
+                status = 405 if method in KNOWN_METHODS else 501
+            extra = (("Allow", ALLOW),) if status in (405, 501) else ()
             self._reply(event.txn_id, request, status, extra=extra)
             return
         ctx, leg = found
