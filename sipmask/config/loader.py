@@ -41,7 +41,8 @@ def resolve_source(path: str | os.PathLike[str] | None) -> Path | None:
     return None
 
 
-def load(path: str | os.PathLike[str] | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+def load(path: str | os.PathLike[str] | None = None,
+         overrides: typing.Sequence[str] = ()) -> Config:
     """Read, override and type-check a config. Raises ConfigError."""
     source = resolve_source(path)
     if source is None:
