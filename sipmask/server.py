@@ -30,11 +30,11 @@ from aiohttp import web
 
 from sipmask.api.app import cdrs_from_log, start_api
 from sipmask.b2bua.engine import Engine
-from sipmask.cdr.store import CdrLog
+from sipmask.cdr.store import HEARTBEAT_S, CdrLog
 from sipmask.clock import SystemClock
 from sipmask.config.schema import Config, Endpoint
 from sipmask.errors import StoreError
-from sipmask.events.outbox import Outbox
+from sipmask.events.outbox import Outbox, new_event
 from sipmask.events.webhook import WebhookDelivery
 from sipmask.events.webhook import from_config as webhook_from_config
 from sipmask.media.backend import MediaBackend
@@ -412,7 +412,30 @@ class Services:
         self.metrics.sources.transactions = server.core.gauges
         self.metrics.sources.sip = lambda: server.counters
 
+    def repair(self) -> None:
+        """Close the calls a killed predecessor left up (CDRs with release_side sipmask)."""
+        fixed = self.cdrs.repair(SystemClock().wall())
+        if fixed:
+            log.warning("cdr.repaired_after_crash", calls=len(fixed))
+            if self.delivery is not None and self.outbox is not None:
+                for record in fixed:
+                    self.outbox.enqueue(new_event(
+                        "cdr", call_id=record.call_id, binding_id=record.binding_id,
+                        tenant=record.tenant, x=record.x, at=record.end_at or 0.0,
+                        cdr=record))
+
+    async def _heartbeat(self) -> None:
+        clock = SystemClock()
+        while True:
+            try:
+                self.cdrs.heartbeat(clock.wall())
+            except Exception:
+                log.exception("cdr.heartbeat_failed")
+            await asyncio.sleep(HEARTBEAT_S)
+
     async def start(self) -> None:
+        self.repair()
+        self.tasks.append(asyncio.create_task(self._heartbeat()))
         self.api = await start_api(self.config, self.store, metrics_text=self.metrics.render,
                                    cdr_source=cdrs_from_log(self.cdrs))
         self.tasks.append(asyncio.create_task(self._sweep()))

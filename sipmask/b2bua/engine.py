@@ -547,6 +547,8 @@ class Engine:
             out = masking.build_relayed_response(response, ctx.a_invite, to_tag=ctx.a_tag,
                                                  contact=contact, body=body)
             ctx.a_dialog.on_response(out)
+            # Crash safety: an answered call is journalled before the caller hears of it.
+            self._journal_up(ctx)
             self._send_response(ctx.a_txn, out)
             self._emit("answer", ctx)
             log.info("call.answered", call_id=call.call_id)
@@ -750,14 +752,25 @@ class Engine:
         except MediaError as exc:
             log.warning("call.media_delete_failed", call_id=call_id, error=str(exc))
 
+    @staticmethod
+    def _record(call: Call) -> Cdr:
+        return Cdr(call_id=call.call_id, tenant=call.tenant, binding_id=call.binding_id,
+                   x=call.x, caller=call.caller, callee=call.callee,
+                   direction=call.direction, invite_at=call.invite_at, ring_at=call.ring_at,
+                   answer_at=call.answer_at, end_at=call.end_at, duration_s=call.duration_s,
+                   release_side=call.release_side, sip_status=call.sip_status,
+                   unconnected_cause=call.unconnected_cause)
+
+    def _journal_up(self, ctx: _CallContext) -> None:
+        try:
+            self.cdrs.call_up(self._record(ctx.call))
+        except Exception:
+            self.stats["cdr_write_failed"] += 1
+            log.exception("cdr.journal_failed", call_id=ctx.call.call_id)
+
     def _write_call_cdr(self, ctx: _CallContext) -> None:
         call = ctx.call
-        record = Cdr(call_id=call.call_id, tenant=call.tenant, binding_id=call.binding_id,
-                     x=call.x, caller=call.caller, callee=call.callee,
-                     direction=call.direction, invite_at=call.invite_at, ring_at=call.ring_at,
-                     answer_at=call.answer_at, end_at=call.end_at,
-                     duration_s=call.duration_s, release_side=call.release_side,
-                     sip_status=call.sip_status, unconnected_cause=call.unconnected_cause)
+        record = self._record(call)
         self._write_cdr(record)
         self._emit("hangup", ctx, cdr=record)
         if self.metrics is not None:

@@ -3,12 +3,18 @@
 Keys are the invite time in microseconds (big-endian, so keys sort by time) followed by the
 call id, so `since` is one cursor seek. The write happens in the call path before the call's
 last response leaves (CONTRACT), so an acknowledged call always has its record.
+
+Crash safety: when a call is answered its record so far goes into `calls_up` (before the 200
+reaches the caller); the final CDR replaces it in one transaction. A process killed with
+calls up leaves them there, and the next start closes each one (`repair`): end_at is the last
+heartbeat the dead process wrote (at most `HEARTBEAT_S` late), release_side is sipmask.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Protocol
 
 from sipmask.cdr.record import Cdr
@@ -16,10 +22,14 @@ from sipmask.store.lmdb import LmdbStore
 from sipmask.store.rules import Txn
 
 DB = "cdrs"
+UP = "calls_up"
+HEARTBEAT = b"\x00heartbeat"     # sorts before every call id
+HEARTBEAT_S = 1.0
 
 
 class CdrSink(Protocol):
     def write(self, cdr: Cdr) -> None: ...
+    def call_up(self, cdr: Cdr) -> None: ...
 
 
 def _key(cdr: Cdr) -> bytes:
@@ -36,9 +46,45 @@ class CdrLog:
     def __init__(self, store: LmdbStore) -> None:
         self.store = store
         store.db(DB)
+        store.db(UP)
 
     def write(self, cdr: Cdr) -> None:
-        self.store.write(lambda txn: txn.put(DB, _key(cdr), cdr.encode()))
+        def run(txn: Txn) -> None:
+            txn.put(DB, _key(cdr), cdr.encode())
+            if txn.get(UP, cdr.call_id.encode()) is not None:
+                txn.delete(UP, cdr.call_id.encode())
+        self.store.write(run)
+
+    def call_up(self, cdr: Cdr) -> None:
+        """Journal an answered call (its record without an end) until its CDR is written."""
+        self.store.write(lambda txn: txn.put(UP, cdr.call_id.encode(), cdr.encode()))
+
+    def heartbeat(self, now: float) -> None:
+        self.store.write(lambda txn: txn.put(UP, HEARTBEAT, struct.pack(">d", now)))
+
+    def calls_up(self) -> list[Cdr]:
+        return self.store.read(lambda txn: [Cdr.decode(v) for k, v in txn.scan(UP)
+                                            if k != HEARTBEAT])
+
+    def repair(self, now: float) -> list[Cdr]:
+        """Close the calls a killed process left up; returns the CDRs written for them."""
+        def run(txn: Txn) -> list[Cdr]:
+            beat = txn.get(UP, HEARTBEAT)
+            last = struct.unpack(">d", beat)[0] if beat is not None else now
+            fixed: list[Cdr] = []
+            for key, value in list(txn.scan(UP)):
+                if key == HEARTBEAT:
+                    continue
+                up = Cdr.decode(value)
+                end = max(min(last, now), up.answer_at or up.invite_at)
+                start = up.answer_at if up.answer_at is not None else end
+                record = replace(up, end_at=end, duration_s=round(end - start, 3),
+                                 release_side="sipmask")
+                txn.put(DB, _key(record), record.encode())
+                txn.delete(UP, key)
+                fixed.append(record)
+            return fixed
+        return self.store.write(run)
 
     def list(self, since: float | None = None, tenant: str | None = None,
              limit: int | None = None) -> list[Cdr]:
@@ -64,9 +110,14 @@ class MemoryCdrLog:
 
     def __init__(self) -> None:
         self.records: list[Cdr] = []
+        self.up: dict[str, Cdr] = {}
 
     def write(self, cdr: Cdr) -> None:
         self.records.append(cdr)
+        self.up.pop(cdr.call_id, None)
+
+    def call_up(self, cdr: Cdr) -> None:
+        self.up[cdr.call_id] = cdr
 
     def __iter__(self) -> Iterator[Cdr]:
         return iter(self.records)
