@@ -68,9 +68,11 @@ class _Stream(asyncio.DatagramProtocol):
 
     __slots__ = ("_clock", "_relatch_after", "bytes_in", "bytes_out", "dropped", "errors",
                  "last_in", "packets_in", "packets_out", "peer", "rejected", "sdp_peer",
-                 "source", "transport", "twin")
+                 "sock", "source", "transport", "twin")
 
-    def __init__(self, clock: Callable[[], float], relatch_after_s: float) -> None:
+    def __init__(self, sock: socket.socket, clock: Callable[[], float],
+                 relatch_after_s: float) -> None:
+        self.sock = sock        # the bound socket the transport reads; we send on it directly
         self._clock = clock
         self._relatch_after = relatch_after_s
         self.transport: asyncio.DatagramTransport | None = None
@@ -96,10 +98,19 @@ class _Stream(asyncio.DatagramProtocol):
         self.bytes_in += size
         self.last_in = now
         out = self.twin
-        if out is None or out.peer is None or out.transport is None:
+        peer = None if out is None else out.peer
+        if peer is None:
             self.dropped += 1
             return
-        out.transport.sendto(data, out.peer)
+        assert out is not None
+        # Straight to the socket, not transport.sendto: the transport re-checks the address
+        # on every call, a quarter of the per-packet cost (bench/relay.py). A full socket
+        # buffer or an ICMP error from the peer is a lost datagram, as on the wire.
+        try:
+            out.sock.sendto(data, peer)
+        except OSError:
+            out.errors += 1
+            return
         out.packets_out += 1
         out.bytes_out += size
 
@@ -412,7 +423,8 @@ class Relay:
                     continue
                 self.allocator.free(pair)
                 raise MediaError(f"cannot bind {self.address}:{pair.rtp}: {exc}") from exc
-            streams = (_Stream(clock, self.relatch_after_s), _Stream(clock, self.relatch_after_s))
+            streams = (_Stream(socks[0], clock, self.relatch_after_s),
+                       _Stream(socks[1], clock, self.relatch_after_s))
             try:
                 for sock, stream in zip(socks, streams, strict=True):
                     await loop.create_datagram_endpoint(_returning(stream), sock=sock)

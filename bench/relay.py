@@ -1,0 +1,378 @@
+"""How many G.711 calls the media path carries on one core, with the loss measured.
+
+Each call is two streams, A->B and B->A: 172-byte RTP packets (12-byte header, 160 bytes
+of PCMU, 20 ms) at 50 packets/s each way, so N calls are 100 x N packets/s through the
+relay. Calls start at spread phases across the 20 ms tick, as real calls do.
+
+Processes, each pinned to its own core (`os.sched_setaffinity`):
+  relay      the embedded relay (sipmask.media.relay, uvloop) on core 0,
+             or with `--backend rtpengine` the real daemon in userspace mode on core 0
+  generator  all the phones (a pool of UDP sockets per side) on core 1
+For each N of the ladder, two runs of `--seconds` each:
+  baseline   the same traffic sent phone to phone directly (no relay): the generator's
+             own ceiling on this machine, measured in the same run
+  relay      the traffic through the relay; loss = 1 - received / sent
+The answer is the highest N with relay loss < 0.1 %; the ratio compares relayed to direct
+throughput at each step, and prints the relay's CPU cost per packet.
+
+Run: python3 bench/relay.py [--ladder 100,200,300,500,700,1000] [--seconds 5]
+                            [--backend relay|rtpengine] [--loop uvloop|asyncio]
+Loopback only (127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import re
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sipmask.config.schema import HostPort, MediaConfig, PortRange  # noqa: E402
+
+HOST = "127.0.0.1"
+PAYLOAD = 160            # G.711 20 ms
+TICK = 0.020             # packetization interval: 50 packets/s per stream
+PHASES = 10              # calls spread over 10 sub-slots of 2 ms
+SOCKETS_PER_SIDE = 16    # phone sockets on each side, shared round-robin by the calls
+LOSS_LIMIT = 0.001       # 0.1 %
+RELAY_CORE, GENERATOR_CORE = 0, 1
+
+
+def pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and core < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {core})
+
+
+# -- the relay process -----------------------------------------------------------------
+def relay_process(conn: Connection, ports: PortRange, loop_kind: str) -> None:
+    """Serves commands from the pipe: ("open", [(a_addr, b_addr)...]) -> [(a_port, b_port)],
+    ("close",) -> (stats dict), ("quit",)."""
+    pin(RELAY_CORE)
+    from sipmask.media.relay import Relay, Side
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        relay = Relay(MediaConfig(address=HOST, ports=ports, timeout_s=3600),
+                      on_timeout=lambda call_id: None, sweep=False)
+
+        async def handle(message: tuple[Any, ...]) -> None:
+            if message[0] == "open":
+                local = []
+                for index, (a_addr, b_addr) in enumerate(message[1]):
+                    session = await relay.open_session(f"call-{index}")
+                    session.set_remote(Side.A, *a_addr)
+                    session.set_remote(Side.B, *b_addr)
+                    local.append((session.local(Side.A).rtp, session.local(Side.B).rtp))
+                conn.send(local)
+            elif message[0] == "cpu":
+                conn.send(time.process_time())
+            elif message[0] == "close":
+                stats = relay.stats()
+                await relay.close()
+                conn.send({"relayed": stats.packets_relayed, "dropped": stats.dropped,
+                           "rejected": stats.rejected})
+
+        # Commands are read in a thread, blocked in recv while traffic runs (no CPU taken
+        # from the relay); add_reader would make the pipe non-blocking under uvloop.
+        while (message := await loop.run_in_executor(None, conn.recv))[0] != "quit":
+            await handle(message)
+
+    if loop_kind == "uvloop":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+# -- the generator process -------------------------------------------------------------
+def generator_process(conn: Connection, a_socks: list[socket.socket],
+                      b_socks: list[socket.socket], a_ports: list[int], b_ports: list[int],
+                      seconds: float) -> None:
+    """Plays N calls: each tick, call i sends one packet from its A socket to a_ports[i]
+    and one from its B socket to b_ports[i]; counts what comes back on each side."""
+    pin(GENERATOR_CORE)
+    calls = len(a_ports)
+    header = struct.Struct("!BBHII")
+    by_phase: list[list[tuple[socket.socket, tuple[str, int], socket.socket,
+                              tuple[str, int]]]] = [[] for _ in range(PHASES)]
+    for i in range(calls):
+        by_phase[i % PHASES].append((a_socks[i % SOCKETS_PER_SIDE], (HOST, a_ports[i]),
+                                     b_socks[i % SOCKETS_PER_SIDE], (HOST, b_ports[i])))
+    socks = a_socks + b_socks
+    payload = b"\xff" * PAYLOAD
+    buf = bytearray(2048)
+    received = sent = 0
+    start = time.monotonic() + 0.05
+    end = start + seconds
+    slot = 0
+    next_at = start
+
+    def drain() -> int:
+        got = 0
+        for sock in socks:
+            try:
+                while True:
+                    sock.recv_into(buf)
+                    got += 1
+            except BlockingIOError:
+                pass
+        return got
+
+    while True:
+        now = time.monotonic()
+        if now >= next_at:
+            if now >= end:
+                break
+            seq = (slot // PHASES) & 0xFFFF
+            packet = header.pack(0x80, 0, seq, seq * 160, 0x5EED) + payload
+            for a_sock, a_to, b_sock, b_to in by_phase[slot % PHASES]:
+                a_sock.sendto(packet, a_to)
+                b_sock.sendto(packet, b_to)
+                sent += 2
+            slot += 1
+            next_at = start + slot * (TICK / PHASES)
+            continue
+        ready, _, _ = select.select(socks, [], [], max(0.0, next_at - now))
+        if ready:
+            received += drain()
+    # Late packets still in flight: half a second to arrive.
+    settle = time.monotonic() + 0.5
+    while time.monotonic() < settle:
+        ready, _, _ = select.select(socks, [], [], 0.05)
+        if ready:
+            received += drain()
+    conn.send((sent, received))
+
+
+def phone_sockets() -> list[socket.socket]:
+    socks = []
+    for _ in range(SOCKETS_PER_SIDE):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind((HOST, 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+@dataclass
+class Step:
+    calls: int
+    sent: int
+    received: int
+    seconds: float
+    cpu_s: float | None = None
+
+    @property
+    def loss(self) -> float:
+        return 1 - self.received / self.sent if self.sent else 0.0
+
+    @property
+    def pps(self) -> float:
+        return self.received / self.seconds
+
+
+def play(a_ports: list[int], b_ports: list[int], a_socks: list[socket.socket],
+         b_socks: list[socket.socket], seconds: float) -> tuple[int, int]:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    # Forked: the child inherits the phone sockets.
+    proc = ctx.Process(target=generator_process,
+                       args=(child, a_socks, b_socks, a_ports, b_ports, seconds))
+    proc.start()
+    sent, received = parent.recv()
+    proc.join()
+    return int(sent), int(received)
+
+
+# -- backends --------------------------------------------------------------------------
+class EmbeddedRelay:
+    name = "sipmask relay"
+
+    def __init__(self, ports: PortRange, loop_kind: str) -> None:
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=relay_process, args=(child, ports, loop_kind))
+        self.proc.start()
+
+    def open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]]
+             ) -> tuple[list[int], list[int]]:
+        self.conn.send(("open", list(zip(a_addrs, b_addrs, strict=True))))
+        local: list[tuple[int, int]] = self.conn.recv()
+        return [a for a, _ in local], [b for _, b in local]
+
+    def cpu(self) -> float:
+        self.conn.send(("cpu",))
+        return float(self.conn.recv())
+
+    def close_calls(self) -> dict[str, int]:
+        self.conn.send(("close",))
+        stats: dict[str, int] = self.conn.recv()
+        return stats
+
+    def stop(self) -> None:
+        self.conn.send(("quit",))
+        self.proc.join(10)
+
+
+class Rtpengine:
+    name = "rtpengine (userspace)"
+
+    def __init__(self, ports: PortRange) -> None:
+        binary = shutil.which("rtpengine")
+        if binary is None:
+            raise SystemExit("rtpengine not found (apt-get install rtpengine-daemon)")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((HOST, 0))
+            self.ng = HostPort(HOST, probe.getsockname()[1])
+        self.log = open("/tmp/bench-relay-rtpengine.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [binary, "--config-file=none", "--table=-1", f"--interface={HOST}",
+             f"--listen-ng={self.ng}", "--foreground", "--log-stderr", "--log-level=4",
+             f"--port-min={ports.first}", f"--port-max={ports.last}", "--delete-delay=0",
+             "--timeout=3600"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: pin(RELAY_CORE))
+        self.calls = 0
+        asyncio.run(self._ping())
+
+    async def _ping(self) -> None:
+        from sipmask.media.rtpengine import NgClient
+        deadline = time.monotonic() + 10
+        while True:
+            client = await NgClient.connect(self.ng, timeout_s=0.2, attempts=1)
+            try:
+                await client.request("ping")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+            finally:
+                client.close()
+
+    def open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]]
+             ) -> tuple[list[int], list[int]]:
+        return asyncio.run(self._open(a_addrs, b_addrs))
+
+    async def _open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]]
+                    ) -> tuple[list[int], list[int]]:
+        from sipmask.media.rtpengine import RtpengineBackend
+        backend = RtpengineBackend(MediaConfig(backend="rtpengine", rtpengine=_ng(self.ng)))
+        a_ports, b_ports = [], []
+        for index, (a_addr, b_addr) in enumerate(zip(a_addrs, b_addrs, strict=True)):
+            call_id = f"bench-{self.calls}-{index}"
+            to_b = await backend.offer(call_id, "a", _sdp(a_addr))
+            to_a = await backend.answer(call_id, "b", _sdp(b_addr))
+            a_ports.append(_port(to_a))
+            b_ports.append(_port(to_b))
+        await backend.close()
+        self._open_calls = len(a_addrs)
+        return a_ports, b_ports
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close_calls(self) -> dict[str, int]:
+        return asyncio.run(self._close())
+
+    async def _close(self) -> dict[str, int]:
+        from sipmask.media.rtpengine import RtpengineBackend
+        backend = RtpengineBackend(MediaConfig(backend="rtpengine", rtpengine=_ng(self.ng)))
+        relayed = 0
+        for index in range(self._open_calls):
+            relayed += (await backend.delete(f"bench-{self.calls}-{index}")).packets_relayed
+        await backend.close()
+        self.calls += 1
+        return {"relayed": relayed}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def _ng(ng: HostPort) -> Any:
+    from sipmask.config.schema import RtpengineConfig
+    return RtpengineConfig(ng=ng, timeout_ms=2000)
+
+
+def _sdp(addr: tuple[str, int]) -> bytes:
+    return (f"v=0\r\no=- 1 1 IN IP4 {addr[0]}\r\ns=-\r\nc=IN IP4 {addr[0]}\r\nt=0 0\r\n"
+            f"m=audio {addr[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n").encode()
+
+
+def _port(sdp: bytes) -> int:
+    found = re.search(rb"m=audio (\d+)", sdp)
+    assert found is not None
+    return int(found.group(1))
+
+
+# -- the ladder ------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ladder", default="100,200,300,500,700,1000")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--backend", choices=("relay", "rtpengine"), default="relay")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--ports", default="30000-39999", type=PortRange.parse)
+    args = parser.parse_args()
+    ladder = [int(n) for n in args.ladder.split(",")]
+    a_socks, b_socks = phone_sockets(), phone_sockets()
+
+    def addrs(socks: list[socket.socket], n: int) -> list[tuple[str, int]]:
+        return [socks[i % SOCKETS_PER_SIDE].getsockname()[:2] for i in range(n)]
+
+    backend: EmbeddedRelay | Rtpengine = (
+        Rtpengine(args.ports) if args.backend == "rtpengine"
+        else EmbeddedRelay(args.ports, args.loop))
+    label = backend.name + (f" ({args.loop})" if args.backend == "relay" else "")
+    print(f"media bench: {label}, G.711 20 ms both ways, {args.seconds:g} s per step, "
+          f"cores {os.cpu_count()}", flush=True)
+    print(f"{'calls':>6} {'pkt/s':>8} | {'direct loss':>11} | {'relay loss':>10} "
+          f"{'relayed pkt/s':>13} {'relay CPU':>9} {'us/pkt':>7} | ratio", flush=True)
+    best = 0
+    try:
+        for calls in ladder:
+            # Baseline: phone to phone, no relay (A sockets send to B sockets and back).
+            b_addr, a_addr = addrs(b_socks, calls), addrs(a_socks, calls)
+            sent, received = play([p for _, p in b_addr], [p for _, p in a_addr],
+                                  a_socks, b_socks, args.seconds)
+            direct = Step(calls, sent, received, args.seconds)
+            a_ports, b_ports = backend.open(a_addr, b_addr)
+            cpu_before = backend.cpu()
+            sent, received = play(a_ports, b_ports, a_socks, b_socks, args.seconds)
+            relayed = Step(calls, sent, received, args.seconds, backend.cpu() - cpu_before)
+            backend.close_calls()
+            cpu = relayed.cpu_s or 0.0
+            per_packet = cpu / relayed.received * 1e6 if relayed.received else 0.0
+            ok = relayed.loss < LOSS_LIMIT
+            best = calls if ok else best
+            print(f"{calls:>6} {calls * 100:>8} | {direct.loss:>10.3%} | {relayed.loss:>9.3%} "
+                  f"{relayed.pps:>13,.0f} {cpu / args.seconds:>8.0%} {per_packet:>7.1f} | "
+                  f"{relayed.pps / direct.pps if direct.pps else 0:.2f} of direct"
+                  f"{'' if ok else '  <- over 0.1 % loss'}", flush=True)
+    finally:
+        backend.stop()
+    print(f"result: {best} concurrent G.711 calls with < 0.1 % loss through {label} "
+          f"on one core (target >= 500)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
