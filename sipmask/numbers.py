@@ -9,18 +9,21 @@ trunk or the API sends (`+86 138-0000-0001`, `0086…`, `86…`, `tel:+86…`, a
 from __future__ import annotations
 
 import re
+import unicodedata
 
 X_LENGTH = 15
 X_PREFIX = "700"
 
-_SEPARATORS = re.compile(r"[\s\-.()\u00a0]")
-_MOBILE = re.compile(r"1[3-9]\d{9}")
-_FIXED = re.compile(r"0[1-9]\d{8,10}")
-_X = re.compile(r"700\d{12}")
-_DIGITS = re.compile(r"\d+")
+# ASCII digits only: a full-width "１３８…" would be stored and never match a real call.
+_SEPARATORS = re.compile(r"[\s\-.()\u00a0]", re.ASCII)
+_MOBILE = re.compile(r"1[3-9]\d{9}", re.ASCII)
+_FIXED = re.compile(r"0[1-9]\d{8,10}", re.ASCII)
+_X = re.compile(r"700\d{12}", re.ASCII)
+_DIGITS = re.compile(r"\d+", re.ASCII)
 
 # A real number inside free text: mobile or fixed line, optionally with a country prefix,
 # and not part of a longer digit run (so X numbers, ports and timestamps stay intact).
+# Unicode digits here on purpose: masking more is the safe side for logs.
 _REAL_IN_TEXT = re.compile(r"(?<![\d])(?:\+?86|0086)?(1[3-9]\d{9}|0[1-9]\d{8,10})(?![\d])")
 
 
@@ -106,5 +109,8 @@ def mask(number: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every real-number-shaped run inside free text; X numbers stay readable."""
+    """Mask every real-number-shaped run inside free text; X numbers stay readable.
+    Non-ASCII text is NFKC-folded first, so full-width digits cannot slip past the mask."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
     return _REAL_IN_TEXT.sub(lambda m: mask(m.group(1)), text)

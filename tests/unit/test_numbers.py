@@ -56,3 +56,12 @@ def test_mask() -> None:
     assert numbers.mask(A) == "138****0001"
     assert numbers.mask("12345") == "*****"
     assert numbers.mask_text(f"a={A} x={X}") == f"a=138****0001 x={X}"
+
+
+def test_full_width_digits_are_refused_but_still_masked_in_logs() -> None:
+    import pytest
+
+    from sipmask import numbers
+    with pytest.raises(numbers.NumberError):
+        numbers.normalise_real("13８00000001")
+    assert "１３８００００００００１" not in numbers.mask_text("from １３８００００００００１")
