@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import IO, Any
 
 from sipmask.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
@@ -24,6 +23,7 @@ from sipmask.config.schema import Config
 from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
 from sipmask.store import BindingRequest, LmdbStore, open_store
 from sipmask.store.base import DEFAULT_TTL, ImportOutcome
+from sipmask.times import parse_time
 
 PROGRESS_EVERY_S = 5.0          # progress line period when stderr is not a terminal
 _BAR_EVERY_S = 0.1
@@ -128,18 +128,6 @@ def pool(args: argparse.Namespace, config: Config) -> int:
 
 
 # -- audit ------------------------------------------------------------------------------------
-def parse_time(text: str) -> float:
-    """ISO-8601 (a naive time is UTC) or unix seconds."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
-
-
 def audit(args: argparse.Namespace, config: Config) -> int:
     since: float | None = None
     if args.since is not None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
 from typing import Any
 
-from sipmask import numbers
+from sipmask import numbers, times
 
 CDR_VERSION = 1
 
@@ -61,20 +60,8 @@ CSV_COLUMNS = tuple(f.name for f in fields(Cdr))
 
 
 def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    """CDR times carry milliseconds."""
+    return times.iso(ts, ms=True)
 
 
-def parse_time(text: str) -> float:
-    """`--since` / `?since=`: Unix seconds or ISO-8601 (UTC when no zone is given)."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
+parse_time = times.parse_time

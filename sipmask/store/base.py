@@ -15,24 +15,17 @@ import builtins
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from sipmask import numbers
 from sipmask.config.schema import NumberRange, TenantConfig
+from sipmask.times import iso
 
 Mode = Literal["axb", "axn"]
 Actor = Literal["cli", "api", "import", "sweep", "config"]
 MODES: tuple[str, ...] = ("axb", "axn")
 ACTORS: tuple[str, ...] = ("cli", "api", "import", "sweep", "config")
 DEFAULT_TTL = 7200
-
-
-def iso(ts: float | None) -> str | None:
-    """Unix seconds → ISO-8601 UTC with a Z, as CONTRACT's JSON shows times."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
