@@ -76,7 +76,7 @@ def test_calls_up_at_kill_9_get_their_cdr_on_restart(serve: Callable[..., ServeP
         assert len(up) == 3, server.stderr()[-3000:]
         assert len(log.list()) == 2
         handle.close()  # type: ignore[attr-defined]
-        time.sleep(1.2)  # let at least one heartbeat land after the answers
+        time.sleep(2.5)  # heartbeats (every second) land well after the answers
         server.proc.kill()
         server.proc.wait(10)
         killed_at = time.time()
