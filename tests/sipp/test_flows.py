@@ -1,0 +1,110 @@
+"""The B2BUA's remaining call flows through a real `sipmask serve`, SIPp on both sides.
+
+Early media, hold/resume by re-INVITE from either side, UPDATE, INFO (DTMF), 100rel on
+leg B only, REFER refused, re-INVITE glare (491), a caller over TCP, the b_to_a direction
+and 100 Trying at once. Each scenario pair carries the privacy checks of test_calls.py
+(sipp-scenarios/): the callee fails the call if the caller's number, address, Call-ID,
+name, UA or media port arrives, the caller fails it if the callee's come back; the
+scenarios also check that every SDP names sipmask's relay (127.0.0.1, media.ports).
+SIPp's exit status is the verdict; CDRs are read back with `sipmask cdr list`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServeProcess
+from tests.sipp.test_calls import A, B, X, Bench, finish
+
+pytestmark = [
+    pytest.mark.sipp,
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed"),
+]
+
+
+@pytest.fixture
+def bench(serve: Callable[..., ServeProcess], tmp_path: Path) -> Bench:
+    return Bench(serve, tmp_path)
+
+
+def answered(bench: Bench, count: int, release_side: str = "caller",
+             direction: str = "a_to_b") -> None:
+    records = bench.cdrs()
+    assert len(records) == count
+    for r in records:
+        assert (r["sip_status"], r["release_side"], r["unconnected_cause"], r["direction"]) == (
+            200, release_side, "none", direction)
+        assert r["answer_at"] is not None
+
+
+def pair(bench: Bench, callee: str, caller: str, calls: int = 1, *caller_extra: str,
+         caller_number: str = A) -> None:
+    proc = bench.callee(callee, calls)
+    finish(bench, proc, bench.caller(caller, calls, *caller_extra, caller=caller_number))
+
+
+def test_early_media_183_sdp_points_at_the_relay(bench: Bench) -> None:
+    pair(bench, "callee_early_media.xml", "caller_early_media.xml", 2, "-d", "100")
+    answered(bench, 2)
+
+
+def test_caller_holds_and_resumes_with_sdp_rewritten_again(bench: Bench) -> None:
+    pair(bench, "callee_held.xml", "caller_hold.xml", 2)
+    answered(bench, 2)
+
+
+def test_callee_holds_and_resumes_with_sdp_rewritten_again(bench: Bench) -> None:
+    pair(bench, "callee_hold.xml", "caller_held.xml", 2)
+    answered(bench, 2)
+
+
+def test_update_changes_codec_in_the_confirmed_dialog(bench: Bench) -> None:
+    pair(bench, "callee_update.xml", "caller_update.xml", 2)
+    answered(bench, 2)
+
+
+def test_info_dtmf_relayed_and_telephone_event_kept(bench: Bench) -> None:
+    pair(bench, "callee_info.xml", "caller_info.xml", 2)
+    answered(bench, 2)
+
+
+def test_reliable_180_is_pracked_on_leg_b_and_plain_on_leg_a(bench: Bench) -> None:
+    pair(bench, "callee_100rel.xml", "caller_trying.xml", 2)
+    answered(bench, 2)
+
+
+def test_refer_is_refused_and_the_call_goes_on(bench: Bench) -> None:
+    pair(bench, "callee.xml", "caller_refer.xml", 2)
+    answered(bench, 2)
+
+
+def test_crossing_reinvites_get_491_and_the_call_survives(bench: Bench) -> None:
+    pair(bench, "callee_glare.xml", "caller_glare.xml", 2)
+    answered(bench, 2)
+
+
+def test_caller_over_tcp_callee_over_udp(bench: Bench) -> None:
+    pair(bench, "callee.xml", "caller.xml", 2, "-t", "t1", "-d", "100")
+    answered(bench, 2)
+
+
+def test_b_calls_x_and_reaches_a_masked_both_ways(bench: Bench) -> None:
+    pair(bench, "callee_a.xml", "caller_b.xml", 2, "-d", "100", caller_number=B)
+    answered(bench, 2, direction="b_to_a")
+    assert {(r["caller"], r["callee"], r["x"]) for r in bench.cdrs()} == {(B, A, X)}
+
+
+def test_100_trying_comes_at_once_before_the_180(bench: Bench) -> None:
+    """caller_trying.xml fails the call on a 180 before the 100; the INVITE → 100 time
+    (rtd "trying") is read from SIPp's per-call response-time dump."""
+    pair(bench, "callee.xml", "caller_trying.xml", 3, "-trace_rtt", "-rtt_freq", "1")
+    [dump] = bench.tmp.glob("caller_trying_*_rtt.csv")
+    rows = [line.split(";") for line in dump.read_text().splitlines()[1:] if line.strip()]
+    trying_ms = [float(row[1]) for row in rows if row[2].strip() == "trying"]
+    assert len(trying_ms) == 3, dump.read_text()
+    assert max(trying_ms) < 50, trying_ms
+    answered(bench, 3)
