@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServeProcess
-from tests.sipp.test_calls import A, B, X, Bench, finish
+from tests.sipp.test_calls import A, B, Bench, X, finish
 
 pytestmark = [
     pytest.mark.sipp,
