@@ -66,4 +66,6 @@ def setup(config: LogConfig, stream: TextIO | None = None) -> None:
 
 
 def get_logger(name: str, **bound: Any) -> Any:
-    return structlog.get_logger(name).bind(**bound)
+    """A lazy logger: it takes the configuration in force when it first logs, so a module-level
+    logger made at import time (before `setup`) still goes through the masking processor."""
+    return structlog.get_logger(name, **bound)

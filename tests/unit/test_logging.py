@@ -59,3 +59,15 @@ def test_level_filters() -> None:
         structlog.reset_defaults()
     assert "quiet" not in out.getvalue()
     assert "loud" in out.getvalue()
+
+
+def test_logger_made_before_setup_is_masked_after_it() -> None:
+    early = obs.get_logger("made.at.import", component="api")
+    out = io.StringIO()
+    obs.setup(LogConfig(format="json"), stream=out)
+    try:
+        early.info("bound", caller="13800000001")
+    finally:
+        structlog.reset_defaults()
+    record = json.loads(out.getvalue())
+    assert record["caller"] == "138****0001" and record["component"] == "api"
