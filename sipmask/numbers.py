@@ -102,7 +102,7 @@ def normalise_x(raw: str) -> str:
 
 
 def mask(number: str) -> str:
-    """`13800000001` → `138****0001`. Short strings are masked whole."""
+    """`138` + 8 digits `0001` → `138****0001`. Short strings are masked whole."""
     if len(number) <= 7:
         return "*" * len(number)
     return f"{number[:3]}****{number[-4:]}"

@@ -181,7 +181,7 @@ class SipUri:
     @property
     def phone_number(self) -> str | None:
         """The user part as a phone number: the part before any `;` user parameters
-        (`sip:+8613800000001;npdi;rn=…@host;user=phone`, RFC 4694 §4), unescaped."""
+        (`sip:+86<number>;npdi;rn=…@host;user=phone`, RFC 4694 §4), unescaped."""
         if self.user is None:
             return None
         return unquote(self.user).split(";", 1)[0]
