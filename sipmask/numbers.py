@@ -102,7 +102,8 @@ def normalise_x(raw: str) -> str:
 
 
 def mask(number: str) -> str:
-    """`138` + 8 digits `0001` → `138****0001`. Short strings are masked whole."""
+    """Keep the first 3 and the last 4 digits (a mobile shows as `138****0001`); strings of
+    7 or fewer characters are masked whole."""
     if len(number) <= 7:
         return "*" * len(number)
     return f"{number[:3]}****{number[-4:]}"
