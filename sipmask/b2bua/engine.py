@@ -130,6 +130,10 @@ class _CallContext:
     b_acked: set[str] = field(default_factory=set)     # To tags we sent an ACK for
     pending_byes: set[str] = field(default_factory=set)
     relays: set[str] = field(default_factory=set)       # txn ids of relayed requests
+    b_rseq: dict[str, int] = field(default_factory=dict)  # last in-order RSeq per To tag
+    # (leg, CSeq) of a re-INVITE whose 2xx carried the offer -> (other leg, its CSeq): the
+    # other leg's ACK waits for this leg's, which carries the answer (RFC 3264 §4).
+    late_acks: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     ring_timer: asyncio.TimerHandle | None = None
     media_open: bool = False
     queue: collections.deque[Callable[[], Awaitable[None]]] = field(
@@ -391,6 +395,8 @@ class Engine:
             if status == 100:
                 return
             if status < 200:
+                if not _in_order_reliable(ctx, response):
+                    return
                 self._fire(ctx, CallEvent.B_PROVISIONAL, response=response)
             elif status < 300:
                 self._fire(ctx, CallEvent.B_ANSWER, response=response)
@@ -433,7 +439,10 @@ class Engine:
         ctx, leg = found
         if leg == "a" and event.request.cseq.number == ctx.a_invite.cseq.number:
             self._fire(ctx, CallEvent.A_ACK)
-        # ACKs for relayed re-INVITE 2xx are absorbed: we ACKed leg B's 2xx ourselves.
+        late = ctx.late_acks.pop((leg, event.request.cseq.number), None)
+        if late is not None:
+            self._submit(ctx, lambda: self._send_late_ack(ctx, leg, late, event.request))
+        # Other ACKs for relayed re-INVITE 2xx are absorbed: we ACKed the other 2xx ourselves.
 
     def _on_cancel(self, event: CancelReceived) -> None:
         if event.invite_txn_id is None:
@@ -590,6 +599,10 @@ class Engine:
         if tag in ctx.b_acked or ctx.b_dialog is None or ctx.b_invite is None:
             return  # the transaction layer re-sends our ACK for 2xx retransmissions
         ctx.b_acked.add(tag)
+        if _has_sdp(response) and not _has_sdp(ctx.a_invite):
+            # RFC 3264 §4 delayed offer: B's 2xx made the offer, A's ACK brings the answer.
+            ctx.late_acks[("a", ctx.a_invite.cseq.number)] = ("b", ctx.b_invite.cseq.number)
+            return
         ack = ctx.b_dialog.ack(ctx.b_invite.cseq.number)
         dest, transport = self._next_hop(ctx, "b")
         self.sip.send_ack(ctx.b_txn, ack, dest, transport)
@@ -598,6 +611,11 @@ class Engine:
         if not response.body or response.content_type != SDP:
             return b""
         try:
+            if not ctx.media_open:
+                # A sent no offer (delayed offer, RFC 3264 §4): B's SDP is the offer.
+                body = await self.media.offer(ctx.call.call_id, "b", response.body)
+                ctx.media_open = True
+                return body
             return await self.media.answer(ctx.call.call_id, "b", response.body)
         except (MediaError, SipError, ValueError) as exc:
             log.warning("call.media_answer_failed", call_id=ctx.call.call_id, error=str(exc))
@@ -638,18 +656,28 @@ class Engine:
         ctx = relay.ctx
         answered_leg = "b" if relay.from_leg == "a" else "a"
         body = b""
-        if response.body and response.content_type == SDP:
+        has_sdp = bool(response.body) and response.content_type == SDP
+        # RFC 3264 §4: a re-INVITE without a body asks for the offer in the 2xx.
+        late_offer = relay.request.method == "INVITE" and has_sdp and not (
+            relay.request.body and relay.request.content_type == SDP)
+        if has_sdp:
+            media = self.media.offer if late_offer else self.media.answer
             try:
-                body = await self.media.answer(ctx.call.call_id, answered_leg, response.body)
+                body = await media(ctx.call.call_id, answered_leg, response.body)
             except (MediaError, SipError, ValueError):
                 body = b""
         if relay.request.method == "INVITE" and 200 <= response.status < 300:
-            # ACK the other leg's 2xx ourselves (§13.2.2.4); A's ACK is absorbed.
-            dialog = self._dialog_of(ctx, answered_leg)
-            if dialog is not None:
-                ack = dialog.ack(response.cseq.number)
-                dest, transport = self._next_hop(ctx, answered_leg)
-                self.sip.send_ack(None, ack, dest, transport)
+            if late_offer and body:
+                # The answer comes in the ACK of the leg we relay the offer to (§13.2.2.4).
+                ctx.late_acks[(relay.from_leg, relay.request.cseq.number)] = (
+                    answered_leg, response.cseq.number)
+            else:
+                # ACK the other leg's 2xx ourselves (§13.2.2.4); the origin's ACK is absorbed.
+                dialog = self._dialog_of(ctx, answered_leg)
+                if dialog is not None:
+                    ack = dialog.ack(response.cseq.number)
+                    dest, transport = self._next_hop(ctx, answered_leg)
+                    self.sip.send_ack(None, ack, dest, transport)
         leg_contact = self._contact(ctx.call.x, ctx.a_transport if relay.from_leg == "a"
                                     else ctx.b_transport)
         origin_dialog = self._dialog_of(ctx, relay.from_leg)
@@ -657,6 +685,27 @@ class Engine:
         out = masking.build_relayed_response(response, relay.request, to_tag=to_tag,
                                              contact=leg_contact, body=body)
         self._send_response(relay.origin_txn, out)
+
+    async def _send_late_ack(self, ctx: _CallContext, from_leg: str, late: tuple[str, int],
+                             ack_in: Request) -> None:
+        """The ACK that carries the answer to an offer made in a relayed 2xx: its SDP is
+        rewritten like any answer and crosses in our ACK of the other leg's 2xx."""
+        to_leg, cseq = late
+        dialog = self._dialog_of(ctx, to_leg)
+        if dialog is None or dialog.state is DialogState.TERMINATED:
+            return
+        body = b""
+        if ack_in.body and ack_in.content_type == SDP:
+            try:
+                body = await self.media.answer(ctx.call.call_id, from_leg, ack_in.body)
+            except (MediaError, SipError, ValueError) as exc:
+                log.warning("call.media_answer_failed", call_id=ctx.call.call_id,
+                            error=str(exc))
+        ack = dialog.ack(cseq, body=body, content_type=SDP if body else None)
+        dest, transport = self._next_hop(ctx, to_leg)
+        # The initial INVITE's transaction re-sends this ACK for 2xx retransmissions.
+        initial = to_leg == "b" and ctx.b_invite is not None and cseq == ctx.b_invite.cseq.number
+        self.sip.send_ack(ctx.b_txn if initial else None, ack, dest, transport)
 
     def _send_bye(self, ctx: _CallContext, leg: str) -> None:
         dialog = self._dialog_of(ctx, leg)
@@ -871,6 +920,25 @@ class Engine:
 
 # Refusals whose status says more than the CDR cause (metrics reasons, not CDR causes).
 _REFUSAL_REASON = {400: "bad_request", 420: "bad_request", 483: "loop"}
+
+
+def _in_order_reliable(ctx: _CallContext, response: Response) -> bool:
+    """RFC 3262 §4: a reliable provisional whose RSeq is not one higher than the last one
+    of its dialog (a retransmission while our PRACK is on its way) gets no PRACK and is not
+    processed further. Unreliable provisionals always pass."""
+    raw = (response.headers.get("rseq") or "").strip()
+    if not raw.isdigit() or not _requires_100rel(response):
+        return True
+    tag = response.to.tag or ""
+    last = ctx.b_rseq.get(tag)
+    if last is not None and int(raw) != last + 1:
+        return False
+    ctx.b_rseq[tag] = int(raw)
+    return True
+
+
+def _has_sdp(message: Request | Response) -> bool:
+    return bool(message.body) and message.content_type == SDP
 
 
 def _requires_100rel(response: Response) -> bool:

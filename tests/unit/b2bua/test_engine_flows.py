@@ -1,0 +1,110 @@
+"""Engine call flows found by the SIPp flow tests (tests/sipp/test_flows.py), pinned here
+in the in-memory harness of test_engine.py: reliable provisionals on leg B and offers that
+arrive in a 2xx (delayed offer)."""
+
+from __future__ import annotations
+
+from sipmask.sip.message import Request, Response
+from tests.unit.b2bua.test_engine import (
+    A_ADDR,
+    A_SDP,
+    B_ADDR,
+    B_SDP,
+    Harness,
+    X,
+    a_invite,
+    answered_call,
+    b_response,
+    bind_axb,
+    in_dialog,
+    run,
+)
+
+RELIABLE_180 = "Require: 100rel\r\nRSeq: 1\r\n"
+
+
+def test_reliable_provisional_retransmission_is_pracked_and_relayed_once() -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        h.take(A_ADDR)
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request)
+        for _ in range(3):   # B retransmits until it sees our PRACK (RFC 3262 §3)
+            await h.deliver(b_response(b_inv, 180, extra=RELIABLE_180), B_ADDR)
+        pracks = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
+        assert [(p.method, p.headers.get("rack")) for p in pracks] == [("PRACK", "1 1 INVITE")]
+        relayed = h.take(A_ADDR)
+        assert [r.status for r in relayed if isinstance(r, Response)] == [180]
+        # The next reliable provisional (RSeq one higher) is PRACKed again.
+        await h.deliver(b_response(b_inv, 183, extra="Require: 100rel\r\nRSeq: 2\r\n"), B_ADDR)
+        [prack2] = h.take(B_ADDR)
+        assert isinstance(prack2, Request) and prack2.headers.get("rack") == "2 1 INVITE"
+
+    run(flow)
+
+
+def _a_request(h: Harness, a_inv: Request, method: str, cseq: int, body: bytes = b"",
+               branch: str = "z9hG4bKre") -> str:
+    [ctx] = h.engine.calls.values()
+    text = in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from") or "",
+                     to=f"<sip:{X}@127.0.0.1>;tag={ctx.a_tag}", call_id=a_inv.call_id,
+                     cseq=cseq, via=f"SIP/2.0/UDP 192.0.2.10:5060;branch={branch}")
+    if body:
+        text = text.replace("Content-Length: 0\r\n\r\n",
+                            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}"
+                            f"\r\n\r\n{body.decode()}")
+    return text
+
+
+def test_reinvite_without_sdp_carries_a_answer_to_b_in_the_ack() -> None:
+    """RFC 3261 §13.2.1 / RFC 3264: a re-INVITE without a body asks for an offer in the 2xx;
+    the answer comes in the ACK, so leg B's ACK waits for A's and carries its SDP."""
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        await h.deliver(_a_request(h, a_inv, "INVITE", 12), A_ADDR)
+        [re_b] = h.take(B_ADDR)
+        assert isinstance(re_b, Request) and re_b.body == b""
+        await h.deliver(b_response(re_b, 200, sdp=B_SDP), B_ADDR)
+        assert [m for m in h.take(B_ADDR) if isinstance(m, Request)] == []   # not yet
+        [ok_a] = h.take(A_ADDR)
+        assert isinstance(ok_a, Response) and b"m=audio 30000" in ok_a.body
+        await h.deliver(_a_request(h, a_inv, "ACK", 12, body=A_SDP, branch="z9hG4bKack2"),
+                        A_ADDR)
+        [ack_b] = h.take(B_ADDR)
+        assert isinstance(ack_b, Request) and ack_b.method == "ACK"
+        assert ack_b.cseq.number == re_b.cseq.number
+        assert b"m=audio 30002" in ack_b.body and b"192.0.2.10" not in ack_b.body
+        assert ack_b.headers.get("content-type") == "application/sdp"
+
+    run(flow)
+
+
+def test_delayed_offer_invite_gets_the_relay_sdp_and_b_gets_the_answer_in_the_ack() -> None:
+    """An INVITE without SDP (RFC 3264 §4 delayed offer): B's 200 carries the offer, which
+    reaches A rewritten to the relay; A's answer comes in its ACK and crosses, rewritten,
+    in our ACK to B (not in an empty ACK sent before A answered)."""
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        invite = a_invite().replace("Content-Type: application/sdp\r\n", "")
+        invite = invite[:invite.index("Content-Length:")] + "Content-Length: 0\r\n\r\n"
+        await h.deliver(invite, A_ADDR)
+        h.take(A_ADDR)
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request) and b_inv.body == b""
+        await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+        assert [m for m in h.take(B_ADDR) if isinstance(m, Request)] == []   # not yet
+        [ok] = h.take(A_ADDR)
+        assert isinstance(ok, Response) and ok.status == 200
+        assert b"c=IN IP4 127.0.0.1" in ok.body and b"198.51.100.7" not in ok.body
+        [ctx] = h.engine.calls.values()
+        a_inv = Request("INVITE", f"sip:{X}@127.0.0.1", ok.headers, b"")   # From/Call-ID
+        ack = _a_request(h, a_inv, "ACK", 10, body=A_SDP, branch="z9hG4bKack1")
+        await h.deliver(ack, A_ADDR)
+        [ack_b] = h.take(B_ADDR)
+        assert isinstance(ack_b, Request) and ack_b.method == "ACK" and ack_b.cseq.number == 1
+        assert b"m=audio 30002" in ack_b.body and b"192.0.2.10" not in ack_b.body
+        assert ctx.call.state.value == "confirmed"
+
+    run(flow)
