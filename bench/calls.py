@@ -1,0 +1,361 @@
+"""Call-rate ladder: SIPp caller -> callee directly, and through `sipmask serve`, in one run.
+
+Each call is INVITE (with SDP) / 100 / 180 / 200 (with SDP) / ACK, held for --hold-ms, then
+BYE / 200: the scenarios of sipp-scenarios/caller.xml and callee.xml, copied to a temp dir
+with their <action> blocks (the privacy regexps) stripped, so the direct baseline, where
+nothing is masked, passes too and both runs do the same SIPp work. The callee's final
+timewait is cut to 500 ms so a step's calls do not linger into the next.
+
+    caller SIPp 127.0.0.2 ── direct ──────────────────────────► callee SIPp 127.0.0.3
+    caller SIPp 127.0.0.2 ──► sipmask 127.0.0.1 (X bound A->B) ─► callee SIPp 127.0.0.3
+
+For each offered rate, the caller places rate x --duration calls (-r rate, -l cap on calls
+up at once) and SIPp's -trace_stat CSV gives successful and failed calls and the mean
+setup time (ResponseTime1: INVITE sent to 200 received). A rate is "held" when fewer than
+1 % of the calls fail and the calls were placed at >= 95 % of the offered rate (the -l cap
+did not throttle them). Printed: a table per mode, the highest held rate of each, the ratio
+sipmask/direct, and sipmask's setup time at 400 calls/s.
+
+Run: python3 bench/calls.py [--rates 50,100,200,300,400,500,600] [--duration 10]
+                            [--hold-ms 100] [--quick] [--only sipmask|direct]
+With SIPMASK_BENCH_PROFILE=FILE in the environment the sipmask under test runs under
+cProfile (bench-only hook: python3 -m cProfile -o FILE -m sipmask serve) and the top
+functions by cumulative and own time are printed at the end.
+Loopback only (127.0.0.0/8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import pstats
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "sipp-scenarios"
+SIPMASK_IP, CALLER_IP, CALLEE_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+# Test numbers (CONTRACT.md): A calls X, X is bound to reach B.
+A, B, X = "13800000001", "13900000002", "700100000000001"
+CALLER_MEDIA_PORT, CALLEE_MEDIA_PORT = 17200, 19200
+FAIL_LIMIT = 0.01
+PLACED_MIN = 0.95
+TARGET_RATE = 400
+
+
+@dataclass
+class Step:
+    mode: str
+    offered: int
+    calls: int
+    successful: int
+    failed: int
+    setup_ms: float
+    placed_rate: float
+    wall_s: float
+
+    @property
+    def failure(self) -> float:
+        done = self.successful + self.failed
+        return self.failed / done if done else 1.0
+
+    @property
+    def held(self) -> bool:
+        return (self.failure < FAIL_LIMIT and self.successful + self.failed >= self.calls
+                and self.placed_rate >= PLACED_MIN * self.offered)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def strip_actions(text: str) -> str:
+    """The privacy checks (<action> blocks) go: the direct baseline would fail them."""
+    text = re.sub(r"<action>.*?</action>", "", text, flags=re.S)
+    return re.sub(r'<timewait milliseconds="\d+"/>', '<timewait milliseconds="500"/>', text)
+
+
+def write_scenarios(tmp: Path) -> tuple[Path, Path]:
+    caller, callee = tmp / "caller.xml", tmp / "callee.xml"
+    caller.write_text(strip_actions((SCENARIOS / "caller.xml").read_text("latin-1")), "latin-1")
+    callee.write_text(strip_actions((SCENARIOS / "callee.xml").read_text("latin-1")), "latin-1")
+    return caller, callee
+
+
+def hms_ms(value: str) -> float:
+    """SIPp's hh:mm:ss:usec (response times) or hh:mm:ss.usec (elapsed) as milliseconds."""
+    parts = value.split(":")
+    us = int(parts.pop()) if len(parts) == 4 else 0
+    h, m, s = int(parts[0]), int(parts[1]), float(parts[2])
+    return (h * 3600 + m * 60 + s) * 1000.0 + us / 1000.0
+
+
+def options_ok(port: int) -> bool:
+    request = (f"OPTIONS sip:{SIPMASK_IP}:{port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {SIPMASK_IP}:5999;branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
+               "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p1\r\n"
+               f"To: <sip:{SIPMASK_IP}>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 OPTIONS\r\n"
+               "Content-Length: 0\r\n\r\n").encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((SIPMASK_IP, 0))
+        s.settimeout(0.3)
+        s.sendto(request, (SIPMASK_IP, port))
+        try:
+            return s.recv(65535).startswith(b"SIP/2.0 200")
+        except TimeoutError:
+            return False
+
+
+class Sipmask:
+    """`python3 -m sipmask serve` on a free UDP port, temp store, X bound once."""
+
+    def __init__(self, tmp: Path, callee_port: int, profile: str | None) -> None:
+        self.tmp = tmp
+        self.port = free_port(SIPMASK_IP)
+        self.store = tmp / "bench.lmdb"
+        self.settings = ["--set", f"store.path={self.store}",
+                         "--set", f"sip.listen=[udp://{SIPMASK_IP}:{self.port}]",
+                         "--set", "api.listen=null", "--set", "log.level=warning",
+                         "--set", "media.ports=20000-29999",
+                         "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("SIPMASK_CONFIG", None)
+        self.env = env
+        bound = subprocess.run([sys.executable, "-m", "sipmask", "bind", "axb", "--a", A,
+                                "--b", B, "--x", X, "--ttl", "0", *self.settings],
+                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+        if bound.returncode != 0:
+            raise SystemExit(f"bind failed: {bound.stderr}")
+        runner = ([sys.executable, "-m", "cProfile", "-o", profile] if profile
+                  else [sys.executable])
+        self.stderr = (tmp / "serve.stderr").open("wb")
+        self.proc = subprocess.Popen([*runner, "-m", "sipmask", "serve", *self.settings],
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                     cwd=ROOT, env=env)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"sipmask serve exited: {(tmp / 'serve.stderr').read_text()}")
+            if options_ok(self.port):
+                return
+        self.stop()
+        raise SystemExit("sipmask serve did not answer OPTIONS")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+class Callee:
+    """One UAS SIPp for a whole ladder: answers every INVITE, no call limit."""
+
+    def __init__(self, tmp: Path, scenario: Path, port: int) -> None:
+        self.proc = subprocess.Popen(
+            ["sipp", "-sf", str(scenario), "-i", CALLEE_IP, "-mi", CALLEE_IP,
+             "-mp", str(CALLEE_MEDIA_PORT), "-p", str(port), "-nostdin", "-l", "100000",
+             "-buff_size", "4194304", "-max_recv_loops", "10000"],
+            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise SystemExit("callee SIPp did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # SIPp: quit now
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_step(mode: str, tmp: Path, scenario: Path, target: tuple[str, int], rate: int,
+             duration: float, hold_ms: int) -> Step:
+    calls = max(1, int(rate * duration))
+    # SIPp writes its trace files beside the scenario: one directory per step.
+    here = tmp / f"{mode}-{rate}"
+    here.mkdir()
+    scenario = Path(shutil.copy(scenario, here))
+    stat, rtt = here / "stat.csv", here / "*_rtt.csv"
+    # Up to 3 s of calls may be up at once: a slow B2BUA shows as a throttled rate,
+    # not as an unbounded pile of calls.
+    limit = max(50, rate * 3)
+    started = time.monotonic()
+    result = subprocess.run(
+        ["sipp", f"{target[0]}:{target[1]}", "-sf", str(scenario), "-i", CALLER_IP,
+         "-mi", CALLER_IP, "-mp", str(CALLER_MEDIA_PORT), "-p", "0",
+         "-key", "caller", A, "-key", "x", X, "-r", str(rate), "-m", str(calls),
+         "-l", str(limit), "-d", str(hold_ms), "-nostdin", "-recv_timeout", "5000",
+         "-timeout", f"{int(duration * 3 + 30)}s", "-buff_size", "4194304",
+         "-max_recv_loops", "10000", "-trace_stat", "-stf", str(stat), "-fd", "1",
+         "-trace_rtt", "-rtt_freq", "1"],
+        cwd=here, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    rows = list(csv.DictReader(stat.open(), delimiter=";")) if stat.exists() else []
+    if not rows:
+        raise SystemExit(f"{mode} {rate}/s: no SIPp stats (exit {result.returncode}):\n"
+                         f"{result.stdout[-1500:]}{result.stderr[-1500:]}")
+    last = rows[-1]
+    # Placed rate: calls created over the time it took to create them all (the per-second
+    # rows interpolated to when the count reached its final value).
+    created = int(last["TotalCallCreated"])
+    start = epoch(last["StartTime"])
+    t_prev, n_prev, placed_at = start, 0, epoch(last["CurrentTime"]) - start
+    for r in rows:
+        t, n = epoch(r["CurrentTime"]), int(r["TotalCallCreated"])
+        if n >= created:
+            placed_at = t_prev - start + (t - t_prev) * (created - n_prev) / max(1, n - n_prev)
+            break
+        t_prev, n_prev = t, n
+    placed_rate = min(created / max(placed_at, 1e-3), float(rate)) if created else 0.0
+    return Step(mode, rate, calls, int(last["SuccessfulCall(C)"]), int(last["FailedCall(C)"]),
+                mean_setup_ms(rtt), placed_rate, wall)
+
+
+def epoch(value: str) -> float:
+    """SIPp's 'date<TAB>time<TAB>epoch' stamp."""
+    return float(value.split("\t")[-1])
+
+
+def mean_setup_ms(rtt: Path) -> float:
+    """Mean of the per-call setup times SIPp wrote with -trace_rtt (ms; the stat file's
+    ResponseTime column is rounded to whole milliseconds)."""
+    times = []
+    for path in rtt.parent.glob(rtt.name):
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split(";")
+            if len(fields) >= 2:
+                with contextlib.suppress(ValueError):
+                    times.append(float(fields[1]))
+    return sum(times) / len(times) if times else float("nan")
+
+
+def print_table(steps: list[Step]) -> None:
+    print(f"{'mode':8} {'offered':>7} {'placed':>7} {'ok':>6} {'failed':>6} {'fail%':>6} "
+          f"{'setup ms':>9} {'held':>5}")
+    for s in steps:
+        print(f"{s.mode:8} {s.offered:7d} {s.placed_rate:7.0f} {s.successful:6d} {s.failed:6d} "
+              f"{100 * s.failure:6.2f} {s.setup_ms:9.2f} {'yes' if s.held else 'no':>5}")
+
+
+def highest(steps: list[Step]) -> int:
+    """The highest offered rate held, counting only up to the first one that was not."""
+    best = 0
+    for s in sorted(steps, key=lambda s: s.offered):
+        if not s.held:
+            break
+        best = s.offered
+    return best
+
+
+def ladder(mode: str, tmp: Path, caller: Path, target: tuple[str, int], rates: list[int],
+           duration: float, hold_ms: int) -> list[Step]:
+    steps = []
+    for rate in rates:
+        step = run_step(mode, tmp, caller, target, rate, duration, hold_ms)
+        steps.append(step)
+        print(f"  {mode} {rate}/s: {step.successful} ok, {step.failed} failed "
+              f"({100 * step.failure:.2f} %), setup {step.setup_ms:.2f} ms, placed "
+              f"{step.placed_rate:.0f}/s, {step.wall_s:.1f} s", flush=True)
+        if step.failure > 0.2:
+            print(f"  {mode}: {100 * step.failure:.0f} % failed, stopping this ladder", flush=True)
+            break
+        time.sleep(1.0)  # let the callee's timewaits drain
+    return steps
+
+
+def print_profile(path: str) -> None:
+    stats = pstats.Stats(path)
+    total = max((row[3] for row in stats.stats.values()), default=1.0)  # type: ignore[attr-defined]
+    print(f"\nprofile of sipmask serve ({path}); % of the busiest cumulative time "
+          f"{total:.1f} s")
+    for key, title in (("tottime", "own time"), ("cumulative", "cumulative")):
+        print(f"-- top by {title}")
+        stats.sort_stats(key)
+        for func in stats.fcn_list[:25]:  # type: ignore[attr-defined]
+            cc, nc, tt, ct, _ = stats.stats[func]  # type: ignore[attr-defined]
+            name = f"{Path(func[0]).name}:{func[1]}({func[2]})"
+            print(f"  {100 * tt / total:5.1f}% own {100 * ct / total:5.1f}% cum  {nc:8d}  {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="50,100,200,300,400,500,600")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of calls a step")
+    parser.add_argument("--hold-ms", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 short steps")
+    parser.add_argument("--only", choices=("direct", "sipmask"))
+    args = parser.parse_args()
+    if shutil.which("sipp") is None:
+        raise SystemExit("sipp (sip-tester) is not installed")
+    rates = [int(r) for r in args.rates.split(",")]
+    duration = args.duration
+    if args.quick:
+        rates, duration = [50, 200], 2.0
+    profile = os.environ.get("SIPMASK_BENCH_PROFILE")
+    print(f"rates {rates}/s, {duration:g} s each, hold {args.hold_ms} ms; "
+          f"{os.cpu_count()} cores, SIPp on the same machine", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp_name:
+        tmp = Path(tmp_name)
+        caller, callee_xml = write_scenarios(tmp)
+        steps: dict[str, list[Step]] = {"direct": [], "sipmask": []}
+        callee_port = free_port(CALLEE_IP)
+        if args.only != "sipmask":
+            print("direct: caller -> callee", flush=True)
+            callee = Callee(tmp, callee_xml, callee_port)
+            try:
+                steps["direct"] = ladder("direct", tmp, caller, (CALLEE_IP, callee_port), rates,
+                                         duration, args.hold_ms)
+            finally:
+                callee.stop()
+        if args.only != "direct":
+            print("sipmask: caller -> sipmask -> callee", flush=True)
+            callee = Callee(tmp, callee_xml, callee_port)
+            server = Sipmask(tmp, callee_port, profile)
+            try:
+                steps["sipmask"] = ladder("sipmask", tmp, caller, (SIPMASK_IP, server.port),
+                                          rates, duration, args.hold_ms)
+            finally:
+                server.stop()
+                callee.stop()
+            errors = (tmp / "serve.stderr").read_text("utf-8", "replace").strip()
+            if errors:
+                print(f"sipmask stderr (last lines):\n{errors[-1500:]}")
+
+    print()
+    print_table(steps["direct"] + steps["sipmask"])
+    held = {mode: highest(s) for mode, s in steps.items() if s}
+    for mode, rate in held.items():
+        print(f"highest rate held (<{100 * FAIL_LIMIT:g} % failed): {mode} {rate} calls/s")
+    if held.get("direct") and "sipmask" in held:
+        print(f"ratio sipmask/direct: {held['sipmask'] / held['direct']:.2f}")
+    at_target = [s for s in steps["sipmask"] if s.offered == TARGET_RATE]
+    if at_target:
+        print(f"sipmask mean setup at {TARGET_RATE} calls/s: {at_target[0].setup_ms:.2f} ms "
+              f"(target < 20 ms; {'held' if at_target[0].held else 'NOT held'})")
+    if profile and Path(profile).exists():
+        print_profile(profile)
+
+
+if __name__ == "__main__":
+    main()
