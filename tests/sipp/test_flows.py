@@ -1,17 +1,20 @@
 """The B2BUA's remaining call flows through a real `sipmask serve`, SIPp on both sides.
 
 Early media, hold/resume by re-INVITE from either side, UPDATE, INFO (DTMF), 100rel on
-leg B only, REFER refused, re-INVITE glare (491), a caller over TCP, the b_to_a direction
-and 100 Trying at once. Each scenario pair carries the privacy checks of test_calls.py
-(sipp-scenarios/): the callee fails the call if the caller's number, address, Call-ID,
-name, UA or media port arrives, the caller fails it if the callee's come back; the
-scenarios also check that every SDP names sipmask's relay (127.0.0.1, media.ports).
-SIPp's exit status is the verdict; CDRs are read back with `sipmask cdr list`.
+leg B only, REFER refused, re-INVITE glare (491), offers in a 2xx (delayed offer), a caller
+over TCP, the b_to_a direction and 100 Trying at once. Each scenario pair carries the
+privacy checks of test_calls.py (sipp-scenarios/): the callee fails the call if the
+caller's number, address, Call-ID, name, UA or media port arrives, the caller fails it if
+the callee's come back; the scenarios also check that every SDP names sipmask's relay
+(127.0.0.1, media.ports). SIPp's exit status is the verdict; CDRs are read back with
+`sipmask cdr list`.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,9 +44,22 @@ def answered(bench: Bench, count: int, release_side: str = "caller",
         assert r["answer_at"] is not None
 
 
+def start_callee(bench: Bench, scenario: str, calls: int) -> subprocess.Popen[str]:
+    """The callee's media port is fixed (the privacy regexps name it): a SIPp that exits at
+    once could not bind it because another SIPp on this machine holds it; wait, try again."""
+    for _ in range(5):
+        proc = bench.callee(scenario, calls)
+        try:
+            proc.wait(0.3)
+        except subprocess.TimeoutExpired:
+            return proc
+        time.sleep(1.0)
+    return proc
+
+
 def pair(bench: Bench, callee: str, caller: str, calls: int = 1, *caller_extra: str,
          caller_number: str = A) -> None:
-    proc = bench.callee(callee, calls)
+    proc = start_callee(bench, callee, calls)
     finish(bench, proc, bench.caller(caller, calls, *caller_extra, caller=caller_number))
 
 
@@ -108,3 +124,8 @@ def test_100_trying_comes_at_once_before_the_180(bench: Bench) -> None:
     assert len(trying_ms) == 3, dump.read_text()
     assert max(trying_ms) < 50, trying_ms
     answered(bench, 3)
+
+
+def test_delayed_offer_invite_and_reinvite_answer_in_the_ack(bench: Bench) -> None:
+    pair(bench, "callee_late_offer.xml", "caller_late_offer.xml", 2)
+    answered(bench, 2)
