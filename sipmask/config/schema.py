@@ -206,9 +206,31 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class NumberPrefix:
+    """A blacklist entry: a national number or its first digits (`1380000`, `010`);
+    separators and a +86/0086 country prefix are dropped, as numbers.normalise does."""
+
+    digits: str
+
+    @classmethod
+    def parse(cls, text: str) -> NumberPrefix:
+        digits = "".join(ch for ch in str(text) if ch not in " -.()")
+        for country in ("+86", "0086"):
+            if digits.startswith(country) and len(digits) > len(country):
+                digits = digits[len(country):]
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 20:
+            raise ValueError("a blacklist entry is up to 20 digits (a number or a prefix)")
+        return cls(digits)
+
+    def __str__(self) -> str:
+        return self.digits
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     token: str
     pools: tuple[NumberRange, ...] = ()
+    blacklist: tuple[NumberPrefix, ...] = ()   # callers refused (403) on every X of the tenant
 
 
 @dataclass(frozen=True)
@@ -232,6 +254,31 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class RateConfig:
+    """A token bucket: `rate` attempts per second on average, `burst` at once; rate 0: off."""
+
+    rate: float = 0.0
+    burst: int = 0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Who may call, how often (policy/). Binding fields override the per-X defaults."""
+
+    # Per source IP: a trunk peer sends every call of its trunk from one address, so this
+    # only stops a host that floods (503 + Retry-After), never a busy trunk.
+    source_flood: RateConfig = RateConfig(2000.0, 4000)
+    per_caller: RateConfig = field(default_factory=RateConfig)    # 403, cause rate_limited
+    per_x: RateConfig = field(default_factory=RateConfig)
+    per_tenant: RateConfig = field(default_factory=RateConfig)
+    max_concurrent_per_x: int = 0     # calls in progress on one X; 0: no cap (486 beyond)
+    max_duration_s: int = 0           # answered calls end (BYE both ways) after this; 0: never
+    overload_lag_ms: int = 200        # smoothed event-loop lag above this: new INVITEs 503
+    retry_after_s: int = 5            # Retry-After on 503 refusals
+    max_tracked_keys: int = 100_000   # buckets kept per limiter (LRU), so memory is bounded
+
+
+@dataclass(frozen=True)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     trunks: dict[str, TrunkConfig] = field(default_factory=lambda: {"carrier": TrunkConfig()})
@@ -241,3 +288,4 @@ class Config:
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
