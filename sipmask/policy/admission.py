@@ -1,0 +1,139 @@
+"""CallPolicy: the engine's one object for "who may call" (the hardening issue).
+
+The engine asks it at two points of a new INVITE and tells it when calls start and end:
+
+    admit(request, source, trunk)              before routing: overload, then source flood
+    admit_route(binding, caller, direction)    after routing: blacklists, direction rule,
+                                               concurrent calls on X, caller/X/tenant rates
+    call_started(call) / call_ended(call)      the in-progress count per X
+    max_duration(binding)                      seconds an answered call may last, or None
+
+Refusals are the typed errors of policy/rules.py. Time for the rate buckets is the injected
+clock's monotonic(); the overload flag is read from a LagMonitor (policy/overload.py),
+which `start()` runs on the engine's loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sipmask.clock import Clock
+from sipmask.config.schema import Config, RateConfig
+from sipmask.policy import rules
+from sipmask.policy.overload import LagMonitor
+from sipmask.policy.ratelimit import KeyedLimiter
+from sipmask.sip.message import Request
+
+
+class LoadSignal(Protocol):
+    @property
+    def overloaded(self) -> bool: ...
+
+
+class CallRef(Protocol):
+    """What the counters read of a call (b2bua.call.Call satisfies it)."""
+
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def x(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """For metrics and tests: what the policy holds right now."""
+
+    calls_in_progress: int
+    tracked_sources: int
+    overloaded: bool
+    lag_s: float
+
+
+class CallPolicy:
+    def __init__(self, config: Config, clock: Clock, *, load: LoadSignal | None = None) -> None:
+        policy = config.policy
+        self.clock = clock
+        self.retry_after_s = policy.retry_after_s
+        self.default_max_concurrent = policy.max_concurrent_per_x
+        self.default_max_duration_s = policy.max_duration_s
+        self.monitor = LagMonitor(policy.overload_lag_ms / 1000.0)
+        self.load: LoadSignal = load if load is not None else self.monitor
+
+        def limiter(rate: RateConfig) -> KeyedLimiter:
+            return KeyedLimiter(rate.rate, rate.burst, max_keys=policy.max_tracked_keys)
+
+        self.sources = limiter(policy.source_flood)
+        self.callers = limiter(policy.per_caller)
+        self.xs = limiter(policy.per_x)
+        self.tenants = limiter(policy.per_tenant)
+        self.tenant_blacklists = {name: rules.Prefixes.of(t.blacklist)
+                                  for name, t in config.tenants.items()}
+        self._live: dict[str, str] = {}          # call id -> X, calls counted in progress
+        self._per_x: dict[str, int] = {}
+
+    # -- the loop-lag monitor ---------------------------------------------------------------
+    def start(self) -> None:
+        """Start measuring loop lag (call from inside the running loop)."""
+        self.monitor.start()
+
+    async def stop(self) -> None:
+        await self.monitor.stop()
+
+    # -- before routing ---------------------------------------------------------------------
+    def admit(self, request: Request, source: tuple[str, int], trunk: str | None) -> None:
+        """Overload first (refusing costs least when the loop is behind), then the per-source
+        flood bucket, keyed by address only: a flooder's ports are free to change."""
+        rules.check_overload(self.load.overloaded, self.retry_after_s)
+        rules.check_flood(self.sources.take(source[0], self.clock.monotonic()),
+                          self.retry_after_s)
+
+    # -- after routing ----------------------------------------------------------------------
+    def admit_route(self, binding: rules.PolicyBinding, caller: str, direction: str,
+                    now: float | None = None) -> None:
+        """`now` is monotonic seconds (default: the clock's). Rules that take no tokens
+        run first, so a refused caller does not spend X's or the tenant's rate."""
+        tenant_list = self.tenant_blacklists.get(binding.tenant)
+        if tenant_list is not None:
+            rules.check_blacklist(caller, tenant_list)
+        if binding.blacklist:
+            rules.check_blacklist(caller, rules.Prefixes.of(binding.blacklist))
+        rules.check_direction(binding.direction, direction)
+        cap = binding.max_concurrent
+        rules.check_concurrency(self._per_x.get(binding.x, 0),
+                                self.default_max_concurrent if cap is None else cap)
+        at = self.clock.monotonic() if now is None else now
+        rules.check_rate(self.callers.take(caller, at))
+        rules.check_rate(self.xs.take(binding.x, at))
+        rules.check_rate(self.tenants.take(binding.tenant, at))
+
+    def max_duration(self, binding: object) -> float | None:
+        """Seconds an answered call on `binding` may last: the binding's own limit when it
+        has one (0 there: none), else policy.max_duration_s (0: none)."""
+        own = getattr(binding, "max_duration_s", None)
+        limit = self.default_max_duration_s if own is None else own
+        return float(limit) if limit and limit > 0 else None
+
+    # -- calls in progress ------------------------------------------------------------------
+    def call_started(self, call: CallRef) -> None:
+        if call.call_id in self._live:
+            return
+        self._live[call.call_id] = call.x
+        self._per_x[call.x] = self._per_x.get(call.x, 0) + 1
+
+    def call_ended(self, call: CallRef) -> None:
+        x = self._live.pop(call.call_id, None)
+        if x is None:
+            return
+        left = self._per_x.get(x, 1) - 1
+        if left > 0:
+            self._per_x[x] = left
+        else:
+            self._per_x.pop(x, None)
+
+    def in_progress(self, x: str) -> int:
+        return self._per_x.get(x, 0)
+
+    def figures(self) -> Figures:
+        lag = self.monitor.lag_s if self.load is self.monitor else 0.0
+        return Figures(len(self._live), len(self.sources), self.load.overloaded, lag)
