@@ -1,0 +1,153 @@
+"""CallPolicy: the order of the checks, the counters, and the config that drives them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sipmask.clock import FakeClock
+from sipmask.config import loader
+from sipmask.policy import CallPolicy, rules
+from sipmask.sip.parser import parse_message
+from sipmask.store.base import Binding
+
+A, B, STRANGER = "13800000001", "13900000002", "13700000003"
+X = "700100000000001"
+SOURCE = ("192.0.2.10", 5060)
+INVITE = parse_message(
+    f"INVITE sip:{X}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK1\r\n"
+    f"From: <sip:{A}@192.0.2.10>;tag=1\r\nTo: <sip:{X}@127.0.0.1>\r\nCall-ID: c1\r\n"
+    f"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n".encode())
+BINDING = Binding(id="b1", mode="axb", tenant="demo", x=X, a=A, b=B, created_at=0.0,
+                  expires_at=None)
+
+
+@dataclasses.dataclass
+class Load:
+    overloaded: bool = False
+
+
+@dataclasses.dataclass
+class CallStub:
+    call_id: str
+    x: str = X
+
+
+def policy(*overrides: str, load: Load | None = None) -> tuple[CallPolicy, FakeClock]:
+    clock = FakeClock()
+    config = loader.loads(loader.default_text(), list(overrides))
+    return CallPolicy(config, clock, load=load), clock
+
+
+def test_defaults_admit_a_benchmark_rate_from_one_source_and_caller() -> None:
+    p, clock = policy()
+    for _ in range(4000):                              # one second at 4000 calls/s: burst
+        p.admit(INVITE, SOURCE, "carrier")
+        p.admit_route(BINDING, A, "a_to_b")
+        clock.advance(0.00025)
+
+
+def test_source_flood_is_503_with_retry_after_and_per_address() -> None:
+    p, clock = policy("policy.source_flood={rate: 10, burst: 2}", "policy.retry_after_s=3")
+    p.admit(INVITE, SOURCE, "carrier")
+    p.admit(INVITE, ("192.0.2.10", 5099), "carrier")     # another port, the same host
+    with pytest.raises(rules.Flood) as exc:
+        p.admit(INVITE, SOURCE, "carrier")
+    assert (exc.value.status, exc.value.retry_after) == (503, 3)
+    p.admit(INVITE, ("192.0.2.11", 5060), "carrier")
+    clock.advance(0.1)
+    p.admit(INVITE, SOURCE, "carrier")
+
+
+def test_overload_refuses_before_spending_flood_tokens() -> None:
+    load = Load(overloaded=True)
+    p, _ = policy("policy.source_flood={rate: 1, burst: 1}", load=load)
+    with pytest.raises(rules.Overloaded) as exc:
+        p.admit(INVITE, SOURCE, "carrier")
+    assert exc.value.retry_after == 5
+    load.overloaded = False
+    p.admit(INVITE, SOURCE, "carrier")
+
+
+def test_tenant_and_binding_blacklists() -> None:
+    p, _ = policy("tenants.demo.blacklist=['137']")
+    with pytest.raises(rules.Blacklisted):
+        p.admit_route(dataclasses.replace(BINDING, mode="axn", b=None), STRANGER, "n_to_a")
+    listed = dataclasses.replace(BINDING, blacklist=(B,))
+    with pytest.raises(rules.Blacklisted):
+        p.admit_route(listed, B, "b_to_a")
+    p.admit_route(listed, A, "a_to_b")
+
+
+def test_direction_rule_from_the_binding() -> None:
+    p, _ = policy()
+    one_way = dataclasses.replace(BINDING, direction="a_to_b")
+    p.admit_route(one_way, A, "a_to_b")
+    with pytest.raises(rules.DirectionRefused):
+        p.admit_route(one_way, B, "b_to_a")
+
+
+@pytest.mark.parametrize(("limit", "key_changes"), [
+    ("per_caller", {"caller": STRANGER}),
+    ("per_x", {"x": "700100000000002"}),
+    ("per_tenant", {}),
+])
+def test_rate_limits_are_403_per_key(limit: str, key_changes: dict[str, str]) -> None:
+    p, clock = policy(f"policy.{limit}={{rate: 1, burst: 2}}")
+    axn = dataclasses.replace(BINDING, mode="axn", b=None)
+    p.admit_route(axn, B, "n_to_a")
+    p.admit_route(axn, B, "n_to_a")
+    with pytest.raises(rules.RateLimited) as exc:
+        p.admit_route(axn, B, "n_to_a")
+    assert exc.value.status == 403
+    other = dataclasses.replace(axn, x=key_changes.get("x", X))
+    caller = key_changes.get("caller", B)
+    if key_changes:
+        p.admit_route(other, caller, "n_to_a")         # another key has its own bucket
+    clock.advance(1.0)
+    p.admit_route(axn, B, "n_to_a")
+
+
+def test_refusal_by_rule_spends_no_rate_tokens() -> None:
+    p, _ = policy("policy.per_x={rate: 1, burst: 1}")
+    one_way = dataclasses.replace(BINDING, direction="a_to_b")
+    for _ in range(5):
+        with pytest.raises(rules.DirectionRefused):
+            p.admit_route(one_way, B, "b_to_a")
+    p.admit_route(one_way, A, "a_to_b")
+
+
+def test_concurrency_cap_per_x_counts_started_and_ended_calls() -> None:
+    p, _ = policy("policy.max_concurrent_per_x=2")
+    first, second = CallStub("c1"), CallStub("c2")
+    p.call_started(first)
+    p.call_started(second)
+    p.call_started(second)                            # counted once
+    with pytest.raises(rules.TooManyCalls) as exc:
+        p.admit_route(BINDING, A, "a_to_b")
+    assert exc.value.status == 486
+    p.admit_route(dataclasses.replace(BINDING, x="700100000000002"), A, "a_to_b")
+    p.call_ended(first)
+    p.call_ended(first)                               # ended once
+    assert p.in_progress(X) == 1
+    p.admit_route(BINDING, A, "a_to_b")
+    p.call_ended(second)
+    assert p.in_progress(X) == 0 and p.figures().calls_in_progress == 0
+
+
+def test_binding_cap_wins_over_the_default() -> None:
+    p, _ = policy("policy.max_concurrent_per_x=5")
+    p.call_started(CallStub("c1"))
+    with pytest.raises(rules.TooManyCalls):
+        p.admit_route(dataclasses.replace(BINDING, max_concurrent=1), A, "a_to_b")
+    p.admit_route(dataclasses.replace(BINDING, max_concurrent=0), A, "a_to_b")   # 0: no cap
+
+
+def test_max_duration_binding_first_then_config() -> None:
+    p, _ = policy()
+    assert p.max_duration(BINDING) is None
+    assert p.max_duration(dataclasses.replace(BINDING, max_duration_s=90)) == 90.0
+    q, _ = policy("policy.max_duration_s=3600")
+    assert q.max_duration(BINDING) == 3600.0
+    assert q.max_duration(dataclasses.replace(BINDING, max_duration_s=0)) is None
