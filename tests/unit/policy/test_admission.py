@@ -9,16 +9,19 @@ import pytest
 from sipmask.clock import FakeClock
 from sipmask.config import loader
 from sipmask.policy import CallPolicy, rules
+from sipmask.sip.message import Request
 from sipmask.sip.parser import parse_message
 from sipmask.store.base import Binding
 
 A, B, STRANGER = "13800000001", "13900000002", "13700000003"
 X = "700100000000001"
 SOURCE = ("192.0.2.10", 5060)
-INVITE = parse_message(
+_PARSED = parse_message(
     f"INVITE sip:{X}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK1\r\n"
     f"From: <sip:{A}@192.0.2.10>;tag=1\r\nTo: <sip:{X}@127.0.0.1>\r\nCall-ID: c1\r\n"
     f"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n".encode())
+assert isinstance(_PARSED, Request)
+INVITE = _PARSED
 BINDING = Binding(id="b1", mode="axb", tenant="demo", x=X, a=A, b=B, created_at=0.0,
                   expires_at=None)
 

@@ -12,7 +12,7 @@ A, B, STRANGER = "13800000001", "13900000002", "13700000003"
 
 
 def test_refusals_know_their_answer() -> None:
-    cases = [
+    cases: list[tuple[SipError, int, str]] = [
         (rules.Blacklisted("Forbidden"), 403, "blacklist"),
         (rules.DirectionRefused("Forbidden"), 403, "not_allowed"),
         (rules.RateLimited("Forbidden"), 403, "rate_limited"),
@@ -21,7 +21,7 @@ def test_refusals_know_their_answer() -> None:
         (rules.Overloaded(retry_after=5), 503, "rate_limited"),
     ]
     for exc, status, cause in cases:
-        assert isinstance(exc, SipError)
+        assert isinstance(exc, SipError) and isinstance(exc, rules.PolicyRefusal)
         assert (exc.status, exc.cause) == (status, cause)
     assert rules.TooManyCalls().reason == "Busy Here"
 
