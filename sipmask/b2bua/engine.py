@@ -45,7 +45,7 @@ from sipmask.sip.transaction import (
     TransportFailed,
 )
 from sipmask.sip.uri import SipUri, parse_uri
-from sipmask.store.base import BindingStore
+from sipmask.store.base import Binding, BindingStore
 
 log = structlog.get_logger("sipmask.b2bua")
 
@@ -88,9 +88,13 @@ class EventSink(Protocol):
 
 class Policy(Protocol):
     """Who may call (the hardening issue's ACLs, rate limits, blacklists): raises a SipError
-    (403/503, with its CDR cause) to refuse, returns to admit."""
+    (403/486/503, with its CDR cause) to refuse, returns to admit. policy.CallPolicy fits."""
 
     def admit(self, request: Request, source: Address, trunk: str | None) -> None: ...
+    def admit_route(self, binding: Binding, caller: str, direction: str) -> None: ...
+    def call_started(self, call: Call) -> None: ...
+    def call_ended(self, call: Call) -> None: ...
+    def max_duration(self, binding: Binding) -> float | None: ...
 
 
 class CallMetrics(Protocol):
@@ -109,6 +113,7 @@ class _Relay:
     from_leg: str                 # "a" or "b": the leg the request came from
     origin_txn: str
     request: Request
+    sent_txn: str | None = None   # our transaction on the other leg (its 2xx get our ACK)
 
 
 @dataclass
@@ -131,10 +136,14 @@ class _CallContext:
     pending_byes: set[str] = field(default_factory=set)
     relays: set[str] = field(default_factory=set)       # txn ids of relayed requests
     b_rseq: dict[str, int] = field(default_factory=dict)  # last in-order RSeq per To tag
-    # (leg, CSeq) of a re-INVITE whose 2xx carried the offer -> (other leg, its CSeq): the
-    # other leg's ACK waits for this leg's, which carries the answer (RFC 3264 §4).
-    late_acks: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    # (leg, CSeq) of an INVITE whose 2xx carried the offer -> (other leg, its CSeq, our
+    # INVITE transaction there): the other leg's ACK waits for this leg's, which carries
+    # the answer (RFC 3264 §4).
+    late_acks: dict[tuple[str, int], tuple[str, int, str | None]] = field(
+        default_factory=dict)
     ring_timer: asyncio.TimerHandle | None = None
+    max_duration_s: float | None = None                 # the binding's call length limit
+    duration_timer: asyncio.TimerHandle | None = None
     media_open: bool = False
     queue: collections.deque[Callable[[], Awaitable[None]]] = field(
         default_factory=collections.deque)
@@ -283,6 +292,9 @@ class Engine:
             caller = routing.caller_number(request, trust_pai=trunk.trust_pai)
             binding = self.store.route(x, caller, now)
             target = routing.route(binding, caller)
+            if self.policy is not None:
+                assert binding is not None
+                self.policy.admit_route(binding, caller, target.direction)
         except SipError as exc:
             extra: tuple[tuple[str, str], ...] = ()
             if exc.status == 420:
@@ -300,6 +312,9 @@ class Engine:
             a_transport=event.transport, a_tag=new_tag(), trunk=trunk, b_tag=new_tag(),
             b_dest=(trunk.outbound.host, trunk.outbound.port),
             b_transport=trunk.outbound.transport)
+        if self.policy is not None:
+            ctx.max_duration_s = self.policy.max_duration(binding)
+            self.policy.call_started(call)
         self.calls[call.call_id] = ctx
         self._by_a[(request.call_id, request.from_.tag or "")] = ctx
         self._by_a_txn[event.txn_id] = ctx
@@ -559,6 +574,10 @@ class Engine:
             # Crash safety: an answered call is journalled before the caller hears of it.
             self._journal_up(ctx)
             self._send_response(ctx.a_txn, out)
+            if ctx.max_duration_s is not None:
+                # The binding's limit counts talk time, from the answer (CDR answer_at).
+                ctx.duration_timer = asyncio.get_running_loop().call_later(
+                    ctx.max_duration_s, lambda: self._fire(ctx, CallEvent.MAX_DURATION))
             self._emit("answer", ctx)
             log.info("call.answered", call_id=call.call_id)
         elif action is Action.RELAY_FAILURE_TO_A:
@@ -601,7 +620,8 @@ class Engine:
         ctx.b_acked.add(tag)
         if _has_sdp(response) and not _has_sdp(ctx.a_invite):
             # RFC 3264 §4 delayed offer: B's 2xx made the offer, A's ACK brings the answer.
-            ctx.late_acks[("a", ctx.a_invite.cseq.number)] = ("b", ctx.b_invite.cseq.number)
+            ctx.late_acks[("a", ctx.a_invite.cseq.number)] = (
+                "b", ctx.b_invite.cseq.number, ctx.b_txn)
             return
         ack = ctx.b_dialog.ack(ctx.b_invite.cseq.number)
         dest, transport = self._next_hop(ctx, "b")
@@ -649,7 +669,7 @@ class Engine:
         if sent is None:
             self._reply(txn_id, request, 503)
             return
-        self._by_txn[sent] = _Relay(ctx, from_leg, txn_id, request)
+        self._by_txn[sent] = _Relay(ctx, from_leg, txn_id, request, sent)
         ctx.relays.add(sent)
 
     async def _relay_response(self, relay: _Relay, response: Response) -> None:
@@ -670,14 +690,15 @@ class Engine:
             if late_offer and body:
                 # The answer comes in the ACK of the leg we relay the offer to (§13.2.2.4).
                 ctx.late_acks[(relay.from_leg, relay.request.cseq.number)] = (
-                    answered_leg, response.cseq.number)
+                    answered_leg, response.cseq.number, relay.sent_txn)
             else:
                 # ACK the other leg's 2xx ourselves (§13.2.2.4); the origin's ACK is absorbed.
                 dialog = self._dialog_of(ctx, answered_leg)
                 if dialog is not None:
                     ack = dialog.ack(response.cseq.number)
                     dest, transport = self._next_hop(ctx, answered_leg)
-                    self.sip.send_ack(None, ack, dest, transport)
+                    # With our transaction's id, 2xx retransmissions get this ACK again.
+                    self.sip.send_ack(relay.sent_txn, ack, dest, transport)
         leg_contact = self._contact(ctx.call.x, ctx.a_transport if relay.from_leg == "a"
                                     else ctx.b_transport)
         origin_dialog = self._dialog_of(ctx, relay.from_leg)
@@ -686,11 +707,11 @@ class Engine:
                                              contact=leg_contact, body=body)
         self._send_response(relay.origin_txn, out)
 
-    async def _send_late_ack(self, ctx: _CallContext, from_leg: str, late: tuple[str, int],
-                             ack_in: Request) -> None:
+    async def _send_late_ack(self, ctx: _CallContext, from_leg: str,
+                             late: tuple[str, int, str | None], ack_in: Request) -> None:
         """The ACK that carries the answer to an offer made in a relayed 2xx: its SDP is
         rewritten like any answer and crosses in our ACK of the other leg's 2xx."""
-        to_leg, cseq = late
+        to_leg, cseq, invite_txn = late
         dialog = self._dialog_of(ctx, to_leg)
         if dialog is None or dialog.state is DialogState.TERMINATED:
             return
@@ -703,9 +724,8 @@ class Engine:
                             error=str(exc))
         ack = dialog.ack(cseq, body=body, content_type=SDP if body else None)
         dest, transport = self._next_hop(ctx, to_leg)
-        # The initial INVITE's transaction re-sends this ACK for 2xx retransmissions.
-        initial = to_leg == "b" and ctx.b_invite is not None and cseq == ctx.b_invite.cseq.number
-        self.sip.send_ack(ctx.b_txn if initial else None, ack, dest, transport)
+        # The INVITE's transaction re-sends this ACK for 2xx retransmissions.
+        self.sip.send_ack(invite_txn, ack, dest, transport)
 
     def _send_bye(self, ctx: _CallContext, leg: str) -> None:
         dialog = self._dialog_of(ctx, leg)
@@ -854,11 +874,20 @@ class Engine:
         self._by_a.pop((ctx.a_invite.call_id, _safe(lambda: ctx.a_invite.from_.tag) or ""),
                        None)
         self._by_a_txn.pop(ctx.a_txn, None)
+        for txn in ctx.relays:
+            relay = self._by_txn.get(txn)
+            if isinstance(relay, _Relay):
+                # §15.1.2: requests still pending when the dialog ends are answered (487).
+                self._reply(relay.origin_txn, relay.request, 487)
         for txn in [t for t, e in self._by_txn.items()
                     if (e.ctx if isinstance(e, _Relay) else e[1]) is ctx]:
             del self._by_txn[txn]
         if ctx.ring_timer is not None:
             ctx.ring_timer.cancel()
+        if ctx.duration_timer is not None:
+            ctx.duration_timer.cancel()
+        if self.policy is not None:
+            self.policy.call_ended(call)
         log.info("call.ended", call_id=call.call_id, status=call.sip_status,
                  release=call.release_side, duration_s=call.duration_s)
 

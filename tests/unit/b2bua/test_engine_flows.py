@@ -108,3 +108,46 @@ def test_delayed_offer_invite_gets_the_relay_sdp_and_b_gets_the_answer_in_the_ac
         assert ctx.call.state.value == "confirmed"
 
     run(flow)
+
+
+def test_reinvite_2xx_retransmission_is_acked_again() -> None:
+    """§13.2.2.4: the UAC core ACKs every 2xx retransmission; B retransmits its 200 to the
+    relayed re-INVITE when our ACK was lost and, without one, ends the call (§13.3.1.4)."""
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        await h.deliver(_a_request(h, a_inv, "INVITE", 12, body=A_SDP), A_ADDR)
+        [re_b] = h.take(B_ADDR)
+        assert isinstance(re_b, Request)
+        for _ in range(2):
+            await h.deliver(b_response(re_b, 200, sdp=B_SDP), B_ADDR)
+        acks = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
+        assert [(m.method, m.cseq.number) for m in acks] == [("ACK", re_b.cseq.number)] * 2
+        assert [r.status for r in h.take(A_ADDR) if isinstance(r, Response)] == [200]
+
+    run(flow)
+
+
+def test_reinvite_pending_when_the_call_ends_gets_487() -> None:
+    """§15.1.2: after a BYE the UAS must still answer requests pending in the dialog (487
+    recommended); B hung up without answering the re-INVITE we relayed from A."""
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        await h.deliver(_a_request(h, a_inv, "INVITE", 12, body=A_SDP), A_ADDR)
+        [re_b] = h.take(B_ADDR)
+        assert isinstance(re_b, Request)
+        [ctx] = h.engine.calls.values()
+        bye = in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060", from_=re_b.headers.get("to") or "",
+                        to=re_b.headers.get("from") or "", call_id=re_b.call_id, cseq=5,
+                        via="SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbyeb")
+        await h.deliver(bye, B_ADDR)
+        bye_a = next(m for m in h.take(A_ADDR) if isinstance(m, Request))
+        assert bye_a.method == "BYE"
+        await h.deliver(b_response(bye_a, 200).replace(
+            "SIP/2.0 200 Whatever", "SIP/2.0 200 OK"), A_ADDR)
+        assert ctx.call.state.value == "ended"
+        finals = [(r.status, r.cseq.number) for r in h.take(A_ADDR) if isinstance(r, Response)]
+        assert (487, 12) in finals
+
+    run(flow)
