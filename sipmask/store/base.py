@@ -85,6 +85,11 @@ class BindingRequest:
     x: str | None = None
     ttl: int = DEFAULT_TTL
     tenant: str | None = None
+    # Policy rules (policy/): None / "both" / () mean "no rule", as on Binding.
+    direction: str = "both"
+    max_duration_s: int | None = None
+    max_concurrent: int | None = None
+    blacklist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +167,11 @@ class BindingStore(Protocol):
 
     def create(self, *, mode: str, tenant: str | None, a: str, b: str | None = None,
                x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",
-               now: float | None = None) -> Binding:
-        """Check every rule and write the binding; X is allocated when not given."""
+               now: float | None = None, direction: str = "both",
+               max_duration_s: int | None = None, max_concurrent: int | None = None,
+               blacklist: tuple[str, ...] = ()) -> Binding:
+        """Check every rule and write the binding; X is allocated when not given. The
+        policy fields (direction, max_duration_s, max_concurrent, blacklist) are optional."""
         ...
 
     def create_many(self, requests: Iterable[tuple[int, BindingRequest]], *,

@@ -19,6 +19,7 @@ Named databases (keys → values; codec.py has the encodings):
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import random
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,7 +27,7 @@ from typing import Protocol, TypeVar
 
 from sipmask import numbers
 from sipmask.clock import Clock, SystemClock
-from sipmask.config.schema import NumberRange, TenantConfig
+from sipmask.config.schema import NumberPrefix, NumberRange, TenantConfig
 from sipmask.errors import ConfigError, ConflictError, PoolExhausted, RecordNotFound, RefusedError
 from sipmask.store import codec
 from sipmask.store.base import (
@@ -78,6 +79,31 @@ def _ttl(raw: object) -> int:
     if raw < 0 or raw > MAX_TTL:
         raise RefusedError("ttl", f"must be 0 (no expiry) or 1..{MAX_TTL} seconds")
     return raw
+
+
+def _policy_fields(req: BindingRequest) -> dict[str, object]:
+    """The binding's optional policy rules (policy/), checked; only those set are returned."""
+    out: dict[str, object] = {}
+    if req.direction != "both":
+        if req.direction not in ("a_to_b", "b_to_a"):
+            raise RefusedError("direction", "must be one of both, a_to_b, b_to_a")
+        if req.mode != "axb":
+            raise RefusedError("direction", "only an AXB binding has two directions")
+        out["direction"] = req.direction
+    for name in ("max_duration_s", "max_concurrent"):
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RefusedError(name, "must be a whole number, 0 or more (0: no limit)")
+        out[name] = value
+    if req.blacklist:
+        try:
+            out["blacklist"] = tuple(sorted({NumberPrefix.parse(str(e)).digits
+                                             for e in req.blacklist}))
+        except ValueError as exc:
+            raise RefusedError("blacklist", str(exc)) from None
+    return out
 
 
 def parse_range(pool: str | NumberRange) -> NumberRange:
@@ -360,6 +386,7 @@ class RuleStore:
         elif req.b not in (None, ""):
             raise RefusedError("b", "an AXN binding has no b")
         ttl = _ttl(req.ttl)
+        policy = _policy_fields(req)
         if req.x not in (None, ""):
             x = _refuse_number("x", req.x, numbers.normalise_x)
             if not any(p.first <= x <= p.last for p in work.pools(tenant)):
@@ -371,6 +398,8 @@ class RuleStore:
         while True:   # 64 random bits: a clash is all but impossible, but never overwrite
             binding = codec.new_binding(secrets.token_hex(8), req.mode, tenant, x, a, b,
                                         work.now, expires)
+            if policy:
+                binding = dataclasses.replace(binding, **policy)  # type: ignore[arg-type]
             if work.put_binding(binding):
                 break
         work.audit(tenant, "create", binding.id, _what(binding))
@@ -439,8 +468,11 @@ class RuleStore:
 
     def create(self, *, mode: str, tenant: str | None, a: str, b: str | None = None,
                x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",
-               now: float | None = None) -> Binding:
-        req = BindingRequest(mode, a, b, x, ttl, tenant)
+               now: float | None = None, direction: str = "both",
+               max_duration_s: int | None = None, max_concurrent: int | None = None,
+               blacklist: tuple[str, ...] = ()) -> Binding:
+        req = BindingRequest(mode, a, b, x, ttl, tenant, direction, max_duration_s,
+                             max_concurrent, tuple(blacklist))
         return self._work(lambda work: self._create(work, req), actor, now)
 
     def create_many(self, requests: Iterable[tuple[int, BindingRequest]], *,
@@ -452,7 +484,7 @@ class RuleStore:
             out = []
             for line, req in chunk:
                 if req.tenant is None and default_tenant is not None:
-                    req = BindingRequest(req.mode, req.a, req.b, req.x, req.ttl, default_tenant)
+                    req = dataclasses.replace(req, tenant=default_tenant)
                 try:
                     out.append(ImportOutcome(line, binding=self._create(work, req)))
                 except RefusedError as exc:
