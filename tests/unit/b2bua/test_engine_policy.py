@@ -1,0 +1,216 @@
+"""The engine with policy.CallPolicy: refusals answered with their status, Retry-After and
+CDR cause; the concurrency count follows calls; the binding's length limit ends a call with
+BYE both ways. Same in-memory harness as test_engine.py (peers are bytes, no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from sipmask.b2bua.call import CallState
+from sipmask.b2bua.engine import Engine
+from sipmask.clock import SystemClock
+from sipmask.config import loader
+from sipmask.policy import CallPolicy
+from sipmask.sip.message import Request, Response
+from sipmask.store.memory import MemoryStore
+from tests.unit.b2bua.test_engine import (
+    A_ADDR,
+    A_NUM,
+    B_ADDR,
+    B_NUM,
+    STRANGER,
+    Harness,
+    X,
+    a_invite,
+    answered_call,
+    b_response,
+    in_dialog,
+)
+
+
+@dataclass
+class Load:
+    overloaded: bool = False
+
+
+def with_policy(h: Harness, *overrides: str, load: Load | None = None) -> CallPolicy:
+    h.config = loader.loads(loader.default_text(), [
+        "trunks.carrier.inbound_allow=['192.0.2.0/24', '127.0.0.0/8']", *overrides])
+    h.store = MemoryStore(tenants=h.config.tenants)
+    policy = CallPolicy(h.config, SystemClock(), load=load)
+    h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=h.cdrs,
+                      clock=SystemClock(), policy=policy)
+    return policy
+
+
+def run(flow: Callable[[Harness], Coroutine[Any, Any, None]]) -> Harness:
+    h = Harness()
+
+    async def main() -> None:
+        await flow(h)
+    asyncio.run(main())
+    return h
+
+
+def finals(h: Harness) -> list[Response]:
+    return [m for m in h.take(A_ADDR) if isinstance(m, Response) and m.status > 100]
+
+
+def outcomes(h: Harness) -> list[tuple[int | None, str]]:
+    return [(c.sip_status, c.unconnected_cause) for c in h.cdrs.records]
+
+
+def test_blacklisted_caller_is_403_with_cause_blacklist() -> None:
+    async def flow(h: Harness) -> None:
+        with_policy(h, "tenants.demo.blacklist=['1370000']")
+        h.store.create(mode="axn", tenant="demo", a=A_NUM, x=X, ttl=0, blacklist=(B_NUM,))
+        await h.deliver(a_invite(caller=STRANGER, branch="z9hG4bKt"), A_ADDR)  # tenant list
+        await h.deliver(a_invite(caller=B_NUM, branch="z9hG4bKb"), A_ADDR)     # binding list
+        assert [r.status for r in finals(h)] == [403, 403]
+        assert h.take(B_ADDR) == []
+
+    h = run(flow)
+    assert outcomes(h) == [(403, "blacklist"), (403, "blacklist")]
+    assert h.engine.stats["refused_blacklist"] == 2
+
+
+def test_direction_rule_refuses_the_other_way() -> None:
+    async def flow(h: Harness) -> None:
+        with_policy(h)
+        h.store.create(mode="axb", tenant="demo", a=A_NUM, b=B_NUM, x=X, ttl=0,
+                       direction="a_to_b")
+        await h.deliver(a_invite(caller=B_NUM, branch="z9hG4bKd"), A_ADDR)
+        assert [r.status for r in finals(h)] == [403]
+        assert h.take(B_ADDR) == []
+        await h.deliver(a_invite(caller=A_NUM, branch="z9hG4bKe"), A_ADDR)
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request) and b_inv.method == "INVITE"
+
+    h = run(flow)
+    assert outcomes(h) == [(403, "not_allowed")]
+
+
+def test_source_flood_is_503_with_retry_after() -> None:
+    async def flow(h: Harness) -> None:
+        with_policy(h, "policy.source_flood={rate: 0.01, burst: 2}", "policy.retry_after_s=7")
+        h.store.create(mode="axb", tenant="demo", a=A_NUM, b=B_NUM, x=X, ttl=0)
+        for i in range(4):
+            await h.deliver(a_invite(branch=f"z9hG4bKf{i}"), A_ADDR)
+        refused = [r for r in finals(h) if r.status == 503]
+        assert len(refused) == 2
+        assert all(r.headers.get("retry-after") == "100" for r in refused)   # 1 token/100 s
+        assert len(h.take(B_ADDR)) == 2
+
+    h = run(flow)
+    assert outcomes(h) == [(503, "rate_limited"), (503, "rate_limited")]
+
+
+def test_overloaded_loop_refuses_new_calls_but_not_calls_in_progress() -> None:
+    load = Load()
+
+    async def flow(h: Harness) -> None:
+        with_policy(h, load=load)
+        await answered_call(h)
+        h.take()
+        load.overloaded = True
+        await h.deliver(a_invite(branch="z9hG4bKo"), A_ADDR)
+        [busy] = finals(h)
+        assert (busy.status, busy.headers.get("retry-after")) == (503, "5")
+        [ctx] = h.engine.calls.values()
+        assert ctx.call.state is CallState.CONFIRMED     # the call up before goes on
+
+    h = run(flow)
+    assert outcomes(h) == [(503, "rate_limited")]
+
+
+def test_per_caller_rate_is_403_rate_limited() -> None:
+    async def flow(h: Harness) -> None:
+        with_policy(h, "policy.per_caller={rate: 0.01, burst: 1}")
+        h.store.create(mode="axb", tenant="demo", a=A_NUM, b=B_NUM, x=X, ttl=0)
+        await h.deliver(a_invite(branch="z9hG4bKr1"), A_ADDR)
+        await h.deliver(a_invite(branch="z9hG4bKr2"), A_ADDR)
+        assert [r.status for r in finals(h)] == [403]
+        assert [r.headers.get("retry-after") for r in h.take(A_ADDR)] == []
+
+    h = run(flow)
+    assert outcomes(h) == [(403, "rate_limited")]
+
+
+def test_concurrency_cap_per_x_is_486_and_frees_when_a_call_ends() -> None:
+    async def flow(h: Harness) -> None:
+        policy = with_policy(h)
+        h.store.create(mode="axb", tenant="demo", a=A_NUM, b=B_NUM, x=X, ttl=0,
+                       max_concurrent=1)
+        await h.deliver(a_invite(branch="z9hG4bKc1"), A_ADDR)
+        [b_inv] = h.take(B_ADDR)
+        assert isinstance(b_inv, Request)
+        assert policy.in_progress(X) == 1
+        await h.deliver(a_invite(caller=B_NUM, branch="z9hG4bKc2"), A_ADDR)
+        assert [r.status for r in finals(h)] == [486]
+        await h.deliver(b_response(b_inv, 480), B_ADDR)     # the first call fails
+        assert policy.in_progress(X) == 0
+        h.take()
+        await h.deliver(a_invite(caller=B_NUM, branch="z9hG4bKc3"), A_ADDR)
+        assert [m.method for m in h.take(B_ADDR) if isinstance(m, Request)] == ["INVITE"]
+
+    h = run(flow)
+    assert outcomes(h) == [(486, "rate_limited"), (480, "callee_failed")]
+
+
+async def answer_bye(h: Harness, bye: Request, peer: tuple[str, int]) -> None:
+    vias = "".join(f"Via: {v}\r\n" for v in bye.headers.get_fields("via"))
+    await h.deliver(f"SIP/2.0 200 OK\r\n{vias}From: {bye.headers.get('from')}\r\n"
+                    f"To: {bye.headers.get('to')}\r\nCall-ID: {bye.call_id}\r\n"
+                    f"CSeq: {bye.headers.get('cseq')}\r\nContent-Length: 0\r\n\r\n", peer)
+
+
+def test_max_duration_ends_the_call_with_bye_both_ways() -> None:
+    async def flow(h: Harness) -> None:
+        policy = with_policy(h, "policy.max_duration_s=1")
+        await answered_call(h)
+        h.take()
+        [ctx] = h.engine.calls.values()
+        assert ctx.call.state is CallState.CONFIRMED
+        await asyncio.sleep(0.9)
+        await h.settle()
+        assert h.take() == []                               # not before the limit
+        await asyncio.sleep(0.15)
+        await h.settle()
+        [bye_a] = h.take(A_ADDR)
+        [bye_b] = h.take(B_ADDR)
+        assert isinstance(bye_a, Request) and isinstance(bye_b, Request)
+        assert (bye_a.method, bye_b.method) == ("BYE", "BYE")
+        await answer_bye(h, bye_a, A_ADDR)
+        await answer_bye(h, bye_b, B_ADDR)
+        assert h.engine.calls == {}
+        assert policy.in_progress(X) == 0
+
+    h = run(flow)
+    [cdr] = h.cdrs.records
+    assert (cdr.release_side, cdr.unconnected_cause) == ("sipmask", "none")
+    assert cdr.duration_s >= 1.0
+
+
+def test_a_call_hung_up_before_the_limit_cancels_its_timer() -> None:
+    async def flow(h: Harness) -> None:
+        with_policy(h, "policy.max_duration_s=1")
+        a_inv, _ = await answered_call(h)
+        h.take()
+        [ctx] = h.engine.calls.values()
+        timer = ctx.duration_timer
+        assert timer is not None and not timer.cancelled()
+        await h.deliver(in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060",
+                                  from_=a_inv.headers.get("from") or "",
+                                  to=f"<sip:{X}@127.0.0.1>;tag={ctx.a_tag}",
+                                  call_id=a_inv.call_id, cseq=11,
+                                  via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye"), A_ADDR)
+        [bye_b] = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
+        await answer_bye(h, bye_b, B_ADDR)
+        assert h.engine.calls == {}
+        assert timer.cancelled()
+
+    h = run(flow)
+    assert h.cdrs.records[0].release_side == "caller"
