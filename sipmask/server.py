@@ -40,6 +40,7 @@ from sipmask.events.webhook import from_config as webhook_from_config
 from sipmask.media.backend import MediaBackend
 from sipmask.observability import logging as sm_logging
 from sipmask.observability.metrics import Metrics
+from sipmask.policy import CallPolicy
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.timers import TimerConfig
 from sipmask.sip.transaction import (
@@ -365,6 +366,7 @@ class Services:
     outbox: Outbox | None = None
     delivery: WebhookDelivery | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    policy: CallPolicy | None = None      # who may call (policy/); shared by the engines
     api: web.AppRunner | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -381,6 +383,7 @@ class Services:
         media = build_media(config, on_timeout=media_timeout)
         services = cls(config, store, CdrLog(store), media, engines)
         services.outbox = Outbox(store)
+        services.policy = CallPolicy(config, SystemClock())
         services.delivery = webhook_from_config(config.events.webhook, services.outbox)
         sources = services.metrics.sources
         sources.store_bytes = store.disk_bytes
@@ -402,7 +405,7 @@ class Services:
         engine = Engine(actions, config=self.config, store=self.store,  # type: ignore[arg-type]
                         media=self.media, cdrs=self.cdrs, clock=SystemClock(),
                         events=self.outbox if self.delivery is not None else None,
-                        metrics=self.metrics)
+                        policy=self.policy, metrics=self.metrics)
         self.engines.append(engine)
         self.metrics.sources.active_calls = lambda: engine.active_calls
         return engine
@@ -441,6 +444,8 @@ class Services:
         self.tasks.append(asyncio.create_task(self._sweep()))
         if self.delivery is not None:
             self.delivery.start()
+        if self.policy is not None:
+            self.policy.start()     # the loop-lag monitor behind overload refusals
 
     async def _sweep(self) -> None:
         """Expired bindings already stop routing (route() checks expires_at); this removes
@@ -477,6 +482,8 @@ class Services:
             task.cancel()
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.policy is not None:
+            await self.policy.stop()
         if self.api is not None:
             await self.api.cleanup()
         with contextlib.suppress(Exception):
