@@ -79,7 +79,10 @@ def bind(args: argparse.Namespace, config: Config) -> int:
     def run(store: LmdbStore) -> int:
         binding = store.create(mode=args.mode, tenant=_default_tenant(args, config),
                                a=args.a, b=getattr(args, "b", None), x=args.x, ttl=args.ttl,
-                               actor="cli")
+                               actor="cli", direction=getattr(args, "direction", "both"),
+                               max_duration_s=getattr(args, "max_duration", None),
+                               max_concurrent=getattr(args, "max_concurrent", None),
+                               blacklist=tuple(getattr(args, "blacklist", ())))
         _emit(binding.to_json())
         return EXIT_OK
     return _with_store(config, run)

@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--ttl", type=int, default=7200,
                        help="seconds until the binding expires; 0: never (default 7200)")
         m.add_argument("--tenant", help="tenant (default: the only one configured)")
+        if mode == "axb":
+            m.add_argument("--direction", choices=("both", "a_to_b", "b_to_a"),
+                           default="both", help="which way calls may go (default both)")
+        m.add_argument("--max-duration", type=int, metavar="S",
+                       help="answered calls end after S seconds (default policy.max_duration_s)")
+        m.add_argument("--max-concurrent", type=int, metavar="N",
+                       help="calls in progress on X (default policy.max_concurrent_per_x)")
+        m.add_argument("--blacklist", action="append", default=[], metavar="NUMBER",
+                       help="refuse this caller number or prefix (repeatable)")
 
     show = subs.add_parser("show", parents=[common], help="print one binding as JSON")
     show.add_argument("id")

@@ -27,7 +27,8 @@ MAX_CDR_LIMIT = 10000
 # answered 404 before they reach the store.
 _ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
-_CREATE_FIELDS = ("mode", "a", "b", "x", "ttl", "tenant")
+_CREATE_FIELDS = ("mode", "a", "b", "x", "ttl", "tenant", "direction", "max_duration_s",
+                  "max_concurrent", "blacklist")
 
 
 class ApiError(SipmaskError):
@@ -105,7 +106,20 @@ def create_request(body: bytes, tenant: str) -> BindingRequest:
     if named is not None and named != tenant:
         raise ApiError(403, "tenant", "a token acts for its own tenant only")
     assert mode is not None and a is not None
-    return BindingRequest(mode=mode, a=a, b=b, x=x, ttl=ttl, tenant=tenant)
+    direction = _string(value, "direction", required=False) or "both"
+    limits: dict[str, int | None] = {}
+    for key in ("max_duration_s", "max_concurrent"):
+        raw = value.get(key)
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int)):
+            raise bad(key, "must be a whole number")
+        limits[key] = raw if isinstance(raw, int) else None
+    blacklist = value.get("blacklist") or []
+    if not isinstance(blacklist, list) or not all(isinstance(e, str) for e in blacklist):
+        raise bad("blacklist", "must be a list of number strings")
+    # The store checks the values themselves (RefusedError names the field: 422).
+    return BindingRequest(mode=mode, a=a, b=b, x=x, ttl=ttl, tenant=tenant,
+                          direction=direction, max_duration_s=limits["max_duration_s"],
+                          max_concurrent=limits["max_concurrent"], blacklist=tuple(blacklist))
 
 
 def patch_ttl(body: bytes) -> int:

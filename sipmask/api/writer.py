@@ -101,7 +101,9 @@ class BindingWriter:
     def _create_one(self, r: BindingRequest) -> _Outcome:
         try:
             return self.store.create(mode=r.mode, tenant=r.tenant, a=r.a, b=r.b, x=r.x,
-                                     ttl=r.ttl, actor=ACTOR)
+                                     ttl=r.ttl, actor=ACTOR, direction=r.direction,
+                                     max_duration_s=r.max_duration_s,
+                                     max_concurrent=r.max_concurrent, blacklist=r.blacklist)
         except RefusedError as exc:
             return exc
 
