@@ -13,14 +13,17 @@ the callee's come back; the scenarios also check that every SDP names sipmask's 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServeProcess
+from sipmask.config.schema import HostPort
+from tests.conftest import LOOPBACK, ServeProcess, free_port
+from tests.integration.test_rtpengine import BINARY as RTPENGINE
 from tests.sipp.test_calls import A, B, Bench, X, finish
 
 pytestmark = [
@@ -129,3 +132,76 @@ def test_100_trying_comes_at_once_before_the_180(bench: Bench) -> None:
 def test_delayed_offer_invite_and_reinvite_answer_in_the_ack(bench: Bench) -> None:
     pair(bench, "callee_late_offer.xml", "caller_late_offer.xml", 2)
     answered(bench, 2)
+
+
+def _free_block_in_media_ports(size: int = 100) -> int:
+    """A free block of UDP ports at the top of the scenarios' media.ports (41000-41999,
+    which their m= checks name), away from the embedded relay's low end."""
+    for first in range(41900, 41000, -size):
+        probes: list[socket.socket] = []
+        try:
+            for port in range(first, first + size):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probes.append(probe)
+                probe.bind((LOOPBACK, port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError("no free UDP port block in 41000-41999")
+
+
+def _pong(ng: HostPort) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        sock.sendto(b"probe d7:command4:pinge", (ng.host, ng.port))
+        try:
+            return sock.recv(1000) == b"probe d6:result4:ponge"
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="module")
+def rtpengine_ng(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPort]:
+    if RTPENGINE is None:
+        pytest.skip("rtpengine binary not found (apt-get install rtpengine-daemon)")
+    ng = HostPort(LOOPBACK, free_port())
+    first = _free_block_in_media_ports()
+    log = tmp_path_factory.mktemp("rtpengine") / "rtpengine.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [RTPENGINE, "--config-file=none", "--table=-1", f"--interface={LOOPBACK}",
+             f"--listen-ng={ng}", "--foreground", "--log-stderr", "--log-level=6",
+             f"--port-min={first}", f"--port-max={first + 99}", "--num-threads=2",
+             "--delete-delay=0"], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while not _pong(ng):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        yield ng
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.rtpengine
+@pytest.mark.parametrize(("callee", "caller"), [
+    ("callee_held.xml", "caller_hold.xml"),
+    ("callee_hold.xml", "caller_held.xml"),
+    ("callee_update.xml", "caller_update.xml"),
+    ("callee_late_offer.xml", "caller_late_offer.xml"),
+])
+def test_reoffers_through_rtpengine(rtpengine_ng: HostPort, serve: Callable[..., ServeProcess],
+                                    tmp_path: Path, callee: str, caller: str) -> None:
+    """The same re-offers with `media.backend: rtpengine`: each offer and answer, from
+    either leg, goes through the real daemon and comes back pointing at it."""
+    bench = Bench(serve, tmp_path, "--set", "media.backend=rtpengine",
+                  "--set", f"media.rtpengine.ng={rtpengine_ng}")
+    pair(bench, callee, caller)
+    answered(bench, 1)
