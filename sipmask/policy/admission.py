@@ -26,6 +26,9 @@ from sipmask.policy.ratelimit import KeyedLimiter
 from sipmask.sip.message import Request
 
 
+_LIST_CACHE = 4096      # distinct binding blacklists whose prefix sets are kept
+
+
 class LoadSignal(Protocol):
     @property
     def overloaded(self) -> bool: ...
@@ -70,6 +73,7 @@ class CallPolicy:
         self.tenant_blacklists = {name: rules.Prefixes.of(t.blacklist)
                                   for name, t in config.tenants.items()}
         self._live: dict[str, str] = {}          # call id -> X, calls counted in progress
+        self._lists: dict[tuple[str, ...], rules.Prefixes] = {}
         self._per_x: dict[str, int] = {}
 
     # -- the loop-lag monitor ---------------------------------------------------------------
@@ -97,7 +101,7 @@ class CallPolicy:
         if tenant_list is not None:
             rules.check_blacklist(caller, tenant_list)
         if binding.blacklist:
-            rules.check_blacklist(caller, rules.Prefixes.of(binding.blacklist))
+            rules.check_blacklist(caller, self._binding_list(binding.blacklist))
         rules.check_direction(binding.direction, direction)
         cap = binding.max_concurrent
         rules.check_concurrency(self._per_x.get(binding.x, 0),
@@ -106,6 +110,15 @@ class CallPolicy:
         rules.check_rate(self.callers.take(caller, at))
         rules.check_rate(self.xs.take(binding.x, at))
         rules.check_rate(self.tenants.take(binding.tenant, at))
+
+    def _binding_list(self, entries: tuple[str, ...]) -> rules.Prefixes:
+        """Bindings share few distinct blacklists; keep their prefix sets, bounded."""
+        found = self._lists.get(entries)
+        if found is None:
+            if len(self._lists) >= _LIST_CACHE:
+                self._lists.clear()
+            found = self._lists[entries] = rules.Prefixes.of(entries)
+        return found
 
     def max_duration(self, binding: object) -> float | None:
         """Seconds an answered call on `binding` may last: the binding's own limit when it

@@ -90,15 +90,17 @@ class Prefixes:
     """A set of number prefixes, matched against normalised (national) numbers."""
 
     entries: frozenset[str]
+    lengths: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, entries: Iterable[object]) -> Prefixes:
-        return cls(frozenset(str(e) for e in entries if str(e)))
+        kept = frozenset(str(e) for e in entries if str(e))
+        return cls(kept, tuple(sorted({len(e) for e in kept})))
 
     def match(self, number: str) -> bool:
-        # A prefix set is small (tens of entries), and numbers are at most 12 digits: test
-        # each leading slice of the number against the set rather than each entry.
-        return any(number[:n] in self.entries for n in range(1, len(number) + 1))
+        # One set lookup per distinct entry length (a handful), however long the list.
+        entries = self.entries
+        return any(number[:n] in entries for n in self.lengths)
 
 
 def check_blacklist(caller: str, *lists: Prefixes) -> None:
