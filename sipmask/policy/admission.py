@@ -25,7 +25,6 @@ from sipmask.policy.overload import LagMonitor
 from sipmask.policy.ratelimit import KeyedLimiter
 from sipmask.sip.message import Request
 
-
 _LIST_CACHE = 4096      # distinct binding blacklists whose prefix sets are kept
 
 
