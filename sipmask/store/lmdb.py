@@ -29,6 +29,7 @@ from sipmask.store.rules import _ROUTE_SCAN, DATABASES, RuleStore, Txn
 
 T = TypeVar("T")
 
+_decode = codec.decode_binding
 MAX_DBS = 16            # the named databases in rules.py plus room for later modules
 _RETRIES = 8
 
@@ -126,8 +127,9 @@ class LmdbStore(RuleStore):
 
     def route(self, x: str, caller: str, now: float) -> Binding | None:
         # The call path: one read transaction (a fresh snapshot, so CLI/API writes count at
-        # once), one get, and the value is the binding itself. The transaction is aborted
-        # when its last reference goes, at return.
+        # once; py-lmdb renews a spare reader rather than opening one), one get, and the
+        # value is the binding itself. The transaction is aborted when its last reference
+        # goes, at return: no `with` block, which costs as much as the get.
         try:
             txn = self.env.begin(db=self._route_db)
         except lmdb.MapResizedError:
@@ -135,8 +137,9 @@ class LmdbStore(RuleStore):
             txn = self.env.begin(db=self._route_db)
         raw = txn.get((x + caller).encode())
         if raw is not None:
-            b = codec.decode_binding(raw)
-            if b.expires_at is None or now < b.expires_at:
+            b = _decode(raw)
+            expires = b.expires_at
+            if expires is None or now < expires:
                 return b
         prefix = x.encode()
         cursor = txn.cursor()
@@ -145,7 +148,7 @@ class LmdbStore(RuleStore):
         for i, (key, value) in enumerate(cursor.iternext()):
             if i >= _ROUTE_SCAN or not key.startswith(prefix):
                 break
-            b = codec.decode_binding(value)
+            b = _decode(value)
             if b.live(now):
                 return b
         return None

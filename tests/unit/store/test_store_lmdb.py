@@ -39,7 +39,23 @@ def test_a_newer_optional_field_is_ignored_a_newer_version_refused() -> None:
     decoded = codec.decode_binding(head + codec.SEP.encode() + json.dumps(newer).encode())
     assert decoded == binding(max_duration_s=60)
     with pytest.raises(codec.RecordVersionError):
-        codec.decode_binding(b"\x02" + raw[1:])
+        codec.decode_binding(b"\x03" + raw[1:])
+
+
+def test_version_1_records_written_before_still_decode() -> None:
+    # Version 1 kept the times as text; a store written then must keep routing.
+    v1 = "\x1f".join(("id1", "axb", "demo", X, A, B, "1.5", "", '{"max_duration_s":60}'))
+    assert codec.decode_binding(b"\x01" + v1.encode()) == binding(max_duration_s=60)
+    axn = "\x1f".join(("id2", "axn", "demo", X, A, "", "2.0", "9.25", ""))
+    assert codec.decode_binding(b"\x01" + axn.encode()) == Binding("id2", "axn", "demo", X, A,
+                                                                   None, 2.0, 9.25)
+
+
+def test_times_are_exact_and_no_expiry_survives_the_binary_encoding() -> None:
+    for created, expires in ((0.0, None), (1795472914.1239839, 1795480114.1239843),
+                             (1.5, 0.001)):
+        b = Binding("id3", "axb", "demo", X, A, B, created, expires)
+        assert codec.decode_binding(codec.encode_binding(b)) == b
 
 
 def open_lmdb(path: Path, clock: FakeClock, map_size: int = 1 << 20) -> LmdbStore:
