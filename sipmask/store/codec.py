@@ -136,11 +136,27 @@ def audit_key(at: float, seq: int) -> bytes:
 
 
 def encode_audit(seq: int, at: float, tenant: str, actor: str, action: str, subject: str,
-                 data: Mapping[str, object]) -> bytes:
+                 data: Mapping[str, object] | str) -> bytes:
     # Fixed fields joined like a binding (an import writes one entry per binding, so this
-    # is on the bulk path); only the free-form `data` is JSON.
+    # is on the bulk path); only the free-form `data` is JSON, given as a mapping or as
+    # JSON text already made (binding_summary).
+    text = data if isinstance(data, str) else _JSON.encode(data)
     return b"\x01" + SEP.join((str(seq), repr(at), tenant, actor, action, subject,
-                                _JSON.encode(data))).encode()
+                                text)).encode()
+
+
+def binding_summary(b: Binding) -> str:
+    """The audit entry's JSON of a binding (mode, x, a, b, expires_at). Numbers and modes are
+    plain ASCII letters and digits, which JSON writes as they are, so the text is put
+    together directly: the encoder's own work was a tenth of a bulk import's time."""
+    other = b.b or ""
+    if (b.mode + b.x + b.a + other).isascii() and (b.mode + b.x + b.a + other).isalnum():
+        b_json = f'"{other}"' if b.b is not None else "null"
+        expires = "null" if b.expires_at is None else repr(b.expires_at)
+        return (f'{{"mode":"{b.mode}","x":"{b.x}","a":"{b.a}","b":{b_json},'
+                f'"expires_at":{expires}}}')
+    return _JSON.encode({"mode": b.mode, "x": b.x, "a": b.a, "b": b.b,
+                         "expires_at": b.expires_at})
 
 
 def decode_audit(raw: bytes) -> AuditEntry:

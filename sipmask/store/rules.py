@@ -115,9 +115,9 @@ def parse_range(pool: str | NumberRange) -> NumberRange:
         raise RefusedError("range", str(exc)) from None
 
 
-def _what(b: Binding) -> dict[str, object]:
-    """What an audit entry keeps of a binding: enough to say what it was, and small."""
-    return {"mode": b.mode, "x": b.x, "a": b.a, "b": b.b, "expires_at": b.expires_at}
+def _what(b: Binding) -> str:
+    """What an audit entry keeps of a binding, as JSON: enough to say what it was, and small."""
+    return codec.binding_summary(b)
 
 
 class _Work:
@@ -133,8 +133,8 @@ class _Work:
         self._tenants: set[str] = set()
 
     # -- audit ------------------------------------------------------------------------------
-    def audit(self, tenant: str, action: str, subject: str, data: Mapping[str, object],
-              actor: str | None = None) -> None:
+    def audit(self, tenant: str, action: str, subject: str,
+              data: Mapping[str, object] | str, actor: str | None = None) -> None:
         if self._seq is None:
             raw = self.txn.get("meta", b"audit_seq")
             self._seq = codec.from_u64(raw) if raw else 0

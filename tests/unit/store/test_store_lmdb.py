@@ -180,3 +180,16 @@ def test_other_modules_keep_records_beside_bindings(store: RuleStore) -> None:
     with pytest.raises(RuntimeError):
         store.write(put_then_fail)
     assert store.read(lambda txn: txn.get("outbox", b"k")) is None   # rolled back
+
+
+def test_audit_summary_text_is_the_json_of_the_binding() -> None:
+    # binding_summary builds the JSON text by hand on the import path; it must read back
+    # exactly as the encoder would have written it, for AXB, AXN, no expiry and odd input.
+    cases = [binding(), Binding("id2", "axn", "demo", X, A, None, 2.0, 9.25),
+             Binding("id3", "axb", "demo", X, "+86 138\"x", B, 1.0, 1e21)]
+    for b in cases:
+        text = codec.binding_summary(b)
+        assert json.loads(text) == {"mode": b.mode, "x": b.x, "a": b.a, "b": b.b,
+                                    "expires_at": b.expires_at}
+    assert codec.binding_summary(binding()) == json.dumps(
+        {"mode": "axb", "x": X, "a": A, "b": B, "expires_at": None}, separators=(",", ":"))
