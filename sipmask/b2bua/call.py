@@ -115,6 +115,9 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.ANSWERED, E.B_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_B, A.BYE_A)),
     (S.ANSWERED, E.B_ANSWER): (S.ANSWERED, (A.ACK_B,)),     # 2xx retransmission
     (S.ANSWERED, E.SHUTDOWN): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
+    # The limit counts from the answer, so it can fall before the caller's ACK arrives.
+    (S.ANSWERED, E.MAX_DURATION): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
+    (S.ANSWERED, E.MEDIA_TIMEOUT): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
     (S.ANSWERED, E.A_CANCEL): (S.ANSWERED, ()),             # too late (§9.2): ignored
 
     (S.CONFIRMED, E.A_ACK): (S.CONFIRMED, ()),             # ACK retransmission

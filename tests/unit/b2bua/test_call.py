@@ -160,3 +160,11 @@ def test_every_state_but_ended_can_be_left() -> None:
                     seen.add(n)
                     todo.append(n)
         assert S.ENDED in seen, start
+
+
+def test_max_duration_or_media_timeout_before_the_ack_still_ends_the_call() -> None:
+    for event in (E.MAX_DURATION, E.MEDIA_TIMEOUT):
+        call = new_call()
+        drive(call, (E.LEG_B_SENT, 100), (E.B_ANSWER, 101, 200))
+        assert call.apply(event, 102) == (A.FREE_MEDIA, A.WRITE_CDR, A.BYE_A, A.BYE_B)
+        assert call.release_side == "sipmask"
