@@ -134,6 +134,23 @@ def test_delayed_offer_invite_and_reinvite_answer_in_the_ack(bench: Bench) -> No
     answered(bench, 2)
 
 
+
+def test_reliable_early_media_pracked_on_leg_b_relayed_plain_to_a(bench: Bench) -> None:
+    pair(bench, "callee_100rel_early.xml", "caller_early_media.xml", 2)
+    answered(bench, 2)
+
+
+def test_update_in_the_early_dialog_changes_codec_before_the_answer(bench: Bench) -> None:
+    pair(bench, "callee_early_update.xml", "caller_early_update.xml", 2)
+    answered(bench, 2)
+
+
+def test_callee_hangs_up_on_a_caller_over_tcp(bench: Bench) -> None:
+    """sipmask's BYE reaches A over the connection A opened (its Contact says TCP)."""
+    proc = start_callee(bench, "callee_hangup.xml", 2)
+    finish(bench, proc, bench.caller("caller_wait_bye.xml", 2, "-t", "t1"))
+    answered(bench, 2, release_side="callee")
+
 def _free_block_in_media_ports(size: int = 100) -> int:
     """A free block of UDP ports at the top of the scenarios' media.ports (41000-41999,
     which their m= checks name), away from the embedded relay's low end."""
