@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import secrets
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from sipmask.clock import SystemClock
 from sipmask.config.schema import NumberRange, TenantConfig
-from sipmask.store import BindingRequest, LmdbStore
+from sipmask.store import BindingRequest, LmdbStore, codec
 from sipmask.store.base import Binding
 from sipmask.store.rules import Txn, _Work
 
@@ -53,7 +52,7 @@ def load_records(store: LmdbStore, size: int) -> float:
         def batch(txn: Txn, first: int = first) -> None:
             work = _Work(txn, now, "import")
             for i in range(first, min(first + 50_000, size)):
-                work.put_binding(Binding(secrets.token_hex(8), "axb", "bench", x_of(i),
+                work.put_binding(Binding(codec.new_id(now), "axb", "bench", x_of(i),
                                          f"138{i:08d}", f"139{i:08d}", now, now + 7200))
         store._write(batch)
     progress("loading", size, size, started)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import random
-import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, TypeVar
 
@@ -395,8 +394,8 @@ class RuleStore:
         else:
             x = self._allocate(work, tenant, req.mode, a, b)
         expires = work.now + ttl if ttl else None
-        while True:   # 64 random bits: a clash is all but impossible, but never overwrite
-            binding = codec.new_binding(secrets.token_hex(8), req.mode, tenant, x, a, b,
+        while True:   # 52 random bits per ms: a clash is all but impossible; never overwrite
+            binding = codec.new_binding(codec.new_id(work.now), req.mode, tenant, x, a, b,
                                         work.now, expires)
             if policy:
                 binding = dataclasses.replace(binding, **policy)  # type: ignore[arg-type]

@@ -193,3 +193,11 @@ def test_audit_summary_text_is_the_json_of_the_binding() -> None:
                                     "expires_at": b.expires_at}
     assert codec.binding_summary(binding()) == json.dumps(
         {"mode": "axb", "x": X, "a": A, "b": B, "expires_at": None}, separators=(",", ":"))
+
+
+def test_binding_ids_sort_by_creation_time_and_keep_52_random_bits() -> None:
+    # Time-first ids keep a bulk import appending to the bindings B-tree (codec.new_id).
+    ids = [codec.new_id(t) for t in (0.0, 1.0, 1.0005, 1795472914.123, 1795472914.124)]
+    assert ids[0] < ids[1] and ids[2] < ids[3] < ids[4]
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    assert len({codec.new_id(5.0) for _ in range(1000)}) == 1000
