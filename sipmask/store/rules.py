@@ -83,6 +83,9 @@ def _ttl(raw: object) -> int:
 def _policy_fields(req: BindingRequest) -> dict[str, object]:
     """The binding's optional policy rules (policy/), checked; only those set are returned."""
     out: dict[str, object] = {}
+    if (req.direction == "both" and req.max_duration_s is None and req.max_concurrent is None
+            and not req.blacklist):
+        return out   # no rule set: the common case, and every import line asks
     if req.direction != "both":
         if req.direction not in ("a_to_b", "b_to_a"):
             raise RefusedError("direction", "must be one of both, a_to_b, b_to_a")
@@ -130,6 +133,10 @@ class _Work:
         self._pools: list[PoolRange] | None = None     # per transaction: imports ask often
         self._tenant_pools: dict[str, list[PoolRange]] = {}
         self._tenants: set[str] = set()
+        # X → (mode, count) as read or written in this transaction. Every xuse write goes
+        # through set_use, so the cache cannot go stale; an import reads each X's use
+        # twice per binding and puts several bindings on one X, so this saves LMDB reads.
+        self._uses: dict[str, tuple[str, int] | None] = {}
 
     # -- audit ------------------------------------------------------------------------------
     def audit(self, tenant: str, action: str, subject: str,
@@ -170,9 +177,8 @@ class _Work:
         if b.expires_at is not None:
             self.txn.put("expiry", codec.expiry_key(b.expires_at, b.id), b"")
         if old is None:
-            use = self.txn.get("xuse", b.x.encode())
-            count = codec.decode_use(use)[1] if use else 0
-            self.txn.put("xuse", b.x.encode(), codec.encode_use(b.mode, count + 1))
+            use = self.use(b.x)
+            self.set_use(b.x, b.mode, (use[1] if use else 0) + 1)
         return True
 
     def remove_binding(self, b: Binding, action: str, actor: str | None = None) -> None:
@@ -181,12 +187,8 @@ class _Work:
             self.txn.delete("route", key)
         if b.expires_at is not None:
             self.txn.delete("expiry", codec.expiry_key(b.expires_at, b.id))
-        use = self.txn.get("xuse", b.x.encode())
-        count = codec.decode_use(use)[1] - 1 if use else 0
-        if count > 0:
-            self.txn.put("xuse", b.x.encode(), codec.encode_use(b.mode, count))
-        else:
-            self.txn.delete("xuse", b.x.encode())
+        use = self.use(b.x)
+        self.set_use(b.x, b.mode, use[1] - 1 if use else 0)
         self.audit(b.tenant, action, b.id, _what(b), actor)
 
     def purge_if_expired(self, raw: bytes | None) -> bool:
@@ -245,8 +247,20 @@ class _Work:
         return True
 
     def use(self, x: str) -> tuple[str, int] | None:
+        if x in self._uses:
+            return self._uses[x]
         raw = self.txn.get("xuse", x.encode())
-        return codec.decode_use(raw) if raw else None
+        use = self._uses[x] = codec.decode_use(raw) if raw else None
+        return use
+
+    def set_use(self, x: str, mode: str, count: int) -> None:
+        """Record X's mode and binding count; a count of 0 frees X."""
+        if count > 0:
+            self.txn.put("xuse", x.encode(), codec.encode_use(mode, count))
+            self._uses[x] = (mode, count)
+        else:
+            self.txn.delete("xuse", x.encode())
+            self._uses[x] = None
 
     def range_in_use(self, p: PoolRange) -> tuple[int, int]:
         xs = total = 0

@@ -201,3 +201,8 @@ def test_binding_ids_sort_by_creation_time_and_keep_52_random_bits() -> None:
     assert ids[0] < ids[1] and ids[2] < ids[3] < ids[4]
     assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
     assert len({codec.new_id(5.0) for _ in range(1000)}) == 1000
+
+
+def test_binding_ids_stay_distinct_across_random_pool_refills() -> None:
+    ids = {codec.new_id(7.0) for _ in range(3000)}    # 3000 x 7 bytes: several 4 kB draws
+    assert len(ids) == 3000 and all(len(i) == 24 for i in ids)
