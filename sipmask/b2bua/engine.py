@@ -465,6 +465,17 @@ class Engine:
         ctx = self._by_a_txn.get(event.invite_txn_id)
         if ctx is not None:
             self._fire(ctx, CallEvent.A_CANCEL)
+            return
+        # §9.2: a CANCEL of a re-INVITE we relayed: cancel ours on the other leg; its 487
+        # comes back through the relay. (One still waiting for media is not sent yet.)
+        found = self._find_dialog(event.request)
+        if found is None:
+            return
+        for txn in found[0].relays:
+            relay = self._by_txn.get(txn)
+            if isinstance(relay, _Relay) and relay.origin_txn == event.invite_txn_id:
+                with contextlib.suppress(TransactionError):
+                    self.sip.cancel(txn)
 
     # -- the state machine -------------------------------------------------------------------
     def _fire(self, ctx: _CallContext, event: CallEvent, *, response: Response | None = None,

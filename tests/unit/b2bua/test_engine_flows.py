@@ -151,3 +151,30 @@ def test_reinvite_pending_when_the_call_ends_gets_487() -> None:
         assert (487, 12) in finals
 
     run(flow)
+
+
+def test_cancelled_reinvite_is_cancelled_on_the_other_leg() -> None:
+    """§9.2: A cancels its re-INVITE; sipmask cancels the one it relayed to B, and B's 487
+    comes back to A through the relay (the call itself goes on)."""
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        await h.deliver(_a_request(h, a_inv, "INVITE", 12, body=A_SDP), A_ADDR)
+        [re_b] = h.take(B_ADDR)
+        assert isinstance(re_b, Request)
+        await h.deliver(_a_request(h, a_inv, "CANCEL", 12), A_ADDR)
+        assert [r.status for r in h.take(A_ADDR) if isinstance(r, Response)] == [200]
+        # §9.1: our CANCEL waits for B's provisional response.
+        await h.deliver(b_response(re_b, 100), B_ADDR)
+        [cancel_b] = h.take(B_ADDR)
+        assert isinstance(cancel_b, Request) and cancel_b.method == "CANCEL"
+        assert cancel_b.cseq.number == re_b.cseq.number
+        await h.deliver(b_response(cancel_b, 200), B_ADDR)
+        await h.deliver(b_response(re_b, 487), B_ADDR)
+        finals = [(r.status, r.cseq.number, r.cseq.method) for r in h.take(A_ADDR)
+                  if isinstance(r, Response)]
+        assert finals == [(487, 12, "INVITE")]
+        [ctx] = h.engine.calls.values()
+        assert ctx.call.state.value == "confirmed"
+
+    run(flow)
