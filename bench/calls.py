@@ -64,6 +64,7 @@ class Step:
     setup_ms: float
     placed_rate: float
     wall_s: float
+    cpu_ms_per_call: float = float("nan")   # sipmask's own CPU (user + system) per call
 
     @property
     def failure(self) -> float:
@@ -154,11 +155,16 @@ class Sipmask:
         self.stop()
         raise SystemExit("sipmask serve did not answer OPTIONS")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(90)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -251,10 +257,11 @@ def mean_setup_ms(rtt: Path) -> float:
 
 def print_table(steps: list[Step]) -> None:
     print(f"{'mode':8} {'offered':>7} {'placed':>7} {'ok':>6} {'failed':>6} {'fail%':>6} "
-          f"{'setup ms':>9} {'held':>5}")
+          f"{'setup ms':>9} {'held':>5} {'cpu ms/call':>11}")
     for s in steps:
         print(f"{s.mode:8} {s.offered:7d} {s.placed_rate:7.0f} {s.successful:6d} {s.failed:6d} "
-              f"{100 * s.failure:6.2f} {s.setup_ms:9.2f} {'yes' if s.held else 'no':>5}")
+              f"{100 * s.failure:6.2f} {s.setup_ms:9.2f} {'yes' if s.held else 'no':>5} "
+              f"{s.cpu_ms_per_call:11.2f}")
 
 
 def highest(steps: list[Step]) -> int:
@@ -268,14 +275,19 @@ def highest(steps: list[Step]) -> int:
 
 
 def ladder(mode: str, tmp: Path, caller: Path, target: tuple[str, int], rates: list[int],
-           duration: float, hold_ms: int) -> list[Step]:
+           duration: float, hold_ms: int, server: Sipmask | None = None) -> list[Step]:
     steps = []
     for rate in rates:
+        cpu = server.cpu_seconds() if server is not None else 0.0
         step = run_step(mode, tmp, caller, target, rate, duration, hold_ms)
+        if server is not None and step.successful + step.failed:
+            step.cpu_ms_per_call = (1000 * (server.cpu_seconds() - cpu)
+                                    / (step.successful + step.failed))
         steps.append(step)
         print(f"  {mode} {rate}/s: {step.successful} ok, {step.failed} failed "
               f"({100 * step.failure:.2f} %), setup {step.setup_ms:.2f} ms, placed "
-              f"{step.placed_rate:.0f}/s, {step.wall_s:.1f} s", flush=True)
+              f"{step.placed_rate:.0f}/s, {step.wall_s:.1f} s, sipmask CPU "
+              f"{step.cpu_ms_per_call:.2f} ms/call", flush=True)
         if step.failure > 0.2:
             print(f"  {mode}: {100 * step.failure:.0f} % failed, stopping this ladder", flush=True)
             break
@@ -292,7 +304,7 @@ def print_profile(path: str) -> None:
         print(f"-- top by {title}")
         stats.sort_stats(key)
         for func in stats.fcn_list[:25]:  # type: ignore[attr-defined]
-            cc, nc, tt, ct, _ = stats.stats[func]  # type: ignore[attr-defined]
+            _cc, nc, tt, ct, _ = stats.stats[func]  # type: ignore[attr-defined]
             name = f"{Path(func[0]).name}:{func[1]}({func[2]})"
             print(f"  {100 * tt / total:5.1f}% own {100 * ct / total:5.1f}% cum  {nc:8d}  {name}")
 
@@ -304,6 +316,8 @@ def main() -> None:
     parser.add_argument("--hold-ms", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short steps")
     parser.add_argument("--only", choices=("direct", "sipmask"))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temp dir (SIPp stats and traces, sipmask stderr)")
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         raise SystemExit("sipp (sip-tester) is not installed")
@@ -315,7 +329,12 @@ def main() -> None:
     print(f"rates {rates}/s, {duration:g} s each, hold {args.hold_ms} ms; "
           f"{os.cpu_count()} cores, SIPp on the same machine", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp_name:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp_name = tempfile.mkdtemp(prefix="bench-calls-")
+            print(f"keeping {tmp_name}")
+        else:
+            tmp_name = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-calls-"))
         tmp = Path(tmp_name)
         caller, callee_xml = write_scenarios(tmp)
         steps: dict[str, list[Step]] = {"direct": [], "sipmask": []}
@@ -334,7 +353,7 @@ def main() -> None:
             server = Sipmask(tmp, callee_port, profile)
             try:
                 steps["sipmask"] = ladder("sipmask", tmp, caller, (SIPMASK_IP, server.port),
-                                          rates, duration, args.hold_ms)
+                                          rates, duration, args.hold_ms, server)
             finally:
                 server.stop()
                 callee.stop()

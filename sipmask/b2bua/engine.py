@@ -27,6 +27,7 @@ import structlog
 from sipmask import numbers
 from sipmask.b2bua import masking, routing
 from sipmask.b2bua.call import Action, Call, CallEvent, CallState
+from sipmask.cdr.group import CdrGroupCommit
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrSink
 from sipmask.clock import Clock
@@ -159,6 +160,7 @@ class Engine:
         self.store = store
         self.media = media
         self.cdrs = cdrs
+        self._cdr_group = CdrGroupCommit(cdrs)
         self.clock = clock
         self.events = events
         self.policy = policy
@@ -583,7 +585,7 @@ class Engine:
                                                  contact=contact, body=body)
             ctx.a_dialog.on_response(out)
             # Crash safety: an answered call is journalled before the caller hears of it.
-            self._journal_up(ctx)
+            await self._journal_up(ctx)
             self._send_response(ctx.a_txn, out)
             if ctx.max_duration_s is not None:
                 # The binding's limit counts talk time, from the answer (CDR answer_at).
@@ -599,6 +601,9 @@ class Engine:
         elif action is Action.ACK_B:
             assert response is not None
             self._ack_b(ctx, response)
+        elif action is Action.WRITE_CDR:
+            # Group commit (cdr/group.py): on disk before the responses after it leave.
+            await self._commit_call_cdr(ctx)
         elif action is Action.ANSWER_BYE_A or action is Action.ANSWER_BYE_B:
             if origin is not None:
                 self._reply(origin[0], origin[1], 200)
@@ -841,17 +846,29 @@ class Engine:
                    release_side=call.release_side, sip_status=call.sip_status,
                    unconnected_cause=call.unconnected_cause)
 
-    def _journal_up(self, ctx: _CallContext) -> None:
+    async def _journal_up(self, ctx: _CallContext) -> None:
         try:
-            self.cdrs.call_up(self._record(ctx.call))
+            await self._cdr_group.call_up(self._record(ctx.call))
         except Exception:
             self.stats["cdr_write_failed"] += 1
             log.exception("cdr.journal_failed", call_id=ctx.call.call_id)
 
     def _write_call_cdr(self, ctx: _CallContext) -> None:
-        call = ctx.call
-        record = self._record(call)
+        record = self._record(ctx.call)
         self._write_cdr(record)
+        self._call_recorded(ctx, record)
+
+    async def _commit_call_cdr(self, ctx: _CallContext) -> None:
+        record = self._record(ctx.call)
+        try:
+            await self._cdr_group.write(record)
+        except Exception:
+            self.stats["cdr_write_failed"] += 1
+            log.exception("cdr.write_failed", record=record.to_json())
+        self._call_recorded(ctx, record)
+
+    def _call_recorded(self, ctx: _CallContext, record: Cdr) -> None:
+        call = ctx.call
         self._emit("hangup", ctx, cdr=record)
         if self.metrics is not None:
             self.metrics.call_finished(call)

@@ -46,7 +46,10 @@ class Cdr:
 
     def encode(self) -> bytes:
         """Versioned storage encoding: new optional fields can be added without a migration."""
-        return json.dumps({"v": CDR_VERSION, **asdict(self)}, separators=(",", ":")).encode()
+        # Every field is a scalar: a flat dict is what asdict() would build, at a fifth of
+        # its cost (two records per answered call, bench/calls.py).
+        values = {name: getattr(self, name) for name in _FIELD_NAMES}
+        return json.dumps({"v": CDR_VERSION, **values}, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Cdr:
@@ -56,7 +59,8 @@ class Cdr:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-CSV_COLUMNS = tuple(f.name for f in fields(Cdr))
+_FIELD_NAMES = tuple(f.name for f in fields(Cdr))
+CSV_COLUMNS = _FIELD_NAMES
 
 
 def iso(ts: float | None) -> str | None:

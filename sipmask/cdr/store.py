@@ -13,7 +13,7 @@ heartbeat the dead process wrote (at most `HEARTBEAT_S` late), release_side is s
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -28,8 +28,14 @@ HEARTBEAT_S = 1.0
 
 
 class CdrSink(Protocol):
+    # True when writes wait for the disk: cdr/group.py then commits on a writer thread.
+    blocking: bool
+
     def write(self, cdr: Cdr) -> None: ...
     def call_up(self, cdr: Cdr) -> None: ...
+    def write_batch(self, ops: Sequence[tuple[bool, Cdr]]) -> None:
+        """(final, record) pairs in order, in one commit: final records as `write`,
+        the others as `call_up`."""
 
 
 def _key(cdr: Cdr) -> bytes:
@@ -41,7 +47,9 @@ def _since_key(since: float | None) -> bytes:
 
 
 class CdrLog:
-    """CDRs kept in the bindings store's environment (one fsync per record)."""
+    """CDRs kept in the bindings store's environment (one fsync per commit)."""
+
+    blocking = True
 
     def __init__(self, store: LmdbStore) -> None:
         self.store = store
@@ -49,15 +57,23 @@ class CdrLog:
         store.db(UP)
 
     def write(self, cdr: Cdr) -> None:
-        def run(txn: Txn) -> None:
-            txn.put(DB, _key(cdr), cdr.encode())
-            if txn.get(UP, cdr.call_id.encode()) is not None:
-                txn.delete(UP, cdr.call_id.encode())
-        self.store.write(run)
+        self.write_batch(((True, cdr),))
 
     def call_up(self, cdr: Cdr) -> None:
         """Journal an answered call (its record without an end) until its CDR is written."""
-        self.store.write(lambda txn: txn.put(UP, cdr.call_id.encode(), cdr.encode()))
+        self.write_batch(((False, cdr),))
+
+    def write_batch(self, ops: Sequence[tuple[bool, Cdr]]) -> None:
+        """Many records in one transaction: one fsync for all (cdr/group.py's group commit)."""
+        def run(txn: Txn) -> None:
+            for final, cdr in ops:
+                if not final:
+                    txn.put(UP, cdr.call_id.encode(), cdr.encode())
+                    continue
+                txn.put(DB, _key(cdr), cdr.encode())
+                if txn.get(UP, cdr.call_id.encode()) is not None:
+                    txn.delete(UP, cdr.call_id.encode())
+        self.store.write(run)
 
     def heartbeat(self, now: float) -> None:
         self.store.write(lambda txn: txn.put(UP, HEARTBEAT, struct.pack(">d", now)))
@@ -108,6 +124,8 @@ class CdrLog:
 class MemoryCdrLog:
     """For unit tests of the engine: the same interface, in a list."""
 
+    blocking = False
+
     def __init__(self) -> None:
         self.records: list[Cdr] = []
         self.up: dict[str, Cdr] = {}
@@ -118,6 +136,13 @@ class MemoryCdrLog:
 
     def call_up(self, cdr: Cdr) -> None:
         self.up[cdr.call_id] = cdr
+
+    def write_batch(self, ops: Sequence[tuple[bool, Cdr]]) -> None:
+        for final, cdr in ops:
+            if final:
+                self.write(cdr)
+            else:
+                self.call_up(cdr)
 
     def __iter__(self) -> Iterator[Cdr]:
         return iter(self.records)

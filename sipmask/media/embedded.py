@@ -99,14 +99,24 @@ class _SipmaskSdp:
         self._parser: Any = parser
         self._sdp: Any = rewrite
         self._origins: dict[str, Any] = {}
+        self._last: tuple[bytes, Any] = (b"", None)
+
+    def _parse(self, sdp: bytes) -> Any:
+        """EmbeddedBackend reads each body three times in a row (endpoints, hold, rewrite):
+        parse it once. Nothing changes a parsed body in place (rewrite_for_relay builds a
+        new one)."""
+        last_sdp, parsed = self._last
+        if parsed is None or last_sdp != sdp:
+            parsed = self._parser.parse(sdp)
+            self._last = (sdp, parsed)
+        return parsed
 
     def parse_endpoints(self, sdp: bytes) -> list[tuple[str, int] | None]:
-        endpoints: list[tuple[str, int] | None] = self._sdp.media_endpoints(
-            self._parser.parse(sdp))
+        endpoints: list[tuple[str, int] | None] = self._sdp.media_endpoints(self._parse(sdp))
         return endpoints
 
     def is_hold(self, sdp: bytes) -> bool:
-        return bool(self._sdp.is_on_hold(self._parser.parse(sdp)))
+        return bool(self._sdp.is_on_hold(self._parse(sdp)))
 
     def rewrite(self, sdp: bytes, address: str, ports: list[int], leg_key: str) -> bytes:
         counter = self._origins.get(leg_key)
@@ -114,7 +124,7 @@ class _SipmaskSdp:
             counter = self._sdp.OriginCounter(address=address,
                                               sess_id=self._sdp.new_session_id())
             self._origins[leg_key] = counter
-        described = self._sdp.rewrite_for_relay(self._parser.parse(sdp), address=address,
+        described = self._sdp.rewrite_for_relay(self._parse(sdp), address=address,
                                                 ports=ports, origin=counter.origin)
         return bytes(counter.stamp(described).to_bytes())
 

@@ -7,13 +7,16 @@ rebuilt from its fields, and fields that were not changed still keep their origi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sipmask.errors import ParseError
 from sipmask.sip.headers import Headers, is_token
 from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
 
 SIP_VERSION = "SIP/2.0"
+T = TypeVar("T")
 
 # RFC 3261 §21 reason phrases for the codes sipmask sends itself.
 REASONS: dict[int, str] = {
@@ -62,7 +65,7 @@ class Message:
     Every attribute that is written on the wire is a property whose setter drops the
     original bytes, so `to_bytes()` can never send stale text after a change."""
 
-    __slots__ = ("_body", "_headers", "_raw", "_version")
+    __slots__ = ("_body", "_headers", "_parsed", "_raw", "_version")
 
     def __init__(self, headers: Headers, body: bytes = b"", version: str = SIP_VERSION,
                  raw: bytes | None = None) -> None:
@@ -70,6 +73,7 @@ class Message:
         self._body = body
         self._version = version
         self._raw = raw
+        self._parsed: dict[str, tuple[str, Any]] | None = None
 
     @property
     def headers(self) -> Headers:
@@ -112,12 +116,28 @@ class Message:
             raise ParseError("Missing Call-ID")
         return value
 
+    def _parse_once(self, key: str, text: str, parse: Callable[[str], T]) -> T:
+        """`parse(text)`, remembered while the field still holds `text`: the transaction
+        layer, the dialogs and the engine each read From, To, CSeq and Via of a message
+        several times. The values are shared, so nobody changes them in place (with_tag
+        and with_params build new ones)."""
+        parsed = self._parsed
+        if parsed is None:
+            parsed = self._parsed = {}
+        known = parsed.get(key)
+        if known is not None and known[0] == text:
+            value: T = known[1]
+            return value
+        value = parse(text)
+        parsed[key] = (text, value)
+        return value
+
     @property
     def cseq(self) -> CSeq:
         value = self.headers.get("cseq")
         if value is None:
             raise ParseError("Missing CSeq")
-        return CSeq.parse(value)
+        return self._parse_once("cseq", value, CSeq.parse)
 
     @property
     def vias(self) -> list[Via]:
@@ -128,21 +148,21 @@ class Message:
         values = self.headers.get_all("via")
         if not values:
             raise ParseError("Missing Via")
-        return Via.parse(values[0])
+        return self._parse_once("via", values[0], Via.parse)
 
     @property
     def from_(self) -> NameAddr:
         value = self.headers.get("from")
         if value is None:
             raise ParseError("Missing From")
-        return NameAddr.parse(value)
+        return self._parse_once("from", value, NameAddr.parse)
 
     @property
     def to(self) -> NameAddr:
         value = self.headers.get("to")
         if value is None:
             raise ParseError("Missing To")
-        return NameAddr.parse(value)
+        return self._parse_once("to", value, NameAddr.parse)
 
     @property
     def content_type(self) -> str | None:
@@ -177,6 +197,7 @@ class Request(Message):
         self._body = body
         self._version = version
         self._raw = raw
+        self._parsed: dict[str, tuple[str, Any]] | None = None
         self._method = method
         self._uri = uri
 
@@ -219,6 +240,7 @@ class Response(Message):
         self._body = body
         self._version = version
         self._raw = raw
+        self._parsed: dict[str, tuple[str, Any]] | None = None
         self._status = status
         self._reason = reason
 
