@@ -269,16 +269,15 @@ class Engine:
         request = event.request
         now = self.clock.wall()
         trunk_name, trunk = self._trunk_for(event.source[0])
+        # Refused before any lookup, yet still call attempts: each leaves its CDR too.
         if trunk is None:
-            self.stats["refused_acl"] += 1
-            if self.metrics is not None:
-                self.metrics.refused("acl")
-            self._reply(event.txn_id, request, 403)
+            self._refuse(event, _Refused("Forbidden", status=403, cause="not_allowed",
+                                         metric="acl"), now, ())
             return
         if self.draining:
-            if self.metrics is not None:
-                self.metrics.refused("overload")
-            self._reply(event.txn_id, request, 503, extra=(("Retry-After", "5"),))
+            self._refuse(event, _Refused("Service Unavailable", status=503,
+                                         cause="rate_limited", metric="overload"),
+                         now, (("Retry-After", "5"),))
             return
         # CONTRACT: 100 Trying at once (§17.2.1 lets the TU send it; it stops A's Timer A).
         self._reply(event.txn_id, request, 100)
@@ -333,7 +332,8 @@ class Engine:
             "rate_limited" if exc.status == 503 else "not_allowed")
         self.stats[f"refused_{cause}"] += 1
         if self.metrics is not None:
-            self.metrics.refused(_REFUSAL_REASON.get(exc.status, cause))
+            self.metrics.refused(getattr(exc, "metric", None)
+                                 or _REFUSAL_REASON.get(exc.status, cause))
         x = _safe(lambda: routing.target_x(request)) or ""
         caller = _safe(lambda: routing.caller_number(request, trust_pai=False)) or ""
         tenant = self._tenant_of_x(x)
@@ -973,6 +973,16 @@ class Engine:
             if any(x in pool for pool in tenant.pools):
                 return name
         return ""
+
+
+class _Refused(SipError):
+    """A refusal decided by the engine itself (ACL, draining), with its CDR cause and
+    metrics reason."""
+
+    def __init__(self, reason: str, *, status: int, cause: str, metric: str) -> None:
+        super().__init__(reason, status=status)
+        self.cause = cause
+        self.metric = metric
 
 
 # Refusals whose status says more than the CDR cause (metrics reasons, not CDR causes).

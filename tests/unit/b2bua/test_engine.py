@@ -344,7 +344,9 @@ def test_source_outside_every_trunk_acl_is_403() -> None:
         assert isinstance(final, Response) and final.status == 403
 
     h = run(flow)
-    assert h.engine.stats["refused_acl"] == 1
+    assert h.engine.stats["refused_not_allowed"] == 1
+    [cdr] = h.cdrs.records       # still a call attempt: one CDR
+    assert (cdr.sip_status, cdr.unconnected_cause, cdr.x) == (403, "not_allowed", X)
 
 
 def test_caller_cancel_while_ringing() -> None:
