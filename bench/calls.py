@@ -128,7 +128,8 @@ def options_ok(port: int) -> bool:
 class Sipmask:
     """`python3 -m sipmask serve` on a free UDP port, temp store, X bound once."""
 
-    def __init__(self, tmp: Path, callee_port: int, profile: str | None) -> None:
+    def __init__(self, tmp: Path, callee_port: int, profile: str | None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.port = free_port(SIPMASK_IP)
         self.store = tmp / "bench.lmdb"
@@ -136,7 +137,8 @@ class Sipmask:
                          "--set", f"sip.listen=[udp://{SIPMASK_IP}:{self.port}]",
                          "--set", "api.listen=null", "--set", "log.level=warning",
                          "--set", "media.ports=20000-29999",
-                         "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}"]
+                         "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}",
+                         *extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("SIPMASK_CONFIG", None)
         self.env = env
