@@ -59,7 +59,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=240, help="calls/s (default 240)")
     parser.add_argument("--minutes", type=float, default=10.0, help="length (default 10)")
-    parser.add_argument("--hold-ms", type=int, default=1000, help="call length (default 1000)")
+    # The same call length as bench/calls.py's ladder, whose highest rate sets --rate: with
+    # longer calls more are up at once (relay sockets, timers) and the rate must be lower.
+    parser.add_argument("--hold-ms", type=int, default=100,
+                        help="call length, as in bench/calls.py (default 100)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sipmask-soak-") as name:
         tmp = Path(name)
