@@ -48,6 +48,22 @@ def free_port(host: str = LOOPBACK) -> int:
     raise RuntimeError("no free port pair found")
 
 
+def udp_block_free(first: int, size: int, host: str = LOOPBACK) -> bool:
+    """Whether the `size` UDP ports from `first` on `host` can all be bound right now."""
+    probes: list[socket.socket] = []
+    try:
+        for port in range(first, first + size):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probes.append(probe)
+            probe.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def options_request(target: tuple[str, int], *, local: tuple[str, int] = (LOOPBACK, 5999),
                     transport: str = "UDP", call_id: str | None = None,
                     branch: str | None = None, rport: bool = True) -> bytes:

@@ -10,7 +10,6 @@ and RTP on both legs goes to sipmask's relay, never to the other endpoint.
 from __future__ import annotations
 
 import random
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, REPO, ServeProcess
+from tests.conftest import LOOPBACK, REPO, ServeProcess, udp_block_free
 from tests.e2e.goertzel import dominant_tone, tone_powers
 from tests.e2e.harness import (
     CALLEE_IP,
@@ -42,18 +41,8 @@ def free_port_range(count: int, host: str = LOOPBACK) -> tuple[int, int]:
     rng = random.Random()
     for _ in range(50):
         first = rng.randrange(42000, 60000 - count, 2)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(first, first + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return first, first + count - 1
+        if udp_block_free(first, count, host):
+            return first, first + count - 1
     raise RuntimeError("no free media port range")
 
 

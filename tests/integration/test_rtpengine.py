@@ -23,7 +23,7 @@ import pytest
 from sipmask.config.schema import HostPort, MediaConfig, RtpengineConfig
 from sipmask.errors import MediaError, RtpengineError
 from sipmask.media.rtpengine import NgClient, RtpengineBackend
-from tests.conftest import LOOPBACK, free_port
+from tests.conftest import LOOPBACK, free_port, udp_block_free
 
 pytestmark = pytest.mark.rtpengine
 
@@ -46,18 +46,8 @@ def free_udp_range(size: int) -> int:
     kernel's ephemeral range so other tests' bind(0) does not land in it."""
     start = 12000 + (os.getpid() * 100) % 6000
     for first in range(start, 19900, size):
-        probes: list[socket.socket] = []
-        try:
-            for port in range(first, first + size):
-                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                probes.append(probe)
-                probe.bind((LOOPBACK, port))
+        if udp_block_free(first, size):
             return first
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
     raise RuntimeError("no free UDP port range for rtpengine")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sipmask.config.schema import HostPort
-from tests.conftest import LOOPBACK, ServeProcess, free_port
+from tests.conftest import LOOPBACK, ServeProcess, free_port, udp_block_free
 from tests.integration.test_rtpengine import BINARY as RTPENGINE
 from tests.sipp.test_calls import A, B, Bench, X, finish
 
@@ -155,18 +155,8 @@ def _free_block_in_media_ports(size: int = 100) -> int:
     """A free block of UDP ports at the top of the scenarios' media.ports (41000-41999,
     which their m= checks name), away from the embedded relay's low end."""
     for first in range(41900, 41000, -size):
-        probes: list[socket.socket] = []
-        try:
-            for port in range(first, first + size):
-                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                probes.append(probe)
-                probe.bind((LOOPBACK, port))
+        if udp_block_free(first, size):
             return first
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
     raise RuntimeError("no free UDP port block in 41000-41999")
 
 
