@@ -5,10 +5,11 @@
 
 The rate defaults to 80 % of the highest rate bench/calls.py held on this machine (300
 calls/s when last measured; pass --rate after a new ladder). Prints, once a minute: calls
-placed, failed, sipmask's RSS and its gauges (active calls, transactions, media sessions).
-At the end: failed calls, memory at start and end, and whether the gauges went back to zero
-once the calls and their transactions (Timer D: 32 s) were over. Reuses bench/calls.py's
-sipmask, callee and SIPp step runner (same scenarios, privacy checks stripped).
+placed, failed, sipmask's RSS (heap and file-backed apart) and its gauges (active calls,
+transactions, media sessions). At the end: failed calls, memory at start and end, and
+whether the gauges went back to zero once the calls and their transactions (Timer D: 32 s)
+were over. Reuses bench/calls.py's sipmask, callee and SIPp step runner (same scenarios,
+privacy checks stripped).
 """
 
 from __future__ import annotations
@@ -36,11 +37,23 @@ CALLEE_IP = "127.0.0.3"
 SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$", re.M)
 
 
-def rss_mb(pid: int) -> float:
+def memory(pid: int) -> dict[str, float]:
+    """VmRSS split into RssAnon (heap: Python objects, buffers) and RssFile (file-backed
+    pages: mostly the LMDB map the CDRs are written to, plus shared libraries). A leak
+    shows as RssAnon growing minute after minute; RssFile grows with the store and is
+    page cache the kernel can reclaim."""
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def memory_text(pid: int) -> str:
+    m = memory(pid)
+    return (f"RSS {m.get('VmRSS', float('nan')):.0f} MB (anon {m.get('RssAnon', float('nan')):.0f},"
+            f" file {m.get('RssFile', float('nan')):.0f})")
 
 
 def gauges(api_port: int) -> dict[str, float]:
@@ -73,9 +86,9 @@ def main() -> None:
         server = Sipmask(tmp, callee_port, None,
                          extra=("--set", f"api.listen=127.0.0.1:{api}"))
         try:
-            start_rss = rss_mb(server.proc.pid)
+            start_mem = memory_text(server.proc.pid)
             print(f"soak: {args.rate} calls/s for {args.minutes:g} min, hold {args.hold_ms} ms; "
-                  f"sipmask pid {server.proc.pid}, RSS {start_rss:.0f} MB", flush=True)
+                  f"sipmask pid {server.proc.pid}, {start_mem}", flush=True)
             ok = failed = 0
             minutes = max(1, round(args.minutes))
             for minute in range(minutes):
@@ -86,8 +99,8 @@ def main() -> None:
                 ok, failed = ok + step.successful, failed + step.failed
                 print(f"  minute {minute + 1}: ok {step.successful} failed {step.failed} "
                       f"placed {step.placed_rate:.0f}/s setup {step.setup_ms:.1f} ms "
-                      f"RSS {rss_mb(server.proc.pid):.0f} MB {gauges(api)}", flush=True)
-            end_rss = rss_mb(server.proc.pid)
+                      f"{memory_text(server.proc.pid)} {gauges(api)}", flush=True)
+            end_mem = memory_text(server.proc.pid)
             # Calls end at once; their transactions within Timer D (32 s on UDP).
             deadline = time.monotonic() + 40
             settled = gauges(api)
@@ -97,8 +110,8 @@ def main() -> None:
             total = ok + failed
             print()
             print(f"calls: {total}, failed {failed} ({100 * failed / max(1, total):.3f} %)")
-            print(f"memory: start {start_rss:.0f} MB, end of load {end_rss:.0f} MB, "
-                  f"after settling {rss_mb(server.proc.pid):.0f} MB")
+            print(f"memory: start {start_mem}; end of load {end_mem}; "
+                  f"after settling {memory_text(server.proc.pid)}")
             print(f"gauges after: {settled} -> "
                   f"{'all back to zero' if not any(settled.values()) else 'NOT zero'}")
         finally:
