@@ -16,6 +16,15 @@ rtpengine behave as the privacy contract needs:
 rtpengine 10.5 (Debian 12) replaces only the o= address, not its username, and keeps s=
 and a=ssrc cname lines; `scrub_identity` finishes the job on the returned SDP (the privacy
 contract in DESIGN.md: no o= username, no cname crosses).
+Media timeout: rtpengine does not call us back, so the backend watches answered calls with
+`query`: each call is checked when its newest RTP "last packet" (rtpengine's wall clock,
+whole seconds) would be `media.timeout_s` old, so a call with media flowing costs about one
+query per timeout period. A call whose RTP is older than that, and that neither side holds
+(a=sendonly / a=inactive in its last SDP, as the embedded relay counts hold), or that
+rtpengine no longer knows ("Unknown call-id": its own --timeout deleted it), is reported
+once through `on_timeout(call_id)`; the engine ends it with BYE both ways. A query that
+fails for another reason (rtpengine unreachable) never ends a call: it is retried. The
+hosts' clocks must agree (NTP) when rtpengine runs on another machine.
 Tags: rtpengine keys a call's sides by SIP tags. We pass our leg names: the leg that offers
 is `from-tag`, the other leg `to-tag` (rtpengine's answer uses the offerer's tag as
 from-tag and the answerer's as to-tag, as the SIP From/To of the dialog would).
@@ -24,17 +33,21 @@ from-tag and the answerer's as to-tag, as the SIP From/To of the dialog would).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import cast
 
 from sipmask.config.schema import HostPort, MediaConfig
-from sipmask.errors import RtpengineError
+from sipmask.errors import ParseError, RtpengineError
 from sipmask.media import bencode
 from sipmask.media.backend import LEGS, CallStats, LegStats, other_leg
 
 ATTEMPTS = 3
+WATCH_INTERVAL_S = 1.0   # how often the media-timeout watch looks for calls due a query
+WATCH_BATCH = 32         # queries in flight at once
 # What offer and answer always ask for (see the module docstring).
 PRIVACY_FLAGS: dict[str, bencode.Encodable] = {
     "ICE": "remove",
@@ -133,7 +146,10 @@ class RtpengineBackend:
     """MediaBackend on rtpengine. Connects on first use, so it can be built outside a loop."""
 
     def __init__(self, config: MediaConfig, *, interfaces: tuple[str, str] | None = None,
-                 attempts: int = ATTEMPTS) -> None:
+                 attempts: int = ATTEMPTS, on_timeout: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 is_hold: Callable[[bytes], bool] | None = None,
+                 watch_interval_s: float = WATCH_INTERVAL_S) -> None:
         self.target = config.rtpengine.ng
         self._timeout_s = config.rtpengine.timeout_ms / 1000
         self._attempts = attempts
@@ -141,6 +157,16 @@ class RtpengineBackend:
         self._client: NgClient | None = None
         self._connecting: asyncio.Lock | None = None
         self._answered: set[str] = set()    # calls with a to-tag known to rtpengine
+        # The media-timeout watch (module docstring); off without on_timeout.
+        self._on_timeout = on_timeout
+        self._media_timeout_s = float(config.timeout_s)
+        self._clock = clock
+        self._is_hold = is_hold if is_hold is not None else _sdp_is_hold
+        self._watch_interval_s = watch_interval_s
+        self._due: dict[str, float] = {}       # answered call -> when to query it next
+        self._held: dict[str, set[str]] = {}   # call -> legs whose last SDP was hold
+        self._watcher: asyncio.Task[None] | None = None
+        self.watch_queries = 0
 
     async def client(self) -> NgClient:
         if self._client is None:
@@ -169,6 +195,7 @@ class RtpengineBackend:
             # A re-offer in an established call names the other side too.
             params["to-tag"] = other_leg(leg)
         reply = await (await self.client()).request("offer", **params)
+        self._note_hold(call_id, leg, sdp)
         return scrub_identity(_sdp(reply, "offer"))
 
     async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
@@ -176,7 +203,60 @@ class RtpengineBackend:
             "answer", **{"call-id": call_id, "from-tag": other_leg(leg), "to-tag": leg,
                          "sdp": sdp, **self._flags()})
         self._answered.add(call_id)
+        self._note_hold(call_id, leg, sdp)
+        if self._on_timeout is not None and call_id not in self._due:
+            self._due[call_id] = self._clock() + self._media_timeout_s
+            if self._watcher is None:
+                self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return scrub_identity(_sdp(reply, "answer"))
+
+    def _note_hold(self, call_id: str, leg: str, sdp: bytes) -> None:
+        held = self._held.setdefault(call_id, set())
+        if self._is_hold(sdp):
+            held.add(leg)
+        else:
+            held.discard(leg)
+
+    async def _watch(self) -> None:
+        """The media-timeout watch: every interval, query the calls that are due."""
+        while True:
+            await asyncio.sleep(self._watch_interval_s)
+            now = self._clock()
+            due = [call_id for call_id, at in self._due.items() if at <= now]
+            for start in range(0, len(due), WATCH_BATCH):
+                await asyncio.gather(*(self._check(c) for c in due[start:start + WATCH_BATCH]))
+
+    async def _check(self, call_id: str) -> None:
+        if call_id not in self._due:
+            return               # deleted while the batch was waiting
+        self.watch_queries += 1
+        try:
+            reply = await (await self.client()).request("query", **{"call-id": call_id})
+        except RtpengineError as exc:
+            if "Unknown call-id" in str(exc) and call_id in self._due:
+                self._timed_out(call_id)
+            elif call_id in self._due:
+                self._due[call_id] = self._clock() + self._media_timeout_s / 2
+            return
+        now = self._clock()
+        if call_id not in self._due:
+            return
+        if self._held.get(call_id):
+            self._due[call_id] = now + self._media_timeout_s
+            return
+        last = last_rtp_at(reply)
+        if last is None or now - last >= self._media_timeout_s:
+            self._timed_out(call_id)
+        else:
+            # Not before the newest packet would be timeout_s old (rtpengine counts whole
+            # seconds, hence the extra second).
+            self._due[call_id] = max(now + self._watch_interval_s,
+                                     last + self._media_timeout_s + 1)
+
+    def _timed_out(self, call_id: str) -> None:
+        del self._due[call_id]
+        assert self._on_timeout is not None
+        self._on_timeout(call_id)
 
     async def query(self, call_id: str) -> CallStats:
         reply = await (await self.client()).request("query", **{"call-id": call_id})
@@ -187,6 +267,8 @@ class RtpengineBackend:
         no counters (it keeps the call for --delete-delay), so a query comes first. A call
         rtpengine does not know (deleted already, timed out there) gives empty counters."""
         self._answered.discard(call_id)
+        self._due.pop(call_id, None)
+        self._held.pop(call_id, None)
         client = await self.client()
         try:
             final = call_stats(call_id, await client.request("query", **{"call-id": call_id}))
@@ -199,6 +281,11 @@ class RtpengineBackend:
         return final
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -227,6 +314,33 @@ def call_stats(call_id: str, reply: Mapping[str, bencode.Value]) -> CallStats:
                               packets_out=b_in[0], bytes_out=b_in[1]),
                      LegStats(packets_in=b_in[0], bytes_in=b_in[1],
                               packets_out=a_in[0], bytes_out=a_in[1]))
+
+
+def last_rtp_at(reply: Mapping[str, bencode.Value]) -> float | None:
+    """The newest "last packet" time (rtpengine's wall clock, seconds) of the call's RTP
+    streams, RTCP left out (RFC 3550 §6.2 lets it be 5 s apart or more); None without one.
+    rtpengine starts the value at the stream's creation, so a call that never had media
+    ages from its start."""
+    newest: float | None = None
+    tags = reply.get("tags")
+    if isinstance(tags, dict):
+        for monologue in tags.values():
+            if not isinstance(monologue, dict):
+                continue
+            for stream in _streams(monologue):
+                flags = stream.get("flags")
+                at = stream.get("last packet")
+                if isinstance(flags, list) and b"RTP" in flags and isinstance(at, int):
+                    newest = at if newest is None else max(newest, at)
+    return None if newest is None else float(newest)
+
+
+def _sdp_is_hold(sdp: bytes) -> bool:
+    from sipmask.sdp import parser, rewrite
+    try:
+        return bool(rewrite.is_on_hold(parser.parse(sdp)))
+    except ParseError:
+        return False   # the engine refuses bad SDP before it gets here
 
 
 def _streams(monologue: dict[str, bencode.Value]) -> list[dict[str, bencode.Value]]:

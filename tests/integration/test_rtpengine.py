@@ -3,7 +3,8 @@
 Starts `rtpengine --table=-1` on loopback with its own ng port and RTP port range, then:
 ping; offer/answer a real SDP (with ICE, a named o= user and a foreign origin address);
 RTP both ways through it, each party hearing only rtpengine's ports; counters from query
-and delete; a re-offer (hold) in the established call; errors are typed.
+and delete; a re-offer (hold) in the established call; errors are typed; the media-timeout
+watch ends a silent call, spares a held one and reports a call rtpengine dropped.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Daemon:
         self.ng = ng
         self.log = log
 
-    def media_config(self) -> MediaConfig:
-        return MediaConfig(backend="rtpengine",
+    def media_config(self, timeout_s: int = 60) -> MediaConfig:
+        return MediaConfig(backend="rtpengine", timeout_s=timeout_s,
                            rtpengine=RtpengineConfig(ng=self.ng, timeout_ms=500))
 
 
@@ -194,3 +195,51 @@ def test_no_daemon_is_a_typed_error(daemon: Daemon) -> None:
         assert time.perf_counter() - started < 0.9
         await refused.close()
     asyncio.run(test())
+
+
+def test_media_timeout_watch(daemon: Daemon) -> None:
+    """The daemon keeps its own --timeout (60 s): what ends these calls is sipmask's watch
+    of rtpengine's "last packet" times with media.timeout_s = 2."""
+    a, b = phone(), phone()
+    timed_out: list[tuple[str, float]] = []
+
+    async def test() -> None:
+        backend = RtpengineBackend(daemon.media_config(timeout_s=2), watch_interval_s=0.2,
+                                   on_timeout=lambda c: timed_out.append((c, time.monotonic())))
+        calls = {}
+        for call_id in ("talking", "held", "dropped"):
+            to_b = await backend.offer(call_id, "a", offer_sdp(a.getsockname()[1]))
+            await backend.answer(call_id, "b", offer_sdp(b.getsockname()[1], user="bob"))
+            calls[call_id] = media_port(to_b)
+        # "held": B puts the call on hold; nobody sends anything from here on.
+        await backend.offer("held", "b", offer_sdp(b.getsockname()[1], "bob", "sendonly"))
+        await backend.answer("held", "a", offer_sdp(a.getsockname()[1], direction="recvonly"))
+        # "dropped": rtpengine forgets the call behind our back (as its --timeout would).
+        other = await NgClient.connect(daemon.ng, timeout_s=0.5)
+        await other.request("delete", **{"call-id": "dropped"})
+        other.close()
+        # "talking": A sends RTP for 4 s (twice the timeout), then stops.
+        started = time.monotonic()
+        for seq in range(40):
+            a.sendto(rtp(seq, b"A"), (LOOPBACK, calls["talking"]))
+            await asyncio.sleep(0.1)
+        stopped = time.monotonic()
+        assert [c for c, _ in timed_out] == ["dropped"]     # rtpengine's loss, found quickly
+        assert timed_out[0][1] - started < 3.5
+        deadline = stopped + 6
+        while len(timed_out) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert [c for c, _ in timed_out] == ["dropped", "talking"]
+        assert 1.0 < timed_out[1][1] - stopped < 4.5         # 2 s after its last packet
+        assert backend.watch_queries < 40                    # not a query per tick per call
+        await asyncio.sleep(1.0)
+        assert len(timed_out) == 2                           # once each; "held" is spared
+        for call_id in calls:
+            await backend.delete(call_id)
+        await backend.close()
+
+    try:
+        asyncio.run(test())
+    finally:
+        a.close()
+        b.close()

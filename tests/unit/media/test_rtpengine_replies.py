@@ -3,7 +3,7 @@ read from a query reply (shaped as rtpengine 10.5 sends it)."""
 
 from __future__ import annotations
 
-from sipmask.media.rtpengine import call_stats, scrub_identity
+from sipmask.media.rtpengine import call_stats, last_rtp_at, scrub_identity
 
 
 def test_scrub_blanks_origin_user_and_session_name_and_drops_cname() -> None:
@@ -47,3 +47,13 @@ def test_counters_per_leg_from_a_query_reply() -> None:
 def test_counters_from_a_reply_without_tags_are_zero() -> None:
     stats = call_stats("c1", {"result": b"ok"})
     assert stats.packets_relayed == 0 and stats.a.bytes_in == 0
+
+
+def test_last_rtp_at_is_the_newest_rtp_stream_and_ignores_rtcp() -> None:
+    def timed(kind: bytes, at: int) -> dict[str, object]:
+        return {"flags": [kind, b"filled"], "last packet": at}
+    reply = {"result": b"ok", "tags": {
+        "a": {"medias": [{"streams": [timed(b"RTP", 1000), timed(b"RTCP", 1090)]}]},
+        "b": {"medias": [{"streams": [timed(b"RTP", 1042), timed(b"RTCP", 1001)]}]}}}
+    assert last_rtp_at(reply) == 1042.0  # type: ignore[arg-type]
+    assert last_rtp_at({"result": b"ok"}) is None
