@@ -349,7 +349,7 @@ def build_media(config: Config, on_timeout: Callable[[str], None]) -> MediaBacke
     """The media backend `media.backend` names (imported on demand)."""
     if config.media.backend == "rtpengine":
         from sipmask.media.rtpengine import RtpengineBackend
-        return RtpengineBackend(config.media)
+        return RtpengineBackend(config.media, on_timeout=on_timeout)
     from sipmask.media.embedded import EmbeddedBackend
     return EmbeddedBackend(config.media, on_timeout=on_timeout)
 
