@@ -382,12 +382,14 @@ class Services:
                 engine.media_timeout(call_id)
         media = build_media(config, on_timeout=media_timeout)
         services = cls(config, store, CdrLog(store), media, engines)
-        services.outbox = Outbox(store)
+        services.outbox = Outbox(store, config.events.outbox_max)
         services.policy = CallPolicy(config, SystemClock())
         services.delivery = webhook_from_config(config.events.webhook, services.outbox)
         sources = services.metrics.sources
         sources.store_bytes = store.disk_bytes
         sources.event_backlog = services.outbox.backlog
+        outbox = services.outbox
+        sources.events_dropped = lambda: outbox.dropped
         delivery = services.delivery
         if delivery is not None:
             sources.event_delivery = lambda: delivery.stats

@@ -251,6 +251,7 @@ class WebhookConfig:
 @dataclass(frozen=True)
 class EventsConfig:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    outbox_max: int = 1_000_000   # events kept for a receiver that is down; 0: no cap
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ Layout in the store's environment:
                 never reused, even after the outbox drains and the process restarts.
                 seq -> attempts and next attempt time (wall seconds) of an event that
                 failed, so backoff survives a restart.
+
+The outbox is capped (`events.outbox_max`): a receiver that stays down must not fill the
+disk the bindings and CDRs live on. Past the cap the oldest events are dropped, counted
+(`dropped`, the `sipmask_events_dropped_total` metric) and logged; the CDRs themselves
+stay in the store (`sipmask cdr export` recovers what the receiver missed).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Protocol
 import lmdb
 
 from sipmask.cdr.record import Cdr, iso
+from sipmask.observability.logging import get_logger
 from sipmask.store.lmdb import LmdbStore
 from sipmask.store.rules import Txn
 
@@ -36,6 +42,8 @@ STATE_DB = "outbox_state"
 _SEQ = b"seq"
 _SEQ_FORMAT = ">Q"
 _STATE_FORMAT = ">Id"       # attempts (u32), next attempt at (wall seconds, f64)
+
+log = get_logger("sipmask.events")
 
 
 @dataclass(frozen=True)
@@ -125,8 +133,11 @@ class Outbox:
     every commit; the webhook uses one to wake at once instead of polling.
     """
 
-    def __init__(self, store: LmdbStore) -> None:
+    def __init__(self, store: LmdbStore, max_events: int = 0) -> None:
         self.store = store
+        self.max_events = max_events      # 0: no cap
+        self.dropped = 0                  # events dropped by the cap since start
+        self._dropped_logged = 0
         store.db(DB)
         store.db(STATE_DB)
         self._listeners: list[Callable[[], None]] = []
@@ -152,8 +163,34 @@ class Outbox:
                 txn.put(DB, _key(seq), event.encode())
             txn.put(STATE_DB, _SEQ, _key(seq))
         self.store.write(run)
+        if self.max_events:
+            over = self.backlog() - self.max_events
+            if over > 0:
+                self._drop_oldest(over)
         for listener in self._listeners:
             listener()
+
+    def _drop_oldest(self, count: int) -> None:
+        """The cap (module docstring): the `count` oldest events go, with their attempts."""
+        def run(txn: Txn) -> int:
+            keys: list[bytes] = []
+            for key, _value in txn.scan(DB):
+                if len(keys) >= count:
+                    break
+                keys.append(bytes(key))
+            for key in keys:
+                txn.delete(DB, key)
+                if txn.get(STATE_DB, key) is not None:
+                    txn.delete(STATE_DB, key)
+            return len(keys)
+        dropped = self.store.write(run)
+        self.dropped += dropped
+        # Loud but not a line per event: the first drop, then at every tenfold.
+        if self.dropped >= max(1, self._dropped_logged * 10):
+            self._dropped_logged = self.dropped
+            log.error("events.outbox_full", dropped=self.dropped, max_events=self.max_events,
+                      hint="the webhook receiver is not acknowledging; the oldest "
+                           "undelivered events are being dropped (CDRs are kept)")
 
     def call_event(self, kind: str, call: CallLike, at: float, cdr: Cdr | None = None) -> None:
         """EventSink for the engine. A hangup that carries the call's record also yields

@@ -143,6 +143,7 @@ class Sources:
     store_bytes: Callable[[], int] | None = None                  # LmdbStore.disk_bytes
     store_bindings: Callable[[], int] | None = None
     event_backlog: Callable[[], int] | None = None                # Outbox.backlog
+    events_dropped: Callable[[], int] | None = None               # Outbox.dropped
     event_delivery: Callable[[], DeliveryStatsLike] | None = None
 
 
@@ -276,6 +277,10 @@ class _SourceCollector(Collector):
         if self.sources.event_backlog is not None:
             yield _gauge("sipmask_event_backlog", "Events waiting for the webhook's 2xx.",
                          self.sources.event_backlog())
+        if self.sources.events_dropped is not None:
+            yield _counter("sipmask_events_dropped",
+                           "Undelivered events dropped by the events.outbox_max cap.",
+                           self.sources.events_dropped())
         if self.sources.event_delivery is not None:
             d = self.sources.event_delivery()
             yield _counter("sipmask_events_delivered", "Events acknowledged by the webhook.",

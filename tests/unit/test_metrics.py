@@ -31,6 +31,7 @@ FAMILIES = {
     "sipmask_relay_packets", "sipmask_relay_dropped", "sipmask_store_bytes",
     "sipmask_store_bindings", "sipmask_event_backlog", "sipmask_transactions",
     "sipmask_media_sessions", "sipmask_events_delivered", "sipmask_event_delivery_failures",
+    "sipmask_events_dropped",
 }
 
 
@@ -80,7 +81,8 @@ def full_metrics(tmp_path: Path, live: Live) -> tuple[Metrics, LmdbStore]:
     metrics = Metrics(Sources(
         active_calls=lambda: live.calls, transactions=lambda: live.txns, sip=lambda: sip,
         relay=RelayFigures, store_bytes=store.disk_bytes, store_bindings=lambda: 7,
-        event_backlog=outbox.backlog, event_delivery=lambda: DeliveryStats(9, 2)))
+        event_backlog=outbox.backlog, events_dropped=lambda: outbox.dropped,
+        event_delivery=lambda: DeliveryStats(9, 2)))
     return metrics, store
 
 
@@ -112,6 +114,7 @@ def test_render_has_every_family_and_reads_sources_at_scrape_time(tmp_path: Path
     assert got[("sipmask_media_sessions", ())] == 3
     assert got[("sipmask_event_backlog", ())] == 1
     assert got[("sipmask_events_delivered_total", ())] == 9
+    assert got[("sipmask_events_dropped_total", ())] == 0
     assert got[("sipmask_store_bindings", ())] == 7
     assert got[("sipmask_store_bytes", ())] > 0
     live.calls = 1

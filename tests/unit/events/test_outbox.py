@@ -160,3 +160,27 @@ def test_call_event_sink_turns_a_hangup_with_its_record_into_hangup_and_cdr(
     assert events[2].cdr is None and events[3].cdr == CDR
     assert {e.call_id for e in events} == {"c1"} and len({e.id for e in events}) == 4
     store.close()
+
+
+def test_the_cap_drops_the_oldest_events_and_their_attempts(tmp_path: Path) -> None:
+    """A receiver that stays down must not fill the disk: past max_events the oldest go,
+    counted, and the newest are kept in order."""
+    store = LmdbStore(tmp_path / "s")
+    outbox = Outbox(store, max_events=5)
+    for i in range(4):
+        outbox.enqueue(ring(f"c{i}"))
+    first_key = outbox.peek(1)[0][0]
+    outbox.failed(first_key, 1800000100.0)           # c0 had a failed attempt
+    assert outbox.dropped == 0 and outbox.backlog() == 4
+    outbox.enqueue_many([ring(f"c{i}") for i in range(4, 8)])
+    assert outbox.backlog() == 5 and outbox.dropped == 3
+    assert [e.call_id for _, e in outbox.peek(10)] == ["c3", "c4", "c5", "c6", "c7"]
+    assert outbox.attempts(first_key) == Attempts()   # its attempt record went with it
+    outbox.enqueue(ring("c8"))
+    assert outbox.dropped == 4 and outbox.peek(1)[0][1].call_id == "c4"
+    store.close()
+    unbounded = Outbox(LmdbStore(tmp_path / "u"))     # 0: no cap
+    for i in range(20):
+        unbounded.enqueue(ring(f"c{i}"))
+    assert unbounded.backlog() == 20 and unbounded.dropped == 0
+    unbounded.store.close()
