@@ -18,6 +18,7 @@ import collections
 import contextlib
 import ipaddress
 import itertools
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -256,12 +257,21 @@ class Engine:
             except SipError as exc:
                 self._reply(event.txn_id, request, exc.status, reason=exc.reason)
                 return
-        if method == "INVITE" and ctx.relays and any(
-                isinstance(r := self._by_txn.get(t), _Relay) and r.request.method == "INVITE"
-                for t in ctx.relays):
-            # RFC 3261 §14.2: a re-INVITE while another is pending on the dialog gets 491.
-            self._reply(event.txn_id, request, 491)
-            return
+        if method == "INVITE" and ctx.relays:
+            pending = [r.from_leg for t in ctx.relays
+                       if isinstance(r := self._by_txn.get(t), _Relay)
+                       and r.request.method == "INVITE"]
+            if leg in pending:
+                # RFC 3261 §14.2: a second INVITE from a UAC whose first is still unanswered
+                # gets 500 with a Retry-After of 0-10 s.
+                self._reply(event.txn_id, request, 500,
+                            extra=(("Retry-After", str(random.randint(0, 10))),))
+                return
+            if pending:
+                # §14.2: an INVITE arriving while ours is pending on this dialog (the other
+                # leg's re-INVITE, relayed to this one) is glare: 491.
+                self._reply(event.txn_id, request, 491)
+                return
         self._fire(ctx, CallEvent.A_REQUEST if leg == "a" else CallEvent.B_REQUEST,
                    origin=(event.txn_id, request))
 

@@ -178,3 +178,36 @@ def test_cancelled_reinvite_is_cancelled_on_the_other_leg() -> None:
         assert ctx.call.state.value == "confirmed"
 
     run(flow)
+
+
+def test_second_reinvite_from_the_same_leg_gets_500_with_retry_after() -> None:
+    """RFC 3261 §14.2: a UAS that gets a second INVITE while the first (lower CSeq) from the
+    same UAC is unanswered returns 500 with Retry-After of 0-10 s; 491 is for glare, when
+    an INVITE we sent towards that party is pending (test_flows' crossing re-INVITEs)."""
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        await h.deliver(_a_request(h, a_inv, "INVITE", 12, body=A_SDP), A_ADDR)
+        [re_b] = h.take(B_ADDR)
+        assert isinstance(re_b, Request)
+        await h.deliver(_a_request(h, a_inv, "INVITE", 13, body=A_SDP, branch="z9hG4bKre13"),
+                        A_ADDR)
+        assert h.take(B_ADDR) == []                       # not relayed
+        [refused] = [r for r in h.take(A_ADDR) if isinstance(r, Response)]
+        assert (refused.status, refused.cseq.number) == (500, 13)
+        assert 0 <= int(refused.headers.get("retry-after") or "-1") <= 10
+        # B's own re-INVITE crossing ours (sent to B, pending) is glare: 491.
+        [ctx] = h.engine.calls.values()
+        b_reinvite = in_dialog("INVITE", ruri=f"sip:{X}@127.0.0.1:5060",
+                               from_=re_b.headers.get("to") or "",
+                               to=re_b.headers.get("from") or "", call_id=re_b.call_id,
+                               cseq=7, via="SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbre")
+        await h.deliver(b_reinvite, B_ADDR)
+        [glare] = [r for r in h.take(B_ADDR) if isinstance(r, Response)]
+        assert glare.status == 491
+        # The first re-INVITE still completes.
+        await h.deliver(b_response(re_b, 200, sdp=B_SDP), B_ADDR)
+        assert [r.status for r in h.take(A_ADDR) if isinstance(r, Response)] == [200]
+        assert ctx.call.state.value == "confirmed"
+
+    run(flow)
