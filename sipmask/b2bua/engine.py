@@ -106,6 +106,12 @@ class CallMetrics(Protocol):
     def refused(self, reason: str) -> None: ...
 
 
+def _opens_offer(request: Request) -> bool:
+    """An in-dialog request that starts an offer/answer exchange: a re-INVITE (an empty one
+    asks for an offer in the 2xx) or an UPDATE with a body (RFC 3311 §5.2)."""
+    return request.method == "INVITE" or (request.method == "UPDATE" and bool(request.body))
+
+
 @dataclass
 class _Relay:
     """An in-dialog request relayed from one leg to the other: answer `origin` on `from_leg`
@@ -257,19 +263,19 @@ class Engine:
             except SipError as exc:
                 self._reply(event.txn_id, request, exc.status, reason=exc.reason)
                 return
-        if method == "INVITE" and ctx.relays:
+        if ctx.relays and _opens_offer(request):
             pending = [r.from_leg for t in ctx.relays
                        if isinstance(r := self._by_txn.get(t), _Relay)
-                       and r.request.method == "INVITE"]
+                       and _opens_offer(r.request)]
             if leg in pending:
-                # RFC 3261 §14.2: a second INVITE from a UAC whose first is still unanswered
-                # gets 500 with a Retry-After of 0-10 s.
+                # RFC 3261 §14.2, RFC 3311 §5.2: a second offer (re-INVITE, UPDATE with SDP)
+                # from a party whose first is still unanswered gets 500 with Retry-After 0-10 s.
                 self._reply(event.txn_id, request, 500,
                             extra=(("Retry-After", str(random.randint(0, 10))),))
                 return
             if pending:
-                # §14.2: an INVITE arriving while ours is pending on this dialog (the other
-                # leg's re-INVITE, relayed to this one) is glare: 491.
+                # An offer arriving while ours is pending towards this party (the other leg's,
+                # relayed to it) is glare: 491 (§14.2, RFC 3311 §5.2).
                 self._reply(event.txn_id, request, 491)
                 return
         self._fire(ctx, CallEvent.A_REQUEST if leg == "a" else CallEvent.B_REQUEST,

@@ -211,3 +211,38 @@ def test_second_reinvite_from_the_same_leg_gets_500_with_retry_after() -> None:
         assert ctx.call.state.value == "confirmed"
 
     run(flow)
+
+
+def test_update_offers_crossing_or_repeated_are_refused() -> None:
+    """RFC 3311 §5.2: an UPDATE offer while the same party's earlier offer is unanswered gets
+    500 + Retry-After; one crossing our pending offer towards that party gets 491; an UPDATE
+    without SDP (a session refresh) is relayed as usual."""
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        await h.deliver(_a_request(h, a_inv, "UPDATE", 12, body=A_SDP), A_ADDR)
+        [up_b] = h.take(B_ADDR)
+        assert isinstance(up_b, Request) and up_b.method == "UPDATE"
+        await h.deliver(_a_request(h, a_inv, "UPDATE", 13, body=A_SDP, branch="z9hG4bKup13"),
+                        A_ADDR)
+        assert h.take(B_ADDR) == []
+        [again] = [r for r in h.take(A_ADDR) if isinstance(r, Response)]
+        assert again.status == 500 and again.headers.get("retry-after") is not None
+        b_update = in_dialog("UPDATE", ruri=f"sip:{X}@127.0.0.1:5060",
+                             from_=up_b.headers.get("to") or "",
+                             to=up_b.headers.get("from") or "", call_id=up_b.call_id,
+                             cseq=7, via="SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKbup")
+        crossing = b_update.replace("Content-Length: 0\r\n\r\n",
+                                    f"Content-Type: application/sdp\r\n"
+                                    f"Content-Length: {len(B_SDP)}\r\n\r\n{B_SDP.decode()}")
+        await h.deliver(crossing, B_ADDR)
+        [glare] = [r for r in h.take(B_ADDR) if isinstance(r, Response)]
+        assert glare.status == 491
+        await h.deliver(b_update.replace("CSeq: 7", "CSeq: 8").replace("z9hG4bKbup",
+                                                                        "z9hG4bKbup8"), B_ADDR)
+        relayed = [m for m in h.take(A_ADDR) if isinstance(m, Request)]
+        assert [m.method for m in relayed] == ["UPDATE"]      # no offer: no glare
+        await h.deliver(b_response(up_b, 200, sdp=B_SDP), B_ADDR)
+        assert [r.status for r in h.take(A_ADDR) if isinstance(r, Response)] == [200]
+
+    run(flow)
