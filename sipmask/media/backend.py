@@ -36,7 +36,8 @@ class LegStats:
     bytes_in: int = 0
     packets_out: int = 0
     bytes_out: int = 0
-    dropped: int = 0        # received, but the other side had no peer to send to yet
+    dropped: int = 0        # received, not sent: no peer on the other side yet, or RTCP
+                            # that could not be scrubbed (media/rtcp.py)
     rejected: int = 0       # from a source other than the latched one (relay only)
     last_rtp_at: float | None = None   # monotonic time of the last RTP packet received
 

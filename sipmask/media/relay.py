@@ -24,6 +24,12 @@ Media timeout: once both sides have an SDP address, if no RTP arrives on either 
 BYE both ways. `set_hold(True)` (a=sendonly / inactive) suspends the timeout; releasing the
 hold restarts the count. RTCP does not count: RFC 3550 §6.2 lets it be 5 s apart or more.
 
+RTCP is scrubbed on its way through (media/rtcp.py): SDES items (CNAME is often
+`user@host`, with the number or private address in it) become one CNAME that is a random
+pseudonym per call side, BYE reasons and APP packets go, and an RTCP packet that does not
+parse is dropped rather than relayed. With rtcp-mux (RFC 5761) RTCP arrives on the RTP
+socket and is told apart by its second octet.
+
 The packet path (`_Stream.datagram_received`) is kept to attribute reads, one clock read
 and one sendto: it is what limits how many calls one core can carry (bench/relay.py).
 """
@@ -34,6 +40,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +51,7 @@ from sipmask.config.schema import MediaConfig
 from sipmask.errors import MediaError, PortsExhausted
 from sipmask.media.backend import CallStats, LegStats
 from sipmask.media.ports import PortAllocator, PortPair
+from sipmask.media.rtcp import scrub
 
 Address = tuple[Any, ...]   # what the socket layer gives: (host, port) or IPv6 4-tuple
 
@@ -66,13 +74,15 @@ class Side(StrEnum):
 class _Stream(asyncio.DatagramProtocol):
     """One socket: RTP or RTCP of one side. Holds its own peer, latch and counters."""
 
-    __slots__ = ("_clock", "_relatch_after", "bytes_in", "bytes_out", "dropped", "errors",
-                 "last_in", "packets_in", "packets_out", "peer", "rejected", "sdp_peer",
-                 "sock", "source", "transport", "twin")
+    __slots__ = ("_clock", "_relatch_after", "bytes_in", "bytes_out", "cname", "dropped",
+                 "errors", "is_rtcp", "last_in", "packets_in", "packets_out", "peer",
+                 "rejected", "sdp_peer", "sock", "source", "transport", "twin")
 
     def __init__(self, sock: socket.socket, clock: Callable[[], float],
-                 relatch_after_s: float) -> None:
+                 relatch_after_s: float, is_rtcp: bool = False) -> None:
         self.sock = sock        # the bound socket the transport reads; we send on it directly
+        self.is_rtcp = is_rtcp
+        self.cname = b"-"       # the pseudonym this party's RTCP CNAME becomes (set on link)
         self._clock = clock
         self._relatch_after = relatch_after_s
         self.transport: asyncio.DatagramTransport | None = None
@@ -102,6 +112,12 @@ class _Stream(asyncio.DatagramProtocol):
         if peer is None:
             self.dropped += 1
             return
+        if self.is_rtcp or (size > 1 and 192 <= data[1] <= 223):   # RTCP, muxed or not
+            scrubbed = scrub(data, self.cname)
+            if scrubbed is None:
+                self.dropped += 1
+                return
+            data = scrubbed
         assert out is not None
         # Straight to the socket, not transport.sendto: the transport re-checks the address
         # on every call, a quarter of the per-packet cost (bench/relay.py). A full socket
@@ -137,6 +153,10 @@ class _Stream(asyncio.DatagramProtocol):
         self.peer = addr
 
     def close(self) -> None:
+        # The twins point at each other: unlinking lets reference counting free a closed
+        # call's streams at once (GcFreezer hides long-lived objects from the cycle
+        # collector, so a cycle here would never be freed).
+        self.twin = None
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -179,10 +199,11 @@ class _Media:
     pairs: dict[Side, PortPair]
     streams: dict[Side, tuple[_Stream, _Stream]]
 
-    def link(self) -> None:
+    def link(self, cnames: dict[Side, bytes]) -> None:
         for side in Side:
             rtp, rtcp = self.streams[side]
             rtp.twin, rtcp.twin = self.streams[side.other]
+            rtp.cname = rtcp.cname = cnames[side]
 
     def close(self) -> None:
         for rtp, rtcp in self.streams.values():
@@ -210,7 +231,10 @@ class RelaySession:
         self.held = False
         self.timed_out = False
         self.closed = False
-        media.link()
+        # One RTCP CNAME pseudonym per party for the whole call (RFC 7022 §4.2: random,
+        # 96 bits or more), kept across media lines so receivers can still pair streams.
+        self._cnames = {side: secrets.token_urlsafe(12).encode() for side in Side}
+        media.link(self._cnames)
 
     @property
     def media_count(self) -> int:
@@ -221,7 +245,7 @@ class RelaySession:
         return [pair for media in self._media for pair in media.pairs.values()]
 
     def _add(self, media: _Media) -> int:
-        media.link()
+        media.link(self._cnames)
         self._media.append(media)
         return len(self._media) - 1
 
@@ -424,7 +448,7 @@ class Relay:
                 self.allocator.free(pair)
                 raise MediaError(f"cannot bind {self.address}:{pair.rtp}: {exc}") from exc
             streams = (_Stream(socks[0], clock, self.relatch_after_s),
-                       _Stream(socks[1], clock, self.relatch_after_s))
+                       _Stream(socks[1], clock, self.relatch_after_s, is_rtcp=True))
             try:
                 for sock, stream in zip(socks, streams, strict=True):
                     await loop.create_datagram_endpoint(_returning(stream), sock=sock)

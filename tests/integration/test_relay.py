@@ -10,6 +10,7 @@ typed; close frees the ports.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import struct
@@ -23,7 +24,7 @@ from sipmask.clock import FakeClock
 from sipmask.config.schema import MediaConfig, PortRange
 from sipmask.errors import MediaError, PortsExhausted
 from sipmask.media.embedded import EmbeddedBackend
-from sipmask.media.relay import Relay, RelaySession, Side
+from sipmask.media.relay import Relay, RelaySession, Side, _Stream
 
 HOST = "127.0.0.1"
 Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -139,10 +140,23 @@ def test_rtcp_goes_through_its_own_odd_ports(run: Runner) -> None:
         local_a, local_b = session.local(Side.A), session.local(Side.B)
         assert local_a.rtp % 2 == 0 and local_a.rtcp == local_a.rtp + 1
         assert local_b.rtp % 2 == 0 and local_b.rtcp == local_b.rtp + 1
-        a_rtcp.send(b"\x81\xc8rtcp-sr", (HOST, local_a.rtcp))
+        sender_report = bytes((0x80, 200, 0, 6)) + bytes(range(24))
+        a_rtcp.send(sender_report, (HOST, local_a.rtcp))
         data, source = await b_rtcp.recv()
-        assert (data, source) == (b"\x81\xc8rtcp-sr", (HOST, local_b.rtcp))
+        assert (data, source) == (sender_report, (HOST, local_b.rtcp))
         assert await b_rtp.nothing()
+        # SDES identity is replaced by the call side's pseudonym (media/rtcp.py), and what
+        # does not parse as RTCP is not relayed at all.
+        cname = b"13800000001@192.168.1.20"
+        chunk = b"\x00\x00\x00\x01" + bytes((1, len(cname))) + cname + b"\x00\x00"
+        sdes = bytes((0x81, 202, 0, len(chunk) // 4)) + chunk
+        a_rtcp.send(sender_report + sdes, (HOST, local_a.rtcp))
+        data, _source = await b_rtcp.recv()
+        assert data.startswith(sender_report) and b"13800000001" not in data
+        assert b"192.168" not in data and len(data) > len(sender_report)
+        a_rtcp.send(b"\x81\xc8rtcp-sr", (HOST, local_a.rtcp))
+        assert await b_rtcp.nothing()
+        assert session.leg_stats(Side.A).dropped == 1
         for endpoint in (a_rtp, a_rtcp, b_rtp, b_rtcp):
             endpoint.close()
         await relay.close()
@@ -497,4 +511,32 @@ def test_embedded_defaults_to_the_sipmask_sdp_rewrite(run: Runner) -> None:
         await backend.close()
         a.close()
         b.close()
+    run(test)
+
+
+def test_a_closed_session_is_freed_by_reference_counting(run: Runner) -> None:
+    """serve's GcFreezer hides long-lived objects from the cycle collector, so a call's
+    streams must not form a cycle that outlives it (the twins point at each other)."""
+    async def test() -> None:
+        relay = Relay(config(), on_timeout=lambda call_id: None)
+        gc.collect()
+        gc.disable()
+        try:
+            session = await relay.open_session("c1")
+            await relay.add_media(session)
+            a, b = await Endpoint.open(), await Endpoint.open()
+            session.set_remote(Side.A, *a.address)
+            session.set_remote(Side.B, *b.address)
+            a.send(b"hello", rtp(session, Side.A))
+            assert (await b.recv())[0] == b"hello"
+            assert sum(isinstance(o, _Stream) for o in gc.get_objects()) == 8
+            relay.close_session("c1")
+            del session
+            await asyncio.sleep(0.05)        # transports let go on the loop's next turns
+            assert sum(isinstance(o, _Stream) for o in gc.get_objects()) == 0
+            a.close()
+            b.close()
+        finally:
+            gc.enable()
+        await relay.close()
     run(test)
