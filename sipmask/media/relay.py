@@ -30,6 +30,15 @@ pseudonym per call side, BYE reasons and APP packets go, and an RTCP packet that
 parse is dropped rather than relayed. With rtcp-mux (RFC 5761) RTCP arrives on the RTP
 socket and is told apart by its second octet.
 
+Socket reuse: binding four sockets and registering them with the loop is a tenth of a
+call's CPU, so a closed call's port pairs are not closed but kept bound in an idle pool
+(at most POOL_MAX_IDLE pairs) and handed to a new call once they have been idle for
+POOL_QUARANTINE_S; packets reaching an idle socket are dropped, and a reused one starts
+with no peer, no latch and zero counters, as a fresh one would. The quarantine plays the
+part of the allocator's "freed pairs go to the back of the queue": a stray packet from the
+previous call's party is unlikely that late (its BYE is long done). Pooled pairs count as
+free in `ports_in_use`.
+
 The packet path (`_Stream.datagram_received`) is kept to attribute reads, one clock read
 and one sendto: it is what limits how many calls one core can carry (bench/relay.py).
 """
@@ -37,6 +46,7 @@ and one sendto: it is what limits how many calls one core can carry (bench/relay
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import ipaddress
@@ -58,6 +68,9 @@ Address = tuple[Any, ...]   # what the socket layer gives: (host, port) or IPv6 
 # How many port pairs a side tries before giving up when binds keep failing (other
 # processes holding ports in our range); each failed pair goes to the back of the queue.
 MAX_BIND_ATTEMPTS = 64
+# The idle pool of bound port pairs (module docstring).
+POOL_MAX_IDLE = 2048
+POOL_QUARANTINE_S = 2.0
 # Addresses that mean "no media to send" in SDP (RFC 3264 §8.4, the RFC 2543 hold form).
 _NO_ADDRESS = frozenset({"0.0.0.0", "::"})
 
@@ -151,6 +164,16 @@ class _Stream(asyncio.DatagramProtocol):
         self.sdp_peer = addr
         self.source = None
         self.peer = addr
+
+    def recycle(self) -> None:
+        """Back to the state of a freshly bound socket (for the idle pool); the transport
+        stays open and anything arriving meanwhile is dropped (no twin)."""
+        self.twin = None
+        self.peer = self.sdp_peer = self.source = None
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.dropped = self.rejected = self.errors = 0
+        self.last_in = None
+        self.cname = b"-"
 
     def close(self) -> None:
         # The twins point at each other: unlinking lets reference counting free a closed
@@ -320,9 +343,7 @@ class RelaySession:
         final = self.stats()
         if not self.closed:
             self.closed = True
-            for media in self._media:
-                media.close()
-            self._on_close(self)
+            self._on_close(self)     # the relay pools or closes the sockets (Relay._forget)
         return final
 
 
@@ -339,6 +360,7 @@ class RelayStats:
     rejected: int
     ports_in_use: int
     ports_skipped: int
+    ports_idle: int = 0      # bound, pooled for reuse (module docstring), not in a call
 
 
 class Relay:
@@ -369,6 +391,10 @@ class Relay:
         # Totals of closed sessions, so counters survive their sessions.
         self._closed_packets = self._closed_bytes = self._closed_dropped = 0
         self._closed_rejected = 0
+        # (reusable from, pair, (rtp, rtcp)) in release order (module docstring).
+        self._idle: collections.deque[tuple[float, PortPair, tuple[_Stream, _Stream]]] = \
+            collections.deque()
+        self.pool_reused = 0
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -436,6 +462,10 @@ class Relay:
 
     async def _bind_side(self, clock: Callable[[], float]
                          ) -> tuple[PortPair, tuple[_Stream, _Stream]]:
+        idle = self._idle
+        if idle and (idle[0][0] <= clock() or not self.allocator.available):
+            # Quarantine over, or nothing else left: a pooled pair beats refusing a call.
+            return self._reuse()
         loop = asyncio.get_running_loop()
         for _ in range(min(MAX_BIND_ATTEMPTS, max(1, self.allocator.available))):
             pair = self.allocator.allocate()
@@ -459,9 +489,16 @@ class Relay:
                 self.allocator.free(pair)
                 raise
             return pair, streams
+        if idle:
+            return self._reuse()
         raise PortsExhausted(f"no bindable RTP/RTCP pair in {self.allocator.range} on "
                              f"{self.address} ({self.allocator.available} free pairs, "
                              f"{self.allocator.skipped} failed to bind)")
+
+    def _reuse(self) -> tuple[PortPair, tuple[_Stream, _Stream]]:
+        _, pair, streams = self._idle.popleft()
+        self.pool_reused += 1
+        return pair, streams
 
     def _bind_pair(self, pair: PortPair) -> tuple[socket.socket, socket.socket]:
         """Bind RTP and RTCP ourselves and hand the sockets to the loop: uvloop 0.19-0.21
@@ -489,13 +526,24 @@ class Relay:
 
     def _forget(self, session: RelaySession) -> None:
         self._sessions.pop(session.call_id, None)
-        for pair in session.pairs:
-            self.allocator.free(pair)
         final = session.stats()
         self._closed_packets += final.packets_relayed
         self._closed_bytes += final.a.bytes_out + final.b.bytes_out
         self._closed_dropped += final.a.dropped + final.b.dropped
         self._closed_rejected += final.a.rejected + final.b.rejected
+        reusable_from = self.clock() + POOL_QUARANTINE_S
+        for media in session._media:
+            for side, streams in media.streams.items():
+                rtp, rtcp = streams
+                if (len(self._idle) < POOL_MAX_IDLE and rtp.transport is not None
+                        and rtcp.transport is not None):
+                    rtp.recycle()
+                    rtcp.recycle()
+                    self._idle.append((reusable_from, media.pairs[side], streams))
+                else:
+                    rtp.close()
+                    rtcp.close()
+                    self.allocator.free(media.pairs[side])
 
     def stats(self) -> RelayStats:
         packets, octets = self._closed_packets, self._closed_bytes
@@ -510,7 +558,8 @@ class Relay:
             active_sessions=len(self._sessions), sessions_opened=self._opened,
             timeouts=self._timeouts, packets_relayed=packets, bytes_relayed=octets,
             dropped=dropped, rejected=rejected,
-            ports_in_use=self.allocator.in_use * 2, ports_skipped=self.allocator.skipped)
+            ports_in_use=(self.allocator.in_use - len(self._idle)) * 2,
+            ports_skipped=self.allocator.skipped, ports_idle=len(self._idle) * 2)
 
     async def close(self) -> None:
         """Stop the sweep and close every session."""
@@ -521,6 +570,11 @@ class Relay:
             self._sweeper = None
         for session in list(self._sessions.values()):
             session.close()
+        while self._idle:
+            _, pair, (rtp, rtcp) = self._idle.popleft()
+            rtp.close()
+            rtcp.close()
+            self.allocator.free(pair)
         # Transports close their sockets on the next loop iteration; let it run so the
         # ports are free when close() returns, even if the loop stops right after.
         await asyncio.sleep(0)

@@ -24,7 +24,7 @@ from sipmask.clock import FakeClock
 from sipmask.config.schema import MediaConfig, PortRange
 from sipmask.errors import MediaError, PortsExhausted
 from sipmask.media.embedded import EmbeddedBackend
-from sipmask.media.relay import Relay, RelaySession, Side, _Stream
+from sipmask.media.relay import POOL_QUARANTINE_S, Relay, RelaySession, Side, _Stream
 
 HOST = "127.0.0.1"
 Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -342,7 +342,7 @@ def test_busy_ports_are_skipped_and_exhaustion_is_typed(run: Runner) -> None:
     run(test)
 
 
-def test_close_frees_sockets_and_ports_and_keeps_totals(run: Runner) -> None:
+def test_close_pools_the_sockets_and_relay_close_frees_the_ports(run: Runner) -> None:
     async def test() -> None:
         cfg = config(pairs=2)
         relay = Relay(cfg, on_timeout=lambda call_id: None)
@@ -357,17 +357,61 @@ def test_close_frees_sockets_and_ports_and_keeps_totals(run: Runner) -> None:
         final = relay.close_session("c1")
         assert final is not None and final.packets_relayed == 4
         assert relay.close_session("c1") is None
-        await asyncio.sleep(0)                            # transports close on the next turn
+        stats = relay.stats()
+        assert (stats.active_sessions, stats.sessions_opened, stats.ports_in_use,
+                stats.ports_idle) == (0, 1, 0, 4)
+        assert (stats.packets_relayed, stats.bytes_relayed) == (4, 4 * 172)
+        a.send(b"late", (HOST, ports[0].rtp))        # to a pooled socket
+        assert await b.nothing()                                  # goes nowhere
+        await relay.close()
         for local in ports:                               # the OS has the ports back
             for port in (local.rtp, local.rtcp):
                 probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 probe.bind((HOST, port))
                 probe.close()
-        stats = relay.stats()
-        assert (stats.active_sessions, stats.sessions_opened, stats.ports_in_use) == (0, 1, 0)
-        assert (stats.packets_relayed, stats.bytes_relayed) == (4, 4 * 172)
+        assert relay.stats().ports_idle == 0
         a.close()
         b.close()
+    run(test)
+
+
+def test_pooled_pairs_are_reused_fresh_after_their_quarantine(run: Runner) -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        relay = Relay(config(pairs=4), on_timeout=lambda call_id: None,
+                      clock=clock.monotonic, sweep=False)
+        first = await relay.open_session("c1")
+        a, b = await Endpoint.open(), await Endpoint.open()
+        first.set_remote(Side.A, *a.address)
+        first.set_remote(Side.B, *b.address)
+        a.send(b"x", rtp(first, Side.A))
+        await b.recv()
+        used = {first.local(side).rtp for side in Side}
+        relay.close_session("c1")
+        second = await relay.open_session("c2")           # in quarantine: fresh ports
+        assert not used & {second.local(side).rtp for side in Side}
+        assert relay.pool_reused == 0
+        clock.advance(POOL_QUARANTINE_S)
+        third = await relay.open_session("c3")            # quarantine over: c1's pairs
+        assert {third.local(side).rtp for side in Side} == used
+        assert relay.pool_reused == 2
+        stats = third.stats()
+        assert (stats.packets_relayed, stats.a.packets_in, stats.b.packets_out) == (0, 0, 0)
+        # A reused socket starts with no latch: c1's party is not c3's peer.
+        a.send(b"stale", rtp(third, Side.A))
+        assert await b.nothing()
+        c, d = await Endpoint.open(), await Endpoint.open()
+        third.set_remote(Side.A, *c.address)
+        third.set_remote(Side.B, *d.address)
+        c.send(b"fresh", rtp(third, Side.A))
+        data, source = await d.recv()
+        assert data == b"fresh" and source == rtp(third, Side.B)
+        # Out of fresh pairs, a pooled one still beats refusing the call.
+        relay.close_session("c2")
+        await relay.open_session("c4")
+        assert relay.pool_reused == 4
+        for endpoint in (a, b, c, d):
+            endpoint.close()
         await relay.close()
     run(test)
 
@@ -532,11 +576,14 @@ def test_a_closed_session_is_freed_by_reference_counting(run: Runner) -> None:
             assert sum(isinstance(o, _Stream) for o in gc.get_objects()) == 8
             relay.close_session("c1")
             del session
+            # Pooled for reuse, unlinked: nothing but the pool holds them.
+            assert sum(isinstance(o, _Stream) and o.twin is None
+                       for o in gc.get_objects()) == 8
+            await relay.close()
             await asyncio.sleep(0.05)        # transports let go on the loop's next turns
             assert sum(isinstance(o, _Stream) for o in gc.get_objects()) == 0
             a.close()
             b.close()
         finally:
             gc.enable()
-        await relay.close()
     run(test)
