@@ -8,6 +8,11 @@ creates that arrive while a commit is on disk are committed together in the next
 through `create_many` (group commit: one fsync for the batch). One thread keeps writes in
 arrival order; LMDB serialises writers across processes anyway.
 
+The thread feeds itself: when a commit ends it takes what queued meanwhile at once, and
+hands the finished batch's answers to the loop in one callback. An earlier version went
+back through the event loop between commits (answers set, then the next batch submitted),
+and under load that round trip left the disk idle for as long as a commit took.
+
 `create_many` reports a refused line as (field, reason) without its error type, and the
 type picks the status (409 conflict or exhausted pool, 422 other rules). A refused request
 is therefore run again alone through `create`, whose typed error is the answer. That costs
@@ -18,9 +23,12 @@ the batch that blocked it was undone meanwhile, and then the binding is the answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sipmask.errors import RefusedError
 from sipmask.store.base import Binding, BindingRequest, BindingStore
@@ -30,7 +38,22 @@ T = TypeVar("T")
 ACTOR = "api"
 MAX_BATCH = 256        # creates per commit; bounds how long one commit holds the write lock
 
-_Outcome = Binding | RefusedError
+_Outcome = Binding | BaseException
+
+
+@dataclass(slots=True)
+class _Create:
+    request: BindingRequest
+    future: asyncio.Future[Binding]
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
+_STOP = object()       # queued by close(): the thread ends once everything before it is done
 
 
 class BindingWriter:
@@ -39,54 +62,80 @@ class BindingWriter:
     def __init__(self, store: BindingStore, *, max_batch: int = MAX_BATCH) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipmask-api")
-        self._pending: list[tuple[BindingRequest, asyncio.Future[Binding]]] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self._jobs: queue.SimpleQueue[_Create | _Call | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None     # started by the first write
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0          # create batches committed (for the bench and tests)
         self.created = 0
 
-    async def create(self, request: BindingRequest) -> Binding:
+    def _start(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Binding] = loop.create_future()
-        self._pending.append((request, future))
-        if self._drainer is None:
-            self._drainer = loop.create_task(self._drain())
+        if self._thread is None:
+            self._loop = loop
+            self._thread = threading.Thread(target=self._work, name="sipmask-api-writer",
+                                            daemon=True)
+            self._thread.start()
+        return loop
+
+    async def create(self, request: BindingRequest) -> Binding:
+        future: asyncio.Future[Binding] = self._start().create_future()
+        self._jobs.put(_Create(request, future))
         return await future
 
     async def run(self, fn: Callable[[], T]) -> T:
         """A single write (delete, ttl change) on the writer thread, in arrival order."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        future: asyncio.Future[T] = self._start().create_future()
+        self._jobs.put(_Call(fn, future))
+        return await future
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch = self._pending[:self.max_batch]
-                del self._pending[:self.max_batch]
-                requests = [request for request, _ in batch]
+    # -- on the writer thread ---------------------------------------------------------------
+    def _work(self) -> None:
+        jobs = self._jobs
+        job = jobs.get()
+        while job is not _STOP:
+            if isinstance(job, _Call):
                 try:
-                    outcomes = await loop.run_in_executor(self._executor, self._commit,
-                                                          requests)
-                except Exception as exc:   # the store failed as a whole: tell every waiter
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():     # the client went away; the write still stands
-                        continue
-                    if isinstance(outcome, RefusedError):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
-        finally:
-            self._drainer = None
+                    outcome: Any = job.fn()
+                except BaseException as exc:   # handed to the awaiting handler
+                    outcome = exc
+                self._answer([job.future], [outcome])
+                job = jobs.get()
+                continue
+            assert isinstance(job, _Create)
+            batch, job = self._gather(job)
+            futures = [c.future for c in batch]
+            try:
+                outcomes: list[_Outcome] = [*self._commit([c.request for c in batch])]
+            except Exception as exc:   # the store failed as a whole: tell every waiter
+                outcomes = [exc] * len(batch)
+            self._answer(futures, outcomes)
+            if job is None:
+                job = jobs.get()
 
-    def _commit(self, requests: list[BindingRequest]) -> list[_Outcome]:
-        """On the writer thread: one transaction for the batch, refusals re-run alone."""
+    def _gather(self, first: _Create) -> tuple[list[_Create], object | None]:
+        """`first` and the creates queued behind it (up to max_batch), and the next job
+        that is not one of them (None when the queue ran dry)."""
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return batch, None
+            if not isinstance(job, _Create):
+                return batch, job
+            batch.append(job)
+        return batch, None
+
+    def _answer(self, futures: list[asyncio.Future[Any]], outcomes: list[Any]) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):   # the loop is closed: nobody waits now
+            self._loop.call_soon_threadsafe(_settle, futures, outcomes)
+
+    def _commit(self, requests: list[BindingRequest]) -> list[Binding | RefusedError]:
+        """One transaction for the batch, refusals re-run alone."""
         self.commits += 1
         if len(requests) == 1:
-            outcomes: list[_Outcome] = [self._create_one(requests[0])]
+            outcomes: list[Binding | RefusedError] = [self._create_one(requests[0])]
         else:
             outcomes = []
             done = self.store.create_many(enumerate(requests), actor=ACTOR)
@@ -98,7 +147,7 @@ class BindingWriter:
         self.created += sum(1 for o in outcomes if isinstance(o, Binding))
         return outcomes
 
-    def _create_one(self, r: BindingRequest) -> _Outcome:
+    def _create_one(self, r: BindingRequest) -> Binding | RefusedError:
         try:
             return self.store.create(mode=r.mode, tenant=r.tenant, a=r.a, b=r.b, x=r.x,
                                      ttl=r.ttl, actor=ACTOR, direction=r.direction,
@@ -109,6 +158,21 @@ class BindingWriter:
 
     async def close(self) -> None:
         """Finish what was accepted, then stop the thread (before the store is closed)."""
-        while self._drainer is not None:
-            await asyncio.shield(self._drainer)
-        self._executor.shutdown(wait=True)
+        thread = self._thread
+        if thread is None:
+            return
+        self._jobs.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._thread = None
+        await asyncio.sleep(0)      # let the last batch's answers reach their handlers
+
+
+def _settle(futures: list[asyncio.Future[Any]], outcomes: list[Any]) -> None:
+    """On the loop: each waiter gets its binding or its error."""
+    for future, outcome in zip(futures, outcomes, strict=True):
+        if future.done():          # the client went away; the write still stands
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
