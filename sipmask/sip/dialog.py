@@ -7,15 +7,16 @@ A `Dialog` is created from the request and response that establish it (`as_uac`,
 
 Requests built here have no Via: the transaction layer adds one with a fresh branch
 (`TransactionLayer.send_request` / `send_ack`). Identifiers come from an injected random
-source (`secrets.token_bytes` by default; tests pass `random.Random(n).randbytes`).
+source (`sipmask.entropy.token_bytes`, pooled urandom, by default; tests pass
+`random.Random(n).randbytes`).
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from enum import Enum
 
+from sipmask.entropy import token_bytes
 from sipmask.errors import CallStateError, ParseError, SipError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request, Response
@@ -36,12 +37,12 @@ MAX_FORWARDS = "70"
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
 
 
-def new_tag(rand: RandomBytes = secrets.token_bytes) -> str:
+def new_tag(rand: RandomBytes = token_bytes) -> str:
     """A From/To tag (§19.3: at least 32 random bits; we use 64)."""
     return rand(8).hex()
 
 
-def new_call_id(rand: RandomBytes = secrets.token_bytes, host: str | None = None) -> str:
+def new_call_id(rand: RandomBytes = token_bytes, host: str | None = None) -> str:
     """A Call-ID (§8.1.1.4: globally unique; 128 random bits, `@host` when given)."""
     local = rand(16).hex()
     return f"{local}@{host}" if host else local

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal, NamedTuple
 
+from sipmask.entropy import token_bytes
 from sipmask.errors import ParseError, TransactionError
 from sipmask.sip.headers import Headers, split_commas
 from sipmask.sip.message import Request, Response, build_response
@@ -68,7 +68,7 @@ RandomBytes = Callable[[int], bytes]
 MAGIC_COOKIE = "z9hG4bK"
 
 
-def new_branch(rand: RandomBytes = secrets.token_bytes) -> str:
+def new_branch(rand: RandomBytes = token_bytes) -> str:
     """A fresh Via branch (§8.1.1.7): the magic cookie and 96 random bits."""
     return MAGIC_COOKIE + rand(12).hex()
 
@@ -483,7 +483,7 @@ class TransactionLayer:
     """All transactions of one sipmask process. See the module docstring."""
 
     def __init__(self, timers: TimerConfig | None = None, *, local_via_host: str,
-                 local_port: int, rand: RandomBytes = secrets.token_bytes,
+                 local_port: int, rand: RandomBytes = token_bytes,
                  trying_delay: float | None = TRYING_DELAY) -> None:
         self.timers = timers if timers is not None else TimerConfig()
         self.local_via_host = local_via_host
