@@ -30,7 +30,7 @@ from aiohttp import web
 
 from sipmask.api.app import cdrs_from_log, start_api
 from sipmask.b2bua.engine import Engine
-from sipmask.cdr.store import HEARTBEAT_S, CdrLog
+from sipmask.cdr.store import HEARTBEAT_S, STALE_S, CdrLog
 from sipmask.clock import SystemClock
 from sipmask.config.schema import Config, Endpoint
 from sipmask.errors import StoreError
@@ -381,7 +381,7 @@ class Services:
             for engine in engines:
                 engine.media_timeout(call_id)
         media = build_media(config, on_timeout=media_timeout)
-        services = cls(config, store, CdrLog(store), media, engines)
+        services = cls(config, store, CdrLog(store, node=config.sip.node), media, engines)
         services.outbox = Outbox(store, config.events.outbox_max)
         services.policy = CallPolicy(config, SystemClock())
         services.delivery = webhook_from_config(config.events.webhook, services.outbox)
@@ -417,9 +417,10 @@ class Services:
         self.metrics.sources.transactions = server.core.gauges
         self.metrics.sources.sip = lambda: server.counters
 
-    def repair(self) -> None:
-        """Close the calls a killed predecessor left up (CDRs with release_side sipmask)."""
-        fixed = self.cdrs.repair(SystemClock().wall())
+    def repair(self, own: bool = True) -> None:
+        """Close the calls a killed predecessor (own) or a dead peer node sharing the store
+        left up (CDRs with release_side sipmask)."""
+        fixed = self.cdrs.repair(SystemClock().wall(), own=own)
         if fixed:
             log.warning("cdr.repaired_after_crash", calls=len(fixed))
             if self.delivery is not None and self.outbox is not None:
@@ -431,9 +432,13 @@ class Services:
 
     async def _heartbeat(self) -> None:
         clock = SystemClock()
+        beats = 0
         while True:
             try:
                 self.cdrs.heartbeat(clock.wall())
+                beats += 1
+                if beats % int(STALE_S / HEARTBEAT_S) == 0:
+                    self.repair(own=False)      # peers sharing the store that died
             except Exception:
                 log.exception("cdr.heartbeat_failed")
             await asyncio.sleep(HEARTBEAT_S)

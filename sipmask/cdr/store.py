@@ -8,6 +8,13 @@ Crash safety: when a call is answered its record so far goes into `calls_up` (be
 reaches the caller); the final CDR replaces it in one transaction. A process killed with
 calls up leaves them there, and the next start closes each one (`repair`): end_at is the last
 heartbeat the dead process wrote (at most `HEARTBEAT_S` late), release_side is sipmask.
+
+Several nodes may share one store (several `sipmask serve` processes behind a dispatcher,
+README "Scaling past one core"). Each journals under its own node name (`sip.node_id`) and
+heartbeats under it, so a node starting up repairs its own predecessor's calls and those of
+nodes whose heartbeat is older than `STALE_S`, never a live peer's. Running nodes also
+close a dead peer's calls every `STALE_S`. Entries without a node (written before nodes
+existed, or by a CdrLog opened without one) belong to the unnamed node.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from sipmask.store.rules import Txn
 
 DB = "cdrs"
 UP = "calls_up"
-HEARTBEAT = b"\x00heartbeat"     # sorts before every call id
+HEARTBEAT = b"\x00heartbeat"     # sorts before every call id; + b"\x00" + node per node
 HEARTBEAT_S = 1.0
+STALE_S = 10.0                  # a node whose heartbeat is this old is dead
+NODE_SEP = b"\x1f"             # node name, separator, call id (sipmask's ids have none)
 
 
 class CdrSink(Protocol):
@@ -51,10 +60,15 @@ class CdrLog:
 
     blocking = True
 
-    def __init__(self, store: LmdbStore) -> None:
+    def __init__(self, store: LmdbStore, node: str = "") -> None:
         self.store = store
+        self.node = node.encode()
+        self._beat_key = HEARTBEAT + (b"\x00" + self.node if self.node else b"")
         store.db(DB)
         store.db(UP)
+
+    def _up_key(self, call_id: str) -> bytes:
+        return self.node + NODE_SEP + call_id.encode() if self.node else call_id.encode()
 
     def write(self, cdr: Cdr) -> None:
         self.write_batch(((True, cdr),))
@@ -67,31 +81,46 @@ class CdrLog:
         """Many records in one transaction: one fsync for all (cdr/group.py's group commit)."""
         def run(txn: Txn) -> None:
             for final, cdr in ops:
+                up_key = self._up_key(cdr.call_id)
                 if not final:
-                    txn.put(UP, cdr.call_id.encode(), cdr.encode())
+                    txn.put(UP, up_key, cdr.encode())
                     continue
                 txn.put(DB, _key(cdr), cdr.encode())
-                if txn.get(UP, cdr.call_id.encode()) is not None:
-                    txn.delete(UP, cdr.call_id.encode())
+                if txn.get(UP, up_key) is not None:
+                    txn.delete(UP, up_key)
         self.store.write(run)
 
     def heartbeat(self, now: float) -> None:
-        self.store.write(lambda txn: txn.put(UP, HEARTBEAT, struct.pack(">d", now)))
+        self.store.write(lambda txn: txn.put(UP, self._beat_key, struct.pack(">d", now)))
 
     def calls_up(self) -> list[Cdr]:
+        """Every node's journalled calls."""
         return self.store.read(lambda txn: [Cdr.decode(v) for k, v in txn.scan(UP)
-                                            if k != HEARTBEAT])
+                                            if not k.startswith(HEARTBEAT)])
 
-    def repair(self, now: float) -> list[Cdr]:
-        """Close the calls a killed process left up; returns the CDRs written for them."""
+    def repair(self, now: float, *, own: bool = True) -> list[Cdr]:
+        """Close the calls a killed process left up; returns the CDRs written for them.
+        `own`: this node's too (at start-up: its predecessor is dead); otherwise only those
+        of nodes whose heartbeat is older than STALE_S (or that never wrote one)."""
         def run(txn: Txn) -> list[Cdr]:
-            beat = txn.get(UP, HEARTBEAT)
-            last = struct.unpack(">d", beat)[0] if beat is not None else now
+            beats: dict[bytes, float] = {}
+            entries: list[tuple[bytes, bytes, bytes]] = []
+            for key, value in txn.scan(UP):
+                if key.startswith(HEARTBEAT):
+                    beats[key[len(HEARTBEAT) + 1:]] = struct.unpack(">d", value)[0]
+                else:
+                    node = key.partition(NODE_SEP)[0] if NODE_SEP in key else b""
+                    entries.append((key, node, value))
+            dead = {node for node, at in beats.items() if now - at >= STALE_S}
             fixed: list[Cdr] = []
-            for key, value in list(txn.scan(UP)):
-                if key == HEARTBEAT:
-                    continue
+            for key, node, value in entries:
+                if node == self.node:
+                    if not own:
+                        continue
+                elif node in beats and node not in dead:
+                    continue                    # a live peer's call
                 up = Cdr.decode(value)
+                last = beats.get(node, now)
                 end = max(min(last, now), up.answer_at or up.invite_at)
                 start = up.answer_at if up.answer_at is not None else end
                 record = replace(up, end_at=end, duration_s=round(end - start, 3),
@@ -99,6 +128,8 @@ class CdrLog:
                 txn.put(DB, _key(record), record.encode())
                 txn.delete(UP, key)
                 fixed.append(record)
+            for node in dead - {self.node}:     # its calls are closed: forget the node
+                txn.delete(UP, HEARTBEAT + (b"\x00" + node if node else b""))
             return fixed
         return self.store.write(run)
 

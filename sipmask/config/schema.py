@@ -169,6 +169,16 @@ class SipConfig:
     tcp_idle_timeout_s: int = 300
     drain_timeout_s: int = 30
     tcp_max_connections: int = 4096
+    # Names this process in the store's answered-call journal, so nodes sharing one store
+    # repair only their own (or a dead peer's) calls. None: the first sip.listen host:port.
+    node_id: str | None = None
+
+    @property
+    def node(self) -> str:
+        if self.node_id:
+            return self.node_id
+        first = self.listen[0]
+        return f"{first.host}:{first.port}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sipmask.cdr.record import Cdr
-from sipmask.cdr.store import CdrLog
+from sipmask.cdr.store import STALE_S, CdrLog
 from sipmask.config import loader
 from sipmask.store import open_store
 
@@ -70,3 +70,49 @@ def test_cli_errors_name_the_field(tmp_path: Path) -> None:
     assert bad_time.returncode == 2 and "since:" in bad_time.stderr
     bad_tenant = cli(tmp_path / "s", "list", "--tenant", "nobody")
     assert bad_tenant.returncode == 1 and "tenant:" in bad_tenant.stderr
+
+
+UP = replace(BASE, end_at=None, answer_at=1800000000.5, release_side=None, sip_status=200,
+             unconnected_cause="none")
+
+
+def test_nodes_sharing_a_store_repair_only_their_own_or_a_dead_peers_calls(
+        tmp_path: Path) -> None:
+    store = store_at(tmp_path / "s")
+    one, two = CdrLog(store, node="10.0.0.1:5060"), CdrLog(store, node="10.0.0.1:5062")
+    t = 1800000010.0
+    one.call_up(replace(UP, call_id="on-one"))
+    two.call_up(replace(UP, call_id="on-two"))
+    one.heartbeat(t)
+    two.heartbeat(t)
+    # Node two restarts: its predecessor's call is closed, node one's (alive) is not.
+    fixed = two.repair(t + 1)
+    assert [(c.call_id, c.end_at, c.release_side) for c in fixed] == [
+        ("on-two", t, "sipmask")]
+    assert [c.call_id for c in one.calls_up()] == ["on-one"]
+    # Node one goes quiet; a periodic repair on node two closes its call once it is stale.
+    two.heartbeat(t + 5)
+    assert two.repair(t + 5, own=False) == []
+    late = t + STALE_S + 0.5
+    two.heartbeat(late)
+    fixed = two.repair(late, own=False)
+    assert [(c.call_id, c.end_at, c.duration_s) for c in fixed] == [
+        ("on-one", t, round(t - UP.answer_at, 3))]
+    assert one.calls_up() == [] and sorted(c.call_id for c in one.list()) == ["on-one", "on-two"]
+    # A finished call leaves no journal entry behind for its node.
+    two.call_up(replace(UP, call_id="done"))
+    two.write(replace(UP, call_id="done", end_at=late, release_side="caller"))
+    assert two.calls_up() == []
+    store.close()
+
+
+def test_a_named_node_repairs_calls_journalled_without_a_node(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "s")
+    legacy = CdrLog(store)
+    legacy.call_up(replace(UP, call_id="old"))
+    legacy.heartbeat(1800000020.0)
+    named = CdrLog(store, node="127.0.0.1:5060")
+    assert named.repair(1800000021.0) == []                    # its writer may still be up
+    fixed = named.repair(1800000020.0 + STALE_S, own=False)
+    assert [(c.call_id, c.end_at) for c in fixed] == [("old", 1800000020.0)]
+    store.close()
