@@ -19,8 +19,17 @@ sipmask/direct, and sipmask's setup time at 400 calls/s.
 Also printed per step: sipmask's own CPU per call (/proc, user + system, writer thread
 included), and the highest rate held with a mean setup under 20 ms.
 
+With --nodes N (N >= 2) a third ladder runs: N `sipmask serve` processes sharing one store,
+behind Kamailio (Debian `kamailio`) with configs/kamailio-dispatcher.cfg, which dispatches
+each INVITE by a hash of X (README "Scaling past one core"); CPU per call is then all the
+nodes' together, and Kamailio's is printed beside it.
+
+    caller SIPp ──► Kamailio 127.0.0.1 ─┬─► sipmask node 1 ─┬─► callee SIPp
+                                        └─► sipmask node 2 ─┘
+
 Run: python3 bench/calls.py [--rates 50,100,200,300,400,500,600] [--duration 10]
-                            [--hold-ms 100] [--quick] [--only sipmask|direct] [--keep]
+                            [--hold-ms 100] [--quick] [--only sipmask|direct|nodes]
+                            [--nodes 2] [--keep]
 Under load, `py-spy top --pid PID` / `py-spy record -f raw --pid PID` (pip install py-spy)
 show where sipmask's time goes (the PID is printed). With SIPMASK_BENCH_PROFILE=FILE set,
 the sipmask under test runs under cProfile (bench-only hook: python3 -m cProfile -o FILE
@@ -129,34 +138,38 @@ class Sipmask:
     """`python3 -m sipmask serve` on a free UDP port, temp store, X bound once."""
 
     def __init__(self, tmp: Path, callee_port: int, profile: str | None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), *, media_ports: str = "20000-29999",
+                 bind: bool = True, name: str = "serve") -> None:
         self.tmp = tmp
         self.port = free_port(SIPMASK_IP)
         self.store = tmp / "bench.lmdb"
+        self.name = name
         self.settings = ["--set", f"store.path={self.store}",
                          "--set", f"sip.listen=[udp://{SIPMASK_IP}:{self.port}]",
                          "--set", "api.listen=null", "--set", "log.level=warning",
-                         "--set", "media.ports=20000-29999",
+                         "--set", f"media.ports={media_ports}",
                          "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}",
                          *extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("SIPMASK_CONFIG", None)
         self.env = env
-        bound = subprocess.run([sys.executable, "-m", "sipmask", "bind", "axb", "--a", A,
-                                "--b", B, "--x", X, "--ttl", "0", *self.settings],
-                               capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
-        if bound.returncode != 0:
-            raise SystemExit(f"bind failed: {bound.stderr}")
+        if bind:
+            bound = subprocess.run([sys.executable, "-m", "sipmask", "bind", "axb", "--a", A,
+                                    "--b", B, "--x", X, "--ttl", "0", *self.settings],
+                                   capture_output=True, text=True, cwd=ROOT, env=env,
+                                   timeout=60)
+            if bound.returncode != 0:
+                raise SystemExit(f"bind failed: {bound.stderr}")
         runner = ([sys.executable, "-m", "cProfile", "-o", profile] if profile
                   else [sys.executable])
-        self.stderr = (tmp / "serve.stderr").open("wb")
+        self.stderr = (tmp / f"{name}.stderr").open("wb")
         self.proc = subprocess.Popen([*runner, "-m", "sipmask", "serve", *self.settings],
                                      stdout=subprocess.DEVNULL, stderr=self.stderr,
                                      cwd=ROOT, env=env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"sipmask serve exited: {(tmp / 'serve.stderr').read_text()}")
+                raise SystemExit(f"sipmask serve exited: {(tmp / f'{name}.stderr').read_text()}")
             if options_ok(self.port):
                 return
         self.stop()
@@ -164,8 +177,7 @@ class Sipmask:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_of(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -176,6 +188,64 @@ class Sipmask:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+def cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Nodes:
+    """N sipmask nodes on one store behind Kamailio (configs/kamailio-dispatcher.cfg)."""
+
+    def __init__(self, tmp: Path, callee_port: int, n: int) -> None:
+        if shutil.which("kamailio") is None:
+            raise SystemExit("--nodes needs Kamailio: apt-get install kamailio")
+        width = 10000 // n - (10000 // n) % 2
+        self.nodes = [Sipmask(tmp, callee_port, None, bind=i == 0, name=f"node{i + 1}",
+                              media_ports=f"{20000 + i * width}-{20000 + (i + 1) * width - 1}")
+                      for i in range(n)]
+        listing = tmp / "dispatcher.list"
+        listing.write_text("".join(f"1 sip:{SIPMASK_IP}:{node.port}\n" for node in self.nodes))
+        self.port = free_port(SIPMASK_IP)
+        self.stderr = (tmp / "kamailio.stderr").open("wb")
+        self.proc = subprocess.Popen(
+            ["kamailio", "-f", str(ROOT / "configs" / "kamailio-dispatcher.cfg"), "-DD", "-E",
+             "-w", str(tmp), "-A", f"LISTEN=udp:{SIPMASK_IP}:{self.port}",
+             "-A", f'DS_LIST="{listing}"', "-A", "WORKERS=2"],
+            stdout=subprocess.DEVNULL, stderr=self.stderr, cwd=tmp)
+        deadline = time.monotonic() + 20
+        while not options_ok(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit("kamailio did not start: "
+                                 f"{(tmp / 'kamailio.stderr').read_text()[-1500:]}")
+
+    def cpu_seconds(self) -> float:
+        return sum(node.cpu_seconds() for node in self.nodes)
+
+    def dispatcher_cpu_seconds(self) -> float:
+        """Kamailio's main process and its children."""
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rpartition(")")[2].split()
+                pid = int(stat.parent.name)
+                if pid == self.proc.pid or int(fields[1]) == self.proc.pid:
+                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        for node in self.nodes:
+            node.stop()
 
 
 class Callee:
@@ -283,19 +353,25 @@ def highest(steps: list[Step], setup_ms: float | None = None) -> int:
 
 
 def ladder(mode: str, tmp: Path, caller: Path, target: tuple[str, int], rates: list[int],
-           duration: float, hold_ms: int, server: Sipmask | None = None) -> list[Step]:
+           duration: float, hold_ms: int, server: Sipmask | Nodes | None = None
+           ) -> list[Step]:
     steps = []
     for rate in rates:
         cpu = server.cpu_seconds() if server is not None else 0.0
+        front = server.dispatcher_cpu_seconds() if isinstance(server, Nodes) else 0.0
         step = run_step(mode, tmp, caller, target, rate, duration, hold_ms)
-        if server is not None and step.successful + step.failed:
-            step.cpu_ms_per_call = (1000 * (server.cpu_seconds() - cpu)
-                                    / (step.successful + step.failed))
+        extra = ""
+        done = step.successful + step.failed
+        if server is not None and done:
+            step.cpu_ms_per_call = 1000 * (server.cpu_seconds() - cpu) / done
+        if isinstance(server, Nodes) and done:
+            extra = (f", Kamailio CPU "
+                     f"{1000 * (server.dispatcher_cpu_seconds() - front) / done:.2f} ms/call")
         steps.append(step)
         print(f"  {mode} {rate}/s: {step.successful} ok, {step.failed} failed "
               f"({100 * step.failure:.2f} %), setup {step.setup_ms:.2f} ms, placed "
               f"{step.placed_rate:.0f}/s, {step.wall_s:.1f} s, sipmask CPU "
-              f"{step.cpu_ms_per_call:.2f} ms/call", flush=True)
+              f"{step.cpu_ms_per_call:.2f} ms/call{extra}", flush=True)
         if step.failure > 0.2:
             print(f"  {mode}: {100 * step.failure:.0f} % failed, stopping this ladder", flush=True)
             break
@@ -323,7 +399,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of calls a step")
     parser.add_argument("--hold-ms", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short steps")
-    parser.add_argument("--only", choices=("direct", "sipmask"))
+    parser.add_argument("--only", choices=("direct", "sipmask", "nodes"))
+    parser.add_argument("--nodes", type=int, default=0,
+                        help="also N sipmask nodes behind Kamailio (N >= 2; needs kamailio)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp dir (SIPp stats and traces, sipmask stderr)")
     args = parser.parse_args()
@@ -345,9 +423,9 @@ def main() -> None:
             tmp_name = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-calls-"))
         tmp = Path(tmp_name)
         caller, callee_xml = write_scenarios(tmp)
-        steps: dict[str, list[Step]] = {"direct": [], "sipmask": []}
+        steps: dict[str, list[Step]] = {"direct": [], "sipmask": [], "nodes": []}
         callee_port = free_port(CALLEE_IP)
-        if args.only != "sipmask":
+        if args.only in (None, "direct"):
             print("direct: caller -> callee", flush=True)
             callee = Callee(tmp, callee_xml, callee_port)
             try:
@@ -355,7 +433,7 @@ def main() -> None:
                                          duration, args.hold_ms)
             finally:
                 callee.stop()
-        if args.only != "direct":
+        if args.only in (None, "sipmask"):
             print("sipmask: caller -> sipmask -> callee", flush=True)
             callee = Callee(tmp, callee_xml, callee_port)
             server = Sipmask(tmp, callee_port, profile)
@@ -370,20 +448,39 @@ def main() -> None:
             errors = (tmp / "serve.stderr").read_text("utf-8", "replace").strip()
             if errors:
                 print(f"sipmask stderr (last lines):\n{errors[-1500:]}")
+        if args.nodes >= 2 and args.only in (None, "nodes"):
+            print(f"nodes: caller -> Kamailio -> {args.nodes} sipmask nodes -> callee",
+                  flush=True)
+            callee = Callee(tmp, callee_xml, callee_port)
+            nodes = Nodes(tmp, callee_port, args.nodes)
+            print(f"sipmask node pids {[n.proc.pid for n in nodes.nodes]}, kamailio "
+                  f"{nodes.proc.pid}", flush=True)
+            try:
+                steps["nodes"] = ladder("nodes", tmp, caller, (SIPMASK_IP, nodes.port),
+                                        rates, duration, args.hold_ms, nodes)
+            finally:
+                nodes.stop()
+                callee.stop()
+            for node in nodes.nodes:
+                errors = (tmp / f"{node.name}.stderr").read_text("utf-8", "replace").strip()
+                if errors:
+                    print(f"{node.name} stderr (last lines):\n{errors[-800:]}")
 
     print()
-    print_table(steps["direct"] + steps["sipmask"])
+    print_table(steps["direct"] + steps["sipmask"] + steps["nodes"])
     held = {mode: highest(s) for mode, s in steps.items() if s}
     for mode, rate in held.items():
         print(f"highest rate held (<{100 * FAIL_LIMIT:g} % failed): {mode} {rate} calls/s, "
               f"with mean setup < {SETUP_TARGET_MS:g} ms: "
               f"{highest(steps[mode], SETUP_TARGET_MS)} calls/s")
-    if held.get("direct") and "sipmask" in held:
-        print(f"ratio sipmask/direct: {held['sipmask'] / held['direct']:.2f}")
-    at_target = [s for s in steps["sipmask"] if s.offered == TARGET_RATE]
-    if at_target:
-        print(f"sipmask mean setup at {TARGET_RATE} calls/s: {at_target[0].setup_ms:.2f} ms "
-              f"(target < 20 ms; {'held' if at_target[0].held else 'NOT held'})")
+    for mode in ("sipmask", "nodes"):
+        if held.get("direct") and mode in held:
+            print(f"ratio {mode}/direct: {held[mode] / held['direct']:.2f}")
+    for mode in ("sipmask", "nodes"):
+        at_target = [s for s in steps[mode] if s.offered == TARGET_RATE]
+        if at_target:
+            print(f"{mode} mean setup at {TARGET_RATE} calls/s: {at_target[0].setup_ms:.2f} ms "
+                  f"(target < 20 ms; {'held' if at_target[0].held else 'NOT held'})")
     if profile and Path(profile).exists():
         print_profile(profile)
 

@@ -45,7 +45,9 @@ def test_calls_up_at_kill_9_get_their_cdr_on_restart(serve: Callable[..., ServeP
                    check=True, capture_output=True, cwd=REPO, timeout=60)
     overrides = ("--set", f"store.path={store}",
                  "--set", f"trunks.carrier.outbound=udp://127.0.0.3:{callee_port}",
-                 "--set", "media.ports=42000-42999")
+                 "--set", "media.ports=42000-42999",
+                 # The restart listens on another free port: the same node by name.
+                 "--set", "sip.node_id=crash-test")
     server = serve(*overrides)
     sipp = [
         subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "callee.xml"), "-i", "127.0.0.3",
