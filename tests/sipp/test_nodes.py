@@ -1,0 +1,139 @@
+"""Two sipmask nodes on one store behind Kamailio (configs/kamailio-dispatcher.cfg).
+
+README "Scaling past one core": Kamailio hashes each INVITE's X to a node, the nodes share
+the bindings and CDR store, and the dialog's later requests go straight to the node. Pinned
+here, with real SIPp calls carrying the usual privacy checks on both sides: every call
+through the dispatcher connects and stays masked, all calls to one X meet on one node
+(per-X limits stay exact), and both nodes' CDRs land in the shared store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, ServeProcess, free_port
+
+pytestmark = [
+    pytest.mark.sipp,
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed"),
+    pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed"),
+]
+
+SCENARIOS = REPO / "sipp-scenarios"
+CALLER_IP, CALLEE_IP = "127.0.0.2", "127.0.0.3"
+A, B = "13800000001", "13900000002"
+XS = [f"7001000000000{n}" for n in range(20, 28)]
+CALLS_PER_X = 2
+
+
+@pytest.fixture
+def kamailio(tmp_path: Path) -> Iterator[Callable[[list[int]], int]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(node_ports: list[int]) -> int:
+        listing = tmp_path / "dispatcher.list"
+        listing.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in node_ports))
+        port = free_port()
+        log = (tmp_path / "kamailio.stderr").open("wb")
+        procs.append(subprocess.Popen(
+            ["kamailio", "-f", str(REPO / "configs" / "kamailio-dispatcher.cfg"), "-DD", "-E",
+             "-w", str(tmp_path), "-A", f"LISTEN=udp:127.0.0.1:{port}",
+             "-A", f'DS_LIST="{listing}"', "-A", "WORKERS=1"],
+            stdout=subprocess.DEVNULL, stderr=log, cwd=tmp_path))
+        log.close()
+        time.sleep(1.0)
+        assert procs[-1].poll() is None, (tmp_path / "kamailio.stderr").read_text()
+        return port
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cli(store: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "sipmask", *args,
+                             "--set", f"store.path={store}"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_calls_through_the_dispatcher_meet_per_x_on_one_node_of_a_shared_store(
+        serve: Callable[..., ServeProcess], kamailio: Callable[[list[int]], int],
+        tmp_path: Path) -> None:
+    store = tmp_path / "shared.lmdb"
+    for x in XS:
+        cli(store, "bind", "axb", "--a", A, "--b", B, "--x", x, "--ttl", "0")
+    callee_port = free_port(CALLEE_IP)
+    common = ("--set", f"store.path={store}",
+              "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}")
+    apis = [free_port(), free_port()]
+    nodes = [serve(*common, "--set", "media.ports=43000-43499",
+                   "--set", f"api.listen=127.0.0.1:{apis[0]}"),
+             serve(*common, "--set", "media.ports=43500-43999",
+                   "--set", f"api.listen=127.0.0.1:{apis[1]}")]
+    front = kamailio([node.port for node in nodes])
+    total = len(XS) * CALLS_PER_X
+    # The callee scenario checks From is the test X; here any of XS.
+    callee_xml = tmp_path / "callee.xml"
+    text = (SCENARIOS / "callee.xml").read_text("latin-1")
+    assert "&lt;sip:700100000000001@" in text
+    callee_xml.write_text(text.replace("&lt;sip:700100000000001@", "&lt;sip:70010000000002[0-7]@"),
+                          "latin-1")
+    callee = subprocess.Popen(
+        ["sipp", "-sf", str(callee_xml), "-i", CALLEE_IP, "-mi", CALLEE_IP,
+         "-mp", "18000", "-p", str(callee_port), "-m", str(total), "-nostdin",
+         "-timeout", "60s", "-trace_err"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    per_x: dict[str, list[int]] = {}
+    try:
+        for x in XS:
+            before = [invites_seen(api) for api in apis]
+            caller = subprocess.run(
+                ["sipp", f"127.0.0.1:{front}", "-sf", str(SCENARIOS / "caller.xml"),
+                 "-i", CALLER_IP, "-mi", CALLER_IP, "-mp", "16000", "-p", "0",
+                 "-key", "caller", A, "-key", "x", x, "-m", str(CALLS_PER_X), "-r", "20",
+                 "-nostdin", "-timeout", "30s", "-cid_str", "callerleg-%u-%p@%s",
+                 "-trace_err"],
+                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert caller.returncode == 0, (
+                f"{x}: {caller.stdout[-1500:]}\n"
+                + "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("*_errors.log")))
+            per_x[x] = [invites_seen(api) - b for api, b in zip(apis, before, strict=True)]
+        out, _ = callee.communicate(timeout=60)
+        assert callee.returncode == 0, out[-2000:]
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+            callee.wait()
+    invites = [node.counters()["requests_by_method"].get("INVITE", 0) for node in nodes]
+    assert sum(invites) == total, invites
+    records = [json.loads(line) for line in
+               cli(store, "cdr", "list", "--tenant", "demo").splitlines() if line.strip()]
+    assert len(records) == total
+    assert all(r["sip_status"] == 200 and r["release_side"] == "caller" for r in records)
+    # Each X's calls all on one node, and the Xs spread over both.
+    assert all(sorted(seen) == [0, CALLS_PER_X] for seen in per_x.values()), per_x
+    assert min(invites) > 0, f"the hash sent all {len(XS)} Xs to one node: {per_x}"
+
+
+def invites_seen(api: int) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith('sipmask_sip_requests_received_total{method="INVITE"}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
