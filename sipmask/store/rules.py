@@ -412,7 +412,7 @@ class RuleStore:
             binding = codec.new_binding(codec.new_id(work.now), req.mode, tenant, x, a, b,
                                         work.now, expires)
             if policy:
-                binding = dataclasses.replace(binding, **policy)  # type: ignore[arg-type]
+                binding = binding._replace(**policy)  # type: ignore[arg-type]
             if work.put_binding(binding):
                 break
         work.audit(tenant, "create", binding.id, _what(binding))
