@@ -20,6 +20,9 @@ from itertools import repeat
 from sipmask.errors import ParseError
 
 Field = tuple[str, str, str, str | None]
+# A parsed block not yet turned into fields: names as written, unstripped values (None when
+# they are still inside the raw lines) and the raw lines (None when they may not be reused).
+_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | None]
 
 # RFC 3261 §7.3.3 and the RFCs that registered further compact forms (3265, 3515, 3841,
 # 3892, 4028, 4474). The key is the lower-case compact letter, the value the canonical key.
@@ -130,15 +133,16 @@ class Headers:
     original bytes can still be sent as they are.
 
     A parsed message's fields are built on first use: the parser hands over the keys and
-    the lines split at their colon, and `get` reads a value without building the rest, so a
-    message relayed unchanged never pays for tuples nobody reads."""
+    either the lines split at their colon or (`_from_lines`) only the raw lines and the
+    names they start with, and `get` reads a value without building the rest, so a message
+    relayed unchanged never pays for tuples nobody reads."""
 
     __slots__ = ("_fields", "_keys", "_lazy", "modified")
 
     def __init__(self, fields: list[Field] | None = None) -> None:
         self._fields: list[Field] | None = fields if fields is not None else []
         self._keys: list[str] = [f[0] for f in fields] if fields else []
-        self._lazy: tuple[tuple[str, ...], tuple[str, ...], list[str] | None] | None = None
+        self._lazy: _Lazy | None = None
         self.modified = False
 
     @classmethod
@@ -164,6 +168,18 @@ class Headers:
         return self
 
     @classmethod
+    def _from_lines(cls, keys: list[str], names: tuple[str, ...], lines: list[str]) -> Headers:
+        """The parser's fast constructor: each raw line is `name:value` with `name` exactly
+        as given (no folding, no whitespace before the colon), so a value is the line past
+        `len(name) + 1` and nothing is sliced until someone asks."""
+        self = cls.__new__(cls)
+        self._fields = None
+        self._keys = keys
+        self._lazy = (names, None, lines)
+        self.modified = False
+        return self
+
+    @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """Headers we build ourselves, in the order given."""
         return cls([(canonical(n), n, v, None) for n, v in pairs])
@@ -173,6 +189,9 @@ class Headers:
         if fields is None:
             assert self._lazy is not None
             names, values, raws = self._lazy
+            if values is None:
+                assert raws is not None
+                values = [raw[len(name) + 1:] for name, raw in zip(names, raws, strict=True)]
             stripped = map(str.strip, values)
             if raws is None:
                 fields = list(zip(self._keys, names, stripped, repeat(None)))
@@ -215,7 +234,11 @@ class Headers:
         i = self._keys.index(key)
         if self._fields is None:
             assert self._lazy is not None
-            return self._lazy[1][i].strip()
+            names, values, raws = self._lazy
+            if values is None:
+                assert raws is not None
+                return raws[i][len(names[i]) + 1:].strip()
+            return values[i].strip()
         return self._fields[i][2]
 
     def get_fields(self, name: str) -> list[str]:

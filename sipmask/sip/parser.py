@@ -14,12 +14,28 @@ with C-level `str.split` / `map` / `zip` and the common shapes of From, To, Cont
 the Request-URI are checked with one compiled regex each; anything the fast patterns do
 not recognise falls back to the full parsers in `uri.py`, which have the last word. The
 fast patterns only ever accept a subset of what the full parsers accept.
+
+Faster still for the messages a peer sends again and again: a peer's software writes its
+header names in the same order every time, so once a message has parsed, its sequence of
+names is kept as a *layout* (which line is From, which are Vias, ...; learned once every
+name is known, i.e. on a layout's second sighting, so a one-off message takes no slot and
+no name is trusted before it was checked as a token). A later message
+whose lines start with exactly those names skips the name split and the presence and
+duplicate checks (the layout answered them), and has its checked lines (start line, CSeq,
+From, To, Via, Max-Forwards, Content-Length, Contact, Call-ID) verified by one regex call
+built from the same fast shapes. Whatever that path does not accept it hands, untouched, to
+the full path above, so it can only ever accept a subset of what the full path accepts,
+and every refusal is still made (and worded) by the full path.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from itertools import repeat
+from operator import itemgetter
 
 from sipmask.errors import MessageTooLarge, ParseError
 from sipmask.sip.headers import (
@@ -69,6 +85,135 @@ _FAST_VIA = re.compile(
 )
 
 
+_FAST_CSEQ_METHOD = "|".join(sorted(_KNOWN_METHODS))
+
+
+@cache
+def _shape(with_max_forwards: bool, with_length: bool, with_contact: bool) -> re.Pattern[str]:
+    """The pattern a layout's checked lines are matched against, joined by LF (no line may
+    hold one) in this order: start line, CSeq, From, To, Via+, [Max-Forwards],
+    [Content-Length], [Contact+], Call-ID. Groups: method, Request-URI, status code, reason,
+    CSeq number, CSeq method, Max-Forwards, Content-Length (the last two empty when the
+    layout has no such line). Each value may carry SP/HT around it, as `str.strip` would
+    remove; what is inside is the stripped value's fast shape, which begins and ends with a
+    character `strip` keeps. At most 8 patterns exist, so a peer cannot make us compile."""
+    field = r"\n[^:]*:[ \t]*"
+    end = r"[ \t]*"
+    name_addr = "(?:" + _FAST_NAME_ADDR.pattern + ")"
+    parts = [
+        # §7.1 Request-Line, exactly three parts, SIP/2.0; §7.2 Status-Line 100-699.
+        r"(?:(" + _TOKEN + ") (" + _FAST_SIP + r") SIP/2\.0"
+        r"|SIP/2\.0 ([1-6][0-9][0-9])(?: ([^\n]*))?)",
+        # §8.1.1.5 CSeq: number (range checked by the caller) and a known method.
+        field + r"([0-9]{1,10}) (" + _FAST_CSEQ_METHOD + ")" + end,
+        field + name_addr + end,                                   # From
+        field + name_addr + end,                                   # To
+        "(?:" + field + "(?:" + _FAST_VIA.pattern + ")" + end + ")+",
+        field + r"([0-9]{1,10})" + end if with_max_forwards else "()",
+        field + r"([0-9]{1,10})" + end if with_length else "()",
+        "(?:" + field + r"(?:\*|" + name_addr + ")" + end + ")+" if with_contact else "",
+        # Call-ID last and matched with `match`: only "not empty" is checked, so the
+        # rest of its line is never scanned.
+        field + "[!-~]",
+    ]
+    return re.compile("".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """One learned sequence of header names; see the module docstring."""
+
+    names: tuple[str, ...]          # as written, one per header line
+    keys: tuple[str, ...]           # their canonical keys
+    prefixes: tuple[str, ...]       # "" for the start line, then "name:" per header line
+    pick: Callable[[list[str]], tuple[str, ...]]   # the checked lines, `_shape`'s order
+    shape: re.Pattern[str]
+
+
+# Header-line count → layouts with that many lines, newest first. Bounded both ways so a
+# peer inventing header orders costs a few list slots, never memory or compiles.
+_LAYOUTS: dict[int, list[_Layout]] = {}
+_LAYOUTS_PER_COUNT = 4
+_LAYOUT_COUNTS_MAX = 64
+
+
+def _learn(names: tuple[str, ...], keys: list[str]) -> None:
+    """Keep the layout of a message that just parsed on the full path, when it is one the
+    fast path can serve: the §8.1.1 headers there once each (Via at least once), at most
+    one Max-Forwards and one Content-Length."""
+    bucket = _LAYOUTS.get(len(names))
+    if bucket is not None and any(layout.names == names for layout in bucket):
+        return
+    counts = {key: keys.count(key) for key in
+              ("from", "to", "call-id", "cseq", "via", "max-forwards", "content-length",
+               "contact")}
+    if counts["from"] != 1 or counts["to"] != 1 or counts["call-id"] != 1 or \
+            counts["cseq"] != 1 or not counts["via"] or counts["max-forwards"] > 1 or \
+            counts["content-length"] > 1:
+        return
+    at = [i + 1 for i in range(len(keys))]        # line numbers: line 0 is the start line
+    order = [0, at[keys.index("cseq")], at[keys.index("from")], at[keys.index("to")]]
+    order += [at[i] for i, key in enumerate(keys) if key == "via"]
+    for key in ("max-forwards", "content-length"):
+        if counts[key]:
+            order.append(at[keys.index(key)])
+    order += [at[i] for i, key in enumerate(keys) if key == "contact"]
+    order.append(at[keys.index("call-id")])
+    layout = _Layout(names, tuple(keys), ("", *(name + ":" for name in names)),
+                     itemgetter(order[0], *order[1:]),
+                     _shape(bool(counts["max-forwards"]), bool(counts["content-length"]),
+                            bool(counts["contact"])))
+    if bucket is None:
+        if len(_LAYOUTS) >= _LAYOUT_COUNTS_MAX:
+            _LAYOUTS.clear()
+        bucket = _LAYOUTS[len(names)] = []
+    bucket.insert(0, layout)
+    del bucket[_LAYOUTS_PER_COUNT:]
+
+
+def _by_layout(data: bytes, body_start: int, lines: list[str], layouts: list[_Layout],
+               stream: bool) -> Request | Response | None:
+    """The fast path: a message for a known layout, or None to let the full path decide.
+    `lines` is the CRLF-split header block, already free of bare CR and LF."""
+    for layout in layouts:
+        if all(map(str.startswith, lines, layout.prefixes)):
+            break
+    else:
+        return None
+    match = layout.shape.match("\n".join(layout.pick(lines)))
+    if match is None:
+        return None
+    method, uri, code, reason, number, cseq_method, max_forwards, length_text = \
+        match.groups()
+    # §8.1.1.5: CSeq below 2**31; §20.22 Max-Forwards 0-255 (requests only, but refusing
+    # a response here just sends it down the full path).
+    if int(number) >= 2**31 or (max_forwards and int(max_forwards) > 255):
+        return None
+    if code is None and cseq_method != method:
+        return None
+    if length_text:
+        length = int(length_text)
+        available = len(data) - body_start
+        if length > available:
+            return None
+        if length == available:
+            body = data[body_start:]
+            raw = data
+        else:
+            body = data[body_start: body_start + length]
+            raw = data[: body_start + length]
+    else:
+        if stream:
+            return None
+        body = data[body_start:]
+        raw = data
+    del lines[0]
+    headers = Headers._from_lines(list(layout.keys), layout.names, lines)
+    if code is None:
+        return Request(method, uri, headers, body, SIP_VERSION, raw)
+    return Response(int(code), reason or "", headers, body, SIP_VERSION, raw)
+
+
 def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
                   *, stream: bool = False) -> Request | Response:
     """Parse one message. `stream=True` (TCP) makes Content-Length mandatory (§18.3)."""
@@ -98,6 +243,12 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
             crlf = False  # bare LFs among the CRLFs: split on LF below
         elif head.count("\r") != breaks:
             raise ParseError("Bare CR in header")
+        else:
+            layouts = _LAYOUTS.get(breaks)
+            if layouts is not None:
+                fast = _by_layout(data, body_start, lines, layouts, stream)
+                if fast is not None:
+                    return fast
     if not crlf:
         lines = [line[:-1] if line.endswith("\r") else line for line in head.split("\n")]
         if any("\r" in line for line in lines):
@@ -137,9 +288,15 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
         raw = None  # rebuilt messages use CRLF, so the original bytes are never reused
 
     headers = Headers._deferred(keys, names, values, raws)
+    message: Request | Response
     if first.startswith("SIP/"):
-        return _response(first, keys, values, headers, body, raw)
-    return _request(first, keys, values, headers, body, raw)
+        message = _response(first, keys, values, headers, body, raw)
+    else:
+        message = _request(first, keys, values, headers, body, raw)
+    if raws is lines:
+        # CRLF lines of clean, known names: a layout the fast path may serve next time.
+        _learn(names, keys)
+    return message
 
 
 _Split = tuple[list[str], tuple[str, ...], tuple[str, ...], list[str] | None]
