@@ -4,7 +4,8 @@ README "Scaling past one core": Kamailio hashes each INVITE's X to a node, the n
 the bindings and CDR store, and the dialog's later requests go straight to the node. Pinned
 here, with real SIPp calls carrying the usual privacy checks on both sides: every call
 through the dispatcher connects and stays masked, all calls to one X meet on one node
-(per-X limits stay exact), and both nodes' CDRs land in the shared store.
+(per-X limits stay exact), both nodes' CDRs land in the shared store, and a CANCEL and the
+ACK of a non-2xx (which Kamailio passes on statelessly) reach the node that has the INVITE.
 """
 
 from __future__ import annotations
@@ -137,3 +138,40 @@ def invites_seen(api: int) -> int:
         if line.startswith('sipmask_sip_requests_received_total{method="INVITE"}'):
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
+
+
+def test_cancel_and_non_2xx_ack_follow_their_invite_through_the_dispatcher(
+        serve: Callable[..., ServeProcess], kamailio: Callable[[list[int]], int],
+        tmp_path: Path) -> None:
+    store = tmp_path / "shared.lmdb"
+    x = XS[0]
+    cli(store, "bind", "axb", "--a", A, "--b", B, "--x", x, "--ttl", "0")
+    callee_port = free_port(CALLEE_IP)
+    common = ("--set", f"store.path={store}",
+              "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}")
+    nodes = [serve(*common, "--set", "media.ports=43000-43499"),
+             serve(*common, "--set", "media.ports=43500-43999")]
+    front = kamailio([node.port for node in nodes])
+    for callee_xml, caller_xml, extra in (("callee_ring.xml", "caller_cancel.xml", ("-d", "300")),
+                                          ("callee_busy.xml", "caller_expect_486.xml", ())):
+        callee = subprocess.Popen(
+            ["sipp", "-sf", str(SCENARIOS / callee_xml), "-i", CALLEE_IP, "-mi", CALLEE_IP,
+             "-mp", "18000", "-p", str(callee_port), "-m", "3", "-nostdin", "-timeout", "30s"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        caller = subprocess.run(
+            ["sipp", f"127.0.0.1:{front}", "-sf", str(SCENARIOS / caller_xml),
+             "-i", CALLER_IP, "-mi", CALLER_IP, "-mp", "16000", "-p", "0", "-key", "caller", A,
+             "-key", "x", x, "-m", "3", "-r", "20", "-nostdin", "-timeout", "30s",
+             "-cid_str", "callerleg-%u-%p@%s", *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        out, _ = callee.communicate(timeout=60)
+        assert caller.returncode == 0 and callee.returncode == 0, (
+            f"{caller_xml}: {caller.stdout[-1500:]}\n{callee_xml}: {out[-1500:]}")
+    time.sleep(0.5)                       # the last ACK
+    counts = [node.counters()["requests_by_method"] for node in nodes]
+    busy = [c for c in counts if c.get("INVITE")]
+    assert len(busy) == 1, counts         # one X: one node
+    assert (busy[0]["INVITE"], busy[0].get("CANCEL"), busy[0].get("ACK")) == (6, 3, 6), counts
+    records = [json.loads(line) for line in
+               cli(store, "cdr", "list", "--tenant", "demo").splitlines() if line.strip()]
+    assert sorted(r["sip_status"] for r in records) == [486] * 3 + [487] * 3
