@@ -66,6 +66,8 @@ FAIL_LIMIT = 0.01
 SETUP_TARGET_MS = 20.0
 PLACED_MIN = 0.95
 TARGET_RATE = 400
+# With --nodes the calls go to many Xs (Kamailio picks a node by X), one per call in turn.
+NODE_XS = [f"70010000000{1000 + n}" for n in range(64)]
 
 
 @dataclass
@@ -205,6 +207,19 @@ class Nodes:
         self.nodes = [Sipmask(tmp, callee_port, None, bind=i == 0, name=f"node{i + 1}",
                               media_ports=f"{20000 + i * width}-{20000 + (i + 1) * width - 1}")
                       for i in range(n)]
+        rows = "".join(f'{{"mode":"axb","a":"{A}","b":"{B}","x":"{x}","ttl":0}}\n'
+                       for x in NODE_XS if x != X)
+        (tmp / "xs.jsonl").write_text(rows)
+        imported = subprocess.run([sys.executable, "-m", "sipmask", "import",
+                                   str(tmp / "xs.jsonl"), *self.nodes[0].settings],
+                                  capture_output=True, text=True, cwd=ROOT,
+                                  env=self.nodes[0].env, timeout=120)
+        if imported.returncode != 0:
+            self.stop()
+            raise SystemExit(f"import of the bench Xs failed: {imported.stderr[-1500:]}")
+        # The caller takes each call's X from an injection file (SIPp -inf, [field0]).
+        self.inf = tmp / "xs.csv"
+        self.inf.write_text("SEQUENTIAL\n" + "".join(f"{x};\n" for x in NODE_XS))
         listing = tmp / "dispatcher.list"
         listing.write_text("".join(f"1 sip:{SIPMASK_IP}:{node.port}\n" for node in self.nodes))
         self.port = free_port(SIPMASK_IP)
@@ -272,7 +287,7 @@ class Callee:
 
 
 def run_step(mode: str, tmp: Path, scenario: Path, target: tuple[str, int], rate: int,
-             duration: float, hold_ms: int) -> Step:
+             duration: float, hold_ms: int, extra: tuple[str, ...] = ()) -> Step:
     calls = max(1, int(rate * duration))
     # SIPp writes its trace files beside the scenario: one directory per step.
     here = tmp / f"{mode}-{rate}"
@@ -290,7 +305,7 @@ def run_step(mode: str, tmp: Path, scenario: Path, target: tuple[str, int], rate
          "-l", str(limit), "-d", str(hold_ms), "-nostdin", "-recv_timeout", "5000",
          "-timeout", f"{int(duration * 3 + 30)}s", "-buff_size", "4194304",
          "-max_recv_loops", "10000", "-trace_stat", "-stf", str(stat), "-fd", "1",
-         "-trace_rtt", "-rtt_freq", "1"],
+         "-trace_rtt", "-rtt_freq", "1", *extra],
         cwd=here, capture_output=True, text=True)
     wall = time.monotonic() - started
     rows = list(csv.DictReader(stat.open(), delimiter=";")) if stat.exists() else []
@@ -356,22 +371,27 @@ def ladder(mode: str, tmp: Path, caller: Path, target: tuple[str, int], rates: l
            duration: float, hold_ms: int, server: Sipmask | Nodes | None = None
            ) -> list[Step]:
     steps = []
+    extra: tuple[str, ...] = ()
+    if isinstance(server, Nodes):
+        many = tmp / "caller_xs.xml"
+        many.write_text(caller.read_text("latin-1").replace("[x]", "[field0]"), "latin-1")
+        caller, extra = many, ("-inf", str(server.inf))
     for rate in rates:
         cpu = server.cpu_seconds() if server is not None else 0.0
         front = server.dispatcher_cpu_seconds() if isinstance(server, Nodes) else 0.0
-        step = run_step(mode, tmp, caller, target, rate, duration, hold_ms)
-        extra = ""
+        step = run_step(mode, tmp, caller, target, rate, duration, hold_ms, extra)
+        note = ""
         done = step.successful + step.failed
         if server is not None and done:
             step.cpu_ms_per_call = 1000 * (server.cpu_seconds() - cpu) / done
         if isinstance(server, Nodes) and done:
-            extra = (f", Kamailio CPU "
-                     f"{1000 * (server.dispatcher_cpu_seconds() - front) / done:.2f} ms/call")
+            note = (f", Kamailio CPU "
+                    f"{1000 * (server.dispatcher_cpu_seconds() - front) / done:.2f} ms/call")
         steps.append(step)
         print(f"  {mode} {rate}/s: {step.successful} ok, {step.failed} failed "
               f"({100 * step.failure:.2f} %), setup {step.setup_ms:.2f} ms, placed "
               f"{step.placed_rate:.0f}/s, {step.wall_s:.1f} s, sipmask CPU "
-              f"{step.cpu_ms_per_call:.2f} ms/call{extra}", flush=True)
+              f"{step.cpu_ms_per_call:.2f} ms/call{note}", flush=True)
         if step.failure > 0.2:
             print(f"  {mode}: {100 * step.failure:.0f} % failed, stopping this ladder", flush=True)
             break
