@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import itertools
 import random
@@ -61,6 +62,7 @@ KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTE
                            "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE",
                            "UPDATE"})
 SDP = "application/sdp"
+TRUNK_CACHE_MAX = 4096        # sources whose trunk (or none) _trunk_for remembers
 
 
 class SipPort(Protocol):
@@ -177,6 +179,7 @@ class Engine:
         self._by_a: dict[tuple[str, str], _CallContext] = {}      # (Call-ID, From tag)
         self._by_a_txn: dict[str, _CallContext] = {}
         self._by_txn: dict[str, tuple[str, _CallContext] | _Relay] = {}
+        self._trunks_seen: dict[str, tuple[str | None, TrunkConfig | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self.draining = False
@@ -989,10 +992,19 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------------
     def _trunk_for(self, host: str) -> tuple[str | None, TrunkConfig | None]:
-        for name, trunk in self.config.trunks.items():
-            if any(host in net for net in trunk.inbound_allow):
-                return name, trunk
-        return None, None
+        # Matching a source against every trunk's networks parses the address each time:
+        # remember the answer per source (bounded, so rotating sources cannot grow it).
+        found = self._trunks_seen.get(host)
+        if found is None:
+            found = (None, None)
+            for name, trunk in self.config.trunks.items():
+                if any(host in net for net in trunk.inbound_allow):
+                    found = (name, trunk)
+                    break
+            if len(self._trunks_seen) >= TRUNK_CACHE_MAX:
+                self._trunks_seen.clear()
+            self._trunks_seen[host] = found
+        return found
 
     def _tenant_of_x(self, x: str) -> str:
         if not x:
@@ -1040,6 +1052,7 @@ def _requires_100rel(response: Response) -> bool:
     return any(t.strip().lower() == "100rel" for t in response.headers.get_all("require"))
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))

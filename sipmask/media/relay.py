@@ -46,11 +46,11 @@ and one sendto: it is what limits how many calls one core can carry (bench/relay
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import errno
 import ipaddress
-import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +58,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 from sipmask.config.schema import MediaConfig
+from sipmask.entropy import token_bytes
 from sipmask.errors import MediaError, PortsExhausted
 from sipmask.media.backend import CallStats, LegStats
 from sipmask.media.ports import PortAllocator, PortPair
@@ -256,7 +257,7 @@ class RelaySession:
         self.closed = False
         # One RTCP CNAME pseudonym per party for the whole call (RFC 7022 §4.2: random,
         # 96 bits or more), kept across media lines so receivers can still pair streams.
-        self._cnames = {side: secrets.token_urlsafe(12).encode() for side in Side}
+        self._cnames = {side: base64.urlsafe_b64encode(token_bytes(12)) for side in Side}
         media.link(self._cnames)
 
     @property

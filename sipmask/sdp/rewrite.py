@@ -30,11 +30,11 @@ telephone-event (RFC 4733 DTMF) and the peer's codec preference survive.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from sipmask.entropy import token_bytes
 from sipmask.sdp.errors import SdpError
 from sipmask.sdp.model import (
     Attribute,
@@ -309,7 +309,7 @@ def _direction_attribute(lines: Sequence[SdpLine]) -> Direction | None:
 def new_session_id() -> int:
     """A fresh sess-id. RFC 4566 §5.2 only asks that it be numeric and unique; it is kept
     below 2**31 because some carrier equipment reads it into a signed 32-bit field."""
-    return secrets.randbelow(2**31 - 2**20) + 2**20
+    return int.from_bytes(token_bytes(4)) % (2**31 - 2**20) + 2**20
 
 
 @dataclass(slots=True)
