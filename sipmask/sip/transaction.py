@@ -571,6 +571,10 @@ class TransactionLayer:
             return
         self._feed(txn, response_input(response.status),
                    _Context(now, response, source, transport))
+        if response.status >= 200:
+            # A final response ends the request's retransmissions: its bytes need not wait
+            # out Timer D/K/M (memory per transaction under load; bench/soak.py).
+            txn.request_bytes = b""
 
     def _receive_request(self, request: Request, source: Address, transport: Transport,
                          now: float) -> None:
@@ -589,6 +593,7 @@ class TransactionLayer:
             accepted = self._txns.get(accepted_id) if accepted_id is not None else None
             if accepted is not None and not accepted.acked:
                 accepted.acked = True
+                accepted.last_response = None     # kept only for AckTimeout
                 self._stop(accepted, Timer.RETRANSMIT_2XX)
             self._events.append(AckReceived(request, source, transport, accepted_id))
             return
@@ -767,7 +772,8 @@ class TransactionLayer:
             self._send_server_response(txn, ctx.message)
 
     def _do_retransmit(self, txn: Transaction, ctx: _Context) -> None:
-        self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
+        if txn.request_bytes:             # cleared once a final response came
+            self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
 
     def _do_resend(self, txn: Transaction, ctx: _Context) -> None:
         if txn.last_bytes is None:
@@ -804,6 +810,7 @@ class TransactionLayer:
     def _do_deliver_ack(self, txn: Transaction, ctx: _Context) -> None:
         assert isinstance(ctx.message, Request) and ctx.source and ctx.transport
         txn.acked = True
+        txn.last_response = None                  # kept only for AckTimeout
         self._events.append(AckReceived(ctx.message, ctx.source, ctx.transport, txn.txn_id))
 
     def _do_timeout(self, txn: Transaction, ctx: _Context) -> None:
@@ -839,7 +846,9 @@ class TransactionLayer:
         tag = _to_tag(response) if txn.kind is Kind.INVITE_SERVER else None
         if tag is not None:
             txn.to_tag = tag
-        txn.last_response = response
+        # A non-INVITE server resends only bytes (§17.2.2); an INVITE server keeps the
+        # response for AckTimeout until its ACK comes.
+        txn.last_response = response if txn.kind is Kind.INVITE_SERVER else None
         txn.last_bytes = response.to_bytes()
         self._out.append(Outgoing(txn.last_bytes, txn.peer, txn.transport))
         if txn.kind is Kind.INVITE_SERVER and 200 <= response.status < 300 \
