@@ -51,6 +51,11 @@ class _LmdbTxn:
     def insert(self, db: str, key: bytes, value: bytes) -> bool:
         return bool(self.txn.put(key, value, db=self.dbs[db], overwrite=False))
 
+    def put_many(self, db: str, items: list[tuple[bytes, bytes]], overwrite: bool = True) -> int:
+        # One cursor, one C loop; sorted keys keep it on neighbouring pages.
+        _, added = self.txn.cursor(db=self.dbs[db]).putmulti(items, overwrite=overwrite)
+        return int(added)
+
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         cursor = self.txn.cursor(db=self.dbs[db])

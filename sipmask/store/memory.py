@@ -46,6 +46,16 @@ class _MemoryTxn:
         self.put(db, key, value)
         return True
 
+    def put_many(self, db: str, items: list[tuple[bytes, bytes]], overwrite: bool = True) -> int:
+        added = 0
+        for key, value in items:
+            if key not in self.tables[db].data:
+                added += 1
+            elif not overwrite:
+                continue
+            self.put(db, key, value)
+        return added
+
     def delete(self, db: str, key: bytes) -> None:
         assert self.write, "delete in a read transaction"
         t = self.tables[db]

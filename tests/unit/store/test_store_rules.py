@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from typing import Any
 
@@ -11,8 +12,8 @@ from conftest import TENANTS, A, B, C, D, X
 
 from sipmask.clock import FakeClock
 from sipmask.errors import ConflictError, PoolExhausted, RecordNotFound, RefusedError
-from sipmask.store import MemoryStore
-from sipmask.store.base import BindingRequest
+from sipmask.store import MemoryStore, codec
+from sipmask.store.base import BindingRequest, ImportOutcome
 from sipmask.store.rules import RuleStore
 
 
@@ -293,3 +294,91 @@ def test_create_many_reports_each_line(store: RuleStore) -> None:
     assert out[3].binding is not None and out[3].binding.tenant == "acme"
     assert len(store.list()) == 3
     assert [e.actor for e in store.audit()][-3:] == ["import"] * 3
+
+
+def _plain_or_refused(outcome: ImportOutcome) -> tuple[object, ...]:
+    b = outcome.binding
+    if b is None:
+        return (outcome.line, outcome.field, outcome.reason)
+    return (outcome.line, *b._replace(id=""))
+
+
+@pytest.mark.parametrize("batch", [3, 100])
+def test_create_many_decides_every_line_as_create_does(store: RuleStore, clock: FakeClock,
+                                                       batch: int) -> None:
+    # The bulk path (rules._BulkWork: held writes, a fast path for plain lines) against
+    # create() one line at a time on a second store: the same outcome per line, and the
+    # same bindings, uses and audit afterwards.
+    x = [f"70010000000000{i}" for i in range(10)]
+    reference = MemoryStore(clock, TENANTS, rng=random.Random(3))
+    store.rng = random.Random(3)
+    for s in (store, reference):   # an expired pair that an import line must purge first
+        s.create(mode="axb", tenant="demo", a=A, b=B, x=x[6], ttl=1)
+    clock.advance(2)
+    rows = [
+        BindingRequest("axb", A, B, x[1]),
+        BindingRequest("axb", A, C, x[1]),                  # A already on X, same batch
+        BindingRequest("axb", C, B, x[1]),                  # B already on X
+        BindingRequest("axn", D, None, x[1]),               # X has AXB bindings
+        BindingRequest("axn", D, None, x[2]),
+        BindingRequest("axb", C, D, x[2]),                  # AXN takes X whole
+        BindingRequest("axb", "+86 137 0000 0003", D, x[3]),  # normalised the long way
+        BindingRequest("axb", C, C, x[4]),
+        BindingRequest("axb", C, D, "700900000000001"),     # not in the pool
+        BindingRequest("axb", C, D, x[4], tenant="acme"),   # not acme's
+        BindingRequest("axb", C, D, x[4], tenant="nope"),
+        BindingRequest("axb", C, D, x[4], tenant=""),       # two tenants: required
+        BindingRequest("axb", C, D, x[4], ttl=-1),
+        BindingRequest("axb", C, D, x[4], ttl=True),        # type: ignore[arg-type]
+        BindingRequest("axb", C, D, x[4], direction="a_to_b"),
+        BindingRequest("axb", A, B),                         # allocated
+        BindingRequest("axn", A, B, x[5]),                   # an AXN has no b
+        BindingRequest("axe", A, B, x[5]),
+        BindingRequest("axb", A, D, x[5], ttl=0),
+        BindingRequest("axb", A, C, x[6]),                   # over the expired pair
+        BindingRequest("axb", C, D, f" {x[7]} "),
+        BindingRequest("axb", "", D, x[7]),
+        BindingRequest("axb", A, "139", x[7]),
+        BindingRequest("axn", C, "", x[8]),
+        BindingRequest("axb", A, C, x[8]),                   # X has an AXN binding
+    ]
+    got = list(store.create_many(enumerate(rows, 1), batch=batch, default_tenant="demo"))
+    want = []
+    for line, req in enumerate(rows, 1):
+        try:
+            made = reference.create(mode=req.mode, tenant=req.tenant or (
+                                        "demo" if req.tenant is None else ""),
+                                    a=req.a, b=req.b, x=req.x, ttl=req.ttl, actor="import",
+                                    direction=req.direction)
+            want.append(ImportOutcome(line, made))
+        except RefusedError as exc:
+            want.append(ImportOutcome(line, field=exc.field, reason=exc.message))
+    assert [_plain_or_refused(o) for o in got] == [_plain_or_refused(o) for o in want]
+    assert sum(o.binding is not None for o in got) == 9
+
+    def state(s: RuleStore) -> tuple[object, ...]:
+        bindings = sorted(tuple(b._replace(id="")) for b in s.list())
+        audit = [(e.action, e.actor, dict(e.data)) for e in s.audit(limit=1000)]
+        pools = [u.to_json() for u in s.list_pools()]
+        routes = [s.route(xi, n, clock.wall()) for xi in x for n in (A, B, C, D)]
+        return bindings, audit, pools, [r and r._replace(id="") for r in routes]
+    assert state(store) == state(reference)
+
+
+def test_create_many_makes_a_batch_again_when_an_id_is_taken(
+        store: RuleStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
+    real = codec.new_ids
+    draws = []
+
+    def clashing(now: float, count: int) -> list[str]:
+        draws.append(count)
+        ids = real(now, count)
+        return ids if len(draws) > 1 else [*ids[:-1], taken.id]   # pop() takes the last
+    monkeypatch.setattr(codec, "new_ids", clashing)
+    out = list(store.create_many([(1, BindingRequest("axb", C, D, X, tenant="demo"))]))
+    assert out[0].binding is not None and out[0].binding.id != taken.id
+    assert len(draws) == 2 and store.get(taken.id) == taken
+    assert len(store.list(x=X)) == 2 and [e.action for e in store.audit()][-2:] == [
+        "create", "create"]
+    assert len(store.audit(limit=1000)) == len({e.seq for e in store.audit(limit=1000)})
