@@ -95,8 +95,9 @@ _FAST_CSEQ_METHOD = "|".join(sorted(_KNOWN_METHODS))
 @cache
 def _shape(with_max_forwards: bool, with_length: bool, with_contact: bool) -> re.Pattern[str]:
     """The pattern a layout's checked lines are matched against, joined by LF (no line may
-    hold one) in this order: start line, CSeq, From, To, Via+, [Max-Forwards],
-    [Content-Length], [Contact+], Call-ID. Groups: method, Request-URI, status code, reason,
+    hold one) in this order: start line, CSeq, From, To, Via+, [Contact+], [Max-Forwards],
+    [Content-Length], Call-ID (a line that cannot start a Contact follows the Contacts, so
+    the repeat's last, failing try is short). Groups: method, Request-URI, status code, reason,
     CSeq number, CSeq method, Max-Forwards, Content-Length (the last two empty when the
     layout has no such line). Each value may carry SP/HT around it, as `str.strip` would
     remove; what is inside is the stripped value's fast shape, which begins and ends with a
@@ -113,9 +114,9 @@ def _shape(with_max_forwards: bool, with_length: bool, with_contact: bool) -> re
         field + name_addr + end,                                   # From
         field + name_addr + end,                                   # To
         "(?:" + field + "(?:" + _FAST_VIA.pattern + ")" + end + ")++",
+        "(?:" + field + r"(?:\*|" + name_addr + ")" + end + ")++" if with_contact else "",
         field + r"([0-9]{1,10}+)" + end if with_max_forwards else "()",
         field + r"([0-9]{1,10}+)" + end if with_length else "()",
-        "(?:" + field + r"(?:\*|" + name_addr + ")" + end + ")++" if with_contact else "",
         # Call-ID last and matched with `match`: only "not empty" is checked, so the
         # rest of its line is never scanned.
         field + "[!-~]",
@@ -158,10 +159,10 @@ def _learn(names: tuple[str, ...], keys: list[str]) -> None:
     at = [i + 1 for i in range(len(keys))]        # line numbers: line 0 is the start line
     order = [0, at[keys.index("cseq")], at[keys.index("from")], at[keys.index("to")]]
     order += [at[i] for i, key in enumerate(keys) if key == "via"]
+    order += [at[i] for i, key in enumerate(keys) if key == "contact"]
     for key in ("max-forwards", "content-length"):
         if counts[key]:
             order.append(at[keys.index(key)])
-    order += [at[i] for i, key in enumerate(keys) if key == "contact"]
     order.append(at[keys.index("call-id")])
     layout = _Layout(names, tuple(keys), ("", *(name + ":" for name in names)),
                      itemgetter(order[0], *order[1:]),
