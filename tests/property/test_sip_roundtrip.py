@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipmask.errors import ParseError
+from sipmask.sip import parser
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.sip.uri import NameAddr, parse_uri
 
@@ -284,3 +285,46 @@ def test_framer_raises_only_parse_error(data: bytes, chunk: int) -> None:
                 assert len(message) <= 2048
     except ParseError:
         return
+
+
+# -- the layout fast path (parser.py docstring) decides as the full path does -------------
+
+def _outcome(data: bytes, stream: bool) -> tuple[object, ...]:
+    try:
+        msg = parse_message(data, stream=stream)
+    except ParseError as exc:
+        return ("refused", type(exc).__name__, exc.status, str(exc))
+    return (type(msg).__name__, msg.start_line(), msg.headers.keys(), msg.headers.fields(),
+            msg.body, msg.raw, msg.to_bytes())
+
+
+@st.composite
+def edited(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A generated message and a copy with a few characters of its header block edited
+    (the first teaches the layout; the second is what the fast path is tried on)."""
+    head, _lines, body = draw(messages())
+    text = bytearray(head)
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(head) - 5))
+        op = draw(st.sampled_from(["replace", "insert", "delete"]))
+        char = draw(st.sampled_from(b' \t"<>;=,:@\\*/?%[]aZ09.-\x0b\x00\r\n\xc3'))
+        if op == "replace":
+            text[at] = char
+        elif op == "insert":
+            text.insert(at, char)
+        else:
+            del text[at]
+    return head + body, bytes(text) + body
+
+
+@SETTINGS
+@given(edited(), st.booleans())
+def test_the_layout_fast_path_agrees_with_the_full_path(
+        pair: tuple[bytes, bytes], stream: bool) -> None:
+    template, data = pair
+    parser._LAYOUTS.clear()
+    parse_message(template)
+    parse_message(template)                       # names known now: the layout is learned
+    tried = _outcome(data, stream)
+    parser._LAYOUTS.clear()
+    assert tried == _outcome(data, stream)
