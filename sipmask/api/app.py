@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import prometheus_client
 from aiohttp import web
 
-from sipmask.api import inputs
+from sipmask.api import inputs, render
 from sipmask.api.auth import TokenTable
 from sipmask.api.inputs import ApiError
 from sipmask.api.openapi import DOCUMENT
@@ -98,12 +98,32 @@ async def auth_middleware(request: web.Request, handler: _Handler) -> web.Stream
     return await handler(request)
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, "body", f"larger than {inputs.MAX_BODY_BYTES} bytes")
+
+
 async def _body(request: web.Request) -> bytes:
     # Refuse a declared oversize body before reading it; read() enforces the same limit
     # (client_max_size) on chunked bodies.
     if request.content_length is not None and request.content_length > inputs.MAX_BODY_BYTES:
-        raise ApiError(413, "body", f"larger than {inputs.MAX_BODY_BYTES} bytes")
+        raise _too_large()
+    payload = request.content
+    if payload.is_eof():
+        # The whole body came with the head (an API body is a few hundred bytes): take it
+        # from the buffer instead of read()'s chunk loop. The limit still holds for what
+        # a Content-Encoding decompressed to.
+        body = payload.read_nowait()
+        if len(body) > inputs.MAX_BODY_BYTES:
+            raise _too_large()
+        return body
     return await request.read()
+
+
+def _json(body: bytes, status: int = 200, location: str | None = None) -> web.Response:
+    headers = {"Content-Type": render.JSON_TYPE}
+    if location is not None:
+        headers["Location"] = location
+    return web.Response(body=body, status=status, headers=headers)
 
 
 # -- bindings -------------------------------------------------------------------------------
@@ -111,14 +131,13 @@ async def create_binding(request: web.Request) -> web.Response:
     state = request.app[STATE]
     wanted = inputs.create_request(await _body(request), request[TENANT])
     binding = await state.writer.create(wanted)
-    return web.json_response(binding.to_json(), status=201,
-                             headers={"Location": f"/v1/bindings/{binding.id}"})
+    return _json(render.binding_json(binding), 201, f"/v1/bindings/{binding.id}")
 
 
 async def get_binding(request: web.Request) -> web.Response:
     state = request.app[STATE]
     binding_id = inputs.binding_id(request.match_info["id"])
-    return web.json_response(state.store.get(binding_id, tenant=request[TENANT]).to_json())
+    return _json(render.binding_json(state.store.get(binding_id, tenant=request[TENANT])))
 
 
 async def delete_binding(request: web.Request) -> web.Response:
@@ -136,14 +155,14 @@ async def patch_binding(request: web.Request) -> web.Response:
     tenant = request[TENANT]
     binding = await state.writer.run(
         lambda: state.store.update_ttl(binding_id, ttl, tenant=tenant, actor=ACTOR))
-    return web.json_response(binding.to_json())
+    return _json(render.binding_json(binding))
 
 
 async def list_bindings(request: web.Request) -> web.Response:
     state = request.app[STATE]
     query = inputs.list_query(request.query)
     found = state.store.list(tenant=request[TENANT], x=query.x, limit=query.limit)
-    return web.json_response([b.to_json() for b in found])
+    return _json(render.bindings_json(found))
 
 
 # -- CDRs, health, metrics, description -----------------------------------------------------
