@@ -21,8 +21,10 @@ from sipmask.errors import ParseError
 
 Field = tuple[str, str, str, str | None]
 # A parsed block not yet turned into fields: names as written, unstripped values (None when
-# they are still inside the raw lines) and the raw lines (None when they may not be reused).
-_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | None]
+# they are still inside the raw lines), the raw lines (None when they may not be reused) and,
+# with values None, where in each raw line its value starts (`line[cut]` is the value).
+_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | None,
+              tuple[slice, ...] | None]
 
 # RFC 3261 §7.3.3 and the RFCs that registered further compact forms (3265, 3515, 3841,
 # 3892, 4028, 4474). The key is the lower-case compact letter, the value the canonical key.
@@ -163,19 +165,20 @@ class Headers:
         self = cls.__new__(cls)
         self._fields = None
         self._keys = keys
-        self._lazy = (names, values, raws)
+        self._lazy = (names, values, raws, None)
         self.modified = False
         return self
 
     @classmethod
-    def _from_lines(cls, keys: list[str], names: tuple[str, ...], lines: list[str]) -> Headers:
+    def _from_lines(cls, keys: list[str], names: tuple[str, ...], lines: list[str],
+                    cuts: tuple[slice, ...]) -> Headers:
         """The parser's fast constructor: each raw line is `name:value` with `name` exactly
-        as given (no folding, no whitespace before the colon), so a value is the line past
-        `len(name) + 1` and nothing is sliced until someone asks."""
+        as given (no folding, no whitespace before the colon), so a value is `line[cut]`
+        with `cut` = slice(len(name) + 1, None), and nothing is sliced until someone asks."""
         self = cls.__new__(cls)
         self._fields = None
         self._keys = keys
-        self._lazy = (names, None, lines)
+        self._lazy = (names, None, lines, cuts)
         self.modified = False
         return self
 
@@ -188,10 +191,10 @@ class Headers:
         fields = self._fields
         if fields is None:
             assert self._lazy is not None
-            names, values, raws = self._lazy
+            names, values, raws, cuts = self._lazy
             if values is None:
-                assert raws is not None
-                values = [raw[len(name) + 1:] for name, raw in zip(names, raws, strict=True)]
+                assert raws is not None and cuts is not None
+                values = list(map(str.__getitem__, raws, cuts))
             stripped = map(str.strip, values)
             if raws is None:
                 fields = list(zip(self._keys, names, stripped, repeat(None)))
@@ -231,32 +234,39 @@ class Headers:
         key = canonical(name)
         if key not in self._keys:
             return default
-        i = self._keys.index(key)
+        return self._value(self._keys.index(key))
+
+    def _value(self, i: int) -> str:
+        """The value of field `i`, read from the lazy form without building the fields."""
         if self._fields is None:
             assert self._lazy is not None
-            names, values, raws = self._lazy
+            _names, values, raws, cuts = self._lazy
             if values is None:
-                assert raws is not None
-                return raws[i][len(names[i]) + 1:].strip()
+                assert raws is not None and cuts is not None
+                return raws[i][cuts[i]].strip()
             return values[i].strip()
         return self._fields[i][2]
 
     def get_fields(self, name: str) -> list[str]:
         """Every field line with this name, unsplit."""
-        key = canonical(name)
-        return [f[2] for f in self._all() if f[0] == key]
+        return self._values_of(canonical(name))
 
     def get_all(self, name: str) -> list[str]:
         """Every value with this name, comma-separated values split (§7.3.1) where allowed."""
         key = canonical(name)
+        if key in _UNSPLITTABLE:
+            return self._values_of(key)
         out: list[str] = []
-        for f in self._all():
-            if f[0] == key:
-                if key in _UNSPLITTABLE:
-                    out.append(f[2])
-                else:
-                    out.extend(split_commas(f[2]))
+        for value in self._values_of(key):
+            out.extend(split_commas(value))
         return out
+
+    def _values_of(self, key: str) -> list[str]:
+        keys = self._keys
+        if self._fields is None and keys.count(key) <= 1:
+            # One line (the common case for Via, Contact, Route): no fields built.
+            return [self._value(keys.index(key))] if key in keys else []
+        return [f[2] for f in self._all() if f[0] == key]
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         fields = self._all()

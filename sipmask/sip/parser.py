@@ -131,6 +131,7 @@ class _Layout:
     names: tuple[str, ...]          # as written, one per header line
     keys: tuple[str, ...]           # their canonical keys
     prefixes: tuple[str, ...]       # "" for the start line, then "name:" per header line
+    cuts: tuple[slice, ...]         # where each header line's value starts
     pick: Callable[[list[str]], tuple[str, ...]]   # the checked lines, `_shape`'s order
     shape: re.Pattern[str]
 
@@ -165,6 +166,7 @@ def _learn(names: tuple[str, ...], keys: list[str]) -> None:
             order.append(at[keys.index(key)])
     order.append(at[keys.index("call-id")])
     layout = _Layout(names, tuple(keys), ("", *(name + ":" for name in names)),
+                     tuple(slice(len(name) + 1, None) for name in names),
                      itemgetter(order[0], *order[1:]),
                      _shape(bool(counts["max-forwards"]), bool(counts["content-length"]),
                             bool(counts["contact"])))
@@ -213,7 +215,7 @@ def _by_layout(data: bytes, body_start: int, lines: list[str], layouts: list[_La
         body = data[body_start:]
         raw = data
     del lines[0]
-    headers = Headers._from_lines(list(layout.keys), layout.names, lines)
+    headers = Headers._from_lines(list(layout.keys), layout.names, lines, layout.cuts)
     if code is None:
         return Request(method, uri, headers, body, SIP_VERSION, raw)
     return Response(int(code), reason or "", headers, body, SIP_VERSION, raw)
