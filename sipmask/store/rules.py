@@ -413,21 +413,27 @@ class _BulkWork(_Work):
         self._dirty_uses.discard(x)
         super().set_use(x, mode, count)
 
-    def create_plain(self, req: BindingRequest, tenant: str | None) -> Binding | None:
+    def create_plain(self, req: BindingRequest, tenant: str | None,
+                     allocate: Callable[[_Work, str, str, str, str | None], str]
+                     ) -> Binding | None:
         """The usual import line, checked and written without the general path's detours:
-        AXB or AXN, numbers already in national form, X given, no policy rules, nothing on
-        X in the way. Every rule of RuleStore._create holds here by the same tests, in the
-        same order of strictness; a line that is anything else returns None, untouched,
-        and _create decides it (refusing it by field, purging an expired holder, or
-        allocating an X)."""
+        AXB or AXN, numbers already in national form, no policy rules, and X given and
+        free of anything in the way, or allocated (by RuleStore._allocate, as _create
+        does). Every rule of RuleStore._create holds here by the same tests, in the same
+        order; a line that is anything else returns None, untouched, and _create decides
+        it (refusing it by field, normalising its numbers, purging an expired holder)."""
         mode, a, b, x, ttl = req.mode, req.a, req.b, req.x, req.ttl
-        if (not tenant or not x or type(ttl) is not int or not 0 <= ttl <= MAX_TTL
+        if (not tenant or type(ttl) is not int or not 0 <= ttl <= MAX_TTL
                 or req.direction != "both" or req.max_duration_s is not None
                 or req.max_concurrent is not None or req.blacklist):
             return None
         # normalise_real / normalise_x return such a number unchanged; anything else
         # (a prefix, separators, an invalid number) goes the long way to be normalised.
-        if not (type(a) is str and _is_real(a) and type(x) is str and _is_x(x)):
+        if not (type(a) is str and _is_real(a)):
+            return None
+        if x == "":
+            x = None
+        elif x is not None and not (type(x) is str and _is_x(x)):
             return None
         if mode == "axb":
             if not (type(b) is str and _is_real(b)) or a == b:
@@ -441,11 +447,14 @@ class _BulkWork(_Work):
             if not self.tenant_known(tenant):
                 return None
             pools = self._plain_pools[tenant] = [(p.first, p.last) for p in self.pools(tenant)]
-        for first, last in pools:
-            if first <= x <= last:
-                break
+        if x is None:
+            x = allocate(self, tenant, mode, a, b)   # PoolExhausted refuses, as in _create
         else:
-            return None
+            for first, last in pools:
+                if first <= x <= last:
+                    break
+            else:
+                return None
         use = self.use(x)
         if use is not None:
             # AXN takes X whole; a number appears once per X. _create purges expired
@@ -685,16 +694,16 @@ class RuleStore:
         def run(work: _Work) -> builtins.list[ImportOutcome]:
             assert isinstance(work, _BulkWork)
             out = []
-            plain = work.create_plain
+            plain, allocate = work.create_plain, self._allocate
             for line, req in chunk:
-                made = plain(req, default_tenant if req.tenant is None else req.tenant)
-                if made is not None:
-                    out.append(ImportOutcome(line, made))
-                    continue
-                if req.tenant is None and default_tenant is not None:
-                    req = dataclasses.replace(req, tenant=default_tenant)
                 try:
-                    out.append(ImportOutcome(line, binding=self._create(work, req)))
+                    made = plain(req, default_tenant if req.tenant is None else req.tenant,
+                                 allocate)
+                    if made is None:
+                        if req.tenant is None and default_tenant is not None:
+                            req = dataclasses.replace(req, tenant=default_tenant)
+                        made = self._create(work, req)
+                    out.append(ImportOutcome(line, made))
                 except RefusedError as exc:
                     out.append(ImportOutcome(line, field=exc.field, reason=exc.message))
             return out

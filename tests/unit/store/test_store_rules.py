@@ -341,6 +341,9 @@ def test_create_many_decides_every_line_as_create_does(store: RuleStore, clock: 
         BindingRequest("axb", A, "139", x[7]),
         BindingRequest("axn", C, "", x[8]),
         BindingRequest("axb", A, C, x[8]),                   # X has an AXN binding
+        BindingRequest("axb", A, B, ""),                     # allocated again: a new X
+        *(BindingRequest("axn", f"1350000000{i}") for i in range(6)),  # till exhausted
+        BindingRequest("axb", C, "13500000001"),
     ]
     got = list(store.create_many(enumerate(rows, 1), batch=batch, default_tenant="demo"))
     want = []
@@ -354,7 +357,8 @@ def test_create_many_decides_every_line_as_create_does(store: RuleStore, clock: 
         except RefusedError as exc:
             want.append(ImportOutcome(line, field=exc.field, reason=exc.message))
     assert [_plain_or_refused(o) for o in got] == [_plain_or_refused(o) for o in want]
-    assert sum(o.binding is not None for o in got) == 9
+    assert sum(o.binding is not None for o in got) == 12
+    assert [o.field for o in got[-4:]] == ["x", "x", "x", None]
 
     def state(s: RuleStore) -> tuple[object, ...]:
         bindings = sorted(tuple(b._replace(id="")) for b in s.list())
