@@ -21,9 +21,10 @@ from sipmask.errors import ParseError
 
 Field = tuple[str, str, str, str | None]
 # A parsed block not yet turned into fields: names as written, unstripped values (None when
-# they are still inside the raw lines), the raw lines (None when they may not be reused) and,
-# with values None, where in each raw line its value starts (`line[cut]` is the value).
-_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | None,
+# they are still inside the raw lines), the raw lines (None when they may not be reused; a
+# str when the parser handed over the block unsplit, start line first) and, with values
+# None, where in each raw line its value starts (`line[cut]` is the value).
+_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | str | None,
               tuple[slice, ...] | None]
 
 # RFC 3261 §7.3.3 and the RFCs that registered further compact forms (3265, 3515, 3841,
@@ -170,11 +171,13 @@ class Headers:
         return self
 
     @classmethod
-    def _from_lines(cls, keys: list[str], names: tuple[str, ...], lines: list[str],
+    def _from_lines(cls, keys: list[str], names: tuple[str, ...], lines: list[str] | str,
                     cuts: tuple[slice, ...]) -> Headers:
         """The parser's fast constructor: each raw line is `name:value` with `name` exactly
         as given (no folding, no whitespace before the colon), so a value is `line[cut]`
-        with `cut` = slice(len(name) + 1, None), and nothing is sliced until someone asks."""
+        with `cut` = slice(len(name) + 1, None), and nothing is sliced until someone asks.
+        `lines` may also be the whole CRLF header block, start line first, split on first
+        use."""
         self = cls.__new__(cls)
         self._fields = None
         self._keys = keys
@@ -191,7 +194,8 @@ class Headers:
         fields = self._fields
         if fields is None:
             assert self._lazy is not None
-            names, values, raws, cuts = self._lazy
+            names, values, _raws, cuts = self._lazy
+            raws = self._raw_lines()
             if values is None:
                 assert raws is not None and cuts is not None
                 values = list(map(str.__getitem__, raws, cuts))
@@ -240,12 +244,23 @@ class Headers:
         """The value of field `i`, read from the lazy form without building the fields."""
         if self._fields is None:
             assert self._lazy is not None
-            _names, values, raws, cuts = self._lazy
+            _names, values, _raws, cuts = self._lazy
             if values is None:
+                raws = self._raw_lines()
                 assert raws is not None and cuts is not None
                 return raws[i][cuts[i]].strip()
             return values[i].strip()
         return self._fields[i][2]
+
+    def _raw_lines(self) -> list[str] | None:
+        """The lazy form's raw lines, splitting a block handed over whole."""
+        assert self._lazy is not None
+        names, values, raws, cuts = self._lazy
+        if isinstance(raws, str):
+            raws = raws.split("\r\n")
+            del raws[0]                               # the start line
+            self._lazy = (names, values, raws, cuts)
+        return raws
 
     def get_fields(self, name: str) -> list[str]:
         """Every field line with this name, unsplit."""

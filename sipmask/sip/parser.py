@@ -89,42 +89,74 @@ _FAST_VIA = re.compile(
 )
 
 
-_FAST_CSEQ_METHOD = "|".join(sorted(_KNOWN_METHODS))
+# -- layouts (see the module docstring) ------------------------------------------------------
+#
+# The value shapes below are the fast shapes above, with the SP/HT `str.strip` would remove
+# allowed around them: what is inside begins and ends with a character `strip` keeps, so
+# the stripped value is exactly what the full path would match. CSeq, Max-Forwards and
+# Content-Length capture their numbers for the range checks made in Python.
+_W = r"[ \t]*+"
+_NAME_ADDR_VALUE = _W + "(?:" + _FAST_NAME_ADDR.pattern + ")" + _W
+_VALUE_SHAPES = {
+    # §8.1.1.5 CSeq: number (below 2**31, checked by the caller) and a known method.
+    "cseq": _W + r"(?P<number>[0-9]{1,10}+) (?P<cseq_method>"
+            + "|".join(sorted(_KNOWN_METHODS)) + ")" + _W,
+    "from": _NAME_ADDR_VALUE,
+    "to": _NAME_ADDR_VALUE,
+    "via": _W + "(?:" + _FAST_VIA.pattern + ")" + _W,
+    "contact": _W + r"(?:\*|(?:" + _FAST_NAME_ADDR.pattern + "))" + _W,
+    "max-forwards": _W + r"(?P<max_forwards>[0-9]{1,10}+)" + _W,
+    "content-length": _W + r"(?P<length>[0-9]{1,10}+)" + _W,
+    "call-id": _W + "[!-~]",          # §8.1.1.4: not empty (the rest of it is not checked)
+}
+# §7.1 Request-Line: exactly three parts, SIP/2.0; §7.2 Status-Line: 100-699.
+_START_LINE = (r"(?:(?P<method>" + _TOKEN + ") (?P<uri>" + _FAST_SIP + r") SIP/2\.0"
+               r"|SIP/2\.0 (?P<code>[1-6][0-9][0-9])(?: (?P<reason>[^\r\n]*+))?+)")
+_GROUPS = ("method", "uri", "code", "reason", "number", "cseq_method", "max_forwards",
+           "length")
+_Groups = tuple[str | None, ...]
 
 
 @cache
 def _shape(with_max_forwards: bool, with_length: bool, with_contact: bool) -> re.Pattern[str]:
-    """The pattern a layout's checked lines are matched against, joined by LF (no line may
-    hold one) in this order: start line, CSeq, From, To, Via+, [Contact+], [Max-Forwards],
+    """Tier 1's pattern: a layout's checked lines joined by LF (no line may hold one) in
+    this order: start line, CSeq, From, To, Via+, [Contact+], [Max-Forwards],
     [Content-Length], Call-ID (a line that cannot start a Contact follows the Contacts, so
-    the repeat's last, failing try is short). Groups: method, Request-URI, status code, reason,
-    CSeq number, CSeq method, Max-Forwards, Content-Length (the last two empty when the
-    layout has no such line). Each value may carry SP/HT around it, as `str.strip` would
-    remove; what is inside is the stripped value's fast shape, which begins and ends with a
-    character `strip` keeps. At most 8 patterns exist, so a peer cannot make us compile."""
-    field = r"\n[^:]*+:[ \t]*+"
-    end = r"[ \t]*+"
-    name_addr = "(?:" + _FAST_NAME_ADDR.pattern + ")"
+    the repeat's last, failing try is short). The groups come in `_GROUPS` order, the last
+    two empty when the layout has no such line. The names were checked by the caller, so
+    `[^:]*+:` skips them. At most 8 patterns exist, so a peer cannot make us compile."""
+    field = r"\n[^:]*+:"
     parts = [
-        # §7.1 Request-Line, exactly three parts, SIP/2.0; §7.2 Status-Line 100-699.
-        r"(?:(" + _TOKEN + ") (" + _FAST_SIP + r") SIP/2\.0"
-        r"|SIP/2\.0 ([1-6][0-9][0-9])(?: ([^\n]*+))?+)",
-        # §8.1.1.5 CSeq: number (range checked by the caller) and a known method.
-        field + r"([0-9]{1,10}+) (" + _FAST_CSEQ_METHOD + ")" + end,
-        field + name_addr + end,                                   # From
-        field + name_addr + end,                                   # To
-        "(?:" + field + "(?:" + _FAST_VIA.pattern + ")" + end + ")++",
-        "(?:" + field + r"(?:\*|" + name_addr + ")" + end + ")++" if with_contact else "",
-        field + r"([0-9]{1,10}+)" + end if with_max_forwards else "()",
-        field + r"([0-9]{1,10}+)" + end if with_length else "()",
-        # Call-ID last and matched with `match`: only "not empty" is checked, so the
-        # rest of its line is never scanned.
-        field + "[!-~]",
+        _START_LINE,
+        field + _VALUE_SHAPES["cseq"],
+        field + _VALUE_SHAPES["from"],
+        field + _VALUE_SHAPES["to"],
+        "(?:" + field + _VALUE_SHAPES["via"] + ")++",
+        "(?:" + field + _VALUE_SHAPES["contact"] + ")++" if with_contact else "",
+        field + _VALUE_SHAPES["max-forwards"] if with_max_forwards else "(?P<max_forwards>)",
+        field + _VALUE_SHAPES["content-length"] if with_length else "(?P<length>)",
+        # Call-ID last and matched with `match`, so the rest of its line is never scanned.
+        field + _VALUE_SHAPES["call-id"],
     ]
     return re.compile("".join(parts))
 
 
-@dataclass(frozen=True, slots=True)
+def _whole_pattern(layout: _Layout) -> re.Pattern[str]:
+    """Tier 2's pattern: the whole header block of this layout, names literal, each checked
+    value in its shape and every other value any run of characters but CR. With exactly
+    one LF per CRLF (the caller counts them), a match leaves no room for a bare CR or LF."""
+    parts = [_START_LINE]
+    for name, key in zip(layout.names, layout.keys, strict=True):
+        shape = _VALUE_SHAPES.get(key)
+        tail = r"[^\r]*+" if shape is None or key == "call-id" else ""
+        parts.append(r"\r\n" + re.escape(name) + ":" + (shape or "") + tail)
+    for group, key in (("max_forwards", "max-forwards"), ("length", "content-length")):
+        if key not in layout.keys:
+            parts.append(f"(?P<{group}>)")
+    return re.compile("".join(parts))
+
+
+@dataclass(slots=True, eq=False)
 class _Layout:
     """One learned sequence of header names; see the module docstring."""
 
@@ -134,6 +166,9 @@ class _Layout:
     cuts: tuple[slice, ...]         # where each header line's value starts
     pick: Callable[[list[str]], tuple[str, ...]]   # the checked lines, `_shape`'s order
     shape: re.Pattern[str]
+    hits: int = 0                   # tier-1 parses served, until tier 2 takes over
+    whole: re.Pattern[str] | None = None
+    order: Callable[[_Groups], _Groups] | None = None   # whole's groups → `_GROUPS` order
 
 
 # Header-line count → layouts with that many lines, newest first. Bounded both ways so a
@@ -141,6 +176,19 @@ class _Layout:
 _LAYOUTS: dict[int, list[_Layout]] = {}
 _LAYOUTS_PER_COUNT = 4
 _LAYOUT_COUNTS_MAX = 64
+# Tier 2: header-line count → layouts with a whole-block pattern. Compiling one costs a few
+# milliseconds, so it is done only for a layout that has already served `_WHOLE_AFTER`
+# messages (a peer must send that many valid messages to cost us one compile) and never
+# for more than `_WHOLE_MAX` layouts in all.
+_WHOLE: dict[int, list[_Layout]] = {}
+_WHOLE_AFTER = 2000
+_WHOLE_MAX = 64
+
+
+def _forget_layouts() -> None:
+    """Drop every learned layout (tests use it to compare the tiers with the full path)."""
+    _LAYOUTS.clear()
+    _WHOLE.clear()
 
 
 def _learn(names: tuple[str, ...], keys: list[str]) -> None:
@@ -178,10 +226,35 @@ def _learn(names: tuple[str, ...], keys: list[str]) -> None:
     del bucket[_LAYOUTS_PER_COUNT:]
 
 
+def _promote(layout: _Layout) -> None:
+    """Give a busy layout its tier-2 pattern, within `_WHOLE_MAX` and 4 per line count."""
+    layout.hits = 0
+    bucket = _WHOLE.setdefault(len(layout.names), [])
+    if sum(map(len, _WHOLE.values())) >= _WHOLE_MAX or len(bucket) >= _LAYOUTS_PER_COUNT:
+        return
+    whole = _whole_pattern(layout)
+    layout.order = itemgetter(*(whole.groupindex[g] - 1 for g in _GROUPS))
+    layout.whole = whole
+    bucket.append(layout)
+
+
+def _by_whole(data: bytes, body_start: int, head: str, wholes: list[_Layout],
+              stream: bool) -> Request | Response | None:
+    """Tier 2: `head` (the header block, one LF per line break) against the whole-block
+    patterns of the busy layouts with that many lines; None to go on to tier 1."""
+    for layout in wholes:
+        assert layout.whole is not None and layout.order is not None
+        match = layout.whole.fullmatch(head)
+        if match is not None:
+            return _finish(layout, layout.order(match.groups()), data, body_start, head,
+                           stream)
+    return None
+
+
 def _by_layout(data: bytes, body_start: int, lines: list[str], layouts: list[_Layout],
                stream: bool) -> Request | Response | None:
-    """The fast path: a message for a known layout, or None to let the full path decide.
-    `lines` is the CRLF-split header block, already free of bare CR and LF."""
+    """Tier 1: a message for a known layout, or None to let the full path decide. `lines`
+    is the CRLF-split header block, already free of bare CR and LF."""
     for layout in layouts:
         if all(map(str.startswith, lines, layout.prefixes)):
             break
@@ -190,10 +263,22 @@ def _by_layout(data: bytes, body_start: int, lines: list[str], layouts: list[_La
     match = layout.shape.match("\n".join(layout.pick(lines)))
     if match is None:
         return None
-    method, uri, code, reason, number, cseq_method, max_forwards, length_text = \
-        match.groups()
+    message = _finish(layout, match.groups(), data, body_start, lines, stream)
+    if message is not None and layout.whole is None:
+        layout.hits += 1
+        if layout.hits >= _WHOLE_AFTER:
+            _promote(layout)
+    return message
+
+
+def _finish(layout: _Layout, groups: _Groups, data: bytes, body_start: int,
+            raws: list[str] | str, stream: bool) -> Request | Response | None:
+    """The checks a shape cannot make, then the message; None sends it to the full path.
+    `raws` is the header block as lines (start line first) or, from tier 2, unsplit."""
+    method, uri, code, reason, number, cseq_method, max_forwards, length_text = groups
     # §8.1.1.5: CSeq below 2**31; §20.22 Max-Forwards 0-255 (requests only, but refusing
     # a response here just sends it down the full path).
+    assert number is not None
     if int(number) >= 2**31 or (max_forwards and int(max_forwards) > 255):
         return None
     if code is None and cseq_method != method:
@@ -214,9 +299,11 @@ def _by_layout(data: bytes, body_start: int, lines: list[str], layouts: list[_La
             return None
         body = data[body_start:]
         raw = data
-    del lines[0]
-    headers = Headers._from_lines(list(layout.keys), layout.names, lines, layout.cuts)
+    if isinstance(raws, list):
+        del raws[0]
+    headers = Headers._from_lines(list(layout.keys), layout.names, raws, layout.cuts)
     if code is None:
+        assert method is not None and uri is not None
         return Request(method, uri, headers, body, SIP_VERSION, raw)
     return Response(int(code), reason or "", headers, body, SIP_VERSION, raw)
 
@@ -242,11 +329,17 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
         body_start = end + 2
     head = data[:end].decode("utf-8", "surrogateescape")
     if crlf:
+        line_feeds = head.count("\n")
+        wholes = _WHOLE.get(line_feeds)
+        if wholes is not None:
+            fast = _by_whole(data, body_start, head, wholes, stream)
+            if fast is not None:
+                return fast
         lines = head.split("\r\n")
         breaks = len(lines) - 1
         # A lone CR or LF inside a field would let a value smuggle a header line into a
         # message we build from it; count them instead of trusting the split.
-        if head.count("\n") != breaks:
+        if line_feeds != breaks:
             crlf = False  # bare LFs among the CRLFs: split on LF below
         elif head.count("\r") != breaks:
             raise ParseError("Bare CR in header")

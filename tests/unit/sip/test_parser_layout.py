@@ -1,15 +1,18 @@
 """The parser's layout fast path (parser.py docstring) agrees with the full path.
 
 Once a message's sequence of header names is learned, later messages with the same names
-take `_by_layout`. It must never accept what the full path refuses, and what it accepts
-must be the same message: start line, fields, body, raw bytes. Each test here parses a
-message with the layout known (fast path tried) and again with no layout (full path only)
-and compares the two outcomes, for the corpus and for systematic one-character edits of it.
+take `_by_layout` (tier 1), and once a layout is busy, `_by_whole` (tier 2). Neither may
+accept what the full path refuses, and what they accept must be the same message: start
+line, fields, body, raw bytes. Each test here parses a message with the layout known (fast
+paths tried) and again with no layout (full path only) and compares the two outcomes, for
+the corpus and for systematic one-character edits of it; `tier` runs each test with the
+layout at tier 1 and again promoted to tier 2.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,7 +70,7 @@ def outcome(data: bytes, stream: bool = False) -> Outcome:
 
 
 def full_path(data: bytes, stream: bool = False) -> Outcome:
-    parser._LAYOUTS.clear()
+    parser._forget_layouts()
     return outcome(data, stream)
 
 
@@ -77,24 +80,41 @@ def with_layout_of(template: bytes, data: bytes, stream: bool = False) -> Outcom
     return outcome(data, stream)
 
 
+TIER = [1]
+
+
 def learn(template: bytes) -> None:
-    """A layout is learned once its names are known: the second sighting of a message."""
-    parser._LAYOUTS.clear()
+    """A layout is learned once its names are known: the second sighting of a message;
+    at tier 2 it is then promoted as if it had served `_WHOLE_AFTER` messages."""
+    parser._forget_layouts()
     parse_message(template)
     parse_message(template)
+    if TIER[0] == 2:
+        for bucket in parser._LAYOUTS.values():
+            for layout in bucket:
+                parser._promote(layout)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_layouts() -> None:
-    parser._LAYOUTS.clear()
+@pytest.fixture(autouse=True, params=[1, 2], ids=["tier1", "tier2"])
+def tier(request: pytest.FixtureRequest) -> Iterator[int]:
+    parser._forget_layouts()
+    TIER[0] = request.param
+    yield request.param
+    TIER[0] = 1
+    parser._forget_layouts()
 
 
 @pytest.mark.parametrize("data", SAMPLES, ids=["trunk-invite", "200-ok", "compact-bye"])
-def test_a_learned_layout_takes_the_fast_path(data: bytes) -> None:
+def test_a_learned_layout_takes_the_fast_path(data: bytes, tier: int) -> None:
     learn(data)
-    lines = data[: data.index(b"\r\n\r\n")].decode().split("\r\n")
-    layouts = parser._LAYOUTS[len(lines) - 1]
-    fast = parser._by_layout(data, data.index(b"\r\n\r\n") + 4, lines, layouts, False)
+    head = data[: data.index(b"\r\n\r\n")].decode()
+    lines = head.split("\r\n")
+    if tier == 1:
+        layouts = parser._LAYOUTS[len(lines) - 1]
+        fast = parser._by_layout(data, len(head) + 4, lines, layouts, False)
+    else:
+        wholes = parser._WHOLE[len(lines) - 1]
+        fast = parser._by_whole(data, len(head) + 4, head, wholes, False)
     assert fast is not None
     assert fast.to_bytes() is data
     assert with_layout_of(data, data) == full_path(data)
@@ -189,6 +209,28 @@ def test_a_changed_layout_is_not_mistaken_for_a_learned_one() -> None:
     assert outcome(raw) == full_path(raw)
     raw = TRUNK.replace(b"\r\nTo:", b"\r\nTo :")
     assert outcome(raw) == full_path(raw)
+
+
+def test_a_busy_layout_is_promoted_once() -> None:
+    learn(TRUNK)
+    for _ in range(parser._WHOLE_AFTER + 5):
+        parse_message(TRUNK)
+    (layout,) = parser._WHOLE[15]
+    assert layout.whole is not None and layout.names == parser._LAYOUTS[15][0].names
+    assert outcome(TRUNK) == full_path(TRUNK)
+
+
+def test_promotion_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parser, "_WHOLE_MAX", 1)
+    learn(BYE)
+    learn_also = [TRUNK, RESPONSE]
+    for data in learn_also:
+        parse_message(data)
+        parse_message(data)
+    for bucket in list(parser._LAYOUTS.values()):
+        for layout in bucket:
+            parser._promote(layout)
+    assert sum(map(len, parser._WHOLE.values())) == 1
 
 
 def test_learned_layouts_stay_bounded() -> None:
