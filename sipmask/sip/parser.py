@@ -26,6 +26,13 @@ From, To, Via, Max-Forwards, Content-Length, Contact, Call-ID) verified by one r
 built from the same fast shapes. Whatever that path does not accept it hands, untouched, to
 the full path above, so it can only ever accept a subset of what the full path accepts,
 and every refusal is still made (and worded) by the full path.
+
+That is tier 1. A layout that has served `_WHOLE_AFTER` messages is busy enough to earn tier
+2: one pattern for its whole header block, names literal, checked values in their shapes,
+other values any characters but CR. It replaces the line split, the name check and the
+joined match with one regex call (the block is split only when a header is first read),
+and declines to tier 1 and then the full path like tier 1 does. Compiling such a pattern
+costs milliseconds, hence the threshold and the `_WHOLE_MAX` cap.
 """
 
 from __future__ import annotations

@@ -318,13 +318,17 @@ def edited(draw: st.DrawFn) -> tuple[bytes, bytes]:
 
 
 @SETTINGS
-@given(edited(), st.booleans())
+@given(edited(), st.booleans(), st.booleans())
 def test_the_layout_fast_path_agrees_with_the_full_path(
-        pair: tuple[bytes, bytes], stream: bool) -> None:
+        pair: tuple[bytes, bytes], stream: bool, promoted: bool) -> None:
     template, data = pair
-    parser._LAYOUTS.clear()
+    parser._forget_layouts()
     parse_message(template)
     parse_message(template)                       # names known now: the layout is learned
+    if promoted:                                  # as if busy: tier 2 tried first
+        for bucket in parser._LAYOUTS.values():
+            for layout in bucket:
+                parser._promote(layout)
     tried = _outcome(data, stream)
-    parser._LAYOUTS.clear()
+    parser._forget_layouts()
     assert tried == _outcome(data, stream)
