@@ -16,6 +16,12 @@ Each line also gives the server's CPU per request (all its threads: HTTP on the 
 the store on the writer thread) and the client's, since both share the machine's cores;
 the summary gives the best and the median of `--repeat` rounds and the load average.
 
+Reading the figures: a commit takes the creates that queued while the one before it was on
+disk, so at K in flight it holds about K/2 of them (the other half is in HTTP, answered or
+asking again) and binds/s is about K / (2 x commit time). A commit's time is two fdatasyncs
+plus the store's CPU for the batch, so a slow or shared disk (the fdatasync line) or a busy
+CPU (the server CPU line; the writer thread and the loop share one GIL) both lower it.
+
 Prerequisites: the project's venv (uvloop from the `fast` or `test` extra; without it both
 sides fall back to asyncio's loop). No other tool: the client is asyncio.Protocol code that
 costs about a tenth of the server's CPU per request.
