@@ -207,3 +207,20 @@ def test_binding_ids_sort_by_creation_time_and_keep_52_random_bits() -> None:
 def test_binding_ids_stay_distinct_across_random_pool_refills() -> None:
     ids = {codec.new_id(7.0) for _ in range(3000)}    # 3000 x 7 bytes: several 4 kB draws
     assert len(ids) == 3000 and all(len(i) == 24 for i in ids)
+
+
+def test_put_many_appends_past_the_end_inserts_elsewhere_and_refuses_disorder(
+        store: RuleStore) -> None:
+    def put(items: list[tuple[bytes, bytes]], overwrite: bool = True) -> int:
+        return store.write(lambda txn: txn.put_many("cdrs", items, overwrite=overwrite))
+    assert put([(b"b", b"1"), (b"d", b"2")]) == 2             # empty: appended
+    assert put([(b"a", b"3"), (b"c", b"4")]) == 2             # before the end: inserted
+    assert put([(b"e", b"5"), (b"f", b"6")]) == 2             # past the end: appended
+    assert put([(b"a", b"x"), (b"g", b"7")], overwrite=False) == 1   # a kept its value
+    assert store.read(lambda txn: list(txn.scan("cdrs"))) == [
+        (b"a", b"3"), (b"b", b"1"), (b"c", b"4"), (b"d", b"2"), (b"e", b"5"), (b"f", b"6"),
+        (b"g", b"7")]
+    if isinstance(store, LmdbStore):   # MDB_APPEND would skip a key out of order silently
+        with pytest.raises(StoreError, match="out of order"):
+            put([(b"y", b"8"), (b"x", b"9")])
+        assert store.read(lambda txn: txn.get("cdrs", b"y")) is None   # rolled back
