@@ -188,7 +188,7 @@ def _request(row: dict[str, Any]) -> BindingRequest:
 
 def _csv_request(cells: list[str]) -> BindingRequest:
     # The usual shape (mode,a,b,x,ttl,tenant by position) without building a dict per line.
-    mode, a, b, x, ttl, tenant = (c.strip() for c in cells)
+    mode, a, b, x, ttl, tenant = map(str.strip, cells)
     if not mode:
         raise _Rejected("mode", "required")
     return BindingRequest(mode.lower(), a, b or None, x or None, _ttl_of(ttl), tenant or None)

@@ -78,9 +78,11 @@ class Binding(NamedTuple):
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class BindingRequest:
-    """One binding to create, un-normalised, as the CLI, the API or an import line gives it."""
+class BindingRequest(NamedTuple):
+    """One binding to create, un-normalised, as the CLI, the API or an import line gives it.
+
+    A NamedTuple, as Binding is: an import builds one per line, and the frozen dataclass's
+    __init__ cost 1.8 µs of it, this 0.4 µs. Change a field with `_replace`."""
 
     mode: str
     a: str

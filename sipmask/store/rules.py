@@ -19,7 +19,6 @@ Named databases (keys → values; codec.py has the encodings):
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, TypeVar
@@ -334,9 +333,9 @@ class _BulkWork(_Work):
     in this work and written when the batch ends, sorted, one Txn.put_many per database (a
     C loop over the keys instead of six Python-level puts per binding; sorted keys also
     dirty fewer pages, and the commit took a tenth of the time), and each X's use is
-    written once however many of the batch's bindings it takes. A route read looks in the held keys first, so a line
-    sees the lines before it; anything that deletes or scans settles (writes what is held)
-    first, so it sees the transaction whole."""
+    written once however many of the batch's bindings it takes. A route read looks in the
+    held keys first, so a line sees the lines before it; anything that deletes or scans
+    settles (writes what is held) first, so it sees the transaction whole."""
 
     _HELD = ("bindings", "route", "expiry", "audit")
 
@@ -701,7 +700,7 @@ class RuleStore:
                                  allocate)
                     if made is None:
                         if req.tenant is None and default_tenant is not None:
-                            req = dataclasses.replace(req, tenant=default_tenant)
+                            req = req._replace(tenant=default_tenant)
                         made = self._create(work, req)
                     out.append(ImportOutcome(line, made))
                 except RefusedError as exc:
