@@ -8,6 +8,14 @@ We are strict where RFC 4475 §3.1.2 asks for a 400 (whitespace inside `<…>`, 
 quotes, a display name that is not tokens, empty parameters) and liberal elsewhere: a user
 part may hold any visible character but `@`, `:`, `<`, `>` and `"`, because trunks send
 `*21#` and friends unescaped.
+
+Speed: `NameAddr.parse`, `SipUri.parse` and `Via.parse` first try one precompiled pattern
+for the common well-formed shapes (no quotes inside parameters, no escapes in a quoted
+display name, no LWS, no password or `?headers`). A fast pattern only ever accepts a subset
+of what the full parser accepts and captures the same pieces; anything else falls back to
+the full parser, which has the last word on what is valid and which error is raised. The
+parameters a fast match found are kept as text and split on first access: every fast
+parameter is `;name` or `;name=value` with no whitespace or quote, so the split cannot fail.
 """
 
 from __future__ import annotations
@@ -92,6 +100,31 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
 _HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)"
 _HOSTPORT = re.compile(rf"({_HOST})(?::([0-9]{{1,5}}))?")
 
+# The fast patterns' parameter: `;name` or `;name=value`, nothing parse_params would strip,
+# unquote or refuse. Names are _PARAM_NAME's characters; a URI parameter value stops where
+# the full URI pattern's parameter does and holds no `@` (so the user part still ends at the
+# only `@`, as in the full pattern); a header parameter value has no `<`, `>` or quote.
+_FAST_PNAME = r'[^\s;=,?<>"@]+'
+_FAST_URI_PARAMS = rf'((?:;{_FAST_PNAME}(?:=[^\s;?<>"@]*)?)*)'
+_FAST_HEADER_PARAMS = rf'((?:;{_FAST_PNAME}(?:=[^\s;"<>]*)?)*)'
+
+
+def _split_params(text: str) -> Params:
+    """Parameters text a fast pattern matched (`;a=1;b`), as parse_params would give them."""
+    out: Params = []
+    for part in text[1:].split(";"):
+        name, eq, value = part.partition("=")
+        out.append((name, value if eq else None))
+    return out
+
+
+def _fast_port(text: str | None) -> int | None:
+    """A fast match's port; -1 when out of range, for the full parser to refuse."""
+    if text is None:
+        return None
+    port = int(text)
+    return port if 0 < port < 65536 else -1
+
 
 def _split_host_port(hostport: str, what: str) -> tuple[str, int | None]:
     m = _HOSTPORT.fullmatch(hostport)
@@ -132,18 +165,81 @@ _SIP_URI = re.compile(
 )
 
 
-@dataclass
+# The common sip: URI (RFC 3261 §19.1.1): no password, no `?headers`, plain parameters.
+# The user part is the full pattern's; host and port are _HOSTPORT's.
+_FAST_SIP = (rf'([sS][iI][pP][sS]?):(?:([^\s@:<>"]+)@)?({_HOST})(?::([0-9]{{1,5}}))?'
+             rf"{_FAST_URI_PARAMS}")
+_FAST_SIP_URI = re.compile(_FAST_SIP)
+
+_new = object.__new__
+
+
 class SipUri:
+    """A sip: or sips: URI. `params` of a fast-parsed URI are split on first access."""
+
+    __slots__ = ("_params", "_ptext", "headers", "host", "password", "port", "scheme", "user")
+    __match_args__ = ("scheme", "user", "host", "port", "password", "params", "headers")
+
     scheme: str                      # "sip" or "sips", as written
     user: str | None
     host: str                        # IPv6 kept with brackets
-    port: int | None = None
-    password: str | None = None
-    params: Params = field(default_factory=list)
-    headers: str = ""                # the `?h=v&…` part, without `?`
+    port: int | None
+    password: str | None
+    headers: str                     # the `?h=v&…` part, without `?`
+    _params: Params | None           # None: not split yet, `_ptext` holds them
+    _ptext: str
+
+    def __init__(self, scheme: str, user: str | None, host: str, port: int | None = None,
+                 password: str | None = None, params: Params | None = None,
+                 headers: str = "") -> None:
+        self.scheme = scheme
+        self.user = user
+        self.host = host
+        self.port = port
+        self.password = password
+        self._params = [] if params is None else params
+        self._ptext = ""
+        self.headers = headers
+
+    @property
+    def params(self) -> Params:
+        params = self._params
+        if params is None:
+            params = self._params = _split_params(self._ptext)
+        return params
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        self._params = value
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.scheme, self.user, self.host, self.port, self.password, self.params,
+                self.headers)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not SipUri:
+            return NotImplemented
+        assert isinstance(other, SipUri)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return (f"SipUri(scheme={self.scheme!r}, user={self.user!r}, host={self.host!r}, "
+                f"port={self.port!r}, password={self.password!r}, params={self.params!r}, "
+                f"headers={self.headers!r})")
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
+        m = _FAST_SIP_URI.fullmatch(text)
+        if m is not None:
+            uri = _fast_sip_uri(*m.groups())
+            if uri is not None:
+                return uri
+        return cls._parse_full(text)
+
+    @classmethod
+    def _parse_full(cls, text: str) -> SipUri:
         m = _SIP_URI.fullmatch(text)
         if m is None:
             if text.partition(":")[0].lower() not in ("sip", "sips"):
@@ -159,20 +255,22 @@ class SipUri:
         return cls(scheme, user, host, port, password, params,
                    headers if headers is not None else "")
 
+    def _has_params(self) -> bool:
+        return bool(self._params) if self._params is not None else bool(self._ptext)
+
     def __str__(self) -> str:
-        out = [self.scheme, ":"]
+        out = self.scheme + ":"
         if self.user is not None:
-            out.append(self.user)
-            if self.password is not None:
-                out.append(":" + self.password)
-            out.append("@")
-        out.append(self.host)
+            out += self.user if self.password is None else f"{self.user}:{self.password}"
+            out += "@"
+        out += self.host
         if self.port is not None:
-            out.append(f":{self.port}")
-        out.append(format_params(self.params))
+            out += f":{self.port}"
+        # Unsplit parameters print as they came: _split_params and format_params are inverse.
+        out += self._ptext if self._params is None else format_params(self._params)
         if self.headers:
-            out.append("?" + self.headers)
-        return "".join(out)
+            out += "?" + self.headers
+        return out
 
     @property
     def user_unescaped(self) -> str | None:
@@ -207,6 +305,25 @@ class SipUri:
 
     def param(self, name: str) -> str | None:
         return get_param(self.params, name)
+
+
+def _fast_sip_uri(scheme: str, user: str | None, host: str, port_text: str | None,
+                  ptext: str) -> SipUri | None:
+    """The SipUri of a fast match's pieces, or None when the port is out of range (the full
+    parser says why). Built without __init__: this runs for every From, To and Contact."""
+    port = _fast_port(port_text)
+    if port == -1:
+        return None
+    uri: SipUri = _new(SipUri)
+    uri.scheme = scheme
+    uri.user = user
+    uri.host = host
+    uri.port = port
+    uri.password = None
+    uri._params = None if ptext else []
+    uri._ptext = ptext
+    uri.headers = ""
+    return uri
 
 
 # RFC 3966 §3: telephone-subscriber = global-number / local-number. We keep visual
@@ -288,7 +405,19 @@ _DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+"
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
-@dataclass
+# The common name-addr shapes. Bracketed: an optional display name (a quoted string
+# without quoted-pairs, or tokens not starting with whitespace, which the full parser would
+# strip), `<` a fast sip: URI `>`, header parameters. Bare addr-spec (§20.10): a sip: URI
+# whose user has no `;`, `?` or `,` (the full parser splits the header parameters off at the
+# first `;`), then header parameters.
+_FAST_NAME_ADDR = re.compile(
+    rf'(?:("[^"\\]*")[ \t]*|(?!\s)({_DISPLAY_TOKENS.pattern})[ \t]*)?<{_FAST_SIP}>'
+    rf"{_FAST_HEADER_PARAMS}")
+_FAST_ADDR_SPEC = re.compile(
+    rf'([sS][iI][pP][sS]?):(?:([^\s@:<>";?,]+)@)?({_HOST})(?::([0-9]{{1,5}}))?'
+    rf"{_FAST_HEADER_PARAMS}")
+
+
 class NameAddr:
     """A From/To/Contact/Route value: `"Name" <uri>;tag=…` or a bare addr-spec.
 
@@ -297,13 +426,66 @@ class NameAddr:
     or `;` must be in angle brackets.
     """
 
+    __slots__ = ("_params", "_ptext", "bracketed", "display", "uri")
+    __match_args__ = ("uri", "display", "params", "bracketed")
+
     uri: Uri
-    display: str | None = None       # as written, quotes included
-    params: Params = field(default_factory=list)
-    bracketed: bool = True
+    display: str | None              # as written, quotes included
+    bracketed: bool
+    _params: Params | None           # None: not split yet, `_ptext` holds them
+    _ptext: str
+
+    def __init__(self, uri: Uri, display: str | None = None, params: Params | None = None,
+                 bracketed: bool = True) -> None:
+        self.uri = uri
+        self.display = display
+        self._params = [] if params is None else params
+        self._ptext = ""
+        self.bracketed = bracketed
+
+    @property
+    def params(self) -> Params:
+        params = self._params
+        if params is None:
+            params = self._params = _split_params(self._ptext)
+        return params
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        self._params = value
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.uri, self.display, self.params, self.bracketed)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not NameAddr:
+            return NotImplemented
+        assert isinstance(other, NameAddr)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return (f"NameAddr(uri={self.uri!r}, display={self.display!r}, "
+                f"params={self.params!r}, bracketed={self.bracketed!r})")
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
+        m = _FAST_NAME_ADDR.fullmatch(text)
+        if m is not None:
+            quoted, words, scheme, user, host, port, uparams, hparams = m.groups()
+            uri = _fast_sip_uri(scheme, user, host, port, uparams)
+            if uri is not None:
+                return _fast_name_addr(uri, quoted if words is None else words, hparams, True)
+        elif (m := _FAST_ADDR_SPEC.fullmatch(text)) is not None:
+            scheme, user, host, port, hparams = m.groups()
+            uri = _fast_sip_uri(scheme, user, host, port, "")
+            if uri is not None:
+                return _fast_name_addr(uri, None, hparams, False)
+        return cls._parse_full(text)
+
+    @classmethod
+    def _parse_full(cls, text: str) -> NameAddr:
         text = text.strip()
         if text == "*":
             raise ParseError("Bad name-addr: '*' is not an address")
@@ -345,11 +527,13 @@ class NameAddr:
         return cls(parse_uri(addr), None, parse_params(ptext, "header parameters"), False)
 
     def __str__(self) -> str:
-        if self.bracketed or self.display is not None or not isinstance(self.uri, SipUri) or \
-                (isinstance(self.uri, SipUri) and (self.uri.params or self.uri.headers)):
+        uri = self.uri
+        params = self._ptext if self._params is None else format_params(self._params)
+        if self.bracketed or self.display is not None or not isinstance(uri, SipUri) or \
+                uri._has_params() or uri.headers:
             prefix = f"{self.display} " if self.display else ""
-            return f"{prefix}<{self.uri}>{format_params(self.params)}"
-        return f"{self.uri}{format_params(self.params)}"
+            return f"{prefix}<{uri}>{params}"
+        return f"{uri}{params}"
 
     @property
     def display_name(self) -> str | None:
@@ -366,6 +550,17 @@ class NameAddr:
 
     def with_tag(self, tag: str) -> NameAddr:
         return NameAddr(self.uri, self.display, set_param(self.params, "tag", tag), self.bracketed)
+
+
+def _fast_name_addr(uri: SipUri, display: str | None, ptext: str,
+                    bracketed: bool) -> NameAddr:
+    addr: NameAddr = _new(NameAddr)
+    addr.uri = uri
+    addr.display = display
+    addr._params = None if ptext else []
+    addr._ptext = ptext
+    addr.bracketed = bracketed
+    return addr
 
 
 def _quoted_end(text: str, start: int) -> int:
@@ -430,18 +625,81 @@ _VIA = re.compile(
 )
 
 
-@dataclass
+# The common Via (§20.42): one space before sent-by, no LWS elsewhere, plain parameters.
+_VIA_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_FAST_VIA = re.compile(
+    rf"({_VIA_TOKEN})/({_VIA_TOKEN})/({_VIA_TOKEN}) ({_HOST})(?::([0-9]{{1,5}}))?"
+    rf"{_FAST_HEADER_PARAMS}")
+
+
 class Via:
     """One Via value: `SIP/2.0/UDP host:port;branch=z9hG4bK…;rport;received=…`."""
 
+    __slots__ = ("_params", "_ptext", "host", "port", "protocol", "transport")
+    __match_args__ = ("transport", "host", "port", "params", "protocol")
+
     transport: str                   # "UDP", "TCP", "TLS", … as written
     host: str
-    port: int | None = None
-    params: Params = field(default_factory=list)
-    protocol: str = "SIP/2.0"
+    port: int | None
+    protocol: str
+    _params: Params | None           # None: not split yet, `_ptext` holds them
+    _ptext: str
+
+    def __init__(self, transport: str, host: str, port: int | None = None,
+                 params: Params | None = None, protocol: str = "SIP/2.0") -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self._params = [] if params is None else params
+        self._ptext = ""
+        self.protocol = protocol
+
+    @property
+    def params(self) -> Params:
+        params = self._params
+        if params is None:
+            params = self._params = _split_params(self._ptext)
+        return params
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        self._params = value
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.transport, self.host, self.port, self.params, self.protocol)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Via:
+            return NotImplemented
+        assert isinstance(other, Via)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return (f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
+                f"params={self.params!r}, protocol={self.protocol!r})")
 
     @classmethod
     def parse(cls, text: str) -> Via:
+        m = _FAST_VIA.fullmatch(text)
+        if m is not None:
+            name, version, transport, host, port_text, ptext = m.groups()
+            port = _fast_port(port_text)
+            if port != -1:
+                via: Via = _new(Via)
+                via.transport = transport
+                via.host = host
+                via.port = port
+                via._params = None if ptext else []
+                via._ptext = ptext
+                via.protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else \
+                    f"{name}/{version}"
+                return via
+        return cls._parse_full(text)
+
+    @classmethod
+    def _parse_full(cls, text: str) -> Via:
         m = _VIA.fullmatch(text)
         if m is None:
             if "/" not in text:
@@ -458,7 +716,8 @@ class Via:
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
-        return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
+        params = self._ptext if self._params is None else format_params(self._params)
+        return f"{self.protocol}/{self.transport} {self.host}{port}{params}"
 
     @property
     def branch(self) -> str | None:
