@@ -68,7 +68,7 @@ def get_param(params: Params, name: str) -> str | None:
     """Value of a parameter (case-insensitive name); '' for a flag param, None when absent."""
     low = name.lower()
     for k, v in params:
-        if k.lower() == low:
+        if k == low or k.lower() == low:          # most peers write names in lower case
             return "" if v is None else v
     return None
 
@@ -100,13 +100,26 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
 _HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)"
 _HOSTPORT = re.compile(rf"({_HOST})(?::([0-9]{{1,5}}))?")
 
-# The fast patterns' parameter: `;name` or `;name=value`, nothing parse_params would strip,
-# unquote or refuse. Names are _PARAM_NAME's characters; a URI parameter value stops where
-# the full URI pattern's parameter does and holds no `@` (so the user part still ends at the
-# only `@`, as in the full pattern); a header parameter value has no `<`, `>` or quote.
-_FAST_PNAME = r'[^\s;=,?<>"@]+'
-_FAST_URI_PARAMS = rf'((?:;{_FAST_PNAME}(?:=[^\s;?<>"@]*)?)*)'
-_FAST_HEADER_PARAMS = rf'((?:;{_FAST_PNAME}(?:=[^\s;"<>]*)?)*)'
+# Pieces of the fast patterns. Classes are positive and ASCII (one bitmap test a character
+# in the regex engine) and each a subset of what the full pattern allows at that place; no
+# piece holds `@`, so a user part still ends at the only `@`, as in the full pattern.
+# Parameters are one run of characters `;` included: _fast_params_ok then refuses the empty
+# parameters parse_params refuses. A name is what comes before a parameter's first `=`, so it
+# holds only _PARAM_NAME characters; values may hold anything the run allows.
+_FAST_PARAMS = r"(;[A-Za-z0-9\-_.!~*'()%&+$`\[\]/:=;]*|)"
+_FAST_HOST = r"([A-Za-z0-9\-._]+|\[[0-9A-Fa-f:.]+\])"
+# RFC 3261 §25.1 port, 1-65535 without leading zeros (the full parser takes those and 0).
+_FAST_PORT = (r"(?::([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|"
+              r"655[0-2][0-9]|6553[0-5]))?")
+# user / telephone-subscriber characters (§25.1 unreserved, escaped, user-unreserved and
+# the `;` of user parameters) plus `#`, which trunks send unescaped (`*21#`).
+_FAST_USER = r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/#]"
+
+
+def _fast_params_ok(text: str) -> bool:
+    """The parameter runs of a fast match, joined, hold no empty parameter (`;;`, `;=`, a
+    trailing `;`), which parse_params would refuse (RFC 3261 §25.1 generic-param)."""
+    return ";;" not in text and ";=" not in text and text[-1:] != ";"
 
 
 def _split_params(text: str) -> Params:
@@ -116,14 +129,6 @@ def _split_params(text: str) -> Params:
         name, eq, value = part.partition("=")
         out.append((name, value if eq else None))
     return out
-
-
-def _fast_port(text: str | None) -> int | None:
-    """A fast match's port; -1 when out of range, for the full parser to refuse."""
-    if text is None:
-        return None
-    port = int(text)
-    return port if 0 < port < 65536 else -1
 
 
 def _split_host_port(hostport: str, what: str) -> tuple[str, int | None]:
@@ -165,10 +170,8 @@ _SIP_URI = re.compile(
 )
 
 
-# The common sip: URI (RFC 3261 §19.1.1): no password, no `?headers`, plain parameters.
-# The user part is the full pattern's; host and port are _HOSTPORT's.
-_FAST_SIP = (rf'([sS][iI][pP][sS]?):(?:([^\s@:<>"]+)@)?({_HOST})(?::([0-9]{{1,5}}))?'
-             rf"{_FAST_URI_PARAMS}")
+# The common sip: URI (RFC 3261 §19.1.1): scheme in one case, no password, no `?headers`.
+_FAST_SIP = rf"(sips?|SIPS?):(?:({_FAST_USER}+)@)?{_FAST_HOST}{_FAST_PORT}{_FAST_PARAMS}"
 _FAST_SIP_URI = re.compile(_FAST_SIP)
 
 _new = object.__new__
@@ -233,9 +236,9 @@ class SipUri:
     def parse(cls, text: str) -> SipUri:
         m = _FAST_SIP_URI.fullmatch(text)
         if m is not None:
-            uri = _fast_sip_uri(*m.groups())
-            if uri is not None:
-                return uri
+            scheme, user, host, port, ptext = m.groups()
+            if _fast_params_ok(ptext):
+                return _fast_sip_uri(scheme, user, host, port, ptext)
         return cls._parse_full(text)
 
     @classmethod
@@ -307,18 +310,15 @@ class SipUri:
         return get_param(self.params, name)
 
 
-def _fast_sip_uri(scheme: str, user: str | None, host: str, port_text: str | None,
-                  ptext: str) -> SipUri | None:
-    """The SipUri of a fast match's pieces, or None when the port is out of range (the full
-    parser says why). Built without __init__: this runs for every From, To and Contact."""
-    port = _fast_port(port_text)
-    if port == -1:
-        return None
+def _fast_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
+                  ptext: str) -> SipUri:
+    """The SipUri of a fast match's pieces. Built without __init__: this runs for every
+    From, To and Contact whose URI is read."""
     uri: SipUri = _new(SipUri)
     uri.scheme = scheme
     uri.user = user
     uri.host = host
-    uri.port = port
+    uri.port = None if port is None else int(port)
     uri.password = None
     uri._params = None if ptext else []
     uri._ptext = ptext
@@ -412,10 +412,10 @@ _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 # first `;`), then header parameters.
 _FAST_NAME_ADDR = re.compile(
     rf'(?:("[^"\\]*")[ \t]*|(?!\s)({_DISPLAY_TOKENS.pattern})[ \t]*)?<{_FAST_SIP}>'
-    rf"{_FAST_HEADER_PARAMS}")
+    rf"{_FAST_PARAMS}")
 _FAST_ADDR_SPEC = re.compile(
-    rf'([sS][iI][pP][sS]?):(?:([^\s@:<>";?,]+)@)?({_HOST})(?::([0-9]{{1,5}}))?'
-    rf"{_FAST_HEADER_PARAMS}")
+    rf"(sips?|SIPS?):(?:([A-Za-z0-9\-_.!~*'()%&=+$/#]+)@)?{_FAST_HOST}{_FAST_PORT}"
+    rf"{_FAST_PARAMS}")
 
 
 class NameAddr:
@@ -426,18 +426,19 @@ class NameAddr:
     or `;` must be in angle brackets.
     """
 
-    __slots__ = ("_params", "_ptext", "bracketed", "display", "uri")
+    __slots__ = ("_params", "_ptext", "_uri", "_uri_pieces", "bracketed", "display")
     __match_args__ = ("uri", "display", "params", "bracketed")
 
-    uri: Uri
     display: str | None              # as written, quotes included
     bracketed: bool
     _params: Params | None           # None: not split yet, `_ptext` holds them
     _ptext: str
+    _uri: Uri | None                 # None: not built yet, `_uri_pieces` hold a fast match's
+    _uri_pieces: tuple[str, str | None, str, str | None, str]
 
     def __init__(self, uri: Uri, display: str | None = None, params: Params | None = None,
                  bracketed: bool = True) -> None:
-        self.uri = uri
+        self._uri = uri
         self.display = display
         self._params = [] if params is None else params
         self._ptext = ""
@@ -453,6 +454,17 @@ class NameAddr:
     @params.setter
     def params(self, value: Params) -> None:
         self._params = value
+
+    @property
+    def uri(self) -> Uri:
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = _fast_sip_uri(*self._uri_pieces)
+        return uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
 
     def _fields(self) -> tuple[object, ...]:
         return (self.uri, self.display, self.params, self.bracketed)
@@ -474,14 +486,13 @@ class NameAddr:
         m = _FAST_NAME_ADDR.fullmatch(text)
         if m is not None:
             quoted, words, scheme, user, host, port, uparams, hparams = m.groups()
-            uri = _fast_sip_uri(scheme, user, host, port, uparams)
-            if uri is not None:
-                return _fast_name_addr(uri, quoted if words is None else words, hparams, True)
+            if _fast_params_ok(uparams + hparams):
+                return _fast_name_addr((scheme, user, host, port, uparams),
+                                       quoted if words is None else words, hparams, True)
         elif (m := _FAST_ADDR_SPEC.fullmatch(text)) is not None:
             scheme, user, host, port, hparams = m.groups()
-            uri = _fast_sip_uri(scheme, user, host, port, "")
-            if uri is not None:
-                return _fast_name_addr(uri, None, hparams, False)
+            if _fast_params_ok(hparams):
+                return _fast_name_addr((scheme, user, host, port, ""), None, hparams, False)
         return cls._parse_full(text)
 
     @classmethod
@@ -552,10 +563,13 @@ class NameAddr:
         return NameAddr(self.uri, self.display, set_param(self.params, "tag", tag), self.bracketed)
 
 
-def _fast_name_addr(uri: SipUri, display: str | None, ptext: str,
-                    bracketed: bool) -> NameAddr:
+def _fast_name_addr(uri: tuple[str, str | None, str, str | None, str], display: str | None,
+                    ptext: str, bracketed: bool) -> NameAddr:
+    """A fast match's NameAddr; its SipUri is built from `uri` on first read (the
+    transaction layer reads only the tags)."""
     addr: NameAddr = _new(NameAddr)
-    addr.uri = uri
+    addr._uri = None
+    addr._uri_pieces = uri
     addr.display = display
     addr._params = None if ptext else []
     addr._ptext = ptext
@@ -628,8 +642,7 @@ _VIA = re.compile(
 # The common Via (§20.42): one space before sent-by, no LWS elsewhere, plain parameters.
 _VIA_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _FAST_VIA = re.compile(
-    rf"({_VIA_TOKEN})/({_VIA_TOKEN})/({_VIA_TOKEN}) ({_HOST})(?::([0-9]{{1,5}}))?"
-    rf"{_FAST_HEADER_PARAMS}")
+    rf"({_VIA_TOKEN})/({_VIA_TOKEN})/({_VIA_TOKEN}) {_FAST_HOST}{_FAST_PORT}{_FAST_PARAMS}")
 
 
 class Via:
@@ -685,12 +698,11 @@ class Via:
         m = _FAST_VIA.fullmatch(text)
         if m is not None:
             name, version, transport, host, port_text, ptext = m.groups()
-            port = _fast_port(port_text)
-            if port != -1:
+            if _fast_params_ok(ptext):
                 via: Via = _new(Via)
                 via.transport = transport
                 via.host = host
-                via.port = port
+                via.port = None if port_text is None else int(port_text)
                 via._params = None if ptext else []
                 via._ptext = ptext
                 via.protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else \
