@@ -66,7 +66,11 @@ def format_params(params: Params) -> str:
 
 def get_param(params: Params, name: str) -> str | None:
     """Value of a parameter (case-insensitive name); '' for a flag param, None when absent."""
-    low = name.lower()
+    return _find_param(params, name.lower())
+
+
+def _find_param(params: Params, low: str) -> str | None:
+    """get_param for a name already in lower case."""
     for k, v in params:
         if k == low or k.lower() == low:          # most peers write names in lower case
             return "" if v is None else v
@@ -123,11 +127,14 @@ def _fast_params_ok(text: str) -> bool:
 
 
 def _split_params(text: str) -> Params:
-    """Parameters text a fast pattern matched (`;a=1;b`), as parse_params would give them."""
+    """Parameters text a fast pattern matched (`;a=1;b` or ''), as parse_params gives them."""
     out: Params = []
+    if not text:
+        return out
+    append = out.append
     for part in text[1:].split(";"):
         name, eq, value = part.partition("=")
-        out.append((name, value if eq else None))
+        append((name, value if eq else None))
     return out
 
 
@@ -320,7 +327,7 @@ def _fast_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
     uri.host = host
     uri.port = None if port is None else int(port)
     uri.password = None
-    uri._params = None if ptext else []
+    uri._params = None
     uri._ptext = ptext
     uri.headers = ""
     return uri
@@ -486,9 +493,17 @@ class NameAddr:
         m = _FAST_NAME_ADDR.fullmatch(text)
         if m is not None:
             quoted, words, scheme, user, host, port, uparams, hparams = m.groups()
-            if _fast_params_ok(uparams + hparams):
-                return _fast_name_addr((scheme, user, host, port, uparams),
-                                       quoted if words is None else words, hparams, True)
+            # _fast_params_ok and _fast_name_addr written out: From and To of every message.
+            joined = uparams + hparams
+            if ";;" not in joined and ";=" not in joined and joined[-1:] != ";":
+                addr: NameAddr = _new(NameAddr)
+                addr._uri = None
+                addr._uri_pieces = (scheme, user, host, port, uparams)
+                addr.display = quoted if words is None else words
+                addr._params = None
+                addr._ptext = hparams
+                addr.bracketed = True
+                return addr
         elif (m := _FAST_ADDR_SPEC.fullmatch(text)) is not None:
             scheme, user, host, port, hparams = m.groups()
             if _fast_params_ok(hparams):
@@ -557,7 +572,11 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return get_param(self.params, "tag")
+        # Read for every message by the transaction, dialog and call layers.
+        params = self._params
+        if params is None:
+            params = self._params = _split_params(self._ptext)
+        return _find_param(params, "tag")
 
     def with_tag(self, tag: str) -> NameAddr:
         return NameAddr(self.uri, self.display, set_param(self.params, "tag", tag), self.bracketed)
@@ -571,7 +590,7 @@ def _fast_name_addr(uri: tuple[str, str | None, str, str | None, str], display: 
     addr._uri = None
     addr._uri_pieces = uri
     addr.display = display
-    addr._params = None if ptext else []
+    addr._params = None
     addr._ptext = ptext
     addr.bracketed = bracketed
     return addr
@@ -703,7 +722,7 @@ class Via:
                 via.transport = transport
                 via.host = host
                 via.port = None if port_text is None else int(port_text)
-                via._params = None if ptext else []
+                via._params = None
                 via._ptext = ptext
                 via.protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else \
                     f"{name}/{version}"
@@ -733,16 +752,19 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return get_param(self.params, "branch")
+        params = self._params
+        if params is None:
+            params = self._params = _split_params(self._ptext)
+        return _find_param(params, "branch")
 
     @property
     def rport(self) -> str | None:
         """'' when the client asked for rport (RFC 3581 §3), the port when filled in."""
-        return get_param(self.params, "rport")
+        return _find_param(self.params, "rport")
 
     @property
     def received(self) -> str | None:
-        return get_param(self.params, "received")
+        return _find_param(self.params, "received")
 
     @property
     def default_port(self) -> int:
