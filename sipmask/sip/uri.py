@@ -553,8 +553,19 @@ class NameAddr:
         return cls(parse_uri(addr), None, parse_params(ptext, "header parameters"), False)
 
     def __str__(self) -> str:
-        uri = self.uri
         params = self._ptext if self._params is None else format_params(self._params)
+        if self._uri is None:
+            # A fast match whose URI was never read: printed from its pieces, as
+            # SipUri.__str__ would print them, and bracketed on the same conditions.
+            scheme, user, host, port, uparams = self._uri_pieces
+            text = f"{scheme}:{host}" if user is None else f"{scheme}:{user}@{host}"
+            if port is not None:
+                text += ":" + port
+            if self.bracketed or self.display is not None or uparams:
+                prefix = f"{self.display} " if self.display else ""
+                return f"{prefix}<{text}{uparams}>{params}"
+            return text + params
+        uri = self.uri
         if self.bracketed or self.display is not None or not isinstance(uri, SipUri) or \
                 uri._has_params() or uri.headers:
             prefix = f"{self.display} " if self.display else ""
@@ -579,7 +590,17 @@ class NameAddr:
         return _find_param(params, "tag")
 
     def with_tag(self, tag: str) -> NameAddr:
-        return NameAddr(self.uri, self.display, set_param(self.params, "tag", tag), self.bracketed)
+        if self._uri is not None:
+            return NameAddr(self._uri, self.display, set_param(self.params, "tag", tag),
+                            self.bracketed)
+        addr: NameAddr = _new(NameAddr)          # the URI stays unbuilt (dialog.py's From/To)
+        addr._uri = None
+        addr._uri_pieces = self._uri_pieces
+        addr.display = self.display
+        addr._params = set_param(self.params, "tag", tag)
+        addr._ptext = ""
+        addr.bracketed = self.bracketed
+        return addr
 
 
 def _fast_name_addr(uri: tuple[str, str | None, str, str | None, str], display: str | None,
