@@ -69,6 +69,18 @@ def get_param(params: Params, name: str) -> str | None:
     return _find_param(params, name.lower())
 
 
+def _find_in_text(text: str, low: str) -> str | None:
+    """_find_param on a fast match's unsplit parameters. It keeps no list: a list kept by a
+    value outlives the young GC generation, and a tag read must not cost that."""
+    if not text:
+        return None
+    for part in text[1:].split(";"):
+        name, eq, value = part.partition("=")
+        if name == low or name.lower() == low:
+            return value if eq else ""
+    return None
+
+
 def _find_param(params: Params, low: str) -> str | None:
     """get_param for a name already in lower case."""
     for k, v in params:
@@ -314,7 +326,9 @@ class SipUri:
         return out
 
     def param(self, name: str) -> str | None:
-        return get_param(self.params, name)
+        if self._params is None:
+            return _find_in_text(self._ptext, name.lower())
+        return get_param(self._params, name)
 
 
 def _fast_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
@@ -389,6 +403,11 @@ Uri = SipUri | TelUri | AbsoluteUri
 
 
 def parse_uri(text: str) -> Uri:
+    m = _FAST_SIP_URI.fullmatch(text)                # most Request-URIs and Contacts
+    if m is not None:
+        scheme, user, host, port, ptext = m.groups()
+        if _fast_params_ok(ptext):
+            return _fast_sip_uri(scheme, user, host, port, ptext)
     scheme, colon, rest = text.partition(":")
     if not colon or not scheme or not rest:
         raise ParseError("Bad URI: no scheme")
@@ -586,7 +605,7 @@ class NameAddr:
         # Read for every message by the transaction, dialog and call layers.
         params = self._params
         if params is None:
-            params = self._params = _split_params(self._ptext)
+            return _find_in_text(self._ptext, "tag")
         return _find_param(params, "tag")
 
     def with_tag(self, tag: str) -> NameAddr:
@@ -775,17 +794,23 @@ class Via:
     def branch(self) -> str | None:
         params = self._params
         if params is None:
-            params = self._params = _split_params(self._ptext)
+            return _find_in_text(self._ptext, "branch")
         return _find_param(params, "branch")
 
     @property
     def rport(self) -> str | None:
         """'' when the client asked for rport (RFC 3581 §3), the port when filled in."""
-        return _find_param(self.params, "rport")
+        params = self._params
+        if params is None:
+            return _find_in_text(self._ptext, "rport")
+        return _find_param(params, "rport")
 
     @property
     def received(self) -> str | None:
-        return _find_param(self.params, "received")
+        params = self._params
+        if params is None:
+            return _find_in_text(self._ptext, "received")
+        return _find_param(params, "received")
 
     @property
     def default_port(self) -> int:
@@ -793,7 +818,9 @@ class Via:
         return 5061 if self.transport.upper() == "TLS" else 5060
 
     def param(self, name: str) -> str | None:
-        return get_param(self.params, name)
+        if self._params is None:
+            return _find_in_text(self._ptext, name.lower())
+        return get_param(self._params, name)
 
     def with_params(self, **values: str | None) -> Via:
         params = self.params
