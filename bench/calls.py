@@ -141,10 +141,10 @@ class Sipmask:
 
     def __init__(self, tmp: Path, callee_port: int, profile: str | None,
                  extra: tuple[str, ...] = (), *, media_ports: str = "20000-29999",
-                 bind: bool = True, name: str = "serve") -> None:
+                 bind: bool = True, name: str = "serve", store: str = "bench.lmdb") -> None:
         self.tmp = tmp
         self.port = free_port(SIPMASK_IP)
-        self.store = tmp / "bench.lmdb"
+        self.store = tmp / store
         self.name = name
         self.settings = ["--set", f"store.path={self.store}",
                          "--set", f"sip.listen=[udp://{SIPMASK_IP}:{self.port}]",
@@ -205,6 +205,7 @@ class Nodes:
             raise SystemExit("--nodes needs Kamailio: apt-get install kamailio")
         width = 10000 // n - (10000 // n) % 2
         self.nodes = [Sipmask(tmp, callee_port, None, bind=i == 0, name=f"node{i + 1}",
+                              store="nodes.lmdb",
                               media_ports=f"{20000 + i * width}-{20000 + (i + 1) * width - 1}")
                       for i in range(n)]
         rows = "".join(f'{{"mode":"axb","a":"{A}","b":"{B}","x":"{x}","ttl":0}}\n'
@@ -399,6 +400,22 @@ def ladder(mode: str, tmp: Path, caller: Path, target: tuple[str, int], rates: l
     return steps
 
 
+def run_through(mode: str, server: Sipmask | Nodes, processes: list[Sipmask], callee: Callee,
+                tmp: Path, caller: Path, rates: list[int], duration: float,
+                hold_ms: int) -> list[Step]:
+    """A ladder through `server`, then everything stopped and the sipmask stderr shown."""
+    try:
+        return ladder(mode, tmp, caller, (SIPMASK_IP, server.port), rates, duration,
+                      hold_ms, server)
+    finally:
+        server.stop()
+        callee.stop()
+        for proc in processes:
+            errors = (tmp / f"{proc.name}.stderr").read_text("utf-8", "replace").strip()
+            if errors:
+                print(f"{proc.name} stderr (last lines):\n{errors[-1500:]}")
+
+
 def print_profile(path: str) -> None:
     stats = pstats.Stats(path)
     total = max((row[3] for row in stats.stats.values()), default=1.0)  # type: ignore[attr-defined]
@@ -459,32 +476,17 @@ def main() -> None:
             server = Sipmask(tmp, callee_port, profile)
             print(f"sipmask serve pid {server.proc.pid} (profile it: py-spy top --pid "
                   f"{server.proc.pid})", flush=True)
-            try:
-                steps["sipmask"] = ladder("sipmask", tmp, caller, (SIPMASK_IP, server.port),
-                                          rates, duration, args.hold_ms, server)
-            finally:
-                server.stop()
-                callee.stop()
-            errors = (tmp / "serve.stderr").read_text("utf-8", "replace").strip()
-            if errors:
-                print(f"sipmask stderr (last lines):\n{errors[-1500:]}")
+            steps["sipmask"] = run_through("sipmask", server, [server], callee, tmp, caller,
+                                           rates, duration, args.hold_ms)
         if args.nodes >= 2 and args.only in (None, "nodes"):
             print(f"nodes: caller -> Kamailio -> {args.nodes} sipmask nodes -> callee",
                   flush=True)
-            callee = Callee(tmp, callee_xml, callee_port)
             nodes = Nodes(tmp, callee_port, args.nodes)
+            callee = Callee(tmp, callee_xml, callee_port)
             print(f"sipmask node pids {[n.proc.pid for n in nodes.nodes]}, kamailio "
                   f"{nodes.proc.pid}", flush=True)
-            try:
-                steps["nodes"] = ladder("nodes", tmp, caller, (SIPMASK_IP, nodes.port),
-                                        rates, duration, args.hold_ms, nodes)
-            finally:
-                nodes.stop()
-                callee.stop()
-            for node in nodes.nodes:
-                errors = (tmp / f"{node.name}.stderr").read_text("utf-8", "replace").strip()
-                if errors:
-                    print(f"{node.name} stderr (last lines):\n{errors[-800:]}")
+            steps["nodes"] = run_through("nodes", nodes, nodes.nodes, callee, tmp, caller,
+                                         rates, duration, args.hold_ms)
 
     print()
     print_table(steps["direct"] + steps["sipmask"] + steps["nodes"])

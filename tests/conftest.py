@@ -101,6 +101,25 @@ def udp_exchange(data: bytes, target: tuple[str, int], timeout: float = 1.0,
             s.close()
 
 
+def sipmask_cli(store: Path, *args: str) -> str:
+    """`sipmask ARGS --set store.path=STORE`, which must succeed; its stdout."""
+    result = subprocess.run([sys.executable, "-m", "sipmask", *args,
+                             "--set", f"store.path={store}"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; waits either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class ServeProcess:
     proc: subprocess.Popen[bytes]

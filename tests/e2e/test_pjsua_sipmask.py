@@ -10,14 +10,12 @@ and RTP on both legs goes to sipmask's relay, never to the other endpoint.
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, REPO, ServeProcess, udp_block_free
+from tests.conftest import LOOPBACK, ServeProcess, sipmask_cli, udp_block_free
 from tests.e2e.goertzel import dominant_tone, tone_powers
 from tests.e2e.harness import (
     CALLEE_IP,
@@ -46,20 +44,12 @@ def free_port_range(count: int, host: str = LOOPBACK) -> tuple[int, int]:
     raise RuntimeError("no free media port range")
 
 
-def cli(store: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "sipmask", *args,
-                             "--set", f"store.path={store}"],
-                            capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_masked_call_media_and_identities(serve: Callable[..., ServeProcess],
                                           tmp_path: Path) -> None:
     store = tmp_path / "e2e.lmdb"
     first, last = free_port_range(MEDIA_PORTS)
     caller_bind, callee_bind = endpoint_binds()
-    cli(store, "bind", "axb", "--a", A, "--b", B, "--x", X, "--ttl", "0")
+    sipmask_cli(store, "bind", "axb", "--a", A, "--b", B, "--x", X, "--ttl", "0")
     server = serve("--set", f"store.path={store}",
                    "--set", f"trunks.carrier.outbound=udp://{callee_bind[0]}:{callee_bind[1]}",
                    "--set", f"media.address={LOOPBACK}",

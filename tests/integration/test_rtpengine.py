@@ -24,7 +24,7 @@ import pytest
 from sipmask.config.schema import HostPort, MediaConfig, RtpengineConfig
 from sipmask.errors import MediaError, RtpengineError
 from sipmask.media.rtpengine import NgClient, RtpengineBackend
-from tests.conftest import LOOPBACK, free_port, udp_block_free
+from tests.conftest import LOOPBACK, free_port, terminate, udp_block_free
 
 pytestmark = pytest.mark.rtpengine
 
@@ -73,12 +73,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
                 raise AssertionError(f"rtpengine did not start:\n{log.read_text()}")
         yield daemon
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def _answers_ping(ng: HostPort) -> bool:

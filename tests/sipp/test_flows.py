@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sipmask.config.schema import HostPort
-from tests.conftest import LOOPBACK, ServeProcess, free_port, udp_block_free
+from tests.conftest import LOOPBACK, ServeProcess, free_port, terminate, udp_block_free
 from tests.integration.test_rtpengine import BINARY as RTPENGINE
 from tests.sipp.test_calls import A, B, Bench, X, finish
 
@@ -189,12 +189,7 @@ def rtpengine_ng(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPort]
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         yield ng
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 @pytest.mark.rtpengine

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ServeProcess, free_port
+from tests.conftest import REPO, ServeProcess, free_port, sipmask_cli, terminate
 
 pytestmark = [
     pytest.mark.sipp,
@@ -57,20 +56,7 @@ def kamailio(tmp_path: Path) -> Iterator[Callable[[list[int]], int]]:
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def cli(store: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "sipmask", *args,
-                             "--set", f"store.path={store}"],
-                            capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+        terminate(proc)
 
 
 def test_calls_through_the_dispatcher_meet_per_x_on_one_node_of_a_shared_store(
@@ -78,7 +64,7 @@ def test_calls_through_the_dispatcher_meet_per_x_on_one_node_of_a_shared_store(
         tmp_path: Path) -> None:
     store = tmp_path / "shared.lmdb"
     for x in XS:
-        cli(store, "bind", "axb", "--a", A, "--b", B, "--x", x, "--ttl", "0")
+        sipmask_cli(store, "bind", "axb", "--a", A, "--b", B, "--x", x, "--ttl", "0")
     callee_port = free_port(CALLEE_IP)
     common = ("--set", f"store.path={store}",
               "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}")
@@ -124,7 +110,7 @@ def test_calls_through_the_dispatcher_meet_per_x_on_one_node_of_a_shared_store(
     invites = [node.counters()["requests_by_method"].get("INVITE", 0) for node in nodes]
     assert sum(invites) == total, invites
     records = [json.loads(line) for line in
-               cli(store, "cdr", "list", "--tenant", "demo").splitlines() if line.strip()]
+               sipmask_cli(store, "cdr", "list", "--tenant", "demo").splitlines() if line.strip()]
     assert len(records) == total
     assert all(r["sip_status"] == 200 and r["release_side"] == "caller" for r in records)
     # Each X's calls all on one node, and the Xs spread over both.
@@ -145,7 +131,7 @@ def test_cancel_and_non_2xx_ack_follow_their_invite_through_the_dispatcher(
         tmp_path: Path) -> None:
     store = tmp_path / "shared.lmdb"
     x = XS[0]
-    cli(store, "bind", "axb", "--a", A, "--b", B, "--x", x, "--ttl", "0")
+    sipmask_cli(store, "bind", "axb", "--a", A, "--b", B, "--x", x, "--ttl", "0")
     callee_port = free_port(CALLEE_IP)
     common = ("--set", f"store.path={store}",
               "--set", f"trunks.carrier.outbound=udp://{CALLEE_IP}:{callee_port}")
@@ -173,5 +159,5 @@ def test_cancel_and_non_2xx_ack_follow_their_invite_through_the_dispatcher(
     assert len(busy) == 1, counts         # one X: one node
     assert (busy[0]["INVITE"], busy[0].get("CANCEL"), busy[0].get("ACK")) == (6, 3, 6), counts
     records = [json.loads(line) for line in
-               cli(store, "cdr", "list", "--tenant", "demo").splitlines() if line.strip()]
+               sipmask_cli(store, "cdr", "list", "--tenant", "demo").splitlines() if line.strip()]
     assert sorted(r["sip_status"] for r in records) == [486] * 3 + [487] * 3
