@@ -9,13 +9,17 @@ quotes, a display name that is not tokens, empty parameters) and liberal elsewhe
 part may hold any visible character but `@`, `:`, `<`, `>` and `"`, because trunks send
 `*21#` and friends unescaped.
 
-Speed: `NameAddr.parse`, `SipUri.parse` and `Via.parse` first try one precompiled pattern
-for the common well-formed shapes (no quotes inside parameters, no escapes in a quoted
-display name, no LWS, no password or `?headers`). A fast pattern only ever accepts a subset
-of what the full parser accepts and captures the same pieces; anything else falls back to
-the full parser, which has the last word on what is valid and which error is raised. The
-parameters a fast match found are kept as text and split on first access: every fast
-parameter is `;name` or `;name=value` with no whitespace or quote, so the split cannot fail.
+Speed: `NameAddr.parse`, `SipUri.parse`, `parse_uri` and `Via.parse` first try one
+precompiled pattern for the common well-formed shapes (ASCII, no quotes inside parameters,
+no escapes in a quoted display name, no LWS, no password or `?headers`). A fast pattern only
+ever accepts a subset of what the full parser accepts and captures the same pieces; anything
+else falls back to the full parser, which has the last word on what is valid and which error
+is raised (tests/unit/sip/test_uri_fast.py holds the two to that). What a fast match found
+is kept as text until it is read: parameters are split on first access to `params` (every
+fast parameter is `;name` or `;name=value` with no whitespace or quote, so the split cannot
+fail; `tag`, `branch` and `param()` look into the text without splitting it), and a fast
+name-addr builds its SipUri on first access to `uri`. The values are __slots__ classes with
+the dataclasses' constructors, equality and repr.
 """
 
 from __future__ import annotations
