@@ -1,12 +1,19 @@
 """Call-path lookup rate: store.route(X, caller) on a store of --size bindings, one core.
 
-    python3 bench/lookup.py                   # 1,000,000 bindings (about 1-2 min here)
+    python3 bench/lookup.py                   # 1,000,000 bindings (about 1 min here)
     python3 bench/lookup.py --size 10000000   # 10M (loading takes several minutes)
+    python3 bench/lookup.py --path DIR        # keep the store; the next run reuses it
 
+The store is loaded through store.create_many, as `sipmask import` loads one (every rule,
+the audit log, the bulk path's page layout); --records writes the records and indexes
+directly instead (no rules, no audit, one put per key: the layout create() leaves).
 Baselines measured in the same run on the same keys:
-  raw get   one LMDB read transaction + get per lookup (the floor for "fresh on every call")
-  dict      a plain Python dict lookup (the floor for any Python lookup at all)
-Also prints bytes per binding on disk (all indexes and the audit log included).
+  raw get       one LMDB read transaction + get per lookup (the floor for "fresh on every
+                call")
+  held txn get  gets in one old transaction (not allowed on the call path; shows what
+                beginning a transaction per lookup costs)
+  dict          a plain Python dict lookup (the floor for any Python lookup at all)
+Also prints bytes per binding on disk (all indexes, and the audit log when loaded by import).
 Target: >= 300,000 lookups/s.
 """
 
@@ -100,9 +107,9 @@ def main() -> int:
     parser.add_argument("--path", help="store directory, kept; a later run with the same "
                                        "--size reuses its bindings (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--via-rules", action="store_true",
-                        help="load through create_many (rules + audit; slower, and the "
-                             "bytes per binding then include the audit log)")
+    parser.add_argument("--records", action="store_true",
+                        help="load as records and indexes without the rules and the audit "
+                             "log, one put per key, instead of through create_many")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     where = Path(args.path) if args.path else Path(tempfile.mkdtemp(prefix="sipmask-bench-"))
@@ -117,7 +124,7 @@ def main() -> int:
         elif have:
             raise SystemExit(f"{where} holds {have:,} bindings, not {args.size:,}")
         else:
-            load_rate = (load if args.via_rules else load_records)(store, args.size)
+            load_rate = (load_records if args.records else load)(store, args.size)
 
         picks = [rng.randrange(args.size) for _ in range(args.lookups)]
         keys = [(x_of(i), f"{rng.choice(('138', '139'))}{i:08d}") for i in picks]
@@ -186,7 +193,7 @@ def main() -> int:
         store.close()
 
         print(f"bindings {args.size:,} on {xs:,} Xs ({PAIRS_PER_X} pairs each); loaded "
-              f"{'through the rules' if args.via_rules else 'as records'} "
+              f"{'as records' if args.records else 'through create_many'} "
               + (f"at {load_rate:,.0f}/s" if load_rate else "by an earlier run (reused)"))
         print(f"load average before measuring {load_before}; {args.rounds} rounds of "
               f"{per:,} lookups")
