@@ -224,3 +224,49 @@ def test_put_many_appends_past_the_end_inserts_elsewhere_and_refuses_disorder(
         with pytest.raises(StoreError, match="out of order"):
             put([(b"y", b"8"), (b"x", b"9")])
         assert store.read(lambda txn: txn.get("cdrs", b"y")) is None   # rolled back
+
+
+_KILLED_IMPORT = """
+import os, signal, sys
+from sipmask.config.schema import NumberRange, TenantConfig
+from sipmask.store import BindingRequest, LmdbStore
+store = LmdbStore(sys.argv[1], map_size=1 << 24)
+store.sync_tenants({"demo": TenantConfig("t", (NumberRange.parse(sys.argv[2]),))})
+def lines():
+    for i in range(10_000):
+        if i == 2_500:
+            os.kill(os.getpid(), signal.SIGKILL)   # mid-batch, nothing flushed or closed
+        yield i, BindingRequest("axb", f"138{i:08d}", f"139{i:08d}", f"7001{i // 4:011d}",
+                                tenant="demo")
+for _ in store.create_many(lines(), batch=1_000):
+    pass
+"""
+
+
+def test_a_killed_import_keeps_its_committed_batches_whole(tmp_path: Path) -> None:
+    # kill -9 in the middle of the third batch: the first two are there with every index
+    # and audit entry, nothing of the third is.
+    import subprocess
+    import sys
+    pool = f"7001{0:011d}-7001{9_999:011d}"
+    done = subprocess.run([sys.executable, "-c", _KILLED_IMPORT, str(tmp_path / "s"), pool],
+                          check=False, timeout=120)
+    assert done.returncode == -9
+    store = LmdbStore(tmp_path / "s", map_size=1 << 24)
+    try:
+        def count(txn: Txn) -> dict[str, int]:
+            return {db: sum(1 for _ in txn.scan(db))
+                    for db in ("bindings", "route", "expiry", "xuse")}
+        assert store.read(count) == {"bindings": 2_000, "route": 4_000, "expiry": 2_000,
+                                     "xuse": 500}
+        created = [e for e in store.audit(limit=10_000) if e.action == "create"]
+        assert len(created) == 2_000 and {e.seq for e in created} == set(
+            range(created[0].seq, created[0].seq + 2_000))
+        assert sum(u.bindings for u in store.list_pools()) == 2_000
+        # and the store takes the rest of the file afterwards
+        again = store.create_many((i, BindingRequest("axb", f"138{i:08d}", f"139{i:08d}",
+                                                     f"7001{i // 4:011d}", tenant="demo"))
+                                  for i in range(2_000, 2_100))
+        assert all(o.binding is not None for o in again)
+    finally:
+        store.close()
