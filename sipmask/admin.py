@@ -156,6 +156,8 @@ class _Rejected(Exception):
 
 
 def _ttl_of(value: Any) -> int:
+    if type(value) is str and value.isascii() and value.isdigit():
+        return int(value)   # the usual CSV cell, already stripped
     if value is None or value == "":
         return DEFAULT_TTL
     if isinstance(value, bool):
@@ -216,7 +218,7 @@ def _rows(text: IO[str], fmt: str) -> Iterator[tuple[int, BindingRequest | _Reje
     columns: tuple[str, ...] = CSV_COLUMNS
     for cells in reader:
         number = reader.line_num
-        if not cells or not any(c.strip() for c in cells):
+        if not cells or not (cells[0].strip() or any(c.strip() for c in cells)):
             continue
         if number == 1 and cells[0].strip().lower() == "mode":
             columns = tuple(c.strip().lower() for c in cells)   # a header names the columns
