@@ -78,6 +78,15 @@ def _find_in_text(text: str, low: str) -> str | None:
     value outlives the young GC generation, and a tag read must not cost that."""
     if not text:
         return None
+    if text.startswith(low, 1):
+        # The first parameter is the one asked for, as written (From's tag, Via's branch).
+        after = len(low) + 1
+        c = text[after:after + 1]
+        if c == "=":
+            end = text.find(";", after)
+            return text[after + 1:] if end < 0 else text[after + 1:end]
+        if c in ("", ";"):
+            return ""
     for part in text[1:].split(";"):
         name, eq, value = part.partition("=")
         if name == low or name.lower() == low:
