@@ -30,6 +30,7 @@ from aiohttp import web
 
 from sipmask.api.app import cdrs_from_log, start_api
 from sipmask.b2bua.engine import Engine
+from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import HEARTBEAT_S, STALE_S, CdrLog
 from sipmask.clock import SystemClock
 from sipmask.config.schema import Config, Endpoint
@@ -420,7 +421,9 @@ class Services:
     def repair(self, own: bool = True) -> None:
         """Close the calls a killed predecessor (own) or a dead peer node sharing the store
         left up (CDRs with release_side sipmask)."""
-        fixed = self.cdrs.repair(SystemClock().wall(), own=own)
+        self._repaired(self.cdrs.repair(SystemClock().wall(), own=own))
+
+    def _repaired(self, fixed: list[Cdr]) -> None:
         if fixed:
             log.warning("cdr.repaired_after_crash", calls=len(fixed))
             if self.delivery is not None and self.outbox is not None:
@@ -431,14 +434,18 @@ class Services:
                         cdr=record))
 
     async def _heartbeat(self) -> None:
+        # On a thread, not the loop: a write transaction waits for LMDB's writer lock,
+        # which the CDR writer holds through its fsync (tens of ms on a slow disk).
         clock = SystemClock()
         beats = 0
         while True:
             try:
-                self.cdrs.heartbeat(clock.wall())
+                await asyncio.to_thread(self.cdrs.heartbeat, clock.wall())
                 beats += 1
                 if beats % int(STALE_S / HEARTBEAT_S) == 0:
-                    self.repair(own=False)      # peers sharing the store that died
+                    # Peers sharing the store that died.
+                    self._repaired(await asyncio.to_thread(
+                        self.cdrs.repair, clock.wall(), own=False))
             except Exception:
                 log.exception("cdr.heartbeat_failed")
             await asyncio.sleep(HEARTBEAT_S)
@@ -461,8 +468,9 @@ class Services:
         while True:
             await asyncio.sleep(self.config.store.sweep_interval_s)
             try:
-                while self.store.sweep(clock.wall()) >= 1000:
-                    await asyncio.sleep(0)
+                # On a thread (see _heartbeat); a big backlog goes 1,000 at a time.
+                while await asyncio.to_thread(self.store.sweep, clock.wall()) >= 1000:
+                    pass
             except Exception:
                 log.exception("store.sweep_failed")
 
