@@ -535,3 +535,25 @@ def test_tcp_connect_failure_reaches_the_handler_as_transport_failed() -> None:
 
     asyncio.run(scenario())
     assert [type(e) for e in seen][:1] == [TransportFailed]
+
+
+def test_serve_sweeps_expired_bindings_from_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "sweep.lmdb"
+    settings = ("--set", f"store.path={store}")
+    bound = subprocess.run([sys.executable, "-m", "sipmask", "bind", "axb", "--a", "13800000001",
+                            "--b", "13900000002", "--ttl", "1", *settings],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert bound.returncode == 0, bound.stderr
+    proc = start_serve(tmp_path / "serve", *settings, "--set", "store.sweep_interval_s=1")
+    try:
+        deadline = time.monotonic() + 15
+        swept: list[str] = []
+        while not swept and time.monotonic() < deadline:
+            time.sleep(0.5)
+            audit = subprocess.run([sys.executable, "-m", "sipmask", "audit", *settings],
+                                   capture_output=True, text=True, cwd=REPO, timeout=60)
+            swept = [line for line in audit.stdout.splitlines() if '"actor": "sweep"' in line]
+        assert swept, audit.stdout
+        assert proc.alive()
+    finally:
+        assert proc.stop() == 0, proc.stderr()
