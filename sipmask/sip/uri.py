@@ -209,32 +209,14 @@ _FAST_SIP_URI = re.compile(_FAST_SIP)
 _new = object.__new__
 
 
-class SipUri:
-    """A sip: or sips: URI. `params` of a fast-parsed URI are split on first access."""
+class _LazyParams:
+    """What SipUri, NameAddr and Via share: `params` kept as raw text by a fast parse and
+    split on first access, and value equality over `_fields()` within one class (mutable,
+    so unhashable, as the dataclasses they replaced were)."""
 
-    __slots__ = ("_params", "_ptext", "headers", "host", "password", "port", "scheme", "user")
-    __match_args__ = ("scheme", "user", "host", "port", "password", "params", "headers")
-
-    scheme: str                      # "sip" or "sips", as written
-    user: str | None
-    host: str                        # IPv6 kept with brackets
-    port: int | None
-    password: str | None
-    headers: str                     # the `?h=v&…` part, without `?`
+    __slots__ = ("_params", "_ptext")
     _params: Params | None           # None: not split yet, `_ptext` holds them
     _ptext: str
-
-    def __init__(self, scheme: str, user: str | None, host: str, port: int | None = None,
-                 password: str | None = None, params: Params | None = None,
-                 headers: str = "") -> None:
-        self.scheme = scheme
-        self.user = user
-        self.host = host
-        self.port = port
-        self.password = password
-        self._params = [] if params is None else params
-        self._ptext = ""
-        self.headers = headers
 
     @property
     def params(self) -> Params:
@@ -248,16 +230,45 @@ class SipUri:
         self._params = value
 
     def _fields(self) -> tuple[object, ...]:
-        return (self.scheme, self.user, self.host, self.port, self.password, self.params,
-                self.headers)
+        raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not SipUri:
+        if other.__class__ is not self.__class__:
             return NotImplemented
-        assert isinstance(other, SipUri)
+        assert isinstance(other, _LazyParams)
         return self._fields() == other._fields()
 
-    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
+    __hash__ = None  # type: ignore[assignment]
+
+
+class SipUri(_LazyParams):
+    """A sip: or sips: URI. `params` of a fast-parsed URI are split on first access."""
+
+    __slots__ = ("headers", "host", "password", "port", "scheme", "user")
+    __match_args__ = ("scheme", "user", "host", "port", "password", "params", "headers")
+
+    scheme: str                      # "sip" or "sips", as written
+    user: str | None
+    host: str                        # IPv6 kept with brackets
+    port: int | None
+    password: str | None
+    headers: str                     # the `?h=v&…` part, without `?`
+
+    def __init__(self, scheme: str, user: str | None, host: str, port: int | None = None,
+                 password: str | None = None, params: Params | None = None,
+                 headers: str = "") -> None:
+        self.scheme = scheme
+        self.user = user
+        self.host = host
+        self.port = port
+        self.password = password
+        self._params = [] if params is None else params
+        self._ptext = ""
+        self.headers = headers
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.scheme, self.user, self.host, self.port, self.password, self.params,
+                self.headers)
 
     def __repr__(self) -> str:
         return (f"SipUri(scheme={self.scheme!r}, user={self.user!r}, host={self.host!r}, "
@@ -457,7 +468,7 @@ _FAST_ADDR_SPEC = re.compile(
     rf"{_FAST_PARAMS}")
 
 
-class NameAddr:
+class NameAddr(_LazyParams):
     """A From/To/Contact/Route value: `"Name" <uri>;tag=…` or a bare addr-spec.
 
     For a bare addr-spec, parameters after the URI belong to the header, not the URI
@@ -465,13 +476,11 @@ class NameAddr:
     or `;` must be in angle brackets.
     """
 
-    __slots__ = ("_params", "_ptext", "_uri", "_uri_pieces", "bracketed", "display")
+    __slots__ = ("_uri", "_uri_pieces", "bracketed", "display")
     __match_args__ = ("uri", "display", "params", "bracketed")
 
     display: str | None              # as written, quotes included
     bracketed: bool
-    _params: Params | None           # None: not split yet, `_ptext` holds them
-    _ptext: str
     _uri: Uri | None                 # None: not built yet, `_uri_pieces` hold a fast match's
     _uri_pieces: tuple[str, str | None, str, str | None, str]
 
@@ -482,17 +491,6 @@ class NameAddr:
         self._params = [] if params is None else params
         self._ptext = ""
         self.bracketed = bracketed
-
-    @property
-    def params(self) -> Params:
-        params = self._params
-        if params is None:
-            params = self._params = _split_params(self._ptext)
-        return params
-
-    @params.setter
-    def params(self, value: Params) -> None:
-        self._params = value
 
     @property
     def uri(self) -> Uri:
@@ -507,14 +505,6 @@ class NameAddr:
 
     def _fields(self) -> tuple[object, ...]:
         return (self.uri, self.display, self.params, self.bracketed)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not NameAddr:
-            return NotImplemented
-        assert isinstance(other, NameAddr)
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
 
     def __repr__(self) -> str:
         return (f"NameAddr(uri={self.uri!r}, display={self.display!r}, "
@@ -717,18 +707,16 @@ _FAST_VIA = re.compile(
     rf"({_VIA_TOKEN})/({_VIA_TOKEN})/({_VIA_TOKEN}) {_FAST_HOST}{_FAST_PORT}{_FAST_PARAMS}")
 
 
-class Via:
+class Via(_LazyParams):
     """One Via value: `SIP/2.0/UDP host:port;branch=z9hG4bK…;rport;received=…`."""
 
-    __slots__ = ("_params", "_ptext", "host", "port", "protocol", "transport")
+    __slots__ = ("host", "port", "protocol", "transport")
     __match_args__ = ("transport", "host", "port", "params", "protocol")
 
     transport: str                   # "UDP", "TCP", "TLS", … as written
     host: str
     port: int | None
     protocol: str
-    _params: Params | None           # None: not split yet, `_ptext` holds them
-    _ptext: str
 
     def __init__(self, transport: str, host: str, port: int | None = None,
                  params: Params | None = None, protocol: str = "SIP/2.0") -> None:
@@ -739,27 +727,8 @@ class Via:
         self._ptext = ""
         self.protocol = protocol
 
-    @property
-    def params(self) -> Params:
-        params = self._params
-        if params is None:
-            params = self._params = _split_params(self._ptext)
-        return params
-
-    @params.setter
-    def params(self, value: Params) -> None:
-        self._params = value
-
     def _fields(self) -> tuple[object, ...]:
         return (self.transport, self.host, self.port, self.params, self.protocol)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not Via:
-            return NotImplemented
-        assert isinstance(other, Via)
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
 
     def __repr__(self) -> str:
         return (f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
