@@ -828,21 +828,15 @@ class Via(_LazyParams):
         return Via(self.transport, self.host, self.port, params, self.protocol)
 
     def response_target(self, source: tuple[str, int]) -> tuple[str, int]:
-        """Where a response to this Via goes over UDP: RFC 3261 §18.2.2 with RFC 3581 §4.
-
-        `maddr` wins; then `rport` (its value, or the request's source port when empty)
-        with `received` (or the source IP); then `received` or sent-by's host, with
-        sent-by's port or the transport's default."""
-        maddr = self.param("maddr")
-        if maddr:
-            return maddr.strip("[]"), self.port or self.default_port
-        rport = self.rport
-        received = self.received
-        if rport is not None:
-            host = received.strip("[]") if received else source[0]
-            return host, int(rport) if rport.isdigit() else source[1]
-        host = received or self.host
-        return host.strip("[]"), self.port or self.default_port
+        """Where a response to this Via goes over UDP (RFC 3261 §18.2.2, RFC 3581 §4), on a
+        public edge: always the IP the request came from, which is what §18.2.2's `received`
+        names whenever sent-by differs from it; the source port with `rport`, else
+        sent-by's port or the transport's default. `maddr`, and a `received` or `rport`
+        value the peer wrote itself, are not followed: they would let anyone point our
+        responses (a 100, a 4xx) at a third party."""
+        if self.rport is not None:
+            return source[0], source[1]
+        return source[0], self.port or self.default_port
 
 
 def _split_ws(text: str) -> tuple[str, str, str]:

@@ -88,6 +88,27 @@ def test_options_gets_200_copying_the_transaction_headers(server: ServeProcess) 
     assert response.headers.get("accept") == "application/sdp"
 
 
+@pytest.mark.parametrize("params", [";maddr=127.0.0.9", ";received=127.0.0.9",
+                                    ";rport={port};received=127.0.0.9"])
+def test_a_via_cannot_point_the_answer_at_a_third_party(server: ServeProcess,
+                                                        params: str) -> None:
+    """Reflection: maddr, or received/rport values the peer wrote itself, would aim our
+    answers at someone else (here 127.0.0.9 on the same port); they go to the source."""
+    with udp_socket() as s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim:
+        local = s.getsockname()
+        victim.bind(("127.0.0.9", local[1]))
+        via_params = params.format(port=local[1])
+        request = options_request(server.udp, local=local, rport=False).replace(
+            f"{LOOPBACK}:{local[1]};branch=".encode(),
+            f"{LOOPBACK}:{local[1]}{via_params};branch=".encode())
+        assert via_params.encode() in request
+        response = response_of(udp_exchange(request, server.udp, sock=s))
+        assert response.status == 200
+        victim.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            victim.recv(65535)
+
+
 def test_garbage_datagram_gets_no_answer(server: ServeProcess) -> None:
     assert udp_exchange(b"\x00\xff not sip at all \r\n\r\n", server.udp, timeout=0.5) is None
     assert udp_exchange(b"", server.udp, timeout=0.3) is None

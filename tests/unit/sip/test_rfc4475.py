@@ -292,5 +292,6 @@ def test_rfc2543_style_invite() -> None:
     assert msg.to.params == [("user", "phone")]
     assert isinstance(msg.to.uri, SipUri) and msg.to.uri.param("user") is None
     assert isinstance(msg.from_.uri, SipUri) and msg.from_.uri.param("user") == "phone"
+    # A host name as sent-by: the answer goes to the source IP (no DNS), default port.
     assert Via.parse("SIP/2.0/UDP iftgw.example.com").response_target(("192.0.2.9", 5999)) == (
-        "iftgw.example.com", 5060)
+        "192.0.2.9", 5060)
