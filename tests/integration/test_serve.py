@@ -351,7 +351,8 @@ def test_torture_corpus_and_mutations_never_crash(serve) -> None:  # type: ignor
             s.sendto(path.read_bytes()[:65000], proc.udp)
         for data in mutations(options_request(proc.udp), 400):
             s.sendto(data, proc.udp)
-        # A destination we must not use: a name (DNS on the hot path) via maddr.
+        # A destination we must not use: a name (DNS on the hot path) via maddr; it is not
+        # followed (the answer goes to the source, see the reflection test above).
         s.sendto(broken("Via", "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKm;"
                         "maddr=no.such.host.invalid", proc.udp), proc.udp)
     for path in corpus:
@@ -365,7 +366,7 @@ def test_torture_corpus_and_mutations_never_crash(serve) -> None:  # type: ignor
     counters = proc.counters()
     assert proc.returncode == 0
     assert counters["internal_errors"] == 0, proc.stderr()[-3000:]
-    assert counters["parse_errors"] > 0 and counters["send_errors"] >= 1
+    assert counters["parse_errors"] > 0
 
 
 # -- the TCP shell in-process: idle timeout, connection limit, outgoing reuse --------------
