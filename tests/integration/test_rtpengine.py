@@ -42,11 +42,20 @@ class Daemon:
                            rtpengine=RtpengineConfig(ng=self.ng, timeout_ms=500))
 
 
+# The SIPp endpoints' fixed media ports (16000, 16100, 18000 and their RTCP): the privacy
+# regexps refuse them in SDP, so rtpengine must never offer one of its own that matches.
+SIPP_MEDIA = (range(16000, 16200), range(18000, 18200))
+
+
 def free_udp_range(size: int) -> int:
     """The first port of `size` consecutive UDP ports free on loopback now, below the
-    kernel's ephemeral range so other tests' bind(0) does not land in it."""
+    kernel's ephemeral range so other tests' bind(0) does not land in it, and clear of
+    the SIPp media ports."""
     start = 12000 + (os.getpid() * 100) % 6000
     for first in range(start, 19900, size):
+        block = range(first, first + size)
+        if any(block.start < r.stop and r.start < block.stop for r in SIPP_MEDIA):
+            continue
         if udp_block_free(first, size):
             return first
     raise RuntimeError("no free UDP port range for rtpengine")
