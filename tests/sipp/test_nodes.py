@@ -22,10 +22,13 @@ import pytest
 
 from tests.conftest import REPO, ServeProcess, free_port, sipmask_cli, terminate
 
+# Debian installs it in /usr/sbin, which a non-root PATH may lack.
+KAMAILIO = shutil.which("kamailio") or shutil.which("kamailio", path="/usr/sbin:/usr/local/sbin")
+
 pytestmark = [
     pytest.mark.sipp,
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed"),
-    pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed"),
+    pytest.mark.skipif(KAMAILIO is None, reason="kamailio not installed"),
 ]
 
 SCENARIOS = REPO / "sipp-scenarios"
@@ -45,7 +48,7 @@ def kamailio(tmp_path: Path) -> Iterator[Callable[[list[int]], int]]:
         port = free_port()
         log = (tmp_path / "kamailio.stderr").open("wb")
         procs.append(subprocess.Popen(
-            ["kamailio", "-f", str(REPO / "configs" / "kamailio-dispatcher.cfg"), "-DD", "-E",
+            [str(KAMAILIO), "-f", str(REPO / "configs" / "kamailio-dispatcher.cfg"), "-DD", "-E",
              "-w", str(tmp_path), "-A", f"LISTEN=udp:127.0.0.1:{port}",
              "-A", f'DS_LIST="{listing}"', "-A", "WORKERS=1"],
             stdout=subprocess.DEVNULL, stderr=log, cwd=tmp_path))
