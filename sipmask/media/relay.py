@@ -229,11 +229,6 @@ class _Media:
             rtp.twin, rtcp.twin = self.streams[side.other]
             rtp.cname = rtcp.cname = cnames[side]
 
-    def close(self) -> None:
-        for rtp, rtcp in self.streams.values():
-            rtp.close()
-            rtcp.close()
-
 
 class RelaySession:
     """One call's media: sides A and B, and per media line an RTP and an RTCP socket on
@@ -440,9 +435,8 @@ class Relay:
             raise MediaError(f"relay session for call {session.call_id} is closed")
         media = await self._bind_media()
         if session.closed:          # closed while we were binding
-            media.close()
-            for pair in media.pairs.values():
-                self.allocator.free(pair)
+            for side, streams in media.streams.items():
+                self._discard(media.pairs[side], streams)
             raise MediaError(f"relay session for call {session.call_id} is closed")
         return session._add(media)
 
@@ -454,10 +448,8 @@ class Relay:
             for side in Side:
                 pairs[side], streams[side] = await self._bind_side(clock)
         except BaseException:
-            for side, (rtp, rtcp) in streams.items():
-                rtp.close()
-                rtcp.close()
-                self.allocator.free(pairs[side])
+            for side, pair_streams in streams.items():
+                self._discard(pairs[side], pair_streams)
             raise
         return _Media(pairs, streams)
 
@@ -542,9 +534,13 @@ class Relay:
                     rtcp.recycle()
                     self._idle.append((reusable_from, media.pairs[side], streams))
                 else:
-                    rtp.close()
-                    rtcp.close()
-                    self.allocator.free(media.pairs[side])
+                    self._discard(media.pairs[side], streams)
+
+    def _discard(self, pair: PortPair, streams: tuple[_Stream, _Stream]) -> None:
+        """Close a pair's sockets and give its ports back to the allocator."""
+        for stream in streams:
+            stream.close()
+        self.allocator.free(pair)
 
     def stats(self) -> RelayStats:
         packets, octets = self._closed_packets, self._closed_bytes
@@ -572,10 +568,8 @@ class Relay:
         for session in list(self._sessions.values()):
             session.close()
         while self._idle:
-            _, pair, (rtp, rtcp) = self._idle.popleft()
-            rtp.close()
-            rtcp.close()
-            self.allocator.free(pair)
+            _, pair, streams = self._idle.popleft()
+            self._discard(pair, streams)
         # Transports close their sockets on the next loop iteration; let it run so the
         # ports are free when close() returns, even if the loop stops right after.
         await asyncio.sleep(0)
