@@ -47,6 +47,11 @@ class CdrSink(Protocol):
         the others as `call_up`."""
 
 
+def _beat_key(node: bytes) -> bytes:
+    """A node's heartbeat key; the unnamed node keeps the key from before nodes existed."""
+    return HEARTBEAT + (b"\x00" + node if node else b"")
+
+
 def _key(cdr: Cdr) -> bytes:
     return struct.pack(">Q", max(0, int(cdr.invite_at * 1_000_000))) + cdr.call_id.encode()
 
@@ -63,7 +68,6 @@ class CdrLog:
     def __init__(self, store: LmdbStore, node: str = "") -> None:
         self.store = store
         self.node = node.encode()
-        self._beat_key = HEARTBEAT + (b"\x00" + self.node if self.node else b"")
         store.db(DB)
         store.db(UP)
 
@@ -91,7 +95,7 @@ class CdrLog:
         self.store.write(run)
 
     def heartbeat(self, now: float) -> None:
-        self.store.write(lambda txn: txn.put(UP, self._beat_key, struct.pack(">d", now)))
+        self.store.write(lambda txn: txn.put(UP, _beat_key(self.node), struct.pack(">d", now)))
 
     def calls_up(self) -> list[Cdr]:
         """Every node's journalled calls."""
@@ -129,7 +133,7 @@ class CdrLog:
                 txn.delete(UP, key)
                 fixed.append(record)
             for node in dead - {self.node}:     # its calls are closed: forget the node
-                txn.delete(UP, HEARTBEAT + (b"\x00" + node if node else b""))
+                txn.delete(UP, _beat_key(node))
             return fixed
         return self.store.write(run)
 
