@@ -192,9 +192,18 @@ class Sipmask:
         self.stderr.close()
 
 
-def cpu_of(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def _stat(path: Path) -> list[str]:
+    """/proc/PID/stat's fields after the command name: [1] is the parent pid, [11] and
+    [12] user and system CPU in clock ticks."""
+    return path.read_text().rpartition(")")[2].split()
+
+
+def _cpu(fields: list[str]) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pid: int) -> float:
+    return _cpu(_stat(Path(f"/proc/{pid}/stat")))
 
 
 class Nodes:
@@ -216,7 +225,8 @@ class Nodes:
                                   capture_output=True, text=True, cwd=ROOT,
                                   env=self.nodes[0].env, timeout=120)
         if imported.returncode != 0:
-            self.stop()
+            for node in self.nodes:        # Kamailio is not started yet
+                node.stop()
             raise SystemExit(f"import of the bench Xs failed: {imported.stderr[-1500:]}")
         # The caller takes each call's X from an injection file (SIPp -inf, [field0]).
         self.inf = tmp / "xs.csv"
@@ -245,10 +255,9 @@ class Nodes:
         total = 0.0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rpartition(")")[2].split()
-                pid = int(stat.parent.name)
-                if pid == self.proc.pid or int(fields[1]) == self.proc.pid:
-                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                fields = _stat(stat)
+                if self.proc.pid in (int(stat.parent.name), int(fields[1])):
+                    total += _cpu(fields)
         return total
 
     def stop(self) -> None:
