@@ -418,10 +418,10 @@ class Services:
         self.metrics.sources.transactions = server.core.gauges
         self.metrics.sources.sip = lambda: server.counters
 
-    def repair(self, own: bool = True) -> None:
-        """Close the calls a killed predecessor (own) or a dead peer node sharing the store
-        left up (CDRs with release_side sipmask)."""
-        self._repaired(self.cdrs.repair(SystemClock().wall(), own=own))
+    def repair(self) -> None:
+        """At start-up: close the calls a killed predecessor or a dead peer node sharing
+        the store left up (CDRs with release_side sipmask)."""
+        self._repaired(self.cdrs.repair(SystemClock().wall()))
 
     def _repaired(self, fixed: list[Cdr]) -> None:
         if fixed:
