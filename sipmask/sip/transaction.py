@@ -772,8 +772,9 @@ class TransactionLayer:
             self._send_server_response(txn, ctx.message)
 
     def _do_retransmit(self, txn: Transaction, ctx: _Context) -> None:
-        if txn.request_bytes:             # cleared once a final response came
-            self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
+        # Only Calling/Trying/Proceeding retransmit, so request_bytes (cleared at the final
+        # response) are still there.
+        self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
 
     def _do_resend(self, txn: Transaction, ctx: _Context) -> None:
         if txn.last_bytes is None:
