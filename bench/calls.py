@@ -300,7 +300,10 @@ def run_step(mode: str, tmp: Path, scenario: Path, target: tuple[str, int], rate
              duration: float, hold_ms: int, extra: tuple[str, ...] = ()) -> Step:
     calls = max(1, int(rate * duration))
     # SIPp writes its trace files beside the scenario: one directory per step.
-    here = tmp / f"{mode}-{rate}"
+    here, again = tmp / f"{mode}-{rate}", 1
+    while here.exists():   # the same rate twice in one ladder (repeated to gauge noise)
+        again += 1
+        here = tmp / f"{mode}-{rate}-{again}"
     here.mkdir()
     scenario = Path(shutil.copy(scenario, here))
     stat, rtt = here / "stat.csv", here / "*_rtt.csv"
