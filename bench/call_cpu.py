@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import re
 import socket
 import statistics
@@ -92,6 +93,23 @@ def callee_response(request: bytes, status: bytes, tag: bytes, body: bytes = b""
         lines.append(b"Content-Type: application/sdp")
     lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class GcClock:
+    """Time the cyclic collector runs (gc.callbacks), in seconds, and how often."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self.runs = 0
+        self._start = 0.0
+        gc.callbacks.append(self._tick)
+
+    def _tick(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.spent += time.perf_counter() - self._start
+            self.runs += 1
 
 
 class Wire:
@@ -218,6 +236,9 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
     services.watch(server)
     await server.start()
     freezer = GcFreezer(asyncio.get_running_loop())   # as serve() runs it
+    if args.gc_threshold:
+        gc.set_threshold(*(int(v) for v in args.gc_threshold.split(",")))
+    collector = GcClock()
     services.store.create(mode="axb", tenant=next(iter(config.tenants)), a=A, b=B, x=X,
                           ttl=0)
     loop = asyncio.get_running_loop()
@@ -231,6 +252,7 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
             calls = args.calls if round_no else max(200, args.calls // 4)
             profiler = cProfile.Profile() if args.profile and round_no == args.rounds else None
             driver.spent = 0.0
+            collector.spent, collector.runs = 0.0, 0
             thread0, process0 = time.thread_time(), time.process_time()
             if profiler:
                 profiler.enable()
@@ -247,7 +269,9 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
             if round_no:
                 results.append((1e6 * thread / calls, 1e6 * process / calls))
                 print(f"  round {round_no}: {calls} calls, loop thread {results[-1][0]:,.0f} "
-                      f"µs/call, process {results[-1][1]:,.0f} µs/call", flush=True)
+                      f"µs/call, process {results[-1][1]:,.0f} µs/call; cyclic GC "
+                      f"{1e6 * collector.spent / calls:,.0f} µs/call in {collector.runs} runs",
+                      flush=True)
     finally:
         freezer.close()
         server.close()
@@ -286,6 +310,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=4000, help="calls a round")
     parser.add_argument("--rate", type=float, default=400.0, help="calls a second offered")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gc-threshold", metavar="G0,G1,G2",
+                        help="gc.set_threshold for the server (default: Python's)")
     parser.add_argument("--profile", help="cProfile the last round into this file")
     args = parser.parse_args()
     try:
