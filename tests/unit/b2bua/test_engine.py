@@ -141,7 +141,7 @@ def a_invite(caller: str = A_NUM, x: str = X, branch: str = "z9hG4bKa1",
     return (f"INVITE sip:{x}@127.0.0.1;user=phone SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch={branch};rport\r\n"
             f"Max-Forwards: 70\r\n"
-            f'From: "Zhang San" <sip:{caller}@192.0.2.10>;tag=fa1\r\n'
+            f'From: "Zhang San" <sip:{caller}@192.0.2.10>;tag=fromzq1\r\n'
             f"To: <sip:{x}@127.0.0.1>\r\n"
             f"Call-ID: acall-{branch}@192.0.2.10\r\n"
             f"CSeq: 10 INVITE\r\n"
@@ -223,7 +223,8 @@ def test_answered_call_is_masked_both_ways_and_recorded() -> None:
         # Leg B: X calls B; nothing of A.
         assert b_inv.uri == f"sip:{B_NUM}@127.0.0.1:5090;user=phone"
         assert b_inv.from_.uri.user == X  # type: ignore[union-attr]
-        no_identity(b_inv, A_NUM, "192.0.2.10", "acall", "Zhang", "leaky", "16000", "fa1")
+        # The From tag has letters beyond hex, so no random tag or Call-ID can contain it.
+        no_identity(b_inv, A_NUM, "192.0.2.10", "acall", "Zhang", "leaky", "16000", "fromzq1")
         assert b_inv.headers.get("max-forwards") == "69"
         await h.deliver(b_response(b_inv, 180), B_ADDR)
         await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
