@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
 from aiohttp import web
 
 from sipmask.api.app import cdrs_from_log, start_api
@@ -62,7 +61,7 @@ from sipmask.transport.udp import UdpTransport, open_udp
 EXIT_OK, EXIT_FAILED = 0, 1
 
 # Lazy proxy: bound at first use, so `sipmask.observability.logging.setup` applies.
-log = structlog.get_logger("sipmask.server")
+log = sm_logging.get_logger("sipmask.server")
 
 
 # -- the handler seam -------------------------------------------------------------------

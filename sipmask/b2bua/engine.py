@@ -24,8 +24,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import structlog
-
 from sipmask import numbers
 from sipmask.b2bua import masking, routing
 from sipmask.b2bua.call import Action, Call, CallEvent, CallState
@@ -35,6 +33,7 @@ from sipmask.cdr.store import CdrSink
 from sipmask.clock import Clock
 from sipmask.config.schema import Config, TrunkConfig
 from sipmask.errors import CallStateError, MediaError, ParseError, SipError, TransactionError
+from sipmask.observability import logging as sm_logging
 from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.transaction import (
@@ -50,7 +49,7 @@ from sipmask.sip.transaction import (
 from sipmask.sip.uri import SipUri, parse_uri
 from sipmask.store.base import Binding, BindingStore
 
-log = structlog.get_logger("sipmask.b2bua")
+log = sm_logging.get_logger("sipmask.b2bua")
 
 Transport = Literal["udp", "tcp"]
 Address = tuple[str, int]

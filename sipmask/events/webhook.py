@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-import structlog
 
 from sipmask.clock import Clock, SystemClock
 from sipmask.config.schema import WebhookConfig
 from sipmask.events.outbox import Event, Outbox
+from sipmask.observability import logging as sm_logging
 
-log = structlog.get_logger("sipmask.events.webhook")
+log = sm_logging.get_logger("sipmask.events.webhook")
 
 SIGNATURE_HEADER = "X-Sipmask-Signature"
 EVENT_ID_HEADER = "X-Sipmask-Event-Id"

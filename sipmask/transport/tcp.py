@@ -16,10 +16,9 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-import structlog
-
 from sipmask.config.schema import Endpoint
 from sipmask.errors import ParseError
+from sipmask.observability import logging as sm_logging
 from sipmask.sip.parser import StreamFramer
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.inbound import Address, Rejection, decode, reject
@@ -31,7 +30,7 @@ DEFAULT_MAX_CONNECTIONS = 4096
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
 
 # Lazy proxy: bound at first use, so `sipmask.observability.logging.setup` applies.
-log = structlog.get_logger("sipmask.transport.tcp")
+log = sm_logging.get_logger("sipmask.transport.tcp")
 
 
 class TcpConnection(asyncio.Protocol):

@@ -12,9 +12,8 @@ import asyncio
 import socket
 from typing import Protocol, cast
 
-import structlog
-
 from sipmask.config.schema import Endpoint
+from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.inbound import Address, Rejection, TransportName, decode
@@ -24,7 +23,7 @@ from sipmask.transport.inbound import Address, Rejection, TransportName, decode
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 # Lazy proxy: bound at first use, so `sipmask.observability.logging.setup` applies.
-log = structlog.get_logger("sipmask.transport.udp")
+log = sm_logging.get_logger("sipmask.transport.udp")
 
 
 class MessageSink(Protocol):
