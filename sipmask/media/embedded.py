@@ -92,30 +92,54 @@ class EmbeddedBackend:
 
 class _SipmaskSdp:
     """parse_endpoints / rewrite / is_hold built on sipmask.sdp, with one o= line counter
-    per leg (RFC 3264 §8: same sess-id for the session, version + 1 on each change)."""
+    per leg (RFC 3264 §8: same sess-id for the session, version + 1 on each change).
 
-    def __init__(self) -> None:
+    Each body goes through sipmask.sdp.fast, which works on the lines as strings; where it
+    declines (a body the full path refuses, or one it would refuse to rewrite), the full
+    path (parse → model → rewrite_for_relay → stamp → to_bytes) runs and gives the answer
+    or raises its error. `fast=False` runs only the full path (the differential tests)."""
+
+    def __init__(self, *, fast: bool = True) -> None:
+        from sipmask.sdp import fast as fast_path
         from sipmask.sdp import parser, rewrite
         self._parser: Any = parser
         self._sdp: Any = rewrite
+        self._fast: Any = fast_path if fast else None
         self._origins: dict[str, Any] = {}
-        self._last: tuple[bytes, Any] = (b"", None)
+        # The last body, its scan (None: the fast path declined) and its model (None: not
+        # parsed yet). EmbeddedBackend reads each body three times in a row (endpoints, hold,
+        # rewrite), so each is scanned, and parsed if need be, once. Nothing changes a scan
+        # or a parsed body in place (rewrite_for_relay builds a new one).
+        self._body: bytes | None = None
+        self._scan: Any = None
+        self._model: Any = None
+
+    def _read(self, sdp: bytes) -> Any:
+        if sdp != self._body:
+            self._scan = self._fast.scan(sdp) if self._fast is not None else None
+            self._model = None
+            self._body = sdp
+        return self._scan
 
     def _parse(self, sdp: bytes) -> Any:
-        """EmbeddedBackend reads each body three times in a row (endpoints, hold, rewrite):
-        parse it once. Nothing changes a parsed body in place (rewrite_for_relay builds a
-        new one)."""
-        last_sdp, parsed = self._last
-        if parsed is None or last_sdp != sdp:
-            parsed = self._parser.parse(sdp)
-            self._last = (sdp, parsed)
-        return parsed
+        self._read(sdp)
+        if self._model is None:
+            self._model = self._parser.parse(sdp)
+        return self._model
 
     def parse_endpoints(self, sdp: bytes) -> list[tuple[str, int] | None]:
+        scanned = self._read(sdp)
+        if scanned is not None:
+            found: list[tuple[str, int] | None] | None = self._fast.media_endpoints(scanned)
+            if found is not None:
+                return found
         endpoints: list[tuple[str, int] | None] = self._sdp.media_endpoints(self._parse(sdp))
         return endpoints
 
     def is_hold(self, sdp: bytes) -> bool:
+        scanned = self._read(sdp)
+        if scanned is not None:
+            return bool(self._fast.is_on_hold(scanned))
         return bool(self._sdp.is_on_hold(self._parse(sdp)))
 
     def rewrite(self, sdp: bytes, address: str, ports: list[int], leg_key: str) -> bytes:
@@ -124,6 +148,11 @@ class _SipmaskSdp:
             counter = self._sdp.OriginCounter(address=address,
                                               sess_id=self._sdp.new_session_id())
             self._origins[leg_key] = counter
+        scanned = self._read(sdp)
+        if scanned is not None:
+            body: bytes | None = self._fast.rewrite(scanned, address, ports, counter)
+            if body is not None:
+                return body
         described = self._sdp.rewrite_for_relay(self._parse(sdp), address=address,
                                                 ports=ports, origin=counter.origin)
         return bytes(counter.stamp(described).to_bytes())

@@ -31,7 +31,7 @@ telephone-event (RFC 4733 DTMF) and the peer's codec preference survive.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from sipmask.entropy import token_bytes
@@ -45,6 +45,7 @@ from sipmask.sdp.model import (
     Origin,
     SdpLine,
     SessionDescription,
+    render,
 )
 
 KEPT_ATTRIBUTES = frozenset({
@@ -328,7 +329,7 @@ class OriginCounter:
     sess_id: int
     username: str = "-"
     sess_version: int = -1
-    _last: SessionDescription | None = field(default=None, repr=False)
+    _last: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Stacks commonly start the version at the sess-id; any start is valid (§5.2).
@@ -343,19 +344,30 @@ class OriginCounter:
         """`sd` with this leg's origin, the version raised first if the body changed since
         the last description stamped. The result is a new SessionDescription holding copies
         of `sd`'s line lists; `sd` is not changed."""
-        # Field-by-field equality of the typed lines is what the bytes would show (the
-        # serializer is a function of them) and costs a fraction of serializing.
-        snapshot = _copy(sd, _PLACEHOLDER_ORIGIN)
-        if self._last is not None and snapshot != self._last:
+        origin = self.advance(fingerprint(sd))
+        media = [MediaDescription(m.kind, m.port, m.proto, list(m.formats), m.port_count,
+                                  list(m.lines)) for m in sd.media]
+        return SessionDescription(origin, sd.session_name, list(sd.lines), media, sd.version)
+
+    def advance(self, lines: tuple[str, ...]) -> Origin:
+        """The origin for a description whose `fingerprint` is `lines`: the version goes up
+        by one when they differ from the last description's."""
+        if self._last is not None and lines != self._last:
             self.sess_version += 1
-        self._last = snapshot
-        return _copy(sd, self.origin)
+        self._last = lines
+        return self.origin
 
 
-def _copy(sd: SessionDescription, origin: Origin) -> SessionDescription:
-    """A copy whose lists can change without touching `sd` (the lines are immutable)."""
-    media = [replace(m, formats=list(m.formats), lines=list(m.lines)) for m in sd.media]
-    return replace(sd, origin=origin, lines=list(sd.lines), media=media)
-
-
-_PLACEHOLDER_ORIGIN = Origin("-", "0", "0", "IN", "IP4", "0.0.0.0")
+def fingerprint(sd: SessionDescription) -> tuple[str, ...]:
+    """Every line but o=, rendered, in the order held (before the RFC 4566 §5 sort). Lines
+    are rendered one to one from their fields (parsed fields hold no blanks, names no
+    colon), so for descriptions from `parse` and `rewrite_for_relay` two fingerprints are
+    equal exactly when the descriptions are equal field by field, origin aside."""
+    lines = [f"v={sd.version}"]
+    if sd.session_name is not None:
+        lines.append("s=" + sd.session_name)
+    lines += [render(line) for line in sd.lines]
+    for section in sd.media:
+        lines.append("m=" + section.m_line_value())
+        lines += [render(line) for line in section.lines]
+    return tuple(lines)

@@ -1,0 +1,192 @@
+"""sipmask.sdp.fast against the full path (parse → model → rewrite_for_relay → stamp →
+to_bytes): EmbeddedBackend's SDP functions with and without the fast path must give the same
+endpoints, hold answers, bytes, o= versions and errors, for the samples and for generated and
+mutated bodies."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from unittest.mock import patch
+
+import sdp_samples
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipmask.media.embedded import _SipmaskSdp
+from sipmask.sdp import fast
+
+RELAY = "192.0.2.200"
+RELAY6 = "2001:db8::200"
+
+SIPP = (b"v=0\r\no=caller 53655765 2353687637 IN IP4 127.0.0.2\r\ns=call from caller\r\n"
+        b"c=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 16000 RTP/AVP 0 101\r\n"
+        b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"
+        b"a=sendrecv\r\n")
+SAMPLES = {**sdp_samples.ALL, "sipp": SIPP}
+
+Step = tuple[bytes, str, str, int]   # body, leg key, relay address, ports given - needed
+Outcome = tuple[object, ...]
+
+
+def _call(function: Callable[[], object]) -> Outcome:
+    try:
+        return ("ok", function())
+    except Exception as error:   # the error itself is what is compared
+        return ("error", type(error), str(error), getattr(error, "status", None))
+
+
+@contextmanager
+def _session_ids() -> Iterator[None]:
+    ids = itertools.count(1000001)
+    with patch("sipmask.sdp.rewrite.new_session_id", lambda: next(ids)):
+        yield
+
+
+def run(steps: list[Step], *, use_fast: bool) -> list[Outcome]:
+    """What EmbeddedBackend would see for each step: endpoints, hold, rewritten body."""
+    outcomes: list[Outcome] = []
+    with _session_ids():
+        sdp = _SipmaskSdp(fast=use_fast)
+        for body, leg_key, address, extra in steps:
+            endpoints = _call(lambda body=body: sdp.parse_endpoints(body))
+            outcomes.append(endpoints)
+            outcomes.append(_call(lambda body=body: sdp.is_hold(body)))
+            enabled = (len([e for e in endpoints[1] if e is not None])   # type: ignore[attr-defined]
+                       if endpoints[0] == "ok" else 0)
+            ports = [40000 + 2 * i for i in range(max(0, enabled + extra))]
+            outcomes.append(_call(lambda body=body, address=address, ports=ports, key=leg_key:
+                                  sdp.rewrite(body, address, ports, key)))
+    return outcomes
+
+
+def assert_same(steps: list[Step]) -> None:
+    assert run(steps, use_fast=True) == run(steps, use_fast=False)
+
+
+def test_every_sample_takes_the_fast_path() -> None:
+    """Else the differential tests below would compare the full path with itself."""
+    from sipmask.sdp.rewrite import OriginCounter
+    for name, body in SAMPLES.items():
+        scanned = fast.scan(body)
+        assert scanned is not None, name
+        ports = [40000 + 2 * i for i, m in enumerate(scanned.media) if m.port != 0]
+        counter = OriginCounter(address=RELAY, sess_id=7)
+        assert fast.rewrite(scanned, RELAY, ports, counter) is not None, name
+
+
+def test_samples_give_the_same_answers_and_bytes() -> None:
+    for name, body in SAMPLES.items():
+        for address in (RELAY, RELAY6):
+            steps = [(body, "c1:b", address, 0), (body, "c1:b", address, 0)]
+            fast_out, full_out = run(steps, use_fast=True), run(steps, use_fast=False)
+            assert fast_out == full_out, name
+            assert fast_out[2][0] == "ok", name
+
+
+def test_version_bumps_match_across_a_sequence() -> None:
+    """Same body: same version; a changed body (hold, resume): version + 1 (RFC 3264 §8)."""
+    order = ["carrier", "carrier", "hold", "hold", "carrier", "ipv6", "sipp", "sipp"]
+    steps = [(SAMPLES[name], "c1:a", RELAY, 0) for name in order]
+    assert_same(steps)
+    versions = [out[1].split(b"\r\n")[1].split()[2] for out in run(steps, use_fast=True)[2::3]]
+    assert versions == [b"1000001", b"1000001", b"1000002", b"1000002", b"1000003",
+                        b"1000004", b"1000005", b"1000005"]
+
+
+def test_each_rule_on_a_small_body() -> None:
+    """Hand-picked bodies for rules the generator reaches rarely."""
+    media = "m=audio 5000 RTP/AVP 0\r\n"
+    bodies = [
+        SIPP.replace(b"c=IN IP4 127.0.0.2", b"c=IN  IP4 0.0.0.0 "),       # hold, odd blanks
+        SIPP.replace(b"a=sendrecv", b"c=IN IP6\t::"),
+        SIPP.replace(b"t=0 0", b"t=0 0\r\na=ice-lite").replace(b"127.0.0.2\r\nt", b"0.0.0.0\r\nt"),
+        SIPP.replace(b"a=sendrecv", b"c=IN IP4 0.0.0.0").replace(b"t=0 0", b"t=0 0\r\na=ice-pwd:x"),
+        SIPP.replace(b"t=0 0", b"a=sendonly\r\nt=0 0"),                 # session direction, order
+        SIPP.replace(b"a=sendrecv", b"a=recvonly\r\na=sendonly\r\nb=AS:1"),  # first wins, order
+        SIPP.replace(b"c=IN IP4 127.0.0.2\r\nt=0 0\r\n", b"") + b"c=IN IP4 198.51.100.1\r\n",
+        SIPP + media.encode() + b"a=rtcp:5001\r\n" + media.replace("5000", "0").encode(),
+    ]
+    for body in bodies:
+        assert fast.scan(body) is not None
+        assert_same([(body, "c1:b", RELAY, 0), (body, "c1:b", RELAY6, 0)])
+
+
+def test_errors_are_the_full_paths() -> None:
+    bodies = [b"", b"\r\n", b"v=1\r\n", b"v=0\r\ns=x\r\n", b"v=0\r\no=a b\r\n",
+              SIPP.replace(b"c=IN IP4 127.0.0.2\r\n", b""),            # no c= (488)
+              SIPP.replace(b"c=IN", b"c=ATM"),                          # nettype (488)
+              SIPP.replace(b"16000 ", b"16000/2 "),                     # layered (488)
+              SIPP.replace(b"16000 ", b"65536 "), SIPP.replace(b"a=fmtp", b"a\x00fmtp"),
+              SIPP.replace(b"\r\nt=", b"\rt=")]
+    for body in bodies:
+        for extra in (0, 1, -1):
+            assert_same([(body, "c1:b", RELAY, extra)])
+
+
+# Lines that exercise each rule: direction, hold addresses, ICE, a=rtcp, BUNDLE, ports,
+# odd spacing, unmodelled kinds; then malformed lines the parser refuses.
+_VALID = [
+    "a=sendonly", "a=recvonly", "a=inactive", "a=sendrecv", "a=SENDONLY", "a=Inactive",
+    "a=sendonly:", "a=inactive:x", "c=IN IP4 0.0.0.0", "c=IN IP6 ::", "c=IN IP4 198.51.100.1",
+    "c=IN  IP4\t198.51.100.2 ", "c=IN IP4 224.2.1.1/127/3", "c=IN IP4 0.0.0.0/127",
+    "c=IN  IP4 0.0.0.0 ", "c=IN IP6\t::", "c=IN IP6 2001:db8::9", "c=ATM NSAP 47.0091",
+    "a=ice-lite", "a=ICE-UFRAG:x", "a=candidate:1 1 UDP 1 198.51.100.1 5000 typ host",
+    "a=ice-pwd:y", "a=rtcp:5001", "a=RTCP:5001 IN IP4 198.51.100.1", "a=rtcp",
+    "a=group:BUNDLE 0 1", "a=group:bundle 0", "a=group:LS 0 1", "a=group", "a=group:",
+    "a=mid:0", "a=ptime:20", "a=rtcp-mux", "a=X-nat:0", "a=tool:phone", "a=ssrc:1 cname:x@y",
+    "a=msid:a b", "a=crypto:1 AES x", "a=:x", "b=AS:64", "b=TIAS:", "t=0 0", "t=1 2",
+    "r=7d 1h 0 25h", "z=0 0", "k=prompt", "i=info", "u=http://x", "e=a@b", "p=+1",
+    "y=unknown", "", "a=T38FaxVersion:0", "a=rtpmap:0 PCMU/8000", "a=fmtp:101 0-15",
+    "a=label:\udcff", "a=\u00e9t\u00e9", "m=audio 0 RTP/AVP 0", "m=audio 5000 RTP/AVP 0 8",
+    "m=audio 5002/1 RTP/AVP 0", "m=video 5004/2 RTP/AVP 31", "m=audio 0/2 RTP/AVP 0",
+    "m=audio 00080 RTP/AVP 0", "m=audio 5006 RTP/AVP", "m=image 5010 udptl t38",
+]
+_BAD = [
+    "a=", "a", "x", "=x", "b=:5", "b=AS", "c=IN IP4", "v=0", "s=again",
+    "o=- 1 1 IN IP4 198.51.100.1", "o=- 1 1 ATM NSAP 47.0091", "m=audio 65536 RTP/AVP 0",
+    "m=audio 5008", "m=audio x RTP/AVP 0", "m=audio \uff15 RTP/AVP 0", "a=sendrecv\x00",
+    "c=IN IP4 198.51.100.3\r",
+]
+_LINES = st.sampled_from(_VALID) | st.sampled_from(_BAD)
+
+_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    """A sample or a body built from _LINES, then mutated: lines dropped, repeated, moved,
+    inserted from _LINES or random text, and line ends varied."""
+    if draw(st.booleans()):
+        base = draw(st.sampled_from(sorted(SAMPLES)))
+        lines = SAMPLES[base].decode("utf-8", "surrogateescape").split("\r\n")[:-1]
+    else:
+        lines = ["v=0", "o=- 1 1 IN IP4 198.51.100.1", "s=-"]
+        lines += draw(st.lists(st.sampled_from(_VALID), max_size=8))
+        for _ in range(draw(st.integers(0, 3))):
+            lines.append(draw(st.sampled_from(["m=audio 5000 RTP/AVP 0", "m=audio 0 RTP/AVP 0",
+                                               "m=video 6000 RTP/AVP 31"])))
+            lines += draw(st.lists(st.sampled_from(_VALID), max_size=6))
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(lines)))
+        action = draw(st.sampled_from(["drop", "repeat", "move", "insert", "text"]))
+        if action == "insert":
+            lines.insert(at, draw(_LINES))
+        elif action == "text":
+            lines.insert(at, draw(st.sampled_from("abcimtx")) + "=" + draw(_TEXT))
+        elif lines and at < len(lines):
+            line = lines.pop(at) if action != "repeat" else lines[at]
+            if action != "drop":
+                lines.insert(draw(st.integers(0, len(lines))), line)
+    end = draw(st.sampled_from(["\r\n", "\r\n", "\n"]))
+    tail = draw(st.sampled_from([end, "", end + end]))
+    return (end.join(lines) + tail).encode("utf-8", "surrogateescape")
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(mutated(), st.sampled_from(["c1:a", "c1:b"]),
+                          st.sampled_from([RELAY, RELAY, RELAY6]),
+                          st.sampled_from([0, 0, 0, 1, -1])), min_size=1, max_size=4))
+def test_mutated_bodies_give_the_same_answers_bytes_and_errors(steps: list[Step]) -> None:
+    assert_same(steps)
