@@ -57,6 +57,18 @@ class Scan(NamedTuple):
 
 _UNSPECIFIED = ("0.0.0.0", "::")
 
+# What the rewrite does with an a= line, by its name in lower case: drop it, keep it, point it
+# at the relay (a=rtcp) or keep it unless it is a BUNDLE group; and whether the name marks ICE
+# or a direction. Names looked up as sent first, so a lower-case name costs one lookup.
+_DROP, _KEPT, _RTCP, _GROUP = range(4)
+_DROPPED: tuple[int, bool, Direction | None] = (_DROP, False, None)
+_CLASSES: dict[str, tuple[int, bool, Direction | None]] = {
+    name: ((_RTCP if name == "rtcp" else _GROUP if name == "group" else _KEPT)
+           if name in _DEFAULT_KEEP else _DROP,
+           name in _ICE_MARKERS, _DIRECTIONS.get(name))
+    for name in _DEFAULT_KEEP | _ICE_MARKERS | set(_DIRECTIONS)
+}
+
 
 def scan(data: bytes) -> Scan | None:
     """Read one body, or None when `parse` would refuse it."""
@@ -72,9 +84,7 @@ def scan(data: bytes) -> Scan | None:
     if first == count or lines[first] != "v=0":
         return None
 
-    keep = _DEFAULT_KEEP
-    directions = _DIRECTIONS
-    ice_markers = _ICE_MARKERS
+    classes = _CLASSES
     session: Part | None = None
     media: list[Part] = []
     has_origin = has_name = False
@@ -102,21 +112,19 @@ def scan(data: bytes) -> Scan | None:
             name, colon, value = line[2:].partition(":")
             if not name:
                 return None
-            key = name.lower()
-            if key in ice_markers:
+            code, is_ice, named = classes.get(name) or classes.get(name.lower(), _DROPPED)
+            if is_ice:
                 ice = True
-            if not colon and found is None:
-                found = directions.get(key)
-            if key not in keep:
-                continue
-            if key == "rtcp":
+            if named is not None and not colon and found is None:
+                found = named
+            if code == _KEPT:
+                kept.append(line)
+            elif code == _RTCP:
                 if port > 0:
                     rtcp_at.append(len(kept))
                     kept.append(f"a={name}:")
-                continue
-            if key == "group" and value.split(" ", 1)[0].upper() == "BUNDLE":
-                continue
-            kept.append(line)
+            elif code == _GROUP and value.split(" ", 1)[0].upper() != "BUNDLE":
+                kept.append(line)
         elif kind == "c":
             fields = line[2:].split()
             if len(fields) != 3:
