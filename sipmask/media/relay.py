@@ -89,12 +89,19 @@ class _Stream(asyncio.DatagramProtocol):
     """One socket: RTP or RTCP of one side. Holds its own peer, latch and counters."""
 
     __slots__ = ("_clock", "_relatch_after", "bytes_in", "bytes_out", "cname", "dropped",
-                 "errors", "is_rtcp", "last_in", "packets_in", "packets_out", "peer",
-                 "rejected", "sdp_peer", "sock", "source", "transport", "twin")
+                 "errors", "is_rtcp", "last_in", "local_port", "packets_in", "packets_out",
+                 "peer", "pooled_until", "rejected", "sdp_peer", "sock", "source",
+                 "transport", "twin")
 
     def __init__(self, sock: socket.socket, clock: Callable[[], float],
-                 relatch_after_s: float, is_rtcp: bool = False) -> None:
+                 relatch_after_s: float, is_rtcp: bool = False, port: int = 0) -> None:
         self.sock = sock        # the bound socket the transport reads; we send on it directly
+        # The port it is bound to, known from the pair: asking the transport for its
+        # sockname makes uvloop build a socket.socket object per transport.
+        self.local_port = port or int(sock.getsockname()[1])
+        # When the pair's quarantine in the idle pool ends (Relay._forget); a fresh pair
+        # was never in a call.
+        self.pooled_until = float("-inf")
         self.is_rtcp = is_rtcp
         self.cname = b"-"       # the pseudonym this party's RTCP CNAME becomes (set on link)
         self._clock = clock
@@ -185,11 +192,6 @@ class _Stream(asyncio.DatagramProtocol):
             self.transport.close()
             self.transport = None
 
-    @property
-    def local_port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
 
 def _is_ipv6(host: str) -> bool:
     try:
@@ -218,16 +220,30 @@ class SidePorts:
 
 @dataclass(slots=True)
 class _Media:
-    """One media line (m= in SDP) of a call: on each side a port pair and its two sockets."""
+    """One media line (m= in SDP) of a call: on each side a port pair and its two sockets.
+
+    Keyed by Side, and as Side is a StrEnum ("a" == Side.A, same hash) a plain "a" or "b"
+    finds its entry without a Side() conversion."""
 
     pairs: dict[Side, PortPair]
     streams: dict[Side, tuple[_Stream, _Stream]]
 
-    def link(self, cnames: dict[Side, bytes]) -> None:
-        for side in Side:
-            rtp, rtcp = self.streams[side]
-            rtp.twin, rtcp.twin = self.streams[side.other]
-            rtp.cname = rtcp.cname = cnames[side]
+    def link(self, cnames: tuple[bytes, bytes]) -> None:
+        a_rtp, a_rtcp = a = self.streams[Side.A]
+        b_rtp, b_rtcp = b = self.streams[Side.B]
+        a_rtp.twin, a_rtcp.twin = b
+        b_rtp.twin, b_rtcp.twin = a
+        a_rtp.cname = a_rtcp.cname = cnames[0]
+        b_rtp.cname = b_rtcp.cname = cnames[1]
+
+
+def _bad_side(side: str) -> ValueError:
+    """What Side(side) raises for a value that is not a side, for the lookups that skip it."""
+    try:
+        Side(side)
+    except ValueError as exc:
+        return exc
+    return ValueError(f"{side!r} is not a valid Side")
 
 
 class RelaySession:
@@ -237,7 +253,7 @@ class RelaySession:
 
     def __init__(self, call_id: str, address: str, media: _Media, timeout_s: float,
                  on_timeout: Callable[[str], None], clock: Callable[[], float],
-                 on_close: Callable[[RelaySession], None]) -> None:
+                 on_close: Callable[[RelaySession, CallStats], None]) -> None:
         self.call_id = call_id
         self.address = address
         self._media = [media]
@@ -250,9 +266,15 @@ class RelaySession:
         self.held = False
         self.timed_out = False
         self.closed = False
+        # The counters at close: the sockets then go to the pool, reset, maybe to another
+        # call, so what this session reports after it closed is kept here.
+        self._final: CallStats | None = None
         # One RTCP CNAME pseudonym per party for the whole call (RFC 7022 §4.2: random,
         # 96 bits or more), kept across media lines so receivers can still pair streams.
-        self._cnames = {side: base64.urlsafe_b64encode(token_bytes(12)) for side in Side}
+        # One draw for both: 12 random bytes are 16 base64 characters with no padding, so
+        # the halves of 24 encoded are each exactly the encoding of 12.
+        both = base64.urlsafe_b64encode(token_bytes(24))
+        self._cnames = (both[:16], both[16:])
         media.link(self._cnames)
 
     @property
@@ -268,26 +290,32 @@ class RelaySession:
         self._media.append(media)
         return len(self._media) - 1
 
+    def _streams(self, side: Side | str, index: int) -> tuple[_Stream, _Stream]:
+        try:
+            return self._media[index].streams[side]      # type: ignore[index]
+        except KeyError:
+            raise _bad_side(side) from None
+
     def local(self, side: Side | str, index: int = 0) -> SidePorts:
         """Sipmask's address and ports that `side`'s party must send to (for its SDP)."""
-        rtp, rtcp = self._media[index].streams[Side(side)]
+        rtp, rtcp = self._streams(side, index)
         return SidePorts(self.address, rtp.local_port, rtcp.local_port)
 
     def set_remote(self, side: Side | str, host: str, rtp_port: int,
                    rtcp_port: int | None = None, index: int = 0) -> None:
         """The party's media address from its SDP (RFC 3605 a=rtcp gives `rtcp_port`;
         without it RTCP is RTP + 1, RFC 3550 §11). Port 0 or 0.0.0.0: send nothing."""
-        side = Side(side)
-        rtp, rtcp = self._media[index].streams[side]
+        rtp, rtcp = self._streams(side, index)
         if rtp_port == 0 or host in _NO_ADDRESS:
             rtp.set_sdp_peer(None)
             rtcp.set_sdp_peer(None)
         else:
             rtp.set_sdp_peer((host, rtp_port))
             rtcp.set_sdp_peer((host, rtcp_port if rtcp_port is not None else rtp_port + 1))
-        self._remote_set.add(side)
-        if self._armed_at is None and len(self._remote_set) == 2:
-            self._armed_at = self._clock()
+        if self._armed_at is None:
+            self._remote_set.add(Side.A if side == Side.A else Side.B)
+            if len(self._remote_set) == 2:
+                self._armed_at = self._clock()
 
     def set_hold(self, held: bool) -> None:
         """Hold suspends the media timeout; leaving hold restarts its count from now."""
@@ -312,34 +340,49 @@ class RelaySession:
 
     def leg_stats(self, side: Side | str) -> LegStats:
         """One party's counters, all media lines and RTP with RTCP summed."""
-        side = Side(side)
-        sockets = [s for media in self._media for s in media.streams[side]]
-        heard = [media.streams[side][0].last_in for media in self._media]
-        return LegStats(
-            packets_in=sum(s.packets_in for s in sockets),
-            bytes_in=sum(s.bytes_in for s in sockets),
-            packets_out=sum(s.packets_out for s in sockets),
-            bytes_out=sum(s.bytes_out for s in sockets),
-            dropped=sum(s.dropped for s in sockets),
-            rejected=sum(s.rejected for s in sockets),
-            last_rtp_at=max((t for t in heard if t is not None), default=None),
-        )
+        rtp, rtcp = self._streams(side, 0)
+        if self._final is not None:
+            return self._final.a if side == Side.A else self._final.b
+        # One pass in plain additions: it runs twice at every call's end.
+        media = self._media
+        packets_in = rtp.packets_in + rtcp.packets_in
+        bytes_in = rtp.bytes_in + rtcp.bytes_in
+        packets_out = rtp.packets_out + rtcp.packets_out
+        bytes_out = rtp.bytes_out + rtcp.bytes_out
+        dropped = rtp.dropped + rtcp.dropped
+        rejected = rtp.rejected + rtcp.rejected
+        last = rtp.last_in
+        for index in range(1, len(media)):
+            rtp, rtcp = media[index].streams[side]       # type: ignore[index]
+            packets_in += rtp.packets_in + rtcp.packets_in
+            bytes_in += rtp.bytes_in + rtcp.bytes_in
+            packets_out += rtp.packets_out + rtcp.packets_out
+            bytes_out += rtp.bytes_out + rtcp.bytes_out
+            dropped += rtp.dropped + rtcp.dropped
+            rejected += rtp.rejected + rtcp.rejected
+            if rtp.last_in is not None and (last is None or rtp.last_in > last):
+                last = rtp.last_in
+        return LegStats(packets_in, bytes_in, packets_out, bytes_out, dropped, rejected, last)
 
     def stats(self) -> CallStats:
+        if self._final is not None:
+            return self._final
         return CallStats(self.call_id, self.leg_stats(Side.A), self.leg_stats(Side.B),
                          self.timed_out)
 
     def peer(self, side: Side | str, index: int = 0) -> Address | None:
         """Where RTP for `side`'s party goes now (the SDP address or the latched one)."""
-        return self._media[index].streams[Side(side)][0].peer
+        return self._streams(side, index)[0].peer
 
     def close(self) -> CallStats:
         """Close the sockets and give the ports back. Safe to call twice. The sockets
-        close on the loop's next turn (asyncio transports defer it)."""
-        final = self.stats()
-        if not self.closed:
-            self.closed = True
-            self._on_close(self)     # the relay pools or closes the sockets (Relay._forget)
+        close on the loop's next turn (asyncio transports defer it). Its counters, here
+        and from stats() afterwards, are those at the first close."""
+        if self._final is not None:
+            return self._final
+        final = self._final = self.stats()
+        self.closed = True
+        self._on_close(self, final)      # the relay pools or closes the sockets (_forget)
         return final
 
 
@@ -422,7 +465,18 @@ class Relay:
             raise MediaError(f"a relay session for call {call_id} is already open")
         if self._sweeper is None and self._sweep_enabled:
             await self.start()
-        media = await self._bind_media()
+        # The steady state: both sides from the idle pool, no await (a coroutine less per
+        # side). The pool is in release order, so if its second pair is out of quarantine
+        # so is the first.
+        idle = self._idle
+        if len(idle) > 1 and idle[1][0] <= self.clock():
+            _, pair_a, streams_a = idle.popleft()
+            _, pair_b, streams_b = idle.popleft()
+            self.pool_reused += 2
+            media = _Media({Side.A: pair_a, Side.B: pair_b},
+                           {Side.A: streams_a, Side.B: streams_b})
+        else:
+            media = await self._bind_media()
         session = RelaySession(call_id, self.address, media, self.timeout_s,
                                self._on_timeout, self.clock, self._forget)
         self._sessions[call_id] = session
@@ -436,7 +490,7 @@ class Relay:
         media = await self._bind_media()
         if session.closed:          # closed while we were binding
             for side, streams in media.streams.items():
-                self._discard(media.pairs[side], streams)
+                self._unused(media.pairs[side], streams)
             raise MediaError(f"relay session for call {session.call_id} is closed")
         return session._add(media)
 
@@ -449,7 +503,7 @@ class Relay:
                 pairs[side], streams[side] = await self._bind_side(clock)
         except BaseException:
             for side, pair_streams in streams.items():
-                self._discard(pairs[side], pair_streams)
+                self._unused(pairs[side], pair_streams)
             raise
         return _Media(pairs, streams)
 
@@ -470,8 +524,9 @@ class Relay:
                     continue
                 self.allocator.free(pair)
                 raise MediaError(f"cannot bind {self.address}:{pair.rtp}: {exc}") from exc
-            streams = (_Stream(socks[0], clock, self.relatch_after_s),
-                       _Stream(socks[1], clock, self.relatch_after_s, is_rtcp=True))
+            streams = (_Stream(socks[0], clock, self.relatch_after_s, port=pair.rtp),
+                       _Stream(socks[1], clock, self.relatch_after_s, is_rtcp=True,
+                               port=pair.rtcp))
             try:
                 for sock, stream in zip(socks, streams, strict=True):
                     await loop.create_datagram_endpoint(_returning(stream), sock=sock)
@@ -517,24 +572,49 @@ class Relay:
         session = self._sessions.get(call_id)
         return None if session is None else session.close()
 
-    def _forget(self, session: RelaySession) -> None:
+    def _forget(self, session: RelaySession, final: CallStats) -> None:
+        """The session closed with `final` counters: keep its totals, pool its pairs."""
         self._sessions.pop(session.call_id, None)
-        final = session.stats()
-        self._closed_packets += final.packets_relayed
-        self._closed_bytes += final.a.bytes_out + final.b.bytes_out
-        self._closed_dropped += final.a.dropped + final.b.dropped
-        self._closed_rejected += final.a.rejected + final.b.rejected
+        a, b = final.a, final.b
+        self._closed_packets += a.packets_out + b.packets_out
+        self._closed_bytes += a.bytes_out + b.bytes_out
+        self._closed_dropped += a.dropped + b.dropped
+        self._closed_rejected += a.rejected + b.rejected
         reusable_from = self.clock() + POOL_QUARANTINE_S
+        idle = self._idle
         for media in session._media:
+            pairs = media.pairs
             for side, streams in media.streams.items():
                 rtp, rtcp = streams
-                if (len(self._idle) < POOL_MAX_IDLE and rtp.transport is not None
+                if (len(idle) < POOL_MAX_IDLE and rtp.transport is not None
                         and rtcp.transport is not None):
                     rtp.recycle()
                     rtcp.recycle()
-                    self._idle.append((reusable_from, media.pairs[side], streams))
+                    rtp.pooled_until = reusable_from
+                    idle.append((reusable_from, pairs[side], streams))
                 else:
-                    self._discard(media.pairs[side], streams)
+                    self._discard(pairs[side], streams)
+
+    def _unused(self, pair: PortPair, streams: tuple[_Stream, _Stream]) -> None:
+        """A pair bound (or taken from the pool) for a media line that never came to be
+        (the other side failed, or the call closed meanwhile): no new party has seen its
+        ports, so it goes back to the pool with the quarantine it had (none for a fresh
+        pair) rather than being closed and bound again by the next call."""
+        rtp, rtcp = streams
+        idle = self._idle
+        if (len(idle) >= POOL_MAX_IDLE or rtp.transport is None
+                or rtcp.transport is None):
+            self._discard(pair, streams)
+            return
+        rtp.recycle()
+        rtcp.recycle()
+        # In order of reusable_from, which open_session relies on; a pair taken from the
+        # pool came from near its front, so the walk is short.
+        until = rtp.pooled_until
+        at = 0
+        while at < len(idle) and idle[at][0] < until:
+            at += 1
+        idle.insert(at, (until, pair, streams))
 
     def _discard(self, pair: PortPair, streams: tuple[_Stream, _Stream]) -> None:
         """Close a pair's sockets and give its ports back to the allocator."""
