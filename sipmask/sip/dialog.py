@@ -308,8 +308,7 @@ class Dialog:
 
 
 def _without_tag(addr: NameAddr) -> str:
-    params = [(k, v) for k, v in addr.params if k.lower() != "tag"]
-    return str(NameAddr(addr.uri, addr.display, params, addr.bracketed))
+    return str(addr.without_tag())
 
 
 def _with_tag(addr_text: str, tag: str) -> str:

@@ -14,10 +14,16 @@ arrived as, or None for a field we set. A parallel list of keys lets lookups run
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
+from operator import itemgetter
+from typing import TYPE_CHECKING
 
 from sipmask.errors import ParseError
+
+if TYPE_CHECKING:
+    from sipmask.sip.message import CSeq
+    from sipmask.sip.uri import NameAddr, Via
 
 Field = tuple[str, str, str, str | None]
 # A parsed block not yet turned into fields: names as written, unstripped values (None when
@@ -56,13 +62,37 @@ _NAME_KEYS: dict[str, str] = {}
 _NAME_KEYS_MAX = 4096
 
 
-def canonical(name: str) -> str:
-    """The key a header is matched by: lower case, compact form expanded."""
-    key = _NAME_KEYS.get(name)
-    if key is not None:
+class _Keys(dict[str, str]):
+    """Any header name asked about → its canonical key. A hit is one C-level dict lookup:
+    callers pass both wire spellings ("Call-ID", "i") and keys ("call-id"), hundreds of
+    times a call. A miss computes the key and remembers it; the bound (and the length
+    limit) keep names a peer invents from growing it without limit."""
+
+    __slots__ = ()
+
+    def __missing__(self, name: str) -> str:
+        low = name.lower()
+        key = COMPACT.get(low, low)
+        if len(name) <= _KEYS_NAME_MAX:
+            if len(self) >= _KEYS_MAX:
+                self.clear()
+                self.update(_KEYS_SEED)
+            self[name] = key
         return key
-    low = name.lower()
-    return COMPACT.get(low, low)
+
+
+_KEYS_MAX = 4096
+_KEYS_NAME_MAX = 64
+# Seeded with every key and compact letter we know, in both cases, so the lookups the
+# code itself makes never miss.
+_KEYS_SEED: dict[str, str] = {
+    **{key: key for key in (*COMPACT.values(), *_UNSPLITTABLE)},
+    **COMPACT, **{letter.upper(): key for letter, key in COMPACT.items()},
+}
+_KEYS = _Keys(_KEYS_SEED)
+
+# The key a header is matched by: lower case, compact form expanded (`_Keys`).
+canonical: Callable[[str], str] = _KEYS.__getitem__
 
 
 def is_token(text: str) -> bool:
@@ -130,6 +160,11 @@ def split_commas(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
+_NAME_VALUE = itemgetter(1, 2)
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
 class Headers:
     """Ordered header fields. Each field is (key, name, value, raw) where `raw` is the text the
     field arrived as (None for fields set by us); `modified` tells the serializer whether the
@@ -138,15 +173,27 @@ class Headers:
     A parsed message's fields are built on first use: the parser hands over the keys and
     either the lines split at their colon or (`_from_lines`) only the raw lines and the
     names they start with, and `get` reads a value without building the rest, so a message
-    relayed unchanged never pays for tuples nobody reads."""
+    relayed unchanged never pays for tuples nobody reads.
 
-    __slots__ = ("_fields", "_keys", "_lazy", "modified")
+    The `_p_*` slots hold what `Message` parsed from these fields (From, To, CSeq, the top
+    Via): the transaction layer, the dialogs and the engine each read those of a message
+    several times. Every method that changes a field clears them (`_changed`), so a value
+    read after a change is parsed from the new text."""
+
+    __slots__ = ("_fields", "_keys", "_lazy", "_p_cseq", "_p_from", "_p_to", "_p_via",
+                 "modified")
+
+    _p_from: NameAddr | None
+    _p_to: NameAddr | None
+    _p_cseq: CSeq | None
+    _p_via: Via | None
 
     def __init__(self, fields: list[Field] | None = None) -> None:
         self._fields: list[Field] | None = fields if fields is not None else []
         self._keys: list[str] = [f[0] for f in fields] if fields else []
         self._lazy: _Lazy | None = None
         self.modified = False
+        self._p_from = self._p_to = self._p_cseq = self._p_via = None
 
     @classmethod
     def _trusted(cls, fields: list[Field], keys: list[str]) -> Headers:
@@ -156,6 +203,7 @@ class Headers:
         self._keys = keys
         self._lazy = None
         self.modified = False
+        self._p_from = self._p_to = self._p_cseq = self._p_via = None
         return self
 
     @classmethod
@@ -168,6 +216,7 @@ class Headers:
         self._keys = keys
         self._lazy = (names, values, raws, None)
         self.modified = False
+        self._p_from = self._p_to = self._p_cseq = self._p_via = None
         return self
 
     @classmethod
@@ -183,12 +232,16 @@ class Headers:
         self._keys = keys
         self._lazy = (names, None, lines, cuts)
         self.modified = False
+        self._p_from = self._p_to = self._p_cseq = self._p_via = None
         return self
 
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """Headers we build ourselves, in the order given."""
-        return cls([(canonical(n), n, v, None) for n, v in pairs])
+        names = list(map(_FIRST, pairs))
+        keys = list(map(_KEYS.__getitem__, names))
+        fields: list[Field] = list(zip(keys, names, map(_SECOND, pairs), repeat(None)))
+        return cls._trusted(fields, keys)
 
     def _all(self) -> list[Field]:
         fields = self._fields
@@ -208,16 +261,35 @@ class Headers:
             self._lazy = None
         return fields
 
+    def _changed(self) -> None:
+        """A field changed: the original bytes no longer say it, and what was parsed from
+        the old text is forgotten."""
+        self.modified = True
+        self._p_from = self._p_to = self._p_cseq = self._p_via = None
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) in order."""
-        for _key, name, value, _raw in self._all():
-            yield name, value
+        fields = self._fields
+        if fields is None:
+            # The lazy form, read without building the fields (the engine only iterates
+            # the messages it receives).
+            assert self._lazy is not None
+            names, given, _raws, cuts = self._lazy
+            values: Iterable[str]
+            if given is None:
+                raws = self._raw_lines()
+                assert raws is not None and cuts is not None
+                values = map(str.__getitem__, raws, cuts)
+            else:
+                values = given
+            return zip(names, map(str.strip, values), strict=True)
+        return map(_NAME_VALUE, fields)
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def __contains__(self, name: str) -> bool:
-        return canonical(name) in self._keys
+        return _KEYS[name] in self._keys
 
     def __repr__(self) -> str:
         return f"<Headers {self._keys}>"
@@ -231,22 +303,36 @@ class Headers:
 
     def count(self, name: str) -> int:
         """How many field lines carry this name."""
-        return self._keys.count(canonical(name))
+        return self._keys.count(_KEYS[name])
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Value of the first field with this name (whole field, not comma-split)."""
-        key = canonical(name)
-        if key not in self._keys:
+        key = _KEYS[name]
+        keys = self._keys
+        if key not in keys:
             return default
-        return self._value(self._keys.index(key))
+        i = keys.index(key)
+        # _value(i), written out: this is the most called method of the SIP core.
+        fields = self._fields
+        if fields is not None:
+            return fields[i][2]
+        assert self._lazy is not None
+        _names, values, raws, cuts = self._lazy
+        if values is not None:
+            return values[i].strip()
+        if raws.__class__ is str:
+            raws = self._raw_lines()
+        assert raws is not None and cuts is not None
+        return raws[i][cuts[i]].strip()
 
     def _value(self, i: int) -> str:
         """The value of field `i`, read from the lazy form without building the fields."""
         if self._fields is None:
             assert self._lazy is not None
-            _names, values, _raws, cuts = self._lazy
+            _names, values, raws, cuts = self._lazy
             if values is None:
-                raws = self._raw_lines()
+                if raws.__class__ is str:
+                    raws = self._raw_lines()
                 assert raws is not None and cuts is not None
                 return raws[i][cuts[i]].strip()
             return values[i].strip()
@@ -264,28 +350,38 @@ class Headers:
 
     def get_fields(self, name: str) -> list[str]:
         """Every field line with this name, unsplit."""
-        return self._values_of(canonical(name))
+        return self._values_of(_KEYS[name])
 
     def get_all(self, name: str) -> list[str]:
         """Every value with this name, comma-separated values split (§7.3.1) where allowed."""
-        key = canonical(name)
+        key = _KEYS[name]
+        values = self._values_of(key)
         if key in _UNSPLITTABLE:
-            return self._values_of(key)
+            return values
+        if len(values) == 1:
+            value = values[0]
+            if "," not in value:
+                # split_commas of one stripped value without a comma.
+                return values if value else []
+            return split_commas(value)
         out: list[str] = []
-        for value in self._values_of(key):
+        for value in values:
             out.extend(split_commas(value))
         return out
 
     def _values_of(self, key: str) -> list[str]:
         keys = self._keys
-        if self._fields is None and keys.count(key) <= 1:
+        n = keys.count(key)
+        if n == 1:
             # One line (the common case for Via, Contact, Route): no fields built.
-            return [self._value(keys.index(key))] if key in keys else []
+            return [self._value(keys.index(key))]
+        if n == 0:
+            return []
         return [f[2] for f in self._all() if f[0] == key]
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         fields = self._all()
-        key = canonical(name)
+        key = _KEYS[name]
         entry = (key, name, value, None)
         if first:
             fields.insert(0, entry)
@@ -293,11 +389,11 @@ class Headers:
         else:
             fields.append(entry)
             self._keys.append(key)
-        self.modified = True
+        self._changed()
 
     def set(self, name: str, value: str) -> None:
         """Replace the first field with this name in place (others removed), or append."""
-        key = canonical(name)
+        key = _KEYS[name]
         fields = self._all()
         keys = self._keys
         if key not in keys:
@@ -309,11 +405,25 @@ class Headers:
             fields[i] = (key, fields[i][1], value, None)
             if keys.count(key) > 1:
                 self._replace([f for j, f in enumerate(fields) if j <= i or f[0] != key])
-        self.modified = True
+        self._changed()
+
+    def set_first(self, name: str, value: str) -> None:
+        """Replace the value of the first field with this name in place, keeping the name
+        as written and every later field with this name (e.g. the top Via line); append
+        when there is none."""
+        key = _KEYS[name]
+        keys = self._keys
+        if key not in keys:
+            self.add(name, value)
+            return
+        fields = self._all()
+        i = keys.index(key)
+        fields[i] = (key, fields[i][1], value, None)
+        self._changed()
 
     def remove(self, name: str) -> int:
         """Drop every field with this name; returns how many went."""
-        key = canonical(name)
+        key = _KEYS[name]
         removed = self._keys.count(key)
         if removed:
             self._replace([f for f in self._all() if f[0] != key])
@@ -321,7 +431,7 @@ class Headers:
 
     def pop_first(self, name: str) -> str | None:
         """Remove the first field with this name and return its value (e.g. the top Via)."""
-        key = canonical(name)
+        key = _KEYS[name]
         if key not in self._keys:
             return None
         fields = self._all()
@@ -329,7 +439,7 @@ class Headers:
         value = fields[i][2]
         del fields[i]
         del self._keys[i]
-        self.modified = True
+        self._changed()
         return value
 
     def copy(self) -> Headers:
@@ -347,4 +457,4 @@ class Headers:
     def _replace(self, fields: list[Field]) -> None:
         self._fields = fields
         self._keys = [f[0] for f in fields]
-        self.modified = True
+        self._changed()

@@ -7,16 +7,13 @@ rebuilt from its fields, and fields that were not changed still keep their origi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from sipmask.errors import ParseError
 from sipmask.sip.headers import Headers, is_token
 from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
 
 SIP_VERSION = "SIP/2.0"
-T = TypeVar("T")
 
 # RFC 3261 §21 reason phrases for the codes sipmask sends itself.
 REASONS: dict[int, str] = {
@@ -34,6 +31,11 @@ REASONS: dict[int, str] = {
 }
 
 
+# Methods of RFC 3261 and the extensions sipmask sees: tokens, so CSeq.parse need not check.
+_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
+                      "UPDATE", "INFO", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
+
+
 @dataclass(frozen=True)
 class CSeq:
     number: int
@@ -42,6 +44,15 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         parts = text.split()
+        if len(parts) == 2:
+            digits, method = parts
+            # The common case first: a method we know is a token, and ten ASCII digits are
+            # below 2**31 once the value says so; anything else takes the checks below.
+            if method in _METHODS and digits.isdigit() and digits.isascii() and \
+                    len(digits) <= 10:
+                number = int(digits)
+                if number < 2**31:
+                    return cls(number, method)
         if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
             raise ParseError("Bad CSeq")
         if not is_token(parts[1]):
@@ -62,27 +73,23 @@ class CSeq:
 class Message:
     """What requests and responses share: headers, body, original bytes.
 
-    Every attribute that is written on the wire is a property whose setter drops the
-    original bytes, so `to_bytes()` can never send stale text after a change."""
+    Every attribute that is written on the wire either drops the original bytes when it is
+    set (a property) or is checked before they are reused (`headers`: a plain attribute,
+    read hundreds of times a call, whose bytes are reused only while it is still the
+    `Headers` they were parsed with, unmodified), so `to_bytes()` can never send stale text
+    after a change."""
 
-    __slots__ = ("_body", "_headers", "_parsed", "_raw", "_version")
+    __slots__ = ("_body", "_raw", "_raw_headers", "_version", "headers")
+
+    headers: Headers
 
     def __init__(self, headers: Headers, body: bytes = b"", version: str = SIP_VERSION,
                  raw: bytes | None = None) -> None:
-        self._headers = headers
+        self.headers = headers
         self._body = body
         self._version = version
         self._raw = raw
-        self._parsed: dict[str, tuple[str, Any]] | None = None
-
-    @property
-    def headers(self) -> Headers:
-        return self._headers
-
-    @headers.setter
-    def headers(self, value: Headers) -> None:
-        self._headers = value
-        self._raw = None
+        self._raw_headers = headers if raw is not None else None
 
     @property
     def version(self) -> str:
@@ -96,7 +103,10 @@ class Message:
     @property
     def raw(self) -> bytes | None:
         """The bytes this message was parsed from while they are still what it says."""
-        return self._raw if not self._headers.modified else None
+        headers = self.headers
+        if headers is self._raw_headers and not headers.modified:
+            return self._raw
+        return None
 
     # -- body ---------------------------------------------------------------------------
     @property
@@ -109,6 +119,10 @@ class Message:
         self._raw = None
 
     # -- the fields every transaction and dialog reads ---------------------------------
+    # From, To, CSeq and the top Via are parsed once and kept on the Headers, which forgets
+    # them when a field changes (Headers._changed); a new Headers starts with none. The
+    # values are shared, so nobody changes them in place (with_tag and with_params build
+    # new ones).
     @property
     def call_id(self) -> str:
         value = self.headers.get("call-id")
@@ -116,28 +130,16 @@ class Message:
             raise ParseError("Missing Call-ID")
         return value
 
-    def _parse_once(self, key: str, text: str, parse: Callable[[str], T]) -> T:
-        """`parse(text)`, remembered while the field still holds `text`: the transaction
-        layer, the dialogs and the engine each read From, To, CSeq and Via of a message
-        several times. The values are shared, so nobody changes them in place (with_tag
-        and with_params build new ones)."""
-        parsed = self._parsed
-        if parsed is None:
-            parsed = self._parsed = {}
-        known = parsed.get(key)
-        if known is not None and known[0] == text:
-            value: T = known[1]
-            return value
-        value = parse(text)
-        parsed[key] = (text, value)
-        return value
-
     @property
     def cseq(self) -> CSeq:
-        value = self.headers.get("cseq")
-        if value is None:
-            raise ParseError("Missing CSeq")
-        return self._parse_once("cseq", value, CSeq.parse)
+        headers = self.headers
+        cseq = headers._p_cseq
+        if cseq is None:
+            value = headers.get("cseq")
+            if value is None:
+                raise ParseError("Missing CSeq")
+            cseq = headers._p_cseq = CSeq.parse(value)
+        return cseq
 
     @property
     def vias(self) -> list[Via]:
@@ -145,24 +147,36 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        values = self.headers.get_all("via")
-        if not values:
-            raise ParseError("Missing Via")
-        return self._parse_once("via", values[0], Via.parse)
+        headers = self.headers
+        via = headers._p_via
+        if via is None:
+            values = headers.get_all("via")
+            if not values:
+                raise ParseError("Missing Via")
+            via = headers._p_via = Via.parse(values[0])
+        return via
 
     @property
     def from_(self) -> NameAddr:
-        value = self.headers.get("from")
-        if value is None:
-            raise ParseError("Missing From")
-        return self._parse_once("from", value, NameAddr.parse)
+        headers = self.headers
+        addr = headers._p_from
+        if addr is None:
+            value = headers.get("from")
+            if value is None:
+                raise ParseError("Missing From")
+            addr = headers._p_from = NameAddr.parse(value)
+        return addr
 
     @property
     def to(self) -> NameAddr:
-        value = self.headers.get("to")
-        if value is None:
-            raise ParseError("Missing To")
-        return self._parse_once("to", value, NameAddr.parse)
+        headers = self.headers
+        addr = headers._p_to
+        if addr is None:
+            value = headers.get("to")
+            if value is None:
+                raise ParseError("Missing To")
+            addr = headers._p_to = NameAddr.parse(value)
+        return addr
 
     @property
     def content_type(self) -> str | None:
@@ -174,14 +188,16 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        if self._raw is not None and not self._headers.modified:
-            return self._raw
+        headers = self.headers
+        raw = self._raw
+        if raw is not None and headers is self._raw_headers and not headers.modified:
+            return raw
         # Content-Length always tells the truth about the body we send (§20.14); on a
         # stream transport it is how the peer finds the end of the message (§18.3).
         length = str(len(self._body))
-        if self.headers.get("content-length") != length:
-            self.headers.set("Content-Length", length)
-        head = self.start_line() + "\r\n" + self.headers.serialize() + "\r\n"
+        if headers.get("content-length") != length:
+            headers.set("Content-Length", length)
+        head = self.start_line() + "\r\n" + headers.serialize() + "\r\n"
         return head.encode("utf-8", "surrogateescape") + self._body
 
     def __bytes__(self) -> bytes:
@@ -193,11 +209,11 @@ class Request(Message):
 
     def __init__(self, method: str, uri: str, headers: Headers, body: bytes = b"",
                  version: str = SIP_VERSION, raw: bytes | None = None) -> None:
-        self._headers = headers
+        self.headers = headers
         self._body = body
         self._version = version
         self._raw = raw
-        self._parsed: dict[str, tuple[str, Any]] | None = None
+        self._raw_headers = headers if raw is not None else None
         self._method = method
         self._uri = uri
 
@@ -236,11 +252,11 @@ class Response(Message):
 
     def __init__(self, status: int, reason: str, headers: Headers, body: bytes = b"",
                  version: str = SIP_VERSION, raw: bytes | None = None) -> None:
-        self._headers = headers
+        self.headers = headers
         self._body = body
         self._version = version
         self._raw = raw
-        self._parsed: dict[str, tuple[str, Any]] | None = None
+        self._raw_headers = headers if raw is not None else None
         self._status = status
         self._reason = reason
 
@@ -279,7 +295,7 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
     to_value = request.headers.get("to") or ""
     if to_tag is not None and status > 100:
         try:
-            to_addr = NameAddr.parse(to_value)
+            to_addr = request.to                 # NameAddr.parse(to_value), kept
             if to_addr.tag is None:
                 to_value = str(to_addr.with_tag(to_tag))
         except ParseError:

@@ -428,6 +428,9 @@ INITIAL_ACTIONS: dict[Kind, tuple[Action, ...]] = {
     Kind.NON_INVITE_SERVER: (),
 }
 
+# _initial's "not computed yet" (None is an answer: the timer is not used).
+_UNKNOWN = object()
+
 _TERMINATED: frozenset[State] = frozenset({
     _CI.TERMINATED, _CN.TERMINATED, _SI.TERMINATED, _SN.TERMINATED})
 
@@ -468,7 +471,7 @@ class Transaction:
         return self.kind in (Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Context:
     """What the input that is being processed carried."""
 
@@ -499,6 +502,8 @@ class TransactionLayer:
         self._out: list[Outgoing] = []
         self._events: list[TUEvent] = []
         self._live: dict[Kind, int] = dict.fromkeys(Kind, 0)
+        self._initials: dict[tuple[Timer, Transport], float | None] = {}
+        self._initials_of: TimerConfig | None = None
 
     # -- draining --------------------------------------------------------------------------
     def outgoing(self) -> list[Outgoing]:
@@ -702,7 +707,8 @@ class TransactionLayer:
         self._txns[txn.txn_id] = txn
         self._live[txn.kind] += 1
         self._run(txn, INITIAL_ACTIONS[txn.kind], ctx)
-        self._settle(txn, ctx)
+        if txn.due_now or txn.state in _TERMINATED:
+            self._settle(txn, ctx)
 
     def _feed(self, txn: Transaction, event: Event, ctx: _Context) -> None:
         transition = TABLES[txn.kind].get((txn.state, event))
@@ -712,7 +718,9 @@ class TransactionLayer:
                 f"{event.value}")
         txn.state = transition.next
         self._run(txn, transition.actions, ctx)
-        self._settle(txn, ctx)
+        # Most transitions leave nothing to settle: test before the call.
+        if txn.due_now or txn.state in _TERMINATED:
+            self._settle(txn, ctx)
 
     def _settle(self, txn: Transaction, ctx: _Context) -> None:
         """Fire zero-length timers now (a reliable transport's D, I, J, K: §17), then retire
@@ -737,7 +745,8 @@ class TransactionLayer:
                 if interval is not None:
                     self._start(txn, action.timer, interval, ctx.now)
             elif isinstance(action, Stop):
-                self._stop(txn, action.timer)
+                # The heap entry stays; next_timer / handle_timer skip it as stale (_stop).
+                txn.timers.pop(action.timer, None)
             elif isinstance(action, Backoff):
                 interval = backoff(action.timer, txn.intervals[action.timer], self.timers)
                 self._start(txn, action.timer, interval, ctx.now)
@@ -747,7 +756,16 @@ class TransactionLayer:
     def _initial(self, timer: Timer, transport: Transport) -> float | None:
         if timer is Timer.TRYING:
             return self.trying_delay
-        return initial(timer, self.timers, transport)
+        # initial() is a pure function of the timer, the config and the transport: each
+        # answer is kept, for as long as `timers` is the config it was computed for.
+        if self._initials_of is not self.timers:
+            self._initials = {}
+            self._initials_of = self.timers
+        key = (timer, transport)
+        interval = self._initials.get(key, _UNKNOWN)
+        if interval is _UNKNOWN:
+            interval = self._initials[key] = initial(timer, self.timers, transport)
+        return interval  # type: ignore[return-value]  # not _UNKNOWN: set just above
 
     def _start(self, txn: Transaction, timer: Timer, interval: float, now: float) -> None:
         txn.intervals[timer] = interval
@@ -956,17 +974,13 @@ def stamp_top_via(request: Request, source: Address) -> Via:
         raise ParseError("Missing Via")
     top = Via.parse(split_commas(value)[0] if "," in value else value)
     stamped = top.stamped(source)
-    if stamped is top or stamped.params == top.params:
+    if stamped is top or (top._params is not None and stamped.params == top.params):
+        # Unchanged (stamped() returns the Via itself when its unsplit text stays the same).
         return top
-    fields = request.headers.fields()
-    for i, (key, name, line, _raw) in enumerate(fields):
-        if key == "via":
-            values = split_commas(line)
-            values[0] = str(stamped)
-            fields[i] = (key, name, ", ".join(values), None)
-            break
-    request.headers = Headers(fields)
-    request.headers.modified = True
+    # Only the first Via line changes; the other fields keep their text.
+    first = str(stamped)
+    request.headers.set_first(
+        "via", first if "," not in value else ", ".join([first, *split_commas(value)[1:]]))
     return stamped
 
 

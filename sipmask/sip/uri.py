@@ -608,20 +608,50 @@ class NameAddr(_LazyParams):
         # Read for every message by the transaction, dialog and call layers.
         params = self._params
         if params is None:
-            return _find_in_text(self._ptext, "tag")
+            text = self._ptext
+            if text.startswith(";tag="):
+                # _find_in_text's first-parameter case, written out: the usual To and From.
+                end = text.find(";", 5)
+                return text[5:] if end < 0 else text[5:end]
+            return _find_in_text(text, "tag") if text else None
         return _find_param(params, "tag")
 
-    def with_tag(self, tag: str) -> NameAddr:
-        if self._uri is not None:
-            return NameAddr(self._uri, self.display, set_param(self.params, "tag", tag),
-                            self.bracketed)
-        addr: NameAddr = _new(NameAddr)          # the URI stays unbuilt (dialog.py's From/To)
-        addr._uri = None
-        addr._uri_pieces = self._uri_pieces
+    def _same_address(self) -> NameAddr:
+        """A NameAddr with this one's URI (built or not), display name and brackets; the
+        caller sets its parameters."""
+        addr: NameAddr = _new(NameAddr)
+        uri = addr._uri = self._uri
+        if uri is None:
+            addr._uri_pieces = self._uri_pieces  # the URI stays unbuilt (dialog.py's From/To)
         addr.display = self.display
-        addr._params = set_param(self.params, "tag", tag)
-        addr._ptext = ""
         addr.bracketed = self.bracketed
+        return addr
+
+    def with_tag(self, tag: str) -> NameAddr:
+        addr = self._same_address()
+        ptext = self._ptext
+        if self._params is None and tag.isalnum() and tag.isascii() and \
+                _find_in_text(ptext, "tag") is None:
+            # set_param appends a parameter that is absent; on unsplit text that is
+            # `;tag=…` at the end, and a tag of letters and digits keeps the text splittable.
+            addr._params = None
+            addr._ptext = ptext + ";tag=" + tag
+        else:
+            addr._params = set_param(self.params, "tag", tag)
+            addr._ptext = ""
+        return addr
+
+    def without_tag(self) -> NameAddr:
+        """This address with no `tag` parameter (a dialog's local and remote URI, §12.1)."""
+        addr = self._same_address()
+        ptext = self._ptext
+        if self._params is None and (not ptext or (ptext.startswith(";tag=")
+                                                   and ptext.find(";", 5) < 0)):
+            addr._params = None                   # no parameter, or only the tag: none left
+            addr._ptext = ""
+        else:
+            addr._params = [(k, v) for k, v in self.params if k.lower() != "tag"]
+            addr._ptext = ""
         return addr
 
 
@@ -776,7 +806,12 @@ class Via(_LazyParams):
     def branch(self) -> str | None:
         params = self._params
         if params is None:
-            return _find_in_text(self._ptext, "branch")
+            text = self._ptext
+            if text.startswith(";branch="):
+                # _find_in_text's first-parameter case, written out: the usual Via.
+                end = text.find(";", 8)
+                return text[8:] if end < 0 else text[8:end]
+            return _find_in_text(text, "branch")
         return _find_param(params, "branch")
 
     @property
@@ -817,6 +852,8 @@ class Via(_LazyParams):
         RFC 3581 §4: when `rport` came without a value, fill it with the source port and
         add `received` even when it equals sent-by."""
         ip, port = source
+        if self._params is None:
+            return self._stamped_text(ip, port)
         params = self.params
         if self.rport == "":
             params = set_param(params, "rport", str(port))
@@ -826,6 +863,49 @@ class Via(_LazyParams):
         else:
             return self
         return Via(self.transport, self.host, self.port, params, self.protocol)
+
+    def _stamped_text(self, ip: str, port: int) -> Via:
+        """`stamped` for unsplit parameters, on the text: both set_param calls in one pass
+        (the first `rport` / `received` takes the value, written name kept, later ones
+        dropped, an absent `received` appended), and self when the text comes out the
+        same (a Via stamped already). The new values hold no `;`, so the text stays
+        splittable."""
+        text = self._ptext
+        rport = _find_in_text(text, "rport")
+        if rport == "":
+            fill: str | None = str(port)
+        elif self.host.strip("[]") != ip.strip("[]"):
+            fill = None
+        else:
+            return self
+        out: list[str] = []
+        placed_rport = placed_received = False
+        for part in text[1:].split(";") if text else ():
+            name = part.partition("=")[0]
+            low = name.lower()
+            if fill is not None and low == "rport":
+                if not placed_rport:
+                    out.append(f";{name}={fill}")
+                    placed_rport = True
+            elif low == "received":
+                if not placed_received:
+                    out.append(f";{name}={ip}")
+                    placed_received = True
+            else:
+                out.append(";" + part)
+        if not placed_received:
+            out.append(";received=" + ip)
+        stamped_text = "".join(out)
+        if stamped_text == text:
+            return self
+        via: Via = _new(Via)
+        via.transport = self.transport
+        via.host = self.host
+        via.port = self.port
+        via._params = None
+        via._ptext = stamped_text
+        via.protocol = self.protocol
+        return via
 
     def response_target(self, source: tuple[str, int]) -> tuple[str, int]:
         """Where a response to this Via goes over UDP (RFC 3261 §18.2.2, RFC 3581 §4), on a

@@ -176,12 +176,19 @@ def _outcome(parse: Callable[[str], object], text: str) -> tuple[object, ...]:
         addr = value
         reads += [lambda: addr.tag, lambda: addr.display_name, lambda: addr.params,
                   lambda: type(addr.uri).__name__, lambda: str(addr.with_tag("t1")),
-                  lambda: str(addr.uri)]
+                  lambda: str(addr.uri), lambda: str(addr.without_tag()),
+                  lambda: addr.without_tag().params, lambda: addr.with_tag("t-2").params,
+                  lambda: str(addr.with_tag("t3").without_tag()),
+                  lambda: addr.with_tag("t4").tag, lambda: str(addr.with_tag(""))]
     if isinstance(value, Via):
         via = value
         reads += [lambda: via.branch, lambda: via.rport, lambda: via.received,
                   lambda: via.params, lambda: via.default_port,
                   lambda: str(via.stamped(("10.0.0.9", 5070))),
+                  lambda: via.stamped(("10.0.0.9", 5070)).params,
+                  lambda: str(via.stamped((via.host.strip("[]"), 5070))),
+                  lambda: via.stamped(("10.0.0.9", 5070)).stamped(("10.0.0.9", 5070)) ==
+                  via.stamped(("10.0.0.9", 5070)),
                   lambda: str(via.with_params(rport="1")),
                   lambda: via.response_target(("10.0.0.9", 5070))]
     for read in reads:

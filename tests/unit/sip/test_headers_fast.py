@@ -1,0 +1,198 @@
+"""The shortcuts of the SIP core's per-message reads give what the plain reads give.
+
+From, To, CSeq and the top Via are parsed once and kept on the Headers; every change of a
+field, whichever method makes it, and a new Headers object make the next read parse the
+new text. `canonical` remembers names; lazy iteration, `get`, `get_all` and `stamp_top_via`
+read or change the lazy form without building it first and agree with the built form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from sipmask.errors import ParseError
+from sipmask.sip import headers as headers_module
+from sipmask.sip.headers import Headers, canonical, split_commas
+from sipmask.sip.message import Message, Request, build_response
+from sipmask.sip.parser import _forget_layouts, parse_message
+from sipmask.sip.transaction import stamp_top_via
+
+INVITE = (b"INVITE sip:700100000000001@127.0.0.1 SIP/2.0\r\n"
+          b"Via: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKone;rport\r\n"
+          b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKold, SIP/2.0/TCP 10.0.0.2;branch=z9\r\n"
+          b"From: \"A\" <sip:13800000001@127.0.0.2>;tag=a1\r\n"
+          b"To: <sip:700100000000001@127.0.0.1>\r\n"
+          b"Call-ID: c1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+          b"Allow: INVITE, ACK\r\nl: 0\r\n\r\n")
+
+
+def parsed(times: int = 1) -> Message:
+    """The INVITE parsed `times` times: later parses take the parser's fast tiers."""
+    message = parse_message(INVITE)
+    for _ in range(times - 1):
+        message = parse_message(INVITE)
+    return message
+
+
+# Each change, and the To / CSeq / From / top Via branch it leaves behind.
+CHANGES: list[tuple[str, Callable[[Headers], object], tuple[str | None, int, str | None, str]]] = [
+    ("set", lambda h: h.set("t", "<sip:x@h>;tag=t2"), ("t2", 1, "a1", "z9hG4bKone")),
+    ("set_first", lambda h: h.set_first("CSeq", "7 INVITE"), (None, 7, "a1", "z9hG4bKone")),
+    ("add first", lambda h: h.add("Via", "SIP/2.0/UDP h;branch=z9hG4bKnew", first=True),
+     (None, 1, "a1", "z9hG4bKnew")),
+    ("pop_first", lambda h: h.pop_first("via"), (None, 1, "a1", "z9hG4bKold")),
+    ("remove", lambda h: h.remove("From") and h.add("f", "<sip:b@h>;tag=f2"),
+     (None, 1, "f2", "z9hG4bKone")),
+    ("add to", lambda h: h.remove("to") and h.add("To", "<sip:y@h>;tag=t3"),
+     ("t3", 1, "a1", "z9hG4bKone")),
+]
+
+
+def reads(message: Message) -> tuple[str | None, int, str | None, str]:
+    return (message.to.tag, message.cseq.number, message.from_.tag,
+            message.top_via.branch or "")
+
+
+@pytest.mark.parametrize("times", [1, 3])
+@pytest.mark.parametrize(("label", "change", "expected"), CHANGES, ids=[c[0] for c in CHANGES])
+def test_a_change_after_a_read_is_read_fresh(times: int, label: str,
+                                              change: Callable[[Headers], object],
+                                              expected: tuple[str | None, int, str | None, str],
+                                              ) -> None:
+    message = parsed(times)
+    assert reads(message) == (None, 1, "a1", "z9hG4bKone")
+    assert message.to is message.to and message.cseq is message.cseq     # kept
+    change(message.headers)
+    assert reads(message) == expected
+    assert message.raw is None and message.to_bytes() != INVITE
+    again = parse_message(message.to_bytes())
+    assert reads(again) == expected
+
+
+def test_every_changing_method_forgets_what_was_parsed() -> None:
+    # A guard for methods added later: each one that marks the headers modified must also
+    # forget the parsed values (Headers._changed does both).
+    message = parsed()
+    reads(message)
+    headers = message.headers
+    for name in ("add", "set", "set_first", "remove", "pop_first"):
+        assert name in Headers.__dict__
+    headers.remove("x-absent")                        # nothing changed: nothing forgotten
+    assert headers._p_to is not None and not headers.modified
+    headers.set("Max-Forwards", "69")
+    assert (headers._p_to, headers._p_from, headers._p_cseq, headers._p_via) == (None,) * 4
+
+
+def test_a_new_headers_object_is_read_fresh_and_drops_the_bytes() -> None:
+    message = parsed()
+    assert reads(message) == (None, 1, "a1", "z9hG4bKone")
+    assert message.raw == INVITE and message.to_bytes() == INVITE
+    message.headers = Headers.of(("Via", "SIP/2.0/UDP h;branch=z9hG4bKb"),
+                                 ("From", "<sip:a@h>;tag=fb"), ("To", "<sip:b@h>;tag=tb"),
+                                 ("Call-ID", "c2"), ("CSeq", "9 INVITE"))
+    assert not message.headers.modified
+    assert reads(message) == ("tb", 9, "fb", "z9hG4bKb")
+    assert message.raw is None
+    assert b"Call-ID: c2" in message.to_bytes()
+
+
+def test_a_missing_field_raises_every_time_and_parses_once_added() -> None:
+    message = Request("BYE", "sip:b@h", Headers.of(("Call-ID", "c")))
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            message.to  # noqa: B018
+        with pytest.raises(ParseError):
+            message.cseq  # noqa: B018
+    message.headers.add("To", "<sip:b@h>;tag=x")
+    message.headers.add("CSeq", "2 BYE")
+    assert message.to.tag == "x" and message.cseq.method == "BYE"
+
+
+def test_a_copy_reads_its_own_fields() -> None:
+    message = parsed()
+    reads(message)
+    clone = message.headers.copy()
+    clone.set("To", "<sip:z@h>;tag=cz")
+    assert message.to.tag is None
+    assert Request("INVITE", "sip:z@h", clone).to.tag == "cz"
+
+
+def test_stamping_changes_the_top_via_line_only() -> None:
+    message = parsed()
+    assert isinstance(message, Request)
+    before = message.headers.fields()
+    assert message.top_via.received is None
+    via = stamp_top_via(message, ("192.0.2.9", 40000))
+    assert via.rport == "40000" and via.received == "192.0.2.9"
+    assert message.top_via == via and message.top_via.received == "192.0.2.9"
+    after = message.headers.fields()
+    assert after[0][2] == str(via) and after[0][3] is None and after[0][1] == "Via"
+    assert after[1:] == before[1:]                   # the others keep their text
+    assert message.raw is None and str(via).encode() in message.to_bytes()
+    # Idempotent: the stamped Via is left as it is.
+    assert stamp_top_via(message, ("192.0.2.9", 40000)) == via
+    assert message.headers.fields() == after
+
+
+def test_stamping_a_via_line_of_several_values_keeps_the_others() -> None:
+    text = INVITE.replace(b"Via: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKone;rport\r\n", b"")
+    message = parse_message(text)
+    assert isinstance(message, Request)
+    via = stamp_top_via(message, ("192.0.2.9", 5060))
+    line = message.headers.get_fields("via")[0]
+    assert split_commas(line) == [str(via), "SIP/2.0/TCP 10.0.0.2;branch=z9"]
+    assert via.received == "192.0.2.9" and message.top_via == via
+
+
+@pytest.mark.parametrize("times", [1, 3])
+def test_lazy_reads_agree_with_the_built_fields(times: int) -> None:
+    _forget_layouts()
+    lazy = parsed(times)
+    built = parsed(times)
+    fields = built.headers.fields()                  # builds them
+    assert list(lazy.headers) == list(built.headers) == [(f[1], f[2]) for f in fields]
+    for name in ("via", "v", "Allow", "allow", "From", "content-length", "l", "x-none",
+                 "Max-Forwards", "call-id", "i", "CSeq"):
+        fresh = parsed(times).headers
+        assert fresh.get(name) == built.headers.get(name), name
+        assert fresh.get_all(name) == built.headers.get_all(name), name
+        assert fresh.get_fields(name) == built.headers.get_fields(name), name
+        expected: list[str] = []
+        for value in built.headers.get_fields(name):
+            expected.extend(split_commas(value))
+        if canonical(name) not in headers_module._UNSPLITTABLE:
+            assert fresh.get_all(name) == expected, name
+    assert lazy.headers.get_all("via") == [
+        "SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKone;rport",
+        "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKold", "SIP/2.0/TCP 10.0.0.2;branch=z9"]
+    empty = Headers.of(("Supported", ""))
+    assert empty.get_all("supported") == [] and empty.get_fields("supported") == [""]
+
+
+def test_canonical_remembers_names_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = headers_module._KEYS
+    for name, key in [("via", "via"), ("V", "via"), ("call-id", "call-id"), ("I", "call-id"),
+                      ("X-Odd-Name", "x-odd-name"), ("x-odd-name", "x-odd-name")]:
+        assert canonical(name) == key and keys[name] == key
+    monkeypatch.setattr(headers_module, "_KEYS_MAX", len(keys) + 5)
+    for n in range(50):
+        assert canonical(f"X-Invented-{n}") == f"x-invented-{n}"
+        assert len(keys) <= len(keys) + 5
+    assert len(keys) <= headers_module._KEYS_MAX
+    assert canonical("v") == "via" and canonical("Content-Length") == "content-length"
+    long = "X-" + "a" * 200
+    assert canonical(long) == long.lower() and long not in keys
+
+
+def test_build_response_adds_the_tag_to_a_to_already_read() -> None:
+    message = parsed()
+    assert isinstance(message, Request)
+    assert message.to.tag is None
+    response = build_response(message, 180, to_tag="b7")
+    assert response.to.tag == "b7" and message.to.tag is None
+    assert response.headers.get("to") == "<sip:700100000000001@127.0.0.1>;tag=b7"
+    tagged = build_response(parse_message(response.to_bytes().replace(  # type: ignore[arg-type]
+        b"SIP/2.0 180 Ringing", b"INVITE sip:a@h SIP/2.0")), 200, to_tag="other")
+    assert tagged.to.tag == "b7"
