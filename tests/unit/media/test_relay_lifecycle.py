@@ -28,9 +28,10 @@ Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 def config(pairs: int) -> MediaConfig:
-    """A range below the kernel's ephemeral ports and apart from the integration tests'
-    (20000-28999), spread by pid so parallel runs differ."""
-    base = 10000 + (os.getpid() * 64) % 9000
+    """A range below the kernel's ephemeral ports and apart from the integration tests' and
+    the benches' (20000-29999), spread by pid so parallel runs differ."""
+    assert pairs <= 2000
+    base = 10000 + (os.getpid() * 64) % 6000
     base -= base % 2
     return MediaConfig(address=HOST, ports=PortRange(base, base + 2 * pairs - 1),
                        timeout_s=60)
@@ -58,13 +59,15 @@ def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
 
 @pytest.fixture
 def binds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The RTP port of every pair the relays bind (a new pair of sockets each)."""
+    """The RTP port of every pair the relays bind (a new pair of sockets each); a port
+    another process holds fails to bind and is not counted."""
     bound: list[int] = []
     original = Relay._bind_pair
 
     def counting(self: Relay, pair: Any) -> tuple[socket.socket, socket.socket]:
+        socks = original(self, pair)
         bound.append(pair.rtp)
-        return original(self, pair)
+        return socks
 
     monkeypatch.setattr(Relay, "_bind_pair", counting)
     return bound
