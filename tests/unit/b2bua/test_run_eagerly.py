@@ -4,13 +4,26 @@ that goes on exactly as asyncio.Task would (results, exceptions, cancellation, b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
+import uvloop
 
 from sipmask.b2bua.engine import run_eagerly
 
+# serve runs on uvloop when it is installed; the stdlib loop is the fallback.
+LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
-def test_a_step_that_does_not_wait_runs_in_place_without_a_task() -> None:
+
+def run(main: Callable[[], Coroutine[Any, Any, None]], loop: str) -> None:
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+@LOOPS
+def test_a_step_that_does_not_wait_runs_in_place_without_a_task(loop: str) -> None:
     seen: list[str] = []
 
     async def step() -> None:
@@ -19,15 +32,16 @@ def test_a_step_that_does_not_wait_runs_in_place_without_a_task() -> None:
     async def main() -> None:
         assert run_eagerly(step()) is None
         assert seen == ["ran"]          # before any loop pass
-    asyncio.run(main())
+    run(main, loop)
 
 
-def test_a_step_that_waits_goes_on_with_the_result_and_exception() -> None:
+@LOOPS
+def test_a_step_that_waits_goes_on_with_the_result_and_exception(loop: str) -> None:
     seen: list[object] = []
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        first, second = loop.create_future(), loop.create_future()
+        running = asyncio.get_running_loop()
+        first, second = running.create_future(), running.create_future()
 
         async def step() -> None:
             seen.append("start")
@@ -45,15 +59,17 @@ def test_a_step_that_waits_goes_on_with_the_result_and_exception() -> None:
         second.set_exception(KeyError("k"))
         await task
         assert seen == ["start", 42, "caught 'k'", "end"]
-    asyncio.run(main())
+    run(main, loop)
 
 
-def test_cancelled_future_is_seen_by_the_step_and_a_cancelled_task_cancels_it() -> None:
+@LOOPS
+def test_cancelled_future_is_seen_by_the_step_and_a_cancelled_task_cancels_it(loop: str
+                                                                               ) -> None:
     seen: list[str] = []
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        future, forever = loop.create_future(), loop.create_future()
+        running = asyncio.get_running_loop()
+        future, forever = running.create_future(), running.create_future()
 
         async def waits_on(f: asyncio.Future[None], name: str) -> None:
             try:
@@ -74,4 +90,24 @@ def test_cancelled_future_is_seen_by_the_step_and_a_cancelled_task_cancels_it() 
         with pytest.raises(asyncio.CancelledError):
             await other
         assert seen == ["future", "task"]
-    asyncio.run(main())
+    run(main, loop)
+
+
+@LOOPS
+def test_a_step_waiting_on_a_loop_operation_goes_on(loop: str) -> None:
+    """What the relay does on a pool miss: await one of the loop's own operations."""
+    seen: list[object] = []
+
+    async def step() -> None:
+        running = asyncio.get_running_loop()
+        transport, _ = await running.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        seen.append(transport.get_extra_info("sockname")[0])
+        transport.close()
+
+    async def main() -> None:
+        task = run_eagerly(step())
+        assert task is not None and seen == []
+        await task
+        assert seen == ["127.0.0.1"]
+    run(main, loop)
