@@ -18,6 +18,7 @@ import contextlib
 import gc
 import itertools
 import json
+import resource
 import secrets
 import signal
 import sys
@@ -599,8 +600,21 @@ class GcFreezer:
         gc.set_threshold(*self._thresholds)
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Every relayed call holds 4 sockets (RTP and RTCP on both sides) and the relay keeps
+    up to 2,048 idle pairs for reuse, far past the 1,024 open files a Debian login or
+    service gets by default: lift the soft limit to the hard one. Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     sm_logging.setup(config.log)
+    raise_open_files_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner, \
             contextlib.suppress(KeyboardInterrupt):
         return runner.run(serve(config))

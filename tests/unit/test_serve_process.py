@@ -1,5 +1,5 @@
-"""serve's GcFreezer: the young generation is collected rarely, cycles are still collected,
-and the interpreter's thresholds come back when it stops."""
+"""The process settings `sipmask serve` makes: the young generation is collected rarely and
+cycles are still collected (GcFreezer); the open-files limit is lifted."""
 
 from __future__ import annotations
 
@@ -45,3 +45,22 @@ def test_young_collections_are_rare_and_cycles_still_go() -> None:
     assert collected, "the cycle outlived GC_THRESHOLDS[0] allocations"
     assert gc.get_threshold() == before
     gc.unfreeze()
+
+
+def test_serve_lifts_the_open_files_limit_to_the_hard_one() -> None:
+    import resource
+    import subprocess
+    import sys
+    # A child with a low soft limit, as a Debian service gets by default.
+    code = ("import resource; from sipmask.server import raise_open_files_limit; "
+            "print(*raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    low = min(256, hard)
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         preexec_fn=lower, check=True).stdout.split()
+    before, after, child_hard = map(int, out)
+    assert before == low and child_hard == hard
+    assert after == (hard if hard != resource.RLIM_INFINITY else 1_048_576)
