@@ -27,7 +27,7 @@ def test_young_collections_are_rare_and_cycles_still_go() -> None:
         freezer = GcFreezer(asyncio.get_running_loop(), interval=60)
         gc.callbacks.append(count)
         try:
-            kept = [[i] for i in range(5_000)]     # far more than Python's 700
+            kept: list[object] = [[i] for i in range(5_000)]   # far more than 700
             quiet = len(runs)
             a, b = Node(), Node()
             a.other, b.other = b, a                # a garbage cycle
