@@ -29,8 +29,9 @@ Field = tuple[str, str, str, str | None]
 # A parsed block not yet turned into fields: names as written, unstripped values (None when
 # they are still inside the raw lines), the raw lines (None when they may not be reused; a
 # str when the parser handed over the block unsplit, start line first) and, with values
-# None, where in each raw line its value starts (`line[cut]` is the value).
-_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | str | None,
+# None, where in each raw line its value starts (`line[cut]` is the value). With values
+# given, a raw line may be None: a field set since (`set_first`), written as `name: value`.
+_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | list[str | None] | str | None,
               tuple[slice, ...] | None]
 
 # RFC 3261 §7.3.3 and the RFCs that registered further compact forms (3265, 3515, 3841,
@@ -251,7 +252,7 @@ class Headers:
             raws = self._raw_lines()
             if values is None:
                 assert raws is not None and cuts is not None
-                values = list(map(str.__getitem__, raws, cuts))
+                values = list(map(str.__getitem__, raws, cuts))  # type: ignore[arg-type]  # values None: all raw
             stripped = map(str.strip, values)
             if raws is None:
                 fields = list(zip(self._keys, names, stripped, repeat(None)))
@@ -279,7 +280,7 @@ class Headers:
             if given is None:
                 raws = self._raw_lines()
                 assert raws is not None and cuts is not None
-                values = map(str.__getitem__, raws, cuts)
+                values = map(str.__getitem__, raws, cuts)  # type: ignore[arg-type]  # values None: all raw
             else:
                 values = given
             return zip(names, map(str.strip, values), strict=True)
@@ -323,7 +324,7 @@ class Headers:
         if raws.__class__ is str:
             raws = self._raw_lines()
         assert raws is not None and cuts is not None
-        return raws[i][cuts[i]].strip()
+        return raws[i][cuts[i]].strip()  # type: ignore[index]  # values None: lines all raw
 
     def _value(self, i: int) -> str:
         """The value of field `i`, read from the lazy form without building the fields."""
@@ -334,11 +335,11 @@ class Headers:
                 if raws.__class__ is str:
                     raws = self._raw_lines()
                 assert raws is not None and cuts is not None
-                return raws[i][cuts[i]].strip()
+                return raws[i][cuts[i]].strip()  # type: ignore[index]  # as in get  # type: ignore[index]  # values None: lines all raw
             return values[i].strip()
         return self._fields[i][2]
 
-    def _raw_lines(self) -> list[str] | None:
+    def _raw_lines(self) -> list[str] | list[str | None] | None:
         """The lazy form's raw lines, splitting a block handed over whole."""
         assert self._lazy is not None
         names, values, raws, cuts = self._lazy
@@ -416,8 +417,28 @@ class Headers:
         if key not in keys:
             self.add(name, value)
             return
-        fields = self._all()
         i = keys.index(key)
+        if self._fields is None and value == value.strip():
+            # Without building the fields (a received request's Via, stamped): the lazy form
+            # with its values listed, and line i no longer raw.
+            assert self._lazy is not None
+            names, given, _raws, cuts = self._lazy
+            raws = self._raw_lines()
+            values: list[str]
+            if given is None:
+                assert raws is not None and cuts is not None
+                values = list(map(str.__getitem__, raws, cuts))  # type: ignore[arg-type]  # values None: all raw
+            else:
+                values = list(given)
+            values[i] = value
+            lines: list[str | None] | None = None
+            if raws is not None:
+                lines = list(raws)
+                lines[i] = None
+            self._lazy = (names, values, lines, None)
+            self._changed()
+            return
+        fields = self._all()
         fields[i] = (key, fields[i][1], value, None)
         self._changed()
 

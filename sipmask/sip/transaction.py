@@ -428,6 +428,8 @@ INITIAL_ACTIONS: dict[Kind, tuple[Action, ...]] = {
     Kind.NON_INVITE_SERVER: (),
 }
 
+_CLIENT_KINDS = frozenset({Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT})
+
 # _initial's "not computed yet" (None is an answer: the timer is not used).
 _UNKNOWN = object()
 
@@ -468,7 +470,7 @@ class Transaction:
 
     @property
     def is_client(self) -> bool:
-        return self.kind in (Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT)
+        return self.kind in _CLIENT_KINDS
 
 
 @dataclass(slots=True)
@@ -654,7 +656,7 @@ class TransactionLayer:
         """Answer a server transaction. A response its state cannot take (a second final
         one, say) raises TransactionError."""
         txn = self._get(txn_id)
-        if txn.is_client:
+        if txn.kind in _CLIENT_KINDS:
             raise TransactionError(f"{txn_id} is a client transaction")
         self._feed(txn, response_input(response.status), _Context(now, response))
 
@@ -741,9 +743,14 @@ class TransactionLayer:
             if isinstance(action, Step):
                 STEPS[action](self, txn, ctx)
             elif isinstance(action, Start):
-                interval = self._initial(action.timer, txn.transport)
+                timer = action.timer
+                # _initial's memo (which never holds TRYING), looked up here first.
+                interval = self._initials.get((timer, txn.transport), _UNKNOWN) \
+                    if self._initials_of is self.timers else _UNKNOWN
+                if interval is _UNKNOWN:
+                    interval = self._initial(timer, txn.transport)
                 if interval is not None:
-                    self._start(txn, action.timer, interval, ctx.now)
+                    self._start(txn, timer, interval, ctx.now)  # type: ignore[arg-type]
             elif isinstance(action, Stop):
                 # The heap entry stays; next_timer / handle_timer skip it as stale (_stop).
                 txn.timers.pop(action.timer, None)
@@ -783,7 +790,7 @@ class TransactionLayer:
 
     # -- the steps, one method each (dispatched by STEPS below) -----------------------------
     def _do_send(self, txn: Transaction, ctx: _Context) -> None:
-        if txn.is_client:
+        if txn.kind in _CLIENT_KINDS:
             self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
         else:
             assert isinstance(ctx.message, Response)

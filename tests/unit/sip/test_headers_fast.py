@@ -119,10 +119,11 @@ def test_a_copy_reads_its_own_fields() -> None:
     assert Request("INVITE", "sip:z@h", clone).to.tag == "cz"
 
 
-def test_stamping_changes_the_top_via_line_only() -> None:
-    message = parsed()
+@pytest.mark.parametrize("times", [1, 3, 2100])
+def test_stamping_changes_the_top_via_line_only(times: int) -> None:
+    message = parsed(times)                           # 2100: the parser's tier 2
     assert isinstance(message, Request)
-    before = message.headers.fields()
+    before = parsed(times).headers.fields()
     assert message.top_via.received is None
     via = stamp_top_via(message, ("192.0.2.9", 40000))
     assert via.rport == "40000" and via.received == "192.0.2.9"
@@ -196,3 +197,25 @@ def test_build_response_adds_the_tag_to_a_to_already_read() -> None:
     tagged = build_response(parse_message(response.to_bytes().replace(  # type: ignore[arg-type]
         b"SIP/2.0 180 Ringing", b"INVITE sip:a@h SIP/2.0")), 200, to_tag="other")
     assert tagged.to.tag == "b7"
+
+
+@pytest.mark.parametrize("times", [1, 3, 2100])
+@pytest.mark.parametrize("value", ["SIP/2.0/UDP h;branch=z9hG4bKs", "  SIP/2.0/UDP h;branch=x "])
+def test_set_first_on_the_lazy_form_reads_as_on_the_built_form(times: int, value: str) -> None:
+    lazy, built = parsed(times), parsed(times)
+    built.headers.fields()
+    for message in (lazy, built):
+        message.headers.set_first("v", value)
+        assert message.headers.modified and message.raw is None
+    assert list(lazy.headers) == list(built.headers)
+    assert lazy.headers.fields() == built.headers.fields()
+    assert lazy.to_bytes() == built.to_bytes()
+    for name in ("via", "from", "allow", "l"):
+        assert parsed(times).headers.get_fields(name)[1:] == lazy.headers.get_fields(name)[1:]
+    assert lazy.headers.get_fields("via")[0] == value
+    lazy2 = parsed(times)
+    lazy2.headers.set_first("Via", value)
+    assert lazy2.headers.get("via") == value and lazy2.headers.get("to") == built.headers.get("to")
+    assert lazy2.headers.get_all("via")[1:] == built.headers.get_all("via")[1:]
+    lazy2.headers.set_first("X-New", "1")            # absent: appended
+    assert lazy2.headers.get_fields("x-new") == ["1"]
