@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import re
 import socket
 import statistics
@@ -227,7 +228,7 @@ def free_port() -> int:
 async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, float]]:
     config = loader.loads(loader.default_text(), [
         f"store.path={tmp / 'bench.lmdb'}", f"sip.listen=[udp://127.0.0.1:{free_port()}]",
-        "api.listen=null", "log.level=warning", "media.ports=20000-29999",
+        "api.listen=null", "log.level=warning", f"media.ports={args.media_ports}",
         f"trunks.carrier.outbound=udp://{CALLEE[0]}:{CALLEE[1]}",
         "trunks.carrier.inbound_allow=['127.0.0.0/8']"])
     sm_logging.setup(config.log)
@@ -310,6 +311,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=4000, help="calls a round")
     parser.add_argument("--rate", type=float, default=400.0, help="calls a second offered")
     parser.add_argument("--rounds", type=int, default=3)
+    block = 20_000 + 6_000 * (os.getpid() % 6)     # runs side by side rarely collide
+    parser.add_argument("--media-ports", default=f"{block}-{block + 5_999}",
+                        help="relay port range (default: a 6,000-port block by pid)")
     parser.add_argument("--gc-threshold", metavar="G0,G1,G2",
                         help="gc.set_threshold for the server (default: Python's)")
     parser.add_argument("--profile", help="cProfile the last round into this file")
