@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sipmask.errors import SipError
-from sipmask.sip.headers import Headers, canonical
+from sipmask.sip.headers import Field, Headers, canonical
 from sipmask.sip.message import REASONS, Message, Request, Response
 
 # Headers that describe the session or the request's semantics, never a party or a hop.
@@ -35,12 +35,17 @@ DEFAULT_MAX_FORWARDS = 70
 
 def crossing_headers(message: Message) -> list[tuple[str, str]]:
     """The (name, value) pairs of `message` allowed onto the other leg, in order."""
-    out: list[tuple[str, str]] = []
-    for name, value in message.headers:
-        key = canonical(name)
-        if key not in CROSSING:
-            continue
-        if key in ("supported", "require", "unsupported"):
+    return [(name, value) for _key, name, value, _raw in _crossing_fields(message)]
+
+
+def _crossing_fields(message: Message) -> list[Field]:
+    """`crossing_headers` as the fields our builders take, keys included: only the fields
+    whose canonical key is in CROSSING are read (`Headers.select`); the rest of a parsed
+    message is never sliced out of its lines."""
+    out: list[Field] = []
+    long_names = _LONG_NAMES
+    for key, name, value, _raw in message.headers.select(CROSSING):
+        if key in _OPTION_HEADERS:
             tags = [t.strip() for t in value.split(",")]
             kept = [t for t in tags if t and t.lower() not in _PER_LEG_OPTIONS]
             if not kept:
@@ -52,9 +57,13 @@ def crossing_headers(message: Message) -> list[tuple[str, str]]:
             if not value.isdigit():
                 continue
         # Long names on our legs: a compact form is a fingerprint of the other side's stack.
-        out.append((_LONG_NAMES.get(key, name), value))
+        # The key stays: it is the canonical key of the long name too.
+        out.append((key, long_names.get(key, name), value, None))
     return out
 
+
+# The crossing headers whose option tags are filtered (_PER_LEG_OPTIONS).
+_OPTION_HEADERS = frozenset({"supported", "require", "unsupported"})
 
 _LONG_NAMES = {
     "content-type": "Content-Type", "content-encoding": "Content-Encoding",
@@ -89,26 +98,29 @@ def build_request(method: str, *, request_uri: str, local: str, remote: str, cal
                   body: bytes = b"", content_type: str | None = None) -> Request:
     """A request on one leg, from parts sipmask chose. `local`/`remote` are full From/To values
     (with tags); no Via: the transaction layer adds its own (§8.1.1.7)."""
-    pairs: list[tuple[str, str]] = [("Route", r) for r in route]
-    pairs += [
-        ("Max-Forwards", str(max_forwards)),
-        ("From", local),
-        ("To", remote),
-        ("Call-ID", call_id),
-        ("CSeq", f"{cseq} {method}"),
+    # The fields are written out with the keys of the names we write (what Headers.of would
+    # look up); only the caller's extra and crossing pairs need theirs.
+    key = canonical
+    fields: list[Field] = [("route", "Route", r, None) for r in route]
+    fields += [
+        ("max-forwards", "Max-Forwards", str(max_forwards), None),
+        ("from", "From", local, None),
+        ("to", "To", remote, None),
+        ("call-id", "Call-ID", call_id, None),
+        ("cseq", "CSeq", f"{cseq} {method}", None),
     ]
     if contact is not None:
-        pairs.append(("Contact", contact))
-    pairs.extend(extra)
-    crossing = list(crossing)
-    has_type = any(canonical(n) == "content-type" for n, _ in crossing)
-    pairs.extend(crossing)
+        fields.append(("contact", "Contact", contact, None))
+    fields += [(key(n), n, v, None) for n, v in extra]
+    crossed = [(key(n), n, v, None) for n, v in crossing]
+    has_type = any(f[0] == "content-type" for f in crossed)
+    fields += crossed
     if body and not has_type and content_type:
-        pairs.append(("Content-Type", content_type))
+        fields.append(("content-type", "Content-Type", content_type, None))
     if not body:
-        pairs = [(n, v) for n, v in pairs if canonical(n) != "content-type"]
-    pairs.append(("Content-Length", str(len(body))))
-    return Request(method, request_uri, Headers.of(*pairs), body)
+        fields = [f for f in fields if f[0] != "content-type"]
+    fields.append(("content-length", "Content-Length", str(len(body)), None))
+    return Request(method, request_uri, Headers.built(fields), body)
 
 
 def build_relayed_response(source: Response, request: Request, *, to_tag: str | None,
@@ -120,28 +132,34 @@ def build_relayed_response(source: Response, request: Request, *, to_tag: str | 
     free text is a classic leak (names, internal hosts), so the standard phrase is used.
     """
     status = source.status
-    reason = REASONS.get(status, _class_reason(status))
-    pairs: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_fields("via")]
-    to_value = request.headers.get("to") or ""
+    reason = REASONS.get(status)
+    if reason is None:
+        reason = _class_reason(status)
+    headers = request.headers
+    fields: list[Field] = [("via", "Via", v, None) for v in headers.get_fields("via")]
+    to_value = headers.get("to") or ""
     if to_tag is not None and "tag=" not in to_value.lower():
         to_value = f"{to_value};tag={to_tag}"
-    pairs += [("From", request.headers.get("from") or ""), ("To", to_value),
-              ("Call-ID", request.headers.get("call-id") or ""),
-              ("CSeq", request.headers.get("cseq") or "")]
+    fields += [("from", "From", headers.get("from") or "", None), ("to", "To", to_value, None),
+               ("call-id", "Call-ID", headers.get("call-id") or "", None),
+               ("cseq", "CSeq", headers.get("cseq") or "", None)]
     if contact is not None and (100 < status < 300) and request.method in _DIALOG_METHODS:
-        pairs.append(("Contact", contact))
-    pairs.extend(extra)
-    crossing = crossing_headers(source)
+        fields.append(("contact", "Contact", contact, None))
+    key = canonical
+    fields += [(key(n), n, v, None) for n, v in extra]
+    crossed = _crossing_fields(source)
     if not body:
-        crossing = [(n, v) for n, v in crossing if canonical(n) != "content-type"]
-    pairs.extend(crossing)
-    pairs.append(("Content-Length", str(len(body))))
-    return Response(status, reason, Headers.of(*pairs), body)
+        crossed = [f for f in crossed if f[0] != "content-type"]
+    fields += crossed
+    fields.append(("content-length", "Content-Length", str(len(body)), None))
+    return Response(status, reason, Headers.built(fields), body)
 
 
 _DIALOG_METHODS = frozenset({"INVITE", "UPDATE", "SUBSCRIBE"})
 
+_CLASS_REASONS = {1: "Progress", 2: "OK", 3: "Redirection", 4: "Request Failure",
+                  5: "Server Failure", 6: "Global Failure"}
+
 
 def _class_reason(status: int) -> str:
-    return {1: "Progress", 2: "OK", 3: "Redirection", 4: "Request Failure",
-            5: "Server Failure", 6: "Global Failure"}.get(status // 100, "Unknown")
+    return _CLASS_REASONS.get(status // 100, "Unknown")

@@ -162,8 +162,9 @@ def split_commas(value: str) -> list[str]:
 
 
 _NAME_VALUE = itemgetter(1, 2)
+# Joined with CRLF after the last field: its CRLF and the empty line.
+_END_OF_HEAD = ("", "")
 _FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
 
 
 class Headers:
@@ -239,10 +240,18 @@ class Headers:
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """Headers we build ourselves, in the order given."""
-        names = list(map(_FIRST, pairs))
-        keys = list(map(_KEYS.__getitem__, names))
-        fields: list[Field] = list(zip(keys, names, map(_SECOND, pairs), repeat(None)))
-        return cls._trusted(fields, keys)
+        # One pass building the fields (`_KEYS` is seeded with every name sipmask writes,
+        # so each key is one dict hit), then the keys taken from them in C.
+        keys_of = _KEYS
+        fields: list[Field] = [(keys_of[name], name, value, None) for name, value in pairs]
+        return cls._trusted(fields, list(map(_FIRST, fields)))
+
+    @classmethod
+    def built(cls, fields: list[Field]) -> Headers:
+        """Headers we build ourselves from fields whose keys the caller knows (each key
+        `canonical(name)`, raw None): the builders of masking and message skip the
+        (name, value) pairs and the key lookups of `of`."""
+        return cls._trusted(fields, list(map(_FIRST, fields)))
 
     def _all(self) -> list[Field]:
         fields = self._fields
@@ -370,6 +379,21 @@ class Headers:
             out.extend(split_commas(value))
         return out
 
+    def select(self, keys: frozenset[str]) -> list[Field]:
+        """The fields whose key is in `keys`, in order, as (key, name as written, value,
+        None): what iterating and keeping those would give, without building the fields of
+        a parsed message or reading the values of the others."""
+        own = self._keys
+        if keys.isdisjoint(own):
+            return []
+        fields = self._fields
+        if fields is not None:
+            return [(f[0], f[1], f[2], None) for f in fields if f[0] in keys]
+        assert self._lazy is not None
+        names = self._lazy[0]
+        value = self._value
+        return [(key, names[i], value(i), None) for i, key in enumerate(own) if key in keys]
+
     def _values_of(self, key: str) -> list[str]:
         keys = self._keys
         n = keys.count(key)
@@ -473,6 +497,15 @@ class Headers:
         lines = [raw if raw is not None else f"{name}: {value}"
                  for _key, name, value, raw in self._all()]
         lines.append("")
+        return "\r\n".join(lines)
+
+    def render(self, start_line: str) -> str:
+        """`start_line`, the header block (as `serialize`) and the empty line ending the
+        head, made in one join (the message's head without its body)."""
+        lines = [raw if raw is not None else f"{name}: {value}"
+                 for _key, name, value, raw in self._all()]
+        lines.insert(0, start_line)
+        lines += _END_OF_HEAD
         return "\r\n".join(lines)
 
     def _replace(self, fields: list[Field]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sipmask.errors import ParseError
-from sipmask.sip.headers import Headers, is_token
+from sipmask.sip.headers import Field, Headers, canonical, is_token
 from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
 
 SIP_VERSION = "SIP/2.0"
@@ -197,7 +197,7 @@ class Message:
         length = str(len(self._body))
         if headers.get("content-length") != length:
             headers.set("Content-Length", length)
-        head = self.start_line() + "\r\n" + headers.serialize() + "\r\n"
+        head = headers.render(self.start_line())
         return head.encode("utf-8", "surrogateescape") + self._body
 
     def __bytes__(self) -> bytes:
@@ -290,9 +290,11 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
                    body: bytes = b"", content_type: str | None = None) -> Response:
     """A response to `request` per RFC 3261 §8.2.6.2: Via (all, in order), From, To, Call-ID
     and CSeq copied; a To tag added when given and absent (§8.2.6.2, not on 100 Trying)."""
-    pairs: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_fields("via")]
-    from_value = request.headers.get("from") or ""
-    to_value = request.headers.get("to") or ""
+    # Fields written out with the keys of the names we write (what Headers.of would look up).
+    headers = request.headers
+    fields: list[Field] = [("via", "Via", v, None) for v in headers.get_fields("via")]
+    from_value = headers.get("from") or ""
+    to_value = headers.get("to") or ""
     if to_tag is not None and status > 100:
         try:
             to_addr = request.to                 # NameAddr.parse(to_value), kept
@@ -300,11 +302,14 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
                 to_value = str(to_addr.with_tag(to_tag))
         except ParseError:
             pass
-    pairs += [("From", from_value), ("To", to_value),
-              ("Call-ID", request.headers.get("call-id") or ""),
-              ("CSeq", request.headers.get("cseq") or "")]
-    pairs.extend(extra)
+    fields += [("from", "From", from_value, None), ("to", "To", to_value, None),
+               ("call-id", "Call-ID", headers.get("call-id") or "", None),
+               ("cseq", "CSeq", headers.get("cseq") or "", None)]
+    if extra:
+        key = canonical
+        fields += [(key(n), n, v, None) for n, v in extra]
     if content_type is not None:
-        pairs.append(("Content-Type", content_type))
-    pairs.append(("Content-Length", str(len(body))))
-    return Response(status, reason or REASONS.get(status, "Unknown"), Headers.of(*pairs), body)
+        fields.append(("content-type", "Content-Type", content_type, None))
+    fields.append(("content-length", "Content-Length", str(len(body)), None))
+    return Response(status, reason or REASONS.get(status, "Unknown"), Headers.built(fields),
+                    body)
