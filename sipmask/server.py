@@ -266,22 +266,27 @@ class SipServer:
 
     def _drain(self) -> None:
         """Hand the core's events to the handler, then send what the core produced."""
-        events = self.core.events()
+        core = self.core
+        events = core.events()
         while events:
+            handler = self.handler
             for event in events:
+                # Dispatch on the exact type (the event classes are final): cheaper than an
+                # isinstance chain, and most events are requests and responses.
+                kind = type(event)
                 try:
-                    if isinstance(event, RequestReceived):
-                        self.handler.handle_request(event)
-                    elif isinstance(event, ResponseReceived | StrayResponse):
-                        self.handler.handle_response(event)
+                    if kind is RequestReceived:
+                        handler.handle_request(event)  # type: ignore[arg-type]
+                    elif kind is ResponseReceived or kind is StrayResponse:
+                        handler.handle_response(event)  # type: ignore[arg-type]
                     else:
-                        self.handler.handle_event(event)
+                        handler.handle_event(event)
                 except Exception:
                     self.counters.internal_errors += 1
-                    log.exception("sip.handler_failed", event=type(event).__name__)
+                    log.exception("sip.handler_failed", event=kind.__name__)
                     if isinstance(event, RequestReceived):
                         self._answer_500(event)
-            events = self.core.events()
+            events = core.events()
         self._flush()
 
     def _answer_500(self, event: RequestReceived) -> None:
@@ -293,15 +298,25 @@ class SipServer:
             pass  # already answered (TransactionError) or unanswerable: nothing more to do
 
     def _flush(self) -> None:
-        failed: list[Outgoing] = []
-        for out in self.core.outgoing():
-            if not self.send(out.data, out.dest, out.transport):
-                failed.append(out)
-        for out in failed:
-            self.core.transport_error(out.dest, out.transport, self._now())
-        if failed:
-            self._drain()
-        else:
+        core = self.core
+        outgoing = core.outgoing()
+        if outgoing:
+            failed: list[Outgoing] | None = None
+            send = self.send
+            for out in outgoing:
+                if not send(out.data, out.dest, out.transport):
+                    if failed is None:
+                        failed = []
+                    failed.append(out)
+            if failed is not None:
+                for out in failed:
+                    core.transport_error(out.dest, out.transport, self._now())
+                self._drain()
+                return
+        # _arm_timer's test, inline: most flushes leave the deadline where it was (the
+        # core's next_timer is O(1) until a timer changes).
+        when = core.next_timer()
+        if when is not None and (self._timer_at is None or when < self._timer_at):
             self._arm_timer()
 
     def send(self, data: bytes, dest: Address, transport: TransportName) -> bool:
@@ -315,15 +330,19 @@ class SipServer:
         return False
 
     def _arm_timer(self) -> None:
+        """Keep the one loop timer armed no later than the core's next deadline. Armed
+        lazily: a deadline that moved later (its timer was stopped, its transaction ended)
+        leaves the armed one, which fires early, finds nothing due and arms again
+        (_on_timer) — one spare wake-up instead of a cancel and a call_at per stop. An
+        earlier deadline re-arms at once, so no RFC 3261 timer fires late."""
         when = self.core.next_timer()
-        if when == self._timer_at:
+        armed = self._timer_at
+        if when is None or (armed is not None and armed <= when) or self._loop is None:
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = when
-        if when is not None and self._loop is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
+        self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -339,6 +358,7 @@ class SipServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = None
         for udp in self.udp:
             udp.close()
         for tcp in self.tcp:

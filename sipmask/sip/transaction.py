@@ -73,7 +73,10 @@ def new_branch(rand: RandomBytes = token_bytes) -> str:
     return MAGIC_COOKIE + rand(12).hex()
 
 
-@dataclass(frozen=True)
+# Outgoing and the TU events are built for every message, so they are plain slotted
+# dataclasses: a frozen one's __init__ goes through object.__setattr__ per field. They
+# compare and hash by value as before (unsafe_hash); nothing may change one once built.
+@dataclass(slots=True, unsafe_hash=True)
 class Outgoing:
     """Bytes for the shell to send."""
 
@@ -83,7 +86,7 @@ class Outgoing:
 
 
 # -- events for the TU ----------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RequestReceived:
     """A new request with its server transaction; answer it with `send_response(txn_id…)`."""
 
@@ -93,7 +96,7 @@ class RequestReceived:
     txn_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ResponseReceived:
     """A response for a client transaction the TU started."""
 
@@ -103,7 +106,7 @@ class ResponseReceived:
     transport: Transport
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AckReceived:
     """An ACK for a 2xx (§17.1.1.3, §13.2.2.4: its own transaction, so it goes straight to
     the TU). `invite_txn_id` names the accepted INVITE server transaction it acknowledges,
@@ -115,7 +118,7 @@ class AckReceived:
     invite_txn_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CancelReceived:
     """A CANCEL (§9.2), already answered by the layer (200 or 481). `invite_txn_id` is set
     when the INVITE it matches still awaits its final response: answer that one 487."""
@@ -127,7 +130,7 @@ class CancelReceived:
     invite_txn_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TransactionTimeout:
     """Timer B or F fired (the TU treats it as a 408, §8.1.3.1), or Timer H fired on a
     server INVITE transaction (the ACK never came, §17.2.1)."""
@@ -136,7 +139,7 @@ class TransactionTimeout:
     request: Request
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TransportFailed:
     """The transport could not deliver for this transaction (§17.1.4, §17.2.4); a client
     TU treats it as 503 (§8.1.3.1)."""
@@ -145,7 +148,7 @@ class TransportFailed:
     request: Request
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AckTimeout:
     """A 2xx was retransmitted for 64*T1 without an ACK (§13.3.1.4): the dialog is
     confirmed, but the session SHOULD be ended with a BYE."""
@@ -154,12 +157,12 @@ class AckTimeout:
     response: Response
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TransactionTerminated:
     txn_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StrayResponse:
     """A response no client transaction matches, e.g. a 2xx retransmitted after Timer M
     (§17.1.1.2: the TU gets 2xx, so it is delivered, not dropped)."""
@@ -444,7 +447,7 @@ def response_input(status: int) -> Input:
 
 
 # -- one transaction ------------------------------------------------------------------------
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Transaction:
     txn_id: str
     kind: Kind
@@ -501,6 +504,12 @@ class TransactionLayer:
         self._accepted: dict[tuple[str, int, str, str], str] = {}
         self._heap: list[tuple[float, int, str, Timer]] = []
         self._seq = itertools.count()
+        # The earliest live heap entry, kept so next_timer is O(1) between changes: valid
+        # unless _next_dirty (that entry was stopped, restarted, fired or its transaction
+        # ended); a push earlier than it replaces it. _next_seq is -1 when there is none.
+        self._next_at: float | None = None
+        self._next_seq = -1
+        self._next_dirty = False
         self._out: list[Outgoing] = []
         self._events: list[TUEvent] = []
         self._live: dict[Kind, int] = dict.fromkeys(Kind, 0)
@@ -532,19 +541,30 @@ class TransactionLayer:
 
     # -- timers -----------------------------------------------------------------------------
     def next_timer(self) -> float | None:
+        if not self._next_dirty:
+            return self._next_at
         heap = self._heap
+        txns = self._txns
+        self._next_dirty = False
         while heap:
-            _at, seq, txn_id, timer = heap[0]
-            txn = self._txns.get(txn_id)
+            at, seq, txn_id, timer = heap[0]
+            txn = txns.get(txn_id)
             if txn is not None and txn.timers.get(timer) == seq:
-                return heap[0][0]
+                self._next_at = at
+                self._next_seq = seq
+                return at
             heapq.heappop(heap)  # stopped, restarted or its transaction ended
+        self._next_at = None
+        self._next_seq = -1
         return None
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at `now`. Each fires at its own deadline, so a late call does
         not shift the retransmit schedule (the next interval starts from the deadline)."""
         heap = self._heap
+        if heap and heap[0][0] <= now:
+            # Entries are about to leave the heap (and fired timers restart): look again.
+            self._next_dirty = True
         while heap and heap[0][0] <= now:
             at, seq, txn_id, timer = heapq.heappop(heap)
             txn = self._txns.get(txn_id)
@@ -708,18 +728,18 @@ class TransactionLayer:
     def _add(self, txn: Transaction, ctx: _Context) -> None:
         self._txns[txn.txn_id] = txn
         self._live[txn.kind] += 1
-        self._run(txn, INITIAL_ACTIONS[txn.kind], ctx)
+        self._run(txn, _INITIAL_RULES[txn.kind], ctx)
         if txn.due_now or txn.state in _TERMINATED:
             self._settle(txn, ctx)
 
     def _feed(self, txn: Transaction, event: Event, ctx: _Context) -> None:
-        transition = TABLES[txn.kind].get((txn.state, event))
-        if transition is None:
+        rule = _RULES[txn.state].get(event)
+        if rule is None:
             raise TransactionError(
                 f"{txn.kind.value} transaction in state {txn.state.value} cannot take "
                 f"{event.value}")
-        txn.state = transition.next
-        self._run(txn, transition.actions, ctx)
+        txn.state = rule.next
+        self._run(txn, rule, ctx)
         # Most transitions leave nothing to settle: test before the call.
         if txn.due_now or txn.state in _TERMINATED:
             self._settle(txn, ctx)
@@ -731,6 +751,8 @@ class TransactionLayer:
             self._feed(txn, txn.due_now.pop(0), _Context(ctx.now))
         if txn.state in _TERMINATED and self._txns.get(txn.txn_id) is txn:
             del self._txns[txn.txn_id]
+            if self._next_seq in txn.timers.values():
+                self._next_dirty = True
             txn.timers.clear()
             txn.due_now.clear()
             if txn.dialog_key is not None:
@@ -738,27 +760,32 @@ class TransactionLayer:
             self._live[txn.kind] -= 1
             self._events.append(TransactionTerminated(txn.txn_id))
 
-    def _run(self, txn: Transaction, actions: tuple[Action, ...], ctx: _Context) -> None:
-        for action in actions:
-            if isinstance(action, Step):
-                STEPS[action](self, txn, ctx)
-            elif isinstance(action, Start):
-                timer = action.timer
-                # _initial's memo (which never holds TRYING), looked up here first.
-                interval = self._initials.get((timer, txn.transport), _UNKNOWN) \
-                    if self._initials_of is self.timers else _UNKNOWN
-                if interval is _UNKNOWN:
-                    interval = self._initial(timer, txn.transport)
-                if interval is not None:
-                    self._start(txn, timer, interval, ctx.now)  # type: ignore[arg-type]
-            elif isinstance(action, Stop):
-                # The heap entry stays; next_timer / handle_timer skip it as stale (_stop).
-                txn.timers.pop(action.timer, None)
-            elif isinstance(action, Backoff):
-                interval = backoff(action.timer, txn.intervals[action.timer], self.timers)
-                self._start(txn, action.timer, interval, ctx.now)
-            else:
-                self._start(txn, action.timer, self.timers.t2, ctx.now)
+    def _run(self, txn: Transaction, rule: _Rule, ctx: _Context) -> None:
+        """A transition's actions, compiled (_compile): stops, steps, then timer starts."""
+        if rule.stops:
+            timers = txn.timers
+            for timer in rule.stops:
+                # The heap entry stays; next_timer / handle_timer skip it as stale.
+                if timers.pop(timer, None) == self._next_seq:
+                    self._next_dirty = True
+        for step in rule.steps:
+            step(self, txn, ctx)
+        if rule.starts:
+            now = ctx.now
+            for timer, how in rule.starts:
+                if how is _START:
+                    # _initial's memo (which never holds TRYING), looked up here first.
+                    interval = self._initials.get((timer, txn.transport), _UNKNOWN) \
+                        if self._initials_of is self.timers else _UNKNOWN
+                    if interval is _UNKNOWN:
+                        interval = self._initial(timer, txn.transport)
+                    if interval is None:
+                        continue        # not used on this transport (§17.1.1.2 and on)
+                elif how is _BACKOFF:
+                    interval = backoff(timer, txn.intervals[timer], self.timers)
+                else:
+                    interval = self.timers.t2   # §17.1.2.2: E in Proceeding
+                self._start(txn, timer, interval, now)  # type: ignore[arg-type]
 
     def _initial(self, timer: Timer, transport: Transport) -> float | None:
         if timer is Timer.TRYING:
@@ -776,17 +803,24 @@ class TransactionLayer:
 
     def _start(self, txn: Transaction, timer: Timer, interval: float, now: float) -> None:
         txn.intervals[timer] = interval
+        # A restart leaves the old entry stale: if it was the earliest, look again.
+        if txn.timers.pop(timer, None) == self._next_seq:
+            self._next_dirty = True
         if interval <= 0:
-            txn.timers.pop(timer, None)
             txn.due_now.append(timer)
             return
         seq = next(self._seq)
         txn.timers[timer] = seq
-        heapq.heappush(self._heap, (now + interval, seq, txn.txn_id, timer))
+        at = now + interval
+        heapq.heappush(self._heap, (at, seq, txn.txn_id, timer))
+        if not self._next_dirty and (self._next_at is None or at < self._next_at):
+            self._next_at = at
+            self._next_seq = seq
 
     def _stop(self, txn: Transaction, timer: Timer) -> None:
         # The heap entry stays; next_timer / handle_timer skip it as stale.
-        txn.timers.pop(timer, None)
+        if txn.timers.pop(timer, None) == self._next_seq:
+            self._next_dirty = True
 
     # -- the steps, one method each (dispatched by STEPS below) -----------------------------
     def _do_send(self, txn: Transaction, ctx: _Context) -> None:
@@ -928,6 +962,54 @@ STEPS: dict[Step, Callable[[TransactionLayer, Transaction, _Context], None]] = {
     Step.SEND_CANCEL: TransactionLayer._do_send_cancel,
     Step.DROP_CANCEL: TransactionLayer._do_drop_cancel,
 }
+
+
+# -- the tables, compiled for the hot path ----------------------------------------------------
+# TABLES and INITIAL_ACTIONS are the specification. Every row of them is its Stops, then its
+# Steps, then its timer starts (checked here), so each is compiled at import into three
+# tuples that _run loops over: no isinstance chain per action, no table lookup per step.
+_START, _BACKOFF, _AT_T2 = "start", "backoff", "at T2"
+_StepFn = Callable[[TransactionLayer, Transaction, _Context], None]
+
+
+class _Rule(NamedTuple):
+    next: State
+    stops: tuple[Timer, ...]
+    steps: tuple[_StepFn, ...]
+    starts: tuple[tuple[Timer, str], ...]
+
+
+def _compile(nxt: State, actions: tuple[Action, ...]) -> _Rule:
+    stops: list[Timer] = []
+    steps: list[_StepFn] = []
+    starts: list[tuple[Timer, str]] = []
+    for action in actions:
+        if isinstance(action, Stop):
+            if steps or starts:
+                raise ValueError(f"a Stop after a step or start: {actions}")
+            stops.append(action.timer)
+        elif isinstance(action, Step):
+            if starts:
+                raise ValueError(f"a Step after a timer start: {actions}")
+            steps.append(STEPS[action])
+        elif isinstance(action, Start):
+            starts.append((action.timer, _START))
+        elif isinstance(action, Backoff):
+            starts.append((action.timer, _BACKOFF))
+        else:
+            starts.append((action.timer, _AT_T2))
+    return _Rule(nxt, tuple(stops), tuple(steps), tuple(starts))
+
+
+# State → input → rule. The four state enums have distinct members, so one map holds all;
+# a state with no rows (Terminated) maps to {} and every input to it raises in _feed.
+_RULES: dict[State, dict[Event, _Rule]] = {
+    state: {} for states in (_CI, _CN, _SI, _SN) for state in states}
+for _table_rows in TABLES.values():
+    for (_state, _event), _transition in _table_rows.items():
+        _RULES[_state][_event] = _compile(_transition.next, _transition.actions)
+_INITIAL_RULES: dict[Kind, _Rule] = {
+    kind: _compile(INITIAL_STATE[kind], actions) for kind, actions in INITIAL_ACTIONS.items()}
 
 
 # -- message helpers ------------------------------------------------------------------------
