@@ -17,6 +17,10 @@ from sipmask.errors import CallStateError
 
 
 class CallState(Enum):
+    # Members are singletons compared by identity: hash them by identity too (in C), not
+    # by Enum.__hash__ (hash of the name, a Python call) every time they key a dict.
+    __hash__ = object.__hash__
+
     ROUTING = "routing"          # INVITE from A accepted; media and leg B being prepared
     CALLING = "calling"          # INVITE sent on leg B, nothing back yet
     EARLY = "early"              # B sent a provisional; relayed to A
@@ -28,6 +32,8 @@ class CallState(Enum):
 
 
 class CallEvent(Enum):
+    __hash__ = object.__hash__
+
     LEG_B_SENT = "leg_b_sent"            # engine placed the INVITE on leg B
     SETUP_FAILED = "setup_failed"        # media or leg B could not be set up (503 to A)
     B_PROVISIONAL = "b_provisional"      # 18x from B
@@ -49,6 +55,8 @@ class CallEvent(Enum):
 
 
 class Action(Enum):
+    __hash__ = object.__hash__
+
     SEND_B_INVITE = "send_b_invite"
     RELAY_PROVISIONAL_TO_A = "relay_provisional_to_a"
     RELAY_ANSWER_TO_A = "relay_answer_to_a"
@@ -164,6 +172,24 @@ _CAUSE_FOR_EVENT: dict[CallEvent, str] = {
 }
 
 
+# What Call.apply does for each transition, worked out once from the tables above:
+# (next state, actions, decides the end (WRITE_CDR), the status an ANSWER_A_* action fixes,
+# relays B's failure, release side it sets, unconnected cause it sets).
+_Step = tuple[CallState, tuple[Action, ...], bool, int | None, bool, str | None, str | None]
+
+
+def _step(event: CallEvent, next_state: CallState, actions: tuple[Action, ...]) -> _Step:
+    fixed = next((_STATUS_FOR_ACTION[a] for a in actions if a in _STATUS_FOR_ACTION), None)
+    release = _RELEASE_SIDE.get(event) if (actions or event is E.A_CANCEL) else None
+    return (next_state, actions, A.WRITE_CDR in actions, fixed,
+            A.RELAY_FAILURE_TO_A in actions, release, _CAUSE_FOR_EVENT.get(event))
+
+
+_STEPS: dict[tuple[CallState, CallEvent], _Step] = {
+    key: _step(key[1], next_state, actions)
+    for key, (next_state, actions) in TRANSITIONS.items()}
+
+
 @dataclass
 class Call:
     """One call attempt through X: its state and the record it will leave behind."""
@@ -189,36 +215,31 @@ class Call:
               ) -> tuple[Action, ...]:
         """Take one event; return what the engine must do. `status` is B's status for
         B_PROVISIONAL / B_ANSWER / B_FAILURE."""
-        try:
-            next_state, actions = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise CallStateError(f"{event.value} is not allowed in state {self.state.value}"
-                                 ) from None
-        self.history.append((self.state, event))
-        self._record(event, actions, now, status)
-        if Action.WRITE_CDR in actions:
+        state = self.state
+        step = _STEPS.get((state, event))
+        if step is None:
+            raise CallStateError(f"{event.value} is not allowed in state {state.value}")
+        next_state, actions, ends, fixed_status, relay_failure, release, cause = step
+        self.history.append((state, event))
+        # The record (CDR fields), from what _STEPS worked out for this transition.
+        if event is E.B_PROVISIONAL and self.ring_at is None and state is not S.CANCELLING:
+            self.ring_at = now
+        elif event is E.B_ANSWER and self.answer_at is None and (
+                state is S.CALLING or state is S.EARLY):
+            self.answer_at = now
+            self.sip_status = status or 200
+        if relay_failure:
+            self.sip_status = status
+        if fixed_status is not None and self.sip_status is None:
+            self.sip_status = fixed_status
+        if release is not None and self.release_side is None:
+            self.release_side = release
+        if cause is not None and self.answer_at is None and self.unconnected_cause == "none":
+            self.unconnected_cause = cause
+        if ends:
             self.end_at = now   # the moment the end was decided, before any answer leaves
         self.state = next_state
         return actions
-
-    def _record(self, event: CallEvent, actions: tuple[Action, ...], now: float,
-                status: int | None) -> None:
-        if event is E.B_PROVISIONAL and self.ring_at is None and self.state is not S.CANCELLING:
-            self.ring_at = now
-        if event is E.B_ANSWER and self.answer_at is None and self.state in (S.CALLING, S.EARLY):
-            self.answer_at = now
-            self.sip_status = status or 200
-        if Action.RELAY_FAILURE_TO_A in actions:
-            self.sip_status = status
-        for action in actions:
-            if action in _STATUS_FOR_ACTION and self.sip_status is None:
-                self.sip_status = _STATUS_FOR_ACTION[action]
-        if self.release_side is None and event in _RELEASE_SIDE and (
-                actions or event in (E.A_CANCEL,)):
-            self.release_side = _RELEASE_SIDE[event]
-        if self.answer_at is None and event in _CAUSE_FOR_EVENT and \
-                self.unconnected_cause == "none":
-            self.unconnected_cause = _CAUSE_FOR_EVENT[event]
 
     @property
     def duration_s(self) -> float:

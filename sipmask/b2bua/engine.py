@@ -158,6 +158,11 @@ class _CallContext:
     queue: collections.deque[Callable[[], Awaitable[None]]] = field(
         default_factory=collections.deque)
     running: bool = False
+    contacts: dict[str, str] = field(default_factory=dict)  # transport -> our Contact
+    a_key: tuple[str, str] = ("", "")                   # its key in Engine._by_a
+    # leg -> (the dialog's next hop, where and how requests to it go): _next_hop's cache
+    hops: dict[str, tuple[str, tuple[Address, Transport] | None]] = field(
+        default_factory=dict)
 
 
 class Engine:
@@ -189,9 +194,17 @@ class Engine:
         self._on_request(event)
 
     def handle_response(self, event: ResponseReceived | StrayResponse) -> None:
-        self.handle_event(event)
+        if type(event) is ResponseReceived:
+            self._on_response(event.response, event.txn_id)
+        else:
+            self.handle_event(event)
 
     def handle_event(self, event: object) -> None:
+        # Dispatch on the exact type (one dict lookup); subclasses take the isinstance chain.
+        handler = _EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+            return
         if isinstance(event, RequestReceived):
             self._on_request(event)
         elif isinstance(event, ResponseReceived):
@@ -208,6 +221,20 @@ class Engine:
                 self._fire(ctx, CallEvent.A_ACK_TIMEOUT)
         elif isinstance(event, StrayResponse):
             self._on_stray(event.response)
+
+    def _on_response_event(self, event: ResponseReceived) -> None:
+        self._on_response(event.response, event.txn_id)
+
+    def _on_txn_failed(self, event: TransactionTimeout | TransportFailed) -> None:
+        self._on_timeout(event.txn_id)
+
+    def _on_ack_timeout(self, event: AckTimeout) -> None:
+        ctx = self._by_a_txn.get(event.txn_id)
+        if ctx is not None:
+            self._fire(ctx, CallEvent.A_ACK_TIMEOUT)
+
+    def _on_stray_event(self, event: StrayResponse) -> None:
+        self._on_stray(event.response)
 
     @property
     def active_calls(self) -> int:
@@ -336,7 +363,8 @@ class Engine:
             ctx.max_duration_s = self.policy.max_duration(binding)
             self.policy.call_started(call)
         self.calls[call.call_id] = ctx
-        self._by_a[(request.call_id, request.from_.tag or "")] = ctx
+        ctx.a_key = (request.call_id, request.from_.tag or "")
+        self._by_a[ctx.a_key] = ctx
         self._by_a_txn[event.txn_id] = ctx
         self.stats["calls"] += 1
         log.info("call.routing", call_id=call.call_id, x=x, caller=caller,
@@ -397,7 +425,7 @@ class Engine:
                         for n, v in crossing]
         request = masking.build_request(
             "INVITE", request_uri=target, local=local, remote=f"<{target}>",
-            call_id=call.call_id, cseq=1, contact=self._contact(call.x, ctx.b_transport),
+            call_id=call.call_id, cseq=1, contact=self._contact_of(ctx, ctx.b_transport),
             max_forwards=max_forwards, crossing=crossing, extra=extra, body=body,
             content_type=SDP if body else None)
         ctx.b_invite = request
@@ -520,7 +548,10 @@ class Engine:
                     CallEvent.A_BYE, CallEvent.B_BYE) else 491)
             return
         for action in actions:
-            await self._do(ctx, action, response, origin)
+            if action in _AWAITED_ACTIONS:
+                await self._do(ctx, action, response, origin)
+            else:
+                self._do_now(ctx, action, response, origin)
         self._after(ctx)
 
     def _apply(self, ctx: _CallContext, event: CallEvent, status_override: int | None = None
@@ -582,21 +613,20 @@ class Engine:
                 txn = self._send_in_dialog(ctx, "b", prack)
                 if txn is not None:
                     self._track(txn, ("prack", ctx), ctx)
-            body = await self._answer_sdp(ctx, response)
+            body = await self._answer_sdp(ctx, response) if response.body else b""
+            contact = self._contact_of(ctx, ctx.a_transport)
             if ctx.a_dialog is None and response.to.tag is not None:
-                ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag,
-                                             local_contact=self._contact(call.x, ctx.a_transport))
+                ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact)
             out = masking.build_relayed_response(
-                response, ctx.a_invite, to_tag=ctx.a_tag,
-                contact=self._contact(call.x, ctx.a_transport), body=body)
+                response, ctx.a_invite, to_tag=ctx.a_tag, contact=contact, body=body)
             self._send_response(ctx.a_txn, out)
             self._emit("ring", ctx, only_once="ring")
         elif action is Action.RELAY_ANSWER_TO_A:
             assert response is not None
-            body = await self._answer_sdp(ctx, response)
+            body = await self._answer_sdp(ctx, response) if response.body else b""
             if call.state is not CallState.ANSWERED:
                 return  # the call ended while media was being answered
-            contact = self._contact(call.x, ctx.a_transport)
+            contact = self._contact_of(ctx, ctx.a_transport)
             if ctx.a_dialog is None:
                 ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,
                                              confirmed=True)
@@ -612,38 +642,44 @@ class Engine:
                     ctx.max_duration_s, lambda: self._fire(ctx, CallEvent.MAX_DURATION))
             self._emit("answer", ctx)
             log.info("call.answered", call_id=call.call_id)
+        elif action is Action.WRITE_CDR:
+            # Group commit (cdr/group.py): on disk before the responses after it leave.
+            await self._commit_call_cdr(ctx)
+        elif action is Action.RELAY_REQUEST_TO_B or action is Action.RELAY_REQUEST_TO_A:
+            assert origin is not None
+            await self._relay_request(ctx, "a" if action is Action.RELAY_REQUEST_TO_B else "b",
+                                      origin)
+        else:
+            self._do_now(ctx, action, response, origin)
+
+    def _do_now(self, ctx: _CallContext, action: Action, response: Response | None,
+                origin: tuple[str, Request] | None) -> None:
+        """The actions that never wait (all but _AWAITED_ACTIONS): run without a coroutine."""
+        if action is Action.ACK_B:
+            assert response is not None
+            self._ack_b(ctx, response)
+        elif action is Action.ANSWER_BYE_A or action is Action.ANSWER_BYE_B:
+            if origin is not None:
+                self._reply(origin[0], origin[1], 200)
         elif action is Action.RELAY_FAILURE_TO_A:
             assert response is not None
             out = masking.build_relayed_response(response, ctx.a_invite, to_tag=ctx.a_tag,
                                                  contact=None)
             self._send_response(ctx.a_txn, out)
-        elif action is Action.ACK_B:
-            assert response is not None
-            self._ack_b(ctx, response)
-        elif action is Action.WRITE_CDR:
-            # Group commit (cdr/group.py): on disk before the responses after it leave.
-            await self._commit_call_cdr(ctx)
-        elif action is Action.ANSWER_BYE_A or action is Action.ANSWER_BYE_B:
-            if origin is not None:
-                self._reply(origin[0], origin[1], 200)
-        elif action is Action.RELAY_REQUEST_TO_B or action is Action.RELAY_REQUEST_TO_A:
-            assert origin is not None
-            await self._relay_request(ctx, "a" if action is Action.RELAY_REQUEST_TO_B else "b",
-                                      origin)
         else:
             self._do_sync(ctx, action)
 
     # -- pieces ------------------------------------------------------------------------------
     def _track_b_dialog(self, ctx: _CallContext, response: Response) -> None:
         """§12.1.2: leg B's dialog from its first response with a To tag."""
-        if ctx.b_invite is None or response.to.tag is None:
+        tag = response.to.tag
+        if ctx.b_invite is None or tag is None:
             return
-        if ctx.b_dialog is None or (ctx.b_dialog.remote_tag != response.to.tag
+        if ctx.b_dialog is None or (ctx.b_dialog.remote_tag != tag
                                     and response.status >= 200):
             # The first dialog, or the one a 2xx confirms when B forked (§13.2.2.4).
             ctx.b_dialog = Dialog.as_uac(ctx.b_invite, response,
-                                         local_contact=self._contact(ctx.call.x,
-                                                                     ctx.b_transport))
+                                         local_contact=self._contact_of(ctx, ctx.b_transport))
         elif response.status >= 200 and ctx.b_dialog.state is DialogState.EARLY:
             ctx.b_dialog.on_response(response)
 
@@ -734,8 +770,8 @@ class Engine:
                     dest, transport = self._next_hop(ctx, answered_leg)
                     # With our transaction's id, 2xx retransmissions get this ACK again.
                     self.sip.send_ack(relay.sent_txn, ack, dest, transport)
-        leg_contact = self._contact(ctx.call.x, ctx.a_transport if relay.from_leg == "a"
-                                    else ctx.b_transport)
+        leg_contact = self._contact_of(ctx, ctx.a_transport if relay.from_leg == "a"
+                                       else ctx.b_transport)
         origin_dialog = self._dialog_of(ctx, relay.from_leg)
         to_tag = origin_dialog.local_tag if origin_dialog is not None else None
         out = masking.build_relayed_response(response, relay.request, to_tag=to_tag,
@@ -803,14 +839,14 @@ class Engine:
         if dialog is None:
             return fallback
         try:
-            uri = parse_uri(dialog.next_hop())
+            hop = dialog.next_hop()
         except ParseError:
             return fallback
-        if not isinstance(uri, SipUri) or not _is_ip(uri.host):
-            return fallback
-        transport: Transport = "tcp" if (uri.param("transport") or "").lower() == "tcp" \
-            else "udp"
-        return (uri.host.strip("[]"), uri.port or 5060), transport
+        cached = ctx.hops.get(leg)
+        if cached is None or cached[0] != hop:
+            cached = ctx.hops[leg] = (hop, _ip_hop(hop))
+        found = cached[1]
+        return fallback if found is None else found
 
     def _dialog_of(self, ctx: _CallContext, leg: str) -> Dialog | None:
         return ctx.a_dialog if leg == "a" else ctx.b_dialog
@@ -829,6 +865,13 @@ class Engine:
         if ctx is not None and (to_tag == ctx.a_tag or request.method == "ACK"):
             return ctx, "a"
         return None
+
+    def _contact_of(self, ctx: _CallContext, transport: Transport) -> str:
+        """Our Contact for the call's X on `transport`, made once per call and transport."""
+        contact = ctx.contacts.get(transport)
+        if contact is None:
+            contact = ctx.contacts[transport] = self._contact(ctx.call.x, transport)
+        return contact
 
     def _contact(self, x: str, transport: Transport) -> str:
         host = _host(self.config.sip.advertise)
@@ -923,8 +966,7 @@ class Engine:
     def _forget(self, ctx: _CallContext) -> None:
         call = ctx.call
         self.calls.pop(call.call_id, None)
-        self._by_a.pop((ctx.a_invite.call_id, _safe(lambda: ctx.a_invite.from_.tag) or ""),
-                       None)
+        self._by_a.pop(ctx.a_key, None)
         self._by_a_txn.pop(ctx.a_txn, None)
         for txn in ctx.relays:
             relay = self._by_txn.get(txn)
@@ -1018,6 +1060,18 @@ class Engine:
         return ""
 
 
+_EVENT_HANDLERS: dict[type, Callable[[Engine, Any], None]] = {
+    RequestReceived: Engine._on_request,
+    ResponseReceived: Engine._on_response_event,
+    AckReceived: Engine._on_ack,
+    CancelReceived: Engine._on_cancel,
+    TransactionTimeout: Engine._on_txn_failed,
+    TransportFailed: Engine._on_txn_failed,
+    AckTimeout: Engine._on_ack_timeout,
+    StrayResponse: Engine._on_stray_event,
+}
+
+
 class _Refused(SipError):
     """A refusal decided by the engine itself (ACL, draining), with its CDR cause and
     metrics reason."""
@@ -1027,6 +1081,11 @@ class _Refused(SipError):
         self.cause = cause
         self.metric = metric
 
+
+# The actions that may wait (media, the CDR commit); Engine._run awaits only these.
+_AWAITED_ACTIONS = frozenset({Action.RELAY_PROVISIONAL_TO_A, Action.RELAY_ANSWER_TO_A,
+                              Action.WRITE_CDR, Action.RELAY_REQUEST_TO_B,
+                              Action.RELAY_REQUEST_TO_A})
 
 # Refusals whose status says more than the CDR cause (metrics reasons, not CDR causes).
 _REFUSAL_REASON = {400: "bad_request", 420: "bad_request", 483: "loop"}
@@ -1094,6 +1153,19 @@ async def _resume(coro: Coroutine[Any, Any, None], pending: object) -> None:
 
 def _requires_100rel(response: Response) -> bool:
     return any(t.strip().lower() == "100rel" for t in response.headers.get_all("require"))
+
+
+def _ip_hop(hop: str) -> tuple[Address, Transport] | None:
+    """Where a request to the URI `hop` goes, when it names an IP address (else None)."""
+    try:
+        uri = parse_uri(hop)
+    except ParseError:
+        return None
+    if not isinstance(uri, SipUri) or not _is_ip(uri.host):
+        return None
+    transport: Transport = "tcp" if (uri.param("transport") or "").lower() == "tcp" \
+        else "udp"
+    return (uri.host.strip("[]"), uri.port or 5060), transport
 
 
 @functools.lru_cache(maxsize=1024)

@@ -13,7 +13,7 @@ source (`sipmask.entropy.token_bytes`, pooled urandom, by default; tests pass
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from sipmask.entropy import token_bytes
@@ -66,12 +66,16 @@ def incoming_id(message: Request | Response) -> DialogId:
 
 
 class DialogState(Enum):
+    __hash__ = object.__hash__     # identity, in C (members are singletons)
+
     EARLY = "early"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"
 
 
 class DialogEvent(Enum):
+    __hash__ = object.__hash__
+
     PROVISIONAL = "1xx to INVITE"
     SUCCESS = "2xx to INVITE"
     FAILURE = "3xx-6xx to INVITE"
@@ -112,6 +116,10 @@ class Dialog:
     local_contact: str | None = None  # our Contact, sent on target refresh requests
     secure: bool = False
     state: DialogState = DialogState.EARLY
+    # _constant_parts' cache: the fields it read, and what it made of them.
+    _parts: tuple[tuple[str, tuple[str, ...], str, str, str, str],
+                  tuple[str, tuple[str, ...], str, str]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -287,24 +295,40 @@ class Dialog:
 
     def _build(self, method: str, number: int, body: bytes, content_type: str | None,
                extra: tuple[tuple[str, str], ...]) -> Request:
-        uri, routes = self._request_uri_and_routes()
-        pairs: list[tuple[str, str]] = [("Route", r) for r in routes]
+        uri, routes, from_, to = self._constant_parts()
+        pairs: list[tuple[str, str]] = [("Route", r) for r in routes] if routes else []
         pairs += [
             ("Max-Forwards", MAX_FORWARDS),
-            ("From", _with_tag(self.local_uri, self.local_tag)),
-            ("To", _with_tag(self.remote_uri, self.remote_tag)),
+            ("From", from_),
+            ("To", to),
             ("Call-ID", self.call_id),
             ("CSeq", f"{number} {method}"),
         ]
         # §8.1.1.8 / §12.2.1.1: target refresh requests carry our Contact.
         if self.local_contact is not None and method in TARGET_REFRESH:
             pairs.append(("Contact", self.local_contact))
-        pairs.extend(extra)
+        if extra:
+            pairs.extend(extra)
         if content_type is not None:
             pairs.append(("Content-Type", content_type))
         pairs.append(("Content-Length", str(len(body))))
-        parse_uri(uri)  # a remote target we could not route to fails here, not on the wire
         return Request(method, uri, Headers.of(*pairs), body)
+
+    def _constant_parts(self) -> tuple[str, tuple[str, ...], str, str]:
+        """Request-URI, Route values, From and To of the requests built in this dialog.
+        They change only with the fields they come from, so they are worked out once per
+        value of those fields (most dialogs build their ACK and BYE from the same)."""
+        key = (self.remote_target, self.route_set, self.local_uri, self.local_tag,
+               self.remote_uri, self.remote_tag)
+        cached = self._parts
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        uri, routes = self._request_uri_and_routes()
+        parse_uri(uri)  # a remote target we could not route to fails here, not on the wire
+        parts = (uri, tuple(routes), _with_tag(self.local_uri, self.local_tag),
+                 _with_tag(self.remote_uri, self.remote_tag))
+        self._parts = (key, parts)
+        return parts
 
 
 def _without_tag(addr: NameAddr) -> str:
