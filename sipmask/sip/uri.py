@@ -208,6 +208,27 @@ _FAST_SIP_URI = re.compile(_FAST_SIP)
 
 _new = object.__new__
 
+# Fast parses remembered by their text. The same From, To and Contact values come back on
+# every message of a dialog (the INVITE, its responses, the ACK, the BYE) and are parsed
+# again for each, and a dialog parses its stored local and remote URIs for every request it
+# builds. What is kept is the pieces a fast match found, never a value: each parse still
+# returns a new object, so nothing one caller does to its value can reach another's. Only
+# fast matches are kept (whatever the full parser has to decide, it decides each time), so
+# a kept text gives exactly what parsing it again would. Bounded: a peer may send endless
+# distinct values; at `_SEEN_MAX` entries the table starts again empty (dropping only the
+# oldest costs more: a dict walks its deleted slots to find its first key).
+_SEEN_MAX = 2048
+_SipPieces = tuple[str, str | None, str, int | None, str]
+_NameAddrPieces = tuple[tuple[str, str | None, str, str | None, str], str | None, str, bool]
+_SEEN_URIS: dict[str, _SipPieces] = {}
+_SEEN_NAME_ADDRS: dict[str, _NameAddrPieces] = {}
+
+
+def _forget_seen() -> None:
+    """Drop every remembered parse (tests use it to compare the fast and full parsers)."""
+    _SEEN_URIS.clear()
+    _SEEN_NAME_ADDRS.clear()
+
 
 class _LazyParams:
     """What SipUri, NameAddr and Via share: `params` kept as raw text by a fast parse and
@@ -277,12 +298,8 @@ class SipUri(_LazyParams):
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
-        m = _FAST_SIP_URI.fullmatch(text)
-        if m is not None:
-            scheme, user, host, port, ptext = m.groups()
-            if _fast_params_ok(ptext):
-                return _fast_sip_uri(scheme, user, host, port, ptext)
-        return cls._parse_full(text)
+        uri = _seen_sip_uri(text)
+        return cls._parse_full(text) if uri is None else uri
 
     @classmethod
     def _parse_full(cls, text: str) -> SipUri:
@@ -353,6 +370,29 @@ class SipUri(_LazyParams):
         if self._params is None:
             return _find_in_text(self._ptext, name.lower())
         return get_param(self._params, name)
+
+
+def _seen_sip_uri(text: str) -> SipUri | None:
+    """The SipUri of a text the fast pattern accepts (remembered or matched now), else
+    None for the full parser to decide."""
+    pieces = _SEEN_URIS.get(text)
+    if pieces is None:
+        m = _FAST_SIP_URI.fullmatch(text)
+        if m is None:
+            return None
+        scheme, user, host, port, ptext = m.groups()
+        if not _fast_params_ok(ptext):
+            return None
+        pieces = (scheme, user, host, None if port is None else int(port), ptext)
+        if len(_SEEN_URIS) >= _SEEN_MAX:
+            _SEEN_URIS.clear()
+        _SEEN_URIS[text] = pieces
+    uri: SipUri = _new(SipUri)
+    uri.scheme, uri.user, uri.host, uri.port, uri._ptext = pieces
+    uri.password = None
+    uri._params = None
+    uri.headers = ""
+    return uri
 
 
 def _fast_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
@@ -427,11 +467,9 @@ Uri = SipUri | TelUri | AbsoluteUri
 
 
 def parse_uri(text: str) -> Uri:
-    m = _FAST_SIP_URI.fullmatch(text)                # most Request-URIs and Contacts
-    if m is not None:
-        scheme, user, host, port, ptext = m.groups()
-        if _fast_params_ok(ptext):
-            return _fast_sip_uri(scheme, user, host, port, ptext)
+    uri = _seen_sip_uri(text)                        # most Request-URIs and Contacts
+    if uri is not None:
+        return uri
     scheme, colon, rest = text.partition(":")
     if not colon or not scheme or not rest:
         raise ParseError("Bad URI: no scheme")
@@ -512,25 +550,30 @@ class NameAddr(_LazyParams):
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
-        m = _FAST_NAME_ADDR.fullmatch(text)
-        if m is not None:
-            quoted, words, scheme, user, host, port, uparams, hparams = m.groups()
-            # _fast_params_ok and _fast_name_addr written out: From and To of every message.
-            joined = uparams + hparams
-            if ";;" not in joined and ";=" not in joined and joined[-1:] != ";":
-                addr: NameAddr = _new(NameAddr)
-                addr._uri = None
-                addr._uri_pieces = (scheme, user, host, port, uparams)
-                addr.display = quoted if words is None else words
-                addr._params = None
-                addr._ptext = hparams
-                addr.bracketed = True
-                return addr
-        elif (m := _FAST_ADDR_SPEC.fullmatch(text)) is not None:
-            scheme, user, host, port, hparams = m.groups()
-            if _fast_params_ok(hparams):
-                return _fast_name_addr((scheme, user, host, port, ""), None, hparams, False)
-        return cls._parse_full(text)
+        pieces = _SEEN_NAME_ADDRS.get(text)
+        if pieces is None:
+            m = _FAST_NAME_ADDR.fullmatch(text)
+            if m is not None:
+                quoted, words, scheme, user, host, port, uparams, hparams = m.groups()
+                # _fast_params_ok written out, on both parameter runs at once.
+                joined = uparams + hparams
+                if ";;" in joined or ";=" in joined or joined[-1:] == ";":
+                    return cls._parse_full(text)
+                pieces = ((scheme, user, host, port, uparams),
+                          quoted if words is None else words, hparams, True)
+            else:
+                pieces = _fast_addr_spec_pieces(text)
+                if pieces is None:
+                    return cls._parse_full(text)
+            if len(_SEEN_NAME_ADDRS) >= _SEEN_MAX:
+                _SEEN_NAME_ADDRS.clear()
+            _SEEN_NAME_ADDRS[text] = pieces
+        # Built without __init__, as _fast_sip_uri builds: From and To of every message.
+        addr: NameAddr = _new(NameAddr)
+        addr._uri = None
+        addr._params = None
+        addr._uri_pieces, addr.display, addr._ptext, addr.bracketed = pieces
+        return addr
 
     @classmethod
     def _parse_full(cls, text: str) -> NameAddr:
@@ -655,18 +698,15 @@ class NameAddr(_LazyParams):
         return addr
 
 
-def _fast_name_addr(uri: tuple[str, str | None, str, str | None, str], display: str | None,
-                    ptext: str, bracketed: bool) -> NameAddr:
-    """A fast match's NameAddr; its SipUri is built from `uri` on first read (the
-    transaction layer reads only the tags)."""
-    addr: NameAddr = _new(NameAddr)
-    addr._uri = None
-    addr._uri_pieces = uri
-    addr.display = display
-    addr._params = None
-    addr._ptext = ptext
-    addr.bracketed = bracketed
-    return addr
+def _fast_addr_spec_pieces(text: str) -> _NameAddrPieces | None:
+    """What NameAddr.parse keeps for a bare addr-spec the fast pattern accepts, else None."""
+    m = _FAST_ADDR_SPEC.fullmatch(text)
+    if m is None:
+        return None
+    scheme, user, host, port, hparams = m.groups()
+    if not _fast_params_ok(hparams):
+        return None
+    return (scheme, user, host, port, ""), None, hparams, False
 
 
 def _quoted_end(text: str, start: int) -> int:
