@@ -176,6 +176,11 @@ class _Layout:
     hits: int = 0                   # tier-1 parses served, until tier 2 takes over
     whole: re.Pattern[str] | None = None
     order: Callable[[_Groups], _Groups] | None = None   # whole's groups → `_GROUPS` order
+    # The kind of message tier 2 serves with `whole`: True responses, False requests, None
+    # both. A layout is learned from one kind and nearly always sees only that kind, while
+    # a request and a response with as many lines fail each other's pattern late (after
+    # most of the block), so tier 2 skips a layout of the other kind (tier 1 serves it).
+    response: bool | None = None
 
 
 # Header-line count → layouts with that many lines, newest first. Bounded both ways so a
@@ -233,9 +238,11 @@ def _learn(names: tuple[str, ...], keys: list[str]) -> None:
     del bucket[_LAYOUTS_PER_COUNT:]
 
 
-def _promote(layout: _Layout) -> None:
-    """Give a busy layout its tier-2 pattern, within `_WHOLE_MAX` and 4 per line count."""
+def _promote(layout: _Layout, response: bool | None = None) -> None:
+    """Give a busy layout its tier-2 pattern, within `_WHOLE_MAX` and 4 per line count,
+    for responses, requests or (None) both."""
     layout.hits = 0
+    layout.response = response
     bucket = _WHOLE.setdefault(len(layout.names), [])
     if sum(map(len, _WHOLE.values())) >= _WHOLE_MAX or len(bucket) >= _LAYOUTS_PER_COUNT:
         return
@@ -249,7 +256,11 @@ def _by_whole(data: bytes, body_start: int, head: str, wholes: list[_Layout],
               stream: bool) -> Request | Response | None:
     """Tier 2: `head` (the header block, one LF per line break) against the whole-block
     patterns of the busy layouts with that many lines; None to go on to tier 1."""
+    # A method is a token, which holds no `/`: only a Status-Line starts with `SIP/`.
+    response = head.startswith("SIP/")
     for layout in wholes:
+        if layout.response is not None and layout.response is not response:
+            continue
         assert layout.whole is not None and layout.order is not None
         match = layout.whole.fullmatch(head)
         if match is not None:
@@ -274,7 +285,7 @@ def _by_layout(data: bytes, body_start: int, lines: list[str], layouts: list[_La
     if message is not None and layout.whole is None:
         layout.hits += 1
         if layout.hits >= _WHOLE_AFTER:
-            _promote(layout)
+            _promote(layout, isinstance(message, Response))
     return message
 
 
@@ -285,8 +296,11 @@ def _finish(layout: _Layout, groups: _Groups, data: bytes, body_start: int,
     method, uri, code, reason, number, cseq_method, max_forwards, length_text = groups
     # §8.1.1.5: CSeq below 2**31; §20.22 Max-Forwards 0-255 (requests only, but refusing
     # a response here just sends it down the full path).
-    assert number is not None
-    if int(number) >= 2**31 or (max_forwards and int(max_forwards) > 255):
+    assert number is not None and max_forwards is not None
+    # Both are runs of digits (leading zeros allowed): fewer than 10 (3) digits are in range
+    # without reading them.
+    if (len(number) > 9 and int(number) >= 2**31) or \
+            (len(max_forwards) > 2 and int(max_forwards) > 255):
         return None
     if code is None and cseq_method != method:
         return None

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from sipmask.errors import ParseError
 from sipmask.sip import uri as uri_module
-from sipmask.sip.uri import NameAddr, SipUri, Uri, parse_uri
+from sipmask.sip.uri import NameAddr, SipUri, Uri, Via, parse_uri
 from tests.unit.sip.test_uri_fast import CORPUS_TEXTS, FRAGMENTS, _outcome
 
 _new = object.__new__
@@ -152,3 +152,23 @@ def test_the_tables_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert NameAddr.parse(f"<sip:a@b>;tag={i}").tag == str(i)
         assert SipUri.parse(f"sip:a@b;x={i}").param("x") == str(i)
         assert len(uri_module._SEEN_NAME_ADDRS) <= 8 and len(uri_module._SEEN_URIS) <= 8
+
+
+VIA_PARAMS = [";branch=z9hG4bK1", ";rport", ";RPort", ";rport=", ";rport=5061", ";received=1.2.3.4",
+              ";Received=9.9.9.9", ";receivedx=1", ";rportx", ";x=rport", ";ttl=1", ";lr"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(VIA_PARAMS), max_size=5).map("".join),
+       st.sampled_from(["10.0.0.9", "h"]))
+def test_stamping_a_fast_via_matches_stamping_a_full_one(params: str, host: str) -> None:
+    """Via._stamped_text (its `;rport`-last shortcut included) against `stamped` on the
+    full parser's value, whose parameters are a list."""
+    text = f"SIP/2.0/UDP {host}:5060{params}"
+    fast = Via.parse(text)
+    full = Via._parse_full(text)
+    assert fast._params is None and full._params is not None
+    for source in (("10.0.0.9", 5070), ("10.0.0.8", 5060)):
+        a, b = fast.stamped(source), full.stamped(source)
+        assert (str(a), a.params, a.rport, a.received) == (str(b), b.params, b.rport, b.received)
+        assert (a is fast) == (b is full)
