@@ -330,7 +330,8 @@ class Engine:
         try:
             # §8.2.2.3: we implement no extension a caller could require of us on leg A
             # (reliable provisionals are handled on leg B only).
-            if any(t.strip() for t in request.headers.get_all("require")):
+            requires = request.headers.get_all("require")
+            if requires and any(t.strip() for t in requires):
                 raise SipError("Bad Extension", status=420)
             max_forwards = masking.next_max_forwards(request)
             if self.policy is not None:
@@ -412,13 +413,20 @@ class Engine:
         trunk = ctx.trunk.outbound
         host = _host(trunk.host)
         target = f"sip:{call.callee}@{host}:{trunk.port};user=phone"
-        local = f"<sip:{call.x}@{self.config.sip.advertise}>;tag={ctx.b_tag}"
+        sip = self.config.sip
+        identity = f"<sip:{call.x}@{sip.advertise}>"
+        local = f"{identity};tag={ctx.b_tag}"
         extra: list[tuple[str, str]] = []
-        if self.config.sip.send_pai:
-            extra.append(("P-Asserted-Identity", f"<sip:{call.x}@{self.config.sip.advertise}>"))
+        if sip.send_pai:
+            extra.append(("P-Asserted-Identity", identity))
         crossing = masking.crossing_headers(ctx.a_invite)
         # RFC 3262: reliable provisionals are handled per leg; on leg B we support them.
-        if not any(n.lower() in ("supported", "k") for n, _ in crossing):
+        has_supported = False
+        for name, _ in crossing:
+            if name.lower() in _SUPPORTED_NAMES:
+                has_supported = True
+                break
+        if not has_supported:
             extra.append(("Supported", "100rel"))
         else:
             crossing = [(n, f"{v}, 100rel") if n.lower() == "supported" else (n, v)
@@ -1081,6 +1089,8 @@ class _Refused(SipError):
         self.cause = cause
         self.metric = metric
 
+
+_SUPPORTED_NAMES = frozenset({"supported", "k"})     # Supported, long and compact
 
 # The actions that may wait (media, the CDR commit); Engine._run awaits only these.
 _AWAITED_ACTIONS = frozenset({Action.RELAY_PROVISIONAL_TO_A, Action.RELAY_ANSWER_TO_A,
