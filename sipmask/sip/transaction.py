@@ -433,8 +433,9 @@ INITIAL_ACTIONS: dict[Kind, tuple[Action, ...]] = {
 
 _CLIENT_KINDS = frozenset({Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT})
 
-# _initial's "not computed yet" (None is an answer: the timer is not used).
-_UNKNOWN = object()
+# _initial's "not computed yet" (None is an answer: the timer is not used); a float no
+# interval can be, compared by identity (dict.get hands back this very object).
+_UNKNOWN: float = -1.0
 
 _TERMINATED: frozenset[State] = frozenset({
     _CI.TERMINATED, _CN.TERMINATED, _SI.TERMINATED, _SN.TERMINATED})
@@ -592,13 +593,16 @@ class TransactionLayer:
                           now: float) -> None:
         # §17.1.3: branch of the top Via and the CSeq method.
         branch = response.top_via.branch or ""
-        txn = self._txns.get(_client_key(branch, response.cseq.method))
+        txn = self._txns.get(f"c|{branch}|{response.cseq.method}")   # _client_key
         if txn is None:
             self._events.append(StrayResponse(response, source, transport))
             return
-        self._feed(txn, response_input(response.status),
-                   _Context(now, response, source, transport))
-        if response.status >= 200:
+        status = response.status
+        # response_input, inline.
+        event = Input.PROVISIONAL if status < 200 else \
+            Input.SUCCESS if status < 300 else Input.FAILURE
+        self._feed(txn, event, _Context(now, response, source, transport))
+        if status >= 200:
             # A final response ends the request's retransmissions: its bytes need not wait
             # out Timer D/K/M (memory per transaction under load; bench/soak.py).
             txn.request_bytes = b""
@@ -739,7 +743,17 @@ class TransactionLayer:
                 f"{txn.kind.value} transaction in state {txn.state.value} cannot take "
                 f"{event.value}")
         txn.state = rule.next
-        self._run(txn, rule, ctx)
+        # _run, inline (this is the hot path): stops, steps, then timer starts.
+        if rule.stops:
+            timers = txn.timers
+            for timer in rule.stops:
+                # The heap entry stays; next_timer / handle_timer skip it as stale.
+                if timers.pop(timer, None) == self._next_seq:
+                    self._next_dirty = True
+        for step in rule.steps:
+            step(self, txn, ctx)
+        if rule.starts:
+            self._start_timers(txn, rule.starts, ctx.now)
         # Most transitions leave nothing to settle: test before the call.
         if txn.due_now or txn.state in _TERMINATED:
             self._settle(txn, ctx)
@@ -771,21 +785,39 @@ class TransactionLayer:
         for step in rule.steps:
             step(self, txn, ctx)
         if rule.starts:
-            now = ctx.now
-            for timer, how in rule.starts:
-                if how is _START:
-                    # _initial's memo (which never holds TRYING), looked up here first.
-                    interval = self._initials.get((timer, txn.transport), _UNKNOWN) \
-                        if self._initials_of is self.timers else _UNKNOWN
-                    if interval is _UNKNOWN:
-                        interval = self._initial(timer, txn.transport)
-                    if interval is None:
-                        continue        # not used on this transport (§17.1.1.2 and on)
-                elif how is _BACKOFF:
-                    interval = backoff(timer, txn.intervals[timer], self.timers)
-                else:
-                    interval = self.timers.t2   # §17.1.2.2: E in Proceeding
-                self._start(txn, timer, interval, now)  # type: ignore[arg-type]
+            self._start_timers(txn, rule.starts, ctx.now)
+
+    def _start_timers(self, txn: Transaction, starts: tuple[tuple[Timer, str], ...],
+                      now: float) -> None:
+        """Each (timer, how) of a rule; the body of _start is inline at the end."""
+        timers = txn.timers
+        for timer, how in starts:
+            interval: float | None
+            if how is _START:
+                # _initial's memo (which never holds TRYING), looked up here first.
+                interval = self._initials.get((timer, txn.transport), _UNKNOWN) \
+                    if self._initials_of is self.timers else _UNKNOWN
+                if interval is _UNKNOWN:
+                    interval = self._initial(timer, txn.transport)
+                if interval is None:
+                    continue        # not used on this transport (§17.1.1.2 and on)
+            elif how is _BACKOFF:
+                interval = backoff(timer, txn.intervals[timer], self.timers)
+            else:
+                interval = self.timers.t2   # §17.1.2.2: E in Proceeding
+            txn.intervals[timer] = interval
+            if timers.pop(timer, None) == self._next_seq:
+                self._next_dirty = True     # a restart: the old entry is stale
+            if interval <= 0:
+                txn.due_now.append(timer)
+                continue
+            seq = next(self._seq)
+            timers[timer] = seq
+            at = now + interval
+            heapq.heappush(self._heap, (at, seq, txn.txn_id, timer))
+            if not self._next_dirty and (self._next_at is None or at < self._next_at):
+                self._next_at = at
+                self._next_seq = seq
 
     def _initial(self, timer: Timer, transport: Transport) -> float | None:
         if timer is Timer.TRYING:
@@ -799,7 +831,7 @@ class TransactionLayer:
         interval = self._initials.get(key, _UNKNOWN)
         if interval is _UNKNOWN:
             interval = self._initials[key] = initial(timer, self.timers, transport)
-        return interval  # type: ignore[return-value]  # not _UNKNOWN: set just above
+        return interval  # not _UNKNOWN: set just above
 
     def _start(self, txn: Transaction, timer: Timer, interval: float, now: float) -> None:
         txn.intervals[timer] = interval
