@@ -43,6 +43,7 @@ from sipmask.sip.transaction import (
     RequestReceived,
     ResponseReceived,
     StrayResponse,
+    TransactionTerminated,
     TransactionTimeout,
     TransportFailed,
 )
@@ -1077,6 +1078,7 @@ _EVENT_HANDLERS: dict[type, Callable[[Engine, Any], None]] = {
     TransportFailed: Engine._on_txn_failed,
     AckTimeout: Engine._on_ack_timeout,
     StrayResponse: Engine._on_stray_event,
+    TransactionTerminated: lambda engine, event: None,     # nothing for the call to do
 }
 
 
