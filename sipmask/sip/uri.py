@@ -809,7 +809,8 @@ class Via(_LazyParams):
         m = _FAST_VIA.fullmatch(text)
         if m is not None:
             name, version, transport, host, port_text, ptext = m.groups()
-            if _fast_params_ok(ptext):
+            # _fast_params_ok written out: the top Via of every message.
+            if ";;" not in ptext and ";=" not in ptext and ptext[-1:] != ";":
                 via: Via = _new(Via)
                 via.transport = transport
                 via.host = host
