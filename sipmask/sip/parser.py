@@ -32,7 +32,9 @@ That is tier 1. A layout that has served `_WHOLE_AFTER` messages is busy enough 
 other values any characters but CR. It replaces the line split, the name check and the
 joined match with one regex call (the block is split only when a header is first read),
 and declines to tier 1 and then the full path like tier 1 does. Compiling such a pattern
-costs milliseconds, hence the threshold and the `_WHOLE_MAX` cap.
+costs milliseconds, hence the threshold and the `_WHOLE_MAX` cap. A tier-2 pattern serves the
+kind (request or response) of the message that promoted its layout: a request and a response
+with as many lines would fail each other's pattern only late in the block.
 """
 
 from __future__ import annotations
