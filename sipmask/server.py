@@ -6,8 +6,9 @@
     sockets ◄─ transport/udp, tcp ◄─ SipServer._flush ◄── TransactionLayer.outgoing()
 
 The transaction layer is sans-IO (aioquic style): the server passes it `now` (the loop's
-clock), drains its events and outgoing messages after every call, and keeps exactly one
-`loop.call_at` armed for `next_timer()`.
+clock), drains its events and outgoing messages after every call, and keeps one
+`loop.call_at` armed no later than `next_timer()` (a deadline that moved later leaves the
+armed one in place: it wakes once, finds nothing due and arms again).
 """
 
 from __future__ import annotations
