@@ -256,6 +256,7 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
             profiler = cProfile.Profile() if args.profile and round_no == args.rounds else None
             driver.spent = 0.0
             collector.spent, collector.runs = 0.0, 0
+            commits0 = services.engines[0]._cdr_group.commits
             thread0, process0 = time.thread_time(), time.process_time()
             if profiler:
                 profiler.enable()
@@ -273,7 +274,9 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
                 results.append((1e6 * thread / calls, 1e6 * process / calls))
                 print(f"  round {round_no}: {calls} calls, loop thread {results[-1][0]:,.0f} "
                       f"µs/call, process {results[-1][1]:,.0f} µs/call; cyclic GC "
-                      f"{1e6 * collector.spent / calls:,.0f} µs/call in {collector.runs} runs",
+                      f"{1e6 * collector.spent / calls:,.0f} µs/call in {collector.runs} runs; "
+                      f"{(services.engines[0]._cdr_group.commits - commits0) / calls:.2f} "
+                      "CDR commits/call",
                       flush=True)
     finally:
         freezer.close()
