@@ -743,17 +743,7 @@ class TransactionLayer:
                 f"{txn.kind.value} transaction in state {txn.state.value} cannot take "
                 f"{event.value}")
         txn.state = rule.next
-        # _run, inline (this is the hot path): stops, steps, then timer starts.
-        if rule.stops:
-            timers = txn.timers
-            for timer in rule.stops:
-                # The heap entry stays; next_timer / handle_timer skip it as stale.
-                if timers.pop(timer, None) == self._next_seq:
-                    self._next_dirty = True
-        for step in rule.steps:
-            step(self, txn, ctx)
-        if rule.starts:
-            self._start_timers(txn, rule.starts, ctx.now)
+        self._run(txn, rule, ctx)
         # Most transitions leave nothing to settle: test before the call.
         if txn.due_now or txn.state in _TERMINATED:
             self._settle(txn, ctx)

@@ -10,18 +10,10 @@ import pytest
 
 from sipmask.errors import ParseError
 from sipmask.sip.dialog import Dialog, DialogState
+from tests.unit.sip import test_dialog
 from tests.unit.sip.test_dialog import in_dialog_request, parse_request, response_to, uac_dialog
 
-INVITE = parse_request(
-    "INVITE sip:13900000002@127.0.0.1:5090 SIP/2.0\r\n"
-    "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKinv1;rport\r\n"
-    "Max-Forwards: 70\r\n"
-    "From: \"X\" <sip:700100000000001@127.0.0.1>;tag=local1\r\n"
-    "To: <sip:13900000002@127.0.0.1>\r\n"
-    "Call-ID: dlg-1@127.0.0.1\r\n"
-    "CSeq: 10 INVITE\r\n"
-    "Contact: <sip:sipmask@127.0.0.1:5060>\r\n"
-    "Content-Length: 0\r\n\r\n")
+INVITE = parse_request(test_dialog.INVITE)
 
 
 def _fresh(dialog: Dialog) -> Dialog:
