@@ -433,10 +433,6 @@ INITIAL_ACTIONS: dict[Kind, tuple[Action, ...]] = {
 
 _CLIENT_KINDS = frozenset({Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT})
 
-# _initial's "not computed yet" (None is an answer: the timer is not used); a float no
-# interval can be, compared by identity (dict.get hands back this very object).
-_UNKNOWN: float = -1.0
-
 _TERMINATED: frozenset[State] = frozenset({
     _CI.TERMINATED, _CN.TERMINATED, _SI.TERMINATED, _SN.TERMINATED})
 
@@ -514,8 +510,6 @@ class TransactionLayer:
         self._out: list[Outgoing] = []
         self._events: list[TUEvent] = []
         self._live: dict[Kind, int] = dict.fromkeys(Kind, 0)
-        self._initials: dict[tuple[Timer, Transport], float | None] = {}
-        self._initials_of: TimerConfig | None = None
 
     # -- draining --------------------------------------------------------------------------
     def outgoing(self) -> list[Outgoing]:
@@ -593,16 +587,13 @@ class TransactionLayer:
                           now: float) -> None:
         # §17.1.3: branch of the top Via and the CSeq method.
         branch = response.top_via.branch or ""
-        txn = self._txns.get(f"c|{branch}|{response.cseq.method}")   # _client_key
+        txn = self._txns.get(_client_key(branch, response.cseq.method))
         if txn is None:
             self._events.append(StrayResponse(response, source, transport))
             return
-        status = response.status
-        # response_input, inline.
-        event = Input.PROVISIONAL if status < 200 else \
-            Input.SUCCESS if status < 300 else Input.FAILURE
-        self._feed(txn, event, _Context(now, response, source, transport))
-        if status >= 200:
+        self._feed(txn, response_input(response.status),
+                   _Context(now, response, source, transport))
+        if response.status >= 200:
             # A final response ends the request's retransmissions: its bytes need not wait
             # out Timer D/K/M (memory per transaction under load; bench/soak.py).
             txn.request_bytes = b""
@@ -680,7 +671,7 @@ class TransactionLayer:
         """Answer a server transaction. A response its state cannot take (a second final
         one, say) raises TransactionError."""
         txn = self._get(txn_id)
-        if txn.kind in _CLIENT_KINDS:
+        if txn.is_client:
             raise TransactionError(f"{txn_id} is a client transaction")
         self._feed(txn, response_input(response.status), _Context(now, response))
 
@@ -733,8 +724,7 @@ class TransactionLayer:
         self._txns[txn.txn_id] = txn
         self._live[txn.kind] += 1
         self._run(txn, _INITIAL_RULES[txn.kind], ctx)
-        if txn.due_now or txn.state in _TERMINATED:
-            self._settle(txn, ctx)
+        self._settle(txn, ctx)
 
     def _feed(self, txn: Transaction, event: Event, ctx: _Context) -> None:
         rule = _RULES[txn.state].get(event)
@@ -744,9 +734,7 @@ class TransactionLayer:
                 f"{event.value}")
         txn.state = rule.next
         self._run(txn, rule, ctx)
-        # Most transitions leave nothing to settle: test before the call.
-        if txn.due_now or txn.state in _TERMINATED:
-            self._settle(txn, ctx)
+        self._settle(txn, ctx)
 
     def _settle(self, txn: Transaction, ctx: _Context) -> None:
         """Fire zero-length timers now (a reliable transport's D, I, J, K: §17), then retire
@@ -766,62 +754,26 @@ class TransactionLayer:
 
     def _run(self, txn: Transaction, rule: _Rule, ctx: _Context) -> None:
         """A transition's actions, compiled (_compile): stops, steps, then timer starts."""
-        if rule.stops:
-            timers = txn.timers
-            for timer in rule.stops:
-                # The heap entry stays; next_timer / handle_timer skip it as stale.
-                if timers.pop(timer, None) == self._next_seq:
-                    self._next_dirty = True
+        for timer in rule.stops:
+            self._stop(txn, timer)
         for step in rule.steps:
             step(self, txn, ctx)
-        if rule.starts:
-            self._start_timers(txn, rule.starts, ctx.now)
-
-    def _start_timers(self, txn: Transaction, starts: tuple[tuple[Timer, str], ...],
-                      now: float) -> None:
-        """Each (timer, how) of a rule; the body of _start is inline at the end."""
-        timers = txn.timers
-        for timer, how in starts:
+        for timer, how in rule.starts:
             interval: float | None
             if how is _START:
-                # _initial's memo (which never holds TRYING), looked up here first.
-                interval = self._initials.get((timer, txn.transport), _UNKNOWN) \
-                    if self._initials_of is self.timers else _UNKNOWN
-                if interval is _UNKNOWN:
-                    interval = self._initial(timer, txn.transport)
+                interval = self._initial(timer, txn.transport)
                 if interval is None:
                     continue        # not used on this transport (§17.1.1.2 and on)
             elif how is _BACKOFF:
                 interval = backoff(timer, txn.intervals[timer], self.timers)
             else:
                 interval = self.timers.t2   # §17.1.2.2: E in Proceeding
-            txn.intervals[timer] = interval
-            if timers.pop(timer, None) == self._next_seq:
-                self._next_dirty = True     # a restart: the old entry is stale
-            if interval <= 0:
-                txn.due_now.append(timer)
-                continue
-            seq = next(self._seq)
-            timers[timer] = seq
-            at = now + interval
-            heapq.heappush(self._heap, (at, seq, txn.txn_id, timer))
-            if not self._next_dirty and (self._next_at is None or at < self._next_at):
-                self._next_at = at
-                self._next_seq = seq
+            self._start(txn, timer, interval, ctx.now)
 
     def _initial(self, timer: Timer, transport: Transport) -> float | None:
         if timer is Timer.TRYING:
             return self.trying_delay
-        # initial() is a pure function of the timer, the config and the transport: each
-        # answer is kept, for as long as `timers` is the config it was computed for.
-        if self._initials_of is not self.timers:
-            self._initials = {}
-            self._initials_of = self.timers
-        key = (timer, transport)
-        interval = self._initials.get(key, _UNKNOWN)
-        if interval is _UNKNOWN:
-            interval = self._initials[key] = initial(timer, self.timers, transport)
-        return interval  # not _UNKNOWN: set just above
+        return initial(timer, self.timers, transport)
 
     def _start(self, txn: Transaction, timer: Timer, interval: float, now: float) -> None:
         txn.intervals[timer] = interval
@@ -846,7 +798,7 @@ class TransactionLayer:
 
     # -- the steps, one method each (dispatched by STEPS below) -----------------------------
     def _do_send(self, txn: Transaction, ctx: _Context) -> None:
-        if txn.kind in _CLIENT_KINDS:
+        if txn.is_client:
             self._out.append(Outgoing(txn.request_bytes, txn.peer, txn.transport))
         else:
             assert isinstance(ctx.message, Response)
