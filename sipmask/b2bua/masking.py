@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sipmask.errors import SipError
-from sipmask.sip.headers import Field, Headers, canonical
-from sipmask.sip.message import REASONS, Message, Request, Response
+from sipmask.sip.headers import Field, Headers, fields_of
+from sipmask.sip.message import REASONS, Message, Request, Response, echoed_fields
 
 # Headers that describe the session or the request's semantics, never a party or a hop.
 # Require/Supported lose `100rel` (reliable provisionals are per leg, RFC 3262) and
@@ -100,7 +100,6 @@ def build_request(method: str, *, request_uri: str, local: str, remote: str, cal
     (with tags); no Via: the transaction layer adds its own (§8.1.1.7)."""
     # The fields are written out with the keys of the names we write (what Headers.of would
     # look up); only the caller's extra and crossing pairs need theirs.
-    key = canonical
     fields: list[Field] = [("route", "Route", r, None) for r in route]
     fields += [
         ("max-forwards", "Max-Forwards", str(max_forwards), None),
@@ -111,8 +110,8 @@ def build_request(method: str, *, request_uri: str, local: str, remote: str, cal
     ]
     if contact is not None:
         fields.append(("contact", "Contact", contact, None))
-    fields += [(key(n), n, v, None) for n, v in extra]
-    crossed = [(key(n), n, v, None) for n, v in crossing]
+    fields += fields_of(extra)
+    crossed = fields_of(crossing)
     has_type = any(f[0] == "content-type" for f in crossed)
     fields += crossed
     if body and not has_type and content_type:
@@ -135,18 +134,13 @@ def build_relayed_response(source: Response, request: Request, *, to_tag: str | 
     reason = REASONS.get(status)
     if reason is None:
         reason = _class_reason(status)
-    headers = request.headers
-    fields: list[Field] = [("via", "Via", v, None) for v in headers.get_fields("via")]
-    to_value = headers.get("to") or ""
+    to_value = request.headers.get("to") or ""
     if to_tag is not None and "tag=" not in to_value.lower():
         to_value = f"{to_value};tag={to_tag}"
-    fields += [("from", "From", headers.get("from") or "", None), ("to", "To", to_value, None),
-               ("call-id", "Call-ID", headers.get("call-id") or "", None),
-               ("cseq", "CSeq", headers.get("cseq") or "", None)]
+    fields = echoed_fields(request, to_value)
     if contact is not None and (100 < status < 300) and request.method in _DIALOG_METHODS:
         fields.append(("contact", "Contact", contact, None))
-    key = canonical
-    fields += [(key(n), n, v, None) for n, v in extra]
+    fields += fields_of(extra)
     crossed = _crossing_fields(source)
     if not body:
         crossed = [f for f in crossed if f[0] != "content-type"]

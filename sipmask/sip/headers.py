@@ -161,6 +161,13 @@ def split_commas(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
+def fields_of(pairs: Iterable[tuple[str, str]]) -> list[Field]:
+    """(name, value) pairs as fields we set (raw None), keys looked up in `_KEYS`, which is
+    seeded with every name sipmask writes (one dict hit each)."""
+    keys = _KEYS
+    return [(keys[name], name, value, None) for name, value in pairs]
+
+
 _NAME_VALUE = itemgetter(1, 2)
 # Joined with CRLF after the last field: its CRLF and the empty line.
 _END_OF_HEAD = ("", "")
@@ -198,28 +205,28 @@ class Headers:
         self._p_from = self._p_to = self._p_cseq = self._p_via = None
 
     @classmethod
-    def _trusted(cls, fields: list[Field], keys: list[str]) -> Headers:
-        """The parser's constructor: `keys` is already the list of fields' keys."""
+    def _made(cls, fields: list[Field] | None, keys: list[str], lazy: _Lazy | None
+              ) -> Headers:
+        """Every constructor but __init__: `keys` is already the list of the fields' keys."""
         self = cls.__new__(cls)
         self._fields = fields
         self._keys = keys
-        self._lazy = None
+        self._lazy = lazy
         self.modified = False
         self._p_from = self._p_to = self._p_cseq = self._p_via = None
         return self
+
+    @classmethod
+    def _trusted(cls, fields: list[Field], keys: list[str]) -> Headers:
+        """The parser's constructor: `keys` is already the list of fields' keys."""
+        return cls._made(fields, keys, None)
 
     @classmethod
     def _deferred(cls, keys: list[str], names: tuple[str, ...], values: tuple[str, ...],
                   raws: list[str] | None) -> Headers:
         """The parser's constructor: names as written (clean), values not yet stripped, and
         the raw lines (None when they may not be reused)."""
-        self = cls.__new__(cls)
-        self._fields = None
-        self._keys = keys
-        self._lazy = (names, values, raws, None)
-        self.modified = False
-        self._p_from = self._p_to = self._p_cseq = self._p_via = None
-        return self
+        return cls._made(None, keys, (names, values, raws, None))
 
     @classmethod
     def _from_lines(cls, keys: list[str], names: tuple[str, ...], lines: list[str] | str,
@@ -229,22 +236,12 @@ class Headers:
         with `cut` = slice(len(name) + 1, None), and nothing is sliced until someone asks.
         `lines` may also be the whole CRLF header block, start line first, split on first
         use."""
-        self = cls.__new__(cls)
-        self._fields = None
-        self._keys = keys
-        self._lazy = (names, None, lines, cuts)
-        self.modified = False
-        self._p_from = self._p_to = self._p_cseq = self._p_via = None
-        return self
+        return cls._made(None, keys, (names, None, lines, cuts))
 
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """Headers we build ourselves, in the order given."""
-        # One pass building the fields (`_KEYS` is seeded with every name sipmask writes,
-        # so each key is one dict hit), then the keys taken from them in C.
-        keys_of = _KEYS
-        fields: list[Field] = [(keys_of[name], name, value, None) for name, value in pairs]
-        return cls._trusted(fields, list(map(_FIRST, fields)))
+        return cls.built(fields_of(pairs))
 
     @classmethod
     def built(cls, fields: list[Field]) -> Headers:
@@ -321,30 +318,17 @@ class Headers:
         keys = self._keys
         if key not in keys:
             return default
-        i = keys.index(key)
-        # _value(i), written out: this is the most called method of the SIP core.
-        fields = self._fields
-        if fields is not None:
-            return fields[i][2]
-        assert self._lazy is not None
-        _names, values, raws, cuts = self._lazy
-        if values is not None:
-            return values[i].strip()
-        if raws.__class__ is str:
-            raws = self._raw_lines()
-        assert raws is not None and cuts is not None
-        return raws[i][cuts[i]].strip()  # type: ignore[index]  # values None: lines all raw
+        return self._value(keys.index(key))
 
     def _value(self, i: int) -> str:
         """The value of field `i`, read from the lazy form without building the fields."""
         if self._fields is None:
             assert self._lazy is not None
-            _names, values, raws, cuts = self._lazy
+            _names, values, _raws, cuts = self._lazy
             if values is None:
-                if raws.__class__ is str:
-                    raws = self._raw_lines()
+                raws = self._raw_lines()
                 assert raws is not None and cuts is not None
-                return raws[i][cuts[i]].strip()  # type: ignore[index]  # as in get  # type: ignore[index]  # values None: lines all raw
+                return raws[i][cuts[i]].strip()  # type: ignore[index]  # values None: all raw
             return values[i].strip()
         return self._fields[i][2]
 
@@ -369,11 +353,7 @@ class Headers:
         if key in _UNSPLITTABLE:
             return values
         if len(values) == 1:
-            value = values[0]
-            if "," not in value:
-                # split_commas of one stripped value without a comma.
-                return values if value else []
-            return split_commas(value)
+            return split_commas(values[0])
         out: list[str] = []
         for value in values:
             out.extend(split_commas(value))
@@ -492,18 +472,21 @@ class Headers:
         clone.modified = self.modified
         return clone
 
+    def _lines(self) -> list[str]:
+        """One line per field: untouched fields keep their text."""
+        return [raw if raw is not None else f"{name}: {value}"
+                for _key, name, value, raw in self._all()]
+
     def serialize(self) -> str:
         """The header block, each line ending in CRLF; untouched fields keep their text."""
-        lines = [raw if raw is not None else f"{name}: {value}"
-                 for _key, name, value, raw in self._all()]
+        lines = self._lines()
         lines.append("")
         return "\r\n".join(lines)
 
     def render(self, start_line: str) -> str:
         """`start_line`, the header block (as `serialize`) and the empty line ending the
         head, made in one join (the message's head without its body)."""
-        lines = [raw if raw is not None else f"{name}: {value}"
-                 for _key, name, value, raw in self._all()]
+        lines = self._lines()
         lines.insert(0, start_line)
         lines += _END_OF_HEAD
         return "\r\n".join(lines)

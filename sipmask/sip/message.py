@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sipmask.errors import ParseError
-from sipmask.sip.headers import Field, Headers, canonical, is_token
+from sipmask.sip.headers import Field, Headers, fields_of, is_token
 from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
 
 SIP_VERSION = "SIP/2.0"
@@ -125,20 +125,13 @@ class Message:
     # new ones).
     @property
     def call_id(self) -> str:
-        value = self.headers.get("call-id")
-        if value is None:
-            raise ParseError("Missing Call-ID")
-        return value
+        return self._field("call-id", "Call-ID")
 
     @property
     def cseq(self) -> CSeq:
-        headers = self.headers
-        cseq = headers._p_cseq
+        cseq = self.headers._p_cseq
         if cseq is None:
-            value = headers.get("cseq")
-            if value is None:
-                raise ParseError("Missing CSeq")
-            cseq = headers._p_cseq = CSeq.parse(value)
+            cseq = self.headers._p_cseq = CSeq.parse(self._field("cseq", "CSeq"))
         return cseq
 
     @property
@@ -158,25 +151,24 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        headers = self.headers
-        addr = headers._p_from
+        addr = self.headers._p_from
         if addr is None:
-            value = headers.get("from")
-            if value is None:
-                raise ParseError("Missing From")
-            addr = headers._p_from = NameAddr.parse(value)
+            addr = self.headers._p_from = NameAddr.parse(self._field("from", "From"))
         return addr
 
     @property
     def to(self) -> NameAddr:
-        headers = self.headers
-        addr = headers._p_to
+        addr = self.headers._p_to
         if addr is None:
-            value = headers.get("to")
-            if value is None:
-                raise ParseError("Missing To")
-            addr = headers._p_to = NameAddr.parse(value)
+            addr = self.headers._p_to = NameAddr.parse(self._field("to", "To"))
         return addr
+
+    def _field(self, key: str, name: str) -> str:
+        """The value of a field every message must have; ParseError naming it when absent."""
+        value = self.headers.get(key)
+        if value is None:
+            raise ParseError(f"Missing {name}")
+        return value
 
     @property
     def content_type(self) -> str | None:
@@ -188,10 +180,10 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        headers = self.headers
-        raw = self._raw
-        if raw is not None and headers is self._raw_headers and not headers.modified:
+        raw = self.raw
+        if raw is not None:
             return raw
+        headers = self.headers
         # Content-Length always tells the truth about the body we send (§20.14); on a
         # stream transport it is how the peer finds the end of the message (§18.3).
         length = str(len(self._body))
@@ -285,16 +277,24 @@ class Response(Message):
         return f"<Response {self.status} call-id={self.headers.get('call-id')}>"
 
 
+def echoed_fields(request: Request, to_value: str) -> list[Field]:
+    """What a response to `request` copies from it (§8.2.6.2): every Via line in order,
+    From, Call-ID and CSeq, with `to_value` as its To; written with the keys of the names
+    we write (what Headers.of would look up)."""
+    headers = request.headers
+    fields: list[Field] = [("via", "Via", v, None) for v in headers.get_fields("via")]
+    fields += [("from", "From", headers.get("from") or "", None), ("to", "To", to_value, None),
+               ("call-id", "Call-ID", headers.get("call-id") or "", None),
+               ("cseq", "CSeq", headers.get("cseq") or "", None)]
+    return fields
+
+
 def build_response(request: Request, status: int, reason: str | None = None, *,
                    to_tag: str | None = None, extra: tuple[tuple[str, str], ...] = (),
                    body: bytes = b"", content_type: str | None = None) -> Response:
     """A response to `request` per RFC 3261 §8.2.6.2: Via (all, in order), From, To, Call-ID
     and CSeq copied; a To tag added when given and absent (§8.2.6.2, not on 100 Trying)."""
-    # Fields written out with the keys of the names we write (what Headers.of would look up).
-    headers = request.headers
-    fields: list[Field] = [("via", "Via", v, None) for v in headers.get_fields("via")]
-    from_value = headers.get("from") or ""
-    to_value = headers.get("to") or ""
+    to_value = request.headers.get("to") or ""
     if to_tag is not None and status > 100:
         try:
             to_addr = request.to                 # NameAddr.parse(to_value), kept
@@ -302,12 +302,9 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
                 to_value = str(to_addr.with_tag(to_tag))
         except ParseError:
             pass
-    fields += [("from", "From", from_value, None), ("to", "To", to_value, None),
-               ("call-id", "Call-ID", headers.get("call-id") or "", None),
-               ("cseq", "CSeq", headers.get("cseq") or "", None)]
+    fields = echoed_fields(request, to_value)
     if extra:
-        key = canonical
-        fields += [(key(n), n, v, None) for n, v in extra]
+        fields += fields_of(extra)
     if content_type is not None:
         fields.append(("content-type", "Content-Type", content_type, None))
     fields.append(("content-length", "Content-Length", str(len(body)), None))
