@@ -195,33 +195,15 @@ class Engine:
         self._on_request(event)
 
     def handle_response(self, event: ResponseReceived | StrayResponse) -> None:
-        if type(event) is ResponseReceived:
-            self._on_response(event.response, event.txn_id)
-        else:
-            self.handle_event(event)
+        self.handle_event(event)
 
     def handle_event(self, event: object) -> None:
-        # Dispatch on the exact type (one dict lookup); subclasses take the isinstance chain.
-        handler = _EVENT_HANDLERS.get(type(event))
-        if handler is not None:
-            handler(self, event)
-            return
-        if isinstance(event, RequestReceived):
-            self._on_request(event)
-        elif isinstance(event, ResponseReceived):
-            self._on_response(event.response, event.txn_id)
-        elif isinstance(event, AckReceived):
-            self._on_ack(event)
-        elif isinstance(event, CancelReceived):
-            self._on_cancel(event)
-        elif isinstance(event, TransactionTimeout | TransportFailed):
-            self._on_timeout(event.txn_id)
-        elif isinstance(event, AckTimeout):
-            ctx = self._by_a_txn.get(event.txn_id)
-            if ctx is not None:
-                self._fire(ctx, CallEvent.A_ACK_TIMEOUT)
-        elif isinstance(event, StrayResponse):
-            self._on_stray(event.response)
+        # One dict lookup on the event's type; a subclass is handled as its nearest base.
+        for cls in type(event).__mro__:
+            handler = _EVENT_HANDLERS.get(cls)
+            if handler is not None:
+                handler(self, event)
+                return
 
     def _on_response_event(self, event: ResponseReceived) -> None:
         self._on_response(event.response, event.txn_id)
@@ -422,12 +404,7 @@ class Engine:
             extra.append(("P-Asserted-Identity", identity))
         crossing = masking.crossing_headers(ctx.a_invite)
         # RFC 3262: reliable provisionals are handled per leg; on leg B we support them.
-        has_supported = False
-        for name, _ in crossing:
-            if name.lower() in _SUPPORTED_NAMES:
-                has_supported = True
-                break
-        if not has_supported:
+        if not any(name.lower() in _SUPPORTED_NAMES for name, _ in crossing):
             extra.append(("Supported", "100rel"))
         else:
             crossing = [(n, f"{v}, 100rel") if n.lower() == "supported" else (n, v)
