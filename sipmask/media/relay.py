@@ -344,20 +344,14 @@ class RelaySession:
 
     def leg_stats(self, side: Side | str) -> LegStats:
         """One party's counters, all media lines and RTP with RTCP summed."""
-        rtp, rtcp = self._streams(side, 0)
+        self._streams(side, 0)                           # a bad side raises here
         if self._final is not None:
             return self._final.a if side == Side.A else self._final.b
         # One pass in plain additions: it runs twice at every call's end.
-        media = self._media
-        packets_in = rtp.packets_in + rtcp.packets_in
-        bytes_in = rtp.bytes_in + rtcp.bytes_in
-        packets_out = rtp.packets_out + rtcp.packets_out
-        bytes_out = rtp.bytes_out + rtcp.bytes_out
-        dropped = rtp.dropped + rtcp.dropped
-        rejected = rtp.rejected + rtcp.rejected
-        last = rtp.last_in
-        for index in range(1, len(media)):
-            rtp, rtcp = media[index].streams[side]       # type: ignore[index]
+        packets_in = bytes_in = packets_out = bytes_out = dropped = rejected = 0
+        last: float | None = None
+        for media in self._media:
+            rtp, rtcp = media.streams[side]              # type: ignore[index]
             packets_in += rtp.packets_in + rtcp.packets_in
             bytes_in += rtp.bytes_in + rtcp.bytes_in
             packets_out += rtp.packets_out + rtcp.packets_out
@@ -585,25 +579,20 @@ class Relay:
         self._closed_dropped += a.dropped + b.dropped
         self._closed_rejected += a.rejected + b.rejected
         reusable_from = self.clock() + POOL_QUARANTINE_S
-        idle = self._idle
         for media in session._media:
-            pairs = media.pairs
             for side, streams in media.streams.items():
-                rtp, rtcp = streams
-                if (len(idle) < POOL_MAX_IDLE and rtp.transport is not None
-                        and rtcp.transport is not None):
-                    rtp.recycle()
-                    rtcp.recycle()
-                    rtp.pooled_until = reusable_from
-                    idle.append((reusable_from, pairs[side], streams))
-                else:
-                    self._discard(pairs[side], streams)
+                self._pool(media.pairs[side], streams, reusable_from)
 
     def _unused(self, pair: PortPair, streams: tuple[_Stream, _Stream]) -> None:
         """A pair bound (or taken from the pool) for a media line that never came to be
         (the other side failed, or the call closed meanwhile): no new party has seen its
         ports, so it goes back to the pool with the quarantine it had (none for a fresh
         pair) rather than being closed and bound again by the next call."""
+        self._pool(pair, streams, streams[0].pooled_until)
+
+    def _pool(self, pair: PortPair, streams: tuple[_Stream, _Stream], until: float) -> None:
+        """Reset a pair and keep it idle until `until`, in order of that time (open_session
+        relies on it); closed instead when the pool is full or a socket already is."""
         rtp, rtcp = streams
         idle = self._idle
         if (len(idle) >= POOL_MAX_IDLE or rtp.transport is None
@@ -612,11 +601,14 @@ class Relay:
             return
         rtp.recycle()
         rtcp.recycle()
-        # In order of reusable_from, which open_session relies on; a pair taken from the
-        # pool came from near its front, so the walk is short.
-        until = rtp.pooled_until
+        rtp.pooled_until = until
+        if not idle or idle[-1][0] <= until:
+            idle.append((until, pair, streams))     # a released pair: the newest time
+            return
+        # An unused pair keeps an older time; one taken from the pool came from near its
+        # front, so the walk is short.
         at = 0
-        while at < len(idle) and idle[at][0] < until:
+        while idle[at][0] < until:
             at += 1
         idle.insert(at, (until, pair, streams))
 
