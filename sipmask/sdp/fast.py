@@ -85,8 +85,7 @@ def scan(data: bytes) -> Scan | None:
         return None
 
     classes = _CLASSES
-    session: Part | None = None
-    media: list[Part] = []
+    parts: list[Part] = []          # the session section, then one per m= line
     has_origin = has_name = False
     only_in = True
     # The section being read.
@@ -153,15 +152,8 @@ def scan(data: bytes) -> Scan | None:
                         and int(count_text) <= 65535):
                     return None
                 new_count = int(count_text)
-            if session is None:
-                if not has_time:
-                    # §5.9: t= is mandatory; rewrite_for_relay adds "0 0".
-                    kept.append("t=0 0")
-                session = _part(port, port_count, m_kind, m_rest, host, unspecified, found,
-                                ice, kept, connection_at, rtcp_at, _SESSION_RANK)
-            else:
-                media.append(_part(port, port_count, m_kind, m_rest, host, unspecified, found,
-                                   ice, kept, connection_at, rtcp_at, _MEDIA_RANK))
+            parts.append(_part(port, port_count, m_kind, m_rest, host, unspecified, found,
+                               ice, kept, connection_at, rtcp_at, has_time, not parts))
             port = int(port_text)
             port_count = new_count
             m_kind = f"m={fields[0]} "
@@ -198,23 +190,18 @@ def scan(data: bytes) -> Scan | None:
 
     if not has_origin:
         return None
-    if session is None:
-        if not has_time:
-            kept.append("t=0 0")
-        session = _part(port, port_count, m_kind, m_rest, host, unspecified, found, ice, kept,
-                        connection_at, rtcp_at, _SESSION_RANK)
-    else:
-        media.append(_part(port, port_count, m_kind, m_rest, host, unspecified, found, ice,
-                           kept, connection_at, rtcp_at, _MEDIA_RANK))
-    any_ice = session.ice
-    for section in media:
-        any_ice = any_ice or section.ice
-    return Scan(session, tuple(media), only_in, any_ice)
+    parts.append(_part(port, port_count, m_kind, m_rest, host, unspecified, found, ice, kept,
+                       connection_at, rtcp_at, has_time, not parts))
+    return Scan(parts[0], tuple(parts[1:]), only_in, any(part.ice for part in parts))
 
 
 def _part(port: int, port_count: int | None, m_kind: str, m_rest: str, host: str | None,
           unspecified: bool, found: Direction | None, ice: bool, kept: list[str],
-          connection_at: int, rtcp_at: list[int], ranks: dict[str, int]) -> Part:
+          connection_at: int, rtcp_at: list[int], has_time: bool, session: bool) -> Part:
+    """The section just read; `session`: it is the session section (before any m=)."""
+    if session and not has_time:
+        kept.append("t=0 0")     # §5.9: t= is mandatory; rewrite_for_relay adds "0 0"
+    ranks = _SESSION_RANK if session else _MEDIA_RANK
     # Every kind kept is in `ranks` (c, b, a and t, r, z), so in_rfc_order's rule for an
     # unlisted kind never applies.
     ordered = True
