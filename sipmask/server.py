@@ -299,25 +299,15 @@ class SipServer:
             pass  # already answered (TransactionError) or unanswerable: nothing more to do
 
     def _flush(self) -> None:
-        core = self.core
-        outgoing = core.outgoing()
-        if outgoing:
-            failed: list[Outgoing] | None = None
-            send = self.send
-            for out in outgoing:
-                if not send(out.data, out.dest, out.transport):
-                    if failed is None:
-                        failed = []
-                    failed.append(out)
-            if failed is not None:
-                for out in failed:
-                    core.transport_error(out.dest, out.transport, self._now())
-                self._drain()
-                return
-        # _arm_timer's test, inline: most flushes leave the deadline where it was (the
-        # core's next_timer is O(1) until a timer changes).
-        when = core.next_timer()
-        if when is not None and (self._timer_at is None or when < self._timer_at):
+        failed: list[Outgoing] = []
+        for out in self.core.outgoing():
+            if not self.send(out.data, out.dest, out.transport):
+                failed.append(out)
+        for out in failed:
+            self.core.transport_error(out.dest, out.transport, self._now())
+        if failed:
+            self._drain()
+        else:
             self._arm_timer()
 
     def send(self, data: bytes, dest: Address, transport: TransportName) -> bool:
