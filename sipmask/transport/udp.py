@@ -22,10 +22,6 @@ from sipmask.transport.inbound import Address, Rejection, TransportName, decode
 # while the loop is busy; the kernel caps them at net.core.rmem_max / wmem_max.
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
-# How many checked destinations a shell remembers (a few trunks and peers in practice); past
-# that the memory starts again, so a peer cannot grow it.
-CHECKED_DESTINATIONS = 4096
-
 # Lazy proxy: bound at first use, so `sipmask.observability.logging.setup` applies.
 log = sm_logging.get_logger("sipmask.transport.udp")
 
@@ -48,9 +44,6 @@ class UdpTransport(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.local: Address = ("", 0)
         self.family = socket.AF_INET
-        # Destinations already found usable (an IP literal of our family, a valid port):
-        # every call sends to the same few, so each is checked once.
-        self._checked: set[Address] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDPTransport does not subclass asyncio.DatagramTransport; cast, not assert.
@@ -83,19 +76,14 @@ class UdpTransport(asyncio.DatagramProtocol):
         if transport is None or transport.is_closing():
             self.counters.send_errors += 1
             return False
+        host, port = dest
         try:
-            if dest not in self._checked:
-                host, port = dest
-                # Only IP literals of our family: a peer-chosen name (Via maddr, sent-by)
-                # must not make us block on DNS, and plain asyncio closes the whole endpoint
-                # on a bad port (a fatal OverflowError), which a peer could otherwise
-                # trigger at will.
-                socket.inet_pton(self.family, host)
-                if not 0 < port < 65536:
-                    raise ValueError(port)
-                if len(self._checked) >= CHECKED_DESTINATIONS:
-                    self._checked.clear()
-                self._checked.add(dest)
+            # Only IP literals of our family: a peer-chosen name (Via maddr, sent-by) must
+            # not make us block on DNS, and plain asyncio closes the whole endpoint on a bad
+            # port (a fatal OverflowError), which a peer could otherwise trigger at will.
+            socket.inet_pton(self.family, host)
+            if not 0 < port < 65536:
+                raise ValueError(port)
             transport.sendto(data, dest)
         except (OSError, ValueError):
             self.counters.send_errors += 1
