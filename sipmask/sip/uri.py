@@ -221,7 +221,7 @@ _new = object.__new__
 # distinct values; at `_SEEN_MAX` entries the table starts again empty (dropping only the
 # oldest costs more: a dict walks its deleted slots to find its first key).
 _SEEN_MAX = 2048
-_SipPieces = tuple[str, str | None, str, int | None, str]
+_SipPieces = tuple[str, str | None, str, str | None, str]
 _NameAddrPieces = tuple[tuple[str, str | None, str, str | None, str], str | None, str, bool]
 _SEEN_URIS: dict[str, _SipPieces] = {}
 _SEEN_NAME_ADDRS: dict[str, _NameAddrPieces] = {}
@@ -386,16 +386,11 @@ def _seen_sip_uri(text: str) -> SipUri | None:
         scheme, user, host, port, ptext = m.groups()
         if not _fast_params_ok(ptext):
             return None
-        pieces = (scheme, user, host, None if port is None else int(port), ptext)
+        pieces = (scheme, user, host, port, ptext)
         if len(_SEEN_URIS) >= _SEEN_MAX:
             _SEEN_URIS.clear()
         _SEEN_URIS[text] = pieces
-    uri: SipUri = _new(SipUri)
-    uri.scheme, uri.user, uri.host, uri.port, uri._ptext = pieces
-    uri.password = None
-    uri._params = None
-    uri.headers = ""
-    return uri
+    return _fast_sip_uri(*pieces)
 
 
 def _fast_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
@@ -558,9 +553,7 @@ class NameAddr(_LazyParams):
             m = _FAST_NAME_ADDR.fullmatch(text)
             if m is not None:
                 quoted, words, scheme, user, host, port, uparams, hparams = m.groups()
-                # _fast_params_ok written out, on both parameter runs at once.
-                joined = uparams + hparams
-                if ";;" in joined or ";=" in joined or joined[-1:] == ";":
+                if not _fast_params_ok(uparams + hparams):
                     return cls._parse_full(text)
                 pieces = ((scheme, user, host, port, uparams),
                           quoted if words is None else words, hparams, True)
@@ -654,12 +647,7 @@ class NameAddr(_LazyParams):
         # Read for every message by the transaction, dialog and call layers.
         params = self._params
         if params is None:
-            text = self._ptext
-            if text.startswith(";tag="):
-                # _find_in_text's first-parameter case, written out: the usual To and From.
-                end = text.find(";", 5)
-                return text[5:] if end < 0 else text[5:end]
-            return _find_in_text(text, "tag") if text else None
+            return _find_in_text(self._ptext, "tag")
         return _find_param(params, "tag")
 
     def _same_address(self) -> NameAddr:
@@ -812,8 +800,7 @@ class Via(_LazyParams):
         m = _FAST_VIA.fullmatch(text)
         if m is not None:
             name, version, transport, host, port_text, ptext = m.groups()
-            # _fast_params_ok written out: the top Via of every message.
-            if ";;" not in ptext and ";=" not in ptext and ptext[-1:] != ";":
+            if _fast_params_ok(ptext):
                 via: Via = _new(Via)
                 via.transport = transport
                 via.host = host
@@ -850,12 +837,7 @@ class Via(_LazyParams):
     def branch(self) -> str | None:
         params = self._params
         if params is None:
-            text = self._ptext
-            if text.startswith(";branch="):
-                # _find_in_text's first-parameter case, written out: the usual Via.
-                end = text.find(";", 8)
-                return text[8:] if end < 0 else text[8:end]
-            return _find_in_text(text, "branch")
+            return _find_in_text(self._ptext, "branch")
         return _find_param(params, "branch")
 
     @property
