@@ -897,21 +897,6 @@ class Via(_LazyParams):
         same (a Via stamped already). The new values hold no `;`, so the text stays
         splittable."""
         text = self._ptext
-        if text.endswith(";rport"):
-            # The usual request (RFC 3581 §4, `…;branch=…;rport`): when that flag is the
-            # only parameter named like rport and none is named like received, the loop
-            # below fills the flag in place and appends `received`. A fast parameter value
-            # holds no `;`, so every `;rport` / `;received` found starts a parameter.
-            low = text.lower()
-            if low.count(";rport") == 1 and ";received" not in low:
-                via: Via = _new(Via)
-                via.transport = self.transport
-                via.host = self.host
-                via.port = self.port
-                via._params = None
-                via._ptext = f"{text}={port};received={ip}"
-                via.protocol = self.protocol
-                return via
         rport = _find_in_text(text, "rport")
         if rport == "":
             fill: str | None = str(port)
@@ -939,7 +924,7 @@ class Via(_LazyParams):
         stamped_text = "".join(out)
         if stamped_text == text:
             return self
-        via = _new(Via)
+        via: Via = _new(Via)            # this Via with the new unsplit parameters
         via.transport = self.transport
         via.host = self.host
         via.port = self.port
