@@ -29,7 +29,6 @@ import cProfile
 import gc
 import os
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,12 +38,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from calls import SIPMASK_IP, free_port  # noqa: E402  # bench/ is not a package
 
 from sipmask.config import loader  # noqa: E402
 from sipmask.observability import logging as sm_logging  # noqa: E402
 from sipmask.server import GcFreezer, Services, SipServer  # noqa: E402
 
-SIPMASK = ("127.0.0.1", 5060)
 CALLER, CALLEE = ("127.0.0.2", 5061), ("127.0.0.3", 5062)
 A, B, X = "13800000001", "13900000002", "700100000000001"
 HOLD_S = 0.1
@@ -221,15 +222,9 @@ async def offer(driver: Driver, first: int, calls: int, rate: float) -> None:
     await asyncio.wait_for(driver.finished.wait(), timeout=calls / rate + 30)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, float]]:
     config = loader.loads(loader.default_text(), [
-        f"store.path={tmp / 'bench.lmdb'}", f"sip.listen=[udp://127.0.0.1:{free_port()}]",
+        f"store.path={tmp / 'bench.lmdb'}", f"sip.listen=[udp://{SIPMASK_IP}:{free_port(SIPMASK_IP)}]",
         "api.listen=null", "log.level=warning", f"media.ports={args.media_ports}",
         f"trunks.carrier.outbound=udp://{CALLEE[0]}:{CALLEE[1]}",
         "trunks.carrier.inbound_allow=['127.0.0.0/8']"])
