@@ -53,10 +53,11 @@ from sipmask.sip.transaction import (
     TransactionLayer,
     TUEvent,
 )
+from sipmask.sip.transports import Address
+from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr
 from sipmask.store import LmdbStore, open_store
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.inbound import Address, TransportName
 from sipmask.transport.tcp import TcpTransport, open_tcp
 from sipmask.transport.udp import UdpTransport, open_udp
 
@@ -243,6 +244,13 @@ class SipServer:
         if shells:
             return shells[0].local[1]
         return self.config.sip.listen[0].port
+
+    def connected(self, dest: Address, transport: TransportName) -> bool:
+        """Whether a TCP/TLS connection with `dest` is open (RFC 5923's practice: requests
+        to a party reuse the connection its dialog came in on while it is open)."""
+        if transport == "udp":
+            return False
+        return any(dest in shell.connections for shell in self.tcp)
 
     def send_request(self, request: Request, dest: Address,
                      transport: TransportName) -> str:

@@ -22,7 +22,7 @@ import itertools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from sipmask import numbers
 from sipmask.b2bua import masking, routing
@@ -47,13 +47,12 @@ from sipmask.sip.transaction import (
     TransactionTimeout,
     TransportFailed,
 )
+from sipmask.sip.transports import Address, Transport
 from sipmask.sip.uri import SipUri, parse_uri
 from sipmask.store.base import Binding, BindingStore
 
 log = sm_logging.get_logger("sipmask.b2bua")
 
-Transport = Literal["udp", "tcp"]
-Address = tuple[str, int]
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
 # Methods relayed inside a dialog; REFER is refused (it would carry a URI across, DESIGN.md).
@@ -74,13 +73,16 @@ class SipPort(Protocol):
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: Transport) -> None: ...
     def local_port(self, transport: Transport) -> int: ...
+    def connected(self, dest: Address, transport: Transport) -> bool: ...
 
 
 class MediaPort(Protocol):
     """The media backend, rtpengine-shaped (media/backend.py's MediaBackend fits)."""
 
-    async def offer(self, call_id: str, leg: str, sdp: bytes) -> bytes: ...
-    async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes: ...
+    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
+                    sip_source: str | None = None) -> bytes: ...
+    async def answer(self, call_id: str, leg: str, sdp: bytes, *,
+                     sip_source: str | None = None) -> bytes: ...
     async def delete(self, call_id: str) -> Any: ...
 
 

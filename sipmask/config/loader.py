@@ -21,6 +21,9 @@ from sipmask.config.schema import Config
 from sipmask.errors import ConfigError
 
 EMBEDDED = "<embedded default>"
+# Every number a config may hold is bounded: 10**400 seconds would overflow a timer (a float)
+# long after the config was accepted. A billion covers any count, size or duration (31 years).
+MAX_NUMBER = 1_000_000_000
 DEFAULT_PATH = Path("configs/sipmask.yaml")
 
 
@@ -165,10 +168,14 @@ def _build(tp: Any, value: Any, source: str, path: str) -> Any:
             raise ConfigError(source, path, "must be an integer", value)
         if value < 0:
             raise ConfigError(source, path, "must not be negative", value)
+        if value > MAX_NUMBER:
+            raise ConfigError(source, path, f"must be at most {MAX_NUMBER:,}", value)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(source, path, "must be a number", value)
+        if not 0 <= value <= MAX_NUMBER:   # also refuses NaN and infinities
+            raise ConfigError(source, path, f"must be from 0 to {MAX_NUMBER:,}", value)
         return float(value)
     if tp is str:
         if not isinstance(value, str) or not value:

@@ -13,21 +13,23 @@ from pathlib import Path
 from typing import Literal
 
 from sipmask import numbers
+from sipmask.sip.transports import ALL as TRANSPORTS
+from sipmask.sip.transports import Transport
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """`udp://127.0.0.1:5060`, `tcp://[::1]:5060`."""
+    """`udp://127.0.0.1:5060`, `tcp://[::1]:5060`, `tls://127.0.0.1:5061`."""
 
-    transport: Literal["udp", "tcp"]
+    transport: Transport
     host: str
     port: int
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
         scheme, sep, rest = text.partition("://")
-        if not sep or scheme.lower() not in ("udp", "tcp"):
-            raise ValueError("expected udp://HOST:PORT or tcp://HOST:PORT")
+        if not sep or scheme.lower() not in TRANSPORTS:
+            raise ValueError("expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT")
         host, port = _split_host_port(rest)
         return cls(scheme.lower(), host, port)  # type: ignore[arg-type]
 
@@ -156,6 +158,16 @@ class TimersConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """SIP over TLS (RFC 3261 §26.2): our certificate chain and key (PEM), and the CA bundle
+    that peers are verified against (None: peers are not asked for or checked against one)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
 class SipConfig:
     listen: tuple[Endpoint, ...] = (
         Endpoint("udp", "127.0.0.1", 5060),
@@ -169,6 +181,9 @@ class SipConfig:
     tcp_idle_timeout_s: int = 300
     drain_timeout_s: int = 30
     tcp_max_connections: int = 4096
+    tcp_max_per_ip: int = 64          # inbound TCP/TLS connections one source IP may hold
+    tcp_message_timeout_s: int = 10   # a message must be complete this long after its 1st byte
+    tls: TlsConfig = field(default_factory=TlsConfig)
     # Names this process in the store's answered-call journal, so nodes sharing one store
     # repair only their own (or a dead peer's) calls. None: the first sip.listen host:port.
     node_id: str | None = None
@@ -207,12 +222,24 @@ class MediaConfig:
     address: str = "127.0.0.1"
     ports: PortRange = PortRange(30000, 39999)
     timeout_s: int = 60
+    # Where a leg's media may come from (RTP Bleed): strict = only the address and port its
+    # SDP names; signalled_ip = any port on the SDP's or the leg's SIP source IP; any = the
+    # first source to speak (unsafe: a stranger can take the call's audio).
+    latching: Literal["strict", "signalled_ip", "any"] = "strict"
     rtpengine: RtpengineConfig = field(default_factory=RtpengineConfig)
 
 
 @dataclass(frozen=True)
 class ApiConfig:
     listen: HostPort | None = HostPort("127.0.0.1", 8080)
+    max_connections: int = 256        # open HTTP connections; beyond: closed at once
+    header_timeout_s: int = 10        # a request's head must arrive within this
+    keepalive_s: int = 15             # an idle keep-alive connection is closed after this
+
+
+@dataclass(frozen=True)
+class CdrConfig:
+    retention_days: int = 180         # older CDRs are swept; 0: kept for ever
 
 
 @dataclass(frozen=True)
@@ -296,6 +323,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    cdr: CdrConfig = field(default_factory=CdrConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)

@@ -55,11 +55,14 @@ class CallStats:
 
 
 class MediaBackend(Protocol):
-    async def offer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
-        """`leg` offers `sdp`; returns the SDP to send to the other leg (media via sipmask)."""
+    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
+                    sip_source: str | None = None) -> bytes:
+        """`leg` offers `sdp`; returns the SDP to send to the other leg (media via sipmask).
+        `sip_source` is the IP the leg's signalling came from (media.latching signalled_ip)."""
         ...
 
-    async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+    async def answer(self, call_id: str, leg: str, sdp: bytes, *,
+                     sip_source: str | None = None) -> bytes:
         """`leg` answers with `sdp`; returns the SDP to send to the offering leg."""
         ...
 

@@ -47,11 +47,13 @@ class EmbeddedBackend:
         self._is_hold = is_hold
         self._held: dict[str, set[str]] = {}   # call id -> legs whose last SDP was hold
 
-    async def offer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
+                    sip_source: str | None = None) -> bytes:
         session = self.relay.session(call_id) or await self.relay.open_session(call_id)
         return await self._apply(session, leg, sdp)
 
-    async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+    async def answer(self, call_id: str, leg: str, sdp: bytes, *,
+                     sip_source: str | None = None) -> bytes:
         session = self.relay.session(call_id)
         if session is None:
             raise MediaError(f"answer for call {call_id} without an offer")

@@ -188,7 +188,8 @@ class RtpengineBackend:
             flags["direction"] = list(self._interfaces)
         return flags
 
-    async def offer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
+                    sip_source: str | None = None) -> bytes:
         params: dict[str, bencode.Encodable] = {
             "call-id": call_id, "from-tag": leg, "sdp": sdp, **self._flags()}
         if call_id in self._answered:
@@ -198,7 +199,8 @@ class RtpengineBackend:
         self._note_hold(call_id, leg, sdp)
         return scrub_identity(_sdp(reply, "offer"))
 
-    async def answer(self, call_id: str, leg: str, sdp: bytes) -> bytes:
+    async def answer(self, call_id: str, leg: str, sdp: bytes, *,
+                     sip_source: str | None = None) -> bytes:
         reply = await (await self.client()).request(
             "answer", **{"call-id": call_id, "from-tag": other_leg(leg), "to-tag": leg,
                          "sdp": sdp, **self._flags()})

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
 
-Transport = Literal["udp", "tcp"]
+from sipmask.sip.transports import RELIABLE, Transport
 
 # §17.2.1: a server INVITE transaction sends 100 Trying itself when the TU has not answered
 # within 200 ms.
@@ -68,7 +67,7 @@ class Timer(Enum):
 
 def initial(timer: Timer, config: TimerConfig, transport: Transport) -> float | None:
     """How long `timer` runs when it is started; None when it is not used on `transport`."""
-    reliable = transport == "tcp"
+    reliable = transport in RELIABLE
     if timer in (Timer.A, Timer.E, Timer.G):
         # §17.1.1.2 (A), §17.1.2.2 (E), §17.2.1 (G): retransmissions start at T1, and only
         # on an unreliable transport.

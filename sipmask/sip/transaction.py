@@ -44,7 +44,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from sipmask.entropy import token_bytes
 from sipmask.errors import ParseError, TransactionError
@@ -57,10 +57,9 @@ from sipmask.sip.timers import (
     backoff,
     initial,
 )
+from sipmask.sip.transports import RELIABLE, Address, Transport
 from sipmask.sip.uri import Via
 
-Transport = Literal["udp", "tcp"]
-Address = tuple[str, int]
 RandomBytes = Callable[[int], bytes]
 
 # RFC 3261 §8.1.1.7: a branch that starts with this cookie was built by an RFC 3261 element
@@ -623,7 +622,7 @@ class TransactionLayer:
             self._feed(txn, Input.REQUEST, _Context(now, request, source, transport))
             return
         kind = Kind.INVITE_SERVER if method == "INVITE" else Kind.NON_INVITE_SERVER
-        peer = source if transport == "tcp" else via.response_target(source)
+        peer = source if transport in RELIABLE else via.response_target(source)
         txn = Transaction(key, kind, request, transport, peer, INITIAL_STATE[kind],
                           source=source)
         self._add(txn, _Context(now))

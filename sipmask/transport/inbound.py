@@ -9,17 +9,15 @@ outcomes are counted. Nothing here raises on peer input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from sipmask.errors import MessageTooLarge, ParseError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message, salvage
+from sipmask.sip.transports import RELIABLE, Address
+from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr, Via
 from sipmask.transport.counters import SipCounters
-
-TransportName = Literal["udp", "tcp"]
-Address = tuple[str, int]
 
 # §8.2.6.2: a UAS adds a To tag to every non-100 response it builds. Stateless answers to
 # garbage need no dialog, so one fixed tag per process is enough.
@@ -40,7 +38,7 @@ def decode(data: bytes, source: Address, transport: TransportName, counters: Sip
     """Parse one complete message and count it. (The transaction layer stamps the top Via of
     requests, §18.2.1; the shell only parses.)"""
     try:
-        message = parse_message(data, max_bytes, stream=transport == "tcp")
+        message = parse_message(data, max_bytes, stream=transport in RELIABLE)
     except ParseError as exc:
         return reject(data, exc, source, counters)
     counters.received += 1

@@ -20,8 +20,9 @@ from sipmask.config.schema import Endpoint
 from sipmask.errors import ParseError
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.parser import StreamFramer
+from sipmask.sip.transports import Address
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.inbound import Address, Rejection, decode, reject
+from sipmask.transport.inbound import Rejection, decode, reject
 from sipmask.transport.udp import MessageSink
 
 DEFAULT_IDLE_TIMEOUT = 300.0     # seconds without traffic before we close a connection

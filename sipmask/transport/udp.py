@@ -15,8 +15,10 @@ from typing import Protocol, cast
 from sipmask.config.schema import Endpoint
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response
+from sipmask.sip.transports import Address
+from sipmask.sip.transports import Transport as TransportName
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.inbound import Address, Rejection, TransportName, decode
+from sipmask.transport.inbound import Rejection, decode
 
 # Large kernel buffers absorb bursts (a trunk retransmitting after a pause, a load test)
 # while the loop is busy; the kernel caps them at net.core.rmem_max / wmem_max.
