@@ -38,9 +38,14 @@ class ConfigError(SipmaskError):
         self.path = path
         self.problem = problem
         self.value = value
-        shown = "" if value is None else f" (got {value!r})"
+        shown = "" if value is None else f" (got {_shorten(repr(value))})"
         where = f"{source}: {path}" if path else source
         super().__init__(f"{where}: {problem}{shown}")
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """A value echoed in an error line stays one readable line (10**400 is 401 digits)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 class SipError(SipmaskError):

@@ -62,6 +62,8 @@ def load(path: str | os.PathLike[str] | None = None,
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(name, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except ValueError as exc:   # an integer of more than 4,300 digits (int's own limit)
+        raise ConfigError(name, "", f"not a usable value: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -85,7 +87,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ConfigError("--set", item, "expected dotted.key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):
         raise ConfigError("--set", key, "value is not valid YAML", raw) from None
     node = data
     parts = key.strip().split(".")

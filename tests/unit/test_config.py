@@ -34,6 +34,8 @@ def test_default_config_has_every_contract_key() -> None:
     assert config.tenants["demo"].pools == (NumberRange("700100000000000", "700100000009999"),)
     assert config.log.mask_numbers is True
     assert config.events.webhook.url is None
+    assert config.media.latching == "strict"          # RTP Bleed: only the SDP's address
+    assert config.cdr.retention_days == 180
 
 
 def test_embedded_default_used_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -113,3 +115,34 @@ def test_bad_override_names_it() -> None:
         loader.loads("", ["nokey"])
     with pytest.raises(ConfigError, match=re.escape("--set: sip.advertise: is not a section")):
         loader.loads("", ["sip.advertise=a", "sip.advertise.x.y=1"])
+
+
+@pytest.mark.parametrize("override, path", [
+    (f"sip.ring_timeout_s={10**400}", "sip.ring_timeout_s"),          # overflowed call_later
+    (f"policy.max_duration_s={10**12}", "policy.max_duration_s"),
+    ("policy.per_caller.rate=.nan", "policy.per_caller.rate"),         # NaN passed every compare
+    ("policy.per_x.rate=.inf", "policy.per_x.rate"),
+    ("policy.per_tenant.rate=1e400", "policy.per_tenant.rate"),
+])
+def test_every_number_is_bounded(override: str, path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loader.load(None, [override])
+    assert info.value.path == path
+    assert len(str(info.value)) < 200          # a 401-digit value is shortened in the line
+
+
+def test_an_integer_too_long_for_python_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "big.yaml"
+    config.write_text(f"sip:\n  ring_timeout_s: {'9' * 5000}\n")
+    with pytest.raises(ConfigError, match="big.yaml"):
+        loader.load(config)
+    with pytest.raises(ConfigError, match="ring_timeout_s"):
+        loader.load(None, [f"sip.ring_timeout_s={'9' * 5000}"])
+
+
+def test_tls_endpoints_parse() -> None:
+    endpoint = Endpoint.parse("tls://127.0.0.1:5061")
+    assert (endpoint.transport, endpoint.port, str(endpoint)) == ("tls", 5061,
+                                                                  "tls://127.0.0.1:5061")
+    with pytest.raises(ValueError, match="tls://"):
+        Endpoint.parse("sctp://127.0.0.1:5061")
