@@ -632,7 +632,7 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    sm_logging.setup(config.log)
+    sm_logging.setup(config.log, secrets=sm_logging.config_secrets(config))
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner, \
             contextlib.suppress(KeyboardInterrupt):
