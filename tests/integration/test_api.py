@@ -8,6 +8,7 @@ effect must be checked (audit actor, tenant of a record).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import http.client
 import json
@@ -15,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -559,3 +560,113 @@ def test_serve_never_logs_a_token_or_number_from_a_bad_request(
     logged = server.stdout() + server.stderr()
     assert logged.count("Error handling request") == 2, logged     # the lines were written
     assert "demo-token" not in logged and "13812345678" not in logged, logged
+
+
+# -- connection hardening: a cap, a head deadline, short keep-alive, no Server banner --------
+LIMITS = ApiConfig(listen=EPHEMERAL, max_connections=4, header_timeout_s=1, keepalive_s=2)
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[ApiThread]:
+    config = replace(make_config(tmp_path / "store.lmdb"), api=LIMITS)
+    store = open_store(config)
+    server = ApiThread(config, store).start()
+    yield server
+    server.stop()
+    store.close()
+
+
+def _connect(api: ApiThread) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", api.port), timeout=5)
+
+
+def _closed_after(sock: socket.socket) -> float:
+    """Seconds until the server closes `sock` (reading and dropping what it sends)."""
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def _counts(api: ApiThread) -> Any:
+    [site] = api.runner.sites if api.runner is not None else []
+    return site.counts    # type: ignore[attr-defined]
+
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_a_head_sent_slowly_is_cut_at_the_deadline(guarded: ApiThread) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")   # never finished
+        waited = _closed_after(sock)
+    assert 0.8 <= waited <= 1.8, waited                          # header_timeout_s = 1
+    with _connect(guarded) as sock:                             # a byte at a time, too
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaa":
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+        waited = time.monotonic() - started + _closed_after(sock)
+    assert waited <= 1.8, waited
+    assert _counts(guarded).head_timeouts == 2
+
+
+def test_a_connection_that_sends_nothing_is_cut_at_the_deadline(guarded: ApiThread) -> None:
+    with _connect(guarded) as sock:
+        assert 0.8 <= _closed_after(sock) <= 1.8
+
+
+def test_a_later_head_has_its_own_deadline(guarded: ApiThread) -> None:
+    """Keep-alive requests each within the deadline are served however long the connection
+    lives; a later head that stalls is cut one deadline after its first byte, before
+    keep-alive (2 s) would have closed the connection."""
+    with _connect(guarded) as sock:
+        for _ in range(4):                      # 4 x 0.4 s: past one deadline in all
+            sock.sendall(HEALTH)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.4)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert 0.8 <= _closed_after(sock) <= 1.6
+
+
+def test_idle_keep_alive_is_closed(guarded: ApiThread) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(HEALTH)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert 1.5 <= _closed_after(sock) <= 3.0, "keepalive_s = 2"
+
+
+def test_connections_past_the_cap_are_closed_at_once(guarded: ApiThread) -> None:
+    held = [_connect(guarded) for _ in range(4)]
+    try:
+        time.sleep(0.1)                            # all four accepted
+        with _connect(guarded) as fifth:
+            assert _closed_after(fifth) < 0.5
+        assert _counts(guarded).refused == 1
+        held[0].sendall(HEALTH)                   # the held ones are served
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        held.pop(0).close()
+        time.sleep(0.1)
+        with _connect(guarded) as again:           # a freed place is taken again
+            again.sendall(HEALTH)
+            assert again.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+    assert _counts(guarded).refused == 1
+
+
+@pytest.mark.parametrize("raw", [HEALTH, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+                                 b"GET /healthz HTTP/1.1 junk\r\n\r\n",
+                                 b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n"])
+def test_no_server_banner(guarded: ApiThread, raw: bytes) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(raw)
+        head = sock.recv(65536).partition(b"\r\n\r\n")[0].decode()
+    servers = [line for line in head.split("\r\n") if line.lower().startswith("server:")]
+    assert servers in ([], ["Server: sipmask"]), head
+    assert "aiohttp" not in head and "Python" not in head
