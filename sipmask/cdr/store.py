@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from sipmask.cdr.record import Cdr
+from sipmask.store import rules
 from sipmask.store.lmdb import LmdbStore
 from sipmask.store.rules import Txn
 
@@ -139,6 +140,11 @@ class CdrLog:
 
     def list(self, since: float | None = None, tenant: str | None = None,
              limit: int | None = None) -> list[Cdr]:
+        """Oldest first from `since`; RefusedError (since, limit) for a value out of range."""
+        if since is not None:
+            rules.moment("since", since)
+        rules.rows(limit)
+
         def run(txn: Txn) -> list[Cdr]:
             out: list[Cdr] = []
             for _key, value in txn.scan(DB, _since_key(since)):

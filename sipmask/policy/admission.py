@@ -24,6 +24,7 @@ from sipmask.policy import rules
 from sipmask.policy.overload import LagMonitor
 from sipmask.policy.ratelimit import KeyedLimiter
 from sipmask.sip.message import Request
+from sipmask.store.rules import MAX_CALL_S
 
 _LIST_CACHE = 4096      # distinct binding blacklists whose prefix sets are kept
 
@@ -121,9 +122,11 @@ class CallPolicy:
 
     def max_duration(self, binding: object) -> float | None:
         """Seconds an answered call on `binding` may last: the binding's own limit when it
-        has one (0 there: none), else policy.max_duration_s (0: none)."""
+        has one (0 there: none), else policy.max_duration_s (0: none). A stored limit past
+        the store's bound (written before there was one) counts as the bound: 10**400 once
+        reached float() here and raised OverflowError in the call path."""
         own = getattr(binding, "max_duration_s", None)
-        limit = self.default_max_duration_s if own is None else own
+        limit = self.default_max_duration_s if own is None else min(own, MAX_CALL_S)
         return float(limit) if limit and limit > 0 else None
 
     # -- calls in progress ------------------------------------------------------------------

@@ -273,11 +273,37 @@ def test_malformed_patch_and_queries_are_400(api: ApiThread) -> None:
     assert_error(call(api, "PATCH", path, {"ttl": "60"}), 400, "ttl")
     assert_error(call(api, "PATCH", path, {"ttl": 60, "a": A}), 400, "a")
     assert_error(call(api, "PATCH", path, {"ttl": 10 ** 12}), 422, "ttl")
-    assert_error(call(api, "GET", "/v1/bindings?limit=0"), 400, "limit")
+    assert_error(call(api, "GET", "/v1/bindings?limit=0"), 422, "limit")     # out of range
     assert_error(call(api, "GET", "/v1/bindings?limit=ten"), 400, "limit")
     assert_error(call(api, "GET", "/v1/bindings?tenant=other"), 400, "tenant")
     assert_error(call(api, "GET", "/v1/bindings?x=12"), 422, "x")
     assert_error(call(api, "GET", "/v1/cdrs?since=yesterday"), 400, "since")
+
+
+@pytest.mark.parametrize(("body", "field_name"), [
+    ({"mode": "axn", "a": C, "max_duration_s": 10 ** 400}, "max_duration_s"),
+    ({"mode": "axn", "a": C, "max_concurrent": 10 ** 30}, "max_concurrent"),
+    ({"mode": "axn", "a": C, "ttl": 10 ** 400}, "ttl"),
+])
+def test_numbers_out_of_range_are_422(api: ApiThread, body: dict[str, Any],
+                                      field_name: str) -> None:
+    """10**400 as max_duration_s was stored (201), then overflowed the call path."""
+    message = assert_error(call(api, "POST", "/v1/bindings", body), 422, field_name)
+    assert "0000000000" not in message
+
+
+@pytest.mark.parametrize(("query", "field_name"), [
+    ("/v1/bindings?limit=1001", "limit"),
+    ("/v1/bindings?limit=" + "9" * 5000, "limit"),
+    ("/v1/cdrs?limit=" + "9" * 5000, "limit"),
+    ("/v1/cdrs?limit=10001", "limit"),
+    ("/v1/cdrs?since=1e300", "since"),
+    ("/v1/cdrs?since=-1e300", "since"),
+    ("/v1/cdrs?since=" + "9" * 5000, "since"),
+])
+def test_query_numbers_out_of_range_are_422(api: ApiThread, query: str,
+                                            field_name: str) -> None:
+    assert_error(call(api, "GET", query), 422, field_name)
 
 
 def test_method_path_and_size_errors_keep_the_shape(api: ApiThread) -> None:

@@ -10,9 +10,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import STALE_S, CdrLog
 from sipmask.config import loader
+from sipmask.errors import RefusedError
 from sipmask.store import open_store
 
 BASE = Cdr(call_id="c", tenant="demo", binding_id="b1", x="700100000000001",
@@ -116,3 +119,26 @@ def test_a_named_node_repairs_calls_journalled_without_a_node(tmp_path: Path) ->
     fixed = named.repair(1800000020.0 + STALE_S, own=False)
     assert [(c.call_id, c.end_at) for c in fixed] == [("old", 1800000020.0)]
     store.close()
+
+
+def test_list_bounds_since_and_limit(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "s")
+    try:
+        log = CdrLog(store)
+        log.write(BASE)
+        for since, limit, field in ((1e300, None, "since"), (float("inf"), None, "since"),
+                                    (-1.0, None, "since"), (None, 0, "limit"),
+                                    (None, 10 ** 400, "limit")):
+            with pytest.raises(RefusedError) as exc:
+                log.list(since=since, limit=limit)
+            assert exc.value.field == field
+        assert [c.call_id for c in log.list(since=0.0, limit=1)] == ["c"]
+    finally:
+        store.close()
+
+
+def test_cli_since_and_limit_out_of_range_exit_1(tmp_path: Path) -> None:
+    for args, field in ((("--since", "1e300"), "since"), (("--limit", "0"), "limit")):
+        result = cli(tmp_path / "s", "list", *args)
+        assert result.returncode == 1 and result.stderr.startswith(f"sipmask: {field}: "), \
+            result.stderr

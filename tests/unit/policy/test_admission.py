@@ -12,6 +12,7 @@ from sipmask.policy import CallPolicy, rules
 from sipmask.sip.message import Request
 from sipmask.sip.parser import parse_message
 from sipmask.store.base import Binding
+from sipmask.store.rules import MAX_CALL_S
 
 A, B, STRANGER = "13800000001", "13900000002", "13700000003"
 X = "700100000000001"
@@ -154,3 +155,13 @@ def test_max_duration_binding_first_then_config() -> None:
     q, _ = policy("policy.max_duration_s=3600")
     assert q.max_duration(BINDING) == 3600.0
     assert q.max_duration(BINDING._replace(max_duration_s=0)) is None
+
+
+def test_a_stored_duration_too_large_for_a_float_cannot_overflow() -> None:
+    """Bindings written before the store bounded max_duration_s may hold any int; the
+    longest a call may last is then the store's bound, and nothing raises."""
+    p, _ = policy()
+    for huge in (10 ** 400, MAX_CALL_S + 1):
+        assert p.max_duration(BINDING._replace(max_duration_s=huge)) == float(MAX_CALL_S)
+    q, _ = policy(f"policy.max_duration_s={MAX_CALL_S * 10}")   # the loader bounds config
+    assert q.max_duration(BINDING) == float(MAX_CALL_S * 10)
