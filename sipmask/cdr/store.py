@@ -157,6 +157,33 @@ class CdrLog:
             return out
         return self.store.read(run)
 
+    def sweep(self, before: float, limit: int = 1000) -> int:
+        """Delete up to `limit` records invited before `before` (cdr.retention_days);
+        returns how many. One bounded transaction per call, so the writer lock is never held
+        for a whole backlog: the caller repeats while a full batch went. Nothing due: no
+        write transaction (no fsync). The answered-call journal is another database and
+        is never swept here (repair closes those calls)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        cutoff = _since_key(max(0.0, before))
+
+        def due(txn: Txn) -> list[bytes]:
+            keys: list[bytes] = []
+            for key, _ in txn.scan(DB):
+                if len(keys) >= limit or key >= cutoff:
+                    break
+                keys.append(key)
+            return keys
+        if not self.store.read(due):
+            return 0
+
+        def run(txn: Txn) -> int:
+            keys = due(txn)
+            for key in keys:
+                txn.delete(DB, key)
+            return len(keys)
+        return self.store.write(run)
+
     def count(self) -> int:
         with self.store.env.begin() as txn:
             return int(txn.stat(self.store.db(DB))["entries"])
