@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sipmask.api import inputs, render
 from sipmask.api.auth import TokenTable
-from sipmask.api.connections import ConnectionLimits, GuardedSite
+from sipmask.api.connections import ConnectionCounts, ConnectionLimits, GuardedSite
 from sipmask.api.inputs import ApiError
 from sipmask.api.openapi import DOCUMENT
 from sipmask.api.writer import ACTOR, BindingWriter
@@ -270,6 +270,13 @@ async def start_api(config: Config, store: BindingStore, *,
         raise
     log.info("api.listening", listen=[f"{h}:{p}" for h, p, *_ in runner.addresses])
     return runner
+
+
+def connection_counts(runner: web.AppRunner) -> ConnectionCounts:
+    """The API's connection figures (open, refused past the cap, head timeouts), for
+    metrics: start_api's runner has one GuardedSite."""
+    [site] = [s for s in runner.sites if isinstance(s, GuardedSite)]
+    return site.counts
 
 
 def cdrs_from_log(cdr_log: Any) -> CdrSource:

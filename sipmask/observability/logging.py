@@ -116,11 +116,17 @@ def setup(config: LogConfig, stream: TextIO | None = None, *,
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
+    handler = _Handler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail]))
     _install(handler, _LEVELS[config.level])
+
+
+class _Handler(logging.StreamHandler):   # type: ignore[type-arg]
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A record that cannot be formatted (a library's bad %-arguments) is dropped: the
+        default prints the record's message and arguments raw to stderr, past the mask."""
 
 
 def _install(handler: logging.Handler, level: int) -> None:

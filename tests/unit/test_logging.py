@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Any
 
 import structlog
 
@@ -177,3 +178,22 @@ def test_config_secrets_are_the_tokens_and_the_webhook_secret() -> None:
                     events=EventsConfig(WebhookConfig(url="http://127.0.0.1:1/", secret="wh")))
     assert sorted(obs.config_secrets(config)) == ["tok-a", "tok-b", "wh"]
     assert obs.config_secrets(Config()) == ()
+
+
+def test_a_record_that_cannot_be_formatted_leaks_nothing(capsys: Any) -> None:
+    root = logging.getLogger()
+
+    def emit() -> None:
+        # pytest's capture handlers raise on such a record (to fail the test that logs it);
+        # this test is about sipmask's handler alone.
+        theirs = [h for h in root.handlers if type(h).__module__.startswith("_pytest")]
+        for handler in theirs:
+            root.removeHandler(handler)
+        try:
+            logging.getLogger("lib").error("caller %s and %s", "13812345678")   # arg short
+        finally:
+            for handler in theirs:
+                root.addHandler(handler)
+    text = _stdlib(LogConfig(format="json"), emit)
+    captured = capsys.readouterr()
+    assert "13812345678" not in text + captured.err + captured.out
