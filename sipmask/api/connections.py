@@ -23,7 +23,7 @@ byte at a time (slowloris), holds a socket and a handler task each for an hour. 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -49,7 +49,7 @@ class ConnectionCounts:
     open: int = 0
     refused: int = 0           # closed at once: past max_connections
     head_timeouts: int = 0     # closed: no whole head within header_timeout_s
-    _logged_at: float = float("-inf")
+    _logged_at: float = field(default=float("-inf"), repr=False)
 
     def report(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
         """One line per LOG_EVERY_S at most, with the totals: a flood of refusals must not
