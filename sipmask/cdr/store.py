@@ -143,7 +143,7 @@ class CdrLog:
         """Oldest first from `since`; RefusedError (since, limit) for a value out of range."""
         if since is not None:
             rules.moment("since", since)
-        rules.rows(limit)
+        rules.row_limit(limit)
 
         def run(txn: Txn) -> list[Cdr]:
             out: list[Cdr] = []

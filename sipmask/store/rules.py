@@ -113,7 +113,7 @@ def moment(field: str, raw: float) -> float:
     return raw
 
 
-def rows(limit: int | None) -> int | None:
+def row_limit(limit: int | None) -> int | None:
     """How many records one query may return (None: all there are)."""
     return None if limit is None else whole("limit", limit, 1, MAX_ROWS)
 
@@ -775,7 +775,7 @@ class RuleStore:
 
     def list(self, tenant: str | None = None, x: str | None = None,
              limit: int = 1000) -> builtins.list[Binding]:
-        whole("limit", limit, 1, MAX_ROWS)
+        row_limit(limit)
         now = self.clock.wall()
 
         def run(txn: Txn) -> builtins.list[Binding]:
@@ -877,7 +877,7 @@ class RuleStore:
     # -- audit ------------------------------------------------------------------------------
     def audit(self, since: float | None = None, tenant: str | None = None,
               limit: int = 100) -> builtins.list[AuditEntry]:
-        whole("limit", limit, 1, MAX_ROWS)
+        row_limit(limit)
         if since is not None:
             moment("since", since)
 
