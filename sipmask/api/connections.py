@@ -49,14 +49,14 @@ class ConnectionCounts:
     open: int = 0
     refused: int = 0           # closed at once: past max_connections
     head_timeouts: int = 0     # closed: no whole head within header_timeout_s
-    _logged_at: float = field(default=float("-inf"), repr=False)
+    _logged_at: dict[str, float] = field(default_factory=dict, repr=False)
 
     def report(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
-        """One line per LOG_EVERY_S at most, with the totals: a flood of refusals must not
-        become a flood of log lines."""
+        """One line per kind (`what`) per LOG_EVERY_S at most, with the totals: a flood of
+        refusals must not become a flood of log lines."""
         now = loop.time()
-        if now - self._logged_at >= LOG_EVERY_S:
-            self._logged_at = now
+        if now - self._logged_at.get(what, float("-inf")) >= LOG_EVERY_S:
+            self._logged_at[what] = now
             log.warning(what, open=self.open, refused=self.refused,
                         head_timeouts=self.head_timeouts)
 
