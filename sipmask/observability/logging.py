@@ -46,6 +46,9 @@ class Redactor:
         kept = sorted({s for s in secrets if s}, key=len, reverse=True)
         literal = "".join(f"|{re.escape(s)}" for s in kept)
         self._credentials = re.compile(_CREDENTIALS + literal, re.IGNORECASE)
+        # Words the pattern cannot match without: almost no log value holds one, and a
+        # substring test on the lowered text costs a third of the pattern's scan.
+        self._triggers = ("authorization", "bearer", *(s.lower() for s in kept))
 
     @staticmethod
     def _hide(match: re.Match[str]) -> str:
@@ -53,7 +56,11 @@ class Redactor:
         return kept + HIDDEN
 
     def text(self, text: str) -> str:
-        text = self._credentials.sub(self._hide, text)
+        lowered = text.lower()
+        for trigger in self._triggers:
+            if trigger in lowered:
+                text = self._credentials.sub(self._hide, text)
+                break
         return mask_text(text) if self.numbers else text
 
     def value(self, value: Any) -> Any:
