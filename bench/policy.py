@@ -2,8 +2,9 @@
 
 Three timings, in one run, on the same prepared INVITE and binding:
   baseline   routing alone: routing.target_x + caller_number + route (what every INVITE pays)
-  policy     CallPolicy.admit + admit_route + call_started/ended with every limit switched
-             on (flood, per-caller, per-X, per-tenant buckets, blacklists, concurrency cap)
+  policy     CallPolicy.admit + admit_attempt + admit_route + call_started/ended with every
+             limit switched on (flood, per-caller, per-X, per-tenant buckets, blacklists,
+             concurrency cap)
   rotating   admit() from a new source address every time (an attacker rotating sources):
              the keyed limiter holds at most policy.max_tracked_keys buckets
 The ratio says what policy adds to routing's cost; the resident size shows the bound holds.
@@ -76,6 +77,7 @@ def main() -> None:
     def with_policy(_: int) -> None:
         baseline(_)
         policy.admit(request, source, "carrier")
+        policy.admit_attempt(X, A)
         policy.admit_route(binding, A, "a_to_b")
         policy.call_started(call)
         policy.call_ended(call)

@@ -62,6 +62,7 @@ from sipmask.transport.tcp import TcpTransport, open_tcp
 from sipmask.transport.udp import UdpTransport, open_udp
 
 EXIT_OK, EXIT_FAILED = 0, 1
+SWEEP_BATCH = 1000      # records the sweeps delete per transaction
 
 # Lazy proxy: bound at first use, so `sipmask.observability.logging.setup` applies.
 log = sm_logging.get_logger("sipmask.server")
@@ -481,17 +482,39 @@ class Services:
             self.policy.start()     # the loop-lag monitor behind overload refusals
 
     async def _sweep(self) -> None:
-        """Expired bindings already stop routing (route() checks expires_at); this removes
-        them from disk every store.sweep_interval_s."""
+        """Every store.sweep_interval_s: expired bindings (they already stop routing, as
+        route() checks expires_at) and CDRs past cdr.retention_days are removed from disk.
+        On a thread (see _heartbeat), SWEEP_BATCH records per transaction, so a big backlog
+        never holds LMDB's writer lock (and the CDR writer behind it) for long."""
         clock = SystemClock()
         while True:
             await asyncio.sleep(self.config.store.sweep_interval_s)
             try:
-                # On a thread (see _heartbeat); a big backlog goes 1,000 at a time.
-                while await asyncio.to_thread(self.store.sweep, clock.wall()) >= 1000:
+                while await asyncio.to_thread(self.store.sweep, clock.wall(),
+                                              SWEEP_BATCH) >= SWEEP_BATCH:
                     pass
             except Exception:
                 log.exception("store.sweep_failed")
+            try:
+                await self._sweep_cdrs(clock.wall())
+            except Exception:
+                log.exception("cdr.sweep_failed")
+
+    async def _sweep_cdrs(self, now: float) -> int:
+        """CDRs invited more than cdr.retention_days ago (0: kept for ever)."""
+        days = self.config.cdr.retention_days
+        if not days:
+            return 0
+        before = now - days * 86400.0
+        removed = 0
+        while True:
+            done = await asyncio.to_thread(self.cdrs.sweep, before, SWEEP_BATCH)
+            removed += done
+            if done < SWEEP_BATCH:
+                break
+        if removed:
+            log.info("cdr.swept", removed=removed, retention_days=days)
+        return removed
 
     async def drain(self, timeout: float) -> None:
         """SIGTERM: no new calls, running ones finish up to `timeout`, then BYE both ways."""
@@ -632,7 +655,7 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    sm_logging.setup(config.log)
+    sm_logging.setup(config.log, secrets=sm_logging.config_secrets(config))
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner, \
             contextlib.suppress(KeyboardInterrupt):

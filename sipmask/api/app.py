@@ -19,6 +19,7 @@ from aiohttp import web
 
 from sipmask.api import inputs, render
 from sipmask.api.auth import TokenTable
+from sipmask.api.connections import ConnectionCounts, ConnectionLimits, GuardedSite
 from sipmask.api.inputs import ApiError
 from sipmask.api.openapi import DOCUMENT
 from sipmask.api.writer import ACTOR, BindingWriter
@@ -255,18 +256,27 @@ async def start_api(config: Config, store: BindingStore, *,
         return None
     app = create_app(config, store, metrics_text=metrics_text, cdr_source=cdr_source)
     warn_if_public(config, listen)
-    # No access log: query strings may carry numbers, and the audit log already records
-    # every write with its actor.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    api = config.api
+    limits = ConnectionLimits(max_connections=api.max_connections,
+                              header_timeout_s=float(api.header_timeout_s),
+                              keepalive_s=float(api.keepalive_s))
+    # The connections' options (limits, no access log) are GuardedSite's: it makes them.
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
-        await site.start()
+        await GuardedSite(runner, listen.host, listen.port, limits, backlog=1024).start()
     except BaseException:
         await runner.cleanup()
         raise
     log.info("api.listening", listen=[f"{h}:{p}" for h, p, *_ in runner.addresses])
     return runner
+
+
+def connection_counts(runner: web.AppRunner) -> ConnectionCounts:
+    """The API's connection figures (open, refused past the cap, head timeouts), for
+    metrics: start_api's runner has one GuardedSite."""
+    [site] = [s for s in runner.sites if isinstance(s, GuardedSite)]
+    return site.counts
 
 
 def cdrs_from_log(cdr_log: Any) -> CdrSource:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sipmask.store.rules import MAX_CALL_S, MAX_CONCURRENT, MAX_TTL
+
 OPENAPI_VERSION = "3.1.0"
 
 _NUMBER = {"type": "string", "description": "a phone number; +86, 0086, 86 prefixes, tel: "
@@ -32,6 +34,9 @@ _ID_PARAM = {"name": "id", "in": "path", "required": True,
 _LIMIT = {"name": "limit", "in": "query", "required": False,
           "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
 
+_TTL = {"type": "integer", "minimum": 0, "maximum": MAX_TTL, "default": 7200,
+        "description": "seconds; 0 means no expiry"}
+
 _AUTH_ERRORS = {"400": _error("malformed request: bad JSON, wrong type, unknown field"),
                 "401": _error("missing or unknown bearer token"),
                 "405": _error("method not allowed on this path"),
@@ -47,7 +52,8 @@ DOCUMENT: dict[str, Any] = {
                        "and another tenant's binding answers 404. Errors are "
                        '`{"error": {"field": …, "message": …}}`: 400 shape, 401 auth, 403 '
                        "another tenant named, 404 unknown id, 409 conflict or pool exhausted, "
-                       "422 refused by a rule (bad number, X not in pool, ttl range).",
+                       "422 refused by a rule (bad number, X not in pool, a number out of its "
+                       "range).",
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -70,7 +76,8 @@ DOCUMENT: dict[str, Any] = {
                                 "schema": _X}, _LIMIT],
                 "responses": {"200": _json({"type": "array", "items": _BINDING_REF},
                                            "the bindings"),
-                              "422": _error("x is not a privacy number"), **_AUTH_ERRORS},
+                              "422": _error("x is not a privacy number, or limit out of "
+                                            "range"), **_AUTH_ERRORS},
             },
         },
         "/v1/bindings/{id}": {
@@ -103,13 +110,15 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "This tenant's call detail records, oldest first",
                 "parameters": [
                     {"name": "since", "in": "query", "required": False,
-                     "description": "Unix seconds or ISO-8601 (UTC when no zone)",
+                     "description": "Unix seconds or ISO-8601 (UTC when no zone), "
+                                    "1970 to 9999",
                      "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
                 "responses": {"200": _json({"type": "array",
                                             "items": {"$ref": "#/components/schemas/Cdr"}},
-                                           "the records"), **_AUTH_ERRORS},
+                                           "the records"),
+                              "422": _error("since or limit out of range"), **_AUTH_ERRORS},
             },
         },
         "/healthz": {
@@ -147,15 +156,25 @@ DOCUMENT: dict[str, Any] = {
                     "b": {**_NUMBER, "type": ["string", "null"],
                           "description": "required for axb, absent for axn"},
                     "x": {**_X, "type": ["string", "null"]},
-                    "ttl": {"type": "integer", "minimum": 0, "default": 7200,
-                            "description": "seconds; 0 means no expiry"},
+                    "ttl": _TTL,
                     "tenant": {"type": "string",
                                "description": "optional; must be the token's own tenant"},
+                    "direction": {"enum": ["a_to_b", "b_to_a", "both"], "default": "both",
+                                  "description": "axb only: the one way calls may go"},
+                    "max_duration_s": {"type": "integer", "minimum": 0,
+                                       "maximum": MAX_CALL_S,
+                                       "description": "answered calls end after this; "
+                                                      "0: no limit"},
+                    "max_concurrent": {"type": "integer", "minimum": 0,
+                                       "maximum": MAX_CONCURRENT,
+                                       "description": "calls in progress on X; 0: no cap"},
+                    "blacklist": {"type": "array", "items": {"type": "string"},
+                                  "description": "caller numbers or prefixes refused"},
                 },
             },
             "BindingPatch": {
                 "type": "object", "additionalProperties": False, "required": ["ttl"],
-                "properties": {"ttl": {"type": "integer", "minimum": 0}},
+                "properties": {"ttl": _TTL},
             },
             "Binding": {
                 "type": "object",

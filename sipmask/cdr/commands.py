@@ -14,7 +14,7 @@ import sys
 from sipmask.cdr.record import CSV_COLUMNS, parse_time
 from sipmask.cdr.store import CdrLog
 from sipmask.config.schema import Config
-from sipmask.errors import StoreError
+from sipmask.errors import RefusedError, StoreError
 from sipmask.store import open_store
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -39,6 +39,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return EXIT_REFUSED
     try:
         records = CdrLog(store).list(since=since, tenant=args.tenant, limit=args.limit)
+    except RefusedError as exc:
+        print(f"sipmask: {exc.field}: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
     finally:
         store.close()
     mask = args.tenant is None

@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from sipmask.cdr.record import Cdr
+from sipmask.store import rules
 from sipmask.store.lmdb import LmdbStore
 from sipmask.store.rules import Txn
 
@@ -139,6 +140,11 @@ class CdrLog:
 
     def list(self, since: float | None = None, tenant: str | None = None,
              limit: int | None = None) -> list[Cdr]:
+        """Oldest first from `since`; RefusedError (since, limit) for a value out of range."""
+        if since is not None:
+            rules.moment("since", since)
+        rules.row_limit(limit)
+
         def run(txn: Txn) -> list[Cdr]:
             out: list[Cdr] = []
             for _key, value in txn.scan(DB, _since_key(since)):
@@ -150,6 +156,33 @@ class CdrLog:
                     break
             return out
         return self.store.read(run)
+
+    def sweep(self, before: float, limit: int = 1000) -> int:
+        """Delete up to `limit` records invited before `before` (cdr.retention_days);
+        returns how many. One bounded transaction per call, so the writer lock is never held
+        for a whole backlog: the caller repeats while a full batch went. Nothing due: no
+        write transaction (no fsync). The answered-call journal is another database and
+        is never swept here (repair closes those calls)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        cutoff = _since_key(max(0.0, before))
+
+        def due(txn: Txn) -> list[bytes]:
+            keys: list[bytes] = []
+            for key, _ in txn.scan(DB):
+                if len(keys) >= limit or key >= cutoff:
+                    break
+                keys.append(key)
+            return keys
+        if not self.store.read(due):
+            return 0
+
+        def run(txn: Txn) -> int:
+            keys = due(txn)
+            for key in keys:
+                txn.delete(DB, key)
+            return len(keys)
+        return self.store.write(run)
 
     def count(self) -> int:
         with self.store.env.begin() as txn:

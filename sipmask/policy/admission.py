@@ -1,10 +1,11 @@
 """CallPolicy: the engine's one object for "who may call" (the hardening issue).
 
-The engine asks it at two points of a new INVITE and tells it when calls start and end:
+The engine asks it at three points of a new INVITE and tells it when calls start and end:
 
     admit(request, source, trunk)              before routing: overload, then source flood
+    admit_attempt(x, caller)                   before the store lookup: caller and X rates
     admit_route(binding, caller, direction)    after routing: blacklists, direction rule,
-                                               concurrent calls on X, caller/X/tenant rates
+                                               concurrent calls on X, tenant rate
     call_started(call) / call_ended(call)      the in-progress count per X
     max_duration(binding)                      seconds an answered call may last, or None
 
@@ -24,6 +25,7 @@ from sipmask.policy import rules
 from sipmask.policy.overload import LagMonitor
 from sipmask.policy.ratelimit import KeyedLimiter
 from sipmask.sip.message import Request
+from sipmask.store.rules import MAX_CALL_S
 
 _LIST_CACHE = 4096      # distinct binding blacklists whose prefix sets are kept
 
@@ -91,11 +93,23 @@ class CallPolicy:
         rules.check_flood(self.sources.take(source[0], self.clock.monotonic()),
                           self.retry_after_s)
 
+    def admit_attempt(self, x: str, caller: str, now: float | None = None) -> None:
+        """Every call attempt spends a per-caller and a per-X token, before the store is
+        asked (issue 12): spent only after a successful lookup, they let one caller probe Xs
+        at any rate and sort them by answer (unbound 404, AXB 403, AXN ringing), so every
+        attempt pays, bound X or not. The caller's bucket goes first: a caller over its rate
+        spends none of X's, so one flooding caller cannot use up the rate of an X that
+        others call. `now` is monotonic seconds (default: the clock's)."""
+        at = self.clock.monotonic() if now is None else now
+        rules.check_rate(self.callers.take(caller, at))
+        rules.check_rate(self.xs.take(x, at))
+
     # -- after routing ----------------------------------------------------------------------
     def admit_route(self, binding: rules.PolicyBinding, caller: str, direction: str,
                     now: float | None = None) -> None:
         """`now` is monotonic seconds (default: the clock's). Rules that take no tokens
-        run first, so a refused caller does not spend X's or the tenant's rate."""
+        run first, so a refused caller does not spend the tenant's rate; the caller's and
+        X's were spent by admit_attempt."""
         tenant_list = self.tenant_blacklists.get(binding.tenant)
         if tenant_list is not None:
             rules.check_blacklist(caller, tenant_list)
@@ -106,8 +120,6 @@ class CallPolicy:
         rules.check_concurrency(self._per_x.get(binding.x, 0),
                                 self.default_max_concurrent if cap is None else cap)
         at = self.clock.monotonic() if now is None else now
-        rules.check_rate(self.callers.take(caller, at))
-        rules.check_rate(self.xs.take(binding.x, at))
         rules.check_rate(self.tenants.take(binding.tenant, at))
 
     def _binding_list(self, entries: tuple[str, ...]) -> rules.Prefixes:
@@ -121,9 +133,11 @@ class CallPolicy:
 
     def max_duration(self, binding: object) -> float | None:
         """Seconds an answered call on `binding` may last: the binding's own limit when it
-        has one (0 there: none), else policy.max_duration_s (0: none)."""
+        has one (0 there: none), else policy.max_duration_s (0: none). A stored limit past
+        the store's bound (written before there was one) counts as the bound: 10**400 once
+        reached float() here and raised OverflowError in the call path."""
         own = getattr(binding, "max_duration_s", None)
-        limit = self.default_max_duration_s if own is None else own
+        limit = self.default_max_duration_s if own is None else min(own, MAX_CALL_S)
         return float(limit) if limit and limit > 0 else None
 
     # -- calls in progress ------------------------------------------------------------------

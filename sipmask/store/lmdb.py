@@ -6,6 +6,10 @@ are serialised by LMDB's own lock across processes; a committed write is on disk
 (sync on commit), so an acknowledged binding survives kill -9. Bulk imports batch many
 bindings per commit to pay that fsync once per batch.
 
+The environment is private: its directory 0700, its files 0600, whatever the umask, since
+every binding's real numbers are in it; a store made before that (0755/0644) is fixed when
+it is opened, as far as the opening user owns it.
+
 The map is a fixed-size mmap: when a write finds it full (MapFullError) we double it and
 run the write again; a process that finds the map grown by another (MapResizedError)
 adopts the new size and retries.
@@ -13,6 +17,7 @@ adopts the new size and retries.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +37,22 @@ T = TypeVar("T")
 _decode = codec.decode_binding
 MAX_DBS = 16            # the named databases in rules.py plus room for later modules
 _RETRIES = 8
+DIR_MODE, FILE_MODE = 0o700, 0o600
+_FILES = ("data.mdb", "lock.mdb")    # what LMDB keeps in an environment's directory
+
+
+def _make_private(path: Path) -> None:
+    """chmod the environment's directory and files to DIR_MODE / FILE_MODE. Only what the
+    opening user owns: root running a CLI command must not take a service user's store,
+    and another user's chmod would fail anyway. Other files in the directory are left."""
+    me = os.geteuid()
+    for item, mode in ((path, DIR_MODE), *((path / name, FILE_MODE) for name in _FILES)):
+        try:
+            found = item.stat()
+        except FileNotFoundError:
+            continue
+        if found.st_uid == me and found.st_mode & 0o777 != mode:
+            item.chmod(mode)
 
 
 class _LmdbTxn:
@@ -85,16 +106,25 @@ class LmdbStore(RuleStore):
                  map_size: int = 64 << 20, rng: random.Random | None = None) -> None:
         super().__init__(clock, rng)
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         try:
+            _make_private(self.path)     # before LMDB creates files in a directory others read
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=MAX_DBS,
                                  max_readers=512, subdir=True, sync=True, metasync=True,
-                                 readahead=False)
-        except lmdb.Error as exc:
+                                 readahead=False, mode=FILE_MODE)
+        except (lmdb.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
-        self._dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
-        self._route_db = self._dbs["route"]
-        self._check_schema()
+        try:
+            _make_private(self.path)     # files an older sipmask made 0644
+            self._dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+            self._route_db = self._dbs["route"]
+            self._check_schema()
+        except OSError as exc:
+            self.env.close()
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+        except BaseException:
+            self.env.close()    # a schema too new, a failing read: the environment goes too
+            raise
 
     def db(self, name: str) -> lmdb._Database:
         """A named database of this environment (cdrs, outbox, or a new one)."""

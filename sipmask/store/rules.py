@@ -53,7 +53,13 @@ _is_x = numbers.is_x
 
 DATABASES = ("meta", "bindings", "route", "expiry", "xuse", "pools", "tenants", "audit",
              "cdrs", "outbox")
+# Every number the API, the CLI and an import take has its range here (issue 12: an
+# unbounded max_duration_s of 10**400 was stored, then overflowed float() on the call path).
 MAX_TTL = 10 * 365 * 86400       # ten years: anything longer is a typo, not a policy
+MAX_CALL_S = 7 * 86400           # a binding's max_duration_s: a week (0: no limit)
+MAX_CONCURRENT = 100_000         # a binding's max_concurrent (0: no cap)
+MAX_ROWS = 1_000_000             # records one list, audit or CDR query returns
+MAX_TIME = 253_402_300_799.0     # 9999-12-31T23:59:59Z, the latest time a query may name
 _RANDOM_PROBES = 8               # least-used of this many random Xs before a full walk
 _ROUTE_SCAN = 16                 # expired keys route() steps over before giving up on X
 _RETRIES_ON_CLASH = 4            # a batch made again after an id clash (see _IdClash)
@@ -86,12 +92,34 @@ def _refuse_number(field: str, raw: object, normalise: Callable[[str], str]) -> 
         raise RefusedError(field, str(exc)) from None
 
 
-def _ttl(raw: object) -> int:
+def whole(field: str, raw: object, lo: int, hi: int, says: str | None = None) -> int:
+    """`raw` as a whole number from lo to hi, else RefusedError naming the field and the
+    range, never the value. `says` words the range (default "lo..hi")."""
+    says = says or f"{lo}..{hi}"
+    # bool is an int subclass in Python; true is not a number of anything.
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise RefusedError("ttl", "must be a whole number of seconds")
-    if raw < 0 or raw > MAX_TTL:
-        raise RefusedError("ttl", f"must be 0 (no expiry) or 1..{MAX_TTL} seconds")
+        raise RefusedError(field, f"must be a whole number: {says}")
+    if not lo <= raw <= hi:
+        raise RefusedError(field, f"must be {says}")
     return raw
+
+
+def moment(field: str, raw: float) -> float:
+    """A time a query names (Unix seconds, as times.parse_time gives it), from 1970 to
+    9999; NaN and the infinities fail the same test."""
+    if not 0.0 <= raw <= MAX_TIME:
+        raise RefusedError(field, f"must be a time from 1970 to 9999 "
+                                  f"(0..{MAX_TIME:.0f} Unix seconds)")
+    return raw
+
+
+def row_limit(limit: int | None) -> int | None:
+    """How many records one query may return (None: all there are)."""
+    return None if limit is None else whole("limit", limit, 1, MAX_ROWS)
+
+
+def _ttl(raw: object) -> int:
+    return whole("ttl", raw, 0, MAX_TTL, f"0 (no expiry) or 1..{MAX_TTL} seconds")
 
 
 def _policy_fields(req: BindingRequest) -> dict[str, object]:
@@ -106,13 +134,10 @@ def _policy_fields(req: BindingRequest) -> dict[str, object]:
         if req.mode != "axb":
             raise RefusedError("direction", "only an AXB binding has two directions")
         out["direction"] = req.direction
-    for name in ("max_duration_s", "max_concurrent"):
+    for name, most in (("max_duration_s", MAX_CALL_S), ("max_concurrent", MAX_CONCURRENT)):
         value = getattr(req, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise RefusedError(name, "must be a whole number, 0 or more (0: no limit)")
-        out[name] = value
+        if value is not None:
+            out[name] = whole(name, value, 0, most, f"0 (no limit) or 1..{most}")
     if req.blacklist:
         try:
             out["blacklist"] = tuple(sorted({NumberPrefix.parse(str(e)).digits
@@ -750,6 +775,7 @@ class RuleStore:
 
     def list(self, tenant: str | None = None, x: str | None = None,
              limit: int = 1000) -> builtins.list[Binding]:
+        row_limit(limit)
         now = self.clock.wall()
 
         def run(txn: Txn) -> builtins.list[Binding]:
@@ -851,6 +877,10 @@ class RuleStore:
     # -- audit ------------------------------------------------------------------------------
     def audit(self, since: float | None = None, tenant: str | None = None,
               limit: int = 100) -> builtins.list[AuditEntry]:
+        row_limit(limit)
+        if since is not None:
+            moment("since", since)
+
         def run(txn: Txn) -> builtins.list[AuditEntry]:
             out: builtins.list[AuditEntry] = []
             rows = (txn.scan("audit", reverse=True) if since is None

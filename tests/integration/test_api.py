@@ -8,6 +8,7 @@ effect must be checked (audit actor, tenant of a record).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import http.client
 import json
@@ -15,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sipmask.api import cdrs_from_log, start_api
-from sipmask.api.app import STATE, warn_if_public
+from sipmask.api.app import STATE, connection_counts, warn_if_public
+from sipmask.api.connections import ConnectionCounts
 from sipmask.api.openapi import DOCUMENT
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrLog
@@ -272,11 +274,37 @@ def test_malformed_patch_and_queries_are_400(api: ApiThread) -> None:
     assert_error(call(api, "PATCH", path, {"ttl": "60"}), 400, "ttl")
     assert_error(call(api, "PATCH", path, {"ttl": 60, "a": A}), 400, "a")
     assert_error(call(api, "PATCH", path, {"ttl": 10 ** 12}), 422, "ttl")
-    assert_error(call(api, "GET", "/v1/bindings?limit=0"), 400, "limit")
+    assert_error(call(api, "GET", "/v1/bindings?limit=0"), 422, "limit")     # out of range
     assert_error(call(api, "GET", "/v1/bindings?limit=ten"), 400, "limit")
     assert_error(call(api, "GET", "/v1/bindings?tenant=other"), 400, "tenant")
     assert_error(call(api, "GET", "/v1/bindings?x=12"), 422, "x")
     assert_error(call(api, "GET", "/v1/cdrs?since=yesterday"), 400, "since")
+
+
+@pytest.mark.parametrize(("body", "field_name"), [
+    ({"mode": "axn", "a": C, "max_duration_s": 10 ** 400}, "max_duration_s"),
+    ({"mode": "axn", "a": C, "max_concurrent": 10 ** 30}, "max_concurrent"),
+    ({"mode": "axn", "a": C, "ttl": 10 ** 400}, "ttl"),
+])
+def test_numbers_out_of_range_are_422(api: ApiThread, body: dict[str, Any],
+                                      field_name: str) -> None:
+    """10**400 as max_duration_s was stored (201), then overflowed the call path."""
+    message = assert_error(call(api, "POST", "/v1/bindings", body), 422, field_name)
+    assert "0000000000" not in message
+
+
+@pytest.mark.parametrize(("query", "field_name"), [
+    ("/v1/bindings?limit=1001", "limit"),
+    ("/v1/bindings?limit=" + "9" * 5000, "limit"),
+    ("/v1/cdrs?limit=" + "9" * 5000, "limit"),
+    ("/v1/cdrs?limit=10001", "limit"),
+    ("/v1/cdrs?since=1e300", "since"),
+    ("/v1/cdrs?since=-1e300", "since"),
+    ("/v1/cdrs?since=" + "9" * 5000, "since"),
+])
+def test_query_numbers_out_of_range_are_422(api: ApiThread, query: str,
+                                            field_name: str) -> None:
+    assert_error(call(api, "GET", query), 422, field_name)
 
 
 def test_method_path_and_size_errors_keep_the_shape(api: ApiThread) -> None:
@@ -525,3 +553,160 @@ def test_serve_exposes_the_api(serve: Callable[..., ServeProcess]) -> None:
         assert store.get(made["id"]).b == B
     finally:
         store.close()
+
+
+def _wait_for_api(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_serve_never_logs_a_token_or_number_from_a_bad_request(
+        serve: Callable[..., ServeProcess]) -> None:
+    """aiohttp logs a request it cannot parse ("Error handling request") with the parser's
+    exception, which quotes the raw line; through the stdlib logger that bypassed the
+    masking processor and printed the token and the number."""
+    port = free_port()
+    server = serve("--set", f"api.listen=127.0.0.1:{port}", "--set", "log.format=json")
+    _wait_for_api(port)
+    for raw in (b"GET /v1/bindings?a=13812345678 HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer demo-token\x01\r\n\r\n",
+                b"GET /v1/bindings?a=13812345678 HTTP/1.1 junk\r\n"
+                b"Authorization: Bearer demo-token\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0], answer
+    assert server.stop() == 0
+    logged = server.stdout() + server.stderr()
+    assert logged.count("Error handling request") == 2, logged     # the lines were written
+    assert "demo-token" not in logged and "13812345678" not in logged, logged
+
+
+# -- connection hardening: a cap, a head deadline, short keep-alive, no Server banner --------
+LIMITS = ApiConfig(listen=EPHEMERAL, max_connections=4, header_timeout_s=1, keepalive_s=2)
+
+
+def _guarded(tmp_path: Path, limits: ApiConfig) -> Iterator[ApiThread]:
+    config = replace(make_config(tmp_path / "store.lmdb"), api=limits)
+    store = open_store(config)
+    server = ApiThread(config, store).start()
+    yield server
+    server.stop()
+    store.close()
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[ApiThread]:
+    yield from _guarded(tmp_path, LIMITS)
+
+
+@pytest.fixture
+def long_keepalive(tmp_path: Path) -> Iterator[ApiThread]:
+    """Keep-alive far past the head deadline, so a cut can only be the deadline's."""
+    yield from _guarded(tmp_path, replace(LIMITS, keepalive_s=10))
+
+
+def _connect(api: ApiThread) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", api.port), timeout=5)
+
+
+def _closed_after(sock: socket.socket) -> float:
+    """Seconds until the server closes `sock` (reading and dropping what it sends)."""
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def _counts(api: ApiThread) -> ConnectionCounts:
+    assert api.runner is not None
+    return connection_counts(api.runner)
+
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_a_head_sent_slowly_is_cut_at_the_deadline(long_keepalive: ApiThread) -> None:
+    with _connect(long_keepalive) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")   # never finished
+        waited = _closed_after(sock)
+    assert 0.8 <= waited <= 2.5, waited                          # header_timeout_s = 1
+    with _connect(long_keepalive) as sock:                      # a byte at a time, too
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaa":
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+        waited = time.monotonic() - started + _closed_after(sock)
+    assert waited <= 2.5, waited
+    assert _counts(long_keepalive).head_timeouts == 2
+
+
+def test_a_connection_that_sends_nothing_is_cut_at_the_deadline(
+        long_keepalive: ApiThread) -> None:
+    with _connect(long_keepalive) as sock:
+        assert 0.8 <= _closed_after(sock) <= 2.5
+
+
+def test_a_later_head_has_its_own_deadline(long_keepalive: ApiThread) -> None:
+    """Keep-alive requests each within the deadline are served however long the connection
+    lives; a later head that stalls is cut one deadline after its first byte (keep-alive
+    would wait 10 s)."""
+    with _connect(long_keepalive) as sock:
+        for _ in range(4):                      # 4 x 0.4 s: past one deadline in all
+            sock.sendall(HEALTH)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.4)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert 0.8 <= _closed_after(sock) <= 2.5
+    assert _counts(long_keepalive).head_timeouts == 1
+
+
+def test_idle_keep_alive_is_closed(guarded: ApiThread) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(HEALTH)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert 1.5 <= _closed_after(sock) <= 4.0, "keepalive_s = 2"
+    assert _counts(guarded).head_timeouts == 0      # idle is keep-alive's, not the deadline's
+
+
+def test_connections_past_the_cap_are_closed_at_once(guarded: ApiThread) -> None:
+    held = [_connect(guarded) for _ in range(4)]
+    try:
+        time.sleep(0.1)                            # all four accepted
+        with _connect(guarded) as fifth:
+            assert _closed_after(fifth) < 0.5
+        assert _counts(guarded).refused == 1
+        held[0].sendall(HEALTH)                   # the held ones are served
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        held.pop(0).close()
+        time.sleep(0.1)
+        with _connect(guarded) as again:           # a freed place is taken again
+            again.sendall(HEALTH)
+            assert again.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+    assert _counts(guarded).refused == 1
+
+
+@pytest.mark.parametrize("raw", [HEALTH, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+                                 b"GET /healthz HTTP/1.1 junk\r\n\r\n",
+                                 b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n"])
+def test_no_server_banner(guarded: ApiThread, raw: bytes) -> None:
+    with _connect(guarded) as sock:
+        sock.sendall(raw)
+        head = sock.recv(65536).partition(b"\r\n\r\n")[0].decode()
+    servers = [line for line in head.split("\r\n") if line.lower().startswith("server:")]
+    assert servers in ([], ["Server: sipmask"]), head
+    assert "aiohttp" not in head and "Python" not in head

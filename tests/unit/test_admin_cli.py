@@ -62,6 +62,14 @@ def test_bind_show_list_unbind(sipmask: Run) -> None:
     (("bind", "axb", "--a", A, "--b", B, "--tenant", "acme"),
      "sipmask: tenant: unknown tenant 'acme'"),
     (("bind", "axn", "--a", A, "--ttl", "-3"), "sipmask: ttl: must be 0 (no expiry)"),
+    (("bind", "axn", "--a", A, "--ttl", "1" + "0" * 400), "sipmask: ttl: must be 0 (no expiry)"),
+    (("bind", "axn", "--a", A, "--max-duration", "1" + "0" * 400),
+     "sipmask: max_duration_s: must be"),
+    (("bind", "axn", "--a", A, "--max-concurrent", "1" + "0" * 30),
+     "sipmask: max_concurrent: must be"),
+    (("list", "--limit", "0"), "sipmask: limit: must be"),
+    (("audit", "--limit", "-1"), "sipmask: limit: must be"),
+    (("audit", "--since", "1e300"), "sipmask: since: must be"),
 ])
 def test_refusals_exit_1_naming_the_field(sipmask: Run, args: tuple[str, ...],
                                           line: str) -> None:

@@ -10,9 +10,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import STALE_S, CdrLog
 from sipmask.config import loader
+from sipmask.errors import RefusedError
+from sipmask.events.outbox import Outbox, new_event
 from sipmask.store import open_store
 
 BASE = Cdr(call_id="c", tenant="demo", binding_id="b1", x="700100000000001",
@@ -116,3 +120,70 @@ def test_a_named_node_repairs_calls_journalled_without_a_node(tmp_path: Path) ->
     fixed = named.repair(1800000020.0 + STALE_S, own=False)
     assert [(c.call_id, c.end_at) for c in fixed] == [("old", 1800000020.0)]
     store.close()
+
+
+def test_list_bounds_since_and_limit(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "s")
+    try:
+        log = CdrLog(store)
+        log.write(BASE)
+        for since, limit, field in ((1e300, None, "since"), (float("inf"), None, "since"),
+                                    (-1.0, None, "since"), (None, 0, "limit"),
+                                    (None, 10 ** 400, "limit")):
+            with pytest.raises(RefusedError) as exc:
+                log.list(since=since, limit=limit)
+            assert exc.value.field == field
+        assert [c.call_id for c in log.list(since=0.0, limit=1)] == ["c"]
+    finally:
+        store.close()
+
+
+def test_cli_since_and_limit_out_of_range_exit_1(tmp_path: Path) -> None:
+    for args, field in ((("--since", "1e300"), "since"), (("--limit", "0"), "limit")):
+        result = cli(tmp_path / "s", "list", *args)
+        assert result.returncode == 1 and result.stderr.startswith(f"sipmask: {field}: "), \
+            result.stderr
+
+
+DAY = 86400.0
+
+
+def test_sweep_deletes_old_records_in_bounded_batches(tmp_path: Path) -> None:
+    """cdr.retention_days: records invited before the cutoff go, a batch per transaction;
+    the journal of answered calls, events and bindings are not touched."""
+    store = store_at(tmp_path / "s")
+    try:
+        log = CdrLog(store, node="n1")
+        now = 1_800_000_000.0
+        old = [replace(BASE, call_id=f"old{i}", invite_at=now - 200 * DAY + i)
+               for i in range(5)]
+        fresh = [replace(BASE, call_id=f"new{i}", invite_at=now - 10 * DAY + i)
+                 for i in range(3)]
+        edge = replace(BASE, call_id="edge", invite_at=now - 180 * DAY)   # kept: not older
+        log.write_batch([(True, c) for c in (*old, *fresh, edge)])
+        log.call_up(replace(UP, call_id="up-old", invite_at=now - 300 * DAY))
+        outbox = Outbox(store)
+        outbox.enqueue(new_event("ring", call_id="old0", binding_id=None, tenant="demo",
+                                 x=BASE.x, at=now - 200 * DAY))
+        made = store.create(mode="axb", tenant="demo", a="13800000001", b="13900000002",
+                            ttl=0)
+        cutoff = now - 180 * DAY
+        assert log.sweep(cutoff, limit=2) == 2                # one bounded batch
+        assert log.sweep(cutoff, limit=2) == 2
+        assert log.sweep(cutoff, limit=2) == 1
+        assert log.sweep(cutoff, limit=2) == 0                # nothing due: no write
+        assert [c.call_id for c in log.list()] == ["edge", "new0", "new1", "new2"]
+        assert [c.call_id for c in log.calls_up()] == ["up-old"]
+        assert len(outbox.peek(10)) == 1
+        assert store.get(made.id) == made
+    finally:
+        store.close()
+
+
+def test_sweep_wants_a_batch_of_at_least_one(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "s")
+    try:
+        with pytest.raises(ValueError):
+            CdrLog(store).sweep(1e9, limit=0)
+    finally:
+        store.close()

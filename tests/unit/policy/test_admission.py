@@ -12,6 +12,7 @@ from sipmask.policy import CallPolicy, rules
 from sipmask.sip.message import Request
 from sipmask.sip.parser import parse_message
 from sipmask.store.base import Binding
+from sipmask.store.rules import MAX_CALL_S
 
 A, B, STRANGER = "13800000001", "13900000002", "13700000003"
 X = "700100000000001"
@@ -47,6 +48,7 @@ def test_defaults_admit_a_benchmark_rate_from_one_source_and_caller() -> None:
     p, clock = policy()
     for _ in range(4000):                              # one second at 4000 calls/s: burst
         p.admit(INVITE, SOURCE, "carrier")
+        p.admit_attempt(X, A)
         p.admit_route(BINDING, A, "a_to_b")
         clock.advance(0.00025)
 
@@ -94,31 +96,74 @@ def test_direction_rule_from_the_binding() -> None:
 @pytest.mark.parametrize(("limit", "key_changes"), [
     ("per_caller", {"caller": STRANGER}),
     ("per_x", {"x": "700100000000002"}),
-    ("per_tenant", {}),
 ])
-def test_rate_limits_are_403_per_key(limit: str, key_changes: dict[str, str]) -> None:
+def test_attempt_rates_are_403_per_key(limit: str, key_changes: dict[str, str]) -> None:
     p, clock = policy(f"policy.{limit}={{rate: 1, burst: 2}}")
+    p.admit_attempt(X, B)
+    p.admit_attempt(X, B)
+    with pytest.raises(rules.RateLimited) as exc:
+        p.admit_attempt(X, B)
+    assert (exc.value.status, exc.value.cause, exc.value.metric) == (
+        403, "rate_limited", "rate_limited")
+    p.admit_attempt(key_changes.get("x", X), key_changes.get("caller", B))  # its own bucket
+    clock.advance(1.0)
+    p.admit_attempt(X, B)
+
+
+def test_tenant_rate_is_403_after_routing() -> None:
+    p, clock = policy("policy.per_tenant={rate: 1, burst: 2}")
     axn = BINDING._replace(mode="axn", b=None)
     p.admit_route(axn, B, "n_to_a")
     p.admit_route(axn, B, "n_to_a")
     with pytest.raises(rules.RateLimited) as exc:
         p.admit_route(axn, B, "n_to_a")
     assert exc.value.status == 403
-    other = axn._replace(x=key_changes.get("x", X))
-    caller = key_changes.get("caller", B)
-    if key_changes:
-        p.admit_route(other, caller, "n_to_a")         # another key has its own bucket
+    p.admit_route(axn._replace(tenant="other"), B, "n_to_a")
     clock.advance(1.0)
     p.admit_route(axn, B, "n_to_a")
 
 
-def test_refusal_by_rule_spends_no_rate_tokens() -> None:
-    p, _ = policy("policy.per_x={rate: 1, burst: 1}")
+def test_one_caller_cannot_sort_xs_by_probing() -> None:
+    """Issue 12: one caller probed 17 Xs at 99/s with per_caller at 1/s and learned which
+    were unbound, AXB or AXN, because tokens were spent only after a successful lookup.
+    Every attempt spends the caller's token before the lookup, so all but the burst are
+    refused alike, bound X or not."""
+    p, clock = policy("policy.per_caller={rate: 1, burst: 2}")
+    admitted = 0
+    for i in range(17):
+        try:
+            p.admit_attempt(f"7001000000000{i:02d}", STRANGER)
+            admitted += 1
+        except rules.RateLimited:
+            pass
+        clock.advance(1 / 99)
+    assert admitted == 2                        # the burst, then 1/s: none within 0.17 s
+
+
+def test_attempt_spends_the_callers_token_before_xs() -> None:
+    """A caller over its rate does not spend X's tokens: one flooding caller cannot use up
+    the rate of an X that others call."""
+    p, _ = policy("policy.per_caller={rate: 1, burst: 1}", "policy.per_x={rate: 1, burst: 1}")
+    p.admit_attempt(X, STRANGER)
+    with pytest.raises(rules.RateLimited):
+        p.admit_attempt("700100000000002", STRANGER)     # caller's bucket is empty
+    p.admit_attempt("700100000000002", A)                # that X's token is still there
+
+
+def test_refusal_by_rule_spends_no_tenant_tokens() -> None:
+    p, _ = policy("policy.per_tenant={rate: 1, burst: 1}")
     one_way = BINDING._replace(direction="a_to_b")
     for _ in range(5):
         with pytest.raises(rules.DirectionRefused):
             p.admit_route(one_way, B, "b_to_a")
     p.admit_route(one_way, A, "a_to_b")
+
+
+def test_admit_route_spends_no_attempt_tokens() -> None:
+    p, _ = policy("policy.per_caller={rate: 1, burst: 1}", "policy.per_x={rate: 1, burst: 1}")
+    for _ in range(5):
+        p.admit_route(BINDING, A, "a_to_b")
+    p.admit_attempt(X, A)
 
 
 def test_concurrency_cap_per_x_counts_started_and_ended_calls() -> None:
@@ -154,3 +199,13 @@ def test_max_duration_binding_first_then_config() -> None:
     q, _ = policy("policy.max_duration_s=3600")
     assert q.max_duration(BINDING) == 3600.0
     assert q.max_duration(BINDING._replace(max_duration_s=0)) is None
+
+
+def test_a_stored_duration_too_large_for_a_float_cannot_overflow() -> None:
+    """Bindings written before the store bounded max_duration_s may hold any int; the
+    longest a call may last is then the store's bound, and nothing raises."""
+    p, _ = policy()
+    for huge in (10 ** 400, MAX_CALL_S + 1):
+        assert p.max_duration(BINDING._replace(max_duration_s=huge)) == float(MAX_CALL_S)
+    q, _ = policy(f"policy.max_duration_s={MAX_CALL_S * 10}")   # the loader bounds config
+    assert q.max_duration(BINDING) == float(MAX_CALL_S * 10)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
@@ -270,3 +272,44 @@ def test_a_killed_import_keeps_its_committed_batches_whole(tmp_path: Path) -> No
         assert all(o.binding is not None for o in again)
     finally:
         store.close()
+
+
+# -- file modes: bindings hold real numbers (encrypted at rest or not, the files are ours) ----
+def _modes(path: Path) -> dict[str, int]:
+    found = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    found["."] = path.stat().st_mode & 0o777
+    return found
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The most permissive umask a service could run under: the modes must not rely on it."""
+    before = os.umask(0)
+    yield
+    os.umask(before)
+
+
+def test_a_new_store_is_private(tmp_path: Path, open_umask: None) -> None:
+    path = tmp_path / "deep" / "s.lmdb"
+    LmdbStore(path).close()
+    assert _modes(path) == {".": 0o700, "data.mdb": 0o600, "lock.mdb": 0o600}
+
+
+def test_an_existing_store_is_made_private_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.lmdb"
+    store = LmdbStore(path)
+    store.sync_tenants(TENANTS)
+    made = store.create(mode="axn", tenant="demo", a=A)
+    store.close()
+    path.chmod(0o755)
+    for name in ("data.mdb", "lock.mdb"):
+        (path / name).chmod(0o644)
+    (path / "notes.txt").write_text("an operator's file")     # not the store's: left alone
+    (path / "notes.txt").chmod(0o644)
+    reopened = LmdbStore(path)
+    try:
+        assert _modes(path) == {".": 0o700, "data.mdb": 0o600, "lock.mdb": 0o600,
+                                "notes.txt": 0o644}
+        assert reopened.get(made.id) == made
+    finally:
+        reopened.close()

@@ -14,7 +14,7 @@ from sipmask.clock import FakeClock
 from sipmask.errors import ConflictError, PoolExhausted, RecordNotFound, RefusedError
 from sipmask.store import MemoryStore, codec
 from sipmask.store.base import BindingRequest, ImportOutcome
-from sipmask.store.rules import RuleStore
+from sipmask.store.rules import MAX_CALL_S, MAX_CONCURRENT, MAX_TTL, RuleStore
 
 
 def refused(exc: pytest.ExceptionInfo[Any], field: str) -> str:
@@ -386,3 +386,46 @@ def test_create_many_makes_a_batch_again_when_an_id_is_taken(
     assert len(store.list(x=X)) == 2 and [e.action for e in store.audit()][-2:] == [
         "create", "create"]
     assert len(store.audit(limit=1000)) == len({e.seq for e in store.audit(limit=1000)})
+
+
+# -- every number has a range (issue 12: 10**400 was stored, then overflowed the call path) --
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"ttl": 10 ** 400}, "ttl"),
+    ({"max_duration_s": 10 ** 400}, "max_duration_s"),
+    ({"max_duration_s": MAX_CALL_S + 1}, "max_duration_s"),
+    ({"max_concurrent": 10 ** 30}, "max_concurrent"),
+    ({"max_concurrent": MAX_CONCURRENT + 1}, "max_concurrent"),
+])
+def test_numbers_out_of_range_are_refused_by_name(store: RuleStore, kwargs: dict[str, object],
+                                                  field: str) -> None:
+    with pytest.raises(RefusedError) as exc:
+        store.create(mode="axb", tenant="demo", a=A, b=B, **kwargs)  # type: ignore[arg-type]
+    assert "10000000000" not in refused(exc, field)             # the range, not the value
+    assert store.list() == []
+    made = store.create(mode="axb", tenant="demo", a=A, b=B, max_duration_s=MAX_CALL_S,
+                        max_concurrent=MAX_CONCURRENT, ttl=MAX_TTL)
+    assert (made.max_duration_s, made.max_concurrent) == (MAX_CALL_S, MAX_CONCURRENT)
+
+
+def test_imported_numbers_are_held_to_the_same_ranges(store: RuleStore) -> None:
+    lines = [(1, BindingRequest("axb", A, B, ttl=10 ** 400, tenant="demo")),
+             (2, BindingRequest("axb", A, B, tenant="demo", max_duration_s=10 ** 400)),
+             (3, BindingRequest("axb", A, B, tenant="demo", max_concurrent=-1))]
+    assert [(o.line, o.field) for o in store.create_many(lines)] == [
+        (1, "ttl"), (2, "max_duration_s"), (3, "max_concurrent")]
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda s: s.list(limit=0), "limit"),
+    (lambda s: s.list(limit=10 ** 400), "limit"),
+    (lambda s: s.audit(limit=-1), "limit"),
+    (lambda s: s.audit(since=1e300), "since"),
+    (lambda s: s.audit(since=float("nan")), "since"),
+    (lambda s: s.audit(since=-1.0), "since"),
+    (lambda s: s.update_ttl("x", 10 ** 400), "ttl"),
+])
+def test_query_numbers_out_of_range_are_refused_by_name(store: RuleStore, call: Any,
+                                                        field: str) -> None:
+    with pytest.raises(RefusedError) as exc:
+        call(store)
+    assert exc.value.field == field
