@@ -91,6 +91,11 @@ class CallPolicy:
         rules.check_flood(self.sources.take(source[0], self.clock.monotonic()),
                           self.retry_after_s)
 
+    def admit_attempt(self, x: str, caller: str) -> None:
+        """Every call attempt, before the lookup (the engine's Policy interface). A stand-in
+        so the engine's call type-checks: the per-caller and per-X rates are still spent in
+        admit_route until the admission change moves them here."""
+
     # -- after routing ----------------------------------------------------------------------
     def admit_route(self, binding: rules.PolicyBinding, caller: str, direction: str,
                     now: float | None = None) -> None:
