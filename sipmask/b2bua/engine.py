@@ -382,8 +382,17 @@ class Engine:
             "rate_limited" if exc.status == 503 else "not_allowed")
         self.stats[f"refused_{cause}"] += 1
         if self.metrics is not None:
-            self.metrics.refused(getattr(exc, "metric", None)
-                                 or _REFUSAL_REASON.get(exc.status, cause))
+            metric = getattr(exc, "metric", None) or _REFUSAL_REASON.get(exc.status, cause)
+            try:
+                self.metrics.refused(metric)
+            except ValueError:
+                # A reason the metrics do not know (their labels are a fixed set): the
+                # refusal is still answered; the gap shows in stats, and once in the log
+                # (a flood must not become a flood of log lines).
+                key = f"refusal_metric_unknown_{metric}"
+                self.stats[key] += 1
+                if self.stats[key] == 1:
+                    log.warning("metrics.refusal_unknown", reason=metric)
         # Problems of the message itself (400, 416, 420, 483) keep sipmask's reason phrase,
         # which names the problem (CONTRACT); policy refusals get the standard one.
         reason = exc.reason if exc.status in _REFUSAL_REASON else None

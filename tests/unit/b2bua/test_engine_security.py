@@ -604,3 +604,67 @@ def test_sips_caller_gets_a_sips_contact_and_its_bye_over_tls() -> None:
 
     run(flow)
 
+
+
+def test_flood_refusals_are_answered_with_the_real_metrics_and_policy() -> None:
+    """The policy's metric names (flood, direction, concurrency) are not all labels the real
+    Metrics knows; counting a refusal must never keep its answer from leaving."""
+    from sipmask.observability.metrics import Metrics
+    from sipmask.policy import CallPolicy
+
+    async def flow(h: Harness) -> None:
+        h.config = loader.loads(loader.default_text(), [
+            "trunks.carrier.inbound_allow=['192.0.2.0/24', '127.0.0.0/8']",
+            "policy.source_flood={rate: 0.01, burst: 1}"])
+        h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=h.cdrs,
+                          clock=SystemClock(), policy=CallPolicy(h.config, SystemClock()),
+                          metrics=Metrics())
+        bind_axb(h)
+        for i in range(3):
+            await h.deliver(a_invite(branch=f"z9hG4bKfl{i}"), A_ADDR)
+        finals = [r.status for r in responses(h.take(A_ADDR)) if r.status > 100]
+        assert finals == [503, 503]
+
+    h = run(flow)
+    assert h.engine.stats["refused_rate_limited"] == 2
+    assert h.cdrs.records == []
+
+
+def test_invite_body_without_content_type_is_400_and_b_is_never_called() -> None:
+    async def flow(h: Harness) -> None:
+        bind_axb(h)
+        await h.deliver(a_invite().replace("Content-Type: application/sdp\r\n", ""), A_ADDR)
+        assert h.take(B_ADDR) == []
+        [refused] = [r for r in responses(h.take(A_ADDR)) if r.status > 100]
+        assert refused.status == 400 and "Content-Type" in refused.reason
+
+    h = run(flow)
+    assert h.engine.stats["body_untyped"] == 1
+
+
+@pytest.mark.parametrize("connected", [True, False])
+def test_bye_to_a_tcp_trunk_reuses_sipmasks_connection_while_open(connected: bool) -> None:
+    trunk = ("127.0.0.1", 5092)
+
+    async def flow(h: Harness) -> None:
+        h.config = loader.loads(loader.default_text(), [
+            "trunks.carrier.inbound_allow=['192.0.2.0/24']",
+            f"trunks.carrier.outbound=tcp://{trunk[0]}:{trunk[1]}"])
+        h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=h.cdrs,
+                          clock=SystemClock())
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        [b_inv] = requests(h.take(trunk))
+        assert b_inv.headers.get("contact") == f"<sip:{X}@127.0.0.1:5060;transport=tcp>"
+        await h.deliver(b_response(b_inv, 200, sdp=B_SDP), trunk, "tcp")
+        if connected:
+            h.open.add((trunk, "tcp"))
+        a_inv = parse_message(a_invite().encode())
+        assert isinstance(a_inv, Request)
+        h.take()
+        await h.deliver(a_request(h, a_inv, "BYE", 11), A_ADDR)
+        [bye_b] = [(d, t) for m, d, t in h.sent if isinstance(m, Request) and m.method == "BYE"]
+        # Open: the connection B's answers came on; closed: B's Contact (UDP, no transport).
+        assert bye_b == ((trunk, "tcp") if connected else (B_ADDR, "udp"))
+
+    run(flow)
