@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
-import ipaddress
 import itertools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
@@ -47,8 +45,7 @@ from sipmask.sip.transaction import (
     TransactionTimeout,
     TransportFailed,
 )
-from sipmask.sip.transports import Address, Transport
-from sipmask.sip.uri import SipUri, parse_uri
+from sipmask.sip.transports import Address, Transport, is_reliable
 from sipmask.store.base import Binding, BindingStore
 
 log = sm_logging.get_logger("sipmask.b2bua")
@@ -60,7 +57,7 @@ RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE"}
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE",
                            "UPDATE"})
-SDP = "application/sdp"
+SDP = masking.SDP
 TRUNK_CACHE_MAX = 4096        # sources whose trunk (or none) _trunk_for remembers
 
 
@@ -97,6 +94,9 @@ class Policy(Protocol):
     (403/486/503, with its CDR cause) to refuse, returns to admit. policy.CallPolicy fits."""
 
     def admit(self, request: Request, source: Address, trunk: str | None) -> None: ...
+    def admit_attempt(self, x: str, caller: str) -> None:
+        """Every attempt, before the lookup (so 404s and strangers' 403s count too): spends
+        the per-caller and per-X rates; raises SipError(403, cause rate_limited) when over."""
     def admit_route(self, binding: Binding, caller: str, direction: str) -> None: ...
     def call_started(self, call: Call) -> None: ...
     def call_ended(self, call: Call) -> None: ...
@@ -126,6 +126,7 @@ class _Relay:
     origin_txn: str
     request: Request
     sent_txn: str | None = None   # our transaction on the other leg (its 2xx get our ACK)
+    offered: bool = False         # the request carried an SDP offer (crossing_body)
 
 
 @dataclass
@@ -140,6 +141,8 @@ class _CallContext:
     b_tag: str
     b_dest: Address
     b_transport: Transport
+    a_body: masking.Body = masking.NO_BODY              # what of A's INVITE body crosses
+    b_source: Address | None = None                     # where leg B's signalling came from
     a_dialog: Dialog | None = None
     b_dialog: Dialog | None = None
     b_invite: Request | None = None
@@ -161,7 +164,7 @@ class _CallContext:
     queue: collections.deque[Callable[[], Awaitable[None]]] = field(
         default_factory=collections.deque)
     running: bool = False
-    contacts: dict[str, str] = field(default_factory=dict)  # transport -> our Contact
+    contacts: dict[str, str] = field(default_factory=dict)  # leg -> our Contact there
     a_key: tuple[str, str] = ("", "")                   # its key in Engine._by_a
     # leg -> (the dialog's next hop, where and how requests to it go): _next_hop's cache
     hops: dict[str, tuple[str, tuple[Address, Transport] | None]] = field(
@@ -208,7 +211,7 @@ class Engine:
                 return
 
     def _on_response_event(self, event: ResponseReceived) -> None:
-        self._on_response(event.response, event.txn_id)
+        self._on_response(event.response, event.txn_id, event.source)
 
     def _on_txn_failed(self, event: TransactionTimeout | TransportFailed) -> None:
         self._on_timeout(event.txn_id)
@@ -219,7 +222,7 @@ class Engine:
             self._fire(ctx, CallEvent.A_ACK_TIMEOUT)
 
     def _on_stray_event(self, event: StrayResponse) -> None:
-        self._on_stray(event.response)
+        self._on_stray(event.response, event.source)
 
     @property
     def active_calls(self) -> int:
@@ -237,6 +240,12 @@ class Engine:
             self._new_call(event)
             return
         if method == "OPTIONS" and not has_to_tag:
+            # §11.2: answered as an INVITE would be, after the same checks (RFC 4475 §3.3).
+            try:
+                routing.check_request(request)
+            except SipError as exc:
+                self._reply(event.txn_id, request, exc.status, extra=_refusal_headers(exc))
+                return
             self._reply(event.txn_id, request, 200, extra=(("Allow", ALLOW),
                                                             ("Accept", SDP),
                                                             ("Supported", "")))
@@ -253,13 +262,21 @@ class Engine:
             self._reply(event.txn_id, request, status, extra=extra)
             return
         ctx, leg = found
+        if leg == "b":
+            ctx.b_source = event.source
         if method == "REFER":
             self._reply(event.txn_id, request, 403, reason="Forbidden (REFER not allowed)")
             return
         if method == "BYE":
             dialog = self._dialog_of(ctx, leg)
             if dialog is not None and dialog.state is not DialogState.TERMINATED:
-                dialog.receive_request(request)
+                try:
+                    dialog.receive_request(request)
+                except SipError as exc:
+                    # §12.2.2: a CSeq below the dialog's last is out of order: 500. The
+                    # dialog and the call stay as they were, so a valid BYE still ends both.
+                    self._reply(event.txn_id, request, exc.status, reason=exc.reason)
+                    return
             ctx_event = CallEvent.A_BYE if leg == "a" else CallEvent.B_BYE
             self._fire(ctx, ctx_event, origin=(event.txn_id, request))
             return
@@ -300,7 +317,10 @@ class Engine:
         request = event.request
         now = self.clock.wall()
         trunk_name, trunk = self._trunk_for(event.source[0])
-        # Refused before any lookup, yet still call attempts: each leaves its CDR too.
+        # A source outside every trunk's ACL and a draining node are counted, not recorded:
+        # the sender chose every field such a CDR would hold (the review's 3,808 INVITEs in
+        # 5 s became 3,808 CDRs in a tenant's list), and writing them costs the most when
+        # refusing should cost the least.
         if trunk is None:
             self._refuse(event, _Refused("Forbidden", status=403, cause="not_allowed",
                                          metric="acl"), now, ())
@@ -313,28 +333,24 @@ class Engine:
         # CONTRACT: 100 Trying at once (§17.2.1 lets the TU send it; it stops A's Timer A).
         self._reply(event.txn_id, request, 100)
         try:
-            # §8.2.2.3: we implement no extension a caller could require of us on leg A
-            # (reliable provisionals are handled on leg B only).
-            requires = request.headers.get_all("require")
-            if requires and any(t.strip() for t in requires):
-                raise SipError("Bad Extension", status=420)
+            routing.check_request(request)      # 416, 420 (§8.2.2), as for OPTIONS
+            a_body = self._request_body(request)
             max_forwards = masking.next_max_forwards(request)
             if self.policy is not None:
                 self.policy.admit(request, event.source, trunk_name)
             x = routing.target_x(request)
             caller = routing.caller_number(request, trust_pai=trunk.trust_pai)
+            if self.policy is not None:
+                # Every attempt spends the caller's and X's rates before the lookup: a 404
+                # or a stranger's 403 answers a question about X too.
+                self.policy.admit_attempt(x, caller)
             binding = self.store.route(x, caller, now)
             target = routing.route(binding, caller)
             if self.policy is not None:
                 assert binding is not None
                 self.policy.admit_route(binding, caller, target.direction)
         except SipError as exc:
-            extra: tuple[tuple[str, str], ...] = ()
-            if exc.status == 420:
-                extra = (("Unsupported", ", ".join(request.headers.get_all("require"))),)
-            if exc.retry_after is not None:
-                extra = (("Retry-After", str(exc.retry_after)),)
-            self._refuse(event, exc, now, extra)
+            self._refuse(event, exc, now, _refusal_headers(exc))
             return
         assert binding is not None
         call = Call(call_id=new_call_id(host=self.config.sip.advertise), tenant=binding.tenant,
@@ -344,7 +360,7 @@ class Engine:
             call=call, a_invite=request, a_txn=event.txn_id, a_source=event.source,
             a_transport=event.transport, a_tag=new_tag(), trunk=trunk, b_tag=new_tag(),
             b_dest=(trunk.outbound.host, trunk.outbound.port),
-            b_transport=trunk.outbound.transport)
+            b_transport=trunk.outbound.transport, a_body=a_body)
         if self.policy is not None:
             ctx.max_duration_s = self.policy.max_duration(binding)
             self.policy.call_started(call)
@@ -359,40 +375,110 @@ class Engine:
 
     def _refuse(self, event: RequestReceived, exc: SipError, now: float,
                 extra: tuple[tuple[str, str], ...]) -> None:
-        """A refused attempt still leaves a CDR (CONTRACT: one per call attempt)."""
+        """Answer a refused attempt; count it, and record it (CONTRACT: one CDR per call
+        attempt) unless it is an ACL or load-shedding refusal (`_unrecorded`)."""
         request = event.request
         cause = getattr(exc, "cause", None) or (
             "rate_limited" if exc.status == 503 else "not_allowed")
         self.stats[f"refused_{cause}"] += 1
         if self.metrics is not None:
-            self.metrics.refused(getattr(exc, "metric", None)
-                                 or _REFUSAL_REASON.get(exc.status, cause))
+            metric = getattr(exc, "metric", None) or _REFUSAL_REASON.get(exc.status, cause)
+            try:
+                self.metrics.refused(metric)
+            except ValueError:
+                # A reason the metrics do not know (their labels are a fixed set): the
+                # refusal is still answered; the gap shows in stats, and once in the log
+                # (a flood must not become a flood of log lines).
+                key = f"refusal_metric_unknown_{metric}"
+                self.stats[key] += 1
+                if self.stats[key] == 1:
+                    log.warning("metrics.refusal_unknown", reason=metric)
+        # Problems of the message itself (400, 416, 420, 483) keep sipmask's reason phrase,
+        # which names the problem (CONTRACT); policy refusals get the standard one.
+        reason = exc.reason if exc.status in _REFUSAL_REASON else None
+        if _unrecorded(exc):
+            self._reply(event.txn_id, request, exc.status, reason=reason, extra=extra)
+            return
         x = _safe(lambda: routing.target_x(request)) or ""
         caller = _safe(lambda: routing.caller_number(request, trust_pai=False)) or ""
-        tenant = self._tenant_of_x(x)
-        record = Cdr(call_id=new_call_id(host=self.config.sip.advertise), tenant=tenant,
-                     binding_id=None, x=x, caller=caller, callee=None, direction=None,
-                     invite_at=now, ring_at=None, answer_at=None, end_at=now, duration_s=0.0,
-                     release_side="sipmask", sip_status=exc.status, unconnected_cause=cause)
-        self._write_cdr(record)
-        self._reply(event.txn_id, request, exc.status, extra=extra)
+        record = Cdr(call_id=new_call_id(host=self.config.sip.advertise),
+                     tenant=self._tenant_of_x(x), binding_id=None, x=x, caller=caller,
+                     callee=None, direction=None, invite_at=now, ring_at=None,
+                     answer_at=None, end_at=now, duration_s=0.0, release_side="sipmask",
+                     sip_status=exc.status, unconnected_cause=cause)
         log.info("call.refused", status=exc.status, cause=cause, x=x, caller=caller)
+        self._spawn(self._record_refusal(event, record, exc.status, reason, extra))
+
+    async def _record_refusal(self, event: RequestReceived, record: Cdr, status: int,
+                              reason: str | None, extra: tuple[tuple[str, str], ...]) -> None:
+        """The refusal's CDR through the group commit (no fsync on the event loop), on disk
+        before the refusal leaves, as for calls (CONTRACT: before the last response)."""
+        try:
+            await self._cdr_group.write(record)
+        except Exception:
+            self.stats["cdr_write_failed"] += 1
+            log.exception("cdr.write_failed", record=record.to_json())
+        self._reply(event.txn_id, event.request, status, reason=reason, extra=extra)
+
+    # -- what crosses ------------------------------------------------------------------------
+    def _crossing(self, message: Request | Response) -> masking.Crossing:
+        """masking's header rule, with its refusals counted."""
+        crossed = masking.crossing(message)
+        if crossed.dropped:
+            self.stats["header_control_chars"] += crossed.dropped
+        return crossed
+
+    def _body_of(self, message: Request | Response) -> masking.Body:
+        """masking's body rule (the one for every body that could cross), counted."""
+        body = masking.crossing_body(message)
+        if body.dropped:
+            self.stats["body_parts_dropped" if not body.untyped else "body_untyped"] += \
+                body.dropped
+        return body
+
+    def _request_body(self, request: Request) -> masking.Body:
+        """A request's crossing body; one without Content-Type is answered 400 (§20.15: the
+        header is mandatory with a body) so that its sender learns, rather than seeing an
+        offer silently become a request for one."""
+        body = self._body_of(request)
+        if body.untyped:
+            raise SipError("Bad Request (body without Content-Type)", status=400)
+        return body
+
+    async def _cross(self, ctx: _CallContext, leg: str, body: masking.Body, *,
+                     offer: bool) -> tuple[bytes, str | None]:
+        """`body` (from `leg`) as it reaches the other leg, and its Content-Type: an SDP
+        through the media backend, as an offer or an answer; a DTMF body as rebuilt.
+        Raises what the media backend raises."""
+        if body.kind is masking.BodyKind.SDP:
+            media = self.media.offer if offer else self.media.answer
+            rewritten = await media(ctx.call.call_id, leg, body.content,
+                                    sip_source=self._sip_source(ctx, leg))
+            return rewritten, SDP
+        if body.kind is masking.BodyKind.DTMF:
+            return body.content, body.content_type
+        return b"", None
+
+    def _sip_source(self, ctx: _CallContext, leg: str) -> str:
+        """The IP a leg's SIP signalling comes from (media.latching: signalled_ip): the
+        caller's INVITE for leg A; leg B's last message, else the trunk's host."""
+        if leg == "a":
+            return ctx.a_source[0]
+        return ctx.b_source[0] if ctx.b_source is not None else ctx.b_dest[0]
 
     # -- leg B -------------------------------------------------------------------------------
     async def _place_leg_b(self, ctx: _CallContext, max_forwards: int) -> None:
         if ctx.call.state is not CallState.ROUTING:
             return
         call = ctx.call
-        body = b""
-        if ctx.a_invite.body and ctx.a_invite.content_type == SDP:
-            try:
-                body = await self.media.offer(call.call_id, "a", ctx.a_invite.body)
-                ctx.media_open = True
-            except (MediaError, SipError, ValueError) as exc:
-                log.warning("call.media_failed", call_id=call.call_id, error=str(exc))
-                status = exc.status if isinstance(exc, SipError) else 503
-                self._apply(ctx, CallEvent.SETUP_FAILED, status_override=status)
-                return
+        try:
+            body, content_type = await self._cross(ctx, "a", ctx.a_body, offer=True)
+        except (MediaError, SipError, ValueError) as exc:
+            log.warning("call.media_failed", call_id=call.call_id, error=str(exc))
+            status = exc.status if isinstance(exc, SipError) else 503
+            self._apply(ctx, CallEvent.SETUP_FAILED, status_override=status)
+            return
+        ctx.media_open = content_type == SDP
         if call.state is not CallState.ROUTING:     # cancelled while media was set up
             return
         trunk = ctx.trunk.outbound
@@ -401,10 +487,10 @@ class Engine:
         sip = self.config.sip
         identity = f"<sip:{call.x}@{sip.advertise}>"
         local = f"{identity};tag={ctx.b_tag}"
-        extra: list[tuple[str, str]] = []
+        extra: list[tuple[str, str]] = [("Allow", ALLOW)]     # ours, not the caller's
         if sip.send_pai:
             extra.append(("P-Asserted-Identity", identity))
-        crossing = masking.crossing_headers(ctx.a_invite)
+        crossing = self._crossing(ctx.a_invite).headers
         # RFC 3262: reliable provisionals are handled per leg; on leg B we support them.
         if not any(name.lower() in _SUPPORTED_NAMES for name, _ in crossing):
             extra.append(("Supported", "100rel"))
@@ -413,9 +499,9 @@ class Engine:
                         for n, v in crossing]
         request = masking.build_request(
             "INVITE", request_uri=target, local=local, remote=f"<{target}>",
-            call_id=call.call_id, cseq=1, contact=self._contact_of(ctx, ctx.b_transport),
+            call_id=call.call_id, cseq=1, contact=self._contact_of(ctx, "b"),
             max_forwards=max_forwards, crossing=crossing, extra=extra, body=body,
-            content_type=SDP if body else None)
+            content_type=content_type)
         ctx.b_invite = request
         try:
             ctx.b_txn = self.sip.send_request(request, ctx.b_dest, ctx.b_transport)
@@ -430,11 +516,13 @@ class Engine:
                                          lambda: self._fire(ctx, CallEvent.RING_TIMEOUT))
 
     # -- responses ---------------------------------------------------------------------------
-    def _on_response(self, response: Response, txn_id: str) -> None:
+    def _on_response(self, response: Response, txn_id: str, source: Address) -> None:
         entry = self._by_txn.get(txn_id)
         if entry is None:
             return
         if isinstance(entry, _Relay):
+            if entry.from_leg == "a":          # a request we relayed to B: B answers
+                entry.ctx.b_source = source
             if response.status >= 200:
                 self._by_txn.pop(txn_id, None)
                 entry.ctx.relays.discard(txn_id)
@@ -443,6 +531,8 @@ class Engine:
             return
         role, ctx = entry
         status = response.status
+        if role != "bye_a":                    # every other request we send goes to B
+            ctx.b_source = source
         if role == "b_invite":
             if status == 100:
                 return
@@ -472,7 +562,7 @@ class Engine:
         elif role in ("bye_a", "bye_b"):
             self._bye_done(ctx, txn_id)
 
-    def _on_stray(self, response: Response) -> None:
+    def _on_stray(self, response: Response, source: Address) -> None:
         # A 2xx to leg B's INVITE retransmitted after its transaction ended (§13.2.2.4:
         # the UAC core ACKs every 2xx retransmission).
         try:
@@ -481,6 +571,7 @@ class Engine:
                 return
         except ParseError:
             return
+        ctx.b_source = source
         ctx.b_acked.discard(response.to.tag or "")
         self._fire(ctx, CallEvent.B_ANSWER, response=response)
 
@@ -489,6 +580,8 @@ class Engine:
         if found is None:
             return
         ctx, leg = found
+        if leg == "b":
+            ctx.b_source = event.source
         if leg == "a" and event.request.cseq.number == ctx.a_invite.cseq.number:
             self._fire(ctx, CallEvent.A_ACK)
         late = ctx.late_acks.pop((leg, event.request.cseq.number), None)
@@ -601,25 +694,27 @@ class Engine:
                 txn = self._send_in_dialog(ctx, "b", prack)
                 if txn is not None:
                     self._track(txn, ("prack", ctx), ctx)
-            body = await self._answer_sdp(ctx, response) if response.body else b""
-            contact = self._contact_of(ctx, ctx.a_transport)
+            body, content_type = await self._answer_body(ctx, response)
+            contact = self._contact_of(ctx, "a")
             if ctx.a_dialog is None and response.to.tag is not None:
                 ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact)
             out = masking.build_relayed_response(
-                response, ctx.a_invite, to_tag=ctx.a_tag, contact=contact, body=body)
+                response, ctx.a_invite, to_tag=ctx.a_tag, contact=contact, body=body,
+                content_type=content_type, crossed=self._crossing(response), allow=ALLOW)
             self._send_response(ctx.a_txn, out)
             self._emit("ring", ctx, only_once="ring")
         elif action is Action.RELAY_ANSWER_TO_A:
             assert response is not None
-            body = await self._answer_sdp(ctx, response) if response.body else b""
+            body, content_type = await self._answer_body(ctx, response)
             if call.state is not CallState.ANSWERED:
                 return  # the call ended while media was being answered
-            contact = self._contact_of(ctx, ctx.a_transport)
+            contact = self._contact_of(ctx, "a")
             if ctx.a_dialog is None:
                 ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,
                                              confirmed=True)
-            out = masking.build_relayed_response(response, ctx.a_invite, to_tag=ctx.a_tag,
-                                                 contact=contact, body=body)
+            out = masking.build_relayed_response(
+                response, ctx.a_invite, to_tag=ctx.a_tag, contact=contact, body=body,
+                content_type=content_type, crossed=self._crossing(response), allow=ALLOW)
             ctx.a_dialog.on_response(out)
             # Crash safety: an answered call is journalled before the caller hears of it.
             await self._journal_up(ctx)
@@ -652,7 +747,8 @@ class Engine:
         elif action is Action.RELAY_FAILURE_TO_A:
             assert response is not None
             out = masking.build_relayed_response(response, ctx.a_invite, to_tag=ctx.a_tag,
-                                                 contact=None)
+                                                 contact=None, crossed=self._crossing(response),
+                                                 allow=ALLOW)
             self._send_response(ctx.a_txn, out)
         else:
             self._do_sync(ctx, action)
@@ -667,7 +763,7 @@ class Engine:
                                     and response.status >= 200):
             # The first dialog, or the one a 2xx confirms when B forked (§13.2.2.4).
             ctx.b_dialog = Dialog.as_uac(ctx.b_invite, response,
-                                         local_contact=self._contact_of(ctx, ctx.b_transport))
+                                         local_contact=self._contact_of(ctx, "b"))
         elif response.status >= 200 and ctx.b_dialog.state is DialogState.EARLY:
             ctx.b_dialog.on_response(response)
 
@@ -677,7 +773,8 @@ class Engine:
         if tag in ctx.b_acked or ctx.b_dialog is None or ctx.b_invite is None:
             return  # the transaction layer re-sends our ACK for 2xx retransmissions
         ctx.b_acked.add(tag)
-        if _has_sdp(response) and not _has_sdp(ctx.a_invite):
+        if ctx.a_body.kind is not masking.BodyKind.SDP and \
+                masking.crossing_body(response).kind is masking.BodyKind.SDP:
             # RFC 3264 §4 delayed offer: B's 2xx made the offer, A's ACK brings the answer.
             ctx.late_acks[("a", ctx.a_invite.cseq.number)] = (
                 "b", ctx.b_invite.cseq.number, ctx.b_txn)
@@ -686,19 +783,19 @@ class Engine:
         dest, transport = self._next_hop(ctx, "b")
         self.sip.send_ack(ctx.b_txn, ack, dest, transport)
 
-    async def _answer_sdp(self, ctx: _CallContext, response: Response) -> bytes:
-        if not response.body or response.content_type != SDP:
-            return b""
+    async def _answer_body(self, ctx: _CallContext, response: Response
+                           ) -> tuple[bytes, str | None]:
+        """What of B's 18x/2xx body reaches A: its SDP as the answer to A's offer, or as the
+        offer when A sent none (delayed offer, RFC 3264 §4)."""
+        body = self._body_of(response)
         try:
-            if not ctx.media_open:
-                # A sent no offer (delayed offer, RFC 3264 §4): B's SDP is the offer.
-                body = await self.media.offer(ctx.call.call_id, "b", response.body)
-                ctx.media_open = True
-                return body
-            return await self.media.answer(ctx.call.call_id, "b", response.body)
+            out = await self._cross(ctx, "b", body, offer=not ctx.media_open)
         except (MediaError, SipError, ValueError) as exc:
             log.warning("call.media_answer_failed", call_id=ctx.call.call_id, error=str(exc))
-            return b""
+            return b"", None
+        if out[1] == SDP:
+            ctx.media_open = True
+        return out
 
     async def _relay_request(self, ctx: _CallContext, from_leg: str,
                              origin: tuple[str, Request]) -> None:
@@ -708,43 +805,42 @@ class Engine:
         if dialog is None:
             self._reply(txn_id, request, 481)
             return
-        body = b""
-        if request.body and request.content_type == SDP:
-            try:
-                body = await self.media.offer(ctx.call.call_id, from_leg, request.body)
-            except (MediaError, SipError, ValueError) as exc:
-                status = exc.status if isinstance(exc, SipError) else 488
-                self._reply(txn_id, request, status)
-                return
-        elif request.body:
-            body = request.body   # INFO payloads (DTMF relay) carry no identity
-        crossing = tuple(masking.crossing_headers(request))
-        content_type = None
-        if body and not any(n.lower() in ("content-type", "c") for n, _ in crossing):
-            content_type = request.headers.get("content-type") or SDP
+        try:
+            incoming = self._request_body(request)
+        except SipError as exc:
+            self._reply(txn_id, request, exc.status, reason=exc.reason)
+            return
+        try:
+            body, content_type = await self._cross(ctx, from_leg, incoming, offer=True)
+        except (MediaError, SipError, ValueError) as exc:
+            status = exc.status if isinstance(exc, SipError) else 488
+            self._reply(txn_id, request, status)
+            return
+        extra = tuple(self._crossing(request).headers)
+        if masking.carries_allow(request.method):
+            extra = (("Allow", ALLOW), *extra)
         out = dialog.new_request(request.method, body=body, content_type=content_type,
-                                 extra=crossing)
+                                 extra=extra)
         sent = self._send_in_dialog(ctx, to_leg, out)
         if sent is None:
             self._reply(txn_id, request, 503)
             return
-        self._track(sent, _Relay(ctx, from_leg, txn_id, request, sent), ctx)
+        self._track(sent, _Relay(ctx, from_leg, txn_id, request, sent,
+                                 offered=content_type == SDP), ctx)
         ctx.relays.add(sent)
 
     async def _relay_response(self, relay: _Relay, response: Response) -> None:
         ctx = relay.ctx
         answered_leg = "b" if relay.from_leg == "a" else "a"
-        body = b""
-        has_sdp = bool(response.body) and response.content_type == SDP
+        incoming = self._body_of(response)
         # RFC 3264 §4: a re-INVITE without a body asks for the offer in the 2xx.
-        late_offer = relay.request.method == "INVITE" and has_sdp and not (
-            relay.request.body and relay.request.content_type == SDP)
-        if has_sdp:
-            media = self.media.offer if late_offer else self.media.answer
-            try:
-                body = await media(ctx.call.call_id, answered_leg, response.body)
-            except (MediaError, SipError, ValueError):
-                body = b""
+        late_offer = relay.request.method == "INVITE" and not relay.offered and \
+            incoming.kind is masking.BodyKind.SDP
+        try:
+            body, content_type = await self._cross(ctx, answered_leg, incoming,
+                                                   offer=late_offer)
+        except (MediaError, SipError, ValueError):
+            body, content_type = b"", None
         if relay.request.method == "INVITE" and 200 <= response.status < 300:
             if late_offer and body:
                 # The answer comes in the ACK of the leg we relay the offer to (§13.2.2.4).
@@ -758,12 +854,12 @@ class Engine:
                     dest, transport = self._next_hop(ctx, answered_leg)
                     # With our transaction's id, 2xx retransmissions get this ACK again.
                     self.sip.send_ack(relay.sent_txn, ack, dest, transport)
-        leg_contact = self._contact_of(ctx, ctx.a_transport if relay.from_leg == "a"
-                                       else ctx.b_transport)
+        leg_contact = self._contact_of(ctx, relay.from_leg)
         origin_dialog = self._dialog_of(ctx, relay.from_leg)
         to_tag = origin_dialog.local_tag if origin_dialog is not None else None
-        out = masking.build_relayed_response(response, relay.request, to_tag=to_tag,
-                                             contact=leg_contact, body=body)
+        out = masking.build_relayed_response(
+            response, relay.request, to_tag=to_tag, contact=leg_contact, body=body,
+            content_type=content_type, crossed=self._crossing(response), allow=ALLOW)
         self._send_response(relay.origin_txn, out)
 
     async def _send_late_ack(self, ctx: _CallContext, from_leg: str,
@@ -774,14 +870,14 @@ class Engine:
         dialog = self._dialog_of(ctx, to_leg)
         if dialog is None or dialog.state is DialogState.TERMINATED:
             return
-        body = b""
-        if ack_in.body and ack_in.content_type == SDP:
-            try:
-                body = await self.media.answer(ctx.call.call_id, from_leg, ack_in.body)
-            except (MediaError, SipError, ValueError) as exc:
-                log.warning("call.media_answer_failed", call_id=ctx.call.call_id,
-                            error=str(exc))
-        ack = dialog.ack(cseq, body=body, content_type=SDP if body else None)
+        # An ACK cannot be answered (§17.1.1.3): a body it may not carry across is dropped.
+        try:
+            body, content_type = await self._cross(ctx, from_leg, self._body_of(ack_in),
+                                                   offer=False)
+        except (MediaError, SipError, ValueError) as exc:
+            log.warning("call.media_answer_failed", call_id=ctx.call.call_id, error=str(exc))
+            body, content_type = b"", None
+        ack = dialog.ack(cseq, body=body, content_type=content_type)
         dest, transport = self._next_hop(ctx, to_leg)
         # The INVITE's transaction re-sends this ACK for 2xx retransmissions.
         self.sip.send_ack(invite_txn, ack, dest, transport)
@@ -819,11 +915,20 @@ class Engine:
             return None
 
     def _next_hop(self, ctx: _CallContext, leg: str) -> tuple[Address, Transport]:
-        """Where an in-dialog request on `leg` goes: the dialog's next hop when it names an
-        IP address (no DNS in the call path), else where the leg's signalling came from."""
+        """Where an in-dialog request on `leg` goes. Over TCP/TLS, the connection the
+        party's signalling came on, while it is open: a party behind NAT can be reached on
+        no other (RFC 5923 §1, RFC 5626's practice; its Contact names an address it does not
+        listen on). Else the dialog's next hop when it names an IP address (no DNS in the
+        call path), else where the leg's signalling came from."""
+        if leg == "a":
+            fallback = (ctx.a_source, ctx.a_transport)
+        else:
+            fallback = (ctx.b_source or ctx.b_dest, ctx.b_transport)
+        if is_reliable(fallback[1]) and self.sip.connected(*fallback):
+            return fallback
+        if leg == "b":
+            fallback = (ctx.b_dest, ctx.b_transport)
         dialog = self._dialog_of(ctx, leg)
-        fallback = (ctx.a_source, ctx.a_transport) if leg == "a" else (ctx.b_dest,
-                                                                        ctx.b_transport)
         if dialog is None:
             return fallback
         try:
@@ -832,7 +937,7 @@ class Engine:
             return fallback
         cached = ctx.hops.get(leg)
         if cached is None or cached[0] != hop:
-            cached = ctx.hops[leg] = (hop, _ip_hop(hop))
+            cached = ctx.hops[leg] = (hop, routing.hop_of(hop))
         found = cached[1]
         return fallback if found is None else found
 
@@ -854,18 +959,17 @@ class Engine:
             return ctx, "a"
         return None
 
-    def _contact_of(self, ctx: _CallContext, transport: Transport) -> str:
-        """Our Contact for the call's X on `transport`, made once per call and transport."""
-        contact = ctx.contacts.get(transport)
+    def _contact_of(self, ctx: _CallContext, leg: str) -> str:
+        """Our Contact for the call's X on `leg`, made once per call and leg: on the leg's
+        transport, and a sips URI on leg A when A's Request-URI was one (§12.1.1)."""
+        contact = ctx.contacts.get(leg)
         if contact is None:
-            contact = ctx.contacts[transport] = self._contact(ctx.call.x, transport)
+            transport = ctx.a_transport if leg == "a" else ctx.b_transport
+            secure = leg == "a" and ctx.a_invite.uri[:5].lower() == "sips:"
+            contact = ctx.contacts[leg] = masking.local_contact(
+                ctx.call.x, _host(self.config.sip.advertise), self.sip.local_port(transport),
+                transport, secure=secure)
         return contact
-
-    def _contact(self, x: str, transport: Transport) -> str:
-        host = _host(self.config.sip.advertise)
-        port = self.sip.local_port(transport)
-        suffix = ";transport=tcp" if transport == "tcp" else ""
-        return f"<sip:{x}@{host}:{port}{suffix}>"
 
     def _reply(self, txn_id: str, request: Request, status: int, *, reason: str | None = None,
                extra: tuple[tuple[str, str], ...] = (), to_tag: str | None = None) -> None:
@@ -1079,7 +1183,25 @@ _AWAITED_ACTIONS = frozenset({Action.RELAY_PROVISIONAL_TO_A, Action.RELAY_ANSWER
                               Action.RELAY_REQUEST_TO_A})
 
 # Refusals whose status says more than the CDR cause (metrics reasons, not CDR causes).
-_REFUSAL_REASON = {400: "bad_request", 420: "bad_request", 483: "loop"}
+_REFUSAL_REASON = {400: "bad_request", 416: "bad_request", 420: "bad_request", 483: "loop"}
+
+
+def _unrecorded(exc: SipError) -> bool:
+    """Refusals counted but not recorded as CDRs: a source outside every trunk's ACL, and
+    load shedding (503: flood, overload, draining). Both come before any lookup, in
+    volumes the sender controls; every other refusal (404, 403 by rules, 420, 483…) is a
+    call attempt on a tenant's X and keeps its CDR."""
+    return exc.status == 503 or getattr(exc, "metric", None) == "acl"
+
+
+def _refusal_headers(exc: SipError) -> tuple[tuple[str, str], ...]:
+    """The headers a refusal carries: Unsupported with 420 (§8.2.2.3), Retry-After when
+    the refusal says when to come back (§21.5.4)."""
+    if isinstance(exc, routing.BadExtension):
+        return (("Unsupported", exc.unsupported),)
+    if exc.retry_after is not None:
+        return (("Retry-After", str(exc.retry_after)),)
+    return ()
 
 
 def _in_order_reliable(ctx: _CallContext, response: Response) -> bool:
@@ -1095,10 +1217,6 @@ def _in_order_reliable(ctx: _CallContext, response: Response) -> bool:
         return False
     ctx.b_rseq[tag] = int(raw)
     return True
-
-
-def _has_sdp(message: Request | Response) -> bool:
-    return bool(message.body) and message.content_type == SDP
 
 
 def run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
@@ -1144,28 +1262,6 @@ async def _resume(coro: Coroutine[Any, Any, None], pending: object) -> None:
 
 def _requires_100rel(response: Response) -> bool:
     return any(t.strip().lower() == "100rel" for t in response.headers.get_all("require"))
-
-
-def _ip_hop(hop: str) -> tuple[Address, Transport] | None:
-    """Where a request to the URI `hop` goes, when it names an IP address (else None)."""
-    try:
-        uri = parse_uri(hop)
-    except ParseError:
-        return None
-    if not isinstance(uri, SipUri) or not _is_ip(uri.host):
-        return None
-    transport: Transport = "tcp" if (uri.param("transport") or "").lower() == "tcp" \
-        else "udp"
-    return (uri.host.strip("[]"), uri.port or 5060), transport
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 def _host(host: str) -> str:

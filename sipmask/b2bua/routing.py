@@ -7,13 +7,16 @@ Refusals are typed errors that carry their SIP status and the CDR's unconnected_
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
 from sipmask import numbers
-from sipmask.errors import ForbiddenError, NotFoundError, ParseError
+from sipmask.errors import ForbiddenError, NotFoundError, ParseError, SipError
 from sipmask.sip.message import Request
-from sipmask.sip.uri import AbsoluteUri, NameAddr, SipUri, TelUri, Uri
+from sipmask.sip.transports import Address, Transport
+from sipmask.sip.uri import AbsoluteUri, NameAddr, SipUri, TelUri, Uri, parse_uri
 
 
 class RoutableBinding(Protocol):
@@ -45,6 +48,73 @@ class UnknownX(NotFoundError, Refusal):
 
 class NotAllowed(ForbiddenError, Refusal):
     cause = "not_allowed"
+
+
+class UnsupportedScheme(SipError):
+    status = 416
+    default_reason = "Unsupported URI Scheme"
+
+
+class BadExtension(SipError):
+    """420, with the option tags to list in Unsupported (§8.2.2.3)."""
+
+    status = 420
+    default_reason = "Bad Extension"
+
+    def __init__(self, unsupported: list[str]) -> None:
+        super().__init__()
+        self.unsupported = ", ".join(unsupported)
+
+
+# The Request-URI schemes sipmask serves: a number is reached through sip, sips or tel.
+URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+# Option tags a caller may require of sipmask on its own leg: none (reliable provisionals,
+# session timers and the rest are handled per leg on leg B, or end to end).
+SUPPORTED_ON_A: frozenset[str] = frozenset()
+
+
+def check_request(request: Request) -> None:
+    """RFC 3261 §8.2.2, for a request outside a dialog that sipmask answers itself (INVITE,
+    OPTIONS): first the Request-URI scheme (§8.2.2.1: 416), then Require (§8.2.2.3: 420
+    with the tags sipmask does not support). RFC 4475 §3.3.2, §3.3.3 and §3.3.5 test it."""
+    if request.uri.partition(":")[0].lower() not in URI_SCHEMES:
+        raise UnsupportedScheme()
+    required = [t.strip() for t in request.headers.get_all("require") if t.strip()]
+    unsupported = [t for t in required if t.lower() not in SUPPORTED_ON_A]
+    if unsupported:
+        raise BadExtension(unsupported)
+
+
+def hop_of(uri_text: str) -> tuple[Address, Transport] | None:
+    """Where a request to the URI goes when it names an IP address (None: it does not; no
+    DNS in the call path). RFC 3261 §19.1.2 and RFC 3263 §4.1/§4.2: a sips URI is TLS, else
+    the transport parameter (tcp, tls; anything else UDP); the default port is 5061 for TLS
+    and 5060 otherwise."""
+    try:
+        uri = parse_uri(uri_text)
+    except ParseError:
+        return None
+    if not isinstance(uri, SipUri) or not _is_ip(uri.host):
+        return None
+    param = (uri.param("transport") or "").lower()
+    transport: Transport
+    if uri.scheme.lower() == "sips" or param == "tls":
+        transport = "tls"
+    elif param == "tcp":
+        transport = "tcp"
+    else:
+        transport = "udp"
+    default_port = 5061 if transport == "tls" else 5060
+    return (uri.host.strip("[]"), uri.port or default_port), transport
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def _uri_number(uri: Uri) -> str | None:

@@ -207,3 +207,12 @@ def test_reoffers_through_rtpengine(rtpengine_ng: HostPort, serve: Callable[...,
                   "--set", f"media.rtpengine.ng={rtpengine_ng}")
     pair(bench, callee, caller)
     answered(bench, 1)
+
+
+def test_sip_i_multipart_crosses_as_relay_sdp_only_and_untyped_reinvite_gets_400(
+        bench: Bench) -> None:
+    """SIP-I trunks on both sides (SDP + ISUP in multipart/mixed): each leg gets sipmask's
+    relay SDP alone and sipmask's Allow; the ISUP, which names the numbers, never crosses.
+    A re-INVITE whose SDP has no Content-Type is answered 400 and never reaches B."""
+    pair(bench, "callee_sipi.xml", "caller_sipi.xml", 2)
+    answered(bench, 2)

@@ -29,15 +29,6 @@ def test_a_subclass_of_an_event_is_handled_as_its_base() -> None:
     assert seen == ["A_ACK_TIMEOUT", "A_ACK_TIMEOUT"]
 
 
-def test_ip_hop() -> None:
-    assert engine_mod._ip_hop("sip:b@10.0.0.1:5080") == (("10.0.0.1", 5080), "udp")
-    assert engine_mod._ip_hop("sip:b@10.0.0.1;transport=TCP") == (("10.0.0.1", 5060), "tcp")
-    assert engine_mod._ip_hop("sip:b@[2001:db8::1]:5070") == (("2001:db8::1", 5070), "udp")
-    assert engine_mod._ip_hop("sip:b@pbx.example") is None
-    assert engine_mod._ip_hop("not a uri") is None
-    assert engine_mod._ip_hop("tel:+8613800000001") is None
-
-
 def test_next_hop_follows_a_changed_dialog_target() -> None:
     async def test(h: Harness) -> None:
         await answered_call(h)
@@ -56,10 +47,13 @@ def test_contact_is_made_once_per_call_and_transport() -> None:
     async def test(h: Harness) -> None:
         await answered_call(h)
         [ctx] = h.engine.calls.values()
-        made = h.engine._contact_of(ctx, "udp")
-        assert made == h.engine._contact(ctx.call.x, "udp")
-        assert h.engine._contact_of(ctx, "udp") is made
-        assert h.engine._contact_of(ctx, "tcp").endswith(";transport=tcp>")
+        made = h.engine._contact_of(ctx, "a")
+        assert made == f"<sip:{ctx.call.x}@127.0.0.1:5060>"
+        assert h.engine._contact_of(ctx, "a") is made
+        ctx.b_transport = "tcp"
+        assert h.engine._contact_of(ctx, "b") == made     # made once, when B was called
+        ctx.contacts.clear()
+        assert h.engine._contact_of(ctx, "b").endswith(";transport=tcp>")
     run(test)
 
 

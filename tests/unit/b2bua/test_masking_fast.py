@@ -80,7 +80,9 @@ def ref_build_request(method: str, *, request_uri: str, local: str, remote: str,
 
 def ref_build_relayed_response(source: Response, request: Request, *, to_tag: str | None,
                                contact: str | None, body: bytes = b"",
-                               extra: Iterable[tuple[str, str]] = ()) -> Response:
+                               content_type: str | None = None,
+                               extra: Iterable[tuple[str, str]] = (),
+                               allow: str | None = None) -> Response:
     status = source.status
     reason = REASONS.get(status, ref_class_reason(status))
     pairs: list[tuple[str, str]] = [("Via", v) for v in request.headers.get_fields("via")]
@@ -93,10 +95,12 @@ def ref_build_relayed_response(source: Response, request: Request, *, to_tag: st
     if contact is not None and (100 < status < 300) and request.method in _DIALOG_METHODS:
         pairs.append(("Contact", contact))
     pairs.extend(extra)
-    crossing = ref_crossing_headers(source)
-    if not body:
-        crossing = [(n, v) for n, v in crossing if canonical(n) != "content-type"]
-    pairs.extend(crossing)
+    if allow is not None and (status == 405 or (100 < status < 300 and request.method in
+                                                ("INVITE", "UPDATE", "OPTIONS"))):
+        pairs.append(("Allow", allow))
+    pairs.extend(ref_crossing_headers(source))
+    if body and content_type:
+        pairs.append(("Content-Type", content_type))
     pairs.append(("Content-Length", str(len(body))))
     return Response(status, reason, ref_of(*pairs), body)
 
@@ -135,7 +139,7 @@ def test_crossing_of_messages_we_built_matches_the_reference() -> None:
              ("Retry-After", "30 (soon)"), ("require", "path")]
     built = Request("INFO", "sip:a@b", ref_of(*pairs))
     assert masking.crossing_headers(built) == ref_crossing_headers(built) == [
-        ("Supported", "timer"), ("Content-Type", "application/sdp"), ("Retry-After", "30")]
+        ("Supported", "timer"), ("Retry-After", "30")]
 
 
 # -- build_request -------------------------------------------------------------------------
@@ -177,7 +181,9 @@ def test_build_request_matches_the_reference(data: bytes) -> None:
 # -- build_relayed_response ----------------------------------------------------------------
 _RELAY_CASES: list[dict[str, object]] = [
     {"to_tag": "a1", "contact": "<sip:700@1.2.3.4>", "body": b"v=0\r\n"},
-    {"to_tag": "a1", "contact": "<sip:700@1.2.3.4>"},
+    {"to_tag": "a1", "contact": "<sip:700@1.2.3.4>", "body": b"v=0\r\n",
+     "content_type": "application/sdp", "allow": "INVITE, ACK"},
+    {"to_tag": "a1", "contact": "<sip:700@1.2.3.4>", "allow": "INVITE, ACK"},
     {"to_tag": None, "contact": None, "extra": [("Supported", "timer"), ("X-Ours", "1")]},
 ]
 INVITE = make_message([], None, b"v=0\r\n")

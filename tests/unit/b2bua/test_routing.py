@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from sipmask.b2bua import routing
+from sipmask.errors import SipError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request
 
@@ -80,3 +81,43 @@ def test_no_binding_is_404_unknown_mode_403() -> None:
         routing.route(None, "13800000001")
     with pytest.raises(routing.NotAllowed):
         routing.route(B("axyb", "13800000001"), "13700000003")
+
+
+@pytest.mark.parametrize(("uri", "hop"), [
+    ("sip:b@10.0.0.1:5080", (("10.0.0.1", 5080), "udp")),
+    ("sip:b@10.0.0.1;transport=TCP", (("10.0.0.1", 5060), "tcp")),
+    ("sip:b@[2001:db8::1]:5070", (("2001:db8::1", 5070), "udp")),
+    # RFC 3261 §19.1.2: TLS by sips or transport=tls, default port 5061
+    ("sip:b@10.0.0.1;transport=tls", (("10.0.0.1", 5061), "tls")),
+    ("sips:b@10.0.0.1", (("10.0.0.1", 5061), "tls")),
+    ("sips:b@10.0.0.1:5071;transport=tcp", (("10.0.0.1", 5071), "tls")),
+    ("sip:b@pbx.example", None),
+    ("not a uri", None),
+    ("tel:+8613800000001", None),
+])
+def test_hop_of(uri: str, hop: object) -> None:
+    assert routing.hop_of(uri) == hop
+
+
+@pytest.mark.parametrize(("uri", "require", "status"), [
+    ("sip:700100000000001@h", None, None),
+    ("tel:+86700100000000001", None, None),
+    ("SIPS:700100000000001@h", None, None),
+    ("nobodyKnowsThisScheme:totallyopaquecontent", None, 416),
+    ("soap.beep://192.0.2.103:3002", None, 416),
+    ("sip:700100000000001@h", "100rel", 420),
+    ("sip:700100000000001@h", " , ", None),
+    ("im:x@h", "100rel", 416),           # the scheme is checked first (§8.2.2.1)
+])
+def test_check_request(uri: str, require: str | None, status: int | None) -> None:
+    request = invite(uri, "<sip:13800000001@h>")
+    if require is not None:
+        request.headers.add("Require", require)
+    if status is None:
+        routing.check_request(request)
+        return
+    with pytest.raises(SipError) as err:
+        routing.check_request(request)
+    assert err.value.status == status
+    if status == 420:
+        assert isinstance(err.value, routing.BadExtension) and err.value.unsupported == "100rel"

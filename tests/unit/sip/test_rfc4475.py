@@ -19,6 +19,7 @@ from sipmask.errors import ParseError
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.sip.uri import AbsoluteUri, NameAddr, SipUri, Via
+from tests.unit.b2bua.test_engine import A_ADDR, Harness, run
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "rfc4475"
 
@@ -295,3 +296,46 @@ def test_rfc2543_style_invite() -> None:
     # A host name as sent-by: the answer goes to the source IP (no DNS), default port.
     assert Via.parse("SIP/2.0/UDP iftgw.example.com").response_target(("192.0.2.9", 5999)) == (
         "192.0.2.9", 5060)
+
+
+# §3.3 messages whose answer is the application's: sipmask's engine answers them as RFC 3261
+# §8.2.2 asks, with one check for OPTIONS and INVITE outside a dialog (scheme first, §8.2.2.1,
+# then Require, §8.2.2.3). Run through the engine in test_engine.py's in-memory harness.
+APPLICATION: dict[str, tuple[int, str | None]] = {
+    "bext01.dat": (420, "nothingSupportsThis, nothingSupportsThisEither"),
+    "unkscm.dat": (416, None),
+    "novelsc.dat": (416, None),
+}
+
+
+def _engine_answers(data: bytes) -> list[Response]:
+    answers: list[Response] = []
+
+    async def flow(h: Harness) -> None:
+        await h.deliver(data, A_ADDR)
+        answers.extend(m for m in h.take() if isinstance(m, Response) and m.status > 100)
+    run(flow)
+    return answers
+
+
+@pytest.mark.parametrize("name", sorted(APPLICATION))
+def test_options_outside_a_dialog_is_checked_before_its_200(name: str) -> None:
+    status, unsupported = APPLICATION[name]
+    [answer] = _engine_answers(_load("valid", name))
+    assert answer.status == status
+    assert answer.headers.get("unsupported") == unsupported
+
+
+@pytest.mark.parametrize("name", ["unkscm.dat", "novelsc.dat"])
+def test_invite_to_an_unknown_scheme_is_416_not_404(name: str) -> None:
+    options = _load("valid", name)
+    invite = (options.replace(b"OPTIONS ", b"INVITE ", 1).replace(b" OPTIONS\r\n", b" INVITE\r\n")
+              .replace(b"Via: SIP/2.0/TCP host9.example.com", b"Via: SIP/2.0/UDP 192.0.2.10"))
+    [answer] = _engine_answers(invite)
+    assert answer.status == 416
+
+
+def test_zero_max_forwards_options_is_answered_200() -> None:
+    """§3.3.11: OPTIONS with Max-Forwards 0 addressed to us is answered, not 483."""
+    [answer] = _engine_answers(_load("valid", "zeromf.dat"))
+    assert answer.status == 200
