@@ -37,7 +37,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 OUTCOMES = ("answered", "busy", "no_answer", "cancelled", "rejected", "refused", "failed")
 # Why sipmask itself refused a request (CONTRACT "SIP behaviour": 404, 403, 503, 400…).
 REFUSAL_REASONS = ("no_binding", "not_allowed", "blacklist", "rate_limited", "acl",
-                   "overload", "bad_request", "loop", "refer", "other")
+                   "overload", "flood", "direction", "concurrency", "policy", "bad_request",
+                   "loop", "refer", "other")
 TRANSACTION_KINDS = ("invite_client", "non_invite_client", "invite_server",
                      "non_invite_server")
 SIP_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE",

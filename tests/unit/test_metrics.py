@@ -188,3 +188,17 @@ def test_registries_are_separate() -> None:
     one.refused("acl")
     assert samples(two.render())[("sipmask_refusals_total", (("reason", "acl"),))] == 0
     assert samples(one.render())[("sipmask_refusals_total", (("reason", "acl"),))] == 1
+
+
+def test_every_policy_refusal_counts_under_a_known_reason() -> None:
+    # A reason outside the fixed label set made Metrics.refused raise, and the engine's
+    # 503 for a flood never left (issue 12 review).
+    from sipmask.observability.metrics import REFUSAL_REASONS, Metrics
+    from sipmask.policy import rules
+
+    refusals = [rules.PolicyRefusal, *rules.PolicyRefusal.__subclasses__()]
+    assert len(refusals) >= 6
+    metrics = Metrics()
+    for refusal in refusals:
+        assert refusal.metric in REFUSAL_REASONS, refusal
+        metrics.refused(refusal.metric)
