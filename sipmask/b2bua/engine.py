@@ -476,7 +476,7 @@ class Engine:
         except (MediaError, SipError, ValueError) as exc:
             log.warning("call.media_failed", call_id=call.call_id, error=str(exc))
             status = exc.status if isinstance(exc, SipError) else 503
-            self._apply(ctx, CallEvent.SETUP_FAILED, status_override=status)
+            await self._apply(ctx, CallEvent.SETUP_FAILED, status_override=status)
             return
         ctx.media_open = content_type == SDP
         if call.state is not CallState.ROUTING:     # cancelled while media was set up
@@ -507,10 +507,10 @@ class Engine:
             ctx.b_txn = self.sip.send_request(request, ctx.b_dest, ctx.b_transport)
         except (TransactionError, OSError) as exc:
             log.warning("call.leg_b_failed", call_id=call.call_id, error=str(exc))
-            self._apply(ctx, CallEvent.SETUP_FAILED)
+            await self._apply(ctx, CallEvent.SETUP_FAILED)
             return
         self._track(ctx.b_txn, ("b_invite", ctx), ctx)
-        self._apply(ctx, CallEvent.LEG_B_SENT)
+        await self._apply(ctx, CallEvent.LEG_B_SENT)
         loop = asyncio.get_running_loop()
         ctx.ring_timer = loop.call_later(self.config.sip.ring_timeout_s,
                                          lambda: self._fire(ctx, CallEvent.RING_TIMEOUT))
@@ -635,14 +635,19 @@ class Engine:
                 self._do_now(ctx, action, response, origin)
         self._after(ctx)
 
-    def _apply(self, ctx: _CallContext, event: CallEvent, status_override: int | None = None
-               ) -> None:
-        """Apply an event inside an already running call task (no re-queueing)."""
+    async def _apply(self, ctx: _CallContext, event: CallEvent,
+                     status_override: int | None = None) -> None:
+        """Apply an event inside an already running call task (no re-queueing). Its CDR goes
+        through the group commit like any other: a flood of refused offers (488) must not
+        become one fsync each on the event loop."""
         actions = ctx.call.apply(event, self.clock.wall())
         if status_override is not None and Action.ANSWER_A_503 in actions:
             ctx.call.sip_status = status_override
         for action in actions:
-            self._do_sync(ctx, action)
+            if action is Action.WRITE_CDR:
+                await self._commit_call_cdr(ctx)
+            else:
+                self._do_sync(ctx, action)
         self._after(ctx)
 
     def _after(self, ctx: _CallContext) -> None:
@@ -660,9 +665,7 @@ class Engine:
 
     def _do_sync(self, ctx: _CallContext, action: Action) -> None:
         """Actions that need no media round trip."""
-        if action is Action.WRITE_CDR:
-            self._write_call_cdr(ctx)
-        elif action is Action.FREE_MEDIA:
+        if action is Action.FREE_MEDIA:
             self._free_media(ctx)
         elif action in (Action.ANSWER_A_487, Action.ANSWER_A_408, Action.ANSWER_A_503):
             status = {Action.ANSWER_A_487: 487, Action.ANSWER_A_408: 408}.get(action, 503)
@@ -1012,11 +1015,6 @@ class Engine:
             self.stats["cdr_write_failed"] += 1
             log.exception("cdr.journal_failed", call_id=ctx.call.call_id)
 
-    def _write_call_cdr(self, ctx: _CallContext) -> None:
-        record = self._record(ctx.call)
-        self._write_cdr(record)
-        self._call_recorded(ctx, record)
-
     async def _commit_call_cdr(self, ctx: _CallContext) -> None:
         record = self._record(ctx.call)
         try:
@@ -1031,15 +1029,6 @@ class Engine:
         self._emit("hangup", ctx, cdr=record)
         if self.metrics is not None:
             self.metrics.call_finished(call)
-
-    def _write_cdr(self, record: Cdr) -> None:
-        try:
-            self.cdrs.write(record)
-        except Exception:
-            # A CDR that cannot be written is an operator emergency, but the call must still
-            # be answered; the log line carries the record (numbers masked by the logger).
-            self.stats["cdr_write_failed"] += 1
-            log.exception("cdr.write_failed", record=record.to_json())
 
     def _emit(self, kind: str, ctx: _CallContext, *, cdr: Cdr | None = None,
               only_once: str | None = None) -> None:

@@ -23,7 +23,7 @@ from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import MemoryCdrLog
 from sipmask.clock import SystemClock
 from sipmask.config import loader
-from sipmask.errors import ForbiddenError
+from sipmask.errors import ForbiddenError, SipError
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.store.base import Binding
@@ -36,6 +36,7 @@ from tests.unit.b2bua.test_engine import (
     B_SDP,
     STRANGER,
     Harness,
+    RelaySdp,
     X,
     a_invite,
     answered_call,
@@ -428,6 +429,38 @@ def test_404_cdr_is_group_committed_before_the_404_leaves() -> None:
         assert statuses[sent_before:] == [404]
         [cdr] = sink.records
         assert (cdr.sip_status, cdr.unconnected_cause) == (404, "no_binding")
+        h.engine._cdr_group.close()
+
+    run(flow)
+
+
+class RefusingMedia(RelaySdp):
+    """The media backend refusing the caller's SDP (m=audio 4000/2: 488)."""
+
+    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
+                    sip_source: str | None = None) -> bytes:
+        raise SipError("Not Acceptable Here", status=488)
+
+
+def test_setup_failure_cdr_is_group_committed_before_the_488_leaves() -> None:
+    # A flood of refused offers must not be one fsync each on the event loop (issue 12).
+    async def flow(h: Harness) -> None:
+        sink = ThreadedCdrLog(h)
+        h.cdrs = sink
+        h.engine = Engine(h, config=h.config, store=h.store, media=RefusingMedia(),
+                          cdrs=sink, clock=SystemClock())
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        await until(h, lambda: any(isinstance(m, Response) and m.status == 488
+                                   for m, _d, _t in h.sent))
+        [(thread, sent_before)] = sink.batches
+        assert thread != threading.main_thread().name
+        statuses = [m.status for m, _d, _t in h.sent if isinstance(m, Response)]
+        assert statuses[:sent_before] == [100]
+        assert statuses[sent_before:] == [488]
+        [cdr] = sink.records
+        assert (cdr.sip_status, cdr.unconnected_cause) == (488, "callee_failed")
+        assert h.engine.active_calls == 0
         h.engine._cdr_group.close()
 
     run(flow)
