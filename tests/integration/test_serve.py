@@ -123,6 +123,15 @@ def test_readable_via_and_broken_header_gets_400_naming_it(server: ServeProcess)
     assert response.to.tag  # §8.2.6.2, even on a stateless error
 
 
+def test_stateless_400s_carry_a_fresh_random_to_tag_each(server: ServeProcess) -> None:
+    """§8.2.6.2 wants a To tag; a fixed one would mark every answer as sipmask's and let a
+    peer tie them together (§19.3: tags are random)."""
+    tags = [response_of(udp_exchange(broken("Max-Forwards", "seventy", server.udp),
+                                     server.udp)).to.tag for _ in range(2)]
+    assert tags[0] and tags[1] and tags[0] != tags[1]
+    assert all(len(tag) >= 8 and "sipmask" not in tag for tag in tags)  # type: ignore[operator]
+
+
 def test_broken_from_gets_400_naming_from(server: ServeProcess) -> None:
     # The answer copies the broken From (§8.2.6.2), so read its status line only.
     answer = udp_exchange(broken("From", "<<<", server.udp), server.udp)
