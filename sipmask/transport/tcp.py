@@ -128,8 +128,10 @@ class TcpConnection(asyncio.Protocol):
             plain = tls.receive(data)
         except ssl.SSLError as exc:
             self.owner.counters.tls_failed += 1
+            # Info, not debug: an expired or wrong certificate on a trunk shows up here.
             log.info("sip.tls_failed", peer=self.peer, inbound=self.inbound,
-                     reason=exc.reason or type(exc).__name__)
+                     reason=exc.reason or type(exc).__name__,
+                     detail=getattr(exc, "verify_message", None))
             self._write_raw(tls.output())      # the alert, so the peer learns why
             self.close()
             return b""

@@ -262,48 +262,53 @@ def test_tls_config_errors_stop_start_up_with_one_line_naming_the_key(
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in result.stderr, lines
 
 
-# -- in-process: requests to a TLS peer reuse its connection ---------------------------------
-def test_requests_to_a_tls_peer_go_out_on_the_connection_it_opened(pki: Pki) -> None:
-    """RFC 5923's practice (CONTRACT: reuse while open): a request to the address a TLS
-    client connected from is written on that connection; Via names TLS and the TLS port."""
-    tls_port = free_port()
+# -- in-process: requests to a peer reuse its connection ---------------------------------------
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_requests_to_a_peer_go_out_on_the_connection_it_opened(pki: Pki, transport: str) -> None:
+    """RFC 5923's practice (CONTRACT: reuse while open): a request to the address a TCP or
+    TLS client connected from is written on that connection, whichever of two listeners it
+    came in on; Via names the transport and that transport's first listener's port."""
+    ports = [free_port(), free_port()]
     config = loader.loads("", [f"sip.listen=[udp://{LOOPBACK}:{free_port()},"
-                               f"tls://{LOOPBACK}:{tls_port}]", "api.listen=null",
+                               f"{transport}://{LOOPBACK}:{ports[0]},"
+                               f"{transport}://{LOOPBACK}:{ports[1]}]", "api.listen=null",
                                f"sip.tls.cert={pki.cert('sipmask')}",
                                f"sip.tls.key={pki.key('sipmask')}"])
+    tls = transport == "tls"
 
     async def scenario() -> tuple[bool, bool, Request, int]:
         server = SipServer(config)
         await server.start()
         reader, writer = await asyncio.open_connection(
-            LOOPBACK, tls_port, ssl=client_context(pki), server_hostname=LOOPBACK,
-            local_addr=("127.0.0.2", 0))
+            LOOPBACK, ports[1], ssl=client_context(pki) if tls else None,
+            server_hostname=LOOPBACK if tls else None, local_addr=("127.0.0.2", 0))
         try:
             source = writer.get_extra_info("sockname")[:2]
-            writer.write(options_request((LOOPBACK, tls_port), local=source, transport="TLS"))
-            framer = StreamFramer()
-            [answer] = framer.feed(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3))
+            writer.write(options_request((LOOPBACK, ports[1]), local=source,
+                                         transport=transport.upper()))
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
             assert parse_message(answer).status == 200  # type: ignore[union-attr]
-            before = server.connected(source, "tls"), server.connected(source, "tcp")
+            other = "tcp" if tls else "tls"
+            before = server.connected(source, transport), server.connected(source, other)
             request = parse_message(options_request(source, call_id="to-the-peer"))
             assert isinstance(request, Request)
             request.headers.pop_first("via")          # the transaction layer adds its own
-            server.send_request(request, source, "tls")
+            server.send_request(request, source, transport)  # type: ignore[arg-type]
             data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
             received = parse_message(data)
             assert isinstance(received, Request)
-            return before[0], before[1], received, server.local_port("tls")
+            return before[0], before[1], received, server.local_port(transport)  # type: ignore[arg-type]
         finally:
             writer.close()
             server.close()
             await asyncio.sleep(0.05)
 
-    on_tls, on_tcp, received, port = asyncio.run(scenario())
-    assert on_tls and not on_tcp
+    on_it, on_other, received, port = asyncio.run(scenario())
+    assert on_it and not on_other
     assert received.call_id == "to-the-peer"
     via = received.top_via
-    assert (via.transport, via.host, via.port) == ("TLS", LOOPBACK, tls_port)
-    assert port == tls_port
+    assert (via.transport, via.host, via.port) == (transport.upper(), LOOPBACK, ports[0])
+    assert port == ports[0]
 
 
 def test_sips_uris_parse() -> None:
@@ -316,9 +321,9 @@ class TlsTrunk:
     """The carrier's side: a TLS server (mutual TLS: sipmask must show a certificate signed
     by the test CA) that plays `script` on the first connection, on a thread."""
 
-    def __init__(self, pki: Pki, script: Callable[[Stream], None]) -> None:
+    def __init__(self, pki: Pki, script: Callable[[Stream], None], cert: str = "trunk") -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki.cert("trunk"), pki.key("trunk"))
+        context.load_cert_chain(pki.cert(cert), pki.key(cert))
         context.load_verify_locations(pki.ca)
         context.verify_mode = ssl.CERT_REQUIRED
         self.context = context
@@ -348,6 +353,19 @@ class TlsTrunk:
         assert not self.thread.is_alive(), "the trunk script did not finish"
         if self.error is not None:
             raise self.error
+
+
+def call_from_udp(server: ServeProcess) -> int:
+    """An INVITE from a UDP caller; the final status it gets."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller:
+        caller.bind((LOOPBACK, 0))
+        caller.settimeout(3.0)
+        caller.sendto(invite(server.udp, caller.getsockname(), "UDP"), server.udp)
+        while True:
+            answer = parse_message(caller.recv(65535))
+            assert isinstance(answer, Response)
+            if answer.status >= 200:
+                return answer.status
 
 
 def media_ports() -> str:
@@ -422,22 +440,28 @@ def test_a_call_to_a_tls_trunk_reaches_it_and_its_answer_reaches_the_caller(
 
     trunk = TlsTrunk(pki, busy)
     server, _ = serve_tls(serve, pki, *call_settings(tmp_path / "call.lmdb", trunk), ca=True)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller:
-        caller.bind((LOOPBACK, 0))
-        caller.settimeout(3.0)
-        request = invite(server.udp, caller.getsockname(), "UDP")
-        caller.sendto(request, server.udp)
-        status = 0
-        while status < 200:
-            answer = parse_message(caller.recv(65535))
-            assert isinstance(answer, Response)
-            status = answer.status
+    status = call_from_udp(server)
     trunk.join()
     assert status == 486
     assert [r.method for r in seen] == ["INVITE", "ACK"]
     assert seen[0].top_via.transport == "TLS"
     assert seen[0].uri.startswith(f"sip:{B}@")
     assert trunk.peer_subject is not None and "sipmask" in trunk.peer_subject
+
+
+def test_a_trunk_whose_certificate_does_not_chain_to_ca_gets_no_invite(
+        serve: Callable[..., ServeProcess], pki: Pki, tmp_path: Path) -> None:
+    """sipmask verifies the servers it connects to: a trunk showing a certificate from
+    another CA never sees the INVITE, and the caller hears at once (§17.1.4: the transport
+    failed), not after Timer B."""
+    trunk = TlsTrunk(pki, lambda stream: None, cert="rogue")
+    server, _ = serve_tls(serve, pki, *call_settings(tmp_path / "call.lmdb", trunk), ca=True)
+    started = time.monotonic()
+    status = call_from_udp(server)
+    assert status >= 400 and time.monotonic() - started < 2.0   # 408 from the engine today
+    with pytest.raises(ssl.SSLError):
+        trunk.join()                         # sipmask's alert: unknown CA
+    assert server.counters()["tls_failed"] == 1
 
 
 @pytest.mark.xfail(strict=True, reason="needs engine TLS Contact")
