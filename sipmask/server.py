@@ -59,7 +59,7 @@ from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr
 from sipmask.store import LmdbStore, open_store
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.tcp import TcpTransport, open_tcp
+from sipmask.transport.tcp import InboundLimits, TcpTransport, open_tcp
 from sipmask.transport.tls import TlsContexts, load_contexts
 from sipmask.transport.udp import UdpTransport, open_udp
 
@@ -251,7 +251,9 @@ class SipServer:
         sip = self.config.sip
         max_bytes = sip.max_message_bytes
         tls = tls_contexts(self.config)
-        allow = trunk_sources(self.config)
+        # One for every TCP and TLS listener: an IP's share counts across them all.
+        limits = InboundLimits(sip.tcp_max_connections, sip.tcp_max_per_ip,
+                               trunk_sources(self.config))
         urls: list[str] = []
         for endpoint in sip.listen:
             try:
@@ -263,9 +265,7 @@ class SipServer:
                     stream = await open_tcp(
                         endpoint, self, self.counters, max_bytes,
                         idle_timeout=float(sip.tcp_idle_timeout_s),
-                        max_connections=sip.tcp_max_connections,
-                        max_per_ip=sip.tcp_max_per_ip,
-                        message_timeout=float(sip.tcp_message_timeout_s), allow=allow,
+                        message_timeout=float(sip.tcp_message_timeout_s), limits=limits,
                         tls=tls if endpoint.transport == "tls" else None)
                     self._streams(endpoint.transport).append(stream)
                     host, port = stream.local

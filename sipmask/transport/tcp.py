@@ -16,7 +16,8 @@ connections obey every rule below; the handshake is part of what a peer owes fir
 
 Rules that keep a peer from holding connections it does not use (slowloris):
 - Inbound connections whose source is in no trunk's `inbound_allow` are closed at accept
-  (`allow`); so are those over `max_per_ip` from one IP or over `max_connections` in all.
+  (`allow`); so are those over `max_per_ip` from one IP or over `max_connections` in all,
+  counted across every TCP and TLS listener (InboundLimits, one per process).
   Connections sipmask opens itself are subject to none of these.
 - `message_timeout`: an inbound connection must deliver its first complete message (after
   its TLS handshake) within it of being accepted, an outbound TLS connection must finish its
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import cast
 
 from sipmask.config.schema import Endpoint
@@ -59,6 +61,44 @@ PONG = b"\r\n"                   # RFC 5626 §4.4.1: the answer to a CRLFCRLF pi
 log = sm_logging.get_logger("sipmask.transport.tcp")
 
 
+@dataclass
+class InboundLimits:
+    """Who may hold connections peers open to sipmask. One is shared by every TCP and TLS
+    listener of a process, so an IP's share is counted across them all."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_ip: int = DEFAULT_MAX_PER_IP           # 0: no per-IP cap
+    allow: Callable[[str], bool] | None = None     # the trunk ACL; None: every source
+    open: int = 0                                  # inbound connections open now
+    per_ip: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, host: str, counters: SipCounters) -> str | None:
+        """Count a new inbound connection from `host` as open (None), or say why it is
+        refused (counted, not opened)."""
+        if self.allow is not None and not self.allow(host):
+            counters.tcp_refused_acl += 1
+            return "acl"
+        held = self.per_ip.get(host, 0)
+        if self.max_per_ip and held >= self.max_per_ip:
+            counters.tcp_refused_per_ip += 1
+            return "per_ip"
+        if self.open >= self.max_connections:
+            counters.tcp_refused += 1
+            return "max_connections"
+        self.per_ip[host] = held + 1
+        self.open += 1
+        counters.tcp_accepted += 1
+        return None
+
+    def release(self, host: str) -> None:
+        self.open -= 1
+        left = self.per_ip.get(host, 1) - 1
+        if left > 0:
+            self.per_ip[host] = left
+        else:
+            self.per_ip.pop(host, None)
+
+
 class TcpConnection(asyncio.Protocol):
     def __init__(self, owner: TcpTransport, dest: Address | None = None) -> None:
         self.owner = owner
@@ -78,7 +118,7 @@ class TcpConnection(asyncio.Protocol):
         self.opening = self.inbound      # still owes its opening (first message / handshake)
         self._unframed = b""   # the bytes the framer holds, to salvage a 400 from
         self.registered = False
-        self.counted_ip = False          # counted in the owner's per-IP table
+        self.admitted = False            # counted open in the owner's InboundLimits
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -250,26 +290,21 @@ class TcpConnection(asyncio.Protocol):
 class TcpTransport:
     def __init__(self, sink: MessageSink, counters: SipCounters, max_bytes: int, *,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 max_per_ip: int = DEFAULT_MAX_PER_IP,
                  message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
-                 allow: Callable[[str], bool] | None = None,
+                 limits: InboundLimits | None = None,
                  tls: TlsContexts | None = None) -> None:
-        """`max_per_ip` 0 and `message_timeout` 0 switch those rules off; `allow` None
-        accepts every source; with `tls` this is the TLS shell."""
+        """`message_timeout` 0 switches that rule off; `limits` None: this listener's own,
+        with the defaults; with `tls` this is the TLS shell."""
         self.sink = sink
         self.counters = counters
         self.max_bytes = max_bytes
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_per_ip = max_per_ip
         self.message_timeout = message_timeout
-        self.allow = allow
+        self.limits = limits if limits is not None else InboundLimits()
         self.tls = tls
         self.name: TransportName = "tls" if tls is not None else "tcp"
         self.loop = asyncio.get_running_loop()
         self.connections: dict[Address, TcpConnection] = {}
-        self.per_ip: dict[str, int] = {}       # inbound connections open per source IP
         self.local: Address = ("", 0)
         self._server: asyncio.Server | None = None
         self._connecting: dict[Address, list[bytes]] = {}
@@ -286,21 +321,12 @@ class TcpTransport:
 
     def register(self, conn: TcpConnection) -> bool:
         """Admit a connection that just opened, or close it and count why (False)."""
-        counters = self.counters
-        host = conn.peer[0]
         refused: str | None = None
         if self._closed:
             refused = "closing"
         elif conn.inbound:
-            if self.allow is not None and not self.allow(host):
-                counters.tcp_refused_acl += 1
-                refused = "acl"
-            elif self.max_per_ip and self.per_ip.get(host, 0) >= self.max_per_ip:
-                counters.tcp_refused_per_ip += 1
-                refused = "per_ip"
-            elif len(self.connections) >= self.max_connections:
-                counters.tcp_refused += 1
-                refused = "max_connections"
+            refused = self.limits.admit(conn.peer[0], self.counters)
+            conn.admitted = refused is None
         if refused is not None:
             # Debug only: under a flood this would be a line per connection.
             log.debug("sip.tcp_refused", peer=conn.peer, reason=refused)
@@ -311,23 +337,14 @@ class TcpTransport:
             old.close()
         self.connections[conn.peer] = conn
         conn.registered = True
-        if conn.inbound:
-            self.per_ip[host] = self.per_ip.get(host, 0) + 1
-            conn.counted_ip = True
-            counters.tcp_accepted += 1
         return True
 
     def unregister(self, conn: TcpConnection) -> None:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
-        if conn.counted_ip:
-            conn.counted_ip = False
-            host = conn.peer[0]
-            left = self.per_ip.get(host, 1) - 1
-            if left > 0:
-                self.per_ip[host] = left
-            else:
-                self.per_ip.pop(host, None)
+        if conn.admitted:
+            conn.admitted = False
+            self.limits.release(conn.peer[0])
 
     def send(self, data: bytes, dest: Address) -> None:
         """Write on the connection to `dest`, opening one when there is none (§18.1.1)."""
@@ -401,14 +418,11 @@ class TcpTransport:
 
 async def open_tcp(endpoint: Endpoint, sink: MessageSink, counters: SipCounters,
                    max_bytes: int, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                   max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                   max_per_ip: int = DEFAULT_MAX_PER_IP,
                    message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
-                   allow: Callable[[str], bool] | None = None,
+                   limits: InboundLimits | None = None,
                    tls: TlsContexts | None = None) -> TcpTransport:
     """Listen on `endpoint` (TCP, or TLS with `tls`). Raises OSError (address in use…)."""
     transport = TcpTransport(sink, counters, max_bytes, idle_timeout=idle_timeout,
-                             max_connections=max_connections, max_per_ip=max_per_ip,
-                             message_timeout=message_timeout, allow=allow, tls=tls)
+                             message_timeout=message_timeout, limits=limits, tls=tls)
     await transport.listen(endpoint)
     return transport

@@ -26,7 +26,7 @@ from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.sip.transaction import TransportFailed
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.tcp import open_tcp
+from sipmask.transport.tcp import InboundLimits, open_tcp
 from tests.conftest import (
     LOOPBACK,
     REPO,
@@ -398,7 +398,7 @@ def test_tcp_idle_connections_are_closed_and_limit_is_kept() -> None:
         counters = SipCounters()
         endpoint = Endpoint("tcp", LOOPBACK, free_port())
         shell = await open_tcp(endpoint, Collect(), counters, 65535, idle_timeout=0.3,
-                               max_connections=2)
+                               limits=InboundLimits(max_connections=2))
         try:
             streams = [await asyncio.open_connection(LOOPBACK, endpoint.port)
                        for _ in range(3)]

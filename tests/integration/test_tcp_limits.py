@@ -21,7 +21,7 @@ from sipmask.config.schema import Endpoint
 from sipmask.sip.message import Response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.tcp import open_tcp
+from sipmask.transport.tcp import InboundLimits, open_tcp
 from tests.conftest import LOOPBACK, ServeProcess, free_port, options_request
 
 ATTACKER, PEER, OUTSIDER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -30,8 +30,9 @@ PARTIAL = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
            b"Via: SIP/2.0/TCP 127.0.0.2:5999;branch=z9hG4bKslow")
 
 
-def connect(server: ServeProcess, source: str) -> socket.socket:
-    return socket.create_connection(server.tcp, timeout=2.0, source_address=(source, 0))
+def connect(server: ServeProcess, source: str, port: int | None = None) -> socket.socket:
+    return socket.create_connection((LOOPBACK, port or server.port), timeout=2.0,
+                                    source_address=(source, 0))
 
 
 def closed_within(sock: socket.socket, timeout: float) -> bool:
@@ -75,10 +76,14 @@ def sockets() -> Iterator[list[socket.socket]]:
 
 def test_one_ip_holds_at_most_tcp_max_per_ip_and_others_are_still_served(
         serve: Callable[..., ServeProcess], sockets: list[socket.socket]) -> None:
+    """The cap counts an IP's connections across every listener (two TCP ones here)."""
     cap = 4
-    server = serve("--set", f"sip.tcp_max_per_ip={cap}")
-    for _ in range(cap + 1):
-        sock = connect(server, ATTACKER)
+    port, second = free_port(), free_port()
+    server = serve("--set", f"sip.tcp_max_per_ip={cap}", "--set",
+                   f"sip.listen=[udp://{LOOPBACK}:{port},tcp://{LOOPBACK}:{port},"
+                   f"tcp://{LOOPBACK}:{second}]", port=port)
+    for i in range(cap + 1):
+        sock = connect(server, ATTACKER, (port, second)[i % 2])
         sock.sendall(PARTIAL)
         sockets.append(sock)
     assert closed_within(sockets[cap], 2.0), "the connection over the per-IP cap stayed open"
@@ -183,7 +188,8 @@ def test_connections_sipmask_opens_are_not_subject_to_the_acl_or_per_ip_cap() ->
             for peer in peers:
                 stack.callback(peer.close)
             shell = await open_tcp(Endpoint("tcp", LOOPBACK, free_port()), Sink(), counters,
-                                   65535, max_per_ip=1, allow=lambda host: False)
+                                   65535, limits=InboundLimits(max_per_ip=1,
+                                                               allow=lambda host: False))
             stack.callback(shell.close)
             for peer in peers:
                 dest = peer.sockets[0].getsockname()[:2]
