@@ -1,9 +1,9 @@
 """`sipmask serve`: the listeners, the SIP core between them, and the request handler seam.
 
-    sockets ─► transport/udp, tcp ─► SipServer.message_received ─► TransactionLayer.receive
-                                                                    │ events()
-                                     RequestHandler.handle_request ◄┘ (B2BUA plugs in here)
-    sockets ◄─ transport/udp, tcp ◄─ SipServer._flush ◄── TransactionLayer.outgoing()
+    sockets ─► transport/udp, tcp (tls) ─► SipServer.message_received ─► TransactionLayer
+                                                                          │ events()
+                                           RequestHandler.handle_request ◄┘ (B2BUA here)
+    sockets ◄─ transport/udp, tcp (tls) ◄─ SipServer._flush ◄── TransactionLayer.outgoing()
 
 The transaction layer is sans-IO (aioquic style): the server passes it `now` (the loop's
 clock), drains its events and outgoing messages after every call, and keeps one
@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import itertools
 import json
 import resource
@@ -35,7 +36,7 @@ from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import HEARTBEAT_S, STALE_S, CdrLog
 from sipmask.clock import SystemClock
 from sipmask.config.schema import Config, Endpoint
-from sipmask.errors import StoreError
+from sipmask.errors import ConfigError, StoreError
 from sipmask.events.outbox import Outbox, new_event
 from sipmask.events.webhook import WebhookDelivery
 from sipmask.events.webhook import from_config as webhook_from_config
@@ -58,7 +59,8 @@ from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr
 from sipmask.store import LmdbStore, open_store
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.tcp import TcpTransport, open_tcp
+from sipmask.transport.tcp import InboundLimits, TcpTransport, open_tcp
+from sipmask.transport.tls import TlsContexts, load_contexts
 from sipmask.transport.udp import UdpTransport, open_udp
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -163,22 +165,67 @@ def _has_to_tag(request: Request) -> bool:
 
 # -- the server -------------------------------------------------------------------------
 class ListenError(Exception):
-    def __init__(self, endpoint: Endpoint, cause: OSError) -> None:
+    """The SIP side cannot start: a listen socket (OSError) or the TLS settings it needs
+    (ConfigError, naming the key). str() is the one line `sipmask serve` prints."""
+
+    def __init__(self, endpoint: Endpoint, cause: OSError | ConfigError) -> None:
         self.endpoint = endpoint
         self.cause = cause
-        detail = cause.strerror or str(cause)
-        super().__init__(f"cannot listen on {endpoint}: {detail}")
+        if isinstance(cause, ConfigError):
+            super().__init__(f"config error: {cause}")
+        else:
+            super().__init__(f"cannot listen on {endpoint}: {cause.strerror or cause}")
 
 
 def transaction_layer(config: Config) -> TransactionLayer:
     """The core for `config`: RFC 3261 timers from `sip.timers`; the Via sipmask puts on
-    requests it sends names `sip.advertise` and the first listen port."""
+    requests it sends names `sip.advertise` and the port of the first listener of the
+    request's transport (the first UDP, else the first listen port, for one without)."""
     timers = config.sip.timers
-    port = config.sip.listen[0].port if config.sip.listen else 5060
-    udp = [e.port for e in config.sip.listen if e.transport == "udp"]
+    ports: dict[str, int] = {}
+    for endpoint in config.sip.listen:
+        ports.setdefault(endpoint.transport, endpoint.port)
+    first = config.sip.listen[0].port if config.sip.listen else 5060
     return TransactionLayer(TimerConfig.from_ms(timers.t1_ms, timers.t2_ms, timers.t4_ms),
                             local_via_host=config.sip.advertise,
-                            local_port=udp[0] if udp else port)
+                            local_port=ports.get("udp", first), via_ports=ports)
+
+
+def trunk_sources(config: Config) -> Callable[[str], bool]:
+    """Whether a host is in some trunk's `inbound_allow`: the only peers that may open SIP
+    connections to sipmask (checked at accept; the engine picks the trunk by the same
+    networks)."""
+    networks = tuple(net.network for trunk in config.trunks.values()
+                     for net in trunk.inbound_allow)
+
+    def allowed(host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return any((mapped or ip) in net for net in networks)
+    return allowed
+
+
+def tls_contexts(config: Config) -> TlsContexts | None:
+    """The TLS contexts when any listener or trunk speaks TLS, else None. Raises
+    ListenError (with the ConfigError naming the key) before any socket is opened."""
+    listeners = [e for e in config.sip.listen if e.transport == "tls"]
+    trunks = [(name, trunk.outbound) for name, trunk in config.trunks.items()
+              if trunk.outbound.transport == "tls"]
+    if not listeners and not trunks:
+        return None
+    try:
+        if not listeners:
+            name, outbound = trunks[0]
+            # The trunk's requests back (BYE, re-INVITE) go to our Contact: a TLS one.
+            raise ConfigError(f"trunks.{name}.outbound", "",
+                              f"{outbound} needs a tls:// address in sip.listen")
+        return load_contexts(config.sip.tls)
+    except ConfigError as exc:
+        raise ListenError(listeners[0] if listeners else trunks[0][1], exc) from None
 
 
 @dataclass
@@ -194,6 +241,7 @@ class SipServer:
         self.handler = self.handler_factory(self)
         self.udp: list[UdpTransport] = []
         self.tcp: list[TcpTransport] = []
+        self.tls: list[TcpTransport] = []     # TcpTransport with TLS contexts
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,21 +249,27 @@ class SipServer:
     async def start(self) -> list[str]:
         """Open every `sip.listen` endpoint; returns their URLs. Raises ListenError."""
         self._loop = asyncio.get_running_loop()
-        max_bytes = self.config.sip.max_message_bytes
+        sip = self.config.sip
+        max_bytes = sip.max_message_bytes
+        tls = tls_contexts(self.config)
+        # One for every TCP and TLS listener: an IP's share counts across them all.
+        limits = InboundLimits(sip.tcp_max_connections, sip.tcp_max_per_ip,
+                               trunk_sources(self.config))
         urls: list[str] = []
-        for endpoint in self.config.sip.listen:
+        for endpoint in sip.listen:
             try:
                 if endpoint.transport == "udp":
                     udp = await open_udp(endpoint, self, self.counters, max_bytes)
                     self.udp.append(udp)
                     host, port = udp.local
                 else:
-                    tcp = await open_tcp(
+                    stream = await open_tcp(
                         endpoint, self, self.counters, max_bytes,
-                        idle_timeout=float(self.config.sip.tcp_idle_timeout_s),
-                        max_connections=self.config.sip.tcp_max_connections)
-                    self.tcp.append(tcp)
-                    host, port = tcp.local
+                        idle_timeout=float(sip.tcp_idle_timeout_s),
+                        message_timeout=float(sip.tcp_message_timeout_s), limits=limits,
+                        tls=tls if endpoint.transport == "tls" else None)
+                    self._streams(endpoint.transport).append(stream)
+                    host, port = stream.local
             except OSError as exc:
                 self.close()
                 raise ListenError(endpoint, exc) from None
@@ -241,17 +295,21 @@ class SipServer:
     def local_port(self, transport: TransportName) -> int:
         """The port sipmask listens on for `transport` (for Contact headers)."""
         shells: list[UdpTransport] | list[TcpTransport] = self.udp if transport == "udp" \
-            else self.tcp
+            else self._streams(transport)
         if shells:
             return shells[0].local[1]
         return self.config.sip.listen[0].port
 
     def connected(self, dest: Address, transport: TransportName) -> bool:
         """Whether a TCP/TLS connection with `dest` is open (RFC 5923's practice: requests
-        to a party reuse the connection its dialog came in on while it is open)."""
+        to a party reuse the connection its dialog came in on while it is open; `send`
+        writes on it)."""
         if transport == "udp":
             return False
-        return any(dest in shell.connections for shell in self.tcp)
+        return any(dest in shell.connections for shell in self._streams(transport))
+
+    def _streams(self, transport: TransportName) -> list[TcpTransport]:
+        return self.tls if transport == "tls" else self.tcp
 
     def send_request(self, request: Request, dest: Address,
                      transport: TransportName) -> str:
@@ -293,7 +351,8 @@ class SipServer:
                         handler.handle_event(event)
                 except Exception:
                     self.counters.internal_errors += 1
-                    log.exception("sip.handler_failed", event=kind.__name__)
+                    # Not `event=`: structlog's first argument is the event already.
+                    log.exception("sip.handler_failed", event_type=kind.__name__)
                     if isinstance(event, RequestReceived):
                         self._answer_500(event)
             events = core.events()
@@ -320,12 +379,20 @@ class SipServer:
             self._arm_timer()
 
     def send(self, data: bytes, dest: Address, transport: TransportName) -> bool:
-        """Hand bytes to a shell; False when it refused them at once."""
-        if transport == "tcp" and self.tcp:
-            self.tcp[0].send(data, dest)
-            return True
-        if transport == "udp" and self.udp:
-            return self.udp[0].send(data, dest)
+        """Hand bytes to a shell; False when it refused them at once. On TCP and TLS the
+        shell that holds a connection with `dest` writes on it (whichever listener it came
+        in on); with none, the first one opens a connection."""
+        if transport == "udp":
+            if self.udp:
+                return self.udp[0].send(data, dest)
+        else:
+            shells = self._streams(transport)
+            if shells:
+                shell = shells[0]
+                if len(shells) > 1:
+                    shell = next((s for s in shells if dest in s.connections), shell)
+                shell.send(data, dest)
+                return True
         self.counters.send_errors += 1
         return False
 
@@ -361,8 +428,8 @@ class SipServer:
             self._timer_at = None
         for udp in self.udp:
             udp.close()
-        for tcp in self.tcp:
-            tcp.close()
+        for stream in (*self.tcp, *self.tls):
+            stream.close()
 
 
 # -- the services around SIP: store, CDRs, media, the engine, the HTTP API ---------------

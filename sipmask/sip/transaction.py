@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -488,10 +488,14 @@ class TransactionLayer:
 
     def __init__(self, timers: TimerConfig | None = None, *, local_via_host: str,
                  local_port: int, rand: RandomBytes = token_bytes,
-                 trying_delay: float | None = TRYING_DELAY) -> None:
+                 trying_delay: float | None = TRYING_DELAY,
+                 via_ports: Mapping[str, int] | None = None) -> None:
         self.timers = timers if timers is not None else TimerConfig()
         self.local_via_host = local_via_host
         self.local_port = local_port
+        # The port our Via names per transport when it has its own listener (TLS usually
+        # does: 5061, §26.2.1); §18.2.2 sends a response there if the connection is gone.
+        self.via_ports: dict[str, int] = dict(via_ports or {})
         self.rand = rand
         self.trying_delay = trying_delay
         self._txns: dict[str, Transaction] = {}
@@ -909,7 +913,8 @@ class TransactionLayer:
             raise TransactionError("the request's top Via has no branch")
         branch = new_branch(self.rand)
         # RFC 3581 §3: ask for rport so answers come back to the port we sent from.
-        via = (f"SIP/2.0/{transport.upper()} {self.local_via_host}:{self.local_port}"
+        port = self.via_ports.get(transport, self.local_port)
+        via = (f"SIP/2.0/{transport.upper()} {self.local_via_host}:{port}"
                f";branch={branch};rport")
         request.headers.add("Via", via, first=True)
         return branch

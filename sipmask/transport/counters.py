@@ -18,9 +18,16 @@ class SipCounters:
     too_large: int = 0         # over sip.max_message_bytes
     internal_errors: int = 0   # exceptions caught in a shell; the process goes on
     send_errors: int = 0       # socket writes that failed (unreachable peer, closed stream)
+    # Connections: TCP and TLS together (a TLS connection is a TCP one with one more layer).
     tcp_accepted: int = 0
-    tcp_refused: int = 0       # connections closed at once: over the connection limit
-    tcp_idle_closed: int = 0
+    tcp_refused: int = 0       # inbound closed at once: over sip.tcp_max_connections
+    tcp_refused_per_ip: int = 0    # inbound closed at once: its IP holds sip.tcp_max_per_ip
+    tcp_refused_acl: int = 0   # inbound closed at once: source in no trunk's inbound_allow
+    tcp_message_timeouts: int = 0  # closed: a message (or a first message, or a TLS
+                                   # handshake) not complete within sip.tcp_message_timeout_s
+    tcp_idle_closed: int = 0   # closed: no traffic for sip.tcp_idle_timeout_s
+    tls_failed: int = 0        # closed on a TLS error: handshake refused (no or untrusted
+                               # certificate, not TLS at all) or a bad record
     requests_by_method: Counter[str] = field(default_factory=Counter)
     responses_by_status: Counter[int] = field(default_factory=Counter)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sipmask.entropy import token_bytes
 from sipmask.errors import MessageTooLarge, ParseError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request, Response
@@ -19,9 +20,10 @@ from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr, Via
 from sipmask.transport.counters import SipCounters
 
-# §8.2.6.2: a UAS adds a To tag to every non-100 response it builds. Stateless answers to
-# garbage need no dialog, so one fixed tag per process is enough.
-STATELESS_TAG = "sipmask-400"
+# §8.2.6.2: a UAS adds a To tag to every non-100 response it builds. A fresh random one
+# each time (§19.3: tags are random): a fixed tag would mark every such answer as sipmask's
+# and tie them together for whoever probes.
+STATELESS_TAG_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def error_response(data: bytes, error: ParseError, source: Address
     try:
         to_addr = NameAddr.parse(to_value)
         if to_addr.tag is None:
-            to_value = str(to_addr.with_tag(STATELESS_TAG))
+            to_value = str(to_addr.with_tag(token_bytes(STATELESS_TAG_BYTES).hex()))
     except ParseError:
         pass  # answer with the To as it came: the peer matches on Via branch anyway
     pairs = [("Via", str(top)), *(("Via", v) for v in vias[1:]),

@@ -26,7 +26,7 @@ from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.sip.transaction import TransportFailed
 from sipmask.transport.counters import SipCounters
-from sipmask.transport.tcp import open_tcp
+from sipmask.transport.tcp import InboundLimits, open_tcp
 from tests.conftest import (
     LOOPBACK,
     REPO,
@@ -121,6 +121,15 @@ def test_readable_via_and_broken_header_gets_400_naming_it(server: ServeProcess)
     assert response.status == 400
     assert "Max-Forwards" in response.reason
     assert response.to.tag  # §8.2.6.2, even on a stateless error
+
+
+def test_stateless_400s_carry_a_fresh_random_to_tag_each(server: ServeProcess) -> None:
+    """§8.2.6.2 wants a To tag; a fixed one would mark every answer as sipmask's and let a
+    peer tie them together (§19.3: tags are random)."""
+    tags = [response_of(udp_exchange(broken("Max-Forwards", "seventy", server.udp),
+                                     server.udp)).to.tag for _ in range(2)]
+    assert tags[0] and tags[1] and tags[0] != tags[1]
+    assert all(len(tag) >= 8 and "sipmask" not in tag for tag in tags)  # type: ignore[operator]
 
 
 def test_broken_from_gets_400_naming_from(server: ServeProcess) -> None:
@@ -389,7 +398,7 @@ def test_tcp_idle_connections_are_closed_and_limit_is_kept() -> None:
         counters = SipCounters()
         endpoint = Endpoint("tcp", LOOPBACK, free_port())
         shell = await open_tcp(endpoint, Collect(), counters, 65535, idle_timeout=0.3,
-                               max_connections=2)
+                               limits=InboundLimits(max_connections=2))
         try:
             streams = [await asyncio.open_connection(LOOPBACK, endpoint.port)
                        for _ in range(3)]

@@ -148,3 +148,32 @@ def test_the_2xx_is_retransmitted_on_its_schedule_until_the_ack() -> None:
     sent.clear()
     loop.run_until(40.0)
     assert sent == [] and len(srv.core) == 0
+
+
+class FailsFirst(Recorder):
+    """A handler whose first request raises (a bug in the B2BUA, say)."""
+
+    def handle_request(self, event: RequestReceived) -> None:
+        if not self.requests:
+            self.requests.append(event)
+            raise RuntimeError("handler bug")
+        self.requests.append(event)
+
+
+def test_a_failing_handler_gets_its_request_answered_500_and_the_batch_goes_on() -> None:
+    """Two requests in one batch of events: the first one's handler raises. Its server
+    transaction is answered 500 (it must not stay open until the peer gives up) and the
+    second request still reaches the handler."""
+    srv, loop, sent = make()
+    srv.handler = FailsFirst(srv)
+    first = server.incoming("OPTIONS", branch="z9hG4bKfail1")
+    second = server.incoming("OPTIONS", branch="z9hG4bKfail2", cseq=2)
+    srv.core.receive(first, server.PEER, "udp", loop.now)
+    srv.core.receive(second, server.PEER, "udp", loop.now)
+    srv._drain()
+    handled = srv.handler.requests  # type: ignore[attr-defined]
+    assert [e.request.top_via.branch for e in handled] == ["z9hG4bKfail1", "z9hG4bKfail2"]
+    answers = [parse_message(data) for _, data in sent]
+    assert [(a.status, a.top_via.branch) for a in answers] == [  # type: ignore[union-attr]
+        (500, "z9hG4bKfail1")]
+    assert srv.counters.internal_errors == 1
