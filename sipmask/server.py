@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import itertools
 import json
 import resource
@@ -31,6 +30,7 @@ from typing import Protocol
 from aiohttp import web
 
 from sipmask.api.app import cdrs_from_log, start_api
+from sipmask.b2bua import routing
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import HEARTBEAT_S, STALE_S, CdrLog
@@ -193,20 +193,9 @@ def transaction_layer(config: Config) -> TransactionLayer:
 
 def trunk_sources(config: Config) -> Callable[[str], bool]:
     """Whether a host is in some trunk's `inbound_allow`: the only peers that may open SIP
-    connections to sipmask (checked at accept; the engine picks the trunk by the same
-    networks)."""
-    networks = tuple(net.network for trunk in config.trunks.values()
-                     for net in trunk.inbound_allow)
-
-    def allowed(host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
-        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-        return any((mapped or ip) in net for net in networks)
-    return allowed
+    connections to sipmask (checked at accept; the engine picks the trunk by the same rule,
+    routing.trunk_for)."""
+    return lambda host: routing.trunk_for(config.trunks, host)[0] is not None
 
 
 def tls_contexts(config: Config) -> TlsContexts | None:

@@ -1122,11 +1122,7 @@ class Engine:
         # remember the answer per source (bounded, so rotating sources cannot grow it).
         found = self._trunks_seen.get(host)
         if found is None:
-            found = (None, None)
-            for name, trunk in self.config.trunks.items():
-                if any(host in net for net in trunk.inbound_allow):
-                    found = (name, trunk)
-                    break
+            found = routing.trunk_for(self.config.trunks, host)
             if len(self._trunks_seen) >= TRUNK_CACHE_MAX:
                 self._trunks_seen.clear()
             self._trunks_seen[host] = found

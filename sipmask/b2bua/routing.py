@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from sipmask import numbers
+from sipmask.config.schema import TrunkConfig
 from sipmask.errors import ForbiddenError, NotFoundError, ParseError, SipError
 from sipmask.sip.message import Request
 from sipmask.sip.transports import Address, Transport
@@ -71,6 +73,16 @@ URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 # Option tags a caller may require of sipmask on its own leg: none (reliable provisionals,
 # session timers and the rest are handled per leg on leg B, or end to end).
 SUPPORTED_ON_A: frozenset[str] = frozenset()
+
+
+def trunk_for(trunks: Mapping[str, TrunkConfig], host: str
+              ) -> tuple[str | None, TrunkConfig | None]:
+    """The trunk whose `inbound_allow` holds `host` (the first, in config order), or
+    (None, None): the one rule for who may send INVITEs and open SIP connections."""
+    for name, trunk in trunks.items():
+        if any(host in net for net in trunk.inbound_allow):
+            return name, trunk
+    return None, None
 
 
 def check_request(request: Request) -> None:

@@ -93,9 +93,12 @@ class Network:
 
     def __contains__(self, host: str) -> bool:
         try:
-            return ipaddress.ip_address(host) in self.network
+            ip = ipaddress.ip_address(host)
         except ValueError:
             return False
+        # A dual-stack socket sees IPv4 peers as ::ffff:a.b.c.d.
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return (mapped or ip) in self.network
 
     def __str__(self) -> str:
         return str(self.network)

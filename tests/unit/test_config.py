@@ -146,3 +146,11 @@ def test_tls_endpoints_parse() -> None:
                                                                   "tls://127.0.0.1:5061")
     with pytest.raises(ValueError, match="tls://"):
         Endpoint.parse("sctp://127.0.0.1:5061")
+
+
+def test_a_network_holds_ipv4_peers_seen_through_a_dual_stack_socket() -> None:
+    from sipmask.config.schema import Network
+    loopback = Network.parse("127.0.0.0/8")
+    assert "::ffff:127.0.0.9" in loopback and "127.0.0.9" in loopback
+    assert "::ffff:10.0.0.1" not in loopback and "::1" not in loopback
+    assert "not-an-ip" not in loopback
