@@ -29,7 +29,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from sipmask.api.app import cdrs_from_log, start_api
+from sipmask.api.app import cdrs_from_log, connection_counts, start_api
 from sipmask.b2bua import routing
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.record import Cdr
@@ -487,6 +487,7 @@ class Services:
                         policy=self.policy, metrics=self.metrics)
         self.engines.append(engine)
         self.metrics.sources.active_calls = lambda: engine.active_calls
+        self.metrics.sources.engine_stats = lambda: engine.stats
         return engine
 
     def watch(self, server: SipServer) -> None:
@@ -531,6 +532,9 @@ class Services:
         self.tasks.append(asyncio.create_task(self._heartbeat()))
         self.api = await start_api(self.config, self.store, metrics_text=self.metrics.render,
                                    cdr_source=cdrs_from_log(self.cdrs))
+        if self.api is not None:
+            counts = connection_counts(self.api)
+            self.metrics.sources.api_connections = lambda: counts
         self.tasks.append(asyncio.create_task(self._sweep()))
         if self.delivery is not None:
             self.delivery.start()

@@ -123,6 +123,21 @@ class RelayStatsLike(Protocol):
     def ports_in_use(self) -> int: ...
 
 
+class ApiConnectionsLike(Protocol):
+    """api/connections.py's ConnectionCounts."""
+
+    @property
+    def open(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+    @property
+    def head_timeouts(self) -> int: ...
+
+
+# What the engine keeps from crossing to the other leg (engine.stats keys), as label values.
+CONTENT_DROPPED = ("body_parts_dropped", "body_untyped", "header_control_chars")
+
+
 class DeliveryStatsLike(Protocol):
     """events/webhook.py's DeliveryStats."""
 
@@ -146,6 +161,8 @@ class Sources:
     event_backlog: Callable[[], int] | None = None                # Outbox.backlog
     events_dropped: Callable[[], int] | None = None               # Outbox.dropped
     event_delivery: Callable[[], DeliveryStatsLike] | None = None
+    engine_stats: Callable[[], Mapping[str, int]] | None = None    # Engine.stats
+    api_connections: Callable[[], ApiConnectionsLike] | None = None  # api.connection_counts
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -177,7 +194,8 @@ class _SourceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         parts: tuple[tuple[str, Callable[[], Iterator[Metric]]], ...] = (
             ("calls", self._calls), ("transactions", self._transactions), ("sip", self._sip),
-            ("relay", self._relay), ("store", self._store), ("events", self._events))
+            ("relay", self._relay), ("store", self._store), ("events", self._events),
+            ("engine", self._engine), ("api", self._api))
         for name, part in parts:
             try:
                 # Built whole before yielding: a source fails all or nothing.
@@ -247,7 +265,36 @@ class _SourceCollector(Collector):
         tcp.add_metric(["accepted"], c.tcp_accepted)
         tcp.add_metric(["refused"], c.tcp_refused)
         tcp.add_metric(["idle_closed"], c.tcp_idle_closed)
+        tcp.add_metric(["refused_per_ip"], c.tcp_refused_per_ip)
+        tcp.add_metric(["refused_acl"], c.tcp_refused_acl)
+        tcp.add_metric(["message_timeout"], c.tcp_message_timeouts)
+        tcp.add_metric(["tls_failed"], c.tls_failed)
         yield tcp
+
+    def _engine(self) -> Iterator[Metric]:
+        if self.sources.engine_stats is None:
+            return
+        stats = self.sources.engine_stats()
+        family = CounterMetricFamily(
+            "sipmask_content_dropped", "Bodies, body parts and header fields kept from "
+            "crossing to the other leg (what): non-SDP bodies and multipart parts, bodies "
+            "without Content-Type, header values with control characters.", labels=["what"])
+        for what in CONTENT_DROPPED:
+            family.add_metric([what], stats.get(what, 0))
+        yield family
+
+    def _api(self) -> Iterator[Metric]:
+        if self.sources.api_connections is None:
+            return
+        c = self.sources.api_connections()
+        yield _gauge("sipmask_api_connections", "Open HTTP API connections.", c.open)
+        closed = CounterMetricFamily(
+            "sipmask_api_connections_closed", "HTTP API connections closed by a limit: past "
+            "api.max_connections (refused) or no whole head within api.header_timeout_s "
+            "(head_timeout).", labels=["reason"])
+        closed.add_metric(["refused"], c.refused)
+        closed.add_metric(["head_timeout"], c.head_timeouts)
+        yield closed
 
     def _relay(self) -> Iterator[Metric]:
         if self.sources.relay is None:

@@ -202,3 +202,29 @@ def test_every_policy_refusal_counts_under_a_known_reason() -> None:
     for refusal in refusals:
         assert refusal.metric in REFUSAL_REASONS, refusal
         metrics.refused(refusal.metric)
+
+
+def test_security_counters_reach_metrics() -> None:
+    # Issue 12: what the engine keeps from crossing, each TCP/TLS limit and the API's
+    # connection limits are counted where an operator can alert on them.
+    from sipmask.api.connections import ConnectionCounts
+
+    stats: Counter[str] = Counter({"body_parts_dropped": 3, "header_control_chars": 1,
+                                   "calls": 9})
+    sip = SipCounters(tcp_refused_per_ip=5, tcp_refused_acl=2, tcp_message_timeouts=4,
+                      tls_failed=1)
+    api = ConnectionCounts(open=2, refused=7, head_timeouts=6)
+    got = samples(Metrics(Sources(sip=lambda: sip, engine_stats=lambda: stats,
+                                  api_connections=lambda: api)).render())
+    tcp = "sipmask_tcp_connections_total"
+    assert got[(tcp, (("event", "refused_per_ip"),))] == 5
+    assert got[(tcp, (("event", "refused_acl"),))] == 2
+    assert got[(tcp, (("event", "message_timeout"),))] == 4
+    assert got[(tcp, (("event", "tls_failed"),))] == 1
+    dropped = "sipmask_content_dropped_total"
+    assert got[(dropped, (("what", "body_parts_dropped"),))] == 3
+    assert got[(dropped, (("what", "body_untyped"),))] == 0
+    assert got[(dropped, (("what", "header_control_chars"),))] == 1
+    assert got[("sipmask_api_connections", ())] == 2
+    assert got[("sipmask_api_connections_closed_total", (("reason", "refused"),))] == 7
+    assert got[("sipmask_api_connections_closed_total", (("reason", "head_timeout"),))] == 6
