@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_config(args: argparse.Namespace, config: Config) -> int:
+    # The TLS files are read as `serve` reads them, so a config that passes here starts.
+    from sipmask.server import ListenError, tls_contexts
+    try:
+        tls_contexts(config)
+    except ListenError as exc:
+        print(f"sipmask: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     source = loader.resolve_source(args.config)
     print(f"{source or loader.EMBEDDED}: ok")
     return EXIT_OK

@@ -32,6 +32,15 @@ def test_check_config_names_bad_key_and_exits_2(tmp_path: Path) -> None:
         "1024 <= first < last <= 65535 (got '5-6')"]
 
 
+def test_check_config_reads_the_tls_files_as_serve_does(tmp_path: Path) -> None:
+    result = run("check-config", "--set", "sip.listen=[tls://127.0.0.1:5061]",
+                 "--set", f"sip.tls.cert={tmp_path / 'missing.pem'}",
+                 "--set", f"sip.tls.key={tmp_path / 'missing.key'}", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "sip.tls.cert" in line and "missing.pem" in line
+
+
 def test_set_after_subcommand(tmp_path: Path) -> None:
     result = run("check-config", "--set", "sip.timers.t1_ms=x", cwd=tmp_path)
     assert result.returncode == 2
