@@ -47,8 +47,10 @@ IsHold = Callable[[bytes], bool]
 Resolve = Callable[[str], Awaitable[str]]
 
 # How long an offer may wait for its host names (a slow DNS must not hold a call's setup,
-# let alone the event loop), and how many lookups run at once: loop.getaddrinfo uses the
-# loop's default thread pool, which a stalled resolver must not fill.
+# let alone the event loop), and how many lookups may be running at once. loop.getaddrinfo
+# runs in the loop's default thread pool, which the server's heartbeat and store sweep also
+# use; a lookup past its deadline cannot be stopped, so it keeps its place until it ends
+# and a stalled resolver ties up at most MAX_LOOKUPS threads, never the whole pool.
 RESOLVE_TIMEOUT_S = 2.0
 MAX_LOOKUPS = 4
 
@@ -74,6 +76,7 @@ class EmbeddedBackend:
         self._resolve = resolve or self._getaddrinfo
         self._resolve_timeout_s = resolve_timeout_s
         self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
+        self._looking: set[asyncio.Task[str]] = set()    # lookups running, late ones too
         self._held: dict[str, set[str]] = {}   # call id -> legs whose last SDP was hold
 
     async def offer(self, call_id: str, leg: str, sdp: bytes, *,
@@ -141,23 +144,35 @@ class EmbeddedBackend:
                  if host is not None and not _is_ip(host)}
         if not names:
             return endpoints
+        ordered = sorted(names)
+        loop = asyncio.get_running_loop()
+        lookups = [loop.create_task(self._look_up(name)) for name in ordered]
+        for task in lookups:
+            self._looking.add(task)
+            task.add_done_callback(self._looked_up)
         try:
-            found = await asyncio.wait_for(self._look_up(names), self._resolve_timeout_s)
+            # Shielded: the deadline ends the wait, not the lookups (see MAX_LOOKUPS).
+            addresses = await asyncio.wait_for(asyncio.shield(asyncio.gather(*lookups)),
+                                               self._resolve_timeout_s)
+            for address in addresses:
+                ipaddress.ip_address(address)    # a resolver must give an IP (ValueError)
         except TimeoutError:
             raise SdpError("Not Acceptable Here: SDP host name not resolved in time") from None
         except (OSError, ValueError) as exc:
             raise SdpError("Not Acceptable Here: SDP host name does not resolve") from exc
+        found = dict(zip(ordered, addresses, strict=True))
         return [replace(e, host=found.get(e.host, e.host),
                         rtcp_host=None if e.rtcp_host is None
                         else found.get(e.rtcp_host, e.rtcp_host)) for e in endpoints]
 
-    async def _look_up(self, names: set[str]) -> dict[str, str]:
-        async def one(name: str) -> tuple[str, str]:
-            async with self._lookups:
-                address = await self._resolve(name)
-            ipaddress.ip_address(address)        # a resolver must give an IP (ValueError)
-            return name, address
-        return dict(await asyncio.gather(*(one(name) for name in sorted(names))))
+    async def _look_up(self, name: str) -> str:
+        async with self._lookups:
+            return await self._resolve(name)
+
+    def _looked_up(self, task: asyncio.Task[str]) -> None:
+        self._looking.discard(task)
+        if not task.cancelled():
+            task.exception()     # retrieved: a late lookup's failure was already answered
 
     async def _getaddrinfo(self, host: str) -> str:
         """The default resolver: the system's, in the loop's thread pool (never on the loop
@@ -180,6 +195,9 @@ class EmbeddedBackend:
         return final if final is not None else CallStats(call_id, LegStats(), LegStats())
 
     async def close(self) -> None:
+        for task in list(self._looking):
+            task.cancel()
+        await asyncio.gather(*self._looking, return_exceptions=True)
         await self.relay.close()
 
 
