@@ -15,8 +15,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from sipmask.sdp.errors import SdpError
+
 Leg = Literal["a", "b"]
 LEGS: tuple[Leg, Leg] = ("a", "b")
+
+# The most m= lines an SDP may carry. RFC 3264 sets no limit, but each active line costs
+# the relay two port pairs (rtpengine as many), and one offer with 600 lines could take the
+# whole port range. A voice call needs one line, two with video; 8 leaves room for T.38 and
+# for the disabled lines a re-offer must keep (RFC 3264 §8: m= lines are never removed).
+MAX_MEDIA_LINES = 8
+
+
+def check_media_lines(count: int) -> None:
+    """Refuse (488, RFC 3261 §21.4.26) an SDP with more than MAX_MEDIA_LINES m= lines."""
+    if count > MAX_MEDIA_LINES:
+        raise SdpError(f"Not Acceptable Here: {count} m= lines, at most {MAX_MEDIA_LINES}")
 
 
 def other_leg(leg: str) -> Leg:
@@ -36,10 +50,13 @@ class LegStats:
     bytes_in: int = 0
     packets_out: int = 0
     bytes_out: int = 0
-    dropped: int = 0        # received, not sent: no peer on the other side yet, or RTCP
-                            # that could not be scrubbed (media/rtcp.py)
-    rejected: int = 0       # from a source other than the latched one (relay only)
+    dropped: int = 0        # received, not sent: no peer on the other side yet
+    rejected: int = 0       # from a signalled IP while another port holds the latch
+                            # (relay only; media.latching signalled_ip or any)
     last_rtp_at: float | None = None   # monotonic time of the last RTP packet received
+    strangers: int = 0      # from an address the leg's SDP and SIP never named: dropped
+                            # (relay only; media.latching strict or signalled_ip)
+    rtcp_dropped: int = 0   # RTCP not relayed: unparseable (media/rtcp.py), or SRTCP
 
 
 @dataclass(frozen=True, slots=True)

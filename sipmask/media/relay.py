@@ -6,18 +6,31 @@ one for a voice call) each side owns an RTP socket and an RTCP socket on `media.
 leaves from side B's matching socket towards B's peer, and the other way round, so each
 party only ever sees sipmask's address and ports.
 
-Where a side's peer is (the latching rule, per socket, RTP and RTCP apart):
-1. `set_remote()` gives the address from the party's SDP; packets go there until a packet
-   arrives from the party.
-2. The source of the first packet received on the socket becomes the peer (symmetric RTP,
-   RFC 4961 §3: a party sends from the port it receives on; "comedia", RFC 4145 §4), so a
-   party behind NAT is reached at its real, translated address rather than the SDP one.
-3. Once latched, packets from any other source are dropped (counted as `rejected`): a
-   stranger spraying the port range cannot take over a call. The latch moves only when the
-   latched source has been silent for `relatch_after_s` and another source speaks (a phone
-   that changed network, a NAT binding that expired).
-4. A new SDP address (re-INVITE moving the media) clears the latch: rules 1-3 start again.
-   An SDP address of 0.0.0.0 or port 0 means "do not send" (RFC 3264 §8.4, §8.2).
+Who a side hears and where its packets go, per socket, RTP and RTCP apart, is the latching
+rule `media.latching` chooses (RTP Bleed: a relay that takes media from whoever sends first
+gives a call's audio to the first stranger who sprays its ports):
+1. `set_remote()` gives the party's address from its SDP (c= and m=, RTCP from a=rtcp or
+   RTP + 1, RFC 3605 / RFC 3550 §11) and the IP its SIP signalling came from. Packets for
+   the party go to the SDP address until rule 2 or 3 moves them. Before its SDP is known a
+   side hears nobody, in every mode but `any`.
+2. strict (the default): only packets from exactly that address and port are heard, and
+   they are all the party ever gets; anything else is a stranger, dropped and counted. The
+   check is one tuple compare on the packet path.
+3. signalled_ip (phones behind NAT, whose SDP names a private address): the first packet
+   from the SDP's IP or the SIP source IP, any port, latches (symmetric RTP, RFC 4961 §3:
+   a party sends from the port it receives on, so replies go to the translated address).
+   Another port on the latched IP takes over only once the latched one has been silent for
+   `relatch_after_s` (a NAT binding that expired); another IP never does.
+   any (unsafe, the old rule): the first source of all latches, and any other takes over
+   after that silence.
+4. A new SDP address (a re-INVITE moving the media) is signalled, so it moves the accepted
+   address and clears the latch: rules 1-3 start again. An SDP address of 0.0.0.0 or port 0
+   means "do not send" (RFC 3264 §8.4, §8.2); who may send is left as it was (a holding
+   party may still play music), except under `any`, where the latch clears as before.
+Packets refused by rules 2-3 count as `strangers` when their address was never signalled,
+as `rejected` when it was but another port holds the latch (signalled_ip, any).
+Addresses reach the relay as IP literals: EmbeddedBackend resolves SDP host names once per
+offer, off the loop, so the packet path never looks a name up.
 
 Media timeout: once both sides have an SDP address, if no RTP arrives on either side for
 `timeout_s` the relay calls `on_timeout(call_id)` once; the call engine ends the call with
@@ -28,7 +41,11 @@ RTCP is scrubbed on its way through (media/rtcp.py): SDES items (CNAME is often
 `user@host`, with the number or private address in it) become one CNAME that is a random
 pseudonym per call side, BYE reasons and APP packets go, and an RTCP packet that does not
 parse is dropped rather than relayed. With rtcp-mux (RFC 5761) RTCP arrives on the RTP
-socket and is told apart by its second octet.
+socket and is told apart by its second octet. On SRTP media (RTP/SAVP, RTP/SAVPF, RFC 3711)
+RTCP is SRTCP: its CNAME is encrypted, readable by the far end that holds the keys but not
+by the relay, so it cannot be scrubbed and is dropped (privacy first; a voice call needs
+no RTCP). SRTP itself, and DTLS-SRTP handshakes (first octet 20-63, RFC 7983 §7), pass as
+they came: the relay never decrypts anything.
 
 Socket reuse: binding four sockets and registering them with the loop is a tenth of a
 call's CPU, so a closed call's port pairs are not closed but kept bound in an idle pool
@@ -76,8 +93,14 @@ MAX_BIND_ATTEMPTS = 64
 # The idle pool of bound port pairs (module docstring).
 POOL_MAX_IDLE = 2048
 POOL_QUARANTINE_S = 2.0
-# Addresses that mean "no media to send" in SDP (RFC 3264 §8.4, the RFC 2543 hold form).
-_NO_ADDRESS = frozenset({"0.0.0.0", "::"})
+
+
+class Latching(StrEnum):
+    """`media.latching` (module docstring, rules 2-3)."""
+
+    STRICT = "strict"
+    SIGNALLED_IP = "signalled_ip"
+    ANY = "any"
 
 
 class Side(StrEnum):
@@ -89,16 +112,20 @@ class Side(StrEnum):
         return Side.B if self is Side.A else Side.A
 
 
+_NO_ONE: frozenset[str] = frozenset()
+
+
 class _Stream(asyncio.DatagramProtocol):
     """One socket: RTP or RTCP of one side. Holds its own peer, latch and counters."""
 
-    __slots__ = ("_clock", "_relatch_after", "bytes_in", "bytes_out", "cname", "dropped",
-                 "errors", "is_rtcp", "last_in", "local_port", "packets_in", "packets_out",
-                 "peer", "pooled_until", "rejected", "sdp_peer", "sock", "source",
-                 "transport", "twin")
+    __slots__ = ("_clock", "_latching", "_relatch_after", "bytes_in", "bytes_out", "cname",
+                 "dropped", "errors", "is_rtcp", "last_in", "local_port", "packets_in",
+                 "packets_out", "peer", "pooled_until", "rejected", "rtcp_dropped", "sdp_peer",
+                 "secure", "signalled", "sock", "source", "strangers", "transport", "twin")
 
     def __init__(self, sock: socket.socket, clock: Callable[[], float],
-                 relatch_after_s: float, is_rtcp: bool = False, port: int = 0) -> None:
+                 relatch_after_s: float, is_rtcp: bool = False, port: int = 0,
+                 latching: Latching = Latching.STRICT) -> None:
         self.sock = sock        # the bound socket the transport reads; we send on it directly
         # The port it is bound to, known from the pair: asking the transport for its
         # sockname makes uvloop build a socket.socket object per transport.
@@ -110,13 +137,18 @@ class _Stream(asyncio.DatagramProtocol):
         self.cname = b"-"       # the pseudonym this party's RTCP CNAME becomes (set on link)
         self._clock = clock
         self._relatch_after = relatch_after_s
+        self._latching = latching
         self.transport: asyncio.DatagramTransport | None = None
         self.twin: _Stream | None = None      # the same kind of socket on the other side
         self.peer: Address | None = None      # where packets for this party go
         self.sdp_peer: Address | None = None  # the address its SDP gave
-        self.source: Address | None = None    # the latched source, None until one speaks
+        self.signalled = _NO_ONE              # IPs that may latch (signalled_ip)
+        # Whom the packet path hears without asking _admit: the SDP address under strict,
+        # the latched source otherwise; None until there is one.
+        self.source: Address | None = None
+        self.secure = False                   # SRTP media: its RTCP is SRTCP (dropped)
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
-        self.dropped = self.rejected = self.errors = 0
+        self.dropped = self.rejected = self.strangers = self.rtcp_dropped = self.errors = 0
         self.last_in: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,8 +157,7 @@ class _Stream(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         now = self._clock()
-        if addr != self.source and not self._latch(addr, now):
-            self.rejected += 1
+        if addr != self.source and not self._admit(addr, now):
             return
         size = len(data)
         self.packets_in += 1
@@ -138,11 +169,11 @@ class _Stream(asyncio.DatagramProtocol):
             self.dropped += 1
             return
         if self.is_rtcp or (size > 1 and 192 <= data[1] <= 223):   # RTCP, muxed or not
-            scrubbed = scrub(data, self.cname)
-            if scrubbed is None:
-                self.dropped += 1
+            control = self._control(data)
+            if control is None:
+                self.rtcp_dropped += 1
                 return
-            data = scrubbed
+            data = control
         assert out is not None
         # Straight to the socket, not transport.sendto: the transport re-checks the address
         # on every call, a quarter of the per-packet cost (bench/relay.py). A full socket
@@ -155,35 +186,74 @@ class _Stream(asyncio.DatagramProtocol):
         out.packets_out += 1
         out.bytes_out += size
 
-    def _latch(self, addr: Address, now: float) -> bool:
-        """Rules 2 and 3 of the module docstring: first source wins; another source takes
-        over only after the latched one has been silent for relatch_after_s."""
-        if (self.source is not None and self.last_in is not None
-                and now - self.last_in < self._relatch_after):
+    def _admit(self, addr: Address, now: float) -> bool:
+        """A packet from someone other than `source`: rules 2-3 of the module docstring.
+        True (and the latch moved where the rule allows) to relay it; False counts it."""
+        latching = self._latching
+        source = self.source
+        if latching is Latching.STRICT:
+            # The SDP names host and port; an IPv6 source also carries flowinfo and scope.
+            if source is not None and addr[:2] == source[:2]:
+                self.source = addr
+                return True
+            self.strangers += 1
+            return False
+        silent = self.last_in is None or now - self.last_in >= self._relatch_after
+        if latching is Latching.SIGNALLED_IP:
+            if source is None:
+                if addr[0] not in self.signalled:
+                    self.strangers += 1
+                    return False
+            elif addr[0] != source[0]:       # never another IP than the latched one
+                self.strangers += 1
+                return False
+            elif not silent:
+                self.rejected += 1
+                return False
+        elif source is not None and not silent:
+            self.rejected += 1
             return False
         self.source = addr
         self.peer = addr
         return True
 
+    def _control(self, data: bytes) -> bytes | None:
+        """RTCP on its way through: scrubbed (media/rtcp.py), or None to drop it. SRTCP cannot
+        be scrubbed (RFC 3711 §3.4: the CNAME is in the encrypted part): dropped. What passes
+        an SRTP stream's RTCP socket unread is DTLS (RFC 7983 §7: first octet 20-63), the
+        DTLS-SRTP handshake for the RTCP component (RFC 5764 §4.1)."""
+        if self.secure:
+            return data if data and 19 < data[0] < 64 else None
+        return scrub(data, self.cname)
+
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a peer that went away: counted, never fatal.
         self.errors += 1
 
-    def set_sdp_peer(self, addr: Address | None) -> None:
-        """Rule 4: a changed SDP address clears the latch; the same one keeps it."""
-        if addr == self.sdp_peer and self.source is not None:
+    def set_sdp_peer(self, addr: Address | None, signalled: frozenset[str]) -> None:
+        """Rules 1 and 4: `addr` is where the party's SDP says it receives (None: send
+        nothing), `signalled` the IPs its SDP and SIP came from. A change moves both where
+        packets go and who is heard; the same again keeps a latch."""
+        if addr is None:
+            self.sdp_peer = self.peer = None
+            if self._latching is Latching.ANY:
+                self.source = None
             return
-        self.sdp_peer = addr
-        self.source = None
-        self.peer = addr
+        if addr == self.sdp_peer and signalled == self.signalled:
+            return
+        self.sdp_peer = self.peer = addr
+        self.signalled = signalled
+        self.source = addr if self._latching is Latching.STRICT else None
 
     def recycle(self) -> None:
         """Back to the state of a freshly bound socket (for the idle pool); the transport
         stays open and anything arriving meanwhile is dropped (no twin)."""
         self.twin = None
         self.peer = self.sdp_peer = self.source = None
+        self.signalled = _NO_ONE
+        self.secure = False
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
-        self.dropped = self.rejected = self.errors = 0
+        self.dropped = self.rejected = self.strangers = self.rtcp_dropped = self.errors = 0
         self.last_in = None
         self.cname = b"-"
 
@@ -195,6 +265,35 @@ class _Stream(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+def _normal_ip(host: str, family: int) -> str | None:
+    """`host` written as the socket layer of `family` writes a packet's source, so the
+    packet path compares strings as they come; None for the no-address forms (0.0.0.0,
+    ::, RFC 3264 §8.4). A name is a ValueError: names are resolved before (EmbeddedBackend)."""
+    if family == socket.AF_INET:
+        # The common case, at a tenth of ipaddress's cost: glibc's inet_pton takes only
+        # the dotted quad without leading zeros, which is the form the kernel gives back.
+        try:
+            socket.inet_pton(socket.AF_INET, host)
+        except OSError:
+            pass
+        else:
+            return None if host == "0.0.0.0" else host
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if family == socket.AF_INET6 and ip.version == 4:
+        return f"::ffff:{ip}"           # how a dual-stack socket shows an IPv4 peer
+    return str(ip)                       # IPv6: the RFC 5952 form inet_ntop gives
+
+
+def _address(ip: str, port: int, family: int) -> Address | None:
+    if not 0 < port <= 65535:
+        return None
+    return (ip, port, 0, 0) if family == socket.AF_INET6 else (ip, port)
 
 
 def _is_ipv6(host: str) -> bool:
@@ -257,9 +356,11 @@ class RelaySession:
 
     def __init__(self, call_id: str, address: str, media: _Media, timeout_s: float,
                  on_timeout: Callable[[str], None], clock: Callable[[], float],
-                 on_close: Callable[[RelaySession, CallStats], None]) -> None:
+                 on_close: Callable[[RelaySession, CallStats], None],
+                 family: int = socket.AF_INET) -> None:
         self.call_id = call_id
         self.address = address
+        self._family = family
         self._media = [media]
         self._timeout_s = timeout_s
         self._on_timeout = on_timeout
@@ -294,6 +395,12 @@ class RelaySession:
         self._media.append(media)
         return len(self._media) - 1
 
+    def _remove_from(self, count: int) -> list[_Media]:
+        """Take away the media lines from index `count` on (Relay.drop_media)."""
+        removed = self._media[count:]
+        del self._media[count:]
+        return removed
+
     def _streams(self, side: Side | str, index: int) -> tuple[_Stream, _Stream]:
         try:
             return self._media[index].streams[side]      # type: ignore[index]
@@ -306,16 +413,30 @@ class RelaySession:
         return SidePorts(self.address, rtp.local_port, rtcp.local_port)
 
     def set_remote(self, side: Side | str, host: str, rtp_port: int,
-                   rtcp_port: int | None = None, index: int = 0) -> None:
-        """The party's media address from its SDP (RFC 3605 a=rtcp gives `rtcp_port`;
-        without it RTCP is RTP + 1, RFC 3550 §11). Port 0 or 0.0.0.0: send nothing."""
+                   rtcp_port: int | None = None, index: int = 0, *,
+                   rtcp_host: str | None = None, sip_source: str | None = None,
+                   secure: bool = False) -> None:
+        """The party's media address from its SDP: `host` (an IP, never a name) and
+        `rtp_port` from c= and m=; RTCP at `rtcp_host`:`rtcp_port` from RFC 3605 a=rtcp,
+        else at host and RTP + 1 (RFC 3550 §11). Port 0 or 0.0.0.0: send nothing.
+        `sip_source` is the IP the party's signalling came from (media.latching
+        signalled_ip); `secure`: an SRTP profile, whose RTCP is dropped (module docstring).
+        Raises ValueError for a host that is not an IP literal."""
         rtp, rtcp = self._streams(side, index)
-        if rtp_port == 0 or host in _NO_ADDRESS:
-            rtp.set_sdp_peer(None)
-            rtcp.set_sdp_peer(None)
+        family = self._family
+        ip = _normal_ip(host, family)
+        rtp_peer = None if ip is None else _address(ip, rtp_port, family)
+        if rtp_peer is None or ip is None:
+            rtp.set_sdp_peer(None, _NO_ONE)
+            rtcp.set_sdp_peer(None, _NO_ONE)
         else:
-            rtp.set_sdp_peer((host, rtp_port))
-            rtcp.set_sdp_peer((host, rtcp_port if rtcp_port is not None else rtp_port + 1))
+            sip_ip = None if sip_source is None else _normal_ip(sip_source, family)
+            rtcp_ip = ip if rtcp_host is None else _normal_ip(rtcp_host, family)
+            rtp.set_sdp_peer(rtp_peer, frozenset(i for i in (ip, sip_ip) if i is not None))
+            rtcp.set_sdp_peer(
+                None if rtcp_ip is None else _address(rtcp_ip, rtcp_port or rtp_port + 1, family),
+                frozenset(i for i in (rtcp_ip, ip, sip_ip) if i is not None))
+        rtp.secure = rtcp.secure = secure
         if self._armed_at is None:
             self._remote_set.add(Side.A if side == Side.A else Side.B)
             if len(self._remote_set) == 2:
@@ -349,6 +470,7 @@ class RelaySession:
             return self._final.a if side == Side.A else self._final.b
         # One pass in plain additions: it runs twice at every call's end.
         packets_in = bytes_in = packets_out = bytes_out = dropped = rejected = 0
+        strangers = rtcp_dropped = 0
         last: float | None = None
         for media in self._media:
             rtp, rtcp = media.streams[side]              # type: ignore[index]
@@ -358,9 +480,12 @@ class RelaySession:
             bytes_out += rtp.bytes_out + rtcp.bytes_out
             dropped += rtp.dropped + rtcp.dropped
             rejected += rtp.rejected + rtcp.rejected
+            strangers += rtp.strangers + rtcp.strangers
+            rtcp_dropped += rtp.rtcp_dropped + rtcp.rtcp_dropped
             if rtp.last_in is not None and (last is None or rtp.last_in > last):
                 last = rtp.last_in
-        return LegStats(packets_in, bytes_in, packets_out, bytes_out, dropped, rejected, last)
+        return LegStats(packets_in, bytes_in, packets_out, bytes_out, dropped, rejected, last,
+                        strangers, rtcp_dropped)
 
     def stats(self) -> CallStats:
         if self._final is not None:
@@ -398,6 +523,8 @@ class RelayStats:
     ports_in_use: int
     ports_skipped: int
     ports_idle: int = 0      # bound, pooled for reuse (module docstring), not in a call
+    strangers: int = 0       # from an address no SDP or SIP source named (media.latching)
+    rtcp_dropped: int = 0    # RTCP not relayed: unparseable, or SRTCP
 
 
 class Relay:
@@ -417,6 +544,7 @@ class Relay:
         self.allocator = PortAllocator(config.ports)
         self.timeout_s = float(config.timeout_s if timeout_s is None else timeout_s)
         self.relatch_after_s = relatch_after_s
+        self.latching = Latching(config.latching)
         self._on_timeout = on_timeout
         self._clock = clock
         self._sweep_interval = sweep_interval_s or min(1.0, self.timeout_s / 4)
@@ -427,11 +555,16 @@ class Relay:
         self._timeouts = 0
         # Totals of closed sessions, so counters survive their sessions.
         self._closed_packets = self._closed_bytes = self._closed_dropped = 0
-        self._closed_rejected = 0
+        self._closed_rejected = self._closed_strangers = self._closed_rtcp_dropped = 0
         # (reusable from, pair, (rtp, rtcp)) in release order (module docstring).
         self._idle: collections.deque[tuple[float, PortPair, tuple[_Stream, _Stream]]] = \
             collections.deque()
         self.pool_reused = 0
+
+    @property
+    def family(self) -> int:
+        """The address family of the relay's sockets (media.address)."""
+        return self._family
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -476,7 +609,7 @@ class Relay:
         else:
             media = await self._bind_media()
         session = RelaySession(call_id, self.address, media, self.timeout_s,
-                               self._on_timeout, self.clock, self._forget)
+                               self._on_timeout, self.clock, self._forget, self._family)
         self._sessions[call_id] = session
         self._opened += 1
         return session
@@ -491,6 +624,29 @@ class Relay:
                 self._unused(media.pairs[side], streams)
             raise MediaError(f"relay session for call {session.call_id} is closed")
         return session._add(media)
+
+    def drop_media(self, session: RelaySession, count: int) -> None:
+        """Give back `session`'s media lines from index `count` on: lines an offer added
+        and then could not use. No party has seen their ports, so they go back to the pool
+        with the quarantine they had. Nothing to do once the session is closed (its close
+        pooled them)."""
+        if session.closed:
+            return
+        for media in session._remove_from(max(1, count)):
+            for side, streams in media.streams.items():
+                self._unused(media.pairs[side], streams)
+
+    def abandon(self, session: RelaySession) -> None:
+        """Give back all of a session that never reached a call (its first offer failed
+        after opening it): its pairs as `drop_media` gives lines back, no counters kept."""
+        if session.closed:
+            return
+        session.closed = True
+        session._final = CallStats(session.call_id, LegStats(), LegStats())
+        self._sessions.pop(session.call_id, None)
+        for media in session._remove_from(0):
+            for side, streams in media.streams.items():
+                self._unused(media.pairs[side], streams)
 
     async def _bind_media(self) -> _Media:
         clock = self.clock
@@ -522,9 +678,10 @@ class Relay:
                     continue
                 self.allocator.free(pair)
                 raise MediaError(f"cannot bind {self.address}:{pair.rtp}: {exc}") from exc
-            streams = (_Stream(socks[0], clock, self.relatch_after_s, port=pair.rtp),
+            streams = (_Stream(socks[0], clock, self.relatch_after_s, port=pair.rtp,
+                               latching=self.latching),
                        _Stream(socks[1], clock, self.relatch_after_s, is_rtcp=True,
-                               port=pair.rtcp))
+                               port=pair.rtcp, latching=self.latching))
             try:
                 for sock, stream in zip(socks, streams, strict=True):
                     await loop.create_datagram_endpoint(_returning(stream), sock=sock)
@@ -578,6 +735,8 @@ class Relay:
         self._closed_bytes += a.bytes_out + b.bytes_out
         self._closed_dropped += a.dropped + b.dropped
         self._closed_rejected += a.rejected + b.rejected
+        self._closed_strangers += a.strangers + b.strangers
+        self._closed_rtcp_dropped += a.rtcp_dropped + b.rtcp_dropped
         reusable_from = self.clock() + POOL_QUARANTINE_S
         for media in session._media:
             for side, streams in media.streams.items():
@@ -621,18 +780,22 @@ class Relay:
     def stats(self) -> RelayStats:
         packets, octets = self._closed_packets, self._closed_bytes
         dropped, rejected = self._closed_dropped, self._closed_rejected
+        strangers, rtcp_dropped = self._closed_strangers, self._closed_rtcp_dropped
         for session in self._sessions.values():
             s = session.stats()
             packets += s.packets_relayed
             octets += s.a.bytes_out + s.b.bytes_out
             dropped += s.a.dropped + s.b.dropped
             rejected += s.a.rejected + s.b.rejected
+            strangers += s.a.strangers + s.b.strangers
+            rtcp_dropped += s.a.rtcp_dropped + s.b.rtcp_dropped
         return RelayStats(
             active_sessions=len(self._sessions), sessions_opened=self._opened,
             timeouts=self._timeouts, packets_relayed=packets, bytes_relayed=octets,
             dropped=dropped, rejected=rejected,
             ports_in_use=(self.allocator.in_use - len(self._idle)) * 2,
-            ports_skipped=self.allocator.skipped, ports_idle=len(self._idle) * 2)
+            ports_skipped=self.allocator.skipped, ports_idle=len(self._idle) * 2,
+            strangers=strangers, rtcp_dropped=rtcp_dropped)
 
     async def close(self) -> None:
         """Stop the sweep and close every session."""

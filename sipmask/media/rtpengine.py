@@ -13,6 +13,32 @@ rtpengine behave as the privacy contract needs:
   rtpengine's interface (without it o= keeps the party's address);
 - "direction" only when two named interfaces are configured (one-interface setups, the
   Debian default, need none).
+Who rtpengine hears (media.latching, against RTP Bleed), on both offer and answer, for the
+side whose SDP it is (rtpengine keeps these per stream). Measured on rtpengine 10.5 in
+userspace (tests/integration/test_rtpengine.py):
+- strict: "endpoint-learning-off" (the endpoint stays the SDP's address and port) and
+  "strict-source" (packets from any other address or port are dropped, before the party's
+  first packet too): a stranger's packet neither takes the call's audio nor reaches the
+  other party;
+- signalled_ip: "endpoint-learning-heuristic" and "strict-source", and with a SIP source
+  IP "SIP-source-address" with "received-from" (that IP, with the SDP's port, becomes the
+  advertised endpoint: a NATed phone's SDP names its private address). For 3 s after
+  signalling rtpengine moves to the best source seen (the advertised address and port,
+  then the same IP on another port, then anything) and forwards what it hears; then it
+  locks on it. It cannot limit learning to the signalled IPs: before the party's first
+  packet a stranger's source is taken, and one that keeps sending through those 3 s while
+  the party is silent keeps it. An SDP with ICE lines makes rtpengine ignore the SIP source,
+  so behind NAT the phone and a stranger then rank alike. The embedded relay has none of
+  these gaps; with rtpengine prefer strict;
+- any: nothing added (rtpengine's default learning, then any source is forwarded: unsafe).
+"reject-ICE" (strict, signalled_ip): sipmask never does ICE (ICE=remove), and an offerer
+rtpengine takes for an ICE agent has its address moved by whatever arrives.
+In every mode rtpengine forwards whatever reaches a side's ports before that side's own SDP
+is known (streams not yet "filled"); the embedded relay hears nobody then.
+An SDP is parsed before rtpengine sees it (400 when malformed, 488 over MAX_MEDIA_LINES
+m= lines: each line costs rtpengine ports). A first offer that fails after it was sent
+(no answer, an answer without SDP) is deleted in rtpengine, in the background: the engine
+only deletes media it was given.
 rtpengine 10.5 (Debian 12) replaces only the o= address, not its username, and keeps s=
 and a=ssrc cname lines; `scrub_identity` finishes the job on the returned SDP (the privacy
 contract in DESIGN.md: no o= username, no cname crosses).
@@ -43,7 +69,7 @@ from typing import cast
 from sipmask.config.schema import HostPort, MediaConfig
 from sipmask.errors import ParseError, RtpengineError
 from sipmask.media import bencode
-from sipmask.media.backend import LEGS, CallStats, LegStats, other_leg
+from sipmask.media.backend import LEGS, CallStats, LegStats, check_media_lines, other_leg
 
 ATTEMPTS = 3
 WATCH_INTERVAL_S = 1.0   # how often the media-timeout watch looks for calls due a query
@@ -52,6 +78,14 @@ WATCH_BATCH = 32         # queries in flight at once
 PRIVACY_FLAGS: dict[str, bencode.Encodable] = {
     "ICE": "remove",
     "replace": ["origin", "session-connection"],
+}
+# What offer and answer ask for per media.latching (see the module docstring).
+# The learning mode goes in the flags list ("endpoint-learning-<mode>"): rtpengine 10.5
+# reads the "endpoint-learning" key only as a list and ignores it as a string.
+LATCHING_FLAGS: dict[str, list[str]] = {
+    "strict": ["strict-source", "endpoint-learning-off", "reject-ICE"],
+    "signalled_ip": ["strict-source", "endpoint-learning-heuristic", "reject-ICE"],
+    "any": [],
 }
 
 
@@ -152,11 +186,14 @@ class RtpengineBackend:
                  watch_interval_s: float = WATCH_INTERVAL_S) -> None:
         self.target = config.rtpengine.ng
         self._timeout_s = config.rtpengine.timeout_ms / 1000
+        self._latching = config.latching
         self._attempts = attempts
         self._interfaces = interfaces
         self._client: NgClient | None = None
         self._connecting: asyncio.Lock | None = None
+        self._offered: set[str] = set()     # calls rtpengine accepted an offer for
         self._answered: set[str] = set()    # calls with a to-tag known to rtpengine
+        self._deleting: set[asyncio.Task[None]] = set()   # deletes of failed first offers
         # The media-timeout watch (module docstring); off without on_timeout.
         self._on_timeout = on_timeout
         self._media_timeout_s = float(config.timeout_s)
@@ -182,28 +219,46 @@ class RtpengineBackend:
         if reply.get("result") != b"pong":
             raise RtpengineError(f"rtpengine answered ping with {reply.get('result')!r}")
 
-    def _flags(self) -> dict[str, bencode.Encodable]:
-        flags = dict(PRIVACY_FLAGS)
-        if self._interfaces is not None:
-            flags["direction"] = list(self._interfaces)
-        return flags
+    def _flags(self, sip_source: str | None) -> dict[str, bencode.Encodable]:
+        return ng_flags(self._latching, sip_source, self._interfaces)
 
     async def offer(self, call_id: str, leg: str, sdp: bytes, *,
                     sip_source: str | None = None) -> bytes:
+        _check(sdp)
         params: dict[str, bencode.Encodable] = {
-            "call-id": call_id, "from-tag": leg, "sdp": sdp, **self._flags()}
+            "call-id": call_id, "from-tag": leg, "sdp": sdp, **self._flags(sip_source)}
         if call_id in self._answered:
             # A re-offer in an established call names the other side too.
             params["to-tag"] = other_leg(leg)
-        reply = await (await self.client()).request("offer", **params)
+        first = call_id not in self._offered
+        try:
+            reply = await (await self.client()).request("offer", **params)
+            body = scrub_identity(_sdp(reply, "offer"))
+        except BaseException:
+            # rtpengine may hold the call (it answered, or answered too late): nobody else
+            # will delete a first offer that failed. A re-offer's call is the engine's.
+            if first:
+                self._delete_later(call_id)
+            raise
+        self._offered.add(call_id)
         self._note_hold(call_id, leg, sdp)
-        return scrub_identity(_sdp(reply, "offer"))
+        return body
+
+    def _delete_later(self, call_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._delete_quietly(call_id))
+        self._deleting.add(task)
+        task.add_done_callback(self._deleting.discard)
+
+    async def _delete_quietly(self, call_id: str) -> None:
+        with contextlib.suppress(RtpengineError):
+            await (await self.client()).request("delete", **{"call-id": call_id})
 
     async def answer(self, call_id: str, leg: str, sdp: bytes, *,
                      sip_source: str | None = None) -> bytes:
+        _check(sdp)
         reply = await (await self.client()).request(
             "answer", **{"call-id": call_id, "from-tag": other_leg(leg), "to-tag": leg,
-                         "sdp": sdp, **self._flags()})
+                         "sdp": sdp, **self._flags(sip_source)})
         self._answered.add(call_id)
         self._note_hold(call_id, leg, sdp)
         if self._on_timeout is not None and call_id not in self._due:
@@ -268,6 +323,7 @@ class RtpengineBackend:
         """Delete the call in rtpengine; its final counters. rtpengine's delete reply holds
         no counters (it keeps the call for --delete-delay), so a query comes first. A call
         rtpengine does not know (deleted already, timed out there) gives empty counters."""
+        self._offered.discard(call_id)
         self._answered.discard(call_id)
         self._due.pop(call_id, None)
         self._held.pop(call_id, None)
@@ -283,6 +339,10 @@ class RtpengineBackend:
         return final
 
     async def close(self) -> None:
+        for task in list(self._deleting):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -291,6 +351,23 @@ class RtpengineBackend:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def ng_flags(latching: str, sip_source: str | None,
+             interfaces: tuple[str, str] | None = None) -> dict[str, bencode.Encodable]:
+    """What an offer or answer asks of rtpengine besides call-id, tags and SDP: the privacy
+    flags, the media.latching flags for the side whose SDP it is (module docstring) and the
+    interfaces, if two are named."""
+    flags: dict[str, bencode.Encodable] = dict(PRIVACY_FLAGS)
+    listed = list(LATCHING_FLAGS[latching])
+    if latching == "signalled_ip" and sip_source is not None:
+        listed.append("SIP-source-address")
+        flags["received-from"] = ["IP6" if ":" in sip_source else "IP4", sip_source]
+    if listed:
+        flags["flags"] = listed
+    if interfaces is not None:
+        flags["direction"] = list(interfaces)
+    return flags
 
 
 def call_stats(call_id: str, reply: Mapping[str, bencode.Value]) -> CallStats:
@@ -335,6 +412,13 @@ def last_rtp_at(reply: Mapping[str, bencode.Value]) -> float | None:
                 if isinstance(flags, list) and b"RTP" in flags and isinstance(at, int):
                     newest = at if newest is None else max(newest, at)
     return None if newest is None else float(newest)
+
+
+def _check(sdp: bytes) -> None:
+    """Refuse before rtpengine sees it: a malformed SDP (ParseError, 400) or one with more
+    than MAX_MEDIA_LINES m= lines (SdpError, 488)."""
+    from sipmask.sdp import parser
+    check_media_lines(len(parser.parse(sdp).media))
 
 
 def _sdp_is_hold(sdp: bytes) -> bool:

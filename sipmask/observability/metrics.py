@@ -118,6 +118,10 @@ class RelayStatsLike(Protocol):
     @property
     def rejected(self) -> int: ...
     @property
+    def strangers(self) -> int: ...
+    @property
+    def rtcp_dropped(self) -> int: ...
+    @property
     def timeouts(self) -> int: ...
     @property
     def ports_in_use(self) -> int: ...
@@ -306,10 +310,14 @@ class _SourceCollector(Collector):
                        r.packets_relayed)
         yield _counter("sipmask_relay_bytes", "RTP and RTCP bytes relayed.", r.bytes_relayed)
         dropped = CounterMetricFamily(
-            "sipmask_relay_dropped", "Packets not relayed: no peer yet (no_peer) or from a "
-            "source other than the latched one (wrong_source).", labels=["reason"])
+            "sipmask_relay_dropped", "Packets not relayed: no peer yet (no_peer); from an "
+            "address the call's SDP and SIP never named (stranger, media.latching); from a "
+            "signalled address while another port holds the latch (wrong_source); RTCP that "
+            "does not parse, or SRTCP, which cannot be scrubbed (rtcp).", labels=["reason"])
         dropped.add_metric(["no_peer"], r.dropped)
+        dropped.add_metric(["stranger"], r.strangers)
         dropped.add_metric(["wrong_source"], r.rejected)
+        dropped.add_metric(["rtcp"], r.rtcp_dropped)
         yield dropped
         yield _counter("sipmask_media_timeouts", "Calls ended for lack of RTP.", r.timeouts)
 

@@ -27,7 +27,9 @@ from sipmask.sdp.rewrite import (
     _KEPT_SESSION_LINES,
     NO_SESSION_NAME,
     Direction,
+    MediaEndpoint,
     OriginCounter,
+    media_endpoint,
 )
 
 
@@ -38,6 +40,8 @@ class Part(NamedTuple):
     port_count: int | None
     m_kind: str                 # "m=<media> " (the port goes after it)
     m_rest: str                 # " <proto> <fmt> ..."
+    proto: str                  # the m= line's proto ("" for the session section)
+    rtcp: str | None            # the value of the first a=rtcp, or None
     host: str | None            # the first c= host (multicast suffix dropped), or None
     unspecified: bool           # that c= is 0.0.0.0 or :: (RFC 3264 §8.4 hold)
     direction: Direction | None   # the first direction attribute, or None
@@ -99,6 +103,8 @@ def scan(data: bytes) -> Scan | None:
     kept: list[str] = ["c="]        # the session c= slot comes first, always
     connection_at = 0
     rtcp_at: list[int] = []
+    rtcp: str | None = None
+    proto = ""
     has_time = False
 
     for line in lines[first + 1:]:
@@ -119,6 +125,8 @@ def scan(data: bytes) -> Scan | None:
             if code == _KEPT:
                 kept.append(line)
             elif code == _RTCP:
+                if rtcp is None:
+                    rtcp = value if colon else ""
                 if port > 0:
                     rtcp_at.append(len(kept))
                     kept.append(f"a={name}:")
@@ -152,12 +160,15 @@ def scan(data: bytes) -> Scan | None:
                         and int(count_text) <= 65535):
                     return None
                 new_count = int(count_text)
-            parts.append(_part(port, port_count, m_kind, m_rest, host, unspecified, found,
-                               ice, kept, connection_at, rtcp_at, has_time, not parts))
+            parts.append(_part(port, port_count, m_kind, m_rest, proto, rtcp, host,
+                               unspecified, found, ice, kept, connection_at, rtcp_at, has_time,
+                               not parts))
             port = int(port_text)
             port_count = new_count
             m_kind = f"m={fields[0]} "
             m_rest = " " + " ".join(fields[2:])
+            proto = fields[2]
+            rtcp = None
             host = None
             unspecified = False
             found = None
@@ -190,14 +201,15 @@ def scan(data: bytes) -> Scan | None:
 
     if not has_origin:
         return None
-    parts.append(_part(port, port_count, m_kind, m_rest, host, unspecified, found, ice, kept,
-                       connection_at, rtcp_at, has_time, not parts))
+    parts.append(_part(port, port_count, m_kind, m_rest, proto, rtcp, host, unspecified, found,
+                       ice, kept, connection_at, rtcp_at, has_time, not parts))
     return Scan(parts[0], tuple(parts[1:]), only_in, any(part.ice for part in parts))
 
 
-def _part(port: int, port_count: int | None, m_kind: str, m_rest: str, host: str | None,
-          unspecified: bool, found: Direction | None, ice: bool, kept: list[str],
-          connection_at: int, rtcp_at: list[int], has_time: bool, session: bool) -> Part:
+def _part(port: int, port_count: int | None, m_kind: str, m_rest: str, proto: str,
+          rtcp: str | None, host: str | None, unspecified: bool, found: Direction | None,
+          ice: bool, kept: list[str], connection_at: int, rtcp_at: list[int], has_time: bool,
+          session: bool) -> Part:
     """The section just read; `session`: it is the session section (before any m=)."""
     if session and not has_time:
         kept.append("t=0 0")     # §5.9: t= is mandatory; rewrite_for_relay adds "0 0"
@@ -212,14 +224,14 @@ def _part(port: int, port_count: int | None, m_kind: str, m_rest: str, host: str
             ordered = False
             break
         rank = new_rank
-    return Part(port, port_count, m_kind, m_rest, host, unspecified, found, ice, tuple(kept),
-                connection_at, tuple(rtcp_at), ordered)
+    return Part(port, port_count, m_kind, m_rest, proto, rtcp, host, unspecified, found, ice,
+                tuple(kept), connection_at, tuple(rtcp_at), ordered)
 
 
-def media_endpoints(sd: Scan) -> list[tuple[str, int] | None] | None:
+def media_endpoints(sd: Scan) -> list[MediaEndpoint | None] | None:
     """rewrite.media_endpoints, or None where it would raise (an active stream without c=)."""
     session_host = sd.session.host
-    endpoints: list[tuple[str, int] | None] = []
+    endpoints: list[MediaEndpoint | None] = []
     for section in sd.media:
         if section.port == 0:
             endpoints.append(None)
@@ -227,8 +239,17 @@ def media_endpoints(sd: Scan) -> list[tuple[str, int] | None] | None:
         host = section.host if section.host is not None else session_host
         if host is None:
             return None
-        endpoints.append((host, section.port))
+        endpoints.append(media_endpoint(host, section.port, section.proto, section.rtcp))
     return endpoints
+
+
+def relayable(sd: Scan) -> bool:
+    """Whether rewrite.check_relayable passes: nettype IN throughout and no active m= line
+    over several ports."""
+    if not sd.only_in:
+        return False
+    return not any(section.port != 0 and section.port_count is not None
+                   and section.port_count > 1 for section in sd.media)
 
 
 def is_on_hold(sd: Scan) -> bool:
@@ -251,14 +272,9 @@ def is_on_hold(sd: Scan) -> bool:
 def rewrite(sd: Scan, address: str, ports: list[int], counter: OriginCounter) -> bytes | None:
     """rewrite_for_relay(..., origin=counter.origin), stamped by `counter` and serialized;
     None (with `counter` untouched) where rewrite_for_relay would raise."""
-    if not sd.only_in:
-        return None
     media = sd.media
-    if len(ports) != sum(1 for section in media if section.port != 0):
+    if not relayable(sd) or len(ports) != sum(1 for section in media if section.port != 0):
         return None
-    for section in media:
-        if section.port != 0 and section.port_count is not None and section.port_count > 1:
-            return None
     relay = ("IN IP6 " if ":" in address else "IN IP4 ") + address
     relay_line = "c=" + relay
     hold_allowed = not sd.ice

@@ -136,9 +136,7 @@ def rewrite_for_relay(sd: SessionDescription, *, address: str, ports: Sequence[i
     wanted = relay_ports_needed(sd)
     if len(ports) != wanted:
         raise ValueError(f"rewrite_for_relay: {wanted} relay ports needed, {len(ports)} given")
-    for nettype in _nettypes(sd):
-        if nettype != "IN":
-            raise SdpError("Not Acceptable Here: SDP network type is not IN")
+    check_relayable(sd)
     keep = _DEFAULT_KEEP if keep_attributes is KEPT_ATTRIBUTES else _allowed(keep_attributes)
     relay = Connection.for_address(address)
     hold_allowed = not uses_ice(sd)
@@ -168,9 +166,6 @@ def rewrite_for_relay(sd: SessionDescription, *, address: str, ports: Sequence[i
         if section.port == 0:
             media.append(_rewrite_media(section, 0, None, keep, address, hold_allowed))
             continue
-        if section.port_count is not None and section.port_count > 1:
-            # §5.14 layered encoding over several ports: the relay carries one pair.
-            raise SdpError("Not Acceptable Here: m= with several ports")
         media.append(_rewrite_media(section, next(next_port), relay, keep, address,
                                     hold_allowed))
 
@@ -216,6 +211,18 @@ def _kept_attribute(line: Attribute, keep: frozenset[str], rtp_port: int | None,
     return line
 
 
+def check_relayable(sd: SessionDescription) -> None:
+    """Raise SdpError (488) for a description the relay cannot carry: a network type other
+    than IN, or an active m= line over several ports (§5.14 layered encoding; the relay
+    carries one pair per line). EmbeddedBackend runs this before it opens anything."""
+    for nettype in _nettypes(sd):
+        if nettype != "IN":
+            raise SdpError("Not Acceptable Here: SDP network type is not IN")
+    for section in sd.media:
+        if section.port != 0 and section.port_count is not None and section.port_count > 1:
+            raise SdpError("Not Acceptable Here: m= with several ports")
+
+
 def _nettypes(sd: SessionDescription) -> set[str]:
     found = {sd.origin.nettype}
     found.update(line.nettype for line in sd.lines if isinstance(line, Connection))
@@ -229,15 +236,46 @@ def relay_ports_needed(sd: SessionDescription) -> int:
     return sum(1 for section in sd.media if section.port != 0)
 
 
-def media_endpoints(sd: SessionDescription) -> list[tuple[str, int] | None]:
-    """Where each m= line asks to receive RTP: (host, port), or None for port 0.
+@dataclass(frozen=True, slots=True)
+class MediaEndpoint:
+    """Where one active m= line receives media, as its SDP says. `host` may be a name
+    (RFC 4566 §5.7 allows an FQDN in c=); the media backend resolves it once per offer."""
+
+    host: str                       # c= address, multicast suffix dropped; 0.0.0.0: hold
+    port: int                       # m= port, RTP
+    rtcp_port: int | None = None    # RFC 3605 a=rtcp; None: port + 1 (RFC 3550 §11)
+    rtcp_host: str | None = None    # the address a=rtcp names, if any; None: host
+    secure: bool = False            # an SRTP profile (RFC 3711 SAVP, RFC 5124 SAVPF)
+
+
+def media_endpoint(host: str, port: int, proto: str, rtcp: str | None) -> MediaEndpoint:
+    """The endpoint of one active m= line from its c= host, m= port and proto, and the
+    value of its first a=rtcp (None: there is none). One rule for both SDP paths."""
+    rtcp_port: int | None = None
+    rtcp_host: str | None = None
+    if rtcp is not None:
+        # RFC 3605 §2.1: a=rtcp:<port> [<nettype> <addrtype> <connection-address>]. A value
+        # that is not that is ignored, as before: RTCP then goes to port + 1.
+        fields = rtcp.split()
+        if fields and fields[0].isascii() and fields[0].isdigit() and len(fields[0]) <= 5 \
+                and int(fields[0]) <= 65535:
+            rtcp_port = int(fields[0])
+            if len(fields) == 4 and fields[1] == "IN":
+                rtcp_host = fields[3].split("/", 1)[0]
+    # RTP/SAVP, RTP/SAVPF and their UDP/TLS/ (DTLS-SRTP, RFC 5764) and TCP/TLS/ forms.
+    secure = proto.upper().endswith(("/SAVP", "/SAVPF"))
+    return MediaEndpoint(host, port, rtcp_port, rtcp_host, secure)
+
+
+def media_endpoints(sd: SessionDescription) -> list[MediaEndpoint | None]:
+    """Where each m= line asks to receive media, or None for port 0.
 
     RFC 4566 §5.7: a media-level c= overrides the session-level one. A host of 0.0.0.0
     means the stream is on hold (RFC 3264 §8.4) and nothing should be sent to it.
     Raises SdpError when an active stream has no c= at either level.
     """
     session = sd.connection
-    endpoints: list[tuple[str, int] | None] = []
+    endpoints: list[MediaEndpoint | None] = []
     for index, section in enumerate(sd.media, start=1):
         if section.port == 0:
             endpoints.append(None)
@@ -245,7 +283,9 @@ def media_endpoints(sd: SessionDescription) -> list[tuple[str, int] | None]:
         connection = section.connection or session
         if connection is None:
             raise SdpError(f"Not Acceptable Here: m= line {index} has no c= address")
-        endpoints.append((connection.host, section.port))
+        rtcp = section.attribute("rtcp")
+        endpoints.append(media_endpoint(connection.host, section.port, section.proto,
+                                        None if rtcp is None else rtcp.value or ""))
     return endpoints
 
 

@@ -1,10 +1,11 @@
 """The embedded relay on real UDP sockets on 127.0.0.1, under asyncio and uvloop.
 
 Two fake endpoints (A and B) send RTP-shaped packets through a RelaySession. Pinned here:
-each receives the other's payload from sipmask's port only; symmetric latching learns a
-real source different from the SDP one and refuses a stranger; the media timeout fires once
-and not during hold; counters add up; ports that fail to bind are skipped; exhaustion is
-typed; close frees the ports.
+each receives the other's payload from sipmask's port only; latching under signalled_ip
+learns a real source different from the SDP one, and `any` keeps its old relatch rule (the
+media.latching modes in full: test_relay_latching.py); the media timeout fires once and not
+during hold; counters add up; ports that fail to bind are skipped; exhaustion is typed;
+close frees the ports.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sipmask.config.schema import MediaConfig, PortRange
 from sipmask.errors import MediaError, PortsExhausted
 from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import POOL_QUARANTINE_S, Relay, RelaySession, Side, _Stream
+from sipmask.sdp.rewrite import MediaEndpoint
 
 HOST = "127.0.0.1"
 Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -37,8 +39,9 @@ def port_range(pairs: int) -> PortRange:
     return PortRange(base, base + 2 * pairs - 1)
 
 
-def config(pairs: int = 50) -> MediaConfig:
-    return MediaConfig(address=HOST, ports=port_range(pairs), timeout_s=60)
+def config(pairs: int = 50, latching: str = "strict") -> MediaConfig:
+    return MediaConfig(address=HOST, ports=port_range(pairs), timeout_s=60,
+                       latching=latching)  # type: ignore[arg-type]
 
 
 def rtp_packet(seq: int, payload: bytes) -> bytes:
@@ -156,7 +159,7 @@ def test_rtcp_goes_through_its_own_odd_ports(run: Runner) -> None:
         assert b"192.168" not in data and len(data) > len(sender_report)
         a_rtcp.send(b"\x81\xc8rtcp-sr", (HOST, local_a.rtcp))
         assert await b_rtcp.nothing()
-        assert session.leg_stats(Side.A).dropped == 1
+        assert session.leg_stats(Side.A).rtcp_dropped == 1
         for endpoint in (a_rtp, a_rtcp, b_rtp, b_rtcp):
             endpoint.close()
         await relay.close()
@@ -165,7 +168,7 @@ def test_rtcp_goes_through_its_own_odd_ports(run: Runner) -> None:
 
 def test_latching_learns_the_real_source_behind_nat(run: Runner) -> None:
     async def test() -> None:
-        relay = Relay(config(), on_timeout=lambda call_id: None)
+        relay = Relay(config(latching="signalled_ip"), on_timeout=lambda call_id: None)
         session = await relay.open_session("c1")
         sdp_a, real_a, b = await Endpoint.open(), await Endpoint.open(), await Endpoint.open()
         # A's SDP names one address; A really sends from another (a NAT rewrote it).
@@ -185,11 +188,12 @@ def test_latching_learns_the_real_source_behind_nat(run: Runner) -> None:
     run(test)
 
 
-def test_a_stranger_cannot_take_over_until_the_latched_source_goes_silent(run: Runner) -> None:
+def test_under_any_another_source_takes_over_once_the_latched_one_goes_silent(
+        run: Runner) -> None:
     async def test() -> None:
         clock = FakeClock()
-        relay = Relay(config(), on_timeout=lambda call_id: None, clock=clock.monotonic,
-                      relatch_after_s=2.0, sweep=False)
+        relay = Relay(config(latching="any"), on_timeout=lambda call_id: None,
+                      clock=clock.monotonic, relatch_after_s=2.0, sweep=False)
         session = await relay.open_session("c1")
         a, b, stranger = (await Endpoint.open(), await Endpoint.open(),
                           await Endpoint.open())
@@ -253,9 +257,8 @@ def test_packets_with_nowhere_to_go_are_counted_as_dropped(run: Runner) -> None:
         await asyncio.sleep(0.1)
         stats = session.stats()
         assert (stats.a.packets_in, stats.a.dropped, stats.b.packets_out) == (3, 3, 0)
-        # B speaks first without an SDP: latching alone gives it a peer.
-        b.send(b"hi", rtp(session, Side.B))
-        assert (await a.recv())[0] == b"hi"
+        # B's SDP arrives: A's packets have somewhere to go.
+        session.set_remote(Side.B, *b.address)
         a.send(b"now", rtp(session, Side.A))
         assert (await b.recv())[0] == b"now"
         assert relay.stats().dropped == 3
@@ -456,12 +459,17 @@ def sdp_body(host: str, *ports: int, direction: str = "sendrecv") -> bytes:
             f"{media}").encode()
 
 
-def parse_endpoints(sdp: bytes) -> list[tuple[str, int] | None]:
+def parse_endpoints(sdp: bytes) -> list[MediaEndpoint | None]:
     """The lambda-sized stand-in for sipmask.sdp: c= host and each m= port."""
     lines = sdp.decode().split("\r\n")
     host = next(line[9:] for line in lines if line.startswith("c=IN IP4 "))
     ports = [int(line.split()[1]) for line in lines if line.startswith("m=")]
-    return [(host, port) if port else None for port in ports]
+    return [MediaEndpoint(host, port) if port else None for port in ports]
+
+
+def where(endpoint: MediaEndpoint | None) -> tuple[str, int]:
+    assert endpoint is not None
+    return endpoint.host, endpoint.port
 
 
 def test_embedded_offer_answer_points_each_leg_at_its_own_side(run: Runner) -> None:
@@ -481,14 +489,14 @@ def test_embedded_offer_answer_points_each_leg_at_its_own_side(run: Runner) -> N
         assert session is not None
         b_side = session.local(Side.B).rtp
         assert rewrites[-1] == (HOST, [b_side], "c1:b")
-        assert parse_endpoints(to_b) == [(HOST, b_side)]
+        assert parse_endpoints(to_b) == [MediaEndpoint(HOST, b_side)]
         to_a = await backend.answer("c1", "b", sdp_body(HOST, b.address[1]))
-        assert parse_endpoints(to_a) == [(HOST, session.local(Side.A).rtp)]
+        assert parse_endpoints(to_a) == [MediaEndpoint(HOST, session.local(Side.A).rtp)]
         assert rewrites[-1][2] == "c1:a"
         # Media follows the rewritten bodies: each party sends where its SDP said.
-        a.send(b"voice-a", parse_endpoints(to_a)[0])  # type: ignore[arg-type]
+        a.send(b"voice-a", where(parse_endpoints(to_a)[0]))
         assert await b.recv() == (b"voice-a", (HOST, b_side))
-        b.send(b"voice-b", parse_endpoints(to_b)[0])  # type: ignore[arg-type]
+        b.send(b"voice-b", where(parse_endpoints(to_b)[0]))
         assert (await a.recv())[0] == b"voice-b"
         # Re-INVITE from B putting the call on hold suspends the media timeout.
         await backend.offer("c1", "b", sdp_body(HOST, b.address[1], direction="sendonly"))
@@ -525,7 +533,7 @@ def test_embedded_relays_each_enabled_media_line(run: Runner) -> None:
             HOST, b1.address[1], 0, b2.address[1])))
         session = backend.relay.session("c1")
         assert session is not None and session.media_count == 2
-        a2.send(b"video", to_a[1])  # type: ignore[arg-type]
+        a2.send(b"video", where(to_a[1]))
         assert (await b2.recv())[0] == b"video"
         assert await b1.nothing()
         for endpoint in (a1, a2, b1, b2):

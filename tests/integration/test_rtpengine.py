@@ -22,13 +22,15 @@ from pathlib import Path
 import pytest
 
 from sipmask.config.schema import HostPort, MediaConfig, RtpengineConfig
-from sipmask.errors import MediaError, RtpengineError
+from sipmask.errors import MediaError, ParseError, RtpengineError
 from sipmask.media.rtpengine import NgClient, RtpengineBackend
+from sipmask.sdp import SdpError
 from tests.conftest import LOOPBACK, free_port, terminate, udp_block_free
 
 pytestmark = pytest.mark.rtpengine
 
 BINARY = shutil.which("rtpengine")
+NAT, STRANGER = "127.0.0.4", "127.0.0.5"
 
 
 class Daemon:
@@ -37,8 +39,9 @@ class Daemon:
         self.ng = ng
         self.log = log
 
-    def media_config(self, timeout_s: int = 60) -> MediaConfig:
+    def media_config(self, timeout_s: int = 60, latching: str = "strict") -> MediaConfig:
         return MediaConfig(backend="rtpengine", timeout_s=timeout_s,
+                           latching=latching,  # type: ignore[arg-type]
                            rtpengine=RtpengineConfig(ng=self.ng, timeout_ms=500))
 
 
@@ -105,17 +108,35 @@ def offer_sdp(port: int, user: str = "alice", direction: str = "sendrecv") -> by
             f"a=candidate:1 1 UDP 2130706431 192.0.2.10 {port} typ host\r\n").encode()
 
 
+def plain_sdp(host: str, port: int) -> bytes:
+    """A phone's SDP without ICE lines: with them rtpengine ignores the SIP source address
+    (media/rtpengine.py's module docstring)."""
+    return (f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n").encode()
+
+
 def media_port(sdp: bytes) -> int:
     found = re.search(rb"^m=audio (\d+) ", sdp, re.M)
     assert found is not None, sdp
     return int(found.group(1))
 
 
-def phone() -> socket.socket:
+def phone(host: str = LOOPBACK) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((LOOPBACK, 0))
+    sock.bind((host, 0))
     sock.settimeout(2.0)
     return sock
+
+
+def heard(sock: socket.socket, wait: float = 0.3) -> bytes | None:
+    """The next datagram within `wait`, or None."""
+    sock.settimeout(wait)
+    try:
+        return sock.recv(2048)
+    except TimeoutError:
+        return None
+    finally:
+        sock.settimeout(2.0)
 
 
 def rtp(seq: int, fill: bytes) -> bytes:
@@ -247,3 +268,103 @@ def test_media_timeout_watch(daemon: Daemon) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_strangers_packet_does_not_capture_the_call_in_strict_mode(daemon: Daemon) -> None:
+    """RTP Bleed against rtpengine: one packet to A's port before A's first RTP. Under
+    media.latching strict (the default) rtpengine is told not to learn and to drop any
+    source but the SDP's address and port, so B's audio still goes to A."""
+    a, b, stranger = phone(), phone(), phone(STRANGER)
+
+    async def test() -> None:
+        backend = RtpengineBackend(daemon.media_config())
+        to_b = await backend.offer("bleed", "a", offer_sdp(a.getsockname()[1]))
+        to_a = await backend.answer("bleed", "b", offer_sdp(b.getsockname()[1], user="bob"))
+        b_side, a_side = media_port(to_b), media_port(to_a)
+        loop = asyncio.get_running_loop()
+        stranger.sendto(rtp(0, b"S"), (LOOPBACK, a_side))
+        await asyncio.sleep(0.1)
+        b.sendto(rtp(1, b"B"), (LOOPBACK, b_side))
+        assert await loop.run_in_executor(None, heard, a) == rtp(1, b"B")
+        assert await loop.run_in_executor(None, heard, stranger) is None
+        assert await loop.run_in_executor(None, heard, b, 0.05) is None   # not injected
+        a.sendto(rtp(2, b"A"), (LOOPBACK, a_side))
+        assert await loop.run_in_executor(None, heard, b) == rtp(2, b"A")
+        await backend.delete("bleed")
+        await backend.close()
+
+    try:
+        asyncio.run(test())
+    finally:
+        for sock in (a, b, stranger):
+            sock.close()
+
+
+def test_signalled_ip_hears_the_sip_source_ip_on_another_port(daemon: Daemon) -> None:
+    """A NATed phone: its SDP names a private address, its packets come from the SIP source
+    IP on another port. rtpengine learns it (SIP-source-address, heuristic learning), and a
+    stranger sending after it does not take B's audio. (Before the phone's first packet,
+    and within rtpengine's 3 s learning window, rtpengine cannot refuse a stranger: see
+    the module docstring of media/rtpengine.py.)"""
+    sdp_a, nat, b, stranger = phone("127.0.0.2"), phone(NAT), phone("127.0.0.3"), \
+        phone(STRANGER)
+
+    async def test() -> None:
+        backend = RtpengineBackend(daemon.media_config(latching="signalled_ip"))
+        to_b = await backend.offer("nat", "a", plain_sdp("127.0.0.2", sdp_a.getsockname()[1]),
+                                   sip_source=NAT)
+        to_a = await backend.answer("nat", "b", plain_sdp("127.0.0.3", b.getsockname()[1]),
+                                    sip_source="127.0.0.3")
+        b_side, a_side = media_port(to_b), media_port(to_a)
+        loop = asyncio.get_running_loop()
+        nat.sendto(rtp(1, b"A"), (LOOPBACK, a_side))
+        assert await loop.run_in_executor(None, heard, b) == rtp(1, b"A")
+        stranger.sendto(rtp(2, b"S"), (LOOPBACK, a_side))
+        await asyncio.sleep(0.1)
+        b.sendto(rtp(3, b"B"), (LOOPBACK, b_side))
+        assert await loop.run_in_executor(None, heard, nat) == rtp(3, b"B")
+        assert await loop.run_in_executor(None, heard, stranger) is None
+        assert await loop.run_in_executor(None, heard, sdp_a, 0.05) is None
+        await backend.delete("nat")
+        await backend.close()
+
+    try:
+        asyncio.run(test())
+    finally:
+        for sock in (sdp_a, nat, b, stranger):
+            sock.close()
+
+
+def test_refused_and_abandoned_first_offers_leave_no_call_in_rtpengine(daemon: Daemon) -> None:
+    """An SDP sipmask refuses never reaches rtpengine; a first offer abandoned after it was
+    sent (its task cancelled while the reply was awaited, as when a reply is lost) is
+    deleted in rtpengine, since the engine deletes only media it was given."""
+    async def test() -> None:
+        backend = RtpengineBackend(daemon.media_config())
+        await backend.ping()                               # connected: the offer sends at once
+        many = offer_sdp(4000).replace(b"m=audio", b"m=audio 4002 RTP/AVP 0\r\nm=audio", 1)
+        many = many.replace(b"a=rtpmap:0", b"m=audio 4004 RTP/AVP 0\r\n" * 7 + b"a=rtpmap:0", 1)
+        with pytest.raises(SdpError):
+            await backend.offer("too-many", "a", many)
+        with pytest.raises(ParseError):
+            await backend.offer("garbage", "a", b"v=1\r\n")
+        offer = asyncio.get_running_loop().create_task(
+            backend.offer("abandoned", "a", offer_sdp(4000)))
+        await asyncio.sleep(0)                             # sent, reply not read yet
+        offer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await offer
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                await backend.query("abandoned")
+            except RtpengineError as exc:
+                assert "Unknown call-id" in str(exc)
+                break
+            assert time.monotonic() < deadline, "rtpengine still holds the abandoned call"
+            await asyncio.sleep(0.05)
+        for call_id in ("too-many", "garbage"):
+            with pytest.raises(RtpengineError, match="Unknown call-id"):
+                await backend.query(call_id)
+        await backend.close()
+    asyncio.run(test())

@@ -51,6 +51,8 @@ class RelayFigures:
     bytes_relayed: int = 172000
     dropped: int = 4
     rejected: int = 2
+    strangers: int = 5
+    rtcp_dropped: int = 6
     timeouts: int = 1
     ports_in_use: int = 12
 
@@ -111,6 +113,8 @@ def test_render_has_every_family_and_reads_sources_at_scrape_time(tmp_path: Path
     assert got[("sipmask_sip_parse_errors_total", ())] == 1
     assert got[("sipmask_relay_packets_total", ())] == 1000
     assert got[("sipmask_relay_dropped_total", (("reason", "wrong_source"),))] == 2
+    assert got[("sipmask_relay_dropped_total", (("reason", "stranger"),))] == 5
+    assert got[("sipmask_relay_dropped_total", (("reason", "rtcp"),))] == 6
     assert got[("sipmask_media_sessions", ())] == 3
     assert got[("sipmask_event_backlog", ())] == 1
     assert got[("sipmask_events_delivered_total", ())] == 9

@@ -15,10 +15,12 @@ from sipmask.sdp import (
     Connection,
     Direction,
     Line,
+    MediaEndpoint,
     Origin,
     OriginCounter,
     SdpError,
     SessionDescription,
+    check_relayable,
     direction,
     is_on_hold,
     media_endpoints,
@@ -289,15 +291,42 @@ def test_non_bundle_groups_are_kept() -> None:
 
 
 def test_media_endpoints_prefer_media_level_address() -> None:
-    assert media_endpoints(parse(sdp_samples.CARRIER)) == [("10.1.2.3", 31274)]
+    assert media_endpoints(parse(sdp_samples.CARRIER)) == [MediaEndpoint("10.1.2.3", 31274)]
     assert media_endpoints(parse(sdp_samples.AUDIO_AND_REJECTED_VIDEO)) == [
-        ("198.51.100.20", 49170), None]
+        MediaEndpoint("198.51.100.20", 49170, rtcp_port=49171), None]
     sd = parse(b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
                b"m=audio 4000 RTP/AVP 0\r\nc=IN IP4 192.0.2.9\r\nm=audio 4002 RTP/AVP 0\r\n"
                b"m=audio 4004 RTP/AVP 0\r\nc=IN IP4 233.252.0.1/127\r\n")
-    assert media_endpoints(sd) == [("192.0.2.9", 4000), ("192.0.2.1", 4002),
-                                   ("233.252.0.1", 4004)]
-    assert media_endpoints(parse(sdp_samples.IPV6)) == [("2001:db8::2", 49172)]
+    assert media_endpoints(sd) == [MediaEndpoint("192.0.2.9", 4000),
+                                   MediaEndpoint("192.0.2.1", 4002),
+                                   MediaEndpoint("233.252.0.1", 4004)]
+    assert media_endpoints(parse(sdp_samples.IPV6)) == [
+        MediaEndpoint("2001:db8::2", 49172, rtcp_port=49173, rtcp_host="2001:db8::2")]
+
+
+def test_media_endpoints_read_rtcp_and_the_srtp_profiles() -> None:
+    """RFC 3605 a=rtcp (its port, and its address when it names one); a value that is not
+    a port is ignored. SAVP and SAVPF, plain or under DTLS (RFC 5764), are SRTP."""
+    sd = parse(HEAD.replace(b"t=0 0", b"c=IN IP4 192.0.2.1\r\nt=0 0") +
+               b"m=audio 4000 RTP/SAVP 0\r\na=rtcp:5001 IN IP4 192.0.2.7\r\n"
+               b"m=audio 4002 UDP/TLS/RTP/SAVPF 0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n"
+               b"m=audio 4004 RTP/AVPF 0\r\na=rtcp:x\r\n"
+               b"m=audio 4006 RTP/AVP 0\r\na=RTCP:5007\r\na=rtcp:5009\r\n")
+    assert media_endpoints(sd) == [
+        MediaEndpoint("192.0.2.1", 4000, 5001, "192.0.2.7", secure=True),
+        MediaEndpoint("192.0.2.1", 4002, 9, "0.0.0.0", secure=True),
+        MediaEndpoint("192.0.2.1", 4004),
+        MediaEndpoint("192.0.2.1", 4006, 5007)]
+
+
+def test_check_relayable_refuses_what_the_relay_cannot_carry() -> None:
+    body = HEAD.replace(b"t=0 0", b"c=IN IP4 192.0.2.1\r\nt=0 0") + b"m=audio 4000 RTP/AVP 0\r\n"
+    check_relayable(parse(body))
+    check_relayable(parse(body + b"m=video 0/2 RTP/AVP 31\r\n"))       # disabled: no ports
+    with pytest.raises(SdpError, match="several ports"):
+        check_relayable(parse(body.replace(b"4000", b"4000/2")))
+    with pytest.raises(SdpError, match="not IN"):
+        check_relayable(parse(body.replace(b"c=IN", b"c=ATM")))
 
 
 def test_media_endpoints_refuse_a_stream_without_address() -> None:
