@@ -478,8 +478,10 @@ class Engine:
             status = exc.status if isinstance(exc, SipError) else 503
             await self._apply(ctx, CallEvent.SETUP_FAILED, status_override=status)
             return
-        ctx.media_open = content_type == SDP
+        if content_type == SDP:
+            self._media_opened(ctx)
         if call.state is not CallState.ROUTING:     # cancelled while media was set up
+            self._free_media(ctx)
             return
         trunk = ctx.trunk.outbound
         host = _host(trunk.host)
@@ -797,7 +799,7 @@ class Engine:
             log.warning("call.media_answer_failed", call_id=ctx.call.call_id, error=str(exc))
             return b"", None
         if out[1] == SDP:
-            ctx.media_open = True
+            self._media_opened(ctx)
         return out
 
     async def _relay_request(self, ctx: _CallContext, from_leg: str,
@@ -986,6 +988,14 @@ class Engine:
         except TransactionError as exc:
             # The transaction ended under us (e.g. Timer H): nothing left to answer.
             log.debug("call.response_dropped", status=response.status, error=str(exc))
+
+    def _media_opened(self, ctx: _CallContext) -> None:
+        """The backend holds a session for the call now. A call that ended while the offer
+        was on its way (its FREE_MEDIA found nothing open) gives it back at once (DESIGN
+        rule 13: the opener releases on every path)."""
+        ctx.media_open = True
+        if ctx.call.state is CallState.ENDED:
+            self._free_media(ctx)
 
     def _free_media(self, ctx: _CallContext) -> None:
         if not ctx.media_open:

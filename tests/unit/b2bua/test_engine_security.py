@@ -466,6 +466,50 @@ def test_setup_failure_cdr_is_group_committed_before_the_488_leaves() -> None:
     run(flow)
 
 
+class GatedMedia(RelaySdp):
+    """An offer that waits for the test to open its gate (a slow rtpengine, a slow DNS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
+                    sip_source: str | None = None) -> bytes:
+        await self.gate.wait()
+        return await super().offer(call_id, leg, sdp, sip_source=sip_source)
+
+    async def delete(self, call_id: str) -> Any:
+        self.deleted.append(call_id)
+
+
+def test_a_caller_cancelling_while_its_offer_is_set_up_leaves_no_media_session() -> None:
+    # DESIGN rule 13: the session the offer opened is given back on this path too.
+    async def flow(h: Harness) -> None:
+        media = GatedMedia()
+        h.media = media
+        h.engine = Engine(h, config=h.config, store=h.store, media=media, cdrs=h.cdrs,
+                          clock=SystemClock())
+        bind_axb(h)
+        await h.deliver(a_invite(), A_ADDR)
+        a_inv = parse_message(a_invite().encode())
+        assert isinstance(a_inv, Request)
+        cancel = (f"CANCEL {a_inv.uri} SIP/2.0\r\nVia: {a_inv.headers.get('via')}\r\n"
+                  f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('from')}\r\n"
+                  f"To: {a_inv.headers.get('to')}\r\nCall-ID: {a_inv.call_id}\r\n"
+                  f"CSeq: {a_inv.cseq.number} CANCEL\r\nContent-Length: 0\r\n\r\n")
+        await h.deliver(cancel, A_ADDR)
+        await h.settle()
+        assert media.calls == []            # the offer is still waiting
+        media.gate.set()
+        await until(h, lambda: bool(media.deleted))
+        statuses = [m.status for m, _d, _t in h.sent if isinstance(m, Response)]
+        assert statuses == [100, 200, 487]          # 200 to the CANCEL, 487 to the INVITE
+        [call_id] = {c for _kind, c, _leg in media.calls}
+        assert media.deleted == [call_id]
+
+    run(flow)
+
+
 class AttemptPolicy:
     """A Policy that records admission calls; admit_attempt refuses past `limit` attempts."""
 
