@@ -213,5 +213,13 @@ def _check_whole(config: Config, source: str) -> None:
                                       f"overlaps a pool of tenant {other} (no re-leasing)",
                                       str(pool))
             ranges.append((lo, hi, name))
+    if config.media.backend == "rtpengine" and config.media.latching == "signalled_ip":
+        # No latching mode may ever move a leg to another IP (RTP Bleed). rtpengine's
+        # learning cannot be held to the signalled IPs: for its first 3 s it takes the best
+        # source it hears, a stranger's included (media/rtpengine.py, measured on 10.5).
+        raise ConfigError(source, "media.latching",
+                          "signalled_ip cannot be enforced by rtpengine (it learns any "
+                          "source for its first seconds): use strict with rtpengine, or "
+                          "media.backend: relay for phones behind NAT", "signalled_ip")
     if config.events.webhook.url and not config.events.webhook.secret:
         raise ConfigError(source, "events.webhook.secret", "is required when a webhook url is set")

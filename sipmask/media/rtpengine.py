@@ -20,18 +20,15 @@ userspace (tests/integration/test_rtpengine.py):
   "strict-source" (packets from any other address or port are dropped, before the party's
   first packet too): a stranger's packet neither takes the call's audio nor reaches the
   other party;
-- signalled_ip: "endpoint-learning-heuristic" and "strict-source", and with a SIP source
-  IP "SIP-source-address" with "received-from" (that IP, with the SDP's port, becomes the
-  advertised endpoint: a NATed phone's SDP names its private address). For 3 s after
-  signalling rtpengine moves to the best source seen (the advertised address and port,
-  then the same IP on another port, then anything) and forwards what it hears; then it
-  locks on it. It cannot limit learning to the signalled IPs: before the party's first
-  packet a stranger's source is taken, and one that keeps sending through those 3 s while
-  the party is silent keeps it. An SDP with ICE lines makes rtpengine ignore the SIP source,
-  so behind NAT the phone and a stranger then rank alike. The embedded relay has none of
-  these gaps; with rtpengine prefer strict;
+- signalled_ip: refused with rtpengine at config load. Measured on 10.5 with
+  "endpoint-learning-heuristic", "strict-source" and "SIP-source-address"/"received-from":
+  for 3 s after signalling rtpengine moves to the best source seen (the advertised address
+  and port, then the same IP on another port, then anything) and forwards what it hears,
+  so a stranger sending before the party's first packet is taken, and an SDP with ICE
+  lines makes it ignore the SIP source. It cannot hold learning to the signalled IPs,
+  which the mode promises; the embedded relay can;
 - any: nothing added (rtpengine's default learning, then any source is forwarded: unsafe).
-"reject-ICE" (strict, signalled_ip): sipmask never does ICE (ICE=remove), and an offerer
+"reject-ICE" (strict): sipmask never does ICE (ICE=remove), and an offerer
 rtpengine takes for an ICE agent has its address moved by whatever arrives.
 In every mode rtpengine forwards whatever reaches a side's ports before that side's own SDP
 is known (streams not yet "filled"); the embedded relay hears nobody then.
@@ -84,7 +81,6 @@ PRIVACY_FLAGS: dict[str, bencode.Encodable] = {
 # reads the "endpoint-learning" key only as a list and ignores it as a string.
 LATCHING_FLAGS: dict[str, list[str]] = {
     "strict": ["strict-source", "endpoint-learning-off", "reject-ICE"],
-    "signalled_ip": ["strict-source", "endpoint-learning-heuristic", "reject-ICE"],
     "any": [],
 }
 
@@ -186,9 +182,10 @@ class RtpengineBackend:
                  watch_interval_s: float = WATCH_INTERVAL_S) -> None:
         self.target = config.rtpengine.ng
         self._timeout_s = config.rtpengine.timeout_ms / 1000
-        self._latching = config.latching
+        # The same on every offer and answer (the mode is per backend; signalled_ip, the
+        # one that needed the leg's SIP source, is refused with rtpengine at config load).
+        self._ng_flags = ng_flags(config.latching, interfaces)
         self._attempts = attempts
-        self._interfaces = interfaces
         self._client: NgClient | None = None
         self._connecting: asyncio.Lock | None = None
         self._offered: set[str] = set()     # calls rtpengine accepted an offer for
@@ -219,14 +216,11 @@ class RtpengineBackend:
         if reply.get("result") != b"pong":
             raise RtpengineError(f"rtpengine answered ping with {reply.get('result')!r}")
 
-    def _flags(self, sip_source: str | None) -> dict[str, bencode.Encodable]:
-        return ng_flags(self._latching, sip_source, self._interfaces)
-
     async def offer(self, call_id: str, leg: str, sdp: bytes, *,
                     sip_source: str | None = None) -> bytes:
         _check(sdp)
         params: dict[str, bencode.Encodable] = {
-            "call-id": call_id, "from-tag": leg, "sdp": sdp, **self._flags(sip_source)}
+            "call-id": call_id, "from-tag": leg, "sdp": sdp, **self._ng_flags}
         if call_id in self._answered:
             # A re-offer in an established call names the other side too.
             params["to-tag"] = other_leg(leg)
@@ -258,7 +252,7 @@ class RtpengineBackend:
         _check(sdp)
         reply = await (await self.client()).request(
             "answer", **{"call-id": call_id, "from-tag": other_leg(leg), "to-tag": leg,
-                         "sdp": sdp, **self._flags(sip_source)})
+                         "sdp": sdp, **self._ng_flags})
         self._answered.add(call_id)
         self._note_hold(call_id, leg, sdp)
         if self._on_timeout is not None and call_id not in self._due:
@@ -353,16 +347,13 @@ class RtpengineBackend:
             self._client = None
 
 
-def ng_flags(latching: str, sip_source: str | None,
+def ng_flags(latching: str,
              interfaces: tuple[str, str] | None = None) -> dict[str, bencode.Encodable]:
     """What an offer or answer asks of rtpengine besides call-id, tags and SDP: the privacy
     flags, the media.latching flags for the side whose SDP it is (module docstring) and the
     interfaces, if two are named."""
     flags: dict[str, bencode.Encodable] = dict(PRIVACY_FLAGS)
     listed = list(LATCHING_FLAGS[latching])
-    if latching == "signalled_ip" and sip_source is not None:
-        listed.append("SIP-source-address")
-        flags["received-from"] = ["IP6" if ":" in sip_source else "IP4", sip_source]
     if listed:
         flags["flags"] = listed
     if interfaces is not None:
