@@ -179,6 +179,14 @@ def b_response(invite: Request, status: int, *, tag: str = "tb1", sdp: bytes = b
             f"{ctype}Content-Length: {len(sdp)}\r\n\r\n") + sdp.decode("utf-8", "surrogateescape")
 
 
+def a_cancel(a_inv: Request) -> str:
+    """The caller's CANCEL of `a_inv` (§9.1: its Via, From, To, Call-ID and CSeq number)."""
+    return (f"CANCEL {a_inv.uri} SIP/2.0\r\nVia: {a_inv.headers.get('via')}\r\n"
+            f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('from')}\r\n"
+            f"To: {a_inv.headers.get('to')}\r\nCall-ID: {a_inv.call_id}\r\n"
+            f"CSeq: {a_inv.cseq.number} CANCEL\r\nContent-Length: 0\r\n\r\n")
+
+
 def in_dialog(method: str, *, ruri: str, from_: str, to: str, call_id: str, cseq: int,
               via: str) -> str:
     return (f"{method} {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from_}\r\n"
@@ -378,11 +386,7 @@ def test_caller_cancel_while_ringing() -> None:
         h.take(A_ADDR)
         a_inv = parse_message(a_invite().encode())
         assert isinstance(a_inv, Request)
-        cancel = (f"CANCEL {a_inv.uri} SIP/2.0\r\nVia: {a_inv.headers.get('via')}\r\n"
-                  f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('from')}\r\n"
-                  f"To: {a_inv.headers.get('to')}\r\nCall-ID: {a_inv.call_id}\r\n"
-                  f"CSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n")
-        await h.deliver(cancel, A_ADDR)
+        await h.deliver(a_cancel(a_inv), A_ADDR)
         to_a = [m for m in h.take(A_ADDR) if isinstance(m, Response)]
         assert sorted((m.status, m.cseq.method) for m in to_a) == [(200, "CANCEL"),
                                                                    (487, "INVITE")]

@@ -38,6 +38,7 @@ from tests.unit.b2bua.test_engine import (
     Harness,
     RelaySdp,
     X,
+    a_cancel,
     a_invite,
     answered_call,
     b_response,
@@ -91,6 +92,20 @@ def never_on(h: Harness, dest: tuple[str, int], *secrets: bytes) -> None:
         data = message.to_bytes()
         for secret in secrets:
             assert secret not in data, f"{secret!r} reached {dest}: {data!r}"
+
+
+def caller_invite() -> Request:
+    """The caller's INVITE as the engine saw it (a_invite's defaults), parsed."""
+    a_inv = parse_message(a_invite().encode())
+    assert isinstance(a_inv, Request)
+    return a_inv
+
+
+def a_ack(a_inv: Request, ok: Response) -> str:
+    """The caller's ACK to the 2xx `ok` sipmask sent it."""
+    return in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from")
+                     or "", to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=10,
+                     via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1")
 
 
 def a_request(h: Harness, a_inv: Request, method: str, cseq: int, *,
@@ -175,11 +190,8 @@ def test_sip_i_answers_and_reinvites_cross_as_sdp_only() -> None:
             assert resp.content_type == "application/sdp"
             assert b"m=audio 30000" in resp.body
         [ctx] = h.engine.calls.values()
-        a_inv = parse_message(a_invite().encode())
-        assert isinstance(a_inv, Request)
-        ack = in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from")
-                        or "", to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=10,
-                        via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1")
+        a_inv = caller_invite()
+        ack = a_ack(a_inv, ok)
         await h.deliver(ack, A_ADDR)
         h.take()
         await h.deliver(with_body(a_request(h, a_inv, "INVITE", 12), sip_i_body(CALLER_SDP),
@@ -211,11 +223,8 @@ def test_delayed_offer_answer_in_a_multipart_ack_crosses_as_sdp() -> None:
         [b_inv] = requests(h.take(B_ADDR))
         await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
         ok = responses(h.take(A_ADDR))[-1]
-        a_inv = parse_message(a_invite().encode())
-        assert isinstance(a_inv, Request)
-        ack = in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from")
-                        or "", to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=10,
-                        via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1")
+        a_inv = caller_invite()
+        ack = a_ack(a_inv, ok)
         await h.deliver(with_body(ack, sip_i_body(CALLER_SDP), MULTIPART), A_ADDR)
         [ack_b] = requests(h.take(B_ADDR))
         assert ack_b.method == "ACK" and ack_b.content_type == "application/sdp"
@@ -491,13 +500,7 @@ def test_a_caller_cancelling_while_its_offer_is_set_up_leaves_no_media_session()
                           clock=SystemClock())
         bind_axb(h)
         await h.deliver(a_invite(), A_ADDR)
-        a_inv = parse_message(a_invite().encode())
-        assert isinstance(a_inv, Request)
-        cancel = (f"CANCEL {a_inv.uri} SIP/2.0\r\nVia: {a_inv.headers.get('via')}\r\n"
-                  f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('from')}\r\n"
-                  f"To: {a_inv.headers.get('to')}\r\nCall-ID: {a_inv.call_id}\r\n"
-                  f"CSeq: {a_inv.cseq.number} CANCEL\r\nContent-Length: 0\r\n\r\n")
-        await h.deliver(cancel, A_ADDR)
+        await h.deliver(a_cancel(caller_invite()), A_ADDR)
         await h.settle()
         assert media.calls == []            # the offer is still waiting
         media.gate.set()
@@ -582,11 +585,8 @@ def test_media_backend_is_told_each_legs_sip_source() -> None:
         [b_inv] = requests(h.take(B_ADDR))
         await h.deliver(b_response(b_inv, 200, sdp=B_SDP), ("127.0.0.7", 5090))
         ok = responses(h.take(A_ADDR))[-1]
-        a_inv = parse_message(a_invite().encode())
-        assert isinstance(a_inv, Request)
-        ack = in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from")
-                        or "", to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=10,
-                        via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1")
+        a_inv = caller_invite()
+        ack = a_ack(a_inv, ok)
         await h.deliver(ack, A_ADDR)
         h.take()
         reinvite = with_body(b_request(h, b_inv, "INVITE", 2), B_SDP, "application/sdp")
