@@ -17,96 +17,37 @@ Pinned here:
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, cast
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import uvloop
 
-from sipmask.config.schema import MediaConfig, PortRange
+from sipmask.config.schema import MediaConfig
 from sipmask.errors import MediaError, SipError
 from sipmask.media.backend import MAX_MEDIA_LINES
 from sipmask.media.embedded import MAX_LOOKUPS, EmbeddedBackend
 from sipmask.media.relay import Side
+from tests.support.media import LOOP_KINDS, Runner, UdpPeer, close_after, loop_runner, port_range
 
 RELAY, A_IP, B_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
-Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
+    with loop_runner(request.param) as runner:
+        yield runner
 
 
 def config(pairs: int) -> MediaConfig:
     """A range of its own (31000-31999), below the kernel's ephemeral ports."""
-    base = 31000 + (os.getpid() * 16) % 600
-    base -= base % 2
-    return MediaConfig(address=RELAY, ports=PortRange(base, base + 2 * pairs - 1),
+    return MediaConfig(address=RELAY,
+                       ports=port_range(pairs, first=31000, step=16, spread=600),
                        timeout_s=60)
 
 
-class Endpoint(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    async def open(cls, host: str) -> Endpoint:
-        endpoint = cls()
-        await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: endpoint, local_addr=(host, 0))
-        _OPEN.append(endpoint)
-        return endpoint
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.received.put_nowait(data)
-
-    @property
-    def port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-    def send(self, data: bytes, port: int) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, (RELAY, port))
-
-    async def recv(self, timeout: float = 1.0) -> bytes:
-        return await asyncio.wait_for(self.received.get(), timeout)
-
-    async def nothing(self, wait: float = 0.15) -> bool:
-        await asyncio.sleep(wait)
-        return self.received.empty()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-_OPEN: list[Endpoint] = []
-_BACKENDS: list[EmbeddedBackend] = []
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    async def guarded(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        try:
-            await test()
-        finally:
-            while _OPEN:
-                _OPEN.pop().close()
-            while _BACKENDS:
-                await _BACKENDS.pop().close()
-
-    with asyncio.Runner(loop_factory=factory) as runner:
-        yield lambda test: runner.run(guarded(test))
-
-
 def backend_for(pairs: int = 8, **options: Any) -> EmbeddedBackend:
-    backend = EmbeddedBackend(config(pairs), on_timeout=lambda call_id: None, **options)
-    _BACKENDS.append(backend)
-    return backend
+    return close_after(EmbeddedBackend(config(pairs), on_timeout=lambda call_id: None,
+                                       **options))
 
 
 def sdp(host: str, *ports: int, proto: str = "RTP/AVP", extra: str = "") -> bytes:
@@ -144,13 +85,13 @@ def test_a_thousand_refused_offers_leave_no_port_in_use(run: Runner) -> None:
         assert (stats.ports_in_use, stats.active_sessions, stats.sessions_opened,
                 stats.ports_idle) == (0, 0, 0, 0)
         # The next call still gets ports, and its media flows.
-        a, b = await Endpoint.open(A_IP), await Endpoint.open(B_IP)
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         to_b = await backend.offer("good", "a", sdp(A_IP, a.port))
         to_a = await backend.answer("good", "b", sdp(B_IP, b.port))
         session = backend.relay.session("good")
         assert session is not None
         assert f"m=audio {session.local(Side.B).rtp} ".encode() in to_b
-        a.send(b"\x80\x00voice", session.local(Side.A).rtp)
+        a.send(b"\x80\x00voice", (RELAY, session.local(Side.A).rtp))
         assert await b.recv() == b"\x80\x00voice"
         assert f"m=audio {session.local(Side.A).rtp} ".encode() in to_a
         await backend.delete("good")
@@ -173,7 +114,7 @@ def test_a_first_offer_that_runs_out_of_ports_closes_what_it_opened(run: Runner)
 def test_a_reoffer_adding_lines_that_fails_gives_back_what_it_added(run: Runner) -> None:
     async def test() -> None:
         backend = backend_for(pairs=4)          # line 1: 2 pairs; line 2: 2; line 3: none
-        a, b = await Endpoint.open(A_IP), await Endpoint.open(B_IP)
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         await backend.offer("c1", "a", sdp(A_IP, a.port))
         await backend.answer("c1", "b", sdp(B_IP, b.port))
         session = backend.relay.session("c1")
@@ -183,7 +124,7 @@ def test_a_reoffer_adding_lines_that_fails_gives_back_what_it_added(run: Runner)
         assert session.media_count == 1
         assert backend.relay.stats().ports_in_use == 4
         assert session.peer(Side.B) == (B_IP, b.port)       # the failed offer changed nothing
-        a.send(b"\x80\x00still", session.local(Side.A).rtp)
+        a.send(b"\x80\x00still", (RELAY, session.local(Side.A).rtp))
         assert await b.recv() == b"\x80\x00still"
     run(test)
 
@@ -198,16 +139,16 @@ def test_host_names_are_resolved_once_per_offer_not_per_packet(run: Runner) -> N
             return names[host]
 
         backend = backend_for(resolve=resolve)
-        a, b = await Endpoint.open(A_IP), await Endpoint.open(B_IP)
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         await backend.offer("c1", "a", sdp("phone-a.test", a.port))
         await backend.answer("c1", "b", sdp("phone-b.test", b.port))
         session = backend.relay.session("c1")
         assert session is not None
         assert session.peer(Side.A) == (A_IP, a.port) and session.peer(Side.B) == (B_IP, b.port)
         for seq in range(50):
-            a.send(bytes((0x80, 0, 0, seq)), session.local(Side.A).rtp)
+            a.send(bytes((0x80, 0, 0, seq)), (RELAY, session.local(Side.A).rtp))
             assert await b.recv() == bytes((0x80, 0, 0, seq))
-            b.send(bytes((0x80, 0, 1, seq)), session.local(Side.B).rtp)
+            b.send(bytes((0x80, 0, 1, seq)), (RELAY, session.local(Side.B).rtp))
             assert await a.recv() == bytes((0x80, 0, 1, seq))
         assert asked == ["phone-a.test", "phone-b.test"]
     run(test)
@@ -218,12 +159,12 @@ def test_the_default_resolver_leaves_an_ip_on_the_packet_path(run: Runner) -> No
     name, and every sendto resolved it again."""
     async def test() -> None:
         backend = backend_for()
-        a, b = await Endpoint.open(RELAY), await Endpoint.open(B_IP)
+        a, b = await UdpPeer.open(RELAY), await UdpPeer.open(B_IP)
         await backend.offer("c1", "a", sdp("localhost", a.port))
         await backend.answer("c1", "b", sdp(B_IP, b.port))
         session = backend.relay.session("c1")
         assert session is not None and session.peer(Side.A) == (RELAY, a.port)
-        b.send(b"\x80\x00hello", session.local(Side.B).rtp)
+        b.send(b"\x80\x00hello", (RELAY, session.local(Side.B).rtp))
         assert await a.recv() == b"\x80\x00hello"
     run(test)
 
@@ -284,8 +225,8 @@ DTLS = bytes((22, 0xFE, 0xFD)) + bytes(10) + b"handshake"      # RFC 7983 §7: 2
 def test_srtcp_is_dropped_and_srtp_and_dtls_pass_unchanged(run: Runner, proto: str) -> None:
     async def test() -> None:
         backend = backend_for()
-        a, a_rtcp, b, b_rtcp = (await Endpoint.open(A_IP), await Endpoint.open(A_IP),
-                                await Endpoint.open(B_IP), await Endpoint.open(B_IP))
+        a, a_rtcp, b, b_rtcp = (await UdpPeer.open(A_IP), await UdpPeer.open(A_IP),
+                                await UdpPeer.open(B_IP), await UdpPeer.open(B_IP))
         crypto = ("a=crypto:1 AES_CM_128_HMAC_SHA1_80 "
                   "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n")
         await backend.offer("c1", "a", sdp(A_IP, a.port, proto=proto,
@@ -295,12 +236,12 @@ def test_srtcp_is_dropped_and_srtp_and_dtls_pass_unchanged(run: Runner, proto: s
         session = backend.relay.session("c1")
         assert session is not None
         ports = session.local(Side.A)
-        a.send(SRTP, ports.rtp)
+        a.send(SRTP, (RELAY, ports.rtp))
         assert await b.recv() == SRTP                            # SRTP: as it came
-        a_rtcp.send(SRTCP, ports.rtcp)                           # SRTCP on its own port
-        a.send(SRTCP, ports.rtp)                                 # and muxed on the RTP port
+        a_rtcp.send(SRTCP, (RELAY, ports.rtcp))                  # SRTCP on its own port
+        a.send(SRTCP, (RELAY, ports.rtp))                        # and muxed on the RTP port
         assert await b_rtcp.nothing() and await b.nothing(0.01)
-        a_rtcp.send(DTLS, ports.rtcp)                            # DTLS-SRTP keying for RTCP
+        a_rtcp.send(DTLS, (RELAY, ports.rtcp))                   # DTLS-SRTP keying for RTCP
         assert await b_rtcp.recv() == DTLS
         assert session.stats().a.rtcp_dropped == 2
     run(test)
@@ -309,14 +250,14 @@ def test_srtcp_is_dropped_and_srtp_and_dtls_pass_unchanged(run: Runner, proto: s
 def test_plain_rtcp_on_avp_still_passes(run: Runner) -> None:
     async def test() -> None:
         backend = backend_for()
-        a, a_rtcp, b, b_rtcp = (await Endpoint.open(A_IP), await Endpoint.open(A_IP),
-                                await Endpoint.open(B_IP), await Endpoint.open(B_IP))
+        a, a_rtcp, b, b_rtcp = (await UdpPeer.open(A_IP), await UdpPeer.open(A_IP),
+                                await UdpPeer.open(B_IP), await UdpPeer.open(B_IP))
         await backend.offer("c1", "a", sdp(A_IP, a.port, extra=f"a=rtcp:{a_rtcp.port}\r\n"))
         await backend.answer("c1", "b", sdp(B_IP, b.port, extra=f"a=rtcp:{b_rtcp.port}\r\n"))
         session = backend.relay.session("c1")
         assert session is not None
         report = SRTCP[:28]
-        a_rtcp.send(report, session.local(Side.A).rtcp)
+        a_rtcp.send(report, (RELAY, session.local(Side.A).rtcp))
         assert await b_rtcp.recv() == report
         assert session.stats().a.rtcp_dropped == 0
     run(test)

@@ -18,100 +18,37 @@ Pinned per `media.latching`:
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, cast
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import uvloop
 
 from sipmask.clock import FakeClock
-from sipmask.config.schema import MediaConfig, PortRange
+from sipmask.config.schema import MediaConfig
 from sipmask.media.relay import Relay, RelaySession, Side
 from sipmask.observability.metrics import Metrics, Sources
+from tests.support.media import LOOP_KINDS, Runner, UdpPeer, close_after, loop_runner, port_range
 
 RELAY, A_IP, B_IP, NAT_IP, STRANGER_IP = (f"127.0.0.{n}" for n in range(1, 6))
-Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 Latching = str
 
 
 def config(latching: Latching, pairs: int = 8) -> MediaConfig:
     """A range apart from test_relay.py's, below the kernel's ephemeral ports."""
-    base = 29000 + (os.getpid() * 32) % 900
-    base -= base % 2
-    return MediaConfig(address=RELAY, ports=PortRange(base, base + 2 * pairs - 1),
+    return MediaConfig(address=RELAY,
+                       ports=port_range(pairs, first=29000, step=32, spread=900),
                        timeout_s=60, latching=latching)  # type: ignore[arg-type]
 
 
-class Endpoint(asyncio.DatagramProtocol):
-    """A fake phone (or a stranger): one UDP socket on a given loopback address."""
-
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    async def open(cls, host: str) -> Endpoint:
-        endpoint = cls()
-        await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: endpoint, local_addr=(host, 0))
-        _ENDPOINTS.append(endpoint)
-        return endpoint
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.received.put_nowait((data, addr))
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return host, port
-
-    def send(self, data: bytes, to: tuple[str, int]) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, to)
-
-    async def recv(self, timeout: float = 1.0) -> bytes:
-        return (await asyncio.wait_for(self.received.get(), timeout))[0]
-
-    async def nothing(self, wait: float = 0.15) -> bool:
-        await asyncio.sleep(wait)
-        return self.received.empty()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-# What a test opened, closed after it even when it fails, so the next test finds its ports.
-_RELAYS: list[Relay] = []
-_ENDPOINTS: list[Endpoint] = []
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOP_KINDS)
 def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    async def guarded(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        try:
-            await test()
-        finally:
-            while _ENDPOINTS:
-                _ENDPOINTS.pop().close()
-            while _RELAYS:
-                await _RELAYS.pop().close()
-
-    with asyncio.Runner(loop_factory=factory) as runner:
-        yield lambda test: runner.run(guarded(test))
+    with loop_runner(request.param) as runner:
+        yield runner
 
 
 def relay_for(latching: Latching, pairs: int = 8, **options: Any) -> Relay:
-    relay = Relay(config(latching, pairs), on_timeout=lambda call_id: None, **options)
-    _RELAYS.append(relay)
-    return relay
+    return close_after(Relay(config(latching, pairs), on_timeout=lambda call_id: None,
+                             **options))
 
 
 def rtp_of(session: RelaySession, side: Side) -> tuple[str, int]:
@@ -128,7 +65,7 @@ RTP = bytes((0x80, 0, 0, 1)) + bytes(8) + b"voice" * 32          # RFC 3550 §5.
 SENDER_REPORT = bytes((0x80, 200, 0, 6)) + bytes(24)              # RFC 3550 §6.4.1
 
 
-async def talk(a: Endpoint, b: Endpoint, session: RelaySession) -> None:
+async def talk(a: UdpPeer, b: UdpPeer, session: RelaySession) -> None:
     """Each party hears the other; raises if either does not."""
     a.send(RTP + b"a", rtp_of(session, Side.A))
     assert await b.recv() == RTP + b"a"
@@ -140,8 +77,8 @@ def test_a_strangers_packet_before_a_speaks_gets_none_of_bs_audio(run: Runner) -
     async def test() -> None:
         relay = relay_for("strict")
         session = await relay.open_session("c1")
-        a, b, stranger = (await Endpoint.open(A_IP), await Endpoint.open(B_IP),
-                          await Endpoint.open(STRANGER_IP))
+        a, b, stranger = (await UdpPeer.open(A_IP), await UdpPeer.open(B_IP),
+                          await UdpPeer.open(STRANGER_IP))
         session.set_remote(Side.A, *a.address)
         session.set_remote(Side.B, *b.address)
         stranger.send(RTP + b"inject", rtp_of(session, Side.A))   # before A's first RTP
@@ -164,8 +101,8 @@ def test_spraying_the_port_range_from_another_ip_takes_neither_side(run: Runner,
         relay = relay_for(latching, pairs=4)
         cfg = config(latching, pairs=4)
         session = await relay.open_session("c1")
-        a, b, stranger = (await Endpoint.open(A_IP), await Endpoint.open(B_IP),
-                          await Endpoint.open(STRANGER_IP))
+        a, b, stranger = (await UdpPeer.open(A_IP), await UdpPeer.open(B_IP),
+                          await UdpPeer.open(STRANGER_IP))
         # Each party's RTCP goes to and comes from its RTP port (a=rtcp naming it).
         session.set_remote(Side.A, *a.address, a.address[1], sip_source=NAT_IP)
         session.set_remote(Side.B, *b.address, b.address[1], sip_source=B_IP)
@@ -185,8 +122,8 @@ def test_strict_refuses_the_sdp_ip_on_another_port_for_rtp_and_rtcp(run: Runner)
     async def test() -> None:
         relay = relay_for("strict")
         session = await relay.open_session("c1")
-        a, a_rtcp, a_other, b = (await Endpoint.open(A_IP), await Endpoint.open(A_IP),
-                                 await Endpoint.open(A_IP), await Endpoint.open(B_IP))
+        a, a_rtcp, a_other, b = (await UdpPeer.open(A_IP), await UdpPeer.open(A_IP),
+                                 await UdpPeer.open(A_IP), await UdpPeer.open(B_IP))
         # RFC 3605 a=rtcp: A's RTCP is not at RTP + 1.
         session.set_remote(Side.A, A_IP, a.address[1], a_rtcp.address[1])
         session.set_remote(Side.B, *b.address, b.address[1])     # B's RTCP at its RTP port
@@ -206,7 +143,7 @@ def test_strict_hears_nothing_before_the_sdp_address_is_known(run: Runner) -> No
     async def test() -> None:
         relay = relay_for("strict")
         session = await relay.open_session("c1")
-        a, b = await Endpoint.open(A_IP), await Endpoint.open(B_IP)
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         session.set_remote(Side.A, *a.address)                    # B's answer not seen yet
         b.send(RTP + b"early", rtp_of(session, Side.B))
         a.send(RTP + b"a", rtp_of(session, Side.A))
@@ -228,8 +165,8 @@ def test_signalled_ip_latches_the_sip_source_ip_on_any_port_and_never_another_ip
         session = await relay.open_session("c1")
         # A's SDP names its private address; its packets come from the NAT's public one.
         sdp_a, nat_a, nat_a2, b, stranger = (
-            await Endpoint.open(A_IP), await Endpoint.open(NAT_IP), await Endpoint.open(NAT_IP),
-            await Endpoint.open(B_IP), await Endpoint.open(STRANGER_IP))
+            await UdpPeer.open(A_IP), await UdpPeer.open(NAT_IP), await UdpPeer.open(NAT_IP),
+            await UdpPeer.open(B_IP), await UdpPeer.open(STRANGER_IP))
         session.set_remote(Side.A, *sdp_a.address, sip_source=NAT_IP)
         session.set_remote(Side.B, *b.address, sip_source=B_IP)
         stranger.send(RTP + b"first", rtp_of(session, Side.A))    # another IP: refused
@@ -261,8 +198,8 @@ def test_signalled_ip_also_accepts_the_sdp_ip_on_another_port(run: Runner) -> No
     async def test() -> None:
         relay = relay_for("signalled_ip")
         session = await relay.open_session("c1")
-        sdp_a, a_other, b = (await Endpoint.open(A_IP), await Endpoint.open(A_IP),
-                             await Endpoint.open(B_IP))
+        sdp_a, a_other, b = (await UdpPeer.open(A_IP), await UdpPeer.open(A_IP),
+                             await UdpPeer.open(B_IP))
         session.set_remote(Side.A, *sdp_a.address, sip_source=NAT_IP)
         session.set_remote(Side.B, *b.address)
         a_other.send(RTP + b"a", rtp_of(session, Side.A))
@@ -276,8 +213,8 @@ def test_any_keeps_the_old_first_come_rule(run: Runner) -> None:
     async def test() -> None:
         relay = relay_for("any")
         session = await relay.open_session("c1")
-        a, b, stranger = (await Endpoint.open(A_IP), await Endpoint.open(B_IP),
-                          await Endpoint.open(STRANGER_IP))
+        a, b, stranger = (await UdpPeer.open(A_IP), await UdpPeer.open(B_IP),
+                          await UdpPeer.open(STRANGER_IP))
         session.set_remote(Side.A, *a.address)
         session.set_remote(Side.B, *b.address)
         stranger.send(RTP + b"inject", rtp_of(session, Side.A))
@@ -295,8 +232,8 @@ def test_a_reinvite_naming_a_new_address_moves_what_is_heard(run: Runner,
     async def test() -> None:
         relay = relay_for(latching)
         session = await relay.open_session("c1")
-        a, moved, b = (await Endpoint.open(A_IP), await Endpoint.open(STRANGER_IP),
-                       await Endpoint.open(B_IP))
+        a, moved, b = (await UdpPeer.open(A_IP), await UdpPeer.open(STRANGER_IP),
+                       await UdpPeer.open(B_IP))
         session.set_remote(Side.A, *a.address, sip_source=A_IP)
         session.set_remote(Side.B, *b.address, sip_source=B_IP)
         await talk(a, b, session)
@@ -320,8 +257,8 @@ def test_strangers_reach_the_metric(run: Runner) -> None:
         relay = relay_for("strict")
         metrics = Metrics(Sources(relay=relay.stats))
         session = await relay.open_session("c1")
-        a, b, stranger = (await Endpoint.open(A_IP), await Endpoint.open(B_IP),
-                          await Endpoint.open(STRANGER_IP))
+        a, b, stranger = (await UdpPeer.open(A_IP), await UdpPeer.open(B_IP),
+                          await UdpPeer.open(STRANGER_IP))
         session.set_remote(Side.A, *a.address)
         session.set_remote(Side.B, *b.address)
         for _ in range(3):

@@ -8,53 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvloop
 
 from sipmask.clock import FakeClock
-from sipmask.config.schema import MediaConfig, PortRange
+from sipmask.config.schema import MediaConfig
 from sipmask.errors import PortsExhausted
 from sipmask.media import relay as relay_module
 from sipmask.media.backend import CallStats, LegStats
 from sipmask.media.relay import POOL_QUARANTINE_S, Relay, RelaySession, Side
+from tests.support.media import LOOP_KINDS, Runner, close_after, loop_runner, port_range
 
 HOST = "127.0.0.1"
-Runner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 def config(pairs: int) -> MediaConfig:
     """A range below the kernel's ephemeral ports and apart from the integration tests' and
     the benches' (20000-29999), spread by pid so parallel runs differ."""
     assert pairs <= 2000
-    base = 10000 + (os.getpid() * 64) % 6000
-    base -= base % 2
-    return MediaConfig(address=HOST, ports=PortRange(base, base + 2 * pairs - 1),
+    return MediaConfig(address=HOST,
+                       ports=port_range(pairs, first=10000, step=64, spread=6000),
                        timeout_s=60)
 
 
-# Relays a test made, closed after it even when it fails (uvloop can hang at exit over
-# transports left open).
-_MADE: list[Relay] = []
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOP_KINDS)
 def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    async def guarded(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        try:
-            await test()
-        finally:
-            while _MADE:
-                await _MADE.pop().close()
-
-    with asyncio.Runner(loop_factory=factory) as runner:
-        yield lambda test: runner.run(guarded(test))
+    with loop_runner(request.param) as runner:
+        yield runner
 
 
 @pytest.fixture
@@ -74,10 +57,8 @@ def binds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def relay_on(clock: FakeClock, pairs: int) -> Relay:
-    relay = Relay(config(pairs), on_timeout=lambda call_id: None, clock=clock.monotonic,
-                  sweep=False)
-    _MADE.append(relay)
-    return relay
+    return close_after(Relay(config(pairs), on_timeout=lambda call_id: None,
+                             clock=clock.monotonic, sweep=False))
 
 
 def ports(session: RelaySession) -> set[int]:
@@ -101,7 +82,7 @@ def test_reuse_waits_for_the_quarantine_then_binds_nothing(run: Runner,
         step = relay.open_session("c3")
         with pytest.raises(StopIteration) as done:
             step.send(None)
-        third = done.value.value
+        third: RelaySession = done.value.value
         assert ports(third) == used and len(binds) == 4 and relay.pool_reused == 2
         assert relay.session("c3") is third
         # Fresh as a new socket: no peer, no latch, zero counters, a new CNAME.
