@@ -73,7 +73,9 @@ log = sm_logging.get_logger("sipmask.server")
 # -- the handler seam -------------------------------------------------------------------
 class SipActions(Protocol):
     """What a request handler may do; SipServer implements it. Each call goes through the
-    transaction layer and what it produces is sent before the call returns."""
+    transaction layer and what it produces is sent before the call returns; a send that
+    fails comes back as an event (TransportFailed) after the handler returned, never inside
+    the call, before the handler could note the transaction it started (DESIGN rule 15)."""
 
     def respond(self, txn_id: str, response: Response) -> None: ...
     def send_request(self, request: Request, dest: Address,
@@ -234,6 +236,8 @@ class SipServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._delivering = False                # inside _deliver: its loop takes new events
+        self._drain_handle: asyncio.Handle | None = None
 
     async def start(self) -> list[str]:
         """Open every `sip.listen` endpoint; returns their URLs. Raises ListenError."""
@@ -279,7 +283,7 @@ class SipServer:
     # SipActions
     def respond(self, txn_id: str, response: Response) -> None:
         self.core.send_response(txn_id, response, self._now())
-        self._flush()
+        self._flush(from_handler=True)
 
     def local_port(self, transport: TransportName) -> int:
         """The port sipmask listens on for `transport` (for Contact headers)."""
@@ -303,28 +307,50 @@ class SipServer:
     def send_request(self, request: Request, dest: Address,
                      transport: TransportName) -> str:
         txn_id = self.core.send_request(request, dest, transport, self._now())
-        self._flush()
+        self._flush(from_handler=True)
         return txn_id
 
     def cancel(self, invite_txn_id: str) -> str | None:
         txn_id = self.core.cancel(invite_txn_id, self._now())
-        self._flush()
+        self._flush(from_handler=True)
         return txn_id
 
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None:
         self.core.send_ack(invite_txn_id, ack, dest, transport)
-        self._flush()
+        self._flush(from_handler=True)
 
     def _now(self) -> float:
         # The loop's clock, so `now` and loop.call_at agree (aioquic does the same).
         assert self._loop is not None
         return self._loop.time()
 
+    def _drain_soon(self) -> None:
+        """Deliver the core's events once the handler call that caused them has returned
+        (aioquic's _transmit_soon): inside a drain, its loop picks them up; otherwise one
+        loop callback. A send refused at once so reaches the handler as an event it can
+        match, never inside the call that started the transaction (DESIGN rule 15)."""
+        if self._delivering or self._drain_handle is not None or self._loop is None:
+            return
+        self._drain_handle = self._loop.call_soon(self._drain_scheduled)
+
+    def _drain_scheduled(self) -> None:
+        self._drain_handle = None
+        self._drain()
+
     def _drain(self) -> None:
         """Hand the core's events to the handler, then send what the core produced."""
         core = self.core
         events = core.events()
+        outer, self._delivering = self._delivering, True
+        try:
+            self._deliver(events)
+        finally:
+            self._delivering = outer
+        self._flush()
+
+    def _deliver(self, events: list[TUEvent]) -> None:
+        core = self.core
         while events:
             handler = self.handler
             for event in events:
@@ -345,7 +371,6 @@ class SipServer:
                     if isinstance(event, RequestReceived):
                         self._answer_500(event)
             events = core.events()
-        self._flush()
 
     def _answer_500(self, event: RequestReceived) -> None:
         """A handler that failed must not leave its server transaction open forever."""
@@ -355,17 +380,22 @@ class SipServer:
         except Exception:
             pass  # already answered (TransactionError) or unanswerable: nothing more to do
 
-    def _flush(self) -> None:
+    def _flush(self, *, from_handler: bool = False) -> None:
+        """Send what the core produced. Sends refused at once fail their transactions in
+        the core; the events that makes go to the handler now, or, when the handler itself
+        asked for this send (`from_handler`), after it returned (_drain_soon)."""
         failed: list[Outgoing] = []
         for out in self.core.outgoing():
             if not self.send(out.data, out.dest, out.transport):
                 failed.append(out)
         for out in failed:
             self.core.transport_error(out.dest, out.transport, self._now())
-        if failed:
-            self._drain()
-        else:
+        if not failed:
             self._arm_timer()
+        elif from_handler:
+            self._drain_soon()
+        else:
+            self._drain()
 
     def send(self, data: bytes, dest: Address, transport: TransportName) -> bool:
         """Hand bytes to a shell; False when it refused them at once. On TCP and TLS the
@@ -411,6 +441,9 @@ class SipServer:
         self._drain()
 
     def close(self) -> None:
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+            self._drain_handle = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -39,7 +39,8 @@ class CallEvent(Enum):
     B_PROVISIONAL = "b_provisional"      # 18x from B
     B_ANSWER = "b_answer"                # 2xx from B
     B_FAILURE = "b_failure"              # 3xx-6xx from B
-    B_TIMEOUT = "b_timeout"              # Timer B on leg B, or a transport error
+    B_TIMEOUT = "b_timeout"              # Timer B on leg B
+    B_UNREACHABLE = "b_unreachable"      # leg B's transport could not deliver (§17.1.4)
     A_CANCEL = "a_cancel"                # CANCEL from A matched the INVITE
     RING_TIMEOUT = "ring_timeout"        # sip.ring_timeout_s passed without an answer
     A_ACK = "a_ack"                      # ACK from A for our 2xx
@@ -97,6 +98,10 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.EARLY, E.B_FAILURE): (S.ENDED, (*_END, A.RELAY_FAILURE_TO_A)),
     (S.CALLING, E.B_TIMEOUT): (S.ENDED, (*_END, A.ANSWER_A_408)),
     (S.EARLY, E.B_TIMEOUT): (S.ENDED, (*_END, A.ANSWER_A_408)),
+    # The trunk cannot be reached (a refused destination, a refused connection): 503 at
+    # once, RFC 3261 §16.7's answer when no target could be tried.
+    (S.CALLING, E.B_UNREACHABLE): (S.ENDED, (*_END, A.ANSWER_A_503)),
+    (S.EARLY, E.B_UNREACHABLE): (S.ENDED, (*_END, A.ANSWER_A_503)),
     # §9.1: CANCEL leg B; A gets 487 at once (§9.2: the UAS answers the INVITE with 487).
     (S.CALLING, E.A_CANCEL): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_487)),
     (S.EARLY, E.A_CANCEL): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_487)),
@@ -111,6 +116,7 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.CANCELLING, E.B_PROVISIONAL): (S.CANCELLING, ()),
     (S.CANCELLING, E.B_FAILURE): (S.ENDED, ()),     # B's 487; its ACK is the txn's job
     (S.CANCELLING, E.B_TIMEOUT): (S.ENDED, ()),
+    (S.CANCELLING, E.B_UNREACHABLE): (S.ENDED, ()),
     # The 2xx crossed our CANCEL (§9.1): acknowledge it and hang the leg up at once.
     (S.CANCELLING, E.B_ANSWER): (S.ENDING, (A.ACK_B, A.BYE_B)),
     (S.CANCELLING, E.A_CANCEL): (S.CANCELLING, ()),
@@ -146,6 +152,7 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.ENDING, E.B_ANSWER): (S.ENDING, (A.ACK_B,)),
     (S.ENDING, E.B_FAILURE): (S.ENDING, ()),
     (S.ENDING, E.B_TIMEOUT): (S.ENDING, ()),
+    (S.ENDING, E.B_UNREACHABLE): (S.ENDING, ()),
     (S.ENDING, E.MEDIA_TIMEOUT): (S.ENDING, ()),
     (S.ENDING, E.MAX_DURATION): (S.ENDING, ()),
     (S.ENDING, E.SHUTDOWN): (S.ENDING, ()),
@@ -158,7 +165,8 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
 _RELEASE_SIDE: dict[CallEvent, str] = {
     E.A_CANCEL: "caller", E.A_BYE: "caller",
     E.B_FAILURE: "callee", E.B_BYE: "callee",
-    E.B_TIMEOUT: "sipmask", E.RING_TIMEOUT: "sipmask", E.MEDIA_TIMEOUT: "sipmask",
+    E.B_TIMEOUT: "sipmask", E.B_UNREACHABLE: "sipmask", E.RING_TIMEOUT: "sipmask",
+    E.MEDIA_TIMEOUT: "sipmask",
     E.MAX_DURATION: "sipmask", E.SHUTDOWN: "sipmask", E.SETUP_FAILED: "sipmask",
     E.A_ACK_TIMEOUT: "sipmask",
 }
@@ -168,6 +176,7 @@ _STATUS_FOR_ACTION = {A.ANSWER_A_487: 487, A.ANSWER_A_408: 408, A.ANSWER_A_503: 
 
 _CAUSE_FOR_EVENT: dict[CallEvent, str] = {
     E.B_FAILURE: "callee_failed", E.B_TIMEOUT: "timeout", E.RING_TIMEOUT: "timeout",
+    E.B_UNREACHABLE: "trunk_unreachable",
     E.A_CANCEL: "none", E.SETUP_FAILED: "callee_failed", E.SHUTDOWN: "none",
 }
 

@@ -214,7 +214,7 @@ class Engine:
         self._on_response(event.response, event.txn_id, event.source)
 
     def _on_txn_failed(self, event: TransactionTimeout | TransportFailed) -> None:
-        self._on_timeout(event.txn_id)
+        self._on_timeout(event.txn_id, unreachable=isinstance(event, TransportFailed))
 
     def _on_ack_timeout(self, event: AckTimeout) -> None:
         ctx = self._by_a_txn.get(event.txn_id)
@@ -550,7 +550,9 @@ class Engine:
         elif role in ("bye_a", "bye_b") and status >= 200:
             self._bye_done(ctx, txn_id)
 
-    def _on_timeout(self, txn_id: str) -> None:
+    def _on_timeout(self, txn_id: str, *, unreachable: bool = False) -> None:
+        """Timer B/F fired, or (`unreachable`) the transport could not deliver (§17.1.4):
+        leg B's INVITE that never left ends the call with 503, cause trunk_unreachable."""
         entry = self._by_txn.pop(txn_id, None)
         if entry is None:
             return
@@ -560,7 +562,7 @@ class Engine:
             return
         role, ctx = entry
         if role == "b_invite":
-            self._fire(ctx, CallEvent.B_TIMEOUT)
+            self._fire(ctx, CallEvent.B_UNREACHABLE if unreachable else CallEvent.B_TIMEOUT)
         elif role in ("bye_a", "bye_b"):
             self._bye_done(ctx, txn_id)
 

@@ -8,7 +8,7 @@ import typing
 from sipmask.b2bua import engine as engine_mod
 from sipmask.b2bua.call import TRANSITIONS
 from sipmask.sip import transaction
-from tests.unit.b2bua.test_engine import A_ADDR, B_ADDR, Harness, answered_call, run
+from tests.support.engine import A_ADDR, B_ADDR, Harness, answered_call, run
 
 
 def test_every_tu_event_type_has_a_handler() -> None:

@@ -5,7 +5,7 @@ arrive in a 2xx (delayed offer)."""
 from __future__ import annotations
 
 from sipmask.sip.message import Request, Response
-from tests.unit.b2bua.test_engine import (
+from tests.support.engine import (
     A_ADDR,
     A_SDP,
     B_ADDR,

@@ -16,7 +16,7 @@ from sipmask.config import loader
 from sipmask.policy import CallPolicy
 from sipmask.sip.message import Request, Response
 from sipmask.store.memory import MemoryStore
-from tests.unit.b2bua.test_engine import (
+from tests.support.engine import (
     A_ADDR,
     A_NUM,
     B_ADDR,

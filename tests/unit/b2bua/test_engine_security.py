@@ -27,7 +27,7 @@ from sipmask.errors import ForbiddenError, SipError
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.store.base import Binding
-from tests.unit.b2bua.test_engine import (
+from tests.support.engine import (
     A_ADDR,
     A_NUM,
     A_SDP,

@@ -19,7 +19,7 @@ from sipmask.errors import ParseError
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.sip.uri import AbsoluteUri, NameAddr, SipUri, Via
-from tests.unit.b2bua.test_engine import A_ADDR, Harness, run
+from tests.support.engine import A_ADDR, Harness, run
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "rfc4475"
 
