@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from sipmask import numbers
 from sipmask.b2bua import masking, routing
 from sipmask.b2bua.call import Action, Call, CallEvent, CallState
+from sipmask.b2bua.timers import CallTimer, CallTimers
 from sipmask.cdr.group import CdrGroupCommit
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrSink
@@ -157,9 +158,7 @@ class _CallContext:
     # the answer (RFC 3264 §4).
     late_acks: dict[tuple[str, int], tuple[str, int, str | None]] = field(
         default_factory=dict)
-    ring_timer: asyncio.TimerHandle | None = None
     max_duration_s: float | None = None                 # the binding's call length limit
-    duration_timer: asyncio.TimerHandle | None = None
     media_open: bool = False
     queue: collections.deque[Callable[[], Awaitable[None]]] = field(
         default_factory=collections.deque)
@@ -194,6 +193,11 @@ class Engine:
         self._ids = itertools.count(1)
         self.draining = False
         self.stats = collections.Counter[str]()
+        # The calls' timers on the injected clock; one loop timer is armed for the earliest
+        # (_arm_timer), as SipServer does for the transaction layer's.
+        self.timers = CallTimers()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
 
     # -- entry point (server.RequestHandler) -------------------------------------------------
     def handle_request(self, event: RequestReceived) -> None:
@@ -227,6 +231,44 @@ class Engine:
     @property
     def active_calls(self) -> int:
         return len(self.calls)
+
+    # -- call timers (DESIGN rule 2) ---------------------------------------------------------
+    def next_timer(self) -> float | None:
+        """The earliest call timer deadline, on the clock's monotonic seconds."""
+        return self.timers.next_timer()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every call timer due at `now` (monotonic seconds)."""
+        for call_id, timer in self.timers.due(now):
+            ctx = self.calls.get(call_id)
+            if ctx is not None:
+                self._fire(ctx, _TIMER_EVENTS[timer])
+
+    def _start_timer(self, call_id: str, timer: CallTimer, after: float) -> None:
+        self.timers.start(call_id, timer, self.clock.monotonic() + after)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Keep one loop timer armed no later than the earliest deadline; lazily, as
+        SipServer._arm_timer: a deadline that moved later wakes it once for nothing."""
+        when = self.timers.next_timer()
+        armed = self._timer_at
+        if when is None or (armed is not None and armed <= when):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return      # no loop (a test driving handle_timer itself)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_later(max(0.0, when - self.clock.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.handle_timer(self.clock.monotonic())
+        self._arm_timer()
 
     # -- requests ----------------------------------------------------------------------------
     def _on_request(self, event: RequestReceived) -> None:
@@ -513,9 +555,7 @@ class Engine:
             return
         self._track(ctx.b_txn, ("b_invite", ctx), ctx)
         await self._apply(ctx, CallEvent.LEG_B_SENT)
-        loop = asyncio.get_running_loop()
-        ctx.ring_timer = loop.call_later(self.config.sip.ring_timeout_s,
-                                         lambda: self._fire(ctx, CallEvent.RING_TIMEOUT))
+        self._start_timer(call.call_id, CallTimer.RING, self.config.sip.ring_timeout_s)
 
     # -- responses ---------------------------------------------------------------------------
     def _on_response(self, response: Response, txn_id: str, source: Address) -> None:
@@ -656,10 +696,8 @@ class Engine:
 
     def _after(self, ctx: _CallContext) -> None:
         call = ctx.call
-        if call.state is not CallState.CALLING and call.state is not CallState.EARLY and \
-                ctx.ring_timer is not None:
-            ctx.ring_timer.cancel()
-            ctx.ring_timer = None
+        if call.state is not CallState.CALLING and call.state is not CallState.EARLY:
+            self.timers.stop(call.call_id, CallTimer.RING)
         if call.state is CallState.ENDING and not ctx.pending_byes:
             actions = call.apply(CallEvent.BYES_DONE, self.clock.wall())
             for action in actions:
@@ -728,8 +766,7 @@ class Engine:
             self._send_response(ctx.a_txn, out)
             if ctx.max_duration_s is not None:
                 # The binding's limit counts talk time, from the answer (CDR answer_at).
-                ctx.duration_timer = asyncio.get_running_loop().call_later(
-                    ctx.max_duration_s, lambda: self._fire(ctx, CallEvent.MAX_DURATION))
+                self._start_timer(call.call_id, CallTimer.MAX_DURATION, ctx.max_duration_s)
             self._emit("answer", ctx)
             log.info("call.answered", call_id=call.call_id)
         elif action is Action.WRITE_CDR:
@@ -1075,10 +1112,7 @@ class Engine:
                                       else entry[1]) is ctx:
                 del by_txn[txn]
         ctx.txns.clear()
-        if ctx.ring_timer is not None:
-            ctx.ring_timer.cancel()
-        if ctx.duration_timer is not None:
-            ctx.duration_timer.cancel()
+        self.timers.stop_all(call.call_id)
         if self.policy is not None:
             self.policy.call_ended(call)
         log.info("call.ended", call_id=call.call_id, status=call.sip_status,
@@ -1171,6 +1205,9 @@ class _Refused(SipError):
         self.cause = cause
         self.metric = metric
 
+
+_TIMER_EVENTS = {CallTimer.RING: CallEvent.RING_TIMEOUT,
+                 CallTimer.MAX_DURATION: CallEvent.MAX_DURATION}
 
 _SUPPORTED_NAMES = frozenset({"supported", "k"})     # Supported, long and compact
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.store import MemoryCdrLog
-from sipmask.clock import SystemClock
+from sipmask.clock import FakeClock
 from sipmask.config import loader
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
@@ -79,8 +79,10 @@ class Harness:
         self.store = MemoryStore(tenants=self.config.tenants)
         self.cdrs = MemoryCdrLog()
         self.media = RelaySdp()
+        # The engine's clock: call timers fire when a test moves it (advance), at once.
+        self.clock = FakeClock()
         self.engine = Engine(self, config=self.config, store=self.store, media=self.media,
-                             cdrs=self.cdrs, clock=SystemClock())
+                             cdrs=self.cdrs, clock=self.clock)
         self.wire: list[tuple[Request | Response, tuple[str, int]]] = []
         # Every message sent, with its transport (take() does not consume this one).
         self.sent: list[tuple[Request | Response, tuple[str, int], str]] = []
@@ -142,6 +144,12 @@ class Harness:
         for _ in range(10):
             await asyncio.sleep(0)
         self._collect()
+
+    async def advance(self, seconds: float) -> None:
+        """Move the engine's clock and fire the call timers now due (no real waiting)."""
+        self.clock.advance(seconds)
+        self.engine.handle_timer(self.clock.monotonic())
+        await self.settle()
 
     def take(self, dest: tuple[str, int] | None = None) -> list[Request | Response]:
         """Messages sent (to `dest`) since the last take."""

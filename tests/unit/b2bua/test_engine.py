@@ -3,8 +3,6 @@ tests/support/engine.py)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from sipmask.b2bua.call import CallState
@@ -204,8 +202,9 @@ def test_ring_timeout_cancels_leg_b_and_answers_408() -> None:
         assert isinstance(b_inv, Request)
         await h.deliver(b_response(b_inv, 180), B_ADDR)
         h.take()
-        await asyncio.sleep(1.1)
-        await h.settle()
+        await h.advance(0.999)
+        assert h.take() == []                               # not before the limit
+        await h.advance(0.001)
         finals = [m for m in h.take(A_ADDR) if isinstance(m, Response)]
         assert [m.status for m in finals] == [408]
         assert [m.method for m in h.take(B_ADDR) if isinstance(m, Request)] == ["CANCEL"]

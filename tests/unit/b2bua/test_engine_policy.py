@@ -11,6 +11,7 @@ from typing import Any
 
 from sipmask.b2bua.call import CallState
 from sipmask.b2bua.engine import Engine
+from sipmask.b2bua.timers import CallTimer
 from sipmask.clock import SystemClock
 from sipmask.config import loader
 from sipmask.policy import CallPolicy
@@ -42,7 +43,7 @@ def with_policy(h: Harness, *overrides: str, load: Load | None = None) -> CallPo
     h.store = MemoryStore(tenants=h.config.tenants)
     policy = CallPolicy(h.config, SystemClock(), load=load)
     h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=h.cdrs,
-                      clock=SystemClock(), policy=policy)
+                      clock=h.clock, policy=policy)
     return policy
 
 
@@ -176,11 +177,9 @@ def test_max_duration_ends_the_call_with_bye_both_ways() -> None:
         h.take()
         [ctx] = h.engine.calls.values()
         assert ctx.call.state is CallState.CONFIRMED
-        await asyncio.sleep(0.9)
-        await h.settle()
+        await h.advance(0.999)
         assert h.take() == []                               # not before the limit
-        await asyncio.sleep(0.15)
-        await h.settle()
+        await h.advance(0.001)
         [bye_a] = h.take(A_ADDR)
         [bye_b] = h.take(B_ADDR)
         assert isinstance(bye_a, Request) and isinstance(bye_b, Request)
@@ -202,8 +201,9 @@ def test_a_call_hung_up_before_the_limit_cancels_its_timer() -> None:
         a_inv, _ = await answered_call(h)
         h.take()
         [ctx] = h.engine.calls.values()
-        timer = ctx.duration_timer
-        assert timer is not None and not timer.cancelled()
+        call_id = ctx.call.call_id
+        assert h.engine.timers.deadline(call_id, CallTimer.MAX_DURATION) == \
+            h.clock.monotonic() + 1
         await h.deliver(in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060",
                                   from_=a_inv.headers.get("from") or "",
                                   to=f"<sip:{X}@127.0.0.1>;tag={ctx.a_tag}",
@@ -212,7 +212,8 @@ def test_a_call_hung_up_before_the_limit_cancels_its_timer() -> None:
         [bye_b] = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
         await answer_bye(h, bye_b, B_ADDR)
         assert h.engine.calls == {}
-        assert timer.cancelled()
+        assert h.engine.timers.deadline(call_id, CallTimer.MAX_DURATION) is None
+        assert h.engine.next_timer() is None
 
     h = run(flow)
     assert h.cdrs.records[0].release_side == "caller"
