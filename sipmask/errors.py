@@ -19,6 +19,11 @@
         ├── PortsExhausted     no free RTP/RTCP port pair in media.ports
         └── RtpengineError     rtpengine refused a command or did not answer
 
+A SipError that refuses a call also carries `cause` (the CDR's unconnected_cause, CONTRACT
+"Call detail records") and `metric` (the sipmask_refusals_total reason), as typed fields:
+class defaults a refusal class sets (routing.UnknownX, policy.rules.Blacklisted…) or values
+given to the constructor; None leaves the choice to the engine (by status).
+
 `field` on RefusedError feeds the CLI (exit 1, "a: …") and the API
 (`{"error": {"field": …, "message": …}}`).
 """
@@ -53,11 +58,18 @@ class SipError(SipmaskError):
 
     status: int = 500
     default_reason: str = "Server Internal Error"
+    cause: str | None = None          # the CDR's unconnected_cause when it refuses a call
+    metric: str | None = None         # the refusals metric's reason
 
     def __init__(self, reason: str | None = None, *, status: int | None = None,
-                 retry_after: int | None = None) -> None:
+                 retry_after: int | None = None, cause: str | None = None,
+                 metric: str | None = None) -> None:
         if status is not None:
             self.status = status
+        if cause is not None:
+            self.cause = cause
+        if metric is not None:
+            self.metric = metric
         self.reason = reason or self.default_reason
         self.retry_after = retry_after
         super().__init__(f"{self.status} {self.reason}")

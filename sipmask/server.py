@@ -45,6 +45,7 @@ from sipmask.observability import logging as sm_logging
 from sipmask.observability.metrics import Metrics
 from sipmask.policy import CallPolicy
 from sipmask.sip.message import Request, Response, build_response
+from sipmask.sip.methods import KNOWN_METHODS
 from sipmask.sip.timers import TimerConfig
 from sipmask.sip.transaction import (
     Outgoing,
@@ -99,11 +100,6 @@ class RequestHandler(Protocol):
 
 HandlerFactory = Callable[[SipActions], RequestHandler]
 
-# RFC 3261 §8.2.1: a method we know but do not serve is 405 (with Allow); one we do not
-# know at all is 501.
-KNOWN_METHODS = frozenset({
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
-    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 
 

@@ -35,6 +35,7 @@ from sipmask.errors import CallStateError, MediaError, ParseError, SipError, Tra
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
 from sipmask.sip.message import Request, Response, build_response
+from sipmask.sip.methods import KNOWN_METHODS
 from sipmask.sip.transaction import (
     AckReceived,
     AckTimeout,
@@ -55,9 +56,6 @@ log = sm_logging.get_logger("sipmask.b2bua")
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
 # Methods relayed inside a dialog; REFER is refused (it would carry a URI across, DESIGN.md).
 RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE"})
-KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
-                           "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE",
-                           "UPDATE"})
 SDP = masking.SDP
 TRUNK_CACHE_MAX = 4096        # sources whose trunk (or none) _trunk_for remembers
 
@@ -160,6 +158,7 @@ class _CallContext:
         default_factory=dict)
     max_duration_s: float | None = None                 # the binding's call length limit
     media_open: bool = False
+    ring_sent: bool = False                             # the webhook's ring event went out
     queue: collections.deque[Callable[[], Awaitable[None]]] = field(
         default_factory=collections.deque)
     running: bool = False
@@ -364,11 +363,11 @@ class Engine:
         # 5 s became 3,808 CDRs in a tenant's list), and writing them costs the most when
         # refusing should cost the least.
         if trunk is None:
-            self._refuse(event, _Refused("Forbidden", status=403, cause="not_allowed",
+            self._refuse(event, SipError("Forbidden", status=403, cause="not_allowed",
                                          metric="acl"), now, ())
             return
         if self.draining:
-            self._refuse(event, _Refused("Service Unavailable", status=503,
+            self._refuse(event, SipError("Service Unavailable", status=503,
                                          cause="rate_limited", metric="overload"),
                          now, (("Retry-After", "5"),))
             return
@@ -420,11 +419,11 @@ class Engine:
         """Answer a refused attempt; count it, and record it (CONTRACT: one CDR per call
         attempt) unless it is an ACL or load-shedding refusal (`_unrecorded`)."""
         request = event.request
-        cause = getattr(exc, "cause", None) or (
+        cause = exc.cause or (
             "rate_limited" if exc.status == 503 else "not_allowed")
         self.stats[f"refused_{cause}"] += 1
         if self.metrics is not None:
-            metric = getattr(exc, "metric", None) or _REFUSAL_REASON.get(exc.status, cause)
+            metric = exc.metric or _REFUSAL_REASON.get(exc.status, cause)
             try:
                 self.metrics.refused(metric)
             except ValueError:
@@ -747,7 +746,9 @@ class Engine:
                 response, ctx.a_invite, to_tag=ctx.a_tag, contact=contact, body=body,
                 content_type=content_type, crossed=self._crossing(response), allow=ALLOW)
             self._send_response(ctx.a_txn, out)
-            self._emit("ring", ctx, only_once="ring")
+            if not ctx.ring_sent:          # one ring event per call, however many 18x
+                ctx.ring_sent = True
+                self._emit("ring", ctx)
         elif action is Action.RELAY_ANSWER_TO_A:
             assert response is not None
             body, content_type = await self._answer_body(ctx, response)
@@ -1079,15 +1080,9 @@ class Engine:
         if self.metrics is not None:
             self.metrics.call_finished(call)
 
-    def _emit(self, kind: str, ctx: _CallContext, *, cdr: Cdr | None = None,
-              only_once: str | None = None) -> None:
+    def _emit(self, kind: str, ctx: _CallContext, *, cdr: Cdr | None = None) -> None:
         if self.events is None:
             return
-        if only_once is not None:
-            key = f"sent_{only_once}"
-            if getattr(ctx, key, False):
-                return
-            setattr(ctx, key, True)
         try:
             self.events.call_event(kind, ctx.call, self.clock.wall(), cdr)
         except Exception:
@@ -1196,16 +1191,6 @@ _EVENT_HANDLERS: dict[type, Callable[[Engine, Any], None]] = {
 }
 
 
-class _Refused(SipError):
-    """A refusal decided by the engine itself (ACL, draining), with its CDR cause and
-    metrics reason."""
-
-    def __init__(self, reason: str, *, status: int, cause: str, metric: str) -> None:
-        super().__init__(reason, status=status)
-        self.cause = cause
-        self.metric = metric
-
-
 _TIMER_EVENTS = {CallTimer.RING: CallEvent.RING_TIMEOUT,
                  CallTimer.MAX_DURATION: CallEvent.MAX_DURATION}
 
@@ -1225,7 +1210,7 @@ def _unrecorded(exc: SipError) -> bool:
     load shedding (503: flood, overload, draining). Both come before any lookup, in
     volumes the sender controls; every other refusal (404, 403 by rules, 420, 483…) is a
     call attempt on a tenant's X and keeps its CDR."""
-    return exc.status == 503 or getattr(exc, "metric", None) == "acl"
+    return exc.status == 503 or exc.metric == "acl"
 
 
 def _refusal_headers(exc: SipError) -> tuple[tuple[str, str], ...]:

@@ -38,17 +38,11 @@ class Route:
     direction: str       # a_to_b | b_to_a | n_to_a
 
 
-class Refusal(Exception):
-    """Mixin marker: a refusal knows its CDR cause."""
-
-    cause = "not_allowed"
-
-
-class UnknownX(NotFoundError, Refusal):
+class UnknownX(NotFoundError):
     cause = "no_binding"
 
 
-class NotAllowed(ForbiddenError, Refusal):
+class NotAllowed(ForbiddenError):
     cause = "not_allowed"
 
 
