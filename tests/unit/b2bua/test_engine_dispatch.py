@@ -1,0 +1,131 @@
+"""Engine._on_request's dispatch tables, one case per row: out of a dialog (INVITE, OPTIONS,
+481 / 405 / 501 by RFC 3261 §12.2.2, §21.4.6, §21.5.2) and inside one (BYE, PRACK, REFER,
+the relayed methods, 405 for the rest)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipmask.b2bua.engine import ALLOW
+from sipmask.sip.message import Request, Response
+from tests.support.engine import (
+    A_ADDR,
+    B_ADDR,
+    Harness,
+    X,
+    answered_call,
+    b_response,
+    in_dialog,
+    run,
+)
+
+_TRUNK_VIA = "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKd"
+
+
+def _responses(h: Harness, dest: tuple[str, int]) -> list[Response]:
+    return [m for m in h.take(dest) if isinstance(m, Response)]
+
+
+@pytest.mark.parametrize(("method", "to_tag", "extra", "status"), [
+    ("OPTIONS", None, "", 200),               # §11.2: answered as an INVITE would be
+    ("OPTIONS", None, "Require: foo\r\n", 420),
+    ("BYE", None, "", 481),                   # §12.2.2: no such dialog
+    ("INFO", None, "", 405),                  # §21.4.6: known, not served out of a dialog
+    ("SUBSCRIBE", None, "", 405),
+    ("FOO", None, "", 501),                   # §21.5.2: not known at all
+    ("INVITE", "nosuch", "", 481),            # a re-INVITE of no dialog of ours
+    ("MESSAGE", "nosuch", "", 481),
+    ("FOO", "nosuch", "", 481),
+])
+def test_out_of_dialog_requests(method: str, to_tag: str | None, extra: str,
+                                status: int) -> None:
+    async def flow(h: Harness) -> None:
+        to = f"<sip:{X}@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+        request = in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+                            from_="<sip:trunk@192.0.2.10>;tag=f1", to=to,
+                            call_id="ood-1@192.0.2.10", cseq=1, via=_TRUNK_VIA + method)
+        await h.deliver(request.replace("Content-Length", extra + "Content-Length"), A_ADDR)
+        [answer] = _responses(h, A_ADDR)
+        assert answer.status == status
+        assert h.take(B_ADDR) == [] and not h.engine.calls and not h.cdrs.records
+        allow = answer.headers.get_fields("allow")
+        assert allow == ([ALLOW] if status in (200, 405, 501) else [])
+        if status == 420:
+            assert answer.headers.get("unsupported") == "foo"
+
+    run(flow)
+
+
+async def _from_a(h: Harness, a_inv: Request, method: str, cseq: int,
+                  a_tag: str | None = None) -> None:
+    if a_tag is None:
+        [ctx] = h.engine.calls.values()
+        a_tag = ctx.a_tag
+    await h.deliver(in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+                              from_=a_inv.headers.get("from") or "",
+                              to=f"<sip:{X}@127.0.0.1>;tag={a_tag}", call_id=a_inv.call_id,
+                              cseq=cseq, via=f"{_TRUNK_VIA}{method}{cseq}"), A_ADDR)
+
+
+async def _from_b(h: Harness, b_inv: Request, method: str, cseq: int) -> None:
+    await h.deliver(in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+                              from_=f"{b_inv.headers.get('to')};tag=tb1",
+                              to=b_inv.headers.get("from") or "", call_id=b_inv.call_id,
+                              cseq=cseq, via=f"SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKb{cseq}"),
+                    B_ADDR)
+
+
+@pytest.mark.parametrize(("leg", "method", "status"), [
+    ("a", "PRACK", 481),          # RFC 3262 §3: we send A no reliable provisionals
+    ("b", "PRACK", 405),          # nothing to acknowledge once the call is up
+    ("a", "SUBSCRIBE", 405),      # known, not relayed in a dialog
+    ("b", "NOTIFY", 405),
+    ("a", "FOO", 405),            # in a dialog even an unknown method is 405 (with Allow)
+    ("b", "REFER", 403),          # REFER would carry a URI across (DESIGN.md)
+])
+def test_in_dialog_requests_answered_by_sipmask(leg: str, method: str, status: int) -> None:
+    async def flow(h: Harness) -> None:
+        a_inv, b_inv = await answered_call(h)
+        h.take()
+        if leg == "a":
+            await _from_a(h, a_inv, method, 11)
+        else:
+            await _from_b(h, b_inv, method, 11)
+        here, there = (A_ADDR, B_ADDR) if leg == "a" else (B_ADDR, A_ADDR)
+        [answer] = _responses(h, here)
+        assert answer.status == status
+        assert h.take(there) == []                # nothing crossed
+        assert answer.headers.get_fields("allow") == ([ALLOW] if status == 405 else [])
+        [ctx] = h.engine.calls.values()
+        assert ctx.call.state.value == "confirmed"
+
+    run(flow)
+
+
+def test_in_dialog_message_from_b_is_relayed_to_a() -> None:
+    async def flow(h: Harness) -> None:
+        _a_inv, b_inv = await answered_call(h)
+        h.take()
+        await _from_b(h, b_inv, "MESSAGE", 11)
+        [relayed] = h.take(A_ADDR)
+        assert isinstance(relayed, Request) and relayed.method == "MESSAGE"
+        assert h.take(B_ADDR) == []
+
+    run(flow)
+
+
+def test_request_in_an_ended_dialog_is_481() -> None:
+    async def flow(h: Harness) -> None:
+        a_inv, _b_inv = await answered_call(h)
+        h.take()
+        [ctx] = h.engine.calls.values()
+        await _from_a(h, a_inv, "BYE", 11)
+        assert [r.status for r in _responses(h, A_ADDR)] == [200]
+        [bye_b] = h.take(B_ADDR)
+        assert isinstance(bye_b, Request) and bye_b.method == "BYE"
+        await h.deliver(b_response(bye_b, 200), B_ADDR)
+        assert not h.engine.calls
+        await _from_a(h, a_inv, "INFO", 12, ctx.a_tag)
+        assert [r.status for r in _responses(h, A_ADDR)] == [481]
+
+    run(flow)
