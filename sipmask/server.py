@@ -45,7 +45,7 @@ from sipmask.observability import logging as sm_logging
 from sipmask.observability.metrics import Metrics
 from sipmask.policy import CallPolicy
 from sipmask.sip.message import Request, Response, build_response
-from sipmask.sip.methods import KNOWN_METHODS
+from sipmask.sip.methods import no_dialog_status
 from sipmask.sip.timers import TimerConfig
 from sipmask.sip.transaction import (
     Outgoing,
@@ -141,11 +141,8 @@ class DefaultHandler:
             # §11.2: the answer lists what we can do.
             return 200, (("Allow", self.allow), ("Accept", self.accept),
                          ("Supported", ", ".join(self.supported)))
-        if method == "BYE" or _has_to_tag(request):
-            return 481, ()  # §12.2.2: no such dialog here
-        if method in KNOWN_METHODS:
-            return 405, (("Allow", self.allow),)
-        return 501, (("Allow", self.allow),)
+        status = no_dialog_status(method, _has_to_tag(request))
+        return status, ((("Allow", self.allow),) if status != 481 else ())
 
     def handle_response(self, event: ResponseReceived | StrayResponse) -> None:
         log.debug("sip.stray_response", status=event.response.status, source=event.source)

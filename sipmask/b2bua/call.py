@@ -11,9 +11,21 @@ record is always consistent with the state that produced it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 
 from sipmask.errors import CallStateError
+
+
+class Leg(StrEnum):
+    """The call's two legs. A StrEnum: the media backend's API names them "a" and "b"
+    (media/backend.py) and takes these as they are; comparing one is a string compare."""
+
+    A = "a"       # the caller's side: the trunk that sent the INVITE for X (we are its UAS)
+    B = "b"       # the callee's side: the leg sipmask places (we are its UAC)
+
+    @property
+    def other(self) -> Leg:
+        return Leg.B if self is Leg.A else Leg.A
 
 
 class CallState(Enum):

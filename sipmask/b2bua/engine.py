@@ -20,11 +20,12 @@ import itertools
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from sipmask import numbers
 from sipmask.b2bua import masking, routing
-from sipmask.b2bua.call import Action, Call, CallEvent, CallState
+from sipmask.b2bua.call import Action, Call, CallEvent, CallState, Leg
 from sipmask.b2bua.timers import CallTimer, CallTimers
 from sipmask.cdr.group import CdrGroupCommit
 from sipmask.cdr.record import Cdr
@@ -35,7 +36,7 @@ from sipmask.errors import CallStateError, MediaError, ParseError, SipError, Tra
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
 from sipmask.sip.message import Request, Response, build_response
-from sipmask.sip.methods import KNOWN_METHODS
+from sipmask.sip.methods import ALLOW, KNOWN_METHODS, RELAYED_IN_DIALOG, no_dialog_status
 from sipmask.sip.transaction import (
     AckReceived,
     AckTimeout,
@@ -53,9 +54,6 @@ from sipmask.store.base import Binding, BindingStore
 log = sm_logging.get_logger("sipmask.b2bua")
 
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
-# Methods relayed inside a dialog; REFER is refused (it would carry a URI across, DESIGN.md).
-RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE"})
 SDP = masking.SDP
 TRUNK_CACHE_MAX = 4096        # sources whose trunk (or none) _trunk_for remembers
 
@@ -115,13 +113,29 @@ def _opens_offer(request: Request) -> bool:
     return request.method == "INVITE" or (request.method == "UPDATE" and bool(request.body))
 
 
+class Role(Enum):
+    """What a transaction the engine sent is to its call (Engine._by_txn): its responses and
+    its timeout mean different events."""
+
+    __hash__ = object.__hash__     # identity, in C (as call.py's enums)
+
+    B_INVITE = "b_invite"          # leg B's INVITE: 1xx/2xx/failure drive the call
+    PRACK = "prack"                # our PRACK of B's reliable provisional (RFC 3262 §4)
+    BYE_A = "bye_a"                # our BYE on leg A
+    BYE_B = "bye_b"                # our BYE on leg B
+
+
+_BYE_ROLE = {Leg.A: Role.BYE_A, Leg.B: Role.BYE_B}
+_BYE_ROLES = frozenset(_BYE_ROLE.values())
+
+
 @dataclass
 class _Relay:
     """An in-dialog request relayed from one leg to the other: answer `origin` on `from_leg`
     with what the other leg answers."""
 
     ctx: _CallContext
-    from_leg: str                 # "a" or "b": the leg the request came from
+    from_leg: Leg                 # the leg the request came from
     origin_txn: str
     request: Request
     sent_txn: str | None = None   # our transaction on the other leg (its 2xx get our ACK)
@@ -154,7 +168,7 @@ class _CallContext:
     # (leg, CSeq) of an INVITE whose 2xx carried the offer -> (other leg, its CSeq, our
     # INVITE transaction there): the other leg's ACK waits for this leg's, which carries
     # the answer (RFC 3264 §4).
-    late_acks: dict[tuple[str, int], tuple[str, int, str | None]] = field(
+    late_acks: dict[tuple[Leg, int], tuple[Leg, int, str | None]] = field(
         default_factory=dict)
     max_duration_s: float | None = None                 # the binding's call length limit
     media_open: bool = False
@@ -162,10 +176,10 @@ class _CallContext:
     queue: collections.deque[Callable[[], Awaitable[None]]] = field(
         default_factory=collections.deque)
     running: bool = False
-    contacts: dict[str, str] = field(default_factory=dict)  # leg -> our Contact there
+    contacts: dict[Leg, str] = field(default_factory=dict)  # leg -> our Contact there
     a_key: tuple[str, str] = ("", "")                   # its key in Engine._by_a
     # leg -> (the dialog's next hop, where and how requests to it go): _next_hop's cache
-    hops: dict[str, tuple[str, tuple[Address, Transport] | None]] = field(
+    hops: dict[Leg, tuple[str, tuple[Address, Transport] | None]] = field(
         default_factory=dict)
 
 
@@ -186,7 +200,7 @@ class Engine:
         self.calls: dict[str, _CallContext] = {}
         self._by_a: dict[tuple[str, str], _CallContext] = {}      # (Call-ID, From tag)
         self._by_a_txn: dict[str, _CallContext] = {}
-        self._by_txn: dict[str, tuple[str, _CallContext] | _Relay] = {}
+        self._by_txn: dict[str, tuple[Role, _CallContext] | _Relay] = {}
         self._trunks_seen: dict[str, tuple[str | None, TrunkConfig | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
@@ -271,71 +285,84 @@ class Engine:
 
     # -- requests ----------------------------------------------------------------------------
     def _on_request(self, event: RequestReceived) -> None:
+        """Dispatch a request through the tables below the class (_OUT_OF_DIALOG,
+        _IN_DIALOG), as sip/transaction.py keeps RFC 3261 §17."""
         request = event.request
         method = request.method
         try:
             has_to_tag = request.to.tag is not None
         except ParseError:
             has_to_tag = False
-        if method == "INVITE" and not has_to_tag:
-            self._new_call(event)
-            return
-        if method == "OPTIONS" and not has_to_tag:
-            # §11.2: answered as an INVITE would be, after the same checks (RFC 4475 §3.3).
-            try:
-                routing.check_request(request)
-            except SipError as exc:
-                self._reply(event.txn_id, request, exc.status, extra=_refusal_headers(exc))
+        if not has_to_tag:
+            starts = _OUT_OF_DIALOG.get(method)
+            if starts is not None:
+                starts(self, event)
                 return
-            self._reply(event.txn_id, request, 200, extra=(("Allow", ALLOW),
-                                                            ("Accept", SDP),
-                                                            ("Supported", "")))
-            return
         found = self._find_dialog(request)
         if found is None:
-            # §12.2.2: no such dialog; §21.4.6 / §21.5.2: a method we know but do not serve
-            # outside a dialog is 405 (with Allow), one we do not know at all 501.
-            if has_to_tag or method in ("BYE", "CANCEL"):
-                status = 481
-            else:
-                status = 405 if method in KNOWN_METHODS else 501
-            extra = (("Allow", ALLOW),) if status in (405, 501) else ()
-            self._reply(event.txn_id, request, status, extra=extra)
+            # §12.2.2: no such dialog (481); §21.4.6 / §21.5.2: a method we know but do not
+            # serve outside a dialog is 405, one we do not know at all 501 (both with Allow).
+            status = no_dialog_status(method, has_to_tag)
+            self._reply(event.txn_id, request, status,
+                        extra=() if status == 481 else _ALLOW_HEADER)
             return
         ctx, leg = found
-        if leg == "b":
+        if leg is Leg.B:
             ctx.b_source = event.source
-        if method == "REFER":
-            self._reply(event.txn_id, request, 403, reason="Forbidden (REFER not allowed)")
+        _IN_DIALOG.get(method, Engine._refuse_in_dialog)(self, event, ctx, leg)
+
+    def _answer_options(self, event: RequestReceived) -> None:
+        """§11.2: OPTIONS is answered as an INVITE would be, after the same checks (RFC 4475
+        §3.3)."""
+        try:
+            routing.check_request(event.request)
+        except SipError as exc:
+            self._reply(event.txn_id, event.request, exc.status, extra=_refusal_headers(exc))
             return
-        if method == "BYE":
-            dialog = self._dialog_of(ctx, leg)
-            if dialog is not None and dialog.state is not DialogState.TERMINATED:
-                try:
-                    dialog.receive_request(request)
-                except SipError as exc:
-                    # §12.2.2: a CSeq below the dialog's last is out of order: 500. The
-                    # dialog and the call stay as they were, so a valid BYE still ends both.
-                    self._reply(event.txn_id, request, exc.status, reason=exc.reason)
-                    return
-            ctx_event = CallEvent.A_BYE if leg == "a" else CallEvent.B_BYE
-            self._fire(ctx, ctx_event, origin=(event.txn_id, request))
-            return
-        if method == "PRACK" and leg == "a":
-            # We never send reliable provisionals to A (no 100rel on leg A), so a PRACK from
-            # A matches nothing (RFC 3262 §3).
-            self._reply(event.txn_id, request, 481)
-            return
-        if method not in RELAYED_IN_DIALOG:
-            self._reply(event.txn_id, request, 405, extra=(("Allow", ALLOW),))
-            return
+        self._reply(event.txn_id, event.request, 200,
+                    extra=(*_ALLOW_HEADER, ("Accept", SDP), ("Supported", "")))
+
+    def _in_cseq_order(self, dialog: Dialog | None, event: RequestReceived) -> bool:
+        """§12.2.2: a request whose CSeq is below the dialog's last is out of order: 500
+        (False). The dialog and the call stay as they were, so a valid one still works."""
+        if dialog is None:
+            return True
+        try:
+            dialog.receive_request(event.request)
+        except SipError as exc:
+            self._reply(event.txn_id, event.request, exc.status, reason=exc.reason)
+            return False
+        return True
+
+    def _on_bye(self, event: RequestReceived, ctx: _CallContext, leg: Leg) -> None:
         dialog = self._dialog_of(ctx, leg)
-        if dialog is not None:
-            try:
-                dialog.receive_request(request)
-            except SipError as exc:
-                self._reply(event.txn_id, request, exc.status, reason=exc.reason)
-                return
+        if dialog is not None and dialog.state is DialogState.TERMINATED:
+            dialog = None           # the call's table answers it (ENDED: 481)
+        if self._in_cseq_order(dialog, event):
+            self._fire(ctx, _BYE_EVENT[leg], origin=(event.txn_id, event.request))
+
+    def _on_prack(self, event: RequestReceived, ctx: _CallContext, leg: Leg) -> None:
+        if leg is Leg.A:
+            # We never send reliable provisionals to A (no 100rel on leg A), so a PRACK
+            # from A matches nothing (RFC 3262 §3).
+            self._reply(event.txn_id, event.request, 481)
+        else:
+            # B's reliable provisionals are PRACKed by us; B has nothing to PRACK.
+            self._refuse_in_dialog(event, ctx, leg)
+
+    def _on_refer(self, event: RequestReceived, ctx: _CallContext, leg: Leg) -> None:
+        # REFER would carry a URI across the legs (DESIGN.md "Privacy contract").
+        self._reply(event.txn_id, event.request, 403, reason="Forbidden (REFER not allowed)")
+
+    def _refuse_in_dialog(self, event: RequestReceived, ctx: _CallContext, leg: Leg) -> None:
+        # §21.4.6: not relayed inside a dialog (even an unknown method: the dialog is ours).
+        self._reply(event.txn_id, event.request, 405, extra=_ALLOW_HEADER)
+
+    def _on_relayed(self, event: RequestReceived, ctx: _CallContext, leg: Leg) -> None:
+        """A request for the other leg: in CSeq order, and no offer against a pending one."""
+        request = event.request
+        if not self._in_cseq_order(self._dialog_of(ctx, leg), event):
+            return
         if ctx.relays and _opens_offer(request):
             pending = [r.from_leg for t in ctx.relays
                        if isinstance(r := self._by_txn.get(t), _Relay)
@@ -351,8 +378,7 @@ class Engine:
                 # relayed to it) is glare: 491 (§14.2, RFC 3311 §5.2).
                 self._reply(event.txn_id, request, 491)
                 return
-        self._fire(ctx, CallEvent.A_REQUEST if leg == "a" else CallEvent.B_REQUEST,
-                   origin=(event.txn_id, request))
+        self._fire(ctx, _REQUEST_EVENT[leg], origin=(event.txn_id, request))
 
     def _new_call(self, event: RequestReceived) -> None:
         request = event.request
@@ -486,7 +512,7 @@ class Engine:
             raise SipError("Bad Request (body without Content-Type)", status=400)
         return body
 
-    async def _cross(self, ctx: _CallContext, leg: str, body: masking.Body, *,
+    async def _cross(self, ctx: _CallContext, leg: Leg, body: masking.Body, *,
                      offer: bool) -> tuple[bytes, str | None]:
         """`body` (from `leg`) as it reaches the other leg, and its Content-Type: an SDP
         through the media backend, as an offer or an answer; a DTMF body as rebuilt.
@@ -500,10 +526,10 @@ class Engine:
             return body.content, body.content_type
         return b"", None
 
-    def _sip_source(self, ctx: _CallContext, leg: str) -> str:
+    def _sip_source(self, ctx: _CallContext, leg: Leg) -> str:
         """The IP a leg's SIP signalling comes from (media.latching: signalled_ip): the
         caller's INVITE for leg A; leg B's last message, else the trunk's host."""
-        if leg == "a":
+        if leg is Leg.A:
             return ctx.a_source[0]
         return ctx.b_source[0] if ctx.b_source is not None else ctx.b_dest[0]
 
@@ -513,7 +539,7 @@ class Engine:
             return
         call = ctx.call
         try:
-            body, content_type = await self._cross(ctx, "a", ctx.a_body, offer=True)
+            body, content_type = await self._cross(ctx, Leg.A, ctx.a_body, offer=True)
         except (MediaError, SipError, ValueError) as exc:
             log.warning("call.media_failed", call_id=call.call_id, error=str(exc))
             status = exc.status if isinstance(exc, SipError) else 503
@@ -542,7 +568,7 @@ class Engine:
                         for n, v in crossing]
         request = masking.build_request(
             "INVITE", request_uri=target, local=local, remote=f"<{target}>",
-            call_id=call.call_id, cseq=1, contact=self._contact_of(ctx, "b"),
+            call_id=call.call_id, cseq=1, contact=self._contact_of(ctx, Leg.B),
             max_forwards=max_forwards, crossing=crossing, extra=extra, body=body,
             content_type=content_type)
         ctx.b_invite = request
@@ -552,7 +578,7 @@ class Engine:
             log.warning("call.leg_b_failed", call_id=call.call_id, error=str(exc))
             await self._apply(ctx, CallEvent.SETUP_FAILED)
             return
-        self._track(ctx.b_txn, ("b_invite", ctx), ctx)
+        self._track(ctx.b_txn, (Role.B_INVITE, ctx), ctx)
         await self._apply(ctx, CallEvent.LEG_B_SENT)
         self._start_timer(call.call_id, CallTimer.RING, self.config.sip.ring_timeout_s)
 
@@ -562,7 +588,7 @@ class Engine:
         if entry is None:
             return
         if isinstance(entry, _Relay):
-            if entry.from_leg == "a":          # a request we relayed to B: B answers
+            if entry.from_leg is Leg.A:        # a request we relayed to B: B answers
                 entry.ctx.b_source = source
             if response.status >= 200:
                 self._by_txn.pop(txn_id, None)
@@ -572,9 +598,9 @@ class Engine:
             return
         role, ctx = entry
         status = response.status
-        if role != "bye_a":                    # every other request we send goes to B
+        if role is not Role.BYE_A:             # every other request we send goes to B
             ctx.b_source = source
-        if role == "b_invite":
+        if role is Role.B_INVITE:
             if status == 100:
                 return
             if status < 200:
@@ -586,7 +612,7 @@ class Engine:
             else:
                 self._by_txn.pop(txn_id, None)
                 self._fire(ctx, CallEvent.B_FAILURE, response=response)
-        elif role in ("bye_a", "bye_b") and status >= 200:
+        elif role in _BYE_ROLES and status >= 200:
             self._bye_done(ctx, txn_id)
 
     def _on_timeout(self, txn_id: str, *, unreachable: bool = False) -> None:
@@ -600,9 +626,9 @@ class Engine:
             self._reply(entry.origin_txn, entry.request, 408)
             return
         role, ctx = entry
-        if role == "b_invite":
+        if role is Role.B_INVITE:
             self._fire(ctx, CallEvent.B_UNREACHABLE if unreachable else CallEvent.B_TIMEOUT)
-        elif role in ("bye_a", "bye_b"):
+        elif role in _BYE_ROLES:
             self._bye_done(ctx, txn_id)
 
     def _on_stray(self, response: Response, source: Address) -> None:
@@ -623,9 +649,9 @@ class Engine:
         if found is None:
             return
         ctx, leg = found
-        if leg == "b":
+        if leg is Leg.B:
             ctx.b_source = event.source
-        if leg == "a" and event.request.cseq.number == ctx.a_invite.cseq.number:
+        if leg is Leg.A and event.request.cseq.number == ctx.a_invite.cseq.number:
             self._fire(ctx, CallEvent.A_ACK)
         late = ctx.late_acks.pop((leg, event.request.cseq.number), None)
         if late is not None:
@@ -719,9 +745,9 @@ class Engine:
                 with contextlib.suppress(TransactionError):
                     self.sip.cancel(ctx.b_txn)
         elif action is Action.BYE_A:
-            self._send_bye(ctx, "a")
+            self._send_bye(ctx, Leg.A)
         elif action is Action.BYE_B:
-            self._send_bye(ctx, "b")
+            self._send_bye(ctx, Leg.B)
         else:
             raise CallStateError(f"{action.value} needs a response or request")
 
@@ -735,11 +761,11 @@ class Engine:
                     and ctx.b_dialog is not None:
                 # RFC 3262 §4: PRACK the reliable provisional on leg B ourselves.
                 prack = ctx.b_dialog.prack(response)
-                txn = self._send_in_dialog(ctx, "b", prack)
+                txn = self._send_in_dialog(ctx, Leg.B, prack)
                 if txn is not None:
-                    self._track(txn, ("prack", ctx), ctx)
+                    self._track(txn, (Role.PRACK, ctx), ctx)
             body, content_type = await self._answer_body(ctx, response)
-            contact = self._contact_of(ctx, "a")
+            contact = self._contact_of(ctx, Leg.A)
             if ctx.a_dialog is None and response.to.tag is not None:
                 ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact)
             out = masking.build_relayed_response(
@@ -754,7 +780,7 @@ class Engine:
             body, content_type = await self._answer_body(ctx, response)
             if call.state is not CallState.ANSWERED:
                 return  # the call ended while media was being answered
-            contact = self._contact_of(ctx, "a")
+            contact = self._contact_of(ctx, Leg.A)
             if ctx.a_dialog is None:
                 ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,
                                              confirmed=True)
@@ -775,8 +801,8 @@ class Engine:
             await self._commit_call_cdr(ctx)
         elif action is Action.RELAY_REQUEST_TO_B or action is Action.RELAY_REQUEST_TO_A:
             assert origin is not None
-            await self._relay_request(ctx, "a" if action is Action.RELAY_REQUEST_TO_B else "b",
-                                      origin)
+            await self._relay_request(
+                ctx, Leg.A if action is Action.RELAY_REQUEST_TO_B else Leg.B, origin)
         else:
             self._do_now(ctx, action, response, origin)
 
@@ -808,7 +834,7 @@ class Engine:
                                     and response.status >= 200):
             # The first dialog, or the one a 2xx confirms when B forked (§13.2.2.4).
             ctx.b_dialog = Dialog.as_uac(ctx.b_invite, response,
-                                         local_contact=self._contact_of(ctx, "b"))
+                                         local_contact=self._contact_of(ctx, Leg.B))
         elif response.status >= 200 and ctx.b_dialog.state is DialogState.EARLY:
             ctx.b_dialog.on_response(response)
 
@@ -821,11 +847,11 @@ class Engine:
         if ctx.a_body.kind is not masking.BodyKind.SDP and \
                 masking.crossing_body(response).kind is masking.BodyKind.SDP:
             # RFC 3264 §4 delayed offer: B's 2xx made the offer, A's ACK brings the answer.
-            ctx.late_acks[("a", ctx.a_invite.cseq.number)] = (
-                "b", ctx.b_invite.cseq.number, ctx.b_txn)
+            ctx.late_acks[(Leg.A, ctx.a_invite.cseq.number)] = (
+                Leg.B, ctx.b_invite.cseq.number, ctx.b_txn)
             return
         ack = ctx.b_dialog.ack(ctx.b_invite.cseq.number)
-        dest, transport = self._next_hop(ctx, "b")
+        dest, transport = self._next_hop(ctx, Leg.B)
         self.sip.send_ack(ctx.b_txn, ack, dest, transport)
 
     async def _answer_body(self, ctx: _CallContext, response: Response
@@ -834,7 +860,7 @@ class Engine:
         offer when A sent none (delayed offer, RFC 3264 §4)."""
         body = self._body_of(response)
         try:
-            out = await self._cross(ctx, "b", body, offer=not ctx.media_open)
+            out = await self._cross(ctx, Leg.B, body, offer=not ctx.media_open)
         except (MediaError, SipError, ValueError) as exc:
             log.warning("call.media_answer_failed", call_id=ctx.call.call_id, error=str(exc))
             return b"", None
@@ -842,10 +868,10 @@ class Engine:
             self._media_opened(ctx)
         return out
 
-    async def _relay_request(self, ctx: _CallContext, from_leg: str,
+    async def _relay_request(self, ctx: _CallContext, from_leg: Leg,
                              origin: tuple[str, Request]) -> None:
         txn_id, request = origin
-        to_leg = "b" if from_leg == "a" else "a"
+        to_leg = from_leg.other
         dialog = self._dialog_of(ctx, to_leg)
         if dialog is None:
             self._reply(txn_id, request, 481)
@@ -876,7 +902,7 @@ class Engine:
 
     async def _relay_response(self, relay: _Relay, response: Response) -> None:
         ctx = relay.ctx
-        answered_leg = "b" if relay.from_leg == "a" else "a"
+        answered_leg = relay.from_leg.other
         incoming = self._body_of(response)
         # RFC 3264 §4: a re-INVITE without a body asks for the offer in the 2xx.
         late_offer = relay.request.method == "INVITE" and not relay.offered and \
@@ -907,8 +933,8 @@ class Engine:
             content_type=content_type, crossed=self._crossing(response), allow=ALLOW)
         self._send_response(relay.origin_txn, out)
 
-    async def _send_late_ack(self, ctx: _CallContext, from_leg: str,
-                             late: tuple[str, int, str | None], ack_in: Request) -> None:
+    async def _send_late_ack(self, ctx: _CallContext, from_leg: Leg,
+                             late: tuple[Leg, int, str | None], ack_in: Request) -> None:
         """The ACK that carries the answer to an offer made in a relayed 2xx: its SDP is
         rewritten like any answer and crosses in our ACK of the other leg's 2xx."""
         to_leg, cseq, invite_txn = late
@@ -927,7 +953,7 @@ class Engine:
         # The INVITE's transaction re-sends this ACK for 2xx retransmissions.
         self.sip.send_ack(invite_txn, ack, dest, transport)
 
-    def _send_bye(self, ctx: _CallContext, leg: str) -> None:
+    def _send_bye(self, ctx: _CallContext, leg: Leg) -> None:
         dialog = self._dialog_of(ctx, leg)
         if dialog is None or dialog.state is DialogState.TERMINATED:
             return
@@ -938,9 +964,9 @@ class Engine:
         txn = self._send_in_dialog(ctx, leg, bye)
         if txn is not None:
             ctx.pending_byes.add(txn)
-            self._track(txn, (f"bye_{leg}", ctx), ctx)
+            self._track(txn, (_BYE_ROLE[leg], ctx), ctx)
 
-    def _track(self, txn: str, entry: tuple[str, _CallContext] | _Relay,
+    def _track(self, txn: str, entry: tuple[Role, _CallContext] | _Relay,
                ctx: _CallContext) -> None:
         self._by_txn[txn] = entry
         ctx.txns.add(txn)
@@ -951,27 +977,28 @@ class Engine:
         if not ctx.pending_byes and ctx.call.state is CallState.ENDING:
             self._fire(ctx, CallEvent.BYES_DONE)
 
-    def _send_in_dialog(self, ctx: _CallContext, leg: str, request: Request) -> str | None:
+    def _send_in_dialog(self, ctx: _CallContext, leg: Leg, request: Request) -> str | None:
         dest, transport = self._next_hop(ctx, leg)
         try:
             return self.sip.send_request(request, dest, transport)
         except (TransactionError, OSError) as exc:
-            log.warning("call.send_failed", call_id=ctx.call.call_id, leg=leg, error=str(exc))
+            log.warning("call.send_failed", call_id=ctx.call.call_id, leg=leg.value,
+                        error=str(exc))
             return None
 
-    def _next_hop(self, ctx: _CallContext, leg: str) -> tuple[Address, Transport]:
+    def _next_hop(self, ctx: _CallContext, leg: Leg) -> tuple[Address, Transport]:
         """Where an in-dialog request on `leg` goes. Over TCP/TLS, the connection the
         party's signalling came on, while it is open: a party behind NAT can be reached on
         no other (RFC 5923 §1, RFC 5626's practice; its Contact names an address it does not
         listen on). Else the dialog's next hop when it names an IP address (no DNS in the
         call path), else where the leg's signalling came from."""
-        if leg == "a":
+        if leg is Leg.A:
             fallback = (ctx.a_source, ctx.a_transport)
         else:
             fallback = (ctx.b_source or ctx.b_dest, ctx.b_transport)
         if is_reliable(fallback[1]) and self.sip.connected(*fallback):
             return fallback
-        if leg == "b":
+        if leg is Leg.B:
             fallback = (ctx.b_dest, ctx.b_transport)
         dialog = self._dialog_of(ctx, leg)
         if dialog is None:
@@ -986,10 +1013,10 @@ class Engine:
         found = cached[1]
         return fallback if found is None else found
 
-    def _dialog_of(self, ctx: _CallContext, leg: str) -> Dialog | None:
-        return ctx.a_dialog if leg == "a" else ctx.b_dialog
+    def _dialog_of(self, ctx: _CallContext, leg: Leg) -> Dialog | None:
+        return ctx.a_dialog if leg is Leg.A else ctx.b_dialog
 
-    def _find_dialog(self, request: Request) -> tuple[_CallContext, str] | None:
+    def _find_dialog(self, request: Request) -> tuple[_CallContext, Leg] | None:
         try:
             call_id = request.call_id
             from_tag = request.from_.tag or ""
@@ -998,19 +1025,19 @@ class Engine:
             return None
         ctx = self.calls.get(call_id)
         if ctx is not None and to_tag == ctx.b_tag:
-            return ctx, "b"
+            return ctx, Leg.B
         ctx = self._by_a.get((call_id, from_tag))
         if ctx is not None and (to_tag == ctx.a_tag or request.method == "ACK"):
-            return ctx, "a"
+            return ctx, Leg.A
         return None
 
-    def _contact_of(self, ctx: _CallContext, leg: str) -> str:
+    def _contact_of(self, ctx: _CallContext, leg: Leg) -> str:
         """Our Contact for the call's X on `leg`, made once per call and leg: on the leg's
         transport, and a sips URI on leg A when A's Request-URI was one (§12.1.1)."""
         contact = ctx.contacts.get(leg)
         if contact is None:
-            transport = ctx.a_transport if leg == "a" else ctx.b_transport
-            secure = leg == "a" and ctx.a_invite.uri[:5].lower() == "sips:"
+            transport = ctx.a_transport if leg is Leg.A else ctx.b_transport
+            secure = leg is Leg.A and ctx.a_invite.uri[:5].lower() == "sips:"
             contact = ctx.contacts[leg] = masking.local_contact(
                 ctx.call.x, _host(self.config.sip.advertise), self.sip.local_port(transport),
                 transport, secure=secure)
@@ -1190,6 +1217,28 @@ _EVENT_HANDLERS: dict[type, Callable[[Engine, Any], None]] = {
     TransactionTerminated: lambda engine, event: None,     # nothing for the call to do
 }
 
+
+# -- requests, as tables (RFC 3261 §8.2, §12.2.2) ------------------------------------------
+# A request without a To tag that starts something, by method. Any other request goes to
+# the dialog it names, or gets methods.no_dialog_status.
+_OUT_OF_DIALOG: dict[str, Callable[[Engine, RequestReceived], None]] = {
+    "INVITE": Engine._new_call,
+    "OPTIONS": Engine._answer_options,
+}
+# A request inside one of our calls' dialogs, by method; any other: 405 with Allow.
+_InDialog = Callable[[Engine, RequestReceived, _CallContext, Leg], None]
+_IN_DIALOG: dict[str, _InDialog] = {
+    "BYE": Engine._on_bye,
+    "PRACK": Engine._on_prack,
+    "REFER": Engine._on_refer,
+}
+if RELAYED_IN_DIALOG & _IN_DIALOG.keys() or not _IN_DIALOG.keys() <= KNOWN_METHODS:
+    raise ValueError("a relayed method with its own in-dialog rule, or an unknown method")
+_IN_DIALOG.update(dict.fromkeys(RELAYED_IN_DIALOG, Engine._on_relayed))
+
+_ALLOW_HEADER = (("Allow", ALLOW),)
+_BYE_EVENT = {Leg.A: CallEvent.A_BYE, Leg.B: CallEvent.B_BYE}
+_REQUEST_EVENT = {Leg.A: CallEvent.A_REQUEST, Leg.B: CallEvent.B_REQUEST}
 
 _TIMER_EVENTS = {CallTimer.RING: CallEvent.RING_TIMEOUT,
                  CallTimer.MAX_DURATION: CallEvent.MAX_DURATION}

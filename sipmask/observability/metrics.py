@@ -27,6 +27,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from sipmask.observability import logging as sm_logging
+from sipmask.sip.methods import METHODS
 from sipmask.transport.counters import SipCounters
 
 log = sm_logging.get_logger("sipmask.metrics")
@@ -41,8 +42,8 @@ REFUSAL_REASONS = ("no_binding", "not_allowed", "blacklist", "rate_limited", "ac
                    "loop", "refer", "other")
 TRANSACTION_KINDS = ("invite_client", "non_invite_client", "invite_server",
                      "non_invite_server")
-SIP_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE",
-               "INFO", "REFER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "other")
+# Request counts by method: the known ones (sip/methods.py), the rest as "other".
+SIP_METHODS = (*METHODS, "other")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "other")
 # Received messages are split by kind; sent ones only have a total in SipCounters.
 MESSAGE_KINDS = ("request", "response", "all")

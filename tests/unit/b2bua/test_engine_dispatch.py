@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from sipmask.b2bua.engine import ALLOW
 from sipmask.sip.message import Request, Response
+from sipmask.sip.methods import ALLOW
 from tests.support.engine import (
     A_ADDR,
     B_ADDR,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typing
 
 from sipmask.b2bua import engine as engine_mod
-from sipmask.b2bua.call import TRANSITIONS
+from sipmask.b2bua.call import TRANSITIONS, Leg
 from sipmask.sip import transaction
 from tests.support.engine import A_ADDR, B_ADDR, Harness, answered_call, run
 
@@ -34,12 +34,12 @@ def test_next_hop_follows_a_changed_dialog_target() -> None:
         await answered_call(h)
         [ctx] = h.engine.calls.values()
         assert ctx.b_dialog is not None
-        assert h.engine._next_hop(ctx, "b") == (("127.0.0.1", 5090), "udp")
+        assert h.engine._next_hop(ctx, Leg.B) == (("127.0.0.1", 5090), "udp")
         ctx.b_dialog.remote_target = "sip:b@10.9.9.9:5099;transport=tcp"
-        assert h.engine._next_hop(ctx, "b") == (("10.9.9.9", 5099), "tcp")
+        assert h.engine._next_hop(ctx, Leg.B) == (("10.9.9.9", 5099), "tcp")
         ctx.b_dialog.remote_target = "sip:b@pbx.example"
-        assert h.engine._next_hop(ctx, "b") == (ctx.b_dest, ctx.b_transport)
-        assert h.engine._next_hop(ctx, "a") == (("192.0.2.10", 5060), "udp")
+        assert h.engine._next_hop(ctx, Leg.B) == (ctx.b_dest, ctx.b_transport)
+        assert h.engine._next_hop(ctx, Leg.A) == (("192.0.2.10", 5060), "udp")
     run(test)
 
 
@@ -47,13 +47,13 @@ def test_contact_is_made_once_per_call_and_transport() -> None:
     async def test(h: Harness) -> None:
         await answered_call(h)
         [ctx] = h.engine.calls.values()
-        made = h.engine._contact_of(ctx, "a")
+        made = h.engine._contact_of(ctx, Leg.A)
         assert made == f"<sip:{ctx.call.x}@127.0.0.1:5060>"
-        assert h.engine._contact_of(ctx, "a") is made
+        assert h.engine._contact_of(ctx, Leg.A) is made
         ctx.b_transport = "tcp"
-        assert h.engine._contact_of(ctx, "b") == made     # made once, when B was called
+        assert h.engine._contact_of(ctx, Leg.B) == made     # made once, when B was called
         ctx.contacts.clear()
-        assert h.engine._contact_of(ctx, "b").endswith(";transport=tcp>")
+        assert h.engine._contact_of(ctx, Leg.B).endswith(";transport=tcp>")
     run(test)
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from sipmask.b2bua.engine import ALLOW, Engine
+from sipmask.b2bua.engine import Engine
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import MemoryCdrLog
 from sipmask.clock import SystemClock
 from sipmask.config import loader
 from sipmask.errors import ForbiddenError, SipError
 from sipmask.sip.message import Request, Response
+from sipmask.sip.methods import ALLOW
 from sipmask.sip.parser import parse_message
 from sipmask.store.base import Binding
 from tests.support.engine import (
