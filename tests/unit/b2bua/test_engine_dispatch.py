@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from sipmask.b2bua import engine as engine_mod
+from sipmask.b2bua.call import Leg
+from sipmask.media.backend import LEGS
 from sipmask.sip.message import Request, Response
-from sipmask.sip.methods import ALLOW
+from sipmask.sip.methods import ALLOW, KNOWN_METHODS, RELAYED_IN_DIALOG
 from tests.support.engine import (
     A_ADDR,
     B_ADDR,
@@ -129,3 +132,15 @@ def test_request_in_an_ended_dialog_is_481() -> None:
         assert [r.status for r in _responses(h, A_ADDR)] == [481]
 
     run(flow)
+
+
+def test_the_tables_name_known_methods_and_legs_keep_the_media_apis_names() -> None:
+    assert engine_mod._IN_DIALOG.keys() <= KNOWN_METHODS
+    assert {m for m, f in engine_mod._IN_DIALOG.items()
+            if f is engine_mod.Engine._on_relayed} == RELAYED_IN_DIALOG
+    assert "REFER" not in RELAYED_IN_DIALOG
+    assert set(engine_mod._OUT_OF_DIALOG) == {"INVITE", "OPTIONS"}
+    # The media backend keys its sides by "a" / "b" (media/backend.py LEGS).
+    assert [str(leg) for leg in Leg] == list(LEGS) and Leg.A == "a"
+    assert (Leg.A.other, Leg.B.other) == (Leg.B, Leg.A)
+    assert f"{Leg.B}" == "b"
