@@ -145,6 +145,17 @@ class Harness:
             await asyncio.sleep(0)
         self._collect()
 
+    async def idle(self, timeout_s: float = 10.0) -> None:
+        """Wait for every task the engine started (a media round trip, a CDR commit on the
+        group commit's writer thread) by awaiting the tasks themselves, not by polling;
+        then feed the engine what they sent. `timeout_s` only keeps a broken test from
+        hanging the suite."""
+        while self.engine._tasks:
+            _done, pending = await asyncio.wait(set(self.engine._tasks), timeout=timeout_s)
+            if pending:
+                raise AssertionError(f"{len(pending)} engine tasks still waiting")
+            await self.settle()
+
     async def advance(self, seconds: float) -> None:
         """Move the engine's clock and fire the call timers now due (no real waiting)."""
         self.clock.advance(seconds)

@@ -76,7 +76,7 @@ def test_answered_call_then_bye_still_ends_with_one_cdr() -> None:
         assert ctx.a_key == (a_inv.call_id, "fromzq1")
         assert h.engine._by_a[ctx.a_key] is ctx
         h.engine.end_all()
-        await h.settle()
+        await h.idle()
         sent_a = [m for m in h.take(A_ADDR) if isinstance(m, transaction.Request)]
         sent_b = [m for m in h.take(B_ADDR) if isinstance(m, transaction.Request)]
         assert [m.method for m in sent_a] == ["BYE"]
