@@ -22,7 +22,8 @@ from sipmask.sip.message import Response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.tcp import InboundLimits, open_tcp
-from tests.conftest import LOOPBACK, ServeProcess, free_port, options_request
+from tests.support.net import LOOPBACK, free_port, options_request
+from tests.support.serve import ServeProcess
 
 ATTACKER, PEER, OUTSIDER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 # A request line and half a Via: the head never ends (no CRLFCRLF).

@@ -31,15 +31,9 @@ from sipmask.server import SipServer
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.sip.uri import parse_uri
-from tests.conftest import (
-    LOOPBACK,
-    REPO,
-    ServeProcess,
-    free_port,
-    options_request,
-    sipmask_cli,
-    udp_block_free,
-)
+from tests.support.net import LOOPBACK, free_port, options_request, udp_block_free
+from tests.support.paths import REPO
+from tests.support.serve import ServeProcess, sipmask_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")
 
