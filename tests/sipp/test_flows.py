@@ -48,14 +48,16 @@ def answered(bench: Bench, count: int, release_side: str = "caller",
 def start_callee(bench: Bench, scenario: str, calls: int) -> subprocess.Popen[str]:
     """The callee's media port is fixed (the privacy regexps name it): a SIPp that exits at
     once could not bind it because another SIPp on this machine holds it; wait, try again."""
-    for _ in range(5):
-        proc = bench.callee(scenario, calls)
+    proc = bench.callee(scenario, calls)
+    for _ in range(4):
         try:
             proc.wait(0.3)
         except subprocess.TimeoutExpired:
             return proc
+        proc.communicate()               # it exited: close its stdout pipe, then try again
         time.sleep(1.0)
-    return proc
+        proc = bench.callee(scenario, calls)
+    return proc                          # finish() reports (and closes) what it printed
 
 
 def pair(bench: Bench, callee: str, caller: str, calls: int = 1, *caller_extra: str,

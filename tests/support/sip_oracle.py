@@ -97,7 +97,7 @@ MESSAGES = st.builds(make_message, st.lists(FIELD, max_size=12),
 def parses(data: bytes) -> list[Message]:
     """`data` parsed three times (the parser's later tiers), each from fresh; [] when the
     parser refuses it (the generated value may be something a header cannot hold)."""
-    out = []
+    out: list[Message] = []
     for _ in range(3):
         try:
             out.append(parse_message(data))
