@@ -81,8 +81,8 @@ def test_one_ip_holds_at_most_tcp_max_per_ip_and_others_are_still_served(
     cap = 4
     port, second = free_port(), free_port()
     server = serve("--set", f"sip.tcp_max_per_ip={cap}", "--set",
-                   f"sip.listen=[udp://{LOOPBACK}:{port},tcp://{LOOPBACK}:{port},"
-                   f"tcp://{LOOPBACK}:{second}]", port=port)
+                   f"sip.listen=[tcp://{LOOPBACK}:{port},tcp://{LOOPBACK}:{second},"
+                   f"udp://{LOOPBACK}:{port}]", port=port)    # UDP last: answers once all listen
     for i in range(cap + 1):
         sock = connect(server, ATTACKER, (port, second)[i % 2])
         sock.sendall(PARTIAL)

@@ -106,9 +106,10 @@ def tls_settings(pki: Pki, *, ca: bool = False) -> tuple[str, ...]:
 
 def serve_tls(serve: Callable[..., ServeProcess], pki: Pki, *overrides: str,
               ca: bool = False) -> tuple[ServeProcess, tuple[str, int]]:
-    """`sipmask serve` on UDP (for the fixture's readiness probe) and TLS."""
+    """`sipmask serve` on TLS and UDP (for the fixture's readiness probe). TLS first:
+    listeners open in order, so an answer over UDP means TLS is listening too."""
     port, tls_port = free_port(), free_port()
-    server = serve("--set", f"sip.listen=[udp://{LOOPBACK}:{port},tls://{LOOPBACK}:{tls_port}]",
+    server = serve("--set", f"sip.listen=[tls://{LOOPBACK}:{tls_port},udp://{LOOPBACK}:{port}]",
                    *tls_settings(pki, ca=ca), *overrides, port=port)
     return server, (LOOPBACK, tls_port)
 

@@ -92,8 +92,10 @@ def start_serve(workdir: Path, *overrides: str, port: int | None = None,
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     out, err = workdir / "serve.stdout", workdir / "serve.stderr"
+    # TCP before UDP: sipmask opens its listeners in this order (server.SipServer.start),
+    # so once OPTIONS over UDP is answered, TCP is listening too.
     args = [sys.executable, "-m", "sipmask", "serve",
-            "--set", f"sip.listen=[udp://{LOOPBACK}:{port},tcp://{LOOPBACK}:{port}]",
+            "--set", f"sip.listen=[tcp://{LOOPBACK}:{port},udp://{LOOPBACK}:{port}]",
             "--set", "api.listen=null",
             "--set", f"store.path={workdir / 'store.lmdb'}",
             *overrides]
