@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.goertzel import dominant_tone, goertzel_power, rms, tone_powers
+from tests.support.goertzel import dominant_tone, goertzel_power, rms, tone_powers
 
 RATE = 8000
 TONES = (1000.0, 1500.0)

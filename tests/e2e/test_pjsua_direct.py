@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.e2e.goertzel import dominant_tone, rms, tone_powers
-from tests.e2e.harness import (
+from tests.support.goertzel import dominant_tone, rms, tone_powers
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.pjsua import (
     CALLEE_IP,
     CALLEE_TONE,
     CALLER_IP,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, ServeProcess, sipmask_cli, udp_block_free
-from tests.e2e.goertzel import dominant_tone, tone_powers
-from tests.e2e.harness import (
+from tests.support.goertzel import dominant_tone, tone_powers
+from tests.support.net import LOOPBACK, udp_block_free
+from tests.support.pjsua import (
     CALLEE_IP,
     CALLEE_TONE,
     CALLER_IP,
@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     endpoint_binds,
     run_pair,
 )
+from tests.support.serve import ServeProcess, sipmask_cli
 
 pytest.importorskip("pjsua2")
 pytestmark = pytest.mark.pjsua

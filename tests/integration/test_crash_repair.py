@@ -20,7 +20,9 @@ import pytest
 from sipmask.cdr.store import CdrLog
 from sipmask.config import loader
 from sipmask.store import open_store
-from tests.conftest import REPO, ServeProcess, free_port
+from tests.support.net import free_port
+from tests.support.paths import REPO
+from tests.support.serve import ServeProcess
 
 pytestmark = [
     pytest.mark.sipp,

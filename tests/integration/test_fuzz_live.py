@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ServeProcess, free_port, options_request, udp_exchange
+from tests.support.net import free_port, options_request, udp_exchange
+from tests.support.paths import REPO
+from tests.support.serve import ServeProcess
 
 pytestmark = [
     pytest.mark.sipp,

@@ -10,14 +10,9 @@ watch ends a silent call, spares a held one and reports a call rtpengine dropped
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,78 +20,12 @@ from sipmask.config.schema import HostPort, MediaConfig, RtpengineConfig
 from sipmask.errors import MediaError, ParseError, RtpengineError
 from sipmask.media.rtpengine import NgClient, RtpengineBackend
 from sipmask.sdp import SdpError
-from tests.conftest import LOOPBACK, free_port, terminate, udp_block_free
+from tests.support.net import LOOPBACK, free_port
+from tests.support.rtpengine import Daemon
 
 pytestmark = pytest.mark.rtpengine
 
-BINARY = shutil.which("rtpengine")
 STRANGER = "127.0.0.5"
-
-
-class Daemon:
-    def __init__(self, proc: subprocess.Popen[bytes], ng: HostPort, log: Path) -> None:
-        self.proc = proc
-        self.ng = ng
-        self.log = log
-
-    def media_config(self, timeout_s: int = 60, latching: str = "strict") -> MediaConfig:
-        return MediaConfig(backend="rtpengine", timeout_s=timeout_s,
-                           latching=latching,  # type: ignore[arg-type]
-                           rtpengine=RtpengineConfig(ng=self.ng, timeout_ms=500))
-
-
-# The SIPp endpoints' fixed media ports (16000, 16100, 18000 and their RTCP): the privacy
-# regexps refuse them in SDP, so rtpengine must never offer one of its own that matches.
-SIPP_MEDIA = (range(16000, 16200), range(18000, 18200))
-
-
-def free_udp_range(size: int) -> int:
-    """The first port of `size` consecutive UDP ports free on loopback now, below the
-    kernel's ephemeral range so other tests' bind(0) does not land in it, and clear of
-    the SIPp media ports."""
-    start = 12000 + (os.getpid() * 100) % 6000
-    for first in range(start, 19900, size):
-        block = range(first, first + size)
-        if any(block.start < r.stop and r.start < block.stop for r in SIPP_MEDIA):
-            continue
-        if udp_block_free(first, size):
-            return first
-    raise RuntimeError("no free UDP port range for rtpengine")
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    if BINARY is None:
-        pytest.skip("rtpengine binary not found (apt-get install rtpengine-daemon)")
-    ng = HostPort(LOOPBACK, free_port())
-    first = free_udp_range(100)
-    log = tmp_path_factory.mktemp("rtpengine") / "rtpengine.log"
-    args = [BINARY, "--config-file=none", "--table=-1", f"--interface={LOOPBACK}",
-            f"--listen-ng={ng}", "--foreground", "--log-stderr", "--log-level=6",
-            f"--port-min={first}", f"--port-max={first + 99}", "--num-threads=2",
-            "--delete-delay=0"]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
-    daemon = Daemon(proc, ng, log)
-    try:
-        deadline = time.monotonic() + 10
-        while not _answers_ping(ng):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"rtpengine did not start:\n{log.read_text()}")
-        yield daemon
-    finally:
-        terminate(proc)
-
-
-def _answers_ping(ng: HostPort) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        sock.sendto(b"probe d7:command4:pinge", (ng.host, ng.port))
-        try:
-            return sock.recv(1000) == b"probe d6:result4:ponge"
-        except OSError:
-            time.sleep(0.1)
-            return False
 
 
 def offer_sdp(port: int, user: str = "alice", direction: str = "sendrecv") -> bytes:

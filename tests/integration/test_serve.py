@@ -27,15 +27,9 @@ from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.sip.transaction import TransportFailed
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.tcp import InboundLimits, open_tcp
-from tests.conftest import (
-    LOOPBACK,
-    REPO,
-    ServeProcess,
-    free_port,
-    options_request,
-    start_serve,
-    udp_exchange,
-)
+from tests.support.net import LOOPBACK, free_port, options_request, udp_exchange
+from tests.support.paths import CORPUS, REPO
+from tests.support.serve import ServeProcess, start_serve
 
 MAX_BYTES = 4096
 
@@ -332,7 +326,7 @@ def test_address_not_local_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 # -- nothing a peer sends can crash the process ---------------------------------------------
-CORPUS = REPO / "tests" / "corpus"
+
 
 
 def mutations(seed: bytes, count: int) -> Iterator[bytes]:

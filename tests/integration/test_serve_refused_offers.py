@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sipmask.media.backend import MAX_MEDIA_LINES
-from tests.conftest import ServeProcess, free_port, sipmask_cli
+from tests.support.net import free_port
+from tests.support.serve import ServeProcess, sipmask_cli
 
 A, B, X = "13800000001", "13900000002", "700100000000001"
 CALLER_IP, TRUNK_IP = "127.0.0.2", "127.0.0.3"

@@ -22,7 +22,8 @@ from sipmask.sip.message import Response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.tcp import InboundLimits, open_tcp
-from tests.conftest import LOOPBACK, ServeProcess, free_port, options_request
+from tests.support.net import LOOPBACK, free_port, options_request
+from tests.support.serve import ServeProcess
 
 ATTACKER, PEER, OUTSIDER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 # A request line and half a Via: the head never ends (no CRLFCRLF).
@@ -80,8 +81,8 @@ def test_one_ip_holds_at_most_tcp_max_per_ip_and_others_are_still_served(
     cap = 4
     port, second = free_port(), free_port()
     server = serve("--set", f"sip.tcp_max_per_ip={cap}", "--set",
-                   f"sip.listen=[udp://{LOOPBACK}:{port},tcp://{LOOPBACK}:{port},"
-                   f"tcp://{LOOPBACK}:{second}]", port=port)
+                   f"sip.listen=[tcp://{LOOPBACK}:{port},tcp://{LOOPBACK}:{second},"
+                   f"udp://{LOOPBACK}:{port}]", port=port)    # UDP last: answers once all listen
     for i in range(cap + 1):
         sock = connect(server, ATTACKER, (port, second)[i % 2])
         sock.sendall(PARTIAL)

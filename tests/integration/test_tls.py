@@ -31,15 +31,9 @@ from sipmask.server import SipServer
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.parser import StreamFramer, parse_message
 from sipmask.sip.uri import parse_uri
-from tests.conftest import (
-    LOOPBACK,
-    REPO,
-    ServeProcess,
-    free_port,
-    options_request,
-    sipmask_cli,
-    udp_block_free,
-)
+from tests.support.net import LOOPBACK, free_port, options_request, udp_block_free
+from tests.support.paths import REPO
+from tests.support.serve import ServeProcess, sipmask_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")
 
@@ -112,9 +106,10 @@ def tls_settings(pki: Pki, *, ca: bool = False) -> tuple[str, ...]:
 
 def serve_tls(serve: Callable[..., ServeProcess], pki: Pki, *overrides: str,
               ca: bool = False) -> tuple[ServeProcess, tuple[str, int]]:
-    """`sipmask serve` on UDP (for the fixture's readiness probe) and TLS."""
+    """`sipmask serve` on TLS and UDP (for the fixture's readiness probe). TLS first:
+    listeners open in order, so an answer over UDP means TLS is listening too."""
     port, tls_port = free_port(), free_port()
-    server = serve("--set", f"sip.listen=[udp://{LOOPBACK}:{port},tls://{LOOPBACK}:{tls_port}]",
+    server = serve("--set", f"sip.listen=[tls://{LOOPBACK}:{tls_port},udp://{LOOPBACK}:{port}]",
                    *tls_settings(pki, ca=ca), *overrides, port=port)
     return server, (LOOPBACK, tls_port)
 

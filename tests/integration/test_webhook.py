@@ -24,7 +24,7 @@ from sipmask.events.webhook import (
     verify,
 )
 from sipmask.store.lmdb import LmdbStore
-from tests.conftest import LOOPBACK, free_port
+from tests.support.net import LOOPBACK, free_port
 
 SECRET = "s3cret"
 X = "700100000000001"

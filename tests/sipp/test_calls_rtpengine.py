@@ -7,10 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.test_rtpengine import Daemon, daemon
-from tests.sipp.test_calls import A, B, Bench, X, bench_factory, finish
-
-__all__ = ["bench_factory", "daemon"]   # fixtures used below by name
+from tests.support.rtpengine import Daemon
+from tests.support.sipp import A, B, Bench, X, finish
 
 pytestmark = [pytest.mark.sipp, pytest.mark.rtpengine]
 

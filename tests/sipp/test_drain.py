@@ -11,10 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import options_request, udp_exchange
-from tests.sipp.test_calls import SCENARIOS, A, B, Bench, bench_factory
-
-__all__ = ["bench_factory"]
+from tests.support.net import options_request, udp_exchange
+from tests.support.paths import SIPP_SCENARIOS
+from tests.support.sipp import A, B, Bench
 
 pytestmark = pytest.mark.sipp
 
@@ -26,7 +25,8 @@ def test_sigterm_refuses_new_calls_then_ends_running_ones(
     # The caller waits for the BYE sipmask will send it (caller_wait_bye.xml). Its media
     # port is not the usual 16000, which the refused caller below binds.
     caller = subprocess.Popen(
-        ["sipp", f"127.0.0.1:{bench.server.port}", "-sf", str(SCENARIOS / "caller_wait_bye.xml"),
+        ["sipp", f"127.0.0.1:{bench.server.port}",
+         "-sf", str(SIPP_SCENARIOS / "caller_wait_bye.xml"),
          "-i", "127.0.0.2", "-mi", "127.0.0.2", "-mp", "16100", "-p", "0", "-key", "caller", A,
          "-key", "x", "700100000000001", "-m", "1", "-nostdin", "-timeout", "30s",
          "-cid_str", "callerleg-%u-%p@%s"],

@@ -3,28 +3,26 @@
 Early media, hold/resume by re-INVITE from either side, UPDATE, INFO (DTMF), 100rel on
 leg B only, REFER refused, re-INVITE glare (491), offers in a 2xx (delayed offer), a caller
 over TCP, the b_to_a direction and 100 Trying at once. Each scenario pair carries the
-privacy checks of test_calls.py (sipp-scenarios/): the callee fails the call if the
-caller's number, address, Call-ID, name, UA or media port arrives, the caller fails it if
-the callee's come back; the scenarios also check that every SDP names sipmask's relay
-(127.0.0.1, media.ports). SIPp's exit status is the verdict; CDRs are read back with
-`sipmask cdr list`.
+privacy checks of every SIPp bench (sipp-scenarios/, tests/support/sipp.py): the callee
+fails the call if the caller's number, address, Call-ID, name, UA or media port arrives,
+the caller fails it if the callee's come back; the scenarios also check that every SDP
+names sipmask's relay (127.0.0.1, media.ports). SIPp's exit status is the verdict; CDRs
+are read back with `sipmask cdr list`.
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sipmask.config.schema import HostPort
-from tests.conftest import LOOPBACK, ServeProcess, free_port, terminate, udp_block_free
-from tests.integration.test_rtpengine import BINARY as RTPENGINE
-from tests.sipp.test_calls import A, B, Bench, X, finish
+from tests.support.serve import ServeProcess
+from tests.support.sipp import A, B, Bench, X, finish
 
 pytestmark = [
     pytest.mark.sipp,
@@ -50,14 +48,16 @@ def answered(bench: Bench, count: int, release_side: str = "caller",
 def start_callee(bench: Bench, scenario: str, calls: int) -> subprocess.Popen[str]:
     """The callee's media port is fixed (the privacy regexps name it): a SIPp that exits at
     once could not bind it because another SIPp on this machine holds it; wait, try again."""
-    for _ in range(5):
-        proc = bench.callee(scenario, calls)
+    proc = bench.callee(scenario, calls)
+    for _ in range(4):
         try:
             proc.wait(0.3)
         except subprocess.TimeoutExpired:
             return proc
+        proc.communicate()               # it exited: close its stdout pipe, then try again
         time.sleep(1.0)
-    return proc
+        proc = bench.callee(scenario, calls)
+    return proc                          # finish() reports (and closes) what it printed
 
 
 def pair(bench: Bench, callee: str, caller: str, calls: int = 1, *caller_extra: str,
@@ -150,46 +150,6 @@ def test_callee_hangs_up_on_a_caller_over_tcp(bench: Bench) -> None:
     proc = start_callee(bench, "callee_hangup.xml", 2)
     finish(bench, proc, bench.caller("caller_wait_bye.xml", 2, "-t", "t1"))
     answered(bench, 2, release_side="callee")
-
-def _free_block_in_media_ports(size: int = 100) -> int:
-    """A free block of UDP ports at the top of the scenarios' media.ports (41000-41999,
-    which their m= checks name), away from the embedded relay's low end."""
-    for first in range(41900, 41000, -size):
-        if udp_block_free(first, size):
-            return first
-    raise RuntimeError("no free UDP port block in 41000-41999")
-
-
-def _pong(ng: HostPort) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        sock.sendto(b"probe d7:command4:pinge", (ng.host, ng.port))
-        try:
-            return sock.recv(1000) == b"probe d6:result4:ponge"
-        except OSError:
-            return False
-
-
-@pytest.fixture(scope="module")
-def rtpengine_ng(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPort]:
-    if RTPENGINE is None:
-        pytest.skip("rtpengine binary not found (apt-get install rtpengine-daemon)")
-    ng = HostPort(LOOPBACK, free_port())
-    first = _free_block_in_media_ports()
-    log = tmp_path_factory.mktemp("rtpengine") / "rtpengine.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [RTPENGINE, "--config-file=none", "--table=-1", f"--interface={LOOPBACK}",
-             f"--listen-ng={ng}", "--foreground", "--log-stderr", "--log-level=6",
-             f"--port-min={first}", f"--port-max={first + 99}", "--num-threads=2",
-             "--delete-delay=0"], stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while not _pong(ng):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        yield ng
-    finally:
-        terminate(proc)
 
 
 @pytest.mark.rtpengine

@@ -12,11 +12,8 @@ from pathlib import Path
 import pytest
 
 from sipmask.config.schema import HostPort
-from tests.conftest import ServeProcess
-from tests.sipp.test_calls import Bench, finish
-from tests.sipp.test_flows import rtpengine_ng
-
-__all__ = ["rtpengine_ng"]
+from tests.support.serve import ServeProcess
+from tests.support.sipp import Bench, finish
 
 pytestmark = pytest.mark.sipp
 

@@ -11,10 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import free_port
-from tests.sipp.test_calls import Bench, bench_factory, finish
-
-__all__ = ["bench_factory"]
+from tests.support.net import free_port
+from tests.support.sipp import Bench, finish
 
 pytestmark = pytest.mark.sipp
 

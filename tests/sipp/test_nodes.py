@@ -20,7 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ServeProcess, free_port, sipmask_cli, terminate
+from tests.support.net import free_port
+from tests.support.paths import REPO, SIPP_SCENARIOS
+from tests.support.processes import terminate
+from tests.support.serve import ServeProcess, sipmask_cli
+from tests.support.sipp import CALLEE_IP, CALLER_IP, A, B
 
 # Debian installs it in /usr/sbin, which a non-root PATH may lack.
 KAMAILIO = shutil.which("kamailio") or shutil.which("kamailio", path="/usr/sbin:/usr/local/sbin")
@@ -31,9 +35,6 @@ pytestmark = [
     pytest.mark.skipif(KAMAILIO is None, reason="kamailio not installed"),
 ]
 
-SCENARIOS = REPO / "sipp-scenarios"
-CALLER_IP, CALLEE_IP = "127.0.0.2", "127.0.0.3"
-A, B = "13800000001", "13900000002"
 XS = [f"7001000000000{n}" for n in range(20, 28)]
 CALLS_PER_X = 2
 
@@ -80,7 +81,7 @@ def test_calls_through_the_dispatcher_meet_per_x_on_one_node_of_a_shared_store(
     total = len(XS) * CALLS_PER_X
     # The callee scenario checks From is the test X; here any of XS.
     callee_xml = tmp_path / "callee.xml"
-    text = (SCENARIOS / "callee.xml").read_text("latin-1")
+    text = (SIPP_SCENARIOS / "callee.xml").read_text("latin-1")
     assert "&lt;sip:700100000000001@" in text
     callee_xml.write_text(text.replace("&lt;sip:700100000000001@", "&lt;sip:70010000000002[0-7]@"),
                           "latin-1")
@@ -94,7 +95,7 @@ def test_calls_through_the_dispatcher_meet_per_x_on_one_node_of_a_shared_store(
         for x in XS:
             before = [invites_seen(api) for api in apis]
             caller = subprocess.run(
-                ["sipp", f"127.0.0.1:{front}", "-sf", str(SCENARIOS / "caller.xml"),
+                ["sipp", f"127.0.0.1:{front}", "-sf", str(SIPP_SCENARIOS / "caller.xml"),
                  "-i", CALLER_IP, "-mi", CALLER_IP, "-mp", "16000", "-p", "0",
                  "-key", "caller", A, "-key", "x", x, "-m", str(CALLS_PER_X), "-r", "20",
                  "-nostdin", "-timeout", "30s", "-cid_str", "callerleg-%u-%p@%s",
@@ -144,11 +145,11 @@ def test_cancel_and_non_2xx_ack_follow_their_invite_through_the_dispatcher(
     for callee_xml, caller_xml, extra in (("callee_ring.xml", "caller_cancel.xml", ("-d", "300")),
                                           ("callee_busy.xml", "caller_expect_486.xml", ())):
         callee = subprocess.Popen(
-            ["sipp", "-sf", str(SCENARIOS / callee_xml), "-i", CALLEE_IP, "-mi", CALLEE_IP,
+            ["sipp", "-sf", str(SIPP_SCENARIOS / callee_xml), "-i", CALLEE_IP, "-mi", CALLEE_IP,
              "-mp", "18000", "-p", str(callee_port), "-m", "3", "-nostdin", "-timeout", "30s"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         caller = subprocess.run(
-            ["sipp", f"127.0.0.1:{front}", "-sf", str(SCENARIOS / caller_xml),
+            ["sipp", f"127.0.0.1:{front}", "-sf", str(SIPP_SCENARIOS / caller_xml),
              "-i", CALLER_IP, "-mi", CALLER_IP, "-mp", "16000", "-p", "0", "-key", "caller", A,
              "-key", "x", x, "-m", "3", "-r", "20", "-nostdin", "-timeout", "30s",
              "-cid_str", "callerleg-%u-%p@%s", *extra],

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, REPO, ServeProcess
+from tests.support.net import LOOPBACK
+from tests.support.paths import SIPP_SCENARIOS
+from tests.support.serve import ServeProcess
 
 pytestmark = [
     pytest.mark.sipp,
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed"),
 ]
 
-SCENARIO = REPO / "sipp-scenarios" / "options.xml"
+SCENARIO = SIPP_SCENARIOS / "options.xml"
 CALLS = 300
 
 

@@ -9,6 +9,7 @@ from sipmask.errors import SipError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
+from tests.support.corpus import rfc4475_message
 
 A_INVITE = (
     b"INVITE sip:700100000000001@198.51.100.1;user=phone SIP/2.0\r\n"
@@ -205,9 +206,7 @@ def test_two_sdp_parts_keep_the_first() -> None:
 
 
 def test_rfc4475_mpart01_binary_multipart_crosses_nothing() -> None:
-    from tests.unit.sip.test_rfc4475 import _load
-
-    body = masking.crossing_body(parse_message(_load("valid", "mpart01.dat")))
+    body = masking.crossing_body(parse_message(rfc4475_message("valid", "mpart01.dat")))
     assert body.kind is masking.BodyKind.NONE and body.dropped >= 1
 
 

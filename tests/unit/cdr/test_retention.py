@@ -12,7 +12,7 @@ from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrLog
 from sipmask.config import loader
 from sipmask.store import open_store
-from tests.conftest import start_serve
+from tests.support.serve import start_serve
 
 DAY = 86400.0
 BASE = Cdr(call_id="c", tenant="demo", binding_id="b1", x="700100000000001",

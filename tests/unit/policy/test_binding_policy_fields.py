@@ -13,9 +13,7 @@ from sipmask.api.inputs import ApiError, create_request
 from sipmask.config import loader
 from sipmask.errors import RefusedError
 from sipmask.store.memory import MemoryStore
-from tests.integration.test_api import TOKENS, ApiThread, api, call, create
-
-__all__ = ["api"]   # the module-scoped API server fixture, used by name below
+from tests.support.api import TOKENS, ApiThread, call, create
 
 A, B = "13800000001", "13900000002"
 X = "700100000000001"

@@ -10,10 +10,10 @@ import pytest
 
 from sipmask.errors import ParseError
 from sipmask.sip.dialog import Dialog, DialogState
-from tests.unit.sip import test_dialog
-from tests.unit.sip.test_dialog import in_dialog_request, parse_request, response_to, uac_dialog
+from tests.support import dialogs
+from tests.support.dialogs import in_dialog_request, parse_request, response_to, uac_dialog
 
-INVITE = parse_request(test_dialog.INVITE)
+INVITE = parse_request(dialogs.INVITE)
 
 
 def _fresh(dialog: Dialog) -> Dialog:

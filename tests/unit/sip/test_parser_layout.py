@@ -17,26 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from sipmask.errors import ParseError
 from sipmask.sip import parser
-from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
+from tests.support.parse_outcomes import RESPONSE, Outcome, full_path, outcome
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 TRUNK = (CORPUS / "trunk" / "invite_sdp.sip").read_bytes()
 RFC4475 = sorted((CORPUS / "rfc4475").glob("*/*.dat"))
 
-RESPONSE = (
-    b"SIP/2.0 200 OK\r\n"
-    b"Via: SIP/2.0/UDP 10.1.2.3:5060;branch=z9hG4bK-1;received=10.9.9.9;rport=5062\r\n"
-    b"Via: SIP/2.0/UDP 10.1.2.4;branch=z9hG4bK-2\r\n"
-    b"From: <sip:+8613800000001@10.1.2.3>;tag=a1\r\n"
-    b"To: \"Callee\" <sip:7001@10.20.30.40>;tag=b2\r\n"
-    b"Call-ID: c1@10.1.2.3\r\n"
-    b"CSeq: 102 INVITE\r\n"
-    b"Contact: <sip:7001@10.20.30.40:5060>\r\n"
-    b"Content-Length: 0\r\n\r\n"
-)
 BYE = (
     b"BYE sip:7001@10.20.30.40 SIP/2.0\r\n"
     b"v: SIP/2.0/TCP host.example.com:5060;branch=z9hG4bK-3\r\n"
@@ -51,27 +39,6 @@ SAMPLES = [TRUNK, RESPONSE, BYE]
 # What one-character edits insert: the characters the grammar cares about, whitespace
 # str.strip() removes but the fast shapes do not expect, line breaks, non-ASCII.
 EDIT_CHARS = ' \t"<>;=,:@\\*/?%[]aZ09.-_+~\x0b\x0c\x1c\x85\xa0\u2028\x00\r\n' + "é"
-
-
-Outcome = tuple[object, ...]
-
-
-def outcome(data: bytes, stream: bool = False) -> Outcome:
-    try:
-        msg = parse_message(data, stream=stream)
-    except ParseError as exc:
-        return ("refused", type(exc).__name__, exc.status, str(exc))
-    common = (msg.start_line(), msg.headers.keys(), msg.headers.fields(), msg.body, msg.raw,
-              msg.to_bytes())
-    if isinstance(msg, Request):
-        return ("request", msg.method, msg.uri, msg.version, *common)
-    assert isinstance(msg, Response)
-    return ("response", msg.status, msg.reason, msg.version, *common)
-
-
-def full_path(data: bytes, stream: bool = False) -> Outcome:
-    parser._forget_layouts()
-    return outcome(data, stream)
 
 
 def with_layout_of(template: bytes, data: bytes, stream: bool = False) -> Outcome:

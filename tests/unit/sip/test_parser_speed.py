@@ -14,7 +14,7 @@ import pytest
 
 from sipmask.sip import parser
 from sipmask.sip.parser import parse_message
-from tests.unit.sip.test_parser_layout import RESPONSE, full_path, outcome
+from tests.support.parse_outcomes import RESPONSE, full_path, outcome
 
 # A request with RESPONSE's line count and names, and a response with the request's.
 REQUEST = (RESPONSE.replace(b"SIP/2.0 200 OK", b"INVITE sip:7001@10.20.30.40 SIP/2.0"))

@@ -11,17 +11,15 @@ application layer, which the table notes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from sipmask.errors import ParseError
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.sip.uri import AbsoluteUri, NameAddr, SipUri, Via
+from tests.support.corpus import RFC4475 as CORPUS
+from tests.support.corpus import rfc4475_message as _load
 from tests.support.engine import A_ADDR, Harness, run
-
-CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "rfc4475"
 
 # file → (RFC 4475 section, decision and why)
 VALID: dict[str, tuple[str, str]] = {
@@ -87,10 +85,6 @@ INVALID: dict[str, tuple[str, int, str, str]] = {
 LENIENT: dict[str, tuple[str, str]] = {
     "baddate.dat": ("3.1.2.12", "non-GMT Date is ignored: Date is never read"),
 }
-
-
-def _load(folder: str, name: str) -> bytes:
-    return (CORPUS / folder / name).read_bytes()
 
 
 def test_the_table_covers_every_file_and_all_49_messages() -> None:

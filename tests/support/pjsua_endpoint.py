@@ -3,9 +3,9 @@
 Run as a subprocess, one endpoint per process (TESTING.md, pjsua2: one `Endpoint` per process,
 and a crash must fail one test, not the suite):
 
-    python3 tests/e2e/pjsua_endpoint.py --role callee --bind 127.0.0.3:PORT \
+    python3 tests/support/pjsua_endpoint.py --role callee --bind 127.0.0.3:PORT \
         --number 13900000002 --tone-hz 1500 --record b.wav
-    python3 tests/e2e/pjsua_endpoint.py --role caller --bind 127.0.0.2:PORT \
+    python3 tests/support/pjsua_endpoint.py --role caller --bind 127.0.0.2:PORT \
         --from-user 13800000001 --tone-hz 1000 --record a.wav \
         --call sip:700100000000001@127.0.0.1:5060 --duration 3
 

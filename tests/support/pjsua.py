@@ -1,4 +1,4 @@
-"""Run a pair of pjsua2 endpoints (tests/e2e/pjsua_endpoint.py) and read what they saw.
+"""Run a pair of pjsua2 endpoints (tests/support/pjsua_endpoint.py) and read what they saw.
 
 The callee starts first and is ready once it answers OPTIONS on its SIP port; then the
 caller runs its call to the end. Each process prints one JSON line (see the endpoint's
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, free_port, options_request, udp_exchange
+from tests.support.net import free_port, options_request, udp_exchange
+from tests.support.paths import REPO
 
 ENDPOINT = Path(__file__).resolve().parent / "pjsua_endpoint.py"
 CALLER_IP, CALLEE_IP = "127.0.0.2", "127.0.0.3"
