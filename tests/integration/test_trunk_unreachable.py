@@ -21,7 +21,8 @@ import pytest
 
 from sipmask.sip.message import Response
 from sipmask.sip.parser import parse_message
-from tests.conftest import LOOPBACK, ServeProcess, free_port, sipmask_cli
+from tests.support.net import LOOPBACK, free_port
+from tests.support.serve import ServeProcess, sipmask_cli
 
 A, B, X = "13800000001", "13900000002", "700100000000001"
 

@@ -19,8 +19,8 @@ from sipmask.server import SipActions, SipServer
 from sipmask.sip.message import Response
 from sipmask.sip.parser import parse_message
 from sipmask.store.memory import MemoryStore
-from tests.conftest import LOOPBACK, free_port
 from tests.support.engine import A_NUM, B_NUM, RelaySdp, X, a_invite
+from tests.support.net import LOOPBACK, free_port
 
 
 class Caller(asyncio.DatagramProtocol):
