@@ -22,8 +22,8 @@ asking again) and binds/s is about K / (2 x commit time). A commit's time is two
 plus the store's CPU for the batch, so a slow or shared disk (the fdatasync line) or a busy
 CPU (the server CPU line; the writer thread and the loop share one GIL) both lower it.
 
-Prerequisites: the project's venv (uvloop from the `fast` or `test` extra; without it both
-sides fall back to asyncio's loop). No other tool: the client is asyncio.Protocol code that
+Prerequisites: the project's venv (uvloop is a default dependency on CPython outside
+Windows; without it both sides fall back to asyncio's loop). No other tool: the client is asyncio.Protocol code that
 costs about a tenth of the server's CPU per request.
 """
 
