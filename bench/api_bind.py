@@ -23,8 +23,8 @@ plus the store's CPU for the batch, so a slow or shared disk (the fdatasync line
 CPU (the server CPU line; the writer thread and the loop share one GIL) both lower it.
 
 Prerequisites: the project's venv (uvloop is a default dependency on CPython outside
-Windows; without it both sides fall back to asyncio's loop). No other tool: the client is asyncio.Protocol code that
-costs about a tenth of the server's CPU per request.
+Windows; without it both sides fall back to asyncio's loop). No other tool: the client is
+asyncio.Protocol code that costs about a tenth of the server's CPU per request.
 """
 
 from __future__ import annotations
