@@ -13,9 +13,8 @@ from sipmask.sdp.model import (
     SessionDescription,
 )
 from sipmask.sdp.parser import parse
+from sipmask.sdp.privacy import KEPT_ATTRIBUTES, NEVER_KEPT
 from sipmask.sdp.rewrite import (
-    KEPT_ATTRIBUTES,
-    NEVER_KEPT,
     Direction,
     MediaEndpoint,
     OriginCounter,

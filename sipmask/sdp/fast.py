@@ -10,7 +10,7 @@ dataclass is built per line. `rewrite` then fills in the relay c=, a=rtcp and m=
 The fast path never raises: every body `parse` refuses, and everything `rewrite_for_relay`
 refuses (a network type other than IN, layered ports, a port list of the wrong length), makes
 it decline with None, and the caller runs the full path, which raises what it always raised.
-The default whitelist (KEPT_ATTRIBUTES) is the only one served here.
+What crosses is decided by the privacy rule (sdp/privacy.py), as in rewrite_for_relay.
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ from typing import NamedTuple
 from sipmask.errors import ParseError
 from sipmask.sdp.model import _MEDIA_RANK, _SESSION_RANK
 from sipmask.sdp.parser import _split_lines
+from sipmask.sdp.privacy import (
+    HOLD_HOSTS,
+    ICE_MARKERS,
+    SESSION_NAME,
+    Fate,
+    Section,
+    attribute_fates,
+    group_crosses,
+    line_fate,
+    relay_connection,
+)
 from sipmask.sdp.rewrite import (
-    _DEFAULT_KEEP,
     _DIRECTIONS,
-    _ICE_MARKERS,
-    _KEPT_SESSION_LINES,
-    NO_SESSION_NAME,
     Direction,
     MediaEndpoint,
     OriginCounter,
@@ -59,19 +66,20 @@ class Scan(NamedTuple):
     ice: bool                   # any section carries ICE attributes (uses_ice)
 
 
-_UNSPECIFIED = ("0.0.0.0", "::")
+# Per section, what an a= line's name says (sdp/privacy.py decides its fate), by the name as
+# sent and in lower case, so a lower-case name costs one lookup: its fate, whether it marks
+# ICE, and the direction it names.
+Facts = tuple[Fate, bool, Direction | None]
+_DROPPED: Facts = (Fate.DROP, False, None)
 
-# What the rewrite does with an a= line, by its name in lower case: drop it, keep it, point it
-# at the relay (a=rtcp) or keep it unless it is a BUNDLE group; and whether the name marks ICE
-# or a direction. Names looked up as sent first, so a lower-case name costs one lookup.
-_DROP, _KEPT, _RTCP, _GROUP = range(4)
-_DROPPED: tuple[int, bool, Direction | None] = (_DROP, False, None)
-_CLASSES: dict[str, tuple[int, bool, Direction | None]] = {
-    name: ((_RTCP if name == "rtcp" else _GROUP if name == "group" else _KEPT)
-           if name in _DEFAULT_KEEP else _DROP,
-           name in _ICE_MARKERS, _DIRECTIONS.get(name))
-    for name in _DEFAULT_KEEP | _ICE_MARKERS | set(_DIRECTIONS)
-}
+
+def _facts(section: Section) -> dict[str, Facts]:
+    fates = attribute_fates(section)
+    return {name: (fates.get(name, Fate.DROP), name in ICE_MARKERS, _DIRECTIONS.get(name))
+            for name in fates.keys() | ICE_MARKERS | _DIRECTIONS.keys()}
+
+
+_FACTS = {section: _facts(section) for section in Section}
 
 
 def scan(data: bytes) -> Scan | None:
@@ -88,7 +96,8 @@ def scan(data: bytes) -> Scan | None:
     if first == count or lines[first] != "v=0":
         return None
 
-    classes = _CLASSES
+    section = Section.SESSION
+    classes = _FACTS[section]
     parts: list[Part] = []          # the session section, then one per m= line
     has_origin = has_name = False
     only_in = True
@@ -117,20 +126,21 @@ def scan(data: bytes) -> Scan | None:
             name, colon, value = line[2:].partition(":")
             if not name:
                 return None
-            code, is_ice, named = classes.get(name) or classes.get(name.lower(), _DROPPED)
+            fate, is_ice, named = classes.get(name) or classes.get(name.lower(), _DROPPED)
             if is_ice:
                 ice = True
             if named is not None and not colon and found is None:
                 found = named
-            if code == _KEPT:
+            if fate is Fate.KEEP:
                 kept.append(line)
-            elif code == _RTCP:
+            elif fate is Fate.RELAY:
+                # a=rtcp, on an active stream only: its value goes to the endpoint and the
+                # relay's RTCP port and address are filled in by `rewrite`.
                 if rtcp is None:
                     rtcp = value if colon else ""
-                if port > 0:
-                    rtcp_at.append(len(kept))
-                    kept.append(f"a={name}:")
-            elif code == _GROUP and value.split(" ", 1)[0].upper() != "BUNDLE":
+                rtcp_at.append(len(kept))
+                kept.append(f"a={name}:")
+            elif fate is Fate.GROUP and group_crosses(value if colon else None):
                 kept.append(line)
         elif kind == "c":
             fields = line[2:].split()
@@ -140,7 +150,7 @@ def scan(data: bytes) -> Scan | None:
                 only_in = False
             if host is None:
                 host = fields[2].split("/", 1)[0]
-                unspecified = host in _UNSPECIFIED
+                unspecified = host in HOLD_HOSTS
                 if port == -1:
                     kept[0] = "c=" + " ".join(fields)
                 elif port > 0:
@@ -165,6 +175,8 @@ def scan(data: bytes) -> Scan | None:
                                not parts))
             port = int(port_text)
             port_count = new_count
+            section = Section.ACTIVE if port else Section.DISABLED
+            classes = _FACTS[section]
             m_kind = f"m={fields[0]} "
             m_rest = " " + " ".join(fields[2:])
             proto = fields[2]
@@ -180,9 +192,10 @@ def scan(data: bytes) -> Scan | None:
             bwtype, colon, _ = line[2:].partition(":")
             if not colon or not bwtype:
                 return None
-            kept.append(line)
+            if line_fate("b", section) is Fate.KEEP:
+                kept.append(line)
         elif kind not in "vos":
-            if port == -1 and kind in _KEPT_SESSION_LINES:
+            if line_fate(kind, section) is Fate.KEEP:
                 has_time = has_time or kind == "t"
                 kept.append(line)
         elif kind == "v" or port != -1:
@@ -275,7 +288,7 @@ def rewrite(sd: Scan, address: str, ports: list[int], counter: OriginCounter) ->
     media = sd.media
     if not relayable(sd) or len(ports) != sum(1 for section in media if section.port != 0):
         return None
-    relay = ("IN IP6 " if ":" in address else "IN IP4 ") + address
+    relay = relay_connection(address)
     relay_line = "c=" + relay
     hold_allowed = not sd.ice
 
@@ -283,8 +296,8 @@ def rewrite(sd: Scan, address: str, ports: list[int], counter: OriginCounter) ->
     session_lines = list(session.lines)
     if not (hold_allowed and session.unspecified):
         session_lines[0] = relay_line
-    out = ["v=0", "s=" + NO_SESSION_NAME, *session_lines]
-    sorted_out = ["v=0", "", "s=" + NO_SESSION_NAME]
+    out = ["v=0", "s=" + SESSION_NAME, *session_lines]
+    sorted_out = ["v=0", "", "s=" + SESSION_NAME]
     sorted_out += (session_lines if session.ordered
                    else sorted(session_lines, key=lambda line: _SESSION_RANK[line[0]]))
     next_port = iter(ports)

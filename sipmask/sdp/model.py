@@ -17,11 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-
-def addrtype_of(address: str) -> str:
-    """RFC 4566 §5.7 addrtype for an address: IP6 when it holds a colon, else IP4 (an FQDN
-    counts as IP4, as RFC 4566 §5.7 allows names in c=)."""
-    return "IP6" if ":" in address else "IP4"
+from sipmask.sdp.privacy import HOLD_HOSTS, addrtype_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +64,8 @@ class Connection:
 
     @property
     def is_unspecified(self) -> bool:
-        """RFC 3264 §8.4: c=0.0.0.0 is the old way to put a stream on hold. `::` is taken
-        the same way for IP6, as several stacks send it."""
-        return self.host in ("0.0.0.0", "::")
+        """RFC 3264 §8.4: c=0.0.0.0 (or ::) is the old way to put a stream on hold."""
+        return self.host in HOLD_HOSTS
 
     def value(self) -> str:
         return f"{self.nettype} {self.addrtype} {self.address}"
