@@ -68,6 +68,7 @@ from sipmask.config.schema import HostPort, MediaConfig
 from sipmask.errors import ParseError, RtpengineError
 from sipmask.media import bencode
 from sipmask.media.backend import LEGS, CallStats, LegStats, check_media_lines, other_leg
+from sipmask.sdp import scan
 from sipmask.sdp.privacy import scrub
 
 ATTEMPTS = 3
@@ -410,14 +411,12 @@ def last_rtp_at(reply: Mapping[str, bencode.Value]) -> float | None:
 def _check(sdp: bytes) -> None:
     """Refuse before rtpengine sees it: a malformed SDP (ParseError, 400) or one with more
     than MAX_MEDIA_LINES m= lines (SdpError, 488)."""
-    from sipmask.sdp import parser
-    check_media_lines(len(parser.parse(sdp).media))
+    check_media_lines(len(scan.scan(sdp).media))
 
 
 def _sdp_is_hold(sdp: bytes) -> bool:
-    from sipmask.sdp import parser, rewrite
     try:
-        return bool(rewrite.is_on_hold(parser.parse(sdp)))
+        return scan.is_on_hold(scan.scan(sdp))
     except ParseError:
         return False   # the engine refuses bad SDP before it gets here
 

@@ -1,4 +1,6 @@
-"""Rewrite an SDP so that it points at sipmask's relay and says nothing about the peer.
+"""Rewrite an SDP so that it points at sipmask's relay and says nothing about the peer, on
+the data model: the test oracle of the call path (sdp/scan.py), which must give the same
+answers, bytes and refusals. No production code imports it (sdp/__init__.py says why).
 
 What crosses is decided by the privacy rule in sdp/privacy.py (a whitelist, line by line);
 this module applies it to a parsed description and builds a new one: a fresh o= (given by
@@ -12,10 +14,8 @@ telephone-event (RFC 4733 DTMF) and the peer's codec preference survive.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 
-from sipmask.entropy import token_bytes
+from sipmask.sdp.endpoints import DIRECTIONS, Direction, MediaEndpoint, media_endpoint
 from sipmask.sdp.errors import SdpError
 from sipmask.sdp.model import (
     Attribute,
@@ -28,9 +28,9 @@ from sipmask.sdp.model import (
     kind_of,
     render,
 )
+from sipmask.sdp.origin import OriginCounter
 from sipmask.sdp.privacy import (
     ICE_MARKERS,
-    ORIGIN_USERNAME,
     SESSION_NAME,
     Fate,
     Section,
@@ -38,32 +38,6 @@ from sipmask.sdp.privacy import (
     group_crosses,
     line_fate,
 )
-
-
-class Direction(StrEnum):
-    """RFC 3264 §5.1 stream direction, from the point of view of the SDP's author."""
-
-    SENDRECV = "sendrecv"
-    SENDONLY = "sendonly"
-    RECVONLY = "recvonly"
-    INACTIVE = "inactive"
-
-    @classmethod
-    def of(cls, sends: bool, receives: bool) -> Direction:
-        if sends:
-            return cls.SENDRECV if receives else cls.SENDONLY
-        return cls.RECVONLY if receives else cls.INACTIVE
-
-    @property
-    def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
-
-    @property
-    def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
-
-
-_DIRECTIONS = {d.value: d for d in Direction}
 
 
 def rewrite_for_relay(sd: SessionDescription, *, address: str, ports: Sequence[int],
@@ -78,7 +52,7 @@ def rewrite_for_relay(sd: SessionDescription, *, address: str, ports: Sequence[i
     """
     wanted = relay_ports_needed(sd)
     if len(ports) != wanted:
-        raise ValueError(f"rewrite_for_relay: {wanted} relay ports needed, {len(ports)} given")
+        raise ValueError(f"relay rewrite: {wanted} relay ports needed, {len(ports)} given")
     check_relayable(sd)
     relay = Connection.for_address(address)
     hold_allowed = not uses_ice(sd)
@@ -158,37 +132,6 @@ def relay_ports_needed(sd: SessionDescription) -> int:
     return sum(1 for section in sd.media if section.port != 0)
 
 
-@dataclass(frozen=True, slots=True)
-class MediaEndpoint:
-    """Where one active m= line receives media, as its SDP says. `host` may be a name
-    (RFC 4566 §5.7 allows an FQDN in c=); the media backend resolves it once per offer."""
-
-    host: str                       # c= address, multicast suffix dropped; 0.0.0.0: hold
-    port: int                       # m= port, RTP
-    rtcp_port: int | None = None    # RFC 3605 a=rtcp; None: port + 1 (RFC 3550 §11)
-    rtcp_host: str | None = None    # the address a=rtcp names, if any; None: host
-    secure: bool = False            # an SRTP profile (RFC 3711 SAVP, RFC 5124 SAVPF)
-
-
-def media_endpoint(host: str, port: int, proto: str, rtcp: str | None) -> MediaEndpoint:
-    """The endpoint of one active m= line from its c= host, m= port and proto, and the
-    value of its first a=rtcp (None: there is none). One rule for both SDP paths."""
-    rtcp_port: int | None = None
-    rtcp_host: str | None = None
-    if rtcp is not None:
-        # RFC 3605 §2.1: a=rtcp:<port> [<nettype> <addrtype> <connection-address>]. A value
-        # that is not that is ignored, as before: RTCP then goes to port + 1.
-        fields = rtcp.split()
-        if fields and fields[0].isascii() and fields[0].isdigit() and len(fields[0]) <= 5 \
-                and int(fields[0]) <= 65535:
-            rtcp_port = int(fields[0])
-            if len(fields) == 4 and fields[1] == "IN":
-                rtcp_host = fields[3].split("/", 1)[0]
-    # RTP/SAVP, RTP/SAVPF and their UDP/TLS/ (DTLS-SRTP, RFC 5764) and TCP/TLS/ forms.
-    secure = proto.upper().endswith(("/SAVP", "/SAVPF"))
-    return MediaEndpoint(host, port, rtcp_port, rtcp_host, secure)
-
-
 def media_endpoints(sd: SessionDescription) -> list[MediaEndpoint | None]:
     """Where each m= line asks to receive media, or None for port 0.
 
@@ -260,61 +203,35 @@ def is_on_hold(sd: SessionDescription) -> bool:
 def _direction_attribute(lines: Sequence[SdpLine]) -> Direction | None:
     for line in lines:
         if isinstance(line, Attribute) and line.value is None:
-            found = _DIRECTIONS.get(line.key)
+            found = DIRECTIONS.get(line.key)
             if found is not None:
                 return found
     return None
 
 
-def new_session_id() -> int:
-    """A fresh sess-id. RFC 4566 §5.2 only asks that it be numeric and unique; it is kept
-    below 2**31 because some carrier equipment reads it into a signed 32-bit field."""
-    return int.from_bytes(token_bytes(4)) % (2**31 - 2**20) + 2**20
+def origin_of(counter: OriginCounter) -> Origin:
+    """The o= line `counter` writes now, as the model's Origin."""
+    return Origin.for_address(counter.address, counter.sess_id, counter.sess_version,
+                              counter.username)
 
 
-@dataclass(slots=True)
-class OriginCounter:
-    """sipmask's o= line for one leg: the same sess-id for the leg's whole life, and a
-    sess-version that goes up by one each time the description sent on the leg changes
-    (RFC 3264 §8: "incremented by one from the previous SDP" when it differs, the same
-    when it does not). The username is "-" (RFC 4566 §5.2) so no user name is shown.
+def stamp(counter: OriginCounter, sd: SessionDescription) -> SessionDescription:
+    """`sd` with the leg's origin, the version raised first if the body changed since the
+    last description stamped (OriginCounter.advance). The result is a new
+    SessionDescription holding copies of `sd`'s line lists; `sd` is not changed."""
+    counter.advance(fingerprint(sd))
+    media = [MediaDescription(m.kind, m.port, m.proto, list(m.formats), m.port_count,
+                              list(m.lines)) for m in sd.media]
+    return SessionDescription(origin_of(counter), sd.session_name, list(sd.lines), media,
+                              sd.version)
 
-        counter = OriginCounter(address=relay_address, sess_id=new_session_id())
-        out = counter.stamp(rewrite_for_relay(sd, address=..., ports=...,
-                                              origin=counter.origin))
-    """
 
-    address: str
-    sess_id: int
-    username: str = ORIGIN_USERNAME
-    sess_version: int = -1
-    _last: tuple[str, ...] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        # Stacks commonly start the version at the sess-id; any start is valid (§5.2).
-        if self.sess_version < 0:
-            self.sess_version = self.sess_id
-
-    @property
-    def origin(self) -> Origin:
-        return Origin.for_address(self.address, self.sess_id, self.sess_version, self.username)
-
-    def stamp(self, sd: SessionDescription) -> SessionDescription:
-        """`sd` with this leg's origin, the version raised first if the body changed since
-        the last description stamped. The result is a new SessionDescription holding copies
-        of `sd`'s line lists; `sd` is not changed."""
-        origin = self.advance(fingerprint(sd))
-        media = [MediaDescription(m.kind, m.port, m.proto, list(m.formats), m.port_count,
-                                  list(m.lines)) for m in sd.media]
-        return SessionDescription(origin, sd.session_name, list(sd.lines), media, sd.version)
-
-    def advance(self, lines: tuple[str, ...]) -> Origin:
-        """The origin for a description whose `fingerprint` is `lines`: the version goes up
-        by one when they differ from the last description's."""
-        if self._last is not None and lines != self._last:
-            self.sess_version += 1
-        self._last = lines
-        return self.origin
+def relay_body(sd: SessionDescription, *, address: str, ports: Sequence[int],
+               counter: OriginCounter) -> bytes:
+    """The model path whole, as sdp/scan.py `rewrite` does it on lines: rewrite_for_relay,
+    stamped by the leg's counter, serialized."""
+    return stamp(counter, rewrite_for_relay(sd, address=address, ports=ports,
+                                            origin=origin_of(counter))).to_bytes()
 
 
 def fingerprint(sd: SessionDescription) -> tuple[str, ...]:

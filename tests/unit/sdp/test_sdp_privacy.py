@@ -11,10 +11,11 @@ import pytest
 import sdp_samples
 
 from sipmask.media.rtpengine import scrub_identity
-from sipmask.sdp import fast
+from sipmask.sdp import scan
+from sipmask.sdp.origin import OriginCounter
 from sipmask.sdp.parser import parse
 from sipmask.sdp.privacy import NEVER_KEPT, Fate, Section, attribute_fate, line_fate
-from sipmask.sdp.rewrite import OriginCounter, relay_ports_needed, rewrite_for_relay
+from sipmask.sdp.rewrite import relay_body, relay_ports_needed
 
 RELAY = "192.0.2.200"
 
@@ -86,18 +87,14 @@ def crossing(body: bytes) -> Counter[tuple[int, str]]:
 def through_model(body: bytes) -> bytes:
     sd = parse(body)
     ports = [40000 + 2 * i for i in range(relay_ports_needed(sd))]
-    counter = OriginCounter(address=RELAY, sess_id=1000001)
-    return counter.stamp(rewrite_for_relay(sd, address=RELAY, ports=ports,
-                                           origin=counter.origin)).to_bytes()
+    return relay_body(sd, address=RELAY, ports=ports,
+                      counter=OriginCounter(address=RELAY, sess_id=1000001))
 
 
 def through_call_path(body: bytes) -> bytes:
-    scanned = fast.scan(body)
-    assert scanned is not None
-    ports = [40000 + 2 * i for i, m in enumerate(scanned.media) if m.port != 0]
-    out = fast.rewrite(scanned, RELAY, ports, OriginCounter(address=RELAY, sess_id=1000001))
-    assert out is not None
-    return out
+    scanned = scan.scan(body)
+    ports = [40000 + 2 * i for i in range(scan.relay_ports_needed(scanned))]
+    return scan.rewrite(scanned, RELAY, ports, OriginCounter(address=RELAY, sess_id=1000001))
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))
