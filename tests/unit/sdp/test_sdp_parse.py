@@ -204,3 +204,12 @@ def test_sdp_modules_import_no_io() -> None:
         imported |= {str(node.module).split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom)}
         assert not imported & {"asyncio", "socket", "time", "lmdb", "uvloop"}, path.name
+
+
+def test_no_sdp_object_is_built_behind_its_constructors_back() -> None:
+    """DESIGN.md rule 14: no `cls.__new__` / `object.__new__` in sdp/."""
+    package = Path(str(sipmask.sdp.__file__)).parent
+    for path in sorted(package.glob("*.py")):
+        calls = [node for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Attribute) and node.attr == "__new__"]
+        assert calls == [], path.name

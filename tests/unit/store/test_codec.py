@@ -4,6 +4,7 @@ encoders write for the same binding and audit entry."""
 
 from __future__ import annotations
 
+import ast
 import random
 from pathlib import Path
 
@@ -90,3 +91,12 @@ def test_the_bulk_import_writes_codecs_layouts(tmp_path: Path) -> None:
             for b in made if b}
     finally:
         store.close()
+
+
+def test_no_record_is_built_behind_its_constructors_back() -> None:
+    """DESIGN.md rule 14: no `cls.__new__` / `object.__new__` / `tuple.__new__` in store/."""
+    package = Path(codec.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        calls = [node for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Attribute) and node.attr == "__new__"]
+        assert calls == [], path.name
