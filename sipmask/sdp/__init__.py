@@ -12,7 +12,8 @@ The test oracle (imported by tests only, never by the call path):
   model.py, parser.py, rewrite.py   the same work on a typed data model: parse into
                 dataclasses, rewrite, render. It is the readable statement of what the call
                 path must do; the call path does it on the lines as text, without an object
-                per line, for 20-25 % of a call's CPU (bench/call_cpu.py; DESIGN.md rule 14).
+                per line: 2.4x less SDP work and about 6 % of a call's CPU (bench/sdp.py,
+                which alternates the two in bench/call_cpu.py's server; DESIGN.md rule 14).
                 tests/unit/sdp/test_sdp_oracle.py and tests/property/test_sdp_roundtrip.py
                 hold the two to the same endpoints, hold answers, bytes and refusals.
 """

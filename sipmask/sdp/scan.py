@@ -5,9 +5,9 @@ its media goes and whether it is on hold, and write the body for the other leg.
 sdp/grammar.py), the facts `media_endpoints` and `is_on_hold` read, and the lines that cross
 (sdp/privacy.py decides which) kept verbatim, in input order, with slots for what names the
 relay. `rewrite` fills in the relay's c=, a=rtcp and m= ports, sipmask's o= (sdp/origin.py),
-and writes the lines in RFC 4566 §5 order. No object is built per line: this path is 20-25 %
-of a call's CPU less than parsing into the data model and rendering it back (bench/call_cpu.py),
-which is why it exists beside the model.
+and writes the lines in RFC 4566 §5 order. No object is built per line: the SDP work of a
+call is 2.4x less than parsing into the data model and rendering it back, about 6 % of a
+call's CPU (bench/sdp.py --in-call), which is why it exists beside the model.
 
 Its test oracle is the data model: sdp/parser.py → sdp/model.py → sdp/rewrite.py must give
 the same endpoints, hold answers, bytes, o= versions and refusals for every body
