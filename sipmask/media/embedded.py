@@ -11,7 +11,7 @@ The SDP work is two injected callables, so this adapter is tested with simple la
 and optionally is_hold(sdp) -> bool (a=sendonly / a=inactive suspends the media timeout).
 `leg_key` ("<call id>:<leg>") names the leg the body is for, stable for the call's life, so
 `rewrite` can keep that leg's o= sess-id and bump its version (RFC 3264 §8).
-Without them, `sipmask_sdp()` builds the three from sipmask.sdp (imported only then).
+Without them, `sipmask_sdp()` builds the three from sipmask.sdp.scan, the one SDP path.
 
 Each enabled m= line gets its own relay media line (its own port pairs on both sides).
 
@@ -31,14 +31,15 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from sipmask.config.schema import MediaConfig
 from sipmask.errors import MediaError
 from sipmask.media.backend import CallStats, LegStats, check_media_lines, other_leg
 from sipmask.media.relay import Relay
+from sipmask.sdp import scan
+from sipmask.sdp.endpoints import MediaEndpoint
 from sipmask.sdp.errors import SdpError
-from sipmask.sdp.rewrite import MediaEndpoint
+from sipmask.sdp.origin import OriginCounter, new_session_id
 
 ParseEndpoints = Callable[[bytes], Sequence[MediaEndpoint | None]]
 Rewrite = Callable[[bytes, str, list[int], str], bytes]
@@ -213,76 +214,41 @@ def _is_ip(host: str) -> bool:
 
 
 class _SipmaskSdp:
-    """parse_endpoints / rewrite / is_hold built on sipmask.sdp, with one o= line counter
-    per leg (RFC 3264 §8: same sess-id for the session, version + 1 on each change).
+    """parse_endpoints / rewrite / is_hold on sipmask.sdp.scan, the one SDP path, with one
+    o= line counter per leg (RFC 3264 §8: same sess-id for the session, version + 1 on
+    each change)."""
 
-    Each body goes through sipmask.sdp.fast, which works on the lines as strings; where it
-    declines (a body the full path refuses, or one it would refuse to rewrite), the full
-    path (parse → model → rewrite_for_relay → stamp → to_bytes) runs and gives the answer
-    or raises its error. `fast=False` runs only the full path (the differential tests)."""
-
-    def __init__(self, *, fast: bool = True) -> None:
-        from sipmask.sdp import fast as fast_path
-        from sipmask.sdp import parser, rewrite
-        self._parser: Any = parser
-        self._sdp: Any = rewrite
-        self._fast: Any = fast_path if fast else None
-        self._origins: dict[str, Any] = {}
-        # The last body, its scan (None: the fast path declined) and its model (None: not
-        # parsed yet). EmbeddedBackend reads each body three times in a row (endpoints, hold,
-        # rewrite), so each is scanned, and parsed if need be, once. Nothing changes a scan
-        # or a parsed body in place (rewrite_for_relay builds a new one).
+    def __init__(self) -> None:
+        self._origins: dict[str, OriginCounter] = {}
+        # The last body and its scan. EmbeddedBackend reads each body three times in a row
+        # (endpoints, hold, rewrite), so each is scanned once; nothing changes a scan.
         self._body: bytes | None = None
-        self._scan: Any = None
-        self._model: Any = None
+        self._scan: scan.Scan | None = None
 
-    def _read(self, sdp: bytes) -> Any:
-        if sdp != self._body:
-            self._scan = self._fast.scan(sdp) if self._fast is not None else None
-            self._model = None
+    def _read(self, sdp: bytes) -> scan.Scan:
+        if self._scan is None or sdp != self._body:
+            self._scan = None               # a body scan refuses leaves nothing behind
+            self._scan = scan.scan(sdp)
             self._body = sdp
         return self._scan
-
-    def _parse(self, sdp: bytes) -> Any:
-        self._read(sdp)
-        if self._model is None:
-            self._model = self._parser.parse(sdp)
-        return self._model
 
     def parse_endpoints(self, sdp: bytes) -> list[MediaEndpoint | None]:
         """The endpoints, once the body has passed every check `rewrite` would make:
         ParseError (400) for a malformed body, SdpError (488) for one the relay cannot
         carry, so EmbeddedBackend refuses it before it opens anything."""
         scanned = self._read(sdp)
-        if scanned is not None and self._fast.relayable(scanned):
-            found: list[MediaEndpoint | None] | None = self._fast.media_endpoints(scanned)
-            if found is not None:
-                return found
-        described = self._parse(sdp)
-        self._sdp.check_relayable(described)
-        endpoints: list[MediaEndpoint | None] = self._sdp.media_endpoints(described)
-        return endpoints
+        scan.check_relayable(scanned)
+        return scan.media_endpoints(scanned)
 
     def is_hold(self, sdp: bytes) -> bool:
-        scanned = self._read(sdp)
-        if scanned is not None:
-            return bool(self._fast.is_on_hold(scanned))
-        return bool(self._sdp.is_on_hold(self._parse(sdp)))
+        return scan.is_on_hold(self._read(sdp))
 
     def rewrite(self, sdp: bytes, address: str, ports: list[int], leg_key: str) -> bytes:
         counter = self._origins.get(leg_key)
         if counter is None or counter.address != address:
-            counter = self._sdp.OriginCounter(address=address,
-                                              sess_id=self._sdp.new_session_id())
+            counter = OriginCounter(address=address, sess_id=new_session_id())
             self._origins[leg_key] = counter
-        scanned = self._read(sdp)
-        if scanned is not None:
-            body: bytes | None = self._fast.rewrite(scanned, address, ports, counter)
-            if body is not None:
-                return body
-        described = self._sdp.rewrite_for_relay(self._parse(sdp), address=address,
-                                                ports=ports, origin=counter.origin)
-        return bytes(counter.stamp(described).to_bytes())
+        return scan.rewrite(self._read(sdp), address, ports, counter)
 
     def forget(self, call_id: str) -> None:
         for leg in ("a", "b"):

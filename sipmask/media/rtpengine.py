@@ -36,9 +36,10 @@ An SDP is parsed before rtpengine sees it (400 when malformed, 488 over MAX_MEDI
 m= lines: each line costs rtpengine ports). A first offer that fails after it was sent
 (no answer, an answer without SDP) is deleted in rtpengine, in the background: the engine
 only deletes media it was given.
-rtpengine 10.5 (Debian 12) replaces only the o= address, not its username, and keeps s=
-and a=ssrc cname lines; `scrub_identity` finishes the job on the returned SDP (the privacy
-contract in DESIGN.md: no o= username, no cname crosses).
+rtpengine 10.5 (Debian 12) replaces only the o= address, not its username, and passes every
+line it does not own through (s=, i=, e=, p=, a=tool, a=ssrc cname, vendor lines, a
+session-level a=rtcp naming the party): `scrub_identity` applies the SDP privacy rule
+(sdp/privacy.py, the one the embedded relay's rewrite applies) to the returned SDP.
 Media timeout: rtpengine does not call us back, so the backend watches answered calls with
 `query`: each call is checked when its newest RTP "last packet" (rtpengine's wall clock,
 whole seconds) would be `media.timeout_s` old, so a call with media flowing costs about one
@@ -67,6 +68,8 @@ from sipmask.config.schema import HostPort, MediaConfig
 from sipmask.errors import ParseError, RtpengineError
 from sipmask.media import bencode
 from sipmask.media.backend import LEGS, CallStats, LegStats, check_media_lines, other_leg
+from sipmask.sdp import scan
+from sipmask.sdp.privacy import scrub
 
 ATTEMPTS = 3
 WATCH_INTERVAL_S = 1.0   # how often the media-timeout watch looks for calls due a query
@@ -408,14 +411,12 @@ def last_rtp_at(reply: Mapping[str, bencode.Value]) -> float | None:
 def _check(sdp: bytes) -> None:
     """Refuse before rtpengine sees it: a malformed SDP (ParseError, 400) or one with more
     than MAX_MEDIA_LINES m= lines (SdpError, 488)."""
-    from sipmask.sdp import parser
-    check_media_lines(len(parser.parse(sdp).media))
+    check_media_lines(len(scan.scan(sdp).media))
 
 
 def _sdp_is_hold(sdp: bytes) -> bool:
-    from sipmask.sdp import parser, rewrite
     try:
-        return bool(rewrite.is_on_hold(parser.parse(sdp)))
+        return scan.is_on_hold(scan.scan(sdp))
     except ParseError:
         return False   # the engine refuses bad SDP before it gets here
 
@@ -432,21 +433,10 @@ def _streams(monologue: dict[str, bencode.Value]) -> list[dict[str, bencode.Valu
 
 
 def scrub_identity(sdp: bytes) -> bytes:
-    """o= username to "-" (RFC 4566 §5.2 allows "-" when there is no user id), s= to "-"
-    (§5.3), and a=ssrc cname lines dropped (RFC 5576 §6.1: a CNAME names the sender's
-    host). Everything else, byte for byte."""
-    lines = sdp.split(b"\n")
-    kept: list[bytes] = []
-    for line in lines:
-        if line.startswith(b"o="):
-            fields = line[2:].split(b" ", 1)
-            line = b"o=-" + (b" " + fields[1] if len(fields) > 1 else b"")
-        elif line.startswith(b"s="):
-            line = b"s=-" + (b"\r" if line.endswith(b"\r") else b"")
-        elif line.startswith(b"a=ssrc:") and b" cname:" in line:
-            continue
-        kept.append(line)
-    return b"\n".join(kept)
+    """The SDP rtpengine returned, through the privacy rule (sdp/privacy.py `scrub`):
+    rtpengine's c=, m= and a=rtcp stay; o= user and s= become "-"; what the rule drops
+    is dropped."""
+    return scrub(sdp)
 
 
 def _sdp(reply: Mapping[str, bencode.Value], command: str) -> bytes:

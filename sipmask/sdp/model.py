@@ -1,4 +1,6 @@
-"""The SDP data model (RFC 4566 §5) and its serializer.
+"""The SDP data model (RFC 4566 §5) and its serializer: with sdp/parser.py and
+sdp/rewrite.py, the test oracle of the call path (sdp/scan.py). No production code imports
+it (sdp/__init__.py says why).
 
 A session description is the three fixed lines v=, o=, s= and then two ordered lists of
 lines: the session section and one list per m= section. The lines sipmask reads or rewrites
@@ -17,11 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-
-def addrtype_of(address: str) -> str:
-    """RFC 4566 §5.7 addrtype for an address: IP6 when it holds a colon, else IP4 (an FQDN
-    counts as IP4, as RFC 4566 §5.7 allows names in c=)."""
-    return "IP6" if ":" in address else "IP4"
+from sipmask.sdp.grammar import MEDIA_ORDER, SESSION_ORDER
+from sipmask.sdp.privacy import HOLD_HOSTS, addrtype_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +67,8 @@ class Connection:
 
     @property
     def is_unspecified(self) -> bool:
-        """RFC 3264 §8.4: c=0.0.0.0 is the old way to put a stream on hold. `::` is taken
-        the same way for IP6, as several stacks send it."""
-        return self.host in ("0.0.0.0", "::")
+        """RFC 3264 §8.4: c=0.0.0.0 (or ::) is the old way to put a stream on hold."""
+        return self.host in HOLD_HOSTS
 
     def value(self) -> str:
         return f"{self.nettype} {self.addrtype} {self.address}"
@@ -135,13 +133,6 @@ def render(line: SdpLine) -> str:
     return f"{kind_of(line)}={line.value()}"
 
 
-# RFC 4566 §5: the order of the optional lines. r= repeats belong to the t= before them and
-# share its rank, so the stable sort keeps each (t, r*) group together.
-_SESSION_RANK = {"i": 1, "u": 2, "e": 3, "p": 4, "c": 5, "b": 6, "t": 7, "r": 7, "z": 8,
-                 "k": 9, "a": 10}
-_MEDIA_RANK = {"i": 1, "c": 2, "b": 3, "k": 4, "a": 5}
-
-
 def in_rfc_order(lines: Sequence[SdpLine], ranks: dict[str, int]) -> list[SdpLine]:
     """Stable sort into RFC 4566 §5 order; an unlisted type keeps the rank of the line
     before it. Lines already in order come back in the same order."""
@@ -202,7 +193,7 @@ class MediaDescription:
 
     def render_lines(self) -> Iterator[str]:
         yield "m=" + self.m_line_value()
-        for line in in_rfc_order(self.lines, _MEDIA_RANK):
+        for line in in_rfc_order(self.lines, MEDIA_ORDER):
             yield render(line)
 
 
@@ -241,7 +232,7 @@ class SessionDescription:
         yield "o=" + self.origin.value()
         if self.session_name is not None:
             yield "s=" + self.session_name
-        for line in in_rfc_order(self.lines, _SESSION_RANK):
+        for line in in_rfc_order(self.lines, SESSION_ORDER):
             yield render(line)
         for media in self.media:
             yield from media.render_lines()

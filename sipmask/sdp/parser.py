@@ -1,8 +1,9 @@
-"""Bytes → SessionDescription (RFC 4566 §5).
+"""Bytes → SessionDescription (RFC 4566 §5): the model parser, the test oracle of the call
+path's reader (sdp/scan.py). No production code imports it (sdp/__init__.py says why).
 
 Input may end its lines with CRLF or with a bare LF (RFC 4566 §5 allows parsers to accept
 LF); output from `SessionDescription.to_bytes` is always CRLF. Empty lines (often a stray
-CRLF after the last line) are skipped.
+CRLF after the last line) are skipped. Lines, order and port numbers: sdp/grammar.py.
 
 What is refused (errors.ParseError, 400) is what sipmask must understand to rewrite the
 body safely: v=0 first, one o= and at most one s= in the session section, well-formed o=,
@@ -13,6 +14,7 @@ model are kept, not judged. Error reasons name the line number and type, never t
 from __future__ import annotations
 
 from sipmask.errors import ParseError
+from sipmask.sdp.grammar import bad_line, first_line, port_number, split_lines
 from sipmask.sdp.model import (
     Attribute,
     Bandwidth,
@@ -30,15 +32,8 @@ def parse(data: bytes) -> SessionDescription:
     # RFC 4566 §5: text is UTF-8 unless a=charset says otherwise; surrogateescape carries
     # any other byte through to `to_bytes` unchanged instead of refusing the call.
     text = data.decode("utf-8", "surrogateescape")
-    lines = _split_lines(text)
-    first = 0
-    while first < len(lines) and not lines[first]:
-        first += 1
-    if first == len(lines):
-        raise ParseError("Bad SDP: empty body")
-    if lines[first] != "v=0":
-        # §5.1: a description begins with v=, and v=0 is the only version.
-        raise ParseError(f"Bad SDP: line {first + 1}: must begin with v=0")
+    lines = split_lines(text)
+    first = first_line(lines)
 
     origin: Origin | None = None
     session_name: str | None = None
@@ -53,12 +48,12 @@ def parse(data: bytes) -> SessionDescription:
         kind = line[0]
         if line[1:2] != "=":
             # §5: "<type>=<value>", one-letter type, no space around "=".
-            raise ParseError(f"Bad SDP: line {number}: not <type>=<value>")
+            raise bad_line(number, "not <type>=<value>")
         value = line[2:]
         if kind == "a":
             name, colon, rest = value.partition(":")
             if not name:
-                raise ParseError(f"Bad SDP: line {number}: a= without a name")
+                raise bad_line(number, "a= without a name")
             append(Attribute(name, rest if colon else None))
         elif kind == "c":
             append(_connection(value, number))
@@ -70,19 +65,19 @@ def parse(data: bytes) -> SessionDescription:
         elif kind == "b":
             bwtype, colon, amount = value.partition(":")
             if not colon or not bwtype:
-                raise ParseError(f"Bad SDP: line {number}: b= is not <bwtype>:<bandwidth>")
+                raise bad_line(number, "b= is not <bwtype>:<bandwidth>")
             append(Bandwidth(bwtype, amount))
         elif kind not in "vos":
             append(Line(kind, value))
         elif kind == "v" or media:
-            raise ParseError(f"Bad SDP: line {number}: {kind}= out of place")
+            raise bad_line(number, f"{kind}= out of place")
         elif kind == "o":
             if origin is not None:
-                raise ParseError(f"Bad SDP: line {number}: second o= line")
+                raise bad_line(number, "second o= line")
             origin = _origin(value, number)
         else:
             if session_name is not None:
-                raise ParseError(f"Bad SDP: line {number}: second s= line")
+                raise bad_line(number, "second s= line")
             session_name = value
 
     if origin is None:
@@ -91,29 +86,10 @@ def parse(data: bytes) -> SessionDescription:
                               media=media, version=0)
 
 
-def _split_lines(text: str) -> list[str]:
-    """Lines without their CRLF or LF ends. RFC 4566 §9: text excludes NUL, CR and LF, so
-    a NUL or a CR not followed by LF is refused. The checks run on the whole text first;
-    the line-by-line search only runs to name the bad line."""
-    crlf = text.count("\r\n")
-    if crlf == text.count("\n"):
-        lines = text.split("\r\n")
-        clean = crlf == text.count("\r")
-    else:
-        lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-        clean = not any("\r" in line for line in lines)
-    if clean and "\x00" not in text:
-        return lines
-    for number, line in enumerate(lines, start=1):
-        if "\r" in line or "\x00" in line:
-            raise ParseError(f"Bad SDP: line {number}: NUL or CR inside a line")
-    raise AssertionError("unreachable: a NUL or CR was seen above")
-
-
 def _origin(value: str, number: int) -> Origin:
     fields = value.split()
     if len(fields) != 6:
-        raise ParseError(f"Bad SDP: line {number}: o= needs 6 fields")
+        raise bad_line(number, "o= needs 6 fields")
     username, sess_id, sess_version, nettype, addrtype, address = fields
     return Origin(username, sess_id, sess_version, nettype, addrtype, address)
 
@@ -121,7 +97,7 @@ def _origin(value: str, number: int) -> Origin:
 def _connection(value: str, number: int) -> Connection:
     fields = value.split()
     if len(fields) != 3:
-        raise ParseError(f"Bad SDP: line {number}: c= needs 3 fields")
+        raise bad_line(number, "c= needs 3 fields")
     return Connection(*fields)
 
 
@@ -130,16 +106,10 @@ def _media(value: str, number: int) -> MediaDescription:
     # answer sometimes arrives without formats, which is kept rather than refused.
     fields = value.split()
     if len(fields) < 3:
-        raise ParseError(f"Bad SDP: line {number}: m= needs media, port and proto")
+        raise bad_line(number, "m= needs media, port and proto")
     kind, port_text, proto, *formats = fields
     port_part, slash, count_part = port_text.partition("/")
-    port = _number(port_part, 65535, number)
-    count = _number(count_part, 65535, number) if slash else None
+    port = port_number(port_part, number)
+    count = port_number(count_part, number) if slash else None
     return MediaDescription(kind=kind, port=port, proto=proto, formats=formats,
                             port_count=count)
-
-
-def _number(text: str, limit: int, number: int) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 5 or int(text) > limit:
-        raise ParseError(f"Bad SDP: line {number}: m= port is not 0-{limit}")
-    return int(text)

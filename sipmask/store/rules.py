@@ -370,7 +370,6 @@ class _BulkWork(_Work):
         self._route = self.held["route"]
         self._dirty_uses: set[str] = set()
         self._audit_at = codec.audit_key(now, 0)[:8]
-        self._audit_head = f"{now!r}{codec.SEP}"
         self._expiry_at: dict[float, bytes] = {}
         self._plain_pools: dict[str, builtins.list[tuple[str, str]]] = {}
         self._ids: builtins.list[str] = []
@@ -407,13 +406,8 @@ class _BulkWork(_Work):
             raw = self.txn.get("meta", b"audit_seq")
             self._seq = codec.from_u64(raw) if raw else 0
         self._seq = seq = self._seq + 1
-        actor = actor or self.actor
-        if isinstance(data, str):   # codec.encode_audit's layout, the time's text made once
-            value = (f"\x01{seq}{codec.SEP}{self._audit_head}{tenant}{codec.SEP}{actor}"
-                     f"{codec.SEP}{action}{codec.SEP}{subject}{codec.SEP}{data}").encode()
-        else:
-            value = codec.encode_audit(seq, self.now, tenant, actor, action, subject, data)
-        self.held["audit"][self._audit_at + codec.u64(seq)] = value
+        self.held["audit"][self._audit_at + codec.u64(seq)] = codec.encode_audit(
+            seq, self.now, tenant, actor or self.actor, action, subject, data)
 
     def settle(self) -> None:
         for db, rows in self.held.items():
@@ -500,7 +494,8 @@ class _BulkWork(_Work):
             return None   # an id drawn twice in a batch: _create draws another
         now = self.now
         expires = now + ttl if ttl else None
-        raw = codec.encode_plain(binding_id, mode, tenant, x, a, b, now, expires)
+        binding = codec.new_binding(binding_id, mode, tenant, x, a, b, now, expires)
+        raw = codec.encode_binding(binding)
         bindings[id_key] = raw
         route = self._route
         if b is None:
@@ -515,8 +510,8 @@ class _BulkWork(_Work):
             self.held["expiry"][at + id_key] = b""
         self._uses[x] = (mode, (use[1] if use else 0) + 1)
         self._dirty_uses.add(x)
-        self.audit(tenant, "create", binding_id, codec.plain_summary(mode, x, a, b, expires))
-        return codec.new_binding(binding_id, mode, tenant, x, a, b, now, expires)
+        self.audit(tenant, "create", binding_id, codec.binding_summary(binding))
+        return binding
 
 
 class RuleStore:

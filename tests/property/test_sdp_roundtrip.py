@@ -1,6 +1,7 @@
-"""Property tests for sipmask.sdp: generated RFC 4566 bodies round-trip byte for byte, any
-order of lines settles after one pass, and the relay rewrite never lets an input address,
-port or identity line through."""
+"""Property tests for sipmask.sdp: generated RFC 4566 bodies round-trip byte for byte through
+the model, any order of lines settles after one pass, the call path (sdp/scan.py) gives its
+oracle's answers and bytes, and the relay rewrite never lets an input address, port or
+identity line through."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sipmask.errors import ParseError
-from sipmask.sdp import (
-    Connection,
-    Origin,
-    parse,
+from sipmask.sdp import scan
+from sipmask.sdp.model import Connection, Origin
+from sipmask.sdp.origin import OriginCounter
+from sipmask.sdp.parser import parse
+from sipmask.sdp.rewrite import (
+    is_on_hold,
+    media_endpoints,
+    relay_body,
     relay_ports_needed,
     rewrite_for_relay,
 )
 
 RELAY = "192.0.2.200"
+RELAY6 = "2001:db8::200"
 ORIGIN = Origin.for_address(RELAY, 1000001, 1000001)
 
 _TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._",
@@ -139,13 +145,33 @@ def _written(address: str, text: str) -> bool:
                      text) is not None
 
 
+@given(bodies(), st.sampled_from([RELAY, RELAY6]), st.integers(0, 2**31))
+def test_the_call_path_gives_the_oracles_answers_and_bytes(case: tuple[bytes, set[str]],
+                                                           address: str, sess_id: int) -> None:
+    body, _ = case
+    sd = parse(body)
+    scanned = scan.scan(body)
+    scan.check_relayable(scanned)
+    assert scan.media_endpoints(scanned) == media_endpoints(sd)
+    assert scan.is_on_hold(scanned) is is_on_hold(sd)
+    ports = [30000 + 2 * i for i in range(relay_ports_needed(sd))]
+    assert scan.relay_ports_needed(scanned) == len(ports)
+    call_path = OriginCounter(address=address, sess_id=sess_id)
+    oracle = OriginCounter(address=address, sess_id=sess_id)
+    assert (scan.rewrite(scanned, address, ports, call_path)
+            == relay_body(sd, address=address, ports=ports, counter=oracle))
+
+
 @given(bodies())
 def test_rewrite_never_leaks_an_input_address(case: tuple[bytes, set[str]]) -> None:
     body, used = case
     sd = parse(body)
     ports = [30000 + 2 * i for i in range(relay_ports_needed(sd))]
     out = rewrite_for_relay(sd, address=RELAY, ports=ports, origin=ORIGIN)
-    data = out.to_bytes()
+    # What leaves sipmask is the call path's body; the model's is the same, and typed.
+    data = scan.rewrite(scan.scan(body), RELAY, ports,
+                        OriginCounter(address=RELAY, sess_id=int(ORIGIN.sess_id)))
+    assert data == out.to_bytes()
     text = data.decode("utf-8", "surrogateescape")
     assert not [address for address in used if _written(address, text)]
     for kind in ("i=", "u=", "e=", "p=", "x=", "a=candidate", "a=ice-", "a=X-", "a=tool",

@@ -10,7 +10,8 @@ import sdp_samples
 
 import sipmask.sdp
 from sipmask.errors import ParseError
-from sipmask.sdp import (
+from sipmask.sdp import scan
+from sipmask.sdp.model import (
     Attribute,
     Bandwidth,
     Connection,
@@ -19,9 +20,9 @@ from sipmask.sdp import (
     Origin,
     SdpLine,
     SessionDescription,
-    parse,
+    in_rfc_order,
 )
-from sipmask.sdp.model import in_rfc_order
+from sipmask.sdp.parser import parse
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 
@@ -179,16 +180,19 @@ GOOD_HEAD = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n"
     (GOOD_HEAD + "m=audio ١٢ RTP/AVP 0\r\n".encode(), "line 5: m= port"),
 ])
 def test_malformed_sdp_is_a_400_naming_the_line(body: bytes, where: str) -> None:
-    with pytest.raises(ParseError) as caught:
-        parse(body)
-    assert caught.value.status == 400
-    assert where in caught.value.reason
+    """The call path's reader and the model parser (its oracle) refuse alike."""
+    for read in (parse, scan.scan):
+        with pytest.raises(ParseError) as caught:
+            read(body)
+        assert caught.value.status == 400
+        assert where in caught.value.reason
 
 
 def test_error_reasons_never_repeat_the_line_text() -> None:
-    with pytest.raises(ParseError) as caught:
-        parse(GOOD_HEAD + b"c=IN IP4 13800000001 extra\r\n")
-    assert "13800000001" not in str(caught.value)
+    for read in (parse, scan.scan):
+        with pytest.raises(ParseError) as caught:
+            read(GOOD_HEAD + b"c=IN IP4 13800000001 extra\r\n")
+        assert "13800000001" not in str(caught.value)
 
 
 def test_sdp_modules_import_no_io() -> None:
@@ -200,3 +204,12 @@ def test_sdp_modules_import_no_io() -> None:
         imported |= {str(node.module).split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom)}
         assert not imported & {"asyncio", "socket", "time", "lmdb", "uvloop"}, path.name
+
+
+def test_no_sdp_object_is_built_behind_its_constructors_back() -> None:
+    """DESIGN.md rule 14: no `cls.__new__` / `object.__new__` in sdp/."""
+    package = Path(str(sipmask.sdp.__file__)).parent
+    for path in sorted(package.glob("*.py")):
+        calls = [node for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Attribute) and node.attr == "__new__"]
+        assert calls == [], path.name

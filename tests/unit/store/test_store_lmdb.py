@@ -159,7 +159,7 @@ def test_both_stores_satisfy_the_protocol(tmp_path: Path) -> None:
 
 
 def test_a_decoded_binding_is_a_binding_with_every_default() -> None:
-    # decode_binding fills the NamedTuple with tuple.__new__, bypassing its __new__: the
+    # decode_binding fills the NamedTuple from a tuple (Binding._make), not by keyword: the
     # defaults it writes for unset policy fields must be the class's own, field by field.
     decoded = codec.decode_binding(codec.encode_binding(binding()))
     assert type(decoded) is Binding and len(decoded) == len(Binding._fields)
