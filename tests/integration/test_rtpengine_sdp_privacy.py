@@ -17,7 +17,8 @@ import pytest
 
 from sipmask.config.schema import HostPort, MediaConfig, RtpengineConfig
 from sipmask.media.rtpengine import RtpengineBackend
-from tests.conftest import LOOPBACK, free_port, terminate, udp_block_free
+from tests.support.net import LOOPBACK, free_port, udp_block_free
+from tests.support.processes import terminate
 
 pytestmark = pytest.mark.rtpengine
 
