@@ -5,24 +5,15 @@ passes every line it does not own through, so RtpengineBackend scrubs what it re
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from sipmask.config.schema import HostPort, MediaConfig, RtpengineConfig
+from sipmask.config.schema import MediaConfig, RtpengineConfig
 from sipmask.media.rtpengine import RtpengineBackend
-from tests.support.net import LOOPBACK, free_port, udp_block_free
-from tests.support.processes import terminate
+from tests.support.net import LOOPBACK
+from tests.support.rtpengine import Daemon
 
 pytestmark = pytest.mark.rtpengine
-
-BINARY = shutil.which("rtpengine")
 
 # A phone that says too much: its number, mail, tool, vendor lines with addresses, ICE,
 # WebRTC ids, a session-level a=rtcp naming its own address (RFC 3605 puts a=rtcp at media
@@ -49,45 +40,10 @@ LEAKS = ("13800000001", "alice", "example", "10.1.2.3", "198.51.100", "192.0.2.1
          "\ni=", "\nu=", "\ne=", "\np=", "\nk=")
 
 
-@pytest.fixture(scope="module")
-def ng(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPort]:
-    if BINARY is None:
-        pytest.skip("rtpengine binary not found (apt-get install rtpengine-daemon)")
-    address = HostPort(LOOPBACK, free_port())
-    first = next(p for p in range(20000 + (os.getpid() * 40) % 9000, 29900, 40)
-                 if udp_block_free(p, 40))
-    log = tmp_path_factory.mktemp("rtpengine") / "rtpengine.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [BINARY, "--config-file=none", "--table=-1", f"--interface={LOOPBACK}",
-             f"--listen-ng={address}", "--foreground", "--log-stderr", "--log-level=5",
-             f"--port-min={first}", f"--port-max={first + 39}", "--num-threads=1",
-             "--delete-delay=0"], stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while not _pong(address):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"rtpengine did not start:\n{Path(log).read_text()}")
-        yield address
-    finally:
-        terminate(proc)
-
-
-def _pong(ng: HostPort) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        sock.sendto(b"probe d7:command4:pinge", (ng.host, ng.port))
-        try:
-            return sock.recv(1000) == b"probe d6:result4:ponge"
-        except OSError:
-            time.sleep(0.1)
-            return False
-
-
 def test_offer_and_answer_through_rtpengine_cross_nothing_that_names_a_party(
-        ng: HostPort) -> None:
+        daemon: Daemon) -> None:
     config = MediaConfig(backend="rtpengine", timeout_s=60,
-                         rtpengine=RtpengineConfig(ng=ng, timeout_ms=500))
+                         rtpengine=RtpengineConfig(ng=daemon.ng, timeout_ms=500))
 
     async def test() -> tuple[str, str]:
         backend = RtpengineBackend(config)
