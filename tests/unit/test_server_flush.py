@@ -13,8 +13,8 @@ from sipmask.config import loader
 from sipmask.server import SipServer
 from sipmask.sip.parser import parse_message
 from sipmask.sip.transaction import RequestReceived, TUEvent
-from tests.unit.sip import test_transaction_client as client
-from tests.unit.sip import test_transaction_server as server
+from tests.support import txn_client as client
+from tests.support import txn_server as server
 
 
 class FakeHandle:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from sipmask.sip.timers import Timer, TimerConfig
 from sipmask.sip.transaction import TransactionLayer
-from tests.unit.sip import test_transaction_client as client
-from tests.unit.sip import test_transaction_server as server
+from tests.support import txn_client as client
+from tests.support import txn_server as server
 
 
 def test_a_new_timer_config_gives_new_intervals() -> None:

@@ -24,8 +24,8 @@ from sipmask.sip.transaction import (
     Stop,
     TransactionLayer,
 )
-from tests.unit.sip import test_transaction_client as client
-from tests.unit.sip import test_transaction_server as server
+from tests.support import txn_client as client
+from tests.support import txn_server as server
 
 
 def truth(tl: TransactionLayer) -> float | None:

@@ -6,8 +6,8 @@ kept there for nothing is most of the server's memory."""
 from __future__ import annotations
 
 from sipmask.sip.transaction import AckReceived, TransactionLayer
-from tests.unit.sip import test_transaction_client as client
-from tests.unit.sip import test_transaction_server as server
+from tests.support import txn_client as client
+from tests.support import txn_server as server
 
 
 def txn_of(tl: TransactionLayer, txn_id: str):  # type: ignore[no-untyped-def]
