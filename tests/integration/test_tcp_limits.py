@@ -87,7 +87,7 @@ def test_one_ip_holds_at_most_tcp_max_per_ip_and_others_are_still_served(
         sock = connect(server, ATTACKER, (port, second)[i % 2])
         sock.sendall(PARTIAL)
         sockets.append(sock)
-    assert closed_within(sockets[cap], 2.0), "the connection over the per-IP cap stayed open"
+    assert closed_within(sockets[cap], 5.0), "the connection over the per-IP cap stayed open"
     assert not any(closed_within(sock, 0.05) for sock in sockets[:cap])
     assert options_answered(server, PEER) == 200
     counters = server.counters()
