@@ -47,14 +47,9 @@ from sipmask.sdp.rewrite import (  # noqa: E402
     relay_body,
 )
 
+from call_cpu import SDP_A, SDP_B  # noqa: E402  # a call's offer and answer
+
 RELAY = "127.0.0.1"
-# bench/call_cpu.py's offer and answer (SIPp's, with telephone-event).
-SDP_A = (b"v=0\r\no=caller 53655765 2353687637 IN IP4 127.0.0.2\r\ns=call from caller\r\n"
-         b"c=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 16000 RTP/AVP 0 101\r\n"
-         b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"
-         b"a=sendrecv\r\n")
-SDP_B = SDP_A.replace(b"caller", b"callee").replace(b"127.0.0.2", b"127.0.0.3").replace(
-    b"16000", b"18000")
 
 
 class ModelSdp:
