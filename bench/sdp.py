@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from call_cpu import SDP_A, SDP_B  # noqa: E402  # a call's offer and answer
+
 from sipmask.media import embedded  # noqa: E402
 from sipmask.media.embedded import _SipmaskSdp  # noqa: E402
 from sipmask.sdp.endpoints import MediaEndpoint  # noqa: E402
@@ -46,8 +48,6 @@ from sipmask.sdp.rewrite import (  # noqa: E402
     media_endpoints,
     relay_body,
 )
-
-from call_cpu import SDP_A, SDP_B  # noqa: E402  # a call's offer and answer
 
 RELAY = "127.0.0.1"
 
