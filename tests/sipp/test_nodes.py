@@ -336,6 +336,8 @@ def test_a_node_killed_under_load_loses_under_1_percent_of_new_calls(
     assert all(r["answer_at"] is not None and r["sip_status"] == 200 for r in repaired)
     started_after = total - int(rate * kill_after)
     lost_new = failed - len(repaired)
+    print(f"kill -9 under load: {failed} of {total} calls failed, {len(repaired)} of them up "
+          f"on the dead node; {lost_new} of {started_after} new calls lost")
     assert lost_new <= started_after // 100, (
         f"{failed} failed, {len(repaired)} were up on the dead node, "
         f"{started_after} started after the kill at {killed_at}\n"
