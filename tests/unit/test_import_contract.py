@@ -1,7 +1,7 @@
 """The sans-IO contract (DESIGN.md): sipmask/sip, sipmask/sdp, b2bua/call.py,
 b2bua/masking.py, b2bua/routing.py, b2bua/timers.py, media/ports.py and the media services
-(media/rtp.py, wav.py, goertzel.py, prompt.py, dtmf.py, recorder.py, sinks.py) import no
-asyncio, socket, time, lmdb or uvloop.
+(media/rtp.py, wav.py, goertzel.py, prompt.py, dtmf.py, recorder.py, sinks.py,
+early_media.py) import no asyncio, socket, time, lmdb or uvloop.
 
 Two checks, because each misses something the other sees:
 - in a fresh interpreter, importing every module of the packages adds none of the forbidden
@@ -32,7 +32,7 @@ MODULES = ("sipmask.b2bua.call", "sipmask.b2bua.masking", "sipmask.b2bua.routing
            # Media services: prompts, DTMF in, recording (the file sink does os calls only).
            "sipmask.media.rtp", "sipmask.media.wav", "sipmask.media.goertzel",
            "sipmask.media.prompt", "sipmask.media.dtmf", "sipmask.media.recorder",
-           "sipmask.media.sinks")
+           "sipmask.media.sinks", "sipmask.media.early_media")
 ROOT = Path(sipmask.__file__).resolve().parent.parent
 
 
