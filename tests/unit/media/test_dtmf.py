@@ -248,8 +248,14 @@ def test_level_floor() -> None:
     assert detect(keyed("2", level_dbm0=-36.0)) == []
 
 
-def test_a_press_shorter_than_two_blocks_is_not_a_digit() -> None:
-    assert detect(keyed("4", on=0.015)) == []
+@pytest.mark.parametrize("lead", range(0, 102, 17))
+def test_a_40_ms_press_is_heard_wherever_it_falls_in_the_blocks(lead: int) -> None:
+    assert detect(silence(lead / 8000) + keyed("0", on=0.04)) == ["0"]
+
+
+@pytest.mark.parametrize("lead", range(0, 102, 17))
+def test_a_press_shorter_than_two_blocks_is_not_a_digit(lead: int) -> None:
+    assert detect(silence(lead / 8000) + keyed("4", on=0.015)) == []
 
 
 def test_noise_speechless_tones_and_silence_give_nothing() -> None:
