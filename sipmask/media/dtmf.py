@@ -255,13 +255,14 @@ class InbandDtmfDetector:
 
     def feed(self, pcm: bytes) -> list[str]:
         """The keys whose press completes in this audio."""
-        self._pending += [value / 32768.0 for value in samples(pcm)]
+        pending = self._pending + [value / 32768.0 for value in samples(pcm)]
         digits: list[str] = []
-        while len(self._pending) >= BLOCK:
-            block, self._pending = self._pending[:BLOCK], self._pending[BLOCK:]
-            digit = self._step(self.block_key(block))
+        whole = len(pending) - len(pending) % BLOCK
+        for start in range(0, whole, BLOCK):
+            digit = self._step(self.block_key(pending[start:start + BLOCK]))
             if digit is not None:
                 digits.append(digit)
+        self._pending = pending[whole:]
         self.stats.digits += len(digits)
         return digits
 
