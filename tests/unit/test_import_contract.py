@@ -1,6 +1,7 @@
 """The sans-IO contract (DESIGN.md): sipmask/sip, sipmask/sdp, b2bua/call.py,
-b2bua/masking.py, b2bua/routing.py, b2bua/timers.py and media/ports.py import no asyncio,
-socket, time, lmdb or uvloop.
+b2bua/masking.py, b2bua/routing.py, b2bua/timers.py, media/ports.py and the media services
+(media/rtp.py, wav.py, goertzel.py, prompt.py, dtmf.py, recorder.py, sinks.py,
+early_media.py) import no asyncio, socket, time, lmdb or uvloop.
 
 Two checks, because each misses something the other sees:
 - in a fresh interpreter, importing every module of the packages adds none of the forbidden
@@ -27,7 +28,11 @@ FORBIDDEN = frozenset({"asyncio", "socket", "time", "lmdb", "uvloop"})
 PACKAGES = ("sipmask.sip", "sipmask.sdp")
 MODULES = ("sipmask.b2bua.call", "sipmask.b2bua.masking", "sipmask.b2bua.routing",
            "sipmask.b2bua.timers",
-           "sipmask.media.ports")
+           "sipmask.media.ports",
+           # Media services: prompts, DTMF in, recording (the file sink does os calls only).
+           "sipmask.media.rtp", "sipmask.media.wav", "sipmask.media.goertzel",
+           "sipmask.media.prompt", "sipmask.media.dtmf", "sipmask.media.recorder",
+           "sipmask.media.sinks", "sipmask.media.early_media")
 ROOT = Path(sipmask.__file__).resolve().parent.parent
 
 
