@@ -171,6 +171,18 @@ def partition_sql(day: int) -> str:
             f"{SCHEMA}.cdrs FOR VALUES FROM ('{day_date(day).isoformat()}') TO ({after})")
 
 
+# The events outbox as a queue (events/outbox.py): keys from a sequence, so nodes enqueue
+# without a hot counter row; claims with FOR UPDATE SKIP LOCKED, so two nodes never take
+# one event, and a lease (claimed_until, wall seconds) that lapses when a node dies.
+OUTBOX_ENQUEUE = f"INSERT INTO {SCHEMA}.outbox (k, v) VALUES {{rows}} RETURNING k"
+OUTBOX_ROW = f"(int8send(nextval('{SCHEMA}.outbox_seq')), %s)"
+OUTBOX_OLDEST = f"SELECT k FROM {SCHEMA}.outbox ORDER BY k LIMIT 1"
+OUTBOX_CLAIM = (
+    f"UPDATE {SCHEMA}.outbox SET claimed_by = %(me)s, claimed_until = %(until)s "
+    f"WHERE k IN (SELECT k FROM {SCHEMA}.outbox "
+    "WHERE claimed_until IS NULL OR claimed_until < %(now)s OR claimed_by = %(me)s "
+    "ORDER BY k LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING k, v")
+
 PARTITIONS_SQL = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
     "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "

@@ -405,5 +405,16 @@ class PostgresStore(RuleStore):
         self.pool.close()
 
 
+def migrate_database(dsn: str) -> tuple[int, int]:
+    """`sipmask store migrate`: bring the schema at `dsn` to this version; (from, to)."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise StoreError(f"cannot connect to PostgreSQL at {_where(dsn)}: "
+                         f"{_first_line(exc)}") from None
+    with conn:
+        return migrate(conn)
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
