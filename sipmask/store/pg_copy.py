@@ -25,8 +25,9 @@ Progress = Callable[[str, int, int], None]     # (table, records done, records i
 
 def lmdb_counts(source: LmdbStore) -> dict[str, int]:
     """Records per named database (LMDB's entry counts: no scan)."""
+    dbs = {name: source.db(name) for name in TABLES}   # opened outside the read transaction
     with source.env.begin() as txn:
-        return {name: int(txn.stat(source.db(name))["entries"]) for name in TABLES}
+        return {name: int(txn.stat(db)["entries"]) for name, db in dbs.items()}
 
 
 def copy_store(source: LmdbStore, target: PostgresStore,
@@ -49,8 +50,9 @@ def copy_store(source: LmdbStore, target: PostgresStore,
                 return txn.put_many(name, rows)   # noqa: B023 - called before the loop moves on
             target.write(run)
 
+        db = source.db(name)
         with source.env.begin() as txn:
-            for key, value in txn.cursor(db=source.db(name)):
+            for key, value in txn.cursor(db=db):
                 batch.append((bytes(key), bytes(value)))
                 if len(batch) >= BATCH:
                     flush(batch)
@@ -71,8 +73,9 @@ def copy_store(source: LmdbStore, target: PostgresStore,
 
 def _advance_outbox_sequence(source: LmdbStore, target: PostgresStore) -> None:
     """New events must sort after the copied ones: the sequence starts past LMDB's."""
+    db = source.db("outbox_state")
     with source.env.begin() as txn:
-        raw = txn.get(b"seq", db=source.db("outbox_state"))
+        raw = txn.get(b"seq", db=db)
     last = struct.unpack(">Q", raw)[0] if raw else 0
     if last:
         target.run_sql(lambda cur: cur.execute(
