@@ -20,7 +20,7 @@ Transactions, and why they are safe without SERIALIZABLE:
   - Serialization failures and deadlocks (which the design should never raise) are retried.
 
 Losing the server (failover): a statement that fails with a broken connection is run again,
-whole transaction, on a new connection, for up to `failover_s`; libpq's multi-host DSN with
+whole transaction, on a new connection, for up to `failover_s` (a lookup: 2 s); libpq's multi-host DSN with
 `target_session_attrs=read-write` finds the promoted primary. When the connection breaks
 during COMMIT the outcome is unknown: a rules write then raises StoreError saying so (a
 retried create would be refused as a duplicate of itself), while `write` (CDRs, journal,
@@ -75,6 +75,7 @@ _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _SQL = {name: t.sql() for name, t in TABLES.items()}
+LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
 
 
 class CommitUnknown(StoreError):
@@ -283,8 +284,8 @@ class PostgresStore(RuleStore):
 
     # -- transactions -----------------------------------------------------------------------
     def _run(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
-             retry_commit: bool) -> T:
-        deadline = time.monotonic() + self.failover_s
+             retry_commit: bool, patience_s: float | None = None) -> T:
+        deadline = time.monotonic() + (self.failover_s if patience_s is None else patience_s)
         pause = 0.05
         while True:
             try:
@@ -358,7 +359,8 @@ class PostgresStore(RuleStore):
                 if b.live(now):
                     return b
             return self._any_on_x(txn, x, now)
-        return self._run(run, None, lock=False, retry_commit=True)
+        return self._run(run, None, lock=False, retry_commit=True,
+                         patience_s=min(self.failover_s, LOOKUP_PATIENCE_S))
 
     def route_soon(self, x: str, caller: str, now: float) -> Future[Binding | None]:
         """`route` on the lookup threads; StoreBusy at once when the queue is full."""
