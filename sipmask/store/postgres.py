@@ -23,8 +23,8 @@ Losing the server (failover): a statement that fails with a broken connection is
 whole transaction, on a new connection, for up to `failover_s` (a lookup: 2 s); libpq's
 multi-host DSN with `target_session_attrs=read-write` finds the promoted primary. When the
 connection breaks during COMMIT the outcome is unknown: a rules write then raises
-StoreError saying so (a retried create would be refused as a duplicate of itself), while `write` (CDRs, journal,
-heartbeats, acks: all idempotent puts and deletes) retries.
+StoreError saying so (a retried create would be refused as a duplicate of itself), while
+`write` (CDRs, journal, heartbeats, acks: all idempotent puts and deletes) retries.
 
 The call path never waits on the network in the event loop: `route_soon` runs lookups on a
 bounded thread pool (store/offload.py) and returns a future; CDR commits already run on
