@@ -22,12 +22,13 @@ from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import STALE_S, CdrLog
 from sipmask.clock import FakeClock
 from sipmask.config import loader
+from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.events.outbox import CLAIM_MAX, Outbox, new_event
 from sipmask.store import LmdbStore, open_store
 from sipmask.store.pg_schema import SCHEMA
 from sipmask.store.postgres import PostgresStore
 from tests.support.paths import REPO
-from tests.support.postgres import pg_dsn, pg_server
+from tests.support.postgres import PgServer, pg_dsn, pg_server
 
 __all__ = ["pg_dsn", "pg_server"]   # fixtures
 
@@ -184,6 +185,23 @@ def test_call_events_are_written_off_the_event_loop_and_heard_on_it(
     heard = asyncio.run(main())
     assert heard and set(heard) == {"loop"}
     assert [e.type for _, e in outbox.peek(10)] == ["ring", "hangup", "cdr"]
+
+
+# -- losing the server ------------------------------------------------------------------------------
+def test_the_store_reconnects_after_the_server_restarts(nodes: Callable[[], PostgresStore],
+                                                        pg_server: PgServer) -> None:
+    # Every pooled connection breaks (the server ends them, as a dying primary does);
+    # the next lookup and the next write run again on new connections.
+    store = nodes()
+    store.sync_tenants({"demo": TenantConfig("t", (NumberRange.parse(
+        "700100000000000-700100000000009"),))})
+    made = store.create(mode="axb", tenant="demo", a="13800000001", b="13900000002")
+    pg_server.restart()
+    assert store.route(made.x, "13800000001", time.time()) == made
+    again = store.create(mode="axn", tenant="demo", a="13700000003")
+    assert store.get(again.id) == again
+    CdrLog(store).write(BASE)
+    assert CdrLog(store).count() == 1
 
 
 # -- migrate and copy -----------------------------------------------------------------------------
