@@ -187,7 +187,7 @@ def test_call_events_are_written_off_the_event_loop_and_heard_on_it(
     assert [e.type for _, e in outbox.peek(10)] == ["ring", "hangup", "cdr"]
 
 
-# -- losing the server ------------------------------------------------------------------------------
+# -- losing the server -----------------------------------------------------------------------------
 def test_the_store_reconnects_after_the_server_restarts(nodes: Callable[[], PostgresStore],
                                                         pg_server: PgServer) -> None:
     # Every pooled connection breaks (the server ends them, as a dying primary does);
