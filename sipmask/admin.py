@@ -1,9 +1,9 @@
-"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit.
+"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit, store.
 
-They open the LMDB store directly, so they work with or without a running server, and a
-running server sees their writes on its next call. Output is JSON on stdout (one object, or
-JSON lines for lists); a refusal is one line on stderr naming the field and exit status 1;
-a config the store cannot take is exit status 2.
+They open the store directly (LMDB or PostgreSQL, as `store.backend` says), so they work
+with or without a running server, and a running server sees their writes on its next call.
+Output is JSON on stdout (one object, or JSON lines for lists); a refusal is one line on
+stderr naming the field and exit status 1; a config the store cannot take is exit status 2.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sipmask.config.schema import Config
 from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
 from sipmask.store import BindingRequest, LmdbStore, open_store
 from sipmask.store.base import DEFAULT_TTL, ImportOutcome
+from sipmask.store.rules import RuleStore
 from sipmask.times import parse_time
 
 PROGRESS_EVERY_S = 5.0          # progress line period when stderr is not a terminal
@@ -49,7 +50,7 @@ def _default_tenant(args: argparse.Namespace, config: Config) -> str | None:
     return tenant
 
 
-def _with_store(config: Config, work: Callable[[LmdbStore], int]) -> int:
+def _with_store(config: Config, work: Callable[[RuleStore], int]) -> int:
     """Open the store, run one command, map the error types to exit status and stderr."""
     try:
         store = open_store(config)
@@ -76,7 +77,7 @@ def _with_store(config: Config, work: Callable[[LmdbStore], int]) -> int:
 
 # -- bindings ---------------------------------------------------------------------------------
 def bind(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         binding = store.create(mode=args.mode, tenant=_default_tenant(args, config),
                                a=args.a, b=getattr(args, "b", None), x=args.x, ttl=args.ttl,
                                actor="cli", direction=getattr(args, "direction", "both"),
@@ -89,14 +90,14 @@ def bind(args: argparse.Namespace, config: Config) -> int:
 
 
 def show(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         _emit(store.get(args.id, getattr(args, "tenant", None)).to_json())
         return EXIT_OK
     return _with_store(config, run)
 
 
 def unbind(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         store.delete(args.id, getattr(args, "tenant", None), actor="cli")
         _emit({"id": args.id, "deleted": True})
         return EXIT_OK
@@ -104,7 +105,7 @@ def unbind(args: argparse.Namespace, config: Config) -> int:
 
 
 def list_bindings(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         for binding in store.list(tenant=args.tenant, x=args.x, limit=args.limit):
             _emit(binding.to_json())
         return EXIT_OK
@@ -113,7 +114,7 @@ def list_bindings(args: argparse.Namespace, config: Config) -> int:
 
 # -- pools ------------------------------------------------------------------------------------
 def pool(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         if args.op == "list":
             for usage in store.list_pools(args.tenant):
                 _emit(usage.to_json())
@@ -140,7 +141,7 @@ def audit(args: argparse.Namespace, config: Config) -> int:
             _err("since: expected an ISO time or unix seconds")
             return EXIT_USAGE
 
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         for entry in store.audit(since=since, tenant=args.tenant, limit=args.limit):
             _emit(entry.to_json(masked=True))
         return EXIT_OK
@@ -236,15 +237,20 @@ def _rows(text: IO[str], fmt: str) -> Iterator[tuple[int, BindingRequest | _Reje
 
 
 class _Progress:
-    """A bar on a terminal; elsewhere a line every PROGRESS_EVERY_S (logs stay readable)."""
+    """A bar on a terminal; elsewhere a line every PROGRESS_EVERY_S (logs stay readable).
+    `done` counts toward `total` (bytes of an import, records of a copy); `items` are
+    what the rate counts, named by `unit`."""
 
-    def __init__(self, stream: IO[str], total_bytes: int | None) -> None:
+    def __init__(self, stream: IO[str], total_bytes: int | None, verb: str = "import",
+                 unit: str = "lines") -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.total = total_bytes
+        self.verb, self.unit = verb, unit
         self.start = self.last = time.monotonic()
 
-    def update(self, done_bytes: int, lines: int, final: bool = False) -> None:
+    def update(self, done_bytes: int, lines: int, final: bool = False,
+               note: str = "") -> None:
         now = time.monotonic()
         if not final and now - self.last < (_BAR_EVERY_S if self.tty else PROGRESS_EVERY_S):
             return
@@ -254,11 +260,12 @@ class _Progress:
             share = min(done_bytes / self.total, 1.0) if self.total else 0.0
             bar = "#" * int(share * _BAR_WIDTH)
             pct = f"{share:4.0%}" if self.total else "   ?"
-            self.stream.write(f"\r[{bar:<{_BAR_WIDTH}}] {pct} {lines:,} lines "
-                              f"{rate:,.0f}/s" + ("\n" if final else ""))
+            self.stream.write(f"\r[{bar:<{_BAR_WIDTH}}] {pct} {lines:,} {self.unit} "
+                              f"{rate:,.0f}/s {note}" + ("\n" if final else ""))
         else:
             pct = f" ({done_bytes / self.total:.0%})" if self.total else ""
-            self.stream.write(f"import: {lines:,} lines{pct}, {rate:,.0f}/s\n")
+            self.stream.write(f"{self.verb}: {lines:,} {self.unit}{pct}, {rate:,.0f}/s"
+                              f"{f' ({note})' if note else ''}\n")
         self.stream.flush()
 
 
@@ -304,7 +311,7 @@ def _position(raw: IO[bytes]) -> int:
         return 0            # a pipe has no position
 
 
-def _import(store: LmdbStore, args: argparse.Namespace, config: Config, text: IO[str],
+def _import(store: RuleStore, args: argparse.Namespace, config: Config, text: IO[str],
             raw: IO[bytes], fmt: str, total: int | None, rejects_out: IO[str] | None) -> int:
     progress = _Progress(sys.stderr, total)
     rejected: list[ImportOutcome] = []
@@ -347,4 +354,57 @@ def _import(store: LmdbStore, args: argparse.Namespace, config: Config, text: IO
     return EXIT_REFUSED if rejected else EXIT_OK
 
 
-__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "show", "unbind"]
+# -- store: schema and moving to PostgreSQL ---------------------------------------------------
+def store_command(args: argparse.Namespace, config: Config) -> int:
+    """`sipmask store migrate` and `sipmask store copy --to DSN`."""
+    try:
+        if args.op == "migrate":
+            return _migrate(config)
+        return _copy(config, args.to)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+
+
+def _migrate(config: Config) -> int:
+    if config.store.backend == "postgres":
+        from sipmask.store.postgres import migrate_database
+        assert config.store.dsn is not None
+        before, after = migrate_database(config.store.dsn)
+        _emit({"backend": "postgres", "from": before, "to": after})
+        return EXIT_OK
+    # LMDB makes (or checks) its schema when it is opened.
+    store = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20)
+    try:
+        _emit({"backend": "lmdb", "schema_version": store.schema_version()})
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _copy(config: Config, dsn: str) -> int:
+    from sipmask.store.pg_copy import copy_store
+    from sipmask.store.postgres import PostgresStore
+    if not (config.store.path / "data.mdb").is_file():
+        _err(f"store.path: no LMDB store at {config.store.path}")
+        return EXIT_REFUSED
+    started = time.monotonic()
+    source = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20)
+    try:
+        target = PostgresStore(dsn, pool_size=2, call_workers=1)
+        try:
+            progress = _Progress(sys.stderr, None, verb="copy", unit="records")
+            copied = copy_store(source, target, lambda table, done, total: progress.update(
+                done, done, final=False, note=f"{table}, of {total:,}"))
+            total = sum(copied.values())
+            progress.update(total, total, final=True)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    _emit({"copied": copied, "to": target.where, "seconds": round(time.monotonic() - started, 3)})
+    return EXIT_OK
+
+
+__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "show", "store_command",
+           "unbind"]

@@ -33,6 +33,7 @@ HANDLERS: dict[str, str] = {
     "import": "sipmask.admin:import_file",
     "audit": "sipmask.admin:audit",
     "cdr": "sipmask.cdr.commands:run",
+    "store": "sipmask.admin:store_command",
 }
 
 
@@ -118,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", help="ISO time or Unix seconds")
     audit.add_argument("--tenant", help="only this tenant")
     audit.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
+    store = subs.add_parser("store", parents=[common], help="the store's schema; LMDB to "
+                                                            "PostgreSQL")
+    store_ops = store.add_subparsers(dest="op", metavar="OP", required=True)
+    store_ops.add_parser("migrate", parents=[common],
+                         help="bring the store's schema up to this version")
+    copy = store_ops.add_parser("copy", parents=[common],
+                                help="copy the LMDB store (store.path) into an empty "
+                                     "PostgreSQL database")
+    copy.add_argument("--to", required=True, metavar="DSN",
+                      help="libpq URI of the target; give the password by PGPASSWORD or "
+                           "~/.pgpass, not in the URI")
 
     cdr = subs.add_parser("cdr", parents=[common], help="call detail records")
     cdr_ops = cdr.add_subparsers(dest="op", metavar="OP", required=True)

@@ -25,7 +25,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -58,11 +58,14 @@ from sipmask.sip.transaction import (
 from sipmask.sip.transports import Address
 from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr
-from sipmask.store import LmdbStore, open_store
+from sipmask.store import open_store
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.tcp import InboundLimits, TcpTransport, open_tcp
 from sipmask.transport.tls import TlsContexts, load_contexts
 from sipmask.transport.udp import UdpTransport, open_udp
+
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
 
 EXIT_OK, EXIT_FAILED = 0, 1
 SWEEP_BATCH = 1000      # records the sweeps delete per transaction
@@ -462,7 +465,7 @@ class Services:
     """Everything `sipmask serve` runs beside the SIP listeners."""
 
     config: Config
-    store: LmdbStore
+    store: AnyStore
     cdrs: CdrLog
     media: MediaBackend
     engines: list[Engine] = field(default_factory=list)   # the one SipServer made
@@ -639,8 +642,9 @@ async def serve(config: Config) -> int:
     try:
         services = Services.open(config)
     except (StoreError, OSError) as exc:
-        print(f"sipmask: cannot open the store at {config.store.path}: {exc}",
-              file=sys.stderr, flush=True)
+        # A PostgreSQL error names its host itself (never the DSN: it may hold a password).
+        where = f" at {config.store.path}" if config.store.backend == "lmdb" else ""
+        print(f"sipmask: cannot open the store{where}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     server = SipServer(config, handler_factory=services.engine_factory)
     services.watch(server)

@@ -15,6 +15,10 @@ heartbeats under it, so a node starting up repairs its own predecessor's calls a
 nodes whose heartbeat is older than `STALE_S`, never a live peer's. Running nodes also
 close a dead peer's calls every `STALE_S`. Entries without a node (written before nodes
 existed, or by a CdrLog opened without one) belong to the unnamed node.
+
+On PostgreSQL (store/postgres.py) the same records go through the same `Txn`: `cdrs` is a
+table partitioned by day (store/pg_schema.py), so retention drops whole day partitions
+instead of deleting rows, and the journal and heartbeats are rows every node sees.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sipmask.cdr.record import Cdr
 from sipmask.store import rules
 from sipmask.store.lmdb import LmdbStore
 from sipmask.store.rules import Txn
+
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
 
 DB = "cdrs"
 UP = "calls_up"
@@ -62,11 +69,12 @@ def _since_key(since: float | None) -> bytes:
 
 
 class CdrLog:
-    """CDRs kept in the bindings store's environment (one fsync per commit)."""
+    """CDRs kept in the bindings store (LMDB: one fsync per commit; PostgreSQL: one
+    commit round trip)."""
 
     blocking = True
 
-    def __init__(self, store: LmdbStore, node: str = "") -> None:
+    def __init__(self, store: AnyStore, node: str = "") -> None:
         self.store = store
         self.node = node.encode()
         store.db(DB)
@@ -162,9 +170,15 @@ class CdrLog:
         returns how many. One bounded transaction per call, so the writer lock is never held
         for a whole backlog: the caller repeats while a full batch went. Nothing due: no
         write transaction (no fsync). The answered-call journal is another database and
-        is never swept here (repair closes those calls)."""
+        is never swept here (repair closes those calls).
+
+        PostgreSQL: the day partitions wholly before `before` are dropped (whole days, so
+        a record may outlive its cutoff by up to a day); `limit` does not apply, and the
+        count returned is the records dropped."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        if not isinstance(self.store, LmdbStore):
+            return self.store.drop_days_before(before)
         cutoff = _since_key(max(0.0, before))
 
         def due(txn: Txn) -> list[bytes]:
@@ -185,6 +199,8 @@ class CdrLog:
         return self.store.write(run)
 
     def count(self) -> int:
+        if not isinstance(self.store, LmdbStore):
+            return self.store.count(DB)
         with self.store.env.begin() as txn:
             return int(txn.stat(self.store.db(DB))["entries"])
 

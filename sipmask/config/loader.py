@@ -221,5 +221,12 @@ def _check_whole(config: Config, source: str) -> None:
                           "signalled_ip cannot be enforced by rtpengine (it learns any "
                           "source for its first seconds): use strict with rtpengine, or "
                           "media.backend: relay for phones behind NAT", "signalled_ip")
+    if config.store.backend == "postgres":
+        if not config.store.dsn:
+            raise ConfigError(source, "store.dsn", "is required when store.backend is postgres")
+        threads, queue = config.store.lookup_threads, config.store.lookup_queue
+        if threads < 1 or queue < threads:
+            raise ConfigError(source, "store.lookup_queue",
+                              "needs lookup_threads >= 1 and lookup_queue >= lookup_threads")
     if config.events.webhook.url and not config.events.webhook.secret:
         raise ConfigError(source, "events.webhook.secret", "is required when a webhook url is set")

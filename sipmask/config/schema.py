@@ -208,9 +208,17 @@ class TrunkConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
+    # lmdb: embedded, one host (`path`); postgres: shared by many hosts (`dsn`, a libpq URI;
+    # several hosts with target_session_attrs=read-write fail over; the password comes
+    # from PGPASSWORD or ~/.pgpass, never from a log line).
+    backend: Literal["lmdb", "postgres"] = "lmdb"
     path: Path = Path("var/sipmask.lmdb")
+    dsn: str | None = None
     map_size_mb: int = 64
     sweep_interval_s: int = 5
+    pool_size: int = 10            # postgres: connections per process
+    lookup_threads: int = 4        # postgres: call-path lookups run on these threads
+    lookup_queue: int = 1024       # postgres: lookups waiting beyond this are refused (503)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import lmdb
 
@@ -31,6 +31,9 @@ from sipmask.errors import StoreError
 from sipmask.store import codec
 from sipmask.store.base import Binding
 from sipmask.store.rules import _ROUTE_SCAN, DATABASES, RuleStore, Txn
+
+if TYPE_CHECKING:
+    from sipmask.store.postgres import PostgresStore
 
 T = TypeVar("T")
 
@@ -208,9 +211,25 @@ class LmdbStore(RuleStore):
         self.env.close()
 
 
-def open_store(config: Config, clock: Clock | None = None) -> LmdbStore:
-    """Open the configured store and seed the config's tenants and pools into it."""
-    store = LmdbStore(config.store.path, clock, map_size=config.store.map_size_mb << 20)
+if TYPE_CHECKING:
+    # What open_store gives: the backend `store.backend` names.
+    AnyStore = LmdbStore | PostgresStore
+
+
+def open_store(config: Config, clock: Clock | None = None) -> AnyStore:
+    """Open the store `store.backend` names and seed the config's tenants and pools into
+    it. PostgreSQL: the schema is migrated first, under an advisory lock (so every command
+    and every `serve` start brings it up to date; nodes starting together do not race)."""
+    store: AnyStore
+    if config.store.backend == "postgres":
+        # Imported here: psycopg costs 0.1 s to import, and LMDB users never need it.
+        from sipmask.store.postgres import PostgresStore
+        assert config.store.dsn is not None     # the loader refuses postgres without one
+        store = PostgresStore(config.store.dsn, clock, pool_size=config.store.pool_size,
+                              call_workers=config.store.lookup_threads,
+                              call_queue=config.store.lookup_queue)
+    else:
+        store = LmdbStore(config.store.path, clock, map_size=config.store.map_size_mb << 20)
     try:
         store.sync_tenants(config.tenants)
     except BaseException:

@@ -1,0 +1,422 @@
+"""The PostgreSQL store: bindings, pools, audit, CDRs, the call journal and the events
+outbox in one database that many sipmask nodes share (`store.backend: postgres`).
+
+The rules are rules.py's, unchanged: this module gives them a `Txn` over the tables of
+pg_schema.py (one per named database) and runs their functions in transactions.
+
+Transactions, and why they are safe without SERIALIZABLE:
+  - A rules write (create, delete, pools, sweep, tenants) first takes one transaction-level
+    advisory lock (pg_schema.RULES_LOCK), so rules writers run one at a time across every
+    node, as LMDB's single writer does; each statement of a READ COMMITTED transaction then
+    sees every commit before it, so a rule's read-check-write (pair unique on X, AXN takes
+    X whole, least-used X) cannot interleave with another's. Every rules write also bumps
+    meta/audit_seq, so under SERIALIZABLE they would serialise anyway, by failing and
+    retrying instead of waiting.
+  - Reads (`list`, `audit`, `get`) run REPEATABLE READ READ ONLY: one snapshot, as LMDB's
+    read transactions are; they never wait for a writer.
+  - The call path's lookup (`route`) runs its one or two statements without a transaction.
+  - CDRs, the answered-call journal, heartbeats and outbox acks (`write`) touch only keys
+    of their own call, node or event, so they take no lock and run in parallel.
+  - Serialization failures and deadlocks (which the design should never raise) are retried.
+
+Losing the server (failover): a statement that fails with a broken connection is run again,
+whole transaction, on a new connection, for up to `failover_s` (a lookup: 2 s); libpq's
+multi-host DSN with `target_session_attrs=read-write` finds the promoted primary. When the
+connection breaks during COMMIT the outcome is unknown: a rules write then raises
+StoreError saying so (a retried create would be refused as a duplicate of itself), while
+`write` (CDRs, journal, heartbeats, acks: all idempotent puts and deletes) retries.
+
+The call path never waits on the network in the event loop: `route_soon` runs lookups on a
+bounded thread pool (store/offload.py) and returns a future; CDR commits already run on
+cdr/group.py's writer thread (group commit), and outbox events on `background`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from sipmask.clock import Clock
+from sipmask.errors import StoreError
+from sipmask.store import codec
+from sipmask.store.base import Binding
+from sipmask.store.offload import Offload
+from sipmask.store.pg_schema import (
+    PARTITIONS_SQL,
+    RULES_LOCK,
+    SCHEMA,
+    TABLES,
+    Table,
+    day_of_key,
+    migrate,
+    partition_day,
+    partition_name,
+    partition_sql,
+)
+from sipmask.store.rules import RuleStore, Txn
+
+T = TypeVar("T")
+
+_decode = codec.decode_binding
+_FIRST_PAGE, _MAX_PAGE = 16, 1024     # scan pages grow from 16 rows (route's scan) by x4
+_MANY = 500                           # rows per multi-row INSERT of put_many
+_RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+_SQL = {name: t.sql() for name, t in TABLES.items()}
+LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
+
+
+class CommitUnknown(StoreError):
+    """The connection broke during COMMIT: the write may or may not have been applied."""
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for error messages and logs."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<an unparsable DSN>"
+    params.pop("password", None)
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+
+
+def _where(dsn: str) -> str:
+    """host:port/dbname of a DSN (several hosts joined by commas): what errors name."""
+    try:
+        p = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<an unparsable DSN>"
+    return f"{p.get('host') or 'localhost'}:{p.get('port') or 5432}/{p.get('dbname') or ''}"
+
+
+class _PgTxn:
+    """rules.Txn over one connection's cursor (inside a transaction, or not: `route`)."""
+
+    __slots__ = ("cur", "store")
+
+    def __init__(self, store: PostgresStore, cur: psycopg.Cursor[Any]) -> None:
+        self.store = store
+        self.cur = cur
+
+    @staticmethod
+    def _table(db: str) -> Table:
+        try:
+            return TABLES[db]
+        except KeyError:
+            raise StoreError(f"no table for the named database {db!r}") from None
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        t = self._table(db)
+        row = self.cur.execute(_SQL[db]["get"], t.cols(key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        t = self._table(db)
+        if t.kind == "by_day":
+            self.store.ensure_day(day_of_key(key))
+        self.cur.execute(_SQL[db]["put"], (*t.cols(key), value))
+
+    def insert(self, db: str, key: bytes, value: bytes) -> bool:
+        t = self._table(db)
+        if t.kind == "by_day":
+            self.store.ensure_day(day_of_key(key))
+        return self.cur.execute(_SQL[db]["insert"], (*t.cols(key), value)).rowcount == 1
+
+    def delete(self, db: str, key: bytes) -> None:
+        self.cur.execute(_SQL[db]["delete"], self._table(db).cols(key))
+
+    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
+                 overwrite: bool = True) -> int:
+        # Multi-row INSERTs of _MANY rows (Citus routes or splits them per shard); with
+        # overwrite the rows already there are counted first, as LMDB's putmulti counts.
+        t, sql = self._table(db), _SQL[db]
+        added = 0
+        if t.kind == "by_day":
+            for day in {day_of_key(k) for k, _ in items}:
+                self.store.ensure_day(day)
+        for i in range(0, len(items), _MANY):
+            chunk = items[i:i + _MANY]
+            params: list[Any] = []
+            for key, value in chunk:
+                params.extend((*t.cols(key), value))
+            statement = sql["many"].format(
+                rows=", ".join([sql["row"]] * len(chunk)),
+                action="DO UPDATE SET v = EXCLUDED.v" if overwrite else "DO NOTHING")
+            if overwrite:
+                row = self.cur.execute(sql["count_keys"], ([k for k, _ in chunk],)).fetchone()
+                there = int(row[0]) if row else 0
+                self.cur.execute(statement, params)
+                added += len(chunk) - there
+            else:
+                added += self.cur.execute(statement, params).rowcount
+        return added
+
+    def scan(self, db: str, start: bytes = b"",
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        # Pages of rows, each fetched whole before it is yielded, so the caller may run
+        # other statements (writes included) between steps, as with an LMDB cursor. The
+        # first page is small (route's scan stops within 16 keys), later ones larger.
+        t, sql = self._table(db), _SQL[db]
+        size = _FIRST_PAGE
+        if reverse:
+            rows = self.cur.execute(sql["last"], (size,)).fetchall()
+        else:
+            rows = self.cur.execute(sql["from"], (*t.cols(start), size)).fetchall()
+        while rows:
+            for key, value in rows:
+                yield bytes(key), bytes(value)
+            if len(rows) < size:
+                return
+            size = min(size * 4, _MAX_PAGE)
+            bound = t.cols(bytes(rows[-1][0]))
+            rows = self.cur.execute(sql["before" if reverse else "after"],
+                                    (*bound, size)).fetchall()
+
+
+class PostgresStore(RuleStore):
+    """BindingStore on PostgreSQL, shared by every node and admin command that names
+    the same DSN."""
+
+    blocking = True      # its calls wait on the network: keep them off the event loop
+
+    def __init__(self, dsn: str, clock: Clock | None = None, *,
+                 rng: random.Random | None = None, pool_size: int = 10,
+                 call_workers: int = 4, call_queue: int = 1024,
+                 failover_s: float = 10.0, connect_timeout_s: float = 5.0,
+                 migrate_schema: bool = True) -> None:
+        super().__init__(clock, rng)
+        self.dsn = dsn
+        self.where = _where(dsn)
+        self.failover_s = failover_s
+        self._timeout = connect_timeout_s
+        self._days: set[int] = set()
+        self._days_lock = threading.Lock()
+        if migrate_schema:
+            self.migrate()
+        self.pool = ConnectionPool(dsn, min_size=1, max_size=max(pool_size, call_workers + 2),
+                                   kwargs={"autocommit": True}, open=False,
+                                   timeout=connect_timeout_s, name="sipmask-store")
+        try:
+            self.pool.open(wait=True, timeout=connect_timeout_s)
+        except PoolTimeout:
+            self.pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL at {self.where} "
+                             f"within {connect_timeout_s:g} s") from None
+        self.calls = Offload(call_workers, call_queue, "store-lookup")
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bg")
+
+    # -- schema -----------------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.dsn, autocommit=True,
+                                   connect_timeout=max(1, int(self._timeout)))
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.where}: "
+                             f"{_first_line(exc)}") from None
+
+    def migrate(self) -> tuple[int, int]:
+        """Bring the schema to this version (under an advisory lock); (from, to)."""
+        with self._connect() as conn:
+            return migrate(conn)
+
+    def ensure_day(self, day: int) -> None:
+        """The CDR partition for `day` exists (made now, outside the caller's transaction,
+        when it does not: DDL on its own connection, so a CDR commit never holds the
+        parent table's lock)."""
+        if day in self._days:
+            return
+        with self._days_lock:
+            if day in self._days:
+                return
+            with self._connect() as conn:
+                self._days.update(self._partition_days(conn))
+                if day not in self._days:
+                    # Another node may make it between our look and our CREATE.
+                    with contextlib.suppress(pg_errors.DuplicateTable,
+                                             pg_errors.UniqueViolation):
+                        conn.execute(partition_sql(day))
+                    self._days.add(day)
+
+    @staticmethod
+    def _partition_days(conn: psycopg.Connection[Any]) -> set[int]:
+        days = (partition_day(row[0]) for row in conn.execute(PARTITIONS_SQL).fetchall())
+        return {d for d in days if d is not None}
+
+    def ensure_days_ahead(self, now: float, days: int = 3) -> None:
+        """Partitions for today and the next `days` days, so the day's first CDR commits
+        without DDL in its way (run at open and by every sweep)."""
+        today = day_of_key(int(now * 1_000_000).to_bytes(8, "big"))
+        for day in range(today, today + days + 1):
+            self.ensure_day(day)
+
+    def drop_days_before(self, before: float) -> int:
+        """CDR retention: drop every day partition wholly older than `before` (whole days,
+        so a record may outlive the cutoff by up to a day); returns the records dropped."""
+        cutoff = day_of_key(int(max(0.0, before) * 1_000_000).to_bytes(8, "big"))
+        dropped = 0
+        with self._connect() as conn:
+            for day in sorted(self._partition_days(conn)):
+                if day >= cutoff:
+                    break
+                name = f"{SCHEMA}.{partition_name(day)}"
+                with conn.transaction():
+                    # A bounded wait for the parent's lock: CDR writers must not queue
+                    # behind us for long; a partition not dropped now is at the next sweep.
+                    conn.execute("SET LOCAL lock_timeout = '2s'")
+                    row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+                    conn.execute(f"DROP TABLE {name}")
+                dropped += int(row[0]) if row else 0
+                with self._days_lock:
+                    self._days.discard(day)
+        return dropped
+
+    # -- transactions -----------------------------------------------------------------------
+    def _run(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
+             retry_commit: bool, patience_s: float | None = None) -> T:
+        deadline = time.monotonic() + (self.failover_s if patience_s is None else patience_s)
+        pause = 0.05
+        while True:
+            try:
+                return self._once(fn, begin, lock)
+            except CommitUnknown:
+                if not retry_commit or time.monotonic() >= deadline:
+                    raise
+            except _RETRYABLE:
+                if time.monotonic() >= deadline:
+                    raise StoreError("the database kept refusing this transaction "
+                                     "(serialization failures)") from None
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"PostgreSQL at {self.where} is unreachable: "
+                                     f"{_first_line(exc)}") from None
+                self.pool.check()        # drop every connection the failure broke
+            except pg_errors.CheckViolation:
+                # A CDR day partition dropped by another node's retention under our cache.
+                with self._days_lock:
+                    self._days.clear()
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 1.0)
+
+    def _once(self, fn: Callable[[Txn], T], begin: str | None, lock: bool) -> T:
+        with self.pool.connection() as conn:
+            cur = conn.cursor()
+            if begin is None:
+                return fn(_PgTxn(self, cur))
+            cur.execute(begin)
+            try:
+                if lock:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (RULES_LOCK,))
+                out = fn(_PgTxn(self, cur))
+            except BaseException:
+                if not conn.broken:
+                    with contextlib.suppress(psycopg.Error):
+                        cur.execute("ROLLBACK")
+                raise
+            try:
+                cur.execute("COMMIT")
+            except psycopg.OperationalError as exc:
+                raise CommitUnknown(f"the connection to PostgreSQL at {self.where} broke "
+                                    "during COMMIT: the change may or may not have been "
+                                    f"applied ({_first_line(exc)})") from None
+            return out
+
+    def _read(self, fn: Callable[[Txn], T]) -> T:
+        return self._run(fn, _READ, lock=False, retry_commit=True)
+
+    def _write(self, fn: Callable[[Txn], T]) -> T:
+        """A rules write: one writer at a time across all nodes (module docstring)."""
+        return self._run(fn, _WRITE, lock=True, retry_commit=False)
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """A write of a module's own records (CDRs, journal, outbox): no rules lock; fn
+        only puts and deletes keys of its own call or node, so running it again after a
+        COMMIT of unknown outcome is safe."""
+        return self._run(fn, _WRITE, lock=False, retry_commit=True)
+
+    # -- the call path ----------------------------------------------------------------------
+    def route(self, x: str, caller: str, now: float) -> Binding | None:
+        # rules.route's lookup, without BEGIN/COMMIT: one round trip when the caller's key
+        # holds a live binding, two when X must be scanned (each statement its own
+        # snapshot; a write between them changes only whether a stranger hears 403 or 404).
+        def run(txn: Txn) -> Binding | None:
+            raw = txn.get("route", (x + caller).encode())
+            if raw is not None:
+                b = _decode(raw)
+                if b.live(now):
+                    return b
+            return self._any_on_x(txn, x, now)
+        return self._run(run, None, lock=False, retry_commit=True,
+                         patience_s=min(self.failover_s, LOOKUP_PATIENCE_S))
+
+    def route_soon(self, x: str, caller: str, now: float) -> Future[Binding | None]:
+        """`route` on the lookup threads; StoreBusy at once when the queue is full."""
+        return self.calls.submit(self.route, x, caller, now)
+
+    # -- other modules' records -------------------------------------------------------------
+    def db(self, name: str) -> str:
+        """A named database's table (for modules that call LmdbStore.db); StoreError for a
+        name the schema does not have."""
+        _PgTxn._table(name)
+        return name
+
+    def count(self, name: str) -> int:
+        def run(txn: Txn) -> int:
+            assert isinstance(txn, _PgTxn)
+            row = txn.cur.execute(_SQL[name]["count"]).fetchone()
+            return int(row[0]) if row else 0
+        return self._run(run, None, lock=False, retry_commit=True)
+
+    def run_sql(self, fn: Callable[[psycopg.Cursor[Any]], T]) -> T:
+        """fn(cursor) in a READ COMMITTED transaction, retried as `write` is: for the
+        events outbox's queue statements (events/outbox.py), which are not key-value."""
+        def run(txn: Txn) -> T:
+            assert isinstance(txn, _PgTxn)
+            return fn(txn.cur)
+        return self._run(run, _WRITE, lock=False, retry_commit=True)
+
+    def disk_bytes(self) -> int:
+        """Bytes the database uses (pg_database_size), for the store size metric."""
+        def run(txn: Txn) -> int:
+            assert isinstance(txn, _PgTxn)
+            row = txn.cur.execute("SELECT pg_database_size(current_database())").fetchone()
+            return int(row[0]) if row else 0
+        return self._run(run, None, lock=False, retry_commit=True)
+
+    def sweep(self, now: float, limit: int = 1000) -> int:
+        """Expired bindings (rules.py), and CDR partitions made ahead for the next days."""
+        self.ensure_days_ahead(now)
+        return super().sweep(now, limit)
+
+    def close(self) -> None:
+        self.background.shutdown(wait=True)
+        self.calls.close()
+        self.pool.close()
+
+
+def migrate_database(dsn: str) -> tuple[int, int]:
+    """`sipmask store migrate`: bring the schema at `dsn` to this version; (from, to)."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise StoreError(f"cannot connect to PostgreSQL at {_where(dsn)}: "
+                         f"{_first_line(exc)}") from None
+    with conn:
+        return migrate(conn)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
