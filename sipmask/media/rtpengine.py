@@ -67,7 +67,18 @@ from typing import cast
 from sipmask.config.schema import HostPort, MediaConfig
 from sipmask.errors import ParseError, RtpengineError
 from sipmask.media import bencode
-from sipmask.media.backend import LEGS, CallStats, LegStats, check_media_lines, other_leg
+from sipmask.media.backend import (
+    LEGS,
+    CallStats,
+    DigitCallback,
+    LegStats,
+    Playback,
+    RecordingOutcome,
+    SinkFactory,
+    check_media_lines,
+    other_leg,
+)
+from sipmask.media.wav import Audio
 from sipmask.sdp import scan
 from sipmask.sdp.privacy import scrub
 
@@ -334,6 +345,31 @@ class RtpengineBackend:
         # Unknown call-ids answer "ok" with a warning: deleting twice is harmless.
         await client.request("delete", **{"call-id": call_id})
         return final
+
+    # -- media services: not yet on rtpengine -------------------------------------------
+    async def open_early(self, call_id: str, leg: str, offer_sdp: bytes, *,
+                         sip_source: str | None = None) -> bytes | None:
+        raise RtpengineError("early media is not available with rtpengine yet")
+
+    async def play(self, call_id: str, leg: str, audio: Audio, *,
+                   loop: bool = False) -> Playback:
+        raise RtpengineError("prompts are not available with rtpengine yet")
+
+    async def stop_play(self, call_id: str, leg: str) -> None:
+        return None
+
+    async def collect_digits(self, call_id: str, leg: str, on_digit: DigitCallback, *,
+                             inband: bool = False) -> None:
+        raise RtpengineError("digits in media are not available with rtpengine yet")
+
+    async def stop_digits(self, call_id: str, leg: str) -> None:
+        return None
+
+    async def start_recording(self, call_id: str, open_sink: SinkFactory) -> None:
+        raise RtpengineError("recording is not available with rtpengine yet")
+
+    async def stop_recording(self, call_id: str) -> RecordingOutcome | None:
+        return None
 
     async def close(self) -> None:
         for task in list(self._deleting):
