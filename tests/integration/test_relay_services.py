@@ -603,3 +603,28 @@ def test_services_on_an_unknown_call_are_refused(run: Runner) -> None:
         assert await backend.stop_recording("nope") is None
         await backend.stop_play("nope", "a")          # nothing to stop: no error
     run(test)
+
+
+def test_a_media_line_added_while_a_prompt_plays_is_muted_too(run: Runner) -> None:
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        a_video, b_video = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        await answered_call(backend, "m2", a, b)
+        playback = await backend.play("m2", "a", tone_audio(440, 5.0))
+
+        def with_video(peer: UdpPeer, video: UdpPeer) -> bytes:
+            # RFC 3264 §8: a re-offer keeps its m= lines and appends the new one.
+            return sdp(peer) + (f"m=video {video.port} RTP/AVP 96\r\n"
+                                "a=rtpmap:96 H264/90000\r\n").encode()
+        await backend.offer("m2", "a", with_video(a, a_video))
+        await backend.answer("m2", "b", with_video(b, b_video))
+        session = session_of(backend, "m2")
+        assert session.media_count == 2 and playback.playing
+        frame = rtp.build(96, 1, 0, 0x7, b"video")
+        a_video.send(frame, (RELAY, session.local(Side.A, 1).rtp))
+        assert await b_video.nothing(0.1)
+        await backend.stop_play("m2", "a")
+        a_video.send(frame, (RELAY, session.local(Side.A, 1).rtp))
+        assert await b_video.recv() == frame
+    run(test)
