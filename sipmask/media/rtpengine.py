@@ -475,7 +475,8 @@ class RtpengineBackend:
         return final if outcome is None else dataclasses.replace(final, recording=outcome)
 
     def _forget(self, call_id: str) -> None:
-        for table in (self._bodies, self._ports, self._tags, self._blocked, self._outcomes):
+        for table in (self._bodies, self._ports, self._tags, self._blocked, self._outcomes,
+                      self._held):
             table.pop(call_id, None)
         self._early.discard(call_id)
         self._bridged.discard(call_id)
@@ -495,6 +496,10 @@ class RtpengineBackend:
         self._early.add(call_id)
         try:
             await self.offer(call_id, leg, offer_sdp, sip_source=sip_source)
+        except BaseException:
+            self._early.discard(call_id)     # offer() deletes what rtpengine may hold
+            raise
+        try:
             # The placeholder: sipmask's own early answer at 0.0.0.0, port 9 (nothing is
             # sent there; rtpengine needs an answer to give the caller's side its ports).
             placeholder = answer_sdp(streams, chosen, port=9,
@@ -502,11 +507,14 @@ class RtpengineBackend:
             reply = await (await self.client()).request(
                 "answer", **{"call-id": call_id, "from-tag": leg, "to-tag": other_leg(leg),
                              "sdp": placeholder, **self._flags(call_id)})
+            body = scrub_identity(_sdp(reply, "answer"))
         except BaseException:
-            self._early.discard(call_id)
+            # Nobody else knows this call: give back what rtpengine holds.
+            self._offered.discard(call_id)
+            self._forget(call_id)
+            self._delete_later(call_id)
             raise
         self._answered.add(call_id)
-        body = scrub_identity(_sdp(reply, "answer"))
         self._ports.setdefault(call_id, {})[leg] = frozenset(
             part.port for part in scan.scan(body).media if part.port)
         return body
