@@ -392,7 +392,8 @@ class _SipmaskSdp:
         return scan.is_on_hold(self.read(sdp))
 
     def rewrite(self, sdp: bytes, address: str, ports: list[int], leg_key: str) -> bytes:
-        return scan.rewrite(self.read(sdp), address, ports, self.origin(leg_key, address))
+        counter = self.origin(leg_key, address)    # before the scan, which may refuse
+        return scan.rewrite(self.read(sdp), address, ports, counter)
 
     def origin(self, leg_key: str, address: str) -> OriginCounter:
         """The o= counter of the leg `leg_key` names, made on first use."""
