@@ -211,6 +211,9 @@ class StoreConfig:
     path: Path = Path("var/sipmask.lmdb")
     map_size_mb: int = 64
     sweep_interval_s: int = 5
+    # 32 random bytes, mode 0600: real numbers are sealed with it (store/crypto.py). Made
+    # on first start when missing; relative paths resolve against the working directory.
+    key_file: Path = Path("var/sipmask.key")
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,16 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class CdrConfig:
-    retention_days: int = 180         # older CDRs are swept; 0: kept for ever
+    # Older CDRs, and the history of bindings ended longer ago (trace), are swept; 0: never.
+    retention_days: int = 180
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The platform operator (and through it the regulator): its API token traces any X
+    across tenants (GET /v1/trace) and does nothing else. None: no API access."""
+
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -328,6 +340,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     cdr: CdrConfig = field(default_factory=CdrConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    operators: dict[str, OperatorConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)

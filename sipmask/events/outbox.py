@@ -5,8 +5,9 @@ it survives kill -9 (CONTRACT "Events": delivery is at least once, across restar
 leaves the outbox only when `ack` is called, which the webhook does after a 2xx.
 
 Layout in the store's environment:
-  outbox        seq (8 bytes, big-endian) -> the event's storage encoding; keys sort in
-                enqueue order, and the DB's entry count is the backlog (O(1)).
+  outbox        seq (8 bytes, big-endian) -> the event's storage encoding, sealed with the
+                store's key (a `cdr` event carries the record's real numbers; issue 14 §2);
+                keys sort in enqueue order, and the DB's entry count is the backlog (O(1)).
   outbox_state  b"seq" -> the last sequence number handed out; it only grows, so a key is
                 never reused, even after the outbox drains and the process restarts.
                 seq -> attempts and next attempt time (wall seconds) of an event that
@@ -31,6 +32,7 @@ import lmdb
 
 from sipmask.cdr.record import Cdr, iso
 from sipmask.observability.logging import get_logger
+from sipmask.store import codec
 from sipmask.store.lmdb import LmdbStore
 from sipmask.store.rules import Txn
 
@@ -160,7 +162,7 @@ class Outbox:
             seq = struct.unpack(_SEQ_FORMAT, raw)[0] if raw is not None else 0
             for event in batch:
                 seq += 1
-                txn.put(DB, _key(seq), event.encode())
+                txn.put(DB, _key(seq), codec.seal_json(self.store.keys, event.encode()))
             txn.put(STATE_DB, _SEQ, _key(seq))
         self.store.write(run)
         if self.max_events:
@@ -212,7 +214,8 @@ class Outbox:
             for key, value in txn.scan(DB):
                 if len(out) >= limit:
                     break
-                out.append((bytes(key), Event.decode(value)))
+                out.append((bytes(key),
+                            Event.decode(codec.open_json(self.store.keys, value))))
             return out
         return self.store.read(run)
 
