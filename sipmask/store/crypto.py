@@ -105,9 +105,8 @@ class Keyring:
         """The plaintext of a sealed value whose clear header ends at `end`."""
         if raw[1] != self.generation:
             raise KeyMismatch(f"a record sealed with key generation {raw[1]} is read with "
-                              f"generation {self.generation} (key {self.fingerprint}): a "
-                              "key rotation was left half done; run `sipmask store rekey` "
-                              "again")
+                              f"generation {self.generation} (key {self.fingerprint}): "
+                              "store.key_file does not match this store")
         try:
             return self._aead.decrypt(raw[end:end + NONCE_BYTES], raw[end + NONCE_BYTES:],
                                       raw[:end])

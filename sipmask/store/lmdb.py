@@ -15,15 +15,18 @@ run the write again; a process that finds the map grown by another (MapResizedEr
 adopts the new size and retries.
 
 Real numbers are sealed with the key in `store.key_file` (store/crypto.py). Opening a store:
-  - a new store, or one written before sealing (schema 1), takes the key file, which is
-    made (32 random bytes, 0600) when missing; a schema 1 store is then sealed in batches
-    (store/reseal.py), with progress in the log, resumably after a crash;
+  - a new store takes the key file, which is made (32 random bytes, 0600) when missing;
+  - a store written before sealing (schema 1) is copied, record by record, sealed
+    (store/reseal.py), into a new environment that then replaces data.mdb: the new file
+    never held the plaintext, where sealing in place would leave it in freed pages, in the
+    unused middle of live pages and in branch keys of the old route index. Progress goes
+    to the log. A crash before the new file is in place leaves the old store as it was
+    and a scratch directory the next start removes before it copies again;
   - a sealed store needs the key it was sealed with: a missing key file or another key is
-    refused with a message naming store.key_file (nothing is created then);
-  - after sealing or a rekey, freed pages of data.mdb still hold what was replaced, so the
-    file is rewritten with LMDB's compacting copy, but only by a process that has the
-    environment to itself (the copy replaces data.mdb, which another process would keep
-    writing through its old mapping); otherwise the next open alone does it.
+    refused with a message naming store.key_file (no key is made then).
+The copy replaces data.mdb, which another process with the store open would keep using
+through its old mapping, so it runs only while this process has the store to itself
+(`_alone`); `rekey` (`sipmask store rekey`) copies the same way into the new key.
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ log = get_logger("sipmask.store")
 
 _decode = codec.decode_binding
 MAX_DBS = 32            # the named databases in rules.py plus room for later modules
-PROGRESS_EVERY_S = 2.0  # a progress line while a large store is sealed
-_COMPACT_DIR = "compact.tmp"
+PROGRESS_EVERY_S = 2.0  # a progress line while a store is copied (sealed or rekeyed)
+ALONE_WAIT_S = 10.0     # how long a copy waits for other processes to close the store
+_SCRATCH = "copy.tmp"   # the new environment, inside the store's private directory
 _RETRIES = 8
 DIR_MODE, FILE_MODE = 0o700, 0o600
 _FILES = ("data.mdb", "lock.mdb")    # what LMDB keeps in an environment's directory
@@ -123,24 +127,30 @@ def default_key_file(path: Path) -> Path:
     return path.with_name(path.name + ".key")
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LmdbStore(RuleStore):
     """BindingStore on LMDB. `env` and `db(name)` let later modules (CDRs, the event outbox)
     keep their records in the same environment and transactions.
 
-    `key_file`: the store key (module docstring); default `default_key_file(path)`.
-    `rekeying`: open a store whose rekey was left half done (`sipmask store rekey` only)."""
+    `key_file`: the store key (module docstring); default `default_key_file(path)`."""
 
     def __init__(self, path: Path | str, clock: Clock | None = None, *,
                  map_size: int = 64 << 20, rng: random.Random | None = None,
-                 key_file: Path | str | None = None, rekeying: bool = False) -> None:
+                 key_file: Path | str | None = None) -> None:
         self.path = Path(path)
         self.key_file = Path(key_file) if key_file is not None else default_key_file(self.path)
         self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._map_size = map_size
         self._open_env()
         try:
-            super().__init__(clock, rng, self._adopt_key(rekeying))
-            self._seal_and_compact()
+            super().__init__(clock, rng, self._adopt_key())
         except BaseException:
             self.env.close()    # a schema too new, a wrong key, a failing read: all of it goes
             raise
@@ -167,21 +177,22 @@ class LmdbStore(RuleStore):
             self._dbs[name] = self.env.open_db(name.encode())
         return self._dbs[name]
 
-    def _adopt_key(self, rekeying: bool) -> crypto.Keyring:
+    def _meta(self) -> dict[bytes, bytes | None]:
+        return self._read(lambda txn: {name: txn.get("meta", name) for name in (
+            b"schema_version", reseal.META_KEY_ID, reseal.META_GENERATION)})
+
+    def _adopt_key(self) -> crypto.Keyring:
         """The store's Keyring, after checking the schema and that the key file is the one
-        the store is sealed with. A new or schema 1 store takes the key file (made when
-        missing) and is marked for sealing, in one transaction."""
-        meta = self._read(lambda txn: {name: txn.get("meta", name) for name in (
-            b"schema_version", reseal.META_KEY_ID, reseal.META_GENERATION,
-            reseal.META_REKEY)})
+        the store is sealed with; a schema 1 store is sealed first (module docstring)."""
+        meta = self._meta()
         schema = int(meta[b"schema_version"] or 0)
         if schema > codec.SCHEMA_VERSION:
             raise StoreError(f"the store at {self.path} has schema {schema}; this sipmask "
                              f"reads up to {codec.SCHEMA_VERSION}")
         sealed_with = meta[reseal.META_KEY_ID]
         if sealed_with is None:
-            master = crypto.create_key_file(self.key_file) if not self.key_file.exists() \
-                else crypto.read_key_file(self.key_file)
+            master = (crypto.read_key_file(self.key_file) if self.key_file.exists()
+                      else crypto.create_key_file(self.key_file))
         else:
             try:
                 master = crypto.read_key_file(self.key_file)
@@ -189,107 +200,155 @@ class LmdbStore(RuleStore):
                 raise crypto.KeyFileError(f"{exc}; the store at {self.path} is sealed with "
                                           f"key {sealed_with.decode()}: restore that key "
                                           "file") from None
-        generation = int(meta[reseal.META_GENERATION] or 1)
-        keys = crypto.Keyring(master, generation)
-        if sealed_with is None:
-            def adopt(txn: Txn) -> None:
-                if txn.get("meta", reseal.META_KEY_ID) is not None:
-                    return     # another process adopted a key first: checked below
-                txn.put("meta", b"schema_version", str(codec.SCHEMA_VERSION).encode())
-                txn.put("meta", reseal.META_KEY_ID, keys.fingerprint.encode())
-                txn.put("meta", reseal.META_GENERATION, str(generation).encode())
-                if schema:     # records from before sealing: seal them (below)
-                    txn.put("meta", reseal.META_SEALING, b"1")
-            self._write(adopt)
-            meta = self._read(lambda txn: {name: value for name in (
-                reseal.META_KEY_ID, reseal.META_REKEY)
-                if (value := txn.get("meta", name)) is not None})
-        reseal.check_key({k: v for k, v in meta.items() if v is not None}, keys,
-                         self.key_file, rekeying=rekeying)
+        keys = crypto.Keyring(master, int(meta[reseal.META_GENERATION] or 1))
+        if sealed_with is None and schema == 0:
+            def adopt(txn: Txn) -> bytes | None:
+                known = txn.get("meta", reseal.META_KEY_ID)
+                if known is None:      # else another process made the store first
+                    txn.put("meta", b"schema_version", str(codec.SCHEMA_VERSION).encode())
+                    for name, value in reseal.key_meta(keys).items():
+                        txn.put("meta", name, value)
+                return known
+            sealed_with = self._write(adopt)
+        elif sealed_with is None:
+            self._copy(lambda db, key, raw: reseal.seal_rows(db, key, raw, keys), keys,
+                       "sealing")
+            sealed_with = keys.fingerprint.encode()
+        reseal.check_key({reseal.META_KEY_ID: sealed_with}, keys, self.key_file)
         return keys
 
-    def _seal_and_compact(self) -> None:
-        if self._read(lambda txn: txn.get("meta", reseal.META_SEALING)) is not None:
-            self._seal_plaintext()
-        if self._read(lambda txn: txn.get("meta", reseal.META_COMPACT)) is not None:
-            self.compact()
+    def rekey(self, new_master: bytes) -> crypto.Keyring:
+        """Copy the store into one sealed with the key `new_master` (module docstring);
+        returns the new Keyring, now this store's. StoreError when another process has
+        the store open."""
+        old = self.keys
+        new = crypto.Keyring(new_master, old.generation % 255 + 1)
+        if new.fingerprint == old.fingerprint:
+            raise StoreError(f"the new key is the store's own key ({old.fingerprint})")
+        self._copy(lambda db, key, raw: reseal.rekey_rows(db, key, raw, old, new), new,
+                   "rekey")
+        self.keys = new
+        return new
 
-    def _seal_plaintext(self) -> None:
-        with self.env.begin() as txn:
-            total = sum(int(txn.stat(self.db(name))["entries"])
-                        for name in ("bindings", "route", "audit", *reseal.JSON_DATABASES))
-        log.info("store.sealing", path=str(self.path), records=total,
-                 hint="real numbers stored in clear by an older sipmask are being sealed")
-        started = last = time.monotonic()
-        done: dict[str, int] = {}
-
-        def progress(db: str, seen: int) -> None:
-            nonlocal last
-            done[db] = seen
-            now = time.monotonic()
-            if now - last >= PROGRESS_EVERY_S:
-                last = now
-                log.info("store.sealing", path=str(self.path), database=db,
-                         records_done=sum(done.values()), records=total)
-        changed = reseal.seal_plaintext(self, self.keys, progress)
-        log.info("store.sealed", path=str(self.path), records=changed,
-                 seconds=round(time.monotonic() - started, 3))
-
-    def compact(self) -> bool:
-        """Rewrite data.mdb with only its live pages (LMDB's compacting copy), so pages
-        freed by sealing or a rekey, which still hold what they replaced, leave the file.
-        Only when no other process has the environment open: every opener holds a shared
-        lock on lock.mdb's first byte (LMDB's mdb_env_excl_lock), so an exclusive lock on
-        it, taken with this process's environment closed, proves we are alone, and makes a
-        process that opens meanwhile wait. Returns whether it compacted; when not, meta
-        `compact` stays and the next open tries again."""
+    # -- copying the store into a new file ---------------------------------------------------
+    def _copy(self, convert: Callable[[str, bytes, bytes], list[reseal.Row]],
+              keys: crypto.Keyring, what: str) -> None:
+        """Every record through `convert` into a new environment sealed with `keys`, which
+        then replaces data.mdb, with this process alone on the store (module docstring)."""
         self.env.close()
         try:
-            done = self._compact_alone()
+            fd = self._lock_alone(what)
+            try:
+                scratch = self.path / _SCRATCH
+                shutil.rmtree(scratch, ignore_errors=True)     # a copy a crash left behind
+                scratch.mkdir(mode=DIR_MODE)
+                try:
+                    self._copy_into(scratch, convert, keys, what)
+                    new = scratch / "data.mdb"
+                    new.chmod(FILE_MODE)
+                    os.replace(new, self.path / "data.mdb")     # atomic: old or new, never half
+                    _fsync_dir(self.path)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            finally:
+                os.close(fd)     # releases the lock: this process has no environment open
         finally:
             self._open_env()
-        if done:
-            self._write(lambda txn: txn.delete("meta", reseal.META_COMPACT))
-            log.info("store.compacted", path=str(self.path), bytes=self.disk_bytes())
-        else:
-            log.warning("store.compact_deferred", path=str(self.path),
-                        hint="another process has the store open; its file may still hold "
-                             "replaced records until sipmask opens it alone")
-        return done
 
-    def _compact_alone(self) -> bool:
-        fd = os.open(self.path / "lock.mdb", os.O_RDWR)
-        try:
+    def _lock_alone(self, what: str) -> int:
+        """An exclusive lock on lock.mdb's first byte, held while the store is replaced.
+        Every process with the environment open holds a shared lock there (LMDB's
+        mdb_env_excl_lock), so getting it proves this one is alone, and a process that
+        opens the store meanwhile waits for it. This process's environment is closed."""
+        fd = os.open(self.path / "lock.mdb", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        deadline = time.monotonic() + ALONE_WAIT_S
+        while True:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                return fd
             except OSError:
-                return False
-            scratch = self.path / _COMPACT_DIR
-            shutil.rmtree(scratch, ignore_errors=True)     # a copy a crash left behind
-            scratch.mkdir(mode=DIR_MODE)
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreError(
+                        f"the store at {self.path} needs {what} and another process has it "
+                        f"open: stop every sipmask process that uses it (sipmask serve, "
+                        f"admin commands) and start again") from None
+                time.sleep(0.1)
+
+    def _copy_into(self, scratch: Path, convert: Callable[[str, bytes, bytes], list[reseal.Row]],
+                   keys: crypto.Keyring, what: str) -> None:
+        # lock=False: neither environment touches a lock file (ours is held, the scratch
+        # one is private); the new one syncs once, at the end, before it replaces the old.
+        src = lmdb.open(str(self.path), max_dbs=MAX_DBS, lock=False, readonly=True,
+                        subdir=True, readahead=False)
+        try:
+            dst = lmdb.open(str(scratch), map_size=max(self._map_size,
+                                                       src.info()["map_size"]),
+                            max_dbs=MAX_DBS, lock=False, subdir=True, sync=False,
+                            mode=FILE_MODE)
             try:
-                # lock=False: LMDB leaves lock.mdb (and our lock on it) alone.
-                env = lmdb.open(str(self.path), max_dbs=MAX_DBS, lock=False, readonly=True,
-                                subdir=True)
-                try:
-                    env.copy(str(scratch), compact=True)
-                finally:
-                    env.close()
-                copy = scratch / "data.mdb"
-                copy.chmod(FILE_MODE)
-                with open(copy, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(copy, self.path / "data.mdb")   # atomic: old or new, never half
-                dir_fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                self._copy_records(src, dst, convert, keys, what)
+                dst.sync(True)
             finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            return True
+                dst.close()
         finally:
-            os.close(fd)          # releases the lock (this process has no env open here)
+            src.close()
+
+    def _copy_records(self, src: lmdb.Environment, dst: lmdb.Environment,
+                      convert: Callable[[str, bytes, bytes], list[reseal.Row]],
+                      keys: crypto.Keyring, what: str) -> None:
+        dbs: dict[str, lmdb._Database] = {}
+
+        def target(name: str) -> lmdb._Database:
+            if name not in dbs:
+                dbs[name] = dst.open_db(name.encode())
+            return dbs[name]
+
+        def write(rows: list[reseal.Row]) -> None:
+            for name in {name for name, _, _ in rows}:
+                target(name)           # opened outside the write transaction (LMDB's rule)
+            for _ in range(_RETRIES):
+                try:
+                    with dst.begin(write=True) as txn:
+                        for name, key, value in rows:
+                            txn.put(key, value, db=dbs[name])
+                    return
+                except lmdb.MapFullError:
+                    dst.set_mapsize(dst.info()["map_size"] * 2)
+            raise StoreError("the store map could not grow enough for this copy")
+
+        with src.begin() as txn:
+            names = [bytes(k).decode() for k, _ in txn.cursor()]
+            total = sum(int(txn.stat(src.open_db(n.encode(), txn=txn, create=False))["entries"])
+                        for n in names)
+            log.info(f"store.{what}", path=str(self.path), records=total)
+            started = last = time.monotonic()
+            done = 0
+            for name in names:
+                if name == "meta":
+                    continue
+                source = src.open_db(name.encode(), txn=txn, create=False)
+                rows: list[reseal.Row] = []
+                count = 0
+                for key, value in txn.cursor(db=source):
+                    rows.extend(convert(name, bytes(key), bytes(value)))
+                    count += 1
+                    if count >= reseal.BATCH:
+                        write(rows)
+                        done, rows, count = done + count, [], 0
+                        if time.monotonic() - last >= PROGRESS_EVERY_S:
+                            last = time.monotonic()
+                            log.info(f"store.{what}", path=str(self.path), database=name,
+                                     records_done=done, records=total)
+                write(rows)
+                done += count
+            meta = src.open_db(b"meta", txn=txn, create=False)
+            kept = {bytes(k): bytes(v) for k, v in txn.cursor(db=meta)}
+        kept[b"schema_version"] = str(codec.SCHEMA_VERSION).encode()
+        kept.update(reseal.key_meta(keys))
+        write([("meta", k, v) for k, v in sorted(kept.items())])
+        log.info(f"store.{what}_done", path=str(self.path), records=done,
+                 seconds=round(time.monotonic() - started, 3))
 
     def _adopt_size(self) -> None:
         self.env.set_mapsize(0)   # 0: take the size another process grew the map to
