@@ -1,4 +1,5 @@
-"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit.
+"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit,
+trace, store rekey.
 
 They open the LMDB store directly, so they work with or without a running server, and a
 running server sees their writes on its next call. Output is JSON on stdout (one object, or
@@ -16,12 +17,15 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
+from sipmask.cdr import trace as tracing
+from sipmask.cdr.store import CdrLog
 from sipmask.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sipmask.config.schema import Config
 from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
-from sipmask.store import BindingRequest, LmdbStore, open_store
+from sipmask.store import BindingRequest, LmdbStore, crypto, open_store
 from sipmask.store.base import DEFAULT_TTL, ImportOutcome
 from sipmask.times import parse_time
 
@@ -145,6 +149,74 @@ def audit(args: argparse.Namespace, config: Config) -> int:
             _emit(entry.to_json(masked=True))
         return EXIT_OK
     return _with_store(config, run)
+
+
+# -- trace (issue 14 §3) ----------------------------------------------------------------------
+def trace(args: argparse.Namespace, config: Config) -> int:
+    """One JSON object {bindings, cdrs}; empty lists when nothing held X then."""
+    try:
+        at = parse_time(args.at)
+    except (ValueError, OverflowError):
+        _err("at: expected an ISO-8601 time or Unix seconds")
+        return EXIT_USAGE
+
+    def run(store: LmdbStore) -> int:
+        found = tracing.trace(store, CdrLog(store).for_binding, args.x, at, limit=None)
+        _emit(found.to_json())
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+# -- store maintenance ------------------------------------------------------------------------
+def store_command(args: argparse.Namespace, config: Config) -> int:
+    if args.op == "rekey":
+        return rekey(args, config)
+    _err(f"store: no operation {args.op!r}")
+    return EXIT_USAGE
+
+
+def rekey(args: argparse.Namespace, config: Config) -> int:
+    """Seal the store with the key in --new-key (made there when missing). The command
+    leaves store.key_file alone: the operator points it at the new key, on every node."""
+    new_file = Path(args.new_key)
+    try:
+        master = (crypto.read_key_file(new_file) if new_file.exists()
+                  else crypto.create_key_file(new_file))
+    except (crypto.KeyFileError, OSError) as exc:
+        _err(f"new-key: {str(exc).removeprefix('store.key_file: ')}")
+        return EXIT_REFUSED
+    try:
+        store = open_store(config)
+    except crypto.KeyMismatch as mismatch:
+        # Already sealed with the new key (a rekey that ran, store.key_file not moved yet)?
+        try:
+            LmdbStore(config.store.path, key_file=new_file).close()
+        except StoreError:
+            _err(str(mismatch))
+            return EXIT_REFUSED
+        _emit({"key_file": str(new_file), "fingerprint": crypto.Keyring(master).fingerprint,
+               "rekeyed": False})
+        _err(f"the store is already sealed with {new_file}: point store.key_file at it")
+        return EXIT_OK
+    except ConfigError as exc:
+        _err(f"config error: {exc}")
+        return EXIT_USAGE
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    try:
+        was = store.keys.fingerprint
+        new = store.rekey(master)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    finally:
+        store.close()
+    _emit({"key_file": str(new_file), "fingerprint": new.fingerprint, "was": was,
+           "rekeyed": True})
+    _err(f"rekeyed: set store.key_file to {new_file} (on every node), then start sipmask; "
+         f"keep the old key file until then, destroy it after")
+    return EXIT_OK
 
 
 # -- bulk import ------------------------------------------------------------------------------
@@ -347,4 +419,5 @@ def _import(store: LmdbStore, args: argparse.Namespace, config: Config, text: IO
     return EXIT_REFUSED if rejected else EXIT_OK
 
 
-__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "show", "unbind"]
+__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "rekey", "show",
+           "store_command", "trace", "unbind"]

@@ -33,6 +33,8 @@ HANDLERS: dict[str, str] = {
     "import": "sipmask.admin:import_file",
     "audit": "sipmask.admin:audit",
     "cdr": "sipmask.cdr.commands:run",
+    "trace": "sipmask.admin:trace",
+    "store": "sipmask.admin:store_command",
 }
 
 
@@ -128,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--since", help="ISO time or Unix seconds")
         c.add_argument("--tenant", help="only this tenant")
         c.add_argument("--limit", type=int, default=None if op == "export" else 100)
+
+    trace = subs.add_parser("trace", parents=[common],
+                            help="which binding held X at a time, and its calls (operator "
+                                 "use: real numbers are shown)")
+    trace.add_argument("x", metavar="X", help="the 700 number")
+    trace.add_argument("--at", required=True, metavar="TIME",
+                       help="ISO-8601 (UTC when no zone) or Unix seconds")
+
+    store = subs.add_parser("store", parents=[common], help="store maintenance")
+    store_ops = store.add_subparsers(dest="op", metavar="OP", required=True)
+    rekey = store_ops.add_parser(
+        "rekey", parents=[common],
+        help="seal every record with a new key (stop sipmask serve first); then point "
+             "store.key_file at the new key")
+    rekey.add_argument("--new-key", required=True, metavar="FILE",
+                       help="the new key: 32 bytes, mode 0600; made when FILE does not exist")
     return parser
 
 
@@ -158,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sipmask: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command != "serve":    # serve sets up its own; stdout is the commands' output
+        from sipmask.observability import logging as sm_logging
+        sm_logging.setup(config.log, sys.stderr, secrets=sm_logging.config_secrets(config))
     return resolve(args.command)(args, config)
 
 

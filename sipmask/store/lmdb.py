@@ -194,12 +194,11 @@ class LmdbStore(RuleStore):
             master = (crypto.read_key_file(self.key_file) if self.key_file.exists()
                       else crypto.create_key_file(self.key_file))
         else:
-            try:
-                master = crypto.read_key_file(self.key_file)
-            except crypto.KeyFileError as exc:
-                raise crypto.KeyFileError(f"{exc}; the store at {self.path} is sealed with "
-                                          f"key {sealed_with.decode()}: restore that key "
-                                          "file") from None
+            if not self.key_file.exists():   # a new key could never open this store
+                raise crypto.KeyFileError(f"store.key_file: {self.key_file} does not exist; "
+                                          f"the store at {self.path} is sealed with key "
+                                          f"{sealed_with.decode()}: restore that key file")
+            master = crypto.read_key_file(self.key_file)
         keys = crypto.Keyring(master, int(meta[reseal.META_GENERATION] or 1))
         if sealed_with is None and schema == 0:
             def adopt(txn: Txn) -> bytes | None:
