@@ -43,7 +43,7 @@ from typing import TypeVar, cast
 import lmdb
 
 from sipmask.clock import Clock
-from sipmask.config.schema import Config
+from sipmask.config.schema import Config, StoreConfig
 from sipmask.errors import StoreError
 from sipmask.observability.logging import get_logger
 from sipmask.store import codec, crypto, reseal
@@ -121,10 +121,11 @@ class _LmdbTxn:
             yield from cast("Iterator[tuple[bytes, bytes]]", cursor.iternext())
 
 
-def default_key_file(path: Path) -> Path:
-    """The key file of a store opened without one named: beside it, `<store>.key` (the
-    config names one: store.key_file)."""
-    return path.with_name(path.name + ".key")
+def default_key_file() -> Path:
+    """The key file of a store opened without one named: store.key_file's default
+    (var/sipmask.key, against the working directory), so a script that opens the store
+    the server uses, from where the server runs, needs no more than its path."""
+    return StoreConfig().key_file
 
 
 def _fsync_dir(path: Path) -> None:
@@ -139,13 +140,13 @@ class LmdbStore(RuleStore):
     """BindingStore on LMDB. `env` and `db(name)` let later modules (CDRs, the event outbox)
     keep their records in the same environment and transactions.
 
-    `key_file`: the store key (module docstring); default `default_key_file(path)`."""
+    `key_file`: the store key (module docstring); default `default_key_file()`."""
 
     def __init__(self, path: Path | str, clock: Clock | None = None, *,
                  map_size: int = 64 << 20, rng: random.Random | None = None,
                  key_file: Path | str | None = None) -> None:
         self.path = Path(path)
-        self.key_file = Path(key_file) if key_file is not None else default_key_file(self.path)
+        self.key_file = Path(key_file) if key_file is not None else default_key_file()
         self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._map_size = map_size
         self._open_env()

@@ -43,9 +43,18 @@ def test_a_new_store_makes_its_key_file_private_and_32_bytes(tmp_path: Path) -> 
     key = tmp_path / "keys" / "k"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_size == KEY_BYTES
     assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
-    # No key file named: one beside the store (the config always names one).
+
+
+
+def test_without_a_key_file_named_the_configs_default_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the server uses from the same working directory: a script opening its store
+    # by path alone gets the same key.
+    monkeypatch.chdir(tmp_path)
     LmdbStore(tmp_path / "t.lmdb").close()
-    assert default_key_file(tmp_path / "t.lmdb").stat().st_size == KEY_BYTES
+    assert default_key_file() == Path("var/sipmask.key")
+    assert (tmp_path / "var" / "sipmask.key").stat().st_size == KEY_BYTES
+    LmdbStore(tmp_path / "t.lmdb", key_file=tmp_path / "var" / "sipmask.key").close()
 
 
 def test_an_existing_key_file_is_used_not_replaced(tmp_path: Path) -> None:
