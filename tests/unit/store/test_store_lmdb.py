@@ -51,8 +51,8 @@ def test_a_newer_optional_field_is_ignored_a_newer_version_refused() -> None:
     assert decoded == binding(max_duration_s=60)
     raw = codec.encode_binding(binding(max_duration_s=60), KEYS)
     clear_end = 4 + int.from_bytes(raw[2:4], "big")
-    a, b, ext = KEYS.open(raw, clear_end).decode().split(codec.SEP)
-    text = codec.SEP.join((a, b, json.dumps(json.loads(ext) | {"callback_url": "x"})))
+    *fields, ext = KEYS.open(raw, clear_end).decode().split(codec.SEP)
+    text = codec.SEP.join((*fields, json.dumps(json.loads(ext) | {"callback_url": "x"})))
     resealed = KEYS.seal(codec.BINDING_SEALED, raw[4:clear_end], text.encode())
     assert codec.decode_binding(resealed, KEYS) == binding(max_duration_s=60)
     with pytest.raises(codec.RecordVersionError):
