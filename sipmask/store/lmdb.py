@@ -149,11 +149,12 @@ class LmdbStore(RuleStore):
         self.key_file = Path(key_file) if key_file is not None else default_key_file()
         self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._map_size = map_size
+        self._lock_fd: int | None = None      # held after a copy replaced data.mdb (_copy)
         self._open_env()
         try:
             super().__init__(clock, rng, self._adopt_key())
         except BaseException:
-            self.env.close()    # a schema too new, a wrong key, a failing read: all of it goes
+            self.close()        # a schema too new, a wrong key, a failing read: all of it goes
             raise
 
     def _open_env(self) -> None:
@@ -212,8 +213,8 @@ class LmdbStore(RuleStore):
             sealed_with = self._write(adopt)
         elif sealed_with is None:
             self._copy(lambda db, key, raw: reseal.seal_rows(db, key, raw, keys), keys,
-                       "sealing")
-            sealed_with = keys.fingerprint.encode()
+                       "sealing", None)
+            sealed_with = self._meta()[reseal.META_KEY_ID]   # ours, or another process's
         reseal.check_key({reseal.META_KEY_ID: sealed_with}, keys, self.key_file)
         return keys
 
@@ -225,41 +226,73 @@ class LmdbStore(RuleStore):
         new = crypto.Keyring(new_master, old.generation % 255 + 1)
         if new.fingerprint == old.fingerprint:
             raise StoreError(f"the new key is the store's own key ({old.fingerprint})")
-        self._copy(lambda db, key, raw: reseal.rekey_rows(db, key, raw, old, new), new,
-                   "rekey")
+        if not self._copy(lambda db, key, raw: reseal.rekey_rows(db, key, raw, old, new), new,
+                          "rekey", old.fingerprint.encode()):
+            raise StoreError("another process rekeyed the store meanwhile")
         self.keys = new
         return new
 
     # -- copying the store into a new file ---------------------------------------------------
     def _copy(self, convert: Callable[[str, bytes, bytes], list[reseal.Row]],
-              keys: crypto.Keyring, what: str) -> None:
+              keys: crypto.Keyring, what: str, expect: bytes | None) -> bool:
         """Every record through `convert` into a new environment sealed with `keys`, which
-        then replaces data.mdb, with this process alone on the store (module docstring)."""
+        then replaces data.mdb, with this process alone on the store (module docstring).
+        `expect`: the key id the store's meta has before the copy (None: not sealed); when
+        it has changed, another process did the copy first, and this one does nothing
+        (returns False)."""
+        self._release_lock()
         self.env.close()
         try:
-            fd = self._lock_alone(what)
+            fd = self._lock_alone(what, expect)
+        except BaseException:
+            self._open_env()
+            raise
+        if fd is None:
+            self._open_env()
+            return False
+        replaced = False
+        try:
+            scratch = self.path / _SCRATCH
+            shutil.rmtree(scratch, ignore_errors=True)     # a copy a crash left behind
+            scratch.mkdir(mode=DIR_MODE)
             try:
-                scratch = self.path / _SCRATCH
-                shutil.rmtree(scratch, ignore_errors=True)     # a copy a crash left behind
-                scratch.mkdir(mode=DIR_MODE)
-                try:
-                    self._copy_into(scratch, convert, keys, what)
+                if self._copy_into(scratch, convert, keys, what, expect):
                     new = scratch / "data.mdb"
                     new.chmod(FILE_MODE)
-                    os.replace(new, self.path / "data.mdb")     # atomic: old or new, never half
+                    os.replace(new, self.path / "data.mdb")  # atomic: old or new, never half
                     _fsync_dir(self.path)
-                finally:
-                    shutil.rmtree(scratch, ignore_errors=True)
+                    replaced = True
             finally:
-                os.close(fd)     # releases the lock: this process has no environment open
+                shutil.rmtree(scratch, ignore_errors=True)
         finally:
+            if not replaced:
+                os.close(fd)     # releases the lock: this process has no environment open
+                self._open_env()
+        # lock.mdb's reader table still describes the old file (its last transaction id
+        # picks which meta page readers trust). LMDB rebuilds the table only in the first
+        # process to open the environment; this process holds the exclusive lock, so its
+        # open is that first one, and LMDB shares the lock only once the table describes
+        # the new file. `fd` stays open until close(): closing any descriptor of lock.mdb
+        # drops every lock this process holds on it (POSIX), the environment's included.
+        self._lock_fd = fd
+        try:
             self._open_env()
+        except BaseException:
+            self._release_lock()
+            raise
+        return True
 
-    def _lock_alone(self, what: str) -> int:
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock_alone(self, what: str, expect: bytes | None) -> int | None:
         """An exclusive lock on lock.mdb's first byte, held while the store is replaced.
         Every process with the environment open holds a shared lock there (LMDB's
         mdb_env_excl_lock), so getting it proves this one is alone, and a process that
-        opens the store meanwhile waits for it. This process's environment is closed."""
+        opens the store meanwhile waits for it. This process's environment is closed.
+        None when, while waiting, another process did the copy (the key id moved on)."""
         fd = os.open(self.path / "lock.mdb", os.O_RDWR | os.O_CREAT, FILE_MODE)
         deadline = time.monotonic() + ALONE_WAIT_S
         while True:
@@ -267,6 +300,9 @@ class LmdbStore(RuleStore):
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
                 return fd
             except OSError:
+                if self._key_id(lock=True) != expect:
+                    os.close(fd)
+                    return None
                 if time.monotonic() >= deadline:
                     os.close(fd)
                     raise StoreError(
@@ -275,10 +311,26 @@ class LmdbStore(RuleStore):
                         f"admin commands) and start again") from None
                 time.sleep(0.1)
 
+    def _key_id(self, lock: bool) -> bytes | None:
+        """The meta's key id, read with a short-lived read-only environment (this store's
+        own is closed while it waits to be alone). `lock=False` only while this process
+        holds the exclusive lock, so nobody writes."""
+        env = lmdb.open(str(self.path), max_dbs=MAX_DBS, readonly=True, lock=lock,
+                        subdir=True)
+        try:
+            with env.begin() as txn:
+                meta = env.open_db(b"meta", txn=txn, create=False)
+                found = txn.get(reseal.META_KEY_ID, db=meta)
+                return None if found is None else bytes(found)
+        finally:
+            env.close()
+
     def _copy_into(self, scratch: Path, convert: Callable[[str, bytes, bytes], list[reseal.Row]],
-                   keys: crypto.Keyring, what: str) -> None:
+                   keys: crypto.Keyring, what: str, expect: bytes | None) -> bool:
         # lock=False: neither environment touches a lock file (ours is held, the scratch
         # one is private); the new one syncs once, at the end, before it replaces the old.
+        if self._key_id(lock=False) != expect:
+            return False        # another process copied it between our look and our lock
         src = lmdb.open(str(self.path), max_dbs=MAX_DBS, lock=False, readonly=True,
                         subdir=True, readahead=False)
         try:
@@ -293,6 +345,7 @@ class LmdbStore(RuleStore):
                 dst.close()
         finally:
             src.close()
+        return True
 
     def _copy_records(self, src: lmdb.Environment, dst: lmdb.Environment,
                       convert: Callable[[str, bytes, bytes], list[reseal.Row]],
@@ -412,6 +465,7 @@ class LmdbStore(RuleStore):
 
     def close(self) -> None:
         self.env.close()
+        self._release_lock()       # after the environment: see _copy
 
 
 def open_store(config: Config, clock: Clock | None = None) -> LmdbStore:

@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lmdb
@@ -208,6 +209,48 @@ def test_sealing_killed_midway_leaves_the_old_store_and_finishes_next_start(
     finally:
         store.close()
     assert numbers_left(path, made) == []
+
+
+_OPEN_AND_WAIT = """
+import sys, time
+from sipmask.store import lmdb
+store = lmdb.LmdbStore(sys.argv[1], key_file=sys.argv[2])
+print("open", store.keys.fingerprint, flush=True)
+time.sleep(1.0)        # hold the store open while the other may still be waiting
+store.close()
+"""
+
+
+def test_processes_waiting_together_to_seal_do_it_once(tmp_path: Path) -> None:
+    # Two processes find the store in clear while a third keeps it open, so both wait for
+    # it. When it goes, one copies; the other, still waiting, sees the store sealed and
+    # just opens it (before: it copied again once the first let go, from the sealed file).
+    path, key = tmp_path / "s", tmp_path / "k"
+    made = legacy_store(path, 2000)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline() == "open\n"
+        waiting = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_WAIT, str(path), str(key)],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for _ in range(2)]
+        time.sleep(1.5)                  # both started, found it in clear, and wait
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    outs = [p.communicate(timeout=120) for p in waiting]
+    assert [p.returncode for p in waiting] == [0, 0], [err[-1000:] for _, err in outs]
+    opened = {line.split()[1] for out, _ in outs for line in out.splitlines()
+              if line.startswith("open ")}
+    assert len(opened) == 1                                   # one key, one store
+    logs = "".join(out + err for out, err in outs)
+    assert logs.count("store.sealing_done") == 1
+    store = LmdbStore(path, FakeClock(), key_file=key)
+    try:
+        check_sealed(store, made)
+    finally:
+        store.close()
 
 
 _HOLDER = """
