@@ -26,7 +26,7 @@ Real numbers are sealed with the key in `store.key_file` (store/crypto.py). Open
     refused with a message naming store.key_file (no key is made then).
 The copy replaces data.mdb, which another process with the store open would keep using
 through its old mapping, so it runs only while this process has the store to itself
-(`_alone`); `rekey` (`sipmask store rekey`) copies the same way into the new key.
+(`_lock_alone`); `rekey` (`sipmask store rekey`) copies the same way into the new key.
 """
 
 from __future__ import annotations
