@@ -11,8 +11,8 @@ sipmask's schema dropped and migrated again (50 ms here, where a CREATE DATABASE
 template took 230 ms), so tests stay independent and fast. The server starts on the first
 test that asks for it and stops when the test process exits.
 
-    def test_x(pg_dsn: str) -> None:          # a fresh, migrated database's libpq URI
-        store = PostgresStore(pg_dsn)
+    def test_x(pg_dsn: str, pg_key: Path) -> None:   # a fresh, migrated database's libpq
+        store = PostgresStore(pg_dsn, key_file=pg_key)    # URI, and a store key file
 """
 
 from __future__ import annotations
@@ -157,3 +157,13 @@ def pg_server() -> PgServer:
 def pg_dsn() -> str:
     """The test database, fresh: sipmask's schema migrated, nothing in it."""
     return SESSION.fresh_database()
+
+
+@pytest.fixture
+def pg_key(tmp_path: Path) -> Path:
+    """The test's store key file (a PostgreSQL store never makes one): 32 random bytes,
+    mode 0600, in the test's tmp_path."""
+    from sipmask.store.crypto import create_key_file
+    path = tmp_path / "store.key"
+    create_key_file(path)
+    return path

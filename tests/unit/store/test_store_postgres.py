@@ -27,13 +27,14 @@ from sipmask.store.rules import Txn
 
 
 @pytest.fixture
-def stores(pg_dsn: str, clock: FakeClock) -> Iterator[Callable[[], PostgresStore]]:
+def stores(pg_dsn: str, pg_key: Path,
+           clock: FakeClock) -> Iterator[Callable[[], PostgresStore]]:
     """Factory of stores on the test database, each with its own connections: as many
     nodes (or CLI processes) would have. All closed at teardown."""
     made: list[PostgresStore] = []
 
     def make() -> PostgresStore:
-        s = PostgresStore(pg_dsn, clock, pool_size=2, call_workers=1)
+        s = PostgresStore(pg_dsn, clock, pool_size=2, call_workers=1, key_file=pg_key)
         made.append(s)
         return s
     first = make()
@@ -100,7 +101,7 @@ def test_scans_keep_byte_order_across_pages_like_lmdb(stores: Callable[[], Postg
     # route is keyed (x, k) and cdrs (day, k): the order must still be the keys' own.
     keys = _keys(random.Random(db))
     rows = [(k, b"v" + k) for k in keys]
-    pg, lm = stores(), LmdbStore(tmp_path / "l", map_size=1 << 22)
+    pg, lm = stores(), LmdbStore(tmp_path / "l", map_size=1 << 22, key_file=tmp_path / "k")
     try:
         for s in (pg, lm):
             s.write(lambda txn, s=s: txn.put_many(db, rows))  # type: ignore[misc]
@@ -139,7 +140,8 @@ def test_a_cdr_key_goes_to_its_day_partition(stores: Callable[[], PostgresStore]
     assert day_of_key(key) == (int(at) // 86400)
 
 
-def test_schema_versions_migrate_once_and_a_newer_one_is_refused(pg_dsn: str) -> None:
+def test_schema_versions_migrate_once_and_a_newer_one_is_refused(pg_dsn: str,
+                                                                 pg_key: Path) -> None:
     assert migrate_database(pg_dsn) == (LATEST, LATEST)     # the fixture migrated it
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
@@ -147,7 +149,7 @@ def test_schema_versions_migrate_once_and_a_newer_one_is_refused(pg_dsn: str) ->
         conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES (%s)",
                      (LATEST + 1,))
     with pytest.raises(StoreError, match=f"schema version {LATEST + 1}; this sipmask knows"):
-        PostgresStore(pg_dsn)
+        PostgresStore(pg_dsn, key_file=pg_key)
 
 
 def test_route_soon_is_a_future_and_a_full_queue_refuses_at_once(
@@ -172,7 +174,7 @@ def test_route_soon_is_a_future_and_a_full_queue_refuses_at_once(
 
 
 def test_lookup_on_lmdb_runs_in_place(tmp_path: Path, clock: FakeClock) -> None:
-    store = LmdbStore(tmp_path / "l", clock, map_size=1 << 20)
+    store = LmdbStore(tmp_path / "l", clock, map_size=1 << 20, key_file=tmp_path / "k")
     try:
         store.sync_tenants(TENANTS)
         made = store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
@@ -182,12 +184,12 @@ def test_lookup_on_lmdb_runs_in_place(tmp_path: Path, clock: FakeClock) -> None:
         store.close()
 
 
-def test_the_password_never_reaches_a_message(pg_server: object) -> None:
+def test_the_password_never_reaches_a_message(pg_server: object, pg_key: Path) -> None:
     dsn = "postgresql://sipmask:s3cret-pw@127.0.0.1:1/sipmask?connect_timeout=1"
     assert "s3cret-pw" not in redact(dsn) and "127.0.0.1" in redact(dsn)
     started = time.monotonic()
     with pytest.raises(StoreError) as exc:
-        PostgresStore(dsn, connect_timeout_s=1)
+        PostgresStore(dsn, connect_timeout_s=1, key_file=pg_key)
     assert "s3cret-pw" not in str(exc.value) and "127.0.0.1:1/sipmask" in str(exc.value)
     assert time.monotonic() - started < 30
 
