@@ -225,9 +225,10 @@ def current_version(conn: Any) -> int:
     return int(row[0] or 0)
 
 
-def migrate(conn: Any) -> tuple[int, int]:
-    """Apply the missing migrations on an autocommit connection; returns (from, to).
-    StoreError when the database was migrated by a newer sipmask."""
+def migrate(conn: Any, upto: int = LATEST) -> tuple[int, int]:
+    """Apply the missing migrations up to `upto` (tests make older schemas with it) on an
+    autocommit connection; returns (from, to). StoreError when the database was migrated
+    by a newer sipmask."""
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
     try:
         before = current_version(conn)
@@ -235,7 +236,7 @@ def migrate(conn: Any) -> tuple[int, int]:
             raise StoreError(f"the database has schema version {before}; this sipmask "
                              f"knows up to {LATEST}")
         for version, statements in MIGRATIONS:
-            if version <= before:
+            if version <= before or version > upto:
                 continue
             with conn.transaction():
                 if version == 1:
@@ -246,6 +247,6 @@ def migrate(conn: Any) -> tuple[int, int]:
                     conn.execute(statement)
                 conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES (%s)",
                              (version,))
-        return before, max(before, LATEST)
+        return before, max(before, min(upto, LATEST))
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))

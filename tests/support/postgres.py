@@ -60,6 +60,16 @@ class PgServer:
         extra = "".join(f"&{k}={v}" for k, v in params.items())
         return f"postgresql://postgres@{HOST}:{self.port}/{db}?connect_timeout=10{extra}"
 
+    def pg_dump(self, db: str) -> bytes:
+        """The database as `pg_dump` writes it (plain SQL), run as the server's user: what
+        an operator's backup, or a thief with the role's password, would hold."""
+        cmd = [*(["runuser", "-u", "postgres", "--"] if self.as_postgres else []),
+               str(self.bindir / "pg_dump"), "-h", HOST, "-p", str(self.port), "-U",
+               "postgres", db]
+        done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        return done.stdout
+
     def restart(self) -> None:
         """Stop (every connection breaks) and start again on the same port. A fast stop,
         not an immediate one: with synchronous_commit off an immediate stop could lose the

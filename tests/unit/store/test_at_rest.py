@@ -1,14 +1,18 @@
-"""Issue 14 §2: a stolen LMDB file shows no real number. Bindings (AXB, AXN, with a
-blacklist), the audit log, CDRs, the answered-call journal and the event outbox are
-written through their own modules; then every byte of the file, and every key and value of
-every database, is searched for the real numbers in any form a store could hold them."""
+"""Issue 14 §2: a stolen LMDB file or a `pg_dump` shows no real number. Bindings (AXB,
+AXN, with a blacklist), the audit log, CDRs, the answered-call journal and the event outbox
+are written through their own modules; then every byte of the file, and every key and value
+of every database (or the whole dump of the PostgreSQL database), is searched for the real
+numbers in any form a store could hold them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
+import pytest
 from conftest import TENANTS, A, B, C, D, X
 
 from sipmask.cdr.record import Cdr
@@ -16,6 +20,10 @@ from sipmask.cdr.store import CdrLog
 from sipmask.clock import FakeClock
 from sipmask.events.outbox import Outbox, new_event
 from sipmask.store import LmdbStore
+from tests.support.postgres import DATABASE, PgServer
+
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
 
 X2 = "700200000000003"
 REAL = (A, B, C, D)
@@ -44,9 +52,12 @@ def every_record(path: Path) -> list[bytes]:
     return out
 
 
-def fill(path: Path) -> LmdbStore:
-    clock = FakeClock()
-    store = LmdbStore(path, clock)
+def in_dump(number: str) -> list[bytes]:
+    """forms(), and each as pg_dump writes a bytea: hex digits."""
+    return [*forms(number), *(f.hex().encode() for f in forms(number))]
+
+
+def fill(store: AnyStore, clock: FakeClock) -> None:
     store.sync_tenants(TENANTS)
     axb = store.create(mode="axb", tenant="demo", a=A, b=B, x=X, actor="api",
                        blacklist=(D,))
@@ -71,12 +82,43 @@ def fill(path: Path) -> LmdbStore:
                              at=clock.wall(), cdr=record))
     clock.advance(120)
     assert store.sweep(clock.wall()) == 1       # the AXB binding expires: swept
-    return store
+
+
+def fill_lmdb(path: Path) -> None:
+    clock = FakeClock()
+    store = LmdbStore(path, clock, key_file=path.parent / "s.key")
+    try:
+        fill(store, clock)
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["lmdb", "postgres"])
+def filled(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], AnyStore]:
+    """A store filled and closed; the factory opens it again."""
+    if request.param == "lmdb":
+        path = tmp_path / "s.lmdb"
+        fill_lmdb(path)
+        return lambda: LmdbStore(path, FakeClock(), key_file=tmp_path / "s.key")
+    from sipmask.store.postgres import PostgresStore
+    dsn, key = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_key")
+    fill_pg(dsn, key)
+    return lambda: PostgresStore(dsn, FakeClock(), pool_size=2, call_workers=1, key_file=key)
+
+
+def fill_pg(dsn: str, key: Path) -> None:
+    from sipmask.store.postgres import PostgresStore
+    clock = FakeClock()
+    store = PostgresStore(dsn, clock, pool_size=2, call_workers=1, key_file=key)
+    try:
+        fill(store, clock)
+    finally:
+        store.close()
 
 
 def test_no_real_number_is_in_the_file_or_any_record(tmp_path: Path) -> None:
     path = tmp_path / "s.lmdb"
-    fill(path).close()
+    fill_lmdb(path)
     raw = (path / "data.mdb").read_bytes()
     records = every_record(path)
     for number in REAL:
@@ -88,10 +130,22 @@ def test_no_real_number_is_in_the_file_or_any_record(tmp_path: Path) -> None:
     assert X.encode() in raw and X2.encode() in raw
 
 
-def test_what_is_sealed_still_reads_back(tmp_path: Path) -> None:
-    path = tmp_path / "s.lmdb"
-    fill(path).close()
-    store = LmdbStore(path, FakeClock())
+def test_no_real_number_is_in_a_pg_dump(pg_server: PgServer, pg_dsn: str,
+                                        pg_key: Path) -> None:
+    fill_pg(pg_dsn, pg_key)
+    dump = pg_server.pg_dump(DATABASE)
+    for table in ("bindings", "route", "audit", "history", "cdr_binding", "calls_up",
+                  "outbox"):
+        assert f"COPY sipmask.{table} ".encode() in dump
+    assert dump.count(b"\\x") > 20             # the records are in it, as hex
+    for number in REAL:
+        for form in in_dump(number):
+            assert form not in dump, f"a real number ({number[:3]}…) is in the dump"
+    assert X.encode().hex().encode() in dump and X2.encode().hex().encode() in dump
+
+
+def test_what_is_sealed_still_reads_back(filled: Callable[[], AnyStore]) -> None:
+    store = filled()
     try:
         live = store.list()
         assert [(b.mode, b.a, b.b) for b in live] == [("axn", C, None)]

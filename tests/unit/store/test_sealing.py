@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import pytest
@@ -32,6 +33,9 @@ from sipmask.store.base import Binding, PoolRange
 from sipmask.store.crypto import KEY_BYTES, KeyMismatch, Keyring
 from sipmask.store.rules import Txn
 
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
+
 NOW = 1_800_000_000.0
 POOL = PoolRange("demo", "700100000000000", "700100009999999", "config")
 SEP = "\x1f"
@@ -45,52 +49,65 @@ def parties(i: int) -> tuple[str, str]:
     return f"138{i:08d}", f"139{i:08d}"
 
 
+LEGACY_DATABASES = ("meta", "bindings", "route", "expiry", "xuse", "pools", "tenants",
+                    "audit", "cdrs", "calls_up", "outbox", "outbox_state")
+
+
 def legacy_store(path: Path, count: int) -> list[Binding]:
-    """A schema 1 store: `count` AXB bindings (four per X), one AXN, their audit entries,
-    a CDR and a journal entry per binding, an event per binding, as written before."""
+    """A schema 1 LMDB store (legacy_records)."""
     path.mkdir(parents=True)
     env = lmdb.open(str(path), max_dbs=32, map_size=256 << 20, subdir=True)
-    dbs = {name: env.open_db(name.encode()) for name in (
-        "meta", "bindings", "route", "expiry", "xuse", "pools", "tenants", "audit", "cdrs",
-        "calls_up", "outbox", "outbox_state")}
-    made: list[Binding] = []
+    dbs = {name: env.open_db(name.encode()) for name in LEGACY_DATABASES}
+    rows, made = legacy_records(count)
     with env.begin(write=True) as txn:
-        def put(db: str, key: bytes, value: bytes) -> None:
+        for db, key, value in rows:
             txn.put(key, value, db=dbs[db])
-        put("meta", b"schema_version", b"1")
-        put("tenants", b"demo", codec.encode_json({"source": "config"}))
-        put("pools", POOL.first.encode(), codec.encode_pool(POOL))
-        rows = [Binding(f"{i:016x}", "axb", "demo", x_of(i), *parties(i), NOW, NOW + 7200)
-                for i in range(count)]
-        rows.append(Binding("f" * 16, "axn", "demo", "700100009999999", C, None, NOW, None))
-        for seq, b in enumerate(rows, 1):
-            raw = codec.encode_plain_binding(b)          # version 2: the old encode_binding
-            put("bindings", b.id.encode(), raw)
-            for number in (b.a, b.b) if b.b else (None,):
-                put("route", (b.x + (number or "")).encode(), raw)
-            if b.expires_at is not None:
-                put("expiry", codec.expiry_key(b.expires_at, b.id), b"")
-            put("xuse", b.x.encode(), codec.encode_use(b.mode, 4 if b.b else 1))
-            summary = codec.binding_summary(b)
-            put("audit", codec.audit_key(NOW, seq),
-                b"\x01" + SEP.join((str(seq), repr(NOW), "demo", "import", "create", b.id,
-                                    summary)).encode())
-            cdr = Cdr(call_id=f"c{seq}", tenant="demo", binding_id=b.id, x=b.x, caller=b.a,
-                      callee=b.b, direction="a_to_b", invite_at=NOW + seq, ring_at=None,
-                      answer_at=NOW + seq, end_at=NOW + seq + 5, duration_s=5.0,
-                      release_side="caller", sip_status=200, unconnected_cause="none")
-            put("cdrs", struct.pack(">Q", int(cdr.invite_at * 1_000_000)) + b"c%d" % seq,
-                cdr.encode())
-            put("calls_up", b"n1\x1fu%d" % seq, cdr.encode())
-            event = new_event("cdr", call_id=cdr.call_id, binding_id=b.id, tenant="demo",
-                              x=b.x, at=NOW, cdr=cdr)
-            put("outbox", struct.pack(">Q", seq), event.encode())
-            made.append(b)
-        put("calls_up", b"\x00heartbeat\x00n1", struct.pack(">d", NOW))
-        put("outbox_state", b"seq", struct.pack(">Q", len(rows)))
-        put("meta", b"audit_seq", codec.u64(len(rows)))
     env.close()
     return made
+
+
+def legacy_records(count: int) -> tuple[list[tuple[str, bytes, bytes]], list[Binding]]:
+    """A schema 1 store's records: `count` AXB bindings (four per X), one AXN, their audit
+    entries, a CDR and a journal entry per binding, an event per binding, as written
+    before; and the bindings."""
+    made: list[Binding] = []
+    out: list[tuple[str, bytes, bytes]] = []
+
+    def put(db: str, key: bytes, value: bytes) -> None:
+        out.append((db, key, value))
+    put("meta", b"schema_version", b"1")
+    put("tenants", b"demo", codec.encode_json({"source": "config"}))
+    put("pools", POOL.first.encode(), codec.encode_pool(POOL))
+    rows = [Binding(f"{i:016x}", "axb", "demo", x_of(i), *parties(i), NOW, NOW + 7200)
+            for i in range(count)]
+    rows.append(Binding("f" * 16, "axn", "demo", "700100009999999", C, None, NOW, None))
+    for seq, b in enumerate(rows, 1):
+        raw = codec.encode_plain_binding(b)          # version 2: the old encode_binding
+        put("bindings", b.id.encode(), raw)
+        for number in (b.a, b.b) if b.b else (None,):
+            put("route", (b.x + (number or "")).encode(), raw)
+        if b.expires_at is not None:
+            put("expiry", codec.expiry_key(b.expires_at, b.id), b"")
+        put("xuse", b.x.encode(), codec.encode_use(b.mode, 4 if b.b else 1))
+        summary = codec.binding_summary(b)
+        put("audit", codec.audit_key(NOW, seq),
+            b"\x01" + SEP.join((str(seq), repr(NOW), "demo", "import", "create", b.id,
+                                summary)).encode())
+        cdr = Cdr(call_id=f"c{seq}", tenant="demo", binding_id=b.id, x=b.x, caller=b.a,
+                  callee=b.b, direction="a_to_b", invite_at=NOW + seq, ring_at=None,
+                  answer_at=NOW + seq, end_at=NOW + seq + 5, duration_s=5.0,
+                  release_side="caller", sip_status=200, unconnected_cause="none")
+        put("cdrs", struct.pack(">Q", int(cdr.invite_at * 1_000_000)) + b"c%d" % seq,
+            cdr.encode())
+        put("calls_up", b"n1\x1fu%d" % seq, cdr.encode())
+        event = new_event("cdr", call_id=cdr.call_id, binding_id=b.id, tenant="demo",
+                          x=b.x, at=NOW, cdr=cdr)
+        put("outbox", struct.pack(">Q", seq), event.encode())
+        made.append(b)
+    put("calls_up", b"\x00heartbeat\x00n1", struct.pack(">d", NOW))
+    put("outbox_state", b"seq", struct.pack(">Q", len(rows)))
+    put("meta", b"audit_seq", codec.u64(len(rows)))
+    return out, made
 
 
 def numbers_left(path: Path, made: list[Binding]) -> list[str]:
@@ -105,7 +122,7 @@ def numbers_left(path: Path, made: list[Binding]) -> list[str]:
     return found
 
 
-def check_sealed(store: LmdbStore, made: list[Binding]) -> None:
+def check_sealed(store: AnyStore, made: list[Binding]) -> None:
     """Everything routes and reads back, and every record is sealed with the store's key."""
     for b in made[:: max(1, len(made) // 50)] + made[-2:]:
         assert store.route(b.x, b.a, NOW) == b
@@ -121,8 +138,8 @@ def check_sealed(store: LmdbStore, made: list[Binding]) -> None:
         return out
     assert store.read(generations) == {db: {keys.generation} for db in (
         "bindings", "route", "audit", "cdrs", "outbox", "calls_up")}
-    with store.env.begin() as txn:
-        counts = {db: txn.stat(store.db(db))["entries"] for db in ("bindings", "route")}
+    counts = store.read(lambda txn: {db: sum(1 for _ in txn.scan(db))
+                                     for db in ("bindings", "route")})
     assert counts == {"bindings": len(made), "route": 2 * (len(made) - 1) + 1}
     audit = store.audit(limit=len(made) + 5)
     assert {(b.id, b.a) for b in made} <= {(e.subject, e.data["a"]) for e in audit}
