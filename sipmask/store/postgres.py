@@ -99,6 +99,7 @@ _SQL = {name: t.sql() for name, t in TABLES.items()}
 LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
 APP_NAME = "sipmask"                  # application_name of our sessions: "sipmask <instance>"
 _VACUUM_DUE = b"vacuum_due"           # meta: a seal or rekey committed, its VACUUM FULL not run
+ALONE_WAIT_S = 10.0                   # how long a rekey waits for other sessions to leave
 _OTHER_SESSIONS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
     "AND application_name LIKE %s AND application_name <> %s")
@@ -297,6 +298,7 @@ class PostgresStore(RuleStore):
         new = crypto.Keyring(new_master, old.generation % 255 + 1)
         if new.fingerprint == old.fingerprint:
             raise StoreError(f"the new key is the store's own key ({old.fingerprint})")
+        self._wait_alone("rekey")
         if not self._convert(lambda db, key, raw: reseal.rekey_rows(db, key, raw, old, new),
                              new, "rekey", old.fingerprint.encode(), alone=True):
             raise StoreError("another process rekeyed the store meanwhile")
@@ -364,20 +366,39 @@ class PostgresStore(RuleStore):
             self._vacuum()
         return True
 
-    def _refuse_others(self, cur: psycopg.Cursor[Any], what: str) -> None:
+    def _others(self, cur: psycopg.Cursor[Any] | psycopg.Connection[Any]) -> int:
+        """Sessions of other sipmask processes connected to this database now."""
         row = cur.execute(_OTHER_SESSIONS, (f"{APP_NAME} %", self.session_name)).fetchone()
-        if row and row[0]:
-            raise StoreError(f"the database at {self.where} needs {what} and {row[0]} other "
+        return int(row[0]) if row else 0
+
+    def _wait_alone(self, what: str) -> None:
+        """Wait up to ALONE_WAIT_S for other sipmask sessions to leave (a process that just
+        closed its connections is still listed for a moment), else refuse."""
+        deadline = time.monotonic() + ALONE_WAIT_S
+        with self._connect() as conn:
+            while self._others(conn) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self._refuse_others(conn, what)
+
+    def _refuse_others(self, cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+                       what: str) -> None:
+        others = self._others(cur)
+        if others:
+            raise StoreError(f"the database at {self.where} needs {what} and {others} other "
                              f"sipmask session(s) are connected to it: stop every sipmask "
                              f"process that uses it (sipmask serve on every node, admin "
                              f"commands) and run it again")
 
     def _vacuum(self) -> None:
         """VACUUM FULL every table: each is written anew, so the row versions a seal or a
-        rekey replaced (the plaintext, or the old key's) leave the data files."""
+        rekey replaced (the plaintext, or the old key's) leave the data files. ANALYZE
+        replaces the planner's samples of the old values (pg_statistic keeps common values
+        and histogram bounds of every column), and pg_statistic is written anew too: a
+        role that does not own the database is only warned there (README)."""
         with self._connect() as conn:
             for t in TABLES.values():
-                conn.execute(f"VACUUM FULL {t.qname}")
+                conn.execute(f"VACUUM (FULL, ANALYZE) {t.qname}")
+            conn.execute("VACUUM FULL pg_catalog.pg_statistic")
             conn.execute(f"DELETE FROM {SCHEMA}.meta WHERE k = %s", (_VACUUM_DUE,))
 
     # -- schema -----------------------------------------------------------------------------

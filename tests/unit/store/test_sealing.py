@@ -1,7 +1,8 @@
 """A store written before real numbers were sealed (schema 1) is sealed when it is opened
 (issue 14 §2): once, with progress in the log, resumably after kill -9, and its file is
 compacted so the pages that held the plaintext leave it. Then `rekey` moves a store to a
-new key the same way.
+new key the same way. On PostgreSQL the same, in one transaction, then VACUUM FULL: the
+database's data files (and pg_dump) keep neither the plaintext nor the old key's values.
 
 The schema 1 store is written here byte for byte as sipmask wrote it before (the layouts
 of the old codec.py, cdr/store.py and events/outbox.py, spelled out in `legacy_store`)."""
@@ -32,6 +33,7 @@ from sipmask.store import lmdb as store_lmdb
 from sipmask.store.base import Binding, PoolRange
 from sipmask.store.crypto import KEY_BYTES, KeyMismatch, Keyring
 from sipmask.store.rules import Txn
+from tests.support.postgres import DATABASE, PgServer
 
 if TYPE_CHECKING:
     from sipmask.store.lmdb import AnyStore
@@ -147,7 +149,9 @@ def check_sealed(store: AnyStore, made: list[Binding]) -> None:
     assert [(c.binding_id, c.caller) for c in log.list()] == [(b.id, b.a) for b in made]
     assert [c.caller for c in log.for_binding(made[0].id)] == [made[0].a]
     assert sorted(c.caller for c in log.calls_up()) == sorted(b.a for b in made)
-    assert [e.cdr.caller for _, e in Outbox(store).peek(3) if e.cdr] == [b.a for b in made[:3]]
+    outbox = Outbox(store)
+    outbox.claimer = "check_sealed"     # PostgreSQL: a second check renews its own claims
+    assert [e.cdr.caller for _, e in outbox.peek(3) if e.cdr] == [b.a for b in made[:3]]
 
 
 def test_a_store_in_clear_is_sealed_once_on_open_into_a_new_file(tmp_path: Path) -> None:
@@ -371,3 +375,163 @@ def test_a_rekey_cut_short_leaves_the_store_on_its_old_key(
         store.close()
     assert not (path / "copy.tmp").exists()
     LmdbStore(path, key_file=old).close()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+def legacy_database(dsn: str, count: int) -> list[Binding]:
+    """The test database as the sipmask before issue 14 left it: schema 1, legacy_records
+    in clear, and the planner's statistics sampled from them (autovacuum's ANALYZE)."""
+    import psycopg
+
+    from sipmask.store.pg_schema import SCHEMA, TABLES, day_of_key, migrate, partition_sql
+    rows, made = legacy_records(count)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
+        migrate(conn, upto=1)
+        for db, key, value in rows:
+            t = TABLES[db]
+            if t.kind == "by_day":
+                conn.execute(partition_sql(day_of_key(key)))
+            conn.execute(t.sql()["put"], (*t.row(key), value))
+        conn.execute("ANALYZE")
+    return made
+
+
+def data_files(server: PgServer, dsn: str) -> bytes:
+    """Every file of the database's directory after a CHECKPOINT: what its disk holds
+    (tables, indexes, the catalog with its statistics; the WAL aside)."""
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        row = conn.execute("SELECT oid FROM pg_database "
+                           "WHERE datname = current_database()").fetchone()
+    assert row is not None
+    files = sorted((server.datadir / "base" / str(row[0])).iterdir())
+    return b"".join(f.read_bytes() for f in files if f.is_file())
+
+
+def planner_samples(dsn: str) -> bytes:
+    """The values the planner's statistics keep of sipmask's tables (pg_stats), as text:
+    pg_statistic's files compress them, so they are read through SQL."""
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT coalesce(histogram_bounds::text, '') || "
+                            "coalesce(most_common_vals::text, '') FROM pg_stats "
+                            "WHERE schemaname = 'sipmask'").fetchall()
+    return "".join(r[0] for r in rows).encode()
+
+
+def in_clear(blob: bytes, made: list[Binding]) -> list[str]:
+    """Real numbers of `made` found in blob, as text or as pg_dump's hex (first digits)."""
+    return [number[:3] for b in made[:20] + made[-2:] for number in (b.a, b.b)
+            if number and any(f in blob or f.hex().encode() in blob for f in forms(number))]
+
+
+def test_a_postgres_database_in_clear_is_sealed_once_on_first_open(
+        pg_server: PgServer, pg_dsn: str, pg_key: Path, tmp_path: Path) -> None:
+    from sipmask.store.postgres import PostgresStore
+    made = legacy_database(pg_dsn, 40)
+    assert in_clear(data_files(pg_server, pg_dsn), made)          # the old database
+    assert in_clear(pg_server.pg_dump(DATABASE), made)            # shows them, and so do
+    assert in_clear(planner_samples(pg_dsn), made)                # the planner's samples
+    with structlog.testing.capture_logs() as logs:
+        store = PostgresStore(pg_dsn, FakeClock(), pool_size=2, call_workers=1,
+                              key_file=pg_key)
+    try:
+        check_sealed(store, made)
+        assert store.schema_version() == codec.SCHEMA_VERSION
+        assert store.read(lambda txn: txn.get("meta", b"audit_seq")) == codec.u64(len(made))
+        repaired = CdrLog(store).repair(NOW + 100_000)     # the journal still repairs
+        assert len(repaired) == len(made) and repaired[0].release_side == "sipmask"
+    finally:
+        store.close()
+    assert [e["event"] for e in logs] == ["store.sealing", "store.sealing_done"]
+    assert logs[0]["records"] > len(made) and logs[1]["records"] > len(made)
+    assert not any(b.a in repr(e) for e in logs for b in made)    # counts only, no number
+    assert in_clear(pg_server.pg_dump(DATABASE), made) == []
+    assert in_clear(data_files(pg_server, pg_dsn), made) == []    # no dead row
+    assert in_clear(planner_samples(pg_dsn), made) == []          # sampled again, sealed
+    with structlog.testing.capture_logs() as again:              # once: sealed already
+        PostgresStore(pg_dsn, FakeClock(), pool_size=2, call_workers=1,
+                      key_file=pg_key).close()
+    assert again == []
+    new_key(tmp_path / "other")
+    with pytest.raises(KeyMismatch, match=r"store\.key_file does not match this store"):
+        PostgresStore(pg_dsn, pool_size=2, call_workers=1, key_file=tmp_path / "other")
+
+
+def sealed_tails(store: AnyStore) -> list[bytes]:
+    """The nonce and tag of every sealed binding, audit entry, CDR and history record."""
+    return store.read(lambda txn: [raw[-28:] for db in ("bindings", "audit", "cdrs", "history")
+                                   for _, raw in txn.scan(db)])
+
+
+def test_rekey_on_postgres_waits_for_the_database_to_itself_and_leaves_no_old_value(
+        pg_server: PgServer, pg_dsn: str, pg_key: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipmask.store import postgres
+    made = legacy_database(pg_dsn, 30)
+    clock = FakeClock()
+    store = postgres.PostgresStore(pg_dsn, clock, pool_size=2, call_workers=1,
+                                   key_file=pg_key)
+    try:
+        gone = store.create(mode="axb", tenant="demo", a=D, b=A, x="700100000000100")
+        clock.advance(10)
+        store.delete(gone.id)                                  # a history record to reseal
+        before = store.keys
+        tails = sealed_tails(store)
+        master = new_key(tmp_path / "new")
+        node = postgres.PostgresStore(pg_dsn, pool_size=2, call_workers=1, key_file=pg_key)
+        monkeypatch.setattr(postgres, "ALONE_WAIT_S", 0.3)
+        try:
+            with pytest.raises(StoreError, match="other sipmask session"):
+                store.rekey(master)                            # a node is still connected
+        finally:
+            node.close()
+        assert store.keys is before
+        with structlog.testing.capture_logs() as logs:
+            after = store.rekey(master)
+        assert [e["event"] for e in logs] == ["store.rekey", "store.rekey_done"]
+        assert store.keys is after and after.generation == before.generation + 1
+        check_sealed(store, made)
+        assert store.trace("700100000000100", gone.created_at + 1)[0].binding == gone
+    finally:
+        store.close()
+    blob = data_files(pg_server, pg_dsn) + pg_server.pg_dump(DATABASE)
+    assert len(tails) > 90
+    assert not any(t in blob or t.hex().encode() in blob for t in tails)
+    with pytest.raises(KeyMismatch, match=f"sealed with key {after.fingerprint}"):
+        postgres.PostgresStore(pg_dsn, pool_size=2, call_workers=1, key_file=pg_key)
+    reopened = postgres.PostgresStore(pg_dsn, FakeClock(), pool_size=2, call_workers=1,
+                                      key_file=tmp_path / "new")
+    try:
+        check_sealed(reopened, made)
+        with pytest.raises(StoreError, match="store's own key"):
+            reopened.rekey(master)
+    finally:
+        reopened.close()
+
+
+def test_a_rekey_on_postgres_cut_short_leaves_it_on_its_old_key(
+        pg_dsn: str, pg_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipmask.store.postgres import PostgresStore
+    made = legacy_database(pg_dsn, 50)
+    store = PostgresStore(pg_dsn, FakeClock(), pool_size=2, call_workers=1, key_file=pg_key)
+    real = codec.encode_binding
+    calls = 0
+
+    def failing(b: Binding, keys: Keyring) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 30:
+            raise OSError("disk gone")
+        return real(b, keys)
+    monkeypatch.setattr(codec, "encode_binding", failing)
+    try:
+        with pytest.raises(OSError):
+            store.rekey(new_key(tmp_path / "new"))
+        monkeypatch.setattr(codec, "encode_binding", real)
+        check_sealed(store, made)              # one transaction: rolled back whole
+    finally:
+        store.close()
+    PostgresStore(pg_dsn, pool_size=2, call_workers=1, key_file=pg_key).close()
