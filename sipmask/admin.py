@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -173,8 +174,9 @@ def trace(args: argparse.Namespace, config: Config) -> int:
 
 # -- store maintenance ------------------------------------------------------------------------
 def rekey(args: argparse.Namespace, config: Config) -> int:
-    """Seal the store with the key in --new-key (made there when missing). The command
-    leaves store.key_file alone: the operator points it at the new key, on every node."""
+    """Seal the store (LMDB or PostgreSQL) with the key in --new-key (made there when
+    missing). The command leaves store.key_file alone: the operator points it at the new
+    key, on every node."""
     new_file = Path(args.new_key)
     try:
         master = (crypto.read_key_file(new_file) if new_file.exists()
@@ -187,7 +189,7 @@ def rekey(args: argparse.Namespace, config: Config) -> int:
     except crypto.KeyMismatch as mismatch:
         # Already sealed with the new key (a rekey that ran, store.key_file not moved yet)?
         try:
-            LmdbStore(config.store.path, key_file=new_file).close()
+            open_store(replace(config, store=replace(config.store, key_file=new_file))).close()
         except StoreError:
             _err(str(mismatch))
             return EXIT_REFUSED
@@ -441,7 +443,13 @@ def _migrate(config: Config) -> int:
         from sipmask.store.postgres import migrate_database
         assert config.store.dsn is not None
         before, after = migrate_database(config.store.dsn)
-        _emit({"backend": "postgres", "from": before, "to": after})
+        # Opening it with the key seals a database written in clear (store/postgres.py).
+        sealed = open_store(config)
+        try:
+            _emit({"backend": "postgres", "from": before, "to": after,
+                   "schema_version": sealed.schema_version()})
+        finally:
+            sealed.close()
         return EXIT_OK
     # LMDB makes (or checks) its schema when it is opened.
     store = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20,
@@ -463,7 +471,9 @@ def _copy(config: Config, dsn: str) -> int:
     source = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20,
                        key_file=config.store.key_file)
     try:
-        target = PostgresStore(dsn, pool_size=2, call_workers=1)
+        # The same key: the records are copied as they are, sealed (store/pg_copy.py).
+        target = PostgresStore(dsn, pool_size=2, call_workers=1,
+                               key_file=config.store.key_file)
         try:
             progress = _Progress(sys.stderr, None, verb="copy", unit="records")
             copied = copy_store(source, target, lambda table, done, total: progress.update(

@@ -324,8 +324,10 @@ class PostgresStore(RuleStore):
             if alone:
                 self._refuse_others(cur, what)
             total = sum(int(row[0]) for row in cur.execute(" UNION ALL ".join(
-                f"SELECT count(*) FROM {t.qname}" for t in TABLES.values())).fetchall())
-            log.info(f"store.{what}", where=self.where, records=total)
+                f"SELECT count(*) FROM {t.qname}" for t in TABLES.values()
+                if t.name != "meta")).fetchall())
+            if total:             # a new database takes the key without a word
+                log.info(f"store.{what}", where=self.where, records=total)
             started = last = time.monotonic()
             done = 0
             # The route index first: its keys are made again from the bindings (the old
@@ -356,8 +358,8 @@ class PostgresStore(RuleStore):
                 txn.put("meta", meta_key, value)
             if done:
                 txn.put("meta", _VACUUM_DUE, b"1")
-            log.info(f"store.{what}_done", where=self.where, records=done,
-                     seconds=round(time.monotonic() - started, 3))
+                log.info(f"store.{what}_done", where=self.where, records=done,
+                         seconds=round(time.monotonic() - started, 3))
             return done
         done = self._run(run, _WRITE, lock=True, retry_commit=False)
         if done is None:

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from conftest import TENANTS, A, B, X
 
 from sipmask.clock import FakeClock
 from sipmask.config import loader
 from sipmask.errors import ConfigError, ConflictError, PoolExhausted, StoreError
-from sipmask.store import LmdbStore
+from sipmask.store import LmdbStore, codec
+from sipmask.store.crypto import KeyFileError, KeyMismatch, create_key_file
 from sipmask.store.offload import Offload, StoreBusy, lookup
 from sipmask.store.pg_schema import LATEST, SCHEMA, day_of_key, migrate
 from sipmask.store.postgres import PostgresStore, migrate_database, redact
@@ -201,3 +203,29 @@ def test_postgres_needs_a_dsn_and_the_error_names_the_key() -> None:
     config = loader.loads(loader.default_text(), ["store.backend=postgres",
                                                   "store.dsn=postgresql://h/db"])
     assert config.store.backend == "postgres" and config.store.dsn == "postgresql://h/db"
+
+
+def test_a_new_database_takes_the_key_quietly_and_holds_to_it(pg_dsn: str, pg_key: Path,
+                                                              tmp_path: Path) -> None:
+    with structlog.testing.capture_logs() as logs:
+        first = PostgresStore(pg_dsn, pool_size=1, call_workers=1, key_file=pg_key)
+    try:
+        assert logs == []                                    # nothing to seal: no word
+        assert first.read(lambda txn: txn.get("meta", b"key_id")) == \
+            first.keys.fingerprint.encode()
+        assert first.schema_version() == codec.SCHEMA_VERSION
+    finally:
+        first.close()
+    other = tmp_path / "other.key"
+    create_key_file(other)
+    with pytest.raises(KeyMismatch, match=f"sealed with key {first.keys.fingerprint}"):
+        PostgresStore(pg_dsn, pool_size=1, call_workers=1, key_file=other)
+
+
+def test_a_missing_key_file_is_refused_before_connecting(tmp_path: Path) -> None:
+    missing = tmp_path / "none.key"
+    with pytest.raises(KeyFileError) as exc:       # port 1: nothing listens, never reached
+        PostgresStore("postgresql://u@127.0.0.1:1/db?connect_timeout=1", key_file=missing)
+    text = str(exc.value)
+    assert text.startswith(f"store.key_file: {missing} does not exist") and "\n" not in text
+    assert "never makes its key" in text and not missing.exists()
