@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from sipmask.clock import SystemClock
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.store import LmdbStore, codec
 from sipmask.store.base import Binding
+from sipmask.store.crypto import Keyring, create_key_file
 from sipmask.store.pg_schema import SCHEMA, TABLES, migrate
 from sipmask.store.postgres import PostgresStore
 from sipmask.store.rules import RuleStore, Txn
@@ -71,11 +73,11 @@ class _AsyncpgTxn:
         return None if row is None else bytes(row[0])
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
-        self._call(self.conn.execute(_pg_params(_SQL[db]["put"]), *TABLES[db].cols(key), value))
+        self._call(self.conn.execute(_pg_params(_SQL[db]["put"]), *TABLES[db].row(key), value))
 
     def insert(self, db: str, key: bytes, value: bytes) -> bool:
         status = self._call(self.conn.execute(_pg_params(_SQL[db]["insert"]),
-                                              *TABLES[db].cols(key), value))
+                                              *TABLES[db].row(key), value))
         return bool(status.endswith(" 1"))
 
     def delete(self, db: str, key: bytes) -> None:
@@ -152,16 +154,16 @@ async def lookups_psycopg(store: PostgresStore, keys: list[tuple[str, str]],
     return await _drive(keys, parallel, one)
 
 
-async def lookups_asyncpg(pool: asyncpg.Pool, keys: list[tuple[str, str]],
+async def lookups_asyncpg(pool: asyncpg.Pool, sealed: Keyring, keys: list[tuple[str, str]],
                           parallel: int) -> list[float]:
     now = time.time()
     sql = _pg_params(_SQL["route"]["get"])
 
     async def one(x: str, caller: str) -> float:
         started = time.perf_counter()
-        key = (x + caller).encode()
+        key = codec.route_key(sealed, x, caller)        # X and the caller's keyed hash
         row = await pool.fetchrow(sql, key[:15], key)
-        assert row is not None and codec.decode_binding(bytes(row[0])).live(now)
+        assert row is not None and codec.decode_binding(bytes(row[0]), sealed).live(now)
         return time.perf_counter() - started
     return await _drive(keys, parallel, one)
 
@@ -202,7 +204,10 @@ def _asyncpg_dsn(dsn: str) -> str:
 def run(dsn: str, size: int, rounds: int, sample: int) -> None:
     fresh_schema(dsn)
     started = time.perf_counter()
-    pg = PostgresStore(dsn, pool_size=40, call_workers=32)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    key_file = tmp / "store.key"
+    create_key_file(key_file)                  # one key, both stores (PostgreSQL makes none)
+    pg = PostgresStore(dsn, pool_size=40, call_workers=32, key_file=key_file)
     pg.sync_tenants(TENANTS)
     made: list[Binding] = []
     for chunk in range(0, size, 5000):
@@ -212,8 +217,7 @@ def run(dsn: str, size: int, rounds: int, sample: int) -> None:
     keys = [(b.x, b.a) for b in made]
     print(f"loaded {len(made):,} bindings through create_many in "
           f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-lmdb-"))
-    lm = LmdbStore(tmp / "s", map_size=1 << 30)
+    lm = LmdbStore(tmp / "s", map_size=1 << 30, key_file=key_file)
     lm.sync_tenants(TENANTS)
     ap_store = AsyncpgStore(_asyncpg_dsn(dsn))
     results: dict[str, list[float]] = {}
@@ -231,7 +235,7 @@ def run(dsn: str, size: int, rounds: int, sample: int) -> None:
                         if driver == "psycopg":
                             times = await lookups_psycopg(pg, pick, parallel)
                         else:
-                            times = await lookups_asyncpg(pool, pick, parallel)
+                            times = await lookups_asyncpg(pool, pg.keys, pick, parallel)
                         wall = time.perf_counter() - started
                         label = f"{driver} lookup x{parallel}"
                         results.setdefault(label + " µs", []).append(
@@ -256,6 +260,7 @@ def run(dsn: str, size: int, rounds: int, sample: int) -> None:
     ap_store.close()
     pg.close()
     lm.close()
+    shutil.rmtree(tmp, ignore_errors=True)      # the LMDB store and the key file
     print(f"{size:,} bindings, {rounds} rounds x {sample} lookups (median of rounds)")
     for label, values in results.items():
         print(f"  {label:<28} {statistics.median(values):>12,.1f}")

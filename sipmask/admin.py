@@ -1,4 +1,5 @@
-"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit, store.
+"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit,
+trace, store (migrate, copy, rekey).
 
 They open the store directly (LMDB or PostgreSQL, as `store.backend` says), so they work
 with or without a running server, and a running server sees their writes on its next call.
@@ -16,15 +17,22 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
+from sipmask.cdr import trace as tracing
+from sipmask.cdr.store import CdrLog
 from sipmask.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sipmask.config.schema import Config
 from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
-from sipmask.store import BindingRequest, LmdbStore, open_store
+from sipmask.store import BindingRequest, LmdbStore, crypto, open_store
 from sipmask.store.base import DEFAULT_TTL, ImportOutcome
 from sipmask.store.rules import RuleStore
 from sipmask.times import parse_time
+
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
 
 PROGRESS_EVERY_S = 5.0          # progress line period when stderr is not a terminal
 _BAR_EVERY_S = 0.1
@@ -50,7 +58,7 @@ def _default_tenant(args: argparse.Namespace, config: Config) -> str | None:
     return tenant
 
 
-def _with_store(config: Config, work: Callable[[RuleStore], int]) -> int:
+def _with_store(config: Config, work: Callable[[AnyStore], int]) -> int:
     """Open the store, run one command, map the error types to exit status and stderr."""
     try:
         store = open_store(config)
@@ -146,6 +154,68 @@ def audit(args: argparse.Namespace, config: Config) -> int:
             _emit(entry.to_json(masked=True))
         return EXIT_OK
     return _with_store(config, run)
+
+
+# -- trace (issue 14 §3) ----------------------------------------------------------------------
+def trace(args: argparse.Namespace, config: Config) -> int:
+    """One JSON object {bindings, cdrs}; empty lists when nothing held X then."""
+    try:
+        at = parse_time(args.at)
+    except (ValueError, OverflowError):
+        _err("at: expected an ISO-8601 time or Unix seconds")
+        return EXIT_USAGE
+
+    def run(store: AnyStore) -> int:
+        found = tracing.trace(store, CdrLog(store).for_binding, args.x, at, limit=None)
+        _emit(found.to_json())
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+# -- store maintenance ------------------------------------------------------------------------
+def rekey(args: argparse.Namespace, config: Config) -> int:
+    """Seal the store (LMDB or PostgreSQL) with the key in --new-key (made there when
+    missing). The command leaves store.key_file alone: the operator points it at the new
+    key, on every node."""
+    new_file = Path(args.new_key)
+    try:
+        master = (crypto.read_key_file(new_file) if new_file.exists()
+                  else crypto.create_key_file(new_file))
+    except (crypto.KeyFileError, OSError) as exc:
+        _err(f"new-key: {str(exc).removeprefix('store.key_file: ')}")
+        return EXIT_REFUSED
+    try:
+        store = open_store(config)
+    except crypto.KeyMismatch as mismatch:
+        # Already sealed with the new key (a rekey that ran, store.key_file not moved yet)?
+        try:
+            open_store(replace(config, store=replace(config.store, key_file=new_file))).close()
+        except StoreError:
+            _err(str(mismatch))
+            return EXIT_REFUSED
+        _emit({"key_file": str(new_file), "fingerprint": crypto.Keyring(master).fingerprint,
+               "rekeyed": False})
+        _err(f"the store is already sealed with {new_file}: point store.key_file at it")
+        return EXIT_OK
+    except ConfigError as exc:
+        _err(f"config error: {exc}")
+        return EXIT_USAGE
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    try:
+        was = store.keys.fingerprint
+        new = store.rekey(master)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    finally:
+        store.close()
+    _emit({"key_file": str(new_file), "fingerprint": new.fingerprint, "was": was,
+           "rekeyed": True})
+    _err(f"rekeyed: set store.key_file to {new_file} (on every node), then start sipmask; "
+         f"keep the old key file until then, destroy it after")
+    return EXIT_OK
 
 
 # -- bulk import ------------------------------------------------------------------------------
@@ -356,7 +426,9 @@ def _import(store: RuleStore, args: argparse.Namespace, config: Config, text: IO
 
 # -- store: schema and moving to PostgreSQL ---------------------------------------------------
 def store_command(args: argparse.Namespace, config: Config) -> int:
-    """`sipmask store migrate` and `sipmask store copy --to DSN`."""
+    """`sipmask store migrate`, `sipmask store copy --to DSN`, `sipmask store rekey`."""
+    if args.op == "rekey":
+        return rekey(args, config)
     try:
         if args.op == "migrate":
             return _migrate(config)
@@ -371,10 +443,17 @@ def _migrate(config: Config) -> int:
         from sipmask.store.postgres import migrate_database
         assert config.store.dsn is not None
         before, after = migrate_database(config.store.dsn)
-        _emit({"backend": "postgres", "from": before, "to": after})
+        # Opening it with the key seals a database written in clear (store/postgres.py).
+        sealed = open_store(config)
+        try:
+            _emit({"backend": "postgres", "from": before, "to": after,
+                   "schema_version": sealed.schema_version()})
+        finally:
+            sealed.close()
         return EXIT_OK
     # LMDB makes (or checks) its schema when it is opened.
-    store = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20)
+    store = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20,
+                      key_file=config.store.key_file)
     try:
         _emit({"backend": "lmdb", "schema_version": store.schema_version()})
     finally:
@@ -389,9 +468,12 @@ def _copy(config: Config, dsn: str) -> int:
         _err(f"store.path: no LMDB store at {config.store.path}")
         return EXIT_REFUSED
     started = time.monotonic()
-    source = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20)
+    source = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20,
+                       key_file=config.store.key_file)
     try:
-        target = PostgresStore(dsn, pool_size=2, call_workers=1)
+        # The same key: the records are copied as they are, sealed (store/pg_copy.py).
+        target = PostgresStore(dsn, pool_size=2, call_workers=1,
+                               key_file=config.store.key_file)
         try:
             progress = _Progress(sys.stderr, None, verb="copy", unit="records")
             copied = copy_store(source, target, lambda table, done, total: progress.update(
@@ -406,5 +488,5 @@ def _copy(config: Config, dsn: str) -> int:
     return EXIT_OK
 
 
-__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "show", "store_command",
-           "unbind"]
+__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "rekey", "show",
+           "store_command", "trace", "unbind"]

@@ -33,6 +33,7 @@ HANDLERS: dict[str, str] = {
     "import": "sipmask.admin:import_file",
     "audit": "sipmask.admin:audit",
     "cdr": "sipmask.cdr.commands:run",
+    "trace": "sipmask.admin:trace",
     "store": "sipmask.admin:store_command",
 }
 
@@ -120,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--tenant", help="only this tenant")
     audit.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
 
-    store = subs.add_parser("store", parents=[common], help="the store's schema; LMDB to "
-                                                            "PostgreSQL")
+    store = subs.add_parser("store", parents=[common], help="store maintenance: schema, "
+                                                            "LMDB to PostgreSQL, rekey")
     store_ops = store.add_subparsers(dest="op", metavar="OP", required=True)
     store_ops.add_parser("migrate", parents=[common],
                          help="bring the store's schema up to this version")
@@ -131,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("--to", required=True, metavar="DSN",
                       help="libpq URI of the target; give the password by PGPASSWORD or "
                            "~/.pgpass, not in the URI")
+    rekey = store_ops.add_parser(
+        "rekey", parents=[common],
+        help="seal every record with a new key (stop sipmask serve first); then point "
+             "store.key_file at the new key")
+    rekey.add_argument("--new-key", required=True, metavar="FILE",
+                       help="the new key: 32 bytes, mode 0600; made when FILE does not exist")
 
     cdr = subs.add_parser("cdr", parents=[common], help="call detail records")
     cdr_ops = cdr.add_subparsers(dest="op", metavar="OP", required=True)
@@ -141,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--since", help="ISO time or Unix seconds")
         c.add_argument("--tenant", help="only this tenant")
         c.add_argument("--limit", type=int, default=None if op == "export" else 100)
+
+    trace = subs.add_parser("trace", parents=[common],
+                            help="which binding held X at a time, and its calls (operator "
+                                 "use: real numbers are shown)")
+    trace.add_argument("x", metavar="X", help="the 700 number")
+    trace.add_argument("--at", required=True, metavar="TIME",
+                       help="ISO-8601 (UTC when no zone) or Unix seconds")
     return parser
 
 
@@ -171,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sipmask: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command != "serve":    # serve sets up its own; stdout is the commands' output
+        from sipmask.observability import logging as sm_logging
+        sm_logging.setup(config.log, sys.stderr, secrets=sm_logging.config_secrets(config))
     return resolve(args.command)(args, config)
 
 

@@ -23,6 +23,8 @@ from sipmask.api.connections import ConnectionCounts, ConnectionLimits, GuardedS
 from sipmask.api.inputs import ApiError
 from sipmask.api.openapi import DOCUMENT
 from sipmask.api.writer import ACTOR, BindingWriter
+from sipmask.cdr import trace
+from sipmask.cdr.record import Cdr
 from sipmask.config.schema import Config, HostPort
 from sipmask.errors import RecordNotFound, RefusedError, StoreError
 from sipmask.observability.logging import get_logger
@@ -39,6 +41,10 @@ class CdrSource(Protocol):
     def __call__(self, tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
         ...
 
+    def for_binding(self, binding_id: str, limit: int | None) -> list[Cdr]:
+        """A binding's calls, whichever tenant's (trace, operator tokens only)."""
+        ...
+
 
 @dataclass(slots=True)
 class ApiState:
@@ -52,6 +58,9 @@ class ApiState:
 STATE = web.AppKey("sipmask_api", ApiState)
 # The tenant the request's token names (set by auth_middleware; aiohttp >= 3.14 keys).
 TENANT = web.RequestKey("sipmask_tenant", str)
+# The operator an operator token names: only on TRACE_PATH, where no tenant is set.
+OPERATOR = web.RequestKey("sipmask_operator", str)
+TRACE_PATH = "/v1/trace"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,8 +103,12 @@ async def errors_middleware(request: web.Request, handler: _Handler) -> web.Stre
 @web.middleware
 async def auth_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
-        tenants = request.app[STATE].tokens
-        request[TENANT] = tenants.tenant_for(request.headers.get("Authorization"))
+        tokens = request.app[STATE].tokens
+        authorization = request.headers.get("Authorization")
+        if request.path == TRACE_PATH:
+            request[OPERATOR] = tokens.operator_for(authorization)
+        else:
+            request[TENANT] = tokens.tenant_for(authorization)
     return await handler(request)
 
 
@@ -176,6 +189,19 @@ async def list_cdrs(request: web.Request) -> web.Response:
     return web.json_response(state.cdr_source(request[TENANT], query.since, query.limit))
 
 
+async def trace_x(request: web.Request) -> web.Response:
+    """Issue 14 §3: which binding held X at `at`, and its calls, across tenants. Real
+    numbers are in the answer (the operator's to see); none is in the log line."""
+    state = request.app[STATE]
+    query = inputs.trace_query(request.query)
+    source = state.cdr_source
+    found = trace.trace(state.store, source.for_binding if source is not None else None,
+                        query.x, query.at)
+    log.info("api.trace", operator=request[OPERATOR], bindings=len(found.bindings),
+             cdrs=len(found.cdrs))
+    return web.json_response(found.to_json())
+
+
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -205,7 +231,7 @@ def create_app(config: Config, store: BindingStore, *,
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=inputs.MAX_BODY_BYTES)
     writer = BindingWriter(store)
-    app[STATE] = ApiState(store=store, tokens=TokenTable.from_tenants(config.tenants),
+    app[STATE] = ApiState(store=store, tokens=TokenTable.from_config(config),
                           writer=writer, metrics_text=metrics_text or _default_metrics,
                           cdr_source=cdr_source)
     app.router.add_post("/v1/bindings", create_binding)
@@ -214,6 +240,7 @@ def create_app(config: Config, store: BindingStore, *,
     app.router.add_delete("/v1/bindings/{id}", delete_binding)
     app.router.add_patch("/v1/bindings/{id}", patch_binding)
     app.router.add_get("/v1/cdrs", list_cdrs, allow_head=False)
+    app.router.add_get(TRACE_PATH, trace_x, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
@@ -279,8 +306,19 @@ def connection_counts(runner: web.AppRunner) -> ConnectionCounts:
     return site.counts
 
 
+@dataclass(frozen=True, slots=True)
+class _LogCdrs:
+    log: Any
+
+    def __call__(self, tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+        return [c.to_json() for c in self.log.list(since=since, tenant=tenant, limit=limit)]
+
+    def for_binding(self, binding_id: str, limit: int | None) -> list[Cdr]:
+        found: list[Cdr] = self.log.for_binding(binding_id, limit)
+        return found
+
+
 def cdrs_from_log(cdr_log: Any) -> CdrSource:
-    """A CdrSource over cdr/store.CdrLog (anything with `list(since, tenant, limit)`)."""
-    def source(tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
-        return [c.to_json() for c in cdr_log.list(since=since, tenant=tenant, limit=limit)]
-    return source
+    """A CdrSource over cdr/store.CdrLog (anything with `list(since, tenant, limit)` and
+    `for_binding(binding_id, limit)`)."""
+    return _LogCdrs(cdr_log)

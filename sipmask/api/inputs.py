@@ -14,8 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sipmask import numbers
 from sipmask.cdr.record import parse_time
-from sipmask.errors import SipmaskError
+from sipmask.errors import RefusedError, SipmaskError
 from sipmask.store import rules
 from sipmask.store.base import DEFAULT_TTL, BindingRequest
 
@@ -197,3 +198,34 @@ def cdr_query(query: Mapping[str, str]) -> CdrQuery:
             raise bad("since", "must be Unix seconds or an ISO-8601 time") from None
         rules.moment("since", since)     # out of range (NaN, infinities too): 422
     return CdrQuery(since=since, limit=_limit(query, 1000, MAX_CDR_LIMIT))
+
+
+@dataclass(frozen=True, slots=True)
+class TraceQuery:
+    x: str
+    at: float
+
+
+def trace_query(query: Mapping[str, str]) -> TraceQuery:
+    """GET /v1/trace?x=…&at=… (both required): a bad x or at is a 400 naming it, the
+    value never echoed (an operator could paste a real number where X goes)."""
+    _query_only(query, ("x", "at"))
+    raw_x = query.get("x")
+    if not raw_x:
+        raise bad("x", "required: the 700 number to trace")
+    try:
+        x = numbers.normalise_x(raw_x)
+    except numbers.NumberError as exc:
+        raise bad("x", str(exc)) from None
+    raw_at = query.get("at")
+    if not raw_at:
+        raise bad("at", "required: the moment, as Unix seconds or ISO-8601")
+    try:
+        at = parse_time(raw_at)
+    except (ValueError, OverflowError):
+        raise bad("at", "must be Unix seconds or an ISO-8601 time") from None
+    try:
+        rules.moment("at", at)
+    except RefusedError as exc:
+        raise bad("at", exc.message) from None
+    return TraceQuery(x=x, at=at)

@@ -48,7 +48,8 @@ DOCUMENT: dict[str, Any] = {
         "title": "sipmask admin API",
         "version": "1",
         "description": "Bindings of 700 privacy numbers, per tenant. Every /v1 call needs "
-                       "`Authorization: Bearer <tenant token>`; the token decides the tenant, "
+                       "`Authorization: Bearer <tenant token>` (GET /v1/trace: an operator "
+                       "token instead); the token decides the tenant, "
                        "and another tenant's binding answers 404. Errors are "
                        '`{"error": {"field": …, "message": …}}`: 400 shape, 401 auth, 403 '
                        "another tenant named, 404 unknown id, 409 conflict or pool exhausted, "
@@ -119,6 +120,32 @@ DOCUMENT: dict[str, Any] = {
                                             "items": {"$ref": "#/components/schemas/Cdr"}},
                                            "the records"),
                               "422": _error("since or limit out of range"), **_AUTH_ERRORS},
+            },
+        },
+        "/v1/trace": {
+            "get": {
+                "operationId": "trace",
+                "summary": "Which binding held X at a moment, and its calls, across tenants "
+                           "(operator token only: operators.<name>.token)",
+                "parameters": [
+                    {"name": "x", "in": "query", "required": True,
+                     "schema": {"type": "string", "pattern": "^700[0-9]{12}$"}},
+                    {"name": "at", "in": "query", "required": True,
+                     "description": "Unix seconds or ISO-8601 (UTC when no zone)",
+                     "schema": {"type": "string"}}],
+                "responses": {"200": _json({"type": "object", "required": ["bindings", "cdrs"],
+                                            "properties": {
+                                                "bindings": {"type": "array", "items": {
+                                                    "$ref": "#/components/schemas/Held"}},
+                                                "cdrs": {"type": "array", "items": {
+                                                    "$ref": "#/components/schemas/Cdr"}},
+                                                "cdrs_truncated": {"const": True}}},
+                                           "bindings that held X then, with real numbers, "
+                                           "and the calls made through them"),
+                              "400": _error("x or at missing or malformed"),
+                              "401": _error("missing or unknown bearer token"),
+                              "403": _error("a tenant's token: tracing takes an operator's"),
+                              "405": _error("method not allowed on this path")},
             },
         },
         "/healthz": {
@@ -196,6 +223,13 @@ DOCUMENT: dict[str, Any] = {
                     "max_concurrent": {"type": "integer"},
                     "blacklist": {"type": "array", "items": {"type": "string"}},
                 },
+            },
+            "Held": {
+                "allOf": [_BINDING_REF, {"type": "object", "properties": {
+                    "created_by": {"type": ["string", "null"]},
+                    "ended_at": _TIME,
+                    "ended_by": {"type": ["string", "null"]},
+                    "end_reason": {"enum": ["unbind", "expiry", None]}}}],
             },
             "Cdr": {
                 "type": "object",

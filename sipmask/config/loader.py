@@ -203,8 +203,8 @@ def _check_whole(config: Config, source: str) -> None:
     for name, tenant in config.tenants.items():
         if tenant.token in seen_tokens:
             raise ConfigError(source, f"tenants.{name}.token",
-                              f"same token as tenant {seen_tokens[tenant.token]}")
-        seen_tokens[tenant.token] = name
+                              f"same token as {seen_tokens[tenant.token]}")
+        seen_tokens[tenant.token] = f"tenant {name}"
         for i, pool in enumerate(tenant.pools):
             lo, hi = int(pool.first), int(pool.last)
             for olo, ohi, other in ranges:
@@ -213,6 +213,15 @@ def _check_whole(config: Config, source: str) -> None:
                                       f"overlaps a pool of tenant {other} (no re-leasing)",
                                       str(pool))
             ranges.append((lo, hi, name))
+    for name, operator in config.operators.items():
+        # A token names one party: an operator's must not also act for a tenant (or for
+        # another operator), or the tenant's token would trace across tenants.
+        if operator.token is None:
+            continue
+        if operator.token in seen_tokens:
+            raise ConfigError(source, f"operators.{name}.token",
+                              f"same token as {seen_tokens[operator.token]}")
+        seen_tokens[operator.token] = f"operator {name}"
     if config.media.backend == "rtpengine" and config.media.latching == "signalled_ip":
         # No latching mode may ever move a leg to another IP (RTP Bleed). rtpengine's
         # learning cannot be held to the signalled IPs: for its first 3 s it takes the best

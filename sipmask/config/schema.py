@@ -219,6 +219,10 @@ class StoreConfig:
     pool_size: int = 10            # postgres: connections per process
     lookup_threads: int = 4        # postgres: call-path lookups run on these threads
     lookup_queue: int = 1024       # postgres: lookups waiting beyond this are refused (503)
+    # 32 random bytes, mode 0600: real numbers are sealed with it (store/crypto.py). LMDB
+    # makes it on first start when missing; PostgreSQL refuses to start without it (every
+    # node shares one). Relative paths resolve against the working directory.
+    key_file: Path = Path("var/sipmask.key")
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,16 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class CdrConfig:
-    retention_days: int = 180         # older CDRs are swept; 0: kept for ever
+    # Older CDRs, and the history of bindings ended longer ago (trace), are swept; 0: never.
+    retention_days: int = 180
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The platform operator (and through it the regulator): its API token traces any X
+    across tenants (GET /v1/trace) and does nothing else. None: no API access."""
+
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +349,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     cdr: CdrConfig = field(default_factory=CdrConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    operators: dict[str, OperatorConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)

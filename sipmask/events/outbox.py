@@ -5,8 +5,9 @@ it survives kill -9 (CONTRACT "Events": delivery is at least once, across restar
 leaves the outbox only when `ack` is called, which the webhook does after a 2xx.
 
 Layout in the store's environment:
-  outbox        seq (8 bytes, big-endian) -> the event's storage encoding; keys sort in
-                enqueue order, and the DB's entry count is the backlog (O(1)).
+  outbox        seq (8 bytes, big-endian) -> the event's storage encoding, sealed with the
+                store's key (a `cdr` event carries the record's real numbers; issue 14 §2);
+                keys sort in enqueue order, and the DB's entry count is the backlog (O(1)).
   outbox_state  b"seq" -> the last sequence number handed out; it only grows, so a key is
                 never reused, even after the outbox drains and the process restarts.
                 seq -> attempts and next attempt time (wall seconds) of an event that
@@ -48,6 +49,7 @@ import lmdb
 from sipmask.cdr.record import Cdr, iso
 from sipmask.clock import Clock, SystemClock
 from sipmask.observability.logging import get_logger
+from sipmask.store import codec
 from sipmask.store.lmdb import LmdbStore
 from sipmask.store.pg_schema import (
     OUTBOX_CLAIM,
@@ -209,7 +211,7 @@ class Outbox:
             seq = struct.unpack(_SEQ_FORMAT, raw)[0] if raw is not None else 0
             for event in batch:
                 seq += 1
-                txn.put(DB, _key(seq), event.encode())
+                txn.put(DB, _key(seq), codec.seal_json(self.store.keys, event.encode()))
             txn.put(STATE_DB, _SEQ, _key(seq))
         self.store.write(run)
         if self.max_events:
@@ -219,11 +221,13 @@ class Outbox:
 
     def _pg_append(self, batch: list[Event]) -> None:
         assert not isinstance(self.store, LmdbStore)
+        keys = self.store.keys
+        sealed = [codec.seal_json(keys, e.encode()) for e in batch]
 
         def run(cur: Cursor[Any]) -> tuple[int, int]:
             rows = ", ".join([OUTBOX_ROW] * len(batch))
             last = max(bytes(r[0]) for r in cur.execute(
-                OUTBOX_ENQUEUE.format(rows=rows), [e.encode() for e in batch]).fetchall())
+                OUTBOX_ENQUEUE.format(rows=rows), sealed).fetchall())
             oldest = cur.execute(OUTBOX_OLDEST).fetchone()
             return (struct.unpack(_SEQ_FORMAT, bytes(oldest[0]))[0] if oldest else 0,
                     struct.unpack(_SEQ_FORMAT, last)[0])
@@ -322,7 +326,8 @@ class Outbox:
             for key, value in txn.scan(DB):
                 if len(out) >= limit:
                     break
-                out.append((bytes(key), Event.decode(value)))
+                out.append((bytes(key),
+                            Event.decode(codec.open_json(self.store.keys, value))))
             return out
         return self.store.read(run)
 
@@ -335,7 +340,9 @@ class Outbox:
         def run(cur: Cursor[Any]) -> list[tuple[bytes, bytes]]:
             return [(bytes(k), bytes(v)) for k, v in cur.execute(OUTBOX_CLAIM, params)]
         # RETURNING has no order: oldest first is ours to restore.
-        return [(key, Event.decode(value)) for key, value in sorted(self.store.run_sql(run))]
+        keys = self.store.keys
+        return [(key, Event.decode(codec.open_json(keys, value)))
+                for key, value in sorted(self.store.run_sql(run))]
 
     def ack(self, key: bytes) -> None:
         """The receiver has it: forget the event and its attempt record (sync commit)."""

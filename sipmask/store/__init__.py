@@ -8,6 +8,7 @@ from sipmask.store.base import (
     Binding,
     BindingRequest,
     BindingStore,
+    HeldBinding,
     ImportOutcome,
     PoolRange,
     PoolUsage,
@@ -15,5 +16,5 @@ from sipmask.store.base import (
 from sipmask.store.lmdb import LmdbStore, open_store
 from sipmask.store.memory import MemoryStore
 
-__all__ = ["AuditEntry", "Binding", "BindingRequest", "BindingStore", "ImportOutcome",
-           "LmdbStore", "MemoryStore", "PoolRange", "PoolUsage", "open_store"]
+__all__ = ["AuditEntry", "Binding", "BindingRequest", "BindingStore", "HeldBinding",
+           "ImportOutcome", "LmdbStore", "MemoryStore", "PoolRange", "PoolUsage", "open_store"]

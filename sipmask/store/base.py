@@ -2,6 +2,7 @@
 
 Two implementations share one set of rules (store/rules.py): LMDB (store/lmdb.py) for every
 process that runs, and an in-memory one (store/memory.py) for unit tests of other modules.
+Real numbers are sealed at rest (store/crypto.py); these records hold them in clear.
 
 Inputs arrive un-normalised (numbers.normalise_real / normalise_x run inside `create`);
 `route()` is the call path and takes numbers already normalised by b2bua/routing.py.
@@ -157,6 +158,24 @@ class AuditEntry:
                 "data": data}
 
 
+@dataclass(frozen=True, slots=True)
+class HeldBinding:
+    """A binding that held an X at a traced moment (issue 14 §3): who created it, and when,
+    how and by whom it ended (None: still held)."""
+
+    binding: Binding
+    created_by: str | None         # the create audit entry's actor: cli | api | import
+    ended_at: float | None         # unbound, or expired (expires_at); None: still held
+    ended_by: str | None           # who unbound it (cli | api); None for an expiry
+    end_reason: str | None         # "unbind" | "expiry" | None
+
+    def to_json(self) -> dict[str, object]:
+        """The binding JSON with real numbers (operator use), and its life."""
+        return {**self.binding.to_json(), "created_by": self.created_by,
+                "ended_at": iso(self.ended_at), "ended_at_unix": self.ended_at,
+                "ended_by": self.ended_by, "end_reason": self.end_reason}
+
+
 @dataclass(slots=True)
 class ImportOutcome:
     """One line of a bulk create: the binding made, or the refusal (field + reason)."""
@@ -231,6 +250,11 @@ class BindingStore(Protocol):
     def audit(self, since: float | None = None, tenant: str | None = None,
               limit: int = 100) -> builtins.list[AuditEntry]:
         """Oldest first from `since`; the last `limit` entries when since is None."""
+        ...
+
+    def trace(self, x: str, at: float) -> builtins.list[HeldBinding]:
+        """Every binding that held X at `at` (live, or removed within cdr.retention_days),
+        oldest first. RefusedError naming x or at for a bad value."""
         ...
 
     def close(self) -> None:

@@ -5,17 +5,19 @@ faithful mapping is one table per name, `k bytea` (the key, in its byte order) a
 (the value as codec.py encoded it), plus, where a table must be spread or split, a column
 derived from the key that keeps the key order:
 
-    kind   tables                          columns                          why
-    plain  meta bindings expiry pools      k PK, v                          as in LMDB
-           tenants audit calls_up
-           outbox_state
-    by_x   route xuse                      x = k[:15], k, v; PK (x, k)      Citus: distributed
+    kind    tables                         columns                          why
+    plain   meta bindings expiry pools     k PK, v                          as in LMDB
+            tenants audit calls_up
+            outbox_state history_end
+    by_x    route xuse history             x = k[:15], k, v; PK (x, k)      Citus: distributed
                                                                             by X (one shard per
                                                                             call-path lookup)
-    by_day cdrs                            day = date of k's first 8 bytes  native partitions by
+    by_day  cdrs                           day = date of k's first 8 bytes  native partitions by
                                            (µs since 1970), k, v;           day: retention drops
                                            PK (day, k); PARTITION BY RANGE  a partition
-    queue  outbox                          k = int8send(seq) PK, v,         webhook claims with
+    cdr_day cdr_binding                    k PK, v, day = the date of the   retention deletes the
+                                           CDR key inside k; index on day   dropped days' entries
+    queue   outbox                         k = int8send(seq) PK, v,         webhook claims with
                                            claimed_by, claimed_until        FOR UPDATE SKIP LOCKED
 
 Ordering by (x, k) or (day, k) is ordering by k, because x and day are non-decreasing
@@ -48,7 +50,8 @@ RULES_LOCK = 0x736970_6D61_0002         # every rules.py write transaction (one 
 CDR_DAY_BYTES = 8
 _U64 = struct.Struct(">Q")
 
-Kind = Literal["plain", "by_x", "by_day", "queue"]
+Kind = Literal["plain", "by_x", "by_day", "cdr_day", "queue"]
+_INDEX_SEP = codec.SEP.encode()  # codec.cdr_index_key: binding id, US, the CDR's key
 
 
 def day_of_key(key: bytes) -> int:
@@ -57,6 +60,11 @@ def day_of_key(key: bytes) -> int:
     clamped to 9999-12-31, so the day never decreases as the key grows."""
     micros: int = _U64.unpack(key[:CDR_DAY_BYTES].ljust(CDR_DAY_BYTES, b"\0"))[0]
     return min(micros // 86_400_000_000, LAST_DAY)
+
+
+def cdr_index_day(key: bytes) -> int:
+    """The day of the CDR a cdr_binding key points at (its part after the separator)."""
+    return day_of_key(key.partition(_INDEX_SEP)[2])
 
 
 def day_date(day: int) -> date:
@@ -78,7 +86,8 @@ def partition_day(name: str) -> int | None:
 @dataclass(frozen=True)
 class Table:
     """One named database as a table, with the SQL the backend runs on it. `cols(key)`
-    gives the key's columns in primary-key order (the derived column first)."""
+    gives the key's columns in primary-key order (the derived column first); `row(key)`
+    every column an insert derives from the key (cdr_day's day is not in the key)."""
 
     name: str
     kind: Kind
@@ -98,6 +107,15 @@ class Table:
             return (day_date(day_of_key(key)), key)
         return (key,)
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.pk, "day") if self.kind == "cdr_day" else self.pk
+
+    def row(self, key: bytes) -> tuple[Any, ...]:
+        if self.kind == "cdr_day":
+            return (key, day_date(cdr_index_day(key)))
+        return self.cols(key)
+
     def _where(self) -> str:
         return " AND ".join(f"{c} = %s" for c in self.pk)
 
@@ -109,7 +127,7 @@ class Table:
 
     def sql(self) -> dict[str, str]:
         q, pk, tup, bound = self.qname, ", ".join(self.pk), self._tuple(), self._bound()
-        cols = (*self.pk, "v")
+        cols = (*self.columns, "v")
         values = ", ".join(["%s"] * len(cols))
         order = ", ".join(self.pk)
         desc = ", ".join(f"{c} DESC" for c in self.pk)
@@ -132,12 +150,14 @@ class Table:
         }
 
 
-TABLES: dict[str, Table] = {t.name: t for t in (
-    Table("meta", "plain"), Table("bindings", "plain"), Table("route", "by_x"),
-    Table("expiry", "plain"), Table("xuse", "by_x"), Table("pools", "plain"),
-    Table("tenants", "plain"), Table("audit", "plain"), Table("cdrs", "by_day"),
-    Table("calls_up", "plain"), Table("outbox", "queue"), Table("outbox_state", "plain"),
-)}
+# Schema version 1's tables, then those issue 14 added (binding history, CDRs by binding).
+_V1 = (Table("meta", "plain"), Table("bindings", "plain"), Table("route", "by_x"),
+       Table("expiry", "plain"), Table("xuse", "by_x"), Table("pools", "plain"),
+       Table("tenants", "plain"), Table("audit", "plain"), Table("cdrs", "by_day"),
+       Table("calls_up", "plain"), Table("outbox", "queue"), Table("outbox_state", "plain"))
+_V2 = (Table("history", "by_x"), Table("history_end", "plain"),
+       Table("cdr_binding", "cdr_day"))
+TABLES: dict[str, Table] = {t.name: t for t in (*_V1, *_V2)}
 
 
 def _create(t: Table) -> str:
@@ -147,19 +167,26 @@ def _create(t: Table) -> str:
     if t.kind == "by_day":
         return (f"CREATE TABLE {t.qname} (day date NOT NULL, k bytea NOT NULL, "
                 "v bytea NOT NULL, PRIMARY KEY (day, k)) PARTITION BY RANGE (day)")
+    if t.kind == "cdr_day":
+        return (f"CREATE TABLE {t.qname} (k bytea PRIMARY KEY, day date NOT NULL, "
+                "v bytea NOT NULL)")
     if t.kind == "queue":
         return (f"CREATE TABLE {t.qname} (k bytea PRIMARY KEY, v bytea NOT NULL, "
                 "claimed_by text, claimed_until double precision)")
     return f"CREATE TABLE {t.qname} (k bytea PRIMARY KEY, v bytea NOT NULL)"
 
 
-# Version 1: every table, the outbox's sequence, and the KV schema version rules.py reads.
+# Version 1: the tables, the outbox's sequence, and the KV schema version rules.py reads
+# (1: records in clear). Version 2 (issue 14): the binding history and the CDR-by-binding
+# index. The records themselves go to KV schema 2 (sealed) when a store first opens the
+# database with its key (store/postgres.py: the SQL here never sees a key).
 MIGRATIONS: list[tuple[int, list[str]]] = [
-    (1, [*(_create(t) for t in TABLES.values()),
+    (1, [*(_create(t) for t in _V1),
          f"CREATE SEQUENCE {SCHEMA}.outbox_seq AS bigint",
          f"INSERT INTO {SCHEMA}.meta (k, v) VALUES "
-         f"('\\x{b'schema_version'.hex()}'::bytea, "
-         f"'\\x{str(codec.SCHEMA_VERSION).encode().hex()}'::bytea)"]),
+         f"('\\x{b'schema_version'.hex()}'::bytea, '\\x{b'1'.hex()}'::bytea)"]),
+    (2, [*(_create(t) for t in _V2),
+         f"CREATE INDEX cdr_binding_day ON {SCHEMA}.cdr_binding (day)"]),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -198,9 +225,10 @@ def current_version(conn: Any) -> int:
     return int(row[0] or 0)
 
 
-def migrate(conn: Any) -> tuple[int, int]:
-    """Apply the missing migrations on an autocommit connection; returns (from, to).
-    StoreError when the database was migrated by a newer sipmask."""
+def migrate(conn: Any, upto: int = LATEST) -> tuple[int, int]:
+    """Apply the missing migrations up to `upto` (tests make older schemas with it) on an
+    autocommit connection; returns (from, to). StoreError when the database was migrated
+    by a newer sipmask."""
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
     try:
         before = current_version(conn)
@@ -208,7 +236,7 @@ def migrate(conn: Any) -> tuple[int, int]:
             raise StoreError(f"the database has schema version {before}; this sipmask "
                              f"knows up to {LATEST}")
         for version, statements in MIGRATIONS:
-            if version <= before:
+            if version <= before or version > upto:
                 continue
             with conn.transaction():
                 if version == 1:
@@ -219,6 +247,6 @@ def migrate(conn: Any) -> tuple[int, int]:
                     conn.execute(statement)
                 conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES (%s)",
                              (version,))
-        return before, max(before, LATEST)
+        return before, max(before, min(upto, LATEST))
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))

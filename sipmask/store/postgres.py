@@ -29,6 +29,19 @@ StoreError saying so (a retried create would be refused as a duplicate of itself
 The call path never waits on the network in the event loop: `route_soon` runs lookups on a
 bounded thread pool (store/offload.py) and returns a future; CDR commits already run on
 cdr/group.py's writer thread (group commit), and outbox events on `background`.
+
+Real numbers are sealed with the key in `store.key_file` (store/crypto.py), as on LMDB, so
+a `pg_dump` or a stolen disk shows none. Every node must use the same key, so this store
+never makes one: a missing key file is refused before anything connects. Opening:
+  - a database no key has sealed yet (new, or written by the sipmask before issue 14, KV
+    schema 1, records in clear) is sealed with this key: every record through
+    store/reseal.py's seal_rows in one transaction that locks every table against other
+    nodes' writes, then VACUUM FULL rewrites the tables, so the row versions that held the
+    plaintext leave the data files (WAL already written and older backups keep it:
+    README "Numbers at rest");
+  - a sealed database needs its key (by fingerprint, reseal.check_key).
+`rekey` (`sipmask store rekey`) moves every record to a new key the same way, refused
+while another sipmask process is connected to the database.
 """
 
 from __future__ import annotations
@@ -38,8 +51,10 @@ import contextlib
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -49,7 +64,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sipmask.clock import Clock
 from sipmask.errors import StoreError
-from sipmask.store import codec
+from sipmask.observability.logging import get_logger
+from sipmask.store import codec, crypto, reseal
 from sipmask.store.base import Binding
 from sipmask.store.offload import Offload
 from sipmask.store.pg_schema import (
@@ -58,6 +74,7 @@ from sipmask.store.pg_schema import (
     SCHEMA,
     TABLES,
     Table,
+    day_date,
     day_of_key,
     migrate,
     partition_day,
@@ -68,14 +85,24 @@ from sipmask.store.rules import RuleStore, Txn
 
 T = TypeVar("T")
 
+log = get_logger("sipmask.store")
+
 _decode = codec.decode_binding
 _FIRST_PAGE, _MAX_PAGE = 16, 1024     # scan pages grow from 16 rows (route's scan) by x4
 _MANY = 500                           # rows per multi-row INSERT of put_many
+_CONVERT_PAGE = 2000                  # records per step of a seal or rekey (its progress)
+_PROGRESS_EVERY_S = 2.0               # a progress line while a seal or rekey runs
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _SQL = {name: t.sql() for name, t in TABLES.items()}
 LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
+APP_NAME = "sipmask"                  # application_name of our sessions: "sipmask <instance>"
+_VACUUM_DUE = b"vacuum_due"           # meta: a seal or rekey committed, its VACUUM FULL not run
+ALONE_WAIT_S = 10.0                   # how long a rekey waits for other sessions to leave
+_OTHER_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name LIKE %s AND application_name <> %s")
 
 
 class CommitUnknown(StoreError):
@@ -126,13 +153,13 @@ class _PgTxn:
         t = self._table(db)
         if t.kind == "by_day":
             self.store.ensure_day(day_of_key(key))
-        self.cur.execute(_SQL[db]["put"], (*t.cols(key), value))
+        self.cur.execute(_SQL[db]["put"], (*t.row(key), value))
 
     def insert(self, db: str, key: bytes, value: bytes) -> bool:
         t = self._table(db)
         if t.kind == "by_day":
             self.store.ensure_day(day_of_key(key))
-        return self.cur.execute(_SQL[db]["insert"], (*t.cols(key), value)).rowcount == 1
+        return self.cur.execute(_SQL[db]["insert"], (*t.row(key), value)).rowcount == 1
 
     def delete(self, db: str, key: bytes) -> None:
         self.cur.execute(_SQL[db]["delete"], self._table(db).cols(key))
@@ -150,7 +177,7 @@ class _PgTxn:
             chunk = items[i:i + _MANY]
             params: list[Any] = []
             for key, value in chunk:
-                params.extend((*t.cols(key), value))
+                params.extend((*t.row(key), value))
             statement = sql["many"].format(
                 rows=", ".join([sql["row"]] * len(chunk)),
                 action="DO UPDATE SET v = EXCLUDED.v" if overwrite else "DO NOTHING")
@@ -185,9 +212,22 @@ class _PgTxn:
                                     (*bound, size)).fetchall()
 
 
+def read_key(key_file: Path) -> bytes:
+    """The shared key's bytes; KeyFileError naming store.key_file when it is missing (with
+    how to make the first one: this store never makes it, every node must have the same)."""
+    if not key_file.exists():
+        raise crypto.KeyFileError(
+            f"store.key_file: {key_file} does not exist; a PostgreSQL store never makes its "
+            f"key (every node must share one): copy the key file the other nodes use, or "
+            f"for a new store make one (umask 077; head -c {crypto.KEY_BYTES} /dev/urandom "
+            f"> {key_file})")
+    return crypto.read_key_file(key_file)
+
+
 class PostgresStore(RuleStore):
     """BindingStore on PostgreSQL, shared by every node and admin command that names
-    the same DSN."""
+    the same DSN. `key_file`: the store key (module docstring); default the config's
+    default, as LmdbStore."""
 
     blocking = True      # its calls wait on the network: keep them off the event loop
 
@@ -195,19 +235,25 @@ class PostgresStore(RuleStore):
                  rng: random.Random | None = None, pool_size: int = 10,
                  call_workers: int = 4, call_queue: int = 1024,
                  failover_s: float = 10.0, connect_timeout_s: float = 5.0,
-                 migrate_schema: bool = True) -> None:
-        super().__init__(clock, rng)
+                 migrate_schema: bool = True, key_file: Path | str | None = None) -> None:
+        from sipmask.store.lmdb import default_key_file
+        self.key_file = Path(key_file) if key_file is not None else default_key_file()
+        master = read_key(self.key_file)     # before any connection: refused without it
         self.dsn = dsn
         self.where = _where(dsn)
         self.failover_s = failover_s
         self._timeout = connect_timeout_s
         self._days: set[int] = set()
         self._days_lock = threading.Lock()
+        # Our sessions' application_name: a rekey refuses while others are connected.
+        self.session_name = f"{APP_NAME} {uuid.uuid4().hex[:12]}"
         if migrate_schema:
             self.migrate()
         self.pool = ConnectionPool(dsn, min_size=1, max_size=max(pool_size, call_workers + 2),
-                                   kwargs={"autocommit": True}, open=False,
-                                   timeout=connect_timeout_s, name="sipmask-store")
+                                   kwargs={"autocommit": True,
+                                           "application_name": self.session_name},
+                                   open=False, timeout=connect_timeout_s,
+                                   name="sipmask-store")
         try:
             self.pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout:
@@ -216,12 +262,153 @@ class PostgresStore(RuleStore):
                              f"within {connect_timeout_s:g} s") from None
         self.calls = Offload(call_workers, call_queue, "store-lookup")
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bg")
+        try:
+            super().__init__(clock, rng, self._adopt_key(master))
+        except BaseException:
+            self.close()         # a wrong key, a schema too new: every resource goes
+            raise
+
+    # -- the key (module docstring) ---------------------------------------------------------
+    def _meta(self) -> dict[bytes, bytes | None]:
+        return self._read(lambda txn: {name: txn.get("meta", name) for name in (
+            b"schema_version", reseal.META_KEY_ID, reseal.META_GENERATION, _VACUUM_DUE)})
+
+    def _adopt_key(self, master: bytes) -> crypto.Keyring:
+        """The store's Keyring, after checking the schema and that the key file is the one
+        the database is sealed with; a database no key sealed yet is sealed now."""
+        meta = self._meta()
+        schema = int(meta[b"schema_version"] or 0)
+        if schema > codec.SCHEMA_VERSION:
+            raise StoreError(f"the database at {self.where} has store schema {schema}; this "
+                             f"sipmask reads up to {codec.SCHEMA_VERSION}")
+        keys = crypto.Keyring(master, int(meta[reseal.META_GENERATION] or 1))
+        if meta[reseal.META_KEY_ID] is None:
+            self._convert(lambda db, key, raw: reseal.seal_rows(db, key, raw, keys), keys,
+                          "sealing", None)
+            meta = self._meta()             # sealed by us, or by a node that came first
+        elif meta[_VACUUM_DUE] is not None:
+            self._vacuum()                  # a seal or rekey stopped before its VACUUM
+        reseal.check_key(meta, keys, self.key_file)
+        return keys
+
+    def rekey(self, new_master: bytes) -> crypto.Keyring:
+        """Move every record to the key `new_master` (module docstring); the new Keyring,
+        now this store's. StoreError while another sipmask process is connected."""
+        old = self.keys
+        new = crypto.Keyring(new_master, old.generation % 255 + 1)
+        if new.fingerprint == old.fingerprint:
+            raise StoreError(f"the new key is the store's own key ({old.fingerprint})")
+        self._wait_alone("rekey")
+        if not self._convert(lambda db, key, raw: reseal.rekey_rows(db, key, raw, old, new),
+                             new, "rekey", old.fingerprint.encode(), alone=True):
+            raise StoreError("another process rekeyed the store meanwhile")
+        self.keys = new
+        return new
+
+    def _convert(self, convert: Callable[[str, bytes, bytes], list[reseal.Row]],
+                 keys: crypto.Keyring, what: str, expect: bytes | None,
+                 alone: bool = False) -> bool:
+        """Every record through `convert`, in one transaction that holds the rules lock and
+        an EXCLUSIVE lock on every table (other nodes read on, their writes wait), then
+        VACUUM FULL. `expect`: the key id the meta holds before (None: not sealed); when it
+        has moved, another process converted first and this one does nothing (False).
+        `alone`: refuse while another sipmask session is connected (a rekey: a node still
+        running would hold the old key)."""
+        def run(txn: Txn) -> int | None:
+            assert isinstance(txn, _PgTxn)
+            cur = txn.cur
+            cur.execute(f"LOCK TABLE {', '.join(t.qname for t in TABLES.values())} "
+                        "IN EXCLUSIVE MODE")
+            if txn.get("meta", reseal.META_KEY_ID) != expect:
+                return None
+            if alone:
+                self._refuse_others(cur, what)
+            total = sum(int(row[0]) for row in cur.execute(" UNION ALL ".join(
+                f"SELECT count(*) FROM {t.qname}" for t in TABLES.values()
+                if t.name != "meta")).fetchall())
+            if total:             # a new database takes the key without a word
+                log.info(f"store.{what}", where=self.where, records=total)
+            started = last = time.monotonic()
+            done = 0
+            # The route index first: its keys are made again from the bindings (the old
+            # ones held the numbers in clear, or the old key's hashes).
+            for name in sorted(TABLES, key=lambda n: n != "route"):
+                if name == "meta":
+                    continue
+                for page in _pages(txn.scan(name)):
+                    out: dict[str, list[tuple[bytes, bytes]]] = {}
+                    kept: set[bytes] = set()
+                    for key, raw in page:
+                        for db, new_key, value in convert(name, key, raw):
+                            out.setdefault(db, []).append((new_key, value))
+                            if db == name:
+                                kept.add(new_key)
+                    for key, _ in page:
+                        if key not in kept:
+                            txn.delete(name, key)
+                    for db, rows in out.items():
+                        txn.put_many(db, sorted(rows))
+                    done += len(page)
+                    if time.monotonic() - last >= _PROGRESS_EVERY_S:
+                        last = time.monotonic()
+                        log.info(f"store.{what}", where=self.where, table=name,
+                                 records_done=done, records=total)
+            txn.put("meta", b"schema_version", str(codec.SCHEMA_VERSION).encode())
+            for meta_key, value in reseal.key_meta(keys).items():
+                txn.put("meta", meta_key, value)
+            if done:
+                txn.put("meta", _VACUUM_DUE, b"1")
+                log.info(f"store.{what}_done", where=self.where, records=done,
+                         seconds=round(time.monotonic() - started, 3))
+            return done
+        done = self._run(run, _WRITE, lock=True, retry_commit=False)
+        if done is None:
+            return False
+        if done:
+            self._vacuum()
+        return True
+
+    def _others(self, cur: psycopg.Cursor[Any] | psycopg.Connection[Any]) -> int:
+        """Sessions of other sipmask processes connected to this database now."""
+        row = cur.execute(_OTHER_SESSIONS, (f"{APP_NAME} %", self.session_name)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _wait_alone(self, what: str) -> None:
+        """Wait up to ALONE_WAIT_S for other sipmask sessions to leave (a process that just
+        closed its connections is still listed for a moment), else refuse."""
+        deadline = time.monotonic() + ALONE_WAIT_S
+        with self._connect() as conn:
+            while self._others(conn) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self._refuse_others(conn, what)
+
+    def _refuse_others(self, cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+                       what: str) -> None:
+        others = self._others(cur)
+        if others:
+            raise StoreError(f"the database at {self.where} needs {what} and {others} other "
+                             f"sipmask session(s) are connected to it: stop every sipmask "
+                             f"process that uses it (sipmask serve on every node, admin "
+                             f"commands) and run it again")
+
+    def _vacuum(self) -> None:
+        """VACUUM FULL every table: each is written anew, so the row versions a seal or a
+        rekey replaced (the plaintext, or the old key's) leave the data files. ANALYZE
+        replaces the planner's samples of the old values (pg_statistic keeps common values
+        and histogram bounds of every column), and pg_statistic is written anew too: a
+        role that does not own the database is only warned there (README)."""
+        with self._connect() as conn:
+            for t in TABLES.values():
+                conn.execute(f"VACUUM (FULL, ANALYZE) {t.qname}")
+            conn.execute("VACUUM FULL pg_catalog.pg_statistic")
+            conn.execute(f"DELETE FROM {SCHEMA}.meta WHERE k = %s", (_VACUUM_DUE,))
 
     # -- schema -----------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(self.dsn, autocommit=True,
-                                   connect_timeout=max(1, int(self._timeout)))
+                                   connect_timeout=max(1, int(self._timeout)),
+                                   application_name=self.session_name)
         except psycopg.OperationalError as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.where}: "
                              f"{_first_line(exc)}") from None
@@ -280,6 +467,9 @@ class PostgresStore(RuleStore):
                 dropped += int(row[0]) if row else 0
                 with self._days_lock:
                     self._days.discard(day)
+            # The CDR-by-binding index entries of the days gone (trace reads no further).
+            conn.execute(f"DELETE FROM {TABLES['cdr_binding'].qname} WHERE day < %s",
+                         (day_date(cutoff),))
         return dropped
 
     # -- transactions -----------------------------------------------------------------------
@@ -352,10 +542,12 @@ class PostgresStore(RuleStore):
         # rules.route's lookup, without BEGIN/COMMIT: one round trip when the caller's key
         # holds a live binding, two when X must be scanned (each statement its own
         # snapshot; a write between them changes only whether a stranger hears 403 or 404).
+        keys = self.keys
+
         def run(txn: Txn) -> Binding | None:
-            raw = txn.get("route", (x + caller).encode())
+            raw = txn.get("route", codec.route_key(keys, x, caller))
             if raw is not None:
-                b = _decode(raw)
+                b = _decode(raw, keys)
                 if b.live(now):
                     return b
             return self._any_on_x(txn, x, now)
@@ -420,3 +612,16 @@ def migrate_database(dsn: str) -> tuple[int, int]:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _pages(rows: Iterator[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
+    """A scan in lists of _CONVERT_PAGE rows; each list is read whole before it is given,
+    so the caller may write the table between lists (keyset paging: _PgTxn.scan)."""
+    page: list[tuple[bytes, bytes]] = []
+    for row in rows:
+        page.append(row)
+        if len(page) >= _CONVERT_PAGE:
+            yield page
+            page = []
+    if page:
+        yield page

@@ -2,18 +2,24 @@
 
 LMDB (store/lmdb.py) and the in-memory store (store/memory.py) differ only in how they
 give a `Txn` and run a function in it; every rule below holds for both, and the unit tests
-run one suite against each.
+run one suite against each. Records are sealed with the store's Keyring (store/crypto.py):
+every rule reads and writes through codec.py with `work.keys`, never a number in a key.
 
 Named databases (keys → values; codec.py has the encodings):
-    meta      b"schema_version" → b"1"; b"audit_seq" → u64
-    bindings  id → binding
-    route     x + number → binding (AXB: one key per party); x alone → AXN binding.
-              The call path is one read: X and caller make the key, the value is the record.
+    meta      b"schema_version" → b"2"; b"audit_seq" → u64; b"key_id" → key fingerprint;
+              b"key_generation" → generation byte (store/reseal.py)
+    bindings  id → binding (real numbers sealed)
+    route     x + HMAC(x, number) → binding (AXB: one key per party); x alone → AXN
+              binding. The call path is one read: X and the caller's keyed hash make the
+              key, the value is the record.
     expiry    u64 ms + id → b""              (the sweep walks it in time order)
     xuse      x → mode flag + count          (AXN exclusivity, least-used allocation, pools)
     pools     first → pool range             (ranges never overlap, across all tenants)
     tenants   name → {"source": …}
-    audit     u64 µs + u64 seq → entry       (append-only)
+    audit     u64 µs + u64 seq → entry       (append-only; its data sealed)
+    history   x + u64 created ms + id → a removed binding, who removed it and when (trace)
+    history_end  u64 ms + history key → b""  (the history sweep: cdr.retention_days)
+    cdrs, calls_up, cdr_binding, outbox, outbox_state: cdr/store.py, events/outbox.py
 """
 
 from __future__ import annotations
@@ -42,17 +48,20 @@ from sipmask.store.base import (
     AuditEntry,
     Binding,
     BindingRequest,
+    HeldBinding,
     ImportOutcome,
     PoolRange,
     PoolUsage,
 )
+from sipmask.store.crypto import Keyring
 
 T = TypeVar("T")
 _is_real = numbers.is_real
 _is_x = numbers.is_x
 
 DATABASES = ("meta", "bindings", "route", "expiry", "xuse", "pools", "tenants", "audit",
-             "cdrs", "outbox")
+             "history", "history_end", "cdrs", "calls_up", "cdr_binding", "outbox",
+             "outbox_state")
 # Every number the API, the CLI and an import take has its range here (issue 12: an
 # unbounded max_duration_s of 10**400 was stored, then overflowed float() on the call path).
 MAX_TTL = 10 * 365 * 86400       # ten years: anything longer is a typo, not a policy
@@ -156,6 +165,20 @@ def parse_range(pool: str | NumberRange) -> NumberRange:
         raise RefusedError("range", str(exc)) from None
 
 
+def _creator(txn: Txn, b: Binding, keys: Keyring) -> str | None:
+    """Who created b: its "create" audit entry, written in the same transaction with the
+    binding's created_at as its time (so one seek finds it; a bulk import shares a time
+    with the rest of its batch, whose entries are read by their clear header only)."""
+    start = codec.audit_key(b.created_at, 0)
+    for key, raw in txn.scan("audit", start):
+        if key[:8] != start[:8]:
+            break
+        head = codec.audit_head(raw)
+        if head.subject == b.id and head.action == "create":
+            return head.actor
+    return None
+
+
 def _what(b: Binding) -> str:
     """What an audit entry keeps of a binding, as JSON: enough to say what it was, and small."""
     return codec.binding_summary(b)
@@ -164,10 +187,11 @@ def _what(b: Binding) -> str:
 class _Work:
     """One write transaction's worth of rule checks and writes, with its audit sequence."""
 
-    def __init__(self, txn: Txn, now: float, actor: str) -> None:
+    def __init__(self, txn: Txn, now: float, actor: str, keys: Keyring) -> None:
         self.txn = txn
         self.now = now
         self.actor = actor
+        self.keys = keys
         self._seq: int | None = None
         self._pools: list[PoolRange] | None = None     # per transaction: imports ask often
         self._tenant_pools: dict[str, list[PoolRange]] = {}
@@ -186,7 +210,7 @@ class _Work:
         self._seq += 1
         self.txn.put("audit", codec.audit_key(self.now, self._seq),
                      codec.encode_audit(self._seq, self.now, tenant, actor or self.actor,
-                                        action, subject, data))
+                                        action, subject, data, self.keys))
 
     def finish(self) -> None:
         self.settle()
@@ -202,16 +226,14 @@ class _Work:
 
     # -- bindings ---------------------------------------------------------------------------
     def route_keys(self, b: Binding) -> list[bytes]:
-        if b.mode == "axn":
-            return [b.x.encode()]
-        keys = [(b.x + b.a).encode()]
-        if b.b is not None:
-            keys.append((b.x + b.b).encode())
-        return keys
+        return codec.route_keys(self.keys, b)
+
+    def decode(self, raw: bytes) -> Binding:
+        return codec.decode_binding(raw, self.keys)
 
     def put_binding(self, b: Binding, old: Binding | None = None) -> bool:
         """Write b and its indexes; False (nothing written) when a new b's id is taken."""
-        raw = codec.encode_binding(b)
+        raw = codec.encode_binding(b, self.keys)
         if old is None:
             if not self.txn.insert("bindings", b.id.encode(), raw):
                 return False
@@ -229,6 +251,8 @@ class _Work:
         return True
 
     def remove_binding(self, b: Binding, action: str, actor: str | None = None) -> None:
+        """Unbind (delete) or expire b; its record moves to the history (issue 14 §3: who
+        held X, and who ended it, stays traceable for cdr.retention_days)."""
         self.settle()
         self.txn.delete("bindings", b.id.encode())
         for key in self.route_keys(b):
@@ -237,6 +261,12 @@ class _Work:
             self.txn.delete("expiry", codec.expiry_key(b.expires_at, b.id))
         use = self.use(b.x)
         self.set_use(b.x, b.mode, use[1] - 1 if use else 0)
+        by = actor or self.actor
+        key = codec.history_key(b)
+        record = codec.encode_history(b, self.now, by, action, self.keys)
+        self.txn.put("history", key, record)
+        self.txn.put("history_end", codec.history_end_key(codec.history_until(record), key),
+                     b"")
         self.audit(b.tenant, action, b.id, _what(b), actor)
 
     def purge_if_expired(self, raw: bytes | None) -> bool:
@@ -244,7 +274,7 @@ class _Work:
         so an expired pair never blocks a new one before the sweep comes round)."""
         if raw is None:
             return True
-        b = codec.decode_binding(raw)
+        b = self.decode(raw)
         if b.live(self.now):
             return False
         self.remove_binding(b, "expire", "sweep")
@@ -259,9 +289,9 @@ class _Work:
             if not key.startswith(prefix):
                 break
             found.append(raw)
-        live = {b.id for b in map(codec.decode_binding, found) if b.live(self.now)}
+        live = {b.id for b in map(self.decode, found) if b.live(self.now)}
         for raw in found:
-            b = codec.decode_binding(raw)
+            b = self.decode(raw)
             if b.id not in live and self.txn.get("bindings", b.id.encode()) is not None:
                 self.remove_binding(b, "expire", "sweep")
         return len(live)
@@ -270,7 +300,7 @@ class _Work:
         raw = self.txn.get("bindings", binding_id.encode())
         if raw is None:
             raise RecordNotFound("binding", binding_id)
-        b = codec.decode_binding(raw)
+        b = self.decode(raw)
         if (tenant is not None and b.tenant != tenant) or not b.live(self.now):
             raise RecordNotFound("binding", binding_id)
         return b
@@ -364,8 +394,8 @@ class _BulkWork(_Work):
 
     _HELD = ("bindings", "route", "expiry", "audit")
 
-    def __init__(self, txn: Txn, now: float, actor: str) -> None:
-        super().__init__(txn, now, actor)
+    def __init__(self, txn: Txn, now: float, actor: str, keys: Keyring) -> None:
+        super().__init__(txn, now, actor, keys)
         self.held: dict[str, dict[bytes, bytes]] = {db: {} for db in self._HELD}
         self._route = self.held["route"]
         self._dirty_uses: set[str] = set()
@@ -386,7 +416,7 @@ class _BulkWork(_Work):
         bindings = self.held["bindings"]
         if key in bindings:
             return False
-        raw = codec.encode_binding(b)
+        raw = codec.encode_binding(b, self.keys)
         bindings[key] = raw
         for route_key in self.route_keys(b):
             self._route[route_key] = raw
@@ -407,7 +437,7 @@ class _BulkWork(_Work):
             self._seq = codec.from_u64(raw) if raw else 0
         self._seq = seq = self._seq + 1
         self.held["audit"][self._audit_at + codec.u64(seq)] = codec.encode_audit(
-            seq, self.now, tenant, actor or self.actor, action, subject, data)
+            seq, self.now, tenant, actor or self.actor, action, subject, data, self.keys)
 
     def settle(self) -> None:
         for db, rows in self.held.items():
@@ -473,6 +503,9 @@ class _BulkWork(_Work):
                     break
             else:
                 return None
+        key_a = key_b = b""
+        if b is not None:
+            key_a, key_b = codec.route_key(self.keys, x, a), codec.route_key(self.keys, x, b)
         use = self.use(x)
         if use is not None:
             # AXN takes X whole; a number appears once per X. _create purges expired
@@ -480,7 +513,6 @@ class _BulkWork(_Work):
             if mode == "axn" or use[0] == "axn":
                 return None
             route = self._route
-            key_a, key_b = (x + a).encode(), (x + b).encode()   # type: ignore[operator]
             get = self.txn.get
             if (key_a in route or key_b in route or get("route", key_a) is not None
                     or get("route", key_b) is not None):
@@ -495,14 +527,14 @@ class _BulkWork(_Work):
         now = self.now
         expires = now + ttl if ttl else None
         binding = codec.new_binding(binding_id, mode, tenant, x, a, b, now, expires)
-        raw = codec.encode_binding(binding)
+        raw = codec.encode_binding(binding, self.keys)
         bindings[id_key] = raw
         route = self._route
         if b is None:
             route[x.encode()] = raw
         else:
-            route[(x + a).encode()] = raw
-            route[(x + b).encode()] = raw
+            route[key_a] = raw
+            route[key_b] = raw
         if expires is not None:
             at = self._expiry_at.get(expires)
             if at is None:
@@ -517,9 +549,17 @@ class _BulkWork(_Work):
 class RuleStore:
     """Every BindingStore operation, over `_read` / `_write` that subclasses provide."""
 
-    def __init__(self, clock: Clock | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, rng: random.Random | None = None,
+                 keys: Keyring | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
+        # Seals every real number this store writes (store/crypto.py). A backend that keeps
+        # records across processes passes the key file's; the default lives and dies with
+        # the process (the in-memory store).
+        self.keys = keys or Keyring.generate()
+        # How long a removed binding stays in the history for `trace` (cdr.retention_days;
+        # None: for ever). open_store sets it from the config.
+        self.history_keep_s: float | None = None
 
     # -- what a backend provides ------------------------------------------------------------
     def _read(self, fn: Callable[[Txn], T]) -> T:
@@ -552,7 +592,7 @@ class RuleStore:
         at = self._now(now)
 
         def run(txn: Txn) -> T:
-            work = work_class(txn, at, actor)
+            work = work_class(txn, at, actor, self.keys)
             out = fn(work)
             work.finish()
             return out
@@ -564,7 +604,7 @@ class RuleStore:
 
     def sync_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
         def wanted(txn: Txn) -> bool:
-            work = _Work(txn, 0.0, "config")
+            work = _Work(txn, 0.0, "config", self.keys)
             have = {(p.tenant, p.first, p.last) for p in work.pools() if p.source == "config"}
             want = {(t, r.first, r.last) for t, tc in tenants.items() for r in tc.pools}
             known = {k.decode() for k, _ in txn.scan("tenants")}
@@ -644,7 +684,8 @@ class RuleStore:
         if mode == "axb":
             # A number appears at most once per X, so a call from it to X has one answer.
             for field, number in (("a", a), ("b", b)):
-                if not work.purge_if_expired(work.route_raw((x + str(number)).encode())):
+                if not work.purge_if_expired(work.route_raw(
+                        codec.route_key(work.keys, x, str(number)))):
                     raise ConflictError(field, "already bound on this X")
 
     def _fits(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> int | None:
@@ -655,8 +696,8 @@ class RuleStore:
         if mode == "axn" or use[0] == "axn":
             return None
         for number in (a, b):
-            raw = work.route_raw((x + str(number)).encode())
-            if raw is not None and codec.decode_binding(raw).live(work.now):
+            raw = work.route_raw(codec.route_key(work.keys, x, str(number)))
+            if raw is not None and work.decode(raw).live(work.now):
                 return None
         return use[1]
 
@@ -746,7 +787,8 @@ class RuleStore:
     # -- read, change, delete ---------------------------------------------------------------
     def get(self, binding_id: str, tenant: str | None = None) -> Binding:
         now = self.clock.wall()
-        return self._read(lambda txn: _Work(txn, now, "cli").load(binding_id, tenant))
+        return self._read(lambda txn: _Work(txn, now, "cli", self.keys).load(binding_id,
+                                                                             tenant))
 
     def delete(self, binding_id: str, tenant: str | None = None, actor: str = "cli") -> None:
         def run(work: _Work) -> None:
@@ -772,6 +814,7 @@ class RuleStore:
              limit: int = 1000) -> builtins.list[Binding]:
         row_limit(limit)
         now = self.clock.wall()
+        keys = self.keys
 
         def run(txn: Txn) -> builtins.list[Binding]:
             out: builtins.list[Binding] = []
@@ -785,7 +828,7 @@ class RuleStore:
             for key, raw in rows:
                 if len(out) >= limit or not key.startswith(prefix):
                     break
-                b = codec.decode_binding(raw)
+                b = codec.decode_binding(raw, keys)
                 if b.id in seen or not b.live(now) or (tenant is not None and b.tenant != tenant):
                     continue
                 seen.add(b.id)
@@ -794,53 +837,106 @@ class RuleStore:
         return self._read(run)
 
     def route(self, x: str, caller: str, now: float) -> Binding | None:
+        keys = self.keys
+
         def run(txn: Txn) -> Binding | None:
-            raw = txn.get("route", (x + caller).encode())
+            raw = txn.get("route", codec.route_key(keys, x, caller))
             if raw is not None:
-                b = codec.decode_binding(raw)
+                b = codec.decode_binding(raw, keys)
                 if b.live(now):
                     return b
             return self._any_on_x(txn, x, now)
         return self._read(run)
 
-    @staticmethod
-    def _any_on_x(txn: Txn, x: str, now: float) -> Binding | None:
+    def _any_on_x(self, txn: Txn, x: str, now: float) -> Binding | None:
         """The AXN binding on X (its key is X alone, so it sorts first), or any live AXB one
         so that a stranger is told 403 rather than 404."""
         prefix = x.encode()
         for i, (key, raw) in enumerate(txn.scan("route", prefix)):
             if i >= _ROUTE_SCAN or not key.startswith(prefix):
                 break
-            b = codec.decode_binding(raw)
+            b = codec.decode_binding(raw, self.keys)
             if b.live(now):
                 return b
         return None
 
     def sweep(self, now: float, limit: int = 1000) -> int:
+        """Expired bindings (moved to the history), then history records past
+        `history_keep_s`; up to `limit` records in all, in one transaction."""
         now_ms = int(now * 1000)
+        keep = self.history_keep_s
+        forget_ms = int((now - keep) * 1000) if keep else None
 
-        def due(txn: Txn) -> builtins.list[str]:
+        def due(txn: Txn) -> tuple[builtins.list[str], builtins.list[bytes]]:
             ids: builtins.list[str] = []
             for key, _ in txn.scan("expiry"):
                 if len(ids) >= limit or codec.expiry_ms(key) > now_ms:
                     break
                 ids.append(key[8:].decode())
-            return ids
-        if not self._read(due):
+            old: builtins.list[bytes] = []
+            if forget_ms is not None:
+                for key, _ in txn.scan("history_end"):
+                    if len(ids) + len(old) >= limit or codec.expiry_ms(key) > forget_ms:
+                        break
+                    old.append(key)
+            return ids, old
+        if not any(self._read(due)):
             return 0   # nothing due: no write transaction, no fsync
 
         def run(work: _Work) -> int:
             done = 0
-            for binding_id in due(work.txn):
+            ids, old = due(work.txn)
+            for binding_id in ids:
                 raw = work.txn.get("bindings", binding_id.encode())
                 if raw is None:
                     continue
-                b = codec.decode_binding(raw)
+                b = work.decode(raw)
                 if not b.live(now):
                     work.remove_binding(b, "expire")
                     done += 1
+            for end_key in old:
+                work.txn.delete("history_end", end_key)
+                work.txn.delete("history", end_key[8:])
+                done += 1
             return done
         return self._work(run, "sweep", now)
+
+    # -- trace (issue 14 §3) ----------------------------------------------------------------
+    def trace(self, x: str, at: float) -> builtins.list[HeldBinding]:
+        """Every binding that held X at `at`: live ones and those in the history (removed
+        within history_keep_s), oldest first, with who created and who ended each."""
+        number = _refuse_number("x", x, numbers.normalise_x)
+        moment("at", at)
+        keys = self.keys
+        at_ms = int(at * 1000)
+
+        def run(txn: Txn) -> builtins.list[HeldBinding]:
+            found: dict[str, HeldBinding] = {}
+            prefix = number.encode()
+            for key, raw in txn.scan("route", prefix):
+                if not key.startswith(prefix):
+                    break
+                b = codec.decode_binding(raw, keys)
+                if b.id in found or not b.created_at <= at or not b.live(at):
+                    continue
+                ended = b.expires_at if not b.live(self.clock.wall()) else None
+                found[b.id] = HeldBinding(b, _creator(txn, b, keys), ended, None,
+                                          "expiry" if ended is not None else None)
+            for key, raw in txn.scan("history", codec.history_x_prefix(number)):
+                if not key.startswith(prefix) or codec.history_created_ms(key, number) > at_ms:
+                    break
+                if codec.history_until(raw) <= at:
+                    continue   # ended before `at`: not read further
+                gone = codec.decode_history(raw, keys)
+                b = gone.binding
+                if b.created_at <= at:
+                    found[b.id] = HeldBinding(
+                        b, _creator(txn, b, keys), gone.until,
+                        gone.actor if gone.until == gone.removed_at else None,
+                        "unbind" if gone.action == "delete" and gone.until == gone.removed_at
+                        else "expiry")
+            return sorted(found.values(), key=lambda h: (h.binding.created_at, h.binding.id))
+        return self._read(run)
 
     # -- pools ------------------------------------------------------------------------------
     def add_pool(self, tenant: str | None, pool: str | NumberRange,
@@ -865,7 +961,7 @@ class RuleStore:
 
     def list_pools(self, tenant: str | None = None) -> builtins.list[PoolUsage]:
         def run(txn: Txn) -> builtins.list[PoolUsage]:
-            work = _Work(txn, 0.0, "cli")
+            work = _Work(txn, 0.0, "cli", self.keys)
             return [PoolUsage(p, *work.range_in_use(p)) for p in work.pools(tenant)]
         return self._read(run)
 
@@ -883,7 +979,7 @@ class RuleStore:
             for _, raw in rows:
                 if len(out) >= limit:
                     break
-                entry = codec.decode_audit(raw)
+                entry = codec.decode_audit(raw, self.keys)
                 if tenant is None or entry.tenant == tenant:
                     out.append(entry)
             return out[::-1] if since is None else out

@@ -34,6 +34,7 @@ from sipmask.config.schema import (
     ApiConfig,
     Config,
     HostPort,
+    OperatorConfig,
     TenantConfig,
 )
 from sipmask.store.lmdb import LmdbStore, open_store
@@ -48,6 +49,7 @@ from tests.support.api import (
     running_api,
 )
 from tests.support.net import free_port
+from tests.support.paths import REPO
 from tests.support.serve import ServeProcess
 
 A, B, C = "13800000001", "13900000002", "13700000003"
@@ -437,7 +439,8 @@ def test_serve_exposes_the_api(serve: Callable[..., ServeProcess]) -> None:
     assert status == 201 and made["tenant"] == "demo" and got == 200
     assert "sipmask_" in metrics_text
     assert server.stop() == 0
-    store = LmdbStore(server.workdir / "store.lmdb")
+    # serve ran in the repository with the default store.key_file, var/sipmask.key.
+    store = LmdbStore(server.workdir / "store.lmdb", key_file=REPO / "var" / "sipmask.key")
     try:
         assert store.route(made["x"], A, time.time()) is not None
         assert store.get(made["id"]).b == B
@@ -596,3 +599,77 @@ def test_no_server_banner(guarded: ApiThread, raw: bytes) -> None:
     servers = [line for line in head.split("\r\n") if line.lower().startswith("server:")]
     assert servers in ([], ["Server: sipmask"]), head
     assert "aiohttp" not in head and "Python" not in head
+
+
+# -- trace: operator tokens only (issue 14 §3) ------------------------------------------------
+OPS_TOKEN = "tok-ops"
+
+
+@pytest.fixture(scope="module")
+def ops_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiThread]:
+    base = make_config(tmp_path_factory.mktemp("ops") / "store.lmdb")
+    config = replace(base, operators={"ops": OperatorConfig(OPS_TOKEN),
+                                      "nobody": OperatorConfig(None)})
+    with running_api(config) as server:
+        yield server
+
+
+def test_an_operator_traces_x_across_tenants_with_numbers_and_calls(ops_api: ApiThread) -> None:
+    made = create(ops_api, {"mode": "axb", "a": A, "b": B, "x": OTHER_X},
+                  token=TOKENS["other"])
+    record = Cdr(call_id="call-1", tenant="other", binding_id=made["id"], x=OTHER_X,
+                 caller=A, callee=B, direction="a_to_b", invite_at=made["created_at_unix"] + 1,
+                 ring_at=None, answer_at=None, end_at=made["created_at_unix"] + 2,
+                 duration_s=0.0, release_side="callee", sip_status=486,
+                 unconnected_cause="callee_failed")
+    CdrLog(ops_api.store).write(record)
+    deleted = call(ops_api, "DELETE", f"/v1/bindings/{made['id']}", token=TOKENS["other"])
+    assert deleted.status == 204
+    at = made["created_at_unix"]
+    reply = call(ops_api, "GET", f"/v1/trace?x={OTHER_X}&at={at}", token=OPS_TOKEN)
+    assert reply.status == 200, reply.raw
+    assert set(reply.body) == {"bindings", "cdrs"}
+    [held] = reply.body["bindings"]
+    assert (held["id"], held["tenant"], held["a"], held["b"]) == (made["id"], "other", A, B)
+    assert (held["created_by"], held["ended_by"], held["end_reason"]) == ("api", "api",
+                                                                         "unbind")
+    assert held["ended_at"] is not None
+    [cdr] = reply.body["cdrs"]
+    assert (cdr["call_id"], cdr["caller"], cdr["callee"]) == ("call-1", A, B)  # not masked
+    iso = call(ops_api, "GET", f"/v1/trace?x=%2B86{OTHER_X}&at={made['created_at']}",
+               token=OPS_TOKEN)
+    assert iso.status == 200
+    before = call(ops_api, "GET", f"/v1/trace?x={OTHER_X}&at={at - 3600}", token=OPS_TOKEN)
+    assert before.status == 200 and before.body == {"bindings": [], "cdrs": []}
+
+
+def test_trace_is_for_operator_tokens_only(ops_api: ApiThread) -> None:
+    path = f"/v1/trace?x={OTHER_X}&at=1800000000"
+    assert_error(call(ops_api, "GET", path, token=TOKENS["demo"]), 403, "authorization")
+    assert_error(call(ops_api, "GET", path, token=None), 401, "authorization")
+    assert_error(call(ops_api, "GET", path, token="not-a-token"), 401, "authorization")
+    # An operator token does nothing but trace.
+    assert_error(call(ops_api, "GET", "/v1/bindings", token=OPS_TOKEN), 403, "authorization")
+    assert_error(call(ops_api, "POST", "/v1/bindings", {"mode": "axn", "a": A},
+                      token=OPS_TOKEN), 403, "authorization")
+    assert_error(call(ops_api, "GET", "/v1/cdrs", token=OPS_TOKEN), 403, "authorization")
+    assert call(ops_api, "GET", path, token=OPS_TOKEN).status == 200
+
+
+def test_the_module_api_without_operators_traces_for_nobody(api: ApiThread) -> None:
+    path = f"/v1/trace?x={OTHER_X}&at=1800000000"
+    assert_error(call(api, "GET", path, token=TOKENS["demo"]), 403, "authorization")
+    assert_error(call(api, "GET", path, token=OPS_TOKEN), 401, "authorization")
+
+
+@pytest.mark.parametrize(("query", "field_name"), [
+    ("at=1800000000", "x"), ("x=&at=1800000000", "x"), (f"x={A}&at=1800000000", "x"),
+    ("x=7001&at=1800000000", "x"), (f"x={OTHER_X}", "at"), (f"x={OTHER_X}&at=", "at"),
+    (f"x={OTHER_X}&at=soon", "at"), (f"x={OTHER_X}&at=nan", "at"),
+    (f"x={OTHER_X}&at=-5", "at"), (f"x={OTHER_X}&at=1e300", "at"),
+    (f"x={OTHER_X}&at=1&tenant=demo", "tenant")])
+def test_trace_names_a_bad_query_field(ops_api: ApiThread, query: str,
+                                       field_name: str) -> None:
+    message = assert_error(call(ops_api, "GET", f"/v1/trace?{query}", token=OPS_TOKEN), 400,
+                           field_name)
+    assert A not in message

@@ -24,13 +24,14 @@ from sipmask.clock import FakeClock
 from sipmask.config import loader
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.events.outbox import CLAIM_MAX, Outbox, new_event
-from sipmask.store import LmdbStore, open_store
-from sipmask.store.pg_schema import SCHEMA
+from sipmask.store import LmdbStore, codec, open_store
+from sipmask.store.crypto import create_key_file
+from sipmask.store.pg_schema import LATEST, SCHEMA, migrate
 from sipmask.store.postgres import PostgresStore
 from tests.support.paths import REPO
-from tests.support.postgres import PgServer, pg_dsn, pg_server
+from tests.support.postgres import PgServer, pg_dsn, pg_key, pg_server
 
-__all__ = ["pg_dsn", "pg_server"]   # fixtures
+__all__ = ["pg_dsn", "pg_key", "pg_server"]   # fixtures
 
 DAY = 86400.0
 T0 = 1_800_000_000.0               # 2027-01-15T08:00:00Z
@@ -45,12 +46,13 @@ class _Call:
 
 
 @pytest.fixture
-def nodes(pg_dsn: str) -> Iterator[Callable[[], PostgresStore]]:
+def nodes(pg_dsn: str, pg_key: Path) -> Iterator[Callable[[], PostgresStore]]:
     """Stores on one database, each with its own connections, as sipmask nodes have."""
     made: list[PostgresStore] = []
 
     def make() -> PostgresStore:
-        made.append(PostgresStore(pg_dsn, FakeClock(), pool_size=3, call_workers=1))
+        made.append(PostgresStore(pg_dsn, FakeClock(), pool_size=3, call_workers=1,
+                                  key_file=pg_key))
         return made[-1]
     yield make
     for s in made:
@@ -100,9 +102,17 @@ def test_retention_drops_whole_day_partitions(nodes: Callable[[], PostgresStore]
             log.write(replace(BASE, call_id=f"d{day}-{i}", invite_at=T0 + day * DAY + i))
     assert partitions(pg_dsn) == ["cdrs_20270115", "cdrs_20270116", "cdrs_20270117",
                                   "cdrs_20270118"]
-    # The cutoff falls inside the third day: days one and two go whole, the third stays.
+    assert [c.call_id for c in log.for_binding("b1")] == [
+        f"d{d}-{i}" for d in range(4) for i in range(3)]
+    # The cutoff falls inside the third day: days one and two go whole, the third stays,
+    # and so do the CDR-by-binding index entries (trace) of the days that went.
     assert log.sweep(T0 + 2 * DAY + 1.5) == 6
     assert partitions(pg_dsn) == ["cdrs_20270117", "cdrs_20270118"]
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {SCHEMA}.cdr_binding").fetchone()
+    assert row is not None and row[0] == 6
+    assert [c.call_id for c in log.for_binding("b1")] == [
+        f"d{d}-{i}" for d in (2, 3) for i in range(3)]
     assert [c.call_id for c in log.list()] == [f"d{d}-{i}" for d in (2, 3) for i in range(3)]
     assert log.sweep(T0 + 2 * DAY + 1.5) == 0
     # A record for a day whose partition is gone (a late repair) makes it again.
@@ -205,26 +215,51 @@ def test_the_store_reconnects_after_the_server_restarts(nodes: Callable[[], Post
 
 
 # -- migrate and copy -----------------------------------------------------------------------------
+def _key_file(path: Path) -> Path:
+    create_key_file(path)
+    return path
+
+
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sipmask", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=120)
 
 
-def test_store_migrate_reports_the_versions(pg_dsn: str, tmp_path: Path) -> None:
+def test_store_migrate_reports_the_versions(pg_dsn: str, pg_key: Path,
+                                            tmp_path: Path) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
     sets = ("--set", "store.backend=postgres", "--set", f"store.dsn={pg_dsn}")
-    first = cli("store", "migrate", *sets, cwd=tmp_path)
+    keyed = (*sets, "--set", f"store.key_file={pg_key}")
+    first = cli("store", "migrate", *keyed, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"backend": "postgres", "from": 0, "to": 1}
-    again = cli("store", "migrate", *sets, cwd=tmp_path)
-    assert json.loads(again.stdout) == {"backend": "postgres", "from": 1, "to": 1}
+    assert json.loads(first.stdout) == {"backend": "postgres", "from": 0, "to": LATEST,
+                                        "schema_version": codec.SCHEMA_VERSION}
+    again = cli("store", "migrate", *keyed, cwd=tmp_path)
+    assert json.loads(again.stdout) == {"backend": "postgres", "from": LATEST, "to": LATEST,
+                                        "schema_version": codec.SCHEMA_VERSION}
     lmdb = cli("store", "migrate", "--set", f"store.path={tmp_path / 's'}", cwd=tmp_path)
-    assert json.loads(lmdb.stdout) == {"backend": "lmdb", "schema_version": 1}
+    assert json.loads(lmdb.stdout) == {"backend": "lmdb",
+                                       "schema_version": codec.SCHEMA_VERSION}
+
+
+def test_postgres_without_its_key_file_is_refused_in_one_line(pg_dsn: str,
+                                                               tmp_path: Path) -> None:
+    sets = ("--set", "store.backend=postgres", "--set", f"store.dsn={pg_dsn}",
+            "--set", f"store.key_file={tmp_path / 'none.key'}")
+    for args in (("list",), ("store", "migrate"), ("serve",)):
+        done = cli(*args, *sets, cwd=tmp_path)
+        assert done.returncode != 0 and done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "store.key_file" in lines[0], done.stderr
+        assert "none.key does not exist" in lines[0] and "never makes its key" in lines[0]
+    assert not (tmp_path / "none.key").exists()              # and it made none
 
 
 def test_copy_moves_an_lmdb_store_into_postgres_whole(pg_dsn: str, tmp_path: Path) -> None:
-    config = loader.loads(loader.default_text(), [f"store.path={tmp_path / 's'}"])
+    key = tmp_path / "s.key"                              # the LMDB store makes it
+    config = loader.loads(loader.default_text(), [f"store.path={tmp_path / 's'}",
+                                                  f"store.key_file={key}"])
     source = open_store(config)
     assert isinstance(source, LmdbStore)
     made = [source.create(mode="axb", tenant="demo", a="13800000001", b=f"1390000000{i}")
@@ -240,19 +275,32 @@ def test_copy_moves_an_lmdb_store_into_postgres_whole(pg_dsn: str, tmp_path: Pat
               log.calls_up(), [e for _, e in outbox.peek(10)])
     source.close()
 
-    copied = cli("store", "copy", "--to", pg_dsn, "--set", f"store.path={tmp_path / 's'}",
-                 cwd=tmp_path)
+    keyed = ("--set", f"store.path={tmp_path / 's'}", "--set", f"store.key_file={key}")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:   # a target sealed by another key
+        PostgresStore(pg_dsn, pool_size=1, call_workers=1,
+                      key_file=_key_file(tmp_path / "other.key")).close()
+        refused = cli("store", "copy", "--to", pg_dsn, *keyed, cwd=tmp_path)
+        assert refused.returncode == 1 and "does not match" in refused.stderr
+        conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
+        migrate(conn)
+    copied = cli("store", "copy", "--to", pg_dsn, *keyed, cwd=tmp_path)
     assert copied.returncode == 0, copied.stderr
     report = json.loads(copied.stdout)
     assert report["copied"]["bindings"] == 2 and report["copied"]["outbox"] == 2
     assert "copy:" in copied.stderr and "records" in copied.stderr    # progress
 
-    target = PostgresStore(pg_dsn)
+    target = PostgresStore(pg_dsn, key_file=key)
     try:
         plog, pout = CdrLog(target, node="n1"), Outbox(target)
         after = (target.list(), target.audit(limit=100), target.list_pools(), plog.list(),
                  plog.calls_up(), [e for _, e in pout.peek(10)])
         assert after == before
+        # Sealed records and hashed keys as they were: trace reads the history, and the
+        # CDRs by binding, copied.
+        traced = target.trace(made[2].x, made[2].created_at)
+        assert [(h.binding, h.end_reason) for h in traced if h.binding.id == made[2].id] == [
+            (made[2], "unbind")]
+        assert plog.for_binding("b1") == [BASE]
         assert target.route(made[0].x, "13800000001", time.time()) == made[0]
         pout.enqueue(ring(9))                            # type: ignore[arg-type]
         assert [e.call_id for _, e in pout.peek(10)][-1] == "c9"    # sorts after the copy
@@ -261,10 +309,39 @@ def test_copy_moves_an_lmdb_store_into_postgres_whole(pg_dsn: str, tmp_path: Pat
         assert target.audit(limit=1)[0].seq == before[1][-1].seq + 1
     finally:
         target.close()
-    again = cli("store", "copy", "--to", pg_dsn, "--set", f"store.path={tmp_path / 's'}",
-                cwd=tmp_path)
+    again = cli("store", "copy", "--to", pg_dsn, *keyed, cwd=tmp_path)
     assert again.returncode == 1
     assert "already holds sipmask records" in again.stderr
     missing = cli("store", "copy", "--to", pg_dsn, "--set", f"store.path={tmp_path / 'no'}",
                   cwd=REPO)
     assert missing.returncode == 1 and "store.path" in missing.stderr
+
+
+# -- trace and rekey on the command line ----------------------------------------------------------
+def test_trace_and_store_rekey_on_postgres(pg_dsn: str, pg_key: Path, tmp_path: Path) -> None:
+    sets = ("--set", "store.backend=postgres", "--set", f"store.dsn={pg_dsn}")
+
+    def run(*args: str, key: Path = pg_key) -> subprocess.CompletedProcess[str]:
+        return cli(*args, *sets, "--set", f"store.key_file={key}", cwd=tmp_path)
+    made = json.loads(run("bind", "axb", "--a", "13800000001", "--b", "13900000002",
+                          "--x", "700100000000001").stdout)
+    assert run("unbind", made["id"]).returncode == 0
+    traced = run("trace", "700100000000001", "--at", str(made["created_at_unix"]))
+    assert traced.returncode == 0, traced.stderr
+    [held] = json.loads(traced.stdout)["bindings"]
+    assert (held["id"], held["a"], held["end_reason"]) == (made["id"], "13800000001", "unbind")
+
+    new = tmp_path / "k2"
+    done = run("store", "rekey", "--new-key", str(new))
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["rekeyed"] is True and answer["fingerprint"] != answer["was"]
+    assert "store.key_file" in done.stderr and new.stat().st_mode & 0o777 == 0o600
+    old = run("list")
+    assert old.returncode == 1 and "does not match this store" in old.stderr
+    after = run("trace", "700100000000001", "--at", str(made["created_at_unix"]), key=new)
+    assert after.returncode == 0 and json.loads(after.stdout) == json.loads(traced.stdout)
+    again = run("store", "rekey", "--new-key", str(new))      # store.key_file not moved yet
+    assert again.returncode == 0 and json.loads(again.stdout)["rekeyed"] is False
+    assert "already sealed with" in again.stderr
+    assert not (tmp_path / "var").exists()      # no LMDB store was made on the way

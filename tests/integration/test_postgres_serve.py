@@ -26,10 +26,10 @@ from sipmask.cdr.store import CdrLog
 from sipmask.store.postgres import PostgresStore
 from tests.support.net import free_port
 from tests.support.paths import REPO
-from tests.support.postgres import pg_dsn, pg_server
+from tests.support.postgres import pg_dsn, pg_key, pg_server
 from tests.support.serve import ServeProcess
 
-__all__ = ["pg_dsn", "pg_server"]   # fixtures
+__all__ = ["pg_dsn", "pg_key", "pg_server"]   # fixtures
 
 pytestmark = [
     pytest.mark.sipp,
@@ -78,10 +78,11 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, str]], threading.Event]]:
 
 
 def test_two_nodes_share_bindings_cdrs_and_one_outbox(
-        serve: Callable[..., ServeProcess], pg_dsn: str, tmp_path: Path,
+        serve: Callable[..., ServeProcess], pg_dsn: str, pg_key: Path, tmp_path: Path,
         receiver: tuple[str, list[tuple[str, str]], threading.Event]) -> None:
     url, got, accept = receiver
-    store_sets = ("--set", "store.backend=postgres", "--set", f"store.dsn={pg_dsn}")
+    store_sets = ("--set", "store.backend=postgres", "--set", f"store.dsn={pg_dsn}",
+                  "--set", f"store.key_file={pg_key}")
     made = subprocess.run([sys.executable, "-m", "sipmask", "bind", "axb", "--a", A, "--b", B,
                            "--x", X, "--ttl", "0", *store_sets],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -124,7 +125,7 @@ def test_two_nodes_share_bindings_cdrs_and_one_outbox(
     ids = [event_id for event_id, _ in got]
     assert len(ids) == 16 and len(set(ids)) == 16, got          # each event once
     assert sorted(t for _, t in got) == sorted(["ring", "answer", "hangup", "cdr"] * 4)
-    store = PostgresStore(pg_dsn)
+    store = PostgresStore(pg_dsn, key_file=pg_key)
     try:
         records = CdrLog(store).list()
         assert len(records) == 4

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import pg_dsn, pg_server
+from tests.support.postgres import pg_dsn, pg_key, pg_server
 
-__all__ = ["pg_dsn", "pg_server"]   # fixtures
+__all__ = ["pg_dsn", "pg_key", "pg_server"]   # fixtures
 
 A, B, C = "13800000001", "13900000002", "13700000003"
 X = "700100000000001"
@@ -54,7 +54,8 @@ def store_set(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
     """The config overrides (key=value) that point sipmask at this test's store."""
     if request.param == "lmdb":
         return [f"store.path={tmp_path / 's'}"]
-    return ["store.backend=postgres", f"store.dsn={request.getfixturevalue('pg_dsn')}"]
+    return ["store.backend=postgres", f"store.dsn={request.getfixturevalue('pg_dsn')}",
+            f"store.key_file={request.getfixturevalue('pg_key')}"]
 
 
 def _sets(store_set: list[str]) -> list[str]:

@@ -11,8 +11,8 @@ sipmask's schema dropped and migrated again (50 ms here, where a CREATE DATABASE
 template took 230 ms), so tests stay independent and fast. The server starts on the first
 test that asks for it and stops when the test process exits.
 
-    def test_x(pg_dsn: str) -> None:          # a fresh, migrated database's libpq URI
-        store = PostgresStore(pg_dsn)
+    def test_x(pg_dsn: str, pg_key: Path) -> None:   # a fresh, migrated database's libpq
+        store = PostgresStore(pg_dsn, key_file=pg_key)    # URI, and a store key file
 """
 
 from __future__ import annotations
@@ -59,6 +59,16 @@ class PgServer:
     def dsn(self, db: str = "postgres", **params: str) -> str:
         extra = "".join(f"&{k}={v}" for k, v in params.items())
         return f"postgresql://postgres@{HOST}:{self.port}/{db}?connect_timeout=10{extra}"
+
+    def pg_dump(self, db: str) -> bytes:
+        """The database as `pg_dump` writes it (plain SQL), run as the server's user: what
+        an operator's backup, or a thief with the role's password, would hold."""
+        cmd = [*(["runuser", "-u", "postgres", "--"] if self.as_postgres else []),
+               str(self.bindir / "pg_dump"), "-h", HOST, "-p", str(self.port), "-U",
+               "postgres", db]
+        done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        return done.stdout
 
     def restart(self) -> None:
         """Stop (every connection breaks) and start again on the same port. A fast stop,
@@ -157,3 +167,13 @@ def pg_server() -> PgServer:
 def pg_dsn() -> str:
     """The test database, fresh: sipmask's schema migrated, nothing in it."""
     return SESSION.fresh_database()
+
+
+@pytest.fixture
+def pg_key(tmp_path: Path) -> Path:
+    """The test's store key file (a PostgreSQL store never makes one): 32 random bytes,
+    mode 0600, in the test's tmp_path."""
+    from sipmask.store.crypto import create_key_file
+    path = tmp_path / "store.key"
+    create_key_file(path)
+    return path

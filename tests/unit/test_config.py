@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sipmask.config import loader
-from sipmask.config.schema import Config, Endpoint, NumberRange, PortRange
+from sipmask.config.schema import Config, Endpoint, NumberRange, OperatorConfig, PortRange
 from sipmask.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,8 @@ def test_default_config_has_every_contract_key() -> None:
     assert config.events.webhook.url is None
     assert config.media.latching == "strict"          # RTP Bleed: only the SDP's address
     assert config.cdr.retention_days == 180
+    assert config.store.key_file == Path("var/sipmask.key")     # issue 14 §2
+    assert config.operators == {"ops": OperatorConfig(token=None)}  # issue 14 §3: none
 
 
 def test_embedded_default_used_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -87,6 +89,15 @@ def test_missing_sections_take_defaults() -> None:
     ("tenants: {a: {token: t}, b: {token: t}}", "tenants.b.token", "same token"),
     ("events: {webhook: {url: 'http://127.0.0.1:9/x'}}", "events.webhook.secret", "required"),
     ("trunks: {}", "trunks", "at least one trunk"),
+    ("store: {key_file: ''}", "store.key_file", "must be a path"),
+    ("store: {key_file: [a]}", "store.key_file", "must be a path"),
+    ("operators: {ops: {token: 5}}", "operators.ops.token", "non-empty string"),
+    ("operators: {ops: {tokn: x}}", "operators.ops.tokn", "unknown key"),
+    ("operators: [ops]", "operators", "must be a mapping"),
+    ("tenants: {a: {token: t}}\noperators: {ops: {token: t}}", "operators.ops.token",
+     "same token as tenant a"),
+    ("operators: {o: {token: t}, p: {token: t}}", "operators.p.token",
+     "same token as operator o"),
 ])
 def test_errors_name_key_path(text: str, path: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:

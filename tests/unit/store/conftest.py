@@ -13,9 +13,9 @@ from sipmask.clock import FakeClock
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.store import LmdbStore, MemoryStore
 from sipmask.store.rules import RuleStore
-from tests.support.postgres import pg_dsn, pg_server
+from tests.support.postgres import pg_dsn, pg_key, pg_server
 
-__all__ = ["pg_dsn", "pg_server"]   # fixtures for the tests of this directory
+__all__ = ["pg_dsn", "pg_key", "pg_server"]   # fixtures for the tests of this directory
 
 A, B, C, D = "13800000001", "13900000002", "13700000003", "13600000004"
 X = "700100000000001"
@@ -40,11 +40,13 @@ def store(request: pytest.FixtureRequest, clock: FakeClock,
     if request.param == "memory":
         s = MemoryStore(clock, rng=random.Random(7))
     elif request.param == "lmdb":
-        s = LmdbStore(tmp_path / "s.lmdb", clock, map_size=1 << 20, rng=random.Random(7))
+        s = LmdbStore(tmp_path / "s.lmdb", clock, map_size=1 << 20, rng=random.Random(7),
+                      key_file=tmp_path / "s.key")
     else:
         from sipmask.store.postgres import PostgresStore
         s = PostgresStore(request.getfixturevalue("pg_dsn"), clock, rng=random.Random(7),
-                          pool_size=2, call_workers=1)
+                          pool_size=2, call_workers=1,
+                          key_file=request.getfixturevalue("pg_key"))
     s.sync_tenants(TENANTS)
     yield s
     s.close()

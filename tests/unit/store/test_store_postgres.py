@@ -14,12 +14,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from conftest import TENANTS, A, B, X
 
 from sipmask.clock import FakeClock
 from sipmask.config import loader
 from sipmask.errors import ConfigError, ConflictError, PoolExhausted, StoreError
-from sipmask.store import LmdbStore
+from sipmask.store import LmdbStore, codec
+from sipmask.store.crypto import KeyFileError, KeyMismatch, create_key_file
 from sipmask.store.offload import Offload, StoreBusy, lookup
 from sipmask.store.pg_schema import LATEST, SCHEMA, day_of_key, migrate
 from sipmask.store.postgres import PostgresStore, migrate_database, redact
@@ -27,13 +29,14 @@ from sipmask.store.rules import Txn
 
 
 @pytest.fixture
-def stores(pg_dsn: str, clock: FakeClock) -> Iterator[Callable[[], PostgresStore]]:
+def stores(pg_dsn: str, pg_key: Path,
+           clock: FakeClock) -> Iterator[Callable[[], PostgresStore]]:
     """Factory of stores on the test database, each with its own connections: as many
     nodes (or CLI processes) would have. All closed at teardown."""
     made: list[PostgresStore] = []
 
     def make() -> PostgresStore:
-        s = PostgresStore(pg_dsn, clock, pool_size=2, call_workers=1)
+        s = PostgresStore(pg_dsn, clock, pool_size=2, call_workers=1, key_file=pg_key)
         made.append(s)
         return s
     first = make()
@@ -100,7 +103,7 @@ def test_scans_keep_byte_order_across_pages_like_lmdb(stores: Callable[[], Postg
     # route is keyed (x, k) and cdrs (day, k): the order must still be the keys' own.
     keys = _keys(random.Random(db))
     rows = [(k, b"v" + k) for k in keys]
-    pg, lm = stores(), LmdbStore(tmp_path / "l", map_size=1 << 22)
+    pg, lm = stores(), LmdbStore(tmp_path / "l", map_size=1 << 22, key_file=tmp_path / "k")
     try:
         for s in (pg, lm):
             s.write(lambda txn, s=s: txn.put_many(db, rows))  # type: ignore[misc]
@@ -139,7 +142,8 @@ def test_a_cdr_key_goes_to_its_day_partition(stores: Callable[[], PostgresStore]
     assert day_of_key(key) == (int(at) // 86400)
 
 
-def test_schema_versions_migrate_once_and_a_newer_one_is_refused(pg_dsn: str) -> None:
+def test_schema_versions_migrate_once_and_a_newer_one_is_refused(pg_dsn: str,
+                                                                 pg_key: Path) -> None:
     assert migrate_database(pg_dsn) == (LATEST, LATEST)     # the fixture migrated it
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
@@ -147,7 +151,7 @@ def test_schema_versions_migrate_once_and_a_newer_one_is_refused(pg_dsn: str) ->
         conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES (%s)",
                      (LATEST + 1,))
     with pytest.raises(StoreError, match=f"schema version {LATEST + 1}; this sipmask knows"):
-        PostgresStore(pg_dsn)
+        PostgresStore(pg_dsn, key_file=pg_key)
 
 
 def test_route_soon_is_a_future_and_a_full_queue_refuses_at_once(
@@ -172,7 +176,7 @@ def test_route_soon_is_a_future_and_a_full_queue_refuses_at_once(
 
 
 def test_lookup_on_lmdb_runs_in_place(tmp_path: Path, clock: FakeClock) -> None:
-    store = LmdbStore(tmp_path / "l", clock, map_size=1 << 20)
+    store = LmdbStore(tmp_path / "l", clock, map_size=1 << 20, key_file=tmp_path / "k")
     try:
         store.sync_tenants(TENANTS)
         made = store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
@@ -182,12 +186,12 @@ def test_lookup_on_lmdb_runs_in_place(tmp_path: Path, clock: FakeClock) -> None:
         store.close()
 
 
-def test_the_password_never_reaches_a_message(pg_server: object) -> None:
+def test_the_password_never_reaches_a_message(pg_server: object, pg_key: Path) -> None:
     dsn = "postgresql://sipmask:s3cret-pw@127.0.0.1:1/sipmask?connect_timeout=1"
     assert "s3cret-pw" not in redact(dsn) and "127.0.0.1" in redact(dsn)
     started = time.monotonic()
     with pytest.raises(StoreError) as exc:
-        PostgresStore(dsn, connect_timeout_s=1)
+        PostgresStore(dsn, connect_timeout_s=1, key_file=pg_key)
     assert "s3cret-pw" not in str(exc.value) and "127.0.0.1:1/sipmask" in str(exc.value)
     assert time.monotonic() - started < 30
 
@@ -199,3 +203,29 @@ def test_postgres_needs_a_dsn_and_the_error_names_the_key() -> None:
     config = loader.loads(loader.default_text(), ["store.backend=postgres",
                                                   "store.dsn=postgresql://h/db"])
     assert config.store.backend == "postgres" and config.store.dsn == "postgresql://h/db"
+
+
+def test_a_new_database_takes_the_key_quietly_and_holds_to_it(pg_dsn: str, pg_key: Path,
+                                                              tmp_path: Path) -> None:
+    with structlog.testing.capture_logs() as logs:
+        first = PostgresStore(pg_dsn, pool_size=1, call_workers=1, key_file=pg_key)
+    try:
+        assert logs == []                                    # nothing to seal: no word
+        assert first.read(lambda txn: txn.get("meta", b"key_id")) == \
+            first.keys.fingerprint.encode()
+        assert first.schema_version() == codec.SCHEMA_VERSION
+    finally:
+        first.close()
+    other = tmp_path / "other.key"
+    create_key_file(other)
+    with pytest.raises(KeyMismatch, match=f"sealed with key {first.keys.fingerprint}"):
+        PostgresStore(pg_dsn, pool_size=1, call_workers=1, key_file=other)
+
+
+def test_a_missing_key_file_is_refused_before_connecting(tmp_path: Path) -> None:
+    missing = tmp_path / "none.key"
+    with pytest.raises(KeyFileError) as exc:       # port 1: nothing listens, never reached
+        PostgresStore("postgresql://u@127.0.0.1:1/db?connect_timeout=1", key_file=missing)
+    text = str(exc.value)
+    assert text.startswith(f"store.key_file: {missing} does not exist") and "\n" not in text
+    assert "never makes its key" in text and not missing.exists()
