@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +27,7 @@ Handler = Callable[[argparse.Namespace, Config], int]
 HANDLERS: dict[str, str] = {
     "serve": "sipmask.server:run",
     "check-config": "sipmask.cli:check_config",
+    "reload": "sipmask.cli:reload",
     "bind": "sipmask.admin:bind",
     "show": "sipmask.admin:show",
     "unbind": "sipmask.admin:unbind",
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the B2BUA in the foreground (SIGTERM drains)")
     subs.add_parser("check-config", parents=[common],
                     help="validate the config; name any bad key")
+    subs.add_parser("reload", parents=[common],
+                    help="check the config, then have the running node (sip.pid_file) take "
+                         "it: SIGHUP; keys that need a restart are named in its log")
 
     bind = subs.add_parser("bind", parents=[common], help="create a binding, print it as JSON")
     modes = bind.add_subparsers(dest="mode", metavar="MODE", required=True)
@@ -168,6 +174,36 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
         return EXIT_USAGE
     source = loader.resolve_source(args.config)
     print(f"{source or loader.EMBEDDED}: ok")
+    return EXIT_OK
+
+
+def reload(args: argparse.Namespace, config: Config) -> int:
+    """The config was loaded and checked by main(); the node reads the same file again."""
+    if check_config(args, config) != EXIT_OK:
+        return EXIT_USAGE
+    path = config.sip.pid_file
+    if path is None:
+        print("sipmask: sip.pid_file is null: send SIGHUP to the node yourself "
+              "(systemctl reload)", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        print(f"sipmask: no running node: {path} (sip.pid_file) does not exist",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    except ValueError:
+        print(f"sipmask: {path} (sip.pid_file) holds no process id", file=sys.stderr)
+        return EXIT_REFUSED
+    except ProcessLookupError:
+        print(f"sipmask: the node in {path} (sip.pid_file) is not running", file=sys.stderr)
+        return EXIT_REFUSED
+    except PermissionError:
+        print(f"sipmask: not allowed to signal the node in {path}: run as its user",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"sipmask: reload sent to process {pid}; its log names what it applied")
     return EXIT_OK
 
 

@@ -19,22 +19,27 @@ import contextlib
 import gc
 import itertools
 import json
+import os
 import resource
 import secrets
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from sipmask.api.app import cdrs_from_log, connection_counts, start_api
+from sipmask.api.app import cdrs_from_log, connection_counts, reconfigure_api, start_api
 from sipmask.b2bua import routing
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import HEARTBEAT_S, STALE_S, CdrLog
 from sipmask.clock import SystemClock
+from sipmask.config import loader
+from sipmask.config.reload import ReloadPlan
+from sipmask.config.reload import plan as reload_plan
 from sipmask.config.schema import Config, Endpoint
 from sipmask.errors import ConfigError, StoreError
 from sipmask.events.outbox import Outbox, new_event
@@ -234,6 +239,7 @@ class SipServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._delivering = False                # inside _deliver: its loop takes new events
         self._drain_handle: asyncio.Handle | None = None
+        self.limits: InboundLimits | None = None      # shared by the TCP/TLS listeners
 
     async def start(self) -> list[str]:
         """Open every `sip.listen` endpoint; returns their URLs. Raises ListenError."""
@@ -242,8 +248,8 @@ class SipServer:
         max_bytes = sip.max_message_bytes
         tls = tls_contexts(self.config)
         # One for every TCP and TLS listener: an IP's share counts across them all.
-        limits = InboundLimits(sip.tcp_max_connections, sip.tcp_max_per_ip,
-                               trunk_sources(self.config))
+        limits = self.limits = InboundLimits(sip.tcp_max_connections, sip.tcp_max_per_ip,
+                                             trunk_sources(self.config))
         urls: list[str] = []
         for endpoint in sip.listen:
             try:
@@ -280,6 +286,12 @@ class SipServer:
     def respond(self, txn_id: str, response: Response) -> None:
         self.core.send_response(txn_id, response, self._now())
         self._flush(from_handler=True)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: the trunk ACL at TCP/TLS accept follows the new trunks."""
+        self.config = config
+        if self.limits is not None:
+            self.limits.allow = trunk_sources(config)
 
     def local_port(self, transport: TransportName) -> int:
         """The port sipmask listens on for `transport` (for Contact headers)."""
@@ -605,6 +617,26 @@ class Services:
             log.info("cdr.swept", removed=removed, retention_days=days)
         return removed
 
+    def reload(self, loaded: Config, server: SipServer) -> ReloadPlan:
+        """`sipmask reload` / SIGHUP: take what a running node can (config/reload.py) and
+        name what waits for a restart. Calls in progress go on; new calls see the new
+        config."""
+        result = reload_plan(self.config, loaded)
+        if not result.changed:
+            return result
+        config = result.config
+        sm_logging.setup(config.log, secrets=sm_logging.config_secrets(config))
+        self.config = config
+        server.reconfigure(config)
+        for engine in self.engines:
+            engine.reconfigure(config)
+        if self.policy is not None:
+            self.policy.reconfigure(config)
+        self.store.sync_tenants(config.tenants)
+        if self.api is not None:
+            reconfigure_api(self.api, config)
+        return result
+
     async def drain(self, timeout: float) -> None:
         """SIGTERM: no new calls, running ones finish up to `timeout`, then BYE both ways."""
         engine = self.engine
@@ -638,7 +670,8 @@ class Services:
 
 
 # -- entry point ----------------------------------------------------------------------------
-async def serve(config: Config) -> int:
+async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:
+    """Run a node until SIGTERM/SIGINT. `load` reads the config again (SIGHUP reloads)."""
     try:
         services = Services.open(config)
     except (StoreError, OSError) as exc:
@@ -667,6 +700,9 @@ async def serve(config: Config) -> int:
     freezer = GcFreezer(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if load is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_on_signal, services, server, load)
+    pid_file = write_pid_file(config.sip.pid_file)
     print(f"sipmask listening on {', '.join(urls)}", flush=True)
     log.info("sipmask.started", listen=urls, api=str(config.api.listen))
     try:
@@ -676,10 +712,48 @@ async def serve(config: Config) -> int:
         server.close()
         freezer.close()
         await services.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        remove_pid_file(pid_file)
     print(f"sipmask stopped: counters {json.dumps(server.counters.as_dict())}", flush=True)
     return EXIT_OK
+
+
+def reload_on_signal(services: Services, server: SipServer, load: Callable[[], Config]) -> None:
+    """SIGHUP: a bad file is refused with the loader's one line; the running config stays."""
+    try:
+        loaded = load()
+    except ConfigError as exc:
+        log.error("config.reload_refused", error=str(exc))
+        return
+    result = services.reload(loaded, server)
+    if result.kept:
+        log.warning("config.reload_kept", keys=list(result.kept),
+                    reason="these keys take effect at the next restart")
+    log.info("config.reloaded", applied=list(result.applied))
+
+
+def write_pid_file(path: Path | None) -> Path | None:
+    """`sip.pid_file`, for `sipmask reload`. A file that cannot be written is logged, never
+    fatal: the node runs, and SIGHUP still reloads it."""
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        log.warning("sipmask.pid_file_failed", path=str(path), error=exc.strerror or str(exc))
+        return None
+    return path
+
+
+def remove_pid_file(path: Path | None) -> None:
+    """Only our own: another node may have taken the file over since."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -749,5 +823,5 @@ def run(args: argparse.Namespace, config: Config) -> int:
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner, \
             contextlib.suppress(KeyboardInterrupt):
-        return runner.run(serve(config))
+        return runner.run(serve(config, lambda: loader.load(args.config, args.overrides)))
     return EXIT_OK

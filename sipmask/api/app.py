@@ -299,6 +299,12 @@ async def start_api(config: Config, store: BindingStore, *,
     return runner
 
 
+def reconfigure_api(runner: web.AppRunner, config: Config) -> None:
+    """`sipmask reload`: tenant and operator tokens change at once; a request already
+    authorised finishes under the token it came with."""
+    runner.app[STATE].tokens = TokenTable.from_config(config)
+
+
 def connection_counts(runner: web.AppRunner) -> ConnectionCounts:
     """The API's connection figures (open, refused past the cap, head timeouts), for
     metrics: start_api's runner has one GuardedSite."""

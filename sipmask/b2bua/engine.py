@@ -1175,6 +1175,12 @@ class Engine:
             self._fire(ctx, CallEvent.MEDIA_TIMEOUT)
 
     # -- shutdown ----------------------------------------------------------------------------
+    def reconfigure(self, config: Config) -> None:
+        """`sipmask reload`: new calls see `config` (trunks, timers, tenants); calls in
+        progress keep what they were placed with."""
+        self.config = config
+        self._trunks_seen.clear()       # sources matched against the old trunks
+
     def start_drain(self) -> None:
         """SIGTERM: refuse new calls (503), let running ones finish."""
         self.draining = True

@@ -31,6 +31,7 @@ _VALUES = (Endpoint, HostPort, PortRange, Network, NumberRange, NumberPrefix)
 # one of these; everything else needs a restart.
 LIVE: tuple[str, ...] = (
     "tenants",                 # tokens, pools, blacklists: the store's tenants are synced
+    "operators",               # operator tokens (trace)
     "trunks",                  # outbound targets, inbound_allow (also the TCP accept ACL)
     "policy",                  # rates, caps, max duration, overload threshold
     "log.level",

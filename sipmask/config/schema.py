@@ -190,6 +190,8 @@ class SipConfig:
     # Names this process in the store's answered-call journal, so nodes sharing one store
     # repair only their own (or a dead peer's) calls. None: the first sip.listen host:port.
     node_id: str | None = None
+    # Where `serve` writes its process id, for `sipmask reload` (SIGHUP). None: not written.
+    pid_file: Path | None = Path("var/sipmask.pid")
 
     @property
     def node(self) -> str:
