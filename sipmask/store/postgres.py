@@ -76,6 +76,11 @@ _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _SQL = {name: t.sql() for name, t in TABLES.items()}
 LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
+# While no server answers, a try waits this long at most for a connection, then the next
+# try (after its pause) makes the pool connect again: the pool tries only when a request
+# starts waiting (reconnect_timeout=0 below), so long waits would be long blind spots.
+_WAIT_SLICE_S = 0.25
+_PAUSE_S = (0.05, 0.5)                # pause between tries: first, most (doubling between)
 
 
 class CommitUnknown(StoreError):
@@ -93,12 +98,19 @@ def redact(dsn: str) -> str:
 
 
 def _where(dsn: str) -> str:
-    """host:port/dbname of a DSN (several hosts joined by commas): what errors name."""
+    """host:port/dbname of a DSN, each host with its port for a multi-host one
+    (h1:5432,h2:5433/db): what errors name."""
     try:
         p = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<an unparsable DSN>"
-    return f"{p.get('host') or 'localhost'}:{p.get('port') or 5432}/{p.get('dbname') or ''}"
+    hosts = str(p.get("host") or "localhost").split(",")
+    ports = str(p.get("port") or "5432").split(",")
+    # libpq: one port for all hosts, or one per host (an empty one is the default).
+    ports = ports * len(hosts) if len(ports) == 1 else ports
+    pairs = ",".join(f"{h or 'localhost'}:{port or 5432}"
+                     for h, port in zip(hosts, ports, strict=False))
+    return f"{pairs}/{p.get('dbname') or ''}"
 
 
 class _PgTxn:
@@ -205,9 +217,17 @@ class PostgresStore(RuleStore):
         self._days_lock = threading.Lock()
         if migrate_schema:
             self.migrate()
+        # reconnect_timeout=0: a connection the pool cannot make is given up at once (after
+        # one immediate second try) instead of being retried in the background 1, 2, 4, 8 s
+        # later (psycopg_pool's backoff); the next request that finds no connection makes
+        # the pool try again. Our callers retry on their own schedule (`_run`), so after a
+        # failover the store connects to the promoted primary on their next try, not when
+        # the pool's backoff next comes round (that lagged the promotion by up to the
+        # outage's own length: tests/integration/test_postgres_failover.py).
         self.pool = ConnectionPool(dsn, min_size=1, max_size=max(pool_size, call_workers + 2),
                                    kwargs={"autocommit": True}, open=False,
-                                   timeout=connect_timeout_s, name="sipmask-store")
+                                   timeout=connect_timeout_s, reconnect_timeout=0,
+                                   name="sipmask-store")
         try:
             self.pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout:
@@ -285,11 +305,12 @@ class PostgresStore(RuleStore):
     # -- transactions -----------------------------------------------------------------------
     def _run(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
              retry_commit: bool, patience_s: float | None = None) -> T:
-        deadline = time.monotonic() + (self.failover_s if patience_s is None else patience_s)
-        pause = 0.05
+        patience = self.failover_s if patience_s is None else patience_s
+        deadline = time.monotonic() + patience
+        pause = _PAUSE_S[0]
         while True:
             try:
-                return self._once(fn, begin, lock)
+                return self._once(fn, begin, lock, deadline)
             except CommitUnknown:
                 if not retry_commit or time.monotonic() >= deadline:
                     raise
@@ -297,7 +318,13 @@ class PostgresStore(RuleStore):
                 if time.monotonic() >= deadline:
                     raise StoreError("the database kept refusing this transaction "
                                      "(serialization failures)") from None
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+            except PoolTimeout:
+                # No connection within the slice: the pool's tries failed (no primary
+                # answers) or every connection is busy; either way try again.
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"PostgreSQL at {self.where} is unreachable: no "
+                                     f"connection to a primary within {patience:g} s") from None
+            except psycopg.OperationalError as exc:
                 if time.monotonic() >= deadline:
                     raise StoreError(f"PostgreSQL at {self.where} is unreachable: "
                                      f"{_first_line(exc)}") from None
@@ -308,11 +335,17 @@ class PostgresStore(RuleStore):
                     self._days.clear()
                 if time.monotonic() >= deadline:
                     raise
-            time.sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, 1.0)
+            # Never past the deadline: a last try then runs at it, with a short wait.
+            time.sleep(max(0.0, min(pause * (0.5 + random.random()),
+                                    deadline - time.monotonic())))
+            pause = min(pause * 2, _PAUSE_S[1])
 
-    def _once(self, fn: Callable[[Txn], T], begin: str | None, lock: bool) -> T:
-        with self.pool.connection() as conn:
+    def _once(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
+              deadline: float) -> T:
+        # Wait for a connection a slice at a time and never past the caller's patience (a
+        # lookup's 2 s): the pool's own timeout (connect_timeout_s) would overrun it.
+        wait_s = max(0.01, min(_WAIT_SLICE_S, deadline - time.monotonic()))
+        with self.pool.connection(timeout=wait_s) as conn:
             cur = conn.cursor()
             if begin is None:
                 return fn(_PgTxn(self, cur))
