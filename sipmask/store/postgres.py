@@ -167,7 +167,8 @@ class _PgTxn:
                 rows=", ".join([sql["row"]] * len(chunk)),
                 action="DO UPDATE SET v = EXCLUDED.v" if overwrite else "DO NOTHING")
             if overwrite:
-                row = self.cur.execute(sql["count_keys"], ([k for k, _ in chunk],)).fetchone()
+                row = self.cur.execute(sql["count_keys"],
+                                       t.key_arrays([k for k, _ in chunk])).fetchone()
                 there = int(row[0]) if row else 0
                 self.cur.execute(statement, params)
                 added += len(chunk) - there
