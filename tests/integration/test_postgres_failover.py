@@ -301,7 +301,7 @@ def test_calls_get_503_only_while_no_primary_answers(
     print(f"\nfailover through sipmask serve: first 200 {first_200 - killed:.2f} s after the "
           f"kill ({first_200 - promoted:.2f} s after the promotion); "
           f"{len(attempts)} INVITEs, statuses of the others: "
-          f"{sorted({a.status for a in refused}, key=str)}; 503s for INVITEs sent from "
+          f"{sorted({a.status for a in refused}, key=str)}, for INVITEs sent from "
           f"{min((a.sent - killed for a in refused), default=0):.2f} s to "
           f"{max((a.sent - killed for a in refused), default=0):.2f} s after the kill")
     # Every INVITE was answered (no silence), with 200 or 503 and nothing else.
