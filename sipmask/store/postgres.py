@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -49,6 +50,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sipmask.clock import Clock
 from sipmask.errors import StoreError
+from sipmask.observability.logging import get_logger
 from sipmask.store import codec
 from sipmask.store.base import Binding
 from sipmask.store.offload import Offload
@@ -81,6 +83,25 @@ LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this 
 # starts waiting (reconnect_timeout=0 below), so long waits would be long blind spots.
 _WAIT_SLICE_S = 0.25
 _PAUSE_S = (0.05, 0.5)                # pause between tries: first, most (doubling between)
+
+
+log = get_logger("sipmask.store")
+
+
+class _OutageNoise(logging.Filter):
+    """Drops psycopg_pool's record of each failed connection attempt and each connection
+    it discards. The pool tries whenever a caller asks (reconnect_timeout=0 below), so an
+    outage made some 25 such records a second here, each several lines long; the store
+    tells the outage once instead (`store.unreachable`, then `store.reconnected`)."""
+
+    _DROPPED = ("error connecting in", "reconnection attempt in pool",
+                "discarding broken connection", "discarding closed connection")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self._DROPPED))
+
+
+logging.getLogger("psycopg.pool").addFilter(_OutageNoise())
 
 
 class CommitUnknown(StoreError):
@@ -216,6 +237,8 @@ class PostgresStore(RuleStore):
         self._timeout = connect_timeout_s
         self._days: set[int] = set()
         self._days_lock = threading.Lock()
+        self._down_since: float | None = None    # monotonic: the outage's first failure
+        self._down_lock = threading.Lock()
         if migrate_schema:
             self.migrate()
         # reconnect_timeout=0: a connection the pool cannot make is given up at once (after
@@ -314,7 +337,10 @@ class PostgresStore(RuleStore):
         pause = _PAUSE_S[0]
         while True:
             try:
-                return self._once(fn, begin, lock, deadline)
+                out = self._once(fn, begin, lock, deadline)
+                if self._down_since is not None:
+                    self._up_again()
+                return out
             except CommitUnknown:
                 if not retry_commit or time.monotonic() >= deadline:
                     raise
@@ -325,11 +351,13 @@ class PostgresStore(RuleStore):
             except PoolTimeout:
                 # No connection within the slice: the pool's tries failed (no primary
                 # answers) or every connection is busy; either way try again.
+                self._went_down("no connection to a primary")
                 if time.monotonic() >= deadline:
                     raise StoreError(f"PostgreSQL at {self.where} is unreachable: no "
                                      f"connection to a primary within {patience:.1f} s"
                                      ) from None
             except psycopg.OperationalError as exc:
+                self._went_down(_first_line(exc))
                 if time.monotonic() >= deadline:
                     raise StoreError(f"PostgreSQL at {self.where} is unreachable: "
                                      f"{_first_line(exc)}") from None
@@ -344,6 +372,21 @@ class PostgresStore(RuleStore):
             time.sleep(max(0.0, min(pause * (0.5 + random.random()),
                                     deadline - time.monotonic())))
             pause = min(pause * 2, _PAUSE_S[1])
+
+    def _went_down(self, error: str) -> None:
+        """The outage's first failure is logged; the rest are not (_OutageNoise)."""
+        with self._down_lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.warning("store.unreachable", where=self.where, error=error)
+
+    def _up_again(self) -> None:
+        with self._down_lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.info("store.reconnected", where=self.where,
+                     after_s=round(time.monotonic() - since, 3))
 
     def _once(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
               deadline: float) -> T:

@@ -11,6 +11,7 @@ work again by themselves, on the same store object (libpq's multi-host DSN with
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
 import socket
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+import structlog
+import structlog.testing
 
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.errors import StoreError
@@ -87,7 +90,10 @@ def _wait(condition: object, within: float, what: str) -> float:
 
 
 def test_acknowledged_bindings_survive_and_the_store_resumes_by_itself(
-        pg_pair: PgPair) -> None:
+        pg_pair: PgPair, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    events = structlog.testing.LogCapture()
+    structlog.configure(processors=[events])
     store = PostgresStore(pg_pair.dsn(), failover_s=PATIENCE_S)
     lookups = PostgresStore(pg_pair.dsn())          # the call path's patience: 2 s
     writes = _Writes()
@@ -128,6 +134,7 @@ def test_acknowledged_bindings_survive_and_the_store_resumes_by_itself(
         writer.join(30)
         store.close()
         lookups.close()
+        structlog.reset_defaults()
     print(f"\nfailover: {LOOKUPS_AT_ONCE} lookups failed within {lookup_failed_in:.2f} s; "
           f"creates acknowledged "
           f"again {resumed - promoted:.2f} s after the promotion, {resumed - killed:.2f} s "
@@ -144,6 +151,15 @@ def test_acknowledged_bindings_survive_and_the_store_resumes_by_itself(
     assert lookup_failed_in < LOOKUP_PATIENCE_S + SLACK_S
     # Back by itself once a primary answers, on the same store object.
     assert resumed - promoted < RESUME_S
+    # The outage is told once per store, not once per connection attempt (psycopg_pool
+    # logs each, several lines long: about 30 a second here).
+    noise = [r for r in caplog.records if r.name == "psycopg.pool"
+             and r.levelno >= logging.WARNING]
+    assert noise == [], f"{len(noise)} records, e.g. {noise[0].getMessage()[:200]}"
+    told = [(e["event"], e["where"]) for e in events.entries
+            if e["event"] in ("store.unreachable", "store.reconnected")]
+    assert sorted(told) == [("store.reconnected", store.where)] * 2 + [
+        ("store.unreachable", store.where)] * 2, told
     # Every create that returned a binding is on the new primary, as it was acknowledged.
     after = PostgresStore(pg_pair.dsn())
     try:
