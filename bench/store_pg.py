@@ -16,6 +16,20 @@ Measured, alternating the drivers round by round on the same keys and the same s
                         price of an async-only driver under synchronous rules
 Ratios are against psycopg in the same run (>1: asyncpg faster); LMDB's figure is the floor
 an embedded store gives.
+
+Route lookups at scale (issue 14: 10 million bindings):
+
+    python3 bench/store_pg.py --bindings 10000000 [--work DIR] [--sample 20000]
+
+fills an LMDB store through the store's own bulk path (store.create_many: every rule,
+codec.py's encoding, the audit log; 4 pairs per X, no expiry), then copies it key for key,
+as `sipmask store copy` does, into PostgreSQL, the big tables with COPY (binary) and the
+small ones with the store's put_many; so both stores hold exactly the same records. Then,
+alternating PostgreSQL and LMDB round by round, lookups through the call path's entry
+(`offload.lookup` awaited with asyncio.wrap_future, as the engine's shell does) on random
+bindings: a bound caller (one statement) and a stranger (two: the X is scanned), one at a
+time and 32 in flight: p50 and p99 µs, and lookups/s. The server gets shared_buffers 1GB
+(of this machine's 23 GB); the rest is the OS page cache.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import statistics
@@ -38,8 +53,8 @@ import asyncpg
 import psycopg
 
 from sipmask.clock import SystemClock
-from sipmask.config.schema import NumberRange, TenantConfig
-from sipmask.store import LmdbStore, codec
+from sipmask.config.schema import NumberRange, StoreConfig, TenantConfig
+from sipmask.store import LmdbStore, codec, offload
 from sipmask.store.base import Binding
 from sipmask.store.crypto import Keyring, create_key_file
 from sipmask.store.pg_schema import SCHEMA, TABLES, migrate
@@ -275,13 +290,219 @@ def _req(i: int) -> Any:
     return BindingRequest("axb", f"138{i:08d}", f"139{i:08d}", ttl=0)
 
 
+# -- route lookups at scale -----------------------------------------------------------------
+PAIRS_PER_X = 4
+STRANGER = "13700000003"
+SCALE_TENANT = "bench"
+LMDB_BYTES_PER_BINDING = 650      # measured: 120 MB for 200,000 (bindings, 2 routes, audit)
+PG_BYTES_PER_BINDING = 1100       # measured at 1,000,000 (heap, primary keys, WAL headroom)
+_BIG = ("bindings", "route", "expiry", "xuse", "audit")   # COPY; the rest via put_many
+
+
+def x_of(i: int) -> str:
+    return f"7001{i // PAIRS_PER_X:011d}"
+
+
+def a_of(i: int) -> str:
+    return f"138{i:08d}"
+
+
+def scale_tenants(n: int) -> dict[str, TenantConfig]:
+    return {SCALE_TENANT: TenantConfig("t", (NumberRange(x_of(0), x_of(n - 1)),))}
+
+
+class Progress:
+    """One line on stderr every 5 s: done, rate, time left."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total = what, total
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 5:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        left = (self.total - done) / rate if rate else 0
+        print(f"  {self.what}: {done:,}/{self.total:,}  {rate:,.0f}/s  "
+              f"{left / 60:.1f} min left", file=sys.stderr, flush=True)
+
+
+def fill_lmdb(path: Path, n: int, key_file: Path) -> LmdbStore:
+    """n bindings through store.create_many (the rules, the codec, the audit log)."""
+    store = LmdbStore(path, map_size=max(1 << 30, n * LMDB_BYTES_PER_BINDING * 2),
+                      key_file=key_file)
+    store.sync_tenants(scale_tenants(n))
+    progress = Progress("LMDB create_many", n)
+    from sipmask.store.base import BindingRequest
+
+    def requests() -> Iterator[tuple[int, BindingRequest]]:
+        for i in range(n):
+            yield i, BindingRequest("axb", a_of(i), f"139{i:08d}", x_of(i), 0, SCALE_TENANT)
+            if i % 50_000 == 0:
+                progress(i)
+    made = sum(1 for o in store.create_many(requests(), batch=50_000) if o.binding)
+    progress(made, force=True)
+    if made != n:
+        sys.exit(f"only {made:,} of {n:,} bindings were made")
+    return store
+
+
+def copy_to_postgres(source: LmdbStore, target: PostgresStore) -> int:
+    """Every record of `source` into `target`, key for key (sipmask store copy's mapping:
+    pg_schema.TABLES, Table.row); the big tables by binary COPY. Both stores hold the same
+    key (the records stay sealed as LMDB sealed them). Returns rows copied."""
+    from sipmask.store.pg_copy import lmdb_counts
+    counts = lmdb_counts(source)
+    progress = Progress("COPY into PostgreSQL", sum(counts[name] for name in _BIG))
+    rows = 0
+    with psycopg.connect(target.dsn) as conn:
+        for name in _BIG:
+            table, db = TABLES[name], source.db(name)
+            cols = (*table.columns, "v")
+            sql = f"COPY {table.qname} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
+            with conn.cursor() as cur, cur.copy(sql) as copy, source.env.begin() as txn:
+                copy.set_types(["bytea"] * len(cols))
+                for key, value in txn.cursor(db=db):
+                    copy.write_row((*table.row(bytes(key)), bytes(value)))
+                    rows += 1
+                    if rows % 100_000 == 0:
+                        progress(rows)
+            conn.commit()
+    progress(rows, force=True)
+    for name in ("meta", "tenants", "pools"):
+        db = source.db(name)
+        with source.env.begin() as txn:
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db)]
+
+        def put(txn: Txn, name: str = name, items: list[tuple[bytes, bytes]] = items) -> int:
+            return txn.put_many(name, items)
+        target.write(put)
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")         # visibility map and statistics, as a
+    return rows                                  # long-running database has them
+
+
+async def timed_lookups(store: Any, keys: list[tuple[str, str]], parallel: int,
+                        hit: bool) -> tuple[list[float], float]:
+    """Each key through offload.lookup, awaited on this loop, `parallel` in flight:
+    (seconds per lookup, wall seconds)."""
+    now = time.time()
+    times: list[float] = []
+    queue = list(keys)
+
+    async def worker() -> None:
+        while queue:
+            x, caller = queue.pop()
+            started = time.perf_counter()
+            found = await asyncio.wrap_future(offload.lookup(store, x, caller, now))
+            times.append(time.perf_counter() - started)
+            assert found is not None and (found.a == caller) == hit, (x, caller, found)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+    return times, time.perf_counter() - started
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e6
+
+
+def scale(n: int, work: Path, rounds: int, sample: int, dsn: str | None,
+          lookup_threads: int) -> None:
+    free = shutil.disk_usage(work).free
+    need = n * (LMDB_BYTES_PER_BINDING + (0 if dsn else PG_BYTES_PER_BINDING))
+    print(f"{n:,} bindings: about {need / 1e9:.1f} GB needed in {work}, "
+          f"{free / 1e9:.1f} GB free", file=sys.stderr)
+    if need > free * 0.9:
+        sys.exit("not enough disk: run with fewer --bindings (see the module docstring)")
+    server = None
+    if dsn is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.support.postgres import bindir, start_server
+        found = bindir()
+        if found is None:
+            sys.exit("PostgreSQL is not installed (Debian package postgresql)")
+        server = start_server(found, settings={
+            "shared_buffers": "1GB", "max_wal_size": "4GB", "checkpoint_timeout": "30min",
+            "maintenance_work_mem": "512MB"})
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        dsn = server.dsn("bench")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=work))
+    try:
+        key_file = tmp / "store.key"
+        create_key_file(key_file)          # one key, both stores (PostgreSQL makes none)
+        started = time.monotonic()
+        lm = fill_lmdb(tmp / "lmdb", n, key_file)
+        filled = time.monotonic() - started
+        fresh_schema(dsn)
+        # The call path's lookup threads as `sipmask serve` has them (store.lookup_threads).
+        pg = PostgresStore(dsn, call_workers=lookup_threads, key_file=key_file)
+        started = time.monotonic()
+        rows = copy_to_postgres(lm, pg)
+        copied = time.monotonic() - started
+        lm_bytes = sum(f.stat().st_size for f in (tmp / "lmdb").iterdir())
+        print(f"filled: LMDB create_many {n / filled:,.0f} bindings/s ({lm_bytes / 1e9:.2f} "
+              f"GB); COPY {rows:,} rows in {copied:.0f} s ({n / copied:,.0f} bindings/s, "
+              f"{pg.disk_bytes() / 1e9:.2f} GB)", flush=True)
+        results: dict[str, list[float]] = {}
+
+        async def measure() -> None:
+            for r in range(rounds):
+                rng = random.Random(r)
+                picks = [rng.randrange(n) for _ in range(sample)]
+                hits = [(x_of(i), a_of(i)) for i in picks]
+                strangers = [(x_of(i), STRANGER) for i in picks[: sample // 4]]
+                stores = (("postgres", pg), ("lmdb", lm))
+                for name, store in stores if r % 2 == 0 else stores[::-1]:
+                    for kind, keys in (("bound caller", hits), ("stranger", strangers)):
+                        for parallel in (1, 32):
+                            times, wall = await timed_lookups(store, keys, parallel,
+                                                              kind == "bound caller")
+                            label = f"{name:<8} {kind:<12} x{parallel:<2}"
+                            results.setdefault(label + " p50 µs", []).append(_pct(times, .5))
+                            results.setdefault(label + " p99 µs", []).append(_pct(times, .99))
+                            results.setdefault(label + " /s", []).append(len(keys) / wall)
+        asyncio.run(measure())
+        pg.close()
+        lm.close()
+        print(f"{n:,} bindings, {rounds} rounds x {sample:,} random lookups (median of rounds; "
+              f"through offload.lookup on an asyncio loop; {lookup_threads} lookup threads); "
+              f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
+        for label, values in results.items():
+            print(f"  {label:<34} {statistics.median(values):>12,.1f}")
+        for kind in ("bound caller", "stranger"):
+            for parallel in (1, 32):
+                pg50, lm50 = (statistics.median(results[f"{s:<8} {kind:<12} x{parallel:<2}"
+                                                        " p50 µs"]) for s in ("postgres", "lmdb"))
+                print(f"  postgres / lmdb p50, {kind}, x{parallel}: {pg50 / lm50:,.0f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="a PostgreSQL to use (its `sipmask` schema is re-made)")
     parser.add_argument("--size", type=int, default=20_000, help="bindings loaded")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--sample", type=int, default=2000, help="lookups per round")
+    parser.add_argument("--bindings", type=int,
+                        help="route lookups at this many bindings, PostgreSQL and LMDB")
+    parser.add_argument("--lookup-threads", type=int, default=StoreConfig().lookup_threads,
+                        help="PostgreSQL lookup threads (default: store.lookup_threads's)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where the --bindings LMDB store goes (and the server's data)")
     args = parser.parse_args()
+    if args.bindings:
+        tempfile.tempdir = str(args.work)      # the server's data directory too
+        scale(args.bindings, args.work, args.rounds, args.sample, args.dsn,
+              args.lookup_threads)
+        return
     if args.dsn:
         run(args.dsn, args.size, args.rounds, args.sample)
         return

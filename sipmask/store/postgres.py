@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -103,6 +104,27 @@ ALONE_WAIT_S = 10.0                   # how long a rekey waits for other session
 _OTHER_SESSIONS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
     "AND application_name LIKE %s AND application_name <> %s")
+# While no server answers, a try waits this long at most for a connection, then the next
+# try (after its pause) makes the pool connect again: the pool tries only when a request
+# starts waiting (reconnect_timeout=0 below), so long waits would be long blind spots.
+_WAIT_SLICE_S = 0.25
+_PAUSE_S = (0.05, 0.5)                # pause between tries: first, most (doubling between)
+
+
+class _OutageNoise(logging.Filter):
+    """Drops psycopg_pool's record of each failed connection attempt and each connection
+    it discards. The pool tries whenever a caller asks (reconnect_timeout=0 below), so an
+    outage made some 25 such records a second here, each several lines long; the store
+    tells the outage once instead (`store.unreachable`, then `store.reconnected`)."""
+
+    _DROPPED = ("error connecting in", "reconnection attempt in pool",
+                "discarding broken connection", "discarding closed connection")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self._DROPPED))
+
+
+logging.getLogger("psycopg.pool").addFilter(_OutageNoise())
 
 
 class CommitUnknown(StoreError):
@@ -120,12 +142,19 @@ def redact(dsn: str) -> str:
 
 
 def _where(dsn: str) -> str:
-    """host:port/dbname of a DSN (several hosts joined by commas): what errors name."""
+    """host:port/dbname of a DSN, each host with its port for a multi-host one
+    (h1:5432,h2:5433/db): what errors name."""
     try:
         p = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<an unparsable DSN>"
-    return f"{p.get('host') or 'localhost'}:{p.get('port') or 5432}/{p.get('dbname') or ''}"
+    hosts = str(p.get("host") or "localhost").split(",")
+    ports = str(p.get("port") or "5432").split(",")
+    # libpq: one port for all hosts, or one per host (an empty one is the default).
+    ports = ports * len(hosts) if len(ports) == 1 else ports
+    pairs = ",".join(f"{h or 'localhost'}:{port or 5432}"
+                     for h, port in zip(hosts, ports, strict=False))
+    return f"{pairs}/{p.get('dbname') or ''}"
 
 
 class _PgTxn:
@@ -182,7 +211,8 @@ class _PgTxn:
                 rows=", ".join([sql["row"]] * len(chunk)),
                 action="DO UPDATE SET v = EXCLUDED.v" if overwrite else "DO NOTHING")
             if overwrite:
-                row = self.cur.execute(sql["count_keys"], ([k for k, _ in chunk],)).fetchone()
+                row = self.cur.execute(sql["count_keys"],
+                                       t.key_arrays([k for k, _ in chunk])).fetchone()
                 there = int(row[0]) if row else 0
                 self.cur.execute(statement, params)
                 added += len(chunk) - there
@@ -247,12 +277,21 @@ class PostgresStore(RuleStore):
         self._days_lock = threading.Lock()
         # Our sessions' application_name: a rekey refuses while others are connected.
         self.session_name = f"{APP_NAME} {uuid.uuid4().hex[:12]}"
+        self._down_since: float | None = None    # monotonic: the outage's first failure
+        self._down_lock = threading.Lock()
         if migrate_schema:
             self.migrate()
+        # reconnect_timeout=0: a connection the pool cannot make is given up at once (after
+        # one immediate second try) instead of being retried in the background 1, 2, 4, 8 s
+        # later (psycopg_pool's backoff); the next request that finds no connection makes
+        # the pool try again. Our callers retry on their own schedule (`_run`), so after a
+        # failover the store connects to the promoted primary on their next try, not when
+        # the pool's backoff next comes round (that lagged the promotion by up to the
+        # outage's own length: tests/integration/test_postgres_failover.py).
         self.pool = ConnectionPool(dsn, min_size=1, max_size=max(pool_size, call_workers + 2),
                                    kwargs={"autocommit": True,
                                            "application_name": self.session_name},
-                                   open=False, timeout=connect_timeout_s,
+                                   open=False, timeout=connect_timeout_s, reconnect_timeout=0,
                                    name="sipmask-store")
         try:
             self.pool.open(wait=True, timeout=connect_timeout_s)
@@ -474,12 +513,19 @@ class PostgresStore(RuleStore):
 
     # -- transactions -----------------------------------------------------------------------
     def _run(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
-             retry_commit: bool, patience_s: float | None = None) -> T:
-        deadline = time.monotonic() + (self.failover_s if patience_s is None else patience_s)
-        pause = 0.05
+             retry_commit: bool, deadline: float | None = None) -> T:
+        """fn in a transaction (`begin`), tried again on the failures above until
+        `deadline` (monotonic; default failover_s from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.failover_s
+        patience = max(0.0, deadline - time.monotonic())
+        pause = _PAUSE_S[0]
         while True:
             try:
-                return self._once(fn, begin, lock)
+                out = self._once(fn, begin, lock, deadline)
+                if self._down_since is not None:
+                    self._up_again()
+                return out
             except CommitUnknown:
                 if not retry_commit or time.monotonic() >= deadline:
                     raise
@@ -487,7 +533,16 @@ class PostgresStore(RuleStore):
                 if time.monotonic() >= deadline:
                     raise StoreError("the database kept refusing this transaction "
                                      "(serialization failures)") from None
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+            except PoolTimeout:
+                # No connection within the slice: the pool's tries failed (no primary
+                # answers) or every connection is busy; either way try again.
+                self._went_down("no connection to a primary")
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"PostgreSQL at {self.where} is unreachable: no "
+                                     f"connection to a primary within {patience:.1f} s"
+                                     ) from None
+            except psycopg.OperationalError as exc:
+                self._went_down(_first_line(exc))
                 if time.monotonic() >= deadline:
                     raise StoreError(f"PostgreSQL at {self.where} is unreachable: "
                                      f"{_first_line(exc)}") from None
@@ -498,11 +553,32 @@ class PostgresStore(RuleStore):
                     self._days.clear()
                 if time.monotonic() >= deadline:
                     raise
-            time.sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, 1.0)
+            # Never past the deadline: a last try then runs at it, with a short wait.
+            time.sleep(max(0.0, min(pause * (0.5 + random.random()),
+                                    deadline - time.monotonic())))
+            pause = min(pause * 2, _PAUSE_S[1])
 
-    def _once(self, fn: Callable[[Txn], T], begin: str | None, lock: bool) -> T:
-        with self.pool.connection() as conn:
+    def _went_down(self, error: str) -> None:
+        """The outage's first failure is logged; the rest are not (_OutageNoise)."""
+        with self._down_lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.warning("store.unreachable", where=self.where, error=error)
+
+    def _up_again(self) -> None:
+        with self._down_lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.info("store.reconnected", where=self.where,
+                     after_s=round(time.monotonic() - since, 3))
+
+    def _once(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
+              deadline: float) -> T:
+        # Wait for a connection a slice at a time and never past the caller's patience (a
+        # lookup's 2 s): the pool's own timeout (connect_timeout_s) would overrun it.
+        wait_s = max(0.01, min(_WAIT_SLICE_S, deadline - time.monotonic()))
+        with self.pool.connection(timeout=wait_s) as conn:
             cur = conn.cursor()
             if begin is None:
                 return fn(_PgTxn(self, cur))
@@ -539,6 +615,12 @@ class PostgresStore(RuleStore):
 
     # -- the call path ----------------------------------------------------------------------
     def route(self, x: str, caller: str, now: float) -> Binding | None:
+        return self._route(x, caller, now, time.monotonic() + self._lookup_patience())
+
+    def _lookup_patience(self) -> float:
+        return min(self.failover_s, LOOKUP_PATIENCE_S)
+
+    def _route(self, x: str, caller: str, now: float, deadline: float) -> Binding | None:
         # rules.route's lookup, without BEGIN/COMMIT: one round trip when the caller's key
         # holds a live binding, two when X must be scanned (each statement its own
         # snapshot; a write between them changes only whether a stranger hears 403 or 404).
@@ -551,12 +633,17 @@ class PostgresStore(RuleStore):
                 if b.live(now):
                     return b
             return self._any_on_x(txn, x, now)
-        return self._run(run, None, lock=False, retry_commit=True,
-                         patience_s=min(self.failover_s, LOOKUP_PATIENCE_S))
+        return self._run(run, None, lock=False, retry_commit=True, deadline=deadline)
 
     def route_soon(self, x: str, caller: str, now: float) -> Future[Binding | None]:
-        """`route` on the lookup threads; StoreBusy at once when the queue is full."""
-        return self.calls.submit(self.route, x, caller, now)
+        """`route` on the lookup threads; StoreBusy at once when the queue is full. The
+        lookup's patience counts from now, not from when a thread takes it: while no
+        primary answers, each lookup holds its thread for the whole patience, and lookups
+        queued behind them would otherwise wait threads x patience each before theirs
+        began (32 at once on 4 threads: the last failed after 16 s, not 2 s). One past its
+        deadline when a thread takes it still gets one try (a healthy but busy store)."""
+        return self.calls.submit(self._route, x, caller, now,
+                                 time.monotonic() + self._lookup_patience())
 
     # -- other modules' records -------------------------------------------------------------
     def db(self, name: str) -> str:
