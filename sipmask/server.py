@@ -324,9 +324,11 @@ class SipServer:
         self._held = True
 
     def flush(self) -> None:
-        """Send what the handler's actions produced, and stop holding."""
+        """Send what the handler's actions produced, and stop holding. Inside a drain the
+        drain sends it when the handler returns (_drain), so nothing is done twice."""
         self._held = False
-        self._flush(from_handler=True)
+        if not self._delivering:
+            self._flush(from_handler=True)
 
     def _sent(self) -> None:
         if not self._held:

@@ -15,6 +15,7 @@ from enum import Enum
 
 from sipmask.b2bua import masking
 from sipmask.b2bua.call import Action, Call, Leg
+from sipmask.cdr.record import Cdr
 from sipmask.config.schema import TrunkConfig
 from sipmask.sip.dialog import Dialog
 from sipmask.sip.message import Request, Response
@@ -100,3 +101,13 @@ class Relay:
     request: Request
     sent_txn: str                 # our transaction on the other leg (its 2xx get our ACK)
     offered: bool = False         # the request carried an SDP offer (crossing_body)
+
+
+def record_of(call: Call) -> Cdr:
+    """The call's CDR as its state has it now (final once it left the live states)."""
+    return Cdr(call_id=call.call_id, tenant=call.tenant, binding_id=call.binding_id,
+               x=call.x, caller=call.caller, callee=call.callee,
+               direction=call.direction, invite_at=call.invite_at, ring_at=call.ring_at,
+               answer_at=call.answer_at, end_at=call.end_at, duration_s=call.duration_s,
+               release_side=call.release_side, sip_status=call.sip_status,
+               unconnected_cause=call.unconnected_cause)

@@ -11,14 +11,15 @@ microsecond or a network round trip later. Other calls proceed meanwhile.
 
 One call's work stays in order: while a call waits for a result, its later events queue on
 the call (`CallContext.queue`) and run when the result has been taken, exactly as they
-arrived. A waiting step names what comes next as a method (`_leg_b_offered`,
-`_answer_crossed`…) with the state it needs bound to it; the rest of a transition's
-actions (b2bua/call.py) wait in `CallContext.rest`.
+arrived. A step that waits names the function that takes the result (calling.py's
+`_leg_b_offered`, `_answer_crossed`…) with the state it needs bound to it; the rest of the
+call table's transition (b2bua/call.py) waits in `CallContext.rest`.
 
 Leg A is the trunk that sent the INVITE for X (sipmask is the UAS there), leg B the new call
 to the real party (sipmask is the UAC). Nothing crosses between the legs but what
-masking.py lets through and the SDP the media backend rewrote. In-dialog relaying (re-INVITE,
-UPDATE, INFO…) is in b2bua/relaying.py.
+masking.py lets through and the SDP the media backend rewrote. This module dispatches the
+events and runs the call's table; placing the call (A's INVITE to B's answer) is in
+b2bua/calling.py, requests inside the dialogs in b2bua/relaying.py.
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ import collections
 import itertools
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sipmask import numbers
-from sipmask.b2bua import masking, relaying, routing
+from sipmask.b2bua import calling, masking, relaying, routing
 from sipmask.b2bua.actions import (
     CallFinished,
     Cancel,
@@ -43,15 +42,12 @@ from sipmask.b2bua.actions import (
     Emit,
     EndAll,
     JournalDone,
-    JournalUp,
-    Lookup,
     LookupDone,
     MediaAnswer,
     MediaDelete,
     MediaDone,
     MediaOffer,
     MediaTimeout,
-    Refused,
     Respond,
     Reuse,
     SendAck,
@@ -59,14 +55,14 @@ from sipmask.b2bua.actions import (
     SendRequest,
 )
 from sipmask.b2bua.call import Action, Call, CallEvent, CallState, Leg
-from sipmask.b2bua.context import CallContext, Relay, Role, Transition
+from sipmask.b2bua.calling import Setup
+from sipmask.b2bua.context import CallContext, Relay, Role, Transition, record_of
 from sipmask.b2bua.timers import CallTimer, CallTimers
 from sipmask.cdr.record import Cdr
 from sipmask.config.schema import Config, TrunkConfig
 from sipmask.errors import CallStateError, ParseError, SipError
-from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
+from sipmask.sip.dialog import Dialog, DialogState, new_tag
 from sipmask.sip.message import Request, Response, build_response
-from sipmask.sip.methods import ALLOW
 from sipmask.sip.transaction import (
     AckReceived,
     AckTimeout,
@@ -86,7 +82,7 @@ if TYPE_CHECKING:       # store/__init__ opens LMDB; the core only reads the rec
     from sipmask.store.base import Binding
 
 SDP = masking.SDP
-TRUNK_CACHE_MAX = 4096        # sources whose trunk (or none) _trunk_for remembers
+TRUNK_CACHE_MAX = 4096        # sources whose trunk (or none) trunk_for remembers
 
 
 class CoreLog(Protocol):
@@ -109,8 +105,9 @@ class _Quiet:
 
 class Policy(Protocol):
     """Who may call (ACLs, rate limits, blacklists): raises a SipError (403/486/503, with its
-    CDR cause) to refuse, returns to admit. policy.CallPolicy fits. Times are the core's
-    monotonic `now`; the policy keeps its buckets in memory and performs nothing."""
+    CDR cause) to refuse, returns to admit. policy.CallPolicy fits: its buckets are memory,
+    its times the core's monotonic `now`, and its overload flag a value its shell measures
+    (policy/overload.py); it performs nothing and never calls back."""
 
     def admit(self, request: Request, source: Address, trunk: str | None,
               now: float | None = None) -> None: ...
@@ -128,21 +125,6 @@ _BYE_ROLE = {Leg.A: Role.BYE_A, Leg.B: Role.BYE_B}
 _BYE_ROLES = frozenset(_BYE_ROLE.values())
 
 
-@dataclass
-class _Setup:
-    """An INVITE for X whose binding is being looked up (no call exists yet)."""
-
-    event: RequestReceived
-    trunk_name: str | None
-    trunk: TrunkConfig
-    a_body: masking.Body
-    max_forwards: int
-    x: str
-    caller: str
-    invite_at: float
-    ending: CallEvent | None = None     # A_CANCEL or SHUTDOWN arrived meanwhile
-
-
 class CallCore:
     """Every call of one sipmask process. See the module docstring."""
 
@@ -158,7 +140,7 @@ class CallCore:
         self._by_a: dict[tuple[str, str], CallContext] = {}      # (Call-ID, From tag)
         self._by_a_txn: dict[str, CallContext] = {}
         self._by_txn: dict[str, tuple[Role, CallContext] | Relay] = {}
-        self._setups: dict[str, _Setup] = {}                     # A's INVITE txn -> lookup
+        self.setups: dict[str, Setup] = {}               # A's INVITE txn -> its lookup
         self._trunks_seen: dict[str, tuple[str | None, TrunkConfig | None]] = {}
         self._ids = itertools.count(1)
         # Result id -> (the call waiting, or None, and the step that takes the result).
@@ -205,10 +187,22 @@ class CallCore:
     @property
     def active_calls(self) -> int:
         """Calls, and INVITEs whose lookup is still out (a drain waits for both)."""
-        return len(self.calls) + len(self._setups)
+        return len(self.calls) + len(self.setups)
+
+    def add_call(self, ctx: CallContext) -> None:
+        """A call is made (calling.py): find it by its ids from now on; it counts."""
+        call = ctx.call
+        if self.policy is not None:
+            self.policy.call_started(call)
+        self.calls[call.call_id] = ctx
+        request = ctx.a_invite
+        ctx.a_key = (request.call_id, request.from_.tag or "")
+        self._by_a[ctx.a_key] = ctx
+        self._by_a_txn[ctx.a_txn] = ctx
+        self.stats["calls"] += 1
 
     # -- results of actions ----------------------------------------------------------------
-    def _wait(self, ctx: CallContext | None, then: Callable[[Any], None]) -> int:
+    def wait(self, ctx: CallContext | None, then: Callable[[Any], None]) -> int:
         """A new result id; the result event with it goes to `then` (for a call, in the
         call's order: nothing else of the call runs before it)."""
         op = next(self._ids)
@@ -223,7 +217,11 @@ class CallCore:
             return
         ctx, then = found
         if ctx is None:
-            then(event)
+            try:
+                then(event)
+            except Exception:
+                self.stats["internal_errors"] += 1
+                self.log.exception("call.internal_error")
             return
         if isinstance(event, MediaDone) and event.error is None:
             self._media_opened(ctx)
@@ -291,130 +289,11 @@ class CallCore:
         try:
             routing.check_request(event.request)
         except SipError as exc:
-            self.reply(event.txn_id, event.request, exc.status, extra=_refusal_headers(exc))
+            self.reply(event.txn_id, event.request, exc.status,
+                       extra=calling.refusal_headers(exc))
             return
         self.reply(event.txn_id, event.request, 200,
-                    extra=(*relaying.ALLOW_HEADER, ("Accept", SDP), ("Supported", "")))
-
-    def _new_call(self, event: RequestReceived) -> None:
-        request = event.request
-        trunk_name, trunk = self._trunk_for(event.source[0])
-        # A source outside every trunk's ACL and a draining node are counted, not recorded:
-        # the sender chose every field such a CDR would hold (the review's 3,808 INVITEs in
-        # 5 s became 3,808 CDRs in a tenant's list), and writing them costs the most when
-        # refusing should cost the least.
-        if trunk is None:
-            self._refuse(event, SipError("Forbidden", status=403, cause="not_allowed",
-                                         metric="acl"), self.wall, ())
-            return
-        if self.draining:
-            self._refuse(event, SipError("Service Unavailable", status=503,
-                                         cause="rate_limited", metric="overload"),
-                         self.wall, (("Retry-After", "5"),))
-            return
-        # CONTRACT: 100 Trying at once (§17.2.1 lets the TU send it; it stops A's Timer A).
-        self.reply(event.txn_id, request, 100)
-        policy = self.policy
-        try:
-            routing.check_request(request)      # 416, 420 (§8.2.2), as for OPTIONS
-            a_body = self.request_body(request)
-            max_forwards = masking.next_max_forwards(request)
-            if policy is not None:
-                policy.admit(request, event.source, trunk_name, self.now)
-            x = routing.target_x(request)
-            caller = routing.caller_number(request, trust_pai=trunk.trust_pai)
-            if policy is not None:
-                # Every attempt spends the caller's and X's rates before the lookup: a 404
-                # or a stranger's 403 answers a question about X too.
-                policy.admit_attempt(x, caller, self.now)
-        except SipError as exc:
-            self._refuse(event, exc, self.wall, _refusal_headers(exc))
-            return
-        setup = _Setup(event, trunk_name, trunk, a_body, max_forwards, x, caller, self.wall)
-        self._setups[event.txn_id] = setup
-        op = self._wait(None, partial(self._routed, setup))
-        self._actions.append(Lookup(op, x, caller, self.wall))
-
-    def _routed(self, setup: _Setup, done: LookupDone) -> None:
-        """The lookup's answer: refuse, or make the call and place leg B."""
-        event = setup.event
-        del self._setups[event.txn_id]
-        if done.error is not None:
-            # The store failed (not "no binding"): nothing is known of the call to record.
-            self.stats["lookup_failed"] += 1
-            self.log.warning("call.lookup_failed", error=str(done.error))
-            self.reply(event.txn_id, event.request, 500)
-            return
-        binding = done.binding
-        caller = setup.caller
-        try:
-            target = routing.route(binding, caller)
-            if self.policy is not None:
-                assert binding is not None
-                self.policy.admit_route(binding, caller, target.direction, self.now)
-        except SipError as exc:
-            self._refuse(event, exc, setup.invite_at, _refusal_headers(exc))
-            return
-        assert binding is not None
-        request, trunk = event.request, setup.trunk
-        call = Call(call_id=new_call_id(host=self.config.sip.advertise), tenant=binding.tenant,
-                    binding_id=binding.id, x=setup.x, caller=caller, callee=target.callee,
-                    direction=target.direction, invite_at=setup.invite_at)
-        ctx = CallContext(
-            call=call, a_invite=request, a_txn=event.txn_id, a_source=event.source,
-            a_transport=event.transport, a_tag=new_tag(), trunk=trunk, b_tag=new_tag(),
-            b_dest=(trunk.outbound.host, trunk.outbound.port),
-            b_transport=trunk.outbound.transport, a_body=setup.a_body)
-        if self.policy is not None:
-            ctx.max_duration_s = self.policy.max_duration(binding)
-            self.policy.call_started(call)
-        self.calls[call.call_id] = ctx
-        ctx.a_key = (request.call_id, request.from_.tag or "")
-        self._by_a[ctx.a_key] = ctx
-        self._by_a_txn[event.txn_id] = ctx
-        self.stats["calls"] += 1
-        self.log.info("call.routing", call_id=call.call_id, x=setup.x, caller=caller,
-                      callee=target.callee, direction=target.direction)
-        if setup.ending is not None:
-            # Cancelled (or shut down) while the store answered: no leg B, no media.
-            self.fire(ctx, setup.ending)
-            return
-        self.submit(ctx, partial(self._place_leg_b, ctx, setup.max_forwards))
-
-    def _refuse(self, event: RequestReceived, exc: SipError, invite_at: float,
-                extra: tuple[tuple[str, str], ...]) -> None:
-        """Answer a refused attempt; count it, and record it (CONTRACT: one CDR per call
-        attempt) unless it is an ACL or load-shedding refusal (`_unrecorded`)."""
-        request = event.request
-        cause = exc.cause or (
-            "rate_limited" if exc.status == 503 else "not_allowed")
-        self.stats[f"refused_{cause}"] += 1
-        self._actions.append(Refused(exc.metric or _REFUSAL_REASON.get(exc.status, cause)))
-        # Problems of the message itself (400, 416, 420, 483) keep sipmask's reason phrase,
-        # which names the problem (CONTRACT); policy refusals get the standard one.
-        reason = exc.reason if exc.status in _REFUSAL_REASON else None
-        if _unrecorded(exc):
-            self.reply(event.txn_id, request, exc.status, reason=reason, extra=extra)
-            return
-        x = _safe(lambda: routing.target_x(request)) or ""
-        caller = _safe(lambda: routing.caller_number(request, trust_pai=False)) or ""
-        record = Cdr(call_id=new_call_id(host=self.config.sip.advertise),
-                     tenant=self._tenant_of_x(x), binding_id=None, x=x, caller=caller,
-                     callee=None, direction=None, invite_at=invite_at, ring_at=None,
-                     answer_at=None, end_at=self.wall, duration_s=0.0,
-                     release_side="sipmask", sip_status=exc.status, unconnected_cause=cause)
-        self.log.info("call.refused", status=exc.status, cause=cause, x=x, caller=caller)
-        # The refusal leaves once its CDR is on disk, as for calls (CONTRACT: before the
-        # last response).
-        op = self._wait(None, partial(self._refusal_recorded, event, exc.status, reason,
-                                      extra))
-        self._actions.append(CommitCdr(op, record))
-
-    def _refusal_recorded(self, event: RequestReceived, status: int, reason: str | None,
-                          extra: tuple[tuple[str, str], ...], done: CdrCommitted) -> None:
-        if done.error is not None:
-            self.stats["cdr_write_failed"] += 1
-        self.reply(event.txn_id, event.request, status, reason=reason, extra=extra)
+                   extra=(*relaying.ALLOW_HEADER, ("Accept", SDP), ("Supported", "")))
 
     # -- what crosses ----------------------------------------------------------------------
     def crossing(self, message: Request | Response) -> masking.Crossing:
@@ -448,7 +327,7 @@ class CallCore:
         `then` takes the MediaDone (the call waits for it). A DTMF body crosses as rebuilt,
         anything else not at all: returned at once."""
         if body.kind is masking.BodyKind.SDP:
-            op = self._wait(ctx, then)
+            op = self.wait(ctx, then)
             make = MediaOffer if offer else MediaAnswer
             self._actions.append(make(op, ctx.call.call_id, leg, body.content,
                                       self._sip_source(ctx, leg)))
@@ -472,55 +351,6 @@ class CallCore:
             return ctx.a_source[0]
         return ctx.b_source[0] if ctx.b_source is not None else ctx.b_dest[0]
 
-    # -- leg B -----------------------------------------------------------------------------
-    def _place_leg_b(self, ctx: CallContext, max_forwards: int) -> None:
-        if ctx.call.state is not CallState.ROUTING:
-            return
-        crossed = self.cross(ctx, Leg.A, ctx.a_body, offer=True,
-                             then=partial(self._leg_b_offered, ctx, max_forwards))
-        if crossed is not None:
-            self._send_leg_b(ctx, max_forwards, *crossed)
-
-    def _leg_b_offered(self, ctx: CallContext, max_forwards: int, done: MediaDone) -> None:
-        error = done.error
-        if error is not None:
-            self.log.warning("call.media_failed", call_id=ctx.call.call_id, error=str(error))
-            status = error.status if isinstance(error, SipError) else 503
-            self._transition(ctx, CallEvent.SETUP_FAILED, status_override=status)
-            return
-        if ctx.call.state is CallState.ROUTING:
-            self._send_leg_b(ctx, max_forwards, done.sdp, SDP)
-
-    def _send_leg_b(self, ctx: CallContext, max_forwards: int, body: bytes,
-                    content_type: str | None) -> None:
-        call = ctx.call
-        trunk = ctx.trunk.outbound
-        host = _host(trunk.host)
-        target = f"sip:{call.callee}@{host}:{trunk.port};user=phone"
-        sip = self.config.sip
-        identity = f"<sip:{call.x}@{sip.advertise}>"
-        local = f"{identity};tag={ctx.b_tag}"
-        extra: list[tuple[str, str]] = [("Allow", ALLOW)]     # ours, not the caller's
-        if sip.send_pai:
-            extra.append(("P-Asserted-Identity", identity))
-        crossing = self.crossing(ctx.a_invite).headers
-        # RFC 3262: reliable provisionals are handled per leg; on leg B we support them.
-        if not any(name.lower() in _SUPPORTED_NAMES for name, _ in crossing):
-            extra.append(("Supported", "100rel"))
-        else:
-            crossing = [(n, f"{v}, 100rel") if n.lower() == "supported" else (n, v)
-                        for n, v in crossing]
-        request = masking.build_request(
-            "INVITE", request_uri=target, local=local, remote=f"<{target}>",
-            call_id=call.call_id, cseq=1, contact=self.contact_of(ctx, Leg.B),
-            max_forwards=max_forwards, crossing=crossing, extra=extra, body=body,
-            content_type=content_type)
-        ctx.b_invite = request
-        ctx.b_txn = self.send_request(request, ctx.b_dest, ctx.b_transport, None)
-        self.track(ctx.b_txn, (Role.B_INVITE, ctx), ctx)
-        self._transition(ctx, CallEvent.LEG_B_SENT)
-        self.timers.start(call.call_id, CallTimer.RING, self.now + sip.ring_timeout_s)
-
     # -- responses -------------------------------------------------------------------------
     def _on_response(self, event: ResponseReceived) -> None:
         response, txn_id = event.response, event.txn_id
@@ -538,7 +368,7 @@ class CallCore:
             if status == 100:
                 return
             if status < 200:
-                if not _in_order_reliable(ctx, response):
+                if not calling.in_order_reliable(ctx, response):
                     return
                 self.fire(ctx, CallEvent.B_PROVISIONAL, response=response)
             elif status < 300:
@@ -608,7 +438,7 @@ class CallCore:
         if ctx is not None:
             self.fire(ctx, CallEvent.A_CANCEL)
             return
-        setup = self._setups.get(invite_txn)
+        setup = self.setups.get(invite_txn)
         if setup is not None:
             setup.ending = CallEvent.A_CANCEL       # the lookup's answer ends it (_routed)
             return
@@ -624,19 +454,20 @@ class CallCore:
         """Drain timeout: hang up what is left (BYE both ways / CANCEL)."""
         for ctx in list(self.calls.values()):
             self.fire(ctx, CallEvent.SHUTDOWN)
-        for setup in self._setups.values():
+        for setup in self.setups.values():
             setup.ending = setup.ending or CallEvent.SHUTDOWN
 
     # -- the state machine -----------------------------------------------------------------
     def fire(self, ctx: CallContext, event: CallEvent, *, response: Response | None = None,
-              origin: tuple[str, Request] | None = None) -> None:
+             origin: tuple[str, Request] | None = None) -> None:
         """The call's table takes `event`, in the call's order."""
-        self.submit(ctx, partial(self._transition, ctx, event, response, origin))
+        self.submit(ctx, partial(self.transition, ctx, event, response, origin))
 
-    def _transition(self, ctx: CallContext, event: CallEvent,
-                    response: Response | None = None,
-                    origin: tuple[str, Request] | None = None,
-                    status_override: int | None = None) -> None:
+    def transition(self, ctx: CallContext, event: CallEvent,
+                   response: Response | None = None,
+                   origin: tuple[str, Request] | None = None,
+                   status_override: int | None = None) -> None:
+        """The call's table takes `event` now (inside the call's work) and its actions run."""
         call = ctx.call
         if call.state is CallState.ENDED:
             if origin is not None:
@@ -672,7 +503,7 @@ class CallCore:
         if call.state is not CallState.CALLING and call.state is not CallState.EARLY:
             self.timers.stop(call.call_id, CallTimer.RING)
         if call.state is CallState.ENDING and not ctx.pending_byes:
-            self._transition(ctx, CallEvent.BYES_DONE)      # its own _after forgets the call
+            self.transition(ctx, CallEvent.BYES_DONE)      # its own _after forgets the call
         elif call.state is CallState.ENDED:
             self._forget(ctx)
 
@@ -711,8 +542,8 @@ class CallCore:
 
     def _write_cdr(self, ctx: CallContext, transition: Transition) -> None:
         """The final record, on disk before the responses after it leave (CONTRACT)."""
-        record = _record(ctx.call)
-        op = self._wait(ctx, partial(self._call_recorded, ctx, record))
+        record = record_of(ctx.call)
+        op = self.wait(ctx, partial(self._call_recorded, ctx, record))
         self._actions.append(CommitCdr(op, record))
 
     def _call_recorded(self, ctx: CallContext, record: Cdr, done: CdrCommitted) -> None:
@@ -720,95 +551,6 @@ class CallCore:
             self.stats["cdr_write_failed"] += 1
         self._actions.append(Emit("hangup", ctx.call, self.wall, record))
         self._actions.append(CallFinished(ctx.call))
-
-    def _ack_b_action(self, ctx: CallContext, transition: Transition) -> None:
-        assert transition.response is not None
-        self._ack_b(ctx, transition.response)
-
-    def _relay_failure(self, ctx: CallContext, transition: Transition) -> None:
-        response = transition.response
-        assert response is not None
-        out = masking.build_relayed_response(response, ctx.a_invite, to_tag=ctx.a_tag,
-                                             contact=None, crossed=self.crossing(response),
-                                             allow=ALLOW)
-        self.send_response(ctx.a_txn, out)
-
-    def _relay_provisional(self, ctx: CallContext, transition: Transition) -> None:
-        response = transition.response
-        assert response is not None
-        self._track_b_dialog(ctx, response)
-        if response.headers.get("rseq") is not None and _requires_100rel(response) \
-                and ctx.b_dialog is not None:
-            # RFC 3262 §4: PRACK the reliable provisional on leg B ourselves.
-            prack = ctx.b_dialog.prack(response)
-            self.track(self.send_in_dialog(ctx, Leg.B, prack), (Role.PRACK, ctx), ctx)
-        crossed = self._answer_body(ctx, response, partial(self._provisional_crossed, ctx,
-                                                            response))
-        if crossed is not None:
-            self._send_provisional(ctx, response, *crossed)
-
-    def _provisional_crossed(self, ctx: CallContext, response: Response,
-                             done: MediaDone) -> None:
-        self._send_provisional(ctx, response, *self.crossed(ctx, done))
-
-    def _send_provisional(self, ctx: CallContext, response: Response, body: bytes,
-                          content_type: str | None) -> None:
-        contact = self.contact_of(ctx, Leg.A)
-        if ctx.a_dialog is None and response.to.tag is not None:
-            ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact)
-        out = masking.build_relayed_response(
-            response, ctx.a_invite, to_tag=ctx.a_tag, contact=contact, body=body,
-            content_type=content_type, crossed=self.crossing(response), allow=ALLOW)
-        self.send_response(ctx.a_txn, out)
-        if not ctx.ring_sent:          # one ring event per call, however many 18x
-            ctx.ring_sent = True
-            self._actions.append(Emit("ring", ctx.call, self.wall))
-
-    def _relay_answer(self, ctx: CallContext, transition: Transition) -> None:
-        response = transition.response
-        assert response is not None
-        crossed = self._answer_body(ctx, response, partial(self._answer_crossed, ctx,
-                                                            response))
-        if crossed is not None:
-            self._journal_answer(ctx, response, *crossed)
-
-    def _answer_crossed(self, ctx: CallContext, response: Response, done: MediaDone) -> None:
-        self._journal_answer(ctx, response, *self.crossed(ctx, done))
-
-    def _journal_answer(self, ctx: CallContext, response: Response, body: bytes,
-                        content_type: str | None) -> None:
-        if ctx.call.state is not CallState.ANSWERED:
-            return  # the call ended while media was being answered
-        contact = self.contact_of(ctx, Leg.A)
-        if ctx.a_dialog is None:
-            ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,
-                                         confirmed=True)
-        out = masking.build_relayed_response(
-            response, ctx.a_invite, to_tag=ctx.a_tag, contact=contact, body=body,
-            content_type=content_type, crossed=self.crossing(response), allow=ALLOW)
-        ctx.a_dialog.on_response(out)
-        # Crash safety: an answered call is journalled before the caller hears of it.
-        op = self._wait(ctx, partial(self._answer_journalled, ctx, out))
-        self._actions.append(JournalUp(op, _record(ctx.call)))
-
-    def _answer_journalled(self, ctx: CallContext, out: Response, done: JournalDone) -> None:
-        if done.error is not None:
-            self.stats["cdr_write_failed"] += 1
-        call = ctx.call
-        self.send_response(ctx.a_txn, out)
-        if ctx.max_duration_s is not None:
-            # The binding's limit counts talk time, from the answer (CDR answer_at).
-            self.timers.start(call.call_id, CallTimer.MAX_DURATION,
-                              self.now + ctx.max_duration_s)
-        self._actions.append(Emit("answer", call, self.wall))
-        self.log.info("call.answered", call_id=call.call_id)
-
-    def _answer_body(self, ctx: CallContext, response: Response,
-                     then: Callable[[MediaDone], None]) -> tuple[bytes, str | None] | None:
-        """What of B's 18x/2xx body reaches A: its SDP as the answer to A's offer, or as the
-        offer when A sent none (delayed offer, RFC 3264 §4); see `cross`."""
-        return self.cross(ctx, Leg.B, self.body_of(response), offer=not ctx.media_open,
-                          then=then)
 
     def _relay_to_b(self, ctx: CallContext, transition: Transition) -> None:
         assert transition.origin is not None
@@ -819,33 +561,6 @@ class CallCore:
         relaying.relay_request(self, ctx, Leg.B, transition.origin)
 
     # -- pieces ----------------------------------------------------------------------------
-    def _track_b_dialog(self, ctx: CallContext, response: Response) -> None:
-        """§12.1.2: leg B's dialog from its first response with a To tag."""
-        tag = response.to.tag
-        if ctx.b_invite is None or tag is None:
-            return
-        if ctx.b_dialog is None or (ctx.b_dialog.remote_tag != tag
-                                    and response.status >= 200):
-            # The first dialog, or the one a 2xx confirms when B forked (§13.2.2.4).
-            ctx.b_dialog = Dialog.as_uac(ctx.b_invite, response,
-                                         local_contact=self.contact_of(ctx, Leg.B))
-        elif response.status >= 200 and ctx.b_dialog.state is DialogState.EARLY:
-            ctx.b_dialog.on_response(response)
-
-    def _ack_b(self, ctx: CallContext, response: Response) -> None:
-        self._track_b_dialog(ctx, response)
-        tag = response.to.tag or ""
-        if tag in ctx.b_acked or ctx.b_dialog is None or ctx.b_invite is None:
-            return  # the transaction layer re-sends our ACK for 2xx retransmissions
-        ctx.b_acked.add(tag)
-        if ctx.a_body.kind is not masking.BodyKind.SDP and \
-                masking.crossing_body(response).kind is masking.BodyKind.SDP:
-            # RFC 3264 §4 delayed offer: B's 2xx made the offer, A's ACK brings the answer.
-            ctx.late_acks[(Leg.A, ctx.a_invite.cseq.number)] = (
-                Leg.B, ctx.b_invite.cseq.number, ctx.b_txn)
-            return
-        self.send_ack(ctx, Leg.B, ctx.b_txn, ctx.b_dialog.ack(ctx.b_invite.cseq.number))
-
     def _send_bye(self, ctx: CallContext, leg: Leg) -> None:
         dialog = self.dialog_of(ctx, leg)
         if dialog is None or dialog.state is DialogState.TERMINATED:
@@ -952,12 +667,12 @@ class CallCore:
             transport = ctx.a_transport if leg is Leg.A else ctx.b_transport
             secure = leg is Leg.A and ctx.a_invite.uri[:5].lower() == "sips:"
             contact = ctx.contacts[leg] = masking.local_contact(
-                ctx.call.x, _host(self.config.sip.advertise), self.listen_ports[transport],
-                transport, secure=secure)
+                ctx.call.x, routing.uri_host(self.config.sip.advertise),
+                self.listen_ports[transport], transport, secure=secure)
         return contact
 
     def reply(self, txn_id: str, request: Request, status: int, *, reason: str | None = None,
-               extra: tuple[tuple[str, str], ...] = (), to_tag: str | None = None) -> None:
+              extra: tuple[tuple[str, str], ...] = (), to_tag: str | None = None) -> None:
         tag = to_tag if to_tag is not None else (new_tag() if status > 100 else None)
         response = build_response(request, status, reason, to_tag=tag, extra=extra)
         self._actions.append(Respond(txn_id, response))
@@ -1008,7 +723,7 @@ class CallCore:
                       release=call.release_side, duration_s=call.duration_s)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _trunk_for(self, host: str) -> tuple[str | None, TrunkConfig | None]:
+    def trunk_for(self, host: str) -> tuple[str | None, TrunkConfig | None]:
         # Matching a source against every trunk's networks parses the address each time:
         # remember the answer per source (bounded, so rotating sources cannot grow it).
         found = self._trunks_seen.get(host)
@@ -1019,7 +734,7 @@ class CallCore:
             self._trunks_seen[host] = found
         return found
 
-    def _tenant_of_x(self, x: str) -> str:
+    def tenant_of_x(self, x: str) -> str:
         if not x:
             return ""
         for name, tenant in self.config.tenants.items():
@@ -1056,7 +771,7 @@ _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
 # A request without a To tag that starts something, by method. Any other request goes to
 # the dialog it names, or gets methods.no_dialog_status.
 _OUT_OF_DIALOG: dict[str, Callable[[CallCore, RequestReceived], None]] = {
-    "INVITE": CallCore._new_call,
+    "INVITE": calling.new_call,
     "OPTIONS": CallCore._answer_options,
 }
 # A request inside one of our calls' dialogs, by method (relaying.py); any other: 405.
@@ -1064,13 +779,13 @@ _IN_DIALOG = relaying.in_dialog_table()
 
 # -- the call table's actions (b2bua/call.py Action), a method each ------------------------
 _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
-    Action.RELAY_PROVISIONAL_TO_A: CallCore._relay_provisional,
-    Action.RELAY_ANSWER_TO_A: CallCore._relay_answer,
-    Action.RELAY_FAILURE_TO_A: CallCore._relay_failure,
+    Action.RELAY_PROVISIONAL_TO_A: calling.relay_provisional,
+    Action.RELAY_ANSWER_TO_A: calling.relay_answer,
+    Action.RELAY_FAILURE_TO_A: calling.relay_failure,
     Action.ANSWER_A_487: CallCore._answer_a_487,
     Action.ANSWER_A_408: CallCore._answer_a_408,
     Action.ANSWER_A_503: CallCore._answer_a_503,
-    Action.ACK_B: CallCore._ack_b_action,
+    Action.ACK_B: calling.ack_b,
     Action.CANCEL_B: CallCore._cancel_b,
     Action.BYE_A: CallCore._bye_a,
     Action.BYE_B: CallCore._bye_b,
@@ -1085,11 +800,6 @@ _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
 _TIMER_EVENTS = {CallTimer.RING: CallEvent.RING_TIMEOUT,
                  CallTimer.MAX_DURATION: CallEvent.MAX_DURATION}
 
-_SUPPORTED_NAMES = frozenset({"supported", "k"})     # Supported, long and compact
-
-# Refusals whose status says more than the CDR cause (metrics reasons, not CDR causes).
-_REFUSAL_REASON = {400: "bad_request", 416: "bad_request", 420: "bad_request", 483: "loop"}
-
 
 def _check_tables() -> None:
     """Every action the call table can ask for has a method (checked at import)."""
@@ -1100,61 +810,3 @@ def _check_tables() -> None:
 
 
 _check_tables()
-
-
-def _record(call: Call) -> Cdr:
-    return Cdr(call_id=call.call_id, tenant=call.tenant, binding_id=call.binding_id,
-               x=call.x, caller=call.caller, callee=call.callee,
-               direction=call.direction, invite_at=call.invite_at, ring_at=call.ring_at,
-               answer_at=call.answer_at, end_at=call.end_at, duration_s=call.duration_s,
-               release_side=call.release_side, sip_status=call.sip_status,
-               unconnected_cause=call.unconnected_cause)
-
-
-def _unrecorded(exc: SipError) -> bool:
-    """Refusals counted but not recorded as CDRs: a source outside every trunk's ACL, and
-    load shedding (503: flood, overload, draining). Both come before any lookup, in
-    volumes the sender controls; every other refusal (404, 403 by rules, 420, 483…) is a
-    call attempt on a tenant's X and keeps its CDR."""
-    return exc.status == 503 or exc.metric == "acl"
-
-
-def _refusal_headers(exc: SipError) -> tuple[tuple[str, str], ...]:
-    """The headers a refusal carries: Unsupported with 420 (§8.2.2.3), Retry-After when
-    the refusal says when to come back (§21.5.4)."""
-    if isinstance(exc, routing.BadExtension):
-        return (("Unsupported", exc.unsupported),)
-    if exc.retry_after is not None:
-        return (("Retry-After", str(exc.retry_after)),)
-    return ()
-
-
-def _in_order_reliable(ctx: CallContext, response: Response) -> bool:
-    """RFC 3262 §4: a reliable provisional whose RSeq is not one higher than the last one
-    of its dialog (a retransmission while our PRACK is on its way) gets no PRACK and is not
-    processed further. Unreliable provisionals always pass."""
-    raw = (response.headers.get("rseq") or "").strip()
-    if not raw.isdigit() or not _requires_100rel(response):
-        return True
-    tag = response.to.tag or ""
-    last = ctx.b_rseq.get(tag)
-    if last is not None and int(raw) != last + 1:
-        return False
-    ctx.b_rseq[tag] = int(raw)
-    return True
-
-
-def _requires_100rel(response: Response) -> bool:
-    return any(t.strip().lower() == "100rel" for t in response.headers.get_all("require"))
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def _safe(fn: Callable[[], str | None]) -> str | None:
-    try:
-        return fn()
-    except (ParseError, SipError, numbers.NumberError, ValueError):
-        return None
-

@@ -59,7 +59,6 @@ from sipmask.config.schema import Config
 from sipmask.errors import MediaError, SipError, TransactionError
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response
-from sipmask.sip.transaction import TUEvent
 from sipmask.sip.transports import ALL, Address, Transport
 from sipmask.store.base import BindingStore
 
@@ -145,13 +144,9 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._starts_seen = -1          # CallTimers.starts when the loop timer was checked
 
     # -- what the server and the services call ---------------------------------------------
-    def handle_request(self, event: TUEvent) -> None:
-        self._run(event)
-
-    handle_response = handle_event = handle_request
-
     def media_timeout(self, call_id: str) -> None:
         """The media backend saw no RTP for media.timeout_s: BYE both ways."""
         self._run(MediaTimeout(call_id))
@@ -209,7 +204,12 @@ class Engine:
             finally:
                 self._batch = False
                 self.sip.flush()
-                self._arm_timer()
+                # Only a timer started in the batch can be earlier than the one armed.
+                if self.core.timers.starts != self._starts_seen:
+                    self._arm_timer()
+
+    # server.RequestHandler: each TU event of the transaction layer is one batch.
+    handle_request = handle_response = handle_event = _run
 
     def _step(self, event: CoreEvent | None) -> None:
         core, clock = self.core, self.clock
@@ -349,6 +349,7 @@ class Engine:
     def _arm_timer(self) -> None:
         """Keep one loop timer armed no later than the core's earliest deadline; lazily, as
         SipServer._arm_timer: a deadline that moved later wakes it once for nothing."""
+        self._starts_seen = self.core.timers.starts
         when = self.core.next_timer()
         armed = self._timer_at
         if when is None or (armed is not None and armed <= when):
@@ -365,6 +366,7 @@ class Engine:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        self._starts_seen = -1          # check again: the next deadline needs a timer
         self._run(None)
 
 

@@ -283,7 +283,7 @@ class Harness(Peers):
         core = self.core
         assert core.calls == {} and core.active_calls == 0
         assert core._waits == {} and core._by_txn == {} and core._by_a == {}
-        assert core._by_a_txn == {} and core._setups == {}
+        assert core._by_a_txn == {} and core.setups == {}
         assert core.next_timer() is None
 
 
