@@ -82,16 +82,21 @@ log = sm_logging.get_logger("sipmask.server")
 # -- the handler seam -------------------------------------------------------------------
 class SipActions(Protocol):
     """What a request handler may do; SipServer implements it. Each call goes through the
-    transaction layer and what it produces is sent before the call returns; a send that
-    fails comes back as an event (TransportFailed) after the handler returned, never inside
-    the call, before the handler could note the transaction it started (DESIGN rule 15)."""
+    transaction layer and what it produces is sent before the call returns, unless the
+    handler called `hold()`: then it all goes at `flush()`, once for a batch of actions. A
+    send that fails comes back as an event (TransportFailed) after the handler returned,
+    never inside the call, before the handler could note the transaction it started
+    (DESIGN rule 15). `send_request` takes the Via branch the handler chose (its txn id
+    follows from it: transaction.client_key), or picks one."""
 
     def respond(self, txn_id: str, response: Response) -> None: ...
-    def send_request(self, request: Request, dest: Address,
-                     transport: TransportName) -> str: ...
+    def send_request(self, request: Request, dest: Address, transport: TransportName, *,
+                     branch: str | None = None) -> str: ...
     def cancel(self, invite_txn_id: str) -> str | None: ...
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None: ...
+    def hold(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class RequestHandler(Protocol):
@@ -240,6 +245,7 @@ class SipServer:
         self._delivering = False                # inside _deliver: its loop takes new events
         self._drain_handle: asyncio.Handle | None = None
         self.limits: InboundLimits | None = None      # shared by the TCP/TLS listeners
+        self._held = False                      # the handler's sends wait for flush()
 
     async def start(self) -> list[str]:
         """Open every `sip.listen` endpoint; returns their URLs. Raises ListenError."""
@@ -285,7 +291,7 @@ class SipServer:
     # SipActions
     def respond(self, txn_id: str, response: Response) -> None:
         self.core.send_response(txn_id, response, self._now())
-        self._flush(from_handler=True)
+        self._sent()
 
     def reconfigure(self, config: Config) -> None:
         """A reload: the trunk ACL at TCP/TLS accept follows the new trunks."""
@@ -312,21 +318,36 @@ class SipServer:
     def _streams(self, transport: TransportName) -> list[TcpTransport]:
         return self.tls if transport == "tls" else self.tcp
 
-    def send_request(self, request: Request, dest: Address,
-                     transport: TransportName) -> str:
-        txn_id = self.core.send_request(request, dest, transport, self._now())
-        self._flush(from_handler=True)
+    def send_request(self, request: Request, dest: Address, transport: TransportName, *,
+                     branch: str | None = None) -> str:
+        txn_id = self.core.send_request(request, dest, transport, self._now(), branch=branch)
+        self._sent()
         return txn_id
 
     def cancel(self, invite_txn_id: str) -> str | None:
         txn_id = self.core.cancel(invite_txn_id, self._now())
-        self._flush(from_handler=True)
+        self._sent()
         return txn_id
 
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None:
         self.core.send_ack(invite_txn_id, ack, dest, transport)
-        self._flush(from_handler=True)
+        self._sent()
+
+    def hold(self) -> None:
+        """The handler's sends from now on wait for flush() (a batch of its actions)."""
+        self._held = True
+
+    def flush(self) -> None:
+        """Send what the handler's actions produced, and stop holding. Inside a drain the
+        drain sends it when the handler returns (_drain), so nothing is done twice."""
+        self._held = False
+        if not self._delivering:
+            self._flush(from_handler=True)
+
+    def _sent(self) -> None:
+        if not self._held:
+            self._flush(from_handler=True)
 
     def _now(self) -> float:
         # The loop's clock, so `now` and loop.call_at agree (aioquic does the same).

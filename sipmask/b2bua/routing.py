@@ -91,6 +91,11 @@ def check_request(request: Request) -> None:
         raise BadExtension(unsupported)
 
 
+def uri_host(host: str) -> str:
+    """A host as a URI names it: an IPv6 address in brackets (RFC 3261 §25.1 IPv6reference)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def hop_of(uri_text: str) -> tuple[Address, Transport] | None:
     """Where a request to the URI goes when it names an IP address (None: it does not; no
     DNS in the call path). RFC 3261 §19.1.2 and RFC 3263 §4.1/§4.2: a sips URI is TLS, else

@@ -100,12 +100,14 @@ class CallPolicy:
         await self.monitor.stop()
 
     # -- before routing ---------------------------------------------------------------------
-    def admit(self, request: Request, source: tuple[str, int], trunk: str | None) -> None:
+    def admit(self, request: Request, source: tuple[str, int], trunk: str | None,
+              now: float | None = None) -> None:
         """Overload first (refusing costs least when the loop is behind), then the per-source
-        flood bucket, keyed by address only: a flooder's ports are free to change."""
+        flood bucket, keyed by address only: a flooder's ports are free to change. `now` is
+        monotonic seconds (default: the clock's)."""
         rules.check_overload(self.load.overloaded, self.retry_after_s)
-        rules.check_flood(self.sources.take(source[0], self.clock.monotonic()),
-                          self.retry_after_s)
+        at = self.clock.monotonic() if now is None else now
+        rules.check_flood(self.sources.take(source[0], at), self.retry_after_s)
 
     def admit_attempt(self, x: str, caller: str, now: float | None = None) -> None:
         """Every call attempt spends a per-caller and a per-X token, before the store is
