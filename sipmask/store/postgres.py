@@ -538,13 +538,16 @@ class PostgresStore(RuleStore):
         return self._run(fn, _WRITE, lock=False, retry_commit=True)
 
     # -- the call path ----------------------------------------------------------------------
-    def route(self, x: str, caller: str, now: float) -> Binding | None:
+    def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
         # rules.route's lookup, without BEGIN/COMMIT: one round trip when the caller's key
-        # holds a live binding, two when X must be scanned (each statement its own
-        # snapshot; a write between them changes only whether a stranger hears 403 or 404).
+        # (or, with an AXE extension, X + E) holds a live binding, two when X must be
+        # scanned (each statement its own snapshot; a write between them changes only
+        # whether a stranger hears 403 or 404).
         keys = self.keys
 
         def run(txn: Txn) -> Binding | None:
+            if ext is not None:
+                return self._on_ext(txn, x, ext, now)
             raw = txn.get("route", codec.route_key(keys, x, caller))
             if raw is not None:
                 b = _decode(raw, keys)
@@ -554,9 +557,10 @@ class PostgresStore(RuleStore):
         return self._run(run, None, lock=False, retry_commit=True,
                          patience_s=min(self.failover_s, LOOKUP_PATIENCE_S))
 
-    def route_soon(self, x: str, caller: str, now: float) -> Future[Binding | None]:
+    def route_soon(self, x: str, caller: str, now: float,
+                   ext: str | None = None) -> Future[Binding | None]:
         """`route` on the lookup threads; StoreBusy at once when the queue is full."""
-        return self.calls.submit(self.route, x, caller, now)
+        return self.calls.submit(self.route, x, caller, now, ext)
 
     # -- other modules' records -------------------------------------------------------------
     def db(self, name: str) -> str:
