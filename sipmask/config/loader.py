@@ -281,4 +281,4 @@ def _check_announcements(config: Config, source: str) -> None:
         try:
             announcement(key, value)
         except WavError as exc:
-            raise ConfigError(source, path, exc.problem, value) from None
+            raise ConfigError(source, path, str(exc)) from None    # "FILE: problem"
