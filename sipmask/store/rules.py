@@ -552,9 +552,10 @@ class _BulkWork(_Work):
             key_a, key_b = codec.route_key(self.keys, x, a), codec.route_key(self.keys, x, b)
         use = self.use(x)
         if use is not None:
-            # AXN takes X whole; a number appears once per X. _create purges expired
-            # holders before it refuses, so any holder at all sends the line there.
-            if mode == "axn" or use[0] == "axn":
+            # AXN takes X whole, AXE keeps X to its own kind; a number appears once per
+            # X. _create purges expired holders before it refuses, so any holder at all
+            # sends the line there.
+            if mode == "axn" or use[0] != mode:
                 return None
             route = self._route
             get = self.txn.get

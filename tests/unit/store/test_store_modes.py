@@ -260,10 +260,12 @@ def test_import_lines_of_the_new_modes(store: RuleStore) -> None:
         BindingRequest("axyb", C, B, "700100000000003", y=Y),    # B already on Y
         BindingRequest("axb", A, B, X2),                         # A already on X2 (AXYB)
         BindingRequest("axn", D, record=True),
+        BindingRequest("axb", "13500000007", "13500000008", X),   # X is an AXE number
+        BindingRequest("axn", "13500000009", None, X),
     ]
     got = list(store.create_many(enumerate(rows, 1), batch=100, default_tenant="demo"))
     assert [(o.line, o.field) for o in got if o.binding is None] == [
-        (2, "ext"), (5, "b"), (6, "a")]
+        (2, "ext"), (5, "b"), (6, "a"), (8, "x"), (9, "x")]
     made = {o.line: o.binding for o in got if o.binding is not None}
     assert made[1].ext == "0007" and made[3].ext not in (None, "0007")
     assert made[4].y == Y and made[4].record and made[7].record
