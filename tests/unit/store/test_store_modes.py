@@ -330,3 +330,13 @@ def test_rekey_makes_the_extension_and_y_keys_again(tmp_path: Any) -> None:
         assert store.route(Y, D, now) == axyb and store.route(X2, C, now) == axyb
     finally:
         store.close()
+
+
+def test_the_call_path_lookup_takes_the_extension(store: RuleStore, clock: FakeClock) -> None:
+    # store/offload.lookup: PostgreSQL's lookup threads (route_soon), LMDB and memory inline.
+    from sipmask.store.offload import lookup
+    made = store.create(mode="axe", tenant="demo", a=A, x=X, ext="0777")
+    now = clock.wall()
+    assert lookup(store, X, E_CALLER, now, "0777").result(timeout=10) == made
+    assert lookup(store, X, E_CALLER, now, "0778").result(timeout=10) is None
+    assert lookup(store, X, E_CALLER, now).result(timeout=10) == made     # ask for E
