@@ -17,6 +17,7 @@ still being recorded writes every second, so it is never swept under itself.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -106,7 +107,7 @@ def open_recording(config: RecordingConfig, cdr_id: str,
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
-            if exc.errno == getattr(os, "ELOOP", -1):
+            if exc.errno == errno.ELOOP:      # a link: not a recording of ours
                 continue
             raise
         stream = os.fdopen(fd, "rb")
