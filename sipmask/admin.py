@@ -1,5 +1,5 @@
 """Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit,
-trace, store (migrate, copy, rekey).
+trace, store (migrate, copy, rekey), recording (export, sweep).
 
 They open the store directly (LMDB or PostgreSQL, as `store.backend` says), so they work
 with or without a running server, and a running server sees their writes on its next call.
@@ -26,7 +26,7 @@ from sipmask.cdr.store import CdrLog
 from sipmask.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sipmask.config.schema import Config
 from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
-from sipmask.store import BindingRequest, LmdbStore, crypto, open_store
+from sipmask.store import BindingRequest, LmdbStore, crypto, open_store, recordings
 from sipmask.store.base import DEFAULT_TTL, ImportOutcome
 from sipmask.store.rules import RuleStore
 from sipmask.times import parse_time
@@ -38,7 +38,9 @@ PROGRESS_EVERY_S = 5.0          # progress line period when stderr is not a term
 _BAR_EVERY_S = 0.1
 _BAR_WIDTH = 30
 IMPORT_BATCH = 5000             # bindings per transaction: one fsync per batch
-CSV_COLUMNS = ("mode", "a", "b", "x", "ttl", "tenant")
+# A line without a header row: these columns by position (the first six, or all nine).
+CSV_COLUMNS = ("mode", "a", "b", "x", "ttl", "tenant", "ext", "y", "record")
+_PLAIN_CSV = 6                  # mode..tenant: the usual line, read without a dict
 _PROGRESS_LINES = 512           # look at the clock once per this many lines
 _SHOWN_REJECTS = 20             # rejected lines listed on stderr; --rejects has them all
 
@@ -91,7 +93,9 @@ def bind(args: argparse.Namespace, config: Config) -> int:
                                actor="cli", direction=getattr(args, "direction", "both"),
                                max_duration_s=getattr(args, "max_duration", None),
                                max_concurrent=getattr(args, "max_concurrent", None),
-                               blacklist=tuple(getattr(args, "blacklist", ())))
+                               blacklist=tuple(getattr(args, "blacklist", ())),
+                               ext=getattr(args, "ext", None), y=getattr(args, "y", None),
+                               record=args.record)
         _emit(binding.to_json())
         return EXIT_OK
     return _with_store(config, run)
@@ -172,6 +176,51 @@ def trace(args: argparse.Namespace, config: Config) -> int:
     return _with_store(config, run)
 
 
+# -- recordings (issue 15 §4) -------------------------------------------------------------------
+def recording(args: argparse.Namespace, config: Config) -> int:
+    """`recording export CDR_ID --out FILE`: the WAV, through store/recordings.py's
+    open_recording (the one reader); `recording sweep`: files past retention_days."""
+    if args.op == "sweep":
+        _emit({"swept": recordings.sweep(config.recording, limit=1_000_000)})
+        return EXIT_OK
+    try:
+        found = recordings.open_recording(config.recording, args.cdr_id,
+                                          getattr(args, "tenant", None))
+    except RecordNotFound:
+        _err("cdr_id: no recording of this call")
+        return EXIT_REFUSED
+    try:
+        return _export(found, args.out)
+    finally:
+        found.close()
+
+
+def _export(found: recordings.Recording, out: str) -> int:
+    if out == "-":
+        target: IO[bytes] = sys.stdout.buffer
+    else:
+        try:
+            # O_EXCL: an export never overwrites a file; 0600: it holds a conversation.
+            target = os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                               "wb")
+        except OSError as exc:
+            _err(f"out: {exc.strerror or exc}: {out}")
+            return EXIT_REFUSED
+    written = 0
+    try:
+        while chunk := found.stream.read(1 << 16):
+            target.write(chunk)
+            written += len(chunk)
+        target.flush()
+    finally:
+        if target is not sys.stdout.buffer:
+            target.close()
+    if out != "-":
+        _emit({"recording": found.name, "tenant": found.tenant, "out": out,
+               "bytes": written})
+    return EXIT_OK
+
+
 # -- store maintenance ------------------------------------------------------------------------
 def rekey(args: argparse.Namespace, config: Config) -> int:
     """Seal the store (LMDB or PostgreSQL) with the key in --new-key (made there when
@@ -249,6 +298,20 @@ def _text(value: Any, field: str) -> str | None:
     return str(value).strip() or None
 
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
+def _record_of(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _Rejected("record", "must be true or false")
+
+
 def _request(row: dict[str, Any]) -> BindingRequest:
     mode = _text(row.get("mode"), "mode")
     if mode is None:
@@ -256,7 +319,8 @@ def _request(row: dict[str, Any]) -> BindingRequest:
     a = _text(row.get("a"), "a")
     return BindingRequest(mode.lower(), a or "", _text(row.get("b"), "b"),
                           _text(row.get("x"), "x"), _ttl_of(row.get("ttl")),
-                          _text(row.get("tenant"), "tenant"))
+                          _text(row.get("tenant"), "tenant"), ext=_text(row.get("ext"), "ext"),
+                          y=_text(row.get("y"), "y"), record=_record_of(row.get("record")))
 
 
 def _csv_request(cells: list[str]) -> BindingRequest:
@@ -298,7 +362,7 @@ def _rows(text: IO[str], fmt: str) -> Iterator[tuple[int, BindingRequest | _Reje
             yield number, _Rejected("line", f"more than {len(columns)} columns")
             continue
         try:
-            if columns == CSV_COLUMNS and len(cells) == len(CSV_COLUMNS):
+            if columns == CSV_COLUMNS and len(cells) == _PLAIN_CSV:
                 yield number, _csv_request(cells)
             else:
                 yield number, _request(dict(zip(columns, cells, strict=False)))
@@ -488,5 +552,5 @@ def _copy(config: Config, dsn: str) -> int:
     return EXIT_OK
 
 
-__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "rekey", "show",
-           "store_command", "trace", "unbind"]
+__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "recording", "rekey",
+           "show", "store_command", "trace", "unbind"]

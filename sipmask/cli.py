@@ -38,6 +38,7 @@ HANDLERS: dict[str, str] = {
     "cdr": "sipmask.cdr.commands:run",
     "trace": "sipmask.admin:trace",
     "store": "sipmask.admin:store_command",
+    "recording": "sipmask.admin:recording",
 }
 
 
@@ -75,16 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     bind = subs.add_parser("bind", parents=[common], help="create a binding, print it as JSON")
     modes = bind.add_subparsers(dest="mode", metavar="MODE", required=True)
     for mode, text in (("axb", "A and B reach each other through X"),
-                       ("axn", "anyone calling X reaches A")):
+                       ("axn", "anyone calling X reaches A"),
+                       ("axe", "anyone calling X and keying extension E reaches A; A "
+                               "calling X reaches B"),
+                       ("axyb", "A calls X to reach B (B sees Y); B calls Y to reach A "
+                                "(A sees X)")):
         m = modes.add_parser(mode, parents=[common], help=text)
         m.add_argument("--a", required=True, help="real number A")
-        if mode == "axb":
+        if mode in ("axb", "axyb"):
             m.add_argument("--b", required=True, help="real number B")
+        elif mode == "axe":
+            m.add_argument("--b", help="real number B, whom A reaches by calling X")
         m.add_argument("--x", help="the 700 number (default: allocated from the tenant's pool)")
+        if mode == "axe":
+            m.add_argument("--ext", help="the extension (tenants.<t>.ext_digits digits; "
+                                         "default: a free one at random)")
+        if mode == "axyb":
+            m.add_argument("--y", help="the 700 number B calls to reach A (default: "
+                                       "allocated from the tenant's pool)")
         m.add_argument("--ttl", type=int, default=7200,
                        help="seconds until the binding expires; 0: never (default 7200)")
         m.add_argument("--tenant", help="tenant (default: the only one configured)")
-        if mode == "axb":
+        m.add_argument("--record", action="store_true",
+                       help="record this binding's calls (both sides hear "
+                            "announcements.recording_notice first)")
+        if mode in ("axb", "axyb"):
             m.add_argument("--direction", choices=("both", "a_to_b", "b_to_a"),
                            default="both", help="which way calls may go (default both)")
         m.add_argument("--max-duration", type=int, metavar="S",
@@ -161,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("x", metavar="X", help="the 700 number")
     trace.add_argument("--at", required=True, metavar="TIME",
                        help="ISO-8601 (UTC when no zone) or Unix seconds")
+
+    rec = subs.add_parser("recording", parents=[common], help="recorded calls")
+    rec_ops = rec.add_subparsers(dest="op", metavar="OP", required=True)
+    export = rec_ops.add_parser("export", parents=[common],
+                                help="write a call's recording (a stereo WAV) to a file")
+    export.add_argument("cdr_id", metavar="CDR_ID", help="the CDR's call_id")
+    export.add_argument("--out", required=True, metavar="FILE",
+                        help="where the WAV goes (- for standard output); an existing "
+                             "file is not overwritten")
+    export.add_argument("--tenant", help="only this tenant's recording")
+    rec_ops.add_parser("sweep", parents=[common],
+                       help="delete recordings older than recording.retention_days")
     return parser
 
 

@@ -9,6 +9,7 @@ api/writer.py, off the event loop, because each commit waits for an fsync.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import prometheus_client
 from aiohttp import web
 
 from sipmask.api import inputs, render
+from sipmask.api.auth import TENANT as TENANT_KIND
 from sipmask.api.auth import TokenTable
 from sipmask.api.connections import ConnectionCounts, ConnectionLimits, GuardedSite
 from sipmask.api.inputs import ApiError
@@ -25,9 +27,10 @@ from sipmask.api.openapi import DOCUMENT
 from sipmask.api.writer import ACTOR, BindingWriter
 from sipmask.cdr import trace
 from sipmask.cdr.record import Cdr
-from sipmask.config.schema import Config, HostPort
+from sipmask.config.schema import Config, HostPort, RecordingConfig
 from sipmask.errors import RecordNotFound, RefusedError, StoreError
 from sipmask.observability.logging import get_logger
+from sipmask.store import recordings
 from sipmask.store.base import BindingStore
 
 log = get_logger("sipmask.api")
@@ -53,14 +56,18 @@ class ApiState:
     writer: BindingWriter
     metrics_text: Callable[[], bytes]
     cdr_source: CdrSource | None
+    recording: RecordingConfig
 
 
 STATE = web.AppKey("sipmask_api", ApiState)
 # The tenant the request's token names (set by auth_middleware; aiohttp >= 3.14 keys).
 TENANT = web.RequestKey("sipmask_tenant", str)
-# The operator an operator token names: only on TRACE_PATH, where no tenant is set.
+# The operator an operator token names: on TRACE_PATH, where no tenant is set, and on a
+# recording's path when an operator reads it.
 OPERATOR = web.RequestKey("sipmask_operator", str)
 TRACE_PATH = "/v1/trace"
+RECORDINGS_PATH = "/v1/recordings/"
+RECORDING_CHUNK = 64 * 1024
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,6 +114,10 @@ async def auth_middleware(request: web.Request, handler: _Handler) -> web.Stream
         authorization = request.headers.get("Authorization")
         if request.path == TRACE_PATH:
             request[OPERATOR] = tokens.operator_for(authorization)
+        elif request.path.startswith(RECORDINGS_PATH):
+            # Issue 15 §4: a tenant reads its own recordings, an operator any tenant's.
+            who = tokens.identify(authorization)
+            request[TENANT if who.kind == TENANT_KIND else OPERATOR] = who.name
         else:
             request[TENANT] = tokens.tenant_for(authorization)
     return await handler(request)
@@ -202,6 +213,31 @@ async def trace_x(request: web.Request) -> web.Response:
     return web.json_response(found.to_json())
 
 
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """GET /v1/recordings/{cdr_id}: the call's recording as audio/wav, streamed; 404 when
+    there is none for the token's tenant (another tenant's call looks the same)."""
+    state = request.app[STATE]
+    tenant = request.get(TENANT)          # None: an operator token, any tenant's
+    cdr_id = request.match_info["cdr_id"]
+    found = await asyncio.to_thread(recordings.open_recording, state.recording, cdr_id,
+                                    tenant)
+    try:
+        log.info("api.recording_read", tenant=found.tenant, name=found.name,
+                 operator=request.get(OPERATOR))
+        response = web.StreamResponse(headers={
+            "Content-Type": "audio/wav",
+            "Content-Disposition": f'attachment; filename="{found.name}"'})
+        if found.size is not None:
+            response.content_length = found.size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(found.stream.read, RECORDING_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        found.close()
+
+
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -233,7 +269,7 @@ def create_app(config: Config, store: BindingStore, *,
     writer = BindingWriter(store)
     app[STATE] = ApiState(store=store, tokens=TokenTable.from_config(config),
                           writer=writer, metrics_text=metrics_text or _default_metrics,
-                          cdr_source=cdr_source)
+                          cdr_source=cdr_source, recording=config.recording)
     app.router.add_post("/v1/bindings", create_binding)
     app.router.add_get("/v1/bindings", list_bindings, allow_head=False)
     app.router.add_get("/v1/bindings/{id}", get_binding, allow_head=False)
@@ -241,6 +277,7 @@ def create_app(config: Config, store: BindingStore, *,
     app.router.add_patch("/v1/bindings/{id}", patch_binding)
     app.router.add_get("/v1/cdrs", list_cdrs, allow_head=False)
     app.router.add_get(TRACE_PATH, trace_x, allow_head=False)
+    app.router.add_get(RECORDINGS_PATH + "{cdr_id}", get_recording, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)

@@ -30,9 +30,10 @@ MAX_CDR_LIMIT = 10000
 _ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 _CREATE_FIELDS = ("mode", "a", "b", "x", "ttl", "tenant", "direction", "max_duration_s",
-                  "max_concurrent", "blacklist")
+                  "max_concurrent", "blacklist", "ext", "y", "record")
 _CREATE_KEYS = frozenset(_CREATE_FIELDS)
-_POLICY_KEYS = frozenset(("direction", "max_duration_s", "max_concurrent", "blacklist"))
+_MORE_KEYS = frozenset(("direction", "max_duration_s", "max_concurrent", "blacklist", "ext",
+                        "y", "record"))
 
 
 class ApiError(SipmaskError):
@@ -113,8 +114,15 @@ def create_request(body: bytes, tenant: str) -> BindingRequest:
     if named is not None and named != tenant:
         raise ApiError(403, "tenant", "a token acts for its own tenant only")
     assert mode is not None and a is not None
-    if _POLICY_KEYS.isdisjoint(value):      # no policy field: nothing more to check
+    if _MORE_KEYS.isdisjoint(value):      # no optional field: nothing more to check
         return BindingRequest(mode=mode, a=a, b=b, x=x, ttl=ttl, tenant=tenant)
+    ext = _string(value, "ext", required=False)
+    y = _string(value, "y", required=False)
+    record = get("record")
+    if record is None:
+        record = False
+    elif not isinstance(record, bool):
+        raise bad("record", "must be true or false")
     direction = _string(value, "direction", required=False) or "both"
     limits: dict[str, int | None] = {}
     for key in ("max_duration_s", "max_concurrent"):
@@ -128,7 +136,8 @@ def create_request(body: bytes, tenant: str) -> BindingRequest:
     # The store checks the values themselves (RefusedError names the field: 422).
     return BindingRequest(mode=mode, a=a, b=b, x=x, ttl=ttl, tenant=tenant,
                           direction=direction, max_duration_s=limits["max_duration_s"],
-                          max_concurrent=limits["max_concurrent"], blacklist=tuple(blacklist))
+                          max_concurrent=limits["max_concurrent"], blacklist=tuple(blacklist),
+                          ext=ext, y=y, record=record)
 
 
 def patch_ttl(body: bytes) -> int:

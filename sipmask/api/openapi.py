@@ -148,6 +148,22 @@ DOCUMENT: dict[str, Any] = {
                               "405": _error("method not allowed on this path")},
             },
         },
+        "/v1/recordings/{cdr_id}": {
+            "get": {
+                "operationId": "getRecording",
+                "summary": "A recorded call as a stereo WAV (caller left, callee right): the "
+                           "token's tenant's own; an operator token reads any tenant's",
+                "parameters": [{"name": "cdr_id", "in": "path", "required": True,
+                                "description": "the CDR's call_id",
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the recording",
+                                      "content": {"audio/wav": {"schema": {
+                                          "type": "string", "format": "binary"}}}},
+                              "404": _error("no recording of this call for this tenant"),
+                              "401": _error("missing or unknown bearer token"),
+                              "405": _error("method not allowed on this path")},
+            },
+        },
         "/healthz": {
             "get": {
                 "operationId": "health", "security": [],
@@ -178,16 +194,26 @@ DOCUMENT: dict[str, Any] = {
                 "type": "object", "additionalProperties": False,
                 "required": ["mode", "a"],
                 "properties": {
-                    "mode": {"enum": ["axb", "axn"]},
+                    "mode": {"enum": ["axb", "axn", "axe", "axyb"]},
                     "a": _NUMBER,
                     "b": {**_NUMBER, "type": ["string", "null"],
-                          "description": "required for axb, absent for axn"},
+                          "description": "required for axb and axyb, optional for axe, "
+                                         "absent for axn"},
                     "x": {**_X, "type": ["string", "null"]},
+                    "ext": {"type": ["string", "null"], "pattern": "^[0-9]{1,8}$",
+                            "description": "axe only: the extension, tenants.<t>.ext_digits "
+                                           "digits; default: a free one at random"},
+                    "y": {**_X, "type": ["string", "null"],
+                          "description": "axyb only: the number B calls to reach A; default: "
+                                         "allocated from the pool"},
+                    "record": {"type": "boolean", "default": False,
+                               "description": "record this binding's calls (with a notice)"},
                     "ttl": _TTL,
                     "tenant": {"type": "string",
                                "description": "optional; must be the token's own tenant"},
                     "direction": {"enum": ["a_to_b", "b_to_a", "both"], "default": "both",
-                                  "description": "axb only: the one way calls may go"},
+                                  "description": "axb and axyb only: the one way calls "
+                                                 "may go"},
                     "max_duration_s": {"type": "integer", "minimum": 0,
                                        "maximum": MAX_CALL_S,
                                        "description": "answered calls end after this; "
@@ -209,7 +235,7 @@ DOCUMENT: dict[str, Any] = {
                              "expires_at"],
                 "properties": {
                     "id": {"type": "string"},
-                    "mode": {"enum": ["axb", "axn"]},
+                    "mode": {"enum": ["axb", "axn", "axe", "axyb"]},
                     "tenant": {"type": "string"},
                     "x": _X,
                     "a": {"type": "string"},
@@ -222,6 +248,9 @@ DOCUMENT: dict[str, Any] = {
                     "max_duration_s": {"type": "integer"},
                     "max_concurrent": {"type": "integer"},
                     "blacklist": {"type": "array", "items": {"type": "string"}},
+                    "ext": {"type": "string"},
+                    "y": _X,
+                    "record": {"const": True},
                 },
             },
             "Held": {
@@ -244,7 +273,11 @@ DOCUMENT: dict[str, Any] = {
                     "sip_status": {"type": ["integer", "null"]},
                     "unconnected_cause": {"enum": ["none", "no_binding", "not_allowed",
                                                    "blacklist", "rate_limited",
-                                                   "callee_failed", "timeout"]},
+                                                   "callee_failed", "timeout",
+                                                   "trunk_unreachable"]},
+                    "recording": {"type": ["string", "null"],
+                                  "description": "the recording's file name; GET "
+                                                 "/v1/recordings/{call_id} reads it"},
                 },
             },
             "Error": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from importlib import resources
@@ -17,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from sipmask.config.schema import Config
+from sipmask.config.schema import ANNOUNCEMENT_KEYS, MAX_EXT_DIGITS, Config
 from sipmask.errors import ConfigError
 
 EMBEDDED = "<embedded default>"
@@ -239,3 +240,45 @@ def _check_whole(config: Config, source: str) -> None:
                               "needs lookup_threads >= 1 and lookup_queue >= lookup_threads")
     if config.events.webhook.url and not config.events.webhook.secret:
         raise ConfigError(source, "events.webhook.secret", "is required when a webhook url is set")
+    _check_tenants(config, source)
+    _check_announcements(config, source)
+
+
+# A tenant's name is a directory under recording.dir and a field of store records: letters,
+# digits, "_", "-" and "." (not first), so it never walks out of that directory.
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+
+
+def _check_tenants(config: Config, source: str) -> None:
+    for name, tenant in config.tenants.items():
+        if not _TENANT_NAME.fullmatch(name):
+            raise ConfigError(source, f"tenants.{name}", "a tenant name is 1 to 64 letters, "
+                              "digits, '_', '-' or '.' (not first)")
+        if not 1 <= tenant.ext_digits <= MAX_EXT_DIGITS:
+            raise ConfigError(source, f"tenants.{name}.ext_digits",
+                              f"must be 1 to {MAX_EXT_DIGITS}", tenant.ext_digits)
+        for key in tenant.announcements:
+            if key not in ANNOUNCEMENT_KEYS:
+                raise ConfigError(source, f"tenants.{name}.announcements.{key}",
+                                  f"unknown key (known: {', '.join(ANNOUNCEMENT_KEYS)})")
+
+
+def _check_announcements(config: Config, source: str) -> None:
+    """Every announcement file is read now, as it will be played (media/prompt.py): one
+    that is missing, unreadable or not 8 kHz mono WAV stops start-up naming its key."""
+    # Imported here: only a config that names an announcement needs the media modules.
+    from sipmask.media.prompt import announcement
+    from sipmask.media.wav import WavError
+
+    wanted = [(f"announcements.{key}", key, getattr(config.announcements, key))
+              for key in ANNOUNCEMENT_KEYS]
+    wanted += [(f"tenants.{name}.announcements.{key}", key, value)
+               for name, tenant in config.tenants.items()
+               for key, value in tenant.announcements.items()]
+    for path, key, value in wanted:
+        if value is None or value == "default":
+            continue        # no prompt, or the packaged one (tests check those play)
+        try:
+            announcement(key, value)
+        except WavError as exc:
+            raise ConfigError(source, path, str(exc)) from None    # "FILE: problem"

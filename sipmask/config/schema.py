@@ -289,11 +289,50 @@ class NumberPrefix:
         return self.digits
 
 
+# The announcements (media/prompt.ANNOUNCEMENTS), as keys of `announcements` and of a
+# tenant's `announcements` overrides.
+ANNOUNCEMENT_KEYS = ("unbound", "callee_notice", "ext_prompt", "recording_notice")
+MAX_EXT_DIGITS = 8        # tenants.<t>.ext_digits is 1..8 (an AXE extension's length)
+DEFAULT_EXT_DIGITS = 4
+
+
+@dataclass(frozen=True)
+class AnnouncementsConfig:
+    """WAV files (8 kHz mono; checked at load) played as early media; "default" is the
+    packaged prompt, null plays none."""
+
+    unbound: str | None = "default"            # to a caller of an X with no binding, then 404
+    callee_notice: str | None = None           # to the callee after answer
+    ext_prompt: str | None = "default"         # AXE: "enter the extension, then #"
+    recording_notice: str | None = "default"   # to both sides before a recorded call bridges
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """Recorded calls: one stereo WAV per call (caller left, callee right) under
+    `dir/<tenant>/`; files older than retention_days are swept (0: kept for ever)."""
+
+    dir: Path = Path("var/recordings")
+    retention_days: int = 30
+
+
 @dataclass(frozen=True)
 class TenantConfig:
     token: str
     pools: tuple[NumberRange, ...] = ()
     blacklist: tuple[NumberPrefix, ...] = ()   # callers refused (403) on every X of the tenant
+    ext_digits: int = DEFAULT_EXT_DIGITS       # AXE extensions: this many digits (1..8)
+    record: bool = False                       # record every call of the tenant's bindings
+    # Per-tenant announcement overrides: a key of ANNOUNCEMENT_KEYS -> a WAV file,
+    # "default" or null; a key not given takes the top-level `announcements` value.
+    announcements: dict[str, str | None] = field(default_factory=dict)
+
+    def announcement(self, key: str, default: AnnouncementsConfig) -> str | None:
+        """What `announcements.<key>` is for this tenant: its override, else the default."""
+        if key in self.announcements:
+            return self.announcements[key]
+        value: str | None = getattr(default, key)
+        return value
 
 
 @dataclass(frozen=True)
@@ -355,3 +394,5 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    announcements: AnnouncementsConfig = field(default_factory=AnnouncementsConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)

@@ -12,9 +12,13 @@ from sipmask.store.base import (
     ImportOutcome,
     PoolRange,
     PoolUsage,
+    Refusal,
+    Target,
+    target,
 )
 from sipmask.store.lmdb import LmdbStore, open_store
 from sipmask.store.memory import MemoryStore
 
 __all__ = ["AuditEntry", "Binding", "BindingRequest", "BindingStore", "HeldBinding",
-           "ImportOutcome", "LmdbStore", "MemoryStore", "PoolRange", "PoolUsage", "open_store"]
+           "ImportOutcome", "LmdbStore", "MemoryStore", "PoolRange", "PoolUsage", "Refusal",
+           "Target", "open_store", "target"]

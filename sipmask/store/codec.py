@@ -20,7 +20,13 @@ not know, so records written by a newer sipmask with more optional fields still 
 a record with a newer *version byte* is refused with a clear error instead.
 
 Route keys: X, then for AXB the keyed hash of X and the party's number (Keyring.index), so
-pair uniqueness and the call-path lookup stay one get without a number in any key.
+pair uniqueness and the call-path lookup stay one get without a number in any key. Issue 15
+adds two modes on the same index: an AXE binding holds X + hash(A) (A calling X) and
+X + "#" + its extension (anyone keying E; the extension is not a real number, and in clear
+the free extensions of an X are one ordered scan); an AXYB binding holds X + hash(A) (A
+dials X) and Y + hash(B) (B dials Y), so a lookup by either number is the same one get.
+The optional fields ext, y and record travel in the binding's JSON object like the policy
+fields: a binding without them is encoded exactly as before.
 """
 
 from __future__ import annotations
@@ -76,6 +82,12 @@ def _ext(b: Binding) -> str:
         ext["max_concurrent"] = b.max_concurrent
     if b.blacklist:
         ext["blacklist"] = list(b.blacklist)
+    if b.ext is not None:
+        ext["ext"] = b.ext
+    if b.y is not None:
+        ext["y"] = b.y
+    if b.record:
+        ext["record"] = True
     return _JSON.encode(ext) if ext else ""
 
 
@@ -105,12 +117,34 @@ def route_key(keys: Keyring, x: str, number: str | None) -> bytes:
     return x.encode() if number is None else x.encode() + keys.index(x, number)
 
 
+EXT_MARK = b"#"
+
+
+def ext_key(x: str, ext: str) -> bytes:
+    """An AXE binding's extension key: X, "#", the extension's digits. 17 to 24 bytes, so
+    never equal to an AXN key (15) or a hashed one (31)."""
+    return x.encode() + EXT_MARK + ext.encode()
+
+
+def ext_prefix(x: str) -> bytes:
+    """Every extension key of X starts with this; they sort by extension."""
+    return x.encode() + EXT_MARK
+
+
 def route_keys(keys: Keyring, b: Binding) -> list[bytes]:
-    """Every route key of a binding: X for AXN; one per party for AXB."""
-    if b.mode == "axn":
+    """Every route key of a binding: X for AXN; one per party for AXB; A's and the
+    extension's for AXE; A's on X and B's on Y for AXYB."""
+    mode = b.mode
+    if mode == "axn":
         return [b.x.encode()]
     out = [route_key(keys, b.x, b.a)]
-    if b.b is not None:
+    if mode == "axe":
+        if b.ext is not None:
+            out.append(ext_key(b.x, b.ext))
+    elif mode == "axyb":
+        if b.y is not None and b.b is not None:
+            out.append(route_key(keys, b.y, b.b))
+    elif b.b is not None:
         out.append(route_key(keys, b.x, b.b))
     return out
 
@@ -146,7 +180,7 @@ def new_binding(binding_id: str, mode: str, tenant: str, x: str, a: str, b: str 
     bulk import makes one per line): NamedTuple's `_make` fills the tuple in C and checks
     its length, where the generated keyword `__new__` costs three times as much."""
     return _make_binding((binding_id, mode, tenant, x, a, b, created_at, expires_at,
-                          "both", None, None, ()))
+                          "both", None, None, (), None, None, False))
 
 
 def decode_binding(raw: bytes, keys: Keyring) -> Binding:
@@ -159,7 +193,7 @@ def decode_binding(raw: bytes, keys: Keyring) -> Binding:
     if not ext:   # no policy fields: the common case
         return _make_binding((bid, mode, tenant, x, a, b or None, created,
                               expires if expires == expires else None,   # NaN: no expiry
-                              "both", None, None, ()))
+                              "both", None, None, (), None, None, False))
     return _with_ext((bid, mode, tenant, x, a, b or None, created,
                       expires if expires == expires else None), ext)
 
@@ -167,7 +201,16 @@ def decode_binding(raw: bytes, keys: Keyring) -> Binding:
 def _with_ext(core: tuple[Any, ...], ext: str) -> Binding:
     more: dict[str, Any] = json.loads(ext) if ext else {}
     return _make_binding((*core, more.get("direction", "both"), more.get("max_duration_s"),
-                          more.get("max_concurrent"), tuple(more.get("blacklist", ()))))
+                          more.get("max_concurrent"), tuple(more.get("blacklist", ())),
+                          more.get("ext"), more.get("y"), more.get("record", False) is True))
+
+
+def binding_live(raw: bytes, now: float) -> bool:
+    """Binding.live(now) of an encoded binding, from its clear times (no AES-GCM open)."""
+    if raw[0] != BINDING_SEALED:
+        return decode_plain_binding(raw).live(now)
+    expires: float = _TIMES.unpack_from(raw, _CLEAR_AT)[1]
+    return expires != expires or now < expires     # NaN: no expiry
 
 
 def decode_plain_binding(raw: bytes) -> Binding:
@@ -227,10 +270,21 @@ def encode_audit(seq: int, at: float, tenant: str, actor: str, action: str, subj
 
 
 def binding_summary(b: Binding) -> str:
-    """The audit entry's JSON of a binding (mode, x, a, b, expires_at). Numbers and modes are
-    plain ASCII letters and digits, which JSON writes as they are, so the text is put
-    together directly: the encoder's own work was a tenth of a bulk import's time."""
+    """The audit entry's JSON of a binding (mode, x, a, b, expires_at; and ext, y, record
+    when set). Numbers and modes are plain ASCII letters and digits, which JSON writes as
+    they are, so the text is put together directly: the encoder's own work was a tenth of
+    a bulk import's time."""
     other = b.b or ""
+    if b.ext is not None or b.y is not None or b.record:
+        extra: dict[str, Any] = {"mode": b.mode, "x": b.x, "a": b.a, "b": b.b,
+                                 "expires_at": b.expires_at}
+        if b.ext is not None:
+            extra["ext"] = b.ext
+        if b.y is not None:
+            extra["y"] = b.y
+        if b.record:
+            extra["record"] = True
+        return _JSON.encode(extra)
     if (b.mode + b.x + b.a + other).isascii() and (b.mode + b.x + b.a + other).isalnum():
         b_json = f'"{other}"' if b.b is not None else "null"
         expires = "null" if b.expires_at is None else repr(b.expires_at)
@@ -314,9 +368,16 @@ class Ended(NamedTuple):
     action: str             # delete | expire
 
 
-def history_key(b: Binding) -> bytes:
-    """X, then the creation time (ms), then the id: `trace` walks one X in time order."""
-    return b.x.encode() + _U64.pack(max(0, int(b.created_at * 1000))) + b.id.encode()
+def history_key(b: Binding, number: str | None = None) -> bytes:
+    """X (or another number the binding held: an AXYB binding's Y), then the creation time
+    (ms), then the id: `trace` walks one number in time order."""
+    return ((number or b.x).encode() + _U64.pack(max(0, int(b.created_at * 1000)))
+            + b.id.encode())
+
+
+def history_keys(b: Binding) -> list[bytes]:
+    """One history key per 700 number the binding held, so trace finds it by any."""
+    return [history_key(b, number) for number in b.held_numbers()]
 
 
 def history_x_prefix(x: str) -> bytes:
@@ -365,14 +426,21 @@ def expiry_ms(key: bytes) -> int:
     return ms
 
 
+_USE_FLAGS = {"axn": b"n", "axe": b"e"}       # AXB and AXYB (pairs) share b"b"
+_USE_MODES = {b"n": "axn", b"e": "axe"}
+
+
 def encode_use(mode: str, count: int) -> bytes:
-    """Per-X use: which mode the X serves and how many bindings it carries."""
-    return _USE.pack(b"n" if mode == "axn" else b"b", count)
+    """Per-number use: which kind of binding the number serves (AXN takes it whole, AXE
+    shares it by extension, pairs of AXB and AXYB share it by caller) and how many
+    bindings hold it."""
+    return _USE.pack(_USE_FLAGS.get(mode, b"b"), count)
 
 
 def decode_use(raw: bytes) -> tuple[str, int]:
+    """(kind, count); the kind is "axn", "axe" or "axb" (any pair mode)."""
     flag, count = _USE.unpack(raw)
-    return ("axn" if flag == b"n" else "axb"), count
+    return _USE_MODES.get(flag, "axb"), count
 
 
 def u64(n: int) -> bytes:

@@ -429,7 +429,9 @@ class LmdbStore(RuleStore):
                 self._adopt_size()
         raise StoreError("the store map could not grow enough for this write")
 
-    def route(self, x: str, caller: str, now: float) -> Binding | None:
+    def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
+        if ext is not None:    # AXE with an extension: RuleStore's one get by X + E
+            return super().route(x, caller, now, ext)
         # The call path: one read transaction (a fresh snapshot, so CLI/API writes count at
         # once; py-lmdb renews a spare reader rather than opening one), one get, and the
         # value is the binding itself. The transaction is aborted when its last reference

@@ -58,20 +58,23 @@ class Offload:
 
 
 class _Routes(Protocol):
-    def route(self, x: str, caller: str, now: float) -> Binding | None: ...
+    def route(self, x: str, caller: str, now: float,
+              ext: str | None = None) -> Binding | None: ...
 
 
-def lookup(store: _Routes, x: str, caller: str, now: float) -> Future[Binding | None]:
+def lookup(store: _Routes, x: str, caller: str, now: float,
+           ext: str | None = None) -> Future[Binding | None]:
     """The call path's lookup as a future, whatever the backend: on a store that offers
     `route_soon` (PostgreSQL) it runs on that store's threads; otherwise (LMDB: a memory
-    read of a few µs, cheaper than a thread hop) it runs here and the future is done."""
-    soon: Callable[[str, str, float], Future[Binding | None]] | None = getattr(
-        store, "route_soon", None)
+    read of a few µs, cheaper than a thread hop) it runs here and the future is done.
+    `ext`: an AXE extension the caller gave (store.base.BindingStore.route)."""
+    soon: Callable[..., Future[Binding | None]] | None = getattr(store, "route_soon", None)
     if soon is not None:
-        return soon(x, caller, now)
+        return soon(x, caller, now, ext) if ext is not None else soon(x, caller, now)
     done: Future[Binding | None] = Future()
     try:
-        done.set_result(store.route(x, caller, now))
+        done.set_result(store.route(x, caller, now, ext) if ext is not None
+                        else store.route(x, caller, now))
     except Exception as exc:
         done.set_exception(exc)
     return done

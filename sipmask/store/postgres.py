@@ -614,19 +614,23 @@ class PostgresStore(RuleStore):
         return self._run(fn, _WRITE, lock=False, retry_commit=True)
 
     # -- the call path ----------------------------------------------------------------------
-    def route(self, x: str, caller: str, now: float) -> Binding | None:
-        return self._route(x, caller, now, time.monotonic() + self._lookup_patience())
+    def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
+        return self._route(x, caller, now, ext, time.monotonic() + self._lookup_patience())
 
     def _lookup_patience(self) -> float:
         return min(self.failover_s, LOOKUP_PATIENCE_S)
 
-    def _route(self, x: str, caller: str, now: float, deadline: float) -> Binding | None:
+    def _route(self, x: str, caller: str, now: float, ext: str | None,
+               deadline: float) -> Binding | None:
         # rules.route's lookup, without BEGIN/COMMIT: one round trip when the caller's key
-        # holds a live binding, two when X must be scanned (each statement its own
-        # snapshot; a write between them changes only whether a stranger hears 403 or 404).
+        # (or, with an AXE extension, X + E) holds a live binding, two when X must be
+        # scanned (each statement its own snapshot; a write between them changes only
+        # whether a stranger hears 403 or 404).
         keys = self.keys
 
         def run(txn: Txn) -> Binding | None:
+            if ext is not None:
+                return self._on_ext(txn, x, ext, now)
             raw = txn.get("route", codec.route_key(keys, x, caller))
             if raw is not None:
                 b = _decode(raw, keys)
@@ -635,14 +639,15 @@ class PostgresStore(RuleStore):
             return self._any_on_x(txn, x, now)
         return self._run(run, None, lock=False, retry_commit=True, deadline=deadline)
 
-    def route_soon(self, x: str, caller: str, now: float) -> Future[Binding | None]:
+    def route_soon(self, x: str, caller: str, now: float,
+                   ext: str | None = None) -> Future[Binding | None]:
         """`route` on the lookup threads; StoreBusy at once when the queue is full. The
         lookup's patience counts from now, not from when a thread takes it: while no
         primary answers, each lookup holds its thread for the whole patience, and lookups
         queued behind them would otherwise wait threads x patience each before theirs
         began (32 at once on 4 threads: the last failed after 16 s, not 2 s). One past its
         deadline when a thread takes it still gets one try (a healthy but busy store)."""
-        return self.calls.submit(self._route, x, caller, now,
+        return self.calls.submit(self._route, x, caller, now, ext,
                                  time.monotonic() + self._lookup_patience())
 
     # -- other modules' records -------------------------------------------------------------

@@ -9,15 +9,20 @@ Named databases (keys → values; codec.py has the encodings):
     meta      b"schema_version" → b"2"; b"audit_seq" → u64; b"key_id" → key fingerprint;
               b"key_generation" → generation byte (store/reseal.py)
     bindings  id → binding (real numbers sealed)
-    route     x + HMAC(x, number) → binding (AXB: one key per party); x alone → AXN
-              binding. The call path is one read: X and the caller's keyed hash make the
-              key, the value is the record.
+    route     x + HMAC(x, number) → binding (AXB: one key per party; AXE: A's; AXYB: A's
+              on X and B's on Y, y + HMAC(y, B)); x alone → AXN binding; x + "#" + E →
+              the AXE binding with extension E. The call path is one read: the dialled
+              number and the caller's keyed hash (or the extension) make the key, the
+              value is the record.
     expiry    u64 ms + id → b""              (the sweep walks it in time order)
-    xuse      x → mode flag + count          (AXN exclusivity, least-used allocation, pools)
+    xuse      x → kind flag + count          (AXN takes X whole, AXE shares it by
+                                             extension, AXB/AXYB pairs by caller; least-used
+                                             allocation; pools). An AXYB Y counts as used.
     pools     first → pool range             (ranges never overlap, across all tenants)
     tenants   name → {"source": …}
     audit     u64 µs + u64 seq → entry       (append-only; its data sealed)
-    history   x + u64 created ms + id → a removed binding, who removed it and when (trace)
+    history   x + u64 created ms + id → a removed binding, who removed it and when (trace);
+              an AXYB binding has a second record under its Y
     history_end  u64 ms + history key → b""  (the history sweep: cdr.retention_days)
     cdrs, calls_up, cdr_binding, outbox, outbox_state: cdr/store.py, events/outbox.py
 """
@@ -31,7 +36,13 @@ from typing import Protocol, TypeVar
 
 from sipmask import numbers
 from sipmask.clock import Clock, SystemClock
-from sipmask.config.schema import NumberPrefix, NumberRange, TenantConfig
+from sipmask.config.schema import (
+    DEFAULT_EXT_DIGITS,
+    MAX_EXT_DIGITS,
+    NumberPrefix,
+    NumberRange,
+    TenantConfig,
+)
 from sipmask.errors import (
     ConfigError,
     ConflictError,
@@ -45,6 +56,7 @@ from sipmask.store.base import (
     ACTORS,
     DEFAULT_TTL,
     MODES,
+    PAIR_MODES,
     AuditEntry,
     Binding,
     BindingRequest,
@@ -72,6 +84,8 @@ MAX_TIME = 253_402_300_799.0     # 9999-12-31T23:59:59Z, the latest time a query
 _RANDOM_PROBES = 8               # least-used of this many random Xs before a full walk
 _ROUTE_SCAN = 16                 # expired keys route() steps over before giving up on X
 _RETRIES_ON_CLASH = 4            # a batch made again after an id clash (see _IdClash)
+
+Callers = tuple[tuple[str, str], ...]   # (field, number) pairs a binding keys on a number
 
 
 class Txn(Protocol):
@@ -140,8 +154,8 @@ def _policy_fields(req: BindingRequest) -> dict[str, object]:
     if req.direction != "both":
         if req.direction not in ("a_to_b", "b_to_a"):
             raise RefusedError("direction", "must be one of both, a_to_b, b_to_a")
-        if req.mode != "axb":
-            raise RefusedError("direction", "only an AXB binding has two directions")
+        if req.mode not in PAIR_MODES:
+            raise RefusedError("direction", "only an AXB or AXYB binding has two directions")
         out["direction"] = req.direction
     for name, most in (("max_duration_s", MAX_CALL_S), ("max_concurrent", MAX_CONCURRENT)):
         value = getattr(req, name)
@@ -177,6 +191,31 @@ def _creator(txn: Txn, b: Binding, keys: Keyring) -> str | None:
         if head.subject == b.id and head.action == "create":
             return head.actor
     return None
+
+
+def _kind(mode: str) -> str:
+    """What a number's use records of a mode: AXN and AXE keep a number to their own kind,
+    AXB and AXYB pairs share one (codec.encode_use)."""
+    return mode if mode in ("axn", "axe") else "axb"
+
+
+def _callers_on(mode: str, a: str, b: str | None) -> Callers:
+    """The callers a new binding keys on its X (its Y takes B alone, for AXYB)."""
+    if mode == "axb":
+        return (("a", a), ("b", str(b)))
+    if mode in ("axe", "axyb"):
+        return (("a", a),)
+    return ()
+
+
+def _ext_digits(field: str, raw: object, digits: int, tenant: str) -> str:
+    """An extension as given: exactly the tenant's ext_digits ASCII digits."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise RefusedError(field, "required")
+    ext = raw.strip()
+    if not (ext.isascii() and ext.isdigit() and len(ext) == digits):
+        raise RefusedError(field, f"must be {digits} digits (tenants.{tenant}.ext_digits)")
+    return ext
 
 
 def _what(b: Binding) -> str:
@@ -246,8 +285,9 @@ class _Work:
         if b.expires_at is not None:
             self.txn.put("expiry", codec.expiry_key(b.expires_at, b.id), b"")
         if old is None:
-            use = self.use(b.x)
-            self.set_use(b.x, b.mode, (use[1] if use else 0) + 1)
+            for number in b.held_numbers():
+                use = self.use(number)
+                self.set_use(number, b.mode, (use[1] if use else 0) + 1)
         return True
 
     def remove_binding(self, b: Binding, action: str, actor: str | None = None) -> None:
@@ -259,14 +299,15 @@ class _Work:
             self.txn.delete("route", key)
         if b.expires_at is not None:
             self.txn.delete("expiry", codec.expiry_key(b.expires_at, b.id))
-        use = self.use(b.x)
-        self.set_use(b.x, b.mode, use[1] - 1 if use else 0)
+        for number in b.held_numbers():
+            use = self.use(number)
+            self.set_use(number, b.mode, use[1] - 1 if use else 0)
         by = actor or self.actor
-        key = codec.history_key(b)
         record = codec.encode_history(b, self.now, by, action, self.keys)
-        self.txn.put("history", key, record)
-        self.txn.put("history_end", codec.history_end_key(codec.history_until(record), key),
-                     b"")
+        until = codec.history_until(record)
+        for key in codec.history_keys(b):
+            self.txn.put("history", key, record)
+            self.txn.put("history_end", codec.history_end_key(until, key), b"")
         self.audit(b.tenant, action, b.id, _what(b), actor)
 
     def purge_if_expired(self, raw: bytes | None) -> bool:
@@ -336,7 +377,7 @@ class _Work:
         """Record X's mode and binding count; a count of 0 frees X."""
         if count > 0:
             self.txn.put("xuse", x.encode(), codec.encode_use(mode, count))
-            self._uses[x] = (mode, count)
+            self._uses[x] = (_kind(mode), count)
         else:
             self.txn.delete("xuse", x.encode())
             self._uses[x] = None
@@ -425,9 +466,10 @@ class _BulkWork(_Work):
             if at is None:
                 at = self._expiry_at[b.expires_at] = codec.expiry_key(b.expires_at, "")
             self.held["expiry"][at + key] = b""
-        use = self.use(b.x)
-        self._uses[b.x] = (b.mode, (use[1] if use else 0) + 1)
-        self._dirty_uses.add(b.x)
+        for number in b.held_numbers():
+            use = self.use(number)
+            self._uses[number] = (_kind(b.mode), (use[1] if use else 0) + 1)
+            self._dirty_uses.add(number)
         return True
 
     def audit(self, tenant: str, action: str, subject: str,
@@ -462,7 +504,7 @@ class _BulkWork(_Work):
         super().set_use(x, mode, count)
 
     def create_plain(self, req: BindingRequest, tenant: str | None,
-                     allocate: Callable[[_Work, str, str, str, str | None], str]
+                     allocate: Callable[[_Work, str, str, Callers], str]
                      ) -> Binding | None:
         """The usual import line, checked and written without the general path's detours:
         AXB or AXN, numbers already in national form, no policy rules, and X given and
@@ -473,7 +515,8 @@ class _BulkWork(_Work):
         mode, a, b, x, ttl = req.mode, req.a, req.b, req.x, req.ttl
         if (not tenant or type(ttl) is not int or not 0 <= ttl <= MAX_TTL
                 or req.direction != "both" or req.max_duration_s is not None
-                or req.max_concurrent is not None or req.blacklist):
+                or req.max_concurrent is not None or req.blacklist
+                or req.ext is not None or req.y is not None or req.record is not False):
             return None
         # normalise_real / normalise_x return such a number unchanged; anything else
         # (a prefix, separators, an invalid number) goes the long way to be normalised.
@@ -496,7 +539,8 @@ class _BulkWork(_Work):
                 return None
             pools = self._plain_pools[tenant] = [(p.first, p.last) for p in self.pools(tenant)]
         if x is None:
-            x = allocate(self, tenant, mode, a, b)   # PoolExhausted refuses, as in _create
+            # PoolExhausted refuses, as in _create.
+            x = allocate(self, tenant, mode, _callers_on(mode, a, b))
         else:
             for first, last in pools:
                 if first <= x <= last:
@@ -508,9 +552,10 @@ class _BulkWork(_Work):
             key_a, key_b = codec.route_key(self.keys, x, a), codec.route_key(self.keys, x, b)
         use = self.use(x)
         if use is not None:
-            # AXN takes X whole; a number appears once per X. _create purges expired
-            # holders before it refuses, so any holder at all sends the line there.
-            if mode == "axn" or use[0] == "axn":
+            # AXN takes X whole, AXE keeps X to its own kind; a number appears once per
+            # X. _create purges expired holders before it refuses, so any holder at all
+            # sends the line there.
+            if mode == "axn" or use[0] != mode:
                 return None
             route = self._route
             get = self.txn.get
@@ -560,6 +605,8 @@ class RuleStore:
         # How long a removed binding stays in the history for `trace` (cdr.retention_days;
         # None: for ever). open_store sets it from the config.
         self.history_keep_s: float | None = None
+        # The config's tenants (sync_tenants): their ext_digits for AXE extensions.
+        self.tenant_config: dict[str, TenantConfig] = {}
 
     # -- what a backend provides ------------------------------------------------------------
     def _read(self, fn: Callable[[Txn], T]) -> T:
@@ -602,7 +649,14 @@ class RuleStore:
     def tenants(self) -> builtins.list[str]:
         return self._read(lambda txn: [k.decode() for k, _ in txn.scan("tenants")])
 
+    def ext_digits(self, tenant: str) -> int:
+        """How many digits the tenant's AXE extensions have (tenants.<t>.ext_digits)."""
+        found = self.tenant_config.get(tenant)
+        return found.ext_digits if found is not None else DEFAULT_EXT_DIGITS
+
     def sync_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
+        self.tenant_config = dict(tenants)
+
         def wanted(txn: Txn) -> bool:
             work = _Work(txn, 0.0, "config", self.keys)
             have = {(p.tenant, p.first, p.last) for p in work.pools() if p.source == "config"}
@@ -644,68 +698,119 @@ class RuleStore:
 
     # -- create -----------------------------------------------------------------------------
     def _create(self, work: _Work, req: BindingRequest) -> Binding:
-        if req.mode not in MODES:
+        mode = req.mode
+        if mode not in MODES:
             raise RefusedError("mode", f"must be one of {', '.join(MODES)}")
         tenant = self._tenant(work, req.tenant)
         a = _refuse_number("a", req.a, numbers.normalise_real)
         b: str | None = None
-        if req.mode == "axb":
+        if mode in PAIR_MODES or (mode == "axe" and req.b not in (None, "")):
             b = _refuse_number("b", req.b, numbers.normalise_real)
             if a == b:
                 raise RefusedError("b", "must differ from a")
         elif req.b not in (None, ""):
             raise RefusedError("b", "an AXN binding has no b")
+        if req.ext not in (None, "") and mode != "axe":
+            raise RefusedError("ext", "only an AXE binding has an extension")
+        if req.y not in (None, "") and mode != "axyb":
+            raise RefusedError("y", "only an AXYB binding has a y")
+        if not isinstance(req.record, bool):
+            raise RefusedError("record", "must be true or false")
         ttl = _ttl(req.ttl)
         policy = _policy_fields(req)
+        digits = self.ext_digits(tenant)
+        ext = None if req.ext in (None, "") else _ext_digits("ext", req.ext, digits, tenant)
+        callers = _callers_on(mode, a, b)
         if req.x not in (None, ""):
-            x = _refuse_number("x", req.x, numbers.normalise_x)
-            if not any(p.first <= x <= p.last for p in work.pools(tenant)):
-                raise RefusedError("x", f"not in tenant {tenant}'s pool")
-            self._check_x(work, req.mode, x, a, b)
+            x = self._in_pool(work, tenant, "x", req.x)
+            self._check_x(work, mode, x, callers)
         else:
-            x = self._allocate(work, tenant, req.mode, a, b)
+            x = self._allocate(work, tenant, mode, callers)
+        y: str | None = None
+        if mode == "axyb":
+            # B dials Y to reach A: Y is held like an X (same pool, same rules), by B's key.
+            if req.y not in (None, ""):
+                y = self._in_pool(work, tenant, "y", req.y)
+                if y == x:
+                    raise RefusedError("y", "must differ from x")
+                self._check_x(work, mode, y, (("b", str(b)),), "y")
+            else:
+                y = self._allocate(work, tenant, mode, (("b", str(b)),), exclude=x, field="y")
+        if mode == "axe":
+            ext = self._claim_ext(work, x, ext, digits, tenant)
         expires = work.now + ttl if ttl else None
+        extra: dict[str, object] = dict(policy)
+        if ext is not None:
+            extra["ext"] = ext
+        if y is not None:
+            extra["y"] = y
+        if req.record:
+            extra["record"] = True
         while True:   # 52 random bits per ms: a clash is all but impossible; never overwrite
-            binding = codec.new_binding(codec.new_id(work.now), req.mode, tenant, x, a, b,
+            binding = codec.new_binding(codec.new_id(work.now), mode, tenant, x, a, b,
                                         work.now, expires)
-            if policy:
-                binding = binding._replace(**policy)  # type: ignore[arg-type]
+            if extra:
+                binding = binding._replace(**extra)  # type: ignore[arg-type]
             if work.put_binding(binding):
                 break
         work.audit(tenant, "create", binding.id, _what(binding))
         return binding
 
-    def _check_x(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> None:
-        use = work.use(x)
-        if use is not None and (mode == "axn" or use[0] == "axn") and work.purge_x(x):
-            if use[0] == "axn":
-                raise ConflictError("x", "X carries an AXN binding, which takes it whole")
-            raise ConflictError("x", "an AXN binding needs an X with no other binding")
-        if mode == "axb":
-            # A number appears at most once per X, so a call from it to X has one answer.
-            for field, number in (("a", a), ("b", b)):
-                if not work.purge_if_expired(work.route_raw(
-                        codec.route_key(work.keys, x, str(number)))):
-                    raise ConflictError(field, "already bound on this X")
+    @staticmethod
+    def _in_pool(work: _Work, tenant: str, field: str, raw: str | None) -> str:
+        number = _refuse_number(field, raw, numbers.normalise_x)
+        if not any(p.first <= number <= p.last for p in work.pools(tenant)):
+            raise RefusedError(field, f"not in tenant {tenant}'s pool")
+        return number
 
-    def _fits(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> int | None:
-        """How many bindings X carries if this one fits on it, else None (reads only)."""
+    def _check_x(self, work: _Work, mode: str, x: str, callers: Callers,
+                 field: str = "x") -> None:
+        """Refuse X (field "x", or "y" for an AXYB binding's Y) when the binding cannot
+        go on it: another kind holds it, or a caller already has a binding there. Expired
+        holders in the way are removed first, so they never block a new binding."""
+        name = field.upper()
+        kind = _kind(mode)
+        use = work.use(x)
+        if use is not None and (kind == "axn" or use[0] != kind) and work.purge_x(x):
+            if use[0] == "axn":
+                raise ConflictError(field, f"{name} carries an AXN binding, which takes it whole")
+            if kind == "axn":
+                raise ConflictError(field, "an AXN binding needs an X with no other binding")
+            if use[0] == "axe":
+                raise ConflictError(field, f"{name} carries AXE bindings (told apart by "
+                                           "extension); it takes no other kind")
+            raise ConflictError(field, f"{name} carries AXB/AXYB pairs; an AXE binding "
+                                       "needs an X of its own")
+        # A number appears at most once per X (and per Y), so a call from it has one answer.
+        for who, number in callers:
+            if not work.purge_if_expired(work.route_raw(codec.route_key(work.keys, x, number))):
+                raise ConflictError(who, f"already bound on this {name}")
+
+    def _fits(self, work: _Work, mode: str, x: str, callers: Callers,
+              room: int | None = None) -> int | None:
+        """How many bindings X carries if this one fits on it, else None (reads only).
+        `room`: how many bindings X may carry (AXE: one per extension)."""
         use = work.use(x)
         if use is None:
             return 0
-        if mode == "axn" or use[0] == "axn":
+        kind = _kind(mode)
+        if kind == "axn" or use[0] != kind:
             return None
-        for number in (a, b):
-            raw = work.route_raw(codec.route_key(work.keys, x, str(number)))
+        if room is not None and use[1] >= room:
+            return None     # every extension taken (_claim_ext has the last word)
+        for _, number in callers:
+            raw = work.route_raw(codec.route_key(work.keys, x, number))
             if raw is not None and work.decode(raw).live(work.now):
                 return None
         return use[1]
 
-    def _allocate(self, work: _Work, tenant: str, mode: str, a: str, b: str | None) -> str:
+    def _allocate(self, work: _Work, tenant: str, mode: str, callers: Callers,
+                  exclude: str | None = None, field: str = "x") -> str:
         pools = work.pools(tenant)
         total = sum(p.size for p in pools)
         if not total:
-            raise PoolExhausted("x", f"tenant {tenant} has no pool of X numbers")
+            raise PoolExhausted(field, f"tenant {tenant} has no pool of X numbers")
+        room = 10 ** self.ext_digits(tenant) if mode == "axe" else None
 
         def nth(i: int) -> str:
             for p in pools:
@@ -714,12 +819,15 @@ class RuleStore:
                 i -= p.size
             raise IndexError(i)
 
+        def fits(x: str) -> int | None:
+            return None if x == exclude else self._fits(work, mode, x, callers, room)
+
         # Fair spread: the least used of a few random Xs; a walk from a random start only
         # when those all clash, so exhaustion is certain before it is reported.
         best: tuple[int, str] | None = None
         for _ in range(min(_RANDOM_PROBES, total)):
             x = nth(self.rng.randrange(total))
-            used = self._fits(work, mode, x, a, b)
+            used = fits(x)
             if used is not None and (best is None or used < best[0]):
                 best = (used, x)
                 if used == 0:
@@ -728,22 +836,63 @@ class RuleStore:
             start = self.rng.randrange(total)
             for i in range(total):
                 x = nth((start + i) % total)
-                if self._fits(work, mode, x, a, b) is not None:
+                if fits(x) is not None:
                     best = (0, x)
                     break
         if best is None:
-            raise PoolExhausted("x", f"no free X in tenant {tenant}'s pool for this "
-                                     f"{'pair' if mode == 'axb' else 'number'}")
-        self._check_x(work, mode, best[1], a, b)   # purges expired holders it found free
+            what = "pair" if mode in PAIR_MODES else "number"
+            raise PoolExhausted(field, f"no free {field.upper()} in tenant {tenant}'s pool "
+                                       f"for this {what}")
+        # Purges expired holders it found free.
+        self._check_x(work, mode, best[1], callers, field)
         return best[1]
+
+    def _claim_ext(self, work: _Work, x: str, ext: str | None, digits: int,
+                   tenant: str) -> str:
+        """The AXE binding's extension on X: the one given, if free; else one drawn at
+        random from X's free extensions of `digits` digits (random, so knowing one
+        extension tells nothing of the next). An expired holder is removed first."""
+        if ext is not None:
+            if not work.purge_if_expired(work.route_raw(codec.ext_key(x, ext))):
+                raise ConflictError("ext", "already bound on this X")
+            return ext
+        capacity = 10 ** digits
+        taken: builtins.list[int] = []
+        expired: set[int] = set()
+        work.settle()
+        prefix = codec.ext_prefix(x)
+        for key, raw in work.txn.scan("route", prefix):
+            if not key.startswith(prefix):
+                break
+            digits_of = key[len(prefix):]
+            if len(digits_of) != digits:
+                continue
+            if codec.binding_live(raw, work.now):
+                taken.append(int(digits_of))
+            else:
+                expired.add(int(digits_of))
+        if len(taken) >= capacity:
+            raise PoolExhausted("ext", f"all {capacity} extensions of {digits} digits on "
+                                       f"this X are taken (tenants.{tenant}.ext_digits)")
+        # The r-th free extension: step r over every taken one at or below it (sorted).
+        r = self.rng.randrange(capacity - len(taken))
+        for t in taken:
+            if t > r:
+                break
+            r += 1
+        chosen = f"{r:0{digits}d}"
+        if r in expired:
+            work.purge_if_expired(work.route_raw(codec.ext_key(x, chosen)))
+        return chosen
 
     def create(self, *, mode: str, tenant: str | None, a: str, b: str | None = None,
                x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",
                now: float | None = None, direction: str = "both",
                max_duration_s: int | None = None, max_concurrent: int | None = None,
-               blacklist: tuple[str, ...] = ()) -> Binding:
+               blacklist: tuple[str, ...] = (), ext: str | None = None,
+               y: str | None = None, record: bool = False) -> Binding:
         req = BindingRequest(mode, a, b, x, ttl, tenant, direction, max_duration_s,
-                             max_concurrent, tuple(blacklist))
+                             max_concurrent, tuple(blacklist), ext, y, record)
         return self._work(lambda work: self._create(work, req), actor, now)
 
     def create_many(self, requests: Iterable[tuple[int, BindingRequest]], *,
@@ -801,9 +950,7 @@ class RuleStore:
 
         def run(work: _Work) -> Binding:
             old = work.load(binding_id, tenant)
-            new = Binding(old.id, old.mode, old.tenant, old.x, old.a, old.b, old.created_at,
-                          work.now + seconds if seconds else None, old.direction,
-                          old.max_duration_s, old.max_concurrent, old.blacklist)
+            new = old._replace(expires_at=work.now + seconds if seconds else None)
             work.put_binding(new, old)
             work.audit(new.tenant, "update", new.id,
                        {"expires_at": new.expires_at, "was": old.expires_at})
@@ -836,8 +983,10 @@ class RuleStore:
             return out
         return self._read(run)
 
-    def route(self, x: str, caller: str, now: float) -> Binding | None:
+    def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
         keys = self.keys
+        if ext is not None:
+            return self._read(lambda txn: self._on_ext(txn, x, ext, now))
 
         def run(txn: Txn) -> Binding | None:
             raw = txn.get("route", codec.route_key(keys, x, caller))
@@ -847,6 +996,17 @@ class RuleStore:
                     return b
             return self._any_on_x(txn, x, now)
         return self._read(run)
+
+    def _on_ext(self, txn: Txn, x: str, ext: str, now: float) -> Binding | None:
+        """The live AXE binding with extension `ext` on X (digits only, at most
+        MAX_EXT_DIGITS: anything else names no binding)."""
+        if not (0 < len(ext) <= MAX_EXT_DIGITS and ext.isascii() and ext.isdigit()):
+            return None
+        raw = txn.get("route", codec.ext_key(x, ext))
+        if raw is None:
+            return None
+        b = codec.decode_binding(raw, self.keys)
+        return b if b.live(now) else None
 
     def _any_on_x(self, txn: Txn, x: str, now: float) -> Binding | None:
         """The AXN binding on X (its key is X alone, so it sorts first), or any live AXB one

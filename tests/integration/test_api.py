@@ -673,3 +673,84 @@ def test_trace_names_a_bad_query_field(ops_api: ApiThread, query: str,
     message = assert_error(call(ops_api, "GET", f"/v1/trace?{query}", token=OPS_TOKEN), 400,
                            field_name)
     assert A not in message
+
+
+# -- AXE, AXYB and recordings (issue 15) ------------------------------------------------------
+def test_create_axe_and_axyb(api: ApiThread) -> None:
+    axe = create(api, {"mode": "axe", "a": "13100000001", "b": B, "ext": "0042",
+                       "record": True})
+    assert (axe["mode"], axe["ext"], axe["b"], axe["record"]) == ("axe", "0042", B, True)
+    assert call(api, "GET", f"/v1/bindings/{axe['id']}").body == axe
+    other = create(api, {"mode": "axe", "a": "13100000002", "x": axe["x"]})
+    assert other["ext"] != "0042" and len(other["ext"]) == 4 and "record" not in other
+    axyb = create(api, {"mode": "axyb", "a": "13100000003", "b": "13100000004"})
+    assert axyb["y"] not in (None, axyb["x"]) and axyb["y"].startswith("7001000000")
+    listed = call(api, "GET", f"/v1/bindings?x={axyb['y']}")
+    assert [b["id"] for b in listed.body] == [axyb["id"]]
+    taken = call(api, "POST", "/v1/bindings", {"mode": "axe", "a": "13100000005",
+                                               "x": axe["x"], "ext": "0042"})
+    assert_error(taken, 409, "ext")
+    again_on_y = call(api, "POST", "/v1/bindings", {"mode": "axyb", "a": "13100000006",
+                                                    "b": "13100000004", "y": axyb["y"]})
+    assert_error(again_on_y, 409, "b")
+
+
+@pytest.mark.parametrize(("body", "status", "field_name"), [
+    ({"mode": "axe", "a": A, "ext": 42}, 400, "ext"),
+    ({"mode": "axyb", "a": A, "b": B, "y": 700100000000009}, 400, "y"),
+    ({"mode": "axn", "a": A, "record": "yes"}, 400, "record"),
+    ({"mode": "axe", "a": A, "ext": "42"}, 422, "ext"),
+    ({"mode": "axb", "a": A, "b": B, "ext": "0042"}, 422, "ext"),
+    ({"mode": "axn", "a": A, "y": "700100000000009"}, 422, "y"),
+    ({"mode": "axyb", "a": A, "b": B, "x": "700100000000009", "y": "700100000000009"}, 422,
+     "y"),
+    ({"mode": "axyb", "a": A}, 422, "b"),
+    ({"mode": "axyb", "a": A, "b": B, "y": OTHER_X}, 422, "y"),
+])
+def test_new_mode_refusals_name_the_field(api: ApiThread, body: dict[str, Any], status: int,
+                                          field_name: str) -> None:
+    assert_error(call(api, "POST", "/v1/bindings", body), status, field_name)
+
+
+@pytest.fixture(scope="module")
+def rec_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiThread]:
+    from sipmask.config.schema import RecordingConfig
+    folder = tmp_path_factory.mktemp("rec")
+    base = make_config(folder / "store.lmdb")
+    config = replace(base, operators={"ops": OperatorConfig(OPS_TOKEN)},
+                     recording=RecordingConfig(dir=folder / "recordings"))
+    with running_api(config) as server:
+        yield server
+
+
+def test_axyb_in_a_one_number_pool_is_409_on_y(rec_api: ApiThread) -> None:
+    # The tiny tenant's one number is free (this module's server): X takes it, Y has none.
+    assert_error(call(rec_api, "POST", "/v1/bindings", {"mode": "axyb", "a": A, "b": C},
+                      token=TOKENS["tiny"]), 409, "y")
+
+
+def test_a_tenant_reads_its_own_recording_and_no_other(rec_api: ApiThread) -> None:
+    from sipmask.media.wav import wav_header
+    from sipmask.store import recordings
+    call_id = "5f0c2a9e41d7b3c8a6e1f0d2b4c6a8e0@127.0.0.1"
+    sink = recordings.open_sink(rec_api.config.recording, "demo", call_id)
+    audio = wav_header(2, 256 * 1000) + bytes(range(256)) * 1000
+    sink.write(audio)
+    sink.close()
+    path = f"/v1/recordings/{call_id}"
+    got = call(rec_api, "GET", path)
+    assert got.status == 200, got.raw
+    assert got.headers["Content-Type"] == "audio/wav" and got.raw == audio
+    assert got.headers["Content-Length"] == str(len(audio))
+    local = call_id.partition("@")[0]
+    assert call(rec_api, "GET", f"/v1/recordings/{local}").raw == audio
+    # Another tenant's token: 404, as for a call that has no recording.
+    message = assert_error(call(rec_api, "GET", path, token=TOKENS["other"]), 404,
+                           "recording")
+    assert assert_error(call(rec_api, "GET", "/v1/recordings/00ff"), 404,
+                        "recording") == message
+    assert_error(call(rec_api, "GET", "/v1/recordings/..%2Fdemo%2Fx"), 404, "recording")
+    assert_error(call(rec_api, "GET", path, token=None), 401, "authorization")
+    # The operator reads any tenant's.
+    ops = call(rec_api, "GET", path, token=OPS_TOKEN)
+    assert ops.status == 200 and ops.raw == audio
