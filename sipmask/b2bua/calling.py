@@ -33,7 +33,7 @@ from sipmask.b2bua.context import CallContext, Role, Transition, record_of
 from sipmask.b2bua.timers import CallTimer
 from sipmask.cdr.record import Cdr
 from sipmask.config.schema import TrunkConfig
-from sipmask.errors import ParseError, SipError
+from sipmask.errors import ParseError, SipError, StoreError
 from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
 from sipmask.sip.message import Response
 from sipmask.sip.methods import ALLOW
@@ -122,9 +122,16 @@ def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
     event = setup.event
     if done.error is not None:
         # The store failed (not "no binding"): nothing is known of the call to record.
+        # Unreachable (a database failover, a full lookup queue) is this node's trouble,
+        # not the call's: 503 with Retry-After, so the trunk or the dispatcher tries again
+        # (RFC 3261 §21.5.4). Anything else is a fault: 500.
         core.stats["lookup_failed"] += 1
         core.log.warning("call.lookup_failed", error=str(done.error))
-        core.reply(event.txn_id, event.request, 500)
+        if isinstance(done.error, StoreError):
+            core.reply(event.txn_id, event.request, 503,
+                       extra=(("Retry-After", str(core.config.policy.retry_after_s)),))
+        else:
+            core.reply(event.txn_id, event.request, 500)
         return
     binding = done.binding
     caller = setup.caller

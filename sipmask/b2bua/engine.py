@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from sipmask.b2bua.actions import (
@@ -56,11 +57,12 @@ from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrSink
 from sipmask.clock import Clock
 from sipmask.config.schema import Config
-from sipmask.errors import MediaError, SipError, TransactionError
+from sipmask.errors import MediaError, SipError, StoreError, TransactionError
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transports import ALL, Address, Transport
-from sipmask.store.base import BindingStore
+from sipmask.store import offload
+from sipmask.store.base import Binding, BindingStore
 
 log = sm_logging.get_logger("sipmask.b2bua")
 
@@ -122,6 +124,15 @@ class _ListenPorts(Mapping[str, int]):
 
     def __len__(self) -> int:
         return len(ALL)
+
+
+def _lookup_done(op: int, future: Future[Binding | None]) -> LookupDone:
+    exc = future.exception()
+    if exc is None:
+        return LookupDone(op, future.result())
+    if not isinstance(exc, StoreError):
+        log.error("store.route_failed", error=repr(exc))
+    return LookupDone(op, None, exc if isinstance(exc, Exception) else RuntimeError(exc))
 
 
 class Engine:
@@ -262,15 +273,19 @@ class Engine:
         return dest, transport
 
     def _lookup(self, action: Lookup) -> None:
-        # LMDB answers in microseconds on this thread; the answer still reaches the core
-        # as an event after this batch.
-        try:
-            binding = self.store.route(action.x, action.caller, action.at)
-        except Exception as exc:
-            log.exception("store.route_failed")
-            self._results.append(LookupDone(action.id, None, exc))
-            return
-        self._results.append(LookupDone(action.id, binding))
+        # LMDB answers in microseconds on this thread (offload.lookup's future is done at
+        # once); PostgreSQL on its lookup threads, never blocking the loop. Either way the
+        # answer reaches the core as an event after this batch.
+        future = offload.lookup(self.store, action.x, action.caller, action.at)
+        if future.done():
+            self._results.append(_lookup_done(action.id, future))
+        else:
+            self._spawn(self._lookup_later(action.id, future))
+
+    async def _lookup_later(self, op: int, future: Future[Binding | None]) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(future)
+        self._run(_lookup_done(op, future))
 
     def _media(self, action: MediaOffer | MediaAnswer) -> None:
         ask = self.media.offer if type(action) is MediaOffer else self.media.answer

@@ -274,11 +274,6 @@ class _Caller:
 
 @pytest.mark.sipp
 @pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed")
-@pytest.mark.xfail(strict=True, reason=(
-    "b2bua/engine.py calls store.route on the event loop: during the outage each INVITE "
-    "holds the loop for the lookup's 2 s of retries, then StoreError escapes _new_call and "
-    "the server answers 500 (server._answer_500). Needs offload.lookup awaited off the loop "
-    "and StoreError answered 503 with Retry-After (engine core)"))
 def test_calls_get_503_only_while_no_primary_answers(
         pg_pair: PgPair, serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
     sets = ("--set", "store.backend=postgres", "--set", f"store.dsn={pg_pair.dsn()}",

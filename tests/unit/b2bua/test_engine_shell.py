@@ -11,12 +11,14 @@ heard 408 after ring_timeout_s and the call stayed in the engine for ever.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.store import MemoryCdrLog
 from sipmask.clock import SystemClock
 from sipmask.config import loader
+from sipmask.errors import StoreError
 from sipmask.server import SipActions, SipServer
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
@@ -150,6 +152,37 @@ def test_the_store_is_asked_after_the_core_returned_and_a_failure_is_500() -> No
     assert statuses == [100, 500]
     assert h.engine.active_calls == 0 and h.engine.stats["lookup_failed"] == 1
     assert h.cdrs.records == []
+
+
+def test_an_unreachable_store_is_503_with_retry_after_and_a_slow_one_blocks_nothing() -> None:
+    """A store that answers on its own threads (route_soon, as PostgreSQL does) never holds
+    the loop: the lookup's answer comes back as an event when ready; StoreError (a failover,
+    a full lookup queue) is 503 with Retry-After, not 500."""
+    Lookup = concurrent.futures.Future[Binding | None]
+    pending: list[Lookup] = []
+
+    async def flow() -> tuple[ShellHarness, list[int]]:
+        h = ShellHarness()
+
+        def route_soon(x: str, caller: str, now: float) -> Lookup:
+            future: Lookup = concurrent.futures.Future()
+            pending.append(future)
+            return future
+        h.store.route_soon = route_soon  # type: ignore[attr-defined]
+        h.deliver(a_invite(), A_ADDR)
+        before = [m.status for m, _d, _t in h.sent if isinstance(m, Response)]
+        [lookup] = h.engine._tasks               # the loop is free: the lookup is a task
+        assert not lookup.done()
+        pending[0].set_exception(StoreError("no primary answers"))
+        await h.idle()
+        return h, before
+
+    h, before = asyncio.run(flow())
+    assert before == [100]                       # the loop went on while the store worked
+    responses = [m for m, _d, _t in h.sent if isinstance(m, Response)]
+    assert [r.status for r in responses] == [100, 503]
+    assert responses[-1].headers.get("retry-after") == "5"
+    assert h.engine.active_calls == 0 and h.cdrs.records == []
 
 
 class SlowFirstOffer(RelaySdp):
