@@ -63,6 +63,12 @@ class Setup:
     ending: CallEvent | None = None     # A_CANCEL or SHUTDOWN arrived meanwhile
 
 
+# A draining node (SIGTERM) refuses new calls, and OPTIONS as it would an INVITE (§11.2):
+# a dispatcher's probe then takes it out of rotation (configs/kamailio-dispatcher.cfg).
+DRAINING = SipError("Service Unavailable", status=503, cause="rate_limited", metric="overload")
+DRAINING_HEADERS = (("Retry-After", "5"),)
+
+
 # -- A's INVITE ------------------------------------------------------------------------------
 def new_call(core: CallCore, event: RequestReceived) -> None:
     """An INVITE outside a dialog: the trunk it came from, 100 Trying, the checks and the
@@ -78,9 +84,7 @@ def new_call(core: CallCore, event: RequestReceived) -> None:
                                      metric="acl"), core.wall, ())
         return
     if core.draining:
-        refuse(core, event, SipError("Service Unavailable", status=503,
-                                     cause="rate_limited", metric="overload"),
-               core.wall, (("Retry-After", "5"),))
+        refuse(core, event, DRAINING, core.wall, DRAINING_HEADERS)
         return
     # CONTRACT: 100 Trying at once (§17.2.1 lets the TU send it; it stops A's Timer A).
     core.reply(event.txn_id, request, 100)

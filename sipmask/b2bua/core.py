@@ -285,7 +285,10 @@ class CallCore:
 
     def _answer_options(self, event: RequestReceived) -> None:
         """§11.2: OPTIONS is answered as an INVITE would be, after the same checks (RFC 4475
-        §3.3)."""
+        §3.3); a draining node's 503 included."""
+        if self.draining:
+            self.reply(event.txn_id, event.request, 503, extra=calling.DRAINING_HEADERS)
+            return
         try:
             routing.check_request(event.request)
         except SipError as exc:

@@ -145,3 +145,19 @@ def test_the_tables_name_known_methods_and_legs_keep_the_media_apis_names() -> N
     assert [str(leg) for leg in Leg] == list(LEGS) and Leg.A == "a"
     assert (Leg.A.other, Leg.B.other) == (Leg.B, Leg.A)
     assert f"{Leg.B}" == "b"
+
+
+def test_a_draining_node_answers_options_as_it_would_an_invite() -> None:
+    """§11.2: OPTIONS gets what an INVITE would; a draining node refuses INVITEs with 503,
+    so a dispatcher's OPTIONS probe takes it out of rotation (kamailio-dispatcher.cfg)."""
+    def flow(h: Harness) -> None:
+        h.core.draining = True
+        request = in_dialog("OPTIONS", ruri=f"sip:{X}@127.0.0.1:5060",
+                            from_="<sip:trunk@192.0.2.10>;tag=f1", to=f"<sip:{X}@127.0.0.1>",
+                            call_id="probe-1@192.0.2.10", cseq=1, via=_TRUNK_VIA + "probe")
+        h.deliver(request, A_ADDR)
+        [answer] = _responses(h, A_ADDR)
+        assert (answer.status, answer.headers.get("retry-after")) == (503, "5")
+        assert not h.cdrs.records
+
+    run(flow)
