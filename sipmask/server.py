@@ -75,7 +75,8 @@ log = sm_logging.get_logger("sipmask.server")
 class SipActions(Protocol):
     """What a request handler may do; SipServer implements it. Each call goes through the
     transaction layer and what it produces is sent before the call returns, unless the
-    handler called `hold()`: then it all goes at `flush()`, once for a batch of actions. A
+    server is `delivering` (inside its drain: sent when the handler returns) or the handler
+    called `hold()`: then it all goes at `flush()`, once for a batch of actions. A
     send that fails comes back as an event (TransportFailed) after the handler returned,
     never inside the call, before the handler could note the transaction it started
     (DESIGN rule 15). `send_request` takes the Via branch the handler chose (its txn id
@@ -87,6 +88,7 @@ class SipActions(Protocol):
     def cancel(self, invite_txn_id: str) -> str | None: ...
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None: ...
+    delivering: bool
     def hold(self) -> None: ...
     def flush(self) -> None: ...
 
@@ -234,7 +236,9 @@ class SipServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._delivering = False                # inside _deliver: its loop takes new events
+        # Inside _deliver: its loop takes new events, and the drain sends what the handler
+        # produced once the handler returned (a handler's sends are held meanwhile).
+        self.delivering = False
         self._drain_handle: asyncio.Handle | None = None
         self._held = False                      # the handler's sends wait for flush()
 
@@ -282,7 +286,8 @@ class SipServer:
     # SipActions
     def respond(self, txn_id: str, response: Response) -> None:
         self.core.send_response(txn_id, response, self._now())
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
 
     def local_port(self, transport: TransportName) -> int:
         """The port sipmask listens on for `transport` (for Contact headers)."""
@@ -306,33 +311,30 @@ class SipServer:
     def send_request(self, request: Request, dest: Address, transport: TransportName, *,
                      branch: str | None = None) -> str:
         txn_id = self.core.send_request(request, dest, transport, self._now(), branch=branch)
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
         return txn_id
 
     def cancel(self, invite_txn_id: str) -> str | None:
         txn_id = self.core.cancel(invite_txn_id, self._now())
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
         return txn_id
 
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None:
         self.core.send_ack(invite_txn_id, ack, dest, transport)
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
 
     def hold(self) -> None:
         """The handler's sends from now on wait for flush() (a batch of its actions)."""
         self._held = True
 
     def flush(self) -> None:
-        """Send what the handler's actions produced, and stop holding. Inside a drain the
-        drain sends it when the handler returns (_drain), so nothing is done twice."""
+        """Send what the handler's actions produced, and stop holding."""
         self._held = False
-        if not self._delivering:
-            self._flush(from_handler=True)
-
-    def _sent(self) -> None:
-        if not self._held:
-            self._flush(from_handler=True)
+        self._flush(from_handler=True)
 
     def _now(self) -> float:
         # The loop's clock, so `now` and loop.call_at agree (aioquic does the same).
@@ -344,7 +346,7 @@ class SipServer:
         (aioquic's _transmit_soon): inside a drain, its loop picks them up; otherwise one
         loop callback. A send refused at once so reaches the handler as an event it can
         match, never inside the call that started the transaction (DESIGN rule 15)."""
-        if self._delivering or self._drain_handle is not None or self._loop is None:
+        if self.delivering or self._drain_handle is not None or self._loop is None:
             return
         self._drain_handle = self._loop.call_soon(self._drain_scheduled)
 
@@ -356,11 +358,11 @@ class SipServer:
         """Hand the core's events to the handler, then send what the core produced."""
         core = self.core
         events = core.events()
-        outer, self._delivering = self._delivering, True
+        outer, self.delivering = self.delivering, True
         try:
             self._deliver(events)
         finally:
-            self._delivering = outer
+            self.delivering = outer
         self._flush()
 
     def _deliver(self, events: list[TUEvent]) -> None:
