@@ -5,10 +5,11 @@
 (b2bua/actions.py) in order: SIP sends through the server's transaction layer, the store
 lookup, media offers and answers, CDR commits, webhook events and metrics. Results come back
 to the core as events, never from inside `handle` nor while another action runs (DESIGN
-rule 15): a lookup (synchronous on LMDB) and a request the transaction layer refuses at once
-are fed in after the batch; a media round trip or a CDR commit on the group commit's writer
-thread is a task whose result starts a batch of its own. The server's sends are flushed once
-per batch, and one loop timer is kept armed for the core's earliest call timer.
+rule 15): a lookup (synchronous on LMDB), a media step the backend answers at once and a
+request the transaction layer refuses at once are fed in after the batch; a media step
+that has to wait (an rtpengine round trip) and a CDR commit on the group commit's writer
+thread go on in a task whose result starts a batch of its own. The server's sends leave
+once per batch, and one loop timer is kept armed for the core's earliest call timer.
 
 What the shell still decides, because only it can know: whether a TCP/TLS connection a
 request could reuse is still open (SipPort.connected), and which port a transport listens on.
