@@ -83,7 +83,8 @@ log = sm_logging.get_logger("sipmask.server")
 class SipActions(Protocol):
     """What a request handler may do; SipServer implements it. Each call goes through the
     transaction layer and what it produces is sent before the call returns, unless the
-    handler called `hold()`: then it all goes at `flush()`, once for a batch of actions. A
+    server is `delivering` (inside its drain: sent when the handler returns) or the handler
+    called `hold()`: then it all goes at `flush()`, once for a batch of actions. A
     send that fails comes back as an event (TransportFailed) after the handler returned,
     never inside the call, before the handler could note the transaction it started
     (DESIGN rule 15). `send_request` takes the Via branch the handler chose (its txn id
@@ -95,6 +96,7 @@ class SipActions(Protocol):
     def cancel(self, invite_txn_id: str) -> str | None: ...
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None: ...
+    delivering: bool
     def hold(self) -> None: ...
     def flush(self) -> None: ...
 
@@ -242,7 +244,9 @@ class SipServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._delivering = False                # inside _deliver: its loop takes new events
+        # Inside _deliver: its loop takes new events, and the drain sends what the handler
+        # produced once the handler returned (a handler's sends are held meanwhile).
+        self.delivering = False
         self._drain_handle: asyncio.Handle | None = None
         self.limits: InboundLimits | None = None      # shared by the TCP/TLS listeners
         self._held = False                      # the handler's sends wait for flush()
@@ -291,7 +295,8 @@ class SipServer:
     # SipActions
     def respond(self, txn_id: str, response: Response) -> None:
         self.core.send_response(txn_id, response, self._now())
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
 
     def reconfigure(self, config: Config) -> None:
         """A reload: the trunk ACL at TCP/TLS accept follows the new trunks."""
@@ -321,33 +326,30 @@ class SipServer:
     def send_request(self, request: Request, dest: Address, transport: TransportName, *,
                      branch: str | None = None) -> str:
         txn_id = self.core.send_request(request, dest, transport, self._now(), branch=branch)
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
         return txn_id
 
     def cancel(self, invite_txn_id: str) -> str | None:
         txn_id = self.core.cancel(invite_txn_id, self._now())
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
         return txn_id
 
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None:
         self.core.send_ack(invite_txn_id, ack, dest, transport)
-        self._sent()
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
 
     def hold(self) -> None:
         """The handler's sends from now on wait for flush() (a batch of its actions)."""
         self._held = True
 
     def flush(self) -> None:
-        """Send what the handler's actions produced, and stop holding. Inside a drain the
-        drain sends it when the handler returns (_drain), so nothing is done twice."""
+        """Send what the handler's actions produced, and stop holding."""
         self._held = False
-        if not self._delivering:
-            self._flush(from_handler=True)
-
-    def _sent(self) -> None:
-        if not self._held:
-            self._flush(from_handler=True)
+        self._flush(from_handler=True)
 
     def _now(self) -> float:
         # The loop's clock, so `now` and loop.call_at agree (aioquic does the same).
@@ -359,7 +361,7 @@ class SipServer:
         (aioquic's _transmit_soon): inside a drain, its loop picks them up; otherwise one
         loop callback. A send refused at once so reaches the handler as an event it can
         match, never inside the call that started the transaction (DESIGN rule 15)."""
-        if self._delivering or self._drain_handle is not None or self._loop is None:
+        if self.delivering or self._drain_handle is not None or self._loop is None:
             return
         self._drain_handle = self._loop.call_soon(self._drain_scheduled)
 
@@ -371,11 +373,11 @@ class SipServer:
         """Hand the core's events to the handler, then send what the core produced."""
         core = self.core
         events = core.events()
-        outer, self._delivering = self._delivering, True
+        outer, self.delivering = self.delivering, True
         try:
             self._deliver(events)
         finally:
-            self._delivering = outer
+            self.delivering = outer
         self._flush()
 
     def _deliver(self, events: list[TUEvent]) -> None:

@@ -111,13 +111,13 @@ def new_call(core: CallCore, event: RequestReceived) -> None:
 
 
 def _routed(core: CallCore, setup: Setup, done: LookupDone) -> None:
-    """The lookup's answer: refuse, or make the call and place leg B."""
+    """The lookup's answer: refuse, or make the call and place leg B. Whatever fails here
+    still answers the INVITE (500), as SipServer does for a request its handler failed on."""
     event = setup.event
     del core.setups[event.txn_id]
     try:
         _route(core, setup, done)
     except Exception:
-        # As SipServer does for a request its handler failed on: the INVITE is answered.
         core.reply(event.txn_id, event.request, 500)
         raise
 
@@ -270,6 +270,8 @@ def relay_failure(core: CallCore, ctx: CallContext, transition: Transition) -> N
 
 
 def relay_provisional(core: CallCore, ctx: CallContext, transition: Transition) -> None:
+    """B's 18x to A. Its SDP reaches A as the answer to A's offer, or as the offer when A
+    sent none (delayed offer, RFC 3264 §4); so does a 2xx's (relay_answer)."""
     response = transition.response
     assert response is not None
     _track_b_dialog(core, ctx, response)
@@ -278,8 +280,8 @@ def relay_provisional(core: CallCore, ctx: CallContext, transition: Transition) 
         # RFC 3262 §4: PRACK the reliable provisional on leg B ourselves.
         prack = ctx.b_dialog.prack(response)
         core.track(core.send_in_dialog(ctx, Leg.B, prack), (Role.PRACK, ctx), ctx)
-    crossed = _answer_body(core, ctx, response, partial(_provisional_crossed, core, ctx,
-                                                        response))
+    crossed = core.cross(ctx, Leg.B, core.body_of(response), offer=not ctx.media_open,
+                         then=partial(_provisional_crossed, core, ctx, response))
     if crossed is not None:
         _send_provisional(core, ctx, response, *crossed)
 
@@ -306,8 +308,8 @@ def _send_provisional(core: CallCore, ctx: CallContext, response: Response, body
 def relay_answer(core: CallCore, ctx: CallContext, transition: Transition) -> None:
     response = transition.response
     assert response is not None
-    crossed = _answer_body(core, ctx, response, partial(_answer_crossed, core, ctx,
-                                                        response))
+    crossed = core.cross(ctx, Leg.B, core.body_of(response), offer=not ctx.media_open,
+                         then=partial(_answer_crossed, core, ctx, response))
     if crossed is not None:
         _journal_answer(core, ctx, response, *crossed)
 
@@ -346,14 +348,6 @@ def _answer_journalled(core: CallCore, ctx: CallContext, out: Response,
                           core.now + ctx.max_duration_s)
     core.add(Emit("answer", call, core.wall))
     core.log.info("call.answered", call_id=call.call_id)
-
-
-def _answer_body(core: CallCore, ctx: CallContext, response: Response,
-                 then: Callable[[MediaDone], None]) -> tuple[bytes, str | None] | None:
-    """What of B's 18x/2xx body reaches A: its SDP as the answer to A's offer, or as the
-    offer when A sent none (delayed offer, RFC 3264 §4); see `cross`."""
-    return core.cross(ctx, Leg.B, core.body_of(response), offer=not ctx.media_open,
-                      then=then)
 
 
 def ack_b(core: CallCore, ctx: CallContext, transition: Transition) -> None:

@@ -80,11 +80,10 @@ class CallContext:
     # leg -> (the dialog's next hop, where and how requests to it go): next_hop's cache
     hops: dict[Leg, tuple[str, tuple[Address, Transport] | None]] = field(
         default_factory=dict)
-    # The call's order of work (module docstring): the result id it waits for, the step
-    # that takes that result once it is in, the rest of the transition that step
-    # interrupted (from which action on), and the work that came in meanwhile.
+    # The call's order of work (module docstring): the result id it waits for, the rest
+    # of the transition that waits (from which action on), and the work that came in
+    # meanwhile.
     wait: int | None = None
-    resume: Callable[[], None] | None = None
     rest: tuple[Transition, int] | None = None
     queue: collections.deque[Callable[[], None]] = field(default_factory=collections.deque)
     running: bool = False

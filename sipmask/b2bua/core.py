@@ -226,8 +226,7 @@ class CallCore:
         if isinstance(event, MediaDone) and event.error is None:
             self._media_opened(ctx)
         ctx.wait = None
-        ctx.resume = partial(then, event)
-        self._pump(ctx)
+        self._pump(ctx, then, event)
 
     def submit(self, ctx: CallContext, work: Callable[[], None]) -> None:
         """Run `work` for the call now, or after what the call is busy with or waits for."""
@@ -235,23 +234,24 @@ class CallCore:
         if not ctx.running and ctx.wait is None:
             self._pump(ctx)
 
-    def _pump(self, ctx: CallContext) -> None:
-        """Run the call's work until it is done or waits for a result: the step that takes
-        the result just in, the rest of the transition it interrupted, then the queue."""
+    def _pump(self, ctx: CallContext, then: Callable[[Any], None] | None = None,
+              result: Any = None) -> None:
+        """Run the call's work until it is done or waits for a result: `then` with the
+        result just in, the rest of the transition it interrupted, then the queue."""
         ctx.running = True
         try:
             while ctx.wait is None:
-                if ctx.resume is not None:
-                    work, ctx.resume = ctx.resume, None
-                elif ctx.rest is not None:
-                    (transition, start), ctx.rest = ctx.rest, None
-                    work = partial(self._run_actions, ctx, transition, start)
-                elif ctx.queue:
-                    work = ctx.queue.popleft()
-                else:
-                    break
                 try:
-                    work()
+                    if then is not None:
+                        step, then = then, None
+                        step(result)
+                    elif ctx.rest is not None:
+                        (transition, start), ctx.rest = ctx.rest, None
+                        self._run_actions(ctx, transition, start)
+                    elif ctx.queue:
+                        ctx.queue.popleft()()
+                    else:
+                        break
                 except Exception:
                     # One broken step must not stop the call's later events (nor others').
                     self.stats["internal_errors"] += 1
@@ -463,8 +463,10 @@ class CallCore:
     # -- the state machine -----------------------------------------------------------------
     def fire(self, ctx: CallContext, event: CallEvent, *, response: Response | None = None,
              origin: tuple[str, Request] | None = None) -> None:
-        """The call's table takes `event`, in the call's order."""
-        self.submit(ctx, partial(self.transition, ctx, event, response, origin))
+        """The call's table takes `event`, in the call's order (as `submit`)."""
+        ctx.queue.append(partial(self.transition, ctx, event, response, origin))
+        if not ctx.running and ctx.wait is None:
+            self._pump(ctx)
 
     def transition(self, ctx: CallContext, event: CallEvent,
                    response: Response | None = None,
@@ -565,7 +567,7 @@ class CallCore:
 
     # -- pieces ----------------------------------------------------------------------------
     def _send_bye(self, ctx: CallContext, leg: Leg) -> None:
-        dialog = self.dialog_of(ctx, leg)
+        dialog = ctx.a_dialog if leg is Leg.A else ctx.b_dialog
         if dialog is None or dialog.state is DialogState.TERMINATED:
             return
         try:
@@ -631,7 +633,7 @@ class CallCore:
         return dest, transport, reuse
 
     def _dialog_hop(self, ctx: CallContext, leg: Leg) -> tuple[Address, Transport] | None:
-        dialog = self.dialog_of(ctx, leg)
+        dialog = ctx.a_dialog if leg is Leg.A else ctx.b_dialog
         if dialog is None:
             return None
         try:

@@ -5,10 +5,11 @@
 (b2bua/actions.py) in order: SIP sends through the server's transaction layer, the store
 lookup, media offers and answers, CDR commits, webhook events and metrics. Results come back
 to the core as events, never from inside `handle` nor while another action runs (DESIGN
-rule 15): a lookup (synchronous on LMDB) and a request the transaction layer refuses at once
-are fed in after the batch; a media round trip or a CDR commit on the group commit's writer
-thread is a task whose result starts a batch of its own. The server's sends are flushed once
-per batch, and one loop timer is kept armed for the core's earliest call timer.
+rule 15): a lookup (synchronous on LMDB), a media step the backend answers at once and a
+request the transaction layer refuses at once are fed in after the batch; a media step
+that has to wait (an rtpengine round trip) and a CDR commit on the group commit's writer
+thread go on in a task whose result starts a batch of its own. The server's sends leave
+once per batch, and one loop timer is kept armed for the core's earliest call timer.
 
 What the shell still decides, because only it can know: whether a TCP/TLS connection a
 request could reuse is still open (SipPort.connected), and which port a transport listens on.
@@ -19,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -43,7 +45,6 @@ from sipmask.b2bua.actions import (
     MediaTimeout,
     Refused,
     Respond,
-    Reuse,
     SendAck,
     SendFailed,
     SendRequest,
@@ -68,8 +69,11 @@ log = sm_logging.get_logger("sipmask.b2bua")
 
 
 class SipPort(Protocol):
-    """What the engine needs of the SIP server around it (SipServer implements it). The
-    engine holds its sends for a batch and flushes them at its end."""
+    """What the engine needs of the SIP server around it (SipServer implements it). Sends
+    go out once per batch: inside the server's drain (`delivering`) the drain sends them
+    when the engine returns; any other batch holds them and flushes at its end."""
+
+    delivering: bool
 
     def respond(self, txn_id: str, response: Response) -> None: ...
     def send_request(self, request: Request, dest: Address, transport: Transport, *,
@@ -200,44 +204,53 @@ class Engine:
     def _run(self, event: CoreEvent | None) -> None:
         """One batch: the core takes `event` (None: its due timers), the shell performs its
         actions, then each result that was ready at once goes in the same way. An exception
-        from the first event reaches the server (it answers a request 500)."""
+        from the first event reaches the caller (the server answers a request 500) once the
+        batch is done; one from a result is counted and logged."""
         if self._batch:
             if event is not None:
                 self._results.append(event)     # from a callback inside a batch: after it
             return
         self._batch = True
-        self.sip.hold()
+        sip = self.sip
+        own = not sip.delivering        # a batch the server's drain does not flush
+        if own:
+            sip.hold()
+        core, results = self.core, self._results
+        # One reading of the clock for the batch: its results are microseconds later.
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        failed: Exception | None = None
+        first = True
         try:
-            self._step(event)
-        finally:
-            try:
-                results = self._results
-                while results:
-                    try:
-                        self._step(results.popleft())
-                    except Exception:
+            while True:
+                try:
+                    if event is None:
+                        core.handle_timer(now, wall)
+                    else:
+                        core.handle(event, now, wall)
+                except Exception as exc:
+                    if first:
+                        failed = exc
+                    else:
                         self.stats["internal_errors"] += 1
                         log.exception("call.internal_error")
-            finally:
-                self._batch = False
-                self.sip.flush()
-                # Only a timer started in the batch can be earlier than the one armed.
-                if self.core.timers.starts != self._starts_seen:
-                    self._arm_timer()
+                finally:
+                    for action in core.actions():
+                        _PERFORM[type(action)](self, action)
+                if not results:
+                    break
+                event, first = results.popleft(), False
+        finally:
+            self._batch = False
+            if own:
+                sip.flush()
+            # Only a timer started in the batch can be earlier than the one armed.
+            if core.timers.starts != self._starts_seen:
+                self._arm_timer()
+        if failed is not None:
+            raise failed
 
     # server.RequestHandler: each TU event of the transaction layer is one batch.
     handle_request = handle_response = handle_event = _run
-
-    def _step(self, event: CoreEvent | None) -> None:
-        core, clock = self.core, self.clock
-        try:
-            if event is None:
-                core.handle_timer(clock.monotonic(), clock.wall())
-            else:
-                core.handle(event, clock.monotonic(), clock.wall())
-        finally:
-            for action in core.actions():
-                _PERFORM[type(action)](self, action)
 
     # -- the actions -----------------------------------------------------------------------
     def _respond(self, action: Respond) -> None:
@@ -248,7 +261,9 @@ class Engine:
             log.debug("call.response_dropped", status=action.response.status, error=str(exc))
 
     def _send_request(self, action: SendRequest) -> None:
-        dest, transport = self._hop(action.dest, action.transport, action.reuse)
+        dest, transport, reuse = action.dest, action.transport, action.reuse
+        if reuse is not None and self.sip.connected(*reuse):
+            dest, transport = reuse     # core.next_hop: the connection is still open
         try:
             self.sip.send_request(action.request, dest, transport, branch=action.branch)
         except (TransactionError, OSError) as exc:
@@ -261,16 +276,10 @@ class Engine:
             self.sip.cancel(action.invite_txn_id)
 
     def _send_ack(self, action: SendAck) -> None:
-        dest, transport = self._hop(action.dest, action.transport, action.reuse)
-        self.sip.send_ack(action.invite_txn_id, action.ack, dest, transport)
-
-    def _hop(self, dest: Address, transport: Transport, reuse: Reuse
-             ) -> tuple[Address, Transport]:
-        """The connection the party's signalling came on while it is open (core.next_hop),
-        else the dialog's hop."""
+        dest, transport, reuse = action.dest, action.transport, action.reuse
         if reuse is not None and self.sip.connected(*reuse):
-            return reuse
-        return dest, transport
+            dest, transport = reuse     # core.next_hop: the connection is still open
+        self.sip.send_ack(action.invite_txn_id, action.ack, dest, transport)
 
     def _lookup(self, action: Lookup) -> None:
         # LMDB answers in microseconds on this thread (offload.lookup's future is done at
@@ -289,7 +298,7 @@ class Engine:
 
     def _media(self, action: MediaOffer | MediaAnswer) -> None:
         ask = self.media.offer if type(action) is MediaOffer else self.media.answer
-        self._spawn(self._media_op(action.id, ask(action.call_id, action.leg, action.sdp,
+        self._start(self._media_op(action.id, ask(action.call_id, action.leg, action.sdp,
                                                   sip_source=action.sip_source)))
 
     async def _media_op(self, op: int, work: Awaitable[bytes]) -> None:
@@ -304,7 +313,7 @@ class Engine:
         self._run(MediaDone(op, sdp))
 
     def _delete_media(self, action: MediaDelete) -> None:
-        self._spawn(self._media_delete(action.call_id))
+        self._start(self._media_delete(action.call_id))
 
     async def _media_delete(self, call_id: str) -> None:
         try:
@@ -313,7 +322,8 @@ class Engine:
             log.warning("call.media_delete_failed", call_id=call_id, error=str(exc))
 
     def _commit_cdr(self, action: CommitCdr) -> None:
-        # Group commit (cdr/group.py): on the writer thread, not on the loop.
+        # Group commit (cdr/group.py): on the writer thread, not on the loop; it always
+        # waits, so a task at once.
         self._spawn(self._commit(action.id, action.record, self._cdr_group.write,
                                  CdrCommitted))
 
@@ -358,7 +368,22 @@ class Engine:
             if self.stats[key] == 1:
                 log.warning("metrics.refusal_unknown", reason=action.reason)
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` up to its first wait now, and only if it waits go on in a task. Most
+        media steps never wait (the embedded relay answers from memory): no task, no loop
+        pass for them. No re-entry: `work` reports its result through _run, which inside a
+        batch only queues it for after the batch."""
+        try:
+            waiting = work.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("call.internal_error")
+            return
+        self._spawn(_go_on(work, waiting))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -389,6 +414,33 @@ class Engine:
         self._timer_at = None
         self._starts_seen = -1          # check again: the next deadline needs a timer
         self._run(None)
+
+
+@types.coroutine
+def _resumed(work: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any, None]:
+    """`work` from its second step on, for the task that awaits this: what `work` waits on
+    (`waiting`, then each next one) goes to the task, and what the task sends or throws
+    back goes to `work` (PEP 380's delegation, begun after a step taken elsewhere)."""
+    while True:
+        try:
+            sent = yield waiting
+        except GeneratorExit:
+            work.close()
+            raise
+        except BaseException as exc:
+            try:
+                waiting = work.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting = work.send(sent)
+            except StopIteration:
+                return
+
+
+async def _go_on(work: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _resumed(work, waiting)
 
 
 _PERFORM: dict[type, Callable[[Engine, Any], None]] = {

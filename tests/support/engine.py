@@ -300,6 +300,7 @@ class ShellHarness(Peers):
         self.media = media if media is not None else AsyncRelaySdp()
         self.engine = Engine(self, config=self.config, store=self.store, media=self.media,
                              cdrs=self.cdrs, clock=self.clock, **engine)
+        self.delivering = False         # SipPort: never inside a server drain here
         self.holding = False
         self.unheld = 0                 # sends asked for outside a held batch
         self.flushes = 0
