@@ -87,12 +87,14 @@ class SendAck:
 # -- actions: the store, media, records ------------------------------------------------------
 @dataclass(slots=True)
 class Lookup:
-    """The binding for X and this caller at wall time `at` (BindingStore.route)."""
+    """The binding for X and this caller at wall time `at` (BindingStore.route); `ext`:
+    the AXE extension the caller gave, if any."""
 
     id: int
     x: str
     caller: str
     at: float
+    ext: str | None = None
 
 
 @dataclass(slots=True)

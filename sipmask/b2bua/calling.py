@@ -57,7 +57,8 @@ class Setup:
     trunk: TrunkConfig
     a_body: masking.Body
     max_forwards: int
-    x: str
+    x: str               # the 700 number dialled (X, or an AXYB binding's Y)
+    ext: str | None      # the AXE extension keyed after it in the Request-URI
     caller: str
     invite_at: float
     ending: CallEvent | None = None     # A_CANCEL or SHUTDOWN arrived meanwhile
@@ -95,7 +96,7 @@ def new_call(core: CallCore, event: RequestReceived) -> None:
         max_forwards = masking.next_max_forwards(request)
         if policy is not None:
             policy.admit(request, event.source, trunk_name, core.now)
-        x = routing.target_x(request)
+        x, ext = routing.dialled(request)
         caller = routing.caller_number(request, trust_pai=trunk.trust_pai)
         if policy is not None:
             # Every attempt spends the caller's and X's rates before the lookup: a 404
@@ -104,10 +105,10 @@ def new_call(core: CallCore, event: RequestReceived) -> None:
     except SipError as exc:
         refuse(core, event, exc, core.wall, refusal_headers(exc))
         return
-    setup = Setup(event, trunk_name, trunk, a_body, max_forwards, x, caller, core.wall)
+    setup = Setup(event, trunk_name, trunk, a_body, max_forwards, x, ext, caller, core.wall)
     core.setups[event.txn_id] = setup
     op = core.wait(None, partial(_routed, core, setup))
-    core.add(Lookup(op, x, caller, core.wall))
+    core.add(Lookup(op, x, caller, core.wall, ext))
 
 
 def _routed(core: CallCore, setup: Setup, done: LookupDone) -> None:
@@ -140,7 +141,7 @@ def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
     binding = done.binding
     caller = setup.caller
     try:
-        target = routing.route(binding, caller)
+        target = routing.route(binding, setup.x, caller, setup.ext)
         if core.policy is not None:
             assert binding is not None
             core.policy.admit_route(binding, caller, target.direction, core.now)
@@ -156,7 +157,7 @@ def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
         call=call, a_invite=request, a_txn=event.txn_id, a_source=event.source,
         a_transport=event.transport, a_tag=new_tag(), trunk=trunk, b_tag=new_tag(),
         b_dest=(trunk.outbound.host, trunk.outbound.port),
-        b_transport=trunk.outbound.transport, a_body=setup.a_body)
+        b_transport=trunk.outbound.transport, b_shown=target.shown, a_body=setup.a_body)
     if core.policy is not None:
         ctx.max_duration_s = core.policy.max_duration(binding)
     core.add_call(ctx)
@@ -235,7 +236,8 @@ def _send_leg_b(core: CallCore, ctx: CallContext, max_forwards: int, body: bytes
     host = routing.uri_host(trunk.host)
     target = f"sip:{call.callee}@{host}:{trunk.port};user=phone"
     sip = core.config.sip
-    identity = f"<sip:{call.x}@{sip.advertise}>"
+    # CONTRACT: the callee sees the binding's number (AXYB: Y when A calls B).
+    identity = f"<sip:{ctx.b_shown}@{sip.advertise}>"
     local = f"{identity};tag={ctx.b_tag}"
     extra: list[tuple[str, str]] = [("Allow", ALLOW)]     # ours, not the caller's
     if sip.send_pai:

@@ -56,6 +56,7 @@ class CallContext:
     b_tag: str
     b_dest: Address
     b_transport: Transport
+    b_shown: str                                        # the 700 number leg B's From shows
     a_body: masking.Body = masking.NO_BODY              # what of A's INVITE body crosses
     b_source: Address | None = None                     # where leg B's signalling came from
     a_dialog: Dialog | None = None

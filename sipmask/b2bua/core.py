@@ -671,8 +671,10 @@ class CallCore:
         if contact is None:
             transport = ctx.a_transport if leg is Leg.A else ctx.b_transport
             secure = leg is Leg.A and ctx.a_invite.uri[:5].lower() == "sips:"
+            # Leg B's party sees the number its From shows (AXYB: Y), leg A's the one dialled.
             contact = ctx.contacts[leg] = masking.local_contact(
-                ctx.call.x, routing.uri_host(self.config.sip.advertise),
+                ctx.b_shown if leg is Leg.B else ctx.call.x,
+                routing.uri_host(self.config.sip.advertise),
                 self.listen_ports[transport], transport, secure=secure)
         return contact
 

@@ -285,7 +285,8 @@ class Engine:
         # LMDB answers in microseconds on this thread (offload.lookup's future is done at
         # once); PostgreSQL on its lookup threads, never blocking the loop. Either way the
         # answer reaches the core as an event after this batch.
-        future = offload.lookup(self.store, action.x, action.caller, action.at)
+        future = offload.lookup(self.store, action.x, action.caller, action.at,
+                                action.ext)
         if future.done():
             self._results.append(_lookup_done(action.id, future))
         else:

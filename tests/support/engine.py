@@ -54,6 +54,7 @@ from sipmask.errors import TransactionError
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.sip.transaction import TransactionLayer
+from sipmask.store import offload
 from sipmask.store.memory import MemoryStore
 
 A_ADDR = ("192.0.2.10", 5060)
@@ -250,9 +251,11 @@ class Harness(Peers):
                 dest, transport = action.reuse
             layer.send_ack(action.invite_txn_id, action.ack, dest, transport)
         elif isinstance(action, Lookup):
+            # As the shell does (offload.lookup: `ext` only when the caller gave one).
+            future = offload.lookup(self.store, action.x, action.caller, action.at,
+                                    action.ext)
             try:
-                return LookupDone(action.id, self.store.route(action.x, action.caller,
-                                                              action.at))
+                return LookupDone(action.id, future.result())
             except Exception as exc:
                 return LookupDone(action.id, None, exc)
         elif isinstance(action, MediaOffer | MediaAnswer):
