@@ -127,6 +127,23 @@ class MediaDelete:
 
 
 @dataclass(slots=True)
+class StartRecording:
+    """Record the answered call into a new file of the tenant's (store/recordings.py).
+    Nothing comes back: a file that cannot be made shows in StopRecording's outcome."""
+
+    call_id: str
+    tenant: str
+
+
+@dataclass(slots=True)
+class StopRecording:
+    """Close the call's recording before its media is freed; RecordingStopped comes back."""
+
+    id: int
+    call_id: str
+
+
+@dataclass(slots=True)
 class CommitCdr:
     """The final record of a call attempt, on disk before CdrCommitted comes back."""
 
@@ -167,7 +184,8 @@ class Refused:
 
 
 CoreAction = (Respond | SendRequest | Cancel | SendAck | Lookup | MediaOffer | MediaAnswer
-              | MediaDelete | CommitCdr | JournalUp | Emit | CallFinished | Refused)
+              | MediaDelete | StartRecording | StopRecording | CommitCdr | JournalUp | Emit
+              | CallFinished | Refused)
 
 
 # -- events: results of actions, and what the shell reports --------------------------------
@@ -188,6 +206,15 @@ class MediaDone:
     id: int
     sdp: bytes = b""
     error: Exception | None = None
+
+
+@dataclass(slots=True)
+class RecordingStopped:
+    """StopRecording's answer: the recording's file name for the CDR, None when there is
+    none to name (the file could not be made, the recording failed, or never started)."""
+
+    id: int
+    file: str | None = None
 
 
 @dataclass(slots=True)
@@ -221,7 +248,7 @@ class EndAll:
     """Drain timeout on SIGTERM: hang up every call left."""
 
 
-Done = LookupDone | MediaDone | CdrCommitted | JournalDone
+Done = LookupDone | MediaDone | RecordingStopped | CdrCommitted | JournalDone
 CoreEvent = (RequestReceived | ResponseReceived | AckReceived | CancelReceived
              | TransactionTimeout | TransportFailed | AckTimeout | TransactionTerminated
              | StrayResponse | Done | SendFailed | MediaTimeout | EndAll)

@@ -10,7 +10,7 @@ is on disk (CommitCdr / CdrCommitted), as every call attempt's is (CONTRACT).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -27,12 +27,13 @@ from sipmask.b2bua.actions import (
     LookupDone,
     MediaDone,
     Refused,
+    StartRecording,
 )
 from sipmask.b2bua.call import Call, CallEvent, CallState, Leg
 from sipmask.b2bua.context import CallContext, Role, Transition, record_of
 from sipmask.b2bua.timers import CallTimer
 from sipmask.cdr.record import Cdr
-from sipmask.config.schema import TrunkConfig
+from sipmask.config.schema import TenantConfig, TrunkConfig
 from sipmask.errors import ParseError, SipError, StoreError
 from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
 from sipmask.sip.message import Response
@@ -41,6 +42,7 @@ from sipmask.sip.transaction import RequestReceived
 
 if TYPE_CHECKING:
     from sipmask.b2bua.core import CallCore
+    from sipmask.store.base import Binding
 
 SDP = masking.SDP
 _SUPPORTED_NAMES = frozenset({"supported", "k"})     # Supported, long and compact
@@ -160,6 +162,7 @@ def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
         b_transport=trunk.outbound.transport, b_shown=target.shown, a_body=setup.a_body)
     if core.policy is not None:
         ctx.max_duration_s = core.policy.max_duration(binding)
+    ctx.record = _should_record(binding, core.config.tenants)
     core.add_call(ctx)
     core.log.info("call.routing", call_id=call.call_id, x=setup.x, caller=caller,
                   callee=target.callee, direction=target.direction)
@@ -349,6 +352,10 @@ def _answer_journalled(core: CallCore, ctx: CallContext, out: Response,
         core.timers.start(call.call_id, CallTimer.MAX_DURATION,
                           core.now + ctx.max_duration_s)
     core.add(Emit("answer", call, core.wall))
+    if ctx.record and ctx.media_open:
+        # Issue 15 §4: what the parties say to each other, from the answer on.
+        ctx.recording = True
+        core.add(StartRecording(call.call_id, call.tenant))
     core.log.info("call.answered", call_id=call.call_id)
 
 
@@ -384,6 +391,13 @@ def _ack_b_response(core: CallCore, ctx: CallContext, response: Response) -> Non
             Leg.B, ctx.b_invite.cseq.number, ctx.b_txn)
         return
     core.send_ack(ctx, Leg.B, ctx.b_txn, ctx.b_dialog.ack(ctx.b_invite.cseq.number))
+
+
+def _should_record(binding: Binding, tenants: Mapping[str, TenantConfig]) -> bool:
+    # Imported here: store/recordings.py holds the rule, but the store package opens LMDB
+    # on import, which the sans-IO core must not (tests/unit/test_import_contract.py).
+    from sipmask.store.recordings import should_record
+    return should_record(binding, tenants)
 
 
 def _unrecorded(exc: SipError) -> bool:

@@ -74,6 +74,8 @@ class CallContext:
     late_acks: dict[tuple[Leg, int], tuple[Leg, int, str | None]] = field(
         default_factory=dict)
     max_duration_s: float | None = None                 # the binding's call length limit
+    record: bool = False                                # the binding's calls are recorded
+    recording: bool = False                             # StartRecording went out
     media_open: bool = False
     ring_sent: bool = False                             # the webhook's ring event went out
     contacts: dict[Leg, str] = field(default_factory=dict)  # leg -> our Contact there
@@ -110,4 +112,4 @@ def record_of(call: Call) -> Cdr:
                direction=call.direction, invite_at=call.invite_at, ring_at=call.ring_at,
                answer_at=call.answer_at, end_at=call.end_at, duration_s=call.duration_s,
                release_side=call.release_side, sip_status=call.sip_status,
-               unconnected_cause=call.unconnected_cause)
+               unconnected_cause=call.unconnected_cause, recording=call.recording)

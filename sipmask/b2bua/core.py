@@ -39,6 +39,7 @@ from sipmask.b2bua.actions import (
     CommitCdr,
     CoreAction,
     CoreEvent,
+    Done,
     Emit,
     EndAll,
     JournalDone,
@@ -48,11 +49,13 @@ from sipmask.b2bua.actions import (
     MediaDone,
     MediaOffer,
     MediaTimeout,
+    RecordingStopped,
     Respond,
     Reuse,
     SendAck,
     SendFailed,
     SendRequest,
+    StopRecording,
 )
 from sipmask.b2bua.call import Action, Call, CallEvent, CallState, Leg
 from sipmask.b2bua.calling import Setup
@@ -211,7 +214,7 @@ class CallCore:
             ctx.wait = op
         return op
 
-    def _on_done(self, event: LookupDone | CdrCommitted | JournalDone | MediaDone) -> None:
+    def _on_done(self, event: Done) -> None:
         found = self._waits.pop(event.id, None)
         if found is None:
             return
@@ -543,6 +546,17 @@ class CallCore:
             self.reply(transition.origin[0], transition.origin[1], 200)
 
     def _free_media_action(self, ctx: CallContext, transition: Transition) -> None:
+        if ctx.recording:
+            # The recording is closed first and its outcome kept: the CDR written next
+            # names the file (or none when it failed).
+            ctx.recording = False
+            op = self.wait(ctx, partial(self._recording_stopped, ctx))
+            self._actions.append(StopRecording(op, ctx.call.call_id))
+            return
+        self._free_media(ctx)
+
+    def _recording_stopped(self, ctx: CallContext, done: RecordingStopped) -> None:
+        ctx.call.recording = done.file
         self._free_media(ctx)
 
     def _write_cdr(self, ctx: CallContext, transition: Transition) -> None:
@@ -773,6 +787,7 @@ _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
     LookupDone: CallCore._on_done,
     MediaDone: CallCore._on_done,
     CdrCommitted: CallCore._on_done,
+    RecordingStopped: CallCore._on_done,
     JournalDone: CallCore._on_done,
     MediaTimeout: CallCore._on_media_timeout,
     EndAll: CallCore._on_end_all,

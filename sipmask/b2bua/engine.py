@@ -23,6 +23,7 @@ import contextlib
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, Protocol
 
 from sipmask.b2bua.actions import (
@@ -43,11 +44,14 @@ from sipmask.b2bua.actions import (
     MediaDone,
     MediaOffer,
     MediaTimeout,
+    RecordingStopped,
     Refused,
     Respond,
     SendAck,
     SendFailed,
     SendRequest,
+    StartRecording,
+    StopRecording,
 )
 from sipmask.b2bua.call import Call
 from sipmask.b2bua.context import CallContext
@@ -59,10 +63,11 @@ from sipmask.cdr.store import CdrSink
 from sipmask.clock import Clock
 from sipmask.config.schema import Config
 from sipmask.errors import MediaError, SipError, StoreError, TransactionError
+from sipmask.media.backend import RecordingOutcome, SinkFactory
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transports import ALL, Address, Transport
-from sipmask.store import offload
+from sipmask.store import offload, recordings
 from sipmask.store.base import Binding, BindingStore
 
 log = sm_logging.get_logger("sipmask.b2bua")
@@ -95,6 +100,8 @@ class MediaPort(Protocol):
     async def answer(self, call_id: str, leg: str, sdp: bytes, *,
                      sip_source: str | None = None) -> bytes: ...
     async def delete(self, call_id: str) -> Any: ...
+    async def start_recording(self, call_id: str, open_sink: SinkFactory) -> None: ...
+    async def stop_recording(self, call_id: str) -> RecordingOutcome | None: ...
 
 
 class EventSink(Protocol):
@@ -322,6 +329,36 @@ class Engine:
         except MediaError as exc:
             log.warning("call.media_delete_failed", call_id=call_id, error=str(exc))
 
+    def _start_recording(self, action: StartRecording) -> None:
+        open_sink = partial(recordings.open_sink, self.config.recording, action.tenant,
+                            action.call_id)
+        self._start(self._recording_started(action.call_id, open_sink))
+
+    async def _recording_started(self, call_id: str, open_sink: SinkFactory) -> None:
+        # The backend never raises for the file (its outcome at stop says why); a call it
+        # no longer knows (ended meanwhile) is nothing to record.
+        try:
+            await self.media.start_recording(call_id, open_sink)
+        except MediaError as exc:
+            log.warning("call.recording_not_started", call_id=call_id, error=str(exc))
+
+    def _stop_recording(self, action: StopRecording) -> None:
+        self._start(self._recording_stopped(action.id, action.call_id))
+
+    async def _recording_stopped(self, op: int, call_id: str) -> None:
+        file: str | None = None
+        try:
+            outcome = await self.media.stop_recording(call_id)
+        except MediaError as exc:
+            log.warning("call.recording_stop_failed", call_id=call_id, error=str(exc))
+        else:
+            if outcome is not None and not outcome.failed:
+                file = outcome.file
+            elif outcome is not None:
+                log.warning("call.recording_failed", call_id=call_id,
+                            reason=outcome.failed_reason)
+        self._run(RecordingStopped(op, file))
+
     def _commit_cdr(self, action: CommitCdr) -> None:
         # Group commit (cdr/group.py): on the writer thread, not on the loop; it always
         # waits, so a task at once.
@@ -453,6 +490,8 @@ _PERFORM: dict[type, Callable[[Engine, Any], None]] = {
     MediaOffer: Engine._media,
     MediaAnswer: Engine._media,
     MediaDelete: Engine._delete_media,
+    StartRecording: Engine._start_recording,
+    StopRecording: Engine._stop_recording,
     CommitCdr: Engine._commit_cdr,
     JournalUp: Engine._journal_up,
     Emit: Engine._emit,

@@ -38,11 +38,14 @@ from sipmask.b2bua.actions import (
     MediaDelete,
     MediaDone,
     MediaOffer,
+    RecordingStopped,
     Refused,
     Respond,
     SendAck,
     SendFailed,
     SendRequest,
+    StartRecording,
+    StopRecording,
 )
 from sipmask.b2bua.core import CallCore, Policy
 from sipmask.b2bua.engine import Engine
@@ -78,6 +81,9 @@ class RelaySdp:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str]] = []
         self.deleted: list[str] = []
+        # ("start", call id, tenant) / ("stop", call id, ""), in order
+        self.recordings: list[tuple[str, str, str]] = []
+        self.recording_fails = False     # stop_recording's outcome: failed (ENOSPC)
         # (offer/answer, leg, the SDP it was given, the leg's SIP source it was told)
         self.seen: list[tuple[str, str, bytes, str | None]] = []
 
@@ -104,6 +110,16 @@ class RelaySdp:
 
     def delete(self, call_id: str) -> None:
         self.deleted.append(call_id)
+
+    def start_recording(self, call_id: str, tenant: str) -> None:
+        assert call_id not in self.deleted, "recording a call whose media is gone"
+        self.recordings.append(("start", call_id, tenant))
+
+    def stop_recording(self, call_id: str) -> str | None:
+        """The file name the backend's outcome gives, None when it failed."""
+        assert call_id not in self.deleted, "the recording outlived the call's media"
+        self.recordings.append(("stop", call_id, ""))
+        return None if self.recording_fails else call_id.partition("@")[0] + ".wav"
 
 
 class AsyncRelaySdp:
@@ -267,6 +283,10 @@ class Harness(Peers):
                 return MediaDone(action.id, error=exc)
         elif isinstance(action, MediaDelete):
             self.media.delete(action.call_id)
+        elif isinstance(action, StartRecording):
+            self.media.start_recording(action.call_id, action.tenant)
+        elif isinstance(action, StopRecording):
+            return RecordingStopped(action.id, self.media.stop_recording(action.call_id))
         elif isinstance(action, CommitCdr):
             self.cdrs.write(action.record)
             return CdrCommitted(action.id)

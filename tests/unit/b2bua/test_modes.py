@@ -4,6 +4,7 @@ tested in tests/unit/store; here the call core must carry them onto the wire."""
 
 from __future__ import annotations
 
+from sipmask.b2bua.actions import MediaTimeout
 from sipmask.sip.message import Request, Response
 from sipmask.sip.uri import NameAddr, SipUri
 from tests.support.engine import (
@@ -15,8 +16,10 @@ from tests.support.engine import (
     Harness,
     X,
     a_invite,
+    answered_call,
     b_response,
 )
+from tests.unit.b2bua.test_core import answer_byes
 
 Y = "700100000000002"
 EXT = "1234"
@@ -110,3 +113,42 @@ def test_axe_with_a_wrong_extension_is_404() -> None:
     assert h.take(B_ADDR) == []
     [record] = h.cdrs.records
     assert (record.unconnected_cause, record.x) == ("no_binding", X)
+
+
+# -- recording per binding (issue 15 §4) -------------------------------------------------------
+def recorded_call(h: Harness) -> str:
+    """An answered call on X, ended by sipmask (media timeout); returns its call id."""
+    answered_call(h)
+    h.take()
+    [ctx] = h.core.calls.values()
+    h.feed(MediaTimeout(ctx.call.call_id))
+    answer_byes(h)
+    h.assert_nothing_left()
+    return ctx.call.call_id
+
+
+def test_a_recorded_binding_records_from_the_answer_and_names_the_file_in_the_cdr() -> None:
+    h = Harness(overrides=["tenants.demo.record=true"])
+    call_id = recorded_call(h)
+    local = call_id.partition("@")[0]
+    # Started once the answer reached A, stopped before the CDR and before media is freed.
+    assert h.media.recordings == [("start", call_id, "demo"), ("stop", call_id, "")]
+    assert h.media.deleted == [call_id]
+    [cdr] = h.cdrs.records
+    assert cdr.recording == f"{local}.wav"
+
+
+def test_a_failed_recording_leaves_the_cdr_without_one_and_the_call_unharmed() -> None:
+    h = Harness(overrides=["tenants.demo.record=true"])
+    h.media.recording_fails = True
+    recorded_call(h)
+    [cdr] = h.cdrs.records
+    assert (cdr.recording, cdr.sip_status) == (None, 200)
+
+
+def test_an_unrecorded_binding_records_nothing() -> None:
+    h = Harness()
+    recorded_call(h)
+    assert h.media.recordings == []
+    [cdr] = h.cdrs.records
+    assert cdr.recording is None
