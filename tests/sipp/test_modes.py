@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,14 @@ def test_axe_x_followed_by_the_extension_reaches_a(
                                      x=X + "0043"))
     rows = [(r["x"], r["callee"], r["direction"], r["sip_status"]) for r in bench.cdrs()]
     assert sorted(rows, key=str) == [(X, A, "n_to_a", 200), (X, None, None, 404)]
+
+
+def test_a_recorded_binding_leaves_its_file_named_in_the_cdr(
+        bench_factory: Callable[..., Bench], tmp_path: Path) -> None:
+    bench = bench_factory("--set", f"recording.dir={tmp_path / 'recordings'}", bind=False)
+    bench.cli("bind", "axb", "--a", A, "--b", B, "--x", X, "--ttl", "0", "--record")
+    finish(bench, bench.callee("callee.xml", 1), bench.caller("caller.xml", 1, "-d", "300"))
+    [record] = bench.cdrs()
+    name = record["recording"]
+    assert isinstance(name, str) and name == str(record["call_id"]).partition("@")[0] + ".wav"
+    assert (tmp_path / "recordings" / "demo" / name).read_bytes()[:4] == b"RIFF"
