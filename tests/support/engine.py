@@ -375,6 +375,15 @@ class ShellHarness(Peers):
         for event in self.layer.events():
             self.engine.handle_event(event)
 
+    async def idle_except(self, waiting: set[asyncio.Future[Any]],
+                          timeout_s: float = 10.0) -> None:
+        """As idle, for every task but those in `waiting` (held on purpose by the test)."""
+        while others := set(self.engine._tasks) - waiting:
+            _done, pending = await asyncio.wait(others, timeout=timeout_s)
+            if pending:
+                raise AssertionError(f"{len(pending)} engine tasks still waiting")
+        self._collect()
+
     async def idle(self, timeout_s: float = 10.0) -> None:
         """Wait for every task the engine started (a media round trip, a CDR commit on the
         group commit's writer thread) by awaiting the tasks themselves, not by polling.
