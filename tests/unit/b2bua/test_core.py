@@ -41,6 +41,7 @@ from tests.support.engine import (
     b_response,
     bind_axb,
     caller_invite,
+    in_dialog,
 )
 
 
@@ -295,3 +296,36 @@ def test_a_request_the_shell_cannot_start_ends_the_call_503_unreachable() -> Non
     assert (cdr.sip_status, cdr.unconnected_cause) == (503, "trunk_unreachable")
     h.assert_nothing_left()
 
+
+
+def test_a_session_first_opened_by_a_reinvite_is_given_back() -> None:
+    """DESIGN rule 13. A call set up without SDP (INVITE and 200 both empty) gets its first
+    media session from A's re-INVITE; on main the session was never marked open, so the
+    call's end deleted nothing and the relay kept its ports. Every media step that succeeds
+    marks the session open now (CallCore._on_done)."""
+    h = Harness()
+    bind_axb(h)
+    invite = a_invite()
+    h.deliver(invite[:invite.index("Content-Type:")] + "Content-Length: 0\r\n\r\n", A_ADDR)
+    [b_inv] = requests(h, B_ADDR)
+    h.deliver(b_response(b_inv, 200), B_ADDR)                # no SDP either
+    assert [m.status for m in h.take(A_ADDR) if isinstance(m, Response)] == [100, 200]
+    [ctx] = h.core.calls.values()
+    a_inv = caller_invite()
+    dialog = {"from_": a_inv.headers.get("from") or "", "call_id": a_inv.call_id,
+              "ruri": f"sip:{X}@127.0.0.1:5060", "to": f"<sip:{X}@127.0.0.1>;tag={ctx.a_tag}"}
+    h.deliver(in_dialog("ACK", **dialog, cseq=10,
+                        via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1"), A_ADDR)
+    h.take()
+    reinvite = in_dialog("INVITE", **dialog, cseq=12,
+                         via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKre")
+    h.deliver(reinvite.replace("Content-Length: 0\r\n\r\n",
+                               f"Content-Type: application/sdp\r\nContent-Length: "
+                               f"{len(A_SDP)}\r\n\r\n{A_SDP.decode()}"), A_ADDR)
+    [re_b] = requests(h, B_ADDR)
+    h.deliver(b_response(re_b, 200, sdp=B_SDP), B_ADDR)
+    h.take()
+    h.deliver(in_dialog("BYE", **dialog, cseq=13,
+                        via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye"), A_ADDR)
+    assert [op for op, _call, _leg in h.media.calls] == ["offer", "answer"]
+    assert h.media.deleted == [ctx.call.call_id]
