@@ -63,7 +63,7 @@ from sipmask.sip.transaction import (
 from sipmask.sip.transports import Address
 from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr
-from sipmask.store import open_store
+from sipmask.store import open_store, recordings
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.tcp import InboundLimits, TcpTransport, open_tcp
 from sipmask.transport.tls import TlsContexts, load_contexts
@@ -607,7 +607,8 @@ class Services:
 
     async def _sweep(self) -> None:
         """Every store.sweep_interval_s: expired bindings (they already stop routing, as
-        route() checks expires_at) and CDRs past cdr.retention_days are removed from disk.
+        route() checks expires_at), CDRs past cdr.retention_days and recordings past
+        recording.retention_days are removed from disk.
         On a thread (see _heartbeat), SWEEP_BATCH records per transaction, so a big backlog
         never holds LMDB's writer lock (and the CDR writer behind it) for long."""
         clock = SystemClock()
@@ -623,6 +624,13 @@ class Services:
                 await self._sweep_cdrs(clock.wall())
             except Exception:
                 log.exception("cdr.sweep_failed")
+            try:
+                # Recordings past recording.retention_days (store/recordings.py).
+                while await asyncio.to_thread(recordings.sweep, self.config.recording,
+                                              clock.wall(), SWEEP_BATCH) >= SWEEP_BATCH:
+                    pass
+            except Exception:
+                log.exception("recording.sweep_failed")
 
     async def _sweep_cdrs(self, now: float) -> int:
         """CDRs invited more than cdr.retention_days ago (0: kept for ever)."""
