@@ -375,21 +375,17 @@ class ShellHarness(Peers):
         for event in self.layer.events():
             self.engine.handle_event(event)
 
+    async def idle(self, timeout_s: float = 10.0) -> None:
+        """Wait for every task the engine started (a media round trip, a CDR commit on the
+        group commit's writer thread) by awaiting the tasks themselves, not by polling.
+        `timeout_s` only keeps a broken test from hanging the suite."""
+        await self.idle_except(set(), timeout_s)
+
     async def idle_except(self, waiting: set[asyncio.Future[Any]],
                           timeout_s: float = 10.0) -> None:
         """As idle, for every task but those in `waiting` (held on purpose by the test)."""
         while others := set(self.engine._tasks) - waiting:
             _done, pending = await asyncio.wait(others, timeout=timeout_s)
-            if pending:
-                raise AssertionError(f"{len(pending)} engine tasks still waiting")
-        self._collect()
-
-    async def idle(self, timeout_s: float = 10.0) -> None:
-        """Wait for every task the engine started (a media round trip, a CDR commit on the
-        group commit's writer thread) by awaiting the tasks themselves, not by polling.
-        `timeout_s` only keeps a broken test from hanging the suite."""
-        while self.engine._tasks:
-            _done, pending = await asyncio.wait(set(self.engine._tasks), timeout=timeout_s)
             if pending:
                 raise AssertionError(f"{len(pending)} engine tasks still waiting")
         self._collect()
