@@ -139,6 +139,10 @@ class _ListenPorts(Mapping[str, int]):
 
 
 def _lookup_done(op: int, future: Future[Binding | None]) -> LookupDone:
+    if future.cancelled():
+        # The store's lookup threads gave it up (the store closing): the call still gets
+        # its answer (503), never waits for ever.
+        return LookupDone(op, None, StoreError("the store gave up the lookup"))
     exc = future.exception()
     if exc is None:
         return LookupDone(op, future.result())
@@ -301,8 +305,13 @@ class Engine:
             self._spawn(self._lookup_later(action.id, future))
 
     async def _lookup_later(self, op: int, future: Future[Binding | None]) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancelled():
+                raise                   # this task itself is cancelled (shutdown)
+        except Exception:
+            pass                        # _lookup_done reads it from the future
         self._run(_lookup_done(op, future))
 
     def _media(self, action: MediaOffer | MediaAnswer) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+from typing import Any
 
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.store import MemoryCdrLog
@@ -183,6 +184,27 @@ def test_an_unreachable_store_is_503_with_retry_after_and_a_slow_one_blocks_noth
     assert [r.status for r in responses] == [100, 503]
     assert responses[-1].headers.get("retry-after") == "5"
     assert h.engine.active_calls == 0 and h.cdrs.records == []
+
+
+def test_a_lookup_the_store_gives_up_is_503_not_a_call_left_waiting() -> None:
+    pending: list[concurrent.futures.Future[Binding | None]] = []
+
+    async def flow() -> ShellHarness:
+        h = ShellHarness()
+
+        def route_soon(x: str, caller: str, now: float) -> concurrent.futures.Future[Any]:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            pending.append(future)
+            return future
+        h.store.route_soon = route_soon  # type: ignore[attr-defined]
+        h.deliver(a_invite(), A_ADDR)
+        pending[0].cancel()
+        await h.idle()
+        return h
+
+    h = asyncio.run(flow())
+    assert [m.status for m, _d, _t in h.sent if isinstance(m, Response)] == [100, 503]
+    assert h.engine.active_calls == 0
 
 
 class SlowFirstOffer(RelaySdp):
