@@ -928,17 +928,20 @@ class Relay:
             recordings_failed=self.services.recordings_failed)
 
     async def close(self) -> None:
-        """Stop the sweep and close every session."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        """Close every session, then stop the sweep.
+
+        Sessions close before the first await: a prompt or recording timer due while
+        close() waits for the sweeper would otherwise run, and arm another."""
         for session in list(self._sessions.values()):
             session.close()
         while self._idle:
             _, pair, streams = self._idle.popleft()
             self._discard(pair, streams)
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         # Transports close their sockets on the next loop iteration; let it run so the
         # ports are free when close() returns, even if the loop stops right after.
         await asyncio.sleep(0)

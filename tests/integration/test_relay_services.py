@@ -28,6 +28,7 @@ import itertools
 import os
 import stat
 import struct
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -551,6 +552,9 @@ def test_every_service_is_released_on_every_ending(run: Runner, tmp_path: Path,
         # before the ending has run.
         timers = [p.timer for p in services._playing.values()]
         timers.append(services._recording.timer)
+        # Block (not yield) past every timer's due time: an ending that yields to the loop
+        # before it releases lets them run and arm the next ones.
+        time.sleep(0.05)
         if ending == "delete":
             await backend.delete("x1")
             expected = PlayEnd.CLOSED
