@@ -177,7 +177,8 @@ class Engine:
         self._starts_seen = -1          # CallTimers.starts when the loop timer was checked
         # The trunks' targets (DNS, OPTIONS probes): fed to the core as events. No `dns`:
         # a trunk named by host name has no server (its calls get 503).
-        self.trunks = TrunkMonitor(sip, clock, config, dns, feed=self._run)
+        self.trunks = TrunkMonitor(sip, clock, config, dns, feed=self._run,
+                                   stats=self.core.stats)
 
     # -- what the server and the services call ---------------------------------------------
     def media_timeout(self, call_id: str) -> None:

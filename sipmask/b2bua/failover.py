@@ -67,7 +67,7 @@ def _attempt_failed(core: CallCore, ctx: CallContext, txn_id: str, event: CallEv
         if response is not None:
             ctx.b_failure = response
         if ctx.b_targets:
-            core.stats["trunk_failovers"] += 1
+            core.stats["trunk_failover"] += 1
             core.log.info("call.trunk_failover", call_id=ctx.call.call_id,
                           failed=f"{ctx.b_dest[0]}:{ctx.b_dest[1]}",
                           status=response.status if response is not None else None)
@@ -123,7 +123,7 @@ def on_response(core: CallCore, event: ResponseReceived) -> None:
     if tag is None or tag in found.hung_up:
         return      # a retransmission: the layer sends our ACK again (§13.2.2.4)
     found.hung_up.add(tag)
-    core.stats["trunk_late_answers"] += 1
+    core.stats["trunk_late_answer"] += 1
     dialog = Dialog.as_uac(found.invite, response, local_contact=found.contact)
     try:
         hop = routing.hop_of(dialog.next_hop())

@@ -19,6 +19,7 @@ else is left).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 from collections.abc import Callable
@@ -53,8 +54,10 @@ class TrunkMonitor:
     """Every trunk's targets for one engine; `feed` hands the core a TrunkTargets event."""
 
     def __init__(self, sip: SipPort, clock: Clock, config: Config, dns: Dns | None,
-                 feed: Callable[[CoreEvent], None]) -> None:
+                 feed: Callable[[CoreEvent], None],
+                 stats: collections.Counter[str] | None = None) -> None:
         self.sip = sip
+        self.stats = stats if stats is not None else collections.Counter()
         self.clock = clock
         self.dns = dns
         self.feed = feed
@@ -188,6 +191,7 @@ class TrunkMonitor:
                 del self._probes[txn_id]
 
     def _changed(self, trunk: str, server: Server, answered: bool) -> None:
+        self.stats["trunk_target_up" if answered else "trunk_target_down"] += 1
         log.warning("trunk.target_up" if answered else "trunk.target_down", trunk=trunk,
                     target=f"{server.transport}:{server.ip}:{server.port}")
 

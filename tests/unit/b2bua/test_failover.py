@@ -92,6 +92,7 @@ def test_503_from_the_first_target_sends_a_new_invite_transaction_to_the_next() 
     assert second.from_.tag != first.from_.tag
     assert second.cseq.number == first.cseq.number + 1
     assert second.body == first.body
+    assert h.core.stats["trunk_failover"] == 1                    # sipmask_trunk_events_total
     h.deliver(c_response(second, 180, tag="tc1"), C_ADDR)
     h.deliver(c_response(second, 200, tag="tc1", sdp=B_SDP), C_ADDR)
     assert [m.method for m in requests(h, C_ADDR)] == ["ACK"]
@@ -146,6 +147,7 @@ def test_a_late_2xx_from_the_abandoned_target_is_acked_and_hung_up() -> None:
     assert [m.method for m in sent] == ["ACK", "BYE"]              # RFC 3261 §15
     assert all(m.to.tag == "late" and m.from_.tag == first.from_.tag for m in sent)
     assert responses(h, A_ADDR) == []                              # no second callee
+    assert h.core.stats["trunk_late_answer"] == 1
     h.deliver(late_ok, B_ADDR)                  # a retransmission: the layer's ACK, no BYE
     assert [m.method for m in requests(h, B_ADDR)] == ["ACK"]
     h.deliver(b_response(sent[1], 200, tag="late"), B_ADDR)
@@ -250,6 +252,7 @@ def test_the_shells_targets_set_the_order_and_none_is_503_at_once() -> None:
     assert [(r.unconnected_cause, r.release_side) for r in records] == [
         ("trunk_unreachable", "sipmask")]
     assert len(h.media.calls) == 1                      # no media for the call with no target
+    assert h.core.stats["trunk_no_target"] == 1
 
 
 def test_one_silent_target_is_503_trunk_unreachable_after_the_failover_timeout() -> None:

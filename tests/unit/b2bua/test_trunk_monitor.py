@@ -108,6 +108,8 @@ def test_probes_mark_a_silent_target_down_and_take_it_back_when_it_answers() -> 
         await call(h, 2)
         assert len(requests(h, B_ADDR, "INVITE")) == 1
         assert requests(h, C_ADDR, "INVITE") == []
+        stats = h.engine.stats            # sipmask_trunk_events_total{event}
+        assert (stats["trunk_target_down"], stats["trunk_target_up"]) == (2, 1)
     run(flow)
 
 
