@@ -262,7 +262,7 @@ def send_attempt(core: CallCore, ctx: CallContext) -> None:
     previous = ctx.b_invite
     if previous is not None:
         ctx.b_tag = new_tag()
-        ctx.b_dialog, ctx.b_source = None, None
+        ctx.b_dialog, ctx.b_source, ctx.b_heard = None, None, False
         ctx.b_rseq.clear()
         ctx.contacts.pop(Leg.B, None)          # the transport may differ
         ctx.hops.pop(Leg.B, None)

@@ -70,6 +70,7 @@ class CallContext:
     b_targets: list[Target] = field(default_factory=list)
     b_offer: tuple[int, bytes, str | None] = (70, b"", None)
     b_failure: Response | None = None
+    b_heard: bool = False            # the current attempt got a response (its server is up)
     b_acked: set[str] = field(default_factory=set)     # To tags we sent an ACK for
     pending_byes: set[str] = field(default_factory=set)
     relays: set[str] = field(default_factory=set)       # txn ids of relayed requests

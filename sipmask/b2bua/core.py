@@ -384,6 +384,7 @@ class CallCore:
             ctx.b_source = event.source
         if role is Role.B_INVITE:
             # Any response, 100 included: the target is there (RFC 3263 §4.3).
+            ctx.b_heard = True
             self.timers.stop(ctx.call.call_id, CallTimer.FAILOVER)
             if status == 100:
                 return

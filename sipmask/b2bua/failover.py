@@ -91,9 +91,8 @@ def no_answer(core: CallCore, ctx: CallContext) -> None:
 
 
 def _no_answer(core: CallCore, ctx: CallContext, txn_id: str) -> None:
-    # b_source is set by the attempt's first response (and cleared for each attempt): one
-    # that arrived while this step waited in the call's queue keeps the attempt.
-    if txn_id != ctx.b_txn or ctx.call.state not in _PLACING or ctx.b_source is not None:
+    # A response that came while this step waited in the call's queue keeps the attempt.
+    if txn_id != ctx.b_txn or ctx.call.state not in _PLACING or ctx.b_heard:
         return
     _abandon(core, ctx, txn_id)
     _attempt_failed(core, ctx, txn_id, CallEvent.B_TIMEOUT, None)

@@ -278,3 +278,20 @@ def test_a_100_trying_stops_the_failover_timer() -> None:
     assert responses(h, A_ADDR) == []
     h.deliver(b_response(first, 200, sdp=B_SDP), B_ADDR)
     assert [m.status for m in responses(h, A_ADDR)] == [200]
+
+
+def test_a_late_answer_to_the_abandoned_targets_prack_leaves_the_next_attempt_timed() -> None:
+    """The next attempt's failover timer counts from its own INVITE: a response to a PRACK
+    of the first target's (RFC 3262) after the failover is no word from the new target."""
+    h = harness()
+    first = start(h)
+    h.deliver(b_response(first, 183, tag="t1", extra="Require: 100rel\r\nRSeq: 1\r\n"), B_ADDR)
+    [prack] = [m for m in requests(h, B_ADDR) if m.method == "PRACK"]
+    assert [m.status for m in responses(h, A_ADDR)] == [183]
+    h.deliver(b_response(first, 503, tag="t1"), B_ADDR)
+    assert [m.method for m in requests(h, C_ADDR)] == ["INVITE"]
+    h.deliver(b_response(prack, 200, tag="t1"), B_ADDR)
+    h.advance(2.0)                                  # the second target stays silent
+    assert [m.status for m in responses(h, A_ADDR)] == [503]
+    h.advance(40)
+    h.assert_nothing_left()
