@@ -275,7 +275,7 @@ class Engine:
     handle_request = _run
 
     def handle_event(self, event: CoreEvent) -> None:
-        if not self.trunks.take(event):  # type: ignore[arg-type]
+        if not self.trunks.take(event):
             self._run(event)
 
     handle_response = handle_event

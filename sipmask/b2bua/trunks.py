@@ -38,7 +38,6 @@ from sipmask.sip.transaction import (
     ResponseReceived,
     TransactionTimeout,
     TransportFailed,
-    TUEvent,
 )
 from sipmask.transport.resolver import Dns, refresh
 
@@ -79,7 +78,8 @@ class TrunkMonitor:
         lists: dict[str, TargetList] = {}
         for name, trunk in config.trunks.items():
             kept = self.lists.get(name)
-            same = self._trunks.get(name) == trunk
+            old = self._trunks.get(name)
+            same = old is not None and _targets_of(old) == _targets_of(trunk)
             lists[name] = kept if kept is not None and same else calling.target_list(trunk)
         self.lists, self._trunks = lists, dict(config.trunks)
         self._fed.clear()
@@ -98,7 +98,7 @@ class TrunkMonitor:
                 await self._task
             self._task = None
 
-    def take(self, event: TUEvent) -> bool:
+    def take(self, event: object) -> bool:
         """A TU event of the transaction layer: True when it was a probe's (the monitor
         took it; the call core never sees it)."""
         txn_id: str | None = getattr(event, "txn_id", None)
@@ -202,3 +202,8 @@ class TrunkMonitor:
             if self._fed.get(name) != now:
                 self._fed[name] = now
                 self.feed(TrunkTargets(name, now))
+
+
+def _targets_of(trunk: TrunkConfig) -> tuple[object, ...]:
+    """What a trunk's TargetList is made from (calling.target_list)."""
+    return (trunk.outbound, trunk.probe_interval_s, trunk.failover_timeout_ms)

@@ -133,3 +133,21 @@ def test_a_reload_places_new_calls_on_the_new_targets() -> None:
         assert len(requests(h, C_ADDR, "INVITE")) == 1
         assert requests(h, B_ADDR, "INVITE") == []
     run(flow)
+
+
+def test_a_reload_that_leaves_a_trunks_targets_alone_keeps_what_probing_learnt() -> None:
+    async def flow() -> None:
+        keys = (TWO, "trunks.carrier.probe_interval_s=10",
+                "trunks.carrier.failover_timeout_ms=2000")
+        h = shell(*keys)
+        await h.engine.trunks.step()
+        [probe_c] = requests(h, C_ADDR, "OPTIONS")
+        h.deliver(b_response(probe_c, 200), C_ADDR)
+        h.clock.advance(2.0)
+        await h.engine.trunks.step()                   # the first target is down
+        h.engine.reconfigure(harness_config(overrides=[
+            *keys, "trunks.carrier.inbound_allow=['192.0.2.0/24', '127.0.0.0/8', '10.0.0.0/8']"]))
+        await call(h, 1)                               # fed at once, before any step
+        assert requests(h, B_ADDR, "INVITE") == []
+        assert len(requests(h, C_ADDR, "INVITE")) == 1
+    run(flow)
