@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from sipmask.b2bua.call import Call, Leg
 from sipmask.cdr.record import Cdr
+from sipmask.sip.locate import Target
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transaction import (
     AckReceived,
@@ -248,7 +249,17 @@ class EndAll:
     """Drain timeout on SIGTERM: hang up every call left."""
 
 
+@dataclass(slots=True)
+class TrunkTargets:
+    """A trunk's targets in the order new calls try them (sip/locate.py TargetList.targets:
+    what DNS answered, those probing found down last), from the shell's trunk monitor
+    (b2bua/trunks.py) whenever they change. Empty: nothing to try (503 at once)."""
+
+    trunk: str
+    targets: tuple[Target, ...]
+
+
 Done = LookupDone | MediaDone | RecordingStopped | CdrCommitted | JournalDone
 CoreEvent = (RequestReceived | ResponseReceived | AckReceived | CancelReceived
              | TransactionTimeout | TransportFailed | AckTimeout | TransactionTerminated
-             | StrayResponse | Done | SendFailed | MediaTimeout | EndAll)
+             | StrayResponse | Done | SendFailed | MediaTimeout | EndAll | TrunkTargets)

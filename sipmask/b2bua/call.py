@@ -101,6 +101,8 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.ROUTING, E.SETUP_FAILED): (S.ENDED, (*_END, A.ANSWER_A_503)),
     (S.ROUTING, E.A_CANCEL): (S.ENDED, (*_END, A.ANSWER_A_487)),
     (S.ROUTING, E.SHUTDOWN): (S.ENDED, (*_END, A.ANSWER_A_503)),
+    # The trunk has no target to try (none resolved, RFC 3263): 503 before leg B.
+    (S.ROUTING, E.B_UNREACHABLE): (S.ENDED, (*_END, A.ANSWER_A_503)),
 
     (S.CALLING, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),
     (S.EARLY, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),

@@ -18,6 +18,7 @@ from sipmask.b2bua.call import Action, Call, Leg
 from sipmask.cdr.record import Cdr
 from sipmask.config.schema import TrunkConfig
 from sipmask.sip.dialog import Dialog
+from sipmask.sip.locate import Target
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transports import Address, Transport
 
@@ -63,6 +64,13 @@ class CallContext:
     b_dialog: Dialog | None = None
     b_invite: Request | None = None
     b_txn: str | None = None
+    # The trunk's targets not tried yet, in order (RFC 3263 §4.3, b2bua/failover.py); what
+    # leg B's INVITE carries on each (Max-Forwards, body, Content-Type); the last final
+    # response a target failed with (503), for the caller when every target failed.
+    b_targets: list[Target] = field(default_factory=list)
+    b_offer: tuple[int, bytes, str | None] = (70, b"", None)
+    b_failure: Response | None = None
+    b_heard: bool = False            # the current attempt got a response (its server is up)
     b_acked: set[str] = field(default_factory=set)     # To tags we sent an ACK for
     pending_byes: set[str] = field(default_factory=set)
     relays: set[str] = field(default_factory=set)       # txn ids of relayed requests

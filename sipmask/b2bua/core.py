@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sipmask.b2bua import calling, masking, relaying, routing
+from sipmask.b2bua import calling, failover, masking, relaying, routing
 from sipmask.b2bua.actions import (
     CallFinished,
     Cancel,
@@ -56,6 +56,7 @@ from sipmask.b2bua.actions import (
     SendFailed,
     SendRequest,
     StopRecording,
+    TrunkTargets,
 )
 from sipmask.b2bua.call import Action, Call, CallEvent, CallState, Leg
 from sipmask.b2bua.calling import Setup
@@ -65,6 +66,7 @@ from sipmask.cdr.record import Cdr
 from sipmask.config.schema import Config, TrunkConfig
 from sipmask.errors import CallStateError, ParseError, SipError
 from sipmask.sip.dialog import Dialog, DialogState, new_tag
+from sipmask.sip.locate import Target
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.transaction import (
     AckReceived,
@@ -144,6 +146,10 @@ class CallCore:
         self._by_a_txn: dict[str, CallContext] = {}
         self._by_txn: dict[str, tuple[Role, CallContext] | Relay] = {}
         self.setups: dict[str, Setup] = {}               # A's INVITE txn -> its lookup
+        # Trunk name -> its targets in order (calling.trunk_targets; the shell feeds them),
+        # and leg B transactions no call follows any more (b2bua/failover.py).
+        self.trunk_targets: dict[str, tuple[Target, ...]] = {}
+        self.abandoned: dict[str, failover.Abandoned] = {}
         self._trunks_seen: dict[str, tuple[str | None, TrunkConfig | None]] = {}
         self._ids = itertools.count(1)
         # Result id -> (the call waiting, or None, and the step that takes the result).
@@ -184,7 +190,12 @@ class CallCore:
         self.now, self.wall = now, wall
         for call_id, timer in self.timers.due(now):
             ctx = self.calls.get(call_id)
-            if ctx is not None:
+            if ctx is None:
+                continue
+            step = _TIMER_STEPS.get(timer)
+            if step is not None:
+                step(self, ctx)
+            else:
                 self.fire(ctx, _TIMER_EVENTS[timer])
 
     @property
@@ -362,6 +373,7 @@ class CallCore:
         response, txn_id = event.response, event.txn_id
         entry = self._by_txn.get(txn_id)
         if entry is None:
+            failover.on_response(self, event)       # an attempt the call gave up
             return
         if isinstance(entry, Relay):
             relaying.on_response(self, entry, event)
@@ -371,6 +383,9 @@ class CallCore:
         if role is not Role.BYE_A:             # every other request we send goes to B
             ctx.b_source = event.source
         if role is Role.B_INVITE:
+            # Any response, 100 included: the target is there (RFC 3263 §4.3).
+            ctx.b_heard = True
+            self.timers.stop(ctx.call.call_id, CallTimer.FAILOVER)
             if status == 100:
                 return
             if status < 200:
@@ -381,7 +396,7 @@ class CallCore:
                 self.fire(ctx, CallEvent.B_ANSWER, response=response)
             else:
                 self._by_txn.pop(txn_id, None)
-                self.fire(ctx, CallEvent.B_FAILURE, response=response)
+                failover.attempt_failed(self, ctx, txn_id, CallEvent.B_FAILURE, response)
         elif role in _BYE_ROLES and status >= 200:
             self._bye_done(ctx, txn_id)
 
@@ -392,6 +407,7 @@ class CallCore:
         txn_id = event.txn_id
         entry = self._by_txn.pop(txn_id, None)
         if entry is None:
+            self.abandoned.pop(txn_id, None)    # a BYE of an abandoned attempt never left
             return
         if isinstance(entry, Relay):
             relaying.failed(self, entry, txn_id, 408 if isinstance(
@@ -401,8 +417,8 @@ class CallCore:
         if isinstance(event, SendFailed):
             self.log.warning("call.send_failed", call_id=ctx.call.call_id, role=role.value)
         if role is Role.B_INVITE:
-            self.fire(ctx, CallEvent.B_TIMEOUT if isinstance(event, TransactionTimeout)
-                       else CallEvent.B_UNREACHABLE)
+            failover.attempt_failed(self, ctx, txn_id, CallEvent.B_TIMEOUT if isinstance(
+                event, TransactionTimeout) else CallEvent.B_UNREACHABLE, None)
         elif role in _BYE_ROLES:
             self._bye_done(ctx, txn_id)
 
@@ -414,6 +430,8 @@ class CallCore:
             ctx = self.calls.get(response.call_id)
             if ctx is None or response.cseq.method != "INVITE" or not 200 <= response.status < 300:
                 return
+            if response.from_.tag != ctx.b_tag:
+                return      # an attempt the call gave up (failover.py): not its answer
         except ParseError:
             return
         ctx.b_source = event.source
@@ -748,6 +766,7 @@ class CallCore:
         """A reload (config/reload.py): new calls are placed with `config`."""
         self.config = config
         self._trunks_seen.clear()       # sources matched against the old trunks
+        self.trunk_targets.clear()      # the new trunks' own, until the shell feeds them
 
     def trunk_for(self, host: str) -> tuple[str | None, TrunkConfig | None]:
         # Matching a source against every trunk's networks parses the address each time:
@@ -769,10 +788,6 @@ class CallCore:
         return ""
 
 
-def _ignore(core: CallCore, event: TransactionTerminated) -> None:
-    """Nothing for the call to do."""
-
-
 _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
     RequestReceived: CallCore._on_request,
     ResponseReceived: CallCore._on_response,
@@ -783,7 +798,7 @@ _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
     SendFailed: CallCore._on_txn_failed,
     AckTimeout: CallCore._on_ack_timeout,
     StrayResponse: CallCore._on_stray,
-    TransactionTerminated: _ignore,
+    TransactionTerminated: failover.terminated,
     LookupDone: CallCore._on_done,
     MediaDone: CallCore._on_done,
     CdrCommitted: CallCore._on_done,
@@ -791,6 +806,7 @@ _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
     JournalDone: CallCore._on_done,
     MediaTimeout: CallCore._on_media_timeout,
     EndAll: CallCore._on_end_all,
+    TrunkTargets: calling.targets_fed,
 }
 
 
@@ -826,6 +842,10 @@ _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
 
 _TIMER_EVENTS = {CallTimer.RING: CallEvent.RING_TIMEOUT,
                  CallTimer.MAX_DURATION: CallEvent.MAX_DURATION}
+# Call timers that are no event of the call's table: a step of their own.
+_TIMER_STEPS: dict[CallTimer, Callable[[CallCore, CallContext], None]] = {
+    CallTimer.FAILOVER: failover.no_answer,
+}
 
 
 def _check_tables() -> None:

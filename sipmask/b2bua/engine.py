@@ -58,6 +58,7 @@ from sipmask.b2bua.call import Call
 from sipmask.b2bua.context import CallContext
 from sipmask.b2bua.core import CallCore, Policy
 from sipmask.b2bua.timers import CallTimers
+from sipmask.b2bua.trunks import TrunkMonitor
 from sipmask.cdr.group import CdrGroupCommit
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrSink
@@ -70,6 +71,7 @@ from sipmask.sip.message import Request, Response
 from sipmask.sip.transports import ALL, Address, Transport
 from sipmask.store import offload, recordings
 from sipmask.store.base import Binding, BindingStore
+from sipmask.transport.resolver import Dns
 
 log = sm_logging.get_logger("sipmask.b2bua")
 
@@ -154,7 +156,8 @@ def _lookup_done(op: int, future: Future[Binding | None]) -> LookupDone:
 class Engine:
     def __init__(self, sip: SipPort, *, config: Config, store: BindingStore, media: MediaPort,
                  cdrs: CdrSink, clock: Clock, events: EventSink | None = None,
-                 policy: Policy | None = None, metrics: CallMetrics | None = None) -> None:
+                 policy: Policy | None = None, metrics: CallMetrics | None = None,
+                 dns: Dns | None = None) -> None:
         self.sip = sip
         self.config = config
         self.store = store
@@ -172,6 +175,10 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._starts_seen = -1          # CallTimers.starts when the loop timer was checked
+        # The trunks' targets (DNS, OPTIONS probes): fed to the core as events. No `dns`:
+        # a trunk named by host name has no server (its calls get 503).
+        self.trunks = TrunkMonitor(sip, clock, config, dns, feed=self._run,
+                                   stats=self.core.stats)
 
     # -- what the server and the services call ---------------------------------------------
     def media_timeout(self, call_id: str) -> None:
@@ -183,6 +190,8 @@ class Engine:
         progress keep what they were placed with."""
         self.config = config
         self.core.reconfigure(config)
+        self.trunks.configure(config)
+        self.trunks.feed_changes()      # what is known of the trunks kept, at once
 
     def start_drain(self) -> None:
         """SIGTERM: refuse new calls (503), let running ones finish."""
@@ -261,8 +270,15 @@ class Engine:
         if failed is not None:
             raise failed
 
-    # server.RequestHandler: each TU event of the transaction layer is one batch.
-    handle_request = handle_response = handle_event = _run
+    # server.RequestHandler: each TU event of the transaction layer is one batch; the
+    # trunk monitor's probes' are its own.
+    handle_request = _run
+
+    def handle_event(self, event: CoreEvent) -> None:
+        if not self.trunks.take(event):
+            self._run(event)
+
+    handle_response = handle_event
 
     # -- the actions -----------------------------------------------------------------------
     def _respond(self, action: Respond) -> None:

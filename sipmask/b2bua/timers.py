@@ -19,6 +19,7 @@ class CallTimer(Enum):
 
     RING = "ring"                  # sip.ring_timeout_s: leg B not answered (CANCEL, 408)
     MAX_DURATION = "max_duration"  # the binding's talk-time limit, from the answer
+    FAILOVER = "failover"          # trunks.*.failover_timeout_ms: leg B's INVITE unanswered
 
 
 _Key = tuple[str, CallTimer]

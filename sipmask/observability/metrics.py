@@ -141,6 +141,8 @@ class ApiConnectionsLike(Protocol):
 
 # What the engine keeps from crossing to the other leg (engine.stats keys), as label values.
 CONTENT_DROPPED = ("body_parts_dropped", "body_untyped", "header_control_chars")
+# Trunk targets (engine.stats keys `trunk_<event>`, b2bua/failover.py and trunks.py).
+TRUNK_EVENTS = ("failover", "late_answer", "no_target", "target_down", "target_up")
 
 
 class DeliveryStatsLike(Protocol):
@@ -287,6 +289,13 @@ class _SourceCollector(Collector):
         for what in CONTENT_DROPPED:
             family.add_metric([what], stats.get(what, 0))
         yield family
+        trunks = CounterMetricFamily(
+            "sipmask_trunk_events", "Trunk targets (event): a leg-B INVITE sent on to the "
+            "next target, a late 2xx of an abandoned attempt hung up, a call with no target "
+            "to try (503), a target probing took out or back.", labels=["event"])
+        for event in TRUNK_EVENTS:
+            trunks.add_metric([event], stats.get(f"trunk_{event}", 0))
+        yield trunks
 
     def _api(self) -> Iterator[Metric]:
         if self.sources.api_connections is None:

@@ -307,6 +307,7 @@ class Harness(Peers):
         assert core.calls == {} and core.active_calls == 0
         assert core._waits == {} and core._by_txn == {} and core._by_a == {}
         assert core._by_a_txn == {} and core.setups == {}
+        assert core.abandoned == {}         # attempts a failover gave up (b2bua/failover.py)
         assert core.next_timer() is None
 
 

@@ -214,7 +214,7 @@ def test_security_counters_reach_metrics() -> None:
     from sipmask.api.connections import ConnectionCounts
 
     stats: Counter[str] = Counter({"body_parts_dropped": 3, "header_control_chars": 1,
-                                   "calls": 9})
+                                   "calls": 9, "trunk_failover": 2})
     sip = SipCounters(tcp_refused_per_ip=5, tcp_refused_acl=2, tcp_message_timeouts=4,
                       tls_failed=1)
     api = ConnectionCounts(open=2, refused=7, head_timeouts=6)
@@ -226,6 +226,9 @@ def test_security_counters_reach_metrics() -> None:
     assert got[(tcp, (("event", "message_timeout"),))] == 4
     assert got[(tcp, (("event", "tls_failed"),))] == 1
     dropped = "sipmask_content_dropped_total"
+    trunk = "sipmask_trunk_events_total"        # issue 14 §4: failover and probing
+    assert got[(trunk, (("event", "failover"),))] == 2
+    assert got[(trunk, (("event", "target_down"),))] == 0
     assert got[(dropped, (("what", "body_parts_dropped"),))] == 3
     assert got[(dropped, (("what", "body_untyped"),))] == 0
     assert got[(dropped, (("what", "header_control_chars"),))] == 1
