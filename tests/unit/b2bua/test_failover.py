@@ -7,13 +7,14 @@ target gave, or 503 trunk_unreachable when none answered. Helpers: tests/support
 
 from __future__ import annotations
 
-from sipmask.b2bua.actions import TrunkTargets
+from sipmask.b2bua.actions import MediaDone, TrunkTargets
 from sipmask.sip.locate import Server, Target
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.sip.transaction import StrayResponse
 from tests.support.engine import (
     A_ADDR,
+    A_SDP,
     B_ADDR,
     B_NUM,
     B_SDP,
@@ -293,5 +294,54 @@ def test_a_late_answer_to_the_abandoned_targets_prack_leaves_the_next_attempt_ti
     h.deliver(b_response(prack, 200, tag="t1"), B_ADDR)
     h.advance(2.0)                                  # the second target stays silent
     assert [m.status for m in responses(h, A_ADDR)] == [503]
+    h.advance(40)
+    h.assert_nothing_left()
+
+
+def test_a_failover_waits_for_an_early_update_s_media_step_in_the_call_s_order() -> None:
+    """A caller's UPDATE (RFC 3311, early dialog) waits for the media backend when the
+    first target gives up. The failover waits its turn in the call's order: the UPDATE
+    reaches the dialog it was for first, then the next target gets its INVITE; the call
+    goes on and nothing is left."""
+    h = harness()
+    first = start(h)
+    h.deliver(b_response(first, 183, tag="tb1", sdp=B_SDP), B_ADDR)
+    [early] = responses(h, A_ADDR)
+    assert early.status == 183
+    [ctx] = h.core.calls.values()
+    a_inv = caller_invite()
+    update = in_dialog("UPDATE", ruri=f"sip:{X}@127.0.0.1:5060",
+                       from_=a_inv.headers.get("from") or "",
+                       to=f"<sip:{X}@127.0.0.1>;tag={ctx.a_tag}", call_id=a_inv.call_id,
+                       cseq=11, via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKup11")
+    update = update.replace("Content-Length: 0\r\n\r\n",
+                            f"Content-Type: application/sdp\r\nContent-Length: {len(A_SDP)}"
+                            f"\r\n\r\n{A_SDP.decode()}")
+    h.hold.add(MediaDone)
+    h.deliver(update, A_ADDR)
+    assert requests(h, B_ADDR) == []                  # waiting for the backend
+    h.deliver(b_response(first, 503, tag="tb1"), B_ADDR)
+    assert requests(h, C_ADDR) == []                  # the failover waits its turn
+    h.hold.clear()
+    h.release()
+    ack_503, relayed = requests(h, B_ADDR)            # the layer ACKed the 503 at once
+    assert (ack_503.method, relayed.method) == ("ACK", "UPDATE")
+    assert relayed.to.tag == "tb1"
+    [second] = requests(h, C_ADDR)
+    assert second.method == "INVITE"
+    h.deliver(b_response(relayed, 481, tag="tb1"), B_ADDR)   # the old target forgot it
+    assert [(r.status, r.cseq.method) for r in responses(h, A_ADDR)] == [(481, "UPDATE")]
+    h.deliver(c_response(second, 200, tag="tc1", sdp=B_SDP), C_ADDR)
+    ok = [r for r in responses(h, A_ADDR) if r.status == 200]
+    assert len(ok) == 1
+    for method, cseq in (("ACK", 10), ("BYE", 12)):
+        h.deliver(in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+                            from_=a_inv.headers.get("from") or "",
+                            to=ok[0].headers.get("to") or "", call_id=a_inv.call_id,
+                            cseq=cseq, via=f"SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKe{cseq}"),
+                  A_ADDR)
+    [ack, bye] = requests(h, C_ADDR)
+    assert (ack.method, bye.method) == ("ACK", "BYE")
+    h.deliver(c_response(bye, 200, tag="tc1"), C_ADDR)
     h.advance(40)
     h.assert_nothing_left()
