@@ -158,8 +158,8 @@ class Announcer:
             # media are ours to close.
             self._refuse_prompted(setup, exc)
             return True
-        if setup.a_body.kind is not masking.BodyKind.SDP:
-            return False        # no offer to answer with early media
+        if setup.ending is not None or setup.a_body.kind is not masking.BodyKind.SDP:
+            return False        # the caller has gone (or the node drains); or no offer
         if isinstance(exc, routing.NeedsExtension):
             kind, key = Kind.EXTENSION, "ext_prompt"
         elif isinstance(exc, routing.UnknownX):

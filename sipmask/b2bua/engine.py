@@ -420,10 +420,14 @@ class Engine:
         if audio is not None:
             try:
                 playback = await self.media.play(action.call_id, action.leg, audio)
+                reason = await self._prompt_end(action, playback, audio.duration_s)
             except MediaError as exc:
                 log.warning("media.prompt_failed", call_id=action.call_id, error=str(exc))
-            else:
-                reason = await self._prompt_end(action, playback, audio.duration_s)
+            except Exception:
+                # The core waits for this prompt's end (a call may be held in NOTICE by
+                # it): a fault must still end it.
+                self.stats["internal_errors"] += 1
+                log.exception("media.prompt_failed", call_id=action.call_id)
         self._run(PromptEnded(action.id, reason))
 
     async def _prompt_end(self, action: PlayPrompt, playback: Playback,

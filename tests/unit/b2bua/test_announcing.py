@@ -206,6 +206,18 @@ def test_cancel_while_early_media_opens_gives_the_session_back_when_it_comes() -
     h.assert_nothing_left()
 
 
+def test_an_attempt_cancelled_while_the_store_answered_gets_no_announcement() -> None:
+    # The caller has gone (its CANCEL got 200): the refusal answers at once, nothing opens.
+    h = Harness(overrides=[UNBOUND])
+    h.hold = {LookupDone}
+    h.deliver(a_invite(), A_ADDR)
+    h.deliver(a_cancel(caller_invite()), A_ADDR)
+    h.release()
+    assert statuses(from_a(h)) == [100, 404]
+    assert h.media.calls == []
+    h.assert_nothing_left()
+
+
 def test_a_drain_ends_the_announcement_with_its_refusal() -> None:
     h = Harness(overrides=[UNBOUND])
     h.deliver(a_invite(), A_ADDR)
