@@ -21,9 +21,9 @@ from tests.support.engine import (
     A_ADDR,
     A_NUM,
     B_ADDR,
-    X,
     AsyncRelaySdp,
     ShellHarness,
+    X,
     a_invite,
     harness_config,
 )
