@@ -12,6 +12,7 @@ from datetime import datetime
 
 import pytest
 
+from sipmask.config.schema import HostPort
 from sipmask.media.prompt import announcement
 from tests.support.sipp import STRANGER, A, Bench, X, finish
 
@@ -47,3 +48,20 @@ def test_the_axe_x_alone_prompts_and_info_keys_reach_a(
     [record] = bench.cdrs()
     assert (record["x"], record["callee"], record["direction"], record["sip_status"]) == (
         X, A, "n_to_a", 200)
+
+
+@pytest.mark.rtpengine
+def test_the_same_through_rtpengine(rtpengine_ng: HostPort,
+                                    bench_factory: Callable[..., Bench]) -> None:
+    """`media.backend: rtpengine`: the 183's SDP is rtpengine's (early answer), the prompt
+    its `play media`; the keyed call joins the same rtpengine call. (serve gives rtpengine
+    no DTMF log address: INFO keys, as here.)"""
+    bench = bench_factory("--set", "media.backend=rtpengine",
+                          "--set", f"media.rtpengine.ng={rtpengine_ng}", bind=False)
+    bench.cli("bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    finish(bench, None, bench.caller("caller_unbound_prompt.xml", 1, x="700100000000999"))
+    callee = bench.callee("callee_a.xml", 1)
+    finish(bench, callee, bench.caller("caller_axe_prompt.xml", 1, "-d", "200",
+                                       caller=STRANGER))
+    rows = sorted((r["sip_status"], r["unconnected_cause"]) for r in bench.cdrs())
+    assert rows == [(200, "none"), (404, "no_binding")]
