@@ -19,7 +19,9 @@ Leg A is the trunk that sent the INVITE for X (sipmask is the UAS there), leg B 
 to the real party (sipmask is the UAC). Nothing crosses between the legs but what
 masking.py lets through and the SDP the media backend rewrote. This module dispatches the
 events and runs the call's table; placing the call (A's INVITE to B's answer) is in
-b2bua/calling.py, requests inside the dialogs in b2bua/relaying.py.
+b2bua/calling.py, requests inside the dialogs in b2bua/relaying.py, announcements and the
+AXE extension prompt (before any call, and the notices after B's answer) in
+b2bua/announcing.py.
 """
 
 from __future__ import annotations
