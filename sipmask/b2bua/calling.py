@@ -66,6 +66,9 @@ class Setup:
     caller: str
     invite_at: float
     ending: CallEvent | None = None     # A_CANCEL or SHUTDOWN arrived meanwhile
+    # (call id, A's To tag) of the early dialog and media the AXE extension prompt opened
+    # (b2bua/announcing.py): the call keeps them, the caller's media is that session.
+    prompted: tuple[str, str] | None = None
 
 
 # A draining node (SIGTERM) refuses new calls, and OPTIONS as it would an INVITE (§11.2):
@@ -121,13 +124,15 @@ def _routed(core: CallCore, setup: Setup, done: LookupDone) -> None:
     event = setup.event
     del core.setups[event.txn_id]
     try:
-        _route(core, setup, done)
+        route_setup(core, setup, done)
     except Exception:
         core.reply(event.txn_id, event.request, 500)
         raise
 
 
-def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
+def route_setup(core: CallCore, setup: Setup, done: LookupDone) -> None:
+    """Refuse, or make the call and place leg B (also for an AXE extension the caller keyed
+    at the prompt, b2bua/announcing.py)."""
     event = setup.event
     if done.error is not None:
         # The store failed (not "no binding"): nothing is known of the call to record.
@@ -150,23 +155,27 @@ def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
             assert binding is not None
             core.policy.admit_route(binding, caller, target.direction, core.now)
     except SipError as exc:
-        refuse(core, event, exc, setup.invite_at, refusal_headers(exc))
+        # Issue 15: an announcement may come first (unbound, the AXE prompt, not_allowed).
+        if not core.announcer.refused(setup, exc, binding):
+            refuse(core, event, exc, setup.invite_at, refusal_headers(exc))
         return
     assert binding is not None
     request, trunk = event.request, setup.trunk
     targets = trunk_targets(core, setup.trunk_name or "", trunk)
     first = targets[0].server if targets else _NO_TARGET
-    call = Call(call_id=new_call_id(host=core.config.sip.advertise), tenant=binding.tenant,
+    call_id, a_tag = setup.prompted or (new_call_id(host=core.config.sip.advertise), new_tag())
+    call = Call(call_id=call_id, tenant=binding.tenant,
                 binding_id=binding.id, x=setup.x, caller=caller, callee=target.callee,
                 direction=target.direction, invite_at=setup.invite_at)
     ctx = CallContext(
         call=call, a_invite=request, a_txn=event.txn_id, a_source=event.source,
-        a_transport=event.transport, a_tag=new_tag(), trunk=trunk, b_tag=new_tag(),
+        a_transport=event.transport, a_tag=a_tag, trunk=trunk, b_tag=new_tag(),
         b_dest=first.address, b_transport=first.transport, b_shown=target.shown,
         a_body=setup.a_body, b_targets=list(targets))
     if core.policy is not None:
         ctx.max_duration_s = core.policy.max_duration(binding)
     ctx.record = _should_record(binding, core.config.tenants)
+    ctx.media_open = setup.prompted is not None     # the prompt's early media session
     core.add_call(ctx)
     core.log.info("call.routing", call_id=call.call_id, x=setup.x, caller=caller,
                   callee=target.callee, direction=target.direction)
@@ -181,37 +190,55 @@ def refuse(core: CallCore, event: RequestReceived, exc: SipError, invite_at: flo
            extra: tuple[tuple[str, str], ...]) -> None:
     """Answer a refused attempt; count it, and record it (CONTRACT: one CDR per call
     attempt) unless it is an ACL or load-shedding refusal (`_unrecorded`)."""
-    request = event.request
-    cause = exc.cause or (
-        "rate_limited" if exc.status == 503 else "not_allowed")
-    core.stats[f"refused_{cause}"] += 1
-    core.add(Refused(exc.metric or _REFUSAL_REASON.get(exc.status, cause)))
+    cause = count_refusal(core, exc)
     # Problems of the message itself (400, 416, 420, 483) keep sipmask's reason phrase,
     # which names the problem (CONTRACT); policy refusals get the standard one.
     reason = exc.reason if exc.status in _REFUSAL_REASON else None
     if _unrecorded(exc):
-        core.reply(event.txn_id, request, exc.status, reason=reason, extra=extra)
+        core.reply(event.txn_id, event.request, exc.status, reason=reason, extra=extra)
         return
+    record_refusal(core, event, exc.status, cause, invite_at, reason=reason, extra=extra)
+
+
+def count_refusal(core: CallCore, exc: SipError) -> str:
+    """Count a refused attempt (stats, the refusals metric); its CDR cause."""
+    cause = exc.cause or (
+        "rate_limited" if exc.status == 503 else "not_allowed")
+    core.stats[f"refused_{cause}"] += 1
+    core.add(Refused(exc.metric or _REFUSAL_REASON.get(exc.status, cause)))
+    return cause
+
+
+def record_refusal(core: CallCore, event: RequestReceived, status: int, cause: str,
+                   invite_at: float, *, reason: str | None = None,
+                   extra: tuple[tuple[str, str], ...] = (), call_id: str | None = None,
+                   to_tag: str | None = None, release_side: str = "sipmask") -> None:
+    """The CDR of an attempt that made no call, then its final response `status`. An
+    announcement before it (b2bua/announcing.py) gave the attempt its call id and the
+    early dialog's To tag, and the caller may have ended it (release_side caller)."""
+    request = event.request
     x = _safe(lambda: routing.target_x(request)) or ""
     caller = _safe(lambda: routing.caller_number(request, trust_pai=False)) or ""
-    record = Cdr(call_id=new_call_id(host=core.config.sip.advertise),
+    record = Cdr(call_id=call_id or new_call_id(host=core.config.sip.advertise),
                  tenant=core.tenant_of_x(x), binding_id=None, x=x, caller=caller,
                  callee=None, direction=None, invite_at=invite_at, ring_at=None,
                  answer_at=None, end_at=core.wall, duration_s=0.0,
-                 release_side="sipmask", sip_status=exc.status, unconnected_cause=cause)
-    core.log.info("call.refused", status=exc.status, cause=cause, x=x, caller=caller)
+                 release_side=release_side, sip_status=status, unconnected_cause=cause)
+    core.log.info("call.refused", status=status, cause=cause, x=x, caller=caller)
     # The refusal leaves once its CDR is on disk, as for calls (CONTRACT: before the
     # last response).
-    op = core.wait(None, partial(_refusal_recorded, core, event, exc.status, reason, extra))
+    op = core.wait(None, partial(_refusal_recorded, core, event, status, reason, extra,
+                                 to_tag))
     core.add(CommitCdr(op, record))
 
 
 def _refusal_recorded(core: CallCore, event: RequestReceived, status: int,
                       reason: str | None, extra: tuple[tuple[str, str], ...],
-                      done: CdrCommitted) -> None:
+                      to_tag: str | None, done: CdrCommitted) -> None:
     if done.error is not None:
         core.stats["cdr_write_failed"] += 1
-    core.reply(event.txn_id, event.request, status, reason=reason, extra=extra)
+    core.reply(event.txn_id, event.request, status, reason=reason, extra=extra,
+               to_tag=to_tag)
 
 
 # -- leg B -----------------------------------------------------------------------------------
@@ -396,6 +423,9 @@ def _journal_answer(core: CallCore, ctx: CallContext, response: Response, body: 
                     content_type: str | None) -> None:
     if ctx.call.state is not CallState.ANSWERED:
         return  # the call ended while media was being answered
+    if core.announcer.notices_first(ctx, body, content_type, partial(
+            _journal_answer, core, ctx, response, body, content_type)):
+        return  # issue 15 §4: notices play first; this runs again when they end
     contact = core.contact_of(ctx, Leg.A)
     if ctx.a_dialog is None:
         ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,

@@ -45,6 +45,20 @@ class Transition:
     origin: tuple[str, Request] | None = None
 
 
+@dataclass(eq=False)
+class Notice:
+    """The notices a call plays after B's answer, before A hears it (b2bua/announcing.py):
+    the steps still to play, as (announcement key, its configured file, the legs that hear
+    it), the result ids of the prompts playing now, the body of the 183 that lets A hear
+    one as early media (None: A hears none), and the rest of the answer (`then`)."""
+
+    steps: list[tuple[str, str, tuple[Leg, ...]]]
+    then: Callable[[], None]
+    early_body: bytes | None = None
+    early_sent: bool = False
+    playing: set[int] = field(default_factory=set)
+
+
 @dataclass
 class CallContext:
     call: Call
@@ -86,6 +100,7 @@ class CallContext:
     recording: bool = False                             # StartRecording went out
     media_open: bool = False
     ring_sent: bool = False                             # the webhook's ring event went out
+    notice: Notice | None = None                        # decided at B's answer (issue 15 §4)
     contacts: dict[Leg, str] = field(default_factory=dict)  # leg -> our Contact there
     a_key: tuple[str, str] = ("", "")                   # (A's Call-ID, A's From tag)
     # leg -> (the dialog's next hop, where and how requests to it go): next_hop's cache

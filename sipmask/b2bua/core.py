@@ -19,7 +19,9 @@ Leg A is the trunk that sent the INVITE for X (sipmask is the UAS there), leg B 
 to the real party (sipmask is the UAC). Nothing crosses between the legs but what
 masking.py lets through and the SDP the media backend rewrote. This module dispatches the
 events and runs the call's table; placing the call (A's INVITE to B's answer) is in
-b2bua/calling.py, requests inside the dialogs in b2bua/relaying.py.
+b2bua/calling.py, requests inside the dialogs in b2bua/relaying.py, announcements and the
+AXE extension prompt (before any call, and the notices after B's answer) in
+b2bua/announcing.py.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sipmask.b2bua import calling, failover, masking, relaying, routing
+from sipmask.b2bua import announcing, calling, failover, masking, relaying, routing
 from sipmask.b2bua.actions import (
     CallFinished,
     Cancel,
@@ -39,7 +41,9 @@ from sipmask.b2bua.actions import (
     CommitCdr,
     CoreAction,
     CoreEvent,
+    DigitHeard,
     Done,
+    EarlyOpened,
     Emit,
     EndAll,
     JournalDone,
@@ -49,6 +53,7 @@ from sipmask.b2bua.actions import (
     MediaDone,
     MediaOffer,
     MediaTimeout,
+    PromptEnded,
     RecordingStopped,
     Respond,
     Reuse,
@@ -158,6 +163,8 @@ class CallCore:
         self.draining = False
         self.stats = collections.Counter[str]()
         self.timers = CallTimers()
+        # Attempts an announcement or the AXE prompt holds before (or instead of) a call.
+        self.announcer = announcing.Announcer(self)
         # The time of the event being handled (handle / handle_timer set them).
         self.now = 0.0          # monotonic seconds: timers, rate buckets
         self.wall = 0.0         # Unix seconds: records
@@ -189,19 +196,19 @@ class CallCore:
         """Fire every call timer due at `now`."""
         self.now, self.wall = now, wall
         for call_id, timer in self.timers.due(now):
-            ctx = self.calls.get(call_id)
-            if ctx is None:
-                continue
             step = _TIMER_STEPS.get(timer)
-            if step is not None:
+            if step is None:            # the extension prompt's (keyed by its attempt)
+                self.announcer.on_timer(call_id, timer)
+                continue
+            ctx = self.calls.get(call_id)
+            if ctx is not None:
                 step(self, ctx)
-            else:
-                self.fire(ctx, _TIMER_EVENTS[timer])
 
     @property
     def active_calls(self) -> int:
-        """Calls, and INVITEs whose lookup is still out (a drain waits for both)."""
-        return len(self.calls) + len(self.setups)
+        """Calls, INVITEs whose lookup is still out, and attempts an announcement holds (a
+        drain waits for all)."""
+        return len(self.calls) + len(self.setups) + len(self.announcer)
 
     def add_call(self, ctx: CallContext) -> None:
         """A call is made (calling.py): find it by its ids from now on; it counts."""
@@ -241,6 +248,11 @@ class CallCore:
             self._media_opened(ctx)
         ctx.wait = None
         self._pump(ctx, then, event)
+
+    def drop_wait(self, op: int | None) -> None:
+        """Forget a result id nobody waits for any more (its result is then ignored)."""
+        if op is not None:
+            self._waits.pop(op, None)
 
     def submit(self, ctx: CallContext, work: Callable[[], None]) -> None:
         """Run `work` for the call now, or after what the call is busy with or waits for."""
@@ -290,7 +302,9 @@ class CallCore:
                 return
         found = self.find_dialog(request)
         if found is None:
-            relaying.no_dialog(self, event, has_to_tag)
+            # An announcement's early dialog (its 183) is the announcer's.
+            if not (has_to_tag and self.announcer.request(event)):
+                relaying.no_dialog(self, event, has_to_tag)
             return
         ctx, leg = found
         if leg is Leg.B:
@@ -462,6 +476,8 @@ class CallCore:
         if ctx is not None:
             self.fire(ctx, CallEvent.A_CANCEL)
             return
+        if self.announcer.cancel(invite_txn):
+            return
         setup = self.setups.get(invite_txn)
         if setup is not None:
             setup.ending = CallEvent.A_CANCEL       # the lookup's answer ends it (_routed)
@@ -480,6 +496,10 @@ class CallCore:
             self.fire(ctx, CallEvent.SHUTDOWN)
         for setup in self.setups.values():
             setup.ending = setup.ending or CallEvent.SHUTDOWN
+        self.announcer.shutdown()
+
+    def _on_digit(self, event: DigitHeard) -> None:
+        self.announcer.digit(event)
 
     # -- the state machine -----------------------------------------------------------------
     def fire(self, ctx: CallContext, event: CallEvent, *, response: Response | None = None,
@@ -539,6 +559,9 @@ class CallCore:
 
     def _answer_a_408(self, ctx: CallContext, transition: Transition) -> None:
         self._answer_a(ctx, 408)
+
+    def _answer_a_480(self, ctx: CallContext, transition: Transition) -> None:
+        self._answer_a(ctx, 480)
 
     def _answer_a_503(self, ctx: CallContext, transition: Transition) -> None:
         # A setup failure may have chosen another status (488 for a refused offer).
@@ -701,14 +724,17 @@ class CallCore:
         transport, and a sips URI on leg A when A's Request-URI was one (§12.1.1)."""
         contact = ctx.contacts.get(leg)
         if contact is None:
-            transport = ctx.a_transport if leg is Leg.A else ctx.b_transport
-            secure = leg is Leg.A and ctx.a_invite.uri[:5].lower() == "sips:"
             # Leg B's party sees the number its From shows (AXYB: Y), leg A's the one dialled.
-            contact = ctx.contacts[leg] = masking.local_contact(
+            contact = ctx.contacts[leg] = self.contact_for(
                 ctx.b_shown if leg is Leg.B else ctx.call.x,
-                routing.uri_host(self.config.sip.advertise),
-                self.listen_ports[transport], transport, secure=secure)
+                ctx.a_transport if leg is Leg.A else ctx.b_transport,
+                secure=leg is Leg.A and ctx.a_invite.uri[:5].lower() == "sips:")
         return contact
+
+    def contact_for(self, number: str, transport: Transport, *, secure: bool) -> str:
+        """Our Contact for `number` on `transport` (a sips URI when `secure`)."""
+        return masking.local_contact(number, routing.uri_host(self.config.sip.advertise),
+                                     self.listen_ports[transport], transport, secure=secure)
 
     def reply(self, txn_id: str, request: Request, status: int, *, reason: str | None = None,
               extra: tuple[tuple[str, str], ...] = (), to_tag: str | None = None) -> None:
@@ -804,6 +830,9 @@ _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
     CdrCommitted: CallCore._on_done,
     RecordingStopped: CallCore._on_done,
     JournalDone: CallCore._on_done,
+    EarlyOpened: CallCore._on_done,
+    PromptEnded: CallCore._on_done,
+    DigitHeard: CallCore._on_digit,
     MediaTimeout: CallCore._on_media_timeout,
     EndAll: CallCore._on_end_all,
     TrunkTargets: calling.targets_fed,
@@ -828,6 +857,7 @@ _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
     Action.ANSWER_A_487: CallCore._answer_a_487,
     Action.ANSWER_A_408: CallCore._answer_a_408,
     Action.ANSWER_A_503: CallCore._answer_a_503,
+    Action.ANSWER_A_480: CallCore._answer_a_480,
     Action.ACK_B: calling.ack_b,
     Action.CANCEL_B: CallCore._cancel_b,
     Action.BYE_A: CallCore._bye_a,
@@ -840,10 +870,15 @@ _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
     Action.WRITE_CDR: CallCore._write_cdr,
 }
 
-_TIMER_EVENTS = {CallTimer.RING: CallEvent.RING_TIMEOUT,
-                 CallTimer.MAX_DURATION: CallEvent.MAX_DURATION}
-# Call timers that are no event of the call's table: a step of their own.
+def _timer_event(event: CallEvent) -> Callable[[CallCore, CallContext], None]:
+    return lambda core, ctx: core.fire(ctx, event)
+
+
+# A call's timers: an event of the call's table, or a step of their own. The extension
+# prompt's timers (DIGITS, PROMPTING) are the announcer's.
 _TIMER_STEPS: dict[CallTimer, Callable[[CallCore, CallContext], None]] = {
+    CallTimer.RING: _timer_event(CallEvent.RING_TIMEOUT),
+    CallTimer.MAX_DURATION: _timer_event(CallEvent.MAX_DURATION),
     CallTimer.FAILOVER: failover.no_answer,
 }
 

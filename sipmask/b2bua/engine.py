@@ -31,9 +31,12 @@ from sipmask.b2bua.actions import (
     CallFinished,
     Cancel,
     CdrCommitted,
+    CollectDigits,
     CommitCdr,
     CoreAction,
     CoreEvent,
+    DigitHeard,
+    EarlyOpened,
     Emit,
     EndAll,
     JournalDone,
@@ -45,6 +48,9 @@ from sipmask.b2bua.actions import (
     MediaDone,
     MediaOffer,
     MediaTimeout,
+    OpenEarly,
+    PlayPrompt,
+    PromptEnded,
     RecordingStopped,
     Refused,
     Respond,
@@ -52,9 +58,11 @@ from sipmask.b2bua.actions import (
     SendFailed,
     SendRequest,
     StartRecording,
+    StopDigits,
+    StopPrompt,
     StopRecording,
 )
-from sipmask.b2bua.call import Call
+from sipmask.b2bua.call import Call, Leg
 from sipmask.b2bua.context import CallContext
 from sipmask.b2bua.core import CallCore, Policy
 from sipmask.b2bua.timers import CallTimers
@@ -65,7 +73,9 @@ from sipmask.cdr.store import CdrSink
 from sipmask.clock import Clock
 from sipmask.config.schema import Config
 from sipmask.errors import MediaError, SipError, StoreError, TransactionError
-from sipmask.media.backend import RecordingOutcome, SinkFactory
+from sipmask.media.backend import DigitCallback, Playback, PlayEnd, RecordingOutcome, SinkFactory
+from sipmask.media.prompt import announcement
+from sipmask.media.wav import Audio, WavError
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transports import ALL, Address, Transport
@@ -74,6 +84,11 @@ from sipmask.store.base import Binding, BindingStore
 from sipmask.transport.resolver import Dns
 
 log = sm_logging.get_logger("sipmask.b2bua")
+
+# A prompt's end is the backend's to report (Playback.ended); rtpengine reports it only when
+# its `play media` answer named the duration. So the shell waits at most the prompt's length
+# and this much more, then stops it and tells the core it finished.
+PROMPT_GRACE_S = 2.0
 
 
 class SipPort(Protocol):
@@ -105,6 +120,14 @@ class MediaPort(Protocol):
     async def delete(self, call_id: str) -> Any: ...
     async def start_recording(self, call_id: str, open_sink: SinkFactory) -> None: ...
     async def stop_recording(self, call_id: str) -> RecordingOutcome | None: ...
+    async def open_early(self, call_id: str, leg: str, offer_sdp: bytes, *,
+                         sip_source: str | None = None) -> bytes | None: ...
+    async def play(self, call_id: str, leg: str, audio: Audio, *,
+                   loop: bool = False) -> Playback: ...
+    async def stop_play(self, call_id: str, leg: str) -> None: ...
+    async def collect_digits(self, call_id: str, leg: str, on_digit: DigitCallback, *,
+                             inband: bool = False) -> None: ...
+    async def stop_digits(self, call_id: str, leg: str) -> None: ...
 
 
 class EventSink(Protocol):
@@ -179,6 +202,8 @@ class Engine:
         # a trunk named by host name has no server (its calls get 503).
         self.trunks = TrunkMonitor(sip, clock, config, dns, feed=self._run,
                                    stats=self.core.stats)
+        # Announcements read once per (key, configured value); a reload empties it.
+        self._prompts: dict[tuple[str, str], Audio] = {}
 
     # -- what the server and the services call ---------------------------------------------
     def media_timeout(self, call_id: str) -> None:
@@ -189,6 +214,7 @@ class Engine:
         """`sipmask reload`: new calls see `config` (trunks, timers, tenants); calls in
         progress keep what they were placed with."""
         self.config = config
+        self._prompts.clear()           # an announcement file may have been replaced
         self.core.reconfigure(config)
         self.trunks.configure(config)
         self.trunks.feed_changes()      # what is known of the trunks kept, at once
@@ -385,6 +411,88 @@ class Engine:
                             reason=outcome.failed_reason)
         self._run(RecordingStopped(op, file))
 
+    # -- media services (issue 15): early media, prompts, digits ---------------------------
+    def _open_early(self, action: OpenEarly) -> None:
+        self._spawn(self._early(action))
+
+    async def _early(self, action: OpenEarly) -> None:
+        try:
+            sdp = await self.media.open_early(action.call_id, action.leg, action.sdp,
+                                              sip_source=action.sip_source)
+        except Exception as exc:
+            if not isinstance(exc, MediaError | SipError | ValueError):
+                self.stats["internal_errors"] += 1
+                log.exception("media.early_failed")
+            self._run(EarlyOpened(action.id, error=exc))
+            return
+        self._run(EarlyOpened(action.id, sdp))
+
+    def _play_prompt(self, action: PlayPrompt) -> None:
+        self._spawn(self._play(action))
+
+    async def _play(self, action: PlayPrompt) -> None:
+        audio = self._audio(action.key, action.file)
+        reason = PlayEnd.FAILED
+        if audio is not None:
+            try:
+                playback = await self.media.play(action.call_id, action.leg, audio)
+                reason = await self._prompt_end(action, playback, audio.duration_s)
+            except MediaError as exc:
+                log.warning("media.prompt_failed", call_id=action.call_id, error=str(exc))
+            except Exception:
+                # The core waits for this prompt's end (a call may be held in NOTICE by
+                # it): a fault must still end it.
+                self.stats["internal_errors"] += 1
+                log.exception("media.prompt_failed", call_id=action.call_id)
+        self._run(PromptEnded(action.id, reason))
+
+    async def _prompt_end(self, action: PlayPrompt, playback: Playback,
+                          duration_s: float) -> PlayEnd:
+        try:
+            return await asyncio.wait_for(asyncio.shield(playback.ended),
+                                          duration_s + PROMPT_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(MediaError):
+                await self.media.stop_play(action.call_id, action.leg)
+            return PlayEnd.FINISHED
+
+    def _audio(self, key: str, file: str) -> Audio | None:
+        """The announcement's audio, read once (the loader checked it at start; a file
+        replaced since and broken now is logged, and that prompt is not played)."""
+        audio = self._prompts.get((key, file))
+        if audio is None:
+            try:
+                audio = announcement(key, file)
+            except (WavError, OSError, ValueError) as exc:
+                log.warning("media.announcement_unreadable", key=key, error=str(exc))
+                return None
+            if audio is not None:
+                self._prompts[(key, file)] = audio
+        return audio
+
+    def _stop_prompt(self, action: StopPrompt) -> None:
+        self._spawn(self._media_quietly(self.media.stop_play(action.call_id, action.leg)))
+
+    def _collect_digits(self, action: CollectDigits) -> None:
+        self._spawn(self._media_quietly(self.media.collect_digits(
+            action.call_id, action.leg, self._on_digit)))
+
+    def _stop_digits(self, action: StopDigits) -> None:
+        self._spawn(self._media_quietly(self.media.stop_digits(action.call_id, action.leg)))
+
+    def _on_digit(self, call_id: str, leg: str, key: str) -> None:
+        """MediaBackend's on_digit: from the event loop, never inside a backend call."""
+        self._run(DigitHeard(call_id, Leg(leg), key))
+
+    async def _media_quietly(self, work: Awaitable[None]) -> None:
+        """A media service step nothing waits for: a call whose media ended meanwhile, or
+        a backend without it (rtpengine with no DTMF log), is logged; INFO digits and the
+        rest of the call go on."""
+        try:
+            await work
+        except MediaError as exc:
+            log.warning("media.service_failed", error=str(exc))
+
     def _commit_cdr(self, action: CommitCdr) -> None:
         # Group commit (cdr/group.py): on the writer thread, not on the loop; it always
         # waits, so a task at once.
@@ -481,6 +589,11 @@ _PERFORM: dict[type, Callable[[Engine, Any], None]] = {
     Emit: Engine._emit,
     CallFinished: Engine._call_finished,
     Refused: Engine._refused,
+    OpenEarly: Engine._open_early,
+    PlayPrompt: Engine._play_prompt,
+    StopPrompt: Engine._stop_prompt,
+    CollectDigits: Engine._collect_digits,
+    StopDigits: Engine._stop_digits,
 }
 if set(_PERFORM) != set(CoreAction.__args__):
     raise ValueError("an action of the core the shell does not perform")

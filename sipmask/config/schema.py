@@ -355,7 +355,7 @@ class NumberPrefix:
 
 # The announcements (media/prompt.ANNOUNCEMENTS), as keys of `announcements` and of a
 # tenant's `announcements` overrides.
-ANNOUNCEMENT_KEYS = ("unbound", "callee_notice", "ext_prompt", "recording_notice")
+ANNOUNCEMENT_KEYS = ("unbound", "callee_notice", "ext_prompt", "recording_notice", "not_allowed")
 MAX_EXT_DIGITS = 8        # tenants.<t>.ext_digits is 1..8 (an AXE extension's length)
 DEFAULT_EXT_DIGITS = 4
 
@@ -369,6 +369,7 @@ class AnnouncementsConfig:
     callee_notice: str | None = None           # to the callee after answer
     ext_prompt: str | None = "default"         # AXE: "enter the extension, then #"
     recording_notice: str | None = "default"   # to both sides before a recorded call bridges
+    not_allowed: str | None = None             # to a caller a binding refuses, then 403
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import sipmask
 FORBIDDEN = frozenset({"asyncio", "socket", "time", "lmdb", "uvloop"})
 PACKAGES = ("sipmask.sip", "sipmask.sdp")
 MODULES = ("sipmask.b2bua.core", "sipmask.b2bua.calling", "sipmask.b2bua.relaying",
-           "sipmask.b2bua.context", "sipmask.b2bua.failover",
+           "sipmask.b2bua.context", "sipmask.b2bua.failover", "sipmask.b2bua.announcing",
            "sipmask.b2bua.actions",
            "sipmask.b2bua.call", "sipmask.b2bua.masking", "sipmask.b2bua.routing",
            "sipmask.b2bua.timers",
