@@ -1,8 +1,9 @@
-"""A call's recording: both directions mixed into one stereo WAV, in time (sans-IO).
+"""A call's recording: both directions mixed into one stereo stream, in time (sans-IO).
 
 `CallRecorder` takes each leg's audio as it arrives, `feed(party, now, timestamp, ssrc,
 pcm)` (or `feed_rtp` with the packet and the leg's codecs), and writes 16-bit stereo at
-8 kHz, the caller left and the callee right, through a `RecordingSink` (media/sinks.py).
+8 kHz, the caller left and the callee right, through a `RecordingSink` (media/sinks.py),
+which read back is a stereo WAV (store/recording_file.py).
 It reads no clock: `now` is passed in, and the shell calls `tick(now)` at `next_due()` so
 that the file grows while both legs are silent too.
 
@@ -23,8 +24,8 @@ are dropped.
 
 Failures never reach the call: an OSError from the sink (disk full, I/O error, a file
 past 4 GiB) marks the recorder failed with the errno's name, closes the sink, drops what
-it holds, and every later call does nothing. The file keeps what was written, with a
-header that counts it (media/wav.py).
+it holds, and every later call does nothing. The file keeps what was written, and reads
+back as a WAV of it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from enum import Enum
 
 from sipmask.media import rtp
 from sipmask.media.sinks import RecordingSink
-from sipmask.media.wav import G711, RATE, SAMPLE_BYTES, StereoWavWriter
+from sipmask.media.wav import G711, RATE, SAMPLE_BYTES, StereoWriter
 
 FRAME_SAMPLES = 160                 # output is written in whole 20 ms frames
 MAX_PACKET_SAMPLES = RATE           # a packet of more than 1 s of audio is not a phone's
@@ -74,7 +75,7 @@ class CallRecorder:
 
     def __init__(self, sink: RecordingSink, start: float, *, delay_s: float = 0.2,
                  chunk_s: float = 1.0) -> None:
-        self._writer = StereoWavWriter(sink)
+        self._writer = StereoWriter(sink)
         self._start = start
         self._delay = round(delay_s * RATE)
         self._chunk = max(FRAME_SAMPLES, round(chunk_s * RATE) // FRAME_SAMPLES * FRAME_SAMPLES)

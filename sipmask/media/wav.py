@@ -15,9 +15,9 @@ or A-law (6), 8 bits; WAVE_FORMAT_EXTENSIBLE (0xFFFE) with one of those sub-form
 too (sox writes it for some inputs). Anything else is refused with a `WavError` that names
 the file and what is wrong with it, for the config loader to report at start-up.
 
-Recordings: `StereoWavWriter` streams a 16-bit stereo file into a `RecordingSink`, and
-rewrites the 44-octet header after every append, so a file cut short by a crash or a full
-disk still reads as a valid WAV of what reached the disk.
+Recordings: `StereoWriter` streams a call's 16-bit stereo samples into a `RecordingSink`;
+`wav_header` is the 44-octet header a recording is read back with (store/recording_file.py
+makes it from the length it finds, so a file cut short by a crash still reads as a WAV).
 """
 
 from __future__ import annotations
@@ -324,13 +324,14 @@ def encode_wav(pcm: bytes) -> bytes:
     return wav_header(1, len(pcm)) + pcm
 
 
-class StereoWavWriter:
-    """A stereo 16-bit 8 kHz WAV streamed into a sink.
+class StereoWriter:
+    """A recording's stereo 16-bit 8 kHz samples, streamed into a sink.
 
-    The header goes out with the first append and is rewritten after each one, so at any
-    moment the file on disk is a WAV whose header counts what is there. Errors from the
-    sink (OSError: disk full, I/O) pass to the caller, which decides what a failure means;
-    a file about to outgrow RIFF's 32-bit sizes raises OSError(EFBIG) before writing.
+    The sink gets the samples alone, interleaved left/right: the file format around them is
+    the sink's (store/recording_file.py seals them, and its reader puts `wav_header` in
+    front). Errors from the sink (OSError: disk full, I/O) pass to the caller, which decides
+    what a failure means; a recording about to outgrow what a WAV header can count raises
+    OSError(EFBIG) before writing.
     """
 
     FRAME_BYTES = 2 * SAMPLE_BYTES      # one left and one right sample
@@ -338,7 +339,6 @@ class StereoWavWriter:
     def __init__(self, sink: RecordingSink) -> None:
         self._sink = sink
         self._data_bytes = 0
-        self._started = False
 
     @property
     def data_bytes(self) -> int:
@@ -350,20 +350,10 @@ class StereoWavWriter:
             raise ValueError("not a whole number of stereo frames")
         if self._data_bytes + len(frames) > MAX_DATA_BYTES:
             raise OSError(errno.EFBIG, "a WAV file holds at most 4 GiB of samples")
-        if not self._started:
-            self._sink.write(wav_header(2, 0))
-            self._started = True
         if frames:
             self._sink.write(frames)
             self._data_bytes += len(frames)
-            self._sink.rewrite_header(wav_header(2, self._data_bytes))
 
     def close(self) -> None:
-        """Finish the file (a header even when nothing was appended) and close the sink;
-        the sink is closed on every path."""
-        try:
-            if not self._started:
-                self._sink.write(wav_header(2, 0))
-                self._started = True
-        finally:
-            self._sink.close()
+        """Close the sink (the sink finishes its file)."""
+        self._sink.close()

@@ -24,13 +24,15 @@ Pinned here:
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import os
 import stat
 import struct
+import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,11 +45,14 @@ from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import RelaySession, Side, _Stream
 from sipmask.media.sinks import FileSink
 from sipmask.media.wav import G711, Audio
+from sipmask.store.crypto import Keyring
+from sipmask.store.recording_file import SealedWriter, State, open_sealed
 from tests.support.goertzel import goertzel_power
 from tests.support.media import LOOP_KINDS, Runner, UdpPeer, close_after, loop_runner, port_range
 from tests.support.tones import dtmf, pcm, silence, sine
 
 RELAY, A_IP, B_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+KEYS = Keyring.generate()
 PCMU_ONLY = ("0 101", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
 PCMU_PCMA = ("0 8 101", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
              "a=rtpmap:101 telephone-event/8000\r\n")
@@ -433,8 +438,19 @@ def test_without_inband_tones_are_not_keys(run: Runner) -> None:
 
 # -- recording -----------------------------------------------------------------------------
 
+def sealed(folder: Path, name: str) -> Callable[[], SealedWriter]:
+    """The sink factory sipmask serve uses (store/recordings.open_sink), in `folder`."""
+    return lambda: SealedWriter.create(folder, name, KEYS, "demo")
+
+
 def stereo_channels(path: Path) -> tuple[list[float], list[float]]:
-    with wave.open(str(path), "rb") as wav:
+    opened = open_sealed(os.open(path, os.O_RDONLY), KEYS, "demo", path.name)
+    try:
+        assert opened.state is State.COMPLETE
+        data = opened.stream.read()
+    finally:
+        opened.stream.close()
+    with wave.open(io.BytesIO(data), "rb") as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
         values = memoryview(wav.readframes(wav.getnframes())).cast("h")
     return [v / 32768 for v in values[0::2]], [v / 32768 for v in values[1::2]]
@@ -458,7 +474,7 @@ def test_a_recorded_call_is_a_0600_stereo_wav_caller_left_callee_right(
         backend = backend_for()
         a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         a_port, b_port = await answered_call(backend, "r1", a, b)
-        await backend.start_recording("r1", lambda: FileSink.create(tmp_path, "r1.wav"))
+        await backend.start_recording("r1", sealed(tmp_path, "r1.wav"))
         await talk(a, a_port, b, b_port, 0.6)
         await asyncio.sleep(0.05)
         outcome = await backend.stop_recording("r1")
@@ -517,7 +533,7 @@ def test_a_recording_file_that_cannot_be_made_fails_at_once(run: Runner,
         a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         a_port, b_port = await answered_call(backend, "r3", a, b)
         (tmp_path / "r3.wav").write_bytes(b"")            # O_EXCL: EEXIST
-        await backend.start_recording("r3", lambda: FileSink.create(tmp_path, "r3.wav"))
+        await backend.start_recording("r3", sealed(tmp_path, "r3.wav"))
         assert untapped(session_of(backend, "r3"))
         await talk(a, a_port, b, b_port, 0.1)
         assert len(await received(b, 0.1)) == 5
@@ -525,6 +541,43 @@ def test_a_recording_file_that_cannot_be_made_fails_at_once(run: Runner,
         assert stats.recording is not None
         assert (stats.recording.file, stats.recording.failed_reason) == (None, "EEXIST")
         assert backend.relay.stats().recordings_failed == 1
+    run(test)
+
+
+class ThreadSpy:
+    """A recording file that notes which thread makes it, writes it and closes it."""
+
+    def __init__(self, made_on: int) -> None:
+        self.path = Path("spy.wav")
+        self.threads = {made_on}
+        self.octets = 0
+
+    def write(self, data: bytes) -> None:
+        self.threads.add(threading.get_ident())
+        self.octets += len(data)
+
+    def close(self) -> None:
+        self.threads.add(threading.get_ident())
+
+
+def test_recording_files_are_made_written_and_closed_off_the_event_loop(run: Runner) -> None:
+    # Issue 15: "disk writes off the event loop". The loop thread never touches the file.
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        a_port, b_port = await answered_call(backend, "t1", a, b)
+        made: list[ThreadSpy] = []
+
+        def spy() -> ThreadSpy:
+            made.append(ThreadSpy(threading.get_ident()))
+            return made[0]
+        await backend.start_recording("t1", spy)
+        await talk(a, a_port, b, b_port, 1.5)            # past the first 1 s write
+        outcome = await backend.stop_recording("t1")
+        assert outcome is not None and not outcome.failed and outcome.file == "spy.wav"
+        [file] = made
+        assert file.octets >= 1.4 * 32000
+        assert threading.get_ident() not in file.threads
     run(test)
 
 
@@ -541,11 +594,16 @@ def test_every_service_is_released_on_every_ending(run: Runner, tmp_path: Path,
                      for leg in "ab"]
         await backend.collect_digits("x1", "a", lambda *d: None, inband=True)
         await backend.collect_digits("x1", "b", lambda *d: None)
-        await backend.start_recording("x1", lambda: FileSink.create(tmp_path, "x1.wav"))
+        files: list[SealedWriter] = []
+
+        def recorded() -> SealedWriter:
+            files.append(sealed(tmp_path, "x1.wav")())
+            return files[-1]
+        await backend.start_recording("x1", recorded)
         session = session_of(backend, "x1")
         services = backend._services["x1"]
         assert services._recording is not None
-        sink = services._recording.recorder._writer._sink
+        [sink] = files
         assert not untapped(session) and session.muted
         await a.recv()
         # The timers armed now (each tick arms the next); nothing below yields to the loop
@@ -570,7 +628,7 @@ def test_every_service_is_released_on_every_ending(run: Runner, tmp_path: Path,
             assert untapped(session) and not session.muted
         assert [p.ended.result() for p in playbacks] == [expected, expected]
         assert all(t is not None and t.cancelled() for t in timers)
-        assert sink._fd is None                                  # the file is closed
+        assert sink._file._fd is None                            # the file is closed
         await drain(a)
         await drain(b)
         assert await a.nothing(0.1) and await b.nothing(0.0)
@@ -603,7 +661,7 @@ def test_services_on_an_unknown_call_are_refused(run: Runner) -> None:
         with pytest.raises(Exception, match="no media session"):
             await backend.play("nope", "a", tone_audio(440, 0.1))
         with pytest.raises(Exception, match="no media session"):
-            await backend.start_recording("nope", lambda: FileSink.create("/tmp", "x.wav"))
+            await backend.start_recording("nope", sealed(Path("/tmp"), "x.wav"))
         assert await backend.stop_recording("nope") is None
         await backend.stop_play("nope", "a")          # nothing to stop: no error
     run(test)

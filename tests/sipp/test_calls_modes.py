@@ -5,6 +5,7 @@ the CDR's direction (CONTRACT "Words")."""
 from __future__ import annotations
 
 import shutil
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,4 +58,12 @@ def test_a_recorded_binding_leaves_its_file_named_in_the_cdr(
     [record] = bench.cdrs()
     name = record["recording"]
     assert isinstance(name, str) and name == str(record["call_id"]).partition("@")[0] + ".wav"
-    assert (tmp_path / "recordings" / "demo" / name).read_bytes()[:4] == b"RIFF"
+    # Sealed at rest (README "Recording"): the file on disk is no WAV; the export is one.
+    raw = (tmp_path / "recordings" / "demo" / name).read_bytes()
+    assert b"RIFF" not in raw and b"WAVE" not in raw
+    out = tmp_path / "export.wav"
+    bench.cli("recording", "export", str(record["call_id"]), "--out", str(out),
+              "--set", f"recording.dir={tmp_path / 'recordings'}")
+    with wave.open(str(out), "rb") as exported:
+        assert (exported.getnchannels(), exported.getframerate()) == (2, 8000)
+        assert exported.getnframes() >= 0.2 * 8000       # the call's 300 ms, roughly
