@@ -83,11 +83,12 @@ class CallRecorder:
         self._buffers = (bytearray(), bytearray())
         self._streams = (_Stream(), _Stream())
         self._closed = False
+        self._active = True          # neither closed nor failed (read on every packet)
         self.stats = RecorderStats()
 
     @property
     def active(self) -> bool:
-        return not (self._closed or self.stats.failed)
+        return self._active
 
     def _position(self, now: float) -> int:
         return round((now - self._start) * RATE)
@@ -96,7 +97,7 @@ class CallRecorder:
                  codecs: Mapping[int, G711]) -> None:
         """Record an RTP packet of `party`'s leg when its payload type is one of the leg's
         audio codecs; telephone-events, comfort noise and the rest are left out."""
-        if not self.active:
+        if not self._active:
             return
         parsed = rtp.parse(packet)
         codec = codecs.get(parsed.payload_type) if parsed is not None else None
@@ -107,18 +108,21 @@ class CallRecorder:
 
     def feed(self, party: Party, now: float, timestamp: int, ssrc: int, pcm: bytes) -> None:
         """Record `pcm` (16-bit, 8 kHz, the packet's audio) that arrived at `now`."""
-        if not self.active:
+        if not self._active:
             return
         count = len(pcm) // SAMPLE_BYTES
         if count == 0 or count > MAX_PACKET_SAMPLES or len(pcm) % SAMPLE_BYTES:
             self.stats.dropped_packets += 1
             return
-        self.tick(now)
-        if not self.active:
-            return
+        now_at = self._position(now)
+        if now_at - self._delay - self._written >= self._chunk:    # tick's test, inline
+            self.tick(now)
+            if not self._active:
+                return
         # Where the packet's first sample goes if it was sent the moment it arrived.
-        arrived = self._position(now) - count
-        stream = self._streams[party.value]
+        arrived = now_at - count
+        side = party.value
+        stream = self._streams[side]
         if stream.ssrc != ssrc:
             if stream.ssrc is not None:
                 self.stats.resyncs += 1
@@ -138,9 +142,9 @@ class CallRecorder:
             stream.offset = arrived - stream.extended
             position = arrived
             self.stats.resyncs += 1
-        self._place(party, position, pcm)
+        self._place(side, position, pcm)
 
-    def _place(self, party: Party, position: int, pcm: bytes) -> None:
+    def _place(self, side: int, position: int, pcm: bytes) -> None:
         late = self._written - position
         if late > 0:
             self.stats.late_samples += late
@@ -148,7 +152,7 @@ class CallRecorder:
             position = self._written
         if not pcm:
             return
-        buffer = self._buffers[party.value]
+        buffer = self._buffers[side]
         begin = (position - self._written) * SAMPLE_BYTES
         end = begin + len(pcm)
         if len(buffer) < end:
@@ -179,6 +183,7 @@ class CallRecorder:
             self._flush(end)
         if not self._closed:
             self._closed = True
+            self._active = False
             if not self.stats.failed:
                 try:
                     self._writer.close()
@@ -211,6 +216,7 @@ class CallRecorder:
 
     def _fail(self, exc: OSError, *, close: bool = True) -> None:
         self.stats.failed = True
+        self._active = False
         self.stats.error = errno.errorcode.get(exc.errno or 0, "OSError")
         for buffer in self._buffers:
             buffer.clear()

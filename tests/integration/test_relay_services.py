@@ -24,6 +24,7 @@ Pinned here:
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import itertools
 import os
@@ -40,6 +41,7 @@ import pytest
 from sipmask.config.schema import MediaConfig
 from sipmask.errors import PortsExhausted
 from sipmask.media import rtp
+from sipmask.media import services as services_module
 from sipmask.media.backend import PlayEnd
 from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import RelaySession, Side, _Stream
@@ -580,6 +582,57 @@ def test_recording_files_are_made_written_and_closed_off_the_event_loop(run: Run
         assert threading.get_ident() not in file.threads
     run(test)
 
+
+
+class LastWriteFails(ThreadSpy):
+    """The file's close fails (the final chunk finds the disk full); `hold` keeps the close
+    waiting, as a stalled disk would."""
+
+    def __init__(self, made_on: int, hold: threading.Event | None = None) -> None:
+        super().__init__(made_on)
+        self.hold = hold
+
+    def close(self) -> None:
+        if self.hold is not None:
+            assert self.hold.wait(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failure_of_the_files_close_is_in_the_outcome_and_counted_once(
+        run: Runner) -> None:
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        a_port, b_port = await answered_call(backend, "t2", a, b)
+        await backend.start_recording("t2", lambda: LastWriteFails(0))
+        await talk(a, a_port, b, b_port, 0.3)
+        outcome = await backend.stop_recording("t2")
+        assert outcome is not None and outcome.failed_reason == "ENOSPC"
+        assert outcome.file == "spy.wav"
+        stats = await backend.delete("t2")
+        assert stats.recording == outcome
+        assert backend.relay.stats().recordings_failed == 1
+    run(test)
+
+
+def test_a_disk_that_does_not_finish_the_file_in_time_fails_the_recording(
+        run: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services_module, "SETTLE_S", 0.2)
+    hold = threading.Event()
+
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        await answered_call(backend, "t3", a, b)
+        await backend.start_recording("t3", lambda: LastWriteFails(0, hold))
+        outcome = await backend.stop_recording("t3")      # the close is stuck on the disk
+        assert outcome is not None and outcome.failed_reason == "ETIMEDOUT"
+        assert backend.relay.stats().recordings_failed == 1
+        hold.set()                                          # the backend's close drains
+    try:
+        run(test)
+    finally:
+        hold.set()
 
 # -- releasing ------------------------------------------------------------------------------
 
