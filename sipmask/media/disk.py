@@ -101,7 +101,7 @@ class QueuedSink:
             raise OSError(failed, os.strerror(failed))
         if self._closed:
             raise OSError(errno.EBADF, "recording already closed")
-        if self._writer._put(_Job(self, _Kind.WRITE, data, self._gap)):
+        if self._writer.put(_Job(self, _Kind.WRITE, data, self._gap)):
             self._gap = 0
         else:
             self._gap += len(data)
@@ -110,7 +110,7 @@ class QueuedSink:
         """Queue the close (once); the file is finished on the thread, `done` says how."""
         if not self._closed:
             self._closed = True
-            self._writer._put(_Job(self, _Kind.CLOSE, gap=self._gap))
+            self._writer.put(_Job(self, _Kind.CLOSE, gap=self._gap))
             self._gap = 0
 
     # -- reports from the thread, run on the loop --------------------------------------
@@ -140,10 +140,10 @@ class DiskWriter:
         """A sink for a new recording whose file `factory` makes, on the thread. Call on
         the event loop; `on_failed` runs there if the file fails."""
         sink = QueuedSink(self, asyncio.get_running_loop(), on_failed)
-        self._put(_Job(sink, _Kind.OPEN, factory=factory))
+        self.put(_Job(sink, _Kind.OPEN, factory=factory))
         return sink
 
-    def _put(self, job: _Job) -> bool:
+    def put(self, job: _Job) -> bool:
         """Queue `job`; False (counted) for a write that would pass the bound."""
         with self._ready:
             if job.kind is _Kind.WRITE:
