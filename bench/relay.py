@@ -282,6 +282,13 @@ class Step:
 def play(a_ports: list[int], b_ports: list[int], a_socks: list[socket.socket],
          b_socks: list[socket.socket], seconds: float,
          read_streams: bool = False) -> tuple[int, int]:
+    # What a late relay delivered after the last run's settle time is not this run's.
+    for sock in a_socks + b_socks:
+        try:
+            while True:
+                sock.recv(2048)
+        except BlockingIOError:
+            pass
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
     # Forked: the child inherits the phone sockets.
