@@ -42,7 +42,7 @@ from sipmask.config.schema import MediaConfig
 from sipmask.errors import PortsExhausted
 from sipmask.media import rtp
 from sipmask.media import services as services_module
-from sipmask.media.backend import PlayEnd
+from sipmask.media.backend import Leg, PlayEnd
 from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import RelaySession, Side, _Stream
 from sipmask.media.sinks import FileSink
@@ -196,6 +196,32 @@ def test_a_leg_hears_the_prompt_as_pcmu_rtp_every_20_ms(run: Runner) -> None:
         assert 0.40 <= span <= 0.60, span
         assert backend.relay.stats().prompt_packets == 25
         assert untapped(session_of(backend, "p1"))    # a prompt needs no tap
+    run(test)
+
+
+def test_a_prompt_wakes_the_loop_once_per_packet(run: Runner) -> None:
+    # uvloop keeps time in whole milliseconds and truncates a timer's delay: a due time
+    # off the millisecond grid fires early, finds nothing due and re-arms until the
+    # millisecond turns (ten wakeups a packet in a bench with such due times). A prompt's
+    # due times start at the loop's own time and step by 20 ms, so each wakeup sends.
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        await answered_call(backend, "p9", a, b)
+        playback = await backend.play("p9", "a", tone_audio(440, 1.0))
+        services = backend._services["p9"]
+        send_due = services._send_due
+        wakeups = 0
+
+        def counted(leg: Leg) -> None:
+            nonlocal wakeups
+            wakeups += 1
+            send_due(leg)
+        services._send_due = counted  # type: ignore[method-assign]
+        assert await asyncio.wait_for(playback.ended, 2) is PlayEnd.FINISHED
+        sent = backend.relay.stats().prompt_packets
+        assert sent == 50
+        assert wakeups <= sent + 2, (wakeups, sent)
     run(test)
 
 
