@@ -538,6 +538,10 @@ class Services:
         relay = getattr(media, "relay", None)
         if relay is not None:
             sources.relay = relay.stats
+            sources.recording_disk = lambda: relay.disk.stats
+        counters = relay.services if relay is not None else getattr(media, "services", None)
+        if counters is not None:
+            sources.media_services = lambda: counters
         return services
 
     @property

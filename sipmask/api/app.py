@@ -32,6 +32,7 @@ from sipmask.errors import RecordNotFound, RefusedError, StoreError
 from sipmask.observability.logging import get_logger
 from sipmask.store import recordings
 from sipmask.store.base import BindingStore
+from sipmask.store.recording_file import RecordingUnreadable
 
 log = get_logger("sipmask.api")
 
@@ -214,21 +215,28 @@ async def trace_x(request: web.Request) -> web.Response:
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    """GET /v1/recordings/{cdr_id}: the call's recording as audio/wav, streamed; 404 when
-    there is none for the token's tenant (another tenant's call looks the same)."""
+    """GET /v1/recordings/{cdr_id}: the call's recording as audio/wav, streamed (opened
+    from its sealed file off the loop); 404 when there is none for the token's tenant
+    (another tenant's call looks the same); 500 `recording` when the store key cannot open
+    it. `X-Sipmask-Recording` says how whole the file was (store/recordings.Recording)."""
     state = request.app[STATE]
     tenant = request.get(TENANT)          # None: an operator token, any tenant's
     cdr_id = request.match_info["cdr_id"]
-    found = await asyncio.to_thread(recordings.open_recording, state.recording, cdr_id,
-                                    tenant)
+    try:
+        found = await asyncio.to_thread(recordings.open_recording, state.recording, cdr_id,
+                                        tenant, keys=state.store.keys)
+    except RecordingUnreadable as exc:
+        log.error("api.recording_unreadable", error=str(exc))
+        return error_response(500, "recording", "the recording cannot be opened with "
+                              "store.key_file (see the server's log)")
     try:
         log.info("api.recording_read", tenant=found.tenant, name=found.name,
-                 operator=request.get(OPERATOR))
+                 operator=request.get(OPERATOR), state=found.state.value)
         response = web.StreamResponse(headers={
             "Content-Type": "audio/wav",
-            "Content-Disposition": f'attachment; filename="{found.name}"'})
-        if found.size is not None:
-            response.content_length = found.size
+            "Content-Disposition": f'attachment; filename="{found.name}"',
+            "X-Sipmask-Recording": found.state.value})
+        response.content_length = found.size
         await response.prepare(request)
         while chunk := await asyncio.to_thread(found.stream.read, RECORDING_CHUNK):
             await response.write(chunk)

@@ -383,7 +383,7 @@ class Engine:
 
     def _start_recording(self, action: StartRecording) -> None:
         open_sink = partial(recordings.open_sink, self.config.recording, action.tenant,
-                            action.call_id)
+                            action.call_id, self.store.keys)
         self._spawn(self._recording_started(action.call_id, open_sink))
 
     async def _recording_started(self, call_id: str, open_sink: SinkFactory) -> None:

@@ -733,15 +733,18 @@ def test_a_tenant_reads_its_own_recording_and_no_other(rec_api: ApiThread) -> No
     from sipmask.media.wav import wav_header
     from sipmask.store import recordings
     call_id = "5f0c2a9e41d7b3c8a6e1f0d2b4c6a8e0@127.0.0.1"
-    sink = recordings.open_sink(rec_api.config.recording, "demo", call_id)
-    audio = wav_header(2, 256 * 1000) + bytes(range(256)) * 1000
-    sink.write(audio)
+    # Sealed with the store's key, as sipmask serve writes it; served as the WAV.
+    sink = recordings.open_sink(rec_api.config.recording, "demo", call_id,
+                                rec_api.store.keys)
+    sink.write(bytes(range(256)) * 1000)
     sink.close()
+    audio = wav_header(2, 256 * 1000) + bytes(range(256)) * 1000
     path = f"/v1/recordings/{call_id}"
     got = call(rec_api, "GET", path)
     assert got.status == 200, got.raw
     assert got.headers["Content-Type"] == "audio/wav" and got.raw == audio
     assert got.headers["Content-Length"] == str(len(audio))
+    assert got.headers["X-Sipmask-Recording"] == "complete"
     local = call_id.partition("@")[0]
     assert call(rec_api, "GET", f"/v1/recordings/{local}").raw == audio
     # Another tenant's token: 404, as for a call that has no recording.
@@ -754,3 +757,9 @@ def test_a_tenant_reads_its_own_recording_and_no_other(rec_api: ApiThread) -> No
     # The operator reads any tenant's.
     ops = call(rec_api, "GET", path, token=OPS_TOKEN)
     assert ops.status == 200 and ops.raw == audio
+    # A file another key sealed (a rekey that did not reach it): 500, no audio, no key.
+    from sipmask.store.crypto import Keyring
+    other = recordings.open_sink(rec_api.config.recording, "demo", "0ddba11@127.0.0.1",
+                                 Keyring.generate())
+    other.close()
+    assert_error(call(rec_api, "GET", "/v1/recordings/0ddba11"), 500, "recording")

@@ -18,6 +18,7 @@ The daemon runs with `--recording-method=pcap --recording-dir=<tmp>` and
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import os
 import stat
@@ -35,6 +36,8 @@ from sipmask.media.backend import PlayEnd
 from sipmask.media.rtpengine import RtpengineBackend
 from sipmask.media.sinks import FileSink
 from sipmask.media.wav import G711, Audio
+from sipmask.store.crypto import Keyring
+from sipmask.store.recording_file import SealedWriter, State, open_sealed
 from tests.support.goertzel import goertzel_power
 from tests.support.media import Runner, UdpPeer, close_after, loop_runner
 from tests.support.net import LOOPBACK, free_port
@@ -235,8 +238,17 @@ def test_rfc4733_keys_come_once_each_through_the_dtmf_log(
     run(test)
 
 
+KEYS = Keyring.generate()
+
+
 def stereo(path: Path) -> tuple[list[float], list[float]]:
-    with wave.open(str(path), "rb") as wav:
+    opened = open_sealed(os.open(path, os.O_RDONLY), KEYS, "demo", path.name)
+    try:
+        assert opened.state is State.COMPLETE
+        data = opened.stream.read()
+    finally:
+        opened.stream.close()
+    with wave.open(io.BytesIO(data), "rb") as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
         values = memoryview(wav.readframes(wav.getnframes())).cast("h")
     return [v / 32768 for v in values[0::2]], [v / 32768 for v in values[1::2]]
@@ -249,7 +261,8 @@ def test_a_recorded_call_becomes_the_stereo_wav(run: Runner, services: Services,
         a, b = await UdpPeer.open(), await UdpPeer.open()
         a_port, b_port = await answered(backend, "rr1", a, b)
         out = tmp_path / "out"
-        await backend.start_recording("rr1", lambda: FileSink.create(out, "rr1.wav"))
+        await backend.start_recording(
+            "rr1", lambda: SealedWriter.create(out, "rr1.wav", KEYS, "demo"))
         await talk(a, a_port, b, b_port, 0.6)
         outcome = await backend.stop_recording("rr1")
         assert outcome is not None and outcome.file == "rr1.wav" and not outcome.failed
