@@ -19,13 +19,16 @@ from conftest import TENANTS, A, B, X
 
 from sipmask.clock import FakeClock
 from sipmask.config import loader
+from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.errors import ConfigError, ConflictError, PoolExhausted, StoreError
 from sipmask.store import LmdbStore, codec
 from sipmask.store.crypto import KeyFileError, KeyMismatch, create_key_file
 from sipmask.store.offload import Offload, StoreBusy, lookup
 from sipmask.store.pg_schema import LATEST, SCHEMA, day_of_key, migrate
 from sipmask.store.postgres import PostgresStore, migrate_database, redact
+from sipmask.store.base import BindingRequest
 from sipmask.store.rules import Txn
+from tests.support.postgres import counted_statements
 
 
 @pytest.fixture
@@ -248,3 +251,32 @@ def test_put_many_counts_existing_keys_through_the_primary_key(
         plan = "\n".join(row[0] for row in conn.execute(
             "EXPLAIN " + table.sql()["count_keys"], table.key_arrays(keys)).fetchall())
     assert "Seq Scan" not in plan, plan
+
+
+@pytest.mark.parametrize(("pool", "b_of"), [
+    # The API bench's shape: Xs mostly free, and the same B on every binding.
+    ("700300000000000-700300000099999", lambda i: B),
+    # Ten Xs for 96 pairs: every X soon carries pairs, so each allocation's probes read
+    # X uses and route keys (a stranger's pair may sit on any of them).
+    ("700300000000000-700300000000009", lambda i: f"1390000{i:04d}"),
+])
+def test_a_batch_of_creates_costs_under_half_a_statement_per_binding(
+        stores: Callable[[], PostgresStore], pool: str,
+        b_of: Callable[[int], str]) -> None:
+    # Issue 14's API binds: the API's writer commits the creates that queue together
+    # through create_many, and every statement of a batch is a round trip on the writer
+    # thread. The batch's route keys and X uses are read in one statement per table
+    # (Txn.get_many) before its rules run, and written with put_many, so a batch costs
+    # about a dozen statements whatever its size (before: 4.9 per binding here in the
+    # first shape, 25 in the second, each rule's read one round trip).
+    s = stores()
+    s.sync_tenants({**TENANTS, "big": TenantConfig("big-token", (NumberRange.parse(pool),))})
+    batch, batches = 32, 3
+    made = 0
+    with counted_statements() as counts:
+        for first in range(0, batch * batches, batch):
+            rows = [(i, BindingRequest("axb", f"1380000{i:04d}", b_of(i), tenant="big"))
+                    for i in range(first, first + batch)]
+            made += sum(o.binding is not None for o in s.create_many(rows, actor="api"))
+    assert made == batch * batches
+    assert sum(counts.values()) <= made * 0.5, counts
