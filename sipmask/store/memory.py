@@ -35,6 +35,10 @@ class _MemoryTxn:
     def get(self, db: str, key: bytes) -> bytes | None:
         return self.tables[db].data.get(key)
 
+    def get_many(self, db: str, keys: list[bytes]) -> dict[bytes, bytes]:
+        data = self.tables[db].data
+        return {key: data[key] for key in keys if key in data}
+
     def put(self, db: str, key: bytes, value: bytes) -> None:
         assert self.write, "put in a read transaction"
         t = self.tables[db]

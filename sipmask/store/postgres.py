@@ -193,10 +193,21 @@ class _PgTxn:
     def delete(self, db: str, key: bytes) -> None:
         self.cur.execute(_SQL[db]["delete"], self._table(db).cols(key))
 
+    def get_many(self, db: str, keys: builtins.list[bytes]) -> dict[bytes, bytes]:
+        # One statement per _MANY keys: the keys' rows joined to the table, each an index
+        # probe (pg_schema "get_many").
+        t, sql = self._table(db), _SQL[db]["get_many"]
+        found: dict[bytes, bytes] = {}
+        for i in range(0, len(keys), _MANY):
+            rows = self.cur.execute(sql, t.key_arrays(keys[i:i + _MANY])).fetchall()
+            found.update((bytes(key), bytes(value)) for key, value in rows)
+        return found
+
     def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
                  overwrite: bool = True) -> int:
-        # Multi-row INSERTs of _MANY rows (Citus routes or splits them per shard); with
-        # overwrite the rows already there are counted first, as LMDB's putmulti counts.
+        # Multi-row INSERTs of _MANY rows (Citus routes or splits them per shard), one
+        # statement each; with overwrite the same statement counts the rows already there
+        # (pg_schema "put_many"), as LMDB's putmulti counts.
         t, sql = self._table(db), _SQL[db]
         added = 0
         if t.kind == "by_day":
@@ -207,17 +218,15 @@ class _PgTxn:
             params: list[Any] = []
             for key, value in chunk:
                 params.extend((*t.row(key), value))
-            statement = sql["many"].format(
-                rows=", ".join([sql["row"]] * len(chunk)),
-                action="DO UPDATE SET v = EXCLUDED.v" if overwrite else "DO NOTHING")
+            rows = ", ".join([sql["row"]] * len(chunk))
             if overwrite:
-                row = self.cur.execute(sql["count_keys"],
-                                       t.key_arrays([k for k, _ in chunk])).fetchone()
-                there = int(row[0]) if row else 0
-                self.cur.execute(statement, params)
-                added += len(chunk) - there
+                row = self.cur.execute(sql["put_many"].format(rows=rows),
+                                       [*t.key_arrays([k for k, _ in chunk]), *params]
+                                       ).fetchone()
+                added += len(chunk) - (int(row[0]) if row else 0)
             else:
-                added += self.cur.execute(statement, params).rowcount
+                added += self.cur.execute(sql["insert_many"].format(rows=rows),
+                                          params).rowcount
         return added
 
     def scan(self, db: str, start: bytes = b"",
@@ -582,10 +591,11 @@ class PostgresStore(RuleStore):
             cur = conn.cursor()
             if begin is None:
                 return fn(_PgTxn(self, cur))
-            cur.execute(begin)
             try:
-                if lock:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (RULES_LOCK,))
+                # The rules lock in BEGIN's round trip: two statements without parameters
+                # go in one simple-protocol query.
+                cur.execute(f"{begin}; SELECT pg_advisory_xact_lock({RULES_LOCK})" if lock
+                            else begin)
                 out = fn(_PgTxn(self, cur))
             except BaseException:
                 if not conn.broken:

@@ -90,6 +90,10 @@ Callers = tuple[tuple[str, str], ...]   # (field, number) pairs a binding keys o
 
 class Txn(Protocol):
     def get(self, db: str, key: bytes) -> bytes | None: ...
+    def get_many(self, db: str, keys: builtins.list[bytes]) -> dict[bytes, bytes]:
+        """The values of those `keys` that are there (one statement on PostgreSQL, where
+        each `get` is a round trip; a loop on LMDB)."""
+        ...
     def put(self, db: str, key: bytes, value: bytes) -> None: ...
     def delete(self, db: str, key: bytes) -> None: ...
     def insert(self, db: str, key: bytes, value: bytes) -> bool:
@@ -113,6 +117,16 @@ def _refuse_number(field: str, raw: object, normalise: Callable[[str], str]) -> 
         return normalise(raw)
     except numbers.NumberError as exc:
         raise RefusedError(field, str(exc)) from None
+
+
+def _national(raw: object, normalise: Callable[[str], str]) -> str | None:
+    """`raw` normalised, or None when it is not a number (the rules will refuse it)."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    try:
+        return normalise(raw)
+    except numbers.NumberError:
+        return None
 
 
 def whole(field: str, raw: object, lo: int, hi: int, says: str | None = None) -> int:
@@ -223,11 +237,95 @@ def _what(b: Binding) -> str:
     return codec.binding_summary(b)
 
 
+_X_BYTES = numbers.X_LENGTH
+
+
+class _Routes:
+    """The rules' Txn: everything passes through to the store's, and what this transaction
+    read or wrote of the route index is remembered, so the keys a check will read can be
+    fetched together first (`fetch`: one Txn.get_many) and every later read of them is
+    answered here. Every write of the transaction goes through this Txn, so what it
+    remembers cannot go stale (the rules lock, or LMDB's one writer, keeps other writers
+    out meanwhile).
+
+    An X without a use has no route key at all: `xuse` counts every binding that holds X,
+    and every route key of a binding starts with a number it holds (codec.route_keys).
+    `bare(x)`, told when the rules read that X has no use, lets a read on X be answered
+    from what this transaction has written there since, without asking the store."""
+
+    __slots__ = ("_bare", "_seen", "txn")
+
+    def __init__(self, txn: Txn) -> None:
+        self.txn = txn
+        self._seen: dict[bytes, bytes | None] = {}
+        self._bare: set[bytes] = set()
+
+    def bare(self, x: str) -> None:
+        self._bare.add(x.encode())
+
+    def fetch(self, keys: Iterable[bytes]) -> None:
+        """Read, in one statement, the route keys not known here yet."""
+        seen, bare = self._seen, self._bare
+        wanted = sorted({k for k in keys if k not in seen and k[:_X_BYTES] not in bare})
+        if wanted:
+            found = self.txn.get_many("route", wanted)
+            for key in wanted:
+                seen[key] = found.get(key)
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        if db != "route":
+            return self.txn.get(db, key)
+        seen = self._seen
+        if key in seen:
+            return seen[key]
+        if key[:_X_BYTES] in self._bare:
+            return None
+        raw = seen[key] = self.txn.get(db, key)
+        return raw
+
+    def get_many(self, db: str, keys: builtins.list[bytes]) -> dict[bytes, bytes]:
+        if db != "route":
+            return self.txn.get_many(db, keys)
+        self.fetch(keys)
+        return {key: raw for key in keys if (raw := self.get(db, key)) is not None}
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self.txn.put(db, key, value)
+        if db == "route":
+            self._seen[key] = value
+
+    def insert(self, db: str, key: bytes, value: bytes) -> bool:
+        added = self.txn.insert(db, key, value)
+        if db == "route":
+            self._seen.pop(key, None)    # added or not, the next read asks the store
+        return added
+
+    def delete(self, db: str, key: bytes) -> None:
+        self.txn.delete(db, key)
+        if db == "route":
+            self._seen[key] = None
+
+    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
+                 overwrite: bool = True) -> int:
+        added = self.txn.put_many(db, items, overwrite)
+        if db == "route":
+            if overwrite:
+                self._seen.update(items)
+            else:
+                for key, _ in items:
+                    self._seen.pop(key, None)
+        return added
+
+    def scan(self, db: str, start: bytes = b"",
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        return self.txn.scan(db, start, reverse)
+
+
 class _Work:
     """One write transaction's worth of rule checks and writes, with its audit sequence."""
 
     def __init__(self, txn: Txn, now: float, actor: str, keys: Keyring) -> None:
-        self.txn = txn
+        self.txn = _Routes(txn)
         self.now = now
         self.actor = actor
         self.keys = keys
@@ -370,8 +468,23 @@ class _Work:
         if x in self._uses:
             return self._uses[x]
         raw = self.txn.get("xuse", x.encode())
+        if raw is None:
+            self.txn.bare(x)
         use = self._uses[x] = codec.decode_use(raw) if raw else None
         return use
+
+    def fetch_uses(self, xs: Iterable[str]) -> None:
+        """Read, in one statement, the uses of Xs not known yet (as `use` would)."""
+        uses = self._uses
+        wanted = sorted({x for x in xs if x not in uses})
+        if not wanted:
+            return
+        found = self.txn.get_many("xuse", [x.encode() for x in wanted])
+        for x in wanted:
+            raw = found.get(x.encode())
+            if raw is None:
+                self.txn.bare(x)
+            uses[x] = codec.decode_use(raw) if raw else None
 
     def set_use(self, x: str, mode: str, count: int) -> None:
         """Record X's mode and binding count; a count of 0 frees X."""
@@ -417,6 +530,43 @@ class _Work:
         self._pools = None
         self.audit(pool.tenant, "pool_remove", f"{pool.first}-{pool.last}",
                    {"source": pool.source})
+
+
+def _nth(pools: list[PoolRange], i: int) -> str:
+    """The i-th X of the pools, counted across them in order."""
+    for p in pools:
+        if i < p.size:
+            return str(int(p.first) + i)
+        i -= p.size
+    raise IndexError(i)
+
+
+def _draw(rng: random.Random, pools: list[PoolRange], total: int) -> list[str]:
+    """The Xs an allocation probes: _RANDOM_PROBES (or every X of a smaller pool) drawn
+    at random, all before any is looked at, so that a batch can draw the same ones ahead
+    from a copy of the rng (RuleStore._read_ahead)."""
+    return [_nth(pools, rng.randrange(total)) for _ in range(min(_RANDOM_PROBES, total))]
+
+
+def _twin(rng: random.Random) -> random.Random | None:
+    """A copy of rng, which draws what rng will draw next (None for a SystemRandom,
+    which has no state to copy)."""
+    try:
+        state = rng.getstate()
+    except NotImplementedError:
+        return None
+    twin = random.Random()
+    twin.setstate(state)
+    return twin
+
+
+def _keys_on(work: _Work, targets: Iterable[tuple[str, Callers]]) -> Iterator[bytes]:
+    """The route keys that checking these callers on these Xs reads: only on an X in use
+    (an X without a use has no route key; its use must have been read: fetch_uses)."""
+    for x, callers in targets:
+        if work.use(x) is not None:
+            for _, number in callers:
+                yield codec.route_key(work.keys, x, number)
 
 
 class _IdClash(Exception):
@@ -491,13 +641,16 @@ class _BulkWork(_Work):
             added = self.txn.put_many(db, items, overwrite=db != "bindings")
             if db == "bindings" and added != len(items):
                 raise _IdClash()
-        for x in sorted(self._dirty_uses):
-            use = self._uses[x]
-            if use is None:
-                self.txn.delete("xuse", x.encode())
-            else:
-                self.txn.put("xuse", x.encode(), codec.encode_use(*use))
+        uses = self._uses
+        dirty = sorted(self._dirty_uses)
         self._dirty_uses.clear()
+        counted = [(x.encode(), codec.encode_use(*use)) for x in dirty
+                   if (use := uses[x]) is not None]
+        if counted:
+            self.txn.put_many("xuse", counted)
+        for x in dirty:
+            if uses[x] is None:
+                self.txn.delete("xuse", x.encode())
 
     def set_use(self, x: str, mode: str, count: int) -> None:
         self._dirty_uses.discard(x)
@@ -812,21 +965,19 @@ class RuleStore:
             raise PoolExhausted(field, f"tenant {tenant} has no pool of X numbers")
         room = 10 ** self.ext_digits(tenant) if mode == "axe" else None
 
-        def nth(i: int) -> str:
-            for p in pools:
-                if i < p.size:
-                    return str(int(p.first) + i)
-                i -= p.size
-            raise IndexError(i)
-
         def fits(x: str) -> int | None:
             return None if x == exclude else self._fits(work, mode, x, callers, room)
 
         # Fair spread: the least used of a few random Xs; a walk from a random start only
-        # when those all clash, so exhaustion is certain before it is reported.
+        # when those all clash, so exhaustion is certain before it is reported. The Xs are
+        # drawn before any is looked at, and what `fits` reads of them is fetched at once:
+        # their uses, then the callers' route keys on those in use (a batch has fetched
+        # them all already: _read_ahead).
+        probes = _draw(self.rng, pools, total)
+        work.fetch_uses(probes)
+        work.txn.fetch(_keys_on(work, [(x, callers) for x in probes if x != exclude]))
         best: tuple[int, str] | None = None
-        for _ in range(min(_RANDOM_PROBES, total)):
-            x = nth(self.rng.randrange(total))
+        for x in probes:
             used = fits(x)
             if used is not None and (best is None or used < best[0]):
                 best = (used, x)
@@ -835,7 +986,7 @@ class RuleStore:
         if best is None:
             start = self.rng.randrange(total)
             for i in range(total):
-                x = nth((start + i) % total)
+                x = _nth(pools, (start + i) % total)
                 if fits(x) is not None:
                     best = (0, x)
                     break
@@ -902,6 +1053,7 @@ class RuleStore:
 
         def run(work: _Work) -> builtins.list[ImportOutcome]:
             assert isinstance(work, _BulkWork)
+            self._read_ahead(work, chunk, default_tenant)
             out = []
             plain, allocate = work.create_plain, self._allocate
             for line, req in chunk:
@@ -932,6 +1084,43 @@ class RuleStore:
                 chunk = []
         if chunk:
             yield from commit()
+
+    def _read_ahead(self, work: _Work, lines: Iterable[tuple[int, BindingRequest]],
+                    default_tenant: str | None) -> None:
+        """Fetch what a batch's lines will read, one statement per table (Txn.get_many),
+        before its rules run, where each read would be a round trip on PostgreSQL: the
+        uses of the Xs (and Ys) the lines name, and their callers' route keys on those in
+        use; for a line whose X is allocated, the same of the Xs `_allocate` will probe,
+        drawn ahead from a copy of the rng. The draws are the ones the rules will make as
+        long as each line before allocates as foreseen (a line refused before its
+        allocation draws nothing, an AXE extension drawn at random takes draws too);
+        when they are not, the rules read what they miss, a key at a time. Reads only:
+        what the rules decide does not change."""
+        ahead = _twin(self.rng)
+        targets: builtins.list[tuple[str, Callers]] = []
+        for _, req in lines:
+            a, b = _national(req.a, numbers.normalise_real), _national(req.b,
+                                                                        numbers.normalise_real)
+            if a is None or req.mode not in MODES:
+                continue            # refused before any allocation
+            tenant = default_tenant if req.tenant is None else req.tenant
+            wanted = [(req.x, _callers_on(req.mode, a, b))]
+            if req.mode == "axyb" and b is not None:
+                wanted.append((req.y, (("b", b),)))
+            for given, callers in wanted:
+                if given not in (None, ""):
+                    x = _national(given, numbers.normalise_x)
+                    if x is not None:
+                        targets.append((x, callers))
+                elif ahead is not None and tenant:
+                    pools = work.pools(tenant)
+                    total = sum(p.size for p in pools)
+                    if total:
+                        targets += [(x, callers) for x in _draw(ahead, pools, total)]
+            if req.mode == "axe" and req.ext in (None, ""):
+                ahead = None        # _claim_ext draws the extension: later draws unknown
+        work.fetch_uses(x for x, _ in targets)
+        work.txn.fetch(_keys_on(work, targets))
 
     # -- read, change, delete ---------------------------------------------------------------
     def get(self, binding_id: str, tenant: str | None = None) -> Binding:

@@ -34,8 +34,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
