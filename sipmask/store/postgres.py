@@ -27,8 +27,9 @@ StoreError saying so (a retried create would be refused as a duplicate of itself
 `write` (CDRs, journal, heartbeats, acks: all idempotent puts and deletes) retries.
 
 The call path never waits on the network in the event loop: `route_soon` runs lookups on a
-bounded thread pool (store/offload.py) and returns a future; CDR commits already run on
-cdr/group.py's writer thread (group commit), and outbox events on `background`.
+bounded thread pool (store/offload.py) and returns a future; the HTTP API's reads run on
+`reads`, a pool of their own (offload.soon); CDR commits already run on cdr/group.py's
+writer thread (group commit), and outbox events on `background`.
 
 Real numbers are sealed with the key in `store.key_file` (store/crypto.py), as on LMDB, so
 a `pg_dump` or a stolen disk shows none. Every node must use the same key, so this store
@@ -98,6 +99,9 @@ _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _SQL = {name: t.sql() for name, t in TABLES.items()}
 LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
+# The HTTP API's reads (offload.soon): threads of their own, so a flood of them never takes
+# the threads calls wait for; past READ_QUEUE waiting, a read is refused at once (503).
+READ_WORKERS, READ_QUEUE = 2, 256
 APP_NAME = "sipmask"                  # application_name of our sessions: "sipmask <instance>"
 _VACUUM_DUE = b"vacuum_due"           # meta: a seal or rekey committed, its VACUUM FULL not run
 ALONE_WAIT_S = 10.0                   # how long a rekey waits for other sessions to leave
@@ -297,7 +301,8 @@ class PostgresStore(RuleStore):
         # failover the store connects to the promoted primary on their next try, not when
         # the pool's backoff next comes round (that lagged the promotion by up to the
         # outage's own length: tests/integration/test_postgres_failover.py).
-        self.pool = ConnectionPool(dsn, min_size=1, max_size=max(pool_size, call_workers + 2),
+        self.pool = ConnectionPool(dsn, min_size=1,
+                                   max_size=max(pool_size, call_workers + READ_WORKERS + 2),
                                    kwargs={"autocommit": True,
                                            "application_name": self.session_name},
                                    open=False, timeout=connect_timeout_s, reconnect_timeout=0,
@@ -309,6 +314,7 @@ class PostgresStore(RuleStore):
             raise StoreError(f"cannot connect to PostgreSQL at {self.where} "
                              f"within {connect_timeout_s:g} s") from None
         self.calls = Offload(call_workers, call_queue, "store-lookup")
+        self.reads = Offload(READ_WORKERS, READ_QUEUE, "store-read")
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bg")
         try:
             super().__init__(clock, rng, self._adopt_key(master))
@@ -698,6 +704,7 @@ class PostgresStore(RuleStore):
     def close(self) -> None:
         self.background.shutdown(wait=True)
         self.calls.close()
+        self.reads.close()
         self.pool.close()
 
 
