@@ -102,7 +102,11 @@ class _MemoryTxn:
 
 
 class MemoryStore(RuleStore):
-    """BindingStore in a dict. Not shared between processes; tests only."""
+    """BindingStore in a dict. Not shared between processes; tests only. It fetches ahead
+    as PostgreSQL does (RuleStore.reads_ahead), so the store suite runs that path even
+    where no PostgreSQL server is installed."""
+
+    reads_ahead = True
 
     def __init__(self, clock: Clock | None = None,
                  tenants: Mapping[str, TenantConfig] | None = None,

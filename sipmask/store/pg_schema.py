@@ -124,8 +124,10 @@ class Table:
         return tuple(list(column) for column in zip(*map(self.cols, keys), strict=True))
 
     def _keys_from(self) -> str:
-        """The rows of key_arrays' parameters, as a table `w` of the primary-key columns."""
-        arrays = ", ".join(f"%s::{_TYPES[c]}[]" for c in self.pk)
+        """The rows of key_arrays' parameters, as a table `w` of the primary-key columns.
+        The arrays go in binary (%b): psycopg escapes each element of a text array with a
+        regular expression, which cost 1.5 ms of CPU per 256 keys here, binary 0.2 ms."""
+        arrays = ", ".join(f"%b::{_TYPES[c]}[]" for c in self.pk)
         return f"unnest({arrays}) AS w({', '.join(self.pk)})"
 
     def _where(self) -> str:

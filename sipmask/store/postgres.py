@@ -273,6 +273,7 @@ class PostgresStore(RuleStore):
     default, as LmdbStore."""
 
     blocking = True      # its calls wait on the network: keep them off the event loop
+    reads_ahead = True   # every read is a round trip: a batch's are fetched together
 
     def __init__(self, dsn: str, clock: Clock | None = None, *,
                  rng: random.Random | None = None, pool_size: int = 10,
