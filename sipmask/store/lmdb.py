@@ -123,6 +123,9 @@ class _LmdbTxn:
             raise StoreError(f"put_many on {db}: {len(items) - added} key(s) out of order")
         return int(added)
 
+    def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        self.put_many(db, items)
+
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         cursor = self.txn.cursor(db=self.dbs[db])

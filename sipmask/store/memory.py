@@ -64,6 +64,9 @@ class _MemoryTxn:
             self.put(db, key, value)
         return added
 
+    def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        self.put_many(db, items)
+
     def delete(self, db: str, key: bytes) -> None:
         assert self.write, "delete in a read transaction"
         t = self.tables[db]

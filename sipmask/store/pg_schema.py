@@ -149,8 +149,10 @@ class Table:
             "get": f"SELECT v FROM {q} WHERE {self._where()}",
             "put": f"INSERT INTO {q} ({', '.join(cols)}) VALUES ({values}) "
                    f"ON CONFLICT ({pk}) DO UPDATE SET v = EXCLUDED.v",
+            # RETURNING: whether the row went in, as an answer to read (a row count is
+            # not one in pipeline mode: store/postgres.py _once).
             "insert": f"INSERT INTO {q} ({', '.join(cols)}) VALUES ({values}) "
-                      f"ON CONFLICT ({pk}) DO NOTHING",
+                      f"ON CONFLICT ({pk}) DO NOTHING RETURNING true",
             "delete": f"DELETE FROM {q} WHERE {self._where()}",
             "from": f"SELECT k, v FROM {q} WHERE {tup} >= {bound} ORDER BY {order} LIMIT %s",
             "after": f"SELECT k, v FROM {q} WHERE {tup} > {bound} ORDER BY {order} LIMIT %s",
@@ -170,8 +172,11 @@ class Table:
                         f"{self._keys_from()} USING ({pk})), put AS (INSERT INTO {q} "
                         f"({', '.join(cols)}) VALUES {{rows}} ON CONFLICT ({pk}) DO UPDATE "
                         "SET v = EXCLUDED.v) SELECT n FROM there",
-            "insert_many": f"INSERT INTO {q} ({', '.join(cols)}) VALUES {{rows}} "
-                           f"ON CONFLICT ({pk}) DO NOTHING",
+            "insert_many": f"WITH put AS (INSERT INTO {q} ({', '.join(cols)}) VALUES "
+                           f"{{rows}} ON CONFLICT ({pk}) DO NOTHING RETURNING true) "
+                           "SELECT count(*) FROM put",
+            "upsert_many": f"INSERT INTO {q} ({', '.join(cols)}) VALUES {{rows}} "
+                           f"ON CONFLICT ({pk}) DO UPDATE SET v = EXCLUDED.v",
             "row": f"({values})",
         }
 

@@ -108,6 +108,10 @@ class Txn(Protocol):
         """Put sorted (key, value) pairs; returns how many keys were new. With overwrite
         False a key already there keeps its value (and is not counted)."""
         ...
+    def put_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
+        """Put sorted (key, value) pairs, overwriting, and ask nothing back: where each
+        answer is a round trip (PostgreSQL), they go without waiting for one."""
+        ...
 
 
 def _refuse_number(field: str, raw: object, normalise: Callable[[str], str]) -> str:
@@ -315,6 +319,11 @@ class _Routes:
                 for key, _ in items:
                     self._seen.pop(key, None)
         return added
+
+    def put_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
+        self.txn.put_rows(db, items)
+        if db == "route":
+            self._seen.update(items)
 
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
@@ -662,9 +671,10 @@ class _BulkWork(_Work):
                 continue
             items = [(key, rows[key]) for key in sorted(rows)]
             rows.clear()
+            if db != "bindings":
+                self.txn.put_rows(db, items)
             # A new binding never overwrites one already stored (see _IdClash).
-            added = self.txn.put_many(db, items, overwrite=db != "bindings")
-            if db == "bindings" and added != len(items):
+            elif self.txn.put_many(db, items, overwrite=False) != len(items):
                 raise _IdClash()
         uses = self._uses
         dirty = sorted(self._dirty_uses)
@@ -672,7 +682,7 @@ class _BulkWork(_Work):
         counted = [(x.encode(), codec.encode_use(*use)) for x in dirty
                    if (use := uses[x]) is not None]
         if counted:
-            self.txn.put_many("xuse", counted)
+            self.txn.put_rows("xuse", counted)
         for x in dirty:
             if uses[x] is None:
                 self.txn.delete("xuse", x.encode())

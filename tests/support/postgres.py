@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,6 +207,30 @@ def counted_statements() -> Iterator[Counter[str]]:
         yield counts
     finally:
         psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def counted_round_trips(conn: Any) -> Iterator[Counter[str]]:
+    """The round trips made on `conn` (a psycopg connection) while the block runs, read
+    from libpq's protocol trace: each message after which the client waits for answers
+    (Sync; Flush, a read in pipeline mode; a simple-protocol Query), counted by kind."""
+    counts: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory(prefix="sipmask-trace-") as where:
+        path = Path(where) / "trace"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            conn.pgconn.trace(fd)
+            try:
+                yield counts
+            finally:
+                conn.pgconn.untrace()
+        finally:
+            os.close(fd)
+        # One message a line: time, F (frontend) or B, length, kind, ...
+        for line in path.read_text(errors="replace").splitlines():
+            fields = line.split("\t")
+            if len(fields) > 3 and fields[1] == "F" and fields[3] in ("Sync", "Flush", "Query"):
+                counts[fields[3]] += 1
 
 
 # A server as durable as LMDB, which syncs each commit (benchmarks compare the two).
