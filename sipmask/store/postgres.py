@@ -613,34 +613,37 @@ class PostgresStore(RuleStore):
             # Pipeline mode (libpq): a statement whose answer nobody reads (BEGIN, the
             # rules lock, each put and delete) is sent without waiting for it; the next read
             # collects those answers in its own round trip, and COMMIT goes with the last
-            # writes. A batch of API creates took 13 round trips, now 6 or 7. A statement
-            # that fails is reported by the next read or by the sync after COMMIT, and the
-            # transaction is then rolled back whole (a failed COMMIT is a rollback).
-            with conn.pipeline() as pipe:
-                try:
-                    cur.execute(begin)
-                    if lock:
-                        cur.execute(_LOCK)
-                    out = fn(_PgTxn(self, cur))
-                except BaseException:
-                    if not conn.broken:
-                        # A failed statement stops the pipeline until a sync.
-                        with contextlib.suppress(psycopg.Error):
-                            pipe.sync()
-                        with contextlib.suppress(psycopg.Error):
-                            cur.execute("ROLLBACK")
-                            pipe.sync()
-                    raise
-                try:
+            # writes, in the Sync that ends the pipeline. A batch of API creates took 13
+            # round trips, now 7. A statement that fails is reported by the next read or by
+            # that Sync, and the transaction is then rolled back whole (a failed COMMIT is
+            # a rollback).
+            committing = False
+            try:
+                with conn.pipeline() as pipe:
+                    try:
+                        cur.execute(begin)
+                        if lock:
+                            cur.execute(_LOCK)
+                        out = fn(_PgTxn(self, cur))
+                    except BaseException:
+                        if not conn.broken:
+                            # A failed statement stops the pipeline until a Sync.
+                            with contextlib.suppress(psycopg.Error):
+                                pipe.sync()
+                            with contextlib.suppress(psycopg.Error):
+                                cur.execute("ROLLBACK")
+                        raise
+                    committing = True
                     cur.execute("COMMIT")
-                    pipe.sync()
-                except psycopg.OperationalError as exc:
-                    # The writes and COMMIT went in one round trip: which of them reached
-                    # the server is not known.
-                    raise CommitUnknown(f"the connection to PostgreSQL at {self.where} "
-                                        "broke during COMMIT: the change may or may not "
-                                        f"have been applied ({_first_line(exc)})") from None
-                return out
+            except psycopg.OperationalError as exc:
+                if not committing or isinstance(exc, pg_errors.PipelineAborted):
+                    raise
+                # The last writes and COMMIT went in one round trip: which of them
+                # reached the server is not known.
+                raise CommitUnknown(f"the connection to PostgreSQL at {self.where} broke "
+                                    "during COMMIT: the change may or may not have been "
+                                    f"applied ({_first_line(exc)})") from None
+            return out
 
     def _read(self, fn: Callable[[Txn], T]) -> T:
         return self._run(fn, _READ, lock=False, retry_commit=True)

@@ -294,3 +294,21 @@ def test_a_batch_of_creates_costs_under_half_a_statement_per_binding(
     assert made == batch * batches
     assert sum(counts.values()) <= made * 0.5, counts
     assert 0 < sum(trips.values()) <= made * 0.3, trips
+
+
+def test_a_write_that_fails_unread_rolls_the_transaction_back_whole(
+        stores: Callable[[], PostgresStore]) -> None:
+    # In pipeline mode a statement whose answer nobody reads is sent without waiting for
+    # it: its failure is reported by the Sync that carries COMMIT, and the writes before
+    # it in the transaction must not be committed (nor the failure taken for a broken
+    # connection: "may or may not have been applied" is for those only).
+    s = stores()
+
+    def run(cur: psycopg.Cursor[object]) -> None:
+        cur.execute(f"INSERT INTO {SCHEMA}.meta (k, v) VALUES (%s, %s)", (b"kept", b"1"))
+        cur.execute("SELECT 1 / 0")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        s.run_sql(run)
+    assert s.read(lambda txn: txn.get("meta", b"kept")) is None
+    s.write(lambda txn: txn.put("meta", b"kept", b"2"))   # the connection still serves
+    assert s.read(lambda txn: txn.get("meta", b"kept")) == b"2"
