@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import io
 import itertools
 import os
 import stat
 import struct
 import threading
 import time
-import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,9 +46,17 @@ from sipmask.media.relay import RelaySession, Side, _Stream
 from sipmask.media.sinks import FileSink
 from sipmask.media.wav import G711, Audio
 from sipmask.store.crypto import Keyring
-from sipmask.store.recording_file import SealedWriter, State, open_sealed
+from sipmask.store.recording_file import SealedWriter
 from tests.support.goertzel import goertzel_power
-from tests.support.media import LOOP_KINDS, Runner, UdpPeer, close_after, loop_runner, port_range
+from tests.support.media import (
+    LOOP_KINDS,
+    Runner,
+    UdpPeer,
+    close_after,
+    loop_runner,
+    port_range,
+    sealed_stereo,
+)
 from tests.support.tones import dtmf, pcm, silence, sine
 
 RELAY, A_IP, B_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
@@ -471,17 +477,6 @@ def sealed(folder: Path, name: str) -> Callable[[], SealedWriter]:
     return lambda: SealedWriter.create(folder, name, KEYS, "demo")
 
 
-def stereo_channels(path: Path) -> tuple[list[float], list[float]]:
-    opened = open_sealed(os.open(path, os.O_RDONLY), KEYS, "demo", path.name)
-    try:
-        assert opened.state is State.COMPLETE
-        data = opened.stream.read()
-    finally:
-        opened.stream.close()
-    with wave.open(io.BytesIO(data), "rb") as wav:
-        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
-        values = memoryview(wav.readframes(wav.getnframes())).cast("h")
-    return [v / 32768 for v in values[0::2]], [v / 32768 for v in values[1::2]]
 
 
 async def talk(a: UdpPeer, a_port: int, b: UdpPeer, b_port: int, seconds: float) -> None:
@@ -509,7 +504,7 @@ def test_a_recorded_call_is_a_0600_stereo_wav_caller_left_callee_right(
         assert outcome is not None and outcome.file == "r1.wav" and not outcome.failed
         path = tmp_path / "r1.wav"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        left, right = stereo_channels(path)
+        left, right = sealed_stereo(path, KEYS)
         assert len(left) >= 0.6 * 8000
         assert goertzel_power(left, 1000, 8000) > 100 * goertzel_power(left, 1600, 8000)
         assert goertzel_power(right, 1600, 8000) > 100 * goertzel_power(right, 1000, 8000)
