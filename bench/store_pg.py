@@ -101,6 +101,10 @@ class _AsyncpgTxn:
     def delete(self, db: str, key: bytes) -> None:
         self._call(self.conn.execute(_pg_params(_SQL[db]["delete"]), *TABLES[db].cols(key)))
 
+    def delete_many(self, db: str, keys: list[bytes]) -> None:
+        for key in keys:
+            self.delete(db, key)
+
     def put_many(self, db: str, items: list[tuple[bytes, bytes]], overwrite: bool = True) -> int:
         added = 0
         for key, value in items:

@@ -105,6 +105,11 @@ class _LmdbTxn:
     def delete(self, db: str, key: bytes) -> None:
         self.txn.delete(key, db=self.dbs[db])
 
+    def delete_many(self, db: str, keys: list[bytes]) -> None:
+        delete, handle = self.txn.delete, self.dbs[db]
+        for key in keys:
+            delete(key, db=handle)
+
     def insert(self, db: str, key: bytes, value: bytes) -> bool:
         return bool(self.txn.put(key, value, db=self.dbs[db], overwrite=False))
 

@@ -75,6 +75,10 @@ class _MemoryTxn:
             self.undo.append((db, key, prev))
             del t.keys[bisect.bisect_left(t.keys, key)]
 
+    def delete_many(self, db: str, keys: list[bytes]) -> None:
+        for key in keys:
+            self.delete(db, key)
+
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         # Re-seek after every step so the caller may write between steps, as with a cursor.

@@ -163,6 +163,8 @@ class Table:
             # either way: x and day are functions of k. Joined to the keys' rows, each key
             # is one probe of the primary key's index.
             "get_many": f"SELECT t.k, t.v FROM {q} t JOIN {self._keys_from()} USING ({pk})",
+            "delete_many": f"DELETE FROM {q} t USING {self._keys_from()} WHERE "
+                           + " AND ".join(f"t.{c} = w.{c}" for c in self.pk),
             "count": f"SELECT count(*) FROM {q}",
             # put_many with overwrite, in one statement: how many of the keys were there,
             # and the rows written. Every part of a WITH runs on one snapshot (PostgreSQL

@@ -198,6 +198,11 @@ class _PgTxn:
     def delete(self, db: str, key: bytes) -> None:
         self.cur.execute(_SQL[db]["delete"], self._table(db).cols(key))
 
+    def delete_many(self, db: str, keys: builtins.list[bytes]) -> None:
+        t, sql = self._table(db), _SQL[db]["delete_many"]
+        for i in range(0, len(keys), _MANY):
+            self.cur.execute(sql, t.key_arrays(keys[i:i + _MANY]))
+
     def get_many(self, db: str, keys: builtins.list[bytes]) -> dict[bytes, bytes]:
         # One statement per _MANY keys: the keys' rows joined to the table, each an index
         # probe (pg_schema "get_many").

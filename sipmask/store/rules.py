@@ -96,6 +96,10 @@ class Txn(Protocol):
         ...
     def put(self, db: str, key: bytes, value: bytes) -> None: ...
     def delete(self, db: str, key: bytes) -> None: ...
+    def delete_many(self, db: str, keys: builtins.list[bytes]) -> None:
+        """Delete those `keys` that are there and ask nothing back (one statement on
+        PostgreSQL, sent without waiting for its answer)."""
+        ...
     def insert(self, db: str, key: bytes, value: bytes) -> bool:
         """Put only if the key is absent; False (and no write) if it is there."""
         ...
@@ -308,6 +312,11 @@ class _Routes:
         self.txn.delete(db, key)
         if db == "route":
             self._seen[key] = None
+
+    def delete_many(self, db: str, keys: builtins.list[bytes]) -> None:
+        self.txn.delete_many(db, keys)
+        if db == "route":
+            self._seen.update(dict.fromkeys(keys))
 
     def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
                  overwrite: bool = True) -> int:

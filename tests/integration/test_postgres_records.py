@@ -29,7 +29,14 @@ from sipmask.store.crypto import create_key_file
 from sipmask.store.pg_schema import LATEST, SCHEMA, migrate
 from sipmask.store.postgres import PostgresStore
 from tests.support.paths import REPO
-from tests.support.postgres import PgServer, pg_dsn, pg_key, pg_server
+from tests.support.postgres import (
+    PgServer,
+    counted_round_trips,
+    counted_statements,
+    pg_dsn,
+    pg_key,
+    pg_server,
+)
 
 __all__ = ["pg_dsn", "pg_key", "pg_server"]   # fixtures
 
@@ -75,6 +82,31 @@ def test_cdrs_read_back_in_time_order_from_any_node(nodes: Callable[[], Postgres
     assert [c.call_id for c in two.list()] == ["c1", "other", "c2", "c0"]
     assert [c.call_id for c in one.list(tenant="demo", since=T0 + 16)] == ["c2", "c0"]
     assert one.count() == 4
+
+
+def test_a_batch_of_records_costs_a_few_statements_and_one_round_trip(
+        nodes: Callable[[], PostgresStore]) -> None:
+    # The group commit (cdr/group.py) hands write_batch every record queued while the last
+    # commit ran. Each table's rows go in one statement and the journal entries the final
+    # records close in one more, none read back: a `get` of each journal entry before its
+    # delete made one round trip per record (6 ended calls: 6 SELECTs, 6 more round trips).
+    store = nodes()
+    log = CdrLog(store, node="n1")
+    calls = [replace(BASE, call_id=f"b{i}", answer_at=T0 + 1, end_at=None, sip_status=200,
+                     unconnected_cause="none") for i in range(8)]
+    log.write(replace(BASE, call_id="first"))    # the day's partition is made (not counted)
+    with store.pool.connection() as conn:
+        pass                          # the store's one connection, traced below
+    with counted_statements() as counts, counted_round_trips(conn) as trips:
+        log.write_batch([(False, c) for c in calls])
+        log.write_batch([(True, replace(c, end_at=T0 + 5)) for c in calls[:6]]
+                        + [(False, replace(BASE, call_id="late", end_at=None))])
+    assert sum(counts.values()) <= 9, counts      # BEGIN, the rows, COMMIT; twice
+    assert not any(verb.startswith("SELECT") for verb in counts), counts
+    assert sum(trips.values()) <= 4, trips        # a Flush and a Sync each
+    assert sorted(c.call_id for c in log.calls_up()) == ["b6", "b7", "late"]
+    assert sorted(c.call_id for c in log.list()) == [*(f"b{i}" for i in range(6)), "first"]
+    assert len(log.for_binding("b1")) == 7
 
 
 def test_a_live_node_keeps_its_calls_a_dead_ones_are_closed_by_a_peer(

@@ -238,8 +238,9 @@ def test_a_missing_key_file_is_refused_before_connecting(tmp_path: Path) -> None
                                   "bindings"])
 def test_many_keys_are_read_and_counted_through_the_primary_key(
         pg_dsn: str, name: str) -> None:
-    # get_many (a batch's reads) and put_many (create_many's batches, `sipmask store copy`,
-    # which counts the keys already there in the statement that writes each 500 rows) name
+    # get_many (a batch's reads), delete_many (a CDR batch's journal entries) and put_many
+    # (create_many's batches, `sipmask store copy`, which counts the keys already there in
+    # the statement that writes each 500 rows) name
     # keys by every primary-key column. On a table whose primary key is (derived column,
     # k), keys by k alone cannot use the index: a scan of the whole table per 500 rows,
     # so bulk loads slowed as the table grew (`store copy` of 200,000 bindings: 838/s).
@@ -255,6 +256,7 @@ def test_many_keys_are_read_and_counted_through_the_primary_key(
             conn.execute(partition_sql(day_of_key(keys[0])))
         for statement, params in (
                 (sql["get_many"], table.key_arrays(keys)),
+                (sql["delete_many"], table.key_arrays(keys)),
                 (sql["put_many"].format(rows=", ".join([sql["row"]] * len(keys))),
                  [*table.key_arrays(keys), *rows])):
             plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement,
