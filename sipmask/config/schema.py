@@ -295,6 +295,10 @@ class StoreConfig:
 class RtpengineConfig:
     ng: HostPort = HostPort("127.0.0.1", 2223)
     timeout_ms: int = 1000
+    # Where sipmask listens, from start-up, for rtpengine's DTMF log: rtpengine must run
+    # with --dtmf-log-dest set to this address. None: RFC 4733 keys are not heard (INFO
+    # keys still are). Events are taken only from the ng host (media/rtpengine.py).
+    dtmf_log: HostPort | None = None
 
 
 @dataclass(frozen=True)

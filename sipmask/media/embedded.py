@@ -104,6 +104,9 @@ class EmbeddedBackend:
         self._bodies: dict[str, dict[str, bytes]] = {}   # call id -> leg -> its last SDP
         self._services: dict[str, CallServices] = {}     # calls that use media services
 
+    async def start(self) -> None:
+        """Nothing to open before the first call: the relay binds ports per call."""
+
     async def offer(self, call_id: str, leg: str, sdp: bytes, *,
                     sip_source: str | None = None) -> bytes:
         return await self._apply(call_id, leg, sdp, sip_source, may_open=True)

@@ -298,17 +298,26 @@ class RtpengineBackend:
         self._outcomes: dict[str, RecordingOutcome] = {}
         self._background: set[asyncio.Task[None]] = set()   # unblocks after a prompt ends
 
+    async def start(self) -> None:
+        """Listen for rtpengine's DTMF log now (`sipmask serve` calls this at start-up):
+        rtpengine's log socket is connected, and an event sent while nobody listens leaves
+        an ICMP error that loses the next one, so listening from the first call that wants
+        keys would lose keys. OSError when the address cannot be bound."""
+        await self._listen_dtmf()
+
+    async def _listen_dtmf(self) -> None:
+        if self._dtmf_listen is not None and self._dtmf is None:
+            self._dtmf = await _DtmfLog.listen(self._dtmf_listen, self.target.host,
+                                               self._digit)
+
     async def client(self) -> NgClient:
         if self._client is None:
             self._connecting = self._connecting or asyncio.Lock()
             async with self._connecting:
                 if self._client is None:
-                    if self._dtmf_listen is not None and self._dtmf is None:
-                        # Listening from the first request on, not from the first call that
-                        # wants keys: rtpengine's log socket is connected, and an event sent
-                        # while nobody listens leaves an ICMP error that loses the next one.
-                        self._dtmf = await _DtmfLog.listen(self._dtmf_listen,
-                                                           self.target.host, self._digit)
+                    # Without start() (a backend used on its own), from the first request
+                    # on at the latest.
+                    await self._listen_dtmf()
                     self._client = await NgClient.connect(
                         self.target, timeout_s=self._timeout_s, attempts=self._attempts)
         return self._client
@@ -764,8 +773,15 @@ class _DtmfLog(asyncio.DatagramProtocol):
                      on_event: Callable[[str, str, int], None]) -> _DtmfLog:
         log = cls(rtpengine_host, on_event)
         family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
-        await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: log, local_addr=(where.host, where.port), family=family)
+        # Bound here, not by the loop: the OSError then says why (uvloop's names only
+        # the address), and start-up prints it.
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((where.host, where.port))
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: log, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
