@@ -270,6 +270,9 @@ class TrunkConfig:
     # A leg-B INVITE with no response at all (not even 100 Trying) this long goes to the
     # next target; also a probe's deadline. 0: Timer B (64*T1) decides.
     failover_timeout_ms: int = 2000
+    # Callers on this trunk key the AXE extension with in-band tones too (a trunk that
+    # sends neither RFC 4733 nor INFO); the embedded relay only (rtpengine hears no tones).
+    inband_dtmf: bool = False
 
 
 @dataclass(frozen=True)

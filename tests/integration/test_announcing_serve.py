@@ -31,11 +31,12 @@ from tests.support.goertzel import goertzel_power
 from tests.support.net import LOOPBACK, free_port
 from tests.support.rtpengine import free_udp_range, running_daemon
 from tests.support.serve import ServeProcess, sipmask_cli
-from tests.support.tones import pcm, sine
+from tests.support.tones import dtmf, pcm, silence, sine
 
 A, X, STRANGER = "13800000001", "700100000000001", "13700000003"
 CALLER_IP, CALLEE_IP = "127.0.0.2", "127.0.0.3"
 PCMU = ("0 101", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+PCMU_ONLY = ("0", "a=rtpmap:0 PCMU/8000\r\n")           # no telephone-event
 PCMA = ("8 101", "a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
 G729 = ("18", "a=rtpmap:18 G729/8000\r\n")
 
@@ -234,11 +235,12 @@ def press_rfc4733(caller: Peer, relay: tuple[str, int], keys: str) -> None:
 
 
 def prompted_call_reaches_a(server: ServeProcess, caller: Peer, callee: Peer,
-                            press: Callable[[tuple[str, int]], None]) -> tuple[Response, Request]:
+                            press: Callable[[tuple[str, int]], None],
+                            codecs: tuple[str, str] = PCMU) -> tuple[Response, Request]:
     """Call the AXE X alone: the prompt plays as early media, `press` keys the extension
     into the 183's media port, the new leg goes to A, and A's answer reaches the caller in
     the same dialog on the same media port. Returns the caller's 200 and leg B's INVITE."""
-    text = invite(caller, server, X, PCMU)
+    text = invite(caller, server, X, codecs)
     caller.sip.sendto(text, server.udp)
     ringing = caller.early()
     relay = ("127.0.0.1", m_port(ringing.body))
@@ -343,3 +345,32 @@ def test_a_dtmf_log_address_that_cannot_be_bound_stops_start_up_naming_the_key(
                 r"\(media.rtpengine.dtmf_log\): Address already in use")):
             start(serve, tmp_path, callee, "--set", "media.backend=rtpengine",
                   "--set", f"media.rtpengine.dtmf_log={busy}")
+
+
+def press_tones(caller: Peer, relay: tuple[str, int], keys: str) -> None:
+    """`keys` as in-band DTMF tones (100 ms each, 100 ms apart) in PCMU RTP, no RFC 4733."""
+    audio = []
+    for key in keys:
+        audio += dtmf(key, 0.1) + silence(0.1)
+    encoded = G711.PCMU.encode(pcm(audio))
+    for n, at in enumerate(range(0, len(encoded), 160)):
+        caller.rtp.sendto(rtp.build(0, n, n * 160, 0x7171, encoded[at:at + 160]), relay)
+        time.sleep(0.002)
+
+
+def test_a_trunk_with_inband_dtmf_keys_the_extension_with_tones(
+        serve: Callable[..., ServeProcess], tmp_path: Path, peers: tuple[Peer, Peer],
+        tone_file: Path) -> None:
+    # trunks.<t>.inband_dtmf: a trunk that sends neither RFC 4733 nor INFO keys the AXE
+    # extension with tones the embedded relay hears (media/dtmf.py's Goertzel detector).
+    caller, callee = peers
+    store = tmp_path / "calls.lmdb"
+    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    server, api_port, _ = start(serve, tmp_path, callee,
+                                "--set", f"announcements.ext_prompt={tone_file}",
+                                "--set", "trunks.carrier.inband_dtmf=true")
+    ok, _leg_b = prompted_call_reaches_a(
+        server, caller, callee, lambda relay: press_tones(caller, relay, "0042"),
+        codecs=PCMU_ONLY)
+    assert metric(api_port, "sipmask_media_digits_total") == 4
+    hang_up(server, caller, callee, ok)
