@@ -491,8 +491,10 @@ def build_media(config: Config, on_timeout: Callable[[str], None]) -> MediaBacke
     """The media backend `media.backend` names (imported on demand)."""
     if config.media.backend == "rtpengine":
         from sipmask.media.rtpengine import RtpengineBackend
+        rtpengine = config.media.rtpengine
         return RtpengineBackend(config.media, on_timeout=on_timeout,
-                                dtmf_listen=config.media.rtpengine.dtmf_log)
+                                dtmf_listen=rtpengine.dtmf_log,
+                                recording_dir=rtpengine.recording_dir)
     from sipmask.media.embedded import EmbeddedBackend
     return EmbeddedBackend(config.media, on_timeout=on_timeout)
 

@@ -302,6 +302,10 @@ class RtpengineConfig:
     # with --dtmf-log-dest set to this address. None: RFC 4733 keys are not heard (INFO
     # keys still are). Events are taken only from the ng host (media/rtpengine.py).
     dtmf_log: HostPort | None = None
+    # rtpengine's --recording-dir (with --recording-method=pcap), on this host: sipmask
+    # turns each recorded call's pcap there into its sealed recording and removes the pcap.
+    # None: calls through rtpengine are not recorded (the CDR's recording stays null).
+    recording_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -78,14 +78,15 @@ module) carries them; measured in tests/integration/test_rtpengine_services.py:
   In-band tones are not reported (nor with "always transcode"): collect_digits(inband=True)
   is refused.
 - Recording: `start recording` / `stop recording` with rtpengine's `--recording-method=pcap`
-  writes a pcap of what the parties sent into `<recording_dir>/pcaps/<call id>-*.pcap` (the
-  "proc" method needs the kernel module). When the recording stops (or the call is
-  deleted) sipmask reads the pcap (media/pcap.py) in a worker thread, tells the caller's
-  packets from the callee's by the rtpengine port they were sent to, feeds CallRecorder and
-  writes the same stereo WAV through the same sink as the embedded relay, then removes the
-  pcap and its metadata file. The pcap itself is plain and takes rtpengine's umask (0644
-  seen) while the call lasts: rtpengine must run with umask 077 and recording_dir must be
-  sipmask's and rtpengine's alone. rtpengine's own "output-destination" is ignored by 10.5.
+  writes a pcap of what the parties sent into `<recording_dir>/pcaps/<call id>-*.pcap`, the
+  call id URI-escaped ("@" is "%40"; the "proc" method needs the kernel module). When the
+  recording stops (or the call is deleted) sipmask reads the pcap (media/pcap.py) in a
+  worker thread, tells the caller's packets from the callee's by the rtpengine port they
+  were sent to, feeds CallRecorder and writes the same stereo WAV through the same sink as
+  the embedded relay, then removes the pcap and its metadata file. The pcap itself is plain
+  and takes rtpengine's umask (0644 seen) while the call lasts: rtpengine must run with
+  umask 077 and recording_dir must be sipmask's and rtpengine's alone. rtpengine's own
+  "output-destination" is ignored by 10.5.
 - `play DTMF` (sending keys to a leg) answers ok but only injects into RTP the leg is
   sending at that moment; sipmask does not use it.
 """
@@ -105,6 +106,7 @@ import shutil
 import socket
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
@@ -701,7 +703,10 @@ class RtpengineBackend:
         """rtpengine's pcap of the call into the stereo WAV, in a worker thread (a long
         call's pcap is tens of MB); the pcap and its metadata are removed after."""
         assert self._recording_dir is not None
-        pcaps = sorted(self._recording_dir.glob(f"pcaps/{glob.escape(call_id)}-*.pcap"))
+        # rtpengine names the files after the call id URI-escaped (GLib's
+        # g_uri_escape_string: all but RFC 3986's unreserved characters, so "@" is "%40").
+        stem = glob.escape(urllib.parse.quote(call_id, safe=""))
+        pcaps = sorted(self._recording_dir.glob(f"pcaps/{stem}-*.pcap"))
         sides = self._ports.get(call_id, {})
         codecs: dict[str, dict[int, G711]] = {}
         for leg in LEGS:
@@ -711,7 +716,7 @@ class RtpengineBackend:
                                           sides.get("a", frozenset()),
                                           sides.get("b", frozenset()), codecs)
         await asyncio.to_thread(_remove, [*pcaps, *self._recording_dir.glob(
-            f"metadata/rtpengine-meta-{glob.escape(call_id)}-*")])
+            f"metadata/rtpengine-meta-{stem}-*")])
         if outcome.failed:
             self.services.recordings_failed += 1
         self._outcomes[call_id] = outcome
