@@ -766,3 +766,34 @@ def test_a_media_line_added_while_a_prompt_plays_is_muted_too(run: Runner) -> No
         a_video.send(frame, (RELAY, session.local(Side.A, 1).rtp))
         assert await b_video.recv() == frame
     run(test)
+
+
+def test_the_prompt_ticker_keeps_its_grid_and_one_failing_stream_stops_nobody(
+        run: Runner) -> None:
+    # One loop timer for every prompt (services.PromptTicker): ticks 20 ms apart on the
+    # grid its first stream started, a stream joining later starts on the next tick, and a
+    # stream whose send raises goes to the loop's exception handler while the others (and
+    # the ticks) go on; the last to leave stops the timer.
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[BaseException | None] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(
+            context.get("exception")))
+        ticker = services_module.PromptTicker(loop.time)
+        ticks: list[float] = []
+        start = ticker.join("good", ticks.append)
+
+        def broken(now: float) -> None:
+            raise RuntimeError("broken stream")
+        await asyncio.sleep(0.03)
+        second = ticker.join("broken", broken)
+        assert round((second - start) / 0.020, 6) == 2       # the next tick on the grid
+        await asyncio.sleep(0.07)
+        ticker.leave("broken")
+        ticker.leave("good")
+        assert ticker._timer is None and len(ticker) == 0
+        assert 2 <= len(ticks) <= 6                          # 100 ms: 5 on time
+        assert all(now >= start + k * 0.020 - 1e-9 for k, now in enumerate(ticks))
+        assert errors and all(isinstance(e, RuntimeError) for e in errors)
+        assert len(errors) <= len(ticks) - 1
+    run(test)
