@@ -81,7 +81,7 @@ def relay_process(conn: Connection, ports: PortRange, loop_kind: str) -> None:
     pin(RELAY_CORE)
     from sipmask.media.prompt import announcement
     from sipmask.media.relay import Relay, Side
-    from sipmask.media.services import CallServices, LegMedia
+    from sipmask.media.services import CallServices, LegMedia, PromptTicker
     from sipmask.media.wav import G711
     from sipmask.store.crypto import Keyring
     from sipmask.store.recording_file import SealedWriter
@@ -97,6 +97,7 @@ def relay_process(conn: Connection, ports: PortRange, loop_kind: str) -> None:
         relay = Relay(MediaConfig(address=HOST, ports=ports, timeout_s=3600),
                       on_timeout=lambda call_id: None, sweep=False)
         services: list[CallServices] = []
+        ticker = PromptTicker(relay.clock)      # as EmbeddedBackend has one per relay
 
         async def handle(message: tuple[Any, ...]) -> None:
             if message[0] == "open":
@@ -114,7 +115,7 @@ def relay_process(conn: Connection, ports: PortRange, loop_kind: str) -> None:
                 for index, session in enumerate(sessions if service is not None else []):
                     call = CallServices(session, clock=relay.clock,
                                         describe=lambda leg: pcmu, counters=relay.services,
-                                        disk=relay.disk)
+                                        disk=relay.disk, ticker=ticker)
                     session.services = call
                     services.append(call)
                     if service == "record":

@@ -491,7 +491,10 @@ def build_media(config: Config, on_timeout: Callable[[str], None]) -> MediaBacke
     """The media backend `media.backend` names (imported on demand)."""
     if config.media.backend == "rtpengine":
         from sipmask.media.rtpengine import RtpengineBackend
-        return RtpengineBackend(config.media, on_timeout=on_timeout)
+        rtpengine = config.media.rtpengine
+        return RtpengineBackend(config.media, on_timeout=on_timeout,
+                                dtmf_listen=rtpengine.dtmf_log,
+                                recording_dir=rtpengine.recording_dir)
     from sipmask.media.embedded import EmbeddedBackend
     return EmbeddedBackend(config.media, on_timeout=on_timeout)
 
@@ -726,6 +729,15 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
     except ListenError as exc:
         print(f"sipmask: {exc}", file=sys.stderr, flush=True)
         await services.close()
+        return EXIT_FAILED
+    try:
+        await services.media.start()
+    except OSError as exc:
+        server.close()
+        await services.close()
+        print(f"sipmask: cannot listen for rtpengine's DTMF log on "
+              f"{config.media.rtpengine.dtmf_log} (media.rtpengine.dtmf_log): "
+              f"{exc.strerror or exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     try:
         await services.start()

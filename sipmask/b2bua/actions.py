@@ -181,11 +181,12 @@ class StopPrompt:
 
 @dataclass(slots=True)
 class CollectDigits:
-    """Report `leg`'s RFC 4733 key presses as DigitHeard events until StopDigits or the
-    call's media is deleted."""
+    """Report `leg`'s RFC 4733 key presses (and with `inband`, its in-band tones) as
+    DigitHeard events until StopDigits or the call's media is deleted."""
 
     call_id: str
     leg: Leg
+    inband: bool = False
 
 
 @dataclass(slots=True)

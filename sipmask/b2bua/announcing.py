@@ -216,7 +216,8 @@ class Announcer:
         send_early(core, p.setup.event.txn_id, request, p.a_tag, contact, done.sdp)
         if p.kind is Kind.EXTENSION:
             p.collecting = True
-            core.add(CollectDigits(p.call_id, Leg.A))
+            # A trunk that sends neither RFC 4733 nor INFO keys by tones (its config says).
+            core.add(CollectDigits(p.call_id, Leg.A, inband=p.setup.trunk.inband_dtmf))
         self._play(p)
 
     def _play(self, p: Prompting) -> None:

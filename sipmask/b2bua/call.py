@@ -91,6 +91,7 @@ class Action(Enum):
     ANSWER_BYE_B = "answer_bye_b"
     RELAY_REQUEST_TO_B = "relay_request_to_b"
     RELAY_REQUEST_TO_A = "relay_request_to_a"
+    ANSWER_UNBRIDGED = "answer_unbridged"  # a request no party may get yet (a notice plays)
     FREE_MEDIA = "free_media"
     WRITE_CDR = "write_cdr"
 
@@ -159,6 +160,10 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.NOTICE, E.B_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_B, A.ANSWER_A_480)),
     (S.NOTICE, E.MEDIA_TIMEOUT): (S.ENDING, (*_END, A.ANSWER_A_503, A.BYE_B)),
     (S.NOTICE, E.SHUTDOWN): (S.ENDING, (*_END, A.ANSWER_A_503, A.BYE_B)),
+    # The parties are not connected while a notice plays: what either sends the other
+    # (keys, offers) is answered by sipmask, never relayed (relaying.answer_unbridged).
+    (S.NOTICE, E.A_REQUEST): (S.NOTICE, (A.ANSWER_UNBRIDGED,)),
+    (S.NOTICE, E.B_REQUEST): (S.NOTICE, (A.ANSWER_UNBRIDGED,)),
 
     (S.ANSWERED, E.A_ACK): (S.CONFIRMED, ()),
     (S.ANSWERED, E.A_ACK_TIMEOUT): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
@@ -257,6 +262,7 @@ class Call:
     invite_at: float
     state: CallState = CallState.ROUTING
     ring_at: float | None = None
+    # When the caller got its 200: B's answer, or the end of the notices that followed it.
     answer_at: float | None = None
     end_at: float | None = None
     release_side: str | None = None
@@ -282,6 +288,11 @@ class Call:
                 state is S.CALLING or state is S.EARLY):
             self.answer_at = now
             self.sip_status = status or 200
+        elif event is E.NOTICE_DONE:
+            # The parties are connected now, the caller's 200 on its way: talk time (and
+            # billing, as the caller's carrier counts it from that 200) starts here, not at
+            # the callee's answer. A notice is not talk time.
+            self.answer_at = now
         if relay_failure:
             self.sip_status = status
         if ends and state is S.NOTICE:

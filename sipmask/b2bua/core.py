@@ -866,6 +866,7 @@ _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
     Action.ANSWER_BYE_B: CallCore._answer_bye,
     Action.RELAY_REQUEST_TO_B: CallCore._relay_to_b,
     Action.RELAY_REQUEST_TO_A: CallCore._relay_to_a,
+    Action.ANSWER_UNBRIDGED: relaying.answer_unbridged,
     Action.FREE_MEDIA: CallCore._free_media_action,
     Action.WRITE_CDR: CallCore._write_cdr,
 }

@@ -475,7 +475,7 @@ class Engine:
 
     def _collect_digits(self, action: CollectDigits) -> None:
         self._spawn(self._media_quietly(self.media.collect_digits(
-            action.call_id, action.leg, self._on_digit)))
+            action.call_id, action.leg, self._on_digit, inband=action.inband)))
 
     def _stop_digits(self, action: StopDigits) -> None:
         self._spawn(self._media_quietly(self.media.stop_digits(action.call_id, action.leg)))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sipmask.b2bua import masking
 from sipmask.b2bua.actions import Cancel, MediaDone
 from sipmask.b2bua.call import CallEvent, Leg
-from sipmask.b2bua.context import CallContext, Relay
+from sipmask.b2bua.context import CallContext, Relay, Transition
 from sipmask.errors import SipError
 from sipmask.sip.dialog import Dialog, DialogState
 from sipmask.sip.message import Request, Response
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 SDP = masking.SDP
 ALLOW_HEADER = (("Allow", ALLOW),)
+NOT_CONNECTED = "Server Internal Error (call not connected yet)"
 _BYE_EVENT = {Leg.A: CallEvent.A_BYE, Leg.B: CallEvent.B_BYE}
 _REQUEST_EVENT = {Leg.A: CallEvent.A_REQUEST, Leg.B: CallEvent.B_REQUEST}
 
@@ -225,6 +226,31 @@ def _send_relayed_response(core: CallCore, relay: Relay, response: Response,
         response, relay.request, to_tag=to_tag, contact=core.contact_of(ctx, relay.from_leg),
         body=body, content_type=content_type, crossed=core.crossing(response), allow=ALLOW)
     core.send_response(relay.origin_txn, out)
+
+
+def answer_unbridged(core: CallCore, ctx: CallContext, transition: Transition) -> None:
+    """A request for the other party while a notice plays (call state NOTICE): the parties
+    are not connected, so nothing crosses and sipmask answers. INFO (keys pressed during
+    the notice) gets 200, as RFC 6086 §4.2.2 asks of an INFO taken, and is dropped:
+    the other party never hears the keys. Anything else gets 500 with Retry-After: the
+    caller's offer is unanswered while its INVITE has no final response, so its second
+    offer is refused so by RFC 3261 §14.2 (re-INVITE) and RFC 3311 §5.2 (UPDATE); the
+    callee has no offer pending (491 would say glare), but what it offers could reach
+    nobody yet, and the notice ends within seconds. Both are counted."""
+    assert transition.origin is not None
+    txn_id, request = transition.origin
+    try:
+        core.request_body(request)          # a body without Content-Type: 400, as ever
+    except SipError as exc:
+        core.reply(txn_id, request, exc.status, reason=exc.reason)
+        return
+    if request.method == "INFO":
+        core.stats["info_during_notice"] += 1
+        core.reply(txn_id, request, 200)
+        return
+    core.stats["requests_during_notice"] += 1
+    core.reply(txn_id, request, 500, reason=NOT_CONNECTED,
+               extra=(("Retry-After", core.retry_after()),))
 
 
 def failed(core: CallCore, relay: Relay, txn_id: str, status: int) -> None:

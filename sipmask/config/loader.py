@@ -240,6 +240,16 @@ def _check_whole(config: Config, source: str) -> None:
                           "signalled_ip cannot be enforced by rtpengine (it learns any "
                           "source for its first seconds): use strict with rtpengine, or "
                           "media.backend: relay for phones behind NAT", "signalled_ip")
+    if config.media.backend == "rtpengine":
+        for name, trunk in config.trunks.items():
+            if trunk.inband_dtmf:
+                # rtpengine 10.5 reports RFC 4733 events only, none for tones (not even
+                # with "always transcode"; media/rtpengine.py): keys would never be heard.
+                raise ConfigError(source, f"trunks.{name}.inband_dtmf",
+                                  "in-band DTMF is not available with rtpengine (it reports "
+                                  "RFC 4733 events only): use media.backend: relay for this "
+                                  "trunk's callers, or have the trunk send RFC 4733 or INFO",
+                                  True)
     if config.store.backend == "postgres":
         if not config.store.dsn:
             raise ConfigError(source, "store.dsn", "is required when store.backend is postgres")

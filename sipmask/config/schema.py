@@ -270,6 +270,9 @@ class TrunkConfig:
     # A leg-B INVITE with no response at all (not even 100 Trying) this long goes to the
     # next target; also a probe's deadline. 0: Timer B (64*T1) decides.
     failover_timeout_ms: int = 2000
+    # Callers on this trunk key the AXE extension with in-band tones too (a trunk that
+    # sends neither RFC 4733 nor INFO); the embedded relay only (rtpengine hears no tones).
+    inband_dtmf: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,14 @@ class StoreConfig:
 class RtpengineConfig:
     ng: HostPort = HostPort("127.0.0.1", 2223)
     timeout_ms: int = 1000
+    # Where sipmask listens, from start-up, for rtpengine's DTMF log: rtpengine must run
+    # with --dtmf-log-dest set to this address. None: RFC 4733 keys are not heard (INFO
+    # keys still are). Events are taken only from the ng host (media/rtpengine.py).
+    dtmf_log: HostPort | None = None
+    # rtpengine's --recording-dir (with --recording-method=pcap), on this host: sipmask
+    # turns each recorded call's pcap there into its sealed recording and removes the pcap.
+    # None: calls through rtpengine are not recorded (the CDR's recording stays null).
+    recording_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,11 @@ class CallStats:
 
 
 class MediaBackend(Protocol):
+    async def start(self) -> None:
+        """Open what must listen before the first call (rtpengine: its DTMF log). Raises
+        OSError when it cannot."""
+        ...
+
     async def offer(self, call_id: str, leg: str, sdp: bytes, *,
                     sip_source: str | None = None) -> bytes:
         """`leg` offers `sdp`; returns the SDP to send to the other leg (media via sipmask).

@@ -55,7 +55,7 @@ from sipmask.media.backend import (
 )
 from sipmask.media.early_media import answer_sdp, offered_streams, plan
 from sipmask.media.relay import Relay
-from sipmask.media.services import CallServices, LegMedia, leg_media
+from sipmask.media.services import CallServices, LegMedia, PromptTicker, leg_media
 from sipmask.media.wav import Audio
 from sipmask.sdp import scan
 from sipmask.sdp.endpoints import MediaEndpoint
@@ -103,6 +103,10 @@ class EmbeddedBackend:
         self._held: dict[str, set[str]] = {}   # call id -> legs whose last SDP was hold
         self._bodies: dict[str, dict[str, bytes]] = {}   # call id -> leg -> its last SDP
         self._services: dict[str, CallServices] = {}     # calls that use media services
+        self._ticker = PromptTicker(self.relay.clock)     # one loop timer for every prompt
+
+    async def start(self) -> None:
+        """Nothing to open before the first call: the relay binds ports per call."""
 
     async def offer(self, call_id: str, leg: str, sdp: bytes, *,
                     sip_source: str | None = None) -> bytes:
@@ -256,7 +260,8 @@ class EmbeddedBackend:
             raise MediaError(f"no media session for call {call_id}")
         services = CallServices(session, clock=self.relay.clock,
                                 describe=lambda leg: self._describe(call_id, leg),
-                                counters=self.relay.services, disk=self.relay.disk)
+                                counters=self.relay.services, disk=self.relay.disk,
+                                ticker=self._ticker)
         services.bridged = session.remote_known("a") and session.remote_known("b")
         session.services = services
         self._services[call_id] = services

@@ -78,14 +78,15 @@ module) carries them; measured in tests/integration/test_rtpengine_services.py:
   In-band tones are not reported (nor with "always transcode"): collect_digits(inband=True)
   is refused.
 - Recording: `start recording` / `stop recording` with rtpengine's `--recording-method=pcap`
-  writes a pcap of what the parties sent into `<recording_dir>/pcaps/<call id>-*.pcap` (the
-  "proc" method needs the kernel module). When the recording stops (or the call is
-  deleted) sipmask reads the pcap (media/pcap.py) in a worker thread, tells the caller's
-  packets from the callee's by the rtpengine port they were sent to, feeds CallRecorder and
-  writes the same stereo WAV through the same sink as the embedded relay, then removes the
-  pcap and its metadata file. The pcap itself is plain and takes rtpengine's umask (0644
-  seen) while the call lasts: rtpengine must run with umask 077 and recording_dir must be
-  sipmask's and rtpengine's alone. rtpengine's own "output-destination" is ignored by 10.5.
+  writes a pcap of what the parties sent into `<recording_dir>/pcaps/<call id>-*.pcap`, the
+  call id URI-escaped ("@" is "%40"; the "proc" method needs the kernel module). When the
+  recording stops (or the call is deleted) sipmask reads the pcap (media/pcap.py) in a
+  worker thread, tells the caller's packets from the callee's by the rtpengine port they
+  were sent to, feeds CallRecorder and writes the same stereo WAV through the same sink as
+  the embedded relay, then removes the pcap and its metadata file. The pcap itself is plain
+  and takes rtpengine's umask (0644 seen) while the call lasts: rtpengine must run with
+  umask 077 and recording_dir must be sipmask's and rtpengine's alone. rtpengine's own
+  "output-destination" is ignored by 10.5.
 - `play DTMF` (sending keys to a leg) answers ok but only injects into RTP the leg is
   sending at that moment; sipmask does not use it.
 """
@@ -105,6 +106,7 @@ import shutil
 import socket
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
@@ -298,17 +300,26 @@ class RtpengineBackend:
         self._outcomes: dict[str, RecordingOutcome] = {}
         self._background: set[asyncio.Task[None]] = set()   # unblocks after a prompt ends
 
+    async def start(self) -> None:
+        """Listen for rtpengine's DTMF log now (`sipmask serve` calls this at start-up):
+        rtpengine's log socket is connected, and an event sent while nobody listens leaves
+        an ICMP error that loses the next one, so listening from the first call that wants
+        keys would lose keys. OSError when the address cannot be bound."""
+        await self._listen_dtmf()
+
+    async def _listen_dtmf(self) -> None:
+        if self._dtmf_listen is not None and self._dtmf is None:
+            self._dtmf = await _DtmfLog.listen(self._dtmf_listen, self.target.host,
+                                               self._digit)
+
     async def client(self) -> NgClient:
         if self._client is None:
             self._connecting = self._connecting or asyncio.Lock()
             async with self._connecting:
                 if self._client is None:
-                    if self._dtmf_listen is not None and self._dtmf is None:
-                        # Listening from the first request on, not from the first call that
-                        # wants keys: rtpengine's log socket is connected, and an event sent
-                        # while nobody listens leaves an ICMP error that loses the next one.
-                        self._dtmf = await _DtmfLog.listen(self._dtmf_listen,
-                                                           self.target.host, self._digit)
+                    # Without start() (a backend used on its own), from the first request
+                    # on at the latest.
+                    await self._listen_dtmf()
                     self._client = await NgClient.connect(
                         self.target, timeout_s=self._timeout_s, attempts=self._attempts)
         return self._client
@@ -692,7 +703,10 @@ class RtpengineBackend:
         """rtpengine's pcap of the call into the stereo WAV, in a worker thread (a long
         call's pcap is tens of MB); the pcap and its metadata are removed after."""
         assert self._recording_dir is not None
-        pcaps = sorted(self._recording_dir.glob(f"pcaps/{glob.escape(call_id)}-*.pcap"))
+        # rtpengine names the files after the call id URI-escaped (GLib's
+        # g_uri_escape_string: all but RFC 3986's unreserved characters, so "@" is "%40").
+        stem = glob.escape(urllib.parse.quote(call_id, safe=""))
+        pcaps = sorted(self._recording_dir.glob(f"pcaps/{stem}-*.pcap"))
         sides = self._ports.get(call_id, {})
         codecs: dict[str, dict[int, G711]] = {}
         for leg in LEGS:
@@ -702,7 +716,7 @@ class RtpengineBackend:
                                           sides.get("a", frozenset()),
                                           sides.get("b", frozenset()), codecs)
         await asyncio.to_thread(_remove, [*pcaps, *self._recording_dir.glob(
-            f"metadata/rtpengine-meta-{glob.escape(call_id)}-*")])
+            f"metadata/rtpengine-meta-{stem}-*")])
         if outcome.failed:
             self.services.recordings_failed += 1
         self._outcomes[call_id] = outcome
@@ -764,8 +778,15 @@ class _DtmfLog(asyncio.DatagramProtocol):
                      on_event: Callable[[str, str, int], None]) -> _DtmfLog:
         log = cls(rtpengine_host, on_event)
         family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
-        await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: log, local_addr=(where.host, where.port), family=family)
+        # Bound here, not by the loop: the OSError then says why (uvloop's names only
+        # the address), and start-up prints it.
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((where.host, where.port))
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: log, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

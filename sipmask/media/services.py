@@ -6,10 +6,13 @@ first time the engine asks for a service (backend.py says what the engine calls 
 A call that never asks costs nothing: no object, no tap, no timer.
 
 Prompts. One `PromptPlayer` per leg for the call's life (one SSRC, sequence numbers going
-on from prompt to prompt, RFC 3550 §5.1), one loop timer per playing leg armed at the
-player's `next_due()`; each tick sends what `packets_due(now)` returns from the leg's relay
-RTP port to the leg's address (the SDP's, or the latched one). Stopping cancels the timer,
-so not one packet follows. While any prompt plays the session is muted (no RTP forwarded
+on from prompt to prompt, RFC 3550 §5.1). One `PromptTicker` per relay drives them all:
+one loop timer every 20 ms while any prompt plays, not one per playing leg (a loop timer
+per packet was most of a prompt's cost: bench/relay.py --prompts, README "Media
+services"). Each prompt starts on the ticker's 20 ms grid, so its packets fall due on
+ticks; each tick sends what `packets_due(now)` returns from the leg's relay RTP port to the
+leg's address (the SDP's, or the latched one). Stopping leaves the ticker at once, so not
+one packet follows. While any prompt plays the session is muted (no RTP forwarded
 between the parties, RelaySession.set_muted); the call is unmuted when the last one ends.
 The first time the call has both legs (`bridge`, from the answer that brings the second
 leg) every prompt stops: from then on the parties hear each other, and a prompt played after
@@ -41,6 +44,7 @@ prompt is sent in the first of the leg's G.711 types that the other leg's SDP al
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -59,7 +63,7 @@ from sipmask.media.backend import (
 from sipmask.media.disk import DiskWriter, QueuedSink
 from sipmask.media.dtmf import InbandDtmfDetector, TelephoneEventDecoder
 from sipmask.media.early_media import OfferedStream, offered_streams, plan
-from sipmask.media.prompt import PromptPlayer, choose_codec, telephone_event_type
+from sipmask.media.prompt import FRAME_S, PromptPlayer, choose_codec, telephone_event_type
 from sipmask.media.recorder import CallRecorder, Party, RecorderStats
 from sipmask.media.relay import RelaySession, ServiceCounters
 from sipmask.media.wav import G711, Audio
@@ -128,11 +132,70 @@ def _same_stream(other: Scan | None, index: int) -> OfferedStream | None:
     return streams[index]
 
 
+class PromptTicker:
+    """One loop timer for every prompt a relay plays (module docstring): while any stream
+    is registered it fires on a 20 ms grid and hands each its time. `join` returns when a
+    stream starting now sends its first packet: the next tick, so every packet it sends
+    falls due on one. A late tick hands over the late time (the player bursts or slips,
+    media/prompt.py); the grid stays where it was. A stream whose send raises is reported
+    to the loop's exception handler, as its own timer's callback would have been, and the
+    others go on."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._streams: dict[object, Callable[[float], None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._origin = 0.0       # the grid: tick k is at _origin + k * FRAME_S
+        self._next = 0           # the tick the timer is armed for
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def join(self, key: object, send: Callable[[float], None]) -> float:
+        """`send(now)` from the next tick on, until `leave(key)`; returns that tick's time."""
+        self._streams[key] = send
+        if self._timer is None:
+            self._origin, self._next = self._clock(), 0
+            self._arm()
+        return self._origin + self._next * FRAME_S
+
+    def leave(self, key: object) -> None:
+        self._streams.pop(key, None)
+        if not self._streams and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        due = self._origin + self._next * FRAME_S
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, due - self._clock()), self._tick)
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if now + 1e-9 < self._origin + self._next * FRAME_S:
+            self._arm()             # woken early (a loop's timer rounding): not due yet
+            return
+        for key, send in list(self._streams.items()):
+            if key not in self._streams:
+                continue            # left during this tick (another stream's end)
+            try:
+                send(now)
+            except Exception as exc:
+                asyncio.get_running_loop().call_exception_handler({
+                    "message": "prompt tick failed", "exception": exc})
+        if not self._streams:
+            self._timer = None
+            return
+        # The next grid tick after `now` (a late tick skips the ones it overran).
+        self._next = max(self._next + 1,
+                         math.floor((now - self._origin) / FRAME_S + 1e-9) + 1)
+        self._arm()
+
+
 @dataclass(eq=False)
 class _Playing:
     playback: Playback
     line: int
-    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -156,7 +219,7 @@ class CallServices:
 
     def __init__(self, session: RelaySession, *, clock: Callable[[], float],
                  describe: Callable[[Leg], LegMedia | None],
-                 counters: ServiceCounters, disk: DiskWriter) -> None:
+                 counters: ServiceCounters, disk: DiskWriter, ticker: PromptTicker) -> None:
         self.session = session
         self.call_id = session.call_id
         self._clock = clock
@@ -164,6 +227,7 @@ class CallServices:
         self._describe = describe
         self._counters = counters
         self._disk = disk
+        self._ticker = ticker
         self._media: dict[Leg, LegMedia | None] = {leg: describe(leg) for leg in LEGS}
         self._players: dict[Leg, PromptPlayer] = {}     # kept for the call: one SSRC per leg
         self._playing: dict[Leg, _Playing] = {}
@@ -204,7 +268,9 @@ class CallServices:
         if leg in self._playing:
             self._end(leg, PlayEnd.REPLACED)
         codec, payload_type = media.prompt
-        now = self._clock()
+        playing = self._playing[leg] = _Playing(playback, media.line)
+        # The player starts on the ticker's next tick (PromptTicker).
+        now = self._ticker.join(playing, lambda now: self._send_due(leg, now))
         player = self._players.get(leg)
         if player is None or (player.codec, player.payload_type) != (codec, payload_type):
             # RFC 3550 §5.1: random SSRC, first sequence number and timestamp.
@@ -216,38 +282,27 @@ class CallServices:
             self._players[leg] = player
         else:
             player.play(audio, now, loop=loop)
-        self._playing[leg] = _Playing(playback, media.line)
         self.session.set_muted(True)
-        self._arm_player(leg)
         return playback
 
     def stop_play(self, leg: Leg) -> None:
         if leg in self._playing:
             self._end(leg, PlayEnd.STOPPED)
 
-    def _arm_player(self, leg: Leg) -> None:
+    def _send_due(self, leg: Leg, now: float) -> None:
+        """The ticker's call: what the leg's player has due by `now`."""
         playing = self._playing[leg]
-        due = self._players[leg].next_due()
-        if due is None:
-            self._end(leg, PlayEnd.FINISHED)
-            return
-        playing.timer = self._call_at(due, self._send_due, leg)
-
-    def _send_due(self, leg: Leg) -> None:
-        playing = self._playing.get(leg)
-        if playing is None:
-            return                  # stopped after the timer fired, before it ran
-        playing.timer = None
+        player = self._players[leg]
         session, line = self.session, playing.line
-        for packet in self._players[leg].packets_due(self._clock()):
+        for packet in player.packets_due(now):
             if session.send(leg, line, packet):
                 self._counters.prompt_packets += 1
-        self._arm_player(leg)
+        if not player.playing:
+            self._end(leg, PlayEnd.FINISHED)
 
     def _end(self, leg: Leg, reason: PlayEnd) -> None:
         playing = self._playing.pop(leg)
-        if playing.timer is not None:
-            playing.timer.cancel()
+        self._ticker.leave(playing)
         self._players[leg].stop()
         if not playing.playback.ended.done():
             playing.playback.ended.set_result(reason)

@@ -168,7 +168,8 @@ class ApiConnectionsLike(Protocol):
 
 
 # What the engine keeps from crossing to the other leg (engine.stats keys), as label values.
-CONTENT_DROPPED = ("body_parts_dropped", "body_untyped", "header_control_chars")
+CONTENT_DROPPED = ("body_parts_dropped", "body_untyped", "header_control_chars",
+                   "info_during_notice", "requests_during_notice")
 # Trunk targets (engine.stats keys `trunk_<event>`, b2bua/failover.py and trunks.py).
 TRUNK_EVENTS = ("failover", "late_answer", "no_target", "target_down", "target_up")
 
@@ -316,7 +317,8 @@ class _SourceCollector(Collector):
         family = CounterMetricFamily(
             "sipmask_content_dropped", "Bodies, body parts and header fields kept from "
             "crossing to the other leg (what): non-SDP bodies and multipart parts, bodies "
-            "without Content-Type, header values with control characters.", labels=["what"])
+            "without Content-Type, header values with control characters, INFOs and other "
+            "requests answered by sipmask while a notice played.", labels=["what"])
         for what in CONTENT_DROPPED:
             family.add_metric([what], stats.get(what, 0))
         yield family

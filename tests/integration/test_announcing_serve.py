@@ -22,18 +22,21 @@ from pathlib import Path
 
 import pytest
 
+from sipmask.config.schema import HostPort
 from sipmask.media import rtp
 from sipmask.media.wav import G711, encode_wav
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from tests.support.goertzel import goertzel_power
-from tests.support.net import free_port
+from tests.support.net import LOOPBACK, free_port
+from tests.support.rtpengine import free_udp_range, running_daemon
 from tests.support.serve import ServeProcess, sipmask_cli
-from tests.support.tones import pcm, sine
+from tests.support.tones import dtmf, pcm, silence, sine
 
 A, X, STRANGER = "13800000001", "700100000000001", "13700000003"
 CALLER_IP, CALLEE_IP = "127.0.0.2", "127.0.0.3"
 PCMU = ("0 101", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+PCMU_ONLY = ("0", "a=rtpmap:0 PCMU/8000\r\n")           # no telephone-event
 PCMA = ("8 101", "a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
 G729 = ("18", "a=rtpmap:18 G729/8000\r\n")
 
@@ -221,25 +224,28 @@ def key_events(key_code: int, timestamp: int, seq: int) -> list[bytes]:
     return packets
 
 
-def test_the_axe_prompt_takes_rfc4733_keys_and_routes_the_call_to_a(
-        serve: Callable[..., ServeProcess], tmp_path: Path, peers: tuple[Peer, Peer],
-        tone_file: Path) -> None:
-    caller, callee = peers
-    store = tmp_path / "calls.lmdb"
-    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
-    server, api_port, _ = start(serve, tmp_path, callee,
-                                "--set", f"announcements.ext_prompt={tone_file}")
-    text = invite(caller, server, X, PCMU)
-    caller.sip.sendto(text, server.udp)
-    ringing = caller.early()
-    relay = ("127.0.0.1", m_port(ringing.body))
-    assert rtp_packets(caller.rtp, 0.2)          # the prompt plays
+def press_rfc4733(caller: Peer, relay: tuple[str, int], keys: str) -> None:
+    """`keys` as RFC 4733 presses into the relay port the 183 named."""
     seq = 1
-    for n, key in enumerate("0042"):
+    for n, key in enumerate(keys):
         for packet in key_events(int(key), 8000 * (n + 1), seq):
             caller.rtp.sendto(packet, relay)
         seq += 4
         time.sleep(0.05)
+
+
+def prompted_call_reaches_a(server: ServeProcess, caller: Peer, callee: Peer,
+                            press: Callable[[tuple[str, int]], None],
+                            codecs: tuple[str, str] = PCMU) -> tuple[Response, Request]:
+    """Call the AXE X alone: the prompt plays as early media, `press` keys the extension
+    into the 183's media port, the new leg goes to A, and A's answer reaches the caller in
+    the same dialog on the same media port. Returns the caller's 200 and leg B's INVITE."""
+    text = invite(caller, server, X, codecs)
+    caller.sip.sendto(text, server.udp)
+    ringing = caller.early()
+    relay = ("127.0.0.1", m_port(ringing.body))
+    assert rtp_packets(caller.rtp, 0.2)          # the prompt plays
+    press(relay)
     leg_b = callee.message()
     assert isinstance(leg_b, Request) and leg_b.method == "INVITE"
     assert leg_b.uri.startswith(f"sip:{A}@")
@@ -255,6 +261,43 @@ def test_the_axe_prompt_takes_rfc4733_keys_and_routes_the_call_to_a(
     [ok] = caller.responses_until_final()
     assert ok.status == 200 and ok.to.tag == ringing.to.tag
     assert m_port(ok.body) == relay[1]           # the early session is the call's media
+    return ok, leg_b
+
+
+def hang_up(server: ServeProcess, caller: Peer, callee: Peer, ok: Response) -> None:
+    """The caller ACKs its 200 and hangs up; the callee answers the BYE sipmask sends on,
+    so the node has no call left (it stops at once)."""
+    call_id, from_, to = ok.call_id, ok.headers.get("from"), ok.headers.get("to")
+    for cseq, method in ((1, "ACK"), (2, "BYE")):
+        caller.sip.sendto((
+            f"{method} sip:{X}@{server.udp[0]}:{server.udp[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {caller.ip}:{caller.sip_port};branch=z9hG4bKhu{cseq}\r\n"
+            f"Max-Forwards: 70\r\nFrom: {from_}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n").encode(), server.udp)
+    bye = callee.message()
+    while isinstance(bye, Request) and bye.method == "ACK":      # sipmask's ACK of A's 200
+        bye = callee.message()
+    assert isinstance(bye, Request) and bye.method == "BYE", bye
+    vias = "".join(f"Via: {v}\r\n" for v in bye.headers.get_fields("via"))
+    callee.sip.sendto((
+        f"SIP/2.0 200 OK\r\n{vias}From: {bye.headers.get('from')}\r\n"
+        f"To: {bye.headers.get('to')}\r\nCall-ID: {bye.call_id}\r\n"
+        f"CSeq: {bye.headers.get('cseq')}\r\nContent-Length: 0\r\n\r\n").encode(),
+        server.udp)
+    final = caller.message()
+    assert isinstance(final, Response) and final.cseq.method == "BYE" and final.status == 200
+
+
+def test_the_axe_prompt_takes_rfc4733_keys_and_routes_the_call_to_a(
+        serve: Callable[..., ServeProcess], tmp_path: Path, peers: tuple[Peer, Peer],
+        tone_file: Path) -> None:
+    caller, callee = peers
+    store = tmp_path / "calls.lmdb"
+    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    server, api_port, _ = start(serve, tmp_path, callee,
+                                "--set", f"announcements.ext_prompt={tone_file}")
+    _ok, leg_b = prompted_call_reaches_a(
+        server, caller, callee, lambda relay: press_rfc4733(caller, relay, "0042"))
     # The parties hear each other through it: the callee's RTP reaches the caller.
     callee_relay = ("127.0.0.1", m_port(leg_b.body))
     for n in range(5):
@@ -262,3 +305,72 @@ def test_the_axe_prompt_takes_rfc4733_keys_and_routes_the_call_to_a(
     heard = [p for p, port in rtp_packets(caller.rtp, 0.5) if p.ssrc == 0x7777]
     assert len(heard) == 5
     assert metric(api_port, "sipmask_active_calls") == 1
+
+
+@pytest.mark.rtpengine
+def test_with_rtpengine_rfc4733_keys_reach_the_prompt_through_its_dtmf_log(
+        serve: Callable[..., ServeProcess], tmp_path: Path, peers: tuple[Peer, Peer],
+        tone_file: Path) -> None:
+    # rtpengine reports RFC 4733 events only to its --dtmf-log-dest; serve listens there
+    # (media.rtpengine.dtmf_log) from start-up, before any call.
+    caller, callee = peers
+    store = tmp_path / "calls.lmdb"
+    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    dtmf_log = HostPort(LOOPBACK, free_port())
+    with running_daemon(tmp_path, free_udp_range(),
+                        extra=[f"--dtmf-log-dest={dtmf_log}"]) as daemon:
+        server, api_port, _ = start(serve, tmp_path, callee,
+                                    "--set", f"announcements.ext_prompt={tone_file}",
+                                    "--set", "media.backend=rtpengine",
+                                    "--set", f"media.rtpengine.ng={daemon.ng}",
+                                    "--set", f"media.rtpengine.dtmf_log={dtmf_log}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken, \
+                pytest.raises(OSError):
+            taken.bind((dtmf_log.host, dtmf_log.port))     # serve holds it already
+        ok, _leg_b = prompted_call_reaches_a(
+            server, caller, callee, lambda relay: press_rfc4733(caller, relay, "0042"))
+        assert metric(api_port, "sipmask_media_digits_total") == 4
+        hang_up(server, caller, callee, ok)
+        assert server.stop() == 0
+
+
+def test_a_dtmf_log_address_that_cannot_be_bound_stops_start_up_naming_the_key(
+        serve: Callable[..., ServeProcess], tmp_path: Path, peers: tuple[Peer, Peer]) -> None:
+    _caller, callee = peers
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        busy = f"{LOOPBACK}:{taken.getsockname()[1]}"
+        with pytest.raises(AssertionError, match=(
+                rf"exited 1:\nsipmask: cannot listen for rtpengine's DTMF log on {busy} "
+                r"\(media.rtpengine.dtmf_log\): Address already in use")):
+            start(serve, tmp_path, callee, "--set", "media.backend=rtpengine",
+                  "--set", f"media.rtpengine.dtmf_log={busy}")
+
+
+def press_tones(caller: Peer, relay: tuple[str, int], keys: str) -> None:
+    """`keys` as in-band DTMF tones (100 ms each, 100 ms apart) in PCMU RTP, no RFC 4733."""
+    audio = []
+    for key in keys:
+        audio += dtmf(key, 0.1) + silence(0.1)
+    encoded = G711.PCMU.encode(pcm(audio))
+    for n, at in enumerate(range(0, len(encoded), 160)):
+        caller.rtp.sendto(rtp.build(0, n, n * 160, 0x7171, encoded[at:at + 160]), relay)
+        time.sleep(0.002)
+
+
+def test_a_trunk_with_inband_dtmf_keys_the_extension_with_tones(
+        serve: Callable[..., ServeProcess], tmp_path: Path, peers: tuple[Peer, Peer],
+        tone_file: Path) -> None:
+    # trunks.<t>.inband_dtmf: a trunk that sends neither RFC 4733 nor INFO keys the AXE
+    # extension with tones the embedded relay hears (media/dtmf.py's Goertzel detector).
+    caller, callee = peers
+    store = tmp_path / "calls.lmdb"
+    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    server, api_port, _ = start(serve, tmp_path, callee,
+                                "--set", f"announcements.ext_prompt={tone_file}",
+                                "--set", "trunks.carrier.inband_dtmf=true")
+    ok, _leg_b = prompted_call_reaches_a(
+        server, caller, callee, lambda relay: press_tones(caller, relay, "0042"),
+        codecs=PCMU_ONLY)
+    assert metric(api_port, "sipmask_media_digits_total") == 4
+    hang_up(server, caller, callee, ok)

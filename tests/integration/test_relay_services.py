@@ -208,8 +208,8 @@ def test_a_leg_hears_the_prompt_as_pcmu_rtp_every_20_ms(run: Runner) -> None:
 def test_a_prompt_wakes_the_loop_once_per_packet(run: Runner) -> None:
     # uvloop keeps time in whole milliseconds and truncates a timer's delay: a due time
     # off the millisecond grid fires early, finds nothing due and re-arms until the
-    # millisecond turns (ten wakeups a packet in a bench with such due times). A prompt's
-    # due times start at the loop's own time and step by 20 ms, so each wakeup sends.
+    # millisecond turns (ten wakeups a packet in a bench with such due times). The prompt
+    # ticker's grid starts at the loop's own time and steps by 20 ms, so each wakeup sends.
     async def test() -> None:
         backend = backend_for()
         a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
@@ -219,10 +219,10 @@ def test_a_prompt_wakes_the_loop_once_per_packet(run: Runner) -> None:
         send_due = services._send_due
         wakeups = 0
 
-        def counted(leg: Leg) -> None:
+        def counted(leg: Leg, now: float) -> None:
             nonlocal wakeups
             wakeups += 1
-            send_due(leg)
+            send_due(leg, now)
         services._send_due = counted  # type: ignore[method-assign]
         assert await asyncio.wait_for(playback.ended, 2) is PlayEnd.FINISHED
         sent = backend.relay.stats().prompt_packets
@@ -680,10 +680,11 @@ def test_every_service_is_released_on_every_ending(run: Runner, tmp_path: Path,
         [sink] = files
         assert not untapped(session) and session.muted
         await a.recv()
-        # The timers armed now (each tick arms the next); nothing below yields to the loop
-        # before the ending has run.
-        timers = [p.timer for p in services._playing.values()]
-        timers.append(services._recording.timer)
+        # The timers armed now (each tick arms the next): the prompts' shared ticker's and
+        # the recording's; nothing below yields to the loop before the ending has run.
+        ticker = backend._ticker
+        assert len(ticker) == 2
+        timers = [ticker._timer, services._recording.timer]
         # Block (not yield) past every timer's due time: an ending that yields to the loop
         # before it releases lets them run and arm the next ones.
         time.sleep(0.05)
@@ -702,6 +703,7 @@ def test_every_service_is_released_on_every_ending(run: Runner, tmp_path: Path,
             assert untapped(session) and not session.muted
         assert [p.ended.result() for p in playbacks] == [expected, expected]
         assert all(t is not None and t.cancelled() for t in timers)
+        assert len(ticker) == 0 and ticker._timer is None        # no prompt left on it
         assert sink._file._fd is None                            # the file is closed
         await drain(a)
         await drain(b)
@@ -763,4 +765,35 @@ def test_a_media_line_added_while_a_prompt_plays_is_muted_too(run: Runner) -> No
         await backend.stop_play("m2", "a")
         a_video.send(frame, (RELAY, session.local(Side.A, 1).rtp))
         assert await b_video.recv() == frame
+    run(test)
+
+
+def test_the_prompt_ticker_keeps_its_grid_and_one_failing_stream_stops_nobody(
+        run: Runner) -> None:
+    # One loop timer for every prompt (services.PromptTicker): ticks 20 ms apart on the
+    # grid its first stream started, a stream joining later starts on the next tick, and a
+    # stream whose send raises goes to the loop's exception handler while the others (and
+    # the ticks) go on; the last to leave stops the timer.
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[BaseException | None] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(
+            context.get("exception")))
+        ticker = services_module.PromptTicker(loop.time)
+        ticks: list[float] = []
+        start = ticker.join("good", ticks.append)
+
+        def broken(now: float) -> None:
+            raise RuntimeError("broken stream")
+        await asyncio.sleep(0.03)
+        second = ticker.join("broken", broken)
+        assert round((second - start) / 0.020, 6) == 2       # the next tick on the grid
+        await asyncio.sleep(0.07)
+        ticker.leave("broken")
+        ticker.leave("good")
+        assert ticker._timer is None and len(ticker) == 0
+        assert 2 <= len(ticks) <= 6                          # 100 ms: 5 on time
+        assert all(now >= start + k * 0.020 - 1e-9 for k, now in enumerate(ticks))
+        assert errors and all(isinstance(e, RuntimeError) for e in errors)
+        assert len(errors) <= len(ticks) - 1
     run(test)

@@ -241,17 +241,22 @@ KEYS = Keyring.generate()
 
 
 
+# A call id as sipmask makes them (hex@host): rtpengine names its pcap and metadata files
+# after the URI-escaped id ("rr1%40127.0.0.1-...").
+RR1 = "rr1@127.0.0.1"
+
+
 def test_a_recorded_call_becomes_the_stereo_wav(run: Runner, services: Services,
                                                 tmp_path: Path) -> None:
     async def test() -> None:
         backend = backend_for(services, tmp_path)
         a, b = await UdpPeer.open(), await UdpPeer.open()
-        a_port, b_port = await answered(backend, "rr1", a, b)
+        a_port, b_port = await answered(backend, RR1, a, b)
         out = tmp_path / "out"
         await backend.start_recording(
-            "rr1", lambda: SealedWriter.create(out, "rr1.wav", KEYS, "demo"))
+            RR1, lambda: SealedWriter.create(out, "rr1.wav", KEYS, "demo"))
         await talk(a, a_port, b, b_port, 0.6)
-        outcome = await backend.stop_recording("rr1")
+        outcome = await backend.stop_recording(RR1)
         assert outcome is not None and outcome.file == "rr1.wav" and not outcome.failed
         path = out / "rr1.wav"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -259,9 +264,9 @@ def test_a_recorded_call_becomes_the_stereo_wav(run: Runner, services: Services,
         assert len(left) >= 0.55 * 8000
         assert goertzel_power(left, 1000, 8000) > 100 * goertzel_power(left, 1600, 8000)
         assert goertzel_power(right, 1600, 8000) > 100 * goertzel_power(right, 1000, 8000)
-        assert list((services.recordings / "pcaps").glob("rr1-*")) == []    # removed
-        assert list((services.recordings / "metadata").glob("*rr1-*")) == []
-        stats = await backend.delete("rr1")
+        assert list((services.recordings / "pcaps").glob("rr1*")) == []    # removed
+        assert list((services.recordings / "metadata").glob("*rr1*")) == []
+        stats = await backend.delete(RR1)
         assert stats.recording == outcome
     run(test)
 

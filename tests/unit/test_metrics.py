@@ -233,7 +233,8 @@ def test_security_counters_reach_metrics() -> None:
     from sipmask.api.connections import ConnectionCounts
 
     stats: Counter[str] = Counter({"body_parts_dropped": 3, "header_control_chars": 1,
-                                   "calls": 9, "trunk_failover": 2})
+                                   "calls": 9, "trunk_failover": 2, "info_during_notice": 4,
+                                   "requests_during_notice": 1})
     sip = SipCounters(tcp_refused_per_ip=5, tcp_refused_acl=2, tcp_message_timeouts=4,
                       tls_failed=1)
     api = ConnectionCounts(open=2, refused=7, head_timeouts=6)
@@ -251,6 +252,9 @@ def test_security_counters_reach_metrics() -> None:
     assert got[(dropped, (("what", "body_parts_dropped"),))] == 3
     assert got[(dropped, (("what", "body_untyped"),))] == 0
     assert got[(dropped, (("what", "header_control_chars"),))] == 1
+    # Issue 15: what a party sent while a notice played (b2bua/relaying.answer_unbridged).
+    assert got[(dropped, (("what", "info_during_notice"),))] == 4
+    assert got[(dropped, (("what", "requests_during_notice"),))] == 1
     assert got[("sipmask_api_connections", ())] == 2
     assert got[("sipmask_api_connections_closed_total", (("reason", "refused"),))] == 7
     assert got[("sipmask_api_connections_closed_total", (("reason", "head_timeout"),))] == 6

@@ -558,3 +558,130 @@ def test_a_notice_that_cannot_play_lets_the_call_go_on() -> None:
     h.media.prompt_outcome = PlayEnd.UNPLAYABLE        # B's codec is neither PCMU nor PCMA
     answer(h)
     assert statuses(from_a(h)) == [200]
+
+
+# -- requests while a notice plays (the parties are not connected yet) -----------------------
+DTMF_BODY = "Signal=5\r\nDuration=160\r\n"
+
+
+def with_body(request: str, body: str, content_type: str) -> str:
+    head = request.replace("Content-Length: 0\r\n", "")
+    return head[:-2] + (f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+                        f"{body}")
+
+
+def from_caller(method: str, h: Harness, cseq: int, *, body: str = "",
+                content_type: str = "application/dtmf-relay") -> str:
+    """A request of the caller's in its early dialog (the 180's To tag)."""
+    [ctx] = h.core.calls.values()
+    a_inv = caller_invite()
+    request = in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+                        from_=a_inv.headers.get("from") or "",
+                        to=f"<sip:{X}@127.0.0.1>;tag={ctx.a_tag}", call_id=a_inv.call_id,
+                        cseq=cseq, via=f"SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKn{cseq}")
+    return with_body(request, body, content_type) if body else request
+
+
+def from_callee(method: str, b_inv: Request, cseq: int, *, body: str = "",
+                content_type: str = "application/dtmf-relay") -> str:
+    """A request of the callee's in its (confirmed) dialog."""
+    request = in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+                        from_=f"{b_inv.headers.get('to')};tag=tb1",
+                        to=b_inv.headers.get("from") or "", call_id=b_inv.call_id, cseq=cseq,
+                        via=f"SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKm{cseq}")
+    return with_body(request, body, content_type) if body else request
+
+
+def a_ack(ok: Response) -> str:
+    """The caller's ACK to its 200."""
+    a_inv = caller_invite()
+    return in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from")
+                     or "", to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=10,
+                     via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1")
+
+
+def answers(h: Harness, peer: tuple[str, int], method: str) -> list[Response]:
+    return [m for m in h.take(peer) if isinstance(m, Response) and m.cseq.method == method]
+
+
+def requests_to(h: Harness, peer: tuple[str, int]) -> list[str]:
+    return [m.method for m in h.take(peer) if isinstance(m, Request)]
+
+
+def test_info_keys_during_a_notice_get_200_and_reach_nobody() -> None:
+    # RFC 6086 §4.2.2: an INFO in a dialog is answered 200 once taken; the keys are not
+    # relayed (the parties are not connected while a notice plays) and they are counted.
+    h = Harness(overrides=["announcements.callee_notice=default"])
+    call_id, b_inv = answer(h)
+    h.deliver(from_caller("INFO", h, 11, body=DTMF_BODY), A_ADDR)
+    assert [r.status for r in answers(h, A_ADDR, "INFO")] == [200]
+    h.deliver(from_callee("INFO", b_inv, 1, body=DTMF_BODY), B_ADDR)
+    assert [r.status for r in answers(h, B_ADDR, "INFO")] == [200]
+    assert requests_to(h, A_ADDR) == [] and requests_to(h, B_ADDR) == []
+    assert h.core.stats["info_during_notice"] == 2
+    h.prompt_ends(call_id, "b")
+    [ok] = from_a(h)
+    assert ok.status == 200
+    h.deliver(a_ack(ok), A_ADDR)
+    # Once connected, keys cross again.
+    h.deliver(from_callee("INFO", b_inv, 2, body=DTMF_BODY), B_ADDR)
+    assert requests_to(h, A_ADDR) == ["INFO"]
+
+
+def test_offers_during_a_notice_get_500_with_retry_after_and_the_call_goes_on() -> None:
+    # The caller's offer is still unanswered (its INVITE has no final response): a second
+    # offer gets 500 with Retry-After, RFC 3261 §14.2 (re-INVITE) and RFC 3311 §5.2
+    # (UPDATE). The callee's dialog has no offer pending, so not 491 (glare): the same
+    # "try again shortly", since nothing can cross to the caller yet.
+    h = Harness(overrides=["announcements.callee_notice=default"])
+    call_id, b_inv = answer(h)
+    offers_seen = len(h.media.seen)
+    h.deliver(from_caller("UPDATE", h, 11, body=A_SDP.decode(),
+                          content_type="application/sdp"), A_ADDR)
+    h.deliver(from_callee("INVITE", b_inv, 1, body=B_SDP.decode(),
+                          content_type="application/sdp"), B_ADDR)
+    h.deliver(from_callee("UPDATE", b_inv, 2), B_ADDR)
+    to_b = [m for m in h.take(B_ADDR) if isinstance(m, Response)]
+    refused = [*answers(h, A_ADDR, "UPDATE"), *to_b]
+    assert [(r.cseq.method, r.status) for r in refused] == [
+        ("UPDATE", 500), ("INVITE", 500), ("UPDATE", 500)]
+    assert all(0 <= int(r.headers.get("retry-after") or "-1") <= 10 for r in refused)
+    assert requests_to(h, A_ADDR) == []
+    assert len(h.media.seen) == offers_seen     # no SDP went to the media backend
+    assert h.core.stats["requests_during_notice"] == 3
+    h.prompt_ends(call_id, "b")
+    assert statuses(from_a(h)) == [200]
+
+
+def test_a_bye_from_the_caller_during_a_notice_ends_both_sides() -> None:
+    # §15: the caller may BYE its early dialog: 200, then 487 to its INVITE, and the callee
+    # (answered) gets a BYE.
+    h = Harness(overrides=["announcements.callee_notice=default"])
+    call_id, _ = answer(h)
+    h.deliver(from_caller("BYE", h, 11), A_ADDR)
+    sent = h.take(A_ADDR)
+    assert sorted((m.cseq.method, m.status) for m in sent if isinstance(m, Response)) == [
+        ("BYE", 200), ("INVITE", 487)]
+    assert requests_to(h, B_ADDR) == ["BYE"]
+    [cdr] = h.cdrs.records
+    assert (cdr.sip_status, cdr.release_side, cdr.answer_at) == (487, "caller", None)
+    assert h.media.deleted == [call_id]
+
+
+def test_the_duration_counts_from_the_callers_answer_not_the_callees() -> None:
+    # The notice is not talk time: answer_at is when the caller gets its 200 (the parties
+    # are connected then), and the duration runs from there.
+    h = Harness(overrides=["announcements.callee_notice=default"])
+    call_id, b_inv = answer(h)
+    h.advance(6.0)                              # the notice plays for 6 s
+    connected = h.clock.wall()
+    h.prompt_ends(call_id, "b")
+    [ok] = from_a(h)
+    assert ok.status == 200
+    h.deliver(a_ack(ok), A_ADDR)
+    [up] = h.cdrs.up.values()
+    assert up.answer_at == connected            # the journal says so too
+    h.advance(10.0)
+    h.deliver(from_callee("BYE", b_inv, 1), B_ADDR)
+    [cdr] = h.cdrs.records
+    assert cdr.answer_at == connected and cdr.duration_s == 10.0

@@ -30,6 +30,9 @@ def _reference_apply(call: Call, event: CallEvent, now: float, status: int | Non
     if event is E.B_ANSWER and call.answer_at is None and call.state in (S.CALLING, S.EARLY):
         call.answer_at = now
         call.sip_status = status or 200
+    if event is E.NOTICE_DONE:
+        # Issue 15 §4: the caller is answered (the parties connected) when notices end.
+        call.answer_at = now
     if A.RELAY_FAILURE_TO_A in actions:
         call.sip_status = status
     notice_end = call.state is S.NOTICE and A.WRITE_CDR in actions

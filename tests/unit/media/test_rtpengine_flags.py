@@ -31,3 +31,13 @@ def test_signalled_ip_is_refused_with_rtpengine_at_load() -> None:
     assert info.value.path == "media.latching"
     assert loader.load(None, ["media.backend=relay", "media.latching=signalled_ip"])
     assert loader.load(None, ["media.backend=rtpengine", "media.latching=strict"])
+
+
+def test_inband_dtmf_is_refused_with_rtpengine_at_load() -> None:
+    # rtpengine 10.5 reports no event for in-band tones (tests/integration/
+    # test_rtpengine_services.py): a trunk that keys only by tones would never be heard.
+    with pytest.raises(ConfigError, match="in-band DTMF") as info:
+        loader.load(None, ["media.backend=rtpengine", "trunks.carrier.inband_dtmf=true"])
+    assert info.value.path == "trunks.carrier.inband_dtmf"
+    assert loader.load(None, ["media.backend=relay", "trunks.carrier.inband_dtmf=true"])
+    assert loader.load(None, ["media.backend=rtpengine", "trunks.carrier.inband_dtmf=false"])
