@@ -494,7 +494,8 @@ def build_media(config: Config, on_timeout: Callable[[str], None]) -> MediaBacke
         rtpengine = config.media.rtpengine
         return RtpengineBackend(config.media, on_timeout=on_timeout,
                                 dtmf_listen=rtpengine.dtmf_log,
-                                recording_dir=rtpengine.recording_dir)
+                                recording_dir=rtpengine.recording_dir,
+                                prompt_dir=rtpengine.prompt_dir)
     from sipmask.media.embedded import EmbeddedBackend
     return EmbeddedBackend(config.media, on_timeout=on_timeout)
 

@@ -306,6 +306,10 @@ class RtpengineConfig:
     # turns each recorded call's pcap there into its sealed recording and removes the pcap.
     # None: calls through rtpengine are not recorded (the CDR's recording stays null).
     recording_dir: Path | None = None
+    # Where sipmask writes each prompt as a WAV for rtpengine's `play media` to read (it runs
+    # on this host). None: a private temporary directory, removed on close; set it when
+    # rtpengine cannot see sipmask's /tmp (systemd PrivateTmp, another mount namespace).
+    prompt_dir: Path | None = None
 
 
 @dataclass(frozen=True)
