@@ -10,16 +10,20 @@ answers with early media: the caller's pjsua plays it (its recording holds the p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_pjsua_sipmask import MEDIA_PORTS, free_port_range
-from tests.support.goertzel import goertzel_power, read_samples
-from tests.support.net import LOOPBACK
-from tests.support.pjsua import CALLEE_TONE, CALLER_TONE, endpoint_binds, run_pair
+from tests.support.goertzel import goertzel_power, level, segment
+from tests.support.net import LOOPBACK, free_port_range
+from tests.support.pjsua import (
+    CALLEE_TONE,
+    CALLER_TONE,
+    MEDIA_PORTS,
+    endpoint_binds,
+    run_pair,
+)
 from tests.support.serve import ServeProcess, sipmask_cli
 
 pytest.importorskip("pjsua2")
@@ -27,15 +31,6 @@ pytestmark = pytest.mark.pjsua
 
 A, STRANGER, X = "13800000001", "13700000003", "700100000000001"
 LISTEN_S = 1.5          # of the prompt, before the caller keys
-
-
-def segment(path: Path, start: float, end: float | None = None) -> list[float]:
-    samples, rate = read_samples(path)
-    return samples[int(start * rate):None if end is None else int(end * rate)]
-
-
-def level(samples: list[float]) -> float:
-    return math.sqrt(sum(x * x for x in samples) / max(1, len(samples)))
 
 
 def test_the_caller_hears_the_prompt_keys_rfc4733_and_reaches_a(

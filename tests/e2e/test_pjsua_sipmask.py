@@ -9,19 +9,19 @@ and RTP on both legs goes to sipmask's relay, never to the other endpoint.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.goertzel import dominant_tone, tone_powers
-from tests.support.net import LOOPBACK, udp_block_free
+from tests.support.net import LOOPBACK, free_port_range
 from tests.support.pjsua import (
     CALLEE_IP,
     CALLEE_TONE,
     CALLER_IP,
     CALLER_TONE,
+    MEDIA_PORTS,
     TONES,
     endpoint_binds,
     run_pair,
@@ -32,17 +32,6 @@ pytest.importorskip("pjsua2")
 pytestmark = pytest.mark.pjsua
 
 A, B, X = "13800000001", "13900000002", "700100000000001"
-MEDIA_PORTS = 200
-
-
-def free_port_range(count: int, host: str = LOOPBACK) -> tuple[int, int]:
-    """A run of `count` UDP ports on `host` free right now, for sipmask's relay."""
-    rng = random.Random()
-    for _ in range(50):
-        first = rng.randrange(42000, 60000 - count, 2)
-        if udp_block_free(first, count, host):
-            return first, first + count - 1
-    raise RuntimeError("no free media port range")
 
 
 def test_masked_call_media_and_identities(serve: Callable[..., ServeProcess],

@@ -519,6 +519,14 @@ def in_dialog(method: str, *, ruri: str, from_: str, to: str, call_id: str, cseq
             f"Content-Length: 0\r\n\r\n")
 
 
+def answer_byes(h: Harness) -> None:
+    """Both parties answer our BYEs 200."""
+    for dest in (A_ADDR, B_ADDR):
+        for bye in [m for m, d, _t in h.sent if d == dest and isinstance(m, Request)
+                    and m.method == "BYE"]:
+            h.deliver(b_response(bye, 200).replace("200 Whatever", "200 OK"), dest)
+
+
 def run(test: Callable[[Harness], None], **kw: Any) -> Harness:
     harness = Harness(**kw)
     test(harness)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import wave
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 # One Goertzel in the code base: sipmask's in-band DTMF detector uses the same function.
 from sipmask.media.goertzel import goertzel_power
 
-__all__ = ["dominant_tone", "goertzel_power", "read_samples", "rms", "tone_powers"]
+__all__ = ["dominant_tone", "goertzel_power", "level", "read_samples", "rms", "segment",
+           "tone_powers"]
 
 
 def read_samples(path: str | Path) -> tuple[list[float], int]:
@@ -37,12 +38,20 @@ def tone_powers(path: str | Path, candidates: Iterable[float],
     return {hz: goertzel_power(samples, hz, rate) for hz in candidates}
 
 
+def segment(path: str | Path, start: float, end: float | None = None) -> list[float]:
+    """The samples of a mono WAV from `start` to `end` seconds (None: to its end)."""
+    samples, rate = read_samples(path)
+    return samples[int(start * rate):None if end is None else int(end * rate)]
+
+
+def level(samples: Sequence[float]) -> float:
+    """Root mean square level in [0, 1]: tells silence from sound (0 for no samples)."""
+    return math.sqrt(sum(x * x for x in samples) / max(1, len(samples)))
+
+
 def rms(path: str | Path) -> float:
-    """Root mean square level in [0, 1]: tells silence from sound."""
-    samples, _ = read_samples(path)
-    if not samples:
-        return 0.0
-    return math.sqrt(sum(x * x for x in samples) / len(samples))
+    """A whole mono WAV's level."""
+    return level(read_samples(path)[0])
 
 
 def dominant_tone(path: str | Path, candidates: Iterable[float], min_ratio: float = 10.0,

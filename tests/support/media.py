@@ -153,7 +153,13 @@ def sealed_stereo(path: Path, keys: Keyring, tenant: str = "demo"
         data = opened.stream.read()
     finally:
         opened.stream.close()
-    with wave.open(io.BytesIO(data), "rb") as wav:
+    return stereo_channels(data)
+
+
+def stereo_channels(wav_bytes: bytes) -> tuple[list[float], list[float]]:
+    """A recording's WAV (8 kHz 16-bit stereo, README "Recording") as its two channels,
+    caller (left) and callee (right), in -1..1."""
+    with wave.open(io.BytesIO(wav_bytes), "rb") as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
         values = memoryview(wav.readframes(wav.getnframes())).cast("h")
     return [v / 32768 for v in values[0::2]], [v / 32768 for v in values[1::2]]

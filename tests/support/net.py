@@ -3,6 +3,7 @@ server over real sockets (only loopback addresses: 127.0.0.x simulates hosts).""
 
 from __future__ import annotations
 
+import random
 import socket
 import uuid
 
@@ -38,6 +39,17 @@ def udp_block_free(first: int, size: int, host: str = LOOPBACK) -> bool:
     finally:
         for probe in probes:
             probe.close()
+
+
+def free_port_range(count: int, host: str = LOOPBACK) -> tuple[int, int]:
+    """First and last of `count` UDP ports on `host` (an even start, as RTP wants) free
+    right now, above the SIPp and rtpengine test blocks: media.ports for a real server."""
+    rng = random.Random()
+    for _ in range(50):
+        first = rng.randrange(42000, 60000 - count, 2)
+        if udp_block_free(first, count, host):
+            return first, first + count - 1
+    raise RuntimeError("no free media port range")
 
 
 def options_request(target: tuple[str, int], *, local: tuple[str, int] = (LOOPBACK, 5999),

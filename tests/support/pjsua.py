@@ -23,6 +23,8 @@ ENDPOINT = Path(__file__).resolve().parent / "pjsua_endpoint.py"
 CALLER_IP, CALLEE_IP = "127.0.0.2", "127.0.0.3"
 CALLER_TONE, CALLEE_TONE = 1000.0, 1500.0
 TONES = (CALLER_TONE, CALLEE_TONE)
+# Relay ports a `sipmask serve` between two endpoints gets (media.ports): one call needs 4.
+MEDIA_PORTS = 200
 
 
 @dataclass

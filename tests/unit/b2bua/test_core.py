@@ -37,6 +37,7 @@ from tests.support.engine import (
     X,
     a_cancel,
     a_invite,
+    answer_byes,
     answered_call,
     b_response,
     bind_axb,
@@ -51,14 +52,6 @@ def requests(h: Harness, dest: tuple[str, int]) -> list[Request]:
 
 def finals(h: Harness, dest: tuple[str, int] = A_ADDR) -> list[int]:
     return [m.status for m in h.take(dest) if isinstance(m, Response) and m.status >= 200]
-
-
-def answer_byes(h: Harness) -> None:
-    """Both parties answer our BYEs 200."""
-    for dest in (A_ADDR, B_ADDR):
-        for bye in [m for m, d, _t in h.sent if d == dest and isinstance(m, Request)
-                    and m.method == "BYE"]:
-            h.deliver(b_response(bye, 200).replace("200 Whatever", "200 OK"), dest)
 
 
 class MaxDuration:

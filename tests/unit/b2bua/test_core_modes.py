@@ -16,10 +16,10 @@ from tests.support.engine import (
     Harness,
     X,
     a_invite,
+    answer_byes,
     answered_call,
     b_response,
 )
-from tests.unit.b2bua.test_core import answer_byes
 
 Y = "700100000000002"
 EXT = "1234"

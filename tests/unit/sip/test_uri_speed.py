@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sipmask.errors import ParseError
 from sipmask.sip import uri as uri_module
 from sipmask.sip.uri import NameAddr, SipUri, Uri, Via, parse_uri
-from tests.unit.sip.test_uri_fast import CORPUS_TEXTS, FRAGMENTS, _outcome
+from tests.support.uri_outcomes import CORPUS_TEXTS, FRAGMENTS, outcome
 
 _new = object.__new__
 
@@ -89,9 +89,9 @@ PAIRS = [(NameAddr.parse, old_name_addr_parse), (SipUri.parse, old_sip_uri_parse
 def _check(text: str) -> None:
     for parse, old in PAIRS:
         uri_module._forget_seen()
-        first = _outcome(parse, text)           # nothing remembered: matched now
-        again = _outcome(parse, text)           # served from the table when it matched
-        reference = _outcome(old, text)
+        first = outcome(parse, text)           # nothing remembered: matched now
+        again = outcome(parse, text)           # served from the table when it matched
+        reference = outcome(old, text)
         assert first == again == reference, (parse, text)
         try:
             a, b, c = parse(text), parse(text), old(text)
