@@ -7,9 +7,11 @@ rebuilt from its fields, and fields that were not changed still keep their origi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 from sipmask.errors import ParseError
+from sipmask.sip import grammar
 from sipmask.sip.headers import Field, Headers, fields_of, is_token
 from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
 
@@ -31,40 +33,25 @@ REASONS: dict[int, str] = {
 }
 
 
-# Methods of RFC 3261 and the extensions sipmask sees: tokens, so CSeq.parse need not check.
-_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
-                      "UPDATE", "INFO", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
+_CSEQ = re.compile(grammar.CSEQ)
 
 
-@dataclass(frozen=True)
-class CSeq:
+class CSeq(NamedTuple):
+    """§20.16: the sequence number and the method of a request (immutable)."""
+
     number: int
     method: str
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        parts = text.split()
-        if len(parts) == 2:
-            digits, method = parts
-            # The common case first: a method we know is a token, and ten ASCII digits are
-            # below 2**31 once the value says so; anything else takes the checks below.
-            if method in _METHODS and digits.isdigit() and digits.isascii() and \
-                    len(digits) <= 10:
-                number = int(digits)
-                if number < 2**31:
-                    return cls(number, method)
-        if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
-            raise ParseError("Bad CSeq")
-        if not is_token(parts[1]):
-            raise ParseError("Bad CSeq: method is not a token")
-        # Bound the digits before int(): a peer must not make us convert a megabyte number.
-        if len(parts[0]) > 10:
-            raise ParseError("Bad CSeq: number out of range")
-        number = int(parts[0])
+        m = _CSEQ.fullmatch(text)
+        if m is None:
+            raise ParseError(_why_cseq(text))
+        number = int(m.group("number"))
         # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
         if number >= 2**31:
             raise ParseError("Bad CSeq: number out of range")
-        return cls(number, parts[1])
+        return cls(number, m.group("method"))
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -275,6 +262,18 @@ class Response(Message):
 
     def __repr__(self) -> str:
         return f"<Response {self.status} call-id={self.headers.get('call-id')}>"
+
+
+def _why_cseq(text: str) -> str:
+    """Why CSEQ refused `text`: the reason for the 400 (only ever a refusal)."""
+    parts = re.split(grammar.LWS, text.strip(" \t"))
+    if len(parts) == 2 and parts[0].isdigit() and parts[0].isascii():
+        if len(parts[0]) > 10:
+            # Bounded before int(): a peer must not make us convert a megabyte number.
+            return "Bad CSeq: number out of range"
+        if not is_token(parts[1]):
+            return "Bad CSeq: method is not a token"
+    return "Bad CSeq"
 
 
 def echoed_fields(request: Request, to_value: str) -> list[Field]:

@@ -1041,8 +1041,8 @@ def stamp_top_via(request: Request, source: Address) -> Via:
         raise ParseError("Missing Via")
     top = Via.parse(split_commas(value)[0] if "," in value else value)
     stamped = top.stamped(source)
-    if stamped is top or (top._params is not None and stamped.params == top.params):
-        # Unchanged (stamped() returns the Via itself when its unsplit text stays the same).
+    if stamped is top:
+        # Unchanged (stamped() returns the Via itself when it says so already).
         return top
     # Only the first Via line changes; the other fields keep their text.
     first = str(stamped)

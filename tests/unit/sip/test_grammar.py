@@ -1,0 +1,170 @@
+"""One grammar (sipmask/sip/grammar.py) read alike in every place a rule applies.
+
+A port, a host, the whitespace between two pieces: each has one definition, so a Request-
+URI, From, To, Contact, Route and Via accept and refuse the same texts, the TCP framer and
+the parser read Content-Length alike, and what parsing decides depends on the bytes given,
+never on the messages parsed before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from sipmask.errors import ParseError
+from sipmask.sip import headers, message, parser, uri
+from sipmask.sip.parser import StreamFramer, parse_message
+from sipmask.sip.uri import NameAddr, SipUri, Via
+
+SIP = Path(__file__).resolve().parents[3] / "sipmask" / "sip"
+CORPUS = Path(__file__).resolve().parents[2] / "corpus"
+
+
+def request(*, ruri: str = "sip:700100000000001@127.0.0.1",
+            via: str = "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1",
+            from_: str = '"A" <sip:13800000001@127.0.0.1>;tag=f1',
+            to: str = "<sip:700100000000001@127.0.0.1>", cseq: str = "7 OPTIONS",
+            extra: str = "Content-Length: 0\r\n") -> bytes:
+    return (f"OPTIONS {ruri} SIP/2.0\r\nVia: {via}\r\nFrom: {from_}\r\nTo: {to}\r\n"
+            f"Call-ID: g1@127.0.0.1\r\nCSeq: {cseq}\r\nMax-Forwards: 70\r\n{extra}"
+            "\r\n").encode()
+
+
+def outcome(data: bytes) -> str:
+    try:
+        parse_message(data)
+    except ParseError as refused:
+        return f"refused: {refused.reason}"
+    return "accepted"
+
+
+# -- ports: 1-65535 in every place ---------------------------------------------------------
+
+PLACES = {
+    "Request-URI": lambda port: request(ruri=f"sip:x@h.example:{port}"),
+    "From": lambda port: request(from_=f"<sip:a@h.example:{port}>;tag=1"),
+    "To": lambda port: request(to=f"sip:x@h.example:{port}"),
+    "Contact": lambda port: request(extra=f"Contact: <sip:a@h.example:{port}>\r\nl: 0\r\n"),
+    "Via": lambda port: request(via=f"SIP/2.0/UDP h.example:{port};branch=z9hG4bK-1"),
+}
+
+
+@pytest.mark.parametrize("place", sorted(PLACES))
+@pytest.mark.parametrize("port", ["1", "5060", "59999", "60000", "65535", "05060"])
+def test_every_place_accepts_the_same_ports(place: str, port: str) -> None:
+    assert outcome(PLACES[place](port)) == "accepted"
+
+
+@pytest.mark.parametrize("place", sorted(PLACES))
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "100000", "000001"])
+def test_every_place_refuses_the_same_ports(place: str, port: str) -> None:
+    assert "invalid port" in outcome(PLACES[place](port))
+
+
+def test_the_port_rule_is_the_tcp_udp_range() -> None:
+    for port in (*range(0, 70000, 7), 65535, 65536):
+        via, sip = f"SIP/2.0/UDP h:{port}", f"sip:h:{port}"
+        if 0 < port < 65536:
+            assert Via.parse(via).port == port == SipUri.parse(sip).port
+            continue
+        for parse, text in ((Via.parse, via), (SipUri.parse, sip)):
+            with pytest.raises(ParseError, match="invalid port"):
+                parse(text)
+
+
+# -- whitespace: SP and HTAB, nothing else, in every place ---------------------------------
+
+# Where the grammar allows LWS between two pieces (§25.1 LWS, SWS, SEMI, LAQUOT, RAQUOT),
+# with `{}` for the whitespace.
+SEPARATED = {
+    "Via sent-protocol LWS sent-by": lambda ws: request(
+        via=f"SIP/2.0/UDP{ws}127.0.0.1:5070;branch=z9hG4bK-1"),
+    "Via sent-by SEMI": lambda ws: request(
+        via=f"SIP/2.0/UDP 127.0.0.1:5070{ws};branch=z9hG4bK-1"),
+    "Via SEMI param": lambda ws: request(via=f"SIP/2.0/UDP 127.0.0.1:5070;{ws}branch=z9hG4bK-1"),
+    "From display LAQUOT": lambda ws: request(from_=f'"A"{ws}<sip:a@127.0.0.1>;tag=f1'),
+    "From RAQUOT SEMI": lambda ws: request(from_=f"<sip:a@127.0.0.1>{ws};tag=f1"),
+    "From SEMI param": lambda ws: request(from_=f"<sip:a@127.0.0.1>;{ws}tag=f1"),
+    "To EQUAL value": lambda ws: request(to=f"<sip:b@127.0.0.1>;tag={ws}t1"),
+    "CSeq number LWS method": lambda ws: request(cseq=f"7{ws}OPTIONS"),
+}
+
+
+@pytest.mark.parametrize("place", sorted(SEPARATED))
+@pytest.mark.parametrize("ws", [" ", "\t", " \t "])
+def test_sp_and_htab_separate_everywhere(place: str, ws: str) -> None:
+    assert outcome(SEPARATED[place](ws)) == "accepted"
+
+
+@pytest.mark.parametrize("place", sorted(SEPARATED))
+@pytest.mark.parametrize("ws", ["\x0b", "\x0c", "\x1c"])
+def test_no_other_character_is_whitespace_anywhere(place: str, ws: str) -> None:
+    # RFC 3261 §25.1 (RFC 5234 WSP): LWS is SP / HTAB. A form feed or another control used
+    # as a separator is refused in every place alike, never read as a space in one header
+    # and refused in the next.
+    assert outcome(SEPARATED[place](ws)).startswith("refused")
+
+
+@pytest.mark.parametrize("place", [place for place in sorted(SEPARATED)
+                                   if not place.endswith((" param", " value"))])
+@pytest.mark.parametrize("ws", ["\x85", "\xa0", "\u3000"])
+def test_unicode_spaces_do_not_separate_either(place: str, ws: str) -> None:
+    # Where only whitespace may stand (not at the start of a parameter's name or value,
+    # where the grammar's leniency takes UTF-8 as data).
+    assert outcome(SEPARATED[place](ws)).startswith("refused")
+
+
+# -- the framer reads Content-Length as the parser does -----------------------------------
+
+@pytest.mark.parametrize("line", [
+    "Content-Length: 4", "l: 4", "Content-Length:4", "Content-Length  :  4",
+    "Content-Length:\r\n 4", "Content-Length: \r\n\t4", "CONTENT-LENGTH: 4",
+    "Content-Length: 4\r\nl: 4", "Content-Length: 4\r\nl: 5", "Content-Length: 0004",
+    "Content-Length: x", "Content-Length: -4", "Content-Length: 4 4", "X-Length: 4",
+])
+def test_the_framer_and_the_parser_agree_on_content_length(line: str) -> None:
+    data = request(extra=line + "\r\n") + b"abcd"
+    try:
+        framed: object = StreamFramer().feed(data)
+    except ParseError as refused:
+        framed = refused.reason
+    try:
+        parsed: object = [parse_message(data, stream=True).to_bytes()]
+    except ParseError as refused:
+        parsed = refused.reason
+    assert framed == parsed
+
+
+# -- parsing depends on the bytes only -----------------------------------------------------
+
+def _module_state(module: ModuleType) -> dict[str, int]:
+    """The sizes of a module's containers (its tables, caches)."""
+    return {name: len(value) for name, value in vars(module).items()
+            if isinstance(value, dict | list | set | bytearray)}
+
+
+def test_parsing_leaves_nothing_behind_in_module_state() -> None:
+    modules = (headers, message, parser, uri)
+    before = [_module_state(m) for m in modules]
+    seeds = sorted(CORPUS.rglob("*.dat")) + sorted(CORPUS.rglob("*.sip"))
+    for i in range(3):
+        for path in seeds:
+            data = path.read_bytes().replace(b"Call-ID: ", b"Call-ID: %d" % i, 1)
+            try:
+                msg = parse_message(data)
+            except ParseError:
+                continue
+            _ = msg.from_, msg.to, msg.vias, msg.cseq, msg.headers.get(f"X-Name-{i}")
+            for contact in msg.headers.get_all("contact"):
+                if contact != "*":
+                    NameAddr.parse(contact)
+    assert [_module_state(m) for m in modules] == before
+
+
+def test_no_object_is_built_behind_init() -> None:
+    # DESIGN.md rule 14: values are made by their constructors (or classmethods that call
+    # them), so the invariants __init__ sets hold for every object.
+    for path in sorted(SIP.glob("*.py")):
+        assert "__new__" not in path.read_text(), path.name
