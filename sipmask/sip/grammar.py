@@ -59,7 +59,7 @@ QUOTED_PAIR = r"\\([\s\S])"
 # separator such as `,` (RFC 4475 §3.1.2.15 baddn).
 DISPLAY_WORD = r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]++"
 DISPLAY_TOKENS = DISPLAY_WORD + "(?:" + LWS + DISPLAY_WORD + ")*+"
-DISPLAY_NAME = "(?:" + QUOTED_STRING + "|" + DISPLAY_TOKENS + ")"
+DISPLAY_NAME = "(?:" + DISPLAY_TOKENS + "|" + QUOTED_STRING + ")"
 
 # -- host and port (§25.1) -------------------------------------------------------------------
 # host = hostname / IPv4address / IPv6reference.
@@ -67,13 +67,12 @@ DISPLAY_NAME = "(?:" + QUOTED_STRING + "|" + DISPLAY_TOKENS + ")"
 # hold "_"); label shape is not checked. An IPv4address is such a run too.
 HOSTNAME = r"[A-Za-z0-9\-._]++"
 IPV6_REFERENCE = r"\[[0-9A-Fa-f:.]++\]"
-HOST = "(?:" + IPV6_REFERENCE + "|" + HOSTNAME + ")"
-# port = 1*DIGIT, held to what a port can name: 1-65535, in at most five digits (leading
-# zeros allowed: `05060` is 5060). The alternatives go longest first and the last lookahead
-# makes the number end there, so no shorter reading of the digits is ever taken.
-PORT = (r"(?=[0-9]{1,5}+(?![0-9]))0*+"
-        r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}"
-        r"|[1-9][0-9]{0,3})(?![0-9])")
+HOST = "(?:" + HOSTNAME + "|" + IPV6_REFERENCE + ")"
+# port = 1*DIGIT, held to what a port can name: its value 1-65535 (leading zeros allowed:
+# `05060` is 5060). The shortest numbers come first, each alternative ends where the digits
+# do, so no shorter reading of them is ever taken.
+PORT = (r"0*+(?:[1-9][0-9]{0,3}+(?![0-9])|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+        r"|655[0-2][0-9]|6553[0-5])(?![0-9])")
 
 # -- sip: and sips: URIs (§19.1.1, §25.1) ----------------------------------------------------
 # SIP-URI = "sip:" [ userinfo ] hostport uri-parameters [ headers ] (sips: alike); the
@@ -124,14 +123,15 @@ TEL_URI = (r"[tT][eE][lL]:(?P<number>" + TELEPHONE_SUBSCRIBER + ")"
 # `=`, `@`, `/` and UTF-8 pass), and it may be empty (`;a=`). A value holding the others
 # is quoted, as RFC 5626's `+sip.instance="<urn:...>"` is.
 GEN_PNAME = r'[^\x00-\x20\x7f;=,?@<>"]++'
-GEN_VALUE = "(?:" + QUOTED_STRING + r'|[^\x00-\x20\x7f;,<>"]++)'
+GEN_VALUE = r'(?:[^\x00-\x20\x7f;,<>"]++|' + QUOTED_STRING + ")"
 GENERIC_PARAM = GEN_PNAME + "(?:" + EQUAL + "(?:" + GEN_VALUE + ")?+)?+"
 # *( SEMI generic-param ): the parameters after a name-addr or a Via's sent-by.
 GENERIC_PARAMS = "(?:" + SEMI + GENERIC_PARAM + ")*+"
-# One parameter of a run GENERIC_PARAMS (URI_PARAMETERS) matched, in two groups: its name,
-# and its value, which takes no part in the match (None) for a flag parameter.
-GENERIC_PARAM_PARTS = SEMI + "(" + GEN_PNAME + ")(?:" + EQUAL + "(" + GEN_VALUE + "?+))?+"
-URI_PARAMETER_PARTS = ";(" + URI_PNAME + ")(?:=(" + URI_PVALUE + "))?+"
+# One parameter of a run GENERIC_PARAMS (URI_PARAMETERS) matched, in three groups for
+# `findall`: its name, "=" or "" (a flag parameter has none), and its value.
+GENERIC_PARAM_PARTS = (SEMI + "(" + GEN_PNAME + ")(?:" + SWS + "(=)" + SWS + "("
+                       + GEN_VALUE + "?+))?+")
+URI_PARAMETER_PARTS = ";(" + URI_PNAME + ")(?:(=)(" + URI_PVALUE + "))?+"
 
 # -- name-addr and addr-spec (§20.10, §25.1) -------------------------------------------------
 # name-addr = [ display-name ] LAQUOT addr-spec RAQUOT; addr-spec = SIP-URI / SIPS-URI /

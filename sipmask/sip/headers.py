@@ -22,7 +22,7 @@ from sipmask.sip import grammar
 
 if TYPE_CHECKING:
     from sipmask.sip.message import CSeq
-    from sipmask.sip.uri import NameAddr, Via
+    from sipmask.sip.uri import NameAddr, NameAddrMatch, Via
 
 Field = tuple[str, str, str, str | None]
 
@@ -145,17 +145,20 @@ class Headers:
     original bytes can still be sent as they are.
 
     The `_p_*` slots hold what was parsed from these fields (From, To, CSeq, the top Via):
-    the parser parses them to check the message and keeps them here (`keep_parsed`), and
-    `Message` reads them for the transaction layer, the dialogs and the engine. Every
-    method that changes a field clears them (`_changed`), so a value read after a change is
-    parsed from the new text."""
+    `Message` parses them when first read and keeps them here for the transaction layer,
+    the dialogs and the engine; the parser keeps what it parsed to check the message
+    (`keep_parsed`). Every method that changes a field clears them (`_changed`), so a
+    value read after a change is parsed from the new text."""
 
-    __slots__ = ("_fields", "_keys", "_p_cseq", "_p_from", "_p_to", "_p_via", "modified")
+    __slots__ = ("_fields", "_keys", "_m_from", "_m_to", "_p_cseq", "_p_from", "_p_to",
+                 "_p_via", "modified")
 
     _p_from: NameAddr | None
     _p_to: NameAddr | None
     _p_cseq: CSeq | None
     _p_via: Via | None
+    _m_from: NameAddrMatch | None   # From and To as the parser matched them, to build from
+    _m_to: NameAddrMatch | None
 
     def __init__(self, fields: list[Field] | None = None, keys: list[str] | None = None
                  ) -> None:
@@ -165,6 +168,7 @@ class Headers:
         self._keys: list[str] = keys if keys is not None else list(map(_FIRST, self._fields))
         self.modified = False
         self._p_from = self._p_to = self._p_cseq = self._p_via = None
+        self._m_from = self._m_to = None
 
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
@@ -178,16 +182,19 @@ class Headers:
         (name, value) pairs and the key lookups of `of`."""
         return cls(fields)
 
-    def keep_parsed(self, from_: NameAddr, to: NameAddr, cseq: CSeq, top_via: Via) -> None:
-        """What the parser read from these fields while checking them, so that nobody
-        parses them again (see the class docstring)."""
-        self._p_from, self._p_to, self._p_cseq, self._p_via = from_, to, cseq, top_via
+    def keep_parsed(self, cseq: CSeq, top_via: Via, from_: NameAddrMatch,
+                    to: NameAddrMatch) -> None:
+        """What the parser read from these fields while checking them: the CSeq and top
+        Via, which every later layer reads (the transaction layer matches on both), and
+        the matches of From and To, which `Message` builds its values from when read."""
+        self._p_cseq, self._p_via, self._m_from, self._m_to = cseq, top_via, from_, to
 
     def _changed(self) -> None:
         """A field changed: the original bytes no longer say it, and what was parsed from
         the old text is forgotten."""
         self.modified = True
         self._p_from = self._p_to = self._p_cseq = self._p_via = None
+        self._m_from = self._m_to = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) in order."""

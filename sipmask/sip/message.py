@@ -138,16 +138,22 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        addr = self.headers._p_from
+        headers = self.headers
+        addr = headers._p_from
         if addr is None:
-            addr = self.headers._p_from = NameAddr.parse(self._field("from", "From"))
+            found = headers._m_from                   # the parser's match, if any
+            addr = headers._p_from = NameAddr.of_match(found) if found is not None else \
+                NameAddr.parse(self._field("from", "From"))
         return addr
 
     @property
     def to(self) -> NameAddr:
-        addr = self.headers._p_to
+        headers = self.headers
+        addr = headers._p_to
         if addr is None:
-            addr = self.headers._p_to = NameAddr.parse(self._field("to", "To"))
+            found = headers._m_to
+            addr = headers._p_to = NameAddr.of_match(found) if found is not None else \
+                NameAddr.parse(self._field("to", "To"))
         return addr
 
     def _field(self, key: str, name: str) -> str:

@@ -12,10 +12,11 @@ Contact and Content-Length. RFC 4475 §3.1.2 is the reference for what must be r
 There is one path, and it depends on nothing but the bytes given: the header block is cut
 with C-level `str.split` and `str.partition` over `map`, folded lines are joined (§7.3.1),
 all the names are checked as tokens in one regex call, and the values every later layer
-relies on (From, To, CSeq, each Via, each Contact, the Request-URI) are parsed by the
-parsers of `uri.py` and `message.py`, whose patterns all come from `grammar.py`. From, To,
-CSeq and the top Via are kept on the Headers (`Headers.keep_parsed`), so the transaction
-and dialog layers read them without parsing again.
+relies on (From, To, CSeq, each Via, each Contact, the Request-URI) are checked with the
+patterns of `uri.py` and `message.py`, which all come from `grammar.py`. The CSeq and top
+Via, which the transaction layer reads for every message, are kept on the Headers
+(`Headers.keep_parsed`), and so are the matches of From and To, which are built into values
+only when read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sipmask.errors import MessageTooLarge, ParseError
 from sipmask.sip import grammar
 from sipmask.sip.headers import Headers, canonical, is_token, split_commas
 from sipmask.sip.message import SIP_VERSION, CSeq, Request, Response
-from sipmask.sip.uri import NameAddr, SipUri, Via, check_name_addr, check_via, parse_uri
+from sipmask.sip.uri import Via, check_uri, check_via, match_name_addr
 
 DEFAULT_MAX_BYTES = 65535
 
@@ -40,9 +41,7 @@ _PRETTY = {"to": "To", "from": "From", "cseq": "CSeq", "call-id": "Call-ID", "vi
 # The names of a header block, one a line (§7.3.1: field-name = token). The whitespace
 # HCOLON allows before the colon is taken off first.
 _FIELD_NAMES = re.compile("(?:" + grammar.FIELD_NAME + "\n)*+" + grammar.FIELD_NAME)
-
-_Fields = tuple[list[str], tuple[str, ...], list[str], list[str] | None]
-
+_METHOD = re.compile(grammar.METHOD)
 
 def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
                   *, stream: bool = False) -> Request | Response:
@@ -79,13 +78,25 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
             raise ParseError("Bare CR in header")
     first = lines[0]
     del lines[0]
-    folded = "\n " in head or "\n\t" in head
-    keys, names, values, raws = _fields(lines, folded, crlf)
+    # -- header lines (§7.3): name HCOLON value ---------------------------------------------
+    raws = lines
+    if lines:
+        names, colons, parts = zip(*map(str.partition, lines, repeat(":")), strict=True)
+        if "" in colons or _FIELD_NAMES.fullmatch("\n".join(names)) is None:
+            # Not `name:value` lines of token names: folded lines, WSP before a colon, or
+            # an error; each line is looked at.
+            lines, raws, names, parts = _odd_lines(lines)
+        keys = list(map(canonical, names))
+        values = list(map(str.strip, parts, repeat(" \t")))
+    else:
+        names, keys, values = (), [], []
 
     # -- body: Content-Length (§20.14, §18.3) ------------------------------------------------
-    if "content-length" in keys:
-        length = _content_length([v for k, v in zip(keys, values, strict=True)
-                                  if k == "content-length"])
+    lengths = keys.count("content-length")
+    if lengths:
+        length = _content_length(
+            [values[keys.index("content-length")]] if lengths == 1 else
+            [v for k, v in zip(keys, values, strict=True) if k == "content-length"])
         available = len(data) - body_start
         if length > available:
             # §18.3: a datagram that ends before the body does is an error (400 for a
@@ -103,37 +114,33 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
             raise ParseError("Missing Content-Length on a stream transport")
         body = data[body_start:]
         raw = data
-    if raws is None:
+    if not crlf:
         raw = None  # rebuilt messages use CRLF, so the original bytes are never reused
-
-    lines_kept = raws if raws is not None else [None] * len(keys)
-    headers = Headers(list(zip(keys, names, values, lines_kept, strict=True)), keys)
+    kept: list[str] | list[None] = raws if crlf else [None] * len(keys)
+    headers = Headers(list(zip(keys, names, values, kept, strict=True)), keys)
     if first.startswith("SIP/"):
         return _response(first, headers, keys, values, body, raw)
     return _request(first, headers, keys, values, body, raw)
 
 
-def _fields(lines: list[str], folded: bool, crlf: bool) -> _Fields:
-    """Header lines → keys, names as written (without the WSP before the colon), values
-    without outer WSP, and the raw lines (None when the raw text may not be reused:
-    bare-LF messages are rebuilt with CRLF)."""
-    if not lines:
-        return [], (), [], [] if crlf else None
+def _odd_lines(lines: list[str]
+               ) -> tuple[list[str], list[str], tuple[str, ...], tuple[str, ...]]:
+    """The header lines that are not all `name:value` with a token name: §7.3.1 folding
+    undone, the WSP HCOLON allows before the colon taken off the names; ParseError for
+    what is left. Returns the logical lines, their raw text, names and unstripped values."""
     raws = lines
-    if folded:
+    if any(line[:1] in (" ", "\t") for line in lines):
         if lines[0][:1] in (" ", "\t"):
             raise ParseError("Continuation line before any header")
         lines, raws = _unfold(lines)
-    names, colons, values = zip(*map(str.partition, lines, repeat(":")), strict=True)
+    names, colons, parts = zip(*map(str.partition, lines, repeat(":")), strict=True)
     if "" in colons:
         raise ParseError("Header line without a colon")
-    if any(name[-1:] in (" ", "\t") for name in names):
-        names = tuple(map(str.rstrip, names, repeat(" \t")))    # HCOLON's WSP
-    if _FIELD_NAMES.fullmatch("\n".join(names)) is None:
-        bad = next(name for name in names if not is_token(name))
-        raise ParseError(f"Bad header name {bad[:32]!r}")
-    return (list(map(canonical, names)), names, list(map(str.strip, values, repeat(" \t"))),
-            raws if crlf else None)
+    names = tuple(map(str.rstrip, names, repeat(" \t")))
+    for name in names:
+        if not is_token(name):
+            raise ParseError(f"Bad header name {name[:32]!r}")
+    return lines, raws, names, parts
 
 
 def _unfold(lines: list[str]) -> tuple[list[str], list[str]]:
@@ -175,10 +182,9 @@ def _request(first: str, headers: Headers, keys: list[str], values: list[str], b
             # RFC 3261 §8.2.1 / RFC 4475 §3.1.2.16.
             raise ParseError("Version Not Supported", status=505)
         raise ParseError("Bad Request-Line: not SIP/2.0")
-    if not is_token(method):
+    if _METHOD.fullmatch(method) is None:
         raise ParseError("Bad method")
-    parsed = parse_uri(uri)
-    if isinstance(parsed, SipUri) and parsed.headers:
+    if check_uri(uri):
         # RFC 3261 §19.1.1 table 1: headers are not allowed in a Request-URI
         # (RFC 4475 §3.1.2.11 escruri: 400).
         raise ParseError("Bad Request-URI: headers are not allowed")
@@ -224,13 +230,15 @@ def _check_required(headers: Headers, keys: list[str], values: list[str]) -> CSe
         for key in ("from", "to", "call-id", "cseq"):
             if keys.count(key) > 1:
                 raise ParseError(f"Multiple {_PRETTY[key]} headers")
-    from_ = NameAddr.parse(values[keys.index("from")])
-    to = NameAddr.parse(values[keys.index("to")])
+    # §8.1.1.2-3: From and To are checked here and built from these matches when a layer
+    # reads them (most messages are matched on the Via branch and CSeq alone).
+    from_ = match_name_addr(values[keys.index("from")])
+    to = match_name_addr(values[keys.index("to")])
     if not values[keys.index("call-id")]:
         raise ParseError("Empty Call-ID")
     top_via: Via | None = None
     for value in _all_of("via", keys, values, unique):
-        parms = split_commas(value)
+        parms = split_commas(value) if "," in value else [value] if value else []
         if not parms:
             raise ParseError("Empty Via")
         if top_via is None:
@@ -241,11 +249,11 @@ def _check_required(headers: Headers, keys: list[str], values: list[str]) -> CSe
     if "contact" in present:
         for value in _all_of("contact", keys, values, unique):
             if value != "*":
-                for addr in split_commas(value):
-                    check_name_addr(addr)
+                for addr in split_commas(value) if "," in value else [value]:
+                    match_name_addr(addr)
     cseq = CSeq.parse(values[keys.index("cseq")])
     assert top_via is not None                    # "via" is present, and not empty
-    headers.keep_parsed(from_, to, cseq, top_via)
+    headers.keep_parsed(cseq, top_via, from_, to)
     return cseq
 
 

@@ -1039,7 +1039,7 @@ def stamp_top_via(request: Request, source: Address) -> Via:
     value = request.headers.get("via")
     if value is None:
         raise ParseError("Missing Via")
-    top = Via.parse(split_commas(value)[0] if "," in value else value)
+    top = request.top_via                     # the first value of that line, parsed once
     stamped = top.stamped(source)
     if stamped is top:
         # Unchanged (stamped() returns the Via itself when it says so already).

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from operator import methodcaller
 from urllib.parse import unquote
 
 from sipmask.errors import ParseError
@@ -57,22 +56,23 @@ _QUOTED_PAIR = re.compile(grammar.QUOTED_PAIR)
 
 # -- parameters ------------------------------------------------------------------------------
 
-# (name, value) of one parameter's match: value None for a flag (its group took no part).
-_NAME_VALUE = methodcaller("group", 1, 2)
+# A parameter as `findall` gives it: (name, "=" or "" for a flag parameter, value).
+_Found = list[tuple[str, str, str]]
+
+
+def _listed(found: _Found) -> Params:
+    """Found parameters as Params: in order, a flag's value None."""
+    return [(name, value if eq else None) for name, eq, value in found]
 
 
 def _header_params(text: str) -> Params:
-    """The generic-params of a run GENERIC_PARAMS matched, in order."""
-    if not text:
-        return []
-    return list(map(_NAME_VALUE, _GENERIC_PARAM_PARTS.finditer(text)))
+    """The generic-params of a run GENERIC_PARAMS matched."""
+    return _listed(_GENERIC_PARAM_PARTS.findall(text)) if text else []
 
 
 def _uri_params(text: str) -> Params:
-    """The uri-parameters of a run URI_PARAMETERS matched, in order."""
-    if not text:
-        return []
-    return list(map(_NAME_VALUE, _URI_PARAMETER_PARTS.finditer(text)))
+    """The uri-parameters of a run URI_PARAMETERS matched."""
+    return _listed(_URI_PARAMETER_PARTS.findall(text)) if text else []
 
 
 def parse_params(text: str, what: str) -> Params:
@@ -129,17 +129,97 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
 
 # -- URIs ------------------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class SipUri:
-    """A sip: or sips: URI (RFC 3261 §19.1.1). Mutable, so unhashable."""
+class _WithParams:
+    """What SipUri, NameAddr and Via share: their parameters, and equality within one class
+    (mutable, so unhashable).
+
+    The parameters are held as text in canonical form (`;name` or `;name=value` each, as
+    `format_params` writes them): `str()` writes it, equality compares it, and a lookup
+    (`param`, `tag`, `branch`) reads the parameters its pattern finds in it, found once.
+    `params` lists them anew on each read (most values are never asked for theirs);
+    setting `params` writes the text anew."""
+
+    __slots__ = ("_found", "_params_text")
+    _found: _Found | None            # the text's parameters once found (None: not yet)
+    _params_text: str
+    _PARTS: re.Pattern[str]          # the pattern of one parameter, in three groups
+
+    def _set_params(self, params: Params | None, text: str) -> None:
+        """`params` when given, else `text` as the grammar matched it."""
+        self._found = None
+        if params is not None:
+            self._params_text = format_params(params)
+        elif " " in text or "\t" in text:
+            # LWS around ";" and "=" (§25.1 SEMI, EQUAL) is not part of the canonical form.
+            self._params_text = format_params(_listed(self._PARTS.findall(text)))
+        else:
+            self._params_text = text
+
+    def _parts(self) -> _Found:
+        found = self._found
+        if found is None:
+            found = self._found = self._PARTS.findall(self._params_text)
+        return found
+
+    @property
+    def params(self) -> Params:
+        return _listed(self._parts())
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        self._set_params(value, "")
+
+    def _param(self, low: str) -> str | None:
+        """get_param for a name in lower case ('' for a flag, None when absent)."""
+        if not self._params_text:
+            return None
+        for name, _eq, value in self._parts():
+            if name == low or name.lower() == low:    # most peers write names in lower case
+                return value
+        return None
+
+    def param(self, name: str) -> str | None:
+        return self._param(name.lower())
+
+    def _fields(self) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _WithParams)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class SipUri(_WithParams):
+    """A sip: or sips: URI (RFC 3261 §19.1.1)."""
+
+    __slots__ = ("headers", "host", "password", "port", "scheme", "user")
+    __match_args__ = ("scheme", "user", "host", "port", "password", "params", "headers")
 
     scheme: str                      # "sip" or "sips", as written
     user: str | None
     host: str                        # IPv6 kept with brackets
-    port: int | None = None
-    password: str | None = None
-    params: Params = field(default_factory=list)
-    headers: str = ""                # the `?h=v&…` part, without `?`
+    port: int | None
+    password: str | None
+    headers: str                     # the `?h=v&…` part, without `?`
+
+    def __init__(self, scheme: str, user: str | None, host: str, port: int | None = None,
+                 password: str | None = None, params: Params | None = None,
+                 headers: str = "", *, params_text: str = "") -> None:
+        """`params_text`: the uri-parameters as URI_PARAMETERS matched them (`;a=1;b`), for
+        the parsers, listed on first read; `params` wins when both are given."""
+        self.scheme = scheme
+        self.user = user
+        self.host = host
+        self.port = port
+        self.password = password
+        self._set_params(params, params_text)
+        self.headers = headers
+
+    _PARTS = _URI_PARAMETER_PARTS
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
@@ -147,6 +227,15 @@ class SipUri:
         if m is None:
             raise ParseError(_why_sip_uri(text))
         return _sip_uri(m)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.scheme, self.user, self.host, self.port, self.password, self._params_text,
+                self.headers)
+
+    def __repr__(self) -> str:
+        return (f"SipUri(scheme={self.scheme!r}, user={self.user!r}, host={self.host!r}, "
+                f"port={self.port!r}, password={self.password!r}, params={self.params!r}, "
+                f"headers={self.headers!r})")
 
     def __str__(self) -> str:
         out = self.scheme + ":"
@@ -156,7 +245,7 @@ class SipUri:
         out += self.host
         if self.port is not None:
             out += f":{self.port}"
-        out += format_params(self.params)
+        out += self._params_text
         if self.headers:
             out += "?" + self.headers
         return out
@@ -192,15 +281,13 @@ class SipUri:
             out.append((unquote(name), unquote(value)))
         return out
 
-    def param(self, name: str) -> str | None:
-        return get_param(self.params, name)
 
 
 def _sip_uri(m: re.Match[str]) -> SipUri:
     """The SipUri of a SIP_URI match."""
     scheme, user, password, host, port, params, headers = m.groups()
-    return SipUri(scheme, user, host, None if port is None else int(port), password,
-                  _uri_params(params), headers or "")
+    return SipUri(scheme, user, host, None if port is None else int(port), password, None,
+                  headers or "", params_text=params)
 
 
 @dataclass(slots=True)
@@ -246,6 +333,9 @@ class AbsoluteUri:
 
 
 Uri = SipUri | TelUri | AbsoluteUri
+# What match_name_addr finds: the NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match,
+# and the URI when it is not a sip: URI the match holds in pieces.
+NameAddrMatch = tuple[re.Match[str], bool, Uri | None]
 
 
 def parse_uri(text: str) -> Uri:
@@ -264,8 +354,7 @@ def parse_uri(text: str) -> Uri:
 
 # -- name-addr -------------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class NameAddr:
+class NameAddr(_WithParams):
     """A From/To/Contact/Route value: `"Name" <uri>;tag=…` or a bare addr-spec.
 
     For a bare addr-spec, parameters after the URI belong to the header, not the URI
@@ -273,30 +362,57 @@ class NameAddr:
     or `;` must be in angle brackets.
     """
 
+    __slots__ = ("bracketed", "display", "uri")
+    __match_args__ = ("uri", "display", "params", "bracketed")
+
     uri: Uri
-    display: str | None = None       # as written, quotes included
-    params: Params = field(default_factory=list)
-    bracketed: bool = True
+    display: str | None              # as written, quotes included
+    bracketed: bool
+
+    def __init__(self, uri: Uri, display: str | None = None, params: Params | None = None,
+                 bracketed: bool = True, *, params_text: str = "") -> None:
+        """`params_text`: the header parameters as GENERIC_PARAMS matched them, for the
+        parsers, listed on first read; `params` wins when both are given."""
+        self.uri = uri
+        self.display = display
+        self._set_params(params, params_text)
+        self.bracketed = bracketed
+
+    _PARTS = _GENERIC_PARAM_PARTS
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
-        m, bracketed, absolute = _name_addr_match(text)
+        return cls.of_match(match_name_addr(text))
+
+    @classmethod
+    def of_match(cls, found: NameAddrMatch) -> NameAddr:
+        """The value of what match_name_addr found (the parser checks From and To with it;
+        Message builds them from it when they are read)."""
+        m, bracketed, absolute = found
         if bracketed:
             display, scheme, user, password, host, port, uri_params, uri_headers, _, params = \
                 m.groups()
         else:
             scheme, user, password, host, port, _, params = m.groups()
-            display = uri_params = uri_headers = None
+            display = uri_headers = None
+            uri_params = ""
         uri = absolute if absolute is not None else SipUri(
-            scheme, user, host, None if port is None else int(port), password,
-            _uri_params(uri_params), uri_headers or "")
-        return cls(uri, display, _header_params(params), bracketed)
+            scheme, user, host, None if port is None else int(port), password, None,
+            uri_headers or "", params_text=uri_params)
+        return cls(uri, display, None, bracketed, params_text=params)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.uri, self.display, self._params_text, self.bracketed)
+
+    def __repr__(self) -> str:
+        return (f"NameAddr(uri={self.uri!r}, display={self.display!r}, "
+                f"params={self.params!r}, bracketed={self.bracketed!r})")
 
     def __str__(self) -> str:
-        params = format_params(self.params)
+        params = self._params_text
         uri = self.uri
         if self.bracketed or self.display is not None or not isinstance(uri, SipUri) or \
-                uri.params or uri.headers:
+                uri._params_text or uri.headers:
             prefix = f"{self.display} " if self.display else ""
             return f"{prefix}<{uri}>{params}"
         return f"{uri}{params}"
@@ -312,7 +428,7 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return _find_param(self.params, "tag")
+        return self._param("tag")
 
     def with_tag(self, tag: str) -> NameAddr:
         """This address with its `tag` parameter set (in place, or appended)."""
@@ -325,9 +441,11 @@ class NameAddr:
                         [(k, v) for k, v in self.params if k.lower() != "tag"], self.bracketed)
 
 
-def _name_addr_match(text: str) -> tuple[re.Match[str], bool, Uri | None]:
+def match_name_addr(text: str) -> NameAddrMatch:
     """The NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match of `text`, and the URI
-    when it is not a sip: URI the match holds in pieces; ParseError when neither matches."""
+    when it is not a sip: URI the match holds in pieces; ParseError when neither matches.
+    What NameAddr.parse builds from, and all the parser needs to check a From, To or
+    Contact value without building one."""
     # A bare addr-spec holds no "<" outside a quoted parameter value, so "<" decides which
     # form to try first; the other one is tried before giving up.
     if "<" in text:
@@ -342,10 +460,14 @@ def _name_addr_match(text: str) -> tuple[re.Match[str], bool, Uri | None]:
     return m, False, None if absolute is None else parse_uri(absolute)
 
 
-def check_name_addr(text: str) -> None:
-    """ParseError unless NameAddr.parse(text) would give a value: the same check, without
-    building one (the parser's check of Contact values)."""
-    _name_addr_match(text)
+def check_uri(text: str) -> bool:
+    """ParseError unless parse_uri(text) would give a value, without building one; whether
+    it is a sip: or sips: URI with `?headers` (§19.1.1: a Request-URI may not have them)."""
+    m = _SIP_URI.fullmatch(text)
+    if m is None:
+        parse_uri(text)                         # a tel: or other URI, or the refusal
+        return False
+    return bool(m.group("uri_headers"))
 
 
 def check_via(text: str) -> None:
@@ -356,15 +478,29 @@ def check_via(text: str) -> None:
 
 # -- Via -------------------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class Via:
+class Via(_WithParams):
     """One Via value: `SIP/2.0/UDP host:port;branch=z9hG4bK…;rport;received=…`."""
+
+    __slots__ = ("host", "port", "protocol", "transport")
+    __match_args__ = ("transport", "host", "port", "params", "protocol")
 
     transport: str                   # "UDP", "TCP", "TLS", … as written
     host: str
-    port: int | None = None
-    params: Params = field(default_factory=list)
-    protocol: str = "SIP/2.0"
+    port: int | None
+    protocol: str
+
+    def __init__(self, transport: str, host: str, port: int | None = None,
+                 params: Params | None = None, protocol: str = "SIP/2.0", *,
+                 params_text: str = "") -> None:
+        """`params_text`: the via-params as GENERIC_PARAMS matched them, for the parsers,
+        listed on first read; `params` wins when both are given."""
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self._set_params(params, params_text)
+        self.protocol = protocol
+
+    _PARTS = _GENERIC_PARAM_PARTS
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -372,33 +508,37 @@ class Via:
         if m is None:
             raise ParseError(_why_via(text))
         name, version, transport, host, port, params = m.groups()
-        return cls(transport, host, None if port is None else int(port),
-                   _header_params(params), f"{name}/{version}")
+        return cls(transport, host, None if port is None else int(port), None,
+                   f"{name}/{version}", params_text=params)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.transport, self.host, self.port, self._params_text, self.protocol)
+
+    def __repr__(self) -> str:
+        return (f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
+                f"params={self.params!r}, protocol={self.protocol!r})")
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
-        return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
+        return f"{self.protocol}/{self.transport} {self.host}{port}{self._params_text}"
 
     @property
     def branch(self) -> str | None:
-        return _find_param(self.params, "branch")
+        return self._param("branch")
 
     @property
     def rport(self) -> str | None:
         """'' when the client asked for rport (RFC 3581 §3), the port when filled in."""
-        return _find_param(self.params, "rport")
+        return self._param("rport")
 
     @property
     def received(self) -> str | None:
-        return _find_param(self.params, "received")
+        return self._param("received")
 
     @property
     def default_port(self) -> int:
         """RFC 3261 §18.2.2 / §19.1.2: 5061 for TLS, else 5060."""
         return 5061 if self.transport.upper() == "TLS" else 5060
-
-    def param(self, name: str) -> str | None:
-        return get_param(self.params, name)
 
     def with_params(self, **values: str | None) -> Via:
         params = self.params
@@ -420,9 +560,10 @@ class Via:
             params = set_param(params, "received", ip)
         elif self.host.strip("[]") != ip.strip("[]"):
             params = set_param(params, "received", ip)
-        if params == self.params:
+        else:
             return self
-        return Via(self.transport, self.host, self.port, params, self.protocol)
+        stamped = Via(self.transport, self.host, self.port, params, self.protocol)
+        return self if stamped._params_text == self._params_text else stamped
 
     def response_target(self, source: tuple[str, int]) -> tuple[str, int]:
         """Where a response to this Via goes over UDP (RFC 3261 §18.2.2, RFC 3581 §4), on a
