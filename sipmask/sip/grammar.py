@@ -131,6 +131,9 @@ GENERIC_PARAMS = "(?:" + SEMI + GENERIC_PARAM + ")*+"
 # `findall`: its name, "=" or "" (a flag parameter has none), and its value.
 GENERIC_PARAM_PARTS = (SEMI + "(" + GEN_PNAME + ")(?:" + SWS + "(=)" + SWS + "("
                        + GEN_VALUE + "?+))?+")
+# The same in canonical form (what str() writes: no LWS), which values keep their
+# parameters in.
+CANONICAL_PARAM_PARTS = ";(" + GEN_PNAME + ")(?:(=)(" + GEN_VALUE + "?+))?+"
 URI_PARAMETER_PARTS = ";(" + URI_PNAME + ")(?:(=)(" + URI_PVALUE + "))?+"
 
 # -- name-addr and addr-spec (§20.10, §25.1) -------------------------------------------------

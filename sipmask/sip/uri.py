@@ -50,6 +50,7 @@ _VIA_PARM = _compiled(grammar.VIA_PARM, ("protocol_name", "protocol_version", "t
                                          "host", "port", "params"))
 _GENERIC_PARAMS = re.compile(grammar.GENERIC_PARAMS)
 _GENERIC_PARAM_PARTS = re.compile(grammar.GENERIC_PARAM_PARTS)
+_CANONICAL_PARAM_PARTS = re.compile(grammar.CANONICAL_PARAM_PARTS)
 _URI_PARAMETER_PARTS = re.compile(grammar.URI_PARAMETER_PARTS)
 _QUOTED_PAIR = re.compile(grammar.QUOTED_PAIR)
 
@@ -73,6 +74,14 @@ def _header_params(text: str) -> Params:
 def _uri_params(text: str) -> Params:
     """The uri-parameters of a run URI_PARAMETERS matched."""
     return _listed(_URI_PARAMETER_PARTS.findall(text)) if text else []
+
+
+def _canonical(text: str) -> str:
+    """Header parameters GENERIC_PARAMS matched, in canonical form: the LWS the grammar
+    allows around ";" and "=" (§25.1 SEMI, EQUAL) left out."""
+    if " " in text or "\t" in text:
+        return format_params(_header_params(text))
+    return text
 
 
 def parse_params(text: str, what: str) -> Params:
@@ -144,17 +153,6 @@ class _WithParams:
     _params_text: str
     _PARTS: re.Pattern[str]          # the pattern of one parameter, in three groups
 
-    def _set_params(self, params: Params | None, text: str) -> None:
-        """`params` when given, else `text` as the grammar matched it."""
-        self._found = None
-        if params is not None:
-            self._params_text = format_params(params)
-        elif " " in text or "\t" in text:
-            # LWS around ";" and "=" (§25.1 SEMI, EQUAL) is not part of the canonical form.
-            self._params_text = format_params(_listed(self._PARTS.findall(text)))
-        else:
-            self._params_text = text
-
     def _parts(self) -> _Found:
         found = self._found
         if found is None:
@@ -167,13 +165,18 @@ class _WithParams:
 
     @params.setter
     def params(self, value: Params) -> None:
-        self._set_params(value, "")
+        self._params_text = format_params(value)
+        self._found = None
 
     def _param(self, low: str) -> str | None:
         """get_param for a name in lower case ('' for a flag, None when absent)."""
-        if not self._params_text:
+        text = self._params_text
+        if not text:
             return None
-        for name, _eq, value in self._parts():
+        found = self._found
+        if found is None:
+            found = self._found = self._PARTS.findall(text)
+        for name, _eq, value in found:
             if name == low or name.lower() == low:    # most peers write names in lower case
                 return value
         return None
@@ -208,15 +211,16 @@ class SipUri(_WithParams):
 
     def __init__(self, scheme: str, user: str | None, host: str, port: int | None = None,
                  password: str | None = None, params: Params | None = None,
-                 headers: str = "", *, params_text: str = "") -> None:
-        """`params_text`: the uri-parameters as URI_PARAMETERS matched them (`;a=1;b`), for
-        the parsers, listed on first read; `params` wins when both are given."""
+                 headers: str = "", params_text: str = "") -> None:
+        """`params_text`: the uri-parameters in canonical form (`;a=1;b`, as URI_PARAMETERS
+        matched them), what the parsers give; `params` wins when both are given."""
         self.scheme = scheme
         self.user = user
         self.host = host
         self.port = port
         self.password = password
-        self._set_params(params, params_text)
+        self._params_text = format_params(params) if params is not None else params_text
+        self._found = None
         self.headers = headers
 
     _PARTS = _URI_PARAMETER_PARTS
@@ -287,7 +291,7 @@ def _sip_uri(m: re.Match[str]) -> SipUri:
     """The SipUri of a SIP_URI match."""
     scheme, user, password, host, port, params, headers = m.groups()
     return SipUri(scheme, user, host, None if port is None else int(port), password, None,
-                  headers or "", params_text=params)
+                  headers or "", params)
 
 
 @dataclass(slots=True)
@@ -370,15 +374,16 @@ class NameAddr(_WithParams):
     bracketed: bool
 
     def __init__(self, uri: Uri, display: str | None = None, params: Params | None = None,
-                 bracketed: bool = True, *, params_text: str = "") -> None:
-        """`params_text`: the header parameters as GENERIC_PARAMS matched them, for the
-        parsers, listed on first read; `params` wins when both are given."""
+                 bracketed: bool = True, params_text: str = "") -> None:
+        """`params_text`: the header parameters in canonical form (`_canonical`), what the
+        parsers give; `params` wins when both are given."""
         self.uri = uri
         self.display = display
-        self._set_params(params, params_text)
+        self._params_text = format_params(params) if params is not None else params_text
+        self._found = None
         self.bracketed = bracketed
 
-    _PARTS = _GENERIC_PARAM_PARTS
+    _PARTS = _CANONICAL_PARAM_PARTS
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
@@ -398,8 +403,8 @@ class NameAddr(_WithParams):
             uri_params = ""
         uri = absolute if absolute is not None else SipUri(
             scheme, user, host, None if port is None else int(port), password, None,
-            uri_headers or "", params_text=uri_params)
-        return cls(uri, display, None, bracketed, params_text=params)
+            uri_headers or "", uri_params)
+        return cls(uri, display, None, bracketed, _canonical(params))
 
     def _fields(self) -> tuple[object, ...]:
         return (self.uri, self.display, self._params_text, self.bracketed)
@@ -490,17 +495,18 @@ class Via(_WithParams):
     protocol: str
 
     def __init__(self, transport: str, host: str, port: int | None = None,
-                 params: Params | None = None, protocol: str = "SIP/2.0", *,
+                 params: Params | None = None, protocol: str = "SIP/2.0",
                  params_text: str = "") -> None:
-        """`params_text`: the via-params as GENERIC_PARAMS matched them, for the parsers,
-        listed on first read; `params` wins when both are given."""
+        """`params_text`: the via-params in canonical form (`_canonical`), what the parsers
+        give; `params` wins when both are given."""
         self.transport = transport
         self.host = host
         self.port = port
-        self._set_params(params, params_text)
+        self._params_text = format_params(params) if params is not None else params_text
+        self._found = None
         self.protocol = protocol
 
-    _PARTS = _GENERIC_PARAM_PARTS
+    _PARTS = _CANONICAL_PARAM_PARTS
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -509,7 +515,7 @@ class Via(_WithParams):
             raise ParseError(_why_via(text))
         name, version, transport, host, port, params = m.groups()
         return cls(transport, host, None if port is None else int(port), None,
-                   f"{name}/{version}", params_text=params)
+                   f"{name}/{version}", _canonical(params))
 
     def _fields(self) -> tuple[object, ...]:
         return (self.transport, self.host, self.port, self._params_text, self.protocol)
