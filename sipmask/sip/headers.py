@@ -147,8 +147,10 @@ class Headers:
     The `_p_*` slots hold what was parsed from these fields (From, To, CSeq, the top Via):
     `Message` parses them when first read and keeps them here for the transaction layer,
     the dialogs and the engine; the parser keeps what it parsed to check the message
-    (`keep_parsed`). Every method that changes a field clears them (`_changed`), so a
-    value read after a change is parsed from the new text."""
+    (`keep_parsed`). Every method that changes a field clears what was parsed from the
+    fields of that name (`_changed`), so a value read after a change is parsed from the
+    new text, and the others stay (stamping the top Via of a request leaves its From, To
+    and CSeq parsed)."""
 
     __slots__ = ("_fields", "_keys", "_m_from", "_m_to", "_p_cseq", "_p_from", "_p_to",
                  "_p_via", "modified")
@@ -189,12 +191,23 @@ class Headers:
         the matches of From and To, which `Message` builds its values from when read."""
         self._p_cseq, self._p_via, self._m_from, self._m_to = cseq, top_via, from_, to
 
-    def _changed(self) -> None:
-        """A field changed: the original bytes no longer say it, and what was parsed from
-        the old text is forgotten."""
+    def keep_top_via(self, via: Via) -> None:
+        """`via` is the first Via value as the caller just wrote it (set_first): kept as the
+        parsed top Via, so it is not parsed again from the text."""
+        self._p_via = via
+
+    def _changed(self, key: str) -> None:
+        """A field with this key changed: the original bytes no longer say it, and what was
+        parsed from the old text of that field is forgotten."""
         self.modified = True
-        self._p_from = self._p_to = self._p_cseq = self._p_via = None
-        self._m_from = self._m_to = None
+        if key == "via":
+            self._p_via = None
+        elif key == "from":
+            self._p_from = self._m_from = None
+        elif key == "to":
+            self._p_to = self._m_to = None
+        elif key == "cseq":
+            self._p_cseq = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) in order."""
@@ -271,7 +284,7 @@ class Headers:
         else:
             self._fields.append(entry)
             self._keys.append(key)
-        self._changed()
+        self._changed(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace the first field with this name in place (others removed), or append."""
@@ -287,7 +300,7 @@ class Headers:
             fields[i] = (key, fields[i][1], value, None)
             if keys.count(key) > 1:
                 self._replace([f for j, f in enumerate(fields) if j <= i or f[0] != key])
-        self._changed()
+        self._changed(key)
 
     def set_first(self, name: str, value: str) -> None:
         """Replace the value of the first field with this name in place, keeping the name
@@ -300,7 +313,7 @@ class Headers:
             return
         i = keys.index(key)
         self._fields[i] = (key, self._fields[i][1], value, None)
-        self._changed()
+        self._changed(key)
 
     def remove(self, name: str) -> int:
         """Drop every field with this name; returns how many went."""
@@ -308,6 +321,7 @@ class Headers:
         removed = self._keys.count(key)
         if removed:
             self._replace([f for f in self._fields if f[0] != key])
+            self._changed(key)
         return removed
 
     def pop_first(self, name: str) -> str | None:
@@ -319,7 +333,7 @@ class Headers:
         value = self._fields[i][2]
         del self._fields[i]
         del self._keys[i]
-        self._changed()
+        self._changed(key)
         return value
 
     def copy(self) -> Headers:
@@ -347,6 +361,6 @@ class Headers:
         return "\r\n".join(lines)
 
     def _replace(self, fields: list[Field]) -> None:
+        """The fields, with their keys (the caller says what changed: `_changed`)."""
         self._fields = fields
         self._keys = list(map(_FIRST, fields))
-        self._changed()

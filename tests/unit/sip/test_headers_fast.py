@@ -1,7 +1,8 @@
 """From, To, CSeq and the top Via are parsed once and kept on the Headers.
 
 The parser parses them to check a message and keeps them; every change of a field,
-whichever method makes it, and a new Headers object make the next read parse the new text.
+whichever method makes it, makes the next read of that field parse the new text (the others
+stay parsed), and so does a new Headers object.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def test_a_change_after_a_read_is_read_fresh(label: str,
     assert reads(again) == expected
 
 
-def test_every_changing_method_forgets_what_was_parsed() -> None:
+def test_every_changing_method_forgets_what_was_parsed_from_its_field_only() -> None:
     # A guard for methods added later: each one that marks the headers modified must also
-    # forget the parsed values (Headers._changed does both).
+    # forget what was parsed from the field it changed (Headers._changed does both), and
+    # keep the rest: stamping the top Via must not make From, To and CSeq be parsed again.
     message = parsed()
     reads(message)
     headers = message.headers
@@ -75,8 +77,21 @@ def test_every_changing_method_forgets_what_was_parsed() -> None:
         assert name in Headers.__dict__
     headers.remove("x-absent")                        # nothing changed: nothing forgotten
     assert headers._p_to is not None and not headers.modified
+    kept = (headers._p_to, headers._p_from, headers._p_cseq, headers._p_via)
     headers.set("Max-Forwards", "69")
-    assert (headers._p_to, headers._p_from, headers._p_cseq, headers._p_via) == (None,) * 4
+    assert headers.modified
+    assert (headers._p_to, headers._p_from, headers._p_cseq, headers._p_via) == kept
+    for change, slot in [(lambda: headers.set("t", "<sip:x@h>;tag=t2"), "_p_to"),
+                         (lambda: headers.set_first("CSeq", "7 INVITE"), "_p_cseq"),
+                         (lambda: headers.pop_first("via"), "_p_via"),
+                         (lambda: headers.remove("From"), "_p_from")]:
+        reads_before = {s: getattr(headers, s) for s in ("_p_to", "_p_from", "_p_cseq",
+                                                          "_p_via")}
+        change()
+        assert getattr(headers, slot) is None, slot
+        assert all(getattr(headers, s) is v for s, v in reads_before.items() if s != slot)
+        if slot != "_p_from":
+            reads(message)
 
 
 def test_a_new_headers_object_is_read_fresh_and_drops_the_bytes() -> None:
@@ -130,9 +145,11 @@ def test_stamping_changes_the_top_via_line_only() -> None:
     assert isinstance(message, Request)
     before = parsed().headers.fields()
     assert message.top_via.received is None
+    cseq, from_, to = message.cseq, message.from_, message.to
     via = stamp_top_via(message, ("192.0.2.9", 40000))
     assert via.rport == "40000" and via.received == "192.0.2.9"
-    assert message.top_via == via and message.top_via.received == "192.0.2.9"
+    assert message.top_via is via and message.top_via.received == "192.0.2.9"
+    assert message.cseq is cseq and message.from_ is from_ and message.to is to
     after = message.headers.fields()
     assert after[0][2] == str(via) and after[0][3] is None and after[0][1] == "Via"
     assert after[1:] == before[1:]                   # the others keep their text
