@@ -19,7 +19,7 @@ from enum import Enum
 from sipmask.entropy import token_bytes
 from sipmask.errors import CallStateError, ParseError, SipError
 from sipmask.sip.headers import Headers
-from sipmask.sip.message import Request, Response
+from sipmask.sip.message import CSeq, Request, Response
 from sipmask.sip.transaction import RandomBytes, new_branch
 from sipmask.sip.uri import NameAddr, SipUri, has_param, parse_uri
 
@@ -117,8 +117,11 @@ class Dialog:
     secure: bool = False
     state: DialogState = DialogState.EARLY
     # _constant_parts' cache: the fields it read, and what it made of them.
-    _parts: tuple[tuple[str, tuple[str, ...], str, str, str, str],
-                  tuple[str, tuple[str, ...], str, str]] | None = field(
+    _parts: tuple[tuple[str, tuple[str, ...], str, str, str, str], _Parts] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    # The values `local_uri` and `remote_uri` were written from (as_uac, as_uas), each with
+    # that text: _constant_parts parses a text only when it is not the one written.
+    _addrs: tuple[str, NameAddr, str, NameAddr] | None = field(
         default=None, init=False, repr=False, compare=False)
 
     # -- creation ---------------------------------------------------------------------------
@@ -129,12 +132,13 @@ class Dialog:
         is the response's Record-Route reversed; the remote target its Contact."""
         from_ = request.from_
         to = response.to
+        local, remote = from_.without_tag(), to.without_tag()
         dialog = cls(
             call_id=request.call_id,
             local_tag=from_.tag or "",
             remote_tag=to.tag or "",
-            local_uri=_without_tag(from_),
-            remote_uri=_without_tag(to),
+            local_uri=str(local),
+            remote_uri=str(remote),
             remote_target=_contact_uri(response) or request.uri,
             route_set=tuple(reversed(response.headers.get_all("record-route"))),
             local_seq=request.cseq.number,
@@ -145,6 +149,7 @@ class Dialog:
         )
         if response.status >= 200:
             dialog.state = DialogState.CONFIRMED
+        dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
         return dialog
 
     @classmethod
@@ -154,12 +159,13 @@ class Dialog:
         The route set is the request's Record-Route in order; the remote target its Contact.
         The responses that create it must carry `local_tag` in To."""
         from_ = request.from_
-        return cls(
+        local, remote = request.to.without_tag(), from_.without_tag()
+        dialog = cls(
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag or "",
-            local_uri=_without_tag(request.to),
-            remote_uri=_without_tag(from_),
+            local_uri=str(local),
+            remote_uri=str(remote),
             remote_target=_contact_uri(request) or str(from_.uri),
             route_set=tuple(request.headers.get_all("record-route")),
             local_seq=None,
@@ -169,6 +175,8 @@ class Dialog:
             secure=request.uri.lower().startswith("sips:"),
             state=DialogState.CONFIRMED if confirmed else DialogState.EARLY,
         )
+        dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
+        return dialog
 
     @property
     def id(self) -> DialogId:
@@ -295,7 +303,7 @@ class Dialog:
 
     def _build(self, method: str, number: int, body: bytes, content_type: str | None,
                extra: tuple[tuple[str, str], ...]) -> Request:
-        uri, routes, from_, to = self._constant_parts()
+        uri, routes, from_, to, from_addr, to_addr = self._constant_parts()
         pairs: list[tuple[str, str]] = [("Route", r) for r in routes] if routes else []
         pairs += [
             ("Max-Forwards", MAX_FORWARDS),
@@ -312,12 +320,16 @@ class Dialog:
         if content_type is not None:
             pairs.append(("Content-Type", content_type))
         pairs.append(("Content-Length", str(len(body))))
-        return Request(method, uri, Headers.of(*pairs), body)
+        headers = Headers.of(*pairs)
+        # What the transaction layer and the engine read of it, as written: not parsed again.
+        headers.keep_values(cseq=CSeq(number, method), from_=from_addr, to=to_addr)
+        return Request(method, uri, headers, body)
 
-    def _constant_parts(self) -> tuple[str, tuple[str, ...], str, str]:
-        """Request-URI, Route values, From and To of the requests built in this dialog.
-        They change only with the fields they come from, so they are worked out once per
-        value of those fields (most dialogs build their ACK and BYE from the same)."""
+    def _constant_parts(self) -> _Parts:
+        """Request-URI, Route values, From and To (as text and as values) of the requests
+        built in this dialog. They change only with the fields they come from, so they are
+        worked out once per value of those fields (most dialogs build their ACK and BYE
+        from the same)."""
         key = (self.remote_target, self.route_set, self.local_uri, self.local_tag,
                self.remote_uri, self.remote_tag)
         cached = self._parts
@@ -325,19 +337,24 @@ class Dialog:
             return cached[1]
         uri, routes = self._request_uri_and_routes()
         parse_uri(uri)  # a remote target we could not route to fails here, not on the wire
-        parts = (uri, tuple(routes), _with_tag(self.local_uri, self.local_tag),
-                 _with_tag(self.remote_uri, self.remote_tag))
+        local, remote = self._local_and_remote()
+        from_ = local.with_tag(self.local_tag) if self.local_tag else local
+        to = remote.with_tag(self.remote_tag) if self.remote_tag else remote
+        parts = (uri, tuple(routes), str(from_), str(to), from_, to)
         self._parts = (key, parts)
         return parts
 
+    def _local_and_remote(self) -> tuple[NameAddr, NameAddr]:
+        """`local_uri` and `remote_uri` as values: the ones they were written from while
+        they are still those texts, else parsed."""
+        addrs = self._addrs
+        if addrs is not None and addrs[0] is self.local_uri and addrs[2] is self.remote_uri:
+            return addrs[1], addrs[3]
+        return NameAddr.parse(self.local_uri), NameAddr.parse(self.remote_uri)
 
-def _without_tag(addr: NameAddr) -> str:
-    return str(addr.without_tag())
 
-
-def _with_tag(addr_text: str, tag: str) -> str:
-    addr = NameAddr.parse(addr_text)
-    return str(addr.with_tag(tag)) if tag else str(addr)
+# What _constant_parts gives: Request-URI, Route values, From and To texts, their values.
+_Parts = tuple[str, tuple[str, ...], str, str, NameAddr, NameAddr]
 
 
 def _contact_uri(message: Request | Response) -> str | None:

@@ -109,12 +109,14 @@ SIP_URI = (
 SCHEME = r"[A-Za-z][A-Za-z0-9+\-.]*+"
 ABSOLUTE_URI = SCHEME + rf":[^{_NOT_IN_URI}]++"
 # RFC 3966 telephone-subscriber = global-number / local-number. Leniency: one run of the
-# characters both use (digits, hex digits of local numbers, `*`, `#`, visual separators),
-# an optional leading "+"; the caller checks that a digit is there. Parameters as a sip:
-# URI's.
-TELEPHONE_SUBSCRIBER = r"\+?+[0-9A-Fa-f*#\-.()]++"
-TEL_URI = (r"[tT][eE][lL]:(?P<number>" + TELEPHONE_SUBSCRIBER + ")"
+# characters both use (digits, hex digits of local numbers, `*`, `#`, visual separators)
+# holding at least one digit, an optional leading "+". Parameters as a sip: URI's.
+TEL_SCHEME = r"[tT][eE][lL]"
+TELEPHONE_SUBSCRIBER = r"\+?+[A-Fa-f*#\-.()]*+[0-9][0-9A-Fa-f*#\-.()]*+"
+TEL_URI = (TEL_SCHEME + ":(?P<number>" + TELEPHONE_SUBSCRIBER + ")"
            "(?P<uri_params>" + URI_PARAMETERS + ")")
+# Any other absoluteURI: not sip:, sips: or tel:, which have their own rules above.
+OTHER_URI = "(?!" + SIP_SCHEME + ":|" + TEL_SCHEME + ":)" + ABSOLUTE_URI
 
 # -- header parameters (§25.1 generic-param) -------------------------------------------------
 # generic-param = token [ EQUAL gen-value ]; gen-value = token / host / quoted-string.
@@ -138,23 +140,26 @@ URI_PARAMETER_PARTS = ";(" + URI_PNAME + ")(?:(=)(" + URI_PVALUE + "))?+"
 
 # -- name-addr and addr-spec (§20.10, §25.1) -------------------------------------------------
 # name-addr = [ display-name ] LAQUOT addr-spec RAQUOT; addr-spec = SIP-URI / SIPS-URI /
-# absoluteURI. The URI inside <> is either a sip: URI, read in place, or any other
-# absoluteURI (`absolute`), which the caller parses (tel:) or keeps as text.
+# absoluteURI. The URI inside <> is either a sip: URI, read in place, or another URI
+# (`absolute`: a tel: URI or any other absoluteURI, each by its rule), which the caller
+# builds from its text.
 NAME_ADDR = (
     SWS + "(?:(?P<display>" + DISPLAY_NAME + "))?+" + LAQUOT
-    + "(?:" + SIP_URI + "|(?P<absolute>" + ABSOLUTE_URI + "))"
+    + "(?:" + SIP_URI + "|(?P<absolute>" + TEL_SCHEME + ":" + TELEPHONE_SUBSCRIBER
+    + URI_PARAMETERS + "|" + OTHER_URI + "))"
     + RAQUOT + "(?P<params>" + GENERIC_PARAMS + ")" + SWS
 )
 # §20.10: an addr-spec outside <> whose URI holds ",", "?" or ";" is not allowed; the
 # first ";" starts the header's parameters. So a bare URI is a sip: URI without those
-# characters, parameters or headers, or any other absoluteURI without them.
+# characters, parameters or headers, or another URI without them.
 _BARE = ",;?"
 ADDR_SPEC = (
     SWS + "(?:(?P<scheme>" + SIP_SCHEME + "):"
     "(?:(?P<user>" + rf"[^{_NOT_IN_URI}@:{_BARE}]++" + ")"
     "(?::(?P<password>" + rf"[^{_NOT_IN_URI}@{_BARE}]*+" + "))?+@)?"
     "(?P<host>" + HOST + ")(?::(?P<port>" + PORT + "))?+"
-    "|(?P<absolute>" + SCHEME + rf":[^{_NOT_IN_URI}{_BARE}]++" + "))"
+    "|(?P<absolute>" + TEL_SCHEME + ":" + TELEPHONE_SUBSCRIBER + "|(?!" + SIP_SCHEME + ":|"
+    + TEL_SCHEME + ":)" + SCHEME + rf":[^{_NOT_IN_URI}{_BARE}]++" + "))"
     "(?P<params>" + GENERIC_PARAMS + ")" + SWS
 )
 

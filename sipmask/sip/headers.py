@@ -95,6 +95,13 @@ def is_token(text: str) -> bool:
     return _TOKEN.fullmatch(text) is not None
 
 
+# The spellings the table holds, every one a token (checked here): a header name among
+# them needs no other check (the parser checks the others against the grammar).
+KNOWN_NAMES = frozenset(_KEYS)
+if not all(map(is_token, KNOWN_NAMES)):
+    raise ValueError("a header name in the table is not a token")
+
+
 def split_commas(value: str) -> list[str]:
     """Split a header value on commas outside quotes and angle brackets (§7.3.1)."""
     if "," not in value:
@@ -191,10 +198,30 @@ class Headers:
         the matches of From and To, which `Message` builds its values from when read."""
         self._p_cseq, self._p_via, self._m_from, self._m_to = cseq, top_via, from_, to
 
-    def keep_top_via(self, via: Via) -> None:
-        """`via` is the first Via value as the caller just wrote it (set_first): kept as the
-        parsed top Via, so it is not parsed again from the text."""
-        self._p_via = via
+    def keep_values(self, *, cseq: CSeq | None = None, top_via: Via | None = None,
+                    from_: NameAddr | None = None, to: NameAddr | None = None) -> None:
+        """Values the caller wrote into these fields (each field's text is the value's
+        `str()`, or the text it was parsed from): kept as what `Message` reads, so a
+        message we build or change is not parsed again for them."""
+        if cseq is not None:
+            self._p_cseq = cseq
+        if top_via is not None:
+            self._p_via = top_via
+        if from_ is not None:
+            self._p_from = from_
+        if to is not None:
+            self._p_to = to
+
+    def share_parsed(self, source: Headers, *, to: NameAddr | None = None) -> None:
+        """These fields echo `source`'s Via lines, From, CSeq and, unless `to` is given (the
+        value of the To written instead), To (a response, §8.2.6.2): what was parsed from
+        those in `source` is kept here too (values are shared, never changed in place)."""
+        self._p_cseq, self._p_via = source._p_cseq, source._p_via
+        self._p_from, self._m_from = source._p_from, source._m_from
+        if to is None:
+            self._p_to, self._m_to = source._p_to, source._m_to
+        else:
+            self._p_to = to
 
     def _changed(self, key: str) -> None:
         """A field with this key changed: the original bytes no longer say it, and what was

@@ -300,11 +300,13 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
     """A response to `request` per RFC 3261 §8.2.6.2: Via (all, in order), From, To, Call-ID
     and CSeq copied; a To tag added when given and absent (§8.2.6.2, not on 100 Trying)."""
     to_value = request.headers.get("to") or ""
+    tagged: NameAddr | None = None
     if to_tag is not None and status > 100:
         try:
             to_addr = request.to                 # NameAddr.parse(to_value), kept
             if to_addr.tag is None:
-                to_value = str(to_addr.with_tag(to_tag))
+                tagged = to_addr.with_tag(to_tag)
+                to_value = str(tagged)
         except ParseError:
             pass
     fields = echoed_fields(request, to_value)
@@ -313,5 +315,8 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
     if content_type is not None:
         fields.append(("content-type", "Content-Type", content_type, None))
     fields.append(("content-length", "Content-Length", str(len(body)), None))
-    return Response(status, reason or REASONS.get(status, "Unknown"), Headers.built(fields),
-                    body)
+    headers = Headers.built(fields)
+    # What the transaction layer reads of the response (To tag, CSeq, top Via) is what it
+    # read of the request: shared, not parsed again.
+    headers.share_parsed(request.headers, to=tagged)
+    return Response(status, reason or REASONS.get(status, "Unknown"), headers, body)

@@ -26,7 +26,7 @@ from itertools import repeat
 
 from sipmask.errors import MessageTooLarge, ParseError
 from sipmask.sip import grammar
-from sipmask.sip.headers import Headers, canonical, is_token, split_commas
+from sipmask.sip.headers import KNOWN_NAMES, Headers, canonical, is_token, split_commas
 from sipmask.sip.message import SIP_VERSION, CSeq, Request, Response
 from sipmask.sip.uri import Via, check_uri, check_via, match_name_addr
 
@@ -38,8 +38,8 @@ _REQUIRED_SET = frozenset(_REQUIRED)
 _PRETTY = {"to": "To", "from": "From", "cseq": "CSeq", "call-id": "Call-ID", "via": "Via",
            "content-length": "Content-Length"}
 
-# The names of a header block, one a line (§7.3.1: field-name = token). The whitespace
-# HCOLON allows before the colon is taken off first.
+# The names of a header block, one a line (§7.3: field-name = token); names written with
+# the whitespace HCOLON allows before the colon are checked once it is taken off.
 _FIELD_NAMES = re.compile("(?:" + grammar.FIELD_NAME + "\n)*+" + grammar.FIELD_NAME)
 _METHOD = re.compile(grammar.METHOD)
 
@@ -66,11 +66,12 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
     if crlf:
         lines = head.split("\r\n")
         # A lone CR or LF inside a field would let a value smuggle a header line into a
-        # message we build from it; count them instead of trusting the split.
-        breaks = len(lines) - 1
-        if head.count("\n") != breaks:
+        # message we build from it: the lines must hold neither (two memchr scans of
+        # their join are cheaper than counting each character of the head).
+        joined = "".join(lines)
+        if "\n" in joined:
             crlf = False                    # bare LFs among the CRLFs: split on LF below
-        elif head.count("\r") != breaks:
+        elif "\r" in joined:
             raise ParseError("Bare CR in header")
     if not crlf:
         lines = [line[:-1] if line.endswith("\r") else line for line in head.split("\n")]
@@ -81,22 +82,24 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
     # -- header lines (§7.3): name HCOLON value ---------------------------------------------
     raws = lines
     if lines:
-        names, colons, parts = zip(*map(str.partition, lines, repeat(":")), strict=True)
-        if "" in colons or _FIELD_NAMES.fullmatch("\n".join(names)) is None:
-            # Not `name:value` lines of token names: folded lines, WSP before a colon, or
-            # an error; each line is looked at.
-            lines, raws, names, parts = _odd_lines(lines)
+        # (strict=False: every list zipped in this module is as long as the others by
+        # construction, one item a header line, and the check costs per message)
+        names, colons, parts = zip(*map(str.partition, lines, repeat(":")), strict=False)
+        if "" in colons or not (KNOWN_NAMES.issuperset(names)
+                                or _FIELD_NAMES.fullmatch("\n".join(names))):
+            # Folded lines or WSP before a colon, which the checks do not take as they
+            # are (or an error): undo them and check again.
+            lines, raws, names, parts = _normalised(lines)
         keys = list(map(canonical, names))
         values = list(map(str.strip, parts, repeat(" \t")))
     else:
         names, keys, values = (), [], []
 
     # -- body: Content-Length (§20.14, §18.3) ------------------------------------------------
-    lengths = keys.count("content-length")
-    if lengths:
+    if "content-length" in keys:
         length = _content_length(
-            [values[keys.index("content-length")]] if lengths == 1 else
-            [v for k, v in zip(keys, values, strict=True) if k == "content-length"])
+            [v for k, v in zip(keys, values, strict=False) if k == "content-length"]
+            if keys.count("content-length") > 1 else [values[keys.index("content-length")]])
         available = len(data) - body_start
         if length > available:
             # §18.3: a datagram that ends before the body does is an error (400 for a
@@ -117,29 +120,28 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
     if not crlf:
         raw = None  # rebuilt messages use CRLF, so the original bytes are never reused
     kept: list[str] | list[None] = raws if crlf else [None] * len(keys)
-    headers = Headers(list(zip(keys, names, values, kept, strict=True)), keys)
+    headers = Headers(list(zip(keys, names, values, kept, strict=False)), keys)
     if first.startswith("SIP/"):
         return _response(first, headers, keys, values, body, raw)
     return _request(first, headers, keys, values, body, raw)
 
 
-def _odd_lines(lines: list[str]
-               ) -> tuple[list[str], list[str], tuple[str, ...], tuple[str, ...]]:
-    """The header lines that are not all `name:value` with a token name: §7.3.1 folding
-    undone, the WSP HCOLON allows before the colon taken off the names; ParseError for
-    what is left. Returns the logical lines, their raw text, names and unstripped values."""
-    raws = lines
-    if any(line[:1] in (" ", "\t") for line in lines):
-        if lines[0][:1] in (" ", "\t"):
-            raise ParseError("Continuation line before any header")
-        lines, raws = _unfold(lines)
-    names, colons, parts = zip(*map(str.partition, lines, repeat(":")), strict=True)
+def _normalised(lines: list[str]
+                ) -> tuple[list[str], list[str], tuple[str, ...], tuple[str, ...]]:
+    """The header lines with §7.3.1 folding undone and the WSP HCOLON allows before a
+    colon taken off the names, checked as `parse_message` checks them; ParseError naming
+    the first line that still fails. Returns the logical lines, the raw text of each, the
+    names and the unstripped values."""
+    if lines[0][:1] in (" ", "\t"):
+        raise ParseError("Continuation line before any header")
+    lines, raws = _unfold(lines)
+    names, colons, parts = zip(*map(str.partition, lines, repeat(":")), strict=False)
     if "" in colons:
         raise ParseError("Header line without a colon")
     names = tuple(map(str.rstrip, names, repeat(" \t")))
-    for name in names:
-        if not is_token(name):
-            raise ParseError(f"Bad header name {name[:32]!r}")
+    if _FIELD_NAMES.fullmatch("\n".join(names)) is None:
+        bad = next(name for name in names if not is_token(name))
+        raise ParseError(f"Bad header name {bad[:32]!r}")
     return lines, raws, names, parts
 
 
@@ -225,19 +227,24 @@ def _check_required(headers: Headers, keys: list[str], values: list[str]) -> CSe
         for key in _REQUIRED:
             if key not in present:
                 raise ParseError(f"Missing {_PRETTY[key]}")
-    unique = len(present) == len(keys)
-    if not unique:
+    index = keys.index
+    if len(present) == len(keys):                 # every name once: the common case
+        vias = [values[index("via")]]
+        contacts = [values[index("contact")]] if "contact" in present else []
+    else:
         for key in ("from", "to", "call-id", "cseq"):
             if keys.count(key) > 1:
                 raise ParseError(f"Multiple {_PRETTY[key]} headers")
+        vias = [v for k, v in zip(keys, values, strict=False) if k == "via"]
+        contacts = [v for k, v in zip(keys, values, strict=False) if k == "contact"]
     # §8.1.1.2-3: From and To are checked here and built from these matches when a layer
     # reads them (most messages are matched on the Via branch and CSeq alone).
-    from_ = match_name_addr(values[keys.index("from")])
-    to = match_name_addr(values[keys.index("to")])
-    if not values[keys.index("call-id")]:
+    from_ = match_name_addr(values[index("from")])
+    to = match_name_addr(values[index("to")])
+    if not values[index("call-id")]:
         raise ParseError("Empty Call-ID")
     top_via: Via | None = None
-    for value in _all_of("via", keys, values, unique):
+    for value in vias:
         parms = split_commas(value) if "," in value else [value] if value else []
         if not parms:
             raise ParseError("Empty Via")
@@ -246,22 +253,14 @@ def _check_required(headers: Headers, keys: list[str], values: list[str]) -> CSe
             del parms[0]
         for parm in parms:
             check_via(parm)
-    if "contact" in present:
-        for value in _all_of("contact", keys, values, unique):
-            if value != "*":
-                for addr in split_commas(value) if "," in value else [value]:
-                    match_name_addr(addr)
-    cseq = CSeq.parse(values[keys.index("cseq")])
+    for value in contacts:
+        if value != "*":
+            for addr in split_commas(value) if "," in value else [value]:
+                match_name_addr(addr)
+    cseq = CSeq.parse(values[index("cseq")])
     assert top_via is not None                    # "via" is present, and not empty
     headers.keep_parsed(cseq, top_via, from_, to)
     return cseq
-
-
-def _all_of(key: str, keys: list[str], values: list[str], unique: bool) -> list[str]:
-    """Values of every line with this key (one line is the common case)."""
-    if unique or keys.count(key) == 1:
-        return [values[keys.index(key)]]
-    return [v for k, v in zip(keys, values, strict=True) if k == key]
 
 
 def salvage(data: bytes) -> Headers | None:

@@ -1048,7 +1048,7 @@ def stamp_top_via(request: Request, source: Address) -> Via:
     first = str(stamped)
     request.headers.set_first(
         "via", first if "," not in value else ", ".join([first, *split_commas(value)[1:]]))
-    request.headers.keep_top_via(stamped)
+    request.headers.keep_values(top_via=stamped)
     return stamped
 
 

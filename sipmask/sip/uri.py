@@ -289,7 +289,12 @@ class SipUri(_WithParams):
 
 def _sip_uri(m: re.Match[str]) -> SipUri:
     """The SipUri of a SIP_URI match."""
-    scheme, user, password, host, port, params, headers = m.groups()
+    return _sip_uri_of(*m.groups())
+
+
+def _sip_uri_of(scheme: str, user: str | None, password: str | None, host: str,
+                port: str | None, params: str, headers: str | None) -> SipUri:
+    """The SipUri of the pieces SIP_URI matched, in its groups' order."""
     return SipUri(scheme, user, host, None if port is None else int(port), password, None,
                   headers or "", params)
 
@@ -305,7 +310,7 @@ class TelUri:
     @classmethod
     def parse(cls, text: str) -> TelUri:
         m = _TEL_URI.fullmatch(text)
-        if m is None or not any(c.isdigit() for c in m.group("number")):
+        if m is None:
             raise ParseError(_why_tel_uri(text))
         number, params = m.groups()
         return cls(number, _uri_params(params), text[:3])
@@ -337,9 +342,12 @@ class AbsoluteUri:
 
 
 Uri = SipUri | TelUri | AbsoluteUri
-# What match_name_addr finds: the NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match,
-# and the URI when it is not a sip: URI the match holds in pieces.
-NameAddrMatch = tuple[re.Match[str], bool, Uri | None]
+# What match_name_addr finds: the NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match.
+NameAddrMatch = tuple[re.Match[str], bool]
+# A URI a name-addr holds before it is built (NameAddr.uri): the pieces SIP_URI matched
+# (scheme, user, password, host, port, uri-parameters, headers), or the text of a URI of
+# another scheme, which the grammar has already checked.
+UriPieces = tuple[str, str | None, str | None, str, str | None, str, str | None] | str
 
 
 def parse_uri(text: str) -> Uri:
@@ -366,22 +374,43 @@ class NameAddr(_WithParams):
     or `;` must be in angle brackets.
     """
 
-    __slots__ = ("bracketed", "display", "uri")
+    __slots__ = ("_uri", "_uri_pieces", "bracketed", "display")
     __match_args__ = ("uri", "display", "params", "bracketed")
 
-    uri: Uri
     display: str | None              # as written, quotes included
     bracketed: bool
+    _uri: Uri | None                 # None until built from `_uri_pieces`
+    _uri_pieces: UriPieces | None
 
-    def __init__(self, uri: Uri, display: str | None = None, params: Params | None = None,
-                 bracketed: bool = True, params_text: str = "") -> None:
+    def __init__(self, uri: Uri | None, display: str | None = None,
+                 params: Params | None = None, bracketed: bool = True,
+                 params_text: str = "", uri_pieces: UriPieces | None = None) -> None:
         """`params_text`: the header parameters in canonical form (`_canonical`), what the
-        parsers give; `params` wins when both are given."""
-        self.uri = uri
+        parsers give; `params` wins when both are given. `uri` None: `uri_pieces` are what
+        the grammar matched, built into the URI when it is first read (most From and To
+        values are asked for their tag only)."""
+        if uri is None and uri_pieces is None:
+            raise ValueError("a NameAddr needs its URI or the pieces of one")
+        self._uri = uri
+        self._uri_pieces = uri_pieces
         self.display = display
         self._params_text = format_params(params) if params is not None else params_text
         self._found = None
         self.bracketed = bracketed
+
+    @property
+    def uri(self) -> Uri:
+        uri = self._uri
+        if uri is None:
+            pieces = self._uri_pieces
+            assert pieces is not None                 # __init__ has one or the other
+            uri = self._uri = parse_uri(pieces) if isinstance(pieces, str) else \
+                _sip_uri_of(*pieces)
+        return uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
 
     _PARTS = _CANONICAL_PARAM_PARTS
 
@@ -392,19 +421,18 @@ class NameAddr(_WithParams):
     @classmethod
     def of_match(cls, found: NameAddrMatch) -> NameAddr:
         """The value of what match_name_addr found (the parser checks From and To with it;
-        Message builds them from it when they are read)."""
-        m, bracketed, absolute = found
+        Message builds them from it when they are read). The URI is built when read."""
+        m, bracketed = found
         if bracketed:
-            display, scheme, user, password, host, port, uri_params, uri_headers, _, params = \
-                m.groups()
+            display, scheme, user, password, host, port, uri_params, uri_headers, absolute, \
+                params = m.groups()
         else:
-            scheme, user, password, host, port, _, params = m.groups()
+            scheme, user, password, host, port, absolute, params = m.groups()
             display = uri_headers = None
             uri_params = ""
-        uri = absolute if absolute is not None else SipUri(
-            scheme, user, host, None if port is None else int(port), password, None,
-            uri_headers or "", uri_params)
-        return cls(uri, display, None, bracketed, _canonical(params))
+        return cls(None, display, None, bracketed, _canonical(params),
+                   absolute if absolute is not None else
+                   (scheme, user, password, host, port, uri_params, uri_headers))
 
     def _fields(self) -> tuple[object, ...]:
         return (self.uri, self.display, self._params_text, self.bracketed)
@@ -437,32 +465,31 @@ class NameAddr(_WithParams):
 
     def with_tag(self, tag: str) -> NameAddr:
         """This address with its `tag` parameter set (in place, or appended)."""
-        return NameAddr(self.uri, self.display, set_param(self.params, "tag", tag),
-                        self.bracketed)
+        return NameAddr(self._uri, self.display, set_param(self.params, "tag", tag),
+                        self.bracketed, "", self._uri_pieces)
 
     def without_tag(self) -> NameAddr:
         """This address with no `tag` parameter (a dialog's local and remote URI, §12.1)."""
-        return NameAddr(self.uri, self.display,
-                        [(k, v) for k, v in self.params if k.lower() != "tag"], self.bracketed)
+        return NameAddr(self._uri, self.display,
+                        [(k, v) for k, v in self.params if k.lower() != "tag"], self.bracketed,
+                        "", self._uri_pieces)
 
 
 def match_name_addr(text: str) -> NameAddrMatch:
-    """The NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match of `text`, and the URI
-    when it is not a sip: URI the match holds in pieces; ParseError when neither matches.
-    What NameAddr.parse builds from, and all the parser needs to check a From, To or
-    Contact value without building one."""
+    """The NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match of `text`; ParseError
+    when neither matches. What NameAddr.parse builds from, and all the parser needs to
+    check a From, To or Contact value without building one: the grammar checks the URI
+    too, whatever its scheme."""
     # A bare addr-spec holds no "<" outside a quoted parameter value, so "<" decides which
     # form to try first; the other one is tried before giving up.
     if "<" in text:
         m = _NAME_ADDR.fullmatch(text)
         if m is not None:
-            absolute = m.group("absolute")
-            return m, True, None if absolute is None else parse_uri(absolute)
+            return m, True
     m = _ADDR_SPEC.fullmatch(text)
     if m is None:
         raise ParseError(_why_name_addr(text))
-    absolute = m.group("absolute")
-    return m, False, None if absolute is None else parse_uri(absolute)
+    return m, False
 
 
 def check_uri(text: str) -> bool:
