@@ -358,10 +358,8 @@ _Parts = tuple[str, tuple[str, ...], str, str, NameAddr, NameAddr]
 
 
 def _contact_uri(message: Request | Response) -> str | None:
-    contacts = message.headers.get_all("contact")
-    if not contacts:
-        return None
     try:
-        return str(NameAddr.parse(contacts[0]).uri)
+        contact = message.contact
     except ParseError:
         return None
+    return None if contact is None else str(contact.uri)

@@ -159,8 +159,8 @@ class Headers:
     new text, and the others stay (stamping the top Via of a request leaves its From, To
     and CSeq parsed)."""
 
-    __slots__ = ("_fields", "_keys", "_m_from", "_m_to", "_p_cseq", "_p_from", "_p_to",
-                 "_p_via", "modified")
+    __slots__ = ("_fields", "_keys", "_m_contact", "_m_from", "_m_to", "_p_contact", "_p_cseq",
+                 "_p_from", "_p_to", "_p_via", "modified")
 
     _p_from: NameAddr | None
     _p_to: NameAddr | None
@@ -168,6 +168,8 @@ class Headers:
     _p_via: Via | None
     _m_from: NameAddrMatch | None   # From and To as the parser matched them, to build from
     _m_to: NameAddrMatch | None
+    _p_contact: NameAddr | None     # the first Contact value, and the parser's match of it
+    _m_contact: NameAddrMatch | None
 
     def __init__(self, fields: list[Field] | None = None, keys: list[str] | None = None
                  ) -> None:
@@ -176,8 +178,8 @@ class Headers:
         self._fields: list[Field] = fields if fields is not None else []
         self._keys: list[str] = keys if keys is not None else list(map(_FIRST, self._fields))
         self.modified = False
-        self._p_from = self._p_to = self._p_cseq = self._p_via = None
-        self._m_from = self._m_to = None
+        self._p_from = self._p_to = self._p_cseq = self._p_via = self._p_contact = None
+        self._m_from = self._m_to = self._m_contact = None
 
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
@@ -192,11 +194,13 @@ class Headers:
         return cls(fields)
 
     def keep_parsed(self, cseq: CSeq, top_via: Via, from_: NameAddrMatch,
-                    to: NameAddrMatch) -> None:
+                    to: NameAddrMatch, contact: NameAddrMatch | None) -> None:
         """What the parser read from these fields while checking them: the CSeq and top
         Via, which every later layer reads (the transaction layer matches on both), and
-        the matches of From and To, which `Message` builds its values from when read."""
+        the matches of From, To and the first Contact, which `Message` builds its values
+        from when read."""
         self._p_cseq, self._p_via, self._m_from, self._m_to = cseq, top_via, from_, to
+        self._m_contact = contact
 
     def keep_values(self, *, cseq: CSeq | None = None, top_via: Via | None = None,
                     from_: NameAddr | None = None, to: NameAddr | None = None) -> None:
@@ -235,6 +239,8 @@ class Headers:
             self._p_to = self._m_to = None
         elif key == "cseq":
             self._p_cseq = None
+        elif key == "contact":
+            self._p_contact = self._m_contact = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) in order."""

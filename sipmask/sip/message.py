@@ -47,11 +47,16 @@ class CSeq(NamedTuple):
         m = _CSEQ.fullmatch(text)
         if m is None:
             raise ParseError(_why_cseq(text))
-        number = int(m.group("number"))
+        return cls.of_groups(*m.groups())
+
+    @classmethod
+    def of_groups(cls, number: str, method: str) -> CSeq:
+        """The CSeq of what CSEQ matched, its groups in the rule's order."""
+        value = int(number)
         # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
-        if number >= 2**31:
+        if value >= 2**31:
             raise ParseError("Bad CSeq: number out of range")
-        return cls(number, m.group("method"))
+        return cls(value, method)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -154,6 +159,24 @@ class Message:
             found = headers._m_to
             addr = headers._p_to = NameAddr.of_match(found) if found is not None else \
                 NameAddr.parse(self._field("to", "To"))
+        return addr
+
+    @property
+    def contact(self) -> NameAddr | None:
+        """The first Contact value (§8.1.1.8: the target of a dialog, §12.1), None when the
+        message has none or it is `*` (REGISTER's)."""
+        headers = self.headers
+        addr = headers._p_contact
+        if addr is None:
+            found = headers._m_contact
+            if found is not None:
+                addr = NameAddr.of_match(found)
+            else:
+                values = headers.get_all("contact")
+                if not values or values[0] == "*":
+                    return None
+                addr = NameAddr.parse(values[0])
+            headers._p_contact = addr
         return addr
 
     def _field(self, key: str, name: str) -> str:

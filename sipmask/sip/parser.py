@@ -28,7 +28,14 @@ from sipmask.errors import MessageTooLarge, ParseError
 from sipmask.sip import grammar
 from sipmask.sip.headers import KNOWN_NAMES, Headers, canonical, is_token, split_commas
 from sipmask.sip.message import SIP_VERSION, CSeq, Request, Response
-from sipmask.sip.uri import Via, check_uri, check_via, match_name_addr
+from sipmask.sip.uri import (
+    NameAddrMatch,
+    Via,
+    check_name_addr,
+    check_uri,
+    check_via,
+    match_name_addr,
+)
 
 DEFAULT_MAX_BYTES = 65535
 
@@ -253,13 +260,22 @@ def _check_required(headers: Headers, keys: list[str], values: list[str]) -> CSe
             del parms[0]
         for parm in parms:
             check_via(parm)
+    # The first Contact value is kept (a dialog's remote target, §12.1), the others checked.
+    contact: NameAddrMatch | None = None
+    first = True
     for value in contacts:
-        if value != "*":
-            for addr in split_commas(value) if "," in value else [value]:
-                match_name_addr(addr)
+        if value == "*":
+            first = False
+            continue
+        for addr in split_commas(value) if "," in value else [value]:
+            if first:
+                contact = match_name_addr(addr)
+                first = False
+            else:
+                check_name_addr(addr)
     cseq = CSeq.parse(values[index("cseq")])
     assert top_via is not None                    # "via" is present, and not empty
-    headers.keep_parsed(cseq, top_via, from_, to)
+    headers.keep_parsed(cseq, top_via, from_, to, contact)
     return cseq
 
 

@@ -430,9 +430,15 @@ class NameAddr(_WithParams):
             scheme, user, password, host, port, absolute, params = m.groups()
             display = uri_headers = None
             uri_params = ""
-        return cls(None, display, None, bracketed, _canonical(params),
-                   absolute if absolute is not None else
-                   (scheme, user, password, host, port, uri_params, uri_headers))
+        pieces: UriPieces
+        if absolute is not None:
+            pieces = absolute
+        else:
+            # The rules' groups: a sip: URI has its scheme, host and parameters (maybe "").
+            assert scheme is not None and host is not None and uri_params is not None
+            pieces = (scheme, user, password, host, port, uri_params, uri_headers)
+        assert params is not None
+        return cls(None, display, None, bracketed, _canonical(params), pieces)
 
     def _fields(self) -> tuple[object, ...]:
         return (self.uri, self.display, self._params_text, self.bracketed)
@@ -492,6 +498,13 @@ def match_name_addr(text: str) -> NameAddrMatch:
     return m, False
 
 
+def check_name_addr(text: str) -> None:
+    """ParseError unless NameAddr.parse(text) would give a value, without building one."""
+    if ("<" not in text or _NAME_ADDR.fullmatch(text) is None) and \
+            _ADDR_SPEC.fullmatch(text) is None:
+        raise ParseError(_why_name_addr(text))
+
+
 def check_uri(text: str) -> bool:
     """ParseError unless parse_uri(text) would give a value, without building one; whether
     it is a sip: or sips: URI with `?headers` (§19.1.1: a Request-URI may not have them)."""
@@ -540,7 +553,12 @@ class Via(_WithParams):
         m = _VIA_PARM.fullmatch(text)
         if m is None:
             raise ParseError(_why_via(text))
-        name, version, transport, host, port, params = m.groups()
+        return cls.of_groups(*m.groups())
+
+    @classmethod
+    def of_groups(cls, name: str, version: str, transport: str, host: str, port: str | None,
+                  params: str) -> Via:
+        """The Via of what VIA_PARM matched, its groups in the rule's order."""
         return cls(transport, host, None if port is None else int(port), None,
                    f"{name}/{version}", _canonical(params))
 
