@@ -22,6 +22,8 @@ compiled pattern.
 
 from __future__ import annotations
 
+import re
+
 # -- basic rules (§25.1) ---------------------------------------------------------------------
 # WSP = SP / HTAB; LWS = [*WSP CRLF] 1*WSP (unfolded: 1*WSP); SWS = [LWS].
 WSP = r"[ \t]"
@@ -137,6 +139,18 @@ GENERIC_PARAM_PARTS = (SEMI + "(" + GEN_PNAME + ")(?:" + SWS + "(=)" + SWS + "("
 # parameters in.
 CANONICAL_PARAM_PARTS = ";(" + GEN_PNAME + ")(?:(=)(" + GEN_VALUE + "?+))?+"
 URI_PARAMETER_PARTS = ";(" + URI_PNAME + ")(?:(=)(" + URI_PVALUE + "))?+"
+
+
+def named_param(name: str, *, uri: bool = False) -> str:
+    """The rule that finds the first parameter called `name` (any case) in a run of
+    parameters in canonical form (header parameters, or uri-parameters when `uri`): the
+    parameters before it are passed over whole (a quoted value may hold ";"), and its
+    value is the one group (None for a flag parameter). Used with `match`."""
+    pname, value = (URI_PNAME, URI_PVALUE) if uri else (GEN_PNAME, GEN_VALUE + "?+")
+    spelled = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c)
+                      for c in name)
+    return ("(?:;" + pname + "(?:=" + value + ")?+)*?;" + spelled + "(?:=(" + value
+            + "))?+(?![^;])")
 
 # -- name-addr and addr-spec (§20.10, §25.1) -------------------------------------------------
 # name-addr = [ display-name ] LAQUOT addr-spec RAQUOT; addr-spec = SIP-URI / SIPS-URI /

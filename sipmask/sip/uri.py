@@ -136,6 +136,12 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
     return out
 
 
+def _named(names: tuple[str, ...], *, uri: bool) -> dict[str, re.Pattern[str]]:
+    """grammar.named_param of each name, compiled (the parameters sipmask reads); a lookup
+    of another name compiles its rule then."""
+    return {name: re.compile(grammar.named_param(name, uri=uri)) for name in names}
+
+
 # -- URIs ------------------------------------------------------------------------------------
 
 class _WithParams:
@@ -144,42 +150,37 @@ class _WithParams:
 
     The parameters are held as text in canonical form (`;name` or `;name=value` each, as
     `format_params` writes them): `str()` writes it, equality compares it, and a lookup
-    (`param`, `tag`, `branch`) reads the parameters its pattern finds in it, found once.
-    `params` lists them anew on each read (most values are never asked for theirs);
+    (`param`, `tag`, `branch`) is one match of the grammar's rule for a parameter of that
+    name. `params` lists them anew on each read (most values are never asked for theirs);
     setting `params` writes the text anew."""
 
-    __slots__ = ("_found", "_params_text")
-    _found: _Found | None            # the text's parameters once found (None: not yet)
+    __slots__ = ("_params_text",)
     _params_text: str
     _PARTS: re.Pattern[str]          # the pattern of one parameter, in three groups
-
-    def _parts(self) -> _Found:
-        found = self._found
-        if found is None:
-            found = self._found = self._PARTS.findall(self._params_text)
-        return found
+    _NAMED: dict[str, re.Pattern[str]]   # grammar.named_param of the names sipmask reads
+    _URI_PARAMS: bool                # uri-parameters (else header parameters)
 
     @property
     def params(self) -> Params:
-        return _listed(self._parts())
+        return _listed(self._PARTS.findall(self._params_text))
 
     @params.setter
     def params(self, value: Params) -> None:
         self._params_text = format_params(value)
-        self._found = None
 
     def _param(self, low: str) -> str | None:
         """get_param for a name in lower case ('' for a flag, None when absent)."""
         text = self._params_text
         if not text:
             return None
-        found = self._found
+        named = self._NAMED.get(low)
+        if named is None:
+            named = re.compile(grammar.named_param(low, uri=self._URI_PARAMS))
+        found = named.match(text)
         if found is None:
-            found = self._found = self._PARTS.findall(text)
-        for name, _eq, value in found:
-            if name == low or name.lower() == low:    # most peers write names in lower case
-                return value
-        return None
+            return None
+        value = found.group(1)
+        return "" if value is None else value
 
     def param(self, name: str) -> str | None:
         return self._param(name.lower())
@@ -220,10 +221,11 @@ class SipUri(_WithParams):
         self.port = port
         self.password = password
         self._params_text = format_params(params) if params is not None else params_text
-        self._found = None
         self.headers = headers
 
     _PARTS = _URI_PARAMETER_PARTS
+    _NAMED = _named(("transport", "user", "lr", "maddr", "method", "ttl"), uri=True)
+    _URI_PARAMS = True
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
@@ -395,7 +397,6 @@ class NameAddr(_WithParams):
         self._uri_pieces = uri_pieces
         self.display = display
         self._params_text = format_params(params) if params is not None else params_text
-        self._found = None
         self.bracketed = bracketed
 
     @property
@@ -413,6 +414,8 @@ class NameAddr(_WithParams):
         self._uri = value
 
     _PARTS = _CANONICAL_PARAM_PARTS
+    _NAMED = _named(("tag", "expires", "q"), uri=False)
+    _URI_PARAMS = False
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
@@ -543,10 +546,11 @@ class Via(_WithParams):
         self.host = host
         self.port = port
         self._params_text = format_params(params) if params is not None else params_text
-        self._found = None
         self.protocol = protocol
 
     _PARTS = _CANONICAL_PARAM_PARTS
+    _NAMED = _named(("branch", "rport", "received", "maddr", "ttl"), uri=False)
+    _URI_PARAMS = False
 
     @classmethod
     def parse(cls, text: str) -> Via:

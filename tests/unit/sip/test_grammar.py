@@ -168,3 +168,24 @@ def test_no_object_is_built_behind_init() -> None:
     # them), so the invariants __init__ sets hold for every object.
     for path in sorted(SIP.glob("*.py")):
         assert "__new__" not in path.read_text(), path.name
+
+
+# -- one parameter by name: the first one, as `params` lists them -----------------------
+
+@pytest.mark.parametrize("text", [
+    ";tag=a1", ";x=1;tag=a1;tag=b2", ';x=";tag=no";tag=a1', ";TAG=a1", ";Tag", ";tag=",
+    ";tagx=1;tag=a1", ";tagx=1", ';q="a;b";lr', ";lr;tag", "", ";x=\"\\\";tag=no\";tag=ok",
+])
+def test_a_parameter_read_by_name_is_the_first_params_lists(text: str) -> None:
+    addr = NameAddr.parse(f"<sip:a@h>{text}")
+    listed = [v for k, v in addr.params if k.lower() == "tag"]
+    assert addr.tag == (("" if listed[0] is None else listed[0]) if listed else None)
+    unquoted = text.replace('"', "").replace("\\", "")
+    uri = SipUri.parse(f"sip:a@h{unquoted}")
+    listed = [v for k, v in uri.params if k.lower() == "tag"]
+    assert uri.param("tag") == (("" if listed[0] is None else listed[0]) if listed else None)
+    via = Via.parse(f"SIP/2.0/UDP h{text.replace('tag', 'branch')}")
+    listed = [v for k, v in via.params if k.lower() == "branch"]
+    assert via.branch == (("" if listed[0] is None else listed[0]) if listed else None)
+    assert via.param("x") == next((("" if v is None else v) for k, v in via.params
+                                   if k.lower() == "x"), None)
