@@ -167,6 +167,10 @@ class _WithParams:
     @params.setter
     def params(self, value: Params) -> None:
         self._params_text = format_params(value)
+        self._forget()
+
+    def _forget(self) -> None:
+        """The parameters changed: what a subclass kept of them is forgotten."""
 
     def _param(self, low: str) -> str | None:
         """get_param for a name in lower case ('' for a flag, None when absent)."""
@@ -376,13 +380,17 @@ class NameAddr(_WithParams):
     or `;` must be in angle brackets.
     """
 
-    __slots__ = ("_uri", "_uri_pieces", "bracketed", "display")
+    __slots__ = ("_tag", "_tag_read", "_uri", "_uri_pieces", "bracketed", "display")
     __match_args__ = ("uri", "display", "params", "bracketed")
 
     display: str | None              # as written, quotes included
     bracketed: bool
     _uri: Uri | None                 # None until built from `_uri_pieces`
     _uri_pieces: UriPieces | None
+    # The tag, once read (`_tag_read`): every layer asks the From and To of a message for
+    # theirs, several times over.
+    _tag: str | None
+    _tag_read: bool
 
     def __init__(self, uri: Uri | None, display: str | None = None,
                  params: Params | None = None, bracketed: bool = True,
@@ -398,6 +406,7 @@ class NameAddr(_WithParams):
         self.display = display
         self._params_text = format_params(params) if params is not None else params_text
         self.bracketed = bracketed
+        self._tag_read = False
 
     @property
     def uri(self) -> Uri:
@@ -470,7 +479,14 @@ class NameAddr(_WithParams):
 
     @property
     def tag(self) -> str | None:
-        return self._param("tag")
+        if self._tag_read:
+            return self._tag
+        tag = self._tag = self._param("tag")
+        self._tag_read = True
+        return tag
+
+    def _forget(self) -> None:
+        self._tag_read = False
 
     def with_tag(self, tag: str) -> NameAddr:
         """This address with its `tag` parameter set (in place, or appended)."""

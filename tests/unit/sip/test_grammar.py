@@ -189,3 +189,12 @@ def test_a_parameter_read_by_name_is_the_first_params_lists(text: str) -> None:
     assert via.branch == (("" if listed[0] is None else listed[0]) if listed else None)
     assert via.param("x") == next((("" if v is None else v) for k, v in via.params
                                    if k.lower() == "x"), None)
+
+
+def test_a_tag_read_is_forgotten_when_the_parameters_change() -> None:
+    addr = NameAddr.parse("<sip:a@h>;tag=t1;x")
+    assert addr.tag == "t1" and addr.tag == "t1"
+    addr.params = [("x", None), ("TAG", "t2")]
+    assert addr.tag == "t2" and str(addr) == "<sip:a@h>;x;TAG=t2"
+    addr.params = []
+    assert addr.tag is None
