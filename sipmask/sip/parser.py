@@ -28,6 +28,7 @@ from sipmask.errors import MessageTooLarge, ParseError
 from sipmask.sip import grammar
 from sipmask.sip.headers import KNOWN_NAMES, Headers, canonical, is_token, split_commas
 from sipmask.sip.message import SIP_VERSION, CSeq, Request, Response
+from sipmask.sip.methods import KNOWN_METHODS
 from sipmask.sip.uri import (
     NameAddrMatch,
     Via,
@@ -48,6 +49,8 @@ _PRETTY = {"to": "To", "from": "From", "cseq": "CSeq", "call-id": "Call-ID", "vi
 # The names of a header block, one a line (§7.3: field-name = token); names written with
 # the whitespace HCOLON allows before the colon are checked once it is taken off.
 _FIELD_NAMES = re.compile("(?:" + grammar.FIELD_NAME + "\n)*+" + grammar.FIELD_NAME)
+# A method is a token (§25.1 Method): the ones sipmask knows (sip/methods.py, each a token,
+# checked there) need no match.
 _METHOD = re.compile(grammar.METHOD)
 
 def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -191,7 +194,7 @@ def _request(first: str, headers: Headers, keys: list[str], values: list[str], b
             # RFC 3261 §8.2.1 / RFC 4475 §3.1.2.16.
             raise ParseError("Version Not Supported", status=505)
         raise ParseError("Bad Request-Line: not SIP/2.0")
-    if _METHOD.fullmatch(method) is None:
+    if method not in KNOWN_METHODS and _METHOD.fullmatch(method) is None:
         raise ParseError("Bad method")
     if check_uri(uri):
         # RFC 3261 §19.1.1 table 1: headers are not allowed in a Request-URI
