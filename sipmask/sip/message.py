@@ -47,11 +47,7 @@ class CSeq(NamedTuple):
         m = _CSEQ.fullmatch(text)
         if m is None:
             raise ParseError(_why_cseq(text))
-        return cls.of_groups(*m.groups())
-
-    @classmethod
-    def of_groups(cls, number: str, method: str) -> CSeq:
-        """The CSeq of what CSEQ matched, its groups in the rule's order."""
+        number, method = m.groups()
         value = int(number)
         # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
         if value >= 2**31:

@@ -573,12 +573,7 @@ class Via(_WithParams):
         m = _VIA_PARM.fullmatch(text)
         if m is None:
             raise ParseError(_why_via(text))
-        return cls.of_groups(*m.groups())
-
-    @classmethod
-    def of_groups(cls, name: str, version: str, transport: str, host: str, port: str | None,
-                  params: str) -> Via:
-        """The Via of what VIA_PARM matched, its groups in the rule's order."""
+        name, version, transport, host, port, params = m.groups()
         return cls(transport, host, None if port is None else int(port), None,
                    f"{name}/{version}", _canonical(params))
 
