@@ -1,6 +1,12 @@
 """Binds per second through the HTTP API on loopback, against direct store calls.
 
     python3 bench/api_bind.py [--n 20000] [--inflight 32,64] [--baseline-n 400] [--repeat 3]
+    python3 bench/api_bind.py --store postgres [--dsn URI] [--inflight 32]
+
+`--store postgres` runs every line below on PostgreSQL too, in the same round as LMDB (a
+throwaway server from Debian's postgresql, durable: fsync, synchronous_commit and
+full_page_writes on, as LMDB syncs each commit; or `--dsn`, whose `sipmask` schema is
+dropped and made again before each line), and prints PostgreSQL / LMDB per round.
 
 The API server runs in a child process, started with `start_api` on uvloop as `sipmask
 serve` does; the client keeps `--inflight` keep-alive connections with one POST in flight
@@ -55,6 +61,7 @@ from sipmask.config.schema import (  # noqa: E402
     TenantConfig,
 )
 from sipmask.store.base import BindingRequest  # noqa: E402
+from sipmask.store.crypto import create_key_file  # noqa: E402
 from sipmask.store.lmdb import open_store  # noqa: E402
 
 TOKEN = "bench-token"
@@ -62,9 +69,34 @@ POOL = "700100000000000-700100000099999"
 B = "13900000002"
 
 
-def config(path: Path) -> Config:
-    return Config(api=ApiConfig(HostPort("127.0.0.1", 0)), store=StoreConfig(path=path),
+def config(where: str, key: Path) -> Config:
+    """The bench's config on `where`: a PostgreSQL URI, or an LMDB store's directory; `key`
+    the store key (store.key_file; a PostgreSQL store never makes it, so the round does)."""
+    store = (StoreConfig(backend="postgres", dsn=where, key_file=key)
+             if where.startswith("postgresql://") else StoreConfig(path=Path(where),
+                                                                    key_file=key))
+    return Config(api=ApiConfig(HostPort("127.0.0.1", 0)), store=store,
                   tenants={"bench": TenantConfig(TOKEN, (NumberRange.parse(POOL),))})
+
+
+@dataclass
+class Target:
+    """A store kind to measure: LMDB stores under the round's directory, or one
+    PostgreSQL database whose schema is made afresh for each measurement."""
+
+    name: str
+    dsn: str | None = None
+
+    def fresh(self, root: Path, label: str) -> str:
+        if self.dsn is None:
+            return str(root / f"{label}.lmdb")
+        import psycopg
+
+        from sipmask.store.pg_schema import SCHEMA, migrate
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+            migrate(conn)
+        return self.dsn
 
 
 def a_number(i: int) -> str:
@@ -72,8 +104,8 @@ def a_number(i: int) -> str:
 
 
 # -- baselines ------------------------------------------------------------------------------
-def baseline_create(path: Path, n: int) -> float:
-    store = open_store(config(path))
+def baseline_create(where: str, key: Path, n: int) -> float:
+    store = open_store(config(where, key))
     try:
         start = time.perf_counter()
         for i in range(n):
@@ -83,8 +115,8 @@ def baseline_create(path: Path, n: int) -> float:
         store.close()
 
 
-def baseline_create_many(path: Path, n: int, batch: int) -> float:
-    store = open_store(config(path))
+def baseline_create_many(where: str, key: Path, n: int, batch: int) -> float:
+    store = open_store(config(where, key))
     try:
         start = time.perf_counter()
         for first in range(0, n, batch):
@@ -98,14 +130,14 @@ def baseline_create_many(path: Path, n: int, batch: int) -> float:
 
 
 # -- the server child -----------------------------------------------------------------------
-async def serve(path: Path) -> None:
+async def serve(where: str, key: Path) -> None:
     """Serve until stdin closes; "start"/"stop" lines bracket the measured interval, whose
     CPU time (every thread of this process) is reported on a CPU line."""
     from sipmask.api import start_api
     from sipmask.api.app import STATE
 
-    store = open_store(config(path))
-    runner = await start_api(config(path), store)
+    store = open_store(config(where, key))
+    runner = await start_api(config(where, key), store)
     assert runner is not None
     print(f"PORT {runner.addresses[0][1]}", flush=True)
     loop = asyncio.get_running_loop()
@@ -292,11 +324,10 @@ class ApiRun:
 WARMUP = 500    # requests before the clock starts: imports, caches, the store's first pages
 
 
-def api_run(root: Path, n: int, inflight: int) -> ApiRun:
+def api_run(where: str, key: Path, n: int, inflight: int) -> ApiRun:
     """One server child on a fresh store, driven with `inflight` requests in flight; then
     every binding the answers named is read back from the store."""
-    store_path = root / f"api{inflight}"
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(store_path)],
+    child = subprocess.Popen([sys.executable, __file__, "--serve", where, "--key-file", str(key)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     assert child.stdin is not None and child.stdout is not None
@@ -313,17 +344,17 @@ def api_run(root: Path, n: int, inflight: int) -> ApiRun:
         child.stdin.close()
         stats: dict[str, int] = json.loads(_tagged(child.stdout, "STATS") or "{}")
         child.wait(30)
-    verify(store_path, warm.locations + driven.locations)
+    verify(where, key, warm.locations + driven.locations)
     return ApiRun(inflight, driven.rate, driven.latencies, server_cpu / n * 1e6,
                   driven.client_cpu / n * 1e6,
                   stats["created"] / stats["commits"] if stats.get("commits") else 0.0)
 
 
-def verify(path: Path, locations: list[str]) -> None:
+def verify(where: str, key: Path, locations: list[str]) -> None:
     """Each answered create is a binding in the store, of the a-number it was asked for."""
     ids = [location.rpartition("/")[2] for location in locations]
     assert len(set(ids)) == len(ids) and all(ids), "every 201 names its own binding"
-    store = open_store(config(path))
+    store = open_store(config(where, key))
     try:
         for i, binding_id in enumerate(ids):
             binding = store.get(binding_id, tenant="bench")
@@ -332,33 +363,79 @@ def verify(path: Path, locations: list[str]) -> None:
         store.close()
 
 
+TARGET = {"lmdb": 3000, "postgres": 5000}       # binds/s (issue 14: PostgreSQL >= 5,000)
+
+
 @dataclass
 class Round:
+    store: str
     fsync_ms: float
     direct: float
     grouped: float
     runs: list[ApiRun]
 
 
-def one_round(root: Path, n: int, baseline_n: int, inflights: list[int]) -> Round:
-    root.mkdir()
-    return Round(fsync_ms(root), baseline_create(root / "direct.lmdb", baseline_n),
-                 baseline_create_many(root / "many.lmdb", n, inflights[0]),
-                 [api_run(root, n, k) for k in inflights])
+def one_round(root: Path, target: Target, n: int, baseline_n: int,
+              inflights: list[int]) -> Round:
+    root.mkdir(exist_ok=True)
+    key = root / f"{target.name}.key"
+    create_key_file(key)                   # each fresh store below is sealed with it
+    direct = baseline_create(target.fresh(root, "direct"), key, baseline_n)
+    grouped = baseline_create_many(target.fresh(root, "many"), key, n, inflights[0])
+    return Round(target.name, fsync_ms(root), direct, grouped,
+                 [api_run(target.fresh(root, f"api{k}"), key, n, k) for k in inflights])
 
 
 def report(r: Round, n: int, baseline_n: int, first_inflight: int) -> None:
-    print(f"disk: fdatasync p50 {r.fsync_ms:.2f} ms (an LMDB commit syncs data and meta)")
-    print(f"baseline store.create (1 per commit):  {r.direct:7.0f} binds/s  (n={baseline_n})")
-    print(f"baseline create_many (batch {first_inflight}):    {r.grouped:7.0f} binds/s  (n={n})")
+    print(f"[{r.store}] disk: fdatasync p50 {r.fsync_ms:.2f} ms (an LMDB commit syncs data "
+          "and meta; a PostgreSQL commit its WAL)")
+    print(f"[{r.store}] baseline store.create (1 per commit):  {r.direct:7.0f} binds/s  "
+          f"(n={baseline_n})")
+    print(f"[{r.store}] baseline create_many (batch {first_inflight}):    {r.grouped:7.0f} "
+          f"binds/s  (n={n})")
     for run in r.runs:
         p50 = run.latencies[len(run.latencies) // 2] * 1000
         p99 = run.latencies[int(len(run.latencies) * 0.99)] * 1000
-        print(f"API POST /v1/bindings, {run.inflight:3d} in flight: {run.rate:7.0f} binds/s  "
-              f"(n={n}) p50 {p50:.1f} ms  p99 {p99:.1f} ms  {run.per_commit:.1f} binds/commit"
-              f"  CPU/request server {run.server_cpu_us:.0f} us client "
-              f"{run.client_cpu_us:.0f} us  ratio to store.create {run.rate / r.direct:.1f}x"
-              f"  to create_many {run.rate / r.grouped:.2f}x")
+        print(f"[{r.store}] API POST /v1/bindings, {run.inflight:3d} in flight: "
+              f"{run.rate:7.0f} binds/s  (n={n}) p50 {p50:.1f} ms  p99 {p99:.1f} ms  "
+              f"{run.per_commit:.1f} binds/commit  CPU/request server "
+              f"{run.server_cpu_us:.0f} us client {run.client_cpu_us:.0f} us  ratio to "
+              f"store.create {run.rate / r.direct:.1f}x  to create_many "
+              f"{run.rate / r.grouped:.2f}x", flush=True)
+
+
+def summary(rounds: list[Round], inflights: list[int]) -> None:
+    directs = [r.direct for r in rounds]
+    store = rounds[0].store
+    print(f"[{store}] baseline store.create: best {max(directs):.0f}  median "
+          f"{statistics.median(directs):.0f} binds/s")
+    for j, inflight in enumerate(inflights):
+        rates = [r.runs[j].rate for r in rounds]
+        ratios = [r.runs[j].rate / r.direct for r in rounds]
+        server = statistics.median(r.runs[j].server_cpu_us for r in rounds)
+        best, target = max(rates), TARGET[store]
+        print(f"[{store}] API {inflight:3d} in flight: best {best:.0f}  median "
+              f"{statistics.median(rates):.0f} binds/s  same-round ratio to store.create "
+              f"median {statistics.median(ratios):.1f}x  server CPU/request median "
+              f"{server:.0f} us  target >= {target}/s {'met' if best >= target else 'NOT met'}"
+              f" (median {'met' if statistics.median(rates) >= target else 'NOT met'})")
+
+
+def postgres_server(dsn: str | None) -> tuple[str, Any]:
+    """`dsn`, or a throwaway durable server's (and the server, to stop at the end)."""
+    if dsn is not None:
+        return dsn, None
+    import psycopg
+
+    from tests.support.postgres import bindir, start_server
+    found = bindir()
+    if found is None:
+        sys.exit("PostgreSQL is not installed (Debian package postgresql)")
+    server = start_server(found, settings={"fsync": "on", "synchronous_commit": "on",
+                                           "full_page_writes": "on"})
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bench")
+    return server.dsn("bench"), server
 
 
 def main() -> int:
@@ -368,38 +445,49 @@ def main() -> int:
                         help="comma-separated in-flight counts, one run each (default 32,64)")
     parser.add_argument("--baseline-n", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--store", choices=("lmdb", "postgres"), default="lmdb",
+                        help="postgres: PostgreSQL too, LMDB alongside in each round")
+    parser.add_argument("--dsn", help="--store postgres: this server, not a throwaway one")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--key-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        run_loop(serve(args.serve))
+        run_loop(serve(args.serve, args.key_file))
         return 0
     inflights = [int(k) for k in args.inflight.split(",")]
+    server = None
+    targets = [Target("lmdb")]
+    if args.store == "postgres":
+        dsn, server = postgres_server(args.dsn)
+        targets.append(Target("postgres", dsn))
 
     load_before = os.getloadavg()
-    rounds = []
-    with tempfile.TemporaryDirectory(prefix="sipmask-bench-") as tmp:
-        for i in range(args.repeat):
-            print(f"-- round {i + 1}/{args.repeat}", flush=True)
-            rounds.append(one_round(Path(tmp) / f"round{i}", args.n, args.baseline_n,
-                                    inflights))
-            report(rounds[-1], args.n, args.baseline_n, inflights[0])
+    rounds: dict[str, list[Round]] = {t.name: [] for t in targets}
+    try:
+        with tempfile.TemporaryDirectory(prefix="sipmask-bench-") as tmp:
+            for i in range(args.repeat):
+                print(f"-- round {i + 1}/{args.repeat}", flush=True)
+                # Alternate which store goes first, so neither always gets the cooler CPU.
+                for target in targets if i % 2 == 0 else targets[::-1]:
+                    made = one_round(Path(tmp) / f"round{i}", target, args.n,
+                                     args.baseline_n, inflights)
+                    rounds[target.name].append(made)
+                    report(made, args.n, args.baseline_n, inflights[0])
+    finally:
+        if server is not None:
+            server.stop()
     load_after = os.getloadavg()
 
     print(f"-- summary of {args.repeat} rounds; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f} (1 min), {os.cpu_count()} CPUs")
-    directs = [r.direct for r in rounds]
-    print(f"baseline store.create: best {max(directs):.0f}  median "
-          f"{statistics.median(directs):.0f} binds/s")
-    for j, inflight in enumerate(inflights):
-        rates = [r.runs[j].rate for r in rounds]
-        ratios = [r.runs[j].rate / r.direct for r in rounds]
-        server = statistics.median(r.runs[j].server_cpu_us for r in rounds)
-        best = max(rates)
-        print(f"API {inflight:3d} in flight: best {best:.0f}  median "
-              f"{statistics.median(rates):.0f} binds/s  same-round ratio to store.create "
-              f"median {statistics.median(ratios):.1f}x  server CPU/request median "
-              f"{server:.0f} us  target >= 3000/s {'met' if best >= 3000 else 'NOT met'} "
-              f"(median {'met' if statistics.median(rates) >= 3000 else 'NOT met'})")
+    for of_store in rounds.values():
+        summary(of_store, inflights)
+    if len(rounds) == 2:
+        for j, inflight in enumerate(inflights):
+            ratios = [p.runs[j].rate / m.runs[j].rate
+                      for p, m in zip(rounds["postgres"], rounds["lmdb"], strict=True)]
+            print(f"PostgreSQL / LMDB, API {inflight} in flight, same round: median "
+                  f"{statistics.median(ratios):.2f}x")
     return 0
 
 

@@ -28,6 +28,7 @@ import lmdb
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.store import BindingRequest, LmdbStore, codec
 from sipmask.store.base import Binding
+from sipmask.store.crypto import Keyring
 
 BATCH = 5000
 PAIRS_PER_X = 4
@@ -88,6 +89,7 @@ def by_store(where: Path, size: int) -> float:
 def by_raw_lmdb(where: Path, size: int) -> float:
     env = lmdb.open(str(where / "raw.lmdb"), map_size=256 << 20, max_dbs=4)
     bindings, route = env.open_db(b"bindings"), env.open_db(b"route")
+    keys = Keyring.generate()       # records and route keys as the store lays them out
     started = time.perf_counter()
     for first in range(0, size, BATCH):
         if first % 50_000 == 0:
@@ -97,10 +99,10 @@ def by_raw_lmdb(where: Path, size: int) -> float:
                 now = time.time()
                 b = Binding(codec.new_id(now), "axb", "bench", x_of(i), f"138{i:08d}",
                             f"139{i:08d}", now, now + 7200)
-                raw = codec.encode_binding(b)
+                raw = codec.encode_binding(b, keys)
                 txn.put(b.id.encode(), raw, db=bindings)
-                txn.put((b.x + b.a).encode(), raw, db=route)
-                txn.put((b.x + str(b.b)).encode(), raw, db=route)
+                for key in codec.route_keys(keys, b):
+                    txn.put(key, raw, db=route)
     elapsed = time.perf_counter() - started
     env.close()
     return size / elapsed

@@ -59,7 +59,7 @@ def load_records(store: LmdbStore, size: int) -> float:
         progress("loading", first, size, started)
 
         def batch(txn: Txn, first: int = first) -> None:
-            work = _Work(txn, now, "import")
+            work = _Work(txn, now, "import", store.keys)
             for i in range(first, min(first + 50_000, size)):
                 work.put_binding(Binding(codec.new_id(now), "axb", "bench", x_of(i),
                                          f"138{i:08d}", f"139{i:08d}", now, now + 7200))
@@ -114,7 +114,8 @@ def main() -> int:
     rng = random.Random(args.seed)
     where = Path(args.path) if args.path else Path(tempfile.mkdtemp(prefix="sipmask-bench-"))
     try:
-        store = LmdbStore(where / "s.lmdb", SystemClock(), map_size=256 << 20)
+        store = LmdbStore(where / "s.lmdb", SystemClock(), map_size=256 << 20,
+                          key_file=where / "s.key")
         xs = (args.size + PAIRS_PER_X - 1) // PAIRS_PER_X
         pool = NumberRange.parse(f"{x_of(0)}-{x_of(args.size - 1)}")
         store.sync_tenants({"bench": TenantConfig("t", (pool,))})
@@ -132,7 +133,8 @@ def main() -> int:
         now = time.time()
         route = store.route
         env, route_db = store.env, store.db("route")
-        raw_keys = [(x + c).encode() for x, c in keys]
+        # The keys route() reads: X and the caller's keyed hash (codec.route_key).
+        raw_keys = [codec.route_key(store.keys, x, c) for x, c in keys]
         plain = {k: k for k in raw_keys}
         held = env.begin(db=route_db)
 

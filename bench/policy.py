@@ -70,7 +70,7 @@ def main() -> None:
     def baseline(_: int) -> None:
         x = routing.target_x(request)
         caller = routing.caller_number(request, trust_pai=False)
-        routing.route(binding if x else None, caller)
+        routing.route(binding if x else None, x, caller)
 
     call = CallRef("c", X)
 

@@ -15,8 +15,13 @@ For each N of the ladder, two runs of `--seconds` each:
 The answer is the highest N with relay loss < 0.1 %; the ratio compares relayed to direct
 throughput at each step, and prints the relay's CPU cost per packet.
 
+With `--record` (embedded relay) each step also runs the same traffic with every call
+recorded (media/services.py: a tap on both sides, CallRecorder, a 0600 stereo WAV per call
+in a temporary directory) right after the unrecorded run, and prints both costs per packet
+and their ratio: what a recording costs, measured in the same run.
+
 Run: python3 bench/relay.py [--ladder 100,200,300,500,700,1000] [--seconds 5]
-                            [--backend relay|rtpengine] [--loop uvloop|asyncio]
+                            [--backend relay|rtpengine] [--loop uvloop|asyncio] [--record]
 Loopback only (127.0.0.1).
 """
 
@@ -33,6 +38,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -60,10 +66,16 @@ def pin(core: int) -> None:
 
 # -- the relay process -----------------------------------------------------------------
 def relay_process(conn: Connection, ports: PortRange, loop_kind: str) -> None:
-    """Serves commands from the pipe: ("open", [(a_addr, b_addr)...]) -> [(a_port, b_port)],
-    ("close",) -> (stats dict), ("quit",)."""
+    """Serves commands from the pipe: ("open", [(a_addr, b_addr)...], record_dir | None) ->
+    [(a_port, b_port)], ("close",) -> (stats dict), ("quit",)."""
     pin(RELAY_CORE)
     from sipmask.media.relay import Relay, Side
+    from sipmask.media.services import CallServices, LegMedia
+    from sipmask.media.sinks import FileSink
+    from sipmask.media.wav import G711
+
+    # Both legs PCMU on line 0, as the bench's SDP says (_sdp).
+    pcmu = LegMedia(0, (G711.PCMU, 0), {0: G711.PCMU}, frozenset())
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -73,11 +85,20 @@ def relay_process(conn: Connection, ports: PortRange, loop_kind: str) -> None:
         async def handle(message: tuple[Any, ...]) -> None:
             if message[0] == "open":
                 local = []
+                record_dir = message[2]
                 for index, (a_addr, b_addr) in enumerate(message[1]):
                     session = await relay.open_session(f"call-{index}")
                     session.set_remote(Side.A, *a_addr)
                     session.set_remote(Side.B, *b_addr)
                     local.append((session.local(Side.A).rtp, session.local(Side.B).rtp))
+                    if record_dir is not None:
+                        services = CallServices(session, clock=relay.clock,
+                                                describe=lambda leg: pcmu,
+                                                counters=relay.services)
+                        session.services = services
+                        name = f"call-{index}-{relay.stats().sessions_opened}.wav"
+                        services.start_recording(
+                            lambda name=name: FileSink.create(record_dir, name))
                 conn.send(local)
             elif message[0] == "cpu":
                 conn.send(time.process_time())
@@ -85,7 +106,8 @@ def relay_process(conn: Connection, ports: PortRange, loop_kind: str) -> None:
                 stats = relay.stats()
                 await relay.close()
                 conn.send({"relayed": stats.packets_relayed, "dropped": stats.dropped,
-                           "rejected": stats.rejected})
+                           "rejected": stats.rejected,
+                           "recordings_failed": relay.stats().recordings_failed})
 
         # Commands are read in a thread, blocked in recv while traffic runs (no CPU taken
         # from the relay); add_reader would make the pipe non-blocking under uvloop.
@@ -177,6 +199,11 @@ class Step:
     received: int
     seconds: float
     cpu_s: float | None = None
+    failed: int = 0          # recordings that failed (--record)
+
+    @property
+    def us_per_packet(self) -> float:
+        return (self.cpu_s or 0.0) / self.received * 1e6 if self.received else 0.0
 
     @property
     def loss(self) -> float:
@@ -210,9 +237,9 @@ class EmbeddedRelay:
         self.proc = ctx.Process(target=relay_process, args=(child, ports, loop_kind))
         self.proc.start()
 
-    def open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]]
-             ) -> tuple[list[int], list[int]]:
-        self.conn.send(("open", list(zip(a_addrs, b_addrs, strict=True))))
+    def open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]],
+             record_dir: str | None = None) -> tuple[list[int], list[int]]:
+        self.conn.send(("open", list(zip(a_addrs, b_addrs, strict=True)), record_dir))
         local: list[tuple[int, int]] = self.conn.recv()
         return [a for a, _ in local], [b for _, b in local]
 
@@ -266,8 +293,10 @@ class Rtpengine:
             finally:
                 client.close()
 
-    def open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]]
-             ) -> tuple[list[int], list[int]]:
+    def open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]],
+             record_dir: str | None = None) -> tuple[list[int], list[int]]:
+        if record_dir is not None:
+            raise SystemExit("--record measures the embedded relay only")
         return asyncio.run(self._open(a_addrs, b_addrs))
 
     async def _open(self, a_addrs: list[tuple[str, int]], b_addrs: list[tuple[str, int]]
@@ -324,6 +353,18 @@ def _port(sdp: bytes) -> int:
     return int(found.group(1))
 
 
+def through(backend: EmbeddedRelay | Rtpengine, a_addr: list[tuple[str, int]],
+            b_addr: list[tuple[str, int]], a_socks: list[socket.socket],
+            b_socks: list[socket.socket], seconds: float, record_dir: str | None) -> Step:
+    """One run of the calls through the backend (recorded into `record_dir` when given)."""
+    a_ports, b_ports = backend.open(a_addr, b_addr, record_dir)
+    cpu_before = backend.cpu()
+    sent, received = play(a_ports, b_ports, a_socks, b_socks, seconds)
+    step = Step(len(a_addr), sent, received, seconds, backend.cpu() - cpu_before)
+    step.failed = backend.close_calls().get("recordings_failed", 0)
+    return step
+
+
 # -- the ladder ------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -332,7 +373,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=("relay", "rtpengine"), default="relay")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--ports", default="30000-39999", type=PortRange.parse)
+    parser.add_argument("--record", action="store_true",
+                        help="also run each step with every call recorded (embedded relay)")
     args = parser.parse_args()
+    if args.record and args.backend != "relay":
+        parser.error("--record measures the embedded relay only")
     ladder = [int(n) for n in args.ladder.split(",")]
     a_socks, b_socks = phone_sockets(), phone_sockets()
 
@@ -355,19 +400,27 @@ def main() -> None:
             sent, received = play([p for _, p in b_addr], [p for _, p in a_addr],
                                   a_socks, b_socks, args.seconds)
             direct = Step(calls, sent, received, args.seconds)
-            a_ports, b_ports = backend.open(a_addr, b_addr)
-            cpu_before = backend.cpu()
-            sent, received = play(a_ports, b_ports, a_socks, b_socks, args.seconds)
-            relayed = Step(calls, sent, received, args.seconds, backend.cpu() - cpu_before)
-            backend.close_calls()
-            cpu = relayed.cpu_s or 0.0
-            per_packet = cpu / relayed.received * 1e6 if relayed.received else 0.0
+            relayed = through(backend, a_addr, b_addr, a_socks, b_socks, args.seconds, None)
+            per_packet = relayed.us_per_packet
             ok = relayed.loss < LOSS_LIMIT
             best = calls if ok else best
             print(f"{calls:>6} {calls * 100:>8} | {direct.loss:>10.3%} | {relayed.loss:>9.3%} "
-                  f"{relayed.pps:>13,.0f} {cpu / args.seconds:>8.0%} {per_packet:>7.1f} | "
+                  f"{relayed.pps:>13,.0f} {(relayed.cpu_s or 0) / args.seconds:>8.0%} "
+                  f"{per_packet:>7.1f} | "
                   f"{relayed.pps / direct.pps if direct.pps else 0:.2f} of direct"
                   f"{'' if ok else '  <- over 0.1 % loss'}", flush=True)
+            if args.record:
+                with tempfile.TemporaryDirectory(prefix="bench-relay-rec-") as folder:
+                    recorded = through(backend, a_addr, b_addr, a_socks, b_socks,
+                                       args.seconds, folder)
+                    files = len(os.listdir(folder))
+                print(f"{'':>6} {'recorded':>8} | {'':>11} | {recorded.loss:>9.3%} "
+                      f"{recorded.pps:>13,.0f} {(recorded.cpu_s or 0) / args.seconds:>8.0%} "
+                      f"{recorded.us_per_packet:>7.1f} | {files} WAVs; "
+                      f"{recorded.us_per_packet / per_packet if per_packet else 0:.2f}x "
+                      f"the unrecorded us/pkt"
+                      f"{'' if recorded.failed == 0 else f', {recorded.failed} failed'}",
+                      flush=True)
     finally:
         backend.stop()
     print(f"result: {best} concurrent G.711 calls with < 0.1 % loss through {label} "

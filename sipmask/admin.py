@@ -1,9 +1,10 @@
-"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit.
+"""Admin commands (CONTRACT "Commands"): bind, show, unbind, list, pool, import, audit,
+trace, store (migrate, copy, rekey), recording (export, sweep).
 
-They open the LMDB store directly, so they work with or without a running server, and a
-running server sees their writes on its next call. Output is JSON on stdout (one object, or
-JSON lines for lists); a refusal is one line on stderr naming the field and exit status 1;
-a config the store cannot take is exit status 2.
+They open the store directly (LMDB or PostgreSQL, as `store.backend` says), so they work
+with or without a running server, and a running server sees their writes on its next call.
+Output is JSON on stdout (one object, or JSON lines for lists); a refusal is one line on
+stderr naming the field and exit status 1; a config the store cannot take is exit status 2.
 """
 
 from __future__ import annotations
@@ -16,20 +17,30 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
+from sipmask.cdr import trace as tracing
+from sipmask.cdr.store import CdrLog
 from sipmask.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sipmask.config.schema import Config
 from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
-from sipmask.store import BindingRequest, LmdbStore, open_store
+from sipmask.store import BindingRequest, LmdbStore, crypto, open_store, recordings
 from sipmask.store.base import DEFAULT_TTL, ImportOutcome
+from sipmask.store.rules import RuleStore
 from sipmask.times import parse_time
+
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
 
 PROGRESS_EVERY_S = 5.0          # progress line period when stderr is not a terminal
 _BAR_EVERY_S = 0.1
 _BAR_WIDTH = 30
 IMPORT_BATCH = 5000             # bindings per transaction: one fsync per batch
-CSV_COLUMNS = ("mode", "a", "b", "x", "ttl", "tenant")
+# A line without a header row: these columns by position (the first six, or all nine).
+CSV_COLUMNS = ("mode", "a", "b", "x", "ttl", "tenant", "ext", "y", "record")
+_PLAIN_CSV = 6                  # mode..tenant: the usual line, read without a dict
 _PROGRESS_LINES = 512           # look at the clock once per this many lines
 _SHOWN_REJECTS = 20             # rejected lines listed on stderr; --rejects has them all
 
@@ -49,7 +60,7 @@ def _default_tenant(args: argparse.Namespace, config: Config) -> str | None:
     return tenant
 
 
-def _with_store(config: Config, work: Callable[[LmdbStore], int]) -> int:
+def _with_store(config: Config, work: Callable[[AnyStore], int]) -> int:
     """Open the store, run one command, map the error types to exit status and stderr."""
     try:
         store = open_store(config)
@@ -76,27 +87,29 @@ def _with_store(config: Config, work: Callable[[LmdbStore], int]) -> int:
 
 # -- bindings ---------------------------------------------------------------------------------
 def bind(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         binding = store.create(mode=args.mode, tenant=_default_tenant(args, config),
                                a=args.a, b=getattr(args, "b", None), x=args.x, ttl=args.ttl,
                                actor="cli", direction=getattr(args, "direction", "both"),
                                max_duration_s=getattr(args, "max_duration", None),
                                max_concurrent=getattr(args, "max_concurrent", None),
-                               blacklist=tuple(getattr(args, "blacklist", ())))
+                               blacklist=tuple(getattr(args, "blacklist", ())),
+                               ext=getattr(args, "ext", None), y=getattr(args, "y", None),
+                               record=args.record)
         _emit(binding.to_json())
         return EXIT_OK
     return _with_store(config, run)
 
 
 def show(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         _emit(store.get(args.id, getattr(args, "tenant", None)).to_json())
         return EXIT_OK
     return _with_store(config, run)
 
 
 def unbind(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         store.delete(args.id, getattr(args, "tenant", None), actor="cli")
         _emit({"id": args.id, "deleted": True})
         return EXIT_OK
@@ -104,7 +117,7 @@ def unbind(args: argparse.Namespace, config: Config) -> int:
 
 
 def list_bindings(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         for binding in store.list(tenant=args.tenant, x=args.x, limit=args.limit):
             _emit(binding.to_json())
         return EXIT_OK
@@ -113,7 +126,7 @@ def list_bindings(args: argparse.Namespace, config: Config) -> int:
 
 # -- pools ------------------------------------------------------------------------------------
 def pool(args: argparse.Namespace, config: Config) -> int:
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         if args.op == "list":
             for usage in store.list_pools(args.tenant):
                 _emit(usage.to_json())
@@ -140,11 +153,118 @@ def audit(args: argparse.Namespace, config: Config) -> int:
             _err("since: expected an ISO time or unix seconds")
             return EXIT_USAGE
 
-    def run(store: LmdbStore) -> int:
+    def run(store: RuleStore) -> int:
         for entry in store.audit(since=since, tenant=args.tenant, limit=args.limit):
             _emit(entry.to_json(masked=True))
         return EXIT_OK
     return _with_store(config, run)
+
+
+# -- trace (issue 14 §3) ----------------------------------------------------------------------
+def trace(args: argparse.Namespace, config: Config) -> int:
+    """One JSON object {bindings, cdrs}; empty lists when nothing held X then."""
+    try:
+        at = parse_time(args.at)
+    except (ValueError, OverflowError):
+        _err("at: expected an ISO-8601 time or Unix seconds")
+        return EXIT_USAGE
+
+    def run(store: AnyStore) -> int:
+        found = tracing.trace(store, CdrLog(store).for_binding, args.x, at, limit=None)
+        _emit(found.to_json())
+        return EXIT_OK
+    return _with_store(config, run)
+
+
+# -- recordings (issue 15 §4) -------------------------------------------------------------------
+def recording(args: argparse.Namespace, config: Config) -> int:
+    """`recording export CDR_ID --out FILE`: the WAV, through store/recordings.py's
+    open_recording (the one reader); `recording sweep`: files past retention_days."""
+    if args.op == "sweep":
+        _emit({"swept": recordings.sweep(config.recording, limit=1_000_000)})
+        return EXIT_OK
+    try:
+        found = recordings.open_recording(config.recording, args.cdr_id,
+                                          getattr(args, "tenant", None))
+    except RecordNotFound:
+        _err("cdr_id: no recording of this call")
+        return EXIT_REFUSED
+    try:
+        return _export(found, args.out)
+    finally:
+        found.close()
+
+
+def _export(found: recordings.Recording, out: str) -> int:
+    if out == "-":
+        target: IO[bytes] = sys.stdout.buffer
+    else:
+        try:
+            # O_EXCL: an export never overwrites a file; 0600: it holds a conversation.
+            target = os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                               "wb")
+        except OSError as exc:
+            _err(f"out: {exc.strerror or exc}: {out}")
+            return EXIT_REFUSED
+    written = 0
+    try:
+        while chunk := found.stream.read(1 << 16):
+            target.write(chunk)
+            written += len(chunk)
+        target.flush()
+    finally:
+        if target is not sys.stdout.buffer:
+            target.close()
+    if out != "-":
+        _emit({"recording": found.name, "tenant": found.tenant, "out": out,
+               "bytes": written})
+    return EXIT_OK
+
+
+# -- store maintenance ------------------------------------------------------------------------
+def rekey(args: argparse.Namespace, config: Config) -> int:
+    """Seal the store (LMDB or PostgreSQL) with the key in --new-key (made there when
+    missing). The command leaves store.key_file alone: the operator points it at the new
+    key, on every node."""
+    new_file = Path(args.new_key)
+    try:
+        master = (crypto.read_key_file(new_file) if new_file.exists()
+                  else crypto.create_key_file(new_file))
+    except (crypto.KeyFileError, OSError) as exc:
+        _err(f"new-key: {str(exc).removeprefix('store.key_file: ')}")
+        return EXIT_REFUSED
+    try:
+        store = open_store(config)
+    except crypto.KeyMismatch as mismatch:
+        # Already sealed with the new key (a rekey that ran, store.key_file not moved yet)?
+        try:
+            open_store(replace(config, store=replace(config.store, key_file=new_file))).close()
+        except StoreError:
+            _err(str(mismatch))
+            return EXIT_REFUSED
+        _emit({"key_file": str(new_file), "fingerprint": crypto.Keyring(master).fingerprint,
+               "rekeyed": False})
+        _err(f"the store is already sealed with {new_file}: point store.key_file at it")
+        return EXIT_OK
+    except ConfigError as exc:
+        _err(f"config error: {exc}")
+        return EXIT_USAGE
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    try:
+        was = store.keys.fingerprint
+        new = store.rekey(master)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    finally:
+        store.close()
+    _emit({"key_file": str(new_file), "fingerprint": new.fingerprint, "was": was,
+           "rekeyed": True})
+    _err(f"rekeyed: set store.key_file to {new_file} (on every node), then start sipmask; "
+         f"keep the old key file until then, destroy it after")
+    return EXIT_OK
 
 
 # -- bulk import ------------------------------------------------------------------------------
@@ -178,6 +298,20 @@ def _text(value: Any, field: str) -> str | None:
     return str(value).strip() or None
 
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
+def _record_of(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _Rejected("record", "must be true or false")
+
+
 def _request(row: dict[str, Any]) -> BindingRequest:
     mode = _text(row.get("mode"), "mode")
     if mode is None:
@@ -185,7 +319,8 @@ def _request(row: dict[str, Any]) -> BindingRequest:
     a = _text(row.get("a"), "a")
     return BindingRequest(mode.lower(), a or "", _text(row.get("b"), "b"),
                           _text(row.get("x"), "x"), _ttl_of(row.get("ttl")),
-                          _text(row.get("tenant"), "tenant"))
+                          _text(row.get("tenant"), "tenant"), ext=_text(row.get("ext"), "ext"),
+                          y=_text(row.get("y"), "y"), record=_record_of(row.get("record")))
 
 
 def _csv_request(cells: list[str]) -> BindingRequest:
@@ -227,7 +362,7 @@ def _rows(text: IO[str], fmt: str) -> Iterator[tuple[int, BindingRequest | _Reje
             yield number, _Rejected("line", f"more than {len(columns)} columns")
             continue
         try:
-            if columns == CSV_COLUMNS and len(cells) == len(CSV_COLUMNS):
+            if columns == CSV_COLUMNS and len(cells) == _PLAIN_CSV:
                 yield number, _csv_request(cells)
             else:
                 yield number, _request(dict(zip(columns, cells, strict=False)))
@@ -236,15 +371,20 @@ def _rows(text: IO[str], fmt: str) -> Iterator[tuple[int, BindingRequest | _Reje
 
 
 class _Progress:
-    """A bar on a terminal; elsewhere a line every PROGRESS_EVERY_S (logs stay readable)."""
+    """A bar on a terminal; elsewhere a line every PROGRESS_EVERY_S (logs stay readable).
+    `done` counts toward `total` (bytes of an import, records of a copy); `items` are
+    what the rate counts, named by `unit`."""
 
-    def __init__(self, stream: IO[str], total_bytes: int | None) -> None:
+    def __init__(self, stream: IO[str], total_bytes: int | None, verb: str = "import",
+                 unit: str = "lines") -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.total = total_bytes
+        self.verb, self.unit = verb, unit
         self.start = self.last = time.monotonic()
 
-    def update(self, done_bytes: int, lines: int, final: bool = False) -> None:
+    def update(self, done_bytes: int, lines: int, final: bool = False,
+               note: str = "") -> None:
         now = time.monotonic()
         if not final and now - self.last < (_BAR_EVERY_S if self.tty else PROGRESS_EVERY_S):
             return
@@ -254,11 +394,12 @@ class _Progress:
             share = min(done_bytes / self.total, 1.0) if self.total else 0.0
             bar = "#" * int(share * _BAR_WIDTH)
             pct = f"{share:4.0%}" if self.total else "   ?"
-            self.stream.write(f"\r[{bar:<{_BAR_WIDTH}}] {pct} {lines:,} lines "
-                              f"{rate:,.0f}/s" + ("\n" if final else ""))
+            self.stream.write(f"\r[{bar:<{_BAR_WIDTH}}] {pct} {lines:,} {self.unit} "
+                              f"{rate:,.0f}/s {note}" + ("\n" if final else ""))
         else:
             pct = f" ({done_bytes / self.total:.0%})" if self.total else ""
-            self.stream.write(f"import: {lines:,} lines{pct}, {rate:,.0f}/s\n")
+            self.stream.write(f"{self.verb}: {lines:,} {self.unit}{pct}, {rate:,.0f}/s"
+                              f"{f' ({note})' if note else ''}\n")
         self.stream.flush()
 
 
@@ -304,7 +445,7 @@ def _position(raw: IO[bytes]) -> int:
         return 0            # a pipe has no position
 
 
-def _import(store: LmdbStore, args: argparse.Namespace, config: Config, text: IO[str],
+def _import(store: RuleStore, args: argparse.Namespace, config: Config, text: IO[str],
             raw: IO[bytes], fmt: str, total: int | None, rejects_out: IO[str] | None) -> int:
     progress = _Progress(sys.stderr, total)
     rejected: list[ImportOutcome] = []
@@ -347,4 +488,69 @@ def _import(store: LmdbStore, args: argparse.Namespace, config: Config, text: IO
     return EXIT_REFUSED if rejected else EXIT_OK
 
 
-__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "show", "unbind"]
+# -- store: schema and moving to PostgreSQL ---------------------------------------------------
+def store_command(args: argparse.Namespace, config: Config) -> int:
+    """`sipmask store migrate`, `sipmask store copy --to DSN`, `sipmask store rekey`."""
+    if args.op == "rekey":
+        return rekey(args, config)
+    try:
+        if args.op == "migrate":
+            return _migrate(config)
+        return _copy(config, args.to)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+
+
+def _migrate(config: Config) -> int:
+    if config.store.backend == "postgres":
+        from sipmask.store.postgres import migrate_database
+        assert config.store.dsn is not None
+        before, after = migrate_database(config.store.dsn)
+        # Opening it with the key seals a database written in clear (store/postgres.py).
+        sealed = open_store(config)
+        try:
+            _emit({"backend": "postgres", "from": before, "to": after,
+                   "schema_version": sealed.schema_version()})
+        finally:
+            sealed.close()
+        return EXIT_OK
+    # LMDB makes (or checks) its schema when it is opened.
+    store = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20,
+                      key_file=config.store.key_file)
+    try:
+        _emit({"backend": "lmdb", "schema_version": store.schema_version()})
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _copy(config: Config, dsn: str) -> int:
+    from sipmask.store.pg_copy import copy_store
+    from sipmask.store.postgres import PostgresStore
+    if not (config.store.path / "data.mdb").is_file():
+        _err(f"store.path: no LMDB store at {config.store.path}")
+        return EXIT_REFUSED
+    started = time.monotonic()
+    source = LmdbStore(config.store.path, map_size=config.store.map_size_mb << 20,
+                       key_file=config.store.key_file)
+    try:
+        # The same key: the records are copied as they are, sealed (store/pg_copy.py).
+        target = PostgresStore(dsn, pool_size=2, call_workers=1,
+                               key_file=config.store.key_file)
+        try:
+            progress = _Progress(sys.stderr, None, verb="copy", unit="records")
+            copied = copy_store(source, target, lambda table, done, total: progress.update(
+                done, done, final=False, note=f"{table}, of {total:,}"))
+            total = sum(copied.values())
+            progress.update(total, total, final=True)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    _emit({"copied": copied, "to": target.where, "seconds": round(time.monotonic() - started, 3)})
+    return EXIT_OK
+
+
+__all__ = ["audit", "bind", "import_file", "list_bindings", "pool", "recording", "rekey",
+           "show", "store_command", "trace", "unbind"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +27,7 @@ Handler = Callable[[argparse.Namespace, Config], int]
 HANDLERS: dict[str, str] = {
     "serve": "sipmask.server:run",
     "check-config": "sipmask.cli:check_config",
+    "reload": "sipmask.cli:reload",
     "bind": "sipmask.admin:bind",
     "show": "sipmask.admin:show",
     "unbind": "sipmask.admin:unbind",
@@ -33,6 +36,9 @@ HANDLERS: dict[str, str] = {
     "import": "sipmask.admin:import_file",
     "audit": "sipmask.admin:audit",
     "cdr": "sipmask.cdr.commands:run",
+    "trace": "sipmask.admin:trace",
+    "store": "sipmask.admin:store_command",
+    "recording": "sipmask.admin:recording",
 }
 
 
@@ -63,20 +69,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the B2BUA in the foreground (SIGTERM drains)")
     subs.add_parser("check-config", parents=[common],
                     help="validate the config; name any bad key")
+    subs.add_parser("reload", parents=[common],
+                    help="check the config, then have the running node (sip.pid_file) take "
+                         "it: SIGHUP; keys that need a restart are named in its log")
 
     bind = subs.add_parser("bind", parents=[common], help="create a binding, print it as JSON")
     modes = bind.add_subparsers(dest="mode", metavar="MODE", required=True)
     for mode, text in (("axb", "A and B reach each other through X"),
-                       ("axn", "anyone calling X reaches A")):
+                       ("axn", "anyone calling X reaches A"),
+                       ("axe", "anyone calling X and keying extension E reaches A; A "
+                               "calling X reaches B"),
+                       ("axyb", "A calls X to reach B (B sees Y); B calls Y to reach A "
+                                "(A sees X)")):
         m = modes.add_parser(mode, parents=[common], help=text)
         m.add_argument("--a", required=True, help="real number A")
-        if mode == "axb":
+        if mode in ("axb", "axyb"):
             m.add_argument("--b", required=True, help="real number B")
+        elif mode == "axe":
+            m.add_argument("--b", help="real number B, whom A reaches by calling X")
         m.add_argument("--x", help="the 700 number (default: allocated from the tenant's pool)")
+        if mode == "axe":
+            m.add_argument("--ext", help="the extension (tenants.<t>.ext_digits digits; "
+                                         "default: a free one at random)")
+        if mode == "axyb":
+            m.add_argument("--y", help="the 700 number B calls to reach A (default: "
+                                       "allocated from the tenant's pool)")
         m.add_argument("--ttl", type=int, default=7200,
                        help="seconds until the binding expires; 0: never (default 7200)")
         m.add_argument("--tenant", help="tenant (default: the only one configured)")
-        if mode == "axb":
+        m.add_argument("--record", action="store_true",
+                       help="record this binding's calls (both sides hear "
+                            "announcements.recording_notice first)")
+        if mode in ("axb", "axyb"):
             m.add_argument("--direction", choices=("both", "a_to_b", "b_to_a"),
                            default="both", help="which way calls may go (default both)")
         m.add_argument("--max-duration", type=int, metavar="S",
@@ -119,6 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--tenant", help="only this tenant")
     audit.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
 
+    store = subs.add_parser("store", parents=[common], help="store maintenance: schema, "
+                                                            "LMDB to PostgreSQL, rekey")
+    store_ops = store.add_subparsers(dest="op", metavar="OP", required=True)
+    store_ops.add_parser("migrate", parents=[common],
+                         help="bring the store's schema up to this version")
+    copy = store_ops.add_parser("copy", parents=[common],
+                                help="copy the LMDB store (store.path) into an empty "
+                                     "PostgreSQL database")
+    copy.add_argument("--to", required=True, metavar="DSN",
+                      help="libpq URI of the target; give the password by PGPASSWORD or "
+                           "~/.pgpass, not in the URI")
+    rekey = store_ops.add_parser(
+        "rekey", parents=[common],
+        help="seal every record with a new key (stop sipmask serve first); then point "
+             "store.key_file at the new key")
+    rekey.add_argument("--new-key", required=True, metavar="FILE",
+                       help="the new key: 32 bytes, mode 0600; made when FILE does not exist")
+
     cdr = subs.add_parser("cdr", parents=[common], help="call detail records")
     cdr_ops = cdr.add_subparsers(dest="op", metavar="OP", required=True)
     for op in ("list", "export"):
@@ -128,6 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--since", help="ISO time or Unix seconds")
         c.add_argument("--tenant", help="only this tenant")
         c.add_argument("--limit", type=int, default=None if op == "export" else 100)
+
+    trace = subs.add_parser("trace", parents=[common],
+                            help="which binding held X at a time, and its calls (operator "
+                                 "use: real numbers are shown)")
+    trace.add_argument("x", metavar="X", help="the 700 number")
+    trace.add_argument("--at", required=True, metavar="TIME",
+                       help="ISO-8601 (UTC when no zone) or Unix seconds")
+
+    rec = subs.add_parser("recording", parents=[common], help="recorded calls")
+    rec_ops = rec.add_subparsers(dest="op", metavar="OP", required=True)
+    export = rec_ops.add_parser("export", parents=[common],
+                                help="write a call's recording (a stereo WAV) to a file")
+    export.add_argument("cdr_id", metavar="CDR_ID", help="the CDR's call_id")
+    export.add_argument("--out", required=True, metavar="FILE",
+                        help="where the WAV goes (- for standard output); an existing "
+                             "file is not overwritten")
+    export.add_argument("--tenant", help="only this tenant's recording")
+    rec_ops.add_parser("sweep", parents=[common],
+                       help="delete recordings older than recording.retention_days")
     return parser
 
 
@@ -141,6 +202,36 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
         return EXIT_USAGE
     source = loader.resolve_source(args.config)
     print(f"{source or loader.EMBEDDED}: ok")
+    return EXIT_OK
+
+
+def reload(args: argparse.Namespace, config: Config) -> int:
+    """The config was loaded and checked by main(); the node reads the same file again."""
+    if check_config(args, config) != EXIT_OK:
+        return EXIT_USAGE
+    path = config.sip.pid_file
+    if path is None:
+        print("sipmask: sip.pid_file is null: send SIGHUP to the node yourself "
+              "(systemctl reload)", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        print(f"sipmask: no running node: {path} (sip.pid_file) does not exist",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    except ValueError:
+        print(f"sipmask: {path} (sip.pid_file) holds no process id", file=sys.stderr)
+        return EXIT_REFUSED
+    except ProcessLookupError:
+        print(f"sipmask: the node in {path} (sip.pid_file) is not running", file=sys.stderr)
+        return EXIT_REFUSED
+    except PermissionError:
+        print(f"sipmask: not allowed to signal the node in {path}: run as its user",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"sipmask: reload sent to process {pid}; its log names what it applied")
     return EXIT_OK
 
 
@@ -158,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sipmask: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command != "serve":    # serve sets up its own; stdout is the commands' output
+        from sipmask.observability import logging as sm_logging
+        sm_logging.setup(config.log, sys.stderr, secrets=sm_logging.config_secrets(config))
     return resolve(args.command)(args, config)
 
 

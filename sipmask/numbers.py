@@ -19,6 +19,8 @@ _SEPARATORS = re.compile(r"[\s\-.()\u00a0]", re.ASCII)
 _MOBILE = re.compile(r"1[3-9]\d{9}", re.ASCII)
 _FIXED = re.compile(r"0[1-9]\d{8,10}", re.ASCII)
 _X = re.compile(r"700\d{12}", re.ASCII)
+# An AXE Request-URI user: X followed directly by the extension (1 to 8 digits).
+_X_EXT = re.compile(r"(700\d{12})(\d{1,8})", re.ASCII)
 _DIGITS = re.compile(r"\d+", re.ASCII)
 
 # A real number inside free text: mobile or fixed line, optionally with a country prefix,
@@ -99,6 +101,24 @@ def normalise_x(raw: str) -> str:
     if not is_x(number):
         raise NumberError("X must be a 15-digit number starting with 700")
     return number
+
+
+def normalise_x_ext(raw: str) -> tuple[str, str | None]:
+    """A dialled 700 number as (X, extension): X alone gives (X, None); X followed
+    directly by 1 to 8 digits (an AXE extension, CONTRACT "SIP behaviour") gives both.
+    Prefixes and separators as normalise_x."""
+    if _X.fullmatch(raw):
+        return raw, None
+    number = normalise(raw)
+    if is_x(number):
+        return number, None
+    found = _X_EXT.fullmatch(number)
+    if found is None and number.startswith("86"):
+        found = _X_EXT.fullmatch(number[2:])     # "86" + X + E: normalise keeps the 86
+    if found is None:
+        raise NumberError("X must be a 15-digit number starting with 700, then at most an "
+                          "extension of 1 to 8 digits")
+    return found.group(1), found.group(2)
 
 
 def mask(number: str) -> str:

@@ -19,22 +19,27 @@ import contextlib
 import gc
 import itertools
 import json
+import os
 import resource
 import secrets
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from sipmask.api.app import cdrs_from_log, connection_counts, start_api
+from sipmask.api.app import cdrs_from_log, connection_counts, reconfigure_api, start_api
 from sipmask.b2bua import routing
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import HEARTBEAT_S, STALE_S, CdrLog
 from sipmask.clock import SystemClock
+from sipmask.config import loader
+from sipmask.config.reload import ReloadPlan
+from sipmask.config.reload import plan as reload_plan
 from sipmask.config.schema import Config, Endpoint
 from sipmask.errors import ConfigError, StoreError
 from sipmask.events.outbox import Outbox, new_event
@@ -58,11 +63,14 @@ from sipmask.sip.transaction import (
 from sipmask.sip.transports import Address
 from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr
-from sipmask.store import LmdbStore, open_store
+from sipmask.store import open_store, recordings
 from sipmask.transport.counters import SipCounters
 from sipmask.transport.tcp import InboundLimits, TcpTransport, open_tcp
 from sipmask.transport.tls import TlsContexts, load_contexts
 from sipmask.transport.udp import UdpTransport, open_udp
+
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
 
 EXIT_OK, EXIT_FAILED = 0, 1
 SWEEP_BATCH = 1000      # records the sweeps delete per transaction
@@ -74,16 +82,23 @@ log = sm_logging.get_logger("sipmask.server")
 # -- the handler seam -------------------------------------------------------------------
 class SipActions(Protocol):
     """What a request handler may do; SipServer implements it. Each call goes through the
-    transaction layer and what it produces is sent before the call returns; a send that
-    fails comes back as an event (TransportFailed) after the handler returned, never inside
-    the call, before the handler could note the transaction it started (DESIGN rule 15)."""
+    transaction layer and what it produces is sent before the call returns, unless the
+    server is `delivering` (inside its drain: sent when the handler returns) or the handler
+    called `hold()`: then it all goes at `flush()`, once for a batch of actions. A
+    send that fails comes back as an event (TransportFailed) after the handler returned,
+    never inside the call, before the handler could note the transaction it started
+    (DESIGN rule 15). `send_request` takes the Via branch the handler chose (its txn id
+    follows from it: transaction.client_key), or picks one."""
 
     def respond(self, txn_id: str, response: Response) -> None: ...
-    def send_request(self, request: Request, dest: Address,
-                     transport: TransportName) -> str: ...
+    def send_request(self, request: Request, dest: Address, transport: TransportName, *,
+                     branch: str | None = None) -> str: ...
     def cancel(self, invite_txn_id: str) -> str | None: ...
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None: ...
+    delivering: bool
+    def hold(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class RequestHandler(Protocol):
@@ -229,8 +244,12 @@ class SipServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._delivering = False                # inside _deliver: its loop takes new events
+        # Inside _deliver: its loop takes new events, and the drain sends what the handler
+        # produced once the handler returned (a handler's sends are held meanwhile).
+        self.delivering = False
         self._drain_handle: asyncio.Handle | None = None
+        self.limits: InboundLimits | None = None      # shared by the TCP/TLS listeners
+        self._held = False                      # the handler's sends wait for flush()
 
     async def start(self) -> list[str]:
         """Open every `sip.listen` endpoint; returns their URLs. Raises ListenError."""
@@ -239,8 +258,8 @@ class SipServer:
         max_bytes = sip.max_message_bytes
         tls = tls_contexts(self.config)
         # One for every TCP and TLS listener: an IP's share counts across them all.
-        limits = InboundLimits(sip.tcp_max_connections, sip.tcp_max_per_ip,
-                               trunk_sources(self.config))
+        limits = self.limits = InboundLimits(sip.tcp_max_connections, sip.tcp_max_per_ip,
+                                             trunk_sources(self.config))
         urls: list[str] = []
         for endpoint in sip.listen:
             try:
@@ -276,7 +295,14 @@ class SipServer:
     # SipActions
     def respond(self, txn_id: str, response: Response) -> None:
         self.core.send_response(txn_id, response, self._now())
-        self._flush(from_handler=True)
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: the trunk ACL at TCP/TLS accept follows the new trunks."""
+        self.config = config
+        if self.limits is not None:
+            self.limits.allow = trunk_sources(config)
 
     def local_port(self, transport: TransportName) -> int:
         """The port sipmask listens on for `transport` (for Contact headers)."""
@@ -297,20 +323,32 @@ class SipServer:
     def _streams(self, transport: TransportName) -> list[TcpTransport]:
         return self.tls if transport == "tls" else self.tcp
 
-    def send_request(self, request: Request, dest: Address,
-                     transport: TransportName) -> str:
-        txn_id = self.core.send_request(request, dest, transport, self._now())
-        self._flush(from_handler=True)
+    def send_request(self, request: Request, dest: Address, transport: TransportName, *,
+                     branch: str | None = None) -> str:
+        txn_id = self.core.send_request(request, dest, transport, self._now(), branch=branch)
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
         return txn_id
 
     def cancel(self, invite_txn_id: str) -> str | None:
         txn_id = self.core.cancel(invite_txn_id, self._now())
-        self._flush(from_handler=True)
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
         return txn_id
 
     def send_ack(self, invite_txn_id: str | None, ack: Request, dest: Address,
                  transport: TransportName) -> None:
         self.core.send_ack(invite_txn_id, ack, dest, transport)
+        if not (self._held or self.delivering):
+            self._flush(from_handler=True)
+
+    def hold(self) -> None:
+        """The handler's sends from now on wait for flush() (a batch of its actions)."""
+        self._held = True
+
+    def flush(self) -> None:
+        """Send what the handler's actions produced, and stop holding."""
+        self._held = False
         self._flush(from_handler=True)
 
     def _now(self) -> float:
@@ -323,7 +361,7 @@ class SipServer:
         (aioquic's _transmit_soon): inside a drain, its loop picks them up; otherwise one
         loop callback. A send refused at once so reaches the handler as an event it can
         match, never inside the call that started the transaction (DESIGN rule 15)."""
-        if self._delivering or self._drain_handle is not None or self._loop is None:
+        if self.delivering or self._drain_handle is not None or self._loop is None:
             return
         self._drain_handle = self._loop.call_soon(self._drain_scheduled)
 
@@ -335,11 +373,11 @@ class SipServer:
         """Hand the core's events to the handler, then send what the core produced."""
         core = self.core
         events = core.events()
-        outer, self._delivering = self._delivering, True
+        outer, self.delivering = self.delivering, True
         try:
             self._deliver(events)
         finally:
-            self._delivering = outer
+            self.delivering = outer
         self._flush()
 
     def _deliver(self, events: list[TUEvent]) -> None:
@@ -462,7 +500,7 @@ class Services:
     """Everything `sipmask serve` runs beside the SIP listeners."""
 
     config: Config
-    store: LmdbStore
+    store: AnyStore
     cdrs: CdrLog
     media: MediaBackend
     engines: list[Engine] = field(default_factory=list)   # the one SipServer made
@@ -569,7 +607,8 @@ class Services:
 
     async def _sweep(self) -> None:
         """Every store.sweep_interval_s: expired bindings (they already stop routing, as
-        route() checks expires_at) and CDRs past cdr.retention_days are removed from disk.
+        route() checks expires_at), CDRs past cdr.retention_days and recordings past
+        recording.retention_days are removed from disk.
         On a thread (see _heartbeat), SWEEP_BATCH records per transaction, so a big backlog
         never holds LMDB's writer lock (and the CDR writer behind it) for long."""
         clock = SystemClock()
@@ -585,6 +624,13 @@ class Services:
                 await self._sweep_cdrs(clock.wall())
             except Exception:
                 log.exception("cdr.sweep_failed")
+            try:
+                # Recordings past recording.retention_days (store/recordings.py).
+                while await asyncio.to_thread(recordings.sweep, self.config.recording,
+                                              clock.wall(), SWEEP_BATCH) >= SWEEP_BATCH:
+                    pass
+            except Exception:
+                log.exception("recording.sweep_failed")
 
     async def _sweep_cdrs(self, now: float) -> int:
         """CDRs invited more than cdr.retention_days ago (0: kept for ever)."""
@@ -601,6 +647,26 @@ class Services:
         if removed:
             log.info("cdr.swept", removed=removed, retention_days=days)
         return removed
+
+    def reload(self, loaded: Config, server: SipServer) -> ReloadPlan:
+        """`sipmask reload` / SIGHUP: take what a running node can (config/reload.py) and
+        name what waits for a restart. Calls in progress go on; new calls see the new
+        config."""
+        result = reload_plan(self.config, loaded)
+        if not result.changed:
+            return result
+        config = result.config
+        sm_logging.setup(config.log, secrets=sm_logging.config_secrets(config))
+        self.config = config
+        server.reconfigure(config)
+        for engine in self.engines:
+            engine.reconfigure(config)
+        if self.policy is not None:
+            self.policy.reconfigure(config)
+        self.store.sync_tenants(config.tenants)
+        if self.api is not None:
+            reconfigure_api(self.api, config)
+        return result
 
     async def drain(self, timeout: float) -> None:
         """SIGTERM: no new calls, running ones finish up to `timeout`, then BYE both ways."""
@@ -635,12 +701,14 @@ class Services:
 
 
 # -- entry point ----------------------------------------------------------------------------
-async def serve(config: Config) -> int:
+async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:
+    """Run a node until SIGTERM/SIGINT. `load` reads the config again (SIGHUP reloads)."""
     try:
         services = Services.open(config)
     except (StoreError, OSError) as exc:
-        print(f"sipmask: cannot open the store at {config.store.path}: {exc}",
-              file=sys.stderr, flush=True)
+        # A PostgreSQL error names its host itself (never the DSN: it may hold a password).
+        where = f" at {config.store.path}" if config.store.backend == "lmdb" else ""
+        print(f"sipmask: cannot open the store{where}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     server = SipServer(config, handler_factory=services.engine_factory)
     services.watch(server)
@@ -663,6 +731,9 @@ async def serve(config: Config) -> int:
     freezer = GcFreezer(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if load is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_on_signal, services, server, load)
+    pid_file = write_pid_file(config.sip.pid_file)
     print(f"sipmask listening on {', '.join(urls)}", flush=True)
     log.info("sipmask.started", listen=urls, api=str(config.api.listen))
     try:
@@ -672,10 +743,48 @@ async def serve(config: Config) -> int:
         server.close()
         freezer.close()
         await services.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        remove_pid_file(pid_file)
     print(f"sipmask stopped: counters {json.dumps(server.counters.as_dict())}", flush=True)
     return EXIT_OK
+
+
+def reload_on_signal(services: Services, server: SipServer, load: Callable[[], Config]) -> None:
+    """SIGHUP: a bad file is refused with the loader's one line; the running config stays."""
+    try:
+        loaded = load()
+    except ConfigError as exc:
+        log.error("config.reload_refused", error=str(exc))
+        return
+    result = services.reload(loaded, server)
+    if result.kept:
+        log.warning("config.reload_kept", keys=list(result.kept),
+                    reason="these keys take effect at the next restart")
+    log.info("config.reloaded", applied=list(result.applied))
+
+
+def write_pid_file(path: Path | None) -> Path | None:
+    """`sip.pid_file`, for `sipmask reload`. A file that cannot be written is logged, never
+    fatal: the node runs, and SIGHUP still reloads it."""
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        log.warning("sipmask.pid_file_failed", path=str(path), error=exc.strerror or str(exc))
+        return None
+    return path
+
+
+def remove_pid_file(path: Path | None) -> None:
+    """Only our own: another node may have taken the file over since."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -745,5 +854,5 @@ def run(args: argparse.Namespace, config: Config) -> int:
     raise_open_files_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner, \
             contextlib.suppress(KeyboardInterrupt):
-        return runner.run(serve(config))
+        return runner.run(serve(config, lambda: loader.load(args.config, args.overrides)))
     return EXIT_OK

@@ -9,6 +9,7 @@ api/writer.py, off the event loop, because each commit waits for an fsync.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,14 +19,18 @@ import prometheus_client
 from aiohttp import web
 
 from sipmask.api import inputs, render
+from sipmask.api.auth import TENANT as TENANT_KIND
 from sipmask.api.auth import TokenTable
 from sipmask.api.connections import ConnectionCounts, ConnectionLimits, GuardedSite
 from sipmask.api.inputs import ApiError
 from sipmask.api.openapi import DOCUMENT
 from sipmask.api.writer import ACTOR, BindingWriter
-from sipmask.config.schema import Config, HostPort
+from sipmask.cdr import trace
+from sipmask.cdr.record import Cdr
+from sipmask.config.schema import Config, HostPort, RecordingConfig
 from sipmask.errors import RecordNotFound, RefusedError, StoreError
 from sipmask.observability.logging import get_logger
+from sipmask.store import recordings
 from sipmask.store.base import BindingStore
 
 log = get_logger("sipmask.api")
@@ -39,6 +44,10 @@ class CdrSource(Protocol):
     def __call__(self, tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
         ...
 
+    def for_binding(self, binding_id: str, limit: int | None) -> list[Cdr]:
+        """A binding's calls, whichever tenant's (trace, operator tokens only)."""
+        ...
+
 
 @dataclass(slots=True)
 class ApiState:
@@ -47,11 +56,18 @@ class ApiState:
     writer: BindingWriter
     metrics_text: Callable[[], bytes]
     cdr_source: CdrSource | None
+    recording: RecordingConfig
 
 
 STATE = web.AppKey("sipmask_api", ApiState)
 # The tenant the request's token names (set by auth_middleware; aiohttp >= 3.14 keys).
 TENANT = web.RequestKey("sipmask_tenant", str)
+# The operator an operator token names: on TRACE_PATH, where no tenant is set, and on a
+# recording's path when an operator reads it.
+OPERATOR = web.RequestKey("sipmask_operator", str)
+TRACE_PATH = "/v1/trace"
+RECORDINGS_PATH = "/v1/recordings/"
+RECORDING_CHUNK = 64 * 1024
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,8 +110,16 @@ async def errors_middleware(request: web.Request, handler: _Handler) -> web.Stre
 @web.middleware
 async def auth_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
-        tenants = request.app[STATE].tokens
-        request[TENANT] = tenants.tenant_for(request.headers.get("Authorization"))
+        tokens = request.app[STATE].tokens
+        authorization = request.headers.get("Authorization")
+        if request.path == TRACE_PATH:
+            request[OPERATOR] = tokens.operator_for(authorization)
+        elif request.path.startswith(RECORDINGS_PATH):
+            # Issue 15 §4: a tenant reads its own recordings, an operator any tenant's.
+            who = tokens.identify(authorization)
+            request[TENANT if who.kind == TENANT_KIND else OPERATOR] = who.name
+        else:
+            request[TENANT] = tokens.tenant_for(authorization)
     return await handler(request)
 
 
@@ -176,6 +200,44 @@ async def list_cdrs(request: web.Request) -> web.Response:
     return web.json_response(state.cdr_source(request[TENANT], query.since, query.limit))
 
 
+async def trace_x(request: web.Request) -> web.Response:
+    """Issue 14 §3: which binding held X at `at`, and its calls, across tenants. Real
+    numbers are in the answer (the operator's to see); none is in the log line."""
+    state = request.app[STATE]
+    query = inputs.trace_query(request.query)
+    source = state.cdr_source
+    found = trace.trace(state.store, source.for_binding if source is not None else None,
+                        query.x, query.at)
+    log.info("api.trace", operator=request[OPERATOR], bindings=len(found.bindings),
+             cdrs=len(found.cdrs))
+    return web.json_response(found.to_json())
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """GET /v1/recordings/{cdr_id}: the call's recording as audio/wav, streamed; 404 when
+    there is none for the token's tenant (another tenant's call looks the same)."""
+    state = request.app[STATE]
+    tenant = request.get(TENANT)          # None: an operator token, any tenant's
+    cdr_id = request.match_info["cdr_id"]
+    found = await asyncio.to_thread(recordings.open_recording, state.recording, cdr_id,
+                                    tenant)
+    try:
+        log.info("api.recording_read", tenant=found.tenant, name=found.name,
+                 operator=request.get(OPERATOR))
+        response = web.StreamResponse(headers={
+            "Content-Type": "audio/wav",
+            "Content-Disposition": f'attachment; filename="{found.name}"'})
+        if found.size is not None:
+            response.content_length = found.size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(found.stream.read, RECORDING_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        found.close()
+
+
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -205,15 +267,17 @@ def create_app(config: Config, store: BindingStore, *,
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=inputs.MAX_BODY_BYTES)
     writer = BindingWriter(store)
-    app[STATE] = ApiState(store=store, tokens=TokenTable.from_tenants(config.tenants),
+    app[STATE] = ApiState(store=store, tokens=TokenTable.from_config(config),
                           writer=writer, metrics_text=metrics_text or _default_metrics,
-                          cdr_source=cdr_source)
+                          cdr_source=cdr_source, recording=config.recording)
     app.router.add_post("/v1/bindings", create_binding)
     app.router.add_get("/v1/bindings", list_bindings, allow_head=False)
     app.router.add_get("/v1/bindings/{id}", get_binding, allow_head=False)
     app.router.add_delete("/v1/bindings/{id}", delete_binding)
     app.router.add_patch("/v1/bindings/{id}", patch_binding)
     app.router.add_get("/v1/cdrs", list_cdrs, allow_head=False)
+    app.router.add_get(TRACE_PATH, trace_x, allow_head=False)
+    app.router.add_get(RECORDINGS_PATH + "{cdr_id}", get_recording, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
@@ -272,6 +336,12 @@ async def start_api(config: Config, store: BindingStore, *,
     return runner
 
 
+def reconfigure_api(runner: web.AppRunner, config: Config) -> None:
+    """`sipmask reload`: tenant and operator tokens change at once; a request already
+    authorised finishes under the token it came with."""
+    runner.app[STATE].tokens = TokenTable.from_config(config)
+
+
 def connection_counts(runner: web.AppRunner) -> ConnectionCounts:
     """The API's connection figures (open, refused past the cap, head timeouts), for
     metrics: start_api's runner has one GuardedSite."""
@@ -279,8 +349,19 @@ def connection_counts(runner: web.AppRunner) -> ConnectionCounts:
     return site.counts
 
 
+@dataclass(frozen=True, slots=True)
+class _LogCdrs:
+    log: Any
+
+    def __call__(self, tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+        return [c.to_json() for c in self.log.list(since=since, tenant=tenant, limit=limit)]
+
+    def for_binding(self, binding_id: str, limit: int | None) -> list[Cdr]:
+        found: list[Cdr] = self.log.for_binding(binding_id, limit)
+        return found
+
+
 def cdrs_from_log(cdr_log: Any) -> CdrSource:
-    """A CdrSource over cdr/store.CdrLog (anything with `list(since, tenant, limit)`)."""
-    def source(tenant: str, since: float | None, limit: int) -> list[dict[str, Any]]:
-        return [c.to_json() for c in cdr_log.list(since=since, tenant=tenant, limit=limit)]
-    return source
+    """A CdrSource over cdr/store.CdrLog (anything with `list(since, tenant, limit)` and
+    `for_binding(binding_id, limit)`)."""
+    return _LogCdrs(cdr_log)

@@ -14,8 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sipmask import numbers
 from sipmask.cdr.record import parse_time
-from sipmask.errors import SipmaskError
+from sipmask.errors import RefusedError, SipmaskError
 from sipmask.store import rules
 from sipmask.store.base import DEFAULT_TTL, BindingRequest
 
@@ -29,9 +30,10 @@ MAX_CDR_LIMIT = 10000
 _ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 _CREATE_FIELDS = ("mode", "a", "b", "x", "ttl", "tenant", "direction", "max_duration_s",
-                  "max_concurrent", "blacklist")
+                  "max_concurrent", "blacklist", "ext", "y", "record")
 _CREATE_KEYS = frozenset(_CREATE_FIELDS)
-_POLICY_KEYS = frozenset(("direction", "max_duration_s", "max_concurrent", "blacklist"))
+_MORE_KEYS = frozenset(("direction", "max_duration_s", "max_concurrent", "blacklist", "ext",
+                        "y", "record"))
 
 
 class ApiError(SipmaskError):
@@ -112,8 +114,15 @@ def create_request(body: bytes, tenant: str) -> BindingRequest:
     if named is not None and named != tenant:
         raise ApiError(403, "tenant", "a token acts for its own tenant only")
     assert mode is not None and a is not None
-    if _POLICY_KEYS.isdisjoint(value):      # no policy field: nothing more to check
+    if _MORE_KEYS.isdisjoint(value):      # no optional field: nothing more to check
         return BindingRequest(mode=mode, a=a, b=b, x=x, ttl=ttl, tenant=tenant)
+    ext = _string(value, "ext", required=False)
+    y = _string(value, "y", required=False)
+    record = get("record")
+    if record is None:
+        record = False
+    elif not isinstance(record, bool):
+        raise bad("record", "must be true or false")
     direction = _string(value, "direction", required=False) or "both"
     limits: dict[str, int | None] = {}
     for key in ("max_duration_s", "max_concurrent"):
@@ -127,7 +136,8 @@ def create_request(body: bytes, tenant: str) -> BindingRequest:
     # The store checks the values themselves (RefusedError names the field: 422).
     return BindingRequest(mode=mode, a=a, b=b, x=x, ttl=ttl, tenant=tenant,
                           direction=direction, max_duration_s=limits["max_duration_s"],
-                          max_concurrent=limits["max_concurrent"], blacklist=tuple(blacklist))
+                          max_concurrent=limits["max_concurrent"], blacklist=tuple(blacklist),
+                          ext=ext, y=y, record=record)
 
 
 def patch_ttl(body: bytes) -> int:
@@ -197,3 +207,34 @@ def cdr_query(query: Mapping[str, str]) -> CdrQuery:
             raise bad("since", "must be Unix seconds or an ISO-8601 time") from None
         rules.moment("since", since)     # out of range (NaN, infinities too): 422
     return CdrQuery(since=since, limit=_limit(query, 1000, MAX_CDR_LIMIT))
+
+
+@dataclass(frozen=True, slots=True)
+class TraceQuery:
+    x: str
+    at: float
+
+
+def trace_query(query: Mapping[str, str]) -> TraceQuery:
+    """GET /v1/trace?x=…&at=… (both required): a bad x or at is a 400 naming it, the
+    value never echoed (an operator could paste a real number where X goes)."""
+    _query_only(query, ("x", "at"))
+    raw_x = query.get("x")
+    if not raw_x:
+        raise bad("x", "required: the 700 number to trace")
+    try:
+        x = numbers.normalise_x(raw_x)
+    except numbers.NumberError as exc:
+        raise bad("x", str(exc)) from None
+    raw_at = query.get("at")
+    if not raw_at:
+        raise bad("at", "required: the moment, as Unix seconds or ISO-8601")
+    try:
+        at = parse_time(raw_at)
+    except (ValueError, OverflowError):
+        raise bad("at", "must be Unix seconds or an ISO-8601 time") from None
+    try:
+        rules.moment("at", at)
+    except RefusedError as exc:
+        raise bad("at", exc.message) from None
+    return TraceQuery(x=x, at=at)

@@ -48,7 +48,8 @@ DOCUMENT: dict[str, Any] = {
         "title": "sipmask admin API",
         "version": "1",
         "description": "Bindings of 700 privacy numbers, per tenant. Every /v1 call needs "
-                       "`Authorization: Bearer <tenant token>`; the token decides the tenant, "
+                       "`Authorization: Bearer <tenant token>` (GET /v1/trace: an operator "
+                       "token instead); the token decides the tenant, "
                        "and another tenant's binding answers 404. Errors are "
                        '`{"error": {"field": …, "message": …}}`: 400 shape, 401 auth, 403 '
                        "another tenant named, 404 unknown id, 409 conflict or pool exhausted, "
@@ -121,6 +122,48 @@ DOCUMENT: dict[str, Any] = {
                               "422": _error("since or limit out of range"), **_AUTH_ERRORS},
             },
         },
+        "/v1/trace": {
+            "get": {
+                "operationId": "trace",
+                "summary": "Which binding held X at a moment, and its calls, across tenants "
+                           "(operator token only: operators.<name>.token)",
+                "parameters": [
+                    {"name": "x", "in": "query", "required": True,
+                     "schema": {"type": "string", "pattern": "^700[0-9]{12}$"}},
+                    {"name": "at", "in": "query", "required": True,
+                     "description": "Unix seconds or ISO-8601 (UTC when no zone)",
+                     "schema": {"type": "string"}}],
+                "responses": {"200": _json({"type": "object", "required": ["bindings", "cdrs"],
+                                            "properties": {
+                                                "bindings": {"type": "array", "items": {
+                                                    "$ref": "#/components/schemas/Held"}},
+                                                "cdrs": {"type": "array", "items": {
+                                                    "$ref": "#/components/schemas/Cdr"}},
+                                                "cdrs_truncated": {"const": True}}},
+                                           "bindings that held X then, with real numbers, "
+                                           "and the calls made through them"),
+                              "400": _error("x or at missing or malformed"),
+                              "401": _error("missing or unknown bearer token"),
+                              "403": _error("a tenant's token: tracing takes an operator's"),
+                              "405": _error("method not allowed on this path")},
+            },
+        },
+        "/v1/recordings/{cdr_id}": {
+            "get": {
+                "operationId": "getRecording",
+                "summary": "A recorded call as a stereo WAV (caller left, callee right): the "
+                           "token's tenant's own; an operator token reads any tenant's",
+                "parameters": [{"name": "cdr_id", "in": "path", "required": True,
+                                "description": "the CDR's call_id",
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the recording",
+                                      "content": {"audio/wav": {"schema": {
+                                          "type": "string", "format": "binary"}}}},
+                              "404": _error("no recording of this call for this tenant"),
+                              "401": _error("missing or unknown bearer token"),
+                              "405": _error("method not allowed on this path")},
+            },
+        },
         "/healthz": {
             "get": {
                 "operationId": "health", "security": [],
@@ -151,16 +194,26 @@ DOCUMENT: dict[str, Any] = {
                 "type": "object", "additionalProperties": False,
                 "required": ["mode", "a"],
                 "properties": {
-                    "mode": {"enum": ["axb", "axn"]},
+                    "mode": {"enum": ["axb", "axn", "axe", "axyb"]},
                     "a": _NUMBER,
                     "b": {**_NUMBER, "type": ["string", "null"],
-                          "description": "required for axb, absent for axn"},
+                          "description": "required for axb and axyb, optional for axe, "
+                                         "absent for axn"},
                     "x": {**_X, "type": ["string", "null"]},
+                    "ext": {"type": ["string", "null"], "pattern": "^[0-9]{1,8}$",
+                            "description": "axe only: the extension, tenants.<t>.ext_digits "
+                                           "digits; default: a free one at random"},
+                    "y": {**_X, "type": ["string", "null"],
+                          "description": "axyb only: the number B calls to reach A; default: "
+                                         "allocated from the pool"},
+                    "record": {"type": "boolean", "default": False,
+                               "description": "record this binding's calls (with a notice)"},
                     "ttl": _TTL,
                     "tenant": {"type": "string",
                                "description": "optional; must be the token's own tenant"},
                     "direction": {"enum": ["a_to_b", "b_to_a", "both"], "default": "both",
-                                  "description": "axb only: the one way calls may go"},
+                                  "description": "axb and axyb only: the one way calls "
+                                                 "may go"},
                     "max_duration_s": {"type": "integer", "minimum": 0,
                                        "maximum": MAX_CALL_S,
                                        "description": "answered calls end after this; "
@@ -182,7 +235,7 @@ DOCUMENT: dict[str, Any] = {
                              "expires_at"],
                 "properties": {
                     "id": {"type": "string"},
-                    "mode": {"enum": ["axb", "axn"]},
+                    "mode": {"enum": ["axb", "axn", "axe", "axyb"]},
                     "tenant": {"type": "string"},
                     "x": _X,
                     "a": {"type": "string"},
@@ -195,7 +248,17 @@ DOCUMENT: dict[str, Any] = {
                     "max_duration_s": {"type": "integer"},
                     "max_concurrent": {"type": "integer"},
                     "blacklist": {"type": "array", "items": {"type": "string"}},
+                    "ext": {"type": "string"},
+                    "y": _X,
+                    "record": {"const": True},
                 },
+            },
+            "Held": {
+                "allOf": [_BINDING_REF, {"type": "object", "properties": {
+                    "created_by": {"type": ["string", "null"]},
+                    "ended_at": _TIME,
+                    "ended_by": {"type": ["string", "null"]},
+                    "end_reason": {"enum": ["unbind", "expiry", None]}}}],
             },
             "Cdr": {
                 "type": "object",
@@ -210,7 +273,11 @@ DOCUMENT: dict[str, Any] = {
                     "sip_status": {"type": ["integer", "null"]},
                     "unconnected_cause": {"enum": ["none", "no_binding", "not_allowed",
                                                    "blacklist", "rate_limited",
-                                                   "callee_failed", "timeout"]},
+                                                   "callee_failed", "timeout",
+                                                   "trunk_unreachable"]},
+                    "recording": {"type": ["string", "null"],
+                                  "description": "the recording's file name; GET "
+                                                 "/v1/recordings/{call_id} reads it"},
                 },
             },
             "Error": {

@@ -6,7 +6,8 @@ datetime conversions, a dict, the encoder walking it). A binding's strings are n
 ids, modes and tenant names, which JSON writes as they are, so the text is put together
 with an f-string; the second of a timestamp is rendered once and reused. Anything the fast
 path cannot vouch for (a string JSON would escape, a policy field, a non-float time, a
-Binding with fields this module does not know) goes through `to_json` and `json.dumps`,
+Binding with fields this module does not know, an AXE extension, an AXYB y, a recorded
+binding) goes through `to_json` and `json.dumps`,
 and tests/unit/test_api_render.py checks the two agree.
 """
 
@@ -22,7 +23,8 @@ JSON_TYPE = "application/json; charset=utf-8"   # what aiohttp's json_response s
 
 # The fields the f-string below knows; a Binding with others falls back to to_json.
 _KNOWN_FIELDS = ("id", "mode", "tenant", "x", "a", "b", "created_at", "expires_at",
-                 "direction", "max_duration_s", "max_concurrent", "blacklist")
+                 "direction", "max_duration_s", "max_concurrent", "blacklist", "ext", "y",
+                 "record")
 FAST = Binding._fields == _KNOWN_FIELDS
 
 _seconds: dict[int, str] = {}     # whole Unix second -> its ISO-8601 text
@@ -53,6 +55,7 @@ def binding_json(b: Binding) -> bytes:
     created, expires = b.created_at, b.expires_at
     if (FAST and b.direction == "both" and b.max_duration_s is None
             and b.max_concurrent is None and not b.blacklist
+            and b.ext is None and b.y is None and not b.record
             and type(created) is float and math.isfinite(created)
             and (expires is None or (type(expires) is float and math.isfinite(expires)))
             and _plain(f"{b.id}{b.mode}{b.tenant}{b.x}{b.a}{b.b or ''}")):

@@ -152,7 +152,8 @@ class BindingWriter:
             return self.store.create(mode=r.mode, tenant=r.tenant, a=r.a, b=r.b, x=r.x,
                                      ttl=r.ttl, actor=ACTOR, direction=r.direction,
                                      max_duration_s=r.max_duration_s,
-                                     max_concurrent=r.max_concurrent, blacklist=r.blacklist)
+                                     max_concurrent=r.max_concurrent, blacklist=r.blacklist,
+                                     ext=r.ext, y=r.y, record=r.record)
         except RefusedError as exc:
             return exc
 

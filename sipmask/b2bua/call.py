@@ -230,6 +230,7 @@ class Call:
     release_side: str | None = None
     sip_status: int | None = None      # final status sent to leg A
     unconnected_cause: str = "none"
+    recording: str | None = None       # the recording's file name (CDR `recording`)
     history: list[tuple[CallState, CallEvent]] = field(default_factory=list)
 
     def apply(self, event: CallEvent, now: float, *, status: int | None = None

@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from sipmask import numbers
 from sipmask.config.schema import TrunkConfig
@@ -20,22 +19,8 @@ from sipmask.sip.message import Request
 from sipmask.sip.transports import Address, Transport
 from sipmask.sip.uri import AbsoluteUri, NameAddr, SipUri, TelUri, Uri, parse_uri
 
-
-class RoutableBinding(Protocol):
-    """What routing needs of a binding (store.base.Binding satisfies it)."""
-
-    @property
-    def mode(self) -> str: ...
-    @property
-    def a(self) -> str: ...
-    @property
-    def b(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class Route:
-    callee: str          # the real number leg B dials
-    direction: str       # a_to_b | b_to_a | n_to_a
+if TYPE_CHECKING:       # the store package opens LMDB on import (see route)
+    from sipmask.store.base import Binding, Target
 
 
 class UnknownX(NotFoundError):
@@ -44,6 +29,12 @@ class UnknownX(NotFoundError):
 
 class NotAllowed(ForbiddenError):
     cause = "not_allowed"
+
+
+class NeedsExtension(UnknownX):
+    """An AXE number dialled without its extension by someone the binding does not route
+    without one (store.base.Refusal.ASK_EXT). Answered 404 unless the call core asks the
+    caller for the extension (CONTRACT "SIP behaviour": AXE)."""
 
 
 class UnsupportedScheme(SipError):
@@ -91,6 +82,11 @@ def check_request(request: Request) -> None:
         raise BadExtension(unsupported)
 
 
+def uri_host(host: str) -> str:
+    """A host as a URI names it: an IPv6 address in brackets (RFC 3261 §25.1 IPv6reference)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def hop_of(uri_text: str) -> tuple[Address, Transport] | None:
     """Where a request to the URI goes when it names an IP address (None: it does not; no
     DNS in the call path). RFC 3261 §19.1.2 and RFC 3263 §4.1/§4.2: a sips URI is TLS, else
@@ -133,8 +129,10 @@ def _uri_number(uri: Uri) -> str | None:
     return None
 
 
-def target_x(request: Request) -> str:
-    """The X dialled: Request-URI user, normalised; anything else is 404 (no such X)."""
+def dialled(request: Request) -> tuple[str, str | None]:
+    """The 700 number dialled and the AXE extension keyed after it, if any: the
+    Request-URI user, normalised (CONTRACT: "a Request-URI user of X followed directly by
+    E's digits reaches the binding at once"); anything else is 404 (no such X)."""
     try:
         number = _uri_number(request.parsed_uri)
     except ParseError:
@@ -142,9 +140,14 @@ def target_x(request: Request) -> str:
     if not number:
         raise UnknownX("Not Found")
     try:
-        return numbers.normalise_x(number)
+        return numbers.normalise_x_ext(number)
     except numbers.NumberError:
         raise UnknownX("Not Found") from None
+
+
+def target_x(request: Request) -> str:
+    """The 700 number dialled, without an extension (what a CDR and a rate count)."""
+    return dialled(request)[0]
 
 
 def caller_number(request: Request, *, trust_pai: bool) -> str:
@@ -169,18 +172,20 @@ def caller_number(request: Request, *, trust_pai: bool) -> str:
     raise NotAllowed("Forbidden")
 
 
-def route(binding: RoutableBinding | None, caller: str) -> Route:
-    """Binding + caller → the callee. None (no live binding on X) is 404 (CONTRACT)."""
+def route(binding: Binding | None, number: str, caller: str,
+          ext: str | None = None) -> Target:
+    """Binding + the number dialled + caller (+ the extension given) -> the new leg, by
+    store.base.target (the one place the modes' rules live), with its refusals as SIP
+    errors: no live binding 404 (CONTRACT), not this caller's 403, an AXE number without
+    its extension NeedsExtension (404 unless the caller is asked for it)."""
+    # Imported here: the rule is pure, but sipmask.store's package imports LMDB, which the
+    # sans-IO core must not (tests/unit/test_import_contract.py); the shell has it loaded.
+    from sipmask.store.base import Refusal, Target, target
     if binding is None:
         raise UnknownX("Not Found")
-    if binding.mode == "axb":
-        if caller == binding.a and binding.b is not None:
-            return Route(binding.b, "a_to_b")
-        if caller == binding.b:
-            return Route(binding.a, "b_to_a")
-        raise NotAllowed("Forbidden")
-    if binding.mode == "axn":
-        if caller == binding.a:
-            raise NotAllowed("Forbidden")   # A calling its own X would loop
-        return Route(binding.a, "n_to_a")
-    raise NotAllowed("Forbidden")            # a mode this version does not route
+    found = target(binding, number, caller, ext)
+    if isinstance(found, Target):
+        return found
+    if found is Refusal.ASK_EXT:
+        raise NeedsExtension("Not Found")
+    raise NotAllowed("Forbidden")

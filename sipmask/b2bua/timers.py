@@ -31,12 +31,14 @@ class CallTimers:
         self._deadlines: dict[_Key, tuple[float, int]] = {}
         self._heap: list[tuple[float, int, _Key]] = []
         self._seq = itertools.count()
+        self.starts = 0          # timers started so far: a shell re-arms only after one
 
     def __len__(self) -> int:
         return len(self._deadlines)
 
     def start(self, call_id: str, timer: CallTimer, at: float) -> None:
         """Arm (or move) `timer` of `call_id` to fire at `at`."""
+        self.starts += 1
         seq = next(self._seq)
         key = (call_id, timer)
         self._deadlines[key] = (at, seq)

@@ -1,4 +1,11 @@
-"""The call detail record: one per call attempt (CONTRACT.md "Call detail records")."""
+"""The call detail record: one per call attempt (CONTRACT.md "Call detail records").
+
+`direction` by mode (store/base.py `target` decides it): AXB a_to_b / b_to_a; AXN n_to_a;
+AXE n_to_a for a caller who keyed the extension and reached A, a_to_b for A reaching B;
+AXYB a_to_b when A dialled X (B saw Y), b_to_a when B dialled Y (A saw X). `recording` is
+the recording's file name (store/recordings.py: `<call id>.wav` under recording.dir/<tenant>/)
+or null.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ CDR_VERSION = 1
 DIRECTIONS = ("a_to_b", "b_to_a", "n_to_a")
 RELEASE_SIDES = ("caller", "callee", "sipmask")
 CAUSES = ("none", "no_binding", "not_allowed", "blacklist", "rate_limited", "callee_failed",
-          "timeout")
+          "timeout", "trunk_unreachable")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class Cdr:
     release_side: str | None
     sip_status: int | None
     unconnected_cause: str
+    recording: str | None = None     # the recording's file name (a recorded, answered call)
 
     def to_json(self, *, mask: bool = False) -> dict[str, Any]:
         """JSON shape: times as ISO-8601 UTC, numbers as they are (or masked for others)."""

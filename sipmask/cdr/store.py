@@ -9,28 +9,41 @@ reaches the caller); the final CDR replaces it in one transaction. A process kil
 calls up leaves them there, and the next start closes each one (`repair`): end_at is the last
 heartbeat the dead process wrote (at most `HEARTBEAT_S` late), release_side is sipmask.
 
+Real numbers are sealed (issue 14 §2): a CDR's and a journal entry's JSON is sealed whole
+with the store's key (codec.seal_json); a CDR's binding id is its clear header, and the
+`cdr_binding` index (binding id, then the CDR's key) finds a binding's calls for `trace`.
+
 Several nodes may share one store (several `sipmask serve` processes behind a dispatcher,
 README "Scaling past one core"). Each journals under its own node name (`sip.node_id`) and
 heartbeats under it, so a node starting up repairs its own predecessor's calls and those of
 nodes whose heartbeat is older than `STALE_S`, never a live peer's. Running nodes also
 close a dead peer's calls every `STALE_S`. Entries without a node (written before nodes
 existed, or by a CdrLog opened without one) belong to the unnamed node.
+
+On PostgreSQL (store/postgres.py) the same records go through the same `Txn`: `cdrs` is a
+table partitioned by day (store/pg_schema.py), so retention drops whole day partitions
+instead of deleting rows, and the journal and heartbeats are rows every node sees.
 """
 
 from __future__ import annotations
 
+import builtins
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sipmask.cdr.record import Cdr
-from sipmask.store import rules
+from sipmask.store import codec, rules
 from sipmask.store.lmdb import LmdbStore
 from sipmask.store.rules import Txn
 
+if TYPE_CHECKING:
+    from sipmask.store.lmdb import AnyStore
+
 DB = "cdrs"
 UP = "calls_up"
+BY_BINDING = "cdr_binding"
 HEARTBEAT = b"\x00heartbeat"     # sorts before every call id; + b"\x00" + node per node
 HEARTBEAT_S = 1.0
 STALE_S = 10.0                  # a node whose heartbeat is this old is dead
@@ -62,15 +75,31 @@ def _since_key(since: float | None) -> bytes:
 
 
 class CdrLog:
-    """CDRs kept in the bindings store's environment (one fsync per commit)."""
+    """CDRs kept in the bindings store (LMDB: one fsync per commit; PostgreSQL: one
+    commit round trip)."""
 
     blocking = True
 
-    def __init__(self, store: LmdbStore, node: str = "") -> None:
+    def __init__(self, store: AnyStore, node: str = "") -> None:
         self.store = store
         self.node = node.encode()
         store.db(DB)
         store.db(UP)
+        store.db(BY_BINDING)
+
+    def _seal(self, cdr: Cdr) -> bytes:
+        return codec.seal_json(self.store.keys, cdr.encode(),
+                               (cdr.binding_id or "").encode())
+
+    def _open(self, raw: bytes) -> Cdr:
+        return Cdr.decode(codec.open_json(self.store.keys, raw))
+
+    def _put(self, txn: Txn, cdr: Cdr) -> None:
+        """A final CDR and its index entry (trace finds a binding's calls by it)."""
+        key = _key(cdr)
+        txn.put(DB, key, self._seal(cdr))
+        if cdr.binding_id:
+            txn.put(BY_BINDING, codec.cdr_index_key(cdr.binding_id, key), b"")
 
     def _up_key(self, call_id: str) -> bytes:
         return self.node + NODE_SEP + call_id.encode() if self.node else call_id.encode()
@@ -88,9 +117,9 @@ class CdrLog:
             for final, cdr in ops:
                 up_key = self._up_key(cdr.call_id)
                 if not final:
-                    txn.put(UP, up_key, cdr.encode())
+                    txn.put(UP, up_key, self._seal(cdr))
                     continue
-                txn.put(DB, _key(cdr), cdr.encode())
+                self._put(txn, cdr)
                 if txn.get(UP, up_key) is not None:
                     txn.delete(UP, up_key)
         self.store.write(run)
@@ -100,7 +129,7 @@ class CdrLog:
 
     def calls_up(self) -> list[Cdr]:
         """Every node's journalled calls."""
-        return self.store.read(lambda txn: [Cdr.decode(v) for k, v in txn.scan(UP)
+        return self.store.read(lambda txn: [self._open(v) for k, v in txn.scan(UP)
                                             if not k.startswith(HEARTBEAT)])
 
     def repair(self, now: float, *, own: bool = True) -> list[Cdr]:
@@ -124,13 +153,13 @@ class CdrLog:
                         continue
                 elif node in beats and node not in dead:
                     continue                    # a live peer's call
-                up = Cdr.decode(value)
+                up = self._open(value)
                 last = beats.get(node, now)
                 end = max(min(last, now), up.answer_at or up.invite_at)
                 start = up.answer_at if up.answer_at is not None else end
                 record = replace(up, end_at=end, duration_s=round(end - start, 3),
                                  release_side="sipmask")
-                txn.put(DB, _key(record), record.encode())
+                self._put(txn, record)
                 txn.delete(UP, key)
                 fixed.append(record)
             for node in dead - {self.node}:     # its calls are closed: forget the node
@@ -148,7 +177,7 @@ class CdrLog:
         def run(txn: Txn) -> list[Cdr]:
             out: list[Cdr] = []
             for _key, value in txn.scan(DB, _since_key(since)):
-                cdr = Cdr.decode(value)
+                cdr = self._open(value)
                 if tenant is not None and cdr.tenant != tenant:
                     continue
                 out.append(cdr)
@@ -162,29 +191,56 @@ class CdrLog:
         returns how many. One bounded transaction per call, so the writer lock is never held
         for a whole backlog: the caller repeats while a full batch went. Nothing due: no
         write transaction (no fsync). The answered-call journal is another database and
-        is never swept here (repair closes those calls)."""
+        is never swept here (repair closes those calls).
+
+        PostgreSQL: the day partitions wholly before `before` are dropped (whole days, so
+        a record may outlive its cutoff by up to a day); `limit` does not apply, and the
+        count returned is the records dropped."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        if not isinstance(self.store, LmdbStore):
+            return self.store.drop_days_before(before)
         cutoff = _since_key(max(0.0, before))
 
-        def due(txn: Txn) -> list[bytes]:
-            keys: list[bytes] = []
-            for key, _ in txn.scan(DB):
-                if len(keys) >= limit or key >= cutoff:
+        def due(txn: Txn) -> list[tuple[bytes, bytes]]:
+            rows: list[tuple[bytes, bytes]] = []
+            for key, value in txn.scan(DB):
+                if len(rows) >= limit or key >= cutoff:
                     break
-                keys.append(key)
-            return keys
+                rows.append((key, codec.sealed_clear(value)))
+            return rows
         if not self.store.read(due):
             return 0
 
         def run(txn: Txn) -> int:
-            keys = due(txn)
-            for key in keys:
+            rows = due(txn)
+            for key, binding_id in rows:
                 txn.delete(DB, key)
-            return len(keys)
+                if binding_id:
+                    txn.delete(BY_BINDING, codec.cdr_index_key(binding_id.decode(), key))
+            return len(rows)
         return self.store.write(run)
 
+    def for_binding(self, binding_id: str,
+                    limit: int | None = None) -> builtins.list[Cdr]:
+        """A binding's calls, oldest first (trace; real numbers in them: operator use)."""
+        rules.row_limit(limit)
+        prefix = codec.cdr_index_prefix(binding_id)
+
+        def run(txn: Txn) -> builtins.list[Cdr]:
+            out: builtins.list[Cdr] = []
+            for key, _ in txn.scan(BY_BINDING, prefix):
+                if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
+                    break
+                raw = txn.get(DB, key[len(prefix):])
+                if raw is not None:
+                    out.append(self._open(raw))
+            return out
+        return self.store.read(run)
+
     def count(self) -> int:
+        if not isinstance(self.store, LmdbStore):
+            return self.store.count(DB)
         with self.store.env.begin() as txn:
             return int(txn.stat(self.store.db(DB))["entries"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from importlib import resources
@@ -17,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from sipmask.config.schema import Config
+from sipmask.config.schema import ANNOUNCEMENT_KEYS, MAX_EXT_DIGITS, Config
 from sipmask.errors import ConfigError
 
 EMBEDDED = "<embedded default>"
@@ -203,8 +204,8 @@ def _check_whole(config: Config, source: str) -> None:
     for name, tenant in config.tenants.items():
         if tenant.token in seen_tokens:
             raise ConfigError(source, f"tenants.{name}.token",
-                              f"same token as tenant {seen_tokens[tenant.token]}")
-        seen_tokens[tenant.token] = name
+                              f"same token as {seen_tokens[tenant.token]}")
+        seen_tokens[tenant.token] = f"tenant {name}"
         for i, pool in enumerate(tenant.pools):
             lo, hi = int(pool.first), int(pool.last)
             for olo, ohi, other in ranges:
@@ -213,6 +214,15 @@ def _check_whole(config: Config, source: str) -> None:
                                       f"overlaps a pool of tenant {other} (no re-leasing)",
                                       str(pool))
             ranges.append((lo, hi, name))
+    for name, operator in config.operators.items():
+        # A token names one party: an operator's must not also act for a tenant (or for
+        # another operator), or the tenant's token would trace across tenants.
+        if operator.token is None:
+            continue
+        if operator.token in seen_tokens:
+            raise ConfigError(source, f"operators.{name}.token",
+                              f"same token as {seen_tokens[operator.token]}")
+        seen_tokens[operator.token] = f"operator {name}"
     if config.media.backend == "rtpengine" and config.media.latching == "signalled_ip":
         # No latching mode may ever move a leg to another IP (RTP Bleed). rtpengine's
         # learning cannot be held to the signalled IPs: for its first 3 s it takes the best
@@ -221,5 +231,54 @@ def _check_whole(config: Config, source: str) -> None:
                           "signalled_ip cannot be enforced by rtpengine (it learns any "
                           "source for its first seconds): use strict with rtpengine, or "
                           "media.backend: relay for phones behind NAT", "signalled_ip")
+    if config.store.backend == "postgres":
+        if not config.store.dsn:
+            raise ConfigError(source, "store.dsn", "is required when store.backend is postgres")
+        threads, queue = config.store.lookup_threads, config.store.lookup_queue
+        if threads < 1 or queue < threads:
+            raise ConfigError(source, "store.lookup_queue",
+                              "needs lookup_threads >= 1 and lookup_queue >= lookup_threads")
     if config.events.webhook.url and not config.events.webhook.secret:
         raise ConfigError(source, "events.webhook.secret", "is required when a webhook url is set")
+    _check_tenants(config, source)
+    _check_announcements(config, source)
+
+
+# A tenant's name is a directory under recording.dir and a field of store records: letters,
+# digits, "_", "-" and "." (not first), so it never walks out of that directory.
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+
+
+def _check_tenants(config: Config, source: str) -> None:
+    for name, tenant in config.tenants.items():
+        if not _TENANT_NAME.fullmatch(name):
+            raise ConfigError(source, f"tenants.{name}", "a tenant name is 1 to 64 letters, "
+                              "digits, '_', '-' or '.' (not first)")
+        if not 1 <= tenant.ext_digits <= MAX_EXT_DIGITS:
+            raise ConfigError(source, f"tenants.{name}.ext_digits",
+                              f"must be 1 to {MAX_EXT_DIGITS}", tenant.ext_digits)
+        for key in tenant.announcements:
+            if key not in ANNOUNCEMENT_KEYS:
+                raise ConfigError(source, f"tenants.{name}.announcements.{key}",
+                                  f"unknown key (known: {', '.join(ANNOUNCEMENT_KEYS)})")
+
+
+def _check_announcements(config: Config, source: str) -> None:
+    """Every announcement file is read now, as it will be played (media/prompt.py): one
+    that is missing, unreadable or not 8 kHz mono WAV stops start-up naming its key."""
+    # Imported here: only a config that names an announcement needs the media modules.
+    from sipmask.media.prompt import announcement
+    from sipmask.media.wav import WavError
+
+    wanted = [(f"announcements.{key}", key, getattr(config.announcements, key))
+              for key in ANNOUNCEMENT_KEYS]
+    wanted += [(f"tenants.{name}.announcements.{key}", key, value)
+               for name, tenant in config.tenants.items()
+               for key, value in tenant.announcements.items()]
+    for path, key, value in wanted:
+        if value is None or value == "default":
+            continue        # no prompt, or the packaged one (tests check those play)
+        try:
+            announcement(key, value)
+        except WavError as exc:
+            raise ConfigError(source, path, str(exc)) from None    # "FILE: problem"

@@ -190,6 +190,8 @@ class SipConfig:
     # Names this process in the store's answered-call journal, so nodes sharing one store
     # repair only their own (or a dead peer's) calls. None: the first sip.listen host:port.
     node_id: str | None = None
+    # Where `serve` writes its process id, for `sipmask reload` (SIGHUP). None: not written.
+    pid_file: Path | None = Path("var/sipmask.pid")
 
     @property
     def node(self) -> str:
@@ -208,9 +210,21 @@ class TrunkConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
+    # lmdb: embedded, one host (`path`); postgres: shared by many hosts (`dsn`, a libpq URI;
+    # several hosts with target_session_attrs=read-write fail over; the password comes
+    # from PGPASSWORD or ~/.pgpass, never from a log line).
+    backend: Literal["lmdb", "postgres"] = "lmdb"
     path: Path = Path("var/sipmask.lmdb")
+    dsn: str | None = None
     map_size_mb: int = 64
     sweep_interval_s: int = 5
+    pool_size: int = 10            # postgres: connections per process
+    lookup_threads: int = 4        # postgres: call-path lookups run on these threads
+    lookup_queue: int = 1024       # postgres: lookups waiting beyond this are refused (503)
+    # 32 random bytes, mode 0600: real numbers are sealed with it (store/crypto.py). LMDB
+    # makes it on first start when missing; PostgreSQL refuses to start without it (every
+    # node shares one). Relative paths resolve against the working directory.
+    key_file: Path = Path("var/sipmask.key")
 
 
 @dataclass(frozen=True)
@@ -242,7 +256,16 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class CdrConfig:
-    retention_days: int = 180         # older CDRs are swept; 0: kept for ever
+    # Older CDRs, and the history of bindings ended longer ago (trace), are swept; 0: never.
+    retention_days: int = 180
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The platform operator (and through it the regulator): its API token traces any X
+    across tenants (GET /v1/trace) and does nothing else. None: no API access."""
+
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,11 +289,50 @@ class NumberPrefix:
         return self.digits
 
 
+# The announcements (media/prompt.ANNOUNCEMENTS), as keys of `announcements` and of a
+# tenant's `announcements` overrides.
+ANNOUNCEMENT_KEYS = ("unbound", "callee_notice", "ext_prompt", "recording_notice")
+MAX_EXT_DIGITS = 8        # tenants.<t>.ext_digits is 1..8 (an AXE extension's length)
+DEFAULT_EXT_DIGITS = 4
+
+
+@dataclass(frozen=True)
+class AnnouncementsConfig:
+    """WAV files (8 kHz mono; checked at load) played as early media; "default" is the
+    packaged prompt, null plays none."""
+
+    unbound: str | None = "default"            # to a caller of an X with no binding, then 404
+    callee_notice: str | None = None           # to the callee after answer
+    ext_prompt: str | None = "default"         # AXE: "enter the extension, then #"
+    recording_notice: str | None = "default"   # to both sides before a recorded call bridges
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """Recorded calls: one stereo WAV per call (caller left, callee right) under
+    `dir/<tenant>/`; files older than retention_days are swept (0: kept for ever)."""
+
+    dir: Path = Path("var/recordings")
+    retention_days: int = 30
+
+
 @dataclass(frozen=True)
 class TenantConfig:
     token: str
     pools: tuple[NumberRange, ...] = ()
     blacklist: tuple[NumberPrefix, ...] = ()   # callers refused (403) on every X of the tenant
+    ext_digits: int = DEFAULT_EXT_DIGITS       # AXE extensions: this many digits (1..8)
+    record: bool = False                       # record every call of the tenant's bindings
+    # Per-tenant announcement overrides: a key of ANNOUNCEMENT_KEYS -> a WAV file,
+    # "default" or null; a key not given takes the top-level `announcements` value.
+    announcements: dict[str, str | None] = field(default_factory=dict)
+
+    def announcement(self, key: str, default: AnnouncementsConfig) -> str | None:
+        """What `announcements.<key>` is for this tenant: its override, else the default."""
+        if key in self.announcements:
+            return self.announcements[key]
+        value: str | None = getattr(default, key)
+        return value
 
 
 @dataclass(frozen=True)
@@ -328,6 +390,9 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     cdr: CdrConfig = field(default_factory=CdrConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    operators: dict[str, OperatorConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    announcements: AnnouncementsConfig = field(default_factory=AnnouncementsConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)

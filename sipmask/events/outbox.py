@@ -5,8 +5,9 @@ it survives kill -9 (CONTRACT "Events": delivery is at least once, across restar
 leaves the outbox only when `ack` is called, which the webhook does after a 2xx.
 
 Layout in the store's environment:
-  outbox        seq (8 bytes, big-endian) -> the event's storage encoding; keys sort in
-                enqueue order, and the DB's entry count is the backlog (O(1)).
+  outbox        seq (8 bytes, big-endian) -> the event's storage encoding, sealed with the
+                store's key (a `cdr` event carries the record's real numbers; issue 14 §2);
+                keys sort in enqueue order, and the DB's entry count is the backlog (O(1)).
   outbox_state  b"seq" -> the last sequence number handed out; it only grows, so a key is
                 never reused, even after the outbox drains and the process restarts.
                 seq -> attempts and next attempt time (wall seconds) of an event that
@@ -16,23 +17,52 @@ The outbox is capped (`events.outbox_max`): a receiver that stays down must not 
 disk the bindings and CDRs live on. Past the cap the oldest events are dropped, counted
 (`dropped`, the `sipmask_events_dropped_total` metric) and logged; the CDRs themselves
 stay in the store (`sipmask cdr export` recovers what the receiver missed).
+
+On PostgreSQL (store/postgres.py) every node writes to one outbox and every node's webhook
+delivers from it, each event by one node at a time:
+  - `enqueue` takes keys from a sequence (int8send(nextval)), not from the `seq` counter,
+    so nodes enqueue in parallel without a hot row.
+  - `peek` claims the oldest unclaimed events (`FOR UPDATE SKIP LOCKED`, so two nodes
+    never take the same one) for `lease_s`; a node's next peek renews its own claims. A
+    node that dies holding claims stops renewing them, and once they lapse another node
+    delivers those events: still at least once, across node crashes.
+  - `call_event` (the engine, on the event loop) hands the events to the store's
+    background writer instead of waiting for the commit; listeners hear of them from the
+    event loop once committed. A process killed in that window (milliseconds) loses those
+    events, not their CDRs: `sipmask cdr export` has every record.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import lmdb
 
 from sipmask.cdr.record import Cdr, iso
+from sipmask.clock import Clock, SystemClock
 from sipmask.observability.logging import get_logger
+from sipmask.store import codec
 from sipmask.store.lmdb import LmdbStore
+from sipmask.store.pg_schema import (
+    OUTBOX_CLAIM,
+    OUTBOX_ENQUEUE,
+    OUTBOX_OLDEST,
+    OUTBOX_ROW,
+)
 from sipmask.store.rules import Txn
+
+if TYPE_CHECKING:
+    from psycopg import Cursor
+
+    from sipmask.store.lmdb import AnyStore
 
 EVENT_TYPES = ("ring", "answer", "hangup", "cdr")
 EVENT_VERSION = 1
@@ -42,6 +72,8 @@ STATE_DB = "outbox_state"
 _SEQ = b"seq"
 _SEQ_FORMAT = ">Q"
 _STATE_FORMAT = ">Id"       # attempts (u32), next attempt at (wall seconds, f64)
+LEASE_S = 300.0             # PostgreSQL: how long a node's claim on an event holds
+CLAIM_MAX = 16              # PostgreSQL: events one peek claims (short passes, short leases)
 
 log = get_logger("sipmask.events")
 
@@ -127,20 +159,29 @@ def _key(seq: int) -> bytes:
 
 
 class Outbox:
-    """Durable FIFO of events in the store's LMDB environment.
+    """Durable FIFO of events in the store (LMDB, or PostgreSQL shared by many nodes).
 
     Also the engine's EventSink (`call_event`). Listeners added with `on_enqueue` run after
     every commit; the webhook uses one to wake at once instead of polling.
     """
 
-    def __init__(self, store: LmdbStore, max_events: int = 0) -> None:
+    def __init__(self, store: AnyStore, max_events: int = 0, *,
+                 clock: Clock | None = None, lease_s: float = LEASE_S) -> None:
         self.store = store
         self.max_events = max_events      # 0: no cap
         self.dropped = 0                  # events dropped by the cap since start
+        self.lost = 0                     # PostgreSQL: events whose deferred write failed
         self._dropped_logged = 0
         store.db(DB)
         store.db(STATE_DB)
         self._listeners: list[Callable[[], None]] = []
+        self.clock: Clock = clock or SystemClock()
+        self.lease_s = lease_s
+        self.claimer = uuid.uuid4().hex   # this outbox's name on its claims (PostgreSQL)
+        self._pending: list[Event] = []   # call events waiting for the background writer
+        self._pending_lock = threading.Lock()
+        self._flushing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def on_enqueue(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -154,21 +195,49 @@ class Outbox:
         batch = list(events)
         if not batch:
             return
+        self._append(batch)
+        for listener in self._listeners:
+            listener()
+
+    def _append(self, batch: list[Event]) -> None:
+        if not batch:
+            return
+        if not isinstance(self.store, LmdbStore):
+            self._pg_append(batch)
+            return
 
         def run(txn: Txn) -> None:
             raw = txn.get(STATE_DB, _SEQ)
             seq = struct.unpack(_SEQ_FORMAT, raw)[0] if raw is not None else 0
             for event in batch:
                 seq += 1
-                txn.put(DB, _key(seq), event.encode())
+                txn.put(DB, _key(seq), codec.seal_json(self.store.keys, event.encode()))
             txn.put(STATE_DB, _SEQ, _key(seq))
         self.store.write(run)
         if self.max_events:
             over = self.backlog() - self.max_events
             if over > 0:
                 self._drop_oldest(over)
-        for listener in self._listeners:
-            listener()
+
+    def _pg_append(self, batch: list[Event]) -> None:
+        assert not isinstance(self.store, LmdbStore)
+        keys = self.store.keys
+        sealed = [codec.seal_json(keys, e.encode()) for e in batch]
+
+        def run(cur: Cursor[Any]) -> tuple[int, int]:
+            rows = ", ".join([OUTBOX_ROW] * len(batch))
+            last = max(bytes(r[0]) for r in cur.execute(
+                OUTBOX_ENQUEUE.format(rows=rows), sealed).fetchall())
+            oldest = cur.execute(OUTBOX_OLDEST).fetchone()
+            return (struct.unpack(_SEQ_FORMAT, bytes(oldest[0]))[0] if oldest else 0,
+                    struct.unpack(_SEQ_FORMAT, last)[0])
+        first, last = self.store.run_sql(run)
+        # The span of keys bounds the backlog from above (acks leave gaps), so the exact
+        # count, a scan on PostgreSQL, runs only when the span passes the cap.
+        if self.max_events and last - first + 1 > self.max_events:
+            over = self.backlog() - self.max_events
+            if over > 0:
+                self._drop_oldest(over)
 
     def _drop_oldest(self, count: int) -> None:
         """The cap (module docstring): the `count` oldest events go, with their attempts."""
@@ -194,27 +263,86 @@ class Outbox:
 
     def call_event(self, kind: str, call: CallLike, at: float, cdr: Cdr | None = None) -> None:
         """EventSink for the engine. A hangup that carries the call's record also yields
-        the `cdr` event, written in the same transaction."""
+        the `cdr` event, written in the same transaction. On PostgreSQL the write goes to
+        the store's background writer (module docstring): the event loop never waits."""
         def make(type_: str, record: Cdr | None = None) -> Event:
             return new_event(type_, call_id=call.call_id, binding_id=call.binding_id,
                              tenant=call.tenant, x=call.x, at=at, cdr=record)
         if kind == "cdr":
-            self.enqueue(make("cdr", cdr))
+            events = [make("cdr", cdr)]
         elif cdr is not None:
-            self.enqueue_many((make(kind), make("cdr", cdr)))
+            events = [make(kind), make("cdr", cdr)]
         else:
-            self.enqueue(make(kind))
+            events = [make(kind)]
+        if isinstance(self.store, LmdbStore):
+            self.enqueue_many(events)
+            return
+        with contextlib.suppress(RuntimeError):   # no running loop: listeners run in place
+            self._loop = asyncio.get_running_loop()
+        with self._pending_lock:
+            self._pending.extend(events)
+            if self._flushing:
+                return        # the writer takes these with its next batch
+            self._flushing = True
+        self.store.background.submit(self._flush)
+
+    def _flush(self) -> None:
+        """On the store's background writer: the pending call events, a batch per commit
+        (those queued while one commits go together in the next)."""
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
+            try:
+                self._append(batch)
+            except Exception:
+                self.lost += len(batch)
+                log.exception("events.enqueue_failed", events=len(batch))
+                continue
+            loop = self._loop
+            for listener in self._listeners:
+                if loop is None:
+                    listener()
+                else:
+                    with contextlib.suppress(RuntimeError):   # the loop has closed
+                        loop.call_soon_threadsafe(listener)
+
+    def flush(self) -> None:
+        """Wait until every call event handed to the background writer is committed."""
+        if not isinstance(self.store, LmdbStore):
+            self.store.background.submit(lambda: None).result()
 
     def peek(self, limit: int = 1) -> list[tuple[bytes, Event]]:
-        """The oldest `limit` events, oldest first; they stay until acknowledged."""
+        """The oldest `limit` events, oldest first; they stay until acknowledged. On
+        PostgreSQL: the oldest events no other node holds, claimed by this outbox for
+        `lease_s` (at most CLAIM_MAX per peek)."""
+        if not isinstance(self.store, LmdbStore):
+            return self._pg_claim(limit)
+
         def run(txn: Txn) -> list[tuple[bytes, Event]]:
             out: list[tuple[bytes, Event]] = []
             for key, value in txn.scan(DB):
                 if len(out) >= limit:
                     break
-                out.append((bytes(key), Event.decode(value)))
+                out.append((bytes(key),
+                            Event.decode(codec.open_json(self.store.keys, value))))
             return out
         return self.store.read(run)
+
+    def _pg_claim(self, limit: int) -> list[tuple[bytes, Event]]:
+        assert not isinstance(self.store, LmdbStore)
+        now = self.clock.wall()
+        params = {"me": self.claimer, "now": now, "until": now + self.lease_s,
+                  "limit": max(1, min(limit, CLAIM_MAX))}
+
+        def run(cur: Cursor[Any]) -> list[tuple[bytes, bytes]]:
+            return [(bytes(k), bytes(v)) for k, v in cur.execute(OUTBOX_CLAIM, params)]
+        # RETURNING has no order: oldest first is ours to restore.
+        keys = self.store.keys
+        return [(key, Event.decode(codec.open_json(keys, value)))
+                for key, value in sorted(self.store.run_sql(run))]
 
     def ack(self, key: bytes) -> None:
         """The receiver has it: forget the event and its attempt record (sync commit)."""
@@ -251,7 +379,10 @@ class Outbox:
         return self.store.write(run)
 
     def backlog(self) -> int:
-        """Events not yet acknowledged (the DB's entry count: no scan)."""
+        """Events not yet acknowledged (LMDB: the DB's entry count, no scan; PostgreSQL:
+        count(*), which the outbox's cap asks only when the key span passes the cap)."""
+        if not isinstance(self.store, LmdbStore):
+            return self.store.count(DB)
         db = self.store.db(DB)
         try:
             with self.store.env.begin() as txn:

@@ -15,6 +15,14 @@ Without them, `sipmask_sdp()` builds the three from sipmask.sdp.scan, the one SD
 
 Each enabled m= line gets its own relay media line (its own port pairs on both sides).
 
+Media services (backend.py: open_early, play, collect_digits, start_recording...) run on
+the relay in media/services.py, one CallServices per call that asks for one. The adapter
+keeps each leg's last SDP, so the services know the leg's audio line and codecs, and tells
+them when an offer or answer changes either, and when the call first has both legs (the
+prompts then stop: the call is bridged). `open_early` opens the session on the caller's
+side alone and answers with sipmask's own SDP (media/early_media.py); the later offer and
+answer for leg B fill in the other side of the same session.
+
 An offer or answer is read whole before anything is opened (DESIGN.md rule 13): the body is
 parsed and checked (400, 488), its m= lines counted (488 over MAX_MEDIA_LINES), and any host
 name in c= or a=rtcp resolved, once per body, off the event loop and within
@@ -34,8 +42,21 @@ from dataclasses import replace
 
 from sipmask.config.schema import MediaConfig
 from sipmask.errors import MediaError
-from sipmask.media.backend import CallStats, LegStats, check_media_lines, other_leg
+from sipmask.media.backend import (
+    CallStats,
+    DigitCallback,
+    Leg,
+    LegStats,
+    Playback,
+    RecordingOutcome,
+    SinkFactory,
+    check_media_lines,
+    other_leg,
+)
+from sipmask.media.early_media import answer_sdp, offered_streams, plan
 from sipmask.media.relay import Relay
+from sipmask.media.services import CallServices, LegMedia, leg_media
+from sipmask.media.wav import Audio
 from sipmask.sdp import scan
 from sipmask.sdp.endpoints import MediaEndpoint
 from sipmask.sdp.errors import SdpError
@@ -62,8 +83,9 @@ class EmbeddedBackend:
                  is_hold: IsHold | None = None, relay: Relay | None = None,
                  resolve: Resolve | None = None,
                  resolve_timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
+        self._sdp: _SipmaskSdp | None = None
         if parse_endpoints is None or rewrite is None:
-            default = sipmask_sdp()
+            default = self._sdp = sipmask_sdp()
             parse_endpoints = parse_endpoints or default.parse_endpoints
             rewrite = rewrite or default.rewrite
             is_hold = is_hold or default.is_hold
@@ -79,6 +101,8 @@ class EmbeddedBackend:
         self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
         self._looking: set[asyncio.Task[str]] = set()    # lookups running, late ones too
         self._held: dict[str, set[str]] = {}   # call id -> legs whose last SDP was hold
+        self._bodies: dict[str, dict[str, bytes]] = {}   # call id -> leg -> its last SDP
+        self._services: dict[str, CallServices] = {}     # calls that use media services
 
     async def offer(self, call_id: str, leg: str, sdp: bytes, *,
                     sip_source: str | None = None) -> bytes:
@@ -135,7 +159,119 @@ class EmbeddedBackend:
             else:
                 holding.discard(leg)
             session.set_hold(bool(holding))
+        bodies = self._bodies.get(call_id)
+        if bodies is None:
+            self._bodies[call_id] = {leg: sdp}
+        else:
+            bodies[leg] = sdp
+        services = self._services.get(call_id)
+        if services is not None:
+            services.refresh()
+            if session.remote_known("a") and session.remote_known("b"):
+                services.bridge()
         return body
+
+    # -- media services (backend.py) ------------------------------------------------------
+    async def open_early(self, call_id: str, leg: str, offer_sdp: bytes, *,
+                         sip_source: str | None = None) -> bytes | None:
+        """The caller's side of the session alone, answered with sipmask's own SDP for a
+        183 (media/early_media.py): the first plain-RTP audio stream with PCMU/PCMA gets
+        the relay port of `leg`'s side on its relay line, every other stream port 0. None,
+        and nothing opened, when no stream can carry a prompt. Refuses a body as `offer`
+        does (400, 488) before anything is opened."""
+        side = _leg(leg)
+        if sip_source is not None and not _is_ip(sip_source):
+            raise ValueError("sip_source must be the IP the signalling came from")
+        found = self._parse_endpoints(offer_sdp)
+        check_media_lines(len(found))
+        streams = offered_streams(self._scan(offer_sdp))
+        chosen = plan(streams)
+        if chosen is None:
+            return None
+        if self.relay.session(call_id) is not None:
+            raise MediaError(f"a relay session for call {call_id} is already open")
+        endpoint = found[chosen.index]
+        if endpoint is None:        # plan() takes only streams with a port
+            return None
+        # Relay lines are the body's m= lines that are not at port 0, in order.
+        line = sum(1 for e in found[:chosen.index] if e is not None)
+        (resolved,) = await self._resolved([endpoint])
+        if self.relay.session(call_id) is not None:
+            raise MediaError(f"a relay session for call {call_id} opened meanwhile")
+        session = await self.relay.open_session(call_id)
+        try:
+            while session.media_count <= line:
+                await self.relay.add_media(session)
+            body = answer_sdp(streams, chosen, port=session.local(side, line).rtp,
+                              origin=self._origin(f"{call_id}:{side}"))
+        except BaseException:
+            self.relay.abandon(session)
+            if self._forget is not None:
+                self._forget(call_id)
+            raise
+        session.set_remote(side, resolved.host, resolved.port, resolved.rtcp_port, line,
+                           rtcp_host=resolved.rtcp_host, sip_source=sip_source,
+                           secure=resolved.secure)
+        self._bodies[call_id] = {side: offer_sdp}
+        return body
+
+    async def play(self, call_id: str, leg: str, audio: Audio, *,
+                   loop: bool = False) -> Playback:
+        return self._services_for(call_id).play(_leg(leg), audio, loop=loop)
+
+    async def stop_play(self, call_id: str, leg: str) -> None:
+        services = self._services.get(call_id)
+        if services is not None:
+            services.stop_play(_leg(leg))
+
+    async def collect_digits(self, call_id: str, leg: str, on_digit: DigitCallback, *,
+                             inband: bool = False) -> None:
+        self._services_for(call_id).collect_digits(_leg(leg), on_digit, inband=inband)
+
+    async def stop_digits(self, call_id: str, leg: str) -> None:
+        services = self._services.get(call_id)
+        if services is not None:
+            services.stop_digits(_leg(leg))
+
+    async def start_recording(self, call_id: str, open_sink: SinkFactory) -> None:
+        self._services_for(call_id).start_recording(open_sink)
+
+    async def stop_recording(self, call_id: str) -> RecordingOutcome | None:
+        services = self._services.get(call_id)
+        return None if services is None else services.stop_recording()
+
+    def _services_for(self, call_id: str) -> CallServices:
+        """The call's services, made (and attached to its session) on first use."""
+        services = self._services.get(call_id)
+        if services is not None and not services.closed:
+            return services
+        session = self.relay.session(call_id)
+        if session is None:
+            raise MediaError(f"no media session for call {call_id}")
+        services = CallServices(session, clock=self.relay.clock,
+                                describe=lambda leg: self._describe(call_id, leg),
+                                counters=self.relay.services)
+        services.bridged = session.remote_known("a") and session.remote_known("b")
+        session.services = services
+        self._services[call_id] = services
+        return services
+
+    def _describe(self, call_id: str, leg: Leg) -> LegMedia | None:
+        bodies = self._bodies.get(call_id, {})
+        own = bodies.get(leg)
+        if own is None:
+            return None
+        other = bodies.get(other_leg(leg))
+        return leg_media(self._scan(own), None if other is None else self._scan(other))
+
+    def _scan(self, sdp: bytes) -> scan.Scan:
+        return self._sdp.read(sdp) if self._sdp is not None else scan.scan(sdp)
+
+    def _origin(self, leg_key: str) -> OriginCounter:
+        """The o= counter of the leg a body goes to (shared with `rewrite` by default)."""
+        if self._sdp is not None:
+            return self._sdp.origin(leg_key, self.relay.address)
+        return OriginCounter(address=self.relay.address, sess_id=new_session_id())
 
     async def _resolved(self, endpoints: list[MediaEndpoint]) -> list[MediaEndpoint]:
         """`endpoints` with every host name replaced by its address: each name looked up
@@ -190,16 +326,28 @@ class EmbeddedBackend:
         """Close the call's session; deleting an unknown call is not an error (a BYE and a
         media timeout may both end the same call)."""
         self._held.pop(call_id, None)
+        self._bodies.pop(call_id, None)
+        services = self._services.pop(call_id, None)
         if self._forget is not None:
             self._forget(call_id)
-        final = self.relay.close_session(call_id)
-        return final if final is not None else CallStats(call_id, LegStats(), LegStats())
+        final = self.relay.close_session(call_id)    # closes the services first
+        if final is None:
+            final = CallStats(call_id, LegStats(), LegStats())
+        outcome = None if services is None else services.outcome
+        return final if outcome is None else replace(final, recording=outcome)
 
     async def close(self) -> None:
         for task in list(self._looking):
             task.cancel()
         await asyncio.gather(*self._looking, return_exceptions=True)
-        await self.relay.close()
+        await self.relay.close()        # each session closes its services
+        self._services.clear()
+        self._bodies.clear()
+
+
+def _leg(leg: str) -> Leg:
+    """"a" or "b" as a Leg; ValueError otherwise."""
+    return "a" if other_leg(leg) == "b" else "b"
 
 
 def _is_ip(host: str) -> bool:
@@ -225,7 +373,7 @@ class _SipmaskSdp:
         self._body: bytes | None = None
         self._scan: scan.Scan | None = None
 
-    def _read(self, sdp: bytes) -> scan.Scan:
+    def read(self, sdp: bytes) -> scan.Scan:
         if self._scan is None or sdp != self._body:
             self._scan = None               # a body scan refuses leaves nothing behind
             self._scan = scan.scan(sdp)
@@ -236,19 +384,24 @@ class _SipmaskSdp:
         """The endpoints, once the body has passed every check `rewrite` would make:
         ParseError (400) for a malformed body, SdpError (488) for one the relay cannot
         carry, so EmbeddedBackend refuses it before it opens anything."""
-        scanned = self._read(sdp)
+        scanned = self.read(sdp)
         scan.check_relayable(scanned)
         return scan.media_endpoints(scanned)
 
     def is_hold(self, sdp: bytes) -> bool:
-        return scan.is_on_hold(self._read(sdp))
+        return scan.is_on_hold(self.read(sdp))
 
     def rewrite(self, sdp: bytes, address: str, ports: list[int], leg_key: str) -> bytes:
+        counter = self.origin(leg_key, address)    # before the scan, which may refuse
+        return scan.rewrite(self.read(sdp), address, ports, counter)
+
+    def origin(self, leg_key: str, address: str) -> OriginCounter:
+        """The o= counter of the leg `leg_key` names, made on first use."""
         counter = self._origins.get(leg_key)
         if counter is None or counter.address != address:
             counter = OriginCounter(address=address, sess_id=new_session_id())
             self._origins[leg_key] = counter
-        return scan.rewrite(self._read(sdp), address, ports, counter)
+        return counter
 
     def forget(self, call_id: str) -> None:
         for leg in ("a", "b"):

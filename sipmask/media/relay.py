@@ -62,6 +62,16 @@ A closed session keeps its final counters: its sockets are reset and may serve a
 
 The packet path (`_Stream.datagram_received`) is kept to attribute reads, one clock read
 and one sendto: it is what limits how many calls one core can carry (bench/relay.py).
+
+Media services (prompts, DTMF, recording: media/services.py) reach the packet path only
+while one is on for a call, and then through two switches that cost the plain path
+nothing: `RelaySession.tap` puts a `_Tap` in front of a side's RTP socket (the transport's
+protocol is swapped, so an untapped socket runs the plain path with no extra test), and
+`RelaySession.set_muted` unlinks the sides' RTP sockets, so nothing is forwarded between
+the parties (counted as `dropped`) while sipmask plays them a prompt. `RelaySession.send`
+sends sipmask's own packets from a side's RTP socket to its party. The services attached
+to a session (`RelaySession.services`) are closed before its sockets go back to the pool,
+on every path that ends a session (close, abandon, Relay.close).
 """
 
 from __future__ import annotations
@@ -76,7 +86,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sipmask.config.schema import MediaConfig
 from sipmask.entropy import token_bytes
@@ -113,6 +123,18 @@ class Side(StrEnum):
 
 
 _NO_ONE: frozenset[str] = frozenset()
+
+# What a tap is told of each packet its socket admitted: the datagram, its arrival time on
+# the relay's clock, and whether it was forwarded to the other party.
+PacketHook = Callable[[bytes, float, bool], None]
+
+
+class SessionServices(Protocol):
+    """What a session closes before its sockets are pooled (media/services.py)."""
+
+    def close(self) -> None:
+        """Stop every service (timers, files, taps); called once, on the loop."""
+        ...
 
 
 class _Stream(asyncio.DatagramProtocol):
@@ -267,6 +289,31 @@ class _Stream(asyncio.DatagramProtocol):
             self.transport = None
 
 
+class _Tap(asyncio.DatagramProtocol):
+    """A side's RTP socket while a media service listens to it: the plain packet path runs
+    unchanged (`_Stream.datagram_received`), then `hook` hears each packet the latching
+    rules admitted, told apart from strangers by the counter the path moved."""
+
+    __slots__ = ("hook", "stream")
+
+    def __init__(self, stream: _Stream, hook: PacketHook) -> None:
+        self.stream = stream
+        self.hook = hook
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        stream = self.stream
+        heard = stream.packets_in
+        out = stream.twin
+        sent = 0 if out is None else out.packets_out
+        stream.datagram_received(data, addr)
+        if stream.packets_in != heard:
+            assert stream.last_in is not None
+            self.hook(data, stream.last_in, out is not None and out.packets_out != sent)
+
+    def error_received(self, exc: Exception) -> None:
+        self.stream.error_received(exc)
+
+
 def _normal_ip(host: str, family: int) -> str | None:
     """`host` written as the socket layer of `family` writes a packet's source, so the
     packet path compares strings as they come; None for the no-address forms (0.0.0.0,
@@ -339,6 +386,15 @@ class _Media:
         a_rtp.cname = a_rtcp.cname = cnames[0]
         b_rtp.cname = b_rtcp.cname = cnames[1]
 
+    def link_rtp(self, linked: bool) -> None:
+        """Forward RTP between the sides (True) or not (False: each side's packets are
+        counted and dropped, as before the other party is known). RTCP stays linked: it
+        carries no audio, and receivers' reports keep flowing."""
+        a_rtp = self.streams[Side.A][0]
+        b_rtp = self.streams[Side.B][0]
+        a_rtp.twin = b_rtp if linked else None
+        b_rtp.twin = a_rtp if linked else None
+
 
 def _bad_side(side: str) -> ValueError:
     """What Side(side) raises for a value that is not a side, for the lookups that skip it."""
@@ -368,6 +424,10 @@ class RelaySession:
         self._on_close = on_close
         self._remote_set: set[Side] = set()
         self._armed_at: float | None = None
+        # Media services for this call (media/services.py), closed before the sockets are
+        # pooled; None for the calls that use none.
+        self.services: SessionServices | None = None
+        self.muted = False
         self.held = False
         self.timed_out = False
         self.closed = False
@@ -392,6 +452,8 @@ class RelaySession:
 
     def _add(self, media: _Media) -> int:
         media.link(self._cnames)
+        if self.muted:
+            media.link_rtp(False)
         self._media.append(media)
         return len(self._media) - 1
 
@@ -497,16 +559,72 @@ class RelaySession:
         """Where RTP for `side`'s party goes now (the SDP address or the latched one)."""
         return self._streams(side, index)[0].peer
 
+    def remote_known(self, side: Side | str) -> bool:
+        """Whether `side`'s SDP has been given (set_remote), once for the session."""
+        return (Side.A if side == Side.A else Side.B) in self._remote_set
+
+    def tap(self, side: Side | str, index: int, hook: PacketHook | None) -> None:
+        """Let `hook` hear what `side`'s party sends on media line `index` (RTP socket,
+        after the latching rules), or stop (None). The plain path pays nothing untapped."""
+        stream = self._streams(side, index)[0]
+        transport = stream.transport
+        if transport is None:
+            return
+        transport.set_protocol(stream if hook is None else _Tap(stream, hook))
+
+    def set_muted(self, muted: bool) -> None:
+        """Stop (True) or resume (False) forwarding RTP between the parties, every media
+        line; a line added meanwhile follows. Each side's own packets still reach a tap."""
+        if muted == self.muted or self.closed:
+            return
+        self.muted = muted
+        for media in self._media:
+            media.link_rtp(not muted)
+
+    def send(self, side: Side | str, index: int, packet: bytes) -> bool:
+        """Send sipmask's own `packet` (a prompt) from `side`'s RTP socket on line `index`
+        to its party's address (the SDP's, or the latched one); False when there is none
+        or the socket refused it (counted as an error, as a lost datagram)."""
+        stream = self._streams(side, index)[0]
+        peer = stream.peer
+        if peer is None or self.closed:
+            return False
+        try:
+            stream.sock.sendto(packet, peer)
+        except OSError:
+            stream.errors += 1
+            return False
+        return True
+
     def close(self) -> CallStats:
         """Close the sockets and give the ports back. Safe to call twice. The sockets
         close on the loop's next turn (asyncio transports defer it). Its counters, here
         and from stats() afterwards, are those at the first close."""
         if self._final is not None:
             return self._final
+        self._close_services()
         final = self._final = self.stats()
         self.closed = True
         self._on_close(self, final)      # the relay pools or closes the sockets (_forget)
         return final
+
+    def _close_services(self) -> None:
+        """Services stop (timers, files) and give the sockets back their plain protocol
+        before anything else may use them."""
+        services, self.services = self.services, None
+        if services is not None:
+            services.close()
+
+
+@dataclass
+class ServiceCounters:
+    """What the media services (media/services.py) did over the relay's life."""
+
+    prompt_packets: int = 0
+    prompts_unplayable: int = 0   # asked for on a leg with no PCMU/PCMA or no address
+    digits: int = 0
+    recordings_started: int = 0
+    recordings_failed: int = 0    # the file could not be made, or a write failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,6 +643,11 @@ class RelayStats:
     ports_idle: int = 0      # bound, pooled for reuse (module docstring), not in a call
     strangers: int = 0       # from an address no SDP or SIP source named (media.latching)
     rtcp_dropped: int = 0    # RTCP not relayed: unparseable, or SRTCP
+    prompt_packets: int = 0  # RTP packets of prompts sent (media/services.py)
+    prompts_unplayable: int = 0
+    digits: int = 0          # keys heard in media (RFC 4733 and in-band)
+    recordings_started: int = 0
+    recordings_failed: int = 0
 
 
 class Relay:
@@ -560,6 +683,7 @@ class Relay:
         self._idle: collections.deque[tuple[float, PortPair, tuple[_Stream, _Stream]]] = \
             collections.deque()
         self.pool_reused = 0
+        self.services = ServiceCounters()
 
     @property
     def family(self) -> int:
@@ -641,6 +765,7 @@ class Relay:
         after opening it): its pairs as `drop_media` gives lines back, no counters kept."""
         if session.closed:
             return
+        session._close_services()
         session.closed = True
         session._final = CallStats(session.call_id, LegStats(), LegStats())
         self._sessions.pop(session.call_id, None)
@@ -795,20 +920,28 @@ class Relay:
             dropped=dropped, rejected=rejected,
             ports_in_use=(self.allocator.in_use - len(self._idle)) * 2,
             ports_skipped=self.allocator.skipped, ports_idle=len(self._idle) * 2,
-            strangers=strangers, rtcp_dropped=rtcp_dropped)
+            strangers=strangers, rtcp_dropped=rtcp_dropped,
+            prompt_packets=self.services.prompt_packets,
+            prompts_unplayable=self.services.prompts_unplayable,
+            digits=self.services.digits,
+            recordings_started=self.services.recordings_started,
+            recordings_failed=self.services.recordings_failed)
 
     async def close(self) -> None:
-        """Stop the sweep and close every session."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        """Close every session, then stop the sweep.
+
+        Sessions close before the first await: a prompt or recording timer due while
+        close() waits for the sweeper would otherwise run, and arm another."""
         for session in list(self._sessions.values()):
             session.close()
         while self._idle:
             _, pair, streams = self._idle.popleft()
             self._discard(pair, streams)
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         # Transports close their sockets on the next loop iteration; let it run so the
         # ports are free when close() returns, even if the loop stops right after.
         await asyncio.sleep(0)

@@ -93,9 +93,10 @@ class Redactor:
 
 
 def config_secrets(config: Config) -> tuple[str, ...]:
-    """What a config holds that no log line may show: every tenant's API token and the
-    webhook's signing secret (operator tokens join here when the config has them)."""
+    """What a config holds that no log line may show: every tenant's and operator's API
+    token and the webhook's signing secret."""
     found = [t.token for t in config.tenants.values()]
+    found.extend(o.token or "" for o in config.operators.values())
     found.append(config.events.webhook.secret or "")
     return tuple(s for s in found if s)
 

@@ -56,26 +56,40 @@ class Figures:
 
 class CallPolicy:
     def __init__(self, config: Config, clock: Clock, *, load: LoadSignal | None = None) -> None:
-        policy = config.policy
         self.clock = clock
-        self.retry_after_s = policy.retry_after_s
-        self.default_max_concurrent = policy.max_concurrent_per_x
-        self.default_max_duration_s = policy.max_duration_s
+        policy = config.policy
         self.monitor = LagMonitor(policy.overload_lag_ms / 1000.0)
         self.load: LoadSignal = load if load is not None else self.monitor
-
-        def limiter(rate: RateConfig) -> KeyedLimiter:
-            return KeyedLimiter(rate.rate, rate.burst, max_keys=policy.max_tracked_keys)
-
-        self.sources = limiter(policy.source_flood)
-        self.callers = limiter(policy.per_caller)
-        self.xs = limiter(policy.per_x)
-        self.tenants = limiter(policy.per_tenant)
-        self.tenant_blacklists = {name: rules.Prefixes.of(t.blacklist)
-                                  for name, t in config.tenants.items()}
+        off = KeyedLimiter(0, 0)
+        self.sources = self.callers = self.xs = self.tenants = off   # set by reconfigure
         self._live: dict[str, str] = {}          # call id -> X, calls counted in progress
         self._lists: dict[tuple[str, ...], rules.Prefixes] = {}
         self._per_x: dict[str, int] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take `config`'s policy and tenant blacklists (at start, and on `sipmask reload`).
+        The calls in progress stay counted; a rate limit whose numbers did not change keeps
+        its buckets, a changed one starts with full buckets."""
+        policy = config.policy
+        self.retry_after_s = policy.retry_after_s
+        self.default_max_concurrent = policy.max_concurrent_per_x
+        self.default_max_duration_s = policy.max_duration_s
+        self.monitor.estimate.threshold_s = policy.overload_lag_ms / 1000.0
+
+        def limiter(rate: RateConfig, old: KeyedLimiter) -> KeyedLimiter:
+            if (old.rate, old.burst, old.max_keys) == (
+                    float(rate.rate), float(rate.burst), policy.max_tracked_keys):
+                return old
+            return KeyedLimiter(rate.rate, rate.burst, max_keys=policy.max_tracked_keys)
+
+        self.sources = limiter(policy.source_flood, self.sources)
+        self.callers = limiter(policy.per_caller, self.callers)
+        self.xs = limiter(policy.per_x, self.xs)
+        self.tenants = limiter(policy.per_tenant, self.tenants)
+        self.tenant_blacklists = {name: rules.Prefixes.of(t.blacklist)
+                                  for name, t in config.tenants.items()}
+        self._lists.clear()
 
     # -- the loop-lag monitor ---------------------------------------------------------------
     def start(self) -> None:
@@ -86,12 +100,14 @@ class CallPolicy:
         await self.monitor.stop()
 
     # -- before routing ---------------------------------------------------------------------
-    def admit(self, request: Request, source: tuple[str, int], trunk: str | None) -> None:
+    def admit(self, request: Request, source: tuple[str, int], trunk: str | None,
+              now: float | None = None) -> None:
         """Overload first (refusing costs least when the loop is behind), then the per-source
-        flood bucket, keyed by address only: a flooder's ports are free to change."""
+        flood bucket, keyed by address only: a flooder's ports are free to change. `now` is
+        monotonic seconds (default: the clock's)."""
         rules.check_overload(self.load.overloaded, self.retry_after_s)
-        rules.check_flood(self.sources.take(source[0], self.clock.monotonic()),
-                          self.retry_after_s)
+        at = self.clock.monotonic() if now is None else now
+        rules.check_flood(self.sources.take(source[0], at), self.retry_after_s)
 
     def admit_attempt(self, x: str, caller: str, now: float | None = None) -> None:
         """Every call attempt spends a per-caller and a per-X token, before the store is

@@ -590,7 +590,7 @@ class TransactionLayer:
                           now: float) -> None:
         # §17.1.3: branch of the top Via and the CSeq method.
         branch = response.top_via.branch or ""
-        txn = self._txns.get(_client_key(branch, response.cseq.method))
+        txn = self._txns.get(client_key(branch, response.cseq.method))
         if txn is None:
             self._events.append(StrayResponse(response, source, transport))
             return
@@ -655,13 +655,15 @@ class TransactionLayer:
 
     # -- outgoing, from the TU --------------------------------------------------------------
     def send_request(self, request: Request, dest: Address, transport: Transport,
-                     now: float) -> str:
-        """Start a client transaction. A top Via with a new z9hG4bK branch and sipmask's
-        sent-by is added unless the request has one (§8.1.1.7). Returns the txn_id."""
+                     now: float, *, branch: str | None = None) -> str:
+        """Start a client transaction. A top Via with sipmask's sent-by and a z9hG4bK
+        branch (`branch`, else a new one) is added unless the request has one (§8.1.1.7).
+        Returns the txn_id, `client_key(branch, method)`: a TU that chose the branch knows
+        it before the request is sent."""
         if request.method == "ACK":
             raise TransactionError("ACK is not a transaction: use send_ack (§17.1.1.3)")
-        branch = self._ensure_via(request, transport)
-        key = _client_key(branch, request.cseq.method)
+        branch = self._ensure_via(request, transport, branch)
+        key = client_key(branch, request.cseq.method)
         if key in self._txns:
             raise TransactionError(f"a transaction with branch {branch} is already live")
         kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
@@ -863,7 +865,7 @@ class TransactionLayer:
     def _do_hold_cancel(self, txn: Transaction, ctx: _Context) -> None:
         if txn.cancel is None:
             txn.cancel = cancel_for(txn.request)
-            txn.cancel_id = _client_key(txn.request.top_via.branch or "", "CANCEL")
+            txn.cancel_id = client_key(txn.request.top_via.branch or "", "CANCEL")
 
     def _do_send_cancel(self, txn: Transaction, ctx: _Context) -> None:
         if txn.cancel is not None and not txn.cancel_sent:
@@ -904,14 +906,16 @@ class TransactionLayer:
         txn.last_bytes = trying.to_bytes()
         self._out.append(Outgoing(txn.last_bytes, txn.peer, txn.transport))
 
-    def _ensure_via(self, request: Request, transport: Transport) -> str:
+    def _ensure_via(self, request: Request, transport: Transport,
+                    branch: str | None = None) -> str:
         vias = request.headers.get_all("via")
         if vias:
-            branch = Via.parse(vias[0]).branch
-            if branch:
-                return branch
+            found = Via.parse(vias[0]).branch
+            if found:
+                return found
             raise TransactionError("the request's top Via has no branch")
-        branch = new_branch(self.rand)
+        if branch is None:
+            branch = new_branch(self.rand)
         # RFC 3581 §3: ask for rport so answers come back to the port we sent from.
         port = self.via_ports.get(transport, self.local_port)
         via = (f"SIP/2.0/{transport.upper()} {self.local_via_host}:{port}"
@@ -991,7 +995,8 @@ _INITIAL_RULES: dict[Kind, _Rule] = {
 
 
 # -- message helpers ------------------------------------------------------------------------
-def _client_key(branch: str, method: str) -> str:
+def client_key(branch: str, method: str) -> str:
+    """A client transaction's id (§17.1.3: the branch and the CSeq method match it)."""
     return f"c|{branch}|{method}"
 
 

@@ -8,12 +8,17 @@ from sipmask.store.base import (
     Binding,
     BindingRequest,
     BindingStore,
+    HeldBinding,
     ImportOutcome,
     PoolRange,
     PoolUsage,
+    Refusal,
+    Target,
+    target,
 )
 from sipmask.store.lmdb import LmdbStore, open_store
 from sipmask.store.memory import MemoryStore
 
-__all__ = ["AuditEntry", "Binding", "BindingRequest", "BindingStore", "ImportOutcome",
-           "LmdbStore", "MemoryStore", "PoolRange", "PoolUsage", "open_store"]
+__all__ = ["AuditEntry", "Binding", "BindingRequest", "BindingStore", "HeldBinding",
+           "ImportOutcome", "LmdbStore", "MemoryStore", "PoolRange", "PoolUsage", "Refusal",
+           "Target", "open_store", "target"]

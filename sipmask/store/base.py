@@ -2,11 +2,20 @@
 
 Two implementations share one set of rules (store/rules.py): LMDB (store/lmdb.py) for every
 process that runs, and an in-memory one (store/memory.py) for unit tests of other modules.
+Real numbers are sealed at rest (store/crypto.py); these records hold them in clear.
 
 Inputs arrive un-normalised (numbers.normalise_real / normalise_x run inside `create`);
 `route()` is the call path and takes numbers already normalised by b2bua/routing.py.
 Errors: errors.RefusedError(field, message), ConflictError, PoolExhausted (field "x"),
 RecordNotFound.
+
+The call path, for every mode (issue 15 §3), is two steps:
+  1. `store.route(number, caller, now, ext=None)`: the binding for this call (number is
+     the dialled X or, for AXYB, Y; ext the AXE extension when the caller gave one);
+  2. `target(binding, number, caller, ext)`: the new leg (`Target`: whom to dial, which
+     700 number they see, the CDR direction) or a `Refusal` (403; or, on an AXE number
+     reached without an extension, "ask for one": play ext_prompt, collect the digits and
+     go back to step 1 with them).
 """
 
 from __future__ import annotations
@@ -15,15 +24,17 @@ import builtins
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal, NamedTuple, Protocol
 
 from sipmask import numbers
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.times import iso
 
-Mode = Literal["axb", "axn"]
+Mode = Literal["axb", "axn", "axe", "axyb"]
 Actor = Literal["cli", "api", "import", "sweep", "config"]
-MODES: tuple[str, ...] = ("axb", "axn")
+MODES: tuple[str, ...] = ("axb", "axn", "axe", "axyb")
+PAIR_MODES: tuple[str, ...] = ("axb", "axyb")     # two parties who call each other
 ACTORS: tuple[str, ...] = ("cli", "api", "import", "sweep", "config")
 DEFAULT_TTL = 7200
 
@@ -43,17 +54,24 @@ class Binding(NamedTuple):
     """
 
     id: str
-    mode: str                      # "axb" | "axn"; later modes fit the same field
+    mode: str                      # "axb" | "axn" | "axe" | "axyb"
     tenant: str
     x: str
     a: str
-    b: str | None                  # None for AXN
+    b: str | None                  # None for AXN; optional for AXE
     created_at: float              # unix seconds
     expires_at: float | None       # unix seconds; None: no expiry (ttl 0)
     direction: str = "both"        # a_to_b | b_to_a | both (policy issue)
     max_duration_s: int | None = None
     max_concurrent: int | None = None
     blacklist: tuple[str, ...] = ()
+    ext: str | None = None         # AXE: the extension that tells this binding apart on X
+    y: str | None = None           # AXYB: the number B calls to reach A (and B sees from A)
+    record: bool = False           # record this binding's calls (with recording_notice)
+
+    def held_numbers(self) -> tuple[str, ...]:
+        """The 700 numbers this binding holds: X, and Y for AXYB."""
+        return (self.x,) if self.y is None else (self.x, self.y)
 
     def live(self, now: float) -> bool:
         """Expired bindings stop routing at once, before the sweep removes them."""
@@ -75,6 +93,12 @@ class Binding(NamedTuple):
             out["max_concurrent"] = self.max_concurrent
         if self.blacklist:
             out["blacklist"] = list(self.blacklist)
+        if self.ext is not None:
+            out["ext"] = self.ext
+        if self.y is not None:
+            out["y"] = self.y
+        if self.record:
+            out["record"] = True
         return out
 
 
@@ -95,6 +119,61 @@ class BindingRequest(NamedTuple):
     max_duration_s: int | None = None
     max_concurrent: int | None = None
     blacklist: tuple[str, ...] = ()
+    ext: str | None = None          # AXE (default: allocated, tenants.<t>.ext_digits digits)
+    y: str | None = None            # AXYB (default: allocated from the tenant's pool)
+    record: bool = False
+
+
+class Target(NamedTuple):
+    """Where a call through a binding goes: the new leg sipmask places."""
+
+    callee: str       # the real number leg B dials
+    shown: str        # the 700 number leg B's From carries: X, or Y on an AXYB call from A
+    direction: str    # the CDR's direction: a_to_b | b_to_a | n_to_a
+
+
+class Refusal(Enum):
+    """Why `target` gives no leg."""
+
+    FORBIDDEN = "forbidden"   # 403 (cause not_allowed): this caller may not use the number
+    ASK_EXT = "ask_ext"       # AXE number without an extension: play ext_prompt, read E
+
+
+def target(binding: Binding, dialled: str, caller: str,
+           ext: str | None = None) -> Target | Refusal:
+    """The new leg of a call from `caller` to `dialled` (normalised) that `store.route`
+    answered with `binding` (`ext`: the extension the caller gave, if any). The one place
+    the modes' routing rules live (CONTRACT "Words"):
+      AXB   A -> B and B -> A through X; anyone else 403.
+      AXN   anyone but A -> A (A calling its own X would loop: 403).
+      AXE   anyone with E -> A (n_to_a; A keying its own E: 403); A without E -> B when
+            the binding has one (a_to_b); anyone else without E: ASK_EXT.
+      AXYB  A dials X -> B, who sees Y (a_to_b); B dials Y -> A, who sees X (b_to_a);
+            anything else (A dialling Y, B dialling X, a stranger) 403.
+    """
+    mode, a, b, x = binding.mode, binding.a, binding.b, binding.x
+    if mode == "axb":
+        if caller == a and b is not None:
+            return Target(b, x, "a_to_b")
+        if caller == b:
+            return Target(a, x, "b_to_a")
+    elif mode == "axn":
+        if caller != a:
+            return Target(a, x, "n_to_a")
+    elif mode == "axe":
+        if ext is not None:
+            if ext == binding.ext and caller != a:
+                return Target(a, x, "n_to_a")
+        elif caller == a and b is not None:
+            return Target(b, x, "a_to_b")
+        else:
+            return Refusal.ASK_EXT
+    elif mode == "axyb" and b is not None and binding.y is not None:
+        if dialled == x and caller == a:
+            return Target(b, binding.y, "a_to_b")
+        if dialled == binding.y and caller == b:
+            return Target(a, x, "b_to_a")
+    return Refusal.FORBIDDEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +236,24 @@ class AuditEntry:
                 "data": data}
 
 
+@dataclass(frozen=True, slots=True)
+class HeldBinding:
+    """A binding that held an X at a traced moment (issue 14 §3): who created it, and when,
+    how and by whom it ended (None: still held)."""
+
+    binding: Binding
+    created_by: str | None         # the create audit entry's actor: cli | api | import
+    ended_at: float | None         # unbound, or expired (expires_at); None: still held
+    ended_by: str | None           # who unbound it (cli | api); None for an expiry
+    end_reason: str | None         # "unbind" | "expiry" | None
+
+    def to_json(self) -> dict[str, object]:
+        """The binding JSON with real numbers (operator use), and its life."""
+        return {**self.binding.to_json(), "created_by": self.created_by,
+                "ended_at": iso(self.ended_at), "ended_at_unix": self.ended_at,
+                "ended_by": self.ended_by, "end_reason": self.end_reason}
+
+
 @dataclass(slots=True)
 class ImportOutcome:
     """One line of a bulk create: the binding made, or the refusal (field + reason)."""
@@ -174,9 +271,11 @@ class BindingStore(Protocol):
                x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",
                now: float | None = None, direction: str = "both",
                max_duration_s: int | None = None, max_concurrent: int | None = None,
-               blacklist: tuple[str, ...] = ()) -> Binding:
-        """Check every rule and write the binding; X is allocated when not given. The
-        policy fields (direction, max_duration_s, max_concurrent, blacklist) are optional."""
+               blacklist: tuple[str, ...] = (), ext: str | None = None,
+               y: str | None = None, record: bool = False) -> Binding:
+        """Check every rule and write the binding; X (AXYB: and Y; AXE: the extension) is
+        allocated when not given. The policy fields (direction, max_duration_s,
+        max_concurrent, blacklist) and `record` are optional."""
         ...
 
     def create_many(self, requests: Iterable[tuple[int, BindingRequest]], *,
@@ -202,9 +301,12 @@ class BindingStore(Protocol):
         """Live bindings, by id order (or on one X)."""
         ...
 
-    def route(self, x: str, caller: str, now: float) -> Binding | None:
-        """The call path. Normalised X and caller → the live binding for this caller on X;
-        else any live binding on X (so a stranger is refused with 403, not 404); else None."""
+    def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
+        """The call path. Normalised number (an X, or an AXYB binding's Y) and caller → the
+        live binding for this caller on it; else any live binding on it (so a stranger is
+        refused with 403, not 404, and a caller of an AXE number is asked for the
+        extension); else None. With `ext` (AXE): the live binding with that extension on
+        X, else None. `target()` (above) turns the answer into the new leg."""
         ...
 
     def sweep(self, now: float, limit: int = 1000) -> int:
@@ -231,6 +333,12 @@ class BindingStore(Protocol):
     def audit(self, since: float | None = None, tenant: str | None = None,
               limit: int = 100) -> builtins.list[AuditEntry]:
         """Oldest first from `since`; the last `limit` entries when since is None."""
+        ...
+
+    def trace(self, x: str, at: float) -> builtins.list[HeldBinding]:
+        """Every binding that held X at `at` (live, or removed within cdr.retention_days),
+        oldest first: every AXE binding on X, an AXYB binding by its X or its Y.
+        RefusedError naming x or at for a bad value."""
         ...
 
     def close(self) -> None:

@@ -1,5 +1,7 @@
 """An in-memory store for unit tests of other modules: the same rules as LMDB (rules.py)
-over sorted dicts. A write that raises is undone, as an aborted LMDB transaction would be."""
+over sorted dicts. A write that raises is undone, as an aborted LMDB transaction would be.
+Its records are sealed like LMDB's, with a key made for the process (RuleStore's default),
+so the same rules and the same bytes are tested."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import TypeVar
 
 from sipmask.clock import Clock
 from sipmask.config.schema import TenantConfig
+from sipmask.store import codec
+from sipmask.store.crypto import Keyring
 from sipmask.store.rules import RuleStore, Txn
 
 T = TypeVar("T")
@@ -98,11 +102,11 @@ class MemoryStore(RuleStore):
 
     def __init__(self, clock: Clock | None = None,
                  tenants: Mapping[str, TenantConfig] | None = None,
-                 rng: random.Random | None = None) -> None:
-        super().__init__(clock, rng)
+                 rng: random.Random | None = None, keys: Keyring | None = None) -> None:
+        super().__init__(clock, rng, keys)
         # Any name works, as LmdbStore.db(name) opens any named database.
         self._tables: dict[str, _Table] = defaultdict(_Table)
-        self._tables["meta"].data[b"schema_version"] = b"1"
+        self._tables["meta"].data[b"schema_version"] = str(codec.SCHEMA_VERSION).encode()
         self._tables["meta"].keys.append(b"schema_version")
         if tenants:
             self.sync_tenants(tenants)

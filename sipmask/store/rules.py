@@ -2,18 +2,29 @@
 
 LMDB (store/lmdb.py) and the in-memory store (store/memory.py) differ only in how they
 give a `Txn` and run a function in it; every rule below holds for both, and the unit tests
-run one suite against each.
+run one suite against each. Records are sealed with the store's Keyring (store/crypto.py):
+every rule reads and writes through codec.py with `work.keys`, never a number in a key.
 
 Named databases (keys → values; codec.py has the encodings):
-    meta      b"schema_version" → b"1"; b"audit_seq" → u64
-    bindings  id → binding
-    route     x + number → binding (AXB: one key per party); x alone → AXN binding.
-              The call path is one read: X and caller make the key, the value is the record.
+    meta      b"schema_version" → b"2"; b"audit_seq" → u64; b"key_id" → key fingerprint;
+              b"key_generation" → generation byte (store/reseal.py)
+    bindings  id → binding (real numbers sealed)
+    route     x + HMAC(x, number) → binding (AXB: one key per party; AXE: A's; AXYB: A's
+              on X and B's on Y, y + HMAC(y, B)); x alone → AXN binding; x + "#" + E →
+              the AXE binding with extension E. The call path is one read: the dialled
+              number and the caller's keyed hash (or the extension) make the key, the
+              value is the record.
     expiry    u64 ms + id → b""              (the sweep walks it in time order)
-    xuse      x → mode flag + count          (AXN exclusivity, least-used allocation, pools)
+    xuse      x → kind flag + count          (AXN takes X whole, AXE shares it by
+                                             extension, AXB/AXYB pairs by caller; least-used
+                                             allocation; pools). An AXYB Y counts as used.
     pools     first → pool range             (ranges never overlap, across all tenants)
     tenants   name → {"source": …}
-    audit     u64 µs + u64 seq → entry       (append-only)
+    audit     u64 µs + u64 seq → entry       (append-only; its data sealed)
+    history   x + u64 created ms + id → a removed binding, who removed it and when (trace);
+              an AXYB binding has a second record under its Y
+    history_end  u64 ms + history key → b""  (the history sweep: cdr.retention_days)
+    cdrs, calls_up, cdr_binding, outbox, outbox_state: cdr/store.py, events/outbox.py
 """
 
 from __future__ import annotations
@@ -25,7 +36,13 @@ from typing import Protocol, TypeVar
 
 from sipmask import numbers
 from sipmask.clock import Clock, SystemClock
-from sipmask.config.schema import NumberPrefix, NumberRange, TenantConfig
+from sipmask.config.schema import (
+    DEFAULT_EXT_DIGITS,
+    MAX_EXT_DIGITS,
+    NumberPrefix,
+    NumberRange,
+    TenantConfig,
+)
 from sipmask.errors import (
     ConfigError,
     ConflictError,
@@ -39,20 +56,24 @@ from sipmask.store.base import (
     ACTORS,
     DEFAULT_TTL,
     MODES,
+    PAIR_MODES,
     AuditEntry,
     Binding,
     BindingRequest,
+    HeldBinding,
     ImportOutcome,
     PoolRange,
     PoolUsage,
 )
+from sipmask.store.crypto import Keyring
 
 T = TypeVar("T")
 _is_real = numbers.is_real
 _is_x = numbers.is_x
 
 DATABASES = ("meta", "bindings", "route", "expiry", "xuse", "pools", "tenants", "audit",
-             "cdrs", "outbox")
+             "history", "history_end", "cdrs", "calls_up", "cdr_binding", "outbox",
+             "outbox_state")
 # Every number the API, the CLI and an import take has its range here (issue 12: an
 # unbounded max_duration_s of 10**400 was stored, then overflowed float() on the call path).
 MAX_TTL = 10 * 365 * 86400       # ten years: anything longer is a typo, not a policy
@@ -63,6 +84,8 @@ MAX_TIME = 253_402_300_799.0     # 9999-12-31T23:59:59Z, the latest time a query
 _RANDOM_PROBES = 8               # least-used of this many random Xs before a full walk
 _ROUTE_SCAN = 16                 # expired keys route() steps over before giving up on X
 _RETRIES_ON_CLASH = 4            # a batch made again after an id clash (see _IdClash)
+
+Callers = tuple[tuple[str, str], ...]   # (field, number) pairs a binding keys on a number
 
 
 class Txn(Protocol):
@@ -131,8 +154,8 @@ def _policy_fields(req: BindingRequest) -> dict[str, object]:
     if req.direction != "both":
         if req.direction not in ("a_to_b", "b_to_a"):
             raise RefusedError("direction", "must be one of both, a_to_b, b_to_a")
-        if req.mode != "axb":
-            raise RefusedError("direction", "only an AXB binding has two directions")
+        if req.mode not in PAIR_MODES:
+            raise RefusedError("direction", "only an AXB or AXYB binding has two directions")
         out["direction"] = req.direction
     for name, most in (("max_duration_s", MAX_CALL_S), ("max_concurrent", MAX_CONCURRENT)):
         value = getattr(req, name)
@@ -156,6 +179,45 @@ def parse_range(pool: str | NumberRange) -> NumberRange:
         raise RefusedError("range", str(exc)) from None
 
 
+def _creator(txn: Txn, b: Binding, keys: Keyring) -> str | None:
+    """Who created b: its "create" audit entry, written in the same transaction with the
+    binding's created_at as its time (so one seek finds it; a bulk import shares a time
+    with the rest of its batch, whose entries are read by their clear header only)."""
+    start = codec.audit_key(b.created_at, 0)
+    for key, raw in txn.scan("audit", start):
+        if key[:8] != start[:8]:
+            break
+        head = codec.audit_head(raw)
+        if head.subject == b.id and head.action == "create":
+            return head.actor
+    return None
+
+
+def _kind(mode: str) -> str:
+    """What a number's use records of a mode: AXN and AXE keep a number to their own kind,
+    AXB and AXYB pairs share one (codec.encode_use)."""
+    return mode if mode in ("axn", "axe") else "axb"
+
+
+def _callers_on(mode: str, a: str, b: str | None) -> Callers:
+    """The callers a new binding keys on its X (its Y takes B alone, for AXYB)."""
+    if mode == "axb":
+        return (("a", a), ("b", str(b)))
+    if mode in ("axe", "axyb"):
+        return (("a", a),)
+    return ()
+
+
+def _ext_digits(field: str, raw: object, digits: int, tenant: str) -> str:
+    """An extension as given: exactly the tenant's ext_digits ASCII digits."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise RefusedError(field, "required")
+    ext = raw.strip()
+    if not (ext.isascii() and ext.isdigit() and len(ext) == digits):
+        raise RefusedError(field, f"must be {digits} digits (tenants.{tenant}.ext_digits)")
+    return ext
+
+
 def _what(b: Binding) -> str:
     """What an audit entry keeps of a binding, as JSON: enough to say what it was, and small."""
     return codec.binding_summary(b)
@@ -164,10 +226,11 @@ def _what(b: Binding) -> str:
 class _Work:
     """One write transaction's worth of rule checks and writes, with its audit sequence."""
 
-    def __init__(self, txn: Txn, now: float, actor: str) -> None:
+    def __init__(self, txn: Txn, now: float, actor: str, keys: Keyring) -> None:
         self.txn = txn
         self.now = now
         self.actor = actor
+        self.keys = keys
         self._seq: int | None = None
         self._pools: list[PoolRange] | None = None     # per transaction: imports ask often
         self._tenant_pools: dict[str, list[PoolRange]] = {}
@@ -186,7 +249,7 @@ class _Work:
         self._seq += 1
         self.txn.put("audit", codec.audit_key(self.now, self._seq),
                      codec.encode_audit(self._seq, self.now, tenant, actor or self.actor,
-                                        action, subject, data))
+                                        action, subject, data, self.keys))
 
     def finish(self) -> None:
         self.settle()
@@ -202,16 +265,14 @@ class _Work:
 
     # -- bindings ---------------------------------------------------------------------------
     def route_keys(self, b: Binding) -> list[bytes]:
-        if b.mode == "axn":
-            return [b.x.encode()]
-        keys = [(b.x + b.a).encode()]
-        if b.b is not None:
-            keys.append((b.x + b.b).encode())
-        return keys
+        return codec.route_keys(self.keys, b)
+
+    def decode(self, raw: bytes) -> Binding:
+        return codec.decode_binding(raw, self.keys)
 
     def put_binding(self, b: Binding, old: Binding | None = None) -> bool:
         """Write b and its indexes; False (nothing written) when a new b's id is taken."""
-        raw = codec.encode_binding(b)
+        raw = codec.encode_binding(b, self.keys)
         if old is None:
             if not self.txn.insert("bindings", b.id.encode(), raw):
                 return False
@@ -224,19 +285,29 @@ class _Work:
         if b.expires_at is not None:
             self.txn.put("expiry", codec.expiry_key(b.expires_at, b.id), b"")
         if old is None:
-            use = self.use(b.x)
-            self.set_use(b.x, b.mode, (use[1] if use else 0) + 1)
+            for number in b.held_numbers():
+                use = self.use(number)
+                self.set_use(number, b.mode, (use[1] if use else 0) + 1)
         return True
 
     def remove_binding(self, b: Binding, action: str, actor: str | None = None) -> None:
+        """Unbind (delete) or expire b; its record moves to the history (issue 14 §3: who
+        held X, and who ended it, stays traceable for cdr.retention_days)."""
         self.settle()
         self.txn.delete("bindings", b.id.encode())
         for key in self.route_keys(b):
             self.txn.delete("route", key)
         if b.expires_at is not None:
             self.txn.delete("expiry", codec.expiry_key(b.expires_at, b.id))
-        use = self.use(b.x)
-        self.set_use(b.x, b.mode, use[1] - 1 if use else 0)
+        for number in b.held_numbers():
+            use = self.use(number)
+            self.set_use(number, b.mode, use[1] - 1 if use else 0)
+        by = actor or self.actor
+        record = codec.encode_history(b, self.now, by, action, self.keys)
+        until = codec.history_until(record)
+        for key in codec.history_keys(b):
+            self.txn.put("history", key, record)
+            self.txn.put("history_end", codec.history_end_key(until, key), b"")
         self.audit(b.tenant, action, b.id, _what(b), actor)
 
     def purge_if_expired(self, raw: bytes | None) -> bool:
@@ -244,7 +315,7 @@ class _Work:
         so an expired pair never blocks a new one before the sweep comes round)."""
         if raw is None:
             return True
-        b = codec.decode_binding(raw)
+        b = self.decode(raw)
         if b.live(self.now):
             return False
         self.remove_binding(b, "expire", "sweep")
@@ -259,9 +330,9 @@ class _Work:
             if not key.startswith(prefix):
                 break
             found.append(raw)
-        live = {b.id for b in map(codec.decode_binding, found) if b.live(self.now)}
+        live = {b.id for b in map(self.decode, found) if b.live(self.now)}
         for raw in found:
-            b = codec.decode_binding(raw)
+            b = self.decode(raw)
             if b.id not in live and self.txn.get("bindings", b.id.encode()) is not None:
                 self.remove_binding(b, "expire", "sweep")
         return len(live)
@@ -270,7 +341,7 @@ class _Work:
         raw = self.txn.get("bindings", binding_id.encode())
         if raw is None:
             raise RecordNotFound("binding", binding_id)
-        b = codec.decode_binding(raw)
+        b = self.decode(raw)
         if (tenant is not None and b.tenant != tenant) or not b.live(self.now):
             raise RecordNotFound("binding", binding_id)
         return b
@@ -306,7 +377,7 @@ class _Work:
         """Record X's mode and binding count; a count of 0 frees X."""
         if count > 0:
             self.txn.put("xuse", x.encode(), codec.encode_use(mode, count))
-            self._uses[x] = (mode, count)
+            self._uses[x] = (_kind(mode), count)
         else:
             self.txn.delete("xuse", x.encode())
             self._uses[x] = None
@@ -364,8 +435,8 @@ class _BulkWork(_Work):
 
     _HELD = ("bindings", "route", "expiry", "audit")
 
-    def __init__(self, txn: Txn, now: float, actor: str) -> None:
-        super().__init__(txn, now, actor)
+    def __init__(self, txn: Txn, now: float, actor: str, keys: Keyring) -> None:
+        super().__init__(txn, now, actor, keys)
         self.held: dict[str, dict[bytes, bytes]] = {db: {} for db in self._HELD}
         self._route = self.held["route"]
         self._dirty_uses: set[str] = set()
@@ -386,7 +457,7 @@ class _BulkWork(_Work):
         bindings = self.held["bindings"]
         if key in bindings:
             return False
-        raw = codec.encode_binding(b)
+        raw = codec.encode_binding(b, self.keys)
         bindings[key] = raw
         for route_key in self.route_keys(b):
             self._route[route_key] = raw
@@ -395,9 +466,10 @@ class _BulkWork(_Work):
             if at is None:
                 at = self._expiry_at[b.expires_at] = codec.expiry_key(b.expires_at, "")
             self.held["expiry"][at + key] = b""
-        use = self.use(b.x)
-        self._uses[b.x] = (b.mode, (use[1] if use else 0) + 1)
-        self._dirty_uses.add(b.x)
+        for number in b.held_numbers():
+            use = self.use(number)
+            self._uses[number] = (_kind(b.mode), (use[1] if use else 0) + 1)
+            self._dirty_uses.add(number)
         return True
 
     def audit(self, tenant: str, action: str, subject: str,
@@ -407,7 +479,7 @@ class _BulkWork(_Work):
             self._seq = codec.from_u64(raw) if raw else 0
         self._seq = seq = self._seq + 1
         self.held["audit"][self._audit_at + codec.u64(seq)] = codec.encode_audit(
-            seq, self.now, tenant, actor or self.actor, action, subject, data)
+            seq, self.now, tenant, actor or self.actor, action, subject, data, self.keys)
 
     def settle(self) -> None:
         for db, rows in self.held.items():
@@ -432,7 +504,7 @@ class _BulkWork(_Work):
         super().set_use(x, mode, count)
 
     def create_plain(self, req: BindingRequest, tenant: str | None,
-                     allocate: Callable[[_Work, str, str, str, str | None], str]
+                     allocate: Callable[[_Work, str, str, Callers], str]
                      ) -> Binding | None:
         """The usual import line, checked and written without the general path's detours:
         AXB or AXN, numbers already in national form, no policy rules, and X given and
@@ -443,7 +515,8 @@ class _BulkWork(_Work):
         mode, a, b, x, ttl = req.mode, req.a, req.b, req.x, req.ttl
         if (not tenant or type(ttl) is not int or not 0 <= ttl <= MAX_TTL
                 or req.direction != "both" or req.max_duration_s is not None
-                or req.max_concurrent is not None or req.blacklist):
+                or req.max_concurrent is not None or req.blacklist
+                or req.ext is not None or req.y is not None or req.record is not False):
             return None
         # normalise_real / normalise_x return such a number unchanged; anything else
         # (a prefix, separators, an invalid number) goes the long way to be normalised.
@@ -466,21 +539,25 @@ class _BulkWork(_Work):
                 return None
             pools = self._plain_pools[tenant] = [(p.first, p.last) for p in self.pools(tenant)]
         if x is None:
-            x = allocate(self, tenant, mode, a, b)   # PoolExhausted refuses, as in _create
+            # PoolExhausted refuses, as in _create.
+            x = allocate(self, tenant, mode, _callers_on(mode, a, b))
         else:
             for first, last in pools:
                 if first <= x <= last:
                     break
             else:
                 return None
+        key_a = key_b = b""
+        if b is not None:
+            key_a, key_b = codec.route_key(self.keys, x, a), codec.route_key(self.keys, x, b)
         use = self.use(x)
         if use is not None:
-            # AXN takes X whole; a number appears once per X. _create purges expired
-            # holders before it refuses, so any holder at all sends the line there.
-            if mode == "axn" or use[0] == "axn":
+            # AXN takes X whole, AXE keeps X to its own kind; a number appears once per
+            # X. _create purges expired holders before it refuses, so any holder at all
+            # sends the line there.
+            if mode == "axn" or use[0] != mode:
                 return None
             route = self._route
-            key_a, key_b = (x + a).encode(), (x + b).encode()   # type: ignore[operator]
             get = self.txn.get
             if (key_a in route or key_b in route or get("route", key_a) is not None
                     or get("route", key_b) is not None):
@@ -495,14 +572,14 @@ class _BulkWork(_Work):
         now = self.now
         expires = now + ttl if ttl else None
         binding = codec.new_binding(binding_id, mode, tenant, x, a, b, now, expires)
-        raw = codec.encode_binding(binding)
+        raw = codec.encode_binding(binding, self.keys)
         bindings[id_key] = raw
         route = self._route
         if b is None:
             route[x.encode()] = raw
         else:
-            route[(x + a).encode()] = raw
-            route[(x + b).encode()] = raw
+            route[key_a] = raw
+            route[key_b] = raw
         if expires is not None:
             at = self._expiry_at.get(expires)
             if at is None:
@@ -517,9 +594,19 @@ class _BulkWork(_Work):
 class RuleStore:
     """Every BindingStore operation, over `_read` / `_write` that subclasses provide."""
 
-    def __init__(self, clock: Clock | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, rng: random.Random | None = None,
+                 keys: Keyring | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
+        # Seals every real number this store writes (store/crypto.py). A backend that keeps
+        # records across processes passes the key file's; the default lives and dies with
+        # the process (the in-memory store).
+        self.keys = keys or Keyring.generate()
+        # How long a removed binding stays in the history for `trace` (cdr.retention_days;
+        # None: for ever). open_store sets it from the config.
+        self.history_keep_s: float | None = None
+        # The config's tenants (sync_tenants): their ext_digits for AXE extensions.
+        self.tenant_config: dict[str, TenantConfig] = {}
 
     # -- what a backend provides ------------------------------------------------------------
     def _read(self, fn: Callable[[Txn], T]) -> T:
@@ -552,7 +639,7 @@ class RuleStore:
         at = self._now(now)
 
         def run(txn: Txn) -> T:
-            work = work_class(txn, at, actor)
+            work = work_class(txn, at, actor, self.keys)
             out = fn(work)
             work.finish()
             return out
@@ -562,9 +649,16 @@ class RuleStore:
     def tenants(self) -> builtins.list[str]:
         return self._read(lambda txn: [k.decode() for k, _ in txn.scan("tenants")])
 
+    def ext_digits(self, tenant: str) -> int:
+        """How many digits the tenant's AXE extensions have (tenants.<t>.ext_digits)."""
+        found = self.tenant_config.get(tenant)
+        return found.ext_digits if found is not None else DEFAULT_EXT_DIGITS
+
     def sync_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
+        self.tenant_config = dict(tenants)
+
         def wanted(txn: Txn) -> bool:
-            work = _Work(txn, 0.0, "config")
+            work = _Work(txn, 0.0, "config", self.keys)
             have = {(p.tenant, p.first, p.last) for p in work.pools() if p.source == "config"}
             want = {(t, r.first, r.last) for t, tc in tenants.items() for r in tc.pools}
             known = {k.decode() for k, _ in txn.scan("tenants")}
@@ -604,67 +698,119 @@ class RuleStore:
 
     # -- create -----------------------------------------------------------------------------
     def _create(self, work: _Work, req: BindingRequest) -> Binding:
-        if req.mode not in MODES:
+        mode = req.mode
+        if mode not in MODES:
             raise RefusedError("mode", f"must be one of {', '.join(MODES)}")
         tenant = self._tenant(work, req.tenant)
         a = _refuse_number("a", req.a, numbers.normalise_real)
         b: str | None = None
-        if req.mode == "axb":
+        if mode in PAIR_MODES or (mode == "axe" and req.b not in (None, "")):
             b = _refuse_number("b", req.b, numbers.normalise_real)
             if a == b:
                 raise RefusedError("b", "must differ from a")
         elif req.b not in (None, ""):
             raise RefusedError("b", "an AXN binding has no b")
+        if req.ext not in (None, "") and mode != "axe":
+            raise RefusedError("ext", "only an AXE binding has an extension")
+        if req.y not in (None, "") and mode != "axyb":
+            raise RefusedError("y", "only an AXYB binding has a y")
+        if not isinstance(req.record, bool):
+            raise RefusedError("record", "must be true or false")
         ttl = _ttl(req.ttl)
         policy = _policy_fields(req)
+        digits = self.ext_digits(tenant)
+        ext = None if req.ext in (None, "") else _ext_digits("ext", req.ext, digits, tenant)
+        callers = _callers_on(mode, a, b)
         if req.x not in (None, ""):
-            x = _refuse_number("x", req.x, numbers.normalise_x)
-            if not any(p.first <= x <= p.last for p in work.pools(tenant)):
-                raise RefusedError("x", f"not in tenant {tenant}'s pool")
-            self._check_x(work, req.mode, x, a, b)
+            x = self._in_pool(work, tenant, "x", req.x)
+            self._check_x(work, mode, x, callers)
         else:
-            x = self._allocate(work, tenant, req.mode, a, b)
+            x = self._allocate(work, tenant, mode, callers)
+        y: str | None = None
+        if mode == "axyb":
+            # B dials Y to reach A: Y is held like an X (same pool, same rules), by B's key.
+            if req.y not in (None, ""):
+                y = self._in_pool(work, tenant, "y", req.y)
+                if y == x:
+                    raise RefusedError("y", "must differ from x")
+                self._check_x(work, mode, y, (("b", str(b)),), "y")
+            else:
+                y = self._allocate(work, tenant, mode, (("b", str(b)),), exclude=x, field="y")
+        if mode == "axe":
+            ext = self._claim_ext(work, x, ext, digits, tenant)
         expires = work.now + ttl if ttl else None
+        extra: dict[str, object] = dict(policy)
+        if ext is not None:
+            extra["ext"] = ext
+        if y is not None:
+            extra["y"] = y
+        if req.record:
+            extra["record"] = True
         while True:   # 52 random bits per ms: a clash is all but impossible; never overwrite
-            binding = codec.new_binding(codec.new_id(work.now), req.mode, tenant, x, a, b,
+            binding = codec.new_binding(codec.new_id(work.now), mode, tenant, x, a, b,
                                         work.now, expires)
-            if policy:
-                binding = binding._replace(**policy)  # type: ignore[arg-type]
+            if extra:
+                binding = binding._replace(**extra)  # type: ignore[arg-type]
             if work.put_binding(binding):
                 break
         work.audit(tenant, "create", binding.id, _what(binding))
         return binding
 
-    def _check_x(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> None:
-        use = work.use(x)
-        if use is not None and (mode == "axn" or use[0] == "axn") and work.purge_x(x):
-            if use[0] == "axn":
-                raise ConflictError("x", "X carries an AXN binding, which takes it whole")
-            raise ConflictError("x", "an AXN binding needs an X with no other binding")
-        if mode == "axb":
-            # A number appears at most once per X, so a call from it to X has one answer.
-            for field, number in (("a", a), ("b", b)):
-                if not work.purge_if_expired(work.route_raw((x + str(number)).encode())):
-                    raise ConflictError(field, "already bound on this X")
+    @staticmethod
+    def _in_pool(work: _Work, tenant: str, field: str, raw: str | None) -> str:
+        number = _refuse_number(field, raw, numbers.normalise_x)
+        if not any(p.first <= number <= p.last for p in work.pools(tenant)):
+            raise RefusedError(field, f"not in tenant {tenant}'s pool")
+        return number
 
-    def _fits(self, work: _Work, mode: str, x: str, a: str, b: str | None) -> int | None:
-        """How many bindings X carries if this one fits on it, else None (reads only)."""
+    def _check_x(self, work: _Work, mode: str, x: str, callers: Callers,
+                 field: str = "x") -> None:
+        """Refuse X (field "x", or "y" for an AXYB binding's Y) when the binding cannot
+        go on it: another kind holds it, or a caller already has a binding there. Expired
+        holders in the way are removed first, so they never block a new binding."""
+        name = field.upper()
+        kind = _kind(mode)
+        use = work.use(x)
+        if use is not None and (kind == "axn" or use[0] != kind) and work.purge_x(x):
+            if use[0] == "axn":
+                raise ConflictError(field, f"{name} carries an AXN binding, which takes it whole")
+            if kind == "axn":
+                raise ConflictError(field, "an AXN binding needs an X with no other binding")
+            if use[0] == "axe":
+                raise ConflictError(field, f"{name} carries AXE bindings (told apart by "
+                                           "extension); it takes no other kind")
+            raise ConflictError(field, f"{name} carries AXB/AXYB pairs; an AXE binding "
+                                       "needs an X of its own")
+        # A number appears at most once per X (and per Y), so a call from it has one answer.
+        for who, number in callers:
+            if not work.purge_if_expired(work.route_raw(codec.route_key(work.keys, x, number))):
+                raise ConflictError(who, f"already bound on this {name}")
+
+    def _fits(self, work: _Work, mode: str, x: str, callers: Callers,
+              room: int | None = None) -> int | None:
+        """How many bindings X carries if this one fits on it, else None (reads only).
+        `room`: how many bindings X may carry (AXE: one per extension)."""
         use = work.use(x)
         if use is None:
             return 0
-        if mode == "axn" or use[0] == "axn":
+        kind = _kind(mode)
+        if kind == "axn" or use[0] != kind:
             return None
-        for number in (a, b):
-            raw = work.route_raw((x + str(number)).encode())
-            if raw is not None and codec.decode_binding(raw).live(work.now):
+        if room is not None and use[1] >= room:
+            return None     # every extension taken (_claim_ext has the last word)
+        for _, number in callers:
+            raw = work.route_raw(codec.route_key(work.keys, x, number))
+            if raw is not None and work.decode(raw).live(work.now):
                 return None
         return use[1]
 
-    def _allocate(self, work: _Work, tenant: str, mode: str, a: str, b: str | None) -> str:
+    def _allocate(self, work: _Work, tenant: str, mode: str, callers: Callers,
+                  exclude: str | None = None, field: str = "x") -> str:
         pools = work.pools(tenant)
         total = sum(p.size for p in pools)
         if not total:
-            raise PoolExhausted("x", f"tenant {tenant} has no pool of X numbers")
+            raise PoolExhausted(field, f"tenant {tenant} has no pool of X numbers")
+        room = 10 ** self.ext_digits(tenant) if mode == "axe" else None
 
         def nth(i: int) -> str:
             for p in pools:
@@ -673,12 +819,15 @@ class RuleStore:
                 i -= p.size
             raise IndexError(i)
 
+        def fits(x: str) -> int | None:
+            return None if x == exclude else self._fits(work, mode, x, callers, room)
+
         # Fair spread: the least used of a few random Xs; a walk from a random start only
         # when those all clash, so exhaustion is certain before it is reported.
         best: tuple[int, str] | None = None
         for _ in range(min(_RANDOM_PROBES, total)):
             x = nth(self.rng.randrange(total))
-            used = self._fits(work, mode, x, a, b)
+            used = fits(x)
             if used is not None and (best is None or used < best[0]):
                 best = (used, x)
                 if used == 0:
@@ -687,22 +836,63 @@ class RuleStore:
             start = self.rng.randrange(total)
             for i in range(total):
                 x = nth((start + i) % total)
-                if self._fits(work, mode, x, a, b) is not None:
+                if fits(x) is not None:
                     best = (0, x)
                     break
         if best is None:
-            raise PoolExhausted("x", f"no free X in tenant {tenant}'s pool for this "
-                                     f"{'pair' if mode == 'axb' else 'number'}")
-        self._check_x(work, mode, best[1], a, b)   # purges expired holders it found free
+            what = "pair" if mode in PAIR_MODES else "number"
+            raise PoolExhausted(field, f"no free {field.upper()} in tenant {tenant}'s pool "
+                                       f"for this {what}")
+        # Purges expired holders it found free.
+        self._check_x(work, mode, best[1], callers, field)
         return best[1]
+
+    def _claim_ext(self, work: _Work, x: str, ext: str | None, digits: int,
+                   tenant: str) -> str:
+        """The AXE binding's extension on X: the one given, if free; else one drawn at
+        random from X's free extensions of `digits` digits (random, so knowing one
+        extension tells nothing of the next). An expired holder is removed first."""
+        if ext is not None:
+            if not work.purge_if_expired(work.route_raw(codec.ext_key(x, ext))):
+                raise ConflictError("ext", "already bound on this X")
+            return ext
+        capacity = 10 ** digits
+        taken: builtins.list[int] = []
+        expired: set[int] = set()
+        work.settle()
+        prefix = codec.ext_prefix(x)
+        for key, raw in work.txn.scan("route", prefix):
+            if not key.startswith(prefix):
+                break
+            digits_of = key[len(prefix):]
+            if len(digits_of) != digits:
+                continue
+            if codec.binding_live(raw, work.now):
+                taken.append(int(digits_of))
+            else:
+                expired.add(int(digits_of))
+        if len(taken) >= capacity:
+            raise PoolExhausted("ext", f"all {capacity} extensions of {digits} digits on "
+                                       f"this X are taken (tenants.{tenant}.ext_digits)")
+        # The r-th free extension: step r over every taken one at or below it (sorted).
+        r = self.rng.randrange(capacity - len(taken))
+        for t in taken:
+            if t > r:
+                break
+            r += 1
+        chosen = f"{r:0{digits}d}"
+        if r in expired:
+            work.purge_if_expired(work.route_raw(codec.ext_key(x, chosen)))
+        return chosen
 
     def create(self, *, mode: str, tenant: str | None, a: str, b: str | None = None,
                x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",
                now: float | None = None, direction: str = "both",
                max_duration_s: int | None = None, max_concurrent: int | None = None,
-               blacklist: tuple[str, ...] = ()) -> Binding:
+               blacklist: tuple[str, ...] = (), ext: str | None = None,
+               y: str | None = None, record: bool = False) -> Binding:
         req = BindingRequest(mode, a, b, x, ttl, tenant, direction, max_duration_s,
-                             max_concurrent, tuple(blacklist))
+                             max_concurrent, tuple(blacklist), ext, y, record)
         return self._work(lambda work: self._create(work, req), actor, now)
 
     def create_many(self, requests: Iterable[tuple[int, BindingRequest]], *,
@@ -746,7 +936,8 @@ class RuleStore:
     # -- read, change, delete ---------------------------------------------------------------
     def get(self, binding_id: str, tenant: str | None = None) -> Binding:
         now = self.clock.wall()
-        return self._read(lambda txn: _Work(txn, now, "cli").load(binding_id, tenant))
+        return self._read(lambda txn: _Work(txn, now, "cli", self.keys).load(binding_id,
+                                                                             tenant))
 
     def delete(self, binding_id: str, tenant: str | None = None, actor: str = "cli") -> None:
         def run(work: _Work) -> None:
@@ -759,9 +950,7 @@ class RuleStore:
 
         def run(work: _Work) -> Binding:
             old = work.load(binding_id, tenant)
-            new = Binding(old.id, old.mode, old.tenant, old.x, old.a, old.b, old.created_at,
-                          work.now + seconds if seconds else None, old.direction,
-                          old.max_duration_s, old.max_concurrent, old.blacklist)
+            new = old._replace(expires_at=work.now + seconds if seconds else None)
             work.put_binding(new, old)
             work.audit(new.tenant, "update", new.id,
                        {"expires_at": new.expires_at, "was": old.expires_at})
@@ -772,6 +961,7 @@ class RuleStore:
              limit: int = 1000) -> builtins.list[Binding]:
         row_limit(limit)
         now = self.clock.wall()
+        keys = self.keys
 
         def run(txn: Txn) -> builtins.list[Binding]:
             out: builtins.list[Binding] = []
@@ -785,7 +975,7 @@ class RuleStore:
             for key, raw in rows:
                 if len(out) >= limit or not key.startswith(prefix):
                     break
-                b = codec.decode_binding(raw)
+                b = codec.decode_binding(raw, keys)
                 if b.id in seen or not b.live(now) or (tenant is not None and b.tenant != tenant):
                     continue
                 seen.add(b.id)
@@ -793,54 +983,120 @@ class RuleStore:
             return out
         return self._read(run)
 
-    def route(self, x: str, caller: str, now: float) -> Binding | None:
+    def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
+        keys = self.keys
+        if ext is not None:
+            return self._read(lambda txn: self._on_ext(txn, x, ext, now))
+
         def run(txn: Txn) -> Binding | None:
-            raw = txn.get("route", (x + caller).encode())
+            raw = txn.get("route", codec.route_key(keys, x, caller))
             if raw is not None:
-                b = codec.decode_binding(raw)
+                b = codec.decode_binding(raw, keys)
                 if b.live(now):
                     return b
             return self._any_on_x(txn, x, now)
         return self._read(run)
 
-    @staticmethod
-    def _any_on_x(txn: Txn, x: str, now: float) -> Binding | None:
+    def _on_ext(self, txn: Txn, x: str, ext: str, now: float) -> Binding | None:
+        """The live AXE binding with extension `ext` on X (digits only, at most
+        MAX_EXT_DIGITS: anything else names no binding)."""
+        if not (0 < len(ext) <= MAX_EXT_DIGITS and ext.isascii() and ext.isdigit()):
+            return None
+        raw = txn.get("route", codec.ext_key(x, ext))
+        if raw is None:
+            return None
+        b = codec.decode_binding(raw, self.keys)
+        return b if b.live(now) else None
+
+    def _any_on_x(self, txn: Txn, x: str, now: float) -> Binding | None:
         """The AXN binding on X (its key is X alone, so it sorts first), or any live AXB one
         so that a stranger is told 403 rather than 404."""
         prefix = x.encode()
         for i, (key, raw) in enumerate(txn.scan("route", prefix)):
             if i >= _ROUTE_SCAN or not key.startswith(prefix):
                 break
-            b = codec.decode_binding(raw)
+            b = codec.decode_binding(raw, self.keys)
             if b.live(now):
                 return b
         return None
 
     def sweep(self, now: float, limit: int = 1000) -> int:
+        """Expired bindings (moved to the history), then history records past
+        `history_keep_s`; up to `limit` records in all, in one transaction."""
         now_ms = int(now * 1000)
+        keep = self.history_keep_s
+        forget_ms = int((now - keep) * 1000) if keep else None
 
-        def due(txn: Txn) -> builtins.list[str]:
+        def due(txn: Txn) -> tuple[builtins.list[str], builtins.list[bytes]]:
             ids: builtins.list[str] = []
             for key, _ in txn.scan("expiry"):
                 if len(ids) >= limit or codec.expiry_ms(key) > now_ms:
                     break
                 ids.append(key[8:].decode())
-            return ids
-        if not self._read(due):
+            old: builtins.list[bytes] = []
+            if forget_ms is not None:
+                for key, _ in txn.scan("history_end"):
+                    if len(ids) + len(old) >= limit or codec.expiry_ms(key) > forget_ms:
+                        break
+                    old.append(key)
+            return ids, old
+        if not any(self._read(due)):
             return 0   # nothing due: no write transaction, no fsync
 
         def run(work: _Work) -> int:
             done = 0
-            for binding_id in due(work.txn):
+            ids, old = due(work.txn)
+            for binding_id in ids:
                 raw = work.txn.get("bindings", binding_id.encode())
                 if raw is None:
                     continue
-                b = codec.decode_binding(raw)
+                b = work.decode(raw)
                 if not b.live(now):
                     work.remove_binding(b, "expire")
                     done += 1
+            for end_key in old:
+                work.txn.delete("history_end", end_key)
+                work.txn.delete("history", end_key[8:])
+                done += 1
             return done
         return self._work(run, "sweep", now)
+
+    # -- trace (issue 14 §3) ----------------------------------------------------------------
+    def trace(self, x: str, at: float) -> builtins.list[HeldBinding]:
+        """Every binding that held X at `at`: live ones and those in the history (removed
+        within history_keep_s), oldest first, with who created and who ended each."""
+        number = _refuse_number("x", x, numbers.normalise_x)
+        moment("at", at)
+        keys = self.keys
+        at_ms = int(at * 1000)
+
+        def run(txn: Txn) -> builtins.list[HeldBinding]:
+            found: dict[str, HeldBinding] = {}
+            prefix = number.encode()
+            for key, raw in txn.scan("route", prefix):
+                if not key.startswith(prefix):
+                    break
+                b = codec.decode_binding(raw, keys)
+                if b.id in found or not b.created_at <= at or not b.live(at):
+                    continue
+                ended = b.expires_at if not b.live(self.clock.wall()) else None
+                found[b.id] = HeldBinding(b, _creator(txn, b, keys), ended, None,
+                                          "expiry" if ended is not None else None)
+            for key, raw in txn.scan("history", codec.history_x_prefix(number)):
+                if not key.startswith(prefix) or codec.history_created_ms(key, number) > at_ms:
+                    break
+                if codec.history_until(raw) <= at:
+                    continue   # ended before `at`: not read further
+                gone = codec.decode_history(raw, keys)
+                b = gone.binding
+                if b.created_at <= at:
+                    found[b.id] = HeldBinding(
+                        b, _creator(txn, b, keys), gone.until,
+                        gone.actor if gone.until == gone.removed_at else None,
+                        "unbind" if gone.action == "delete" and gone.until == gone.removed_at
+                        else "expiry")
+            return sorted(found.values(), key=lambda h: (h.binding.created_at, h.binding.id))
+        return self._read(run)
 
     # -- pools ------------------------------------------------------------------------------
     def add_pool(self, tenant: str | None, pool: str | NumberRange,
@@ -865,7 +1121,7 @@ class RuleStore:
 
     def list_pools(self, tenant: str | None = None) -> builtins.list[PoolUsage]:
         def run(txn: Txn) -> builtins.list[PoolUsage]:
-            work = _Work(txn, 0.0, "cli")
+            work = _Work(txn, 0.0, "cli", self.keys)
             return [PoolUsage(p, *work.range_in_use(p)) for p in work.pools(tenant)]
         return self._read(run)
 
@@ -883,7 +1139,7 @@ class RuleStore:
             for _, raw in rows:
                 if len(out) >= limit:
                     break
-                entry = codec.decode_audit(raw)
+                entry = codec.decode_audit(raw, self.keys)
                 if tenant is None or entry.tenant == tenant:
                     out.append(entry)
             return out[::-1] if since is None else out

@@ -34,6 +34,7 @@ from sipmask.config.schema import (
     ApiConfig,
     Config,
     HostPort,
+    OperatorConfig,
     TenantConfig,
 )
 from sipmask.store.lmdb import LmdbStore, open_store
@@ -48,6 +49,7 @@ from tests.support.api import (
     running_api,
 )
 from tests.support.net import free_port
+from tests.support.paths import REPO
 from tests.support.serve import ServeProcess
 
 A, B, C = "13800000001", "13900000002", "13700000003"
@@ -437,7 +439,8 @@ def test_serve_exposes_the_api(serve: Callable[..., ServeProcess]) -> None:
     assert status == 201 and made["tenant"] == "demo" and got == 200
     assert "sipmask_" in metrics_text
     assert server.stop() == 0
-    store = LmdbStore(server.workdir / "store.lmdb")
+    # serve ran in the repository with the default store.key_file, var/sipmask.key.
+    store = LmdbStore(server.workdir / "store.lmdb", key_file=REPO / "var" / "sipmask.key")
     try:
         assert store.route(made["x"], A, time.time()) is not None
         assert store.get(made["id"]).b == B
@@ -596,3 +599,158 @@ def test_no_server_banner(guarded: ApiThread, raw: bytes) -> None:
     servers = [line for line in head.split("\r\n") if line.lower().startswith("server:")]
     assert servers in ([], ["Server: sipmask"]), head
     assert "aiohttp" not in head and "Python" not in head
+
+
+# -- trace: operator tokens only (issue 14 §3) ------------------------------------------------
+OPS_TOKEN = "tok-ops"
+
+
+@pytest.fixture(scope="module")
+def ops_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiThread]:
+    base = make_config(tmp_path_factory.mktemp("ops") / "store.lmdb")
+    config = replace(base, operators={"ops": OperatorConfig(OPS_TOKEN),
+                                      "nobody": OperatorConfig(None)})
+    with running_api(config) as server:
+        yield server
+
+
+def test_an_operator_traces_x_across_tenants_with_numbers_and_calls(ops_api: ApiThread) -> None:
+    made = create(ops_api, {"mode": "axb", "a": A, "b": B, "x": OTHER_X},
+                  token=TOKENS["other"])
+    record = Cdr(call_id="call-1", tenant="other", binding_id=made["id"], x=OTHER_X,
+                 caller=A, callee=B, direction="a_to_b", invite_at=made["created_at_unix"] + 1,
+                 ring_at=None, answer_at=None, end_at=made["created_at_unix"] + 2,
+                 duration_s=0.0, release_side="callee", sip_status=486,
+                 unconnected_cause="callee_failed")
+    CdrLog(ops_api.store).write(record)
+    deleted = call(ops_api, "DELETE", f"/v1/bindings/{made['id']}", token=TOKENS["other"])
+    assert deleted.status == 204
+    at = made["created_at_unix"]
+    reply = call(ops_api, "GET", f"/v1/trace?x={OTHER_X}&at={at}", token=OPS_TOKEN)
+    assert reply.status == 200, reply.raw
+    assert set(reply.body) == {"bindings", "cdrs"}
+    [held] = reply.body["bindings"]
+    assert (held["id"], held["tenant"], held["a"], held["b"]) == (made["id"], "other", A, B)
+    assert (held["created_by"], held["ended_by"], held["end_reason"]) == ("api", "api",
+                                                                         "unbind")
+    assert held["ended_at"] is not None
+    [cdr] = reply.body["cdrs"]
+    assert (cdr["call_id"], cdr["caller"], cdr["callee"]) == ("call-1", A, B)  # not masked
+    iso = call(ops_api, "GET", f"/v1/trace?x=%2B86{OTHER_X}&at={made['created_at']}",
+               token=OPS_TOKEN)
+    assert iso.status == 200
+    before = call(ops_api, "GET", f"/v1/trace?x={OTHER_X}&at={at - 3600}", token=OPS_TOKEN)
+    assert before.status == 200 and before.body == {"bindings": [], "cdrs": []}
+
+
+def test_trace_is_for_operator_tokens_only(ops_api: ApiThread) -> None:
+    path = f"/v1/trace?x={OTHER_X}&at=1800000000"
+    assert_error(call(ops_api, "GET", path, token=TOKENS["demo"]), 403, "authorization")
+    assert_error(call(ops_api, "GET", path, token=None), 401, "authorization")
+    assert_error(call(ops_api, "GET", path, token="not-a-token"), 401, "authorization")
+    # An operator token does nothing but trace.
+    assert_error(call(ops_api, "GET", "/v1/bindings", token=OPS_TOKEN), 403, "authorization")
+    assert_error(call(ops_api, "POST", "/v1/bindings", {"mode": "axn", "a": A},
+                      token=OPS_TOKEN), 403, "authorization")
+    assert_error(call(ops_api, "GET", "/v1/cdrs", token=OPS_TOKEN), 403, "authorization")
+    assert call(ops_api, "GET", path, token=OPS_TOKEN).status == 200
+
+
+def test_the_module_api_without_operators_traces_for_nobody(api: ApiThread) -> None:
+    path = f"/v1/trace?x={OTHER_X}&at=1800000000"
+    assert_error(call(api, "GET", path, token=TOKENS["demo"]), 403, "authorization")
+    assert_error(call(api, "GET", path, token=OPS_TOKEN), 401, "authorization")
+
+
+@pytest.mark.parametrize(("query", "field_name"), [
+    ("at=1800000000", "x"), ("x=&at=1800000000", "x"), (f"x={A}&at=1800000000", "x"),
+    ("x=7001&at=1800000000", "x"), (f"x={OTHER_X}", "at"), (f"x={OTHER_X}&at=", "at"),
+    (f"x={OTHER_X}&at=soon", "at"), (f"x={OTHER_X}&at=nan", "at"),
+    (f"x={OTHER_X}&at=-5", "at"), (f"x={OTHER_X}&at=1e300", "at"),
+    (f"x={OTHER_X}&at=1&tenant=demo", "tenant")])
+def test_trace_names_a_bad_query_field(ops_api: ApiThread, query: str,
+                                       field_name: str) -> None:
+    message = assert_error(call(ops_api, "GET", f"/v1/trace?{query}", token=OPS_TOKEN), 400,
+                           field_name)
+    assert A not in message
+
+
+# -- AXE, AXYB and recordings (issue 15) ------------------------------------------------------
+def test_create_axe_and_axyb(api: ApiThread) -> None:
+    axe = create(api, {"mode": "axe", "a": "13100000001", "b": B, "ext": "0042",
+                       "record": True})
+    assert (axe["mode"], axe["ext"], axe["b"], axe["record"]) == ("axe", "0042", B, True)
+    assert call(api, "GET", f"/v1/bindings/{axe['id']}").body == axe
+    other = create(api, {"mode": "axe", "a": "13100000002", "x": axe["x"]})
+    assert other["ext"] != "0042" and len(other["ext"]) == 4 and "record" not in other
+    axyb = create(api, {"mode": "axyb", "a": "13100000003", "b": "13100000004"})
+    assert axyb["y"] not in (None, axyb["x"]) and axyb["y"].startswith("7001000000")
+    listed = call(api, "GET", f"/v1/bindings?x={axyb['y']}")
+    assert [b["id"] for b in listed.body] == [axyb["id"]]
+    taken = call(api, "POST", "/v1/bindings", {"mode": "axe", "a": "13100000005",
+                                               "x": axe["x"], "ext": "0042"})
+    assert_error(taken, 409, "ext")
+    again_on_y = call(api, "POST", "/v1/bindings", {"mode": "axyb", "a": "13100000006",
+                                                    "b": "13100000004", "y": axyb["y"]})
+    assert_error(again_on_y, 409, "b")
+
+
+@pytest.mark.parametrize(("body", "status", "field_name"), [
+    ({"mode": "axe", "a": A, "ext": 42}, 400, "ext"),
+    ({"mode": "axyb", "a": A, "b": B, "y": 700100000000009}, 400, "y"),
+    ({"mode": "axn", "a": A, "record": "yes"}, 400, "record"),
+    ({"mode": "axe", "a": A, "ext": "42"}, 422, "ext"),
+    ({"mode": "axb", "a": A, "b": B, "ext": "0042"}, 422, "ext"),
+    ({"mode": "axn", "a": A, "y": "700100000000009"}, 422, "y"),
+    ({"mode": "axyb", "a": A, "b": B, "x": "700100000000009", "y": "700100000000009"}, 422,
+     "y"),
+    ({"mode": "axyb", "a": A}, 422, "b"),
+    ({"mode": "axyb", "a": A, "b": B, "y": OTHER_X}, 422, "y"),
+])
+def test_new_mode_refusals_name_the_field(api: ApiThread, body: dict[str, Any], status: int,
+                                          field_name: str) -> None:
+    assert_error(call(api, "POST", "/v1/bindings", body), status, field_name)
+
+
+@pytest.fixture(scope="module")
+def rec_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiThread]:
+    from sipmask.config.schema import RecordingConfig
+    folder = tmp_path_factory.mktemp("rec")
+    base = make_config(folder / "store.lmdb")
+    config = replace(base, operators={"ops": OperatorConfig(OPS_TOKEN)},
+                     recording=RecordingConfig(dir=folder / "recordings"))
+    with running_api(config) as server:
+        yield server
+
+
+def test_axyb_in_a_one_number_pool_is_409_on_y(rec_api: ApiThread) -> None:
+    # The tiny tenant's one number is free (this module's server): X takes it, Y has none.
+    assert_error(call(rec_api, "POST", "/v1/bindings", {"mode": "axyb", "a": A, "b": C},
+                      token=TOKENS["tiny"]), 409, "y")
+
+
+def test_a_tenant_reads_its_own_recording_and_no_other(rec_api: ApiThread) -> None:
+    from sipmask.media.wav import wav_header
+    from sipmask.store import recordings
+    call_id = "5f0c2a9e41d7b3c8a6e1f0d2b4c6a8e0@127.0.0.1"
+    sink = recordings.open_sink(rec_api.config.recording, "demo", call_id)
+    audio = wav_header(2, 256 * 1000) + bytes(range(256)) * 1000
+    sink.write(audio)
+    sink.close()
+    path = f"/v1/recordings/{call_id}"
+    got = call(rec_api, "GET", path)
+    assert got.status == 200, got.raw
+    assert got.headers["Content-Type"] == "audio/wav" and got.raw == audio
+    assert got.headers["Content-Length"] == str(len(audio))
+    local = call_id.partition("@")[0]
+    assert call(rec_api, "GET", f"/v1/recordings/{local}").raw == audio
+    # Another tenant's token: 404, as for a call that has no recording.
+    message = assert_error(call(rec_api, "GET", path, token=TOKENS["other"]), 404,
+                           "recording")
+    assert assert_error(call(rec_api, "GET", "/v1/recordings/00ff"), 404,
+                        "recording") == message
+    assert_error(call(rec_api, "GET", "/v1/recordings/..%2Fdemo%2Fx"), 404, "recording")
+    assert_error(call(rec_api, "GET", path, token=None), 401, "authorization")
+    # The operator reads any tenant's.
+    ops = call(rec_api, "GET", path, token=OPS_TOKEN)
+    assert ops.status == 200 and ops.raw == audio

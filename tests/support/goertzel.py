@@ -1,17 +1,20 @@
-"""Which tone is in a recording: the Goertzel algorithm over a 16-bit mono WAV.
-
-Goertzel computes one DFT bin with a second-order recurrence (Goertzel 1958), O(N) per
-frequency and pure Python: an 8 kHz recording of a few seconds takes milliseconds. Powers are
-normalised so a full-scale sine of amplitude `a` (as a fraction of 32768) reads about a²,
-whatever the recording's length.
+"""Which tone is in a recording: the Goertzel algorithm (sipmask/media/goertzel.py) over a
+16-bit mono WAV. Pure Python: an 8 kHz recording of a few seconds takes milliseconds. Powers
+are normalised so a sine of amplitude `a` (as a fraction of 32768) reads about a², whatever
+the recording's length.
 """
 
 from __future__ import annotations
 
 import math
 import wave
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
+
+# One Goertzel in the code base: sipmask's in-band DTMF detector uses the same function.
+from sipmask.media.goertzel import goertzel_power
+
+__all__ = ["dominant_tone", "goertzel_power", "read_samples", "rms", "tone_powers"]
 
 
 def read_samples(path: str | Path) -> tuple[list[float], int]:
@@ -24,20 +27,6 @@ def read_samples(path: str | Path) -> tuple[list[float], int]:
         raw = wav.readframes(wav.getnframes())
     values = memoryview(raw).cast("h")
     return [v / 32768.0 for v in values], rate
-
-
-def goertzel_power(samples: Sequence[float], hz: float, rate: int) -> float:
-    """Normalised power of `hz` in `samples`: about a² for a sine of amplitude a."""
-    n = len(samples)
-    if n == 0:
-        return 0.0
-    coeff = 2.0 * math.cos(2.0 * math.pi * hz / rate)
-    s1 = s2 = 0.0
-    for x in samples:
-        s1, s2 = x + coeff * s1 - s2, s1
-    power = s1 * s1 + s2 * s2 - coeff * s1 * s2
-    # |X(k)|² of a sine of amplitude a over n samples is (a·n/2)².
-    return power / (n / 2.0) ** 2
 
 
 def tone_powers(path: str | Path, candidates: Iterable[float],

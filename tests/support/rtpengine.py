@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,9 +77,11 @@ def answers_ping(ng: HostPort) -> bool:
 
 
 @contextmanager
-def running_daemon(workdir: Path, first_port: int) -> Iterator[Daemon]:
+def running_daemon(workdir: Path, first_port: int,
+                   extra: Sequence[str] = ()) -> Iterator[Daemon]:
     """rtpengine relaying on [first_port, first_port + BLOCK), its log in `workdir`, once it
-    answers ping; stopped when the block ends. Skips the test when rtpengine is absent."""
+    answers ping; stopped when the block ends. Skips the test when rtpengine is absent.
+    `extra` are more options (--recording-dir, --dtmf-log-dest, ...)."""
     if BINARY is None:
         pytest.skip("rtpengine binary not found (apt-get install rtpengine-daemon)")
     ng = HostPort(LOOPBACK, free_port())
@@ -87,7 +89,7 @@ def running_daemon(workdir: Path, first_port: int) -> Iterator[Daemon]:
     args = [BINARY, "--config-file=none", "--table=-1", f"--interface={LOOPBACK}",
             f"--listen-ng={ng}", "--foreground", "--log-stderr", "--log-level=6",
             f"--port-min={first_port}", f"--port-max={first_port + BLOCK - 1}",
-            "--num-threads=2", "--delete-delay=0"]
+            "--num-threads=2", "--delete-delay=0", *extra]
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
     try:

@@ -98,6 +98,7 @@ def start_serve(workdir: Path, *overrides: str, port: int | None = None,
             "--set", f"sip.listen=[tcp://{LOOPBACK}:{port},udp://{LOOPBACK}:{port}]",
             "--set", "api.listen=null",
             "--set", f"store.path={workdir / 'store.lmdb'}",
+            "--set", f"sip.pid_file={workdir / 'serve.pid'}",
             *overrides]
     child_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     child_env.pop("SIPMASK_CONFIG", None)

@@ -215,3 +215,100 @@ def test_import_of_text_that_is_not_utf8_stops_with_a_reason(sipmask: Run,
     result = sipmask("import", str(data))
     assert result.returncode == 1
     assert result.stderr.startswith("sipmask: file: not UTF-8 text")
+
+
+# -- AXE, AXYB, recording (issue 15) ----------------------------------------------------------
+Y = "700100000000009"
+
+
+def test_bind_axe_and_axyb(sipmask: Run) -> None:
+    axe = ok_json(sipmask("bind", "axe", "--a", A, "--b", B, "--x", X, "--ext", "0042",
+                          "--record"))
+    assert (axe["mode"], axe["ext"], axe["b"], axe["record"]) == ("axe", "0042", B, True)
+    other = ok_json(sipmask("bind", "axe", "--a", C, "--x", X))
+    assert str(other["ext"]).isdigit() and len(str(other["ext"])) == 4 and other["b"] is None
+    assert "record" not in other
+    axyb = ok_json(sipmask("bind", "axyb", "--a", A, "--b", B, "--x", "700100000000002",
+                           "--y", Y))
+    assert (axyb["x"], axyb["y"]) == ("700100000000002", Y)
+    allocated = ok_json(sipmask("bind", "axyb", "--a", C, "--b", B))
+    assert allocated["y"] not in (None, allocated["x"])
+    assert [json.loads(ln)["id"] for ln in sipmask("list", "--x", Y).stdout.splitlines()] == [
+        axyb["id"]]
+    assert {json.loads(ln)["id"] for ln in sipmask("list", "--x", X).stdout.splitlines()} == {
+        axe["id"], other["id"]}
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("bind", "axe", "--a", A, "--ext", "12"),
+     "sipmask: ext: must be 4 digits (tenants.demo.ext_digits)"),
+    (("bind", "axyb", "--a", A, "--b", B, "--x", X, "--y", X), "sipmask: y: must differ from x"),
+    (("bind", "axyb", "--a", A, "--b", B, "--y", "700900000000001"),
+     "sipmask: y: not in tenant demo's pool"),
+])
+def test_new_mode_refusals_exit_1_naming_the_field(sipmask: Run, args: tuple[str, ...],
+                                                   line: str) -> None:
+    result = sipmask(*args)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(line), result.stderr
+
+
+def test_axe_extension_taken_and_usage(sipmask: Run) -> None:
+    ok_json(sipmask("bind", "axe", "--a", A, "--x", X, "--ext", "1234"))
+    again = sipmask("bind", "axe", "--a", C, "--x", X, "--ext", "1234")
+    assert again.returncode == 1 and again.stderr == "sipmask: ext: already bound on this X\n"
+    assert sipmask("bind", "axyb", "--a", A).returncode == 2               # --b missing
+    assert sipmask("bind", "axb", "--a", A, "--b", B, "--ext", "1").returncode == 2
+
+
+def test_import_lines_of_axe_and_axyb(sipmask: Run, tmp_path: Path) -> None:
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("\n".join([
+        json.dumps({"mode": "axe", "a": A, "x": X, "ext": "0001", "record": True}),
+        json.dumps({"mode": "axe", "a": C, "x": X, "ext": "0001"}),       # taken
+        json.dumps({"mode": "axyb", "a": A, "b": B, "y": Y}),
+        json.dumps({"mode": "axn", "a": C, "record": "maybe"}),
+    ]) + "\n")
+    result = sipmask("import", str(jsonl))
+    assert result.returncode == 1 and json.loads(result.stdout)["imported"] == 2
+    assert "line 2: ext: already bound on this X" in result.stderr
+    assert "line 4: record: must be true or false" in result.stderr
+    csv_file = tmp_path / "in.csv"
+    csv_file.write_text("mode,a,b,x,ext,y,record\naxe,13600000004,,700100000000003,,,yes\n"
+                        "axyb,13600000004,13500000005,,,700100000000008,\n")
+    done = sipmask("import", str(csv_file))
+    assert done.returncode == 0 and json.loads(done.stdout)["imported"] == 2, done.stderr
+    headerless = sipmask("import", "-", "--format", "csv",
+                         stdin="axe,13300000007,,700100000000004,,,0099,,true\n")
+    assert headerless.returncode == 0, headerless.stderr
+    made = {json.loads(ln)["a"]: json.loads(ln) for ln in sipmask("list").stdout.splitlines()
+            if json.loads(ln)["mode"] == "axe"}
+    assert made["13600000004"]["record"] is True and made["13300000007"]["ext"] == "0099"
+    assert made["13300000007"]["record"] is True
+
+
+def test_recording_export_and_sweep(sipmask: Run, tmp_path: Path) -> None:
+    folder = tmp_path / "var/recordings/demo"
+    folder.mkdir(parents=True)
+    wav = folder / "0123abcd.wav"
+    wav.write_bytes(b"RIFF....WAVE" + bytes(range(256)) * 300)
+    out = tmp_path / "out.wav"
+    done = ok_json(sipmask("recording", "export", "0123abcd@127.0.0.1", "--out", str(out)))
+    assert (done["recording"], done["tenant"], done["bytes"]) == ("0123abcd.wav", "demo",
+                                                                  wav.stat().st_size)
+    assert out.read_bytes() == wav.read_bytes() and out.stat().st_mode & 0o777 == 0o600
+    again = sipmask("recording", "export", "0123abcd", "--out", str(out))
+    assert again.returncode == 1 and again.stderr.startswith("sipmask: out: File exists")
+    for unknown in (("ffff",), ("../demo/0123abcd",), ("0123abcd", "--tenant", "acme")):
+        missing = sipmask("recording", "export", *unknown, "--out", str(tmp_path / "n.wav"))
+        assert missing.returncode == 1
+        assert missing.stderr == "sipmask: cdr_id: no recording of this call\n"
+    piped = subprocess.run([sys.executable, "-m", "sipmask", "recording", "export",
+                            "0123abcd", "--out", "-"], capture_output=True, cwd=tmp_path,
+                           timeout=60)
+    assert piped.returncode == 0 and piped.stdout == wav.read_bytes()
+    old = folder / "00ff.wav"
+    old.write_bytes(b"x")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    assert ok_json(sipmask("recording", "sweep")) == {"swept": 1}
+    assert not old.exists() and wav.exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sipmask.config import loader
-from sipmask.config.schema import Config, Endpoint, NumberRange, PortRange
+from sipmask.config.schema import Config, Endpoint, NumberRange, OperatorConfig, PortRange
 from sipmask.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,15 @@ def test_default_config_has_every_contract_key() -> None:
     assert config.events.webhook.url is None
     assert config.media.latching == "strict"          # RTP Bleed: only the SDP's address
     assert config.cdr.retention_days == 180
+    assert config.store.key_file == Path("var/sipmask.key")     # issue 14 §2
+    assert config.operators == {"ops": OperatorConfig(token=None)}  # issue 14 §3: none
+    # Issue 15: AXE, recording and the announcements.
+    assert config.tenants["demo"].ext_digits == 4 and config.tenants["demo"].record is False
+    assert config.recording.dir == Path("var/recordings")
+    assert config.recording.retention_days == 30
+    assert (config.announcements.unbound, config.announcements.callee_notice,
+            config.announcements.ext_prompt, config.announcements.recording_notice) == (
+        "default", None, "default", "default")
 
 
 def test_embedded_default_used_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -87,6 +96,26 @@ def test_missing_sections_take_defaults() -> None:
     ("tenants: {a: {token: t}, b: {token: t}}", "tenants.b.token", "same token"),
     ("events: {webhook: {url: 'http://127.0.0.1:9/x'}}", "events.webhook.secret", "required"),
     ("trunks: {}", "trunks", "at least one trunk"),
+    ("store: {key_file: ''}", "store.key_file", "must be a path"),
+    ("store: {key_file: [a]}", "store.key_file", "must be a path"),
+    ("operators: {ops: {token: 5}}", "operators.ops.token", "non-empty string"),
+    ("operators: {ops: {tokn: x}}", "operators.ops.tokn", "unknown key"),
+    ("operators: [ops]", "operators", "must be a mapping"),
+    ("tenants: {a: {token: t}}\noperators: {ops: {token: t}}", "operators.ops.token",
+     "same token as tenant a"),
+    ("operators: {o: {token: t}, p: {token: t}}", "operators.p.token",
+     "same token as operator o"),
+    ("tenants: {t: {token: a, ext_digits: 0}}", "tenants.t.ext_digits", "1 to 8"),
+    ("tenants: {t: {token: a, ext_digits: 9}}", "tenants.t.ext_digits", "1 to 8"),
+    ("tenants: {t: {token: a, record: 1}}", "tenants.t.record", "true or false"),
+    ("tenants: {t: {token: a, announcements: {ring: x.wav}}}",
+     "tenants.t.announcements.ring", "unknown key (known: unbound, callee_notice"),
+    ("tenants: {'../x': {token: a}}", "tenants.../x", "a tenant name is"),
+    ("recording: {retention_days: -1}", "recording.retention_days", "negative"),
+    ("recording: {dir: ''}", "recording.dir", "must be a path"),
+    ("announcements: {ext_prompt: /nonexistent/p.wav}", "announcements.ext_prompt",
+     "cannot read"),
+    ("announcements: {beep: x}", "announcements.beep", "unknown key"),
 ])
 def test_errors_name_key_path(text: str, path: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -154,3 +183,52 @@ def test_a_network_holds_ipv4_peers_seen_through_a_dual_stack_socket() -> None:
     assert "::ffff:127.0.0.9" in loopback and "127.0.0.9" in loopback
     assert "::ffff:10.0.0.1" not in loopback and "::1" not in loopback
     assert "not-an-ip" not in loopback
+
+
+def _wav(path: Path, *, channels: int = 1, rate: int = 8000) -> Path:
+    import struct
+    pcm = bytes(320 * channels)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
+        + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    return path
+
+
+@pytest.mark.parametrize(("make", "problem"), [
+    (lambda p: _wav(p, channels=2), "stereo; want mono"),
+    (lambda p: _wav(p, rate=16000), "16000 Hz; want 8000 Hz"),
+    (lambda p: p.write_bytes(b"ID3 an mp3"), "not a WAV file"),
+])
+def test_an_announcement_that_is_not_8khz_mono_wav_stops_the_load_naming_its_key(
+        tmp_path: Path, make: object, problem: str) -> None:
+    bad = tmp_path / "p.wav"
+    make(bad)  # type: ignore[operator]
+    for key in ("announcements.unbound", "announcements.ext_prompt",
+                "announcements.recording_notice", "announcements.callee_notice",
+                "tenants.demo.announcements.ext_prompt"):
+        with pytest.raises(ConfigError) as err:
+            loader.load(None, [f"{key}={bad}"])
+        assert err.value.path == key and problem in str(err.value)
+        assert str(bad) in str(err.value)
+
+
+def test_a_good_announcement_and_tenant_overrides_load(tmp_path: Path) -> None:
+    good = _wav(tmp_path / "ok.wav")
+    config = loader.load(None, [f"announcements.callee_notice={good}",
+                                f"tenants.demo.announcements={{ext_prompt: {good}, "
+                                "unbound: null}", "tenants.demo.ext_digits=6",
+                                "tenants.demo.record=true"])
+    demo, top = config.tenants["demo"], config.announcements
+    assert top.callee_notice == str(good)
+    assert demo.announcement("ext_prompt", top) == str(good)
+    assert demo.announcement("unbound", top) is None            # the tenant's own null
+    assert demo.announcement("recording_notice", top) == "default"
+    assert (demo.ext_digits, demo.record) == (6, True)
+
+
+def test_the_announcement_keys_are_the_prompts_module_s() -> None:
+    from sipmask.config.schema import ANNOUNCEMENT_KEYS, AnnouncementsConfig
+    from sipmask.media.prompt import ANNOUNCEMENTS
+    assert ANNOUNCEMENT_KEYS == ANNOUNCEMENTS
+    assert tuple(f.name for f in __import__("dataclasses").fields(AnnouncementsConfig)) \
+        == ANNOUNCEMENTS

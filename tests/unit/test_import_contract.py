@@ -1,6 +1,8 @@
-"""The sans-IO contract (DESIGN.md): sipmask/sip, sipmask/sdp, b2bua/call.py,
-b2bua/masking.py, b2bua/routing.py, b2bua/timers.py and media/ports.py import no asyncio,
-socket, time, lmdb or uvloop.
+"""The sans-IO contract (DESIGN.md): sipmask/sip, sipmask/sdp, the call core (b2bua/core.py,
+calling.py, relaying.py, context.py, actions.py), b2bua/call.py, b2bua/masking.py,
+b2bua/routing.py, b2bua/timers.py, media/ports.py and the media services (media/rtp.py,
+wav.py, goertzel.py, prompt.py, dtmf.py, recorder.py, sinks.py, early_media.py) import no
+asyncio, socket, time, lmdb or uvloop.
 
 Two checks, because each misses something the other sees:
 - in a fresh interpreter, importing every module of the packages adds none of the forbidden
@@ -25,9 +27,16 @@ import sipmask
 
 FORBIDDEN = frozenset({"asyncio", "socket", "time", "lmdb", "uvloop"})
 PACKAGES = ("sipmask.sip", "sipmask.sdp")
-MODULES = ("sipmask.b2bua.call", "sipmask.b2bua.masking", "sipmask.b2bua.routing",
+MODULES = ("sipmask.b2bua.core", "sipmask.b2bua.calling", "sipmask.b2bua.relaying",
+           "sipmask.b2bua.context",
+           "sipmask.b2bua.actions",
+           "sipmask.b2bua.call", "sipmask.b2bua.masking", "sipmask.b2bua.routing",
            "sipmask.b2bua.timers",
-           "sipmask.media.ports")
+           "sipmask.media.ports",
+           # Media services: prompts, DTMF in, recording (the file sink does os calls only).
+           "sipmask.media.rtp", "sipmask.media.wav", "sipmask.media.goertzel",
+           "sipmask.media.prompt", "sipmask.media.dtmf", "sipmask.media.recorder",
+           "sipmask.media.sinks", "sipmask.media.early_media")
 ROOT = Path(sipmask.__file__).resolve().parent.parent
 
 

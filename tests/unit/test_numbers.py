@@ -65,3 +65,22 @@ def test_full_width_digits_are_refused_but_still_masked_in_logs() -> None:
     with pytest.raises(numbers.NumberError):
         numbers.normalise_real("13８00000001")
     assert "１３８００００００００１" not in numbers.mask_text("from １３８００００００００１")
+
+
+@pytest.mark.parametrize(("raw", "want"), [
+    (X, (X, None)),
+    (X + "1234", (X, "1234")),
+    ("+86 " + X + "0042", (X, "0042")),
+    ("0086" + X + "7", (X, "7")),
+    ("86" + X + "12345678", (X, "12345678")),
+    ("tel:+86-" + X + "-99;phone-context=x", (X, "99")),
+])
+def test_an_axe_request_uri_user_is_x_then_the_extension(raw: str,
+                                                         want: tuple[str, str | None]) -> None:
+    assert numbers.normalise_x_ext(raw) == want
+
+
+@pytest.mark.parametrize("raw", [X + "123456789", A, "7001" + "0" * 10, X + "12a"])
+def test_anything_else_is_not_an_x_with_an_extension(raw: str) -> None:
+    with pytest.raises(numbers.NumberError):
+        numbers.normalise_x_ext(raw)

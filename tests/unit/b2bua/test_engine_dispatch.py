@@ -1,12 +1,13 @@
-"""Engine._on_request's dispatch tables, one case per row: out of a dialog (INVITE, OPTIONS,
-481 / 405 / 501 by RFC 3261 §12.2.2, §21.4.6, §21.5.2) and inside one (BYE, PRACK, REFER,
-the relayed methods, 405 for the rest)."""
+"""The call core's dispatch tables (core._on_request), one case per row: out of a dialog
+(INVITE, OPTIONS, 481 / 405 / 501 by RFC 3261 §12.2.2, §21.4.6, §21.5.2) and inside one
+(BYE, PRACK, REFER, the relayed methods, 405 for the rest)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sipmask.b2bua import engine as engine_mod
+from sipmask.b2bua import core as core_mod
+from sipmask.b2bua import relaying
 from sipmask.b2bua.call import Leg
 from sipmask.media.backend import LEGS
 from sipmask.sip.message import Request, Response
@@ -42,15 +43,15 @@ def _responses(h: Harness, dest: tuple[str, int]) -> list[Response]:
 ])
 def test_out_of_dialog_requests(method: str, to_tag: str | None, extra: str,
                                 status: int) -> None:
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         to = f"<sip:{X}@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
         request = in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
                             from_="<sip:trunk@192.0.2.10>;tag=f1", to=to,
                             call_id="ood-1@192.0.2.10", cseq=1, via=_TRUNK_VIA + method)
-        await h.deliver(request.replace("Content-Length", extra + "Content-Length"), A_ADDR)
+        h.deliver(request.replace("Content-Length", extra + "Content-Length"), A_ADDR)
         [answer] = _responses(h, A_ADDR)
         assert answer.status == status
-        assert h.take(B_ADDR) == [] and not h.engine.calls and not h.cdrs.records
+        assert h.take(B_ADDR) == [] and not h.core.calls and not h.cdrs.records
         allow = answer.headers.get_fields("allow")
         assert allow == ([ALLOW] if status in (200, 405, 501) else [])
         if status == 420:
@@ -59,19 +60,19 @@ def test_out_of_dialog_requests(method: str, to_tag: str | None, extra: str,
     run(flow)
 
 
-async def _from_a(h: Harness, a_inv: Request, method: str, cseq: int,
+def _from_a(h: Harness, a_inv: Request, method: str, cseq: int,
                   a_tag: str | None = None) -> None:
     if a_tag is None:
-        [ctx] = h.engine.calls.values()
+        [ctx] = h.core.calls.values()
         a_tag = ctx.a_tag
-    await h.deliver(in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+    h.deliver(in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
                               from_=a_inv.headers.get("from") or "",
                               to=f"<sip:{X}@127.0.0.1>;tag={a_tag}", call_id=a_inv.call_id,
                               cseq=cseq, via=f"{_TRUNK_VIA}{method}{cseq}"), A_ADDR)
 
 
-async def _from_b(h: Harness, b_inv: Request, method: str, cseq: int) -> None:
-    await h.deliver(in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
+def _from_b(h: Harness, b_inv: Request, method: str, cseq: int) -> None:
+    h.deliver(in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
                               from_=f"{b_inv.headers.get('to')};tag=tb1",
                               to=b_inv.headers.get("from") or "", call_id=b_inv.call_id,
                               cseq=cseq, via=f"SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKb{cseq}"),
@@ -87,29 +88,29 @@ async def _from_b(h: Harness, b_inv: Request, method: str, cseq: int) -> None:
     ("b", "REFER", 403),          # REFER would carry a URI across (DESIGN.md)
 ])
 def test_in_dialog_requests_answered_by_sipmask(leg: str, method: str, status: int) -> None:
-    async def flow(h: Harness) -> None:
-        a_inv, b_inv = await answered_call(h)
+    def flow(h: Harness) -> None:
+        a_inv, b_inv = answered_call(h)
         h.take()
         if leg == "a":
-            await _from_a(h, a_inv, method, 11)
+            _from_a(h, a_inv, method, 11)
         else:
-            await _from_b(h, b_inv, method, 11)
+            _from_b(h, b_inv, method, 11)
         here, there = (A_ADDR, B_ADDR) if leg == "a" else (B_ADDR, A_ADDR)
         [answer] = _responses(h, here)
         assert answer.status == status
         assert h.take(there) == []                # nothing crossed
         assert answer.headers.get_fields("allow") == ([ALLOW] if status == 405 else [])
-        [ctx] = h.engine.calls.values()
+        [ctx] = h.core.calls.values()
         assert ctx.call.state.value == "confirmed"
 
     run(flow)
 
 
 def test_in_dialog_message_from_b_is_relayed_to_a() -> None:
-    async def flow(h: Harness) -> None:
-        _a_inv, b_inv = await answered_call(h)
+    def flow(h: Harness) -> None:
+        _a_inv, b_inv = answered_call(h)
         h.take()
-        await _from_b(h, b_inv, "MESSAGE", 11)
+        _from_b(h, b_inv, "MESSAGE", 11)
         [relayed] = h.take(A_ADDR)
         assert isinstance(relayed, Request) and relayed.method == "MESSAGE"
         assert h.take(B_ADDR) == []
@@ -118,29 +119,45 @@ def test_in_dialog_message_from_b_is_relayed_to_a() -> None:
 
 
 def test_request_in_an_ended_dialog_is_481() -> None:
-    async def flow(h: Harness) -> None:
-        a_inv, _b_inv = await answered_call(h)
+    def flow(h: Harness) -> None:
+        a_inv, _b_inv = answered_call(h)
         h.take()
-        [ctx] = h.engine.calls.values()
-        await _from_a(h, a_inv, "BYE", 11)
+        [ctx] = h.core.calls.values()
+        _from_a(h, a_inv, "BYE", 11)
         assert [r.status for r in _responses(h, A_ADDR)] == [200]
         [bye_b] = h.take(B_ADDR)
         assert isinstance(bye_b, Request) and bye_b.method == "BYE"
-        await h.deliver(b_response(bye_b, 200), B_ADDR)
-        assert not h.engine.calls
-        await _from_a(h, a_inv, "INFO", 12, ctx.a_tag)
+        h.deliver(b_response(bye_b, 200), B_ADDR)
+        assert not h.core.calls
+        _from_a(h, a_inv, "INFO", 12, ctx.a_tag)
         assert [r.status for r in _responses(h, A_ADDR)] == [481]
 
     run(flow)
 
 
 def test_the_tables_name_known_methods_and_legs_keep_the_media_apis_names() -> None:
-    assert engine_mod._IN_DIALOG.keys() <= KNOWN_METHODS
-    assert {m for m, f in engine_mod._IN_DIALOG.items()
-            if f is engine_mod.Engine._on_relayed} == RELAYED_IN_DIALOG
+    assert core_mod._IN_DIALOG.keys() <= KNOWN_METHODS
+    assert {m for m, f in core_mod._IN_DIALOG.items()
+            if f is relaying.on_relayed} == RELAYED_IN_DIALOG
     assert "REFER" not in RELAYED_IN_DIALOG
-    assert set(engine_mod._OUT_OF_DIALOG) == {"INVITE", "OPTIONS"}
+    assert set(core_mod._OUT_OF_DIALOG) == {"INVITE", "OPTIONS"}
     # The media backend keys its sides by "a" / "b" (media/backend.py LEGS).
     assert [str(leg) for leg in Leg] == list(LEGS) and Leg.A == "a"
     assert (Leg.A.other, Leg.B.other) == (Leg.B, Leg.A)
     assert f"{Leg.B}" == "b"
+
+
+def test_a_draining_node_answers_options_as_it_would_an_invite() -> None:
+    """§11.2: OPTIONS gets what an INVITE would; a draining node refuses INVITEs with 503,
+    so a dispatcher's OPTIONS probe takes it out of rotation (kamailio-dispatcher.cfg)."""
+    def flow(h: Harness) -> None:
+        h.core.draining = True
+        request = in_dialog("OPTIONS", ruri=f"sip:{X}@127.0.0.1:5060",
+                            from_="<sip:trunk@192.0.2.10>;tag=f1", to=f"<sip:{X}@127.0.0.1>",
+                            call_id="probe-1@192.0.2.10", cseq=1, via=_TRUNK_VIA + "probe")
+        h.deliver(request, A_ADDR)
+        [answer] = _responses(h, A_ADDR)
+        assert (answer.status, answer.headers.get("retry-after")) == (503, "5")
+        assert not h.cdrs.records
+
+    run(flow)

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from sipmask.b2bua.actions import MediaDone
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import MemoryCdrLog
-from sipmask.clock import SystemClock
-from sipmask.config import loader
+from sipmask.clock import FakeClock
 from sipmask.errors import ForbiddenError, SipError
 from sipmask.sip.message import Request, Response
 from sipmask.sip.methods import ALLOW
@@ -36,14 +36,18 @@ from tests.support.engine import (
     B_NUM,
     B_SDP,
     STRANGER,
+    AsyncRelaySdp,
     Harness,
     RelaySdp,
+    ShellHarness,
     X,
     a_cancel,
     a_invite,
     answered_call,
     b_response,
     bind_axb,
+    caller_invite,
+    harness_config,
     in_dialog,
     run,
 )
@@ -95,13 +99,6 @@ def never_on(h: Harness, dest: tuple[str, int], *secrets: bytes) -> None:
             assert secret not in data, f"{secret!r} reached {dest}: {data!r}"
 
 
-def caller_invite() -> Request:
-    """The caller's INVITE as the engine saw it (a_invite's defaults), parsed."""
-    a_inv = parse_message(a_invite().encode())
-    assert isinstance(a_inv, Request)
-    return a_inv
-
-
 def a_ack(a_inv: Request, ok: Response) -> str:
     """The caller's ACK to the 2xx `ok` sipmask sent it."""
     return in_dialog("ACK", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from")
@@ -111,7 +108,7 @@ def a_ack(a_inv: Request, ok: Response) -> str:
 
 def a_request(h: Harness, a_inv: Request, method: str, cseq: int, *,
               branch: str | None = None) -> str:
-    [ctx] = h.engine.calls.values()
+    [ctx] = h.core.calls.values()
     return in_dialog(method, ruri=f"sip:{X}@127.0.0.1:5060",
                      from_=a_inv.headers.get("from") or "",
                      to=f"<sip:{X}@127.0.0.1>;tag={ctx.a_tag}", call_id=a_inv.call_id,
@@ -138,30 +135,30 @@ def responses(messages: Sequence[Request | Response]) -> list[Response]:
 def test_reinvite_sdp_without_content_type_is_refused_400_and_never_crosses() -> None:
     """RFC 3261 §20.15: a body needs a Content-Type. The review's re-INVITE reached B
     labelled application/sdp with the caller's c= and o= intact."""
-    async def flow(h: Harness) -> None:
-        a_inv, _b_inv = await answered_call(h)
+    def flow(h: Harness) -> None:
+        a_inv, _b_inv = answered_call(h)
         h.take()
         reinvite = with_body(a_request(h, a_inv, "INVITE", 12), CALLER_SDP, None)
-        await h.deliver(reinvite, A_ADDR)
+        h.deliver(reinvite, A_ADDR)
         assert h.take(B_ADDR) == []
         [refused] = responses(h.take(A_ADDR))
         assert (refused.status, refused.cseq.number) == (400, 12)
         assert "Content-Type" in refused.reason
         never_on(h, B_ADDR, b"127.1.2.3", b"alice", A_NUM.encode())
         # The call goes on: a proper re-INVITE is relayed.
-        await h.deliver(with_body(a_request(h, a_inv, "INVITE", 13), CALLER_SDP,
+        h.deliver(with_body(a_request(h, a_inv, "INVITE", 13), CALLER_SDP,
                                   "application/sdp"), A_ADDR)
         [re_b] = requests(h.take(B_ADDR))
         assert re_b.method == "INVITE" and b"m=audio 30002" in re_b.body
 
     h = run(flow)
-    assert h.engine.stats["body_untyped"] == 1
+    assert h.core.stats["body_untyped"] == 1
 
 
 def test_sip_i_invite_gets_its_sdp_relayed_and_no_isup_crosses() -> None:
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        await h.deliver(sip_i_invite(), A_ADDR)
+        h.deliver(sip_i_invite(), A_ADDR)
         [b_inv] = requests(h.take(B_ADDR))
         assert b_inv.content_type == "application/sdp"
         assert b"m=audio 30002" in b_inv.body and b"c=IN IP4 127.0.0.1" in b_inv.body
@@ -171,7 +168,7 @@ def test_sip_i_invite_gets_its_sdp_relayed_and_no_isup_crosses() -> None:
         assert h.media.seen[0] == ("offer", "a", CALLER_SDP, A_ADDR[0])
 
     h = run(flow)
-    assert h.engine.stats["body_parts_dropped"] == 1
+    assert h.core.stats["body_parts_dropped"] == 1
 
 
 def test_sip_i_answers_and_reinvites_cross_as_sdp_only() -> None:
@@ -179,27 +176,27 @@ def test_sip_i_answers_and_reinvites_cross_as_sdp_only() -> None:
     the SDP part is rewritten by the media backend and the rest is dropped."""
     callee_sdp = B_SDP.replace(b"o=bob", b"o=bob-13900000002")
 
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        await h.deliver(a_invite(), A_ADDR)
+        h.deliver(a_invite(), A_ADDR)
         [b_inv] = requests(h.take(B_ADDR))
         for status in (183, 200):
-            await h.deliver(b_response(b_inv, status, sdp=sip_i_body(callee_sdp),
+            h.deliver(b_response(b_inv, status, sdp=sip_i_body(callee_sdp),
                                        content_type=MULTIPART), B_ADDR)
         early, ok = responses(h.take(A_ADDR))[-2:]
         for resp in (early, ok):
             assert resp.content_type == "application/sdp"
             assert b"m=audio 30000" in resp.body
-        [ctx] = h.engine.calls.values()
+        [ctx] = h.core.calls.values()
         a_inv = caller_invite()
         ack = a_ack(a_inv, ok)
-        await h.deliver(ack, A_ADDR)
+        h.deliver(ack, A_ADDR)
         h.take()
-        await h.deliver(with_body(a_request(h, a_inv, "INVITE", 12), sip_i_body(CALLER_SDP),
+        h.deliver(with_body(a_request(h, a_inv, "INVITE", 12), sip_i_body(CALLER_SDP),
                                   MULTIPART), A_ADDR)
         [re_b] = requests(h.take(B_ADDR))
         assert re_b.content_type == "application/sdp" and b"m=audio 30002" in re_b.body
-        await h.deliver(b_response(re_b, 200, sdp=sip_i_body(callee_sdp),
+        h.deliver(b_response(re_b, 200, sdp=sip_i_body(callee_sdp),
                                    content_type=MULTIPART), B_ADDR)
         [ok_a] = responses(h.take(A_ADDR))
         assert ok_a.content_type == "application/sdp" and b"m=audio 30000" in ok_a.body
@@ -212,21 +209,21 @@ def test_sip_i_answers_and_reinvites_cross_as_sdp_only() -> None:
                        ("answer", "b", callee_sdp)]
 
     h = run(flow)
-    assert h.engine.stats["body_parts_dropped"] == 4
+    assert h.core.stats["body_parts_dropped"] == 4
 
 
 def test_delayed_offer_answer_in_a_multipart_ack_crosses_as_sdp() -> None:
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
         invite = a_invite()
         invite = invite[:invite.index("Content-Type:")] + "Content-Length: 0\r\n\r\n"
-        await h.deliver(invite, A_ADDR)
+        h.deliver(invite, A_ADDR)
         [b_inv] = requests(h.take(B_ADDR))
-        await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
         ok = responses(h.take(A_ADDR))[-1]
         a_inv = caller_invite()
         ack = a_ack(a_inv, ok)
-        await h.deliver(with_body(ack, sip_i_body(CALLER_SDP), MULTIPART), A_ADDR)
+        h.deliver(with_body(ack, sip_i_body(CALLER_SDP), MULTIPART), A_ADDR)
         [ack_b] = requests(h.take(B_ADDR))
         assert ack_b.method == "ACK" and ack_b.content_type == "application/sdp"
         assert b"m=audio 30002" in ack_b.body
@@ -238,51 +235,51 @@ def test_delayed_offer_answer_in_a_multipart_ack_crosses_as_sdp() -> None:
 def test_info_bodies_cross_only_as_rebuilt_dtmf() -> None:
     """INFO DTMF (application/dtmf-relay) crosses rebuilt from its Signal and Duration; any
     other body (here text naming the caller) is dropped and counted."""
-    async def flow(h: Harness) -> None:
-        a_inv, _b_inv = await answered_call(h)
+    def flow(h: Harness) -> None:
+        a_inv, _b_inv = answered_call(h)
         h.take()
         dtmf = b"Signal=5\r\nDuration=160\r\nCaller=13800000001\r\n"
-        await h.deliver(with_body(a_request(h, a_inv, "INFO", 12), dtmf,
+        h.deliver(with_body(a_request(h, a_inv, "INFO", 12), dtmf,
                                   "application/dtmf-relay"), A_ADDR)
         [info_b] = requests(h.take(B_ADDR))
         assert info_b.content_type == "application/dtmf-relay"
         assert info_b.body == b"Signal=5\r\nDuration=160\r\n"
-        await h.deliver(b_response(info_b, 200), B_ADDR)
+        h.deliver(b_response(info_b, 200), B_ADDR)
         h.take()
         note = b"call me back on 13800000001"
-        await h.deliver(with_body(a_request(h, a_inv, "INFO", 13), note, "text/plain"),
+        h.deliver(with_body(a_request(h, a_inv, "INFO", 13), note, "text/plain"),
                         A_ADDR)
         [info_b2] = requests(h.take(B_ADDR))
         assert info_b2.body == b"" and info_b2.content_type is None
         never_on(h, B_ADDR, A_NUM.encode())
 
     h = run(flow)
-    assert h.engine.stats["body_parts_dropped"] == 1
+    assert h.core.stats["body_parts_dropped"] == 1
 
 
 # -- 2. out-of-order CSeq -------------------------------------------------------------------
 def test_bye_with_a_lower_cseq_gets_500_and_the_call_survives() -> None:
     """RFC 3261 §12.2.2: INFO CSeq 20 then BYE CSeq 5 in the same dialog: the BYE is out of
     order (500). A valid BYE afterwards still ends the call and reaches B."""
-    async def flow(h: Harness) -> None:
-        a_inv, _b_inv = await answered_call(h)
+    def flow(h: Harness) -> None:
+        a_inv, _b_inv = answered_call(h)
         h.take()
-        await h.deliver(a_request(h, a_inv, "INFO", 20), A_ADDR)
+        h.deliver(a_request(h, a_inv, "INFO", 20), A_ADDR)
         [info_b] = requests(h.take(B_ADDR))
-        await h.deliver(b_response(info_b, 200), B_ADDR)
+        h.deliver(b_response(info_b, 200), B_ADDR)
         assert [r.status for r in responses(h.take(A_ADDR))] == [200]
-        await h.deliver(a_request(h, a_inv, "BYE", 5), A_ADDR)
+        h.deliver(a_request(h, a_inv, "BYE", 5), A_ADDR)
         [refused] = responses(h.take(A_ADDR))
         assert (refused.status, refused.cseq.method) == (500, "BYE")
         assert h.take(B_ADDR) == []
-        [ctx] = h.engine.calls.values()
+        [ctx] = h.core.calls.values()
         assert ctx.call.state.value == "confirmed"
-        await h.deliver(a_request(h, a_inv, "BYE", 21), A_ADDR)
+        h.deliver(a_request(h, a_inv, "BYE", 21), A_ADDR)
         assert [r.status for r in responses(h.take(A_ADDR))] == [200]
         [bye_b] = requests(h.take(B_ADDR))
         assert bye_b.method == "BYE"
-        await h.deliver(b_response(bye_b, 200), B_ADDR)
-        assert h.engine.calls == {}
+        h.deliver(b_response(bye_b, 200), B_ADDR)
+        assert h.core.calls == {}
 
     h = run(flow)
     [cdr] = h.cdrs.records
@@ -293,13 +290,13 @@ def test_bye_with_a_lower_cseq_gets_500_and_the_call_survives() -> None:
 def test_allow_on_each_leg_is_sipmasks_own() -> None:
     theirs = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, SUBSCRIBE"
 
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        await h.deliver(a_invite(extra=f"Allow: {theirs}\r\n"), A_ADDR)
+        h.deliver(a_invite(extra=f"Allow: {theirs}\r\n"), A_ADDR)
         [b_inv] = requests(h.take(B_ADDR))
         assert b_inv.headers.get_fields("allow") == [ALLOW]
-        await h.deliver(b_response(b_inv, 180, extra=f"Allow: {theirs}\r\n"), B_ADDR)
-        await h.deliver(b_response(b_inv, 200, sdp=B_SDP, extra=f"Allow: {theirs}\r\n"),
+        h.deliver(b_response(b_inv, 180, extra=f"Allow: {theirs}\r\n"), B_ADDR)
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP, extra=f"Allow: {theirs}\r\n"),
                         B_ADDR)
         ringing, ok = responses(h.take(A_ADDR))[-2:]
         assert ringing.headers.get_fields("allow") == [ALLOW]
@@ -311,16 +308,16 @@ def test_allow_on_each_leg_is_sipmasks_own() -> None:
 
 
 def test_relayed_reinvite_and_its_2xx_carry_sipmasks_allow() -> None:
-    async def flow(h: Harness) -> None:
-        a_inv, _b_inv = await answered_call(h)
+    def flow(h: Harness) -> None:
+        a_inv, _b_inv = answered_call(h)
         h.take()
         reinvite = with_body(a_request(h, a_inv, "INVITE", 12), A_SDP, "application/sdp")
         reinvite = reinvite.replace("Max-Forwards: 70\r\n",
                                     "Max-Forwards: 70\r\nAllow: INVITE, REFER\r\n")
-        await h.deliver(reinvite, A_ADDR)
+        h.deliver(reinvite, A_ADDR)
         [re_b] = requests(h.take(B_ADDR))
         assert re_b.headers.get_fields("allow") == [ALLOW]
-        await h.deliver(b_response(re_b, 200, sdp=B_SDP, extra="Allow: INVITE, REFER\r\n"),
+        h.deliver(b_response(re_b, 200, sdp=B_SDP, extra="Allow: INVITE, REFER\r\n"),
                         B_ADDR)
         [ok_a] = responses(h.take(A_ADDR))
         assert ok_a.headers.get_fields("allow") == [ALLOW]
@@ -330,74 +327,60 @@ def test_relayed_reinvite_and_its_2xx_carry_sipmasks_allow() -> None:
 
 # -- 5. control characters --------------------------------------------------------------------
 def test_header_values_with_control_characters_never_cross() -> None:
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
         extra = ("Session-Expires: 1800\x1b[2J\r\nMin-SE: 90\x00\r\n"
                  "Accept: application/sdp\x7f\r\nSupported: timer\r\n")
-        await h.deliver(a_invite(extra=extra), A_ADDR)
+        h.deliver(a_invite(extra=extra), A_ADDR)
         [b_inv] = requests(h.take(B_ADDR))
         for name in ("session-expires", "min-se", "accept"):
             assert name not in b_inv.headers
         assert b_inv.headers.get("supported") == "timer, 100rel"
         never_on(h, B_ADDR, b"\x1b", b"\x00", b"\x7f")
-        await h.deliver(b_response(b_inv, 200, sdp=B_SDP,
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP,
                                    extra="Require: timer\x07\r\nExpires: 30\r\n"), B_ADDR)
         ok = responses(h.take(A_ADDR))[-1]
         assert ok.status == 200 and "require" not in ok.headers
         assert ok.headers.get("expires") == "30"
 
     h = run(flow)
-    assert h.engine.stats["header_control_chars"] == 4
+    assert h.core.stats["header_control_chars"] == 4
 
 
 # -- 6. refusals and CDRs ---------------------------------------------------------------------
-class CountingMetrics:
-    def __init__(self) -> None:
-        self.refusals: list[str] = []
-
-    def call_finished(self, call: Any) -> None:
-        pass
-
-    def refused(self, reason: str) -> None:
-        self.refusals.append(reason)
-
-
 def test_acl_refusals_leave_no_cdr_but_are_counted() -> None:
-    metrics = CountingMetrics()
-
-    async def flow(h: Harness) -> None:
-        h.engine.metrics = metrics
+    def flow(h: Harness) -> None:
         bind_axb(h)
         for i in range(50):
-            await h.deliver(a_invite(branch=f"z9hG4bKacl{i}"), ("203.0.113.9", 5060 + i))
+            h.deliver(a_invite(branch=f"z9hG4bKacl{i}"), ("203.0.113.9", 5060 + i))
         assert {r.status for r in responses(h.take())} == {403}
 
     h = run(flow)
     assert h.cdrs.records == []
-    assert h.engine.stats["refused_not_allowed"] == 50
-    assert metrics.refusals == ["acl"] * 50
+    assert h.core.stats["refused_not_allowed"] == 50
+    assert h.refused == ["acl"] * 50
 
 
 def test_draining_503_leaves_no_cdr() -> None:
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        h.engine.start_drain()
-        await h.deliver(a_invite(), A_ADDR)
+        h.core.draining = True
+        h.deliver(a_invite(), A_ADDR)
         [busy] = responses(h.take(A_ADDR))
         assert (busy.status, busy.headers.get("retry-after")) == (503, "5")
 
     h = run(flow)
     assert h.cdrs.records == []
-    assert h.engine.stats["refused_rate_limited"] == 1
+    assert h.core.stats["refused_rate_limited"] == 1
 
 
 class ThreadedCdrLog(MemoryCdrLog):
-    """A sink that blocks (like LMDB's): the group commit writes it on its writer thread.
-    Each write notes its thread and what had been sent by then."""
+    """A sink that blocks (like LMDB's): the shell's group commit writes it on its writer
+    thread. Each write notes its thread and what had been sent by then."""
 
     blocking = True
 
-    def __init__(self, h: Harness) -> None:
+    def __init__(self, h: ShellHarness) -> None:
         super().__init__()
         self.h = h
         self.lock = threading.Lock()
@@ -413,14 +396,19 @@ class ThreadedCdrLog(MemoryCdrLog):
                 self.records.append(cdr)
 
 
+def threaded_shell(media: Any = None) -> tuple[ShellHarness, ThreadedCdrLog]:
+    h = ShellHarness(media=media, cdrs=MemoryCdrLog())
+    sink = ThreadedCdrLog(h)
+    h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=sink,
+                      clock=h.clock)
+    return h, sink
+
+
 def test_404_cdr_is_group_committed_before_the_404_leaves() -> None:
-    async def flow(h: Harness) -> None:
-        sink = ThreadedCdrLog(h)
-        h.cdrs = sink
-        h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=sink,
-                          clock=SystemClock())
+    async def flow() -> None:
+        h, sink = threaded_shell()
         bind_axb(h)
-        await h.deliver(a_invite(x="700100000000999"), A_ADDR)
+        h.deliver(a_invite(x="700100000000999"), A_ADDR)
         await h.idle()                          # the commit, on the writer thread
         [(thread, sent_before)] = sink.batches
         assert thread != threading.main_thread().name
@@ -431,26 +419,24 @@ def test_404_cdr_is_group_committed_before_the_404_leaves() -> None:
         assert (cdr.sip_status, cdr.unconnected_cause) == (404, "no_binding")
         h.engine._cdr_group.close()
 
-    run(flow)
+    asyncio.run(flow())
 
 
 class RefusingMedia(RelaySdp):
     """The media backend refusing the caller's SDP (m=audio 4000/2: 488)."""
 
-    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
-                    sip_source: str | None = None) -> bytes:
+    def offer(self, call_id: str, leg: str, sdp: bytes, *,
+              sip_source: str | None = None) -> bytes:
+        self.calls.append(("offer", call_id, leg))
         raise SipError("Not Acceptable Here", status=488)
 
 
 def test_setup_failure_cdr_is_group_committed_before_the_488_leaves() -> None:
     # A flood of refused offers must not be one fsync each on the event loop (issue 12).
-    async def flow(h: Harness) -> None:
-        sink = ThreadedCdrLog(h)
-        h.cdrs = sink
-        h.engine = Engine(h, config=h.config, store=h.store, media=RefusingMedia(),
-                          cdrs=sink, clock=SystemClock())
+    async def flow() -> None:
+        h, sink = threaded_shell(AsyncRelaySdp(RefusingMedia()))
         bind_axb(h)
-        await h.deliver(a_invite(), A_ADDR)
+        h.deliver(a_invite(), A_ADDR)
         await h.idle()
         [(thread, sent_before)] = sink.batches
         assert thread != threading.main_thread().name
@@ -462,42 +448,23 @@ def test_setup_failure_cdr_is_group_committed_before_the_488_leaves() -> None:
         assert h.engine.active_calls == 0
         h.engine._cdr_group.close()
 
-    run(flow)
-
-
-class GatedMedia(RelaySdp):
-    """An offer that waits for the test to open its gate (a slow rtpengine, a slow DNS)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-
-    async def offer(self, call_id: str, leg: str, sdp: bytes, *,
-                    sip_source: str | None = None) -> bytes:
-        await self.gate.wait()
-        return await super().offer(call_id, leg, sdp, sip_source=sip_source)
-
-    async def delete(self, call_id: str) -> Any:
-        self.deleted.append(call_id)
+    asyncio.run(flow())
 
 
 def test_a_caller_cancelling_while_its_offer_is_set_up_leaves_no_media_session() -> None:
     # DESIGN rule 13: the session the offer opened is given back on this path too.
-    async def flow(h: Harness) -> None:
-        media = GatedMedia()
-        h.media = media
-        h.engine = Engine(h, config=h.config, store=h.store, media=media, cdrs=h.cdrs,
-                          clock=SystemClock())
+    def flow(h: Harness) -> None:
+        h.hold.add(MediaDone)                 # the offer waits (a slow rtpengine)
         bind_axb(h)
-        await h.deliver(a_invite(), A_ADDR)
-        await h.deliver(a_cancel(caller_invite()), A_ADDR)
-        assert media.calls == []            # the offer is still waiting
-        media.gate.set()
-        await h.idle()
+        h.deliver(a_invite(), A_ADDR)
+        h.deliver(a_cancel(caller_invite()), A_ADDR)
+        [(op, call_id, _leg)] = h.media.calls
+        assert op == "offer" and h.take(B_ADDR) == []
+        h.hold.clear()
+        h.release()
         statuses = [m.status for m, _d, _t in h.sent if isinstance(m, Response)]
         assert statuses == [100, 200, 487]          # 200 to the CANCEL, 487 to the INVITE
-        [call_id] = {c for _kind, c, _leg in media.calls}
-        assert media.deleted == [call_id]
+        assert h.media.deleted == [call_id]
 
     run(flow)
 
@@ -510,15 +477,17 @@ class AttemptPolicy:
         self.attempts: list[tuple[str, str]] = []
         self.routed: list[str] = []
 
-    def admit(self, request: Request, source: tuple[str, int], trunk: str | None) -> None:
+    def admit(self, request: Request, source: tuple[str, int], trunk: str | None,
+              now: float | None = None) -> None:
         pass
 
-    def admit_attempt(self, x: str, caller: str) -> None:
+    def admit_attempt(self, x: str, caller: str, now: float | None = None) -> None:
         self.attempts.append((x, caller))
         if len(self.attempts) > self.limit:
             raise RateLimited("Forbidden")
 
-    def admit_route(self, binding: Binding, caller: str, direction: str) -> None:
+    def admit_route(self, binding: Binding, caller: str, direction: str,
+                    now: float | None = None) -> None:
         self.routed.append(caller)
 
     def call_started(self, call: Any) -> None:
@@ -541,8 +510,8 @@ def test_every_attempt_spends_admission_before_the_lookup() -> None:
     policy = AttemptPolicy(limit=3)
     looked_up: list[str] = []
 
-    async def flow(h: Harness) -> None:
-        h.engine.policy = policy
+    def flow(h: Harness) -> None:
+        h.core.policy = policy
         bind_axb(h)
         route = h.store.route
 
@@ -550,10 +519,10 @@ def test_every_attempt_spends_admission_before_the_lookup() -> None:
             looked_up.append(x)
             return route(x, caller, now)
         h.store.route = counted_route  # type: ignore[method-assign]
-        await h.deliver(a_invite(x="700100000000999", branch="z9hG4bKp1"), A_ADDR)   # 404
-        await h.deliver(a_invite(caller=STRANGER, branch="z9hG4bKp2"), A_ADDR)       # 403
-        await h.deliver(a_invite(branch="z9hG4bKp3"), A_ADDR)                         # call
-        await h.deliver(a_invite(x="700100000000998", branch="z9hG4bKp4"), A_ADDR)   # limited
+        h.deliver(a_invite(x="700100000000999", branch="z9hG4bKp1"), A_ADDR)   # 404
+        h.deliver(a_invite(caller=STRANGER, branch="z9hG4bKp2"), A_ADDR)       # 403
+        h.deliver(a_invite(branch="z9hG4bKp3"), A_ADDR)                         # call
+        h.deliver(a_invite(x="700100000000998", branch="z9hG4bKp4"), A_ADDR)   # limited
         finals = [r.status for r in responses(h.take(A_ADDR)) if r.status > 100]
         assert finals == [404, 403, 403]
 
@@ -568,20 +537,20 @@ def test_every_attempt_spends_admission_before_the_lookup() -> None:
 
 # -- 7. media latching: the SIP source of each leg --------------------------------------------
 def test_media_backend_is_told_each_legs_sip_source() -> None:
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        await h.deliver(a_invite(), A_ADDR)
+        h.deliver(a_invite(), A_ADDR)
         [b_inv] = requests(h.take(B_ADDR))
-        await h.deliver(b_response(b_inv, 200, sdp=B_SDP), ("127.0.0.7", 5090))
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP), ("127.0.0.7", 5090))
         ok = responses(h.take(A_ADDR))[-1]
         a_inv = caller_invite()
         ack = a_ack(a_inv, ok)
-        await h.deliver(ack, A_ADDR)
+        h.deliver(ack, A_ADDR)
         h.take()
         reinvite = with_body(b_request(h, b_inv, "INVITE", 2), B_SDP, "application/sdp")
-        await h.deliver(reinvite, ("127.0.0.8", 5090))
+        h.deliver(reinvite, ("127.0.0.8", 5090))
         [re_a] = requests(h.take(A_ADDR))
-        await h.deliver(b_response(re_a, 200, sdp=A_SDP).replace(
+        h.deliver(b_response(re_a, 200, sdp=A_SDP).replace(
             "SIP/2.0 200 Whatever", "SIP/2.0 200 OK"), A_ADDR)
 
     h = run(flow)
@@ -598,24 +567,24 @@ def tcp_invite() -> str:
     return a_invite().replace("SIP/2.0/UDP 192.0.2.10:5060", "SIP/2.0/TCP 192.0.2.10:5060")
 
 
-async def tcp_call(h: Harness) -> Request:
+def tcp_call(h: Harness) -> Request:
     bind_axb(h)
     h.open.add((NAT_SOURCE, "tcp"))
-    await h.deliver(tcp_invite(), NAT_SOURCE, "tcp")
+    h.deliver(tcp_invite(), NAT_SOURCE, "tcp")
     [b_inv] = requests(h.take(B_ADDR))
-    await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+    h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
     return b_inv
 
 
 @pytest.mark.parametrize(("connected", "dest"), [(True, NAT_SOURCE), (False, A_ADDR)])
 def test_bye_to_a_tcp_caller_reuses_its_connection_while_open(
         connected: bool, dest: tuple[str, int]) -> None:
-    async def flow(h: Harness) -> None:
-        b_inv = await tcp_call(h)
+    def flow(h: Harness) -> None:
+        b_inv = tcp_call(h)
         if not connected:
             h.open.clear()
         h.take()
-        await h.deliver(b_request(h, b_inv, "BYE", 5), B_ADDR)
+        h.deliver(b_request(h, b_inv, "BYE", 5), B_ADDR)
         [bye_a] = [(m, d, t) for m, d, t in h.sent
                    if isinstance(m, Request) and m.method == "BYE"]
         # Open: the connection A's INVITE came on; closed: A's Contact, as before.
@@ -625,45 +594,33 @@ def test_bye_to_a_tcp_caller_reuses_its_connection_while_open(
 
 
 # -- 9. TLS ------------------------------------------------------------------------------------
-def tls_harness() -> Harness:
-    h = Harness()
-    h.config = loader.loads(loader.default_text(), [
-        "trunks.carrier.inbound_allow=['192.0.2.0/24', '127.0.0.0/8']",
-        "trunks.carrier.outbound=tls://127.0.0.1:5091"])
-    h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=h.cdrs,
-                      clock=SystemClock())
-    return h
-
-
 def test_tls_trunk_gets_its_invite_over_tls_with_a_tls_contact() -> None:
-    h = tls_harness()
-
-    async def flow() -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        await h.deliver(a_invite(), A_ADDR)
+        h.deliver(a_invite(), A_ADDR)
         [(b_inv, dest, transport)] = [(m, d, t) for m, d, t in h.sent
                                       if isinstance(m, Request)]
         assert (dest, transport) == (("127.0.0.1", 5091), "tls")
         assert b_inv.headers.get("contact") == f"<sip:{X}@127.0.0.1:5061;transport=tls>"
         assert b_inv.top_via.transport == "TLS"
-    asyncio.run(flow())
+    run(flow, overrides=["trunks.carrier.outbound=tls://127.0.0.1:5091"])
 
 
 def test_sips_caller_gets_a_sips_contact_and_its_bye_over_tls() -> None:
     """RFC 3261 §12.1.1: the UAS's Contact is a sips URI when the request's Request-URI was;
     its in-dialog requests go over TLS to the sips target (default port 5061)."""
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
         invite = (a_invite().replace(f"INVITE sip:{X}@", f"INVITE sips:{X}@")
                   .replace("SIP/2.0/UDP 192.0.2.10:5060", "SIP/2.0/TLS 192.0.2.10:5061")
                   .replace(f"Contact: <sip:{A_NUM}@192.0.2.10:5060>",
                            f"Contact: <sips:{A_NUM}@192.0.2.10>"))
-        await h.deliver(invite, ("192.0.2.10", 40999), "tls")
+        h.deliver(invite, ("192.0.2.10", 40999), "tls")
         [b_inv] = requests(h.take(B_ADDR))
-        await h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
         ok = responses(h.take())[-1]
         assert ok.headers.get("contact") == f"<sips:{X}@127.0.0.1:5061>"
-        await h.deliver(b_request(h, b_inv, "BYE", 5), B_ADDR)
+        h.deliver(b_request(h, b_inv, "BYE", 5), B_ADDR)
         [bye_a] = [(m, d, t) for m, d, t in h.sent
                    if isinstance(m, Request) and m.method == "BYE"]
         assert bye_a[1:] == (("192.0.2.10", 5061), "tls")     # no open connection to reuse
@@ -678,59 +635,55 @@ def test_flood_refusals_are_answered_with_the_real_metrics_and_policy() -> None:
     from sipmask.observability.metrics import Metrics
     from sipmask.policy import CallPolicy
 
-    async def flow(h: Harness) -> None:
-        h.config = loader.loads(loader.default_text(), [
-            "trunks.carrier.inbound_allow=['192.0.2.0/24', '127.0.0.0/8']",
-            "policy.source_flood={rate: 0.01, burst: 1}"])
-        h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=h.cdrs,
-                          clock=SystemClock(), policy=CallPolicy(h.config, SystemClock()),
-                          metrics=Metrics())
+    config = harness_config(overrides=["policy.source_flood={rate: 0.01, burst: 1}"])
+
+    async def flow() -> ShellHarness:
+        h = ShellHarness(config=config, policy=CallPolicy(config, FakeClock()),
+                         metrics=Metrics())
         bind_axb(h)
         for i in range(3):
-            await h.deliver(a_invite(branch=f"z9hG4bKfl{i}"), A_ADDR)
+            h.deliver(a_invite(branch=f"z9hG4bKfl{i}"), A_ADDR)
+        await h.idle()
         finals = [r.status for r in responses(h.take(A_ADDR)) if r.status > 100]
         assert finals == [503, 503]
+        return h
 
-    h = run(flow)
+    h = asyncio.run(flow())
     assert h.engine.stats["refused_rate_limited"] == 2
     assert h.cdrs.records == []
 
 
 def test_invite_body_without_content_type_is_400_and_b_is_never_called() -> None:
-    async def flow(h: Harness) -> None:
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        await h.deliver(a_invite().replace("Content-Type: application/sdp\r\n", ""), A_ADDR)
+        h.deliver(a_invite().replace("Content-Type: application/sdp\r\n", ""), A_ADDR)
         assert h.take(B_ADDR) == []
         [refused] = [r for r in responses(h.take(A_ADDR)) if r.status > 100]
         assert refused.status == 400 and "Content-Type" in refused.reason
 
     h = run(flow)
-    assert h.engine.stats["body_untyped"] == 1
+    assert h.core.stats["body_untyped"] == 1
 
 
 @pytest.mark.parametrize("connected", [True, False])
 def test_bye_to_a_tcp_trunk_reuses_sipmasks_connection_while_open(connected: bool) -> None:
     trunk = ("127.0.0.1", 5092)
 
-    async def flow(h: Harness) -> None:
-        h.config = loader.loads(loader.default_text(), [
-            "trunks.carrier.inbound_allow=['192.0.2.0/24']",
-            f"trunks.carrier.outbound=tcp://{trunk[0]}:{trunk[1]}"])
-        h.engine = Engine(h, config=h.config, store=h.store, media=h.media, cdrs=h.cdrs,
-                          clock=SystemClock())
+    def flow(h: Harness) -> None:
         bind_axb(h)
-        await h.deliver(a_invite(), A_ADDR)
+        h.deliver(a_invite(), A_ADDR)
         [b_inv] = requests(h.take(trunk))
         assert b_inv.headers.get("contact") == f"<sip:{X}@127.0.0.1:5060;transport=tcp>"
-        await h.deliver(b_response(b_inv, 200, sdp=B_SDP), trunk, "tcp")
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP), trunk, "tcp")
         if connected:
             h.open.add((trunk, "tcp"))
         a_inv = parse_message(a_invite().encode())
         assert isinstance(a_inv, Request)
         h.take()
-        await h.deliver(a_request(h, a_inv, "BYE", 11), A_ADDR)
+        h.deliver(a_request(h, a_inv, "BYE", 11), A_ADDR)
         [bye_b] = [(d, t) for m, d, t in h.sent if isinstance(m, Request) and m.method == "BYE"]
         # Open: the connection B's answers came on; closed: B's Contact (UDP, no transport).
         assert bye_b == ((trunk, "tcp") if connected else (B_ADDR, "udp"))
 
-    run(flow)
+    run(flow, overrides=["trunks.carrier.inbound_allow=['192.0.2.0/24']",
+                         f"trunks.carrier.outbound=tcp://{trunk[0]}:{trunk[1]}"])

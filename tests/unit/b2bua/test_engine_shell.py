@@ -1,4 +1,5 @@
-"""The engine inside the real SipServer shell, over real loopback UDP sockets.
+"""The asyncio shell (b2bua/engine.py): inside the real SipServer over real loopback UDP
+sockets, and over a fake SIP port.
 
 DESIGN rule 15 (no re-entry): the shell performs what the engine asked for after the engine
 returned, and a send that fails at once comes back as an event the engine can match. Before,
@@ -10,16 +11,36 @@ heard 408 after ring_timeout_s and the call stayed in the engine for ever.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import inspect
+from typing import Any
 
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.store import MemoryCdrLog
 from sipmask.clock import SystemClock
 from sipmask.config import loader
+from sipmask.errors import StoreError
 from sipmask.server import SipActions, SipServer
-from sipmask.sip.message import Response
+from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
+from sipmask.store.base import Binding
 from sipmask.store.memory import MemoryStore
-from tests.support.engine import A_NUM, B_NUM, RelaySdp, X, a_invite
+from tests.support.engine import (
+    A_ADDR,
+    A_NUM,
+    B_ADDR,
+    B_NUM,
+    B_SDP,
+    AsyncRelaySdp,
+    RelaySdp,
+    ShellHarness,
+    X,
+    a_invite,
+    b_response,
+    bind_axb,
+    caller_invite,
+    in_dialog,
+)
 from tests.support.net import LOOPBACK, free_port
 
 
@@ -46,7 +67,7 @@ def test_send_refused_at_once_ends_the_call_with_503() -> None:
 
     def engine_factory(actions: SipActions) -> Engine:
         engine = Engine(actions, config=config, store=store,  # type: ignore[arg-type]
-                        media=RelaySdp(), cdrs=cdrs, clock=SystemClock())
+                        media=AsyncRelaySdp(), cdrs=cdrs, clock=SystemClock())
         engines.append(engine)
         return engine
 
@@ -76,3 +97,151 @@ def test_send_refused_at_once_ends_the_call_with_503() -> None:
     [record] = cdrs.records
     assert (record.sip_status, record.unconnected_cause, record.release_side) == (
         503, "trunk_unreachable", "sipmask")
+
+
+# -- the shell over a fake SIP port (tests/support/engine.ShellHarness) -----------------------
+def test_a_whole_call_sends_only_inside_held_batches() -> None:
+    """The shell holds the server's sends while it performs a batch of the core's actions
+    and flushes them once at its end, also for batches a finished task started."""
+    async def flow() -> ShellHarness:
+        h = ShellHarness()
+        bind_axb(h)
+        h.deliver(a_invite(), A_ADDR)
+        await h.idle()                                  # A's offer, then leg B
+        [b_inv] = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
+        h.deliver(b_response(b_inv, 180), B_ADDR)
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+        await h.idle()                                  # B's answer, the journal entry
+        assert [m.method for m in h.take(B_ADDR) if isinstance(m, Request)] == ["ACK"]
+        [ok] = [m for m in h.take(A_ADDR) if isinstance(m, Response) and m.status == 200]
+        a_inv = caller_invite()
+        h.deliver(in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060",
+                            from_=a_inv.headers.get("from") or "",
+                            to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=11,
+                            via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye"), A_ADDR)
+        await h.idle()                                  # the CDR commit
+        [bye_b] = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
+        h.deliver(b_response(bye_b, 200), B_ADDR)
+        await h.idle()
+        return h
+
+    h = asyncio.run(flow())
+    assert h.unheld == 0 and not h.holding and h.flushes > 0
+    assert h.engine.calls == {} and len(h.cdrs.records) == 1
+
+
+def test_the_store_is_asked_after_the_core_returned_and_a_failure_is_500() -> None:
+    """DESIGN rule 15: the lookup runs while the shell performs the batch's actions, never
+    inside CallCore.handle; a store that fails answers the caller 500 and keeps nothing."""
+    stacks: list[list[str]] = []
+
+    async def flow() -> ShellHarness:
+        h = ShellHarness()
+
+        def route(x: str, caller: str, now: float) -> Binding | None:
+            stacks.append([f.function for f in inspect.stack()])
+            raise OSError("store unreachable")
+        h.store.route = route  # type: ignore[method-assign]
+        h.deliver(a_invite(), A_ADDR)
+        await h.idle()
+        return h
+
+    h = asyncio.run(flow())
+    [stack] = stacks
+    assert "_lookup" in stack and "handle" not in stack
+    statuses = [m.status for m, _d, _t in h.sent if isinstance(m, Response)]
+    assert statuses == [100, 500]
+    assert h.engine.active_calls == 0 and h.engine.stats["lookup_failed"] == 1
+    assert h.cdrs.records == []
+
+
+def test_an_unreachable_store_is_503_with_retry_after_and_a_slow_one_blocks_nothing() -> None:
+    """A store that answers on its own threads (route_soon, as PostgreSQL does) never holds
+    the loop: the lookup's answer comes back as an event when ready; StoreError (a failover,
+    a full lookup queue) is 503 with Retry-After, not 500."""
+    Lookup = concurrent.futures.Future[Binding | None]
+    pending: list[Lookup] = []
+
+    async def flow() -> tuple[ShellHarness, list[int]]:
+        h = ShellHarness()
+
+        def route_soon(x: str, caller: str, now: float) -> Lookup:
+            future: Lookup = concurrent.futures.Future()
+            pending.append(future)
+            return future
+        h.store.route_soon = route_soon  # type: ignore[attr-defined]
+        h.deliver(a_invite(), A_ADDR)
+        before = [m.status for m, _d, _t in h.sent if isinstance(m, Response)]
+        [lookup] = h.engine._tasks               # the loop is free: the lookup is a task
+        assert not lookup.done()
+        pending[0].set_exception(StoreError("no primary answers"))
+        await h.idle()
+        return h, before
+
+    h, before = asyncio.run(flow())
+    assert before == [100]                       # the loop went on while the store worked
+    responses = [m for m, _d, _t in h.sent if isinstance(m, Response)]
+    assert [r.status for r in responses] == [100, 503]
+    assert responses[-1].headers.get("retry-after") == "5"
+    assert h.engine.active_calls == 0 and h.cdrs.records == []
+
+
+def test_a_lookup_the_store_gives_up_is_503_not_a_call_left_waiting() -> None:
+    pending: list[concurrent.futures.Future[Binding | None]] = []
+
+    async def flow() -> ShellHarness:
+        h = ShellHarness()
+
+        def route_soon(x: str, caller: str, now: float) -> concurrent.futures.Future[Any]:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            pending.append(future)
+            return future
+        h.store.route_soon = route_soon  # type: ignore[attr-defined]
+        h.deliver(a_invite(), A_ADDR)
+        pending[0].cancel()
+        await h.idle()
+        return h
+
+    h = asyncio.run(flow())
+    assert [m.status for m, _d, _t in h.sent if isinstance(m, Response)] == [100, 503]
+    assert h.engine.active_calls == 0
+
+
+class SlowFirstOffer(RelaySdp):
+    """The first offer waits until the test opens the gate (a slow rtpengine)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def wait_offer(self, call_id: str, leg: str, sdp: bytes, *,
+                         sip_source: str | None = None) -> bytes:
+        if len(self.calls) == 0:
+            self.calls.append(("waiting", call_id, leg))
+            await self.gate.wait()
+        return self.offer(call_id, leg, sdp, sip_source=sip_source)
+
+
+def test_a_slow_media_offer_holds_no_other_call() -> None:
+    async def flow() -> tuple[list[str], list[str]]:
+        slow = SlowFirstOffer()
+        media = AsyncRelaySdp(slow)
+        media.offer = slow.wait_offer  # type: ignore[method-assign]
+        h = ShellHarness(media=media)
+        bind_axb(h)
+        h.deliver(a_invite(branch="z9hG4bKslow"), A_ADDR)
+        h.deliver(a_invite(branch="z9hG4bKfast", caller=B_NUM), A_ADDR)
+        # The second call's offer is answered while the first one's still waits.
+        done, waiting = await asyncio.wait(set(h.engine._tasks),
+                                           return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and len(waiting) == 1
+        await h.idle_except(waiting)
+        before = [m.uri for m in h.take(B_ADDR) if isinstance(m, Request)]
+        slow.gate.set()
+        await h.idle()
+        after = [m.uri for m in h.take(B_ADDR) if isinstance(m, Request)]
+        return before, after
+
+    before, after = asyncio.run(flow())
+    assert [uri.split("@")[0] for uri in before] == [f"sip:{A_NUM}"]    # B calls A first
+    assert [uri.split("@")[0] for uri in after] == [f"sip:{B_NUM}"]

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from sipmask.b2bua import routing
 from sipmask.errors import SipError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request
+from sipmask.store.base import Binding, Target
+
+X = "700100000000001"
 
 
-@dataclass(frozen=True)
-class B:
-    mode: str
-    a: str
-    b: str | None = None
+def B(mode: str, a: str, b: str | None = None) -> Binding:
+    return Binding("id1", mode, "demo", X, a, b, 0.0, None)
 
 
 def invite(uri: str, from_: str, pai: str | None = None) -> Request:
@@ -40,7 +38,7 @@ def test_target_x_normalises(uri: str) -> None:
 
 
 @pytest.mark.parametrize("uri", ["sip:13900000002@h", "sip:h", "mailto:x@y",
-                                 "sip:7001000000000011@h"])
+                                 "sip:700100000000001123456789@h"])
 def test_not_an_x_is_404(uri: str) -> None:
     with pytest.raises(routing.UnknownX) as err:
         routing.target_x(invite(uri, "<sip:13800000001@h>"))
@@ -63,24 +61,34 @@ def test_untrusted_or_anonymous_caller_is_403() -> None:
 
 def test_axb_both_directions_and_strangers() -> None:
     binding = B("axb", "13800000001", "13900000002")
-    assert routing.route(binding, "13800000001") == routing.Route("13900000002", "a_to_b")
-    assert routing.route(binding, "13900000002") == routing.Route("13800000001", "b_to_a")
+    assert routing.route(binding, X, "13800000001") == Target("13900000002", X, "a_to_b")
+    assert routing.route(binding, X, "13900000002") == Target("13800000001", X, "b_to_a")
     with pytest.raises(routing.NotAllowed):
-        routing.route(binding, "13700000003")
+        routing.route(binding, X, "13700000003")
 
 
 def test_axn() -> None:
     binding = B("axn", "13800000001")
-    assert routing.route(binding, "13700000003") == routing.Route("13800000001", "n_to_a")
+    assert routing.route(binding, X, "13700000003") == Target("13800000001", X, "n_to_a")
     with pytest.raises(routing.NotAllowed):
-        routing.route(binding, "13800000001")
+        routing.route(binding, X, "13800000001")
 
 
-def test_no_binding_is_404_unknown_mode_403() -> None:
+def test_no_binding_is_404_and_an_axe_number_without_its_extension_too() -> None:
     with pytest.raises(routing.UnknownX):
-        routing.route(None, "13800000001")
-    with pytest.raises(routing.NotAllowed):
-        routing.route(B("axyb", "13800000001"), "13700000003")
+        routing.route(None, X, "13800000001")
+    axe = B("axe", "13800000001")._replace(ext="12")
+    with pytest.raises(routing.NeedsExtension) as err:
+        routing.route(axe, X, "13700000003")
+    assert (err.value.status, err.value.cause) == (404, "no_binding")
+    assert routing.route(axe, X, "13700000003", "12") == Target("13800000001", X, "n_to_a")
+
+
+def test_an_x_followed_by_an_extension_is_read_as_both() -> None:
+    assert routing.dialled(invite(f"sip:{X}1234@h", "<sip:13800000001@h>")) == (X, "1234")
+    assert routing.dialled(invite(f"tel:+86{X}", "<sip:13800000001@h>")) == (X, None)
+    with pytest.raises(routing.UnknownX):
+        routing.dialled(invite(f"sip:{X}123456789@h", "<sip:13800000001@h>"))
 
 
 @pytest.mark.parametrize(("uri", "hop"), [

@@ -187,3 +187,25 @@ def test_sweep_wants_a_batch_of_at_least_one(tmp_path: Path) -> None:
             CdrLog(store).sweep(1e9, limit=0)
     finally:
         store.close()
+
+
+def test_a_bindings_calls_are_found_by_it_and_swept_with_their_index(tmp_path: Path) -> None:
+    # trace (issue 14 §3) reads a binding's CDRs through the cdr_binding index; the sweep
+    # takes the index entries with the records.
+    store = store_at(tmp_path / "s")
+    try:
+        log = CdrLog(store)
+        now = 1_800_000_000.0
+        mine = [replace(BASE, call_id=f"m{i}", invite_at=now - i * DAY) for i in (3, 1, 2)]
+        other = replace(BASE, call_id="o", binding_id="b2", invite_at=now)
+        refused = replace(BASE, call_id="r", binding_id=None, invite_at=now)
+        log.write_batch([(True, c) for c in (*mine, other, refused)])
+        assert [c.call_id for c in log.for_binding("b1")] == ["m3", "m2", "m1"]
+        assert [c.call_id for c in log.for_binding("b2")] == ["o"]
+        assert log.for_binding("b") == [] and log.for_binding("b1", limit=1)[0].call_id == "m3"
+        assert log.sweep(now - 1.5 * DAY) == 2
+        assert [c.call_id for c in log.for_binding("b1")] == ["m1"]
+        index = store.read(lambda txn: [k for k, _ in txn.scan("cdr_binding")])
+        assert len(index) == 2                     # m1 and o; refused calls have no binding
+    finally:
+        store.close()

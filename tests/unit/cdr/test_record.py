@@ -17,7 +17,15 @@ def test_contract_fields_in_order() -> None:
     assert CSV_COLUMNS == (
         "call_id", "tenant", "binding_id", "x", "caller", "callee", "direction", "invite_at",
         "ring_at", "answer_at", "end_at", "duration_s", "release_side", "sip_status",
-        "unconnected_cause")
+        "unconnected_cause", "recording")
+
+
+def test_recording_is_null_unless_set_and_survives_the_round_trip() -> None:
+    from dataclasses import replace
+    assert cdr().recording is None and cdr().to_json()["recording"] is None
+    recorded = replace(cdr(), recording="0123abcd.wav")
+    assert Cdr.decode(recorded.encode()) == recorded
+    assert recorded.to_json()["recording"] == "0123abcd.wav"
 
 
 def test_encode_decode_round_trip_and_tolerates_new_fields() -> None:

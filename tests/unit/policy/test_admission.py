@@ -209,3 +209,32 @@ def test_a_stored_duration_too_large_for_a_float_cannot_overflow() -> None:
         assert p.max_duration(BINDING._replace(max_duration_s=huge)) == float(MAX_CALL_S)
     q, _ = policy(f"policy.max_duration_s={MAX_CALL_S * 10}")   # the loader bounds config
     assert q.max_duration(BINDING) == float(MAX_CALL_S * 10)
+
+
+def config_with(*overrides: str) -> loader.Config:
+    return loader.loads(loader.default_text(), list(overrides))
+
+
+def test_reconfigure_takes_new_limits_and_keeps_unchanged_buckets() -> None:
+    p, _ = policy("policy.per_x={rate: 1, burst: 1}", "policy.per_caller={rate: 1, burst: 1}")
+    p.admit_attempt(X, A)
+    with pytest.raises(rules.RateLimited):
+        p.admit_attempt(X, A)
+    # per_x switched off, per_caller unchanged: the caller's spent bucket stays spent.
+    p.reconfigure(config_with("policy.per_caller={rate: 1, burst: 1}"))
+    with pytest.raises(rules.RateLimited):
+        p.admit_attempt(X, A)
+    p.admit_attempt(X, B)                         # another caller; X is not limited now
+    p.admit_attempt(X, STRANGER)
+    p.reconfigure(config_with())                  # both off
+    p.admit_attempt(X, A)
+
+
+def test_reconfigure_takes_new_blacklists_and_keeps_calls_in_progress() -> None:
+    p, _ = policy("policy.max_concurrent_per_x=1")
+    p.call_started(CallStub("c1"))                # type: ignore[arg-type]
+    p.reconfigure(config_with("policy.max_concurrent_per_x=1", "tenants.demo.blacklist=['137']"))
+    with pytest.raises(rules.Blacklisted):
+        p.admit_route(BINDING._replace(mode="axn", b=None), STRANGER, "n_to_a")
+    with pytest.raises(rules.TooManyCalls):
+        p.admit_route(BINDING, A, "a_to_b")

@@ -305,8 +305,8 @@ APPLICATION: dict[str, tuple[int, str | None]] = {
 def _engine_answers(data: bytes) -> list[Response]:
     answers: list[Response] = []
 
-    async def flow(h: Harness) -> None:
-        await h.deliver(data, A_ADDR)
+    def flow(h: Harness) -> None:
+        h.deliver(data, A_ADDR)
         answers.extend(m for m in h.take() if isinstance(m, Response) and m.status > 100)
     run(flow)
     return answers

@@ -1,6 +1,7 @@
 """store/codec.py owns every byte layout: each record round-trips through it, and what the
-bulk import writes (create_many's own path, create_plain) is byte for byte what codec's
-encoders write for the same binding and audit entry."""
+bulk import writes (create_many's own path, create_plain) is what codec's encoders write for
+the same binding and audit entry: the same clear header byte for byte, and the same
+plaintext under the seal (the nonce is random, so sealed bytes differ every time)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from hypothesis import strategies as st
 from sipmask.clock import FakeClock
 from sipmask.store import LmdbStore, codec
 from sipmask.store.base import Binding, BindingRequest
+from sipmask.store.crypto import HEAD, Keyring
 from sipmask.store.rules import RuleStore, Txn
+
+KEYS = Keyring.generate()
 
 _TEXT = st.text(st.characters(exclude_characters=codec.SEP, exclude_categories=["Cs"]),
                 max_size=20)
@@ -34,8 +38,9 @@ bindings = st.builds(
 
 @given(bindings)
 def test_every_binding_round_trips(b: Binding) -> None:
-    decoded = codec.decode_binding(codec.encode_binding(b))
+    decoded = codec.decode_binding(codec.encode_binding(b, KEYS), KEYS)
     assert decoded == b and type(decoded) is Binding
+    assert codec.decode_plain_binding(codec.encode_plain_binding(b)) == b
 
 
 @given(bindings)
@@ -44,7 +49,7 @@ def test_a_binding_without_rules_is_made_as_decode_makes_it(b: Binding) -> None:
                              b.expires_at)
     plain = Binding(b.id, b.mode, b.tenant, b.x, b.a, b.b, b.created_at, b.expires_at)
     assert made == plain and type(made) is Binding
-    assert codec.decode_binding(codec.encode_binding(made)) == made
+    assert codec.decode_binding(codec.encode_binding(made, KEYS), KEYS) == made
 
 
 @given(st.integers(0, 2**40), _TIME, _TEXT, st.sampled_from(["cli", "import"]), _TEXT,
@@ -53,9 +58,14 @@ def test_every_audit_entry_round_trips(seq: int, at: float, tenant: str, actor: 
                                        action: str, subject: str,
                                        data: dict[str, object]) -> None:
     entry = codec.decode_audit(codec.encode_audit(seq, at, tenant, actor, action, subject,
-                                                  data))
+                                                  data, KEYS), KEYS)
     assert (entry.seq, entry.at, entry.tenant, entry.actor, entry.action, entry.subject,
             dict(entry.data)) == (seq, at, tenant, actor, action, subject, data)
+
+
+def _clear(raw: bytes) -> bytes:
+    """A sealed value's tag, key generation and clear header (crypto.Keyring.seal)."""
+    return raw[:HEAD.size + HEAD.unpack_from(raw)[2]]
 
 
 def _records(store: RuleStore) -> tuple[list[bytes], list[bytes]]:
@@ -79,13 +89,19 @@ def test_the_bulk_import_writes_codecs_layouts(tmp_path: Path) -> None:
         made = [outcome.binding for outcome in store.create_many(enumerate(lines, 1))]
         assert all(b is not None for b in made)
         raw_bindings, raw_audit = _records(store)
-        assert sorted(raw_bindings) == sorted(codec.encode_binding(b) for b in made if b)
-        created = [codec.decode_audit(raw) for raw in raw_audit if b"\x1fcreate\x1f" in raw]
+        keys = store.keys
+        assert sorted(map(_clear, raw_bindings)) == sorted(
+            _clear(codec.encode_binding(b, keys)) for b in made if b)
+        assert sorted(codec.decode_binding(raw, keys) for raw in raw_bindings) == sorted(
+            b for b in made if b)
+        created = [codec.decode_audit(raw, keys) for raw in raw_audit
+                   if b"\x1fcreate\x1f" in raw]
         assert len(created) == len(lines)
         for raw in raw_audit:
-            e = codec.decode_audit(raw)
-            assert raw == codec.encode_audit(e.seq, e.at, e.tenant, e.actor, e.action,
-                                             e.subject, e.data)
+            e = codec.decode_audit(raw, keys)
+            again = codec.encode_audit(e.seq, e.at, e.tenant, e.actor, e.action, e.subject,
+                                       e.data, keys)
+            assert _clear(raw) == _clear(again) and codec.decode_audit(again, keys) == e
         assert {e.subject: e.data for e in created} == {
             b.id: {"mode": b.mode, "x": b.x, "a": b.a, "b": b.b, "expires_at": b.expires_at}
             for b in made if b}

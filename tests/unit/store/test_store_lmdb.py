@@ -17,7 +17,14 @@ from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.errors import ConfigError, StoreError
 from sipmask.store import LmdbStore, MemoryStore, codec
 from sipmask.store.base import Binding, BindingRequest, BindingStore
+from sipmask.store.crypto import Keyring
 from sipmask.store.rules import RuleStore, Txn
+
+KEYS = Keyring.generate()
+
+
+def round_trip(b: Binding) -> Binding:
+    return codec.decode_binding(codec.encode_binding(b, KEYS), KEYS)
 
 
 def binding(**extra: object) -> Binding:
@@ -26,38 +33,46 @@ def binding(**extra: object) -> Binding:
 
 def test_binding_encoding_round_trips_with_and_without_policy_fields() -> None:
     plain = binding()
-    assert codec.decode_binding(codec.encode_binding(plain)) == plain
+    assert round_trip(plain) == plain
     rich = binding(direction="a_to_b", max_duration_s=600, max_concurrent=2,
                    blacklist=("13700000003",))
-    assert codec.decode_binding(codec.encode_binding(rich)) == rich
+    assert round_trip(rich) == rich
     axn = Binding("id2", "axn", "demo", X, A, None, 2.0, 9.25)
-    assert codec.decode_binding(codec.encode_binding(axn)) == axn
+    assert round_trip(axn) == axn
 
 
 def test_a_newer_optional_field_is_ignored_a_newer_version_refused() -> None:
-    raw = codec.encode_binding(binding(max_duration_s=60))
-    head, _, ext = raw.rpartition(codec.SEP.encode())
+    # The policy JSON is sealed with a and b: a newer field is added before sealing.
+    plain = codec.encode_plain_binding(binding(max_duration_s=60))
+    head, _, ext = plain.rpartition(codec.SEP.encode())
     newer = json.loads(ext) | {"callback_url": "http://127.0.0.1/x"}
-    decoded = codec.decode_binding(head + codec.SEP.encode() + json.dumps(newer).encode())
+    decoded = codec.decode_plain_binding(head + codec.SEP.encode()
+                                         + json.dumps(newer).encode())
     assert decoded == binding(max_duration_s=60)
+    raw = codec.encode_binding(binding(max_duration_s=60), KEYS)
+    clear_end = 4 + int.from_bytes(raw[2:4], "big")
+    *fields, ext = KEYS.open(raw, clear_end).decode().split(codec.SEP)
+    text = codec.SEP.join((*fields, json.dumps(json.loads(ext) | {"callback_url": "x"})))
+    resealed = KEYS.seal(codec.BINDING_SEALED, raw[4:clear_end], text.encode())
+    assert codec.decode_binding(resealed, KEYS) == binding(max_duration_s=60)
     with pytest.raises(codec.RecordVersionError):
-        codec.decode_binding(b"\x03" + raw[1:])
+        codec.decode_binding(b"\x04" + raw[1:], KEYS)
 
 
 def test_version_1_records_written_before_still_decode() -> None:
     # Version 1 kept the times as text; a store written then must keep routing.
     v1 = "\x1f".join(("id1", "axb", "demo", X, A, B, "1.5", "", '{"max_duration_s":60}'))
-    assert codec.decode_binding(b"\x01" + v1.encode()) == binding(max_duration_s=60)
+    assert codec.decode_binding(b"\x01" + v1.encode(), KEYS) == binding(max_duration_s=60)
     axn = "\x1f".join(("id2", "axn", "demo", X, A, "", "2.0", "9.25", ""))
-    assert codec.decode_binding(b"\x01" + axn.encode()) == Binding("id2", "axn", "demo", X, A,
-                                                                   None, 2.0, 9.25)
+    assert codec.decode_binding(b"\x01" + axn.encode(), KEYS) == Binding(
+        "id2", "axn", "demo", X, A, None, 2.0, 9.25)
 
 
 def test_times_are_exact_and_no_expiry_survives_the_binary_encoding() -> None:
     for created, expires in ((0.0, None), (1795472914.1239839, 1795480114.1239843),
                              (1.5, 0.001)):
         b = Binding("id3", "axb", "demo", X, A, B, created, expires)
-        assert codec.decode_binding(codec.encode_binding(b)) == b
+        assert round_trip(b) == b
 
 
 def open_lmdb(path: Path, clock: FakeClock, map_size: int = 1 << 20) -> LmdbStore:
@@ -161,7 +176,7 @@ def test_both_stores_satisfy_the_protocol(tmp_path: Path) -> None:
 def test_a_decoded_binding_is_a_binding_with_every_default() -> None:
     # decode_binding fills the NamedTuple from a tuple (Binding._make), not by keyword: the
     # defaults it writes for unset policy fields must be the class's own, field by field.
-    decoded = codec.decode_binding(codec.encode_binding(binding()))
+    decoded = round_trip(binding())
     assert type(decoded) is Binding and len(decoded) == len(Binding._fields)
     for name in Binding._fields:
         assert getattr(decoded, name) == getattr(binding(), name)

@@ -1,0 +1,80 @@
+"""Store work the call path must not wait for on the event loop: a bounded pool of threads.
+
+A lookup on PostgreSQL is a network round trip. The engine's shell hands it to `Offload`
+and awaits the future, so the loop keeps serving other calls meanwhile:
+
+    future = lookup(store, x, caller, now)       # raises StoreBusy: answer 503
+    binding = await asyncio.wrap_future(future)  # StoreError: the database failed (503)
+
+The queue is bounded: when `max_pending` lookups wait already (the database is slow or
+gone), a new one is refused at once with StoreBusy rather than queued behind them, so
+overload turns into 503s, not into memory and INVITEs that time out anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from sipmask.errors import StoreError
+from sipmask.store.base import Binding
+
+T = TypeVar("T")
+
+
+class StoreBusy(StoreError):
+    """The call path's queue of store work is full: refuse the call with 503."""
+
+
+class Offload:
+    """`workers` threads running blocking store calls; at most `max_pending` in the queue
+    or running at once."""
+
+    def __init__(self, workers: int, max_pending: int, name: str = "store-call") -> None:
+        if workers < 1 or max_pending < workers:
+            raise ValueError("need workers >= 1 and max_pending >= workers")
+        self.max_pending = max_pending
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self.refused = 0                 # StoreBusy raised (for metrics)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            raise StoreBusy(f"{self.max_pending} store calls already waiting")
+        try:
+            future = self._pool.submit(fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def close(self) -> None:
+        """Let the calls in flight finish, then stop the threads."""
+        self._pool.shutdown(wait=True)
+
+
+class _Routes(Protocol):
+    def route(self, x: str, caller: str, now: float,
+              ext: str | None = None) -> Binding | None: ...
+
+
+def lookup(store: _Routes, x: str, caller: str, now: float,
+           ext: str | None = None) -> Future[Binding | None]:
+    """The call path's lookup as a future, whatever the backend: on a store that offers
+    `route_soon` (PostgreSQL) it runs on that store's threads; otherwise (LMDB: a memory
+    read of a few µs, cheaper than a thread hop) it runs here and the future is done.
+    `ext`: an AXE extension the caller gave (store.base.BindingStore.route)."""
+    soon: Callable[..., Future[Binding | None]] | None = getattr(store, "route_soon", None)
+    if soon is not None:
+        return soon(x, caller, now, ext) if ext is not None else soon(x, caller, now)
+    done: Future[Binding | None] = Future()
+    try:
+        done.set_result(store.route(x, caller, now, ext) if ext is not None
+                        else store.route(x, caller, now))
+    except Exception as exc:
+        done.set_exception(exc)
+    return done

@@ -1,0 +1,719 @@
+"""The PostgreSQL store: bindings, pools, audit, CDRs, the call journal and the events
+outbox in one database that many sipmask nodes share (`store.backend: postgres`).
+
+The rules are rules.py's, unchanged: this module gives them a `Txn` over the tables of
+pg_schema.py (one per named database) and runs their functions in transactions.
+
+Transactions, and why they are safe without SERIALIZABLE:
+  - A rules write (create, delete, pools, sweep, tenants) first takes one transaction-level
+    advisory lock (pg_schema.RULES_LOCK), so rules writers run one at a time across every
+    node, as LMDB's single writer does; each statement of a READ COMMITTED transaction then
+    sees every commit before it, so a rule's read-check-write (pair unique on X, AXN takes
+    X whole, least-used X) cannot interleave with another's. Every rules write also bumps
+    meta/audit_seq, so under SERIALIZABLE they would serialise anyway, by failing and
+    retrying instead of waiting.
+  - Reads (`list`, `audit`, `get`) run REPEATABLE READ READ ONLY: one snapshot, as LMDB's
+    read transactions are; they never wait for a writer.
+  - The call path's lookup (`route`) runs its one or two statements without a transaction.
+  - CDRs, the answered-call journal, heartbeats and outbox acks (`write`) touch only keys
+    of their own call, node or event, so they take no lock and run in parallel.
+  - Serialization failures and deadlocks (which the design should never raise) are retried.
+
+Losing the server (failover): a statement that fails with a broken connection is run again,
+whole transaction, on a new connection, for up to `failover_s` (a lookup: 2 s); libpq's
+multi-host DSN with `target_session_attrs=read-write` finds the promoted primary. When the
+connection breaks during COMMIT the outcome is unknown: a rules write then raises
+StoreError saying so (a retried create would be refused as a duplicate of itself), while
+`write` (CDRs, journal, heartbeats, acks: all idempotent puts and deletes) retries.
+
+The call path never waits on the network in the event loop: `route_soon` runs lookups on a
+bounded thread pool (store/offload.py) and returns a future; CDR commits already run on
+cdr/group.py's writer thread (group commit), and outbox events on `background`.
+
+Real numbers are sealed with the key in `store.key_file` (store/crypto.py), as on LMDB, so
+a `pg_dump` or a stolen disk shows none. Every node must use the same key, so this store
+never makes one: a missing key file is refused before anything connects. Opening:
+  - a database no key has sealed yet (new, or written by the sipmask before issue 14, KV
+    schema 1, records in clear) is sealed with this key: every record through
+    store/reseal.py's seal_rows in one transaction that locks every table against other
+    nodes' writes, then VACUUM FULL rewrites the tables, so the row versions that held the
+    plaintext leave the data files (WAL already written and older backups keep it:
+    README "Numbers at rest");
+  - a sealed database needs its key (by fingerprint, reseal.check_key).
+`rekey` (`sipmask store rekey`) moves every record to a new key the same way, refused
+while another sipmask process is connected to the database.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from sipmask.clock import Clock
+from sipmask.errors import StoreError
+from sipmask.observability.logging import get_logger
+from sipmask.store import codec, crypto, reseal
+from sipmask.store.base import Binding
+from sipmask.store.offload import Offload
+from sipmask.store.pg_schema import (
+    PARTITIONS_SQL,
+    RULES_LOCK,
+    SCHEMA,
+    TABLES,
+    Table,
+    day_date,
+    day_of_key,
+    migrate,
+    partition_day,
+    partition_name,
+    partition_sql,
+)
+from sipmask.store.rules import RuleStore, Txn
+
+T = TypeVar("T")
+
+log = get_logger("sipmask.store")
+
+_decode = codec.decode_binding
+_FIRST_PAGE, _MAX_PAGE = 16, 1024     # scan pages grow from 16 rows (route's scan) by x4
+_MANY = 500                           # rows per multi-row INSERT of put_many
+_CONVERT_PAGE = 2000                  # records per step of a seal or rekey (its progress)
+_PROGRESS_EVERY_S = 2.0               # a progress line while a seal or rekey runs
+_RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+_SQL = {name: t.sql() for name, t in TABLES.items()}
+LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
+APP_NAME = "sipmask"                  # application_name of our sessions: "sipmask <instance>"
+_VACUUM_DUE = b"vacuum_due"           # meta: a seal or rekey committed, its VACUUM FULL not run
+ALONE_WAIT_S = 10.0                   # how long a rekey waits for other sessions to leave
+_OTHER_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name LIKE %s AND application_name <> %s")
+# While no server answers, a try waits this long at most for a connection, then the next
+# try (after its pause) makes the pool connect again: the pool tries only when a request
+# starts waiting (reconnect_timeout=0 below), so long waits would be long blind spots.
+_WAIT_SLICE_S = 0.25
+_PAUSE_S = (0.05, 0.5)                # pause between tries: first, most (doubling between)
+
+
+class _OutageNoise(logging.Filter):
+    """Drops psycopg_pool's record of each failed connection attempt and each connection
+    it discards. The pool tries whenever a caller asks (reconnect_timeout=0 below), so an
+    outage made some 25 such records a second here, each several lines long; the store
+    tells the outage once instead (`store.unreachable`, then `store.reconnected`)."""
+
+    _DROPPED = ("error connecting in", "reconnection attempt in pool",
+                "discarding broken connection", "discarding closed connection")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self._DROPPED))
+
+
+logging.getLogger("psycopg.pool").addFilter(_OutageNoise())
+
+
+class CommitUnknown(StoreError):
+    """The connection broke during COMMIT: the write may or may not have been applied."""
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for error messages and logs."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<an unparsable DSN>"
+    params.pop("password", None)
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+
+
+def _where(dsn: str) -> str:
+    """host:port/dbname of a DSN, each host with its port for a multi-host one
+    (h1:5432,h2:5433/db): what errors name."""
+    try:
+        p = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<an unparsable DSN>"
+    hosts = str(p.get("host") or "localhost").split(",")
+    ports = str(p.get("port") or "5432").split(",")
+    # libpq: one port for all hosts, or one per host (an empty one is the default).
+    ports = ports * len(hosts) if len(ports) == 1 else ports
+    pairs = ",".join(f"{h or 'localhost'}:{port or 5432}"
+                     for h, port in zip(hosts, ports, strict=False))
+    return f"{pairs}/{p.get('dbname') or ''}"
+
+
+class _PgTxn:
+    """rules.Txn over one connection's cursor (inside a transaction, or not: `route`)."""
+
+    __slots__ = ("cur", "store")
+
+    def __init__(self, store: PostgresStore, cur: psycopg.Cursor[Any]) -> None:
+        self.store = store
+        self.cur = cur
+
+    @staticmethod
+    def _table(db: str) -> Table:
+        try:
+            return TABLES[db]
+        except KeyError:
+            raise StoreError(f"no table for the named database {db!r}") from None
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        t = self._table(db)
+        row = self.cur.execute(_SQL[db]["get"], t.cols(key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        t = self._table(db)
+        if t.kind == "by_day":
+            self.store.ensure_day(day_of_key(key))
+        self.cur.execute(_SQL[db]["put"], (*t.row(key), value))
+
+    def insert(self, db: str, key: bytes, value: bytes) -> bool:
+        t = self._table(db)
+        if t.kind == "by_day":
+            self.store.ensure_day(day_of_key(key))
+        return self.cur.execute(_SQL[db]["insert"], (*t.row(key), value)).rowcount == 1
+
+    def delete(self, db: str, key: bytes) -> None:
+        self.cur.execute(_SQL[db]["delete"], self._table(db).cols(key))
+
+    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
+                 overwrite: bool = True) -> int:
+        # Multi-row INSERTs of _MANY rows (Citus routes or splits them per shard); with
+        # overwrite the rows already there are counted first, as LMDB's putmulti counts.
+        t, sql = self._table(db), _SQL[db]
+        added = 0
+        if t.kind == "by_day":
+            for day in {day_of_key(k) for k, _ in items}:
+                self.store.ensure_day(day)
+        for i in range(0, len(items), _MANY):
+            chunk = items[i:i + _MANY]
+            params: list[Any] = []
+            for key, value in chunk:
+                params.extend((*t.row(key), value))
+            statement = sql["many"].format(
+                rows=", ".join([sql["row"]] * len(chunk)),
+                action="DO UPDATE SET v = EXCLUDED.v" if overwrite else "DO NOTHING")
+            if overwrite:
+                row = self.cur.execute(sql["count_keys"],
+                                       t.key_arrays([k for k, _ in chunk])).fetchone()
+                there = int(row[0]) if row else 0
+                self.cur.execute(statement, params)
+                added += len(chunk) - there
+            else:
+                added += self.cur.execute(statement, params).rowcount
+        return added
+
+    def scan(self, db: str, start: bytes = b"",
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        # Pages of rows, each fetched whole before it is yielded, so the caller may run
+        # other statements (writes included) between steps, as with an LMDB cursor. The
+        # first page is small (route's scan stops within 16 keys), later ones larger.
+        t, sql = self._table(db), _SQL[db]
+        size = _FIRST_PAGE
+        if reverse:
+            rows = self.cur.execute(sql["last"], (size,)).fetchall()
+        else:
+            rows = self.cur.execute(sql["from"], (*t.cols(start), size)).fetchall()
+        while rows:
+            for key, value in rows:
+                yield bytes(key), bytes(value)
+            if len(rows) < size:
+                return
+            size = min(size * 4, _MAX_PAGE)
+            bound = t.cols(bytes(rows[-1][0]))
+            rows = self.cur.execute(sql["before" if reverse else "after"],
+                                    (*bound, size)).fetchall()
+
+
+def read_key(key_file: Path) -> bytes:
+    """The shared key's bytes; KeyFileError naming store.key_file when it is missing (with
+    how to make the first one: this store never makes it, every node must have the same)."""
+    if not key_file.exists():
+        raise crypto.KeyFileError(
+            f"store.key_file: {key_file} does not exist; a PostgreSQL store never makes its "
+            f"key (every node must share one): copy the key file the other nodes use, or "
+            f"for a new store make one (umask 077; head -c {crypto.KEY_BYTES} /dev/urandom "
+            f"> {key_file})")
+    return crypto.read_key_file(key_file)
+
+
+class PostgresStore(RuleStore):
+    """BindingStore on PostgreSQL, shared by every node and admin command that names
+    the same DSN. `key_file`: the store key (module docstring); default the config's
+    default, as LmdbStore."""
+
+    blocking = True      # its calls wait on the network: keep them off the event loop
+
+    def __init__(self, dsn: str, clock: Clock | None = None, *,
+                 rng: random.Random | None = None, pool_size: int = 10,
+                 call_workers: int = 4, call_queue: int = 1024,
+                 failover_s: float = 10.0, connect_timeout_s: float = 5.0,
+                 migrate_schema: bool = True, key_file: Path | str | None = None) -> None:
+        from sipmask.store.lmdb import default_key_file
+        self.key_file = Path(key_file) if key_file is not None else default_key_file()
+        master = read_key(self.key_file)     # before any connection: refused without it
+        self.dsn = dsn
+        self.where = _where(dsn)
+        self.failover_s = failover_s
+        self._timeout = connect_timeout_s
+        self._days: set[int] = set()
+        self._days_lock = threading.Lock()
+        # Our sessions' application_name: a rekey refuses while others are connected.
+        self.session_name = f"{APP_NAME} {uuid.uuid4().hex[:12]}"
+        self._down_since: float | None = None    # monotonic: the outage's first failure
+        self._down_lock = threading.Lock()
+        if migrate_schema:
+            self.migrate()
+        # reconnect_timeout=0: a connection the pool cannot make is given up at once (after
+        # one immediate second try) instead of being retried in the background 1, 2, 4, 8 s
+        # later (psycopg_pool's backoff); the next request that finds no connection makes
+        # the pool try again. Our callers retry on their own schedule (`_run`), so after a
+        # failover the store connects to the promoted primary on their next try, not when
+        # the pool's backoff next comes round (that lagged the promotion by up to the
+        # outage's own length: tests/integration/test_postgres_failover.py).
+        self.pool = ConnectionPool(dsn, min_size=1, max_size=max(pool_size, call_workers + 2),
+                                   kwargs={"autocommit": True,
+                                           "application_name": self.session_name},
+                                   open=False, timeout=connect_timeout_s, reconnect_timeout=0,
+                                   name="sipmask-store")
+        try:
+            self.pool.open(wait=True, timeout=connect_timeout_s)
+        except PoolTimeout:
+            self.pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL at {self.where} "
+                             f"within {connect_timeout_s:g} s") from None
+        self.calls = Offload(call_workers, call_queue, "store-lookup")
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bg")
+        try:
+            super().__init__(clock, rng, self._adopt_key(master))
+        except BaseException:
+            self.close()         # a wrong key, a schema too new: every resource goes
+            raise
+
+    # -- the key (module docstring) ---------------------------------------------------------
+    def _meta(self) -> dict[bytes, bytes | None]:
+        return self._read(lambda txn: {name: txn.get("meta", name) for name in (
+            b"schema_version", reseal.META_KEY_ID, reseal.META_GENERATION, _VACUUM_DUE)})
+
+    def _adopt_key(self, master: bytes) -> crypto.Keyring:
+        """The store's Keyring, after checking the schema and that the key file is the one
+        the database is sealed with; a database no key sealed yet is sealed now."""
+        meta = self._meta()
+        schema = int(meta[b"schema_version"] or 0)
+        if schema > codec.SCHEMA_VERSION:
+            raise StoreError(f"the database at {self.where} has store schema {schema}; this "
+                             f"sipmask reads up to {codec.SCHEMA_VERSION}")
+        keys = crypto.Keyring(master, int(meta[reseal.META_GENERATION] or 1))
+        if meta[reseal.META_KEY_ID] is None:
+            self._convert(lambda db, key, raw: reseal.seal_rows(db, key, raw, keys), keys,
+                          "sealing", None)
+            meta = self._meta()             # sealed by us, or by a node that came first
+        elif meta[_VACUUM_DUE] is not None:
+            self._vacuum()                  # a seal or rekey stopped before its VACUUM
+        reseal.check_key(meta, keys, self.key_file)
+        return keys
+
+    def rekey(self, new_master: bytes) -> crypto.Keyring:
+        """Move every record to the key `new_master` (module docstring); the new Keyring,
+        now this store's. StoreError while another sipmask process is connected."""
+        old = self.keys
+        new = crypto.Keyring(new_master, old.generation % 255 + 1)
+        if new.fingerprint == old.fingerprint:
+            raise StoreError(f"the new key is the store's own key ({old.fingerprint})")
+        self._wait_alone("rekey")
+        if not self._convert(lambda db, key, raw: reseal.rekey_rows(db, key, raw, old, new),
+                             new, "rekey", old.fingerprint.encode(), alone=True):
+            raise StoreError("another process rekeyed the store meanwhile")
+        self.keys = new
+        return new
+
+    def _convert(self, convert: Callable[[str, bytes, bytes], list[reseal.Row]],
+                 keys: crypto.Keyring, what: str, expect: bytes | None,
+                 alone: bool = False) -> bool:
+        """Every record through `convert`, in one transaction that holds the rules lock and
+        an EXCLUSIVE lock on every table (other nodes read on, their writes wait), then
+        VACUUM FULL. `expect`: the key id the meta holds before (None: not sealed); when it
+        has moved, another process converted first and this one does nothing (False).
+        `alone`: refuse while another sipmask session is connected (a rekey: a node still
+        running would hold the old key)."""
+        def run(txn: Txn) -> int | None:
+            assert isinstance(txn, _PgTxn)
+            cur = txn.cur
+            cur.execute(f"LOCK TABLE {', '.join(t.qname for t in TABLES.values())} "
+                        "IN EXCLUSIVE MODE")
+            if txn.get("meta", reseal.META_KEY_ID) != expect:
+                return None
+            if alone:
+                self._refuse_others(cur, what)
+            total = sum(int(row[0]) for row in cur.execute(" UNION ALL ".join(
+                f"SELECT count(*) FROM {t.qname}" for t in TABLES.values()
+                if t.name != "meta")).fetchall())
+            if total:             # a new database takes the key without a word
+                log.info(f"store.{what}", where=self.where, records=total)
+            started = last = time.monotonic()
+            done = 0
+            # The route index first: its keys are made again from the bindings (the old
+            # ones held the numbers in clear, or the old key's hashes).
+            for name in sorted(TABLES, key=lambda n: n != "route"):
+                if name == "meta":
+                    continue
+                for page in _pages(txn.scan(name)):
+                    out: dict[str, list[tuple[bytes, bytes]]] = {}
+                    kept: set[bytes] = set()
+                    for key, raw in page:
+                        for db, new_key, value in convert(name, key, raw):
+                            out.setdefault(db, []).append((new_key, value))
+                            if db == name:
+                                kept.add(new_key)
+                    for key, _ in page:
+                        if key not in kept:
+                            txn.delete(name, key)
+                    for db, rows in out.items():
+                        txn.put_many(db, sorted(rows))
+                    done += len(page)
+                    if time.monotonic() - last >= _PROGRESS_EVERY_S:
+                        last = time.monotonic()
+                        log.info(f"store.{what}", where=self.where, table=name,
+                                 records_done=done, records=total)
+            txn.put("meta", b"schema_version", str(codec.SCHEMA_VERSION).encode())
+            for meta_key, value in reseal.key_meta(keys).items():
+                txn.put("meta", meta_key, value)
+            if done:
+                txn.put("meta", _VACUUM_DUE, b"1")
+                log.info(f"store.{what}_done", where=self.where, records=done,
+                         seconds=round(time.monotonic() - started, 3))
+            return done
+        done = self._run(run, _WRITE, lock=True, retry_commit=False)
+        if done is None:
+            return False
+        if done:
+            self._vacuum()
+        return True
+
+    def _others(self, cur: psycopg.Cursor[Any] | psycopg.Connection[Any]) -> int:
+        """Sessions of other sipmask processes connected to this database now."""
+        row = cur.execute(_OTHER_SESSIONS, (f"{APP_NAME} %", self.session_name)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _wait_alone(self, what: str) -> None:
+        """Wait up to ALONE_WAIT_S for other sipmask sessions to leave (a process that just
+        closed its connections is still listed for a moment), else refuse."""
+        deadline = time.monotonic() + ALONE_WAIT_S
+        with self._connect() as conn:
+            while self._others(conn) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self._refuse_others(conn, what)
+
+    def _refuse_others(self, cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+                       what: str) -> None:
+        others = self._others(cur)
+        if others:
+            raise StoreError(f"the database at {self.where} needs {what} and {others} other "
+                             f"sipmask session(s) are connected to it: stop every sipmask "
+                             f"process that uses it (sipmask serve on every node, admin "
+                             f"commands) and run it again")
+
+    def _vacuum(self) -> None:
+        """VACUUM FULL every table: each is written anew, so the row versions a seal or a
+        rekey replaced (the plaintext, or the old key's) leave the data files. ANALYZE
+        replaces the planner's samples of the old values (pg_statistic keeps common values
+        and histogram bounds of every column), and pg_statistic is written anew too: a
+        role that does not own the database is only warned there (README)."""
+        with self._connect() as conn:
+            for t in TABLES.values():
+                conn.execute(f"VACUUM (FULL, ANALYZE) {t.qname}")
+            conn.execute("VACUUM FULL pg_catalog.pg_statistic")
+            conn.execute(f"DELETE FROM {SCHEMA}.meta WHERE k = %s", (_VACUUM_DUE,))
+
+    # -- schema -----------------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.dsn, autocommit=True,
+                                   connect_timeout=max(1, int(self._timeout)),
+                                   application_name=self.session_name)
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.where}: "
+                             f"{_first_line(exc)}") from None
+
+    def migrate(self) -> tuple[int, int]:
+        """Bring the schema to this version (under an advisory lock); (from, to)."""
+        with self._connect() as conn:
+            return migrate(conn)
+
+    def ensure_day(self, day: int) -> None:
+        """The CDR partition for `day` exists (made now, outside the caller's transaction,
+        when it does not: DDL on its own connection, so a CDR commit never holds the
+        parent table's lock)."""
+        if day in self._days:
+            return
+        with self._days_lock:
+            if day in self._days:
+                return
+            with self._connect() as conn:
+                self._days.update(self._partition_days(conn))
+                if day not in self._days:
+                    # Another node may make it between our look and our CREATE.
+                    with contextlib.suppress(pg_errors.DuplicateTable,
+                                             pg_errors.UniqueViolation):
+                        conn.execute(partition_sql(day))
+                    self._days.add(day)
+
+    @staticmethod
+    def _partition_days(conn: psycopg.Connection[Any]) -> set[int]:
+        days = (partition_day(row[0]) for row in conn.execute(PARTITIONS_SQL).fetchall())
+        return {d for d in days if d is not None}
+
+    def ensure_days_ahead(self, now: float, days: int = 3) -> None:
+        """Partitions for today and the next `days` days, so the day's first CDR commits
+        without DDL in its way (run at open and by every sweep)."""
+        today = day_of_key(int(now * 1_000_000).to_bytes(8, "big"))
+        for day in range(today, today + days + 1):
+            self.ensure_day(day)
+
+    def drop_days_before(self, before: float) -> int:
+        """CDR retention: drop every day partition wholly older than `before` (whole days,
+        so a record may outlive the cutoff by up to a day); returns the records dropped."""
+        cutoff = day_of_key(int(max(0.0, before) * 1_000_000).to_bytes(8, "big"))
+        dropped = 0
+        with self._connect() as conn:
+            for day in sorted(self._partition_days(conn)):
+                if day >= cutoff:
+                    break
+                name = f"{SCHEMA}.{partition_name(day)}"
+                with conn.transaction():
+                    # A bounded wait for the parent's lock: CDR writers must not queue
+                    # behind us for long; a partition not dropped now is at the next sweep.
+                    conn.execute("SET LOCAL lock_timeout = '2s'")
+                    row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+                    conn.execute(f"DROP TABLE {name}")
+                dropped += int(row[0]) if row else 0
+                with self._days_lock:
+                    self._days.discard(day)
+            # The CDR-by-binding index entries of the days gone (trace reads no further).
+            conn.execute(f"DELETE FROM {TABLES['cdr_binding'].qname} WHERE day < %s",
+                         (day_date(cutoff),))
+        return dropped
+
+    # -- transactions -----------------------------------------------------------------------
+    def _run(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
+             retry_commit: bool, deadline: float | None = None) -> T:
+        """fn in a transaction (`begin`), tried again on the failures above until
+        `deadline` (monotonic; default failover_s from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.failover_s
+        patience = max(0.0, deadline - time.monotonic())
+        pause = _PAUSE_S[0]
+        while True:
+            try:
+                out = self._once(fn, begin, lock, deadline)
+                if self._down_since is not None:
+                    self._up_again()
+                return out
+            except CommitUnknown:
+                if not retry_commit or time.monotonic() >= deadline:
+                    raise
+            except _RETRYABLE:
+                if time.monotonic() >= deadline:
+                    raise StoreError("the database kept refusing this transaction "
+                                     "(serialization failures)") from None
+            except PoolTimeout:
+                # No connection within the slice: the pool's tries failed (no primary
+                # answers) or every connection is busy; either way try again.
+                self._went_down("no connection to a primary")
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"PostgreSQL at {self.where} is unreachable: no "
+                                     f"connection to a primary within {patience:.1f} s"
+                                     ) from None
+            except psycopg.OperationalError as exc:
+                self._went_down(_first_line(exc))
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"PostgreSQL at {self.where} is unreachable: "
+                                     f"{_first_line(exc)}") from None
+                self.pool.check()        # drop every connection the failure broke
+            except pg_errors.CheckViolation:
+                # A CDR day partition dropped by another node's retention under our cache.
+                with self._days_lock:
+                    self._days.clear()
+                if time.monotonic() >= deadline:
+                    raise
+            # Never past the deadline: a last try then runs at it, with a short wait.
+            time.sleep(max(0.0, min(pause * (0.5 + random.random()),
+                                    deadline - time.monotonic())))
+            pause = min(pause * 2, _PAUSE_S[1])
+
+    def _went_down(self, error: str) -> None:
+        """The outage's first failure is logged; the rest are not (_OutageNoise)."""
+        with self._down_lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.warning("store.unreachable", where=self.where, error=error)
+
+    def _up_again(self) -> None:
+        with self._down_lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.info("store.reconnected", where=self.where,
+                     after_s=round(time.monotonic() - since, 3))
+
+    def _once(self, fn: Callable[[Txn], T], begin: str | None, lock: bool,
+              deadline: float) -> T:
+        # Wait for a connection a slice at a time and never past the caller's patience (a
+        # lookup's 2 s): the pool's own timeout (connect_timeout_s) would overrun it.
+        wait_s = max(0.01, min(_WAIT_SLICE_S, deadline - time.monotonic()))
+        with self.pool.connection(timeout=wait_s) as conn:
+            cur = conn.cursor()
+            if begin is None:
+                return fn(_PgTxn(self, cur))
+            cur.execute(begin)
+            try:
+                if lock:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (RULES_LOCK,))
+                out = fn(_PgTxn(self, cur))
+            except BaseException:
+                if not conn.broken:
+                    with contextlib.suppress(psycopg.Error):
+                        cur.execute("ROLLBACK")
+                raise
+            try:
+                cur.execute("COMMIT")
+            except psycopg.OperationalError as exc:
+                raise CommitUnknown(f"the connection to PostgreSQL at {self.where} broke "
+                                    "during COMMIT: the change may or may not have been "
+                                    f"applied ({_first_line(exc)})") from None
+            return out
+
+    def _read(self, fn: Callable[[Txn], T]) -> T:
+        return self._run(fn, _READ, lock=False, retry_commit=True)
+
+    def _write(self, fn: Callable[[Txn], T]) -> T:
+        """A rules write: one writer at a time across all nodes (module docstring)."""
+        return self._run(fn, _WRITE, lock=True, retry_commit=False)
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """A write of a module's own records (CDRs, journal, outbox): no rules lock; fn
+        only puts and deletes keys of its own call or node, so running it again after a
+        COMMIT of unknown outcome is safe."""
+        return self._run(fn, _WRITE, lock=False, retry_commit=True)
+
+    # -- the call path ----------------------------------------------------------------------
+    def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
+        return self._route(x, caller, now, ext, time.monotonic() + self._lookup_patience())
+
+    def _lookup_patience(self) -> float:
+        return min(self.failover_s, LOOKUP_PATIENCE_S)
+
+    def _route(self, x: str, caller: str, now: float, ext: str | None,
+               deadline: float) -> Binding | None:
+        # rules.route's lookup, without BEGIN/COMMIT: one round trip when the caller's key
+        # (or, with an AXE extension, X + E) holds a live binding, two when X must be
+        # scanned (each statement its own snapshot; a write between them changes only
+        # whether a stranger hears 403 or 404).
+        keys = self.keys
+
+        def run(txn: Txn) -> Binding | None:
+            if ext is not None:
+                return self._on_ext(txn, x, ext, now)
+            raw = txn.get("route", codec.route_key(keys, x, caller))
+            if raw is not None:
+                b = _decode(raw, keys)
+                if b.live(now):
+                    return b
+            return self._any_on_x(txn, x, now)
+        return self._run(run, None, lock=False, retry_commit=True, deadline=deadline)
+
+    def route_soon(self, x: str, caller: str, now: float,
+                   ext: str | None = None) -> Future[Binding | None]:
+        """`route` on the lookup threads; StoreBusy at once when the queue is full. The
+        lookup's patience counts from now, not from when a thread takes it: while no
+        primary answers, each lookup holds its thread for the whole patience, and lookups
+        queued behind them would otherwise wait threads x patience each before theirs
+        began (32 at once on 4 threads: the last failed after 16 s, not 2 s). One past its
+        deadline when a thread takes it still gets one try (a healthy but busy store)."""
+        return self.calls.submit(self._route, x, caller, now, ext,
+                                 time.monotonic() + self._lookup_patience())
+
+    # -- other modules' records -------------------------------------------------------------
+    def db(self, name: str) -> str:
+        """A named database's table (for modules that call LmdbStore.db); StoreError for a
+        name the schema does not have."""
+        _PgTxn._table(name)
+        return name
+
+    def count(self, name: str) -> int:
+        def run(txn: Txn) -> int:
+            assert isinstance(txn, _PgTxn)
+            row = txn.cur.execute(_SQL[name]["count"]).fetchone()
+            return int(row[0]) if row else 0
+        return self._run(run, None, lock=False, retry_commit=True)
+
+    def run_sql(self, fn: Callable[[psycopg.Cursor[Any]], T]) -> T:
+        """fn(cursor) in a READ COMMITTED transaction, retried as `write` is: for the
+        events outbox's queue statements (events/outbox.py), which are not key-value."""
+        def run(txn: Txn) -> T:
+            assert isinstance(txn, _PgTxn)
+            return fn(txn.cur)
+        return self._run(run, _WRITE, lock=False, retry_commit=True)
+
+    def disk_bytes(self) -> int:
+        """Bytes the database uses (pg_database_size), for the store size metric."""
+        def run(txn: Txn) -> int:
+            assert isinstance(txn, _PgTxn)
+            row = txn.cur.execute("SELECT pg_database_size(current_database())").fetchone()
+            return int(row[0]) if row else 0
+        return self._run(run, None, lock=False, retry_commit=True)
+
+    def sweep(self, now: float, limit: int = 1000) -> int:
+        """Expired bindings (rules.py), and CDR partitions made ahead for the next days."""
+        self.ensure_days_ahead(now)
+        return super().sweep(now, limit)
+
+    def close(self) -> None:
+        self.background.shutdown(wait=True)
+        self.calls.close()
+        self.pool.close()
+
+
+def migrate_database(dsn: str) -> tuple[int, int]:
+    """`sipmask store migrate`: bring the schema at `dsn` to this version; (from, to)."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise StoreError(f"cannot connect to PostgreSQL at {_where(dsn)}: "
+                         f"{_first_line(exc)}") from None
+    with conn:
+        return migrate(conn)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _pages(rows: Iterator[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
+    """A scan in lists of _CONVERT_PAGE rows; each list is read whole before it is given,
+    so the caller may write the table between lists (keyset paging: _PgTxn.scan)."""
+    page: list[tuple[bytes, bytes]] = []
+    for row in rows:
+        page.append(row)
+        if len(page) >= _CONVERT_PAGE:
+            yield page
+            page = []
+    if page:
+        yield page
