@@ -425,17 +425,11 @@ def postgres_server(dsn: str | None) -> tuple[str, Any]:
     """`dsn`, or a throwaway durable server's (and the server, to stop at the end)."""
     if dsn is not None:
         return dsn, None
-    import psycopg
-
-    from tests.support.postgres import bindir, start_server
-    found = bindir()
-    if found is None:
-        sys.exit("PostgreSQL is not installed (Debian package postgresql)")
-    server = start_server(found, settings={"fsync": "on", "synchronous_commit": "on",
-                                           "full_page_writes": "on"})
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        conn.execute("CREATE DATABASE bench")
-    return server.dsn("bench"), server
+    from tests.support.postgres import DURABLE, throwaway_database
+    try:
+        return throwaway_database(DURABLE)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 def main() -> int:

@@ -19,7 +19,11 @@ sipmask/direct, and sipmask's setup time at 400 calls/s.
 Also printed per step: sipmask's own CPU per call (/proc, user + system, writer thread
 included), and the highest rate held with a mean setup under 20 ms.
 
-With --nodes N (N >= 2) a third ladder runs: N `sipmask serve` processes sharing one store,
+With --store postgres a ladder through sipmask on a PostgreSQL store follows the LMDB one
+(a throwaway server from Debian's postgresql, as durable as LMDB, or --dsn), and the ratio
+of the rates held is printed (issue 14's target: >= 0.80, setup < 20 ms at 400 calls/s).
+
+With --nodes N (N >= 2) another ladder runs: N `sipmask serve` processes sharing one store,
 behind Kamailio (Debian `kamailio`) with configs/kamailio-dispatcher.cfg, which dispatches
 each INVITE by a hash of X (README "Scaling past one core"); CPU per call is then all the
 nodes' together, and Kamailio's is printed beside it.
@@ -28,8 +32,9 @@ nodes' together, and Kamailio's is printed beside it.
                                         └─► sipmask node 2 ─┘
 
 Run: python3 bench/calls.py [--rates 50,100,200,300,400,500,600] [--duration 10]
-                            [--hold-ms 100] [--quick] [--only sipmask|direct|nodes]
-                            [--nodes 2] [--keep]
+                            [--hold-ms 100] [--quick]
+                            [--only sipmask|direct|postgres|nodes] [--store postgres]
+                            [--dsn URI] [--nodes 2] [--keep]
 Under load, `py-spy top --pid PID` / `py-spy record -f raw --pid PID` (pip install py-spy)
 show where sipmask's time goes (the PID is printed). With SIPMASK_BENCH_PROFILE=FILE set,
 the sipmask under test runs under cProfile (bench-only hook: python3 -m cProfile -o FILE
@@ -57,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))       # sipmask's store key, tests/support's PostgreSQL server
 SCENARIOS = ROOT / "sipp-scenarios"
 SIPMASK_IP, CALLER_IP, CALLEE_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 # Test numbers (CONTRACT.md): A calls X, X is bound to reach B.
@@ -136,17 +142,30 @@ def options_ok(port: int) -> bool:
             return False
 
 
+def bench_key(tmp: Path) -> Path:
+    """The store key every store of this run is sealed with (made once)."""
+    key = tmp / "store.key"
+    if not key.exists():
+        from sipmask.store.crypto import create_key_file
+        create_key_file(key)
+    return key
+
+
 class Sipmask:
     """`python3 -m sipmask serve` on a free UDP port, temp store, X bound once."""
 
     def __init__(self, tmp: Path, callee_port: int, profile: str | None,
                  extra: tuple[str, ...] = (), *, media_ports: str = "20000-29999",
-                 bind: bool = True, name: str = "serve", store: str = "bench.lmdb") -> None:
+                 bind: bool = True, name: str = "serve", store: str = "bench.lmdb",
+                 dsn: str | None = None) -> None:
         self.tmp = tmp
         self.port = free_port(SIPMASK_IP)
-        self.store = tmp / store
         self.name = name
-        self.settings = ["--set", f"store.path={self.store}",
+        # The store key in the temp dir (a PostgreSQL store never makes one: bench_key).
+        stored = (["store.backend=postgres", f"store.dsn={dsn}"] if dsn is not None
+                  else [f"store.path={tmp / store}"])
+        stored.append(f"store.key_file={bench_key(tmp)}")
+        self.settings = [*(arg for setting in stored for arg in ("--set", setting)),
                          "--set", f"sip.listen=[udp://{SIPMASK_IP}:{self.port}]",
                          "--set", "api.listen=null", "--set", "log.level=warning",
                          "--set", f"media.ports={media_ports}",
@@ -448,7 +467,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of calls a step")
     parser.add_argument("--hold-ms", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short steps")
-    parser.add_argument("--only", choices=("direct", "sipmask", "nodes"))
+    parser.add_argument("--only", choices=("direct", "sipmask", "postgres", "nodes"))
+    parser.add_argument("--store", choices=("lmdb", "postgres"), default="lmdb",
+                        help="postgres: also a ladder through sipmask on a PostgreSQL store "
+                             "(a throwaway durable server, or --dsn), after the LMDB one")
+    parser.add_argument("--dsn", help="--store postgres: this database, not a throwaway one")
     parser.add_argument("--nodes", type=int, default=0,
                         help="also N sipmask nodes behind Kamailio (N >= 2; needs kamailio)")
     parser.add_argument("--keep", action="store_true",
@@ -472,7 +495,8 @@ def main() -> None:
             tmp_name = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-calls-"))
         tmp = Path(tmp_name)
         caller, callee_xml = write_scenarios(tmp)
-        steps: dict[str, list[Step]] = {"direct": [], "sipmask": [], "nodes": []}
+        steps: dict[str, list[Step]] = {"direct": [], "sipmask": [], "postgres": [],
+                                        "nodes": []}
         callee_port = free_port(CALLEE_IP)
         if args.only in (None, "direct"):
             print("direct: caller -> callee", flush=True)
@@ -490,6 +514,18 @@ def main() -> None:
                   f"{server.proc.pid})", flush=True)
             steps["sipmask"] = run_through("sipmask", server, [server], callee, tmp, caller,
                                            rates, duration, args.hold_ms)
+        if args.store == "postgres" and args.only in (None, "postgres"):
+            dsn = args.dsn
+            if dsn is None:
+                from tests.support.postgres import DURABLE, throwaway_database
+                print("postgres: starting a throwaway server (fsync on)", flush=True)
+                dsn, pg = throwaway_database(DURABLE)
+                stack.callback(pg.stop)
+            print("postgres: caller -> sipmask (PostgreSQL store) -> callee", flush=True)
+            callee = Callee(tmp, callee_xml, callee_port)
+            server = Sipmask(tmp, callee_port, profile, name="postgres", dsn=dsn)
+            steps["postgres"] = run_through("postgres", server, [server], callee, tmp, caller,
+                                            rates, duration, args.hold_ms)
         if args.nodes >= 2 and args.only in (None, "nodes"):
             print(f"nodes: caller -> Kamailio -> {args.nodes} sipmask nodes -> callee",
                   flush=True)
@@ -501,16 +537,19 @@ def main() -> None:
                                          rates, duration, args.hold_ms)
 
     print()
-    print_table(steps["direct"] + steps["sipmask"] + steps["nodes"])
+    print_table([step for mode in steps.values() for step in mode])
     held = {mode: highest(s) for mode, s in steps.items() if s}
     for mode, rate in held.items():
         print(f"highest rate held (<{100 * FAIL_LIMIT:g} % failed): {mode} {rate} calls/s, "
               f"with mean setup < {SETUP_TARGET_MS:g} ms: "
               f"{highest(steps[mode], SETUP_TARGET_MS)} calls/s")
-    for mode in ("sipmask", "nodes"):
+    for mode in ("sipmask", "postgres", "nodes"):
         if held.get("direct") and mode in held:
             print(f"ratio {mode}/direct: {held[mode] / held['direct']:.2f}")
-    for mode in ("sipmask", "nodes"):
+    if held.get("sipmask") and "postgres" in held:
+        # Issue 14: PostgreSQL holds >= 80 % of LMDB's rate, setup < 20 ms at 400 calls/s.
+        print(f"ratio postgres/lmdb: {held['postgres'] / held['sipmask']:.2f} (target >= 0.80)")
+    for mode in ("sipmask", "postgres", "nodes"):
         at_target = [s for s in steps[mode] if s.offered == TARGET_RATE]
         if at_target:
             print(f"{mode} mean setup at {TARGET_RATE} calls/s: {at_target[0].setup_ms:.2f} ms "

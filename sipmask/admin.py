@@ -64,12 +64,21 @@ def _with_store(config: Config, work: Callable[[AnyStore], int]) -> int:
     """Open the store, run one command, map the error types to exit status and stderr."""
     try:
         store = open_store(config)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
+        return _not_opened(exc)
+    return _run_on(store, work)
+
+
+def _not_opened(exc: ConfigError | StoreError) -> int:
+    if isinstance(exc, ConfigError):
         _err(f"config error: {exc}")
         return EXIT_USAGE
-    except StoreError as exc:
-        _err(str(exc))
-        return EXIT_REFUSED
+    _err(str(exc))
+    return EXIT_REFUSED
+
+
+def _run_on(store: AnyStore, work: Callable[[AnyStore], int]) -> int:
+    """Run one command on an open store (closed after), the refusals on stderr."""
     try:
         return work(store)
     except RefusedError as exc:
@@ -246,25 +255,18 @@ def rekey(args: argparse.Namespace, config: Config) -> int:
                "rekeyed": False})
         _err(f"the store is already sealed with {new_file}: point store.key_file at it")
         return EXIT_OK
-    except ConfigError as exc:
-        _err(f"config error: {exc}")
-        return EXIT_USAGE
-    except StoreError as exc:
-        _err(str(exc))
-        return EXIT_REFUSED
-    try:
+    except (ConfigError, StoreError) as exc:
+        return _not_opened(exc)
+
+    def run(store: AnyStore) -> int:
         was = store.keys.fingerprint
         new = store.rekey(master)
-    except StoreError as exc:
-        _err(str(exc))
-        return EXIT_REFUSED
-    finally:
-        store.close()
-    _emit({"key_file": str(new_file), "fingerprint": new.fingerprint, "was": was,
-           "rekeyed": True})
-    _err(f"rekeyed: set store.key_file to {new_file} (on every node), then start sipmask; "
-         f"keep the old key file until then, destroy it after")
-    return EXIT_OK
+        _emit({"key_file": str(new_file), "fingerprint": new.fingerprint, "was": was,
+               "rekeyed": True})
+        _err(f"rekeyed: set store.key_file to {new_file} (on every node), then start "
+             f"sipmask; keep the old key file until then, destroy it after")
+        return EXIT_OK
+    return _run_on(store, run)
 
 
 # -- bulk import ------------------------------------------------------------------------------

@@ -175,6 +175,25 @@ def start_server(bin_dir: Path, host: str = HOST,
     return server
 
 
+# A server as durable as LMDB, which syncs each commit (benchmarks compare the two).
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+def throwaway_database(settings: Mapping[str, str] | None = None,
+                       name: str = "bench") -> tuple[str, PgServer]:
+    """A new server (FAST's settings, `settings` over them) with an empty database `name`:
+    its libpq URI and the server, for the caller to stop. Benchmarks use it."""
+    import psycopg
+
+    found = bindir()
+    if found is None:
+        raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
+    server = start_server(found, settings=settings)
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server.dsn(name), server
+
+
 class _Session:
     """The process's one server and its test database, made on first use."""
 
