@@ -152,6 +152,18 @@ def named_param(name: str, *, uri: bool = False) -> str:
     return ("(?:;" + pname + "(?:=" + value + ")?+)*?;" + spelled + "(?:=(" + value
             + "))?+(?![^;])")
 
+
+def found_param(name: str, *, uri: bool = False) -> str:
+    """named_param for a run of parameters in canonical form that holds no DQUOTE (every
+    uri-parameters run, most header parameters): there every ";" starts a parameter (no
+    pname or unquoted value holds one), so the first ";name" followed by "=", ";" or the
+    end is that parameter, and a `search` finds it without passing over the others (the
+    same answer, in half the steps). Used with `search`."""
+    value = URI_PVALUE if uri else r'[^\x00-\x20\x7f;,<>"]*+'
+    spelled = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c)
+                      for c in name)
+    return ";" + spelled + "(?:=(" + value + "))?+(?![^;])"
+
 # -- name-addr and addr-spec (§20.10, §25.1) -------------------------------------------------
 # name-addr = [ display-name ] LAQUOT addr-spec RAQUOT; addr-spec = SIP-URI / SIPS-URI /
 # absoluteURI. The URI inside <> is either a sip: URI, read in place, or another URI

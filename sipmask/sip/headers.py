@@ -216,13 +216,15 @@ class Headers:
         if to is not None:
             self._p_to = to
 
-    def share_parsed(self, source: Headers, *, to: NameAddr | None = None) -> None:
-        """These fields echo `source`'s Via lines, From, CSeq and, unless `to` is given (the
-        value of the To written instead), To (a response, §8.2.6.2): what was parsed from
-        those in `source` is kept here too (values are shared, never changed in place)."""
+    def share_parsed(self, source: Headers, *, to: NameAddr | None = None,
+                     to_changed: bool = False) -> None:
+        """These fields echo `source`'s Via lines, From, CSeq and, unless `to` is given or
+        `to_changed`, To (a response, §8.2.6.2): what was parsed from those in `source` is
+        kept here too (values are shared, never changed in place). `to`: the value of the
+        To written instead (None with `to_changed`: read from its text when asked)."""
         self._p_cseq, self._p_via = source._p_cseq, source._p_via
         self._p_from, self._m_from = source._p_from, source._m_from
-        if to is None:
+        if to is None and not to_changed:
             self._p_to, self._m_to = source._p_to, source._m_to
         else:
             self._p_to = to

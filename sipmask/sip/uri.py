@@ -136,10 +136,16 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
     return out
 
 
-def _named(names: tuple[str, ...], *, uri: bool) -> dict[str, re.Pattern[str]]:
-    """grammar.named_param of each name, compiled (the parameters sipmask reads); a lookup
-    of another name compiles its rule then."""
-    return {name: re.compile(grammar.named_param(name, uri=uri)) for name in names}
+def _named(names: tuple[str, ...], *, uri: bool
+           ) -> dict[str, tuple[re.Pattern[str], re.Pattern[str]]]:
+    """grammar.named_param and grammar.found_param of each name, compiled (the parameters
+    sipmask reads); a lookup of another name compiles its rules then."""
+    return {name: _rules_of(name, uri) for name in names}
+
+
+def _rules_of(low: str, uri: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    return (re.compile(grammar.named_param(low, uri=uri)),
+            re.compile(grammar.found_param(low, uri=uri)))
 
 
 # -- URIs ------------------------------------------------------------------------------------
@@ -157,7 +163,8 @@ class _WithParams:
     __slots__ = ("_params_text",)
     _params_text: str
     _PARTS: re.Pattern[str]          # the pattern of one parameter, in three groups
-    _NAMED: dict[str, re.Pattern[str]]   # grammar.named_param of the names sipmask reads
+    # grammar.named_param and found_param of the names sipmask reads
+    _NAMED: dict[str, tuple[re.Pattern[str], re.Pattern[str]]]
     _URI_PARAMS: bool                # uri-parameters (else header parameters)
 
     @property
@@ -177,10 +184,11 @@ class _WithParams:
         text = self._params_text
         if not text:
             return None
-        named = self._NAMED.get(low)
-        if named is None:
-            named = re.compile(grammar.named_param(low, uri=self._URI_PARAMS))
-        found = named.match(text)
+        rules = self._NAMED.get(low)
+        if rules is None:
+            rules = _rules_of(low, self._URI_PARAMS)
+        # A quoted value may hold ";name=": the parameters before are passed over whole.
+        found = rules[0].match(text) if '"' in text else rules[1].search(text)
         if found is None:
             return None
         value = found.group(1)
@@ -188,6 +196,25 @@ class _WithParams:
 
     def param(self, name: str) -> str | None:
         return self._param(name.lower())
+
+    def _params_with(self, low: str, value: str | None, text: str | None = None) -> str:
+        """These parameters (or `text`, parameters of this kind in canonical form) with
+        `low` (a name in lower case) set, as set_param sets it: in place (keeping how its
+        name was written, dropping any later one of that name), else appended."""
+        if text is None:
+            text = self._params_text
+        if '"' not in text:
+            rules = self._NAMED.get(low)
+            find = (rules if rules is not None else _rules_of(low, self._URI_PARAMS))[1]
+            found = find.search(text)
+            if found is None:
+                return f"{text};{low}" if value is None else f"{text};{low}={value}"
+            start, end = found.span()
+            if find.search(text, end) is None:      # the only one: replaced in the text
+                name = text[start + 1:start + 1 + len(low)]
+                return (text[:start] + (f";{name}" if value is None else f";{name}={value}")
+                        + text[end:])
+        return format_params(set_param(_listed(self._PARTS.findall(text)), low, value))
 
     def _fields(self) -> tuple[object, ...]:
         raise NotImplementedError
@@ -490,14 +517,27 @@ class NameAddr(_WithParams):
 
     def with_tag(self, tag: str) -> NameAddr:
         """This address with its `tag` parameter set (in place, or appended)."""
-        return NameAddr(self._uri, self.display, set_param(self.params, "tag", tag),
-                        self.bracketed, "", self._uri_pieces)
+        if self.tag is None:
+            # Appended: the canonical text gains one parameter, in the form str() writes.
+            tagged = NameAddr(self._uri, self.display, None, self.bracketed,
+                              f"{self._params_text};tag={tag}", self._uri_pieces)
+        else:
+            tagged = NameAddr(self._uri, self.display, set_param(self.params, "tag", tag),
+                              self.bracketed, "", self._uri_pieces)
+        tagged._tag, tagged._tag_read = tag, True
+        return tagged
 
     def without_tag(self) -> NameAddr:
         """This address with no `tag` parameter (a dialog's local and remote URI, §12.1)."""
-        return NameAddr(self._uri, self.display,
-                        [(k, v) for k, v in self.params if k.lower() != "tag"], self.bracketed,
-                        "", self._uri_pieces)
+        if self.tag is None:
+            bare = NameAddr(self._uri, self.display, None, self.bracketed, self._params_text,
+                            self._uri_pieces)
+        else:
+            bare = NameAddr(self._uri, self.display,
+                            [(k, v) for k, v in self.params if k.lower() != "tag"],
+                            self.bracketed, "", self._uri_pieces)
+        bare._tag, bare._tag_read = None, True
+        return bare
 
 
 def match_name_addr(text: str) -> NameAddrMatch:
@@ -620,16 +660,15 @@ class Via(_WithParams):
         RFC 3581 §4: when `rport` came without a value, fill it with the source port and
         add `received` even when it equals sent-by."""
         ip, port = source
-        params = self.params
         if self.rport == "":
-            params = set_param(params, "rport", str(port))
-            params = set_param(params, "received", ip)
+            text = self._params_with("received", ip, self._params_with("rport", str(port)))
         elif self.host.strip("[]") != ip.strip("[]"):
-            params = set_param(params, "received", ip)
+            text = self._params_with("received", ip)
         else:
             return self
-        stamped = Via(self.transport, self.host, self.port, params, self.protocol)
-        return self if stamped._params_text == self._params_text else stamped
+        if text == self._params_text:
+            return self
+        return Via(self.transport, self.host, self.port, None, self.protocol, text)
 
     def response_target(self, source: tuple[str, int]) -> tuple[str, int]:
         """Where a response to this Via goes over UDP (RFC 3261 §18.2.2, RFC 3581 §4), on a

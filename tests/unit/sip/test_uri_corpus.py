@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from sipmask.errors import ParseError
 from sipmask.sip.headers import split_commas
-from sipmask.sip.uri import NameAddr, SipUri, Via, parse_uri
+from sipmask.sip.uri import NameAddr, SipUri, Via, get_param, parse_uri, set_param
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 
@@ -102,6 +102,12 @@ HAND_PICKED = [
     "SIP/2.0/UDP h;branch", "SIP/2.0/UDP h;branch=", "SIP/2.0/UDP h;=x", "SIP/2.0/UDP",
     "SIP/2.0 h;branch=x", " SIP/2.0/UDP h", "SIP/2.0/UDP h ", "SIP/2.0/UDP h;x=<a>",
     "SIP/2.0/UDP [::1;branch=x", "SIP/2.0/UDP h;received=1.2.3.4;rport=1",
+    # parameters edited in their text: duplicates, case, flags, quoted look-alikes
+    "SIP/2.0/UDP h;rport;branch=z;rport", "SIP/2.0/UDP h;RPort;received=1.1.1.1;Received=2",
+    "SIP/2.0/UDP h;x=\"a;rport;received=b\";rport", "SIP/2.0/UDP h;rportx;rport=",
+    "SIP/2.0/UDP 10.0.0.9:5070;branch=z9;rport", "SIP/2.0/UDP 10.0.0.9;rport=5070;received=1",
+    "<sip:a@b>;x=\";tag=no\";tag=yes", "<sip:a@b>;x=\";tag=no\"", "<sip:a@b>;Tag=A;TAG=b",
+    "<sip:a@b;tag=u>", "<sip:a@b;tag=u>;tag=h", "<sip:a@b>;tagx=1;xtag=2",
 ]
 
 BASE = HAND_PICKED + _corpus_values()
@@ -251,3 +257,52 @@ def test_a_changed_value_prints_its_change() -> None:
     bare = NameAddr.parse("sip:a@b:5060;tag=1")
     bare.bracketed = True
     assert str(bare) == "<sip:a@b:5060>;tag=1"
+
+
+# -- parameters edited in their text: the same as editing the list ---------------------------
+
+def _reference_stamped(via: Via, source: tuple[str, int]) -> str:
+    """Via.stamped as the parameter list edits wrote it (set_param)."""
+    params = via.params
+    if get_param(params, "rport") == "":
+        params = set_param(set_param(params, "rport", str(source[1])), "received", source[0])
+    elif via.host.strip("[]") != source[0]:
+        params = set_param(params, "received", source[0])
+    return str(Via(via.transport, via.host, via.port, params, via.protocol))
+
+
+def _check_text_edits(text: str) -> None:
+    for parse in (NameAddr.parse, Via.parse, SipUri.parse):
+        try:
+            value = parse(text)
+        except ParseError:
+            continue
+        for name in ("tag", "branch", "rport", "received", "user", "lr", "x", "tagx"):
+            assert value.param(name) == get_param(value.params, name), (text, name)
+        if isinstance(value, NameAddr):
+            listed = NameAddr(value.uri, value.display,
+                              set_param(value.params, "tag", "t1"), value.bracketed)
+            tagged = value.with_tag("t1")
+            assert (str(tagged), tagged.tag) == (str(listed), listed.tag), text
+            bare = NameAddr(value.uri, value.display,
+                            [(k, v) for k, v in value.params if k.lower() != "tag"],
+                            value.bracketed)
+            untagged = value.without_tag()
+            assert (str(untagged), untagged.tag) == (str(bare), bare.tag), text
+        if isinstance(value, Via):
+            for source in (("10.0.0.9", 5070), (value.host.strip("[]"), 5060)):
+                assert str(value.stamped(source)) == _reference_stamped(value, source), text
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_text_edits_of_parameters_are_the_list_edits_on_the_corpus(chunk: int) -> None:
+    # A lookup by name, a tag set or removed and a Via stamped work on the parameters'
+    # text (a search where no value is quoted); the list of parameters is the oracle.
+    for text in CORPUS_TEXTS[chunk::4]:
+        _check_text_edits(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=10).map("".join))
+def test_text_edits_of_parameters_are_the_list_edits(text: str) -> None:
+    _check_text_edits(text)
