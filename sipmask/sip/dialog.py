@@ -123,6 +123,9 @@ class Dialog:
     # that text: _constant_parts parses a text only when it is not the one written.
     _addrs: tuple[str, NameAddr, str, NameAddr] | None = field(
         default=None, init=False, repr=False, compare=False)
+    # The remote target as written from a Contact the parser checked (_contact_uri):
+    # _constant_parts checks a target only when it is not that text.
+    _checked_target: str | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -133,13 +136,14 @@ class Dialog:
         from_ = request.from_
         to = response.to
         local, remote = from_.without_tag(), to.without_tag()
+        target = _contact_uri(response)
         dialog = cls(
             call_id=request.call_id,
             local_tag=from_.tag or "",
             remote_tag=to.tag or "",
             local_uri=str(local),
             remote_uri=str(remote),
-            remote_target=_contact_uri(response) or request.uri,
+            remote_target=target or request.uri,
             route_set=tuple(reversed(response.headers.get_all("record-route"))),
             local_seq=request.cseq.number,
             remote_seq=None,
@@ -150,6 +154,7 @@ class Dialog:
         if response.status >= 200:
             dialog.state = DialogState.CONFIRMED
         dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
+        dialog._checked_target = target
         return dialog
 
     @classmethod
@@ -160,13 +165,14 @@ class Dialog:
         The responses that create it must carry `local_tag` in To."""
         from_ = request.from_
         local, remote = request.to.without_tag(), from_.without_tag()
+        target = _contact_uri(request)
         dialog = cls(
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag or "",
             local_uri=str(local),
             remote_uri=str(remote),
-            remote_target=_contact_uri(request) or str(from_.uri),
+            remote_target=target or str(from_.uri),
             route_set=tuple(request.headers.get_all("record-route")),
             local_seq=None,
             remote_seq=request.cseq.number,
@@ -176,6 +182,7 @@ class Dialog:
             state=DialogState.CONFIRMED if confirmed else DialogState.EARLY,
         )
         dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
+        dialog._checked_target = target
         return dialog
 
     @property
@@ -221,7 +228,7 @@ class Dialog:
         if self.is_uac and method in TARGET_REFRESH and 100 < status < 300:
             target = _contact_uri(response)
             if target is not None:
-                self.remote_target = target
+                self.remote_target = self._checked_target = target
         return self.state
 
     def terminate(self) -> None:
@@ -245,7 +252,7 @@ class Dialog:
         if method in TARGET_REFRESH:
             target = _contact_uri(request)
             if target is not None:
-                self.remote_target = target
+                self.remote_target = self._checked_target = target
         if method == "BYE":
             self.apply(DialogEvent.BYE)
 
@@ -336,13 +343,25 @@ class Dialog:
         if cached is not None and cached[0] == key:
             return cached[1]
         uri, routes = self._request_uri_and_routes()
-        parse_uri(uri)  # a remote target we could not route to fails here, not on the wire
+        if uri is not self._checked_target:
+            parse_uri(uri)  # a remote target we could not route to fails here, not on the wire
         local, remote = self._local_and_remote()
         from_ = local.with_tag(self.local_tag) if self.local_tag else local
         to = remote.with_tag(self.remote_tag) if self.remote_tag else remote
-        parts = (uri, tuple(routes), str(from_), str(to), from_, to)
+        parts = (uri, tuple(routes), self._written(self.local_uri, self.local_tag, from_),
+                 self._written(self.remote_uri, self.remote_tag, to), from_, to)
         self._parts = (key, parts)
         return parts
+
+    def _written(self, text: str, tag: str, value: NameAddr) -> str:
+        """str(value), where `value` is `local_uri` or `remote_uri` (`text`) with `tag` set:
+        while both texts are the ones written from their values (_addrs: str() of a
+        NameAddr without a tag), with_tag appends the tag to the parameters of the value,
+        so str() is the text with the tag appended."""
+        addrs = self._addrs
+        if addrs is not None and addrs[0] is self.local_uri and addrs[2] is self.remote_uri:
+            return f"{text};tag={tag}" if tag else text
+        return str(value)
 
     def _local_and_remote(self) -> tuple[NameAddr, NameAddr]:
         """`local_uri` and `remote_uri` as values: the ones they were written from while

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sipmask.sip import grammar
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from sipmask.sip.uri import NameAddr, NameAddrMatch, Via
 
 Field = tuple[str, str, str, str | None]
+# A parsed header block before its fields are made (Headers.parsed): the names as written,
+# the text after each colon (not stripped) and the raw lines (None: not to be reused).
+Split = tuple[tuple[str, ...], list[str], list[str | None] | None]
 
 # RFC 3261 §7.3.3 and the RFCs that registered further compact forms (3265, 3515, 3841,
 # 3892, 4028, 4474). The key is the lower-case compact letter, the value the canonical key.
@@ -151,6 +155,12 @@ class Headers:
     field arrived as (None for fields set by us); `modified` tells the serializer whether the
     original bytes can still be sent as they are.
 
+    A parsed block keeps its lines as the parser split them (`parsed`) and makes the
+    fields on first use: `get`, `select`, iteration and `set_first` (stamping the top Via)
+    read or change the split lines in place, so a message most of whose fields are never
+    read never pays for them (RFC 3261 §7.3.1: a value is the text after the colon, its
+    outer whitespace taken off).
+
     The `_p_*` slots hold what was parsed from these fields (From, To, CSeq, the top Via):
     `Message` parses them when first read and keeps them here for the transaction layer,
     the dialogs and the engine; the parser keeps what it parsed to check the message
@@ -160,7 +170,10 @@ class Headers:
     and CSeq parsed)."""
 
     __slots__ = ("_fields", "_keys", "_m_contact", "_m_from", "_m_to", "_p_contact", "_p_cseq",
-                 "_p_from", "_p_to", "_p_via", "modified")
+                 "_p_from", "_p_to", "_p_via", "_split", "modified")
+
+    _fields: list[Field] | None     # None while the fields are still `_split`
+    _split: Split | None
 
     _p_from: NameAddr | None
     _p_to: NameAddr | None
@@ -171,12 +184,20 @@ class Headers:
     _p_contact: NameAddr | None     # the first Contact value, and the parser's match of it
     _m_contact: NameAddrMatch | None
 
-    def __init__(self, fields: list[Field] | None = None, keys: list[str] | None = None
-                 ) -> None:
+    def __init__(self, fields: list[Field] | None = None, keys: list[str] | None = None,
+                 *, split: Split | None = None) -> None:
         """`fields` are kept (not copied); `keys`, when the caller has them, must be the
-        list of their keys in order (the parser's)."""
-        self._fields: list[Field] = fields if fields is not None else []
-        self._keys: list[str] = keys if keys is not None else list(map(_FIRST, self._fields))
+        list of their keys in order (the parser's). `split`: a parsed block the fields are
+        made from when first needed (`fields` None; `keys` its names' keys)."""
+        if split is not None:
+            if keys is None or fields is not None:
+                raise ValueError("a split header block comes with its keys and no fields")
+            self._fields = None
+            self._keys = keys
+        else:
+            self._fields = fields if fields is not None else []
+            self._keys = keys if keys is not None else list(map(_FIRST, self._fields))
+        self._split = split
         self.modified = False
         self._p_from = self._p_to = self._p_cseq = self._p_via = self._p_contact = None
         self._m_from = self._m_to = self._m_contact = None
@@ -185,6 +206,27 @@ class Headers:
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """Headers we build ourselves, in the order given."""
         return cls(fields_of(pairs))
+
+    @classmethod
+    def parsed(cls, keys: list[str], names: tuple[str, ...], values: list[str],
+               raws: list[str] | None) -> Headers:
+        """A parsed header block: each line's key, its name as written, the text after its
+        colon (`values`, whitespace not yet taken off) and its raw text (None: the lines
+        may not be reused). The lists are kept, not copied."""
+        # The raw lines become None one by one as `set_first` replaces them.
+        return cls(None, keys, split=(names, values, cast("list[str | None] | None", raws)))
+
+    def _all(self) -> list[Field]:
+        """The fields, made from the split block on first use."""
+        fields = self._fields
+        if fields is None:
+            assert self._split is not None
+            names, values, raws = self._split
+            fields = self._fields = list(zip(
+                self._keys, names, map(str.strip, values, repeat(" \t")),
+                repeat(None) if raws is None else raws, strict=False))
+            self._split = None
+        return fields
 
     @classmethod
     def built(cls, fields: list[Field]) -> Headers:
@@ -246,7 +288,10 @@ class Headers:
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) in order."""
-        return map(_NAME_VALUE, self._fields)
+        split = self._split
+        if split is not None:
+            return zip(split[0], map(str.strip, split[1], repeat(" \t")), strict=False)
+        return map(_NAME_VALUE, self._all())
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -258,7 +303,7 @@ class Headers:
         return f"<Headers {self._keys}>"
 
     def fields(self) -> list[Field]:
-        return list(self._fields)
+        return list(self._all())
 
     def keys(self) -> list[str]:
         """Canonical keys in order (one per field line)."""
@@ -274,7 +319,19 @@ class Headers:
         keys = self._keys
         if key not in keys:
             return default
-        return self._fields[keys.index(key)][2]
+        split = self._split
+        if split is not None:
+            return split[1][keys.index(key)].strip(" \t")
+        fields = self._fields
+        assert fields is not None                 # one of the two is always there
+        return fields[keys.index(key)][2]
+
+    def _value(self, i: int) -> str:
+        """The value of field `i`."""
+        split = self._split
+        if split is not None:
+            return split[1][i].strip(" \t")
+        return self._all()[i][2]
 
     def get_fields(self, name: str) -> list[str]:
         """Every field line with this name, unsplit."""
@@ -298,33 +355,42 @@ class Headers:
         None): what iterating and keeping those would give."""
         if keys.isdisjoint(self._keys):
             return []
-        return [(f[0], f[1], f[2], None) for f in self._fields if f[0] in keys]
+        split = self._split
+        if split is not None:
+            names, values, _raws = split
+            return [(key, names[i], values[i].strip(" \t"), None)
+                    for i, key in enumerate(self._keys) if key in keys]
+        return [(f[0], f[1], f[2], None) for f in self._all() if f[0] in keys]
 
     def _values_of(self, key: str) -> list[str]:
         keys = self._keys
         n = keys.count(key)
         if n == 1:
             # One line (the common case for Via, Contact, Route).
-            return [self._fields[keys.index(key)][2]]
+            split = self._split
+            if split is not None:
+                return [split[1][keys.index(key)].strip(" \t")]
+            return [self._all()[keys.index(key)][2]]
         if n == 0:
             return []
-        return [f[2] for f in self._fields if f[0] == key]
+        return [self._value(i) for i, k in enumerate(keys) if k == key]
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         key = _KEYS[name]
         entry = (key, name, value, None)
+        fields = self._all()
         if first:
-            self._fields.insert(0, entry)
+            fields.insert(0, entry)
             self._keys.insert(0, key)
         else:
-            self._fields.append(entry)
+            fields.append(entry)
             self._keys.append(key)
         self._changed(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace the first field with this name in place (others removed), or append."""
         key = _KEYS[name]
-        fields = self._fields
+        fields = self._all()
         keys = self._keys
         if key not in keys:
             fields.append((key, name, value, None))
@@ -347,7 +413,14 @@ class Headers:
             self.add(name, value)
             return
         i = keys.index(key)
-        self._fields[i] = (key, self._fields[i][1], value, None)
+        split = self._split
+        if split is not None and split[2] is not None and value == value.strip(" \t"):
+            # The split block stays: this line's value and raw text are replaced.
+            split[1][i] = value
+            split[2][i] = None
+        else:
+            fields = self._all()
+            fields[i] = (key, fields[i][1], value, None)
         self._changed(key)
 
     def remove(self, name: str) -> int:
@@ -355,7 +428,7 @@ class Headers:
         key = _KEYS[name]
         removed = self._keys.count(key)
         if removed:
-            self._replace([f for f in self._fields if f[0] != key])
+            self._replace([f for f in self._all() if f[0] != key])
             self._changed(key)
         return removed
 
@@ -365,21 +438,22 @@ class Headers:
         if key not in self._keys:
             return None
         i = self._keys.index(key)
-        value = self._fields[i][2]
-        del self._fields[i]
+        fields = self._all()
+        value = fields[i][2]
+        del fields[i]
         del self._keys[i]
         self._changed(key)
         return value
 
     def copy(self) -> Headers:
-        clone = Headers(list(self._fields), list(self._keys))
+        clone = Headers(list(self._all()), list(self._keys))
         clone.modified = self.modified
         return clone
 
     def _lines(self) -> list[str]:
         """One line per field: untouched fields keep their text."""
         return [raw if raw is not None else f"{name}: {value}"
-                for _key, name, value, raw in self._fields]
+                for _key, name, value, raw in self._all()]
 
     def serialize(self) -> str:
         """The header block, each line ending in CRLF; untouched fields keep their text."""

@@ -101,7 +101,9 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
             # are (or an error): undo them and check again.
             lines, raws, names, parts = _normalised(lines)
         keys = list(map(canonical, names))
-        values = list(map(str.strip, parts, repeat(" \t")))
+        # The text after each colon: its outer whitespace is taken off where it is read
+        # (the grammar's rules allow it around the values they match).
+        values = list(parts)
     else:
         names, keys, values = (), [], []
 
@@ -129,8 +131,7 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
         raw = data
     if not crlf:
         raw = None  # rebuilt messages use CRLF, so the original bytes are never reused
-    kept: list[str] | list[None] = raws if crlf else [None] * len(keys)
-    headers = Headers(list(zip(keys, names, values, kept, strict=False)), keys)
+    headers = Headers.parsed(keys, names, values, raws if crlf else None)
     if first.startswith("SIP/"):
         return _response(first, headers, keys, values, body, raw)
     return _request(first, headers, keys, values, body, raw)
@@ -172,10 +173,11 @@ def _unfold(lines: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _content_length(values: list[str]) -> int:
-    """The body length the Content-Length lines say (§20.14): one number, or several that
-    agree (RFC 4475 §3.3.9 refuses two different ones)."""
-    text = values[0]
-    if len(values) > 1 and any(value != text for value in values):
+    """The body length the Content-Length lines say (§20.14; `values` as they follow the
+    colon): one number, or several that agree (RFC 4475 §3.3.9 refuses two different
+    ones)."""
+    text = values[0].strip(" \t")
+    if len(values) > 1 and any(value.strip(" \t") != text for value in values):
         raise ParseError("Conflicting Content-Length headers")
     if not (text.isdigit() and text.isascii()) or len(text) > 10:
         raise ParseError("Bad Content-Length")
@@ -205,7 +207,7 @@ def _request(first: str, headers: Headers, keys: list[str], values: list[str], b
     if cseq.method != method:
         raise ParseError("CSeq method does not match the request")
     if "max-forwards" in keys:
-        mf = values[keys.index("max-forwards")]
+        mf = values[keys.index("max-forwards")].strip(" \t")
         # §20.22: 0-255; RFC 4475 §3.1.2.4 refuses 300. Leading zeros are fine (wsinv).
         if not (mf.isdigit() and mf.isascii()) or len(mf) > 10 or int(mf) > 255:
             raise ParseError("Bad Max-Forwards")
@@ -239,19 +241,21 @@ def _check_required(headers: Headers, keys: list[str], values: list[str]) -> CSe
                 raise ParseError(f"Missing {_PRETTY[key]}")
     index = keys.index
     if len(present) == len(keys):                 # every name once: the common case
-        vias = [values[index("via")]]
-        contacts = [values[index("contact")]] if "contact" in present else []
+        vias = [values[index("via")].strip(" \t")]
+        contacts = [values[index("contact")].strip(" \t")] if "contact" in present else []
     else:
         for key in ("from", "to", "call-id", "cseq"):
             if keys.count(key) > 1:
                 raise ParseError(f"Multiple {_PRETTY[key]} headers")
-        vias = [v for k, v in zip(keys, values, strict=False) if k == "via"]
-        contacts = [v for k, v in zip(keys, values, strict=False) if k == "contact"]
+        vias = [v.strip(" \t") for k, v in zip(keys, values, strict=False) if k == "via"]
+        contacts = [v.strip(" \t") for k, v in zip(keys, values, strict=False)
+                    if k == "contact"]
     # §8.1.1.2-3: From and To are checked here and built from these matches when a layer
-    # reads them (most messages are matched on the Via branch and CSeq alone).
+    # reads them (most messages are matched on the Via branch and CSeq alone). Their rules
+    # and CSeq's take the whitespace around a value (SWS).
     from_ = match_name_addr(values[index("from")])
     to = match_name_addr(values[index("to")])
-    if not values[index("call-id")]:
+    if not values[index("call-id")].strip(" \t"):
         raise ParseError("Empty Call-ID")
     top_via: Via | None = None
     for value in vias:

@@ -529,9 +529,14 @@ class NameAddr(_WithParams):
 
     def without_tag(self) -> NameAddr:
         """This address with no `tag` parameter (a dialog's local and remote URI, §12.1)."""
+        text = self._params_text
         if self.tag is None:
-            bare = NameAddr(self._uri, self.display, None, self.bracketed, self._params_text,
+            bare = NameAddr(self._uri, self.display, None, self.bracketed, text,
                             self._uri_pieces)
+        elif '"' not in text:
+            # Every ";" starts a parameter: each ";tag" found (found_param) goes.
+            bare = NameAddr(self._uri, self.display, None, self.bracketed,
+                            self._NAMED["tag"][1].sub("", text), self._uri_pieces)
         else:
             bare = NameAddr(self._uri, self.display,
                             [(k, v) for k, v in self.params if k.lower() != "tag"],

@@ -224,3 +224,28 @@ def test_set_first_replaces_the_first_line_only(value: str) -> None:
     assert message.headers.get_all("via")[1:] == parsed().headers.get_all("via")[1:]
     message.headers.set_first("X-New", "1")            # absent: appended
     assert message.headers.get_fields("x-new") == ["1"]
+
+
+def test_a_parsed_block_reads_alike_before_and_after_its_fields_are_made() -> None:
+    # A parsed message keeps its header block split (Headers.parsed) until a change needs
+    # the fields; every read gives what the made fields give, and set_first of the top Via
+    # (stamping) keeps the block split.
+    from tests.support.corpus import CORPUS_MESSAGES
+    keys = frozenset({"via", "supported", "content-type", "x-secret", "allow"})
+    for data in [*CORPUS_MESSAGES, INVITE]:
+        try:
+            split, made = parse_message(data).headers, parse_message(data).headers
+        except ParseError:
+            continue
+        made.fields()
+        assert split._fields is None and made._fields is not None
+        assert list(split) == list(made) and split.select(keys) == made.select(keys)
+        for name in {*split.keys(), "x-none", "v", "Call-ID"}:
+            assert split.get(name) == made.get(name), name
+            assert split.get_all(name) == made.get_all(name), name
+            assert split.get_fields(name) == made.get_fields(name), name
+        if "via" in split:
+            split.set_first("Via", "SIP/2.0/UDP h;branch=z9hG4bKs")
+            made.set_first("Via", "SIP/2.0/UDP h;branch=z9hG4bKs")
+            assert split._fields is None
+        assert split.fields() == made.fields() and split.serialize() == made.serialize()
