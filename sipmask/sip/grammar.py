@@ -71,9 +71,9 @@ HOSTNAME = r"[A-Za-z0-9\-._]++"
 IPV6_REFERENCE = r"\[[0-9A-Fa-f:.]++\]"
 HOST = "(?:" + HOSTNAME + "|" + IPV6_REFERENCE + ")"
 # port = 1*DIGIT, held to what a port can name: its value 1-65535 (leading zeros allowed:
-# `05060` is 5060). The shortest numbers come first, each alternative ends where the digits
-# do, so no shorter reading of them is ever taken.
-PORT = (r"0*+(?:[1-9][0-9]{0,3}+(?![0-9])|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+# `05060` is 5060). The shortest numbers come first; the match must end where the digits
+# do, so a five-digit number passes the first alternative and takes the one of its range.
+PORT = (r"0*+(?:[1-9][0-9]{0,3}+|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
         r"|655[0-2][0-9]|6553[0-5])(?![0-9])")
 
 # -- sip: and sips: URIs (§19.1.1, §25.1) ----------------------------------------------------
@@ -97,9 +97,11 @@ URI_PARAMETERS = "(?:;" + URI_PNAME + "(?:=" + URI_PVALUE + ")?+)*+"
 # headers = "?" header *( "&" header ). Leniency: kept as one run of URI characters; its
 # pairs are split when read (SipUri.header_pairs).
 URI_HEADERS = rf"[^{_NOT_IN_URI}]*+"
+# (userinfo is possessive: USER and PASSWORD hold no "@", so once it matched, neither a
+# shorter userinfo nor none could let the host match instead.)
 SIP_URI = (
     "(?P<scheme>" + SIP_SCHEME + "):"
-    "(?:(?P<user>" + USER + ")(?::(?P<password>" + PASSWORD + "))?+@)?"
+    "(?:(?P<user>" + USER + ")(?::(?P<password>" + PASSWORD + "))?+@)?+"
     "(?P<host>" + HOST + ")(?::(?P<port>" + PORT + "))?+"
     "(?P<uri_params>" + URI_PARAMETERS + ")"
     r"(?:\?(?P<uri_headers>" + URI_HEADERS + "))?+"
@@ -127,8 +129,10 @@ OTHER_URI = "(?!" + SIP_SCHEME + ":|" + TEL_SCHEME + ":)" + ABSOLUTE_URI
 # `=`, `@`, `/` and UTF-8 pass), and it may be empty (`;a=`). A value holding the others
 # is quoted, as RFC 5626's `+sip.instance="<urn:...>"` is.
 GEN_PNAME = r'[^\x00-\x20\x7f;=,?@<>"]++'
-GEN_VALUE = r'(?:[^\x00-\x20\x7f;,<>"]++|' + QUOTED_STRING + ")"
-GENERIC_PARAM = GEN_PNAME + "(?:" + EQUAL + "(?:" + GEN_VALUE + ")?+)?+"
+_UNQUOTED = r'[^\x00-\x20\x7f;,<>"]'
+GEN_VALUE = "(?:" + _UNQUOTED + "++|" + QUOTED_STRING + ")"
+# (The value, which may be empty, as one alternation: the same language in fewer steps.)
+GENERIC_PARAM = GEN_PNAME + "(?:" + EQUAL + "(?:" + QUOTED_STRING + "|" + _UNQUOTED + "*+))?+"
 # *( SEMI generic-param ): the parameters after a name-addr or a Via's sent-by.
 GENERIC_PARAMS = "(?:" + SEMI + GENERIC_PARAM + ")*+"
 # One parameter of a run GENERIC_PARAMS (URI_PARAMETERS) matched, in three groups for
@@ -159,7 +163,7 @@ def found_param(name: str, *, uri: bool = False) -> str:
     pname or unquoted value holds one), so the first ";name" followed by "=", ";" or the
     end is that parameter, and a `search` finds it without passing over the others (the
     same answer, in half the steps). Used with `search`."""
-    value = URI_PVALUE if uri else r'[^\x00-\x20\x7f;,<>"]*+'
+    value = URI_PVALUE if uri else _UNQUOTED + "*+"
     spelled = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c)
                       for c in name)
     return ";" + spelled + "(?:=(" + value + "))?+(?![^;])"
@@ -182,7 +186,7 @@ _BARE = ",;?"
 ADDR_SPEC = (
     SWS + "(?:(?P<scheme>" + SIP_SCHEME + "):"
     "(?:(?P<user>" + rf"[^{_NOT_IN_URI}@:{_BARE}]++" + ")"
-    "(?::(?P<password>" + rf"[^{_NOT_IN_URI}@{_BARE}]*+" + "))?+@)?"
+    "(?::(?P<password>" + rf"[^{_NOT_IN_URI}@{_BARE}]*+" + "))?+@)?+"
     "(?P<host>" + HOST + ")(?::(?P<port>" + PORT + "))?+"
     "|(?P<absolute>" + TEL_SCHEME + ":" + TELEPHONE_SUBSCRIBER + "|(?!" + SIP_SCHEME + ":|"
     + TEL_SCHEME + ":)" + SCHEME + rf":[^{_NOT_IN_URI}{_BARE}]++" + "))"
