@@ -108,10 +108,11 @@ def parse_message(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
         names, keys, values = (), [], []
 
     # -- body: Content-Length (§20.14, §18.3) ------------------------------------------------
-    if "content-length" in keys:
+    lengths = keys.count("content-length")
+    if lengths:
         length = _content_length(
-            [v for k, v in zip(keys, values, strict=False) if k == "content-length"]
-            if keys.count("content-length") > 1 else [values[keys.index("content-length")]])
+            values[keys.index("content-length")] if lengths == 1 else
+            [v for k, v in zip(keys, values, strict=False) if k == "content-length"])
         available = len(data) - body_start
         if length > available:
             # §18.3: a datagram that ends before the body does is an error (400 for a
@@ -172,13 +173,16 @@ def _unfold(lines: list[str]) -> tuple[list[str], list[str]]:
     return logical, raws
 
 
-def _content_length(values: list[str]) -> int:
-    """The body length the Content-Length lines say (§20.14; `values` as they follow the
-    colon): one number, or several that agree (RFC 4475 §3.3.9 refuses two different
-    ones)."""
-    text = values[0].strip(" \t")
-    if len(values) > 1 and any(value.strip(" \t") != text for value in values):
-        raise ParseError("Conflicting Content-Length headers")
+def _content_length(values: str | list[str]) -> int:
+    """The body length the Content-Length lines say (§20.14; their values as they follow
+    the colon, one or a list): one number, or several that agree (RFC 4475 §3.3.9 refuses
+    two different ones)."""
+    if isinstance(values, str):
+        text = values.strip(" \t")
+    else:
+        text = values[0].strip(" \t")
+        if any(value.strip(" \t") != text for value in values):
+            raise ParseError("Conflicting Content-Length headers")
     if not (text.isdigit() and text.isascii()) or len(text) > 10:
         raise ParseError("Bad Content-Length")
     return int(text)

@@ -530,8 +530,9 @@ class NameAddr(_WithParams):
     def without_tag(self) -> NameAddr:
         """This address with no `tag` parameter (a dialog's local and remote URI, §12.1)."""
         text = self._params_text
-        if self.tag is None:
-            bare = NameAddr(self._uri, self.display, None, self.bracketed, text,
+        if not text or (text.startswith(";tag=") and text.find(";", 5) < 0):
+            # No parameters, or the tag alone (the usual From and To): none left.
+            bare = NameAddr(self._uri, self.display, None, self.bracketed, "",
                             self._uri_pieces)
         elif '"' not in text:
             # Every ";" starts a parameter: each ";tag" found (found_param) goes.
