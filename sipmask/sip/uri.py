@@ -136,16 +136,20 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
     return out
 
 
-def _named(names: tuple[str, ...], *, uri: bool
-           ) -> dict[str, tuple[re.Pattern[str], re.Pattern[str]]]:
-    """grammar.named_param and grammar.found_param of each name, compiled (the parameters
-    sipmask reads); a lookup of another name compiles its rules then."""
+# How a parameter of one name is found: grammar.named_param and grammar.found_param of it,
+# compiled, and ";name=" (a first parameter that starts so is the one).
+_Rules = tuple[re.Pattern[str], re.Pattern[str], str]
+
+
+def _named(names: tuple[str, ...], *, uri: bool) -> dict[str, _Rules]:
+    """The rules of each name (the parameters sipmask reads); a lookup of another name
+    compiles its rules then."""
     return {name: _rules_of(name, uri) for name in names}
 
 
-def _rules_of(low: str, uri: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
+def _rules_of(low: str, uri: bool) -> _Rules:
     return (re.compile(grammar.named_param(low, uri=uri)),
-            re.compile(grammar.found_param(low, uri=uri)))
+            re.compile(grammar.found_param(low, uri=uri)), f";{low}=")
 
 
 # -- URIs ------------------------------------------------------------------------------------
@@ -163,8 +167,7 @@ class _WithParams:
     __slots__ = ("_params_text",)
     _params_text: str
     _PARTS: re.Pattern[str]          # the pattern of one parameter, in three groups
-    # grammar.named_param and found_param of the names sipmask reads
-    _NAMED: dict[str, tuple[re.Pattern[str], re.Pattern[str]]]
+    _NAMED: dict[str, _Rules]        # the rules of the names sipmask reads
     _URI_PARAMS: bool                # uri-parameters (else header parameters)
 
     @property
@@ -187,8 +190,17 @@ class _WithParams:
         rules = self._NAMED.get(low)
         if rules is None:
             rules = _rules_of(low, self._URI_PARAMS)
-        # A quoted value may hold ";name=": the parameters before are passed over whole.
-        found = rules[0].match(text) if '"' in text else rules[1].search(text)
+        if '"' in text:
+            # A quoted value may hold ";name=": the parameters before are passed over whole.
+            found = rules[0].match(text)
+        else:
+            first = rules[2]
+            if text.startswith(first):
+                # The first parameter (where tag and branch usually stand) runs to the next
+                # ";", which only starts a parameter here.
+                end = text.find(";", len(first))
+                return text[len(first):] if end < 0 else text[len(first):end]
+            found = rules[1].search(text)
         if found is None:
             return None
         value = found.group(1)
@@ -275,17 +287,12 @@ class SipUri(_WithParams):
                 f"headers={self.headers!r})")
 
     def __str__(self) -> str:
-        out = self.scheme + ":"
-        if self.user is not None:
-            out += self.user if self.password is None else f"{self.user}:{self.password}"
-            out += "@"
-        out += self.host
-        if self.port is not None:
-            out += f":{self.port}"
-        out += self._params_text
-        if self.headers:
-            out += "?" + self.headers
-        return out
+        user = self.user
+        if user is not None:
+            user = f"{user}@" if self.password is None else f"{user}:{self.password}@"
+        port = self.port
+        return (f"{self.scheme}:{user or ''}{self.host}{'' if port is None else f':{port}'}"
+                f"{self._params_text}{f'?{self.headers}' if self.headers else ''}")
 
     @property
     def user_unescaped(self) -> str | None:
