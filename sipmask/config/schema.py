@@ -8,11 +8,13 @@ ValueError into a ConfigError naming the key path.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from sipmask import numbers
+from sipmask.sip import grammar
 from sipmask.sip.transports import ALL as TRANSPORTS
 from sipmask.sip.transports import Transport
 
@@ -134,6 +136,9 @@ class NumberRange:
         return f"{self.first}-{self.last}"
 
 
+_PORT = re.compile(grammar.PORT)
+
+
 def _split_host_port(text: str) -> tuple[str, int]:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -146,7 +151,8 @@ def _split_host_port(text: str) -> tuple[str, int]:
             raise ValueError("expected HOST:PORT")
     if not host:
         raise ValueError("host is empty")
-    if not port_text.isdigit() or not (0 < int(port_text) < 65536):
+    # The SIP grammar's port rule (1-65535, ASCII digits), the one a peer's ports are read by.
+    if _PORT.fullmatch(port_text) is None:
         raise ValueError("port must be a number from 1 to 65535")
     return host, int(port_text)
 
