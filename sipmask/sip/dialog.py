@@ -378,7 +378,6 @@ _Parts = tuple[str, tuple[str, ...], str, str, NameAddr, NameAddr]
 
 def _contact_uri(message: Request | Response) -> str | None:
     try:
-        contact = message.contact
+        return message.contact_uri
     except ParseError:
         return None
-    return None if contact is None else str(contact.uri)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from sipmask.errors import ParseError
 from sipmask.sip import grammar
 from sipmask.sip.headers import Field, Headers, fields_of, is_token
-from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
+from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri, written_uri
 
 SIP_VERSION = "SIP/2.0"
 
@@ -174,6 +174,20 @@ class Message:
                 addr = NameAddr.parse(values[0])
             headers._p_contact = addr
         return addr
+
+    @property
+    def contact_uri(self) -> str | None:
+        """str() of the first Contact value's URI (a dialog's remote target, §12.1.1,
+        §12.1.2), None as for `contact`: read off the text the parser matched when that
+        is what str() writes, else from the value."""
+        headers = self.headers
+        found = headers._m_contact
+        if found is not None and headers._p_contact is None:
+            text = written_uri(found)
+            if text is not None:
+                return text
+        contact = self.contact
+        return None if contact is None else str(contact.uri)
 
     def _field(self, key: str, name: str) -> str:
         """The value of a field every message must have; ParseError naming it when absent."""

@@ -570,6 +570,26 @@ def match_name_addr(text: str) -> NameAddrMatch:
     return m, False
 
 
+def written_uri(found: NameAddrMatch) -> str | None:
+    """The URI of the name-addr `found` as str() of its value writes it, taken from the
+    text it was matched in; None when the text says it otherwise (a port with leading
+    zeros, an empty `?`), which only the value can tell."""
+    m, bracketed = found
+    if bracketed:
+        if m.group(9) is not None:                    # tel: or another URI: kept as written
+            return m.group(9)
+        port, headers = m.group(6, 8)
+        start, end = m.start(2), m.end(7 if headers is None else 8)
+    else:
+        if m.group(6) is not None:
+            return m.group(6)
+        port, headers = m.group(5), None
+        start, end = m.start(1), m.end(4 if port is None else 5)
+    if (port is not None and port.startswith("0")) or headers == "":
+        return None
+    return m.string[start:end]
+
+
 def check_name_addr(text: str) -> None:
     """ParseError unless NameAddr.parse(text) would give a value, without building one."""
     if ("<" not in text or _NAME_ADDR.fullmatch(text) is None) and \

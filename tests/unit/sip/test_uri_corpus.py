@@ -22,7 +22,16 @@ from hypothesis import strategies as st
 
 from sipmask.errors import ParseError
 from sipmask.sip.headers import split_commas
-from sipmask.sip.uri import NameAddr, SipUri, Via, get_param, parse_uri, set_param
+from sipmask.sip.uri import (
+    NameAddr,
+    SipUri,
+    Via,
+    get_param,
+    match_name_addr,
+    parse_uri,
+    set_param,
+    written_uri,
+)
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 
@@ -108,6 +117,9 @@ HAND_PICKED = [
     "SIP/2.0/UDP 10.0.0.9:5070;branch=z9;rport", "SIP/2.0/UDP 10.0.0.9;rport=5070;received=1",
     "<sip:a@b>;x=\";tag=no\";tag=yes", "<sip:a@b>;x=\";tag=no\"", "<sip:a@b>;Tag=A;TAG=b",
     "<sip:a@b;tag=u>", "<sip:a@b;tag=u>;tag=h", "<sip:a@b>;tagx=1;xtag=2",
+    # a URI read off its text, or not: leading zeros, an empty `?`, headers, other schemes
+    "<sip:a@h:05060>", "sip:a@h:0005", "<sip:a@h?>", "<sip:a@h;lr?x=1&y=2>", "<SIP:A@H:5060>",
+    "<tel:+86-138;phone-context=x;a=>", "<urn:service:sos>", "sip:a:@h:5060;tag=1",
 ]
 
 BASE = HAND_PICKED + _corpus_values()
@@ -306,3 +318,28 @@ def test_text_edits_of_parameters_are_the_list_edits_on_the_corpus(chunk: int) -
 @given(st.lists(st.sampled_from(FRAGMENTS), max_size=10).map("".join))
 def test_text_edits_of_parameters_are_the_list_edits(text: str) -> None:
     _check_text_edits(text)
+
+
+def _check_written_uri(text: str) -> None:
+    try:
+        found = match_name_addr(text)
+    except ParseError:
+        return
+    written = written_uri(found)
+    assert written is None or written == str(NameAddr.of_match(found).uri), text
+
+
+def test_a_uri_read_off_its_text_is_what_str_writes_on_the_corpus() -> None:
+    # Message.contact_uri (a dialog's remote target) takes the URI from the matched text
+    # when it says what str() of the value would, and from the value otherwise.
+    for text in CORPUS_TEXTS:
+        _check_written_uri(text)
+    for text, written in (("<sip:a@h:5060;lr>", "sip:a@h:5060;lr"), ("<sip:a@h:05060>", None),
+                          ("<sip:a@h?>", None), ("sip:a@h:5;tag=1", "sip:a@h:5")):
+        assert written_uri(match_name_addr(text)) == written
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=10).map("".join))
+def test_a_uri_read_off_its_text_is_what_str_writes(text: str) -> None:
+    _check_written_uri(text)
