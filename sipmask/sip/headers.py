@@ -340,6 +340,8 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every value with this name, comma-separated values split (§7.3.1) where allowed."""
         key = _KEYS[name]
+        if key not in self._keys:
+            return []                   # the usual answer for Route, Record-Route, Require
         values = self._values_of(key)
         if key in _UNSPLITTABLE:
             return values
