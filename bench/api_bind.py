@@ -19,8 +19,10 @@ Baselines measured in the same run on the same disk:
                  with no HTTP in the way.
 The ratio printed is API binds/s over the store.create baseline. Target: >= 3,000 binds/s.
 Each line also gives the server's CPU per request (all its threads: HTTP on the loop and
-the store on the writer thread) and the client's, since both share the machine's cores;
-the summary gives the best and the median of `--repeat` rounds and the load average.
+the store on the writer thread) and the client's, since both share the machine's cores,
+and on PostgreSQL the statements the server sent per bind (each a round trip on the writer
+thread: tests.support.postgres.counted_statements); the summary gives the best and the
+median of `--repeat` rounds and the load average.
 
 Reading the figures: a commit takes the creates that queued while the one before it was on
 disk, so at K in flight it holds about K/2 of them (the other half is in HTTP, answered or
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -132,9 +135,11 @@ def baseline_create_many(where: str, key: Path, n: int, batch: int) -> float:
 # -- the server child -----------------------------------------------------------------------
 async def serve(where: str, key: Path) -> None:
     """Serve until stdin closes; "start"/"stop" lines bracket the measured interval, whose
-    CPU time (every thread of this process) is reported on a CPU line."""
+    CPU time (every thread of this process) is reported on a CPU line, and on PostgreSQL
+    the statements sent meanwhile on a STATEMENTS line."""
     from sipmask.api import start_api
     from sipmask.api.app import STATE
+    from tests.support.postgres import counted_statements
 
     store = open_store(config(where, key))
     runner = await start_api(config(where, key), store)
@@ -142,11 +147,18 @@ async def serve(where: str, key: Path) -> None:
     print(f"PORT {runner.addresses[0][1]}", flush=True)
     loop = asyncio.get_running_loop()
     cpu = 0.0
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        if line.strip() == "start":
-            cpu = time.process_time()
-        elif line.strip() == "stop":
-            print(f"CPU {time.process_time() - cpu}", flush=True)
+    counts: dict[str, int] = {}
+    with contextlib.ExitStack() as counting:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            if line.strip() == "start":
+                cpu = time.process_time()
+                if where.startswith("postgresql://"):
+                    counts = counting.enter_context(counted_statements())
+            elif line.strip() == "stop":
+                print(f"CPU {time.process_time() - cpu}", flush=True)
+                if where.startswith("postgresql://"):
+                    counting.close()
+                    print(f"STATEMENTS {json.dumps(dict(counts))}", flush=True)
     writer = runner.app[STATE].writer
     stats = {"commits": writer.commits, "created": writer.created}
     await runner.cleanup()
@@ -319,6 +331,7 @@ class ApiRun:
     server_cpu_us: float     # per request, every thread of the server process
     client_cpu_us: float
     per_commit: float
+    statements: dict[str, int]    # PostgreSQL: what the server sent, by verb and table
 
 
 WARMUP = 500    # requests before the clock starts: imports, caches, the store's first pages
@@ -340,6 +353,8 @@ def api_run(where: str, key: Path, n: int, inflight: int) -> ApiRun:
         child.stdin.write("stop\n")
         child.stdin.flush()
         server_cpu = float(_tagged(child.stdout, "CPU"))
+        statements: dict[str, int] = (json.loads(_tagged(child.stdout, "STATEMENTS"))
+                                      if where.startswith("postgresql://") else {})
     finally:
         child.stdin.close()
         stats: dict[str, int] = json.loads(_tagged(child.stdout, "STATS") or "{}")
@@ -347,7 +362,8 @@ def api_run(where: str, key: Path, n: int, inflight: int) -> ApiRun:
     verify(where, key, warm.locations + driven.locations)
     return ApiRun(inflight, driven.rate, driven.latencies, server_cpu / n * 1e6,
                   driven.client_cpu / n * 1e6,
-                  stats["created"] / stats["commits"] if stats.get("commits") else 0.0)
+                  stats["created"] / stats["commits"] if stats.get("commits") else 0.0,
+                  statements)
 
 
 def verify(where: str, key: Path, locations: list[str]) -> None:
@@ -396,9 +412,11 @@ def report(r: Round, n: int, baseline_n: int, first_inflight: int) -> None:
     for run in r.runs:
         p50 = run.latencies[len(run.latencies) // 2] * 1000
         p99 = run.latencies[int(len(run.latencies) * 0.99)] * 1000
+        sent = (f"{sum(run.statements.values()) / n:.2f} statements/bind  "
+                if run.statements else "")
         print(f"[{r.store}] API POST /v1/bindings, {run.inflight:3d} in flight: "
               f"{run.rate:7.0f} binds/s  (n={n}) p50 {p50:.1f} ms  p99 {p99:.1f} ms  "
-              f"{run.per_commit:.1f} binds/commit  CPU/request server "
+              f"{run.per_commit:.1f} binds/commit  {sent}CPU/request server "
               f"{run.server_cpu_us:.0f} us client {run.client_cpu_us:.0f} us  ratio to "
               f"store.create {run.rate / r.direct:.1f}x  to create_many "
               f"{run.rate / r.grouped:.2f}x", flush=True)
@@ -413,11 +431,15 @@ def summary(rounds: list[Round], inflights: list[int]) -> None:
         rates = [r.runs[j].rate for r in rounds]
         ratios = [r.runs[j].rate / r.direct for r in rounds]
         server = statistics.median(r.runs[j].server_cpu_us for r in rounds)
+        sent = [sum(r.runs[j].statements.values()) / len(r.runs[j].latencies) for r in rounds
+                if r.runs[j].statements]
         best, target = max(rates), TARGET[store]
         print(f"[{store}] API {inflight:3d} in flight: best {best:.0f}  median "
               f"{statistics.median(rates):.0f} binds/s  same-round ratio to store.create "
               f"median {statistics.median(ratios):.1f}x  server CPU/request median "
-              f"{server:.0f} us  target >= {target}/s {'met' if best >= target else 'NOT met'}"
+              f"{server:.0f} us  "
+              + (f"statements/bind median {statistics.median(sent):.2f}  " if sent else "")
+              + f"target >= {target}/s {'met' if best >= target else 'NOT met'}"
               f" (median {'met' if statistics.median(rates) >= target else 'NOT met'})")
 
 

@@ -87,6 +87,9 @@ class _AsyncpgTxn:
         row = self._call(self.conn.fetchrow(_pg_params(_SQL[db]["get"]), *TABLES[db].cols(key)))
         return None if row is None else bytes(row[0])
 
+    def get_many(self, db: str, keys: list[bytes]) -> dict[bytes, bytes]:
+        return {key: value for key in keys if (value := self.get(db, key)) is not None}
+
     def put(self, db: str, key: bytes, value: bytes) -> None:
         self._call(self.conn.execute(_pg_params(_SQL[db]["put"]), *TABLES[db].row(key), value))
 
@@ -108,6 +111,10 @@ class _AsyncpgTxn:
             else:
                 added += self.insert(db, key, value)
         return added
+
+    def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        for key, value in items:
+            self.put(db, key, value)
 
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

@@ -28,6 +28,7 @@ from sipmask.config.schema import Config
 from sipmask.errors import ConfigError, RecordNotFound, RefusedError, StoreError
 from sipmask.store import BindingRequest, LmdbStore, crypto, open_store, recordings
 from sipmask.store.base import DEFAULT_TTL, ImportOutcome
+from sipmask.store.recording_file import State
 from sipmask.store.rules import RuleStore
 from sipmask.times import parse_time
 
@@ -192,16 +193,31 @@ def recording(args: argparse.Namespace, config: Config) -> int:
     if args.op == "sweep":
         _emit({"swept": recordings.sweep(config.recording, limit=1_000_000)})
         return EXIT_OK
+    def keys() -> crypto.Keyring:     # read only for a sealed file
+        return crypto.Keyring(crypto.read_key_file(config.store.key_file))
     try:
         found = recordings.open_recording(config.recording, args.cdr_id,
-                                          getattr(args, "tenant", None))
+                                          getattr(args, "tenant", None), keys=keys)
     except RecordNotFound:
         _err("cdr_id: no recording of this call")
         return EXIT_REFUSED
+    except StoreError as exc:          # the key file, or a recording it cannot open
+        _err(str(exc))
+        return EXIT_REFUSED
     try:
         return _export(found, args.out)
+    except StoreError as exc:          # the file changed while it was read
+        _err(str(exc))
+        return EXIT_REFUSED
     finally:
         found.close()
+
+
+# What an export of a file that is not whole says on stderr (the WAV holds what opened).
+_CUT = {State.TRUNCATED: "no final chunk (still being recorded, or cut short by a crash or "
+                         "a full disk); exported up to its last whole chunk",
+        State.DAMAGED: "a chunk does not open (the file was altered); exported up to the "
+                       "chunk before"}
 
 
 def _export(found: recordings.Recording, out: str) -> int:
@@ -226,7 +242,9 @@ def _export(found: recordings.Recording, out: str) -> int:
             target.close()
     if out != "-":
         _emit({"recording": found.name, "tenant": found.tenant, "out": out,
-               "bytes": written})
+               "bytes": written, "state": found.state.value})
+    if found.state in (State.TRUNCATED, State.DAMAGED):
+        _err(f"{found.name}: {found.state.value}: {_CUT[found.state]}")
     return EXIT_OK
 
 
@@ -251,22 +269,51 @@ def rekey(args: argparse.Namespace, config: Config) -> int:
         except StoreError:
             _err(str(mismatch))
             return EXIT_REFUSED
+        # This node's recordings may still be on the old key (a rekey stopped before it
+        # got to them, or the first rekey ran on another node): rewrapped now.
+        try:
+            moved = _rewrap(config, crypto.Keyring(crypto.read_key_file(config.store.key_file)),
+                            crypto.Keyring(master))
+        except (StoreError, OSError) as exc:
+            _err(f"recordings not rewrapped: {exc}")
+            return EXIT_REFUSED
         _emit({"key_file": str(new_file), "fingerprint": crypto.Keyring(master).fingerprint,
-               "rekeyed": False})
+               "rekeyed": False, "recordings": moved})
         _err(f"the store is already sealed with {new_file}: point store.key_file at it")
         return EXIT_OK
     except (ConfigError, StoreError) as exc:
         return _not_opened(exc)
+    keys: list[crypto.Keyring] = []
 
     def run(store: AnyStore) -> int:
-        was = store.keys.fingerprint
-        new = store.rekey(master)
-        _emit({"key_file": str(new_file), "fingerprint": new.fingerprint, "was": was,
-               "rekeyed": True})
-        _err(f"rekeyed: set store.key_file to {new_file} (on every node), then start "
-             f"sipmask; keep the old key file until then, destroy it after")
+        keys.append(store.keys)
+        keys.append(store.rekey(master))
         return EXIT_OK
-    return _run_on(store, run)
+    status = _run_on(store, run)
+    if status != EXIT_OK:
+        return status
+    old, new = keys
+    try:
+        moved = _rewrap(config, old, new)
+    except OSError as exc:
+        _err(f"the store is rekeyed, recordings not all rewrapped ({exc}): run the same "
+             "command again to finish")
+        return EXIT_REFUSED
+    _emit({"key_file": str(new_file), "fingerprint": new.fingerprint, "was": old.fingerprint,
+           "rekeyed": True, "recordings": moved})
+    _err(f"rekeyed: set store.key_file to {new_file} (on every node), then start sipmask; "
+         f"keep the old key file until then, destroy it after")
+    return EXIT_OK
+
+
+def _rewrap(config: Config, old: crypto.Keyring, new: crypto.Keyring) -> dict[str, int]:
+    """This node's recordings moved to the new key (store/recordings.rewrap_all); a file
+    on neither key is named by count on stderr (it stays readable only with its own key)."""
+    moved = recordings.rewrap_all(config.recording, old, new)
+    if moved.get("other_key") or moved.get("unreadable"):
+        _err(f"recordings: {moved['other_key']} on another key, {moved['unreadable']} "
+             "unreadable: left as they are")
+    return moved
 
 
 # -- bulk import ------------------------------------------------------------------------------

@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "~/.pgpass, not in the URI")
     rekey = store_ops.add_parser(
         "rekey", parents=[common],
-        help="seal every record with a new key (stop sipmask serve first); then point "
-             "store.key_file at the new key")
+        help="seal every record with a new key and rewrap this node's recordings (stop "
+             "sipmask serve first); then point store.key_file at the new key")
     rekey.add_argument("--new-key", required=True, metavar="FILE",
                        help="the new key: 32 bytes, mode 0600; made when FILE does not exist")
 
@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = subs.add_parser("recording", parents=[common], help="recorded calls")
     rec_ops = rec.add_subparsers(dest="op", metavar="OP", required=True)
     export = rec_ops.add_parser("export", parents=[common],
-                                help="write a call's recording (a stereo WAV) to a file")
+                                help="write a call's recording, unsealed with "
+                                     "store.key_file, as a stereo WAV")
     export.add_argument("cdr_id", metavar="CDR_ID", help="the CDR's call_id")
     export.add_argument("--out", required=True, metavar="FILE",
                         help="where the WAV goes (- for standard output); an existing "

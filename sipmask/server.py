@@ -40,7 +40,7 @@ from sipmask.clock import SystemClock
 from sipmask.config import loader
 from sipmask.config.reload import ReloadPlan
 from sipmask.config.reload import plan as reload_plan
-from sipmask.config.schema import Config, Endpoint
+from sipmask.config.schema import Config, Endpoint, TrunkUri
 from sipmask.errors import ConfigError, StoreError
 from sipmask.events.outbox import Outbox, new_event
 from sipmask.events.webhook import WebhookDelivery
@@ -65,6 +65,7 @@ from sipmask.sip.transports import Transport as TransportName
 from sipmask.sip.uri import NameAddr
 from sipmask.store import open_store, recordings
 from sipmask.transport.counters import SipCounters
+from sipmask.transport.resolver import SystemDns
 from sipmask.transport.tcp import InboundLimits, TcpTransport, open_tcp
 from sipmask.transport.tls import TlsContexts, load_contexts
 from sipmask.transport.udp import UdpTransport, open_udp
@@ -178,7 +179,7 @@ class ListenError(Exception):
     """The SIP side cannot start: a listen socket (OSError) or the TLS settings it needs
     (ConfigError, naming the key). str() is the one line `sipmask serve` prints."""
 
-    def __init__(self, endpoint: Endpoint, cause: OSError | ConfigError) -> None:
+    def __init__(self, endpoint: Endpoint | TrunkUri, cause: OSError | ConfigError) -> None:
         self.endpoint = endpoint
         self.cause = cause
         if isinstance(cause, ConfigError):
@@ -212,8 +213,8 @@ def tls_contexts(config: Config) -> TlsContexts | None:
     """The TLS contexts when any listener or trunk speaks TLS, else None. Raises
     ListenError (with the ConfigError naming the key) before any socket is opened."""
     listeners = [e for e in config.sip.listen if e.transport == "tls"]
-    trunks = [(name, trunk.outbound) for name, trunk in config.trunks.items()
-              if trunk.outbound.transport == "tls"]
+    trunks = [(name, uri) for name, trunk in config.trunks.items()
+              for uri in trunk.outbound if uri.transport == "tls"]
     if not listeners and not trunks:
         return None
     try:
@@ -537,6 +538,10 @@ class Services:
         relay = getattr(media, "relay", None)
         if relay is not None:
             sources.relay = relay.stats
+            sources.recording_disk = lambda: relay.disk.stats
+        counters = relay.services if relay is not None else getattr(media, "services", None)
+        if counters is not None:
+            sources.media_services = lambda: counters
         return services
 
     @property
@@ -548,7 +553,7 @@ class Services:
         engine = Engine(actions, config=self.config, store=self.store,  # type: ignore[arg-type]
                         media=self.media, cdrs=self.cdrs, clock=SystemClock(),
                         events=self.outbox if self.delivery is not None else None,
-                        policy=self.policy, metrics=self.metrics)
+                        policy=self.policy, metrics=self.metrics, dns=SystemDns())
         self.engines.append(engine)
         self.metrics.sources.active_calls = lambda: engine.active_calls
         self.metrics.sources.engine_stats = lambda: engine.stats
@@ -604,6 +609,8 @@ class Services:
             self.delivery.start()
         if self.policy is not None:
             self.policy.start()     # the loop-lag monitor behind overload refusals
+        for engine in self.engines:
+            engine.trunks.start()   # DNS for the trunks' names, OPTIONS probes (b2bua/trunks.py)
 
     async def _sweep(self) -> None:
         """Every store.sweep_interval_s: expired bindings (they already stop routing, as
@@ -689,6 +696,8 @@ class Services:
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
+        for engine in self.engines:
+            await engine.trunks.close()
         if self.delivery is not None:
             await self.delivery.stop()
         if self.policy is not None:

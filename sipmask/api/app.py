@@ -2,8 +2,11 @@
 
 `create_app` builds the application over a store; `start_api` binds `config.api.listen`
 and returns the running AppRunner (`await runner.cleanup()` stops it and its writer thread;
-close the store after that). Reads (get, list, CDRs) call the store in the handler: an LMDB
-read is microseconds and sees the last commit of any process. Writes go through
+close the store after that). Reads (get, list, CDRs, trace, the health check) go through
+`store.offload.soon`: on LMDB they run in the handler (a read is microseconds and sees the
+last commit of any process); on PostgreSQL, where each is a round trip and a slow or
+unreachable database would hold it for seconds, on the store's read threads, so the loop
+(and SIP with it, in `sipmask serve`) never waits for the database. Writes go through
 api/writer.py, off the event loop, because each commit waits for an fsync.
 """
 
@@ -13,7 +16,7 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import prometheus_client
 from aiohttp import web
@@ -30,8 +33,11 @@ from sipmask.cdr.record import Cdr
 from sipmask.config.schema import Config, HostPort, RecordingConfig
 from sipmask.errors import RecordNotFound, RefusedError, StoreError
 from sipmask.observability.logging import get_logger
-from sipmask.store import recordings
+from sipmask.store import offload, recordings
 from sipmask.store.base import BindingStore
+from sipmask.store.recording_file import RecordingUnreadable
+
+T = TypeVar("T")
 
 log = get_logger("sipmask.api")
 
@@ -151,6 +157,16 @@ def _json(body: bytes, status: int = 200, location: str | None = None) -> web.Re
     return web.Response(body=body, status=status, headers=headers)
 
 
+async def _read(state: ApiState, fn: Callable[[], T]) -> T:
+    """fn (a store read) off the loop when the store's reads wait on the network
+    (offload.soon); an answer already there (LMDB) is taken without a trip round the loop.
+    StoreBusy (the read threads' queue is full) is a StoreError: 503."""
+    future = offload.soon(state.store, fn)
+    if future.done():
+        return future.result()
+    return await asyncio.wrap_future(future)
+
+
 # -- bindings -------------------------------------------------------------------------------
 async def create_binding(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -162,7 +178,9 @@ async def create_binding(request: web.Request) -> web.Response:
 async def get_binding(request: web.Request) -> web.Response:
     state = request.app[STATE]
     binding_id = inputs.binding_id(request.match_info["id"])
-    return _json(render.binding_json(state.store.get(binding_id, tenant=request[TENANT])))
+    tenant = request[TENANT]
+    binding = await _read(state, lambda: state.store.get(binding_id, tenant=tenant))
+    return _json(render.binding_json(binding))
 
 
 async def delete_binding(request: web.Request) -> web.Response:
@@ -186,7 +204,9 @@ async def patch_binding(request: web.Request) -> web.Response:
 async def list_bindings(request: web.Request) -> web.Response:
     state = request.app[STATE]
     query = inputs.list_query(request.query)
-    found = state.store.list(tenant=request[TENANT], x=query.x, limit=query.limit)
+    tenant = request[TENANT]
+    found = await _read(state, lambda: state.store.list(tenant=tenant, x=query.x,
+                                                        limit=query.limit))
     return _json(render.bindings_json(found))
 
 
@@ -194,10 +214,13 @@ async def list_bindings(request: web.Request) -> web.Response:
 async def list_cdrs(request: web.Request) -> web.Response:
     state = request.app[STATE]
     query = inputs.cdr_query(request.query)
-    if state.cdr_source is None:
+    source = state.cdr_source
+    if source is None:
         return web.json_response([])
     # Filtered by the token's tenant: real numbers in CDRs are visible only to their tenant.
-    return web.json_response(state.cdr_source(request[TENANT], query.since, query.limit))
+    tenant = request[TENANT]
+    return web.json_response(await _read(state, lambda: source(tenant, query.since,
+                                                               query.limit)))
 
 
 async def trace_x(request: web.Request) -> web.Response:
@@ -206,29 +229,36 @@ async def trace_x(request: web.Request) -> web.Response:
     state = request.app[STATE]
     query = inputs.trace_query(request.query)
     source = state.cdr_source
-    found = trace.trace(state.store, source.for_binding if source is not None else None,
-                        query.x, query.at)
+    found = await _read(state, lambda: trace.trace(
+        state.store, source.for_binding if source is not None else None, query.x, query.at))
     log.info("api.trace", operator=request[OPERATOR], bindings=len(found.bindings),
              cdrs=len(found.cdrs))
     return web.json_response(found.to_json())
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    """GET /v1/recordings/{cdr_id}: the call's recording as audio/wav, streamed; 404 when
-    there is none for the token's tenant (another tenant's call looks the same)."""
+    """GET /v1/recordings/{cdr_id}: the call's recording as audio/wav, streamed (opened
+    from its sealed file off the loop); 404 when there is none for the token's tenant
+    (another tenant's call looks the same); 500 `recording` when the store key cannot open
+    it. `X-Sipmask-Recording` says how whole the file was (store/recordings.Recording)."""
     state = request.app[STATE]
     tenant = request.get(TENANT)          # None: an operator token, any tenant's
     cdr_id = request.match_info["cdr_id"]
-    found = await asyncio.to_thread(recordings.open_recording, state.recording, cdr_id,
-                                    tenant)
+    try:
+        found = await asyncio.to_thread(recordings.open_recording, state.recording, cdr_id,
+                                        tenant, keys=state.store.keys)
+    except RecordingUnreadable as exc:
+        log.error("api.recording_unreadable", error=str(exc))
+        return error_response(500, "recording", "the recording cannot be opened with "
+                              "store.key_file (see the server's log)")
     try:
         log.info("api.recording_read", tenant=found.tenant, name=found.name,
-                 operator=request.get(OPERATOR))
+                 operator=request.get(OPERATOR), state=found.state.value)
         response = web.StreamResponse(headers={
             "Content-Type": "audio/wav",
-            "Content-Disposition": f'attachment; filename="{found.name}"'})
-        if found.size is not None:
-            response.content_length = found.size
+            "Content-Disposition": f'attachment; filename="{found.name}"',
+            "X-Sipmask-Recording": found.state.value})
+        response.content_length = found.size
         await response.prepare(request)
         while chunk := await asyncio.to_thread(found.stream.read, RECORDING_CHUNK):
             await response.write(chunk)
@@ -241,7 +271,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        state.store.tenants()
+        await _read(state, state.store.tenants)
     except StoreError:
         return error_response(503, "store", "the store cannot be read")
     return web.json_response({"status": "ok"})

@@ -156,12 +156,18 @@ DOCUMENT: dict[str, Any] = {
                 "parameters": [{"name": "cdr_id", "in": "path", "required": True,
                                 "description": "the CDR's call_id",
                                 "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "the recording",
+                "responses": {"200": {"description": "the recording, unsealed",
+                                      "headers": {"X-Sipmask-Recording": {
+                                          "description": "how whole the file was",
+                                          "schema": {"enum": ["complete", "truncated",
+                                                              "damaged", "plain"]}}},
                                       "content": {"audio/wav": {"schema": {
                                           "type": "string", "format": "binary"}}}},
                               "404": _error("no recording of this call for this tenant"),
                               "401": _error("missing or unknown bearer token"),
-                              "405": _error("method not allowed on this path")},
+                              "405": _error("method not allowed on this path"),
+                              "500": _error("the recording does not open with "
+                                            "store.key_file")},
             },
         },
         "/healthz": {

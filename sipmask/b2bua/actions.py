@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from sipmask.b2bua.call import Call, Leg
 from sipmask.cdr.record import Cdr
+from sipmask.media.backend import PlayEnd
+from sipmask.sip.locate import Target
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transaction import (
     AckReceived,
@@ -143,6 +145,55 @@ class StopRecording:
     call_id: str
 
 
+# -- actions: media services (issue 15: announcements, digits; media/backend.py) -------------
+@dataclass(slots=True)
+class OpenEarly:
+    """Open the call's media on `leg` alone for early media (MediaBackend.open_early): the
+    183's SDP comes back in EarlyOpened (None: no stream of the offer can carry a prompt)."""
+
+    id: int
+    call_id: str
+    leg: Leg
+    sdp: bytes
+    sip_source: str
+
+
+@dataclass(slots=True)
+class PlayPrompt:
+    """Play `announcements.<key>` (its configured value `file`: "default" or a WAV path)
+    to `leg`; PromptEnded comes back when it stops, for whatever reason (PlayEnd). The
+    shell reads the file; one it cannot read ends FAILED at once."""
+
+    id: int
+    call_id: str
+    leg: Leg
+    key: str
+    file: str
+
+
+@dataclass(slots=True)
+class StopPrompt:
+    """Stop the prompt playing to `leg` (its PromptEnded says STOPPED); nothing if none."""
+
+    call_id: str
+    leg: Leg
+
+
+@dataclass(slots=True)
+class CollectDigits:
+    """Report `leg`'s RFC 4733 key presses as DigitHeard events until StopDigits or the
+    call's media is deleted."""
+
+    call_id: str
+    leg: Leg
+
+
+@dataclass(slots=True)
+class StopDigits:
+    call_id: str
+    leg: Leg
+
+
 @dataclass(slots=True)
 class CommitCdr:
     """The final record of a call attempt, on disk before CdrCommitted comes back."""
@@ -185,7 +236,8 @@ class Refused:
 
 CoreAction = (Respond | SendRequest | Cancel | SendAck | Lookup | MediaOffer | MediaAnswer
               | MediaDelete | StartRecording | StopRecording | CommitCdr | JournalUp | Emit
-              | CallFinished | Refused)
+              | CallFinished | Refused | OpenEarly | PlayPrompt | StopPrompt | CollectDigits
+              | StopDigits)
 
 
 # -- events: results of actions, and what the shell reports --------------------------------
@@ -206,6 +258,25 @@ class MediaDone:
     id: int
     sdp: bytes = b""
     error: Exception | None = None
+
+
+@dataclass(slots=True)
+class EarlyOpened:
+    """OpenEarly's answer: the 183's SDP, None when no stream can carry a prompt (nothing
+    was opened), or the backend's error (nothing was opened either)."""
+
+    id: int
+    sdp: bytes | None = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True)
+class PromptEnded:
+    """PlayPrompt's answer, when the prompt stopped: why (FINISHED, STOPPED, CLOSED,
+    UNPLAYABLE on a leg without PCMU/PCMA, FAILED...)."""
+
+    id: int
+    reason: PlayEnd
 
 
 @dataclass(slots=True)
@@ -244,11 +315,32 @@ class MediaTimeout:
 
 
 @dataclass(slots=True)
+class DigitHeard:
+    """A key `leg` pressed, in its media (RFC 4733), while CollectDigits is on."""
+
+    call_id: str
+    leg: Leg
+    key: str
+
+
+@dataclass(slots=True)
 class EndAll:
     """Drain timeout on SIGTERM: hang up every call left."""
 
 
-Done = LookupDone | MediaDone | RecordingStopped | CdrCommitted | JournalDone
+@dataclass(slots=True)
+class TrunkTargets:
+    """A trunk's targets in the order new calls try them (sip/locate.py TargetList.targets:
+    what DNS answered, those probing found down last), from the shell's trunk monitor
+    (b2bua/trunks.py) whenever they change. Empty: nothing to try (503 at once)."""
+
+    trunk: str
+    targets: tuple[Target, ...]
+
+
+Done = (LookupDone | MediaDone | RecordingStopped | CdrCommitted | JournalDone | EarlyOpened
+        | PromptEnded)
 CoreEvent = (RequestReceived | ResponseReceived | AckReceived | CancelReceived
              | TransactionTimeout | TransportFailed | AckTimeout | TransactionTerminated
-             | StrayResponse | Done | SendFailed | MediaTimeout | EndAll)
+             | StrayResponse | Done | SendFailed | MediaTimeout | DigitHeard | EndAll
+             | TrunkTargets)

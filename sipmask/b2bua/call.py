@@ -36,6 +36,9 @@ class CallState(Enum):
     ROUTING = "routing"          # INVITE from A accepted; media and leg B being prepared
     CALLING = "calling"          # INVITE sent on leg B, nothing back yet
     EARLY = "early"              # B sent a provisional; relayed to A
+    # B answered; a notice plays (callee_notice to B, recording_notice to both) before A
+    # hears the answer (b2bua/announcing.py): A has had no final response yet.
+    NOTICE = "notice"
     ANSWERED = "answered"        # B answered 2xx, relayed to A; waiting for A's ACK
     CONFIRMED = "confirmed"      # A acknowledged: both legs up
     CANCELLING = "cancelling"    # A cancelled or ring timeout: CANCEL sent on leg B
@@ -65,6 +68,8 @@ class CallEvent(Enum):
     MAX_DURATION = "max_duration"        # the binding's call length limit
     SHUTDOWN = "shutdown"                # drain timeout on SIGTERM
     BYES_DONE = "byes_done"              # every BYE we sent got an answer or timed out
+    NOTICE_STARTED = "notice_started"    # notices play before A hears B's answer
+    NOTICE_DONE = "notice_done"          # they ended: A hears the answer now
 
 
 class Action(Enum):
@@ -77,6 +82,7 @@ class Action(Enum):
     ANSWER_A_487 = "answer_a_487"          # Request Terminated for A's INVITE (§9.2)
     ANSWER_A_408 = "answer_a_408"          # leg B timed out / never answered
     ANSWER_A_503 = "answer_a_503"          # we could not set the call up
+    ANSWER_A_480 = "answer_a_480"          # B hung up before A was answered (its notice)
     ACK_B = "ack_b"                        # ACK B's 2xx (§13.2.2.4)
     CANCEL_B = "cancel_b"
     BYE_A = "bye_a"
@@ -94,13 +100,18 @@ S, E, A = CallState, CallEvent, Action
 # that decides the end starts with these two, ahead of the final response or BYE answer.
 _END = (A.FREE_MEDIA, A.WRITE_CDR)
 
-LIVE = frozenset({S.ROUTING, S.CALLING, S.EARLY, S.ANSWERED, S.CONFIRMED})
+LIVE = frozenset({S.ROUTING, S.CALLING, S.EARLY, S.NOTICE, S.ANSWERED, S.CONFIRMED})
 
 TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ...]]] = {
     (S.ROUTING, E.LEG_B_SENT): (S.CALLING, ()),
     (S.ROUTING, E.SETUP_FAILED): (S.ENDED, (*_END, A.ANSWER_A_503)),
     (S.ROUTING, E.A_CANCEL): (S.ENDED, (*_END, A.ANSWER_A_487)),
     (S.ROUTING, E.SHUTDOWN): (S.ENDED, (*_END, A.ANSWER_A_503)),
+    # The trunk has no target to try (none resolved, RFC 3263): 503 before leg B.
+    (S.ROUTING, E.B_UNREACHABLE): (S.ENDED, (*_END, A.ANSWER_A_503)),
+    # §15: the caller may BYE an early dialog (the 183 of an announcement made one): as a
+    # CANCEL, and the BYE gets its 200 (§15.1.2).
+    (S.ROUTING, E.A_BYE): (S.ENDED, (*_END, A.ANSWER_BYE_A, A.ANSWER_A_487)),
 
     (S.CALLING, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),
     (S.EARLY, E.B_PROVISIONAL): (S.EARLY, (A.RELAY_PROVISIONAL_TO_A,)),
@@ -121,6 +132,8 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.EARLY, E.RING_TIMEOUT): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_408)),
     (S.CALLING, E.SHUTDOWN): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_503)),
     (S.EARLY, E.SHUTDOWN): (S.CANCELLING, (*_END, A.CANCEL_B, A.ANSWER_A_503)),
+    (S.CALLING, E.A_BYE): (S.CANCELLING, (*_END, A.ANSWER_BYE_A, A.CANCEL_B, A.ANSWER_A_487)),
+    (S.EARLY, E.A_BYE): (S.CANCELLING, (*_END, A.ANSWER_BYE_A, A.CANCEL_B, A.ANSWER_A_487)),
     # In-dialog requests in the early dialog (UPDATE, INFO, PRACK) cross as they are.
     (S.EARLY, E.A_REQUEST): (S.EARLY, (A.RELAY_REQUEST_TO_B,)),
     (S.EARLY, E.B_REQUEST): (S.EARLY, (A.RELAY_REQUEST_TO_A,)),
@@ -134,6 +147,18 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, tuple[Action, ..
     (S.CANCELLING, E.A_CANCEL): (S.CANCELLING, ()),
     (S.CANCELLING, E.SHUTDOWN): (S.CANCELLING, ()),
     (S.CANCELLING, E.RING_TIMEOUT): (S.CANCELLING, ()),
+
+    # Issue 15 §4: notices between B's answer and A's (b2bua/announcing.py). A has had no
+    # final response: a CANCEL or BYE from A still ends it with 487, B hanging up with 480,
+    # and B is hung up; the record then shows a call never answered (Call.apply).
+    (S.ANSWERED, E.NOTICE_STARTED): (S.NOTICE, ()),
+    (S.NOTICE, E.NOTICE_DONE): (S.ANSWERED, ()),
+    (S.NOTICE, E.B_ANSWER): (S.NOTICE, (A.ACK_B,)),          # 2xx retransmission
+    (S.NOTICE, E.A_CANCEL): (S.ENDING, (*_END, A.ANSWER_A_487, A.BYE_B)),
+    (S.NOTICE, E.A_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_A, A.ANSWER_A_487, A.BYE_B)),
+    (S.NOTICE, E.B_BYE): (S.ENDING, (*_END, A.ANSWER_BYE_B, A.ANSWER_A_480)),
+    (S.NOTICE, E.MEDIA_TIMEOUT): (S.ENDING, (*_END, A.ANSWER_A_503, A.BYE_B)),
+    (S.NOTICE, E.SHUTDOWN): (S.ENDING, (*_END, A.ANSWER_A_503, A.BYE_B)),
 
     (S.ANSWERED, E.A_ACK): (S.CONFIRMED, ()),
     (S.ANSWERED, E.A_ACK_TIMEOUT): (S.ENDING, (*_END, A.BYE_A, A.BYE_B)),
@@ -184,13 +209,16 @@ _RELEASE_SIDE: dict[CallEvent, str] = {
 }
 
 # The final status leg A gets, for actions that choose it themselves.
-_STATUS_FOR_ACTION = {A.ANSWER_A_487: 487, A.ANSWER_A_408: 408, A.ANSWER_A_503: 503}
+_STATUS_FOR_ACTION = {A.ANSWER_A_487: 487, A.ANSWER_A_408: 408, A.ANSWER_A_503: 503,
+                      A.ANSWER_A_480: 480}
 
 _CAUSE_FOR_EVENT: dict[CallEvent, str] = {
     E.B_FAILURE: "callee_failed", E.B_TIMEOUT: "timeout", E.RING_TIMEOUT: "timeout",
     E.B_UNREACHABLE: "trunk_unreachable",
     E.A_CANCEL: "none", E.SETUP_FAILED: "callee_failed", E.SHUTDOWN: "none",
 }
+# An end during NOTICE (A never heard the answer), where it names a cause of its own.
+_NOTICE_CAUSE: dict[CallEvent, str] = {E.B_BYE: "callee_failed"}
 
 
 # What Call.apply does for each transition, worked out once from the tables above:
@@ -199,15 +227,19 @@ _CAUSE_FOR_EVENT: dict[CallEvent, str] = {
 _Step = tuple[CallState, tuple[Action, ...], bool, int | None, bool, str | None, str | None]
 
 
-def _step(event: CallEvent, next_state: CallState, actions: tuple[Action, ...]) -> _Step:
+def _step(state: CallState, event: CallEvent, next_state: CallState,
+          actions: tuple[Action, ...]) -> _Step:
     fixed = next((_STATUS_FOR_ACTION[a] for a in actions if a in _STATUS_FOR_ACTION), None)
     release = _RELEASE_SIDE.get(event) if (actions or event is E.A_CANCEL) else None
+    cause = _CAUSE_FOR_EVENT.get(event)
+    if state is S.NOTICE:
+        cause = _NOTICE_CAUSE.get(event, cause)
     return (next_state, actions, A.WRITE_CDR in actions, fixed,
-            A.RELAY_FAILURE_TO_A in actions, release, _CAUSE_FOR_EVENT.get(event))
+            A.RELAY_FAILURE_TO_A in actions, release, cause)
 
 
 _STEPS: dict[tuple[CallState, CallEvent], _Step] = {
-    key: _step(key[1], next_state, actions)
+    key: _step(key[0], key[1], next_state, actions)
     for key, (next_state, actions) in TRANSITIONS.items()}
 
 
@@ -252,6 +284,11 @@ class Call:
             self.sip_status = status or 200
         if relay_failure:
             self.sip_status = status
+        if ends and state is S.NOTICE:
+            # A never heard B's answer (a notice was playing): to the record the call was
+            # not answered, and its status is the one A gets now.
+            self.answer_at = None
+            self.sip_status = fixed_status
         if fixed_status is not None and self.sip_status is None:
             self.sip_status = fixed_status
         if release is not None and self.release_side is None:

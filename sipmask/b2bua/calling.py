@@ -28,6 +28,7 @@ from sipmask.b2bua.actions import (
     MediaDone,
     Refused,
     StartRecording,
+    TrunkTargets,
 )
 from sipmask.b2bua.call import Call, CallEvent, CallState, Leg
 from sipmask.b2bua.context import CallContext, Role, Transition, record_of
@@ -36,7 +37,8 @@ from sipmask.cdr.record import Cdr
 from sipmask.config.schema import TenantConfig, TrunkConfig
 from sipmask.errors import ParseError, SipError, StoreError
 from sipmask.sip.dialog import Dialog, DialogState, new_call_id, new_tag
-from sipmask.sip.message import Response
+from sipmask.sip.locate import Server, Target, TargetList
+from sipmask.sip.message import Request, Response
 from sipmask.sip.methods import ALLOW
 from sipmask.sip.transaction import RequestReceived
 
@@ -64,6 +66,9 @@ class Setup:
     caller: str
     invite_at: float
     ending: CallEvent | None = None     # A_CANCEL or SHUTDOWN arrived meanwhile
+    # (call id, A's To tag) of the early dialog and media the AXE extension prompt opened
+    # (b2bua/announcing.py): the call keeps them, the caller's media is that session.
+    prompted: tuple[str, str] | None = None
 
 
 # A draining node (SIGTERM) refuses new calls, and OPTIONS as it would an INVITE (§11.2):
@@ -119,13 +124,15 @@ def _routed(core: CallCore, setup: Setup, done: LookupDone) -> None:
     event = setup.event
     del core.setups[event.txn_id]
     try:
-        _route(core, setup, done)
+        route_setup(core, setup, done)
     except Exception:
         core.reply(event.txn_id, event.request, 500)
         raise
 
 
-def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
+def route_setup(core: CallCore, setup: Setup, done: LookupDone) -> None:
+    """Refuse, or make the call and place leg B (also for an AXE extension the caller keyed
+    at the prompt, b2bua/announcing.py)."""
     event = setup.event
     if done.error is not None:
         # The store failed (not "no binding"): nothing is known of the call to record.
@@ -148,21 +155,27 @@ def _route(core: CallCore, setup: Setup, done: LookupDone) -> None:
             assert binding is not None
             core.policy.admit_route(binding, caller, target.direction, core.now)
     except SipError as exc:
-        refuse(core, event, exc, setup.invite_at, refusal_headers(exc))
+        # Issue 15: an announcement may come first (unbound, the AXE prompt, not_allowed).
+        if not core.announcer.refused(setup, exc, binding):
+            refuse(core, event, exc, setup.invite_at, refusal_headers(exc))
         return
     assert binding is not None
     request, trunk = event.request, setup.trunk
-    call = Call(call_id=new_call_id(host=core.config.sip.advertise), tenant=binding.tenant,
+    targets = trunk_targets(core, setup.trunk_name or "", trunk)
+    first = targets[0].server if targets else _NO_TARGET
+    call_id, a_tag = setup.prompted or (new_call_id(host=core.config.sip.advertise), new_tag())
+    call = Call(call_id=call_id, tenant=binding.tenant,
                 binding_id=binding.id, x=setup.x, caller=caller, callee=target.callee,
                 direction=target.direction, invite_at=setup.invite_at)
     ctx = CallContext(
         call=call, a_invite=request, a_txn=event.txn_id, a_source=event.source,
-        a_transport=event.transport, a_tag=new_tag(), trunk=trunk, b_tag=new_tag(),
-        b_dest=(trunk.outbound.host, trunk.outbound.port),
-        b_transport=trunk.outbound.transport, b_shown=target.shown, a_body=setup.a_body)
+        a_transport=event.transport, a_tag=a_tag, trunk=trunk, b_tag=new_tag(),
+        b_dest=first.address, b_transport=first.transport, b_shown=target.shown,
+        a_body=setup.a_body, b_targets=list(targets))
     if core.policy is not None:
         ctx.max_duration_s = core.policy.max_duration(binding)
     ctx.record = _should_record(binding, core.config.tenants)
+    ctx.media_open = setup.prompted is not None     # the prompt's early media session
     core.add_call(ctx)
     core.log.info("call.routing", call_id=call.call_id, x=setup.x, caller=caller,
                   callee=target.callee, direction=target.direction)
@@ -177,42 +190,67 @@ def refuse(core: CallCore, event: RequestReceived, exc: SipError, invite_at: flo
            extra: tuple[tuple[str, str], ...]) -> None:
     """Answer a refused attempt; count it, and record it (CONTRACT: one CDR per call
     attempt) unless it is an ACL or load-shedding refusal (`_unrecorded`)."""
-    request = event.request
-    cause = exc.cause or (
-        "rate_limited" if exc.status == 503 else "not_allowed")
-    core.stats[f"refused_{cause}"] += 1
-    core.add(Refused(exc.metric or _REFUSAL_REASON.get(exc.status, cause)))
+    cause = count_refusal(core, exc)
     # Problems of the message itself (400, 416, 420, 483) keep sipmask's reason phrase,
     # which names the problem (CONTRACT); policy refusals get the standard one.
     reason = exc.reason if exc.status in _REFUSAL_REASON else None
     if _unrecorded(exc):
-        core.reply(event.txn_id, request, exc.status, reason=reason, extra=extra)
+        core.reply(event.txn_id, event.request, exc.status, reason=reason, extra=extra)
         return
+    record_refusal(core, event, exc.status, cause, invite_at, reason=reason, extra=extra)
+
+
+def count_refusal(core: CallCore, exc: SipError) -> str:
+    """Count a refused attempt (stats, the refusals metric); its CDR cause."""
+    cause = exc.cause or (
+        "rate_limited" if exc.status == 503 else "not_allowed")
+    core.stats[f"refused_{cause}"] += 1
+    core.add(Refused(exc.metric or _REFUSAL_REASON.get(exc.status, cause)))
+    return cause
+
+
+def record_refusal(core: CallCore, event: RequestReceived, status: int, cause: str,
+                   invite_at: float, *, reason: str | None = None,
+                   extra: tuple[tuple[str, str], ...] = (), call_id: str | None = None,
+                   to_tag: str | None = None, release_side: str = "sipmask") -> None:
+    """The CDR of an attempt that made no call, then its final response `status`. An
+    announcement before it (b2bua/announcing.py) gave the attempt its call id and the
+    early dialog's To tag, and the caller may have ended it (release_side caller)."""
+    request = event.request
     x = _safe(lambda: routing.target_x(request)) or ""
     caller = _safe(lambda: routing.caller_number(request, trust_pai=False)) or ""
-    record = Cdr(call_id=new_call_id(host=core.config.sip.advertise),
+    record = Cdr(call_id=call_id or new_call_id(host=core.config.sip.advertise),
                  tenant=core.tenant_of_x(x), binding_id=None, x=x, caller=caller,
                  callee=None, direction=None, invite_at=invite_at, ring_at=None,
                  answer_at=None, end_at=core.wall, duration_s=0.0,
-                 release_side="sipmask", sip_status=exc.status, unconnected_cause=cause)
-    core.log.info("call.refused", status=exc.status, cause=cause, x=x, caller=caller)
+                 release_side=release_side, sip_status=status, unconnected_cause=cause)
+    core.log.info("call.refused", status=status, cause=cause, x=x, caller=caller)
     # The refusal leaves once its CDR is on disk, as for calls (CONTRACT: before the
     # last response).
-    op = core.wait(None, partial(_refusal_recorded, core, event, exc.status, reason, extra))
+    op = core.wait(None, partial(_refusal_recorded, core, event, status, reason, extra,
+                                 to_tag))
     core.add(CommitCdr(op, record))
 
 
 def _refusal_recorded(core: CallCore, event: RequestReceived, status: int,
                       reason: str | None, extra: tuple[tuple[str, str], ...],
-                      done: CdrCommitted) -> None:
+                      to_tag: str | None, done: CdrCommitted) -> None:
     if done.error is not None:
         core.stats["cdr_write_failed"] += 1
-    core.reply(event.txn_id, event.request, status, reason=reason, extra=extra)
+    core.reply(event.txn_id, event.request, status, reason=reason, extra=extra,
+               to_tag=to_tag)
 
 
 # -- leg B -----------------------------------------------------------------------------------
 def _place_leg_b(core: CallCore, ctx: CallContext, max_forwards: int) -> None:
     if ctx.call.state is not CallState.ROUTING:
+        return
+    if not ctx.b_targets:
+        # No server to try (a name that did not resolve, RFC 3263 §4.3): 503 at once,
+        # before any media is opened.
+        core.stats["trunk_no_target"] += 1
+        core.log.warning("call.trunk_unreachable", call_id=ctx.call.call_id)
+        core.transition(ctx, CallEvent.B_UNREACHABLE)
         return
     crossed = core.cross(ctx, Leg.A, ctx.a_body, offer=True,
                          then=partial(_leg_b_offered, core, ctx, max_forwards))
@@ -234,10 +272,43 @@ def _leg_b_offered(core: CallCore, ctx: CallContext, max_forwards: int,
 
 def _send_leg_b(core: CallCore, ctx: CallContext, max_forwards: int, body: bytes,
                 content_type: str | None) -> None:
+    ctx.b_offer = (max_forwards, body, content_type)
+    send_attempt(core, ctx)
+    core.transition(ctx, CallEvent.LEG_B_SENT)
+    core.timers.start(ctx.call.call_id, CallTimer.RING,
+                      core.now + core.config.sip.ring_timeout_s)
+
+
+def send_attempt(core: CallCore, ctx: CallContext) -> None:
+    """Leg B's INVITE to the next of the trunk's targets, as a new client transaction.
+    A later attempt (b2bua/failover.py) is a dialog of its own: a new From tag and the next
+    CSeq (RFC 3263 §4.3 asks for a new branch; the tag and CSeq keep a late message of the
+    abandoned attempt out of this dialog, and an element reached through both targets from
+    taking the second for a merged request, RFC 3261 §8.2.2.2)."""
+    target = ctx.b_targets.pop(0)
+    previous = ctx.b_invite
+    if previous is not None:
+        ctx.b_tag = new_tag()
+        ctx.b_dialog, ctx.b_source, ctx.b_heard = None, None, False
+        ctx.b_rseq.clear()
+        ctx.contacts.pop(Leg.B, None)          # the transport may differ
+        ctx.hops.pop(Leg.B, None)
+    ctx.b_dest, ctx.b_transport = target.server.address, target.server.transport
+    cseq = 1 if previous is None else previous.cseq.number + 1
+    ctx.b_invite = request = _leg_b_invite(core, ctx, target, cseq)
+    ctx.b_txn = core.send_request(request, ctx.b_dest, ctx.b_transport, None)
+    core.track(ctx.b_txn, (Role.B_INVITE, ctx), ctx)
+    timeout_ms = ctx.trunk.failover_timeout_ms
+    if timeout_ms:
+        core.timers.start(ctx.call.call_id, CallTimer.FAILOVER, core.now + timeout_ms / 1000)
+
+
+def _leg_b_invite(core: CallCore, ctx: CallContext, target: Target, cseq: int) -> Request:
+    max_forwards, body, content_type = ctx.b_offer
     call = ctx.call
-    trunk = ctx.trunk.outbound
-    host = routing.uri_host(trunk.host)
-    target = f"sip:{call.callee}@{host}:{trunk.port};user=phone"
+    host = routing.uri_host(target.host)
+    port = f":{target.port}" if target.port is not None else ""
+    uri = f"sip:{call.callee}@{host}{port};user=phone"
     sip = core.config.sip
     # CONTRACT: the callee sees the binding's number (AXYB: Y when A calls B).
     identity = f"<sip:{ctx.b_shown}@{sip.advertise}>"
@@ -252,16 +323,40 @@ def _send_leg_b(core: CallCore, ctx: CallContext, max_forwards: int, body: bytes
     else:
         crossing = [(n, f"{v}, 100rel") if n.lower() == "supported" else (n, v)
                     for n, v in crossing]
-    request = masking.build_request(
-        "INVITE", request_uri=target, local=local, remote=f"<{target}>",
-        call_id=call.call_id, cseq=1, contact=core.contact_of(ctx, Leg.B),
+    return masking.build_request(
+        "INVITE", request_uri=uri, local=local, remote=f"<{uri}>",
+        call_id=call.call_id, cseq=cseq, contact=core.contact_of(ctx, Leg.B),
         max_forwards=max_forwards, crossing=crossing, extra=extra, body=body,
         content_type=content_type)
-    ctx.b_invite = request
-    ctx.b_txn = core.send_request(request, ctx.b_dest, ctx.b_transport, None)
-    core.track(ctx.b_txn, (Role.B_INVITE, ctx), ctx)
-    core.transition(ctx, CallEvent.LEG_B_SENT)
-    core.timers.start(call.call_id, CallTimer.RING, core.now + sip.ring_timeout_s)
+
+
+# -- the trunk's targets ---------------------------------------------------------------------
+# A call with no target to try ends before leg B (_place_leg_b); its context names this.
+_NO_TARGET = Server("udp", "0.0.0.0", 0)
+
+
+def target_list(trunk: TrunkConfig) -> TargetList:
+    """The trunk's outbound URIs as sip/locate.py plans them (IP addresses known at once,
+    host names to resolve), with its probe timing: the one reading of the config, for the
+    core's defaults and the shell's monitor (b2bua/trunks.py)."""
+    timeout_ms = trunk.failover_timeout_ms
+    return TargetList.of([(u.transport, u.host, u.port) for u in trunk.outbound],
+                         probe_interval_s=trunk.probe_interval_s,
+                         probe_timeout_s=timeout_ms / 1000 if timeout_ms else None)
+
+
+def trunk_targets(core: CallCore, name: str, trunk: TrunkConfig) -> tuple[Target, ...]:
+    """What a new call on the trunk tries, in order: what the shell fed last, else the
+    servers its config names by address (a host name needs the shell's resolver)."""
+    found = core.trunk_targets.get(name)
+    if found is None:
+        found = core.trunk_targets[name] = tuple(target_list(trunk).targets())
+    return found
+
+
+def targets_fed(core: CallCore, event: TrunkTargets) -> None:
+    """The shell's trunk monitor: the trunk's targets changed (calls placed go on)."""
+    core.trunk_targets[event.trunk] = event.targets
 
 
 # -- B's answers (the call table's RELAY_*_TO_A and ACK_B actions) --------------------------
@@ -328,6 +423,9 @@ def _journal_answer(core: CallCore, ctx: CallContext, response: Response, body: 
                     content_type: str | None) -> None:
     if ctx.call.state is not CallState.ANSWERED:
         return  # the call ended while media was being answered
+    if core.announcer.notices_first(ctx, body, content_type, partial(
+            _journal_answer, core, ctx, response, body, content_type)):
+        return  # issue 15 §4: notices play first; this runs again when they end
     contact = core.contact_of(ctx, Leg.A)
     if ctx.a_dialog is None:
         ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,

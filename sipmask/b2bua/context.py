@@ -18,6 +18,7 @@ from sipmask.b2bua.call import Action, Call, Leg
 from sipmask.cdr.record import Cdr
 from sipmask.config.schema import TrunkConfig
 from sipmask.sip.dialog import Dialog
+from sipmask.sip.locate import Target
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transports import Address, Transport
 
@@ -44,6 +45,20 @@ class Transition:
     origin: tuple[str, Request] | None = None
 
 
+@dataclass(eq=False)
+class Notice:
+    """The notices a call plays after B's answer, before A hears it (b2bua/announcing.py):
+    the steps still to play, as (announcement key, its configured file, the legs that hear
+    it), the result ids of the prompts playing now, the body of the 183 that lets A hear
+    one as early media (None: A hears none), and the rest of the answer (`then`)."""
+
+    steps: list[tuple[str, str, tuple[Leg, ...]]]
+    then: Callable[[], None]
+    early_body: bytes | None = None
+    early_sent: bool = False
+    playing: set[int] = field(default_factory=set)
+
+
 @dataclass
 class CallContext:
     call: Call
@@ -63,6 +78,13 @@ class CallContext:
     b_dialog: Dialog | None = None
     b_invite: Request | None = None
     b_txn: str | None = None
+    # The trunk's targets not tried yet, in order (RFC 3263 §4.3, b2bua/failover.py); what
+    # leg B's INVITE carries on each (Max-Forwards, body, Content-Type); the last final
+    # response a target failed with (503), for the caller when every target failed.
+    b_targets: list[Target] = field(default_factory=list)
+    b_offer: tuple[int, bytes, str | None] = (70, b"", None)
+    b_failure: Response | None = None
+    b_heard: bool = False            # the current attempt got a response (its server is up)
     b_acked: set[str] = field(default_factory=set)     # To tags we sent an ACK for
     pending_byes: set[str] = field(default_factory=set)
     relays: set[str] = field(default_factory=set)       # txn ids of relayed requests
@@ -78,6 +100,7 @@ class CallContext:
     recording: bool = False                             # StartRecording went out
     media_open: bool = False
     ring_sent: bool = False                             # the webhook's ring event went out
+    notice: Notice | None = None                        # decided at B's answer (issue 15 §4)
     contacts: dict[Leg, str] = field(default_factory=dict)  # leg -> our Contact there
     a_key: tuple[str, str] = ("", "")                   # (A's Call-ID, A's From tag)
     # leg -> (the dialog's next hop, where and how requests to it go): next_hop's cache

@@ -19,7 +19,9 @@ Leg A is the trunk that sent the INVITE for X (sipmask is the UAS there), leg B 
 to the real party (sipmask is the UAC). Nothing crosses between the legs but what
 masking.py lets through and the SDP the media backend rewrote. This module dispatches the
 events and runs the call's table; placing the call (A's INVITE to B's answer) is in
-b2bua/calling.py, requests inside the dialogs in b2bua/relaying.py.
+b2bua/calling.py, requests inside the dialogs in b2bua/relaying.py, announcements and the
+AXE extension prompt (before any call, and the notices after B's answer) in
+b2bua/announcing.py.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sipmask.b2bua import calling, masking, relaying, routing
+from sipmask.b2bua import announcing, calling, failover, masking, relaying, routing
 from sipmask.b2bua.actions import (
     CallFinished,
     Cancel,
@@ -39,7 +41,9 @@ from sipmask.b2bua.actions import (
     CommitCdr,
     CoreAction,
     CoreEvent,
+    DigitHeard,
     Done,
+    EarlyOpened,
     Emit,
     EndAll,
     JournalDone,
@@ -49,6 +53,7 @@ from sipmask.b2bua.actions import (
     MediaDone,
     MediaOffer,
     MediaTimeout,
+    PromptEnded,
     RecordingStopped,
     Respond,
     Reuse,
@@ -56,6 +61,7 @@ from sipmask.b2bua.actions import (
     SendFailed,
     SendRequest,
     StopRecording,
+    TrunkTargets,
 )
 from sipmask.b2bua.call import Action, Call, CallEvent, CallState, Leg
 from sipmask.b2bua.calling import Setup
@@ -65,6 +71,7 @@ from sipmask.cdr.record import Cdr
 from sipmask.config.schema import Config, TrunkConfig
 from sipmask.errors import CallStateError, ParseError, SipError
 from sipmask.sip.dialog import Dialog, DialogState, new_tag
+from sipmask.sip.locate import Target
 from sipmask.sip.message import Request, Response, build_response
 from sipmask.sip.transaction import (
     AckReceived,
@@ -144,6 +151,10 @@ class CallCore:
         self._by_a_txn: dict[str, CallContext] = {}
         self._by_txn: dict[str, tuple[Role, CallContext] | Relay] = {}
         self.setups: dict[str, Setup] = {}               # A's INVITE txn -> its lookup
+        # Trunk name -> its targets in order (calling.trunk_targets; the shell feeds them),
+        # and leg B transactions no call follows any more (b2bua/failover.py).
+        self.trunk_targets: dict[str, tuple[Target, ...]] = {}
+        self.abandoned: dict[str, failover.Abandoned] = {}
         self._trunks_seen: dict[str, tuple[str | None, TrunkConfig | None]] = {}
         self._ids = itertools.count(1)
         # Result id -> (the call waiting, or None, and the step that takes the result).
@@ -152,6 +163,8 @@ class CallCore:
         self.draining = False
         self.stats = collections.Counter[str]()
         self.timers = CallTimers()
+        # Attempts an announcement or the AXE prompt holds before (or instead of) a call.
+        self.announcer = announcing.Announcer(self)
         # The time of the event being handled (handle / handle_timer set them).
         self.now = 0.0          # monotonic seconds: timers, rate buckets
         self.wall = 0.0         # Unix seconds: records
@@ -183,14 +196,19 @@ class CallCore:
         """Fire every call timer due at `now`."""
         self.now, self.wall = now, wall
         for call_id, timer in self.timers.due(now):
+            step = _TIMER_STEPS.get(timer)
+            if step is None:            # the extension prompt's (keyed by its attempt)
+                self.announcer.on_timer(call_id, timer)
+                continue
             ctx = self.calls.get(call_id)
             if ctx is not None:
-                self.fire(ctx, _TIMER_EVENTS[timer])
+                step(self, ctx)
 
     @property
     def active_calls(self) -> int:
-        """Calls, and INVITEs whose lookup is still out (a drain waits for both)."""
-        return len(self.calls) + len(self.setups)
+        """Calls, INVITEs whose lookup is still out, and attempts an announcement holds (a
+        drain waits for all)."""
+        return len(self.calls) + len(self.setups) + len(self.announcer)
 
     def add_call(self, ctx: CallContext) -> None:
         """A call is made (calling.py): find it by its ids from now on; it counts."""
@@ -230,6 +248,11 @@ class CallCore:
             self._media_opened(ctx)
         ctx.wait = None
         self._pump(ctx, then, event)
+
+    def drop_wait(self, op: int | None) -> None:
+        """Forget a result id nobody waits for any more (its result is then ignored)."""
+        if op is not None:
+            self._waits.pop(op, None)
 
     def submit(self, ctx: CallContext, work: Callable[[], None]) -> None:
         """Run `work` for the call now, or after what the call is busy with or waits for."""
@@ -279,7 +302,9 @@ class CallCore:
                 return
         found = self.find_dialog(request)
         if found is None:
-            relaying.no_dialog(self, event, has_to_tag)
+            # An announcement's early dialog (its 183) is the announcer's.
+            if not (has_to_tag and self.announcer.request(event)):
+                relaying.no_dialog(self, event, has_to_tag)
             return
         ctx, leg = found
         if leg is Leg.B:
@@ -362,6 +387,7 @@ class CallCore:
         response, txn_id = event.response, event.txn_id
         entry = self._by_txn.get(txn_id)
         if entry is None:
+            failover.on_response(self, event)       # an attempt the call gave up
             return
         if isinstance(entry, Relay):
             relaying.on_response(self, entry, event)
@@ -371,6 +397,9 @@ class CallCore:
         if role is not Role.BYE_A:             # every other request we send goes to B
             ctx.b_source = event.source
         if role is Role.B_INVITE:
+            # Any response, 100 included: the target is there (RFC 3263 §4.3).
+            ctx.b_heard = True
+            self.timers.stop(ctx.call.call_id, CallTimer.FAILOVER)
             if status == 100:
                 return
             if status < 200:
@@ -381,7 +410,7 @@ class CallCore:
                 self.fire(ctx, CallEvent.B_ANSWER, response=response)
             else:
                 self._by_txn.pop(txn_id, None)
-                self.fire(ctx, CallEvent.B_FAILURE, response=response)
+                failover.attempt_failed(self, ctx, txn_id, CallEvent.B_FAILURE, response)
         elif role in _BYE_ROLES and status >= 200:
             self._bye_done(ctx, txn_id)
 
@@ -392,6 +421,7 @@ class CallCore:
         txn_id = event.txn_id
         entry = self._by_txn.pop(txn_id, None)
         if entry is None:
+            self.abandoned.pop(txn_id, None)    # a BYE of an abandoned attempt never left
             return
         if isinstance(entry, Relay):
             relaying.failed(self, entry, txn_id, 408 if isinstance(
@@ -401,8 +431,8 @@ class CallCore:
         if isinstance(event, SendFailed):
             self.log.warning("call.send_failed", call_id=ctx.call.call_id, role=role.value)
         if role is Role.B_INVITE:
-            self.fire(ctx, CallEvent.B_TIMEOUT if isinstance(event, TransactionTimeout)
-                       else CallEvent.B_UNREACHABLE)
+            failover.attempt_failed(self, ctx, txn_id, CallEvent.B_TIMEOUT if isinstance(
+                event, TransactionTimeout) else CallEvent.B_UNREACHABLE, None)
         elif role in _BYE_ROLES:
             self._bye_done(ctx, txn_id)
 
@@ -414,6 +444,8 @@ class CallCore:
             ctx = self.calls.get(response.call_id)
             if ctx is None or response.cseq.method != "INVITE" or not 200 <= response.status < 300:
                 return
+            if response.from_.tag != ctx.b_tag:
+                return      # an attempt the call gave up (failover.py): not its answer
         except ParseError:
             return
         ctx.b_source = event.source
@@ -444,6 +476,8 @@ class CallCore:
         if ctx is not None:
             self.fire(ctx, CallEvent.A_CANCEL)
             return
+        if self.announcer.cancel(invite_txn):
+            return
         setup = self.setups.get(invite_txn)
         if setup is not None:
             setup.ending = CallEvent.A_CANCEL       # the lookup's answer ends it (_routed)
@@ -462,6 +496,10 @@ class CallCore:
             self.fire(ctx, CallEvent.SHUTDOWN)
         for setup in self.setups.values():
             setup.ending = setup.ending or CallEvent.SHUTDOWN
+        self.announcer.shutdown()
+
+    def _on_digit(self, event: DigitHeard) -> None:
+        self.announcer.digit(event)
 
     # -- the state machine -----------------------------------------------------------------
     def fire(self, ctx: CallContext, event: CallEvent, *, response: Response | None = None,
@@ -521,6 +559,9 @@ class CallCore:
 
     def _answer_a_408(self, ctx: CallContext, transition: Transition) -> None:
         self._answer_a(ctx, 408)
+
+    def _answer_a_480(self, ctx: CallContext, transition: Transition) -> None:
+        self._answer_a(ctx, 480)
 
     def _answer_a_503(self, ctx: CallContext, transition: Transition) -> None:
         # A setup failure may have chosen another status (488 for a refused offer).
@@ -683,14 +724,17 @@ class CallCore:
         transport, and a sips URI on leg A when A's Request-URI was one (§12.1.1)."""
         contact = ctx.contacts.get(leg)
         if contact is None:
-            transport = ctx.a_transport if leg is Leg.A else ctx.b_transport
-            secure = leg is Leg.A and ctx.a_invite.uri[:5].lower() == "sips:"
             # Leg B's party sees the number its From shows (AXYB: Y), leg A's the one dialled.
-            contact = ctx.contacts[leg] = masking.local_contact(
+            contact = ctx.contacts[leg] = self.contact_for(
                 ctx.b_shown if leg is Leg.B else ctx.call.x,
-                routing.uri_host(self.config.sip.advertise),
-                self.listen_ports[transport], transport, secure=secure)
+                ctx.a_transport if leg is Leg.A else ctx.b_transport,
+                secure=leg is Leg.A and ctx.a_invite.uri[:5].lower() == "sips:")
         return contact
+
+    def contact_for(self, number: str, transport: Transport, *, secure: bool) -> str:
+        """Our Contact for `number` on `transport` (a sips URI when `secure`)."""
+        return masking.local_contact(number, routing.uri_host(self.config.sip.advertise),
+                                     self.listen_ports[transport], transport, secure=secure)
 
     def reply(self, txn_id: str, request: Request, status: int, *, reason: str | None = None,
               extra: tuple[tuple[str, str], ...] = (), to_tag: str | None = None) -> None:
@@ -748,6 +792,7 @@ class CallCore:
         """A reload (config/reload.py): new calls are placed with `config`."""
         self.config = config
         self._trunks_seen.clear()       # sources matched against the old trunks
+        self.trunk_targets.clear()      # the new trunks' own, until the shell feeds them
 
     def trunk_for(self, host: str) -> tuple[str | None, TrunkConfig | None]:
         # Matching a source against every trunk's networks parses the address each time:
@@ -769,10 +814,6 @@ class CallCore:
         return ""
 
 
-def _ignore(core: CallCore, event: TransactionTerminated) -> None:
-    """Nothing for the call to do."""
-
-
 _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
     RequestReceived: CallCore._on_request,
     ResponseReceived: CallCore._on_response,
@@ -783,14 +824,18 @@ _EVENT_HANDLERS: dict[type, Callable[[CallCore, Any], None]] = {
     SendFailed: CallCore._on_txn_failed,
     AckTimeout: CallCore._on_ack_timeout,
     StrayResponse: CallCore._on_stray,
-    TransactionTerminated: _ignore,
+    TransactionTerminated: failover.terminated,
     LookupDone: CallCore._on_done,
     MediaDone: CallCore._on_done,
     CdrCommitted: CallCore._on_done,
     RecordingStopped: CallCore._on_done,
     JournalDone: CallCore._on_done,
+    EarlyOpened: CallCore._on_done,
+    PromptEnded: CallCore._on_done,
+    DigitHeard: CallCore._on_digit,
     MediaTimeout: CallCore._on_media_timeout,
     EndAll: CallCore._on_end_all,
+    TrunkTargets: calling.targets_fed,
 }
 
 
@@ -812,6 +857,7 @@ _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
     Action.ANSWER_A_487: CallCore._answer_a_487,
     Action.ANSWER_A_408: CallCore._answer_a_408,
     Action.ANSWER_A_503: CallCore._answer_a_503,
+    Action.ANSWER_A_480: CallCore._answer_a_480,
     Action.ACK_B: calling.ack_b,
     Action.CANCEL_B: CallCore._cancel_b,
     Action.BYE_A: CallCore._bye_a,
@@ -824,8 +870,17 @@ _ACTIONS: dict[Action, Callable[[CallCore, CallContext, Transition], None]] = {
     Action.WRITE_CDR: CallCore._write_cdr,
 }
 
-_TIMER_EVENTS = {CallTimer.RING: CallEvent.RING_TIMEOUT,
-                 CallTimer.MAX_DURATION: CallEvent.MAX_DURATION}
+def _timer_event(event: CallEvent) -> Callable[[CallCore, CallContext], None]:
+    return lambda core, ctx: core.fire(ctx, event)
+
+
+# A call's timers: an event of the call's table, or a step of their own. The extension
+# prompt's timers (DIGITS, PROMPTING) are the announcer's.
+_TIMER_STEPS: dict[CallTimer, Callable[[CallCore, CallContext], None]] = {
+    CallTimer.RING: _timer_event(CallEvent.RING_TIMEOUT),
+    CallTimer.MAX_DURATION: _timer_event(CallEvent.MAX_DURATION),
+    CallTimer.FAILOVER: failover.no_answer,
+}
 
 
 def _check_tables() -> None:

@@ -31,9 +31,12 @@ from sipmask.b2bua.actions import (
     CallFinished,
     Cancel,
     CdrCommitted,
+    CollectDigits,
     CommitCdr,
     CoreAction,
     CoreEvent,
+    DigitHeard,
+    EarlyOpened,
     Emit,
     EndAll,
     JournalDone,
@@ -45,6 +48,9 @@ from sipmask.b2bua.actions import (
     MediaDone,
     MediaOffer,
     MediaTimeout,
+    OpenEarly,
+    PlayPrompt,
+    PromptEnded,
     RecordingStopped,
     Refused,
     Respond,
@@ -52,26 +58,37 @@ from sipmask.b2bua.actions import (
     SendFailed,
     SendRequest,
     StartRecording,
+    StopDigits,
+    StopPrompt,
     StopRecording,
 )
-from sipmask.b2bua.call import Call
+from sipmask.b2bua.call import Call, Leg
 from sipmask.b2bua.context import CallContext
 from sipmask.b2bua.core import CallCore, Policy
 from sipmask.b2bua.timers import CallTimers
+from sipmask.b2bua.trunks import TrunkMonitor
 from sipmask.cdr.group import CdrGroupCommit
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrSink
 from sipmask.clock import Clock
 from sipmask.config.schema import Config
 from sipmask.errors import MediaError, SipError, StoreError, TransactionError
-from sipmask.media.backend import RecordingOutcome, SinkFactory
+from sipmask.media.backend import DigitCallback, Playback, PlayEnd, RecordingOutcome, SinkFactory
+from sipmask.media.prompt import announcement
+from sipmask.media.wav import Audio, WavError
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.message import Request, Response
 from sipmask.sip.transports import ALL, Address, Transport
 from sipmask.store import offload, recordings
 from sipmask.store.base import Binding, BindingStore
+from sipmask.transport.resolver import Dns
 
 log = sm_logging.get_logger("sipmask.b2bua")
+
+# A prompt's end is the backend's to report (Playback.ended); rtpengine reports it only when
+# its `play media` answer named the duration. So the shell waits at most the prompt's length
+# and this much more, then stops it and tells the core it finished.
+PROMPT_GRACE_S = 2.0
 
 
 class SipPort(Protocol):
@@ -103,6 +120,14 @@ class MediaPort(Protocol):
     async def delete(self, call_id: str) -> Any: ...
     async def start_recording(self, call_id: str, open_sink: SinkFactory) -> None: ...
     async def stop_recording(self, call_id: str) -> RecordingOutcome | None: ...
+    async def open_early(self, call_id: str, leg: str, offer_sdp: bytes, *,
+                         sip_source: str | None = None) -> bytes | None: ...
+    async def play(self, call_id: str, leg: str, audio: Audio, *,
+                   loop: bool = False) -> Playback: ...
+    async def stop_play(self, call_id: str, leg: str) -> None: ...
+    async def collect_digits(self, call_id: str, leg: str, on_digit: DigitCallback, *,
+                             inband: bool = False) -> None: ...
+    async def stop_digits(self, call_id: str, leg: str) -> None: ...
 
 
 class EventSink(Protocol):
@@ -154,7 +179,8 @@ def _lookup_done(op: int, future: Future[Binding | None]) -> LookupDone:
 class Engine:
     def __init__(self, sip: SipPort, *, config: Config, store: BindingStore, media: MediaPort,
                  cdrs: CdrSink, clock: Clock, events: EventSink | None = None,
-                 policy: Policy | None = None, metrics: CallMetrics | None = None) -> None:
+                 policy: Policy | None = None, metrics: CallMetrics | None = None,
+                 dns: Dns | None = None) -> None:
         self.sip = sip
         self.config = config
         self.store = store
@@ -172,6 +198,12 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._starts_seen = -1          # CallTimers.starts when the loop timer was checked
+        # The trunks' targets (DNS, OPTIONS probes): fed to the core as events. No `dns`:
+        # a trunk named by host name has no server (its calls get 503).
+        self.trunks = TrunkMonitor(sip, clock, config, dns, feed=self._run,
+                                   stats=self.core.stats)
+        # Announcements read once per (key, configured value); a reload empties it.
+        self._prompts: dict[tuple[str, str], Audio] = {}
 
     # -- what the server and the services call ---------------------------------------------
     def media_timeout(self, call_id: str) -> None:
@@ -182,7 +214,10 @@ class Engine:
         """`sipmask reload`: new calls see `config` (trunks, timers, tenants); calls in
         progress keep what they were placed with."""
         self.config = config
+        self._prompts.clear()           # an announcement file may have been replaced
         self.core.reconfigure(config)
+        self.trunks.configure(config)
+        self.trunks.feed_changes()      # what is known of the trunks kept, at once
 
     def start_drain(self) -> None:
         """SIGTERM: refuse new calls (503), let running ones finish."""
@@ -261,8 +296,15 @@ class Engine:
         if failed is not None:
             raise failed
 
-    # server.RequestHandler: each TU event of the transaction layer is one batch.
-    handle_request = handle_response = handle_event = _run
+    # server.RequestHandler: each TU event of the transaction layer is one batch; the
+    # trunk monitor's probes' are its own.
+    handle_request = _run
+
+    def handle_event(self, event: CoreEvent) -> None:
+        if not self.trunks.take(event):
+            self._run(event)
+
+    handle_response = handle_event
 
     # -- the actions -----------------------------------------------------------------------
     def _respond(self, action: Respond) -> None:
@@ -341,7 +383,7 @@ class Engine:
 
     def _start_recording(self, action: StartRecording) -> None:
         open_sink = partial(recordings.open_sink, self.config.recording, action.tenant,
-                            action.call_id)
+                            action.call_id, self.store.keys)
         self._spawn(self._recording_started(action.call_id, open_sink))
 
     async def _recording_started(self, call_id: str, open_sink: SinkFactory) -> None:
@@ -368,6 +410,88 @@ class Engine:
                 log.warning("call.recording_failed", call_id=call_id,
                             reason=outcome.failed_reason)
         self._run(RecordingStopped(op, file))
+
+    # -- media services (issue 15): early media, prompts, digits ---------------------------
+    def _open_early(self, action: OpenEarly) -> None:
+        self._spawn(self._early(action))
+
+    async def _early(self, action: OpenEarly) -> None:
+        try:
+            sdp = await self.media.open_early(action.call_id, action.leg, action.sdp,
+                                              sip_source=action.sip_source)
+        except Exception as exc:
+            if not isinstance(exc, MediaError | SipError | ValueError):
+                self.stats["internal_errors"] += 1
+                log.exception("media.early_failed")
+            self._run(EarlyOpened(action.id, error=exc))
+            return
+        self._run(EarlyOpened(action.id, sdp))
+
+    def _play_prompt(self, action: PlayPrompt) -> None:
+        self._spawn(self._play(action))
+
+    async def _play(self, action: PlayPrompt) -> None:
+        audio = self._audio(action.key, action.file)
+        reason = PlayEnd.FAILED
+        if audio is not None:
+            try:
+                playback = await self.media.play(action.call_id, action.leg, audio)
+                reason = await self._prompt_end(action, playback, audio.duration_s)
+            except MediaError as exc:
+                log.warning("media.prompt_failed", call_id=action.call_id, error=str(exc))
+            except Exception:
+                # The core waits for this prompt's end (a call may be held in NOTICE by
+                # it): a fault must still end it.
+                self.stats["internal_errors"] += 1
+                log.exception("media.prompt_failed", call_id=action.call_id)
+        self._run(PromptEnded(action.id, reason))
+
+    async def _prompt_end(self, action: PlayPrompt, playback: Playback,
+                          duration_s: float) -> PlayEnd:
+        try:
+            return await asyncio.wait_for(asyncio.shield(playback.ended),
+                                          duration_s + PROMPT_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(MediaError):
+                await self.media.stop_play(action.call_id, action.leg)
+            return PlayEnd.FINISHED
+
+    def _audio(self, key: str, file: str) -> Audio | None:
+        """The announcement's audio, read once (the loader checked it at start; a file
+        replaced since and broken now is logged, and that prompt is not played)."""
+        audio = self._prompts.get((key, file))
+        if audio is None:
+            try:
+                audio = announcement(key, file)
+            except (WavError, OSError, ValueError) as exc:
+                log.warning("media.announcement_unreadable", key=key, error=str(exc))
+                return None
+            if audio is not None:
+                self._prompts[(key, file)] = audio
+        return audio
+
+    def _stop_prompt(self, action: StopPrompt) -> None:
+        self._spawn(self._media_quietly(self.media.stop_play(action.call_id, action.leg)))
+
+    def _collect_digits(self, action: CollectDigits) -> None:
+        self._spawn(self._media_quietly(self.media.collect_digits(
+            action.call_id, action.leg, self._on_digit)))
+
+    def _stop_digits(self, action: StopDigits) -> None:
+        self._spawn(self._media_quietly(self.media.stop_digits(action.call_id, action.leg)))
+
+    def _on_digit(self, call_id: str, leg: str, key: str) -> None:
+        """MediaBackend's on_digit: from the event loop, never inside a backend call."""
+        self._run(DigitHeard(call_id, Leg(leg), key))
+
+    async def _media_quietly(self, work: Awaitable[None]) -> None:
+        """A media service step nothing waits for: a call whose media ended meanwhile, or
+        a backend without it (rtpengine with no DTMF log), is logged; INFO digits and the
+        rest of the call go on."""
+        try:
+            await work
+        except MediaError as exc:
+            log.warning("media.service_failed", error=str(exc))
 
     def _commit_cdr(self, action: CommitCdr) -> None:
         # Group commit (cdr/group.py): on the writer thread, not on the loop; it always
@@ -465,6 +589,11 @@ _PERFORM: dict[type, Callable[[Engine, Any], None]] = {
     Emit: Engine._emit,
     CallFinished: Engine._call_finished,
     Refused: Engine._refused,
+    OpenEarly: Engine._open_early,
+    PlayPrompt: Engine._play_prompt,
+    StopPrompt: Engine._stop_prompt,
+    CollectDigits: Engine._collect_digits,
+    StopDigits: Engine._stop_digits,
 }
 if set(_PERFORM) != set(CoreAction.__args__):
     raise ValueError("an action of the core the shell does not perform")

@@ -159,7 +159,10 @@ def _send_relayed(core: CallCore, ctx: CallContext, from_leg: Leg,
     txn_id, request = origin
     to_leg = from_leg.other
     dialog = core.dialog_of(ctx, to_leg)
-    assert dialog is not None           # dialogs are made once and never dropped
+    # Made before anything is relayed to it; leg B's early dialog is dropped only by a
+    # failover (b2bua/failover.py), which waits in the call's order for this relay's
+    # media step (core.submit), so it cannot fall between the two.
+    assert dialog is not None
     extra = tuple(core.crossing(request).headers)
     if masking.carries_allow(request.method):
         extra = (("Allow", ALLOW), *extra)

@@ -19,6 +19,10 @@ class CallTimer(Enum):
 
     RING = "ring"                  # sip.ring_timeout_s: leg B not answered (CANCEL, 408)
     MAX_DURATION = "max_duration"  # the binding's talk-time limit, from the answer
+    FAILOVER = "failover"          # trunks.*.failover_timeout_ms: leg B's INVITE unanswered
+    # The AXE extension prompt (b2bua/announcing.py), keyed by the attempt's call id:
+    DIGITS = "digits"              # the next key is late: what was keyed is complete
+    PROMPTING = "prompting"        # the whole prompting is over its time limit (404)
 
 
 _Key = tuple[str, CallTimer]

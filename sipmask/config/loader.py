@@ -14,11 +14,11 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from sipmask.config.schema import ANNOUNCEMENT_KEYS, MAX_EXT_DIGITS, Config
+from sipmask.config.schema import ANNOUNCEMENT_KEYS, MAX_EXT_DIGITS, ONE_OR_MANY, Config
 from sipmask.errors import ConfigError
 
 EMBEDDED = "<embedded default>"
@@ -111,6 +111,12 @@ def from_data(data: dict[str, Any], source: str) -> Config:
 
 def _build(tp: Any, value: Any, source: str, path: str) -> Any:
     origin = get_origin(tp)
+    if origin is Annotated:
+        inner, *marks = get_args(tp)
+        if ONE_OR_MANY in marks and not isinstance(value, list):
+            # One value where a list may stand: a list of one (`outbound: udp://…`).
+            return (_build(get_args(inner)[0], value, source, path),)
+        return _build(inner, value, source, path)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -149,7 +155,7 @@ def _build(tp: Any, value: Any, source: str, path: str) -> Any:
                 raise ConfigError(source, path, str(exc), value) from None
         if not isinstance(value, dict):
             raise ConfigError(source, path, "must be a mapping", value)
-        hints = get_type_hints(tp)
+        hints = get_type_hints(tp, include_extras=True)
         fields = {f.name: f for f in dataclasses.fields(tp)}
         for key in value:
             if key not in fields:
@@ -199,6 +205,9 @@ def _check_whole(config: Config, source: str) -> None:
     """Rules that span keys: no X range serves two tenants, tokens unique, a trunk exists."""
     if not config.trunks:
         raise ConfigError(source, "trunks", "at least one trunk is needed")
+    for name, trunk in config.trunks.items():
+        if not trunk.outbound:
+            raise ConfigError(source, f"trunks.{name}.outbound", "needs at least one URI")
     seen_tokens: dict[str, str] = {}
     ranges: list[tuple[int, int, str]] = []
     for name, tenant in config.tenants.items():

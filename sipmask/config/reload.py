@@ -22,17 +22,19 @@ from sipmask.config.schema import (
     NumberPrefix,
     NumberRange,
     PortRange,
+    TrunkUri,
 )
 
 # Dataclasses that are one config value, compared whole, not sections to walk into.
-_VALUES = (Endpoint, HostPort, PortRange, Network, NumberRange, NumberPrefix)
+_VALUES = (Endpoint, HostPort, PortRange, Network, NumberRange, NumberPrefix, TrunkUri)
 
 # Dotted prefixes a running node applies at once. A key is live when it is, or lies under,
 # one of these; everything else needs a restart.
 LIVE: tuple[str, ...] = (
     "tenants",                 # tokens, pools, blacklists: the store's tenants are synced
     "operators",               # operator tokens (trace)
-    "trunks",                  # outbound targets, inbound_allow (also the TCP accept ACL)
+    "trunks",                  # outbound targets (their probes and DNS too), inbound_allow
+                               # (also the TCP accept ACL), probe and failover timing
     "policy",                  # rates, caps, max duration, overload threshold
     "log.level",
     "log.mask_numbers",

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from sipmask import numbers
 from sipmask.sip import grammar
@@ -38,6 +38,54 @@ class Endpoint:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport}://{host}:{self.port}"
+
+
+class _OneOrMany:
+    """Marks a tuple key that also takes a single value for a list of one (the loader)."""
+
+    def __repr__(self) -> str:
+        return "ONE_OR_MANY"
+
+
+ONE_OR_MANY = _OneOrMany()
+# A host name as RFC 3261 §25.1 `hostname` allows it (letters, digits, '-', '.').
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
+                       r"[A-Za-z0-9])?)*\.?", re.ASCII)
+
+
+@dataclass(frozen=True)
+class TrunkUri:
+    """A trunk's target: `udp://sbc.carrier.example:5060`, `tls://10.0.0.5:5061`,
+    `tcp://[2001:db8::5]:5060`. Without a port a host name is looked up by SRV and an
+    address takes the transport's default port (RFC 3263 §4.2, sip/locate.py)."""
+
+    transport: Transport
+    host: str
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TrunkUri:
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in TRANSPORTS:
+            raise ValueError("expected udp://HOST[:PORT], tcp://HOST[:PORT] or "
+                             "tls://HOST[:PORT]")
+        port: int | None = None
+        if rest.startswith("[") and "]:" in rest:
+            host, port = _split_host_port(rest)
+        elif rest.startswith("[") or rest.count(":") > 1:
+            host = rest.removeprefix("[").removesuffix("]")      # IPv6, no port
+        elif ":" in rest:
+            host, port = _split_host_port(rest)
+        else:
+            host = rest
+        if not (_HOSTNAME.fullmatch(host) if ":" not in host else _is_ipv6(host)):
+            raise ValueError(f"not an IP address or host name: {host!r}")
+        return cls(scheme.lower(), host, port)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.transport}://{host}{port}"
 
 
 @dataclass(frozen=True)
@@ -139,6 +187,14 @@ class NumberRange:
 _PORT = re.compile(grammar.PORT)
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _split_host_port(text: str) -> tuple[str, int]:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -209,9 +265,16 @@ class SipConfig:
 
 @dataclass(frozen=True)
 class TrunkConfig:
-    outbound: Endpoint = Endpoint("udp", "127.0.0.1", 5090)
+    # Where legs to real numbers go: tried in order (issue 14 §4, RFC 3263 §4.3).
+    outbound: Annotated[tuple[TrunkUri, ...], ONE_OR_MANY] = (TrunkUri("udp", "127.0.0.1", 5090),)
     inbound_allow: tuple[Network, ...] = (Network.parse("127.0.0.0/8"),)
     trust_pai: bool = False
+    # OPTIONS to each target this often when there are two or more; one that does not
+    # answer (or answers 503) is tried last until it answers again. 0: off.
+    probe_interval_s: float = 30.0
+    # A leg-B INVITE with no response at all (not even 100 Trying) this long goes to the
+    # next target; also a probe's deadline. 0: Timer B (64*T1) decides.
+    failover_timeout_ms: int = 2000
 
 
 @dataclass(frozen=True)
@@ -297,7 +360,7 @@ class NumberPrefix:
 
 # The announcements (media/prompt.ANNOUNCEMENTS), as keys of `announcements` and of a
 # tenant's `announcements` overrides.
-ANNOUNCEMENT_KEYS = ("unbound", "callee_notice", "ext_prompt", "recording_notice")
+ANNOUNCEMENT_KEYS = ("unbound", "callee_notice", "ext_prompt", "recording_notice", "not_allowed")
 MAX_EXT_DIGITS = 8        # tenants.<t>.ext_digits is 1..8 (an AXE extension's length)
 DEFAULT_EXT_DIGITS = 4
 
@@ -311,6 +374,7 @@ class AnnouncementsConfig:
     callee_notice: str | None = None           # to the callee after answer
     ext_prompt: str | None = "default"         # AXE: "enter the extension, then #"
     recording_notice: str | None = "default"   # to both sides before a recorded call bridges
+    not_allowed: str | None = None             # to a caller a binding refuses, then 403
 
 
 @dataclass(frozen=True)

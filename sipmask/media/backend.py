@@ -139,16 +139,19 @@ def failure_reason(exc: OSError) -> str:
 
 
 class RecordingFile(Protocol):
-    """A RecordingSink (media/sinks.py) on a named file: FileSink, or one that encrypts."""
+    """A RecordingSink (media/sinks.py) on a named file: store/recording_file.py's
+    SealedWriter in sipmask serve, a FileSink or a stand-in in tests."""
 
-    path: Path
+    @property
+    def path(self) -> Path: ...
 
     def write(self, data: bytes) -> None: ...
-    def rewrite_header(self, header: bytes) -> None: ...
     def close(self) -> None: ...
 
 
-# Opens the recording's file when the recording starts; raises OSError when it cannot.
+# Opens the recording's file; raises OSError when it cannot. The embedded relay calls it on
+# its disk thread (media/disk.py), rtpengine's conversion on a worker thread: never on the
+# event loop.
 SinkFactory = Callable[[], RecordingFile]
 # on_digit(call_id, leg, key): key is one of "0123456789*#ABCD".
 DigitCallback = Callable[[str, Leg, str], None]

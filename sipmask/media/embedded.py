@@ -234,11 +234,17 @@ class EmbeddedBackend:
             services.stop_digits(_leg(leg))
 
     async def start_recording(self, call_id: str, open_sink: SinkFactory) -> None:
-        self._services_for(call_id).start_recording(open_sink)
+        """Returns once the file is made on the relay's disk thread, or its failure is
+        counted (media/services.py)."""
+        sink = self._services_for(call_id).start_recording(open_sink)
+        await sink.opened
 
     async def stop_recording(self, call_id: str) -> RecordingOutcome | None:
         services = self._services.get(call_id)
-        return None if services is None else services.stop_recording()
+        if services is None:
+            return None
+        services.stop_recording()
+        return await services.settled()
 
     def _services_for(self, call_id: str) -> CallServices:
         """The call's services, made (and attached to its session) on first use."""
@@ -250,7 +256,7 @@ class EmbeddedBackend:
             raise MediaError(f"no media session for call {call_id}")
         services = CallServices(session, clock=self.relay.clock,
                                 describe=lambda leg: self._describe(call_id, leg),
-                                counters=self.relay.services)
+                                counters=self.relay.services, disk=self.relay.disk)
         services.bridged = session.remote_known("a") and session.remote_known("b")
         session.services = services
         self._services[call_id] = services
@@ -333,7 +339,8 @@ class EmbeddedBackend:
         final = self.relay.close_session(call_id)    # closes the services first
         if final is None:
             final = CallStats(call_id, LegStats(), LegStats())
-        outcome = None if services is None else services.outcome
+        # A recording's file is finished on the disk thread: its outcome waits for that.
+        outcome = None if services is None else await services.settled()
         return final if outcome is None else replace(final, recording=outcome)
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ from sipmask.media.wav import G711, RATE, SAMPLE_BYTES, Audio, read_wav
 FRAME_SAMPLES = 160                     # 20 ms at 8 kHz
 FRAME_S = FRAME_SAMPLES / RATE
 DEFAULT_MAX_BURST = 3
-ANNOUNCEMENTS = ("unbound", "callee_notice", "ext_prompt", "recording_notice")
+ANNOUNCEMENTS = ("unbound", "callee_notice", "ext_prompt", "recording_notice", "not_allowed")
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,8 +1,9 @@
-"""A call's recording: both directions mixed into one stereo WAV, in time (sans-IO).
+"""A call's recording: both directions mixed into one stereo stream, in time (sans-IO).
 
 `CallRecorder` takes each leg's audio as it arrives, `feed(party, now, timestamp, ssrc,
 pcm)` (or `feed_rtp` with the packet and the leg's codecs), and writes 16-bit stereo at
-8 kHz, the caller left and the callee right, through a `RecordingSink` (media/sinks.py).
+8 kHz, the caller left and the callee right, through a `RecordingSink` (media/sinks.py),
+which read back is a stereo WAV (store/recording_file.py).
 It reads no clock: `now` is passed in, and the shell calls `tick(now)` at `next_due()` so
 that the file grows while both legs are silent too.
 
@@ -23,8 +24,8 @@ are dropped.
 
 Failures never reach the call: an OSError from the sink (disk full, I/O error, a file
 past 4 GiB) marks the recorder failed with the errno's name, closes the sink, drops what
-it holds, and every later call does nothing. The file keeps what was written, with a
-header that counts it (media/wav.py).
+it holds, and every later call does nothing. The file keeps what was written, and reads
+back as a WAV of it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from enum import Enum
 
 from sipmask.media import rtp
 from sipmask.media.sinks import RecordingSink
-from sipmask.media.wav import G711, RATE, SAMPLE_BYTES, StereoWavWriter
+from sipmask.media.wav import G711, RATE, SAMPLE_BYTES, StereoWriter
 
 FRAME_SAMPLES = 160                 # output is written in whole 20 ms frames
 MAX_PACKET_SAMPLES = RATE           # a packet of more than 1 s of audio is not a phone's
@@ -74,7 +75,7 @@ class CallRecorder:
 
     def __init__(self, sink: RecordingSink, start: float, *, delay_s: float = 0.2,
                  chunk_s: float = 1.0) -> None:
-        self._writer = StereoWavWriter(sink)
+        self._writer = StereoWriter(sink)
         self._start = start
         self._delay = round(delay_s * RATE)
         self._chunk = max(FRAME_SAMPLES, round(chunk_s * RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
@@ -82,11 +83,12 @@ class CallRecorder:
         self._buffers = (bytearray(), bytearray())
         self._streams = (_Stream(), _Stream())
         self._closed = False
+        self._active = True          # neither closed nor failed (read on every packet)
         self.stats = RecorderStats()
 
     @property
     def active(self) -> bool:
-        return not (self._closed or self.stats.failed)
+        return self._active
 
     def _position(self, now: float) -> int:
         return round((now - self._start) * RATE)
@@ -95,7 +97,7 @@ class CallRecorder:
                  codecs: Mapping[int, G711]) -> None:
         """Record an RTP packet of `party`'s leg when its payload type is one of the leg's
         audio codecs; telephone-events, comfort noise and the rest are left out."""
-        if not self.active:
+        if not self._active:
             return
         parsed = rtp.parse(packet)
         codec = codecs.get(parsed.payload_type) if parsed is not None else None
@@ -106,18 +108,21 @@ class CallRecorder:
 
     def feed(self, party: Party, now: float, timestamp: int, ssrc: int, pcm: bytes) -> None:
         """Record `pcm` (16-bit, 8 kHz, the packet's audio) that arrived at `now`."""
-        if not self.active:
+        if not self._active:
             return
         count = len(pcm) // SAMPLE_BYTES
         if count == 0 or count > MAX_PACKET_SAMPLES or len(pcm) % SAMPLE_BYTES:
             self.stats.dropped_packets += 1
             return
-        self.tick(now)
-        if not self.active:
-            return
+        now_at = self._position(now)
+        if now_at - self._delay - self._written >= self._chunk:    # tick's test, inline
+            self.tick(now)
+            if not self._active:
+                return
         # Where the packet's first sample goes if it was sent the moment it arrived.
-        arrived = self._position(now) - count
-        stream = self._streams[party.value]
+        arrived = now_at - count
+        side = party.value
+        stream = self._streams[side]
         if stream.ssrc != ssrc:
             if stream.ssrc is not None:
                 self.stats.resyncs += 1
@@ -137,9 +142,9 @@ class CallRecorder:
             stream.offset = arrived - stream.extended
             position = arrived
             self.stats.resyncs += 1
-        self._place(party, position, pcm)
+        self._place(side, position, pcm)
 
-    def _place(self, party: Party, position: int, pcm: bytes) -> None:
+    def _place(self, side: int, position: int, pcm: bytes) -> None:
         late = self._written - position
         if late > 0:
             self.stats.late_samples += late
@@ -147,7 +152,7 @@ class CallRecorder:
             position = self._written
         if not pcm:
             return
-        buffer = self._buffers[party.value]
+        buffer = self._buffers[side]
         begin = (position - self._written) * SAMPLE_BYTES
         end = begin + len(pcm)
         if len(buffer) < end:
@@ -178,6 +183,7 @@ class CallRecorder:
             self._flush(end)
         if not self._closed:
             self._closed = True
+            self._active = False
             if not self.stats.failed:
                 try:
                     self._writer.close()
@@ -210,6 +216,7 @@ class CallRecorder:
 
     def _fail(self, exc: OSError, *, close: bool = True) -> None:
         self.stats.failed = True
+        self._active = False
         self.stats.error = errno.errorcode.get(exc.errno or 0, "OSError")
         for buffer in self._buffers:
             buffer.clear()

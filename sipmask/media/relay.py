@@ -92,6 +92,7 @@ from sipmask.config.schema import MediaConfig
 from sipmask.entropy import token_bytes
 from sipmask.errors import MediaError, PortsExhausted
 from sipmask.media.backend import CallStats, LegStats
+from sipmask.media.disk import DiskWriter
 from sipmask.media.ports import PortAllocator, PortPair
 from sipmask.media.rtcp import scrub
 
@@ -648,6 +649,9 @@ class RelayStats:
     digits: int = 0          # keys heard in media (RFC 4733 and in-band)
     recordings_started: int = 0
     recordings_failed: int = 0
+    recording_queue_bytes: int = 0       # audio waiting for the disk thread (media/disk.py)
+    recording_writes_dropped: int = 0    # refused by a full queue: written back as silence
+    recording_bytes_dropped: int = 0
 
 
 class Relay:
@@ -684,6 +688,8 @@ class Relay:
             collections.deque()
         self.pool_reused = 0
         self.services = ServiceCounters()
+        # Recording files are made, written and closed on this thread, never on the loop.
+        self.disk = DiskWriter()
 
     @property
     def family(self) -> int:
@@ -925,7 +931,10 @@ class Relay:
             prompts_unplayable=self.services.prompts_unplayable,
             digits=self.services.digits,
             recordings_started=self.services.recordings_started,
-            recordings_failed=self.services.recordings_failed)
+            recordings_failed=self.services.recordings_failed,
+            recording_queue_bytes=self.disk.stats.queued_bytes,
+            recording_writes_dropped=self.disk.stats.dropped_writes,
+            recording_bytes_dropped=self.disk.stats.dropped_bytes)
 
     async def close(self) -> None:
         """Close every session, then stop the sweep.
@@ -942,6 +951,7 @@ class Relay:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+        await self.disk.close()         # the recordings the sessions closed, written out
         # Transports close their sockets on the next loop iteration; let it run so the
         # ports are free when close() returns, even if the loop stops right after.
         await asyncio.sleep(0)

@@ -56,8 +56,9 @@ from-tag and the answerer's as to-tag, as the SIP From/To of the dialog would).
 Media services (backend.py), as far as rtpengine 10.5 (Debian, userspace, no kernel
 module) carries them; measured in tests/integration/test_rtpengine_services.py:
 - Early media: `offer` with the caller's SDP, then an `answer` for leg b with a placeholder
-  (sipmask's own early answer, media/early_media.py, at 0.0.0.0: rtpengine sends nothing
-  there), whose reply is the 183's SDP. An "a=inactive" placeholder does not do: play media
+  (sipmask's own early answer, media/early_media.py, at 127.0.0.1 port 9, the discard
+  port; at 0.0.0.0 rtpengine took it for hold and answered the caller with c=0.0.0.0 and
+  sendonly), whose reply is the 183's SDP. An "a=inactive" placeholder does not do: play media
   then fails ("Failed to start media playback from file"). Every later offer and answer of
   such a call carries the "port-latching" flag: without it rtpengine gives the caller's
   side a new port when the callee's real answer replaces the placeholder, and the caller,
@@ -153,6 +154,7 @@ LATCHING_FLAGS: dict[str, list[str]] = {
 }
 # A call opened by open_early keeps its ports when the placeholder answer is replaced.
 EARLY_FLAG = "port-latching"
+PLACEHOLDER_ADDRESS = "127.0.0.1"     # open_early's placeholder answer (see there)
 # How many times a looped prompt repeats (rtpengine's "repeat-times"; there is no "for ever").
 LOOP_TIMES = 1000
 
@@ -500,10 +502,14 @@ class RtpengineBackend:
             self._early.discard(call_id)     # offer() deletes what rtpengine may hold
             raise
         try:
-            # The placeholder: sipmask's own early answer at 0.0.0.0, port 9 (nothing is
-            # sent there; rtpengine needs an answer to give the caller's side its ports).
+            # The placeholder: sipmask's own early answer at 127.0.0.1, port 9 (discard:
+            # what rtpengine forwards there before the callee's answer goes nowhere, and a
+            # prompt mutes it anyway; rtpengine needs an answer to give the caller's side its
+            # ports). Not 0.0.0.0: rtpengine takes that for hold and answers the caller with
+            # c=0.0.0.0 and sendonly, so the caller would send no RTP (no RFC 4733 keys).
             placeholder = answer_sdp(streams, chosen, port=9,
-                                     origin=OriginCounter(address="0.0.0.0", sess_id=1))
+                                     origin=OriginCounter(address=PLACEHOLDER_ADDRESS,
+                                                          sess_id=1))
             reply = await (await self.client()).request(
                 "answer", **{"call-id": call_id, "from-tag": leg, "to-tag": other_leg(leg),
                              "sdp": placeholder, **self._flags(call_id)})

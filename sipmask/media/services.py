@@ -24,9 +24,13 @@ goes to the callback through `loop.call_soon`, after the packet path has returne
 Recording. A tap on both legs' audio lines gives each packet forwarded to the other party,
 with its arrival time, to CallRecorder.feed_rtp (caller = leg a, left; callee = leg b,
 right); a timer at the recorder's `next_due()` writes through silences. What the parties
-do not hear of each other (a prompt, muted audio) is not recorded. A recorder that fails
-(media/recorder.py: the sink raised) is counted once, untapped and left for
-`stop_recording` to report.
+do not hear of each other (a prompt, muted audio) is not recorded. The recorder writes into
+a QueuedSink: the file is made, written and closed on the relay's disk thread
+(media/disk.py), never on the loop. A recording that fails (the file cannot be made, a
+write fails on the thread, or the recorder's sink raised) is counted once, untapped and
+left for `stop_recording` to report; `settled()` gives the outcome once the thread has
+closed the file (at most SETTLE_S later), so a failure of the last write or of the close
+is in it too.
 
 Which line and codec a leg uses comes from its SDP (`leg_media`, pure): the first plain-RTP
 audio stream with PCMU or PCMA (media/early_media.plan, the rule of the 183's answer). A
@@ -51,17 +55,20 @@ from sipmask.media.backend import (
     PlayEnd,
     RecordingOutcome,
     SinkFactory,
-    failure_reason,
 )
+from sipmask.media.disk import DiskWriter, QueuedSink
 from sipmask.media.dtmf import InbandDtmfDetector, TelephoneEventDecoder
 from sipmask.media.early_media import OfferedStream, offered_streams, plan
 from sipmask.media.prompt import PromptPlayer, choose_codec, telephone_event_type
-from sipmask.media.recorder import CallRecorder, Party
+from sipmask.media.recorder import CallRecorder, Party, RecorderStats
 from sipmask.media.relay import RelaySession, ServiceCounters
 from sipmask.media.wav import G711, Audio
 from sipmask.sdp.scan import Scan
 
 _PARTY = {"a": Party.CALLER, "b": Party.CALLEE}
+# How long a stopped recording's outcome waits for the disk thread to close its file; past
+# it the recording counts as failed (ETIMEDOUT) and the CDR goes out without it.
+SETTLE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +145,10 @@ class _Keys:
 @dataclass(eq=False)
 class _Recording:
     recorder: CallRecorder
-    file: str
+    sink: QueuedSink
     timer: asyncio.TimerHandle | None = None
-    counted_failure: bool = False
+    failed: bool = False                 # counted, untapped (the file or the recorder)
+    stats: RecorderStats | None = None   # once stopped
 
 
 class CallServices:
@@ -148,19 +156,21 @@ class CallServices:
 
     def __init__(self, session: RelaySession, *, clock: Callable[[], float],
                  describe: Callable[[Leg], LegMedia | None],
-                 counters: ServiceCounters) -> None:
+                 counters: ServiceCounters, disk: DiskWriter) -> None:
         self.session = session
         self.call_id = session.call_id
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._describe = describe
         self._counters = counters
+        self._disk = disk
         self._media: dict[Leg, LegMedia | None] = {leg: describe(leg) for leg in LEGS}
         self._players: dict[Leg, PromptPlayer] = {}     # kept for the call: one SSRC per leg
         self._playing: dict[Leg, _Playing] = {}
         self._keys: dict[Leg, _Keys] = {}
         self._recording: _Recording | None = None
-        self._outcome: RecordingOutcome | None = None   # of the last recording stopped
+        self._stopped: _Recording | None = None         # stopped, its file not yet settled
+        self._outcome: RecordingOutcome | None = None   # of the last recording settled
         self._tapped: dict[Leg, int] = {}               # leg -> line its tap is on
         self.bridged = False
         self.closed = False
@@ -273,41 +283,65 @@ class CallServices:
             self._loop.call_soon(keys.on_digit, self.call_id, leg, digit)
 
     # -- recording --------------------------------------------------------------------
-    def start_recording(self, open_sink: SinkFactory) -> None:
+    def start_recording(self, open_sink: SinkFactory) -> QueuedSink:
+        """Record the call from now on, into the file `open_sink` makes on the disk thread;
+        the sink's `opened` says when that has happened (or failed: then counted and
+        untapped already)."""
         self._check_open()
         if self._recording is not None:
             raise MediaError(f"call {self.call_id} is already being recorded")
         self._counters.recordings_started += 1
-        self._outcome = None
-        try:
-            sink = open_sink()
-        except OSError as exc:
-            self._counters.recordings_failed += 1
-            self._outcome = RecordingOutcome(None, failure_reason(exc))
-            return
-        self._recording = _Recording(CallRecorder(sink, self._clock()), sink.path.name)
+
+        def failed() -> None:
+            recording = self._recording
+            if recording is not None and recording.sink is sink:
+                self._recording_failed(recording)
+
+        sink = self._disk.open(open_sink, on_failed=failed)
+        self._recording = _Recording(CallRecorder(sink, self._clock()), sink)
         for leg in LEGS:
             self._retap(leg)
         self._arm_recording()
+        return sink
 
-    def stop_recording(self) -> RecordingOutcome | None:
-        """Close the recording (up to now); its outcome, or the last one's when none runs,
-        or None when the call was never recorded."""
+    def stop_recording(self) -> None:
+        """Close the recording (up to now); `settled()` gives its outcome."""
         recording = self._recording
         if recording is None:
-            return self._outcome
+            return
         self._recording = None
         if recording.timer is not None:
             recording.timer.cancel()
-        stats = recording.recorder.close(self._clock())
-        if stats.failed and not recording.counted_failure:
-            self._counters.recordings_failed += 1
-        self._outcome = RecordingOutcome(recording.file, stats.error if stats.failed else None,
-                                         stats.data_bytes)
+        recording.stats = recording.recorder.close(self._clock())
+        self._stopped = recording
         if not self.closed:
             for leg in LEGS:
                 self._retap(leg)
+
+    async def settled(self) -> RecordingOutcome | None:
+        """The last stopped recording's outcome once the disk thread has closed its file
+        (at most SETTLE_S), or the one before when none was stopped since; None when the
+        call was never recorded."""
+        stopped = self._stopped
+        if stopped is None:
+            return self._outcome
+        try:
+            late = await asyncio.wait_for(asyncio.shield(stopped.sink.done), SETTLE_S)
+        except TimeoutError:
+            late = "ETIMEDOUT"
+        if self._stopped is stopped:       # the first to get here settles it
+            self._stopped = None
+            self._outcome = self._settle(stopped, late)
         return self._outcome
+
+    def _settle(self, recording: _Recording, late: str | None) -> RecordingOutcome:
+        stats = recording.stats
+        assert stats is not None
+        reason = stats.error if stats.failed else late
+        if reason is not None and not recording.failed:
+            recording.failed = True
+            self._counters.recordings_failed += 1
+        return RecordingOutcome(recording.sink.name, reason, stats.data_bytes)
 
     def _arm_recording(self) -> None:
         recording = self._recording
@@ -327,11 +361,11 @@ class CallServices:
         self._arm_recording()
 
     def _recording_failed(self, recording: _Recording) -> None:
-        """The recorder stopped itself (the sink raised): counted now, untapped, its
-        outcome left for stop_recording. The call goes on."""
-        if recording.counted_failure:
+        """The file failed on the disk thread or the recorder stopped itself: counted now,
+        untapped, its outcome left for settled(). The call goes on."""
+        if recording.failed:
             return
-        recording.counted_failure = True
+        recording.failed = True
         self._counters.recordings_failed += 1
         if recording.timer is not None:
             recording.timer.cancel()
@@ -340,7 +374,8 @@ class CallServices:
             self._retap(leg)
 
     def _recording_active(self) -> bool:
-        return self._recording is not None and self._recording.recorder.active
+        recording = self._recording
+        return recording is not None and recording.recorder.active and not recording.failed
 
     # -- the tap ----------------------------------------------------------------------
     def _retap(self, leg: Leg) -> None:
@@ -381,7 +416,7 @@ class CallServices:
     def close(self) -> None:
         """Everything stops (RelaySession.close calls this before pooling the sockets):
         prompts end CLOSED, keys are no longer heard, a recording is closed (its outcome
-        kept for `outcome`), every tap is removed."""
+        kept for `settled()`), every tap is removed."""
         if self.closed:
             return
         for leg in list(self._playing):
@@ -391,11 +426,6 @@ class CallServices:
         self.closed = True
         for leg in LEGS:
             self._retap(leg)
-
-    @property
-    def outcome(self) -> RecordingOutcome | None:
-        """The last recording's outcome, once stopped (None: never recorded)."""
-        return self._outcome
 
     def _check_open(self) -> None:
         if self.closed:

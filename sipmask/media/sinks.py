@@ -1,14 +1,11 @@
-"""Where a recording's bytes go: the `RecordingSink` interface and a plain file sink.
+"""Where a recording's bytes go: the `RecordingSink` interface and the raw file under it.
 
-The recorder (media/recorder.py) and the WAV writer (media/wav.py) see only the
-interface, so a sink that encrypts at rest can replace the plain one without either of them
-changing. A sink raises OSError for whatever goes wrong (disk full, I/O error, quota); the
-recorder catches it and stops recording, the call goes on.
-
-An encrypting sink (AES-GCM in chunks with the store key, CONTRACT "recording") is not here
-yet: the `cryptography` package is not a dependency today. `rewrite_header` is only ever
-called with the 44-octet WAV header, same length every time, so such a sink can keep the
-header as its own first chunk and re-seal it in place.
+The recorder (media/recorder.py) writes a call's stereo samples into a RecordingSink and
+knows nothing of files, formats or threads. In `sipmask serve` the sink is a QueuedSink
+(media/disk.py: the writes happen on a thread of their own, off the event loop) in front of
+a SealedWriter (store/recording_file.py: the samples sealed with the store key), which
+writes through a `FileSink`. A sink raises OSError for whatever goes wrong (disk full, I/O
+error, quota); the recorder catches it and stops recording, the call goes on.
 
 Recordings hold conversations: files are created 0600, in a directory created 0700, and
 never overwrite an existing file.
@@ -32,17 +29,13 @@ class RecordingSink(Protocol):
         """Append `data`. Raises OSError."""
         ...
 
-    def rewrite_header(self, header: bytes) -> None:
-        """Replace the file's first len(header) octets (the WAV header). Raises OSError."""
-        ...
-
     def close(self) -> None:
         """Release the file. Raises OSError; the file is released all the same."""
         ...
 
 
 class FileSink:
-    """A plain file, 0600, written with unbuffered os.write: what `write` returned for is in
+    """A new file, 0600, written with unbuffered os.write: what `write` returned for is in
     the page cache, so a crash of sipmask (not of the machine) loses nothing written."""
 
     def __init__(self, fd: int, path: Path) -> None:
@@ -78,11 +71,6 @@ class FileSink:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-
-    def rewrite_header(self, header: bytes) -> None:
-        fd = self._open_fd()
-        if os.pwrite(fd, header, 0) != len(header):
-            raise OSError(errno.EIO, "short write of the recording's header")
 
     def close(self) -> None:
         if self._fd is not None:

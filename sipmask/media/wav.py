@@ -15,9 +15,9 @@ or A-law (6), 8 bits; WAVE_FORMAT_EXTENSIBLE (0xFFFE) with one of those sub-form
 too (sox writes it for some inputs). Anything else is refused with a `WavError` that names
 the file and what is wrong with it, for the config loader to report at start-up.
 
-Recordings: `StereoWavWriter` streams a 16-bit stereo file into a `RecordingSink`, and
-rewrites the 44-octet header after every append, so a file cut short by a crash or a full
-disk still reads as a valid WAV of what reached the disk.
+Recordings: `StereoWriter` streams a call's 16-bit stereo samples into a `RecordingSink`;
+`wav_header` is the 44-octet header a recording is read back with (store/recording_file.py
+makes it from the length it finds, so a file cut short by a crash still reads as a WAV).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from array import array
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,8 @@ HEADER_SIZE = _HEADER.size        # 44
 # RIFF sizes are 32-bit: the data chunk of a file may hold at most this many octets.
 MAX_DATA_BYTES = (0xFFFFFFFF - (HEADER_SIZE - 8)) // 4 * 4
 _LITTLE = sys.byteorder == "little"
+# Samples per itemgetter call in G711.encode: bounds the argument tuple of a long prompt.
+_ENCODE_SLICE = 4096
 
 
 class WavError(MediaError):
@@ -133,10 +136,13 @@ def _encode_table(codec: G711) -> bytes:
 
 
 @cache
-def _decode_table(codec: G711) -> tuple[bytes, ...]:
-    """Each code's sample as 2 octets of pcm."""
+def _decode_tables(codec: G711) -> tuple[bytes, bytes]:
+    """Each code's sample split into its low and its high octet, as two `bytes.translate`
+    tables: decoding a payload is two translations and an interleave, done in C (about
+    1 µs per 20 ms packet here, where a table of 2-octet strings joined per code took 25)."""
     decode = _ulaw_decode if codec is G711.PCMU else _alaw_decode
-    return tuple(struct.pack("<h", decode(code)) for code in range(256))
+    pcm = b"".join(struct.pack("<h", decode(code)) for code in range(256))
+    return pcm[0::2], pcm[1::2]
 
 
 class G711(Enum):
@@ -156,12 +162,30 @@ class G711(Enum):
         return _encode_table(self)[0]
 
     def encode(self, pcm: bytes) -> bytes:
-        """One code per 16-bit sample of `pcm`."""
-        return bytes(map(_encode_table(self).__getitem__, _unsigned(pcm)))
+        """One code per 16-bit sample of `pcm`. A 16-bit index is beyond `bytes.translate`,
+        so the table is read by one itemgetter call per slice of samples: the lookups run in
+        C (5.6 µs per 20 ms packet here, 9.0 with a Python-level call per sample)."""
+        table = _encode_table(self)
+        values = _unsigned(pcm)
+        if len(values) <= _ENCODE_SLICE:
+            return _pick(table, values)
+        return b"".join(_pick(table, values[i:i + _ENCODE_SLICE])
+                        for i in range(0, len(values), _ENCODE_SLICE))
 
     def decode(self, payload: bytes) -> bytes:
-        """pcm, 2 octets per code."""
-        return b"".join(map(_decode_table(self).__getitem__, payload))
+        """pcm, 2 octets per code (little-endian, whatever the machine's byte order)."""
+        low, high = _decode_tables(self)
+        pcm = bytearray(2 * len(payload))
+        pcm[0::2] = payload.translate(low)
+        pcm[1::2] = payload.translate(high)
+        return bytes(pcm)
+
+
+def _pick(table: bytes, indexes: array[int]) -> bytes:
+    """table[i] for each i, as bytes (itemgetter of one index gives the item, not a tuple)."""
+    if len(indexes) > 1:
+        return bytes(itemgetter(*indexes)(table))
+    return bytes(table[i] for i in indexes)
 
 
 def _unsigned(pcm: bytes) -> array[int]:
@@ -300,13 +324,14 @@ def encode_wav(pcm: bytes) -> bytes:
     return wav_header(1, len(pcm)) + pcm
 
 
-class StereoWavWriter:
-    """A stereo 16-bit 8 kHz WAV streamed into a sink.
+class StereoWriter:
+    """A recording's stereo 16-bit 8 kHz samples, streamed into a sink.
 
-    The header goes out with the first append and is rewritten after each one, so at any
-    moment the file on disk is a WAV whose header counts what is there. Errors from the
-    sink (OSError: disk full, I/O) pass to the caller, which decides what a failure means;
-    a file about to outgrow RIFF's 32-bit sizes raises OSError(EFBIG) before writing.
+    The sink gets the samples alone, interleaved left/right: the file format around them is
+    the sink's (store/recording_file.py seals them, and its reader puts `wav_header` in
+    front). Errors from the sink (OSError: disk full, I/O) pass to the caller, which decides
+    what a failure means; a recording about to outgrow what a WAV header can count raises
+    OSError(EFBIG) before writing.
     """
 
     FRAME_BYTES = 2 * SAMPLE_BYTES      # one left and one right sample
@@ -314,7 +339,6 @@ class StereoWavWriter:
     def __init__(self, sink: RecordingSink) -> None:
         self._sink = sink
         self._data_bytes = 0
-        self._started = False
 
     @property
     def data_bytes(self) -> int:
@@ -326,20 +350,10 @@ class StereoWavWriter:
             raise ValueError("not a whole number of stereo frames")
         if self._data_bytes + len(frames) > MAX_DATA_BYTES:
             raise OSError(errno.EFBIG, "a WAV file holds at most 4 GiB of samples")
-        if not self._started:
-            self._sink.write(wav_header(2, 0))
-            self._started = True
         if frames:
             self._sink.write(frames)
             self._data_bytes += len(frames)
-            self._sink.rewrite_header(wav_header(2, self._data_bytes))
 
     def close(self) -> None:
-        """Finish the file (a header even when nothing was appended) and close the sink;
-        the sink is closed on every path."""
-        try:
-            if not self._started:
-                self._sink.write(wav_header(2, 0))
-                self._started = True
-        finally:
-            self._sink.close()
+        """Close the sink (the sink finishes its file)."""
+        self._sink.close()

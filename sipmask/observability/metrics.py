@@ -4,9 +4,11 @@ Two kinds of figures:
 - counted here, by the engine and policy: calls by outcome, call setup time, refusals by
   reason (`call_finished`, `count_call`, `observe_setup`, `refused`);
 - read at scrape time from the objects that already keep them (`Sources`): SIP transport
-  counters, live transactions, active calls, relay packets and drops, store size, event
-  backlog and delivery. Reading them on scrape keeps them fresh and costs the packet and
-  message paths nothing.
+  counters, live transactions, active calls, relay packets and drops, media services
+  (announcement packets, unplayable announcements, keys heard, recordings started and
+  failed, the recording disk thread's queue and drops), store size, event backlog and
+  delivery. Reading them on scrape keeps them fresh and costs the packet and message paths
+  nothing.
 
 Privacy (DESIGN.md "Privacy contract": a real number never appears in a metric label):
 every label value comes from a fixed set below, and `safe_label` refuses any value with a
@@ -128,6 +130,32 @@ class RelayStatsLike(Protocol):
     def ports_in_use(self) -> int: ...
 
 
+class MediaServicesLike(Protocol):
+    """media/relay.py's ServiceCounters (the embedded relay's, or rtpengine's backend's)."""
+
+    @property
+    def prompt_packets(self) -> int: ...
+    @property
+    def prompts_unplayable(self) -> int: ...
+    @property
+    def digits(self) -> int: ...
+    @property
+    def recordings_started(self) -> int: ...
+    @property
+    def recordings_failed(self) -> int: ...
+
+
+class RecordingDiskLike(Protocol):
+    """media/disk.py's WriterStats."""
+
+    @property
+    def queued_bytes(self) -> int: ...
+    @property
+    def dropped_writes(self) -> int: ...
+    @property
+    def dropped_bytes(self) -> int: ...
+
+
 class ApiConnectionsLike(Protocol):
     """api/connections.py's ConnectionCounts."""
 
@@ -141,6 +169,8 @@ class ApiConnectionsLike(Protocol):
 
 # What the engine keeps from crossing to the other leg (engine.stats keys), as label values.
 CONTENT_DROPPED = ("body_parts_dropped", "body_untyped", "header_control_chars")
+# Trunk targets (engine.stats keys `trunk_<event>`, b2bua/failover.py and trunks.py).
+TRUNK_EVENTS = ("failover", "late_answer", "no_target", "target_down", "target_up")
 
 
 class DeliveryStatsLike(Protocol):
@@ -168,6 +198,8 @@ class Sources:
     event_delivery: Callable[[], DeliveryStatsLike] | None = None
     engine_stats: Callable[[], Mapping[str, int]] | None = None    # Engine.stats
     api_connections: Callable[[], ApiConnectionsLike] | None = None  # api.connection_counts
+    media_services: Callable[[], MediaServicesLike] | None = None    # ServiceCounters
+    recording_disk: Callable[[], RecordingDiskLike] | None = None    # DiskWriter.stats
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -199,8 +231,9 @@ class _SourceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         parts: tuple[tuple[str, Callable[[], Iterator[Metric]]], ...] = (
             ("calls", self._calls), ("transactions", self._transactions), ("sip", self._sip),
-            ("relay", self._relay), ("store", self._store), ("events", self._events),
-            ("engine", self._engine), ("api", self._api))
+            ("relay", self._relay), ("media_services", self._media_services),
+            ("store", self._store), ("events", self._events), ("engine", self._engine),
+            ("api", self._api))
         for name, part in parts:
             try:
                 # Built whole before yielding: a source fails all or nothing.
@@ -287,6 +320,13 @@ class _SourceCollector(Collector):
         for what in CONTENT_DROPPED:
             family.add_metric([what], stats.get(what, 0))
         yield family
+        trunks = CounterMetricFamily(
+            "sipmask_trunk_events", "Trunk targets (event): a leg-B INVITE sent on to the "
+            "next target, a late 2xx of an abandoned attempt hung up, a call with no target "
+            "to try (503), a target probing took out or back.", labels=["event"])
+        for event in TRUNK_EVENTS:
+            trunks.add_metric([event], stats.get(f"trunk_{event}", 0))
+        yield trunks
 
     def _api(self) -> Iterator[Metric]:
         if self.sources.api_connections is None:
@@ -321,6 +361,29 @@ class _SourceCollector(Collector):
         dropped.add_metric(["rtcp"], r.rtcp_dropped)
         yield dropped
         yield _counter("sipmask_media_timeouts", "Calls ended for lack of RTP.", r.timeouts)
+
+    def _media_services(self) -> Iterator[Metric]:
+        if self.sources.media_services is not None:
+            m = self.sources.media_services()
+            yield _counter("sipmask_media_prompt_packets",
+                           "RTP packets of announcements sent.", m.prompt_packets)
+            yield _counter("sipmask_media_prompts_unplayable", "Announcements not played: the "
+                           "leg has no PCMU/PCMA or no address yet.", m.prompts_unplayable)
+            yield _counter("sipmask_media_digits", "Keys heard in media (RFC 4733 events and "
+                           "in-band tones).", m.digits)
+            yield _counter("sipmask_recordings_started", "Call recordings started.",
+                           m.recordings_started)
+            yield _counter("sipmask_recordings_failed", "Call recordings that failed: the file "
+                           "could not be made or written (the call went on; its CDR names "
+                           "no recording).", m.recordings_failed)
+        if self.sources.recording_disk is not None:
+            d = self.sources.recording_disk()
+            yield _gauge("sipmask_recording_queue_bytes", "Recorded audio waiting for the "
+                         "disk thread.", d.queued_bytes)
+            yield _counter("sipmask_recording_writes_dropped", "Recording writes dropped by a "
+                           "full disk queue (written back as silence).", d.dropped_writes)
+            yield _counter("sipmask_recording_dropped_bytes", "Octets of recorded audio "
+                           "dropped by a full disk queue.", d.dropped_bytes)
 
     def _store(self) -> Iterator[Metric]:
         if self.sources.store_bytes is not None:

@@ -12,8 +12,9 @@ transport parameter, that transport protocol SHOULD be used"); what is left (§4
 
 `TargetList` keeps what the resolver found (with the TTL it may be kept for) and what
 OPTIONS probing learnt (RFC 3263 §4.3: a server that did not answer is skipped while
-others remain). The shell (transport/resolver.py) runs the DNS queries this module asks
-for, off the event loop, and the probes.
+others remain), and says when to probe whom. The shells run what it asks for off the event
+loop: the DNS queries (transport/resolver.py) and the probes (b2bua/trunks.py), whose
+outcome comes back here; the call core gets `targets()` as data.
 """
 
 from __future__ import annotations
@@ -42,6 +43,24 @@ class Server:
     @property
     def address(self) -> tuple[str, int]:
         return (self.ip, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A server to try, with the URI it came from: the request goes to `server`; its
+    Request-URI names `host` (and `port` when the URI gave one), as RFC 3263 §4 keeps the
+    URI and resolves only where to send the request."""
+
+    server: Server
+    host: str
+    port: int | None
+
+
+def probe_answered(status: int) -> bool:
+    """Whether a final response to an OPTIONS probe shows the server taking calls. RFC 3261
+    §11.2: OPTIONS is answered as an INVITE would be, so a 503 means it would refuse calls
+    too (a draining sipmask answers so); any other status comes from a working server."""
+    return status != 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +126,7 @@ def order_srv(records: Iterable[SrvRecord], draw: Callable[[int], int]) -> list[
 class _Entry:
     """One URI of the trunk's list: its plan, and what it resolved to until when."""
 
+    uri: tuple[Transport, str, int | None]
     plan: Query | Server
     servers: tuple[Server, ...] = ()
     expires_at: float = float("-inf")     # monotonic; IP literals never expire
@@ -118,27 +138,36 @@ class TargetList:
     """A trunk's servers in the order to try them, skipping those probing found down.
 
     `stale(now)` says which URIs need resolving; `resolved(...)` stores an answer (with the
-    smallest TTL of the records it came from, at least `min_ttl_s`); `candidates(now)` is
-    the order for a new INVITE: every known server of every URI in turn, those marked down
+    smallest TTL of the records it came from, at least `min_ttl_s`); `targets()` is the
+    order for a new INVITE: every known server of every URI in turn, those marked down
     last (tried only when nothing else is left, RFC 3263 §4.3's spirit: never refuse a call
-    on a probe's word alone).
+    on a probe's word alone). With `probe_interval_s`, `probes_due(now)` names the servers
+    to send OPTIONS to, when there is a choice (two servers or more: with one, a probe
+    could change nothing), and `overdue(now)` those whose probe got no final response
+    within `probe_timeout_s` (None: the transaction's own Timer F decides).
     """
 
     entries: list[_Entry]
     min_ttl_s: float = 5.0
     down: set[Server] = field(default_factory=set)
+    probe_interval_s: float = 0.0           # 0: no probing
+    probe_timeout_s: float | None = None
+    next_probe_at: float = float("-inf")    # monotonic: the next round (the first at once)
+    pending: dict[Server, float] = field(default_factory=dict)   # probe out: its deadline
 
     @classmethod
     def of(cls, uris: Sequence[tuple[Transport, str, int | None]],
-           min_ttl_s: float = 5.0) -> TargetList:
+           min_ttl_s: float = 5.0, *, probe_interval_s: float = 0.0,
+           probe_timeout_s: float | None = None) -> TargetList:
         entries = []
         for transport, host, port in uris:
             step = plan(transport, host, port)
-            entry = _Entry(step)
+            entry = _Entry((transport, host, port), step)
             if isinstance(step, Server):
                 entry.servers, entry.expires_at = (step,), float("inf")
             entries.append(entry)
-        return cls(entries, min_ttl_s)
+        return cls(entries, min_ttl_s, probe_interval_s=probe_interval_s,
+                   probe_timeout_s=probe_timeout_s)
 
     def stale(self, now: float) -> list[Query]:
         """The queries whose answers are missing or past their TTL."""
@@ -169,14 +198,62 @@ class TargetList:
                 seen.setdefault(server, None)
         return list(seen)
 
-    def candidates(self) -> list[Server]:
-        every = self.servers()
-        return [s for s in every if s not in self.down] + [s for s in every if s in self.down]
+    def targets(self) -> list[Target]:
+        """Every known server once, with the URI it came from: in the configured order,
+        those marked down last."""
+        seen: dict[Server, Target] = {}
+        for entry in self.entries:
+            _, host, port = entry.uri
+            for server in entry.servers:
+                seen.setdefault(server, Target(server, host, port))
+        every = list(seen.values())
+        down = self.down
+        return ([t for t in every if t.server not in down]
+                + [t for t in every if t.server in down])
 
-    def probed(self, server: Server, answered: bool) -> None:
-        """An OPTIONS probe's outcome: any final response is an answer (the server is
-        there); a timeout or transport error marks it down until a probe is answered."""
+    def candidates(self) -> list[Server]:
+        return [target.server for target in self.targets()]
+
+    def probes_due(self, now: float) -> list[Server]:
+        """The servers to probe now (each once a round, none with a probe still out); each
+        is counted as out from now, until `probed` or `overdue`."""
+        if not self.probe_interval_s or now < self.next_probe_at:
+            return []
+        self.next_probe_at = now + self.probe_interval_s
+        every = self.servers()
+        if len(every) < 2:
+            return []
+        due = [s for s in every if s not in self.pending]
+        deadline = now + self.probe_timeout_s if self.probe_timeout_s else float("inf")
+        for server in due:
+            self.pending[server] = deadline
+        return due
+
+    def overdue(self, now: float) -> list[Server]:
+        """Servers whose probe is past its deadline: marked down (a late answer no longer
+        counts; the next round asks again)."""
+        late = [s for s, deadline in self.pending.items() if now >= deadline]
+        for server in late:
+            self.probed(server, answered=False)
+        return late
+
+    def next_due(self) -> float:
+        """When something is next to do (monotonic): a probe round, a probe's deadline, a
+        name's answer going stale; inf when nothing ever is, -inf when it is now."""
+        times = [e.expires_at for e in self.entries if isinstance(e.plan, Query)]
+        times += self.pending.values()
+        if self.probe_interval_s and len(self.servers()) > 1:
+            times.append(self.next_probe_at)
+        return min(times, default=float("inf"))
+
+    def probed(self, server: Server, answered: bool) -> bool:
+        """An OPTIONS probe's outcome (`probe_answered` of its final response; a timeout or
+        transport error is no answer): no answer marks the server down until a probe is
+        answered. True when that changed the order of `targets()`."""
+        self.pending.pop(server, None)
+        was_down = server in self.down
         if answered:
             self.down.discard(server)
         else:
             self.down.add(server)
+        return was_down is answered

@@ -25,11 +25,14 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from sipmask import numbers
 from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.times import iso
+
+if TYPE_CHECKING:
+    from sipmask.store.crypto import Keyring
 
 Mode = Literal["axb", "axn", "axe", "axyb"]
 Actor = Literal["cli", "api", "import", "sweep", "config"]
@@ -266,6 +269,9 @@ class ImportOutcome:
 
 class BindingStore(Protocol):
     """What the call engine, the CLI and the HTTP API need of the store."""
+
+    # The store key's subkeys (store/crypto.py); recordings are sealed with them too.
+    keys: Keyring
 
     def create(self, *, mode: str, tenant: str | None, a: str, b: str | None = None,
                x: str | None = None, ttl: int = DEFAULT_TTL, actor: str = "cli",

@@ -89,6 +89,16 @@ class _LmdbTxn:
     def get(self, db: str, key: bytes) -> bytes | None:
         return cast("bytes | None", self.txn.get(key, db=self.dbs[db]))
 
+    def get_many(self, db: str, keys: list[bytes]) -> dict[bytes, bytes]:
+        # A read here is a memory lookup, not a round trip: one get per key.
+        get, handle = self.txn.get, self.dbs[db]
+        found = {}
+        for key in keys:
+            value = get(key, db=handle)
+            if value is not None:
+                found[key] = cast("bytes", value)
+        return found
+
     def put(self, db: str, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self.dbs[db])
 
@@ -112,6 +122,9 @@ class _LmdbTxn:
             # MDB_APPEND skips a key that is not past the last: the items were not sorted.
             raise StoreError(f"put_many on {db}: {len(items) - added} key(s) out of order")
         return int(added)
+
+    def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        self.put_many(db, items)
 
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

@@ -35,6 +35,10 @@ class _MemoryTxn:
     def get(self, db: str, key: bytes) -> bytes | None:
         return self.tables[db].data.get(key)
 
+    def get_many(self, db: str, keys: list[bytes]) -> dict[bytes, bytes]:
+        data = self.tables[db].data
+        return {key: data[key] for key in keys if key in data}
+
     def put(self, db: str, key: bytes, value: bytes) -> None:
         assert self.write, "put in a read transaction"
         t = self.tables[db]
@@ -59,6 +63,9 @@ class _MemoryTxn:
                 continue
             self.put(db, key, value)
         return added
+
+    def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        self.put_many(db, items)
 
     def delete(self, db: str, key: bytes) -> None:
         assert self.write, "delete in a read transaction"
@@ -98,7 +105,11 @@ class _MemoryTxn:
 
 
 class MemoryStore(RuleStore):
-    """BindingStore in a dict. Not shared between processes; tests only."""
+    """BindingStore in a dict. Not shared between processes; tests only. It fetches ahead
+    as PostgreSQL does (RuleStore.reads_ahead), so the store suite runs that path even
+    where no PostgreSQL server is installed."""
+
+    reads_ahead = True
 
     def __init__(self, clock: Clock | None = None,
                  tenants: Mapping[str, TenantConfig] | None = None,

@@ -1,10 +1,14 @@
-"""Store work the call path must not wait for on the event loop: a bounded pool of threads.
+"""Store work the event loop must not wait for: bounded pools of threads.
 
 A lookup on PostgreSQL is a network round trip. The engine's shell hands it to `Offload`
 and awaits the future, so the loop keeps serving other calls meanwhile:
 
     future = lookup(store, x, caller, now)       # raises StoreBusy: answer 503
     binding = await asyncio.wrap_future(future)  # StoreError: the database failed (503)
+
+The HTTP API's reads (a binding, a list, CDRs, a trace, the health check) go the same way
+through `soon(store, fn)`, on threads of their own (`reads`), so a flood of them never
+takes the threads calls wait for.
 
 The queue is bounded: when `max_pending` lookups wait already (the database is slow or
 gone), a new one is refused at once with StoreBusy rather than queued behind them, so
@@ -68,13 +72,29 @@ def lookup(store: _Routes, x: str, caller: str, now: float,
     `route_soon` (PostgreSQL) it runs on that store's threads; otherwise (LMDB: a memory
     read of a few µs, cheaper than a thread hop) it runs here and the future is done.
     `ext`: an AXE extension the caller gave (store.base.BindingStore.route)."""
-    soon: Callable[..., Future[Binding | None]] | None = getattr(store, "route_soon", None)
-    if soon is not None:
-        return soon(x, caller, now, ext) if ext is not None else soon(x, caller, now)
-    done: Future[Binding | None] = Future()
+    route_soon: Callable[..., Future[Binding | None]] | None = getattr(store, "route_soon",
+                                                                        None)
+    if route_soon is not None:
+        return (route_soon(x, caller, now, ext) if ext is not None
+                else route_soon(x, caller, now))
+    return _here(lambda: store.route(x, caller, now, ext) if ext is not None
+                 else store.route(x, caller, now))
+
+
+def soon(store: object, fn: Callable[[], T]) -> Future[T]:
+    """Any other store read as a future (the HTTP API's): on a store whose reads wait on
+    the network it runs on that store's read threads (`reads`, an Offload; StoreBusy at
+    once when they are full); otherwise (LMDB) here, and the future is done."""
+    reads: Offload | None = getattr(store, "reads", None)
+    if reads is not None:
+        return reads.submit(fn)
+    return _here(fn)
+
+
+def _here(fn: Callable[[], T]) -> Future[T]:
+    done: Future[T] = Future()
     try:
-        done.set_result(store.route(x, caller, now, ext) if ext is not None
-                        else store.route(x, caller, now))
+        done.set_result(fn())
     except Exception as exc:
         done.set_exception(exc)
     return done

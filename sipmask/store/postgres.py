@@ -27,8 +27,9 @@ StoreError saying so (a retried create would be refused as a duplicate of itself
 `write` (CDRs, journal, heartbeats, acks: all idempotent puts and deletes) retries.
 
 The call path never waits on the network in the event loop: `route_soon` runs lookups on a
-bounded thread pool (store/offload.py) and returns a future; CDR commits already run on
-cdr/group.py's writer thread (group commit), and outbox events on `background`.
+bounded thread pool (store/offload.py) and returns a future; the HTTP API's reads run on
+`reads`, a pool of their own (offload.soon); CDR commits already run on cdr/group.py's
+writer thread (group commit), and outbox events on `background`.
 
 Real numbers are sealed with the key in `store.key_file` (store/crypto.py), as on LMDB, so
 a `pg_dump` or a stolen disk shows none. Every node must use the same key, so this store
@@ -95,9 +96,13 @@ _CONVERT_PAGE = 2000                  # records per step of a seal or rekey (its
 _PROGRESS_EVERY_S = 2.0               # a progress line while a seal or rekey runs
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+_LOCK = f"SELECT pg_advisory_xact_lock({RULES_LOCK})"   # one rules writer at a time
 _WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _SQL = {name: t.sql() for name, t in TABLES.items()}
 LOOKUP_PATIENCE_S = 2.0               # a call's lookup retries a failover this long at most
+# The HTTP API's reads (offload.soon): threads of their own, so a flood of them never takes
+# the threads calls wait for; past READ_QUEUE waiting, a read is refused at once (503).
+READ_WORKERS, READ_QUEUE = 2, 256
 APP_NAME = "sipmask"                  # application_name of our sessions: "sipmask <instance>"
 _VACUUM_DUE = b"vacuum_due"           # meta: a seal or rekey committed, its VACUUM FULL not run
 ALONE_WAIT_S = 10.0                   # how long a rekey waits for other sessions to leave
@@ -188,17 +193,48 @@ class _PgTxn:
         t = self._table(db)
         if t.kind == "by_day":
             self.store.ensure_day(day_of_key(key))
-        return self.cur.execute(_SQL[db]["insert"], (*t.row(key), value)).rowcount == 1
+        return self.cur.execute(_SQL[db]["insert"], (*t.row(key), value)).fetchone() is not None
 
     def delete(self, db: str, key: bytes) -> None:
         self.cur.execute(_SQL[db]["delete"], self._table(db).cols(key))
 
+    def get_many(self, db: str, keys: builtins.list[bytes]) -> dict[bytes, bytes]:
+        # One statement per _MANY keys: the keys' rows joined to the table, each an index
+        # probe (pg_schema "get_many").
+        t, sql = self._table(db), _SQL[db]["get_many"]
+        found: dict[bytes, bytes] = {}
+        for i in range(0, len(keys), _MANY):
+            rows = self.cur.execute(sql, t.key_arrays(keys[i:i + _MANY])).fetchall()
+            found.update((bytes(key), bytes(value)) for key, value in rows)
+        return found
+
     def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
                  overwrite: bool = True) -> int:
-        # Multi-row INSERTs of _MANY rows (Citus routes or splits them per shard); with
-        # overwrite the rows already there are counted first, as LMDB's putmulti counts.
-        t, sql = self._table(db), _SQL[db]
+        # Multi-row INSERTs of _MANY rows (Citus routes or splits them per shard), one
+        # statement each, which also counts (pg_schema "put_many": the rows that were
+        # there before; "insert_many": the rows that went in), as LMDB's putmulti counts.
         added = 0
+        for chunk, rows, params in self._chunks(db, items):
+            if overwrite:
+                row = self.cur.execute(_SQL[db]["put_many"].format(rows=rows),
+                                       [*self._table(db).key_arrays([k for k, _ in chunk]),
+                                        *params]).fetchone()
+                added += len(chunk) - (int(row[0]) if row else 0)
+            else:
+                row = self.cur.execute(_SQL[db]["insert_many"].format(rows=rows),
+                                       params).fetchone()
+                added += int(row[0]) if row else 0
+        return added
+
+    def put_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
+        # Nothing to read back: in pipeline mode (_once) these go without a round trip.
+        for _, rows, params in self._chunks(db, items):
+            self.cur.execute(_SQL[db]["upsert_many"].format(rows=rows), params)
+
+    def _chunks(self, db: str, items: builtins.list[tuple[bytes, bytes]]
+                ) -> Iterator[tuple[builtins.list[tuple[bytes, bytes]], str, list[Any]]]:
+        """items in _MANY rows: each chunk, its VALUES rows, and their parameters."""
+        t, row = self._table(db), _SQL[db]["row"]
         if t.kind == "by_day":
             for day in {day_of_key(k) for k, _ in items}:
                 self.store.ensure_day(day)
@@ -207,18 +243,7 @@ class _PgTxn:
             params: list[Any] = []
             for key, value in chunk:
                 params.extend((*t.row(key), value))
-            statement = sql["many"].format(
-                rows=", ".join([sql["row"]] * len(chunk)),
-                action="DO UPDATE SET v = EXCLUDED.v" if overwrite else "DO NOTHING")
-            if overwrite:
-                row = self.cur.execute(sql["count_keys"],
-                                       t.key_arrays([k for k, _ in chunk])).fetchone()
-                there = int(row[0]) if row else 0
-                self.cur.execute(statement, params)
-                added += len(chunk) - there
-            else:
-                added += self.cur.execute(statement, params).rowcount
-        return added
+            yield chunk, ", ".join([row] * len(chunk)), params
 
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
@@ -260,6 +285,7 @@ class PostgresStore(RuleStore):
     default, as LmdbStore."""
 
     blocking = True      # its calls wait on the network: keep them off the event loop
+    reads_ahead = True   # every read is a round trip: a batch's are fetched together
 
     def __init__(self, dsn: str, clock: Clock | None = None, *,
                  rng: random.Random | None = None, pool_size: int = 10,
@@ -288,7 +314,8 @@ class PostgresStore(RuleStore):
         # failover the store connects to the promoted primary on their next try, not when
         # the pool's backoff next comes round (that lagged the promotion by up to the
         # outage's own length: tests/integration/test_postgres_failover.py).
-        self.pool = ConnectionPool(dsn, min_size=1, max_size=max(pool_size, call_workers + 2),
+        self.pool = ConnectionPool(dsn, min_size=1,
+                                   max_size=max(pool_size, call_workers + READ_WORKERS + 2),
                                    kwargs={"autocommit": True,
                                            "application_name": self.session_name},
                                    open=False, timeout=connect_timeout_s, reconnect_timeout=0,
@@ -300,6 +327,7 @@ class PostgresStore(RuleStore):
             raise StoreError(f"cannot connect to PostgreSQL at {self.where} "
                              f"within {connect_timeout_s:g} s") from None
         self.calls = Offload(call_workers, call_queue, "store-lookup")
+        self.reads = Offload(READ_WORKERS, READ_QUEUE, "store-read")
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bg")
         try:
             super().__init__(clock, rng, self._adopt_key(master))
@@ -582,19 +610,36 @@ class PostgresStore(RuleStore):
             cur = conn.cursor()
             if begin is None:
                 return fn(_PgTxn(self, cur))
-            cur.execute(begin)
+            # Pipeline mode (libpq): a statement whose answer nobody reads (BEGIN, the
+            # rules lock, each put and delete) is sent without waiting for it; the next read
+            # collects those answers in its own round trip, and COMMIT goes with the last
+            # writes, in the Sync that ends the pipeline. A batch of API creates took 13
+            # round trips, now 7. A statement that fails is reported by the next read or by
+            # that Sync, and the transaction is then rolled back whole (a failed COMMIT is
+            # a rollback).
+            committing = False
             try:
-                if lock:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (RULES_LOCK,))
-                out = fn(_PgTxn(self, cur))
-            except BaseException:
-                if not conn.broken:
-                    with contextlib.suppress(psycopg.Error):
-                        cur.execute("ROLLBACK")
-                raise
-            try:
-                cur.execute("COMMIT")
+                with conn.pipeline() as pipe:
+                    try:
+                        cur.execute(begin)
+                        if lock:
+                            cur.execute(_LOCK)
+                        out = fn(_PgTxn(self, cur))
+                    except BaseException:
+                        if not conn.broken:
+                            # A failed statement stops the pipeline until a Sync.
+                            with contextlib.suppress(psycopg.Error):
+                                pipe.sync()
+                            with contextlib.suppress(psycopg.Error):
+                                cur.execute("ROLLBACK")
+                        raise
+                    committing = True
+                    cur.execute("COMMIT")
             except psycopg.OperationalError as exc:
+                if not committing or isinstance(exc, pg_errors.PipelineAborted):
+                    raise
+                # The last writes and COMMIT went in one round trip: which of them
+                # reached the server is not known.
                 raise CommitUnknown(f"the connection to PostgreSQL at {self.where} broke "
                                     "during COMMIT: the change may or may not have been "
                                     f"applied ({_first_line(exc)})") from None
@@ -688,6 +733,7 @@ class PostgresStore(RuleStore):
     def close(self) -> None:
         self.background.shutdown(wait=True)
         self.calls.close()
+        self.reads.close()
         self.pool.close()
 
 

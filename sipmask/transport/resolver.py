@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sipmask.observability import logging as sm_logging
 from sipmask.sip.locate import Query, Server, SrvRecord, TargetList, order_srv
@@ -59,19 +59,29 @@ class HostsDns:
 
 
 class SystemDns:
-    """The machine's resolvers, through dnspython (asyncio; never blocks the loop)."""
+    """The machine's resolvers, through dnspython (asyncio; never blocks the loop), made at
+    the first query: only a trunk named by host name needs dnspython. Names RFC 6761 makes
+    special are answered here and never asked of a nameserver: `localhost` is the loopback
+    addresses (§6.3), anything under `invalid` does not exist (§6.4)."""
 
     def __init__(self) -> None:
-        import dns.asyncresolver  # deferred: only a trunk named by host name needs it
+        self._resolver: Any = None
 
-        self._resolver = dns.asyncresolver.Resolver()
+    def _ask(self) -> Any:
+        if self._resolver is None:
+            import dns.asyncresolver  # deferred (class docstring)
+
+            self._resolver = dns.asyncresolver.Resolver()
+        return self._resolver
 
     async def srv(self, name: str) -> tuple[list[SrvRecord], float]:
         import dns.exception
         import dns.resolver
 
+        if _special(name) is not None:
+            return [], SPECIAL_TTL_S          # no SRV there: the A/AAAA step answers
         try:
-            answer = await self._resolver.resolve(name, "SRV")
+            answer = await self._ask().resolve(name, "SRV")
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return [], 60.0
         except dns.exception.DNSException as exc:
@@ -83,11 +93,16 @@ class SystemDns:
     async def addresses(self, host: str) -> tuple[list[str], float]:
         import dns.exception
 
+        special = _special(host)
+        if special is not None:
+            if not special:
+                raise DnsError(f"{host}: no such name (RFC 6761 §6.4)")
+            return list(special), SPECIAL_TTL_S
         found: list[str] = []
         ttl = float("inf")
         for rdtype in ("A", "AAAA"):
             try:
-                answer = await self._resolver.resolve(host, rdtype)
+                answer = await self._ask().resolve(host, rdtype)
             except dns.exception.DNSException:
                 continue
             found += [r.to_text() for r in answer]
@@ -96,6 +111,20 @@ class SystemDns:
         if not found:
             raise DnsError(f"{host}: no A or AAAA record")
         return found, ttl if ttl != float("inf") else 60.0
+
+
+SPECIAL_TTL_S = 3600.0
+
+
+def _special(name: str) -> tuple[str, ...] | None:
+    """RFC 6761's answers for names no nameserver is asked about: the loopback addresses
+    for `localhost` and its subdomains, nothing for `invalid`'s; None for any other."""
+    labels = name.rstrip(".").lower().rsplit(".", 1)
+    if labels[-1] == "localhost":
+        return ("127.0.0.1", "::1")
+    if labels[-1] == "invalid":
+        return ()
+    return None
 
 
 async def resolve(dns: Dns, query: Query, *, draw: random.Random | None = None,

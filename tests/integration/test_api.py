@@ -15,11 +15,13 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,9 +37,11 @@ from sipmask.config.schema import (
     Config,
     HostPort,
     OperatorConfig,
+    StoreConfig,
     TenantConfig,
 )
 from sipmask.store.lmdb import LmdbStore, open_store
+from sipmask.store.pg_schema import SCHEMA
 from tests.support.api import (
     EPHEMERAL,
     TOKENS,
@@ -50,7 +54,10 @@ from tests.support.api import (
 )
 from tests.support.net import free_port
 from tests.support.paths import REPO
+from tests.support.postgres import pg_dsn, pg_key, pg_server
 from tests.support.serve import ServeProcess
+
+__all__ = ["pg_dsn", "pg_key", "pg_server"]   # fixtures
 
 A, B, C = "13800000001", "13900000002", "13700000003"
 OTHER_X = "700200000000001"                  # in the "other" tenant's pool
@@ -733,15 +740,18 @@ def test_a_tenant_reads_its_own_recording_and_no_other(rec_api: ApiThread) -> No
     from sipmask.media.wav import wav_header
     from sipmask.store import recordings
     call_id = "5f0c2a9e41d7b3c8a6e1f0d2b4c6a8e0@127.0.0.1"
-    sink = recordings.open_sink(rec_api.config.recording, "demo", call_id)
-    audio = wav_header(2, 256 * 1000) + bytes(range(256)) * 1000
-    sink.write(audio)
+    # Sealed with the store's key, as sipmask serve writes it; served as the WAV.
+    sink = recordings.open_sink(rec_api.config.recording, "demo", call_id,
+                                rec_api.store.keys)
+    sink.write(bytes(range(256)) * 1000)
     sink.close()
+    audio = wav_header(2, 256 * 1000) + bytes(range(256)) * 1000
     path = f"/v1/recordings/{call_id}"
     got = call(rec_api, "GET", path)
     assert got.status == 200, got.raw
     assert got.headers["Content-Type"] == "audio/wav" and got.raw == audio
     assert got.headers["Content-Length"] == str(len(audio))
+    assert got.headers["X-Sipmask-Recording"] == "complete"
     local = call_id.partition("@")[0]
     assert call(rec_api, "GET", f"/v1/recordings/{local}").raw == audio
     # Another tenant's token: 404, as for a call that has no recording.
@@ -754,3 +764,51 @@ def test_a_tenant_reads_its_own_recording_and_no_other(rec_api: ApiThread) -> No
     # The operator reads any tenant's.
     ops = call(rec_api, "GET", path, token=OPS_TOKEN)
     assert ops.status == 200 and ops.raw == audio
+    # A file another key sealed (a rekey that did not reach it): 500, no audio, no key.
+    from sipmask.store.crypto import Keyring
+    other = recordings.open_sink(rec_api.config.recording, "demo", "0ddba11@127.0.0.1",
+                                 Keyring.generate())
+    other.close()
+    assert_error(call(rec_api, "GET", "/v1/recordings/0ddba11"), 500, "recording")
+
+
+# -- PostgreSQL: reads off the event loop (issue 14) ------------------------------------------
+def _wait_for_a_lock_waiter(dsn: str) -> None:
+    """Until a session of the database waits for a lock (its own connection: within one
+    transaction pg_stat_activity answers from one snapshot)."""
+    deadline = time.monotonic() + 10
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND wait_event_type = 'Lock'"
+                               ).fetchone()[0]:   # type: ignore[index]
+            assert time.monotonic() < deadline, "no read ever waited for the lock"
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("path", "table", "token"), [
+    ("/v1/bindings/{id}", "bindings", TOKENS["demo"]),
+    ("/v1/bindings", "bindings", TOKENS["demo"]),
+    ("/v1/cdrs", "cdrs", TOKENS["demo"]),
+    (f"/v1/trace?x={OTHER_X}&at=1800000000", "route", OPS_TOKEN),
+    ("/healthz", "tenants", None),
+])
+def test_a_read_waiting_on_postgres_leaves_the_loop_free(
+        pg_dsn: str, pg_key: Path, tmp_path: Path, path: str, table: str,
+        token: str | None) -> None:
+    # On PostgreSQL a read is a round trip, and a slow or locked database would hold it:
+    # run on the event loop, it stalled every other request (and, in `sipmask serve`, SIP
+    # too: one loop). Here a read waits on a lock another session holds, and the loop
+    # answers another request meanwhile; the read completes once the lock goes.
+    config = replace(make_config(tmp_path / "unused"),
+                     store=StoreConfig(backend="postgres", dsn=pg_dsn, key_file=pg_key),
+                     operators={"ops": OperatorConfig(OPS_TOKEN)})
+    with running_api(config) as api:
+        made = create(api, {"mode": "axb", "a": A, "b": B})
+        with psycopg.connect(pg_dsn) as locker, ThreadPoolExecutor(1) as pool:
+            locker.execute(f"LOCK TABLE {SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
+            waiting = pool.submit(call, api, "GET", path.format(id=made["id"]), token=token)
+            _wait_for_a_lock_waiter(pg_dsn)
+            assert call(api, "GET", "/openapi.json").status == 200
+            assert not waiting.done()
+            locker.rollback()
+            assert waiting.result().status == 200

@@ -24,13 +24,14 @@ Pinned here:
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import stat
 import struct
+import threading
 import time
-import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,16 +39,28 @@ import pytest
 from sipmask.config.schema import MediaConfig
 from sipmask.errors import PortsExhausted
 from sipmask.media import rtp
-from sipmask.media.backend import PlayEnd
+from sipmask.media import services as services_module
+from sipmask.media.backend import Leg, PlayEnd
 from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import RelaySession, Side, _Stream
 from sipmask.media.sinks import FileSink
 from sipmask.media.wav import G711, Audio
+from sipmask.store.crypto import Keyring
+from sipmask.store.recording_file import SealedWriter
 from tests.support.goertzel import goertzel_power
-from tests.support.media import LOOP_KINDS, Runner, UdpPeer, close_after, loop_runner, port_range
+from tests.support.media import (
+    LOOP_KINDS,
+    Runner,
+    UdpPeer,
+    close_after,
+    loop_runner,
+    port_range,
+    sealed_stereo,
+)
 from tests.support.tones import dtmf, pcm, silence, sine
 
 RELAY, A_IP, B_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+KEYS = Keyring.generate()
 PCMU_ONLY = ("0 101", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
 PCMU_PCMA = ("0 8 101", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
              "a=rtpmap:101 telephone-event/8000\r\n")
@@ -189,6 +202,32 @@ def test_a_leg_hears_the_prompt_as_pcmu_rtp_every_20_ms(run: Runner) -> None:
         assert 0.40 <= span <= 0.60, span
         assert backend.relay.stats().prompt_packets == 25
         assert untapped(session_of(backend, "p1"))    # a prompt needs no tap
+    run(test)
+
+
+def test_a_prompt_wakes_the_loop_once_per_packet(run: Runner) -> None:
+    # uvloop keeps time in whole milliseconds and truncates a timer's delay: a due time
+    # off the millisecond grid fires early, finds nothing due and re-arms until the
+    # millisecond turns (ten wakeups a packet in a bench with such due times). A prompt's
+    # due times start at the loop's own time and step by 20 ms, so each wakeup sends.
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        await answered_call(backend, "p9", a, b)
+        playback = await backend.play("p9", "a", tone_audio(440, 1.0))
+        services = backend._services["p9"]
+        send_due = services._send_due
+        wakeups = 0
+
+        def counted(leg: Leg) -> None:
+            nonlocal wakeups
+            wakeups += 1
+            send_due(leg)
+        services._send_due = counted  # type: ignore[method-assign]
+        assert await asyncio.wait_for(playback.ended, 2) is PlayEnd.FINISHED
+        sent = backend.relay.stats().prompt_packets
+        assert sent == 50
+        assert wakeups <= sent + 2, (wakeups, sent)
     run(test)
 
 
@@ -433,11 +472,11 @@ def test_without_inband_tones_are_not_keys(run: Runner) -> None:
 
 # -- recording -----------------------------------------------------------------------------
 
-def stereo_channels(path: Path) -> tuple[list[float], list[float]]:
-    with wave.open(str(path), "rb") as wav:
-        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
-        values = memoryview(wav.readframes(wav.getnframes())).cast("h")
-    return [v / 32768 for v in values[0::2]], [v / 32768 for v in values[1::2]]
+def sealed(folder: Path, name: str) -> Callable[[], SealedWriter]:
+    """The sink factory sipmask serve uses (store/recordings.open_sink), in `folder`."""
+    return lambda: SealedWriter.create(folder, name, KEYS, "demo")
+
+
 
 
 async def talk(a: UdpPeer, a_port: int, b: UdpPeer, b_port: int, seconds: float) -> None:
@@ -458,14 +497,14 @@ def test_a_recorded_call_is_a_0600_stereo_wav_caller_left_callee_right(
         backend = backend_for()
         a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         a_port, b_port = await answered_call(backend, "r1", a, b)
-        await backend.start_recording("r1", lambda: FileSink.create(tmp_path, "r1.wav"))
+        await backend.start_recording("r1", sealed(tmp_path, "r1.wav"))
         await talk(a, a_port, b, b_port, 0.6)
         await asyncio.sleep(0.05)
         outcome = await backend.stop_recording("r1")
         assert outcome is not None and outcome.file == "r1.wav" and not outcome.failed
         path = tmp_path / "r1.wav"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        left, right = stereo_channels(path)
+        left, right = sealed_stereo(path, KEYS)
         assert len(left) >= 0.6 * 8000
         assert goertzel_power(left, 1000, 8000) > 100 * goertzel_power(left, 1600, 8000)
         assert goertzel_power(right, 1600, 8000) > 100 * goertzel_power(right, 1000, 8000)
@@ -517,7 +556,7 @@ def test_a_recording_file_that_cannot_be_made_fails_at_once(run: Runner,
         a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
         a_port, b_port = await answered_call(backend, "r3", a, b)
         (tmp_path / "r3.wav").write_bytes(b"")            # O_EXCL: EEXIST
-        await backend.start_recording("r3", lambda: FileSink.create(tmp_path, "r3.wav"))
+        await backend.start_recording("r3", sealed(tmp_path, "r3.wav"))
         assert untapped(session_of(backend, "r3"))
         await talk(a, a_port, b, b_port, 0.1)
         assert len(await received(b, 0.1)) == 5
@@ -527,6 +566,94 @@ def test_a_recording_file_that_cannot_be_made_fails_at_once(run: Runner,
         assert backend.relay.stats().recordings_failed == 1
     run(test)
 
+
+class ThreadSpy:
+    """A recording file that notes which thread makes it, writes it and closes it."""
+
+    def __init__(self, made_on: int) -> None:
+        self.path = Path("spy.wav")
+        self.threads = {made_on}
+        self.octets = 0
+
+    def write(self, data: bytes) -> None:
+        self.threads.add(threading.get_ident())
+        self.octets += len(data)
+
+    def close(self) -> None:
+        self.threads.add(threading.get_ident())
+
+
+def test_recording_files_are_made_written_and_closed_off_the_event_loop(run: Runner) -> None:
+    # Issue 15: "disk writes off the event loop". The loop thread never touches the file.
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        a_port, b_port = await answered_call(backend, "t1", a, b)
+        made: list[ThreadSpy] = []
+
+        def spy() -> ThreadSpy:
+            made.append(ThreadSpy(threading.get_ident()))
+            return made[0]
+        await backend.start_recording("t1", spy)
+        await talk(a, a_port, b, b_port, 1.5)            # past the first 1 s write
+        outcome = await backend.stop_recording("t1")
+        assert outcome is not None and not outcome.failed and outcome.file == "spy.wav"
+        [file] = made
+        assert file.octets >= 1.4 * 32000
+        assert threading.get_ident() not in file.threads
+    run(test)
+
+
+
+class LastWriteFails(ThreadSpy):
+    """The file's close fails (the final chunk finds the disk full); `hold` keeps the close
+    waiting, as a stalled disk would."""
+
+    def __init__(self, made_on: int, hold: threading.Event | None = None) -> None:
+        super().__init__(made_on)
+        self.hold = hold
+
+    def close(self) -> None:
+        if self.hold is not None:
+            assert self.hold.wait(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failure_of_the_files_close_is_in_the_outcome_and_counted_once(
+        run: Runner) -> None:
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        a_port, b_port = await answered_call(backend, "t2", a, b)
+        await backend.start_recording("t2", lambda: LastWriteFails(0))
+        await talk(a, a_port, b, b_port, 0.3)
+        outcome = await backend.stop_recording("t2")
+        assert outcome is not None and outcome.failed_reason == "ENOSPC"
+        assert outcome.file == "spy.wav"
+        stats = await backend.delete("t2")
+        assert stats.recording == outcome
+        assert backend.relay.stats().recordings_failed == 1
+    run(test)
+
+
+def test_a_disk_that_does_not_finish_the_file_in_time_fails_the_recording(
+        run: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services_module, "SETTLE_S", 0.2)
+    hold = threading.Event()
+
+    async def test() -> None:
+        backend = backend_for()
+        a, b = await UdpPeer.open(A_IP), await UdpPeer.open(B_IP)
+        await answered_call(backend, "t3", a, b)
+        await backend.start_recording("t3", lambda: LastWriteFails(0, hold))
+        outcome = await backend.stop_recording("t3")      # the close is stuck on the disk
+        assert outcome is not None and outcome.failed_reason == "ETIMEDOUT"
+        assert backend.relay.stats().recordings_failed == 1
+        hold.set()                                          # the backend's close drains
+    try:
+        run(test)
+    finally:
+        hold.set()
 
 # -- releasing ------------------------------------------------------------------------------
 
@@ -541,11 +668,16 @@ def test_every_service_is_released_on_every_ending(run: Runner, tmp_path: Path,
                      for leg in "ab"]
         await backend.collect_digits("x1", "a", lambda *d: None, inband=True)
         await backend.collect_digits("x1", "b", lambda *d: None)
-        await backend.start_recording("x1", lambda: FileSink.create(tmp_path, "x1.wav"))
+        files: list[SealedWriter] = []
+
+        def recorded() -> SealedWriter:
+            files.append(sealed(tmp_path, "x1.wav")())
+            return files[-1]
+        await backend.start_recording("x1", recorded)
         session = session_of(backend, "x1")
         services = backend._services["x1"]
         assert services._recording is not None
-        sink = services._recording.recorder._writer._sink
+        [sink] = files
         assert not untapped(session) and session.muted
         await a.recv()
         # The timers armed now (each tick arms the next); nothing below yields to the loop
@@ -570,7 +702,7 @@ def test_every_service_is_released_on_every_ending(run: Runner, tmp_path: Path,
             assert untapped(session) and not session.muted
         assert [p.ended.result() for p in playbacks] == [expected, expected]
         assert all(t is not None and t.cancelled() for t in timers)
-        assert sink._fd is None                                  # the file is closed
+        assert sink._file._fd is None                            # the file is closed
         await drain(a)
         await drain(b)
         assert await a.nothing(0.1) and await b.nothing(0.0)
@@ -603,7 +735,7 @@ def test_services_on_an_unknown_call_are_refused(run: Runner) -> None:
         with pytest.raises(Exception, match="no media session"):
             await backend.play("nope", "a", tone_audio(440, 0.1))
         with pytest.raises(Exception, match="no media session"):
-            await backend.start_recording("nope", lambda: FileSink.create("/tmp", "x.wav"))
+            await backend.start_recording("nope", sealed(Path("/tmp"), "x.wav"))
         assert await backend.stop_recording("nope") is None
         await backend.stop_play("nope", "a")          # nothing to stop: no error
     run(test)

@@ -22,7 +22,6 @@ import itertools
 import os
 import stat
 import struct
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +34,10 @@ from sipmask.media.backend import PlayEnd
 from sipmask.media.rtpengine import RtpengineBackend
 from sipmask.media.sinks import FileSink
 from sipmask.media.wav import G711, Audio
+from sipmask.store.crypto import Keyring
+from sipmask.store.recording_file import SealedWriter
 from tests.support.goertzel import goertzel_power
-from tests.support.media import Runner, UdpPeer, close_after, loop_runner
+from tests.support.media import Runner, UdpPeer, close_after, loop_runner, sealed_stereo
 from tests.support.net import LOOPBACK, free_port
 from tests.support.rtpengine import Daemon, free_udp_range, running_daemon
 from tests.support.tones import pcm, sine
@@ -235,11 +236,9 @@ def test_rfc4733_keys_come_once_each_through_the_dtmf_log(
     run(test)
 
 
-def stereo(path: Path) -> tuple[list[float], list[float]]:
-    with wave.open(str(path), "rb") as wav:
-        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
-        values = memoryview(wav.readframes(wav.getnframes())).cast("h")
-    return [v / 32768 for v in values[0::2]], [v / 32768 for v in values[1::2]]
+KEYS = Keyring.generate()
+
+
 
 
 def test_a_recorded_call_becomes_the_stereo_wav(run: Runner, services: Services,
@@ -249,13 +248,14 @@ def test_a_recorded_call_becomes_the_stereo_wav(run: Runner, services: Services,
         a, b = await UdpPeer.open(), await UdpPeer.open()
         a_port, b_port = await answered(backend, "rr1", a, b)
         out = tmp_path / "out"
-        await backend.start_recording("rr1", lambda: FileSink.create(out, "rr1.wav"))
+        await backend.start_recording(
+            "rr1", lambda: SealedWriter.create(out, "rr1.wav", KEYS, "demo"))
         await talk(a, a_port, b, b_port, 0.6)
         outcome = await backend.stop_recording("rr1")
         assert outcome is not None and outcome.file == "rr1.wav" and not outcome.failed
         path = out / "rr1.wav"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        left, right = stereo(path)
+        left, right = sealed_stereo(path, KEYS)
         assert len(left) >= 0.55 * 8000
         assert goertzel_power(left, 1000, 8000) > 100 * goertzel_power(left, 1600, 8000)
         assert goertzel_power(right, 1600, 8000) > 100 * goertzel_power(right, 1000, 8000)

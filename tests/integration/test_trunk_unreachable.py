@@ -1,7 +1,7 @@
 """A trunk that cannot be reached, through a real `sipmask serve`.
 
-A send that fails at once (UDP refusing a host name as destination) or soon (a TCP
-connection refused) must end the call at once: 503 to the caller, a CDR saying
+A trunk whose name does not resolve (RFC 3263: nothing to try) or whose send fails soon
+(a TCP connection refused) must end the call at once: 503 to the caller, a CDR saying
 `trunk_unreachable` (CONTRACT "Call detail records"), and no call left in the engine
 (`sipmask_active_calls` back to 0). Before the shell performed the engine's actions after
 the engine returned (DESIGN rule 15), the failure reached the engine before it knew its
@@ -61,7 +61,9 @@ def active_calls(api: int) -> float:
     raise AssertionError("no sipmask_active_calls in /metrics")
 
 
-@pytest.mark.parametrize("outbound", ["udp://sbc.carrier.example:5060",
+# A name under `invalid` never resolves, and no query for it leaves the machine (RFC 6761
+# §6.4, transport/resolver.SystemDns): the trunk has no target at all.
+@pytest.mark.parametrize("outbound", ["udp://sbc.carrier.invalid:5060",
                                       f"tcp://{LOOPBACK}:9"])
 def test_unreachable_trunk_gets_503_at_once(serve: Callable[..., ServeProcess],
                                             tmp_path: Path, outbound: str) -> None:

@@ -5,11 +5,14 @@ the CDR's direction (CONTRACT "Words")."""
 from __future__ import annotations
 
 import shutil
+import urllib.request
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
 from tests.support.sipp import STRANGER, A, B, Bench, X, finish
 
 pytestmark = [
@@ -51,10 +54,24 @@ def test_axe_x_followed_by_the_extension_reaches_a(
 
 def test_a_recorded_binding_leaves_its_file_named_in_the_cdr(
         bench_factory: Callable[..., Bench], tmp_path: Path) -> None:
-    bench = bench_factory("--set", f"recording.dir={tmp_path / 'recordings'}", bind=False)
+    api = free_port()
+    bench = bench_factory("--set", f"recording.dir={tmp_path / 'recordings'}",
+                          "--set", f"api.listen=127.0.0.1:{api}", bind=False)
     bench.cli("bind", "axb", "--a", A, "--b", B, "--x", X, "--ttl", "0", "--record")
     finish(bench, bench.callee("callee.xml", 1), bench.caller("caller.xml", 1, "-d", "300"))
     [record] = bench.cdrs()
     name = record["recording"]
     assert isinstance(name, str) and name == str(record["call_id"]).partition("@")[0] + ".wav"
-    assert (tmp_path / "recordings" / "demo" / name).read_bytes()[:4] == b"RIFF"
+    # Sealed at rest (README "Recording"): the file on disk is no WAV; the export is one.
+    raw = (tmp_path / "recordings" / "demo" / name).read_bytes()
+    assert b"RIFF" not in raw and b"WAVE" not in raw
+    out = tmp_path / "export.wav"
+    bench.cli("recording", "export", str(record["call_id"]), "--out", str(out),
+              "--set", f"recording.dir={tmp_path / 'recordings'}")
+    with wave.open(str(out), "rb") as exported:
+        assert (exported.getnchannels(), exported.getframerate()) == (2, 8000)
+        assert exported.getnframes() >= 0.2 * 8000       # the call's 300 ms, roughly
+    # Counted in /metrics (README "Recording"): started once, not failed.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=5).read()
+    assert b"\nsipmask_recordings_started_total 1.0\n" in text
+    assert b"\nsipmask_recordings_failed_total 0.0\n" in text

@@ -62,3 +62,10 @@ def test_metrics_after_calls(bench_factory: Callable[..., Bench]) -> None:
     assert seen["sipmask_media_sessions"] == 0
     assert seen["sipmask_media_ports_in_use"] == 0
     assert seen["sipmask_call_setup_seconds_count"] >= 3   # to the first 18x or 2xx relayed
+    # Media services (issue 15): exported from the relay's counters, without labels.
+    assert seen["sipmask_recordings_started_total"] == 0      # no binding records
+    assert seen["sipmask_recordings_failed_total"] == 0
+    assert seen["sipmask_recording_queue_bytes"] == 0
+    for family in ("media_prompt_packets", "media_prompts_unplayable", "media_digits",
+                   "recording_writes_dropped", "recording_dropped_bytes"):
+        assert f"sipmask_{family}_total" in seen, family

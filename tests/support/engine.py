@@ -13,6 +13,12 @@ for what only the shell does: tasks, the CDR group commit's writer thread, metri
 
 Leg A's peer (the trunk) is 192.0.2.10:5060, leg B's (trunk.outbound) 127.0.0.1:5090. The
 SIPp tests run the real store, media and server.
+
+Announcements are off in `harness_config` (the default config plays `unbound`, `ext_prompt`
+and `recording_notice`): a test of another rule sees the bare refusals and answers it
+expects; tests/unit/b2bua/test_announcing.py turns them on. The media stand-in's prompts
+play until the test ends them (`Harness.prompt_ends`), or until StopPrompt or MediaDelete
+ends them as the real backends do.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from sipmask.b2bua.actions import (
     CallFinished,
     Cancel,
     CdrCommitted,
+    CollectDigits,
     CommitCdr,
     CoreAction,
     CoreEvent,
+    DigitHeard,
+    EarlyOpened,
     Emit,
     JournalDone,
     JournalUp,
@@ -38,6 +47,9 @@ from sipmask.b2bua.actions import (
     MediaDelete,
     MediaDone,
     MediaOffer,
+    OpenEarly,
+    PlayPrompt,
+    PromptEnded,
     RecordingStopped,
     Refused,
     Respond,
@@ -45,15 +57,19 @@ from sipmask.b2bua.actions import (
     SendFailed,
     SendRequest,
     StartRecording,
+    StopDigits,
+    StopPrompt,
     StopRecording,
 )
+from sipmask.b2bua.call import Leg
 from sipmask.b2bua.core import CallCore, Policy
 from sipmask.b2bua.engine import Engine
 from sipmask.cdr.store import MemoryCdrLog
 from sipmask.clock import FakeClock
 from sipmask.config import loader
 from sipmask.config.schema import Config
-from sipmask.errors import TransactionError
+from sipmask.errors import MediaError, TransactionError
+from sipmask.media.backend import PlayEnd
 from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.sip.transaction import TransactionLayer
@@ -86,6 +102,15 @@ class RelaySdp:
         self.recording_fails = False     # stop_recording's outcome: failed (ENOSPC)
         # (offer/answer, leg, the SDP it was given, the leg's SIP source it was told)
         self.seen: list[tuple[str, str, bytes, str | None]] = []
+        # Media services: what open_early answers ("sdp", "none": no stream can carry a
+        # prompt, "error": the backend refuses), the prompts asked for, in order, as
+        # (call id, leg, key), those still playing ((call id, leg) -> PlayPrompt id), the
+        # legs whose keys are collected, and how a prompt ends at once (None: it plays on).
+        self.early = "sdp"
+        self.prompts: list[tuple[str, str, str]] = []
+        self.playing: dict[tuple[str, str], int] = {}
+        self.collecting: set[tuple[str, str]] = set()
+        self.prompt_outcome: PlayEnd | None = None
 
     def _sdp(self, port: int) -> bytes:
         return (f"v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -108,8 +133,37 @@ class RelaySdp:
         # SDP from leg A goes to B with the B-facing relay port, and the other way round.
         return 30002 if leg == "a" else 30000
 
-    def delete(self, call_id: str) -> None:
+    def delete(self, call_id: str) -> list[PromptEnded]:
+        """The call's media is gone: its prompts end CLOSED, its keys are no longer heard."""
         self.deleted.append(call_id)
+        self.collecting = {k for k in self.collecting if k[0] != call_id}
+        ended = [k for k in self.playing if k[0] == call_id]
+        return [PromptEnded(self.playing.pop(k), PlayEnd.CLOSED) for k in ended]
+
+    def open_early(self, call_id: str, leg: str, sdp: bytes, *,
+                   sip_source: str | None = None) -> bytes | None:
+        self.calls.append(("early", call_id, leg))
+        self.seen.append(("early", leg, sdp, sip_source))
+        if self.early == "error":
+            raise MediaError("no ports left")
+        if self.early == "none":
+            return None
+        return (b"v=0\r\no=- 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                b"m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+                b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n")
+
+    def play(self, op: int, call_id: str, leg: str, key: str) -> PromptEnded | None:
+        assert call_id not in self.deleted, "a prompt on a call whose media is gone"
+        self.prompts.append((call_id, leg, key))
+        if self.prompt_outcome is not None:
+            return PromptEnded(op, self.prompt_outcome)
+        replaced = self.playing.get((call_id, leg))
+        self.playing[(call_id, leg)] = op
+        return None if replaced is None else PromptEnded(replaced, PlayEnd.REPLACED)
+
+    def stop_play(self, call_id: str, leg: str) -> PromptEnded | None:
+        op = self.playing.pop((call_id, leg), None)
+        return None if op is None else PromptEnded(op, PlayEnd.STOPPED)
 
     def start_recording(self, call_id: str, tenant: str) -> None:
         assert call_id not in self.deleted, "recording a call whose media is gone"
@@ -140,9 +194,14 @@ class AsyncRelaySdp:
         self.sync.delete(call_id)
 
 
+# Announcements off unless a test turns them on (module docstring).
+NO_ANNOUNCEMENTS = ("announcements.unbound=null", "announcements.ext_prompt=null",
+                    "announcements.recording_notice=null")
+
+
 def harness_config(ring_timeout_s: int = 60, overrides: Sequence[str] = ()) -> Config:
     return loader.loads(loader.default_text(), [f"sip.ring_timeout_s={ring_timeout_s}",
-                                                TRUNK_ALLOW, *overrides])
+                                                TRUNK_ALLOW, *NO_ANNOUNCEMENTS, *overrides])
 
 
 class Peers:
@@ -207,12 +266,13 @@ class Harness(Peers):
                 self.core.handle(next_event, now, wall)
             for action in self.core.actions():
                 result = self.perform(action)
-                if result is None:
-                    continue
-                if type(result) in self.hold:
-                    self.held.append(result)
-                else:
-                    pending.append(result)
+                for one in result if isinstance(result, list) else [result]:
+                    if one is None:
+                        continue
+                    if type(one) in self.hold:
+                        self.held.append(one)
+                    else:
+                        pending.append(one)
         self._collect()
 
     def release(self, count: int | None = None) -> None:
@@ -234,6 +294,17 @@ class Harness(Peers):
         for event in self.layer.events():
             self.feed(event)
 
+    def prompt_ends(self, call_id: str, leg: str = "a",
+                    reason: PlayEnd = PlayEnd.FINISHED) -> None:
+        """The prompt playing to `leg` of `call_id` stops by itself (`reason`)."""
+        self.feed(PromptEnded(self.media.playing.pop((call_id, leg)), reason))
+
+    def press(self, keys: str, call_id: str, leg: str = "a") -> None:
+        """`leg` keys `keys` in its media (RFC 4733): heard only while collected."""
+        for key in keys:
+            if (call_id, leg) in self.media.collecting:
+                self.feed(DigitHeard(call_id, Leg(leg), key))
+
     def advance(self, seconds: float) -> None:
         """Move the clock: the transaction layer's timers, then the calls' fire if due."""
         self.clock.advance(seconds)
@@ -242,7 +313,7 @@ class Harness(Peers):
         self.feed(None)
 
     # the shell's part ---------------------------------------------------------------------
-    def perform(self, action: CoreAction) -> CoreEvent | None:
+    def perform(self, action: CoreAction) -> CoreEvent | list[PromptEnded] | None:
         now = self.clock.monotonic()
         layer = self.layer
         if isinstance(action, Respond):
@@ -282,7 +353,21 @@ class Harness(Peers):
             except Exception as exc:
                 return MediaDone(action.id, error=exc)
         elif isinstance(action, MediaDelete):
-            self.media.delete(action.call_id)
+            return self.media.delete(action.call_id)
+        elif isinstance(action, OpenEarly):
+            try:
+                return EarlyOpened(action.id, self.media.open_early(
+                    action.call_id, action.leg, action.sdp, sip_source=action.sip_source))
+            except MediaError as exc:
+                return EarlyOpened(action.id, error=exc)
+        elif isinstance(action, PlayPrompt):
+            return self.media.play(action.id, action.call_id, action.leg, action.key)
+        elif isinstance(action, StopPrompt):
+            return self.media.stop_play(action.call_id, action.leg)
+        elif isinstance(action, CollectDigits):
+            self.media.collecting.add((action.call_id, action.leg))
+        elif isinstance(action, StopDigits):
+            self.media.collecting.discard((action.call_id, action.leg))
         elif isinstance(action, StartRecording):
             self.media.start_recording(action.call_id, action.tenant)
         elif isinstance(action, StopRecording):
@@ -307,6 +392,7 @@ class Harness(Peers):
         assert core.calls == {} and core.active_calls == 0
         assert core._waits == {} and core._by_txn == {} and core._by_a == {}
         assert core._by_a_txn == {} and core.setups == {}
+        assert core.abandoned == {}         # attempts a failover gave up (b2bua/failover.py)
         assert core.next_timer() is None
 
 

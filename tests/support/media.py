@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import os
+import wave
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar, cast
 
 import uvloop
 
 from sipmask.config.schema import PortRange
+from sipmask.store.crypto import Keyring
+from sipmask.store.recording_file import State, open_sealed
 
 Address = tuple[str, int]
 Test = Callable[[], Coroutine[Any, Any, None]]
@@ -136,3 +141,19 @@ class UdpPeer(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def sealed_stereo(path: Path, keys: Keyring, tenant: str = "demo"
+                  ) -> tuple[list[float], list[float]]:
+    """A complete sealed recording (store/recording_file.py) as its two channels, caller
+    (left) and callee (right), in -1..1; the WAV inside is 8 kHz 16-bit stereo."""
+    opened = open_sealed(os.open(path, os.O_RDONLY), keys, tenant, path.name)
+    try:
+        assert opened.state is State.COMPLETE
+        data = opened.stream.read()
+    finally:
+        opened.stream.close()
+    with wave.open(io.BytesIO(data), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
+        values = memoryview(wav.readframes(wav.getnframes())).cast("h")
+    return [v / 32768 for v in values[0::2]], [v / 32768 for v in values[1::2]]

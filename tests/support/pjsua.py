@@ -105,9 +105,11 @@ def endpoint_binds() -> tuple[tuple[str, int], tuple[str, int]]:
 
 def run_pair(workdir: Path, call_uri: str, caller_bind: tuple[str, int],
                 callee_bind: tuple[str, int], *, caller_number: str, callee_number: str,
-                duration: float = 2.0, timeout: float = 15.0) -> Pair:
+                duration: float = 2.0, timeout: float = 15.0,
+                caller_extra: tuple[str, ...] = ()) -> Pair:
     """Start the callee at `callee_bind`, run the caller from `caller_bind` against
-    `call_uri` for `duration` seconds of call, return what both saw."""
+    `call_uri` for `duration` seconds of call, return what both saw. `caller_extra`: more
+    of the endpoint's options for the caller (`--dtmf 0042`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     callee_wav, caller_wav = workdir / "callee.wav", workdir / "caller.wav"
     callee = subprocess.Popen(
@@ -118,7 +120,7 @@ def run_pair(workdir: Path, call_uri: str, caller_bind: tuple[str, int],
         caller = subprocess.run(
             [*endpoint_args("caller", caller_bind, caller_number, CALLER_TONE, caller_wav,
                             timeout),
-             "--call", call_uri, "--duration", f"{duration:g}"],
+             "--call", call_uri, "--duration", f"{duration:g}", *caller_extra],
             capture_output=True, text=True, cwd=REPO, timeout=timeout + 10)
         caller_done = parse_line("caller", caller.returncode, caller.stdout, caller.stderr,
                                  Path(f"{caller_wav}.log"))

@@ -10,7 +10,11 @@ and a crash must fail one test, not the suite):
         --call sip:700100000000001@127.0.0.1:5060 --duration 3
 
 The callee answers the first INVITE (180, then 200); the caller hangs up after `--duration`
-seconds of confirmed call. Once media is active each side plays a looping sine WAV into the
+seconds of confirmed call. With `--dtmf KEYS` the caller waits for early media (a 183 with
+SDP: an announcement), listens `--dtmf-after` seconds, then keys KEYS as RFC 4733
+telephone-events (`Call.dialDtmf`) before it waits for the answer; `dtmf_at` and
+`confirmed_at` (seconds from the start of its recording) say which part of the recording
+was the early media. Once media is active each side plays a looping sine WAV into the
 call and records what the call delivers. At the end the process prints ONE JSON line on
 stdout and leaves with `os._exit`, so no `Call` is alive at `libDestroy` (which aborts):
 
@@ -80,6 +84,8 @@ class Outcome:
     rtp_remote: str = ""
     rtp_local: str = ""
     media_seconds: float = 0.0
+    dtmf_at: float | None = None          # seconds into the recording
+    confirmed_at: float | None = None     # seconds into the recording
     received: list[str] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
 
@@ -290,11 +296,15 @@ class Runner:
         call = EndpointCall(self, self.account)
         self.call = call
         call.makeCall(self.args.call, pj.CallOpParam(True))
+        if self.args.dtmf:
+            self.key_in_early_media(call)
         self.wait_for("the call to be answered",
                       lambda: call.confirmed_at is not None or call.disconnected)
         if call.disconnected:
             raise CallFailed("call ended before it was answered")
         self.wait_for("media", lambda: call.media_wired or call.disconnected)
+        if call.media_started_at is not None and call.confirmed_at is not None:
+            self.outcome.confirmed_at = round(call.confirmed_at - call.media_started_at, 3)
         self.poll(time.monotonic() + self.args.duration)
         if call.disconnected:
             raise CallFailed("call ended before the caller hung up")
@@ -302,6 +312,16 @@ class Runner:
         call.note_info()
         call.hangup(pj.CallOpParam(True))
         self.wait_for("the BYE to be answered", lambda: call.disconnected, limit=5)
+
+    def key_in_early_media(self, call: EndpointCall) -> None:
+        """Early media first (an announcement's 183), then the keys (RFC 4733)."""
+        self.wait_for("early media", lambda: call.media_wired or call.disconnected)
+        if call.confirmed_at is not None or call.disconnected:
+            raise CallFailed("no early media before the answer")
+        self.poll(time.monotonic() + self.args.dtmf_after)
+        assert call.media_started_at is not None
+        self.outcome.dtmf_at = round(time.monotonic() - call.media_started_at, 3)
+        call.dialDtmf(self.args.dtmf)
 
     def run_callee(self) -> None:
         self.wait_for("an INVITE", lambda: self.call is not None)
@@ -352,6 +372,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="this endpoint's number: the user part of its From/Contact")
     parser.add_argument("--duration", type=float, default=3.0,
                         help="seconds of confirmed call before the caller hangs up")
+    parser.add_argument("--dtmf", default="", help="caller: keys to send in early media")
+    parser.add_argument("--dtmf-after", type=float, default=1.0,
+                        help="seconds of early media before the keys")
     parser.add_argument("--answer-delay", type=float, default=0.3,
                         help="seconds between the callee's 180 and its 200")
     parser.add_argument("--timeout", type=float, default=20.0, help="whole-run deadline")

@@ -32,17 +32,21 @@ and `pair.standby.promote()`; `pair.dsn()` is the multi-host URI sipmask is give
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,6 +177,60 @@ def start_server(bin_dir: Path, host: str = HOST,
         hba.write("host all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n")
     _start(server, settings or {})
     return server
+
+
+_TABLE = re.compile(r"\bsipmask\.(\w+)")
+
+
+@contextlib.contextmanager
+def counted_statements() -> Iterator[Counter[str]]:
+    """Every statement psycopg sends while the block runs, on any thread (a store's writer
+    and lookup threads included), counted by its verb and the first sipmask table it names
+    ("SELECT route", "INSERT xuse", "BEGIN"): each is one round trip to the server. The
+    statements still run; only Cursor.execute is wrapped, and put back on every path."""
+    import psycopg
+
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+    execute = psycopg.Cursor.execute
+
+    def counting(cursor: psycopg.Cursor[object], query: object, *args: object,
+                 **kwargs: object) -> object:
+        text = query if isinstance(query, str) else str(query)
+        table = _TABLE.search(text)
+        label = f"{text.split(None, 1)[0].upper()} {table.group(1) if table else ''}".strip()
+        with lock:
+            counts[label] += 1
+        return execute(cursor, query, *args, **kwargs)  # type: ignore[arg-type]
+    psycopg.Cursor.execute = counting  # type: ignore[assignment,method-assign]
+    try:
+        yield counts
+    finally:
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def counted_round_trips(conn: Any) -> Iterator[Counter[str]]:
+    """The round trips made on `conn` (a psycopg connection) while the block runs, read
+    from libpq's protocol trace: each message after which the client waits for answers
+    (Sync; Flush, a read in pipeline mode; a simple-protocol Query), counted by kind."""
+    counts: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory(prefix="sipmask-trace-") as where:
+        path = Path(where) / "trace"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            conn.pgconn.trace(fd)
+            try:
+                yield counts
+            finally:
+                conn.pgconn.untrace()
+        finally:
+            os.close(fd)
+        # One message a line: time, F (frontend) or B, length, kind, ...
+        for line in path.read_text(errors="replace").splitlines():
+            fields = line.split("\t")
+            if len(fields) > 3 and fields[1] == "F" and fields[3] in ("Sync", "Flush", "Query"):
+                counts[fields[3]] += 1
 
 
 # A server as durable as LMDB, which syncs each commit (benchmarks compare the two).

@@ -287,6 +287,44 @@ def test_import_lines_of_axe_and_axyb(sipmask: Run, tmp_path: Path) -> None:
     assert made["13300000007"]["record"] is True
 
 
+def test_a_sealed_recording_exports_as_a_wav_and_follows_a_rekey(sipmask: Run,
+                                                                  tmp_path: Path) -> None:
+    from sipmask.config.schema import RecordingConfig
+    from sipmask.media.wav import wav_header
+    from sipmask.store import recordings
+    from sipmask.store.crypto import Keyring, read_key_file
+    assert sipmask("list").returncode == 0              # the store and its key are made
+    keys = Keyring(read_key_file(tmp_path / "var/sipmask.key"))
+    folder = RecordingConfig(dir=tmp_path / "var/recordings")
+    audio = bytes(range(256)) * 125
+    sink = recordings.open_sink(folder, "demo", "0badc0de@127.0.0.1", keys)
+    sink.write(audio)
+    sink.close()
+    cut = recordings.open_sink(folder, "demo", "0cut@127.0.0.1", keys)
+    cut.write(audio)
+    cut._file.close()                 # the file released without a final chunk (a crash)
+    out = tmp_path / "out.wav"
+    done = ok_json(sipmask("recording", "export", "0badc0de", "--out", str(out)))
+    assert (done["state"], done["bytes"]) == ("complete", 44 + len(audio))
+    assert out.read_bytes() == wav_header(2, len(audio)) + audio
+    truncated = sipmask("recording", "export", "0cut", "--out", str(tmp_path / "cut.wav"))
+    assert truncated.returncode == 0 and json.loads(truncated.stdout)["state"] == "truncated"
+    assert "0cut.wav: truncated: no final chunk" in truncated.stderr
+    # Rekey: the store and this node's recordings move to the new key.
+    rekeyed = ok_json(sipmask("store", "rekey", "--new-key", str(tmp_path / "new.key")))
+    assert rekeyed["rekeyed"] is True and rekeyed["recordings"] == {
+        "rewrapped": 2, "current": 0, "plain": 0, "other_key": 0, "unreadable": 0}
+    stale = sipmask("recording", "export", "0badc0de", "--out", str(tmp_path / "o2.wav"))
+    assert stale.returncode == 1 and "sealed with key" in stale.stderr
+    again = tmp_path / "o3.wav"
+    ok_json(sipmask("recording", "export", "0badc0de", "--out", str(again),
+                    "--set", f"store.key_file={tmp_path / 'new.key'}"))
+    assert again.read_bytes() == out.read_bytes()
+    # Run again before store.key_file moved: nothing left, said so, exit 0.
+    twice = ok_json(sipmask("store", "rekey", "--new-key", str(tmp_path / "new.key")))
+    assert twice["rekeyed"] is False and twice["recordings"]["current"] == 2
+
+
 def test_recording_export_and_sweep(sipmask: Run, tmp_path: Path) -> None:
     folder = tmp_path / "var/recordings/demo"
     folder.mkdir(parents=True)

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from sipmask.config import loader
-from sipmask.config.schema import Config, Endpoint, NumberRange, OperatorConfig, PortRange
+from sipmask.config.schema import (
+    Config,
+    Endpoint,
+    NumberRange,
+    OperatorConfig,
+    PortRange,
+    TrunkUri,
+)
 from sipmask.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +30,7 @@ def test_default_config_has_every_contract_key() -> None:
     assert config.sip.listen == (Endpoint("udp", "127.0.0.1", 5060),
                                  Endpoint("tcp", "127.0.0.1", 5060))
     assert config.sip.advertise == "127.0.0.1"
-    assert config.trunks["carrier"].outbound == Endpoint("udp", "127.0.0.1", 5090)
+    assert config.trunks["carrier"].outbound == (TrunkUri("udp", "127.0.0.1", 5090),)
     assert "10.0.0.1" not in config.trunks["carrier"].inbound_allow[0]
     assert "127.0.0.2" in config.trunks["carrier"].inbound_allow[0]
     assert config.store.path == Path("var/sipmask.lmdb")

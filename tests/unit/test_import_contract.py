@@ -1,5 +1,5 @@
 """The sans-IO contract (DESIGN.md): sipmask/sip, sipmask/sdp, the call core (b2bua/core.py,
-calling.py, relaying.py, context.py, actions.py), b2bua/call.py, b2bua/masking.py,
+calling.py, relaying.py, failover.py, context.py, actions.py), b2bua/call.py, b2bua/masking.py,
 b2bua/routing.py, b2bua/timers.py, media/ports.py and the media services (media/rtp.py,
 wav.py, goertzel.py, prompt.py, dtmf.py, recorder.py, sinks.py, early_media.py) import no
 asyncio, socket, time, lmdb or uvloop.
@@ -28,7 +28,7 @@ import sipmask
 FORBIDDEN = frozenset({"asyncio", "socket", "time", "lmdb", "uvloop"})
 PACKAGES = ("sipmask.sip", "sipmask.sdp")
 MODULES = ("sipmask.b2bua.core", "sipmask.b2bua.calling", "sipmask.b2bua.relaying",
-           "sipmask.b2bua.context",
+           "sipmask.b2bua.context", "sipmask.b2bua.failover", "sipmask.b2bua.announcing",
            "sipmask.b2bua.actions",
            "sipmask.b2bua.call", "sipmask.b2bua.masking", "sipmask.b2bua.routing",
            "sipmask.b2bua.timers",

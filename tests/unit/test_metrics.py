@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sipmask.events.outbox import Outbox, new_event
 from sipmask.events.webhook import DeliveryStats
+from sipmask.media.disk import WriterStats
+from sipmask.media.relay import ServiceCounters
 from sipmask.observability.metrics import (
     OUTCOMES,
     REFUSAL_REASONS,
@@ -31,7 +33,10 @@ FAMILIES = {
     "sipmask_relay_packets", "sipmask_relay_dropped", "sipmask_store_bytes",
     "sipmask_store_bindings", "sipmask_event_backlog", "sipmask_transactions",
     "sipmask_media_sessions", "sipmask_events_delivered", "sipmask_event_delivery_failures",
-    "sipmask_events_dropped",
+    "sipmask_events_dropped", "sipmask_media_prompt_packets", "sipmask_media_prompts_unplayable",
+    "sipmask_media_digits", "sipmask_recordings_started", "sipmask_recordings_failed",
+    "sipmask_recording_queue_bytes", "sipmask_recording_writes_dropped",
+    "sipmask_recording_dropped_bytes",
 }
 
 
@@ -84,7 +89,12 @@ def full_metrics(tmp_path: Path, live: Live) -> tuple[Metrics, LmdbStore]:
         active_calls=lambda: live.calls, transactions=lambda: live.txns, sip=lambda: sip,
         relay=RelayFigures, store_bytes=store.disk_bytes, store_bindings=lambda: 7,
         event_backlog=outbox.backlog, events_dropped=lambda: outbox.dropped,
-        event_delivery=lambda: DeliveryStats(9, 2)))
+        event_delivery=lambda: DeliveryStats(9, 2),
+        media_services=lambda: ServiceCounters(prompt_packets=250, prompts_unplayable=1,
+                                               digits=4, recordings_started=3,
+                                               recordings_failed=1),
+        recording_disk=lambda: WriterStats(queued_bytes=64000, dropped_writes=2,
+                                           dropped_bytes=64000)))
     return metrics, store
 
 
@@ -121,6 +131,15 @@ def test_render_has_every_family_and_reads_sources_at_scrape_time(tmp_path: Path
     assert got[("sipmask_events_dropped_total", ())] == 0
     assert got[("sipmask_store_bindings", ())] == 7
     assert got[("sipmask_store_bytes", ())] > 0
+    # Media services (issue 15): announcements, keys, recordings and their disk thread.
+    assert got[("sipmask_media_prompt_packets_total", ())] == 250
+    assert got[("sipmask_media_prompts_unplayable_total", ())] == 1
+    assert got[("sipmask_media_digits_total", ())] == 4
+    assert got[("sipmask_recordings_started_total", ())] == 3
+    assert got[("sipmask_recordings_failed_total", ())] == 1
+    assert got[("sipmask_recording_queue_bytes", ())] == 64000
+    assert got[("sipmask_recording_writes_dropped_total", ())] == 2
+    assert got[("sipmask_recording_dropped_bytes_total", ())] == 64000
     live.calls = 1
     assert samples(metrics.render())[("sipmask_active_calls", ())] == 1
     store.close()
@@ -214,7 +233,7 @@ def test_security_counters_reach_metrics() -> None:
     from sipmask.api.connections import ConnectionCounts
 
     stats: Counter[str] = Counter({"body_parts_dropped": 3, "header_control_chars": 1,
-                                   "calls": 9})
+                                   "calls": 9, "trunk_failover": 2})
     sip = SipCounters(tcp_refused_per_ip=5, tcp_refused_acl=2, tcp_message_timeouts=4,
                       tls_failed=1)
     api = ConnectionCounts(open=2, refused=7, head_timeouts=6)
@@ -226,6 +245,9 @@ def test_security_counters_reach_metrics() -> None:
     assert got[(tcp, (("event", "message_timeout"),))] == 4
     assert got[(tcp, (("event", "tls_failed"),))] == 1
     dropped = "sipmask_content_dropped_total"
+    trunk = "sipmask_trunk_events_total"        # issue 14 §4: failover and probing
+    assert got[(trunk, (("event", "failover"),))] == 2
+    assert got[(trunk, (("event", "target_down"),))] == 0
     assert got[(dropped, (("what", "body_parts_dropped"),))] == 3
     assert got[(dropped, (("what", "body_untyped"),))] == 0
     assert got[(dropped, (("what", "header_control_chars"),))] == 1

@@ -121,8 +121,17 @@ def test_setup_failure() -> None:
     assert call.sip_status == 503
 
 
+def test_a_bye_from_the_caller_in_an_early_dialog_ends_it_as_a_cancel_does() -> None:
+    # RFC 3261 §15: the caller may BYE an early dialog (an announcement's 183 makes one).
+    call = new_call()
+    drive(call, (E.LEG_B_SENT, 100), (E.B_PROVISIONAL, 101, 180))
+    assert call.apply(E.A_BYE, 102) == (A.FREE_MEDIA, A.WRITE_CDR, A.ANSWER_BYE_A, A.CANCEL_B,
+                                        A.ANSWER_A_487)
+    assert (call.state, call.sip_status, call.release_side) == (S.CANCELLING, 487, "caller")
+
+
 @pytest.mark.parametrize(("state", "event"), [
-    (S.ROUTING, E.A_ACK), (S.CALLING, E.A_BYE), (S.ENDED, E.A_BYE), (S.CONFIRMED, E.LEG_B_SENT),
+    (S.ROUTING, E.A_ACK), (S.CALLING, E.A_ACK), (S.ENDED, E.A_BYE), (S.CONFIRMED, E.LEG_B_SENT),
     (S.ENDED, E.BYES_DONE),
 ])
 def test_illegal_events_raise(state: CallState, event: CallEvent) -> None:

@@ -32,15 +32,22 @@ def _reference_apply(call: Call, event: CallEvent, now: float, status: int | Non
         call.sip_status = status or 200
     if A.RELAY_FAILURE_TO_A in actions:
         call.sip_status = status
+    notice_end = call.state is S.NOTICE and A.WRITE_CDR in actions
+    if notice_end:
+        # Issue 15 §4: ended while a notice played, A never heard the answer.
+        call.answer_at = None
+        call.sip_status = None
     for action in actions:
         if action in call_mod._STATUS_FOR_ACTION and call.sip_status is None:
             call.sip_status = call_mod._STATUS_FOR_ACTION[action]
     if call.release_side is None and event in call_mod._RELEASE_SIDE and (
             actions or event in (E.A_CANCEL,)):
         call.release_side = call_mod._RELEASE_SIDE[event]
-    if call.answer_at is None and event in call_mod._CAUSE_FOR_EVENT and \
-            call.unconnected_cause == "none":
-        call.unconnected_cause = call_mod._CAUSE_FOR_EVENT[event]
+    causes = dict(call_mod._CAUSE_FOR_EVENT)
+    if call.state is S.NOTICE:
+        causes.update(call_mod._NOTICE_CAUSE)
+    if call.answer_at is None and event in causes and call.unconnected_cause == "none":
+        call.unconnected_cause = causes[event]
     if A.WRITE_CDR in actions:
         call.end_at = now
     call.state = next_state

@@ -121,6 +121,8 @@ def test_ring_timeout_counts_from_leg_b_and_stops_when_b_answers() -> None:
     bind_axb(h)
     h.deliver(a_invite(), A_ADDR)
     [b_inv] = requests(h, B_ADDR)
+    # B's 100 Trying stops the trunk's failover timer (b2bua/failover.py); the ring goes on.
+    h.deliver(b_response(b_inv, 100), B_ADDR)
     assert h.core.next_timer() == h.clock.monotonic() + 30
     h.advance(29.9)
     h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)

@@ -17,7 +17,7 @@ import pytest
 from sipmask.media import rtp
 from sipmask.media.recorder import CallRecorder, Party
 from sipmask.media.sinks import FileSink
-from sipmask.media.wav import G711
+from sipmask.media.wav import G711, wav_header
 from tests.support.goertzel import goertzel_power
 from tests.support.tones import pcm, sine
 
@@ -34,9 +34,6 @@ class MemorySink:
     def write(self, data: bytes) -> None:
         self.writes.append(len(data))
         self.data += data
-
-    def rewrite_header(self, header: bytes) -> None:
-        self.data[:len(header)] = header
 
     def close(self) -> None:
         self.closed += 1
@@ -64,8 +61,9 @@ class FullDisk(MemorySink):
 
 
 def channels(data: bytes) -> tuple[list[int], list[int]]:
-    """Left and right samples of a stereo WAV, read by the stdlib (an independent reader)."""
-    with wave.open(io.BytesIO(bytes(data)), "rb") as file:
+    """Left and right samples of the stereo stream a recorder wrote, read by the stdlib (an
+    independent reader) behind the header a recording is read back with."""
+    with wave.open(io.BytesIO(wav_header(2, len(data)) + bytes(data)), "rb") as file:
         assert (file.getnchannels(), file.getsampwidth(), file.getframerate()) == (2, 2, 8000)
         frames = file.readframes(file.getnframes())
     values = struct.unpack(f"<{len(frames) // 2}h", frames)
@@ -196,7 +194,7 @@ def test_audio_is_written_as_it_goes_and_memory_stays_bounded() -> None:
         recorder.feed(Party.CALLER, now, i * FRAME, 1, tone)
         recorder.feed(Party.CALLEE, now, i * FRAME, 2, tone)
         # Never more than the 200 ms window and a 1 s chunk behind: the rest is on disk.
-        behind = (now - T0) * 32000 - (len(sink.data) - 44)
+        behind = (now - T0) * 32000 - len(sink.data)
         assert behind <= (0.2 + 1.0 + 0.02) * 32000
     assert max(sink.writes) <= 32000                 # chunks of at most 1 s
     recorder.close(T0 + 30.0)
@@ -209,7 +207,7 @@ def test_a_long_silence_is_written_a_chunk_at_a_time() -> None:
     stream(recorder, Party.CALLER, pcm([1.0] * 160), start=T0, ts0=0, ssrc=1)
     recorder.feed(Party.CALLER, T0 + 60.0, 480000, 1, pcm([2.0] * 160))
     assert max(sink.writes) <= 32000
-    assert len(sink.data) - 44 >= 58 * 32000
+    assert len(sink.data) >= 58 * 32000
     recorder.close(T0 + 60.0)
     left, _ = channels(sink.data)
     assert len(left) == 480000 and left[479840:] == [2] * 160
@@ -223,7 +221,7 @@ def test_ticks_grow_the_file_while_both_legs_are_silent() -> None:
     recorder.tick(due - 0.001)
     assert sink.data == b""
     recorder.tick(due)
-    assert len(sink.data) == 44 + 32000
+    assert len(sink.data) == 32000
     assert recorder.next_due() == pytest.approx(T0 + 2.2)
     recorder.close(T0 + 3.01)
     assert len(channels(sink.data)[0]) == 24160          # 3.01 s, up to a whole frame
@@ -253,7 +251,7 @@ def test_oversized_and_empty_packets_are_dropped() -> None:
 
 
 def test_a_full_disk_stops_the_recording_never_the_call() -> None:
-    sink = FullDisk(room=2)          # the header, one chunk, then no space
+    sink = FullDisk(room=1)          # one chunk, then no space
     recorder = CallRecorder(sink, T0)
     tone = pcm(sine(440, 0.02))
     for i in range(5 * 50):
@@ -265,7 +263,7 @@ def test_a_full_disk_stops_the_recording_never_the_call() -> None:
     assert not recorder.active and recorder.next_due() is None
     assert sink.refused == 1          # no write is tried after the first refusal
     assert sink.closed == 1           # the file was released when it failed
-    # What did reach the disk is a valid WAV whose header counts it.
+    # What did reach the disk stays: the first second.
     assert len(channels(sink.data)[0]) == 8000
     assert recorder.close(T0 + 6.0) is stats and sink.closed == 1
 
@@ -289,7 +287,7 @@ def test_a_recording_file_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
         os.umask(old)
     recorder = CallRecorder(sink, T0)
     interleaved_feed(recorder, pcm(sine(1000, 2.5)), pcm(sine(2000, 2.5)), T0)
-    # Mid-call, the file on disk already reads as a WAV of what is there.
+    # Mid-call, the file on disk already holds what was written.
     assert len(channels(sink.path.read_bytes())[0]) == 16000
     recorder.close(T0 + 2.5)
     assert stat.S_IMODE(sink.path.stat().st_mode) == 0o600

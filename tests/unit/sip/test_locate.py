@@ -6,7 +6,16 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from sipmask.sip.locate import Query, Server, SrvRecord, TargetList, order_srv, plan
+from sipmask.sip.locate import (
+    Query,
+    Server,
+    SrvRecord,
+    Target,
+    TargetList,
+    order_srv,
+    plan,
+    probe_answered,
+)
 
 
 def test_an_ip_literal_needs_no_query_and_takes_the_transports_default_port() -> None:
@@ -73,3 +82,49 @@ def test_a_server_probing_found_down_is_tried_last_and_again_once_it_answers() -
     assert targets.candidates() == [second, first]
     targets.probed(first, answered=True)
     assert targets.candidates() == [first, second]
+
+
+def test_targets_name_the_uri_each_server_came_from() -> None:
+    """RFC 3263 §4: the Request-URI keeps the URI's host (and port, when it had one); only
+    where the request goes is resolved."""
+    targets = TargetList.of([("udp", "sbc.example", None), ("udp", "10.0.0.9", 5070),
+                             ("udp", "10.0.0.9", 5070)])
+    [query] = targets.stale(0.0)
+    targets.resolved(query, [Server("udp", "192.0.2.1", 5080)], ttl_s=60, now=0.0)
+    assert targets.targets() == [
+        Target(Server("udp", "192.0.2.1", 5080), "sbc.example", None),
+        Target(Server("udp", "10.0.0.9", 5070), "10.0.0.9", 5070)]      # once each
+
+
+def test_probes_go_to_every_server_when_there_is_a_choice_on_their_interval() -> None:
+    targets = TargetList.of([("udp", "10.0.0.1", 5060), ("udp", "10.0.0.2", 5060)],
+                            probe_interval_s=30, probe_timeout_s=2)
+    first, second = targets.candidates()
+    assert targets.probes_due(100.0) == [first, second]
+    assert targets.probes_due(101.0) == []                  # one round per interval
+    assert targets.next_due() == 102.0                      # the probes' deadline
+    assert targets.probed(second, answered=True) is False   # it was up: nothing changes
+    assert targets.overdue(101.9) == []
+    assert targets.overdue(102.0) == [first]                # no answer in time: down
+    assert targets.candidates() == [second, first]
+    assert targets.next_due() == 130.0
+    assert targets.probes_due(130.0) == [first, second]
+    assert targets.probed(first, answered=True) is True     # taken back
+    assert targets.candidates() == [first, second]
+
+
+def test_no_probes_without_a_choice_or_with_probing_off() -> None:
+    one = TargetList.of([("udp", "10.0.0.1", 5060)], probe_interval_s=30)
+    assert one.probes_due(0.0) == [] and one.probes_due(60.0) == []
+    off = TargetList.of([("udp", "10.0.0.1", 5060), ("udp", "10.0.0.2", 5060)],
+                        probe_interval_s=0)
+    assert off.probes_due(0.0) == [] and off.next_due() == float("inf")
+    named = TargetList.of([("udp", "sbc.example", 5060)])
+    assert named.next_due() == float("-inf")                # never resolved: now
+
+
+def test_an_options_answer_shows_the_server_up_unless_it_would_refuse_calls() -> None:
+    """RFC 3261 §11.2: OPTIONS is answered as an INVITE would be: a 503 there means the
+    server refuses calls too (a draining sipmask answers so)."""
+    assert probe_answered(200) and probe_answered(404) and probe_answered(405)
+    assert not probe_answered(503)

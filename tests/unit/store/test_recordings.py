@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from sipmask.config.schema import RecordingConfig, TenantConfig
+from sipmask.media.wav import wav_header
 from sipmask.store import recordings
 from sipmask.store.base import Binding
+from sipmask.store.crypto import Keyring
 
 CALL = "9f3b2c1d0e4a5b6c7d8e9f0a1b2c3d4e@127.0.0.1"
 NAME = "9f3b2c1d0e4a5b6c7d8e9f0a1b2c3d4e.wav"
@@ -35,23 +37,24 @@ def test_a_name_is_made_of_the_call_id_only(bad: str) -> None:
 
 def test_the_sink_writes_where_the_reader_reads(tmp_path: Path) -> None:
     config = RecordingConfig(dir=tmp_path / "rec")
-    sink = recordings.open_sink(config, "demo", CALL)
-    sink.write(b"RIFF-and-more")
+    keys = Keyring.generate()
+    sink = recordings.open_sink(config, "demo", CALL, keys)
+    sink.write(b"LRLR" * 4)
     sink.close()
     path = tmp_path / "rec" / "demo" / NAME
     assert path.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "rec" / "demo").stat().st_mode & 0o777 == 0o700
     with pytest.raises(FileExistsError):          # never over another call's file
-        recordings.open_sink(config, "demo", CALL)
-    found = recordings.open_recording(config, CALL, "demo")
+        recordings.open_sink(config, "demo", CALL, keys)
+    found = recordings.open_recording(config, CALL, "demo", keys=keys)
     try:
-        assert (found.tenant, found.name, found.size) == ("demo", NAME, 13)
-        assert found.stream.read() == b"RIFF-and-more"
+        assert (found.tenant, found.name, found.size) == ("demo", NAME, 44 + 16)
+        assert found.stream.read() == wav_header(2, 16) + b"LRLR" * 4
     finally:
         found.close()
     with pytest.raises(recordings.RecordingNotFound):
-        recordings.open_recording(config, CALL, "acme")
-    anyone = recordings.open_recording(config, CALL.partition("@")[0])
+        recordings.open_recording(config, CALL, "acme", keys=keys)
+    anyone = recordings.open_recording(config, CALL.partition("@")[0], keys=keys)
     anyone.close()
     assert anyone.tenant == "demo"
 
@@ -63,7 +66,7 @@ def test_a_link_in_a_tenant_directory_is_not_followed(tmp_path: Path) -> None:
     secret.write_bytes(b"not yours")
     os.symlink(secret, tmp_path / "rec" / "demo" / "ab.wav")
     with pytest.raises(recordings.RecordingNotFound):
-        recordings.open_recording(config, "ab", "demo")
+        recordings.open_recording(config, "ab", "demo", keys=Keyring.generate())
 
 
 def test_the_sweep_deletes_what_is_past_retention(tmp_path: Path) -> None:

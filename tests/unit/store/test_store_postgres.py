@@ -19,13 +19,16 @@ from conftest import TENANTS, A, B, X
 
 from sipmask.clock import FakeClock
 from sipmask.config import loader
+from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.errors import ConfigError, ConflictError, PoolExhausted, StoreError
 from sipmask.store import LmdbStore, codec
+from sipmask.store.base import BindingRequest
 from sipmask.store.crypto import KeyFileError, KeyMismatch, create_key_file
 from sipmask.store.offload import Offload, StoreBusy, lookup
-from sipmask.store.pg_schema import LATEST, SCHEMA, day_of_key, migrate
+from sipmask.store.pg_schema import LATEST, SCHEMA, day_of_key, migrate, partition_sql
 from sipmask.store.postgres import PostgresStore, migrate_database, redact
 from sipmask.store.rules import Txn
+from tests.support.postgres import counted_round_trips, counted_statements
 
 
 @pytest.fixture
@@ -233,18 +236,79 @@ def test_a_missing_key_file_is_refused_before_connecting(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["route", "xuse", "history", "cdrs", "cdr_binding",
                                   "bindings"])
-def test_put_many_counts_existing_keys_through_the_primary_key(
+def test_many_keys_are_read_and_counted_through_the_primary_key(
         pg_dsn: str, name: str) -> None:
-    # put_many (create_many's batches, `sipmask store copy`) counts the keys already there
-    # before each 500 rows. On a table whose primary key is (derived column, k), a count
-    # by k alone cannot use the index: a scan of the whole table per 500 rows, so bulk
-    # loads slowed as the table grew (`store copy` of 200,000 bindings: 838/s).
+    # get_many (a batch's reads) and put_many (create_many's batches, `sipmask store copy`,
+    # which counts the keys already there in the statement that writes each 500 rows) name
+    # keys by every primary-key column. On a table whose primary key is (derived column,
+    # k), keys by k alone cannot use the index: a scan of the whole table per 500 rows,
+    # so bulk loads slowed as the table grew (`store copy` of 200,000 bindings: 838/s).
     from sipmask.store.pg_schema import TABLES
     table = TABLES[name]
+    sql = table.sql()
     keys = [i.to_bytes(8, "big") + b"13800000001" + bytes(7) for i in range(3)]
     assert len(table.key_arrays(keys)) == len(table.pk)   # cdr_binding: k only, not day
+    rows = [value for key in keys for value in (*table.row(key), b"v")]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("SET enable_seqscan = off")     # a plan that can use the index, does
-        plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN " + table.sql()["count_keys"], table.key_arrays(keys)).fetchall())
-    assert "Seq Scan" not in plan, plan
+        if table.kind == "by_day":                   # the keys' day has a partition
+            conn.execute(partition_sql(day_of_key(keys[0])))
+        for statement, params in (
+                (sql["get_many"], table.key_arrays(keys)),
+                (sql["put_many"].format(rows=", ".join([sql["row"]] * len(keys))),
+                 [*table.key_arrays(keys), *rows])):
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement,
+                                                            params).fetchall())
+            assert "Seq Scan" not in plan and "Index" in plan, plan
+
+
+@pytest.mark.parametrize(("pool", "b_of"), [
+    # The API bench's shape: Xs mostly free, and the same B on every binding.
+    ("700300000000000-700300000099999", lambda i: B),
+    # Ten Xs for 96 pairs: every X soon carries pairs, so each allocation's probes read
+    # X uses and route keys (a stranger's pair may sit on any of them).
+    ("700300000000000-700300000000009", lambda i: f"1390000{i:04d}"),
+])
+def test_a_batch_of_creates_costs_under_half_a_statement_per_binding(
+        stores: Callable[[], PostgresStore], pool: str,
+        b_of: Callable[[int], str]) -> None:
+    # Issue 14's API binds: the API's writer commits the creates that queue together
+    # through create_many, and every statement of a batch is work on the writer thread.
+    # The batch's route keys and X uses are read in one statement per table
+    # (Txn.get_many) before its rules run, and written with put_many, so a batch costs
+    # about a dozen statements whatever its size (before: 4.4 per binding here in the
+    # first shape, 19.5 in the second, each rule's read its own statement). Those that
+    # nobody reads an answer of go without waiting for it (pipeline mode), so a batch
+    # waits on the server about eight times (before: 13, and 5 per binding before that).
+    s = stores()
+    s.sync_tenants({**TENANTS, "big": TenantConfig("big-token", (NumberRange.parse(pool),))})
+    batch, batches = 32, 3
+    made = 0
+    with s.pool.connection() as conn:
+        pass           # the store's one connection (nothing else runs): traced below
+    with counted_statements() as counts, counted_round_trips(conn) as trips:
+        for first in range(0, batch * batches, batch):
+            rows = [(i, BindingRequest("axb", f"1380000{i:04d}", b_of(i), tenant="big"))
+                    for i in range(first, first + batch)]
+            made += sum(o.binding is not None for o in s.create_many(rows, actor="api"))
+    assert made == batch * batches
+    assert sum(counts.values()) <= made * 0.5, counts
+    assert 0 < sum(trips.values()) <= made * 0.3, trips
+
+
+def test_a_write_that_fails_unread_rolls_the_transaction_back_whole(
+        stores: Callable[[], PostgresStore]) -> None:
+    # In pipeline mode a statement whose answer nobody reads is sent without waiting for
+    # it: its failure is reported by the Sync that carries COMMIT, and the writes before
+    # it in the transaction must not be committed (nor the failure taken for a broken
+    # connection: "may or may not have been applied" is for those only).
+    s = stores()
+
+    def run(cur: psycopg.Cursor[object]) -> None:
+        cur.execute(f"INSERT INTO {SCHEMA}.meta (k, v) VALUES (%s, %s)", (b"kept", b"1"))
+        cur.execute("SELECT 1 / 0")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        s.run_sql(run)
+    assert s.read(lambda txn: txn.get("meta", b"kept")) is None
+    s.write(lambda txn: txn.put("meta", b"kept", b"2"))   # the connection still serves
+    assert s.read(lambda txn: txn.get("meta", b"kept")) == b"2"

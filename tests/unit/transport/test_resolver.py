@@ -10,7 +10,7 @@ import random
 import pytest
 
 from sipmask.sip.locate import Query, Server, SrvRecord, TargetList, plan
-from sipmask.transport.resolver import DnsError, HostsDns, refresh, resolve
+from sipmask.transport.resolver import DnsError, HostsDns, SystemDns, refresh, resolve
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -83,3 +83,16 @@ def test_srv_weights_are_drawn_from_the_injected_generator() -> None:
     query = Query("udp", "w.example", 5060, "_sip._udp.w.example")
     firsts = {run(resolve(dns, query, draw=random.Random(seed)))[0][0].ip for seed in range(40)}
     assert firsts == {"127.0.0.41", "127.0.0.42"}
+
+
+def test_the_system_resolver_answers_rfc_6761_names_without_asking_a_nameserver() -> None:
+    """`localhost` is the loopback addresses (RFC 6761 §6.3), an `invalid` name does not
+    exist (§6.4): answered before dnspython is even loaded, so no query ever leaves."""
+    dns = SystemDns()
+    assert run(dns.addresses("localhost"))[0] == ["127.0.0.1", "::1"]
+    assert run(dns.srv("_sip._udp.sbc.localhost."))[0] == []
+    with pytest.raises(DnsError, match=r"sbc\.carrier\.invalid"):
+        run(dns.addresses("sbc.carrier.invalid"))
+    with pytest.raises(DnsError):
+        run(resolve(dns, Query("udp", "sbc.invalid", 5060, "_sip._udp.sbc.invalid")))
+    assert dns._resolver is None            # dnspython never asked
