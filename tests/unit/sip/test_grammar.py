@@ -8,6 +8,7 @@ never on the messages parsed before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -16,7 +17,7 @@ import pytest
 from sipmask.errors import ParseError
 from sipmask.sip import headers, message, parser, uri
 from sipmask.sip.parser import StreamFramer, parse_message
-from sipmask.sip.uri import NameAddr, SipUri, Via
+from sipmask.sip.uri import NameAddr, SipUri, Via, parse_uri
 
 SIP = Path(__file__).resolve().parents[3] / "sipmask" / "sip"
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
@@ -114,6 +115,61 @@ def test_unicode_spaces_do_not_separate_either(place: str, ws: str) -> None:
     # Where only whitespace may stand (not at the start of a parameter's name or value,
     # where the grammar's leniency takes UTF-8 as data).
     assert outcome(SEPARATED[place](ws)).startswith("refused")
+
+
+# -- what the ABNF leaves out of a value is refused, not trimmed or read past -------------
+
+# Each of these was accepted by the parser the grammar replaced (its `strip()` took any
+# control at a value's ends for whitespace, and its parameter splitting took any character
+# but ';' into a value). RFC 3261 §25.1 refuses each: a token (a tag, a branch, a
+# parameter's name) holds no control, SP, `<`, `>` or `,`; gen-value = token / host /
+# quoted-string; a URI holds no control (§19.1.1, RFC 3986 §2); generic-param's name is
+# 1*token, so ";" ends in a parameter.
+OUTSIDE_THE_ABNF = {
+    "NUL in a From tag": request(from_="<sip:a@127.0.0.1>;tag=f\x001"),
+    "FF in a From tag": request(from_="<sip:a@127.0.0.1>;tag=f\x0c1"),
+    "HTAB in a From tag": request(from_="<sip:a@127.0.0.1>;tag=f\t1"),
+    "HTAB in a bare From's tag": request(from_="sip:a@127.0.0.1;tag=f\t1"),
+    "comma in a From tag": request(from_="<sip:a@127.0.0.1>;tag=f,1"),
+    "comma in a bare From's tag": request(from_="sip:a@127.0.0.1;tag=f,1"),
+    "NUL in a branch": request(via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK\x001"),
+    "< in a branch": request(via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK<1"),
+    "> in a branch": request(via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK>1"),
+    "SP inside a Contact's q": request(extra="Contact: <sip:a@127.0.0.1>;q=0. 5\r\nl: 0\r\n"),
+    "NUL in a Contact's user": request(extra="Contact: <sip:a\x00@127.0.0.1>\r\nl: 0\r\n"),
+    "NUL in the Request-URI's user": request(ruri="sip:7001\x0000@127.0.0.1"),
+    "NUL ending the Request-URI": request(ruri="sip:700100000000001@127.0.0.1;x=\x00"),
+    # Refused in <> by both parsers, taken bare by the old one: one rule, one answer.
+    "an empty parameter after a bare To": request(to="sip:700100000000001@127.0.0.1;"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTSIDE_THE_ABNF))
+def test_what_the_abnf_leaves_out_of_a_value_is_refused(case: str) -> None:
+    assert outcome(OUTSIDE_THE_ABNF[case]).startswith("refused: Bad ")
+
+
+@pytest.mark.parametrize(("parse", "text"), [
+    # A Via header's comma-separated list is split before each via-parm is read (§7.3.1);
+    # one via-parm holding a comma is not one Via with the rest in its last parameter.
+    (Via.parse, "SIP/2.0/TCP a.example;branch=z9hG4bK1, SIP/2.0/UDP b.example;branch=z9hG4bK2"),
+    # A bare URI ends where its characters do: no trailing HTAB, no leading FF.
+    (parse_uri, "tel:7042;phone-context=example.com\t"),
+    (NameAddr.parse, "\x0cmailto:alice@example.com"),
+    # SEMI is SWS ";" SWS in header parameters, not inside a URI's own parameters.
+    (parse_uri, "tel:+8613800000001; tag=t"),
+])
+def test_a_value_with_more_than_its_rule_is_refused(parse: Callable[[str], object],
+                                                     text: str) -> None:
+    with pytest.raises(ParseError):
+        parse(text)
+
+
+def test_nbsp_is_part_of_a_display_name_not_whitespace() -> None:
+    # LWS is SP / HTAB only; the display name's leniency takes UTF-8, so a leading NBSP is
+    # the name's first character, kept as sent (the old parser dropped it).
+    addr = NameAddr.parse("\xa0Bob <sip:a@b>")
+    assert addr.display_name == "\xa0Bob" and str(addr) == "\xa0Bob <sip:a@b>"
 
 
 # -- the framer reads Content-Length as the parser does -----------------------------------
