@@ -48,9 +48,9 @@ class _OneOrMany:
 
 
 ONE_OR_MANY = _OneOrMany()
-# A host name as RFC 3261 §25.1 `hostname` allows it (letters, digits, '-', '.').
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
-                       r"[A-Za-z0-9])?)*\.?", re.ASCII)
+# A host name as RFC 3261 §25.1 `hostname` allows it (letters, digits, '-', '.'): the SIP
+# grammar's rule for names sipmask looks up.
+_HOSTNAME = re.compile(grammar.STRICT_HOSTNAME)
 
 
 @dataclass(frozen=True)

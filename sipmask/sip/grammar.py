@@ -68,6 +68,12 @@ DISPLAY_NAME = "(?:" + DISPLAY_TOKENS + "|" + QUOTED_STRING + ")"
 # Leniency: a hostname is any run of letters, digits, "-", "." and "_" (trunks' DNS names
 # hold "_"); label shape is not checked. An IPv4address is such a run too.
 HOSTNAME = r"[A-Za-z0-9\-._]++"
+# The ABNF's hostname as written, for a name sipmask is configured with and looks up (a
+# trunk, RFC 3263): hostname = *( domainlabel "." ) toplabel [ "." ]; domainlabel =
+# alphanum / alphanum *( alphanum / "-" ) alphanum. The toplabel's leading ALPHA is not
+# asked for, so a dotted IPv4 address passes too.
+DOMAINLABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+STRICT_HOSTNAME = "(?:" + DOMAINLABEL + r"\.)*" + DOMAINLABEL + r"\.?"
 IPV6_REFERENCE = r"\[[0-9A-Fa-f:.]++\]"
 HOST = "(?:" + HOSTNAME + "|" + IPV6_REFERENCE + ")"
 # port = 1*DIGIT, held to what a port can name: its value 1-65535 (leading zeros allowed:
