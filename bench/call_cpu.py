@@ -246,7 +246,7 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
     results: list[tuple[float, float]] = []
     try:
         first = 0
-        for round_no in range(args.rounds + 1):     # round 0 warms up (layouts, pools)
+        for round_no in range(args.rounds + 1):     # round 0 warms up (pools, caches)
             calls = args.calls if round_no else max(200, args.calls // 4)
             profiler = cProfile.Profile() if args.profile and round_no == args.rounds else None
             driver.spent = 0.0

@@ -20,12 +20,9 @@ Six figures, each the median (and best) of several interleaved timed runs in thi
 and the ratios to both. sipmask also checks the syntax of the start line, From, To, Via,
 Contact, CSeq, Max-Forwards and Content-Length (RFC 4475 §3.1.2); the dict baseline does not.
 
-The variants share one sequence of header names, as a trunk's messages do; the parser learns
-such a layout on its second sighting and gives it a whole-block pattern after 2,000 messages
-(sipmask/sip/parser.py), both within the warm-up and first round, so the medians are the
-steady state of a link. `--cold` forgets learned layouts before every message: the full
-path, plus learning the layout again, each time (an upper bound for a first sighting).
-Issue 3's target is 100,000 msg/s for the first sipmask line.
+The parser keeps no state between messages (sipmask/sip/parser.py), so every message takes
+the same path whatever came before it; the warm-up only warms the interpreter and `re`'s
+cache of compiled patterns. Issue 3's target is 100,000 msg/s for the first sipmask line.
 
 Run: python3 bench/parse.py [--seconds 0.5]
 """
@@ -45,7 +42,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sipmask.sip import parser  # noqa: E402
 from sipmask.sip.parser import parse_message  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "corpus" / "trunk" / "invite_sdp.sip"
@@ -136,11 +132,6 @@ def run_read_tags(data: bytes) -> bytes:
     return msg.to_bytes()
 
 
-def run_cold(data: bytes) -> bytes:
-    parser._forget_layouts()
-    return parse_message(data).to_bytes()
-
-
 def measure(fns: list[Callable[[bytes], bytes]], messages: list[bytes], seconds: float,
             rounds: int = 7) -> list[tuple[float, float]]:
     """Messages per second for each function, (median, best) over `rounds` rounds, each
@@ -148,7 +139,7 @@ def measure(fns: list[Callable[[bytes], bytes]], messages: list[bytes], seconds:
     a round spreads this VM's bursts of noise over all of them alike."""
     for fn in fns:
         for data in messages[:200]:
-            fn(data)                                  # warm-up: name caches, regex caches
+            fn(data)                                  # warm-up
     rates: list[list[float]] = [[] for _ in fns]
     n = len(messages)
     for _ in range(rounds):
@@ -171,9 +162,6 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     args.add_argument("--seconds", type=float, default=0.5, help="length of each timed run")
     args.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
-    args.add_argument("--cold", action="store_true",
-                      help="forget learned header layouts before every message (full path "
-                           "plus re-learning)")
     opts = args.parse_args()
     template = SAMPLE.read_bytes()
     messages = variants(template, 1000)
@@ -185,10 +173,9 @@ def main() -> None:
         assert run_baseline(data) == data                       # same bytes, fair comparison
         assert run_email_baseline(data) == data
 
-    unchanged_fn = run_cold if opts.cold else run_unchanged
     load = os.getloadavg()
     (stdlib, _), (base, base_best), (unchanged, best), (modified, _), (read, read_best), \
-        (tags, tags_best) = measure([run_email_baseline, run_baseline, unchanged_fn,
+        (tags, tags_best) = measure([run_email_baseline, run_baseline, run_unchanged,
                                      run_modified, run_read, run_read_tags], messages,
                                     opts.seconds, opts.rounds)
     headers = template.count(b"\r\n", 0, template.index(b"\r\n\r\n"))
@@ -203,7 +190,7 @@ def main() -> None:
     print(f"{'baseline email.parser + as text':42s}{stdlib:10,.0f}  {1e6 / stdlib:6.1f} us")
     print(f"{'baseline (dict-per-header parse + join)':42s}{base:10,.0f}  {1e6 / base:6.1f} us"
           f"   best {base_best:,.0f}")
-    line("sipmask parse + to_bytes (unchanged)" + (" cold" if opts.cold else ""), unchanged)
+    line("sipmask parse + to_bytes (unchanged)", unchanged)
     line("sipmask parse + set 1 header + to_bytes", modified)
     line("sipmask parse + typed reads + to_bytes", read)
     line("  ... + tags and branch", tags)

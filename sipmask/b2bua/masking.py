@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from sipmask.errors import SipError
+from sipmask.errors import ParseError, SipError
 from sipmask.sip.headers import Field, Headers, fields_of
 from sipmask.sip.message import REASONS, Message, Request, Response, echoed_fields
+from sipmask.sip.uri import NameAddr
 
 # Headers that describe the session or the request's semantics, never a party or a hop.
 # Require/Supported lose `100rel` (reliable provisionals are per leg, RFC 3262) and
@@ -363,8 +364,12 @@ def build_relayed_response(source: Response, request: Request, *, to_tag: str | 
     if reason is None:
         reason = _class_reason(status)
     to_value = request.headers.get("to") or ""
+    to_changed = False
+    tagged: NameAddr | None = None
     if to_tag is not None and "tag=" not in to_value.lower():
+        to_changed = True
         to_value = f"{to_value};tag={to_tag}"
+        tagged = _tagged_to(request, to_tag)
     fields = echoed_fields(request, to_value)
     if contact is not None and (100 < status < 300) and request.method in _DIALOG_METHODS:
         fields.append(("contact", "Contact", contact, None))
@@ -375,7 +380,24 @@ def build_relayed_response(source: Response, request: Request, *, to_tag: str | 
     if body and content_type:
         fields.append(("content-type", "Content-Type", content_type, None))
     fields.append(("content-length", "Content-Length", str(len(body)), None))
-    return Response(status, reason, Headers.built(fields), body)
+    headers = Headers.built(fields)
+    # The transaction layer reads the To tag, CSeq and top Via of what it sends: the values
+    # parsed from the request these fields echo, not parsed again.
+    headers.share_parsed(request.headers, to=tagged, to_changed=to_changed)
+    return Response(status, reason, headers, body)
+
+
+def _tagged_to(request: Request, tag: str) -> NameAddr | None:
+    """What the request's To text with ";tag=`tag`" appended reads as, from the request's
+    To as parsed: that value with the tag, when it had none (with_tag then appends it to
+    its parameters, as to the text); else None (read from the text when asked)."""
+    try:
+        to_addr = request.to
+    except ParseError:
+        return None
+    if to_addr.tag is not None:
+        return None
+    return to_addr.with_tag(tag)
 
 
 _DIALOG_METHODS = frozenset({"INVITE", "UPDATE", "SUBSCRIBE"})

@@ -156,20 +156,31 @@ def caller_number(request: Request, *, trust_pai: bool) -> str:
     A caller we cannot read as a real number is refused with 403: number protection must
     know who calls (traceability), and an anonymous caller cannot be matched to a binding.
     """
-    candidates: list[str] = []
     if trust_pai:
-        candidates.extend(request.headers.get_all("p-asserted-identity"))
-    from_value = request.headers.get("from")
-    if from_value is not None:
-        candidates.append(from_value)
-    for value in candidates:
-        try:
-            number = _uri_number(NameAddr.parse(value).uri)
-            if number:
-                return numbers.normalise_real(number)
-        except (ParseError, numbers.NumberError):
-            continue
+        for value in request.headers.get_all("p-asserted-identity"):
+            try:
+                number = _real_number(NameAddr.parse(value))
+            except ParseError:
+                continue
+            if number is not None:
+                return number
+    try:
+        number = _real_number(request.from_)      # From as the parser read it, not again
+    except ParseError:
+        number = None
+    if number is not None:
+        return number
     raise NotAllowed("Forbidden")
+
+
+def _real_number(addr: NameAddr) -> str | None:
+    """The real number `addr` names, normalised; None when it names none (no number, or
+    not a real one)."""
+    try:
+        number = _uri_number(addr.uri)
+        return numbers.normalise_real(number) if number else None
+    except (ParseError, numbers.NumberError):
+        return None
 
 
 def route(binding: Binding | None, number: str, caller: str,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from sipmask import numbers
+from sipmask.sip import grammar
 from sipmask.sip.transports import ALL as TRANSPORTS
 from sipmask.sip.transports import Transport
 
@@ -47,9 +48,9 @@ class _OneOrMany:
 
 
 ONE_OR_MANY = _OneOrMany()
-# A host name as RFC 3261 §25.1 `hostname` allows it (letters, digits, '-', '.').
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*"
-                       r"[A-Za-z0-9])?)*\.?", re.ASCII)
+# A host name as RFC 3261 §25.1 `hostname` allows it (letters, digits, '-', '.'): the SIP
+# grammar's rule for names sipmask looks up.
+_HOSTNAME = re.compile(grammar.STRICT_HOSTNAME)
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,9 @@ class NumberRange:
         return f"{self.first}-{self.last}"
 
 
+_PORT = re.compile(grammar.PORT)
+
+
 def _is_ipv6(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
@@ -203,7 +207,8 @@ def _split_host_port(text: str) -> tuple[str, int]:
             raise ValueError("expected HOST:PORT")
     if not host:
         raise ValueError("host is empty")
-    if not port_text.isdigit() or not (0 < int(port_text) < 65536):
+    # The SIP grammar's port rule (1-65535, ASCII digits), the one a peer's ports are read by.
+    if _PORT.fullmatch(port_text) is None:
         raise ValueError("port must be a number from 1 to 65535")
     return host, int(port_text)
 

@@ -19,7 +19,7 @@ from enum import Enum
 from sipmask.entropy import token_bytes
 from sipmask.errors import CallStateError, ParseError, SipError
 from sipmask.sip.headers import Headers
-from sipmask.sip.message import Request, Response
+from sipmask.sip.message import CSeq, Request, Response
 from sipmask.sip.transaction import RandomBytes, new_branch
 from sipmask.sip.uri import NameAddr, SipUri, has_param, parse_uri
 
@@ -117,9 +117,15 @@ class Dialog:
     secure: bool = False
     state: DialogState = DialogState.EARLY
     # _constant_parts' cache: the fields it read, and what it made of them.
-    _parts: tuple[tuple[str, tuple[str, ...], str, str, str, str],
-                  tuple[str, tuple[str, ...], str, str]] | None = field(
+    _parts: tuple[tuple[str, tuple[str, ...], str, str, str, str], _Parts] | None = field(
         default=None, init=False, repr=False, compare=False)
+    # The values `local_uri` and `remote_uri` were written from (as_uac, as_uas), each with
+    # that text: _constant_parts parses a text only when it is not the one written.
+    _addrs: tuple[str, NameAddr, str, NameAddr] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    # The remote target as written from a Contact the parser checked (_contact_uri):
+    # _constant_parts checks a target only when it is not that text.
+    _checked_target: str | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -129,13 +135,15 @@ class Dialog:
         is the response's Record-Route reversed; the remote target its Contact."""
         from_ = request.from_
         to = response.to
+        local, remote = from_.without_tag(), to.without_tag()
+        target = _contact_uri(response)
         dialog = cls(
             call_id=request.call_id,
             local_tag=from_.tag or "",
             remote_tag=to.tag or "",
-            local_uri=_without_tag(from_),
-            remote_uri=_without_tag(to),
-            remote_target=_contact_uri(response) or request.uri,
+            local_uri=str(local),
+            remote_uri=str(remote),
+            remote_target=target or request.uri,
             route_set=tuple(reversed(response.headers.get_all("record-route"))),
             local_seq=request.cseq.number,
             remote_seq=None,
@@ -145,6 +153,8 @@ class Dialog:
         )
         if response.status >= 200:
             dialog.state = DialogState.CONFIRMED
+        dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
+        dialog._checked_target = target
         return dialog
 
     @classmethod
@@ -154,13 +164,15 @@ class Dialog:
         The route set is the request's Record-Route in order; the remote target its Contact.
         The responses that create it must carry `local_tag` in To."""
         from_ = request.from_
-        return cls(
+        local, remote = request.to.without_tag(), from_.without_tag()
+        target = _contact_uri(request)
+        dialog = cls(
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag or "",
-            local_uri=_without_tag(request.to),
-            remote_uri=_without_tag(from_),
-            remote_target=_contact_uri(request) or str(from_.uri),
+            local_uri=str(local),
+            remote_uri=str(remote),
+            remote_target=target or str(from_.uri),
             route_set=tuple(request.headers.get_all("record-route")),
             local_seq=None,
             remote_seq=request.cseq.number,
@@ -169,6 +181,9 @@ class Dialog:
             secure=request.uri.lower().startswith("sips:"),
             state=DialogState.CONFIRMED if confirmed else DialogState.EARLY,
         )
+        dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
+        dialog._checked_target = target
+        return dialog
 
     @property
     def id(self) -> DialogId:
@@ -213,7 +228,7 @@ class Dialog:
         if self.is_uac and method in TARGET_REFRESH and 100 < status < 300:
             target = _contact_uri(response)
             if target is not None:
-                self.remote_target = target
+                self.remote_target = self._checked_target = target
         return self.state
 
     def terminate(self) -> None:
@@ -237,7 +252,7 @@ class Dialog:
         if method in TARGET_REFRESH:
             target = _contact_uri(request)
             if target is not None:
-                self.remote_target = target
+                self.remote_target = self._checked_target = target
         if method == "BYE":
             self.apply(DialogEvent.BYE)
 
@@ -295,7 +310,7 @@ class Dialog:
 
     def _build(self, method: str, number: int, body: bytes, content_type: str | None,
                extra: tuple[tuple[str, str], ...]) -> Request:
-        uri, routes, from_, to = self._constant_parts()
+        uri, routes, from_, to, from_addr, to_addr = self._constant_parts()
         pairs: list[tuple[str, str]] = [("Route", r) for r in routes] if routes else []
         pairs += [
             ("Max-Forwards", MAX_FORWARDS),
@@ -312,39 +327,57 @@ class Dialog:
         if content_type is not None:
             pairs.append(("Content-Type", content_type))
         pairs.append(("Content-Length", str(len(body))))
-        return Request(method, uri, Headers.of(*pairs), body)
+        headers = Headers.of(*pairs)
+        # What the transaction layer and the engine read of it, as written: not parsed again.
+        headers.keep_values(cseq=CSeq(number, method), from_=from_addr, to=to_addr)
+        return Request(method, uri, headers, body)
 
-    def _constant_parts(self) -> tuple[str, tuple[str, ...], str, str]:
-        """Request-URI, Route values, From and To of the requests built in this dialog.
-        They change only with the fields they come from, so they are worked out once per
-        value of those fields (most dialogs build their ACK and BYE from the same)."""
+    def _constant_parts(self) -> _Parts:
+        """Request-URI, Route values, From and To (as text and as values) of the requests
+        built in this dialog. They change only with the fields they come from, so they are
+        worked out once per value of those fields (most dialogs build their ACK and BYE
+        from the same)."""
         key = (self.remote_target, self.route_set, self.local_uri, self.local_tag,
                self.remote_uri, self.remote_tag)
         cached = self._parts
         if cached is not None and cached[0] == key:
             return cached[1]
         uri, routes = self._request_uri_and_routes()
-        parse_uri(uri)  # a remote target we could not route to fails here, not on the wire
-        parts = (uri, tuple(routes), _with_tag(self.local_uri, self.local_tag),
-                 _with_tag(self.remote_uri, self.remote_tag))
+        if uri is not self._checked_target:
+            parse_uri(uri)  # a remote target we could not route to fails here, not on the wire
+        local, remote = self._local_and_remote()
+        from_ = local.with_tag(self.local_tag) if self.local_tag else local
+        to = remote.with_tag(self.remote_tag) if self.remote_tag else remote
+        parts = (uri, tuple(routes), self._written(self.local_uri, self.local_tag, from_),
+                 self._written(self.remote_uri, self.remote_tag, to), from_, to)
         self._parts = (key, parts)
         return parts
 
+    def _written(self, text: str, tag: str, value: NameAddr) -> str:
+        """str(value), where `value` is `local_uri` or `remote_uri` (`text`) with `tag` set:
+        while both texts are the ones written from their values (_addrs: str() of a
+        NameAddr without a tag), with_tag appends the tag to the parameters of the value,
+        so str() is the text with the tag appended."""
+        addrs = self._addrs
+        if addrs is not None and addrs[0] is self.local_uri and addrs[2] is self.remote_uri:
+            return f"{text};tag={tag}" if tag else text
+        return str(value)
 
-def _without_tag(addr: NameAddr) -> str:
-    return str(addr.without_tag())
+    def _local_and_remote(self) -> tuple[NameAddr, NameAddr]:
+        """`local_uri` and `remote_uri` as values: the ones they were written from while
+        they are still those texts, else parsed."""
+        addrs = self._addrs
+        if addrs is not None and addrs[0] is self.local_uri and addrs[2] is self.remote_uri:
+            return addrs[1], addrs[3]
+        return NameAddr.parse(self.local_uri), NameAddr.parse(self.remote_uri)
 
 
-def _with_tag(addr_text: str, tag: str) -> str:
-    addr = NameAddr.parse(addr_text)
-    return str(addr.with_tag(tag)) if tag else str(addr)
+# What _constant_parts gives: Request-URI, Route values, From and To texts, their values.
+_Parts = tuple[str, tuple[str, ...], str, str, NameAddr, NameAddr]
 
 
 def _contact_uri(message: Request | Response) -> str | None:
-    contacts = message.headers.get_all("contact")
-    if not contacts:
-        return None
     try:
-        return str(NameAddr.parse(contacts[0]).uri)
+        return message.contact_uri
     except ParseError:
         return None

@@ -8,31 +8,27 @@ Each field is a tuple (key, name, value, raw): `key` the canonical name (lower c
 form expanded), `name` as written (without the whitespace some senders put before the
 colon), `value` with folding joined and outer whitespace removed, `raw` the text the field
 arrived as, or None for a field we set. A parallel list of keys lets lookups run as C-level
-`list.index` / `list.count` calls: the parser's hot path depends on it.
+`list.index` / `list.count` calls.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sipmask.errors import ParseError
+from sipmask.sip import grammar
 
 if TYPE_CHECKING:
     from sipmask.sip.message import CSeq
-    from sipmask.sip.uri import NameAddr, Via
+    from sipmask.sip.uri import NameAddr, NameAddrMatch, Via
 
 Field = tuple[str, str, str, str | None]
-# A parsed block not yet turned into fields: names as written, unstripped values (None when
-# they are still inside the raw lines), the raw lines (None when they may not be reused; a
-# str when the parser handed over the block unsplit, start line first) and, with values
-# None, where in each raw line its value starts (`line[cut]` is the value). With values
-# given, a raw line may be None: a field set since (`set_first`), written as `name: value`.
-_Lazy = tuple[tuple[str, ...], Sequence[str] | None, list[str] | list[str | None] | str | None,
-              tuple[slice, ...] | None]
+# A parsed header block before its fields are made (Headers.parsed): the names as written,
+# the text after each colon (not stripped) and the raw lines (None: not to be reused).
+Split = tuple[tuple[str, ...], list[str], list[str | None] | None]
 
 # RFC 3261 §7.3.3 and the RFCs that registered further compact forms (3265, 3515, 3841,
 # 3892, 4028, 4474). The key is the lower-case compact letter, the value the canonical key.
@@ -53,46 +49,48 @@ _UNSPLITTABLE = frozenset({
     "retry-after", "timestamp", "identity", "warning",
 })
 
-# RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN = re.compile(grammar.TOKEN)
 
-# Name as written → canonical key, for names already checked to be tokens. The vocabulary
-# of header names on a link is small, so after warm-up the parser never validates a name
-# twice; the bound keeps a peer that invents names from growing it without limit.
-_NAME_KEYS: dict[str, str] = {}
-_NAME_KEYS_MAX = 4096
+# Header names as the RFCs that define them write them (RFC 3261 §20, 3262, 3265, 3311,
+# 3323, 3325, 3326, 3515, 3891, 3892, 4028, 4244, 5806): with their lower-case forms and the
+# compact letters in both cases, the table every name lookup starts from.
+_NAMES = (
+    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
+    "Allow-Events", "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+    "Content-Type", "CSeq", "Date", "Diversion", "Error-Info", "Event", "Expires", "From",
+    "History-Info", "Identity", "Identity-Info", "In-Reply-To", "Join", "Max-Forwards",
+    "MIME-Version", "Min-Expires", "Min-SE", "Organization", "P-Asserted-Identity",
+    "P-Preferred-Identity", "Path", "Priority", "Privacy", "Proxy-Authenticate",
+    "Proxy-Authorization", "Proxy-Require", "RAck", "Reason", "Record-Route", "Refer-To",
+    "Referred-By", "Reject-Contact", "Remote-Party-ID", "Replaces", "Reply-To",
+    "Request-Disposition", "Require", "Retry-After", "Route", "RSeq", "Server",
+    "Service-Route", "Session-Expires", "Subject", "Subscription-State", "Supported",
+    "Timestamp", "To", "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+)
 
 
 class _Keys(dict[str, str]):
-    """Any header name asked about → its canonical key. A hit is one C-level dict lookup:
-    callers pass both wire spellings ("Call-ID", "i") and keys ("call-id"), hundreds of
-    times a call. A miss computes the key and remembers it; the bound (and the length
-    limit) keep names a peer invents from growing it without limit."""
+    """Header name (any spelling) → canonical key. The table is fixed: a name it does not
+    hold is worked out each time and not added, so a lookup never depends on the names
+    seen before. Callers pass both wire spellings ("Call-ID", "i") and keys ("call-id")
+    hundreds of times a call; the table makes those one C-level dict lookup."""
 
     __slots__ = ()
 
     def __missing__(self, name: str) -> str:
         low = name.lower()
-        key = COMPACT.get(low, low)
-        if len(name) <= _KEYS_NAME_MAX:
-            if len(self) >= _KEYS_MAX:
-                self.clear()
-                self.update(_KEYS_SEED)
-            self[name] = key
-        return key
+        return COMPACT.get(low, low)
 
 
-_KEYS_MAX = 4096
-_KEYS_NAME_MAX = 64
-# Seeded with every key and compact letter we know, in both cases, so the lookups the
-# code itself makes never miss.
-_KEYS_SEED: dict[str, str] = {
-    **{key: key for key in (*COMPACT.values(), *_UNSPLITTABLE)},
+_KEYS = _Keys({
+    **{name: name.lower() for name in _NAMES},
+    **{name.lower(): name.lower() for name in _NAMES},
+    **{key: key for key in _UNSPLITTABLE},
     **COMPACT, **{letter.upper(): key for letter, key in COMPACT.items()},
-}
-_KEYS = _Keys(_KEYS_SEED)
+})
 
-# The key a header is matched by: lower case, compact form expanded (`_Keys`).
+# The key a header is matched by: lower case, compact form expanded.
 canonical: Callable[[str], str] = _KEYS.__getitem__
 
 
@@ -101,39 +99,17 @@ def is_token(text: str) -> bool:
     return _TOKEN.fullmatch(text) is not None
 
 
-def key_of_wire_name(name: str) -> str:
-    """Canonical key of a header name as it arrived, which must be a token once trailing
-    whitespace is dropped (§7.3.1 allows LWS before the colon). Raises ParseError."""
-    key = _NAME_KEYS.get(name)
-    if key is not None:
-        return key
-    clean = name.rstrip(" \t")
-    if _TOKEN.fullmatch(clean) is None:
-        raise ParseError(f"Bad header name {clean[:32]!r}")
-    low = clean.lower()
-    key = COMPACT.get(low, low)
-    if clean == name:
-        # Only names without trailing whitespace are remembered, so a cache hit also
-        # means "this name is already clean" to the parser's fast path.
-        if len(_NAME_KEYS) >= _NAME_KEYS_MAX:
-            _NAME_KEYS.clear()
-        _NAME_KEYS[name] = key
-    return key
-
-
-def known_wire_keys(names: Sequence[str]) -> list[str] | None:
-    """Keys of header names all seen before (valid tokens, no trailing whitespace), in one
-    C-level pass; None when any name is new, so the caller takes the careful path."""
-    keys = list(map(_NAME_KEYS.get, names))
-    if None in keys:
-        return None
-    return keys  # type: ignore[return-value]  # no None left: every lookup hit
+# The spellings the table holds, every one a token (checked here): a header name among
+# them needs no other check (the parser checks the others against the grammar).
+KNOWN_NAMES = frozenset(_KEYS)
+if not all(map(is_token, KNOWN_NAMES)):
+    raise ValueError("a header name in the table is not a token")
 
 
 def split_commas(value: str) -> list[str]:
     """Split a header value on commas outside quotes and angle brackets (§7.3.1)."""
     if "," not in value:
-        value = value.strip()
+        value = value.strip(" \t")
         return [value] if value else []
     parts: list[str] = []
     depth = 0
@@ -155,15 +131,15 @@ def split_commas(value: str) -> list[str]:
         elif ch == ">":
             depth = max(0, depth - 1)
         elif ch == "," and depth == 0:
-            parts.append(value[start:i].strip())
+            parts.append(value[start:i].strip(" \t"))
             start = i + 1
-    parts.append(value[start:].strip())
+    parts.append(value[start:].strip(" \t"))
     return [p for p in parts if p]
 
 
 def fields_of(pairs: Iterable[tuple[str, str]]) -> list[Field]:
-    """(name, value) pairs as fields we set (raw None), keys looked up in `_KEYS`, which is
-    seeded with every name sipmask writes (one dict hit each)."""
+    """(name, value) pairs as fields we set (raw None), keys looked up in `_KEYS`, which
+    holds every name sipmask writes (one dict hit each)."""
     keys = _KEYS
     return [(keys[name], name, value, None) for name, value in pairs]
 
@@ -179,118 +155,143 @@ class Headers:
     field arrived as (None for fields set by us); `modified` tells the serializer whether the
     original bytes can still be sent as they are.
 
-    A parsed message's fields are built on first use: the parser hands over the keys and
-    either the lines split at their colon or (`_from_lines`) only the raw lines and the
-    names they start with, and `get` reads a value without building the rest, so a message
-    relayed unchanged never pays for tuples nobody reads.
+    A parsed block keeps its lines as the parser split them (`parsed`) and makes the
+    fields on first use: `get`, `select`, iteration and `set_first` (stamping the top Via)
+    read or change the split lines in place, so a message most of whose fields are never
+    read never pays for them (RFC 3261 §7.3.1: a value is the text after the colon, its
+    outer whitespace taken off).
 
-    The `_p_*` slots hold what `Message` parsed from these fields (From, To, CSeq, the top
-    Via): the transaction layer, the dialogs and the engine each read those of a message
-    several times. Every method that changes a field clears them (`_changed`), so a value
-    read after a change is parsed from the new text."""
+    The `_p_*` slots hold what was parsed from these fields (From, To, CSeq, the top Via):
+    `Message` parses them when first read and keeps them here for the transaction layer,
+    the dialogs and the engine; the parser keeps what it parsed to check the message
+    (`keep_parsed`). Every method that changes a field clears what was parsed from the
+    fields of that name (`_changed`), so a value read after a change is parsed from the
+    new text, and the others stay (stamping the top Via of a request leaves its From, To
+    and CSeq parsed)."""
 
-    __slots__ = ("_fields", "_keys", "_lazy", "_p_cseq", "_p_from", "_p_to", "_p_via",
-                 "modified")
+    __slots__ = ("_fields", "_keys", "_m_contact", "_m_from", "_m_to", "_p_contact", "_p_cseq",
+                 "_p_from", "_p_to", "_p_via", "_split", "modified")
+
+    _fields: list[Field] | None     # None while the fields are still `_split`
+    _split: Split | None
 
     _p_from: NameAddr | None
     _p_to: NameAddr | None
     _p_cseq: CSeq | None
     _p_via: Via | None
+    _m_from: NameAddrMatch | None   # From and To as the parser matched them, to build from
+    _m_to: NameAddrMatch | None
+    _p_contact: NameAddr | None     # the first Contact value, and the parser's match of it
+    _m_contact: NameAddrMatch | None
 
-    def __init__(self, fields: list[Field] | None = None) -> None:
-        self._fields: list[Field] | None = fields if fields is not None else []
-        self._keys: list[str] = [f[0] for f in fields] if fields else []
-        self._lazy: _Lazy | None = None
+    def __init__(self, fields: list[Field] | None = None, keys: list[str] | None = None,
+                 *, split: Split | None = None) -> None:
+        """`fields` are kept (not copied); `keys`, when the caller has them, must be the
+        list of their keys in order (the parser's). `split`: a parsed block the fields are
+        made from when first needed (`fields` None; `keys` its names' keys)."""
+        if split is not None:
+            if keys is None or fields is not None:
+                raise ValueError("a split header block comes with its keys and no fields")
+            self._fields = None
+            self._keys = keys
+        else:
+            self._fields = fields if fields is not None else []
+            self._keys = keys if keys is not None else list(map(_FIRST, self._fields))
+        self._split = split
         self.modified = False
-        self._p_from = self._p_to = self._p_cseq = self._p_via = None
-
-    @classmethod
-    def _made(cls, fields: list[Field] | None, keys: list[str], lazy: _Lazy | None
-              ) -> Headers:
-        """Every constructor but __init__: `keys` is already the list of the fields' keys."""
-        self = cls.__new__(cls)
-        self._fields = fields
-        self._keys = keys
-        self._lazy = lazy
-        self.modified = False
-        self._p_from = self._p_to = self._p_cseq = self._p_via = None
-        return self
-
-    @classmethod
-    def _trusted(cls, fields: list[Field], keys: list[str]) -> Headers:
-        """The parser's constructor: `keys` is already the list of fields' keys."""
-        return cls._made(fields, keys, None)
-
-    @classmethod
-    def _deferred(cls, keys: list[str], names: tuple[str, ...], values: tuple[str, ...],
-                  raws: list[str] | None) -> Headers:
-        """The parser's constructor: names as written (clean), values not yet stripped, and
-        the raw lines (None when they may not be reused)."""
-        return cls._made(None, keys, (names, values, raws, None))
-
-    @classmethod
-    def _from_lines(cls, keys: list[str], names: tuple[str, ...], lines: list[str] | str,
-                    cuts: tuple[slice, ...]) -> Headers:
-        """The parser's fast constructor: each raw line is `name:value` with `name` exactly
-        as given (no folding, no whitespace before the colon), so a value is `line[cut]`
-        with `cut` = slice(len(name) + 1, None), and nothing is sliced until someone asks.
-        `lines` may also be the whole CRLF header block, start line first, split on first
-        use."""
-        return cls._made(None, keys, (names, None, lines, cuts))
+        self._p_from = self._p_to = self._p_cseq = self._p_via = self._p_contact = None
+        self._m_from = self._m_to = self._m_contact = None
 
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """Headers we build ourselves, in the order given."""
-        return cls.built(fields_of(pairs))
+        return cls(fields_of(pairs))
+
+    @classmethod
+    def parsed(cls, keys: list[str], names: tuple[str, ...], values: list[str],
+               raws: list[str] | None) -> Headers:
+        """A parsed header block: each line's key, its name as written, the text after its
+        colon (`values`, whitespace not yet taken off) and its raw text (None: the lines
+        may not be reused). The lists are kept, not copied."""
+        # The raw lines become None one by one as `set_first` replaces them.
+        return cls(None, keys, split=(names, values, cast("list[str | None] | None", raws)))
+
+    def _all(self) -> list[Field]:
+        """The fields, made from the split block on first use."""
+        fields = self._fields
+        if fields is None:
+            assert self._split is not None
+            names, values, raws = self._split
+            fields = self._fields = list(zip(
+                self._keys, names, map(str.strip, values, repeat(" \t")),
+                repeat(None) if raws is None else raws, strict=False))
+            self._split = None
+        return fields
 
     @classmethod
     def built(cls, fields: list[Field]) -> Headers:
         """Headers we build ourselves from fields whose keys the caller knows (each key
         `canonical(name)`, raw None): the builders of masking and message skip the
         (name, value) pairs and the key lookups of `of`."""
-        return cls._trusted(fields, list(map(_FIRST, fields)))
+        return cls(fields)
 
-    def _all(self) -> list[Field]:
-        fields = self._fields
-        if fields is None:
-            assert self._lazy is not None
-            names, values, _raws, cuts = self._lazy
-            raws = self._raw_lines()
-            if values is None:
-                assert raws is not None and cuts is not None
-                values = list(map(str.__getitem__, raws, cuts))  # type: ignore[arg-type]  # values None: all raw
-            stripped = map(str.strip, values)
-            if raws is None:
-                fields = list(zip(self._keys, names, stripped, repeat(None)))
-            else:
-                fields = list(zip(self._keys, names, stripped, raws, strict=True))
-            self._fields = fields
-            self._lazy = None
-        return fields
+    def keep_parsed(self, cseq: CSeq, top_via: Via, from_: NameAddrMatch,
+                    to: NameAddrMatch, contact: NameAddrMatch | None) -> None:
+        """What the parser read from these fields while checking them: the CSeq and top
+        Via, which every later layer reads (the transaction layer matches on both), and
+        the matches of From, To and the first Contact, which `Message` builds its values
+        from when read."""
+        self._p_cseq, self._p_via, self._m_from, self._m_to = cseq, top_via, from_, to
+        self._m_contact = contact
 
-    def _changed(self) -> None:
-        """A field changed: the original bytes no longer say it, and what was parsed from
-        the old text is forgotten."""
+    def keep_values(self, *, cseq: CSeq | None = None, top_via: Via | None = None,
+                    from_: NameAddr | None = None, to: NameAddr | None = None) -> None:
+        """Values the caller wrote into these fields (each field's text is the value's
+        `str()`, or the text it was parsed from): kept as what `Message` reads, so a
+        message we build or change is not parsed again for them."""
+        if cseq is not None:
+            self._p_cseq = cseq
+        if top_via is not None:
+            self._p_via = top_via
+        if from_ is not None:
+            self._p_from = from_
+        if to is not None:
+            self._p_to = to
+
+    def share_parsed(self, source: Headers, *, to: NameAddr | None = None,
+                     to_changed: bool = False) -> None:
+        """These fields echo `source`'s Via lines, From, CSeq and, unless `to` is given or
+        `to_changed`, To (a response, §8.2.6.2): what was parsed from those in `source` is
+        kept here too (values are shared, never changed in place). `to`: the value of the
+        To written instead (None with `to_changed`: read from its text when asked)."""
+        self._p_cseq, self._p_via = source._p_cseq, source._p_via
+        self._p_from, self._m_from = source._p_from, source._m_from
+        if to is None and not to_changed:
+            self._p_to, self._m_to = source._p_to, source._m_to
+        else:
+            self._p_to = to
+
+    def _changed(self, key: str) -> None:
+        """A field with this key changed: the original bytes no longer say it, and what was
+        parsed from the old text of that field is forgotten."""
         self.modified = True
-        self._p_from = self._p_to = self._p_cseq = self._p_via = None
+        if key == "via":
+            self._p_via = None
+        elif key == "from":
+            self._p_from = self._m_from = None
+        elif key == "to":
+            self._p_to = self._m_to = None
+        elif key == "cseq":
+            self._p_cseq = None
+        elif key == "contact":
+            self._p_contact = self._m_contact = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) in order."""
-        fields = self._fields
-        if fields is None:
-            # The lazy form, read without building the fields (the engine only iterates
-            # the messages it receives).
-            assert self._lazy is not None
-            names, given, _raws, cuts = self._lazy
-            values: Iterable[str]
-            if given is None:
-                raws = self._raw_lines()
-                assert raws is not None and cuts is not None
-                values = map(str.__getitem__, raws, cuts)  # type: ignore[arg-type]  # values None: all raw
-            else:
-                values = given
-            return zip(names, map(str.strip, values), strict=True)
-        return map(_NAME_VALUE, fields)
+        split = self._split
+        if split is not None:
+            return zip(split[0], map(str.strip, split[1], repeat(" \t")), strict=False)
+        return map(_NAME_VALUE, self._all())
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -318,29 +319,19 @@ class Headers:
         keys = self._keys
         if key not in keys:
             return default
-        return self._value(keys.index(key))
+        split = self._split
+        if split is not None:
+            return split[1][keys.index(key)].strip(" \t")
+        fields = self._fields
+        assert fields is not None                 # one of the two is always there
+        return fields[keys.index(key)][2]
 
     def _value(self, i: int) -> str:
-        """The value of field `i`, read from the lazy form without building the fields."""
-        if self._fields is None:
-            assert self._lazy is not None
-            _names, values, _raws, cuts = self._lazy
-            if values is None:
-                raws = self._raw_lines()
-                assert raws is not None and cuts is not None
-                return raws[i][cuts[i]].strip()  # type: ignore[index]  # values None: all raw
-            return values[i].strip()
-        return self._fields[i][2]
-
-    def _raw_lines(self) -> list[str] | list[str | None] | None:
-        """The lazy form's raw lines, splitting a block handed over whole."""
-        assert self._lazy is not None
-        names, values, raws, cuts = self._lazy
-        if isinstance(raws, str):
-            raws = raws.split("\r\n")
-            del raws[0]                               # the start line
-            self._lazy = (names, values, raws, cuts)
-        return raws
+        """The value of field `i`."""
+        split = self._split
+        if split is not None:
+            return split[1][i].strip(" \t")
+        return self._all()[i][2]
 
     def get_fields(self, name: str) -> list[str]:
         """Every field line with this name, unsplit."""
@@ -349,6 +340,8 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every value with this name, comma-separated values split (§7.3.1) where allowed."""
         key = _KEYS[name]
+        if key not in self._keys:
+            return []                   # the usual answer for Route, Record-Route, Require
         values = self._values_of(key)
         if key in _UNSPLITTABLE:
             return values
@@ -361,40 +354,40 @@ class Headers:
 
     def select(self, keys: frozenset[str]) -> list[Field]:
         """The fields whose key is in `keys`, in order, as (key, name as written, value,
-        None): what iterating and keeping those would give, without building the fields of
-        a parsed message or reading the values of the others."""
-        own = self._keys
-        if keys.isdisjoint(own):
+        None): what iterating and keeping those would give."""
+        if keys.isdisjoint(self._keys):
             return []
-        fields = self._fields
-        if fields is not None:
-            return [(f[0], f[1], f[2], None) for f in fields if f[0] in keys]
-        assert self._lazy is not None
-        names = self._lazy[0]
-        value = self._value
-        return [(key, names[i], value(i), None) for i, key in enumerate(own) if key in keys]
+        split = self._split
+        if split is not None:
+            names, values, _raws = split
+            return [(key, names[i], values[i].strip(" \t"), None)
+                    for i, key in enumerate(self._keys) if key in keys]
+        return [(f[0], f[1], f[2], None) for f in self._all() if f[0] in keys]
 
     def _values_of(self, key: str) -> list[str]:
         keys = self._keys
         n = keys.count(key)
         if n == 1:
-            # One line (the common case for Via, Contact, Route): no fields built.
-            return [self._value(keys.index(key))]
+            # One line (the common case for Via, Contact, Route).
+            split = self._split
+            if split is not None:
+                return [split[1][keys.index(key)].strip(" \t")]
+            return [self._all()[keys.index(key)][2]]
         if n == 0:
             return []
-        return [f[2] for f in self._all() if f[0] == key]
+        return [self._value(i) for i, k in enumerate(keys) if k == key]
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
-        fields = self._all()
         key = _KEYS[name]
         entry = (key, name, value, None)
+        fields = self._all()
         if first:
             fields.insert(0, entry)
             self._keys.insert(0, key)
         else:
             fields.append(entry)
             self._keys.append(key)
-        self._changed()
+        self._changed(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace the first field with this name in place (others removed), or append."""
@@ -410,7 +403,7 @@ class Headers:
             fields[i] = (key, fields[i][1], value, None)
             if keys.count(key) > 1:
                 self._replace([f for j, f in enumerate(fields) if j <= i or f[0] != key])
-        self._changed()
+        self._changed(key)
 
     def set_first(self, name: str, value: str) -> None:
         """Replace the value of the first field with this name in place, keeping the name
@@ -422,29 +415,15 @@ class Headers:
             self.add(name, value)
             return
         i = keys.index(key)
-        if self._fields is None and value == value.strip():
-            # Without building the fields (a received request's Via, stamped): the lazy form
-            # with its values listed, and line i no longer raw.
-            assert self._lazy is not None
-            names, given, _raws, cuts = self._lazy
-            raws = self._raw_lines()
-            values: list[str]
-            if given is None:
-                assert raws is not None and cuts is not None
-                values = list(map(str.__getitem__, raws, cuts))  # type: ignore[arg-type]  # values None: all raw
-            else:
-                values = list(given)
-            values[i] = value
-            lines: list[str | None] | None = None
-            if raws is not None:
-                lines = list(raws)
-                lines[i] = None
-            self._lazy = (names, values, lines, None)
-            self._changed()
-            return
-        fields = self._all()
-        fields[i] = (key, fields[i][1], value, None)
-        self._changed()
+        split = self._split
+        if split is not None and split[2] is not None and value == value.strip(" \t"):
+            # The split block stays: this line's value and raw text are replaced.
+            split[1][i] = value
+            split[2][i] = None
+        else:
+            fields = self._all()
+            fields[i] = (key, fields[i][1], value, None)
+        self._changed(key)
 
     def remove(self, name: str) -> int:
         """Drop every field with this name; returns how many went."""
@@ -452,6 +431,7 @@ class Headers:
         removed = self._keys.count(key)
         if removed:
             self._replace([f for f in self._all() if f[0] != key])
+            self._changed(key)
         return removed
 
     def pop_first(self, name: str) -> str | None:
@@ -459,16 +439,16 @@ class Headers:
         key = _KEYS[name]
         if key not in self._keys:
             return None
-        fields = self._all()
         i = self._keys.index(key)
+        fields = self._all()
         value = fields[i][2]
         del fields[i]
         del self._keys[i]
-        self._changed()
+        self._changed(key)
         return value
 
     def copy(self) -> Headers:
-        clone = Headers._trusted(list(self._all()), list(self._keys))
+        clone = Headers(list(self._all()), list(self._keys))
         clone.modified = self.modified
         return clone
 
@@ -492,6 +472,6 @@ class Headers:
         return "\r\n".join(lines)
 
     def _replace(self, fields: list[Field]) -> None:
+        """The fields, with their keys (the caller says what changed: `_changed`)."""
         self._fields = fields
-        self._keys = [f[0] for f in fields]
-        self._changed()
+        self._keys = list(map(_FIRST, fields))

@@ -7,11 +7,13 @@ rebuilt from its fields, and fields that were not changed still keep their origi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 from sipmask.errors import ParseError
+from sipmask.sip import grammar
 from sipmask.sip.headers import Field, Headers, fields_of, is_token
-from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri
+from sipmask.sip.uri import NameAddr, Uri, Via, parse_uri, written_uri
 
 SIP_VERSION = "SIP/2.0"
 
@@ -31,40 +33,26 @@ REASONS: dict[int, str] = {
 }
 
 
-# Methods of RFC 3261 and the extensions sipmask sees: tokens, so CSeq.parse need not check.
-_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
-                      "UPDATE", "INFO", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
+_CSEQ = re.compile(grammar.CSEQ)
 
 
-@dataclass(frozen=True)
-class CSeq:
+class CSeq(NamedTuple):
+    """§20.16: the sequence number and the method of a request (immutable)."""
+
     number: int
     method: str
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        parts = text.split()
-        if len(parts) == 2:
-            digits, method = parts
-            # The common case first: a method we know is a token, and ten ASCII digits are
-            # below 2**31 once the value says so; anything else takes the checks below.
-            if method in _METHODS and digits.isdigit() and digits.isascii() and \
-                    len(digits) <= 10:
-                number = int(digits)
-                if number < 2**31:
-                    return cls(number, method)
-        if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
-            raise ParseError("Bad CSeq")
-        if not is_token(parts[1]):
-            raise ParseError("Bad CSeq: method is not a token")
-        # Bound the digits before int(): a peer must not make us convert a megabyte number.
-        if len(parts[0]) > 10:
-            raise ParseError("Bad CSeq: number out of range")
-        number = int(parts[0])
+        m = _CSEQ.fullmatch(text)
+        if m is None:
+            raise ParseError(_why_cseq(text))
+        number, method = m.groups()
+        value = int(number)
         # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
-        if number >= 2**31:
+        if value >= 2**31:
             raise ParseError("Bad CSeq: number out of range")
-        return cls(number, parts[1])
+        return cls(value, method)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -151,17 +139,55 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        addr = self.headers._p_from
+        headers = self.headers
+        addr = headers._p_from
         if addr is None:
-            addr = self.headers._p_from = NameAddr.parse(self._field("from", "From"))
+            found = headers._m_from                   # the parser's match, if any
+            addr = headers._p_from = NameAddr.of_match(found) if found is not None else \
+                NameAddr.parse(self._field("from", "From"))
         return addr
 
     @property
     def to(self) -> NameAddr:
-        addr = self.headers._p_to
+        headers = self.headers
+        addr = headers._p_to
         if addr is None:
-            addr = self.headers._p_to = NameAddr.parse(self._field("to", "To"))
+            found = headers._m_to
+            addr = headers._p_to = NameAddr.of_match(found) if found is not None else \
+                NameAddr.parse(self._field("to", "To"))
         return addr
+
+    @property
+    def contact(self) -> NameAddr | None:
+        """The first Contact value (§8.1.1.8: the target of a dialog, §12.1), None when the
+        message has none or it is `*` (REGISTER's)."""
+        headers = self.headers
+        addr = headers._p_contact
+        if addr is None:
+            found = headers._m_contact
+            if found is not None:
+                addr = NameAddr.of_match(found)
+            else:
+                values = headers.get_all("contact")
+                if not values or values[0] == "*":
+                    return None
+                addr = NameAddr.parse(values[0])
+            headers._p_contact = addr
+        return addr
+
+    @property
+    def contact_uri(self) -> str | None:
+        """str() of the first Contact value's URI (a dialog's remote target, §12.1.1,
+        §12.1.2), None as for `contact`: read off the text the parser matched when that
+        is what str() writes, else from the value."""
+        headers = self.headers
+        found = headers._m_contact
+        if found is not None and headers._p_contact is None:
+            text = written_uri(found)
+            if text is not None:
+                return text
+        contact = self.contact
+        return None if contact is None else str(contact.uri)
 
     def _field(self, key: str, name: str) -> str:
         """The value of a field every message must have; ParseError naming it when absent."""
@@ -277,6 +303,18 @@ class Response(Message):
         return f"<Response {self.status} call-id={self.headers.get('call-id')}>"
 
 
+def _why_cseq(text: str) -> str:
+    """Why CSEQ refused `text`: the reason for the 400 (only ever a refusal)."""
+    parts = re.split(grammar.LWS, text.strip(" \t"))
+    if len(parts) == 2 and parts[0].isdigit() and parts[0].isascii():
+        if len(parts[0]) > 10:
+            # Bounded before int(): a peer must not make us convert a megabyte number.
+            return "Bad CSeq: number out of range"
+        if not is_token(parts[1]):
+            return "Bad CSeq: method is not a token"
+    return "Bad CSeq"
+
+
 def echoed_fields(request: Request, to_value: str) -> list[Field]:
     """What a response to `request` copies from it (§8.2.6.2): every Via line in order,
     From, Call-ID and CSeq, with `to_value` as its To; written with the keys of the names
@@ -295,11 +333,13 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
     """A response to `request` per RFC 3261 §8.2.6.2: Via (all, in order), From, To, Call-ID
     and CSeq copied; a To tag added when given and absent (§8.2.6.2, not on 100 Trying)."""
     to_value = request.headers.get("to") or ""
+    tagged: NameAddr | None = None
     if to_tag is not None and status > 100:
         try:
             to_addr = request.to                 # NameAddr.parse(to_value), kept
             if to_addr.tag is None:
-                to_value = str(to_addr.with_tag(to_tag))
+                tagged = to_addr.with_tag(to_tag)
+                to_value = str(tagged)
         except ParseError:
             pass
     fields = echoed_fields(request, to_value)
@@ -308,5 +348,8 @@ def build_response(request: Request, status: int, reason: str | None = None, *,
     if content_type is not None:
         fields.append(("content-type", "Content-Type", content_type, None))
     fields.append(("content-length", "Content-Length", str(len(body)), None))
-    return Response(status, reason or REASONS.get(status, "Unknown"), Headers.built(fields),
-                    body)
+    headers = Headers.built(fields)
+    # What the transaction layer reads of the response (To tag, CSeq, top Via) is what it
+    # read of the request: shared, not parsed again.
+    headers.share_parsed(request.headers, to=tagged)
+    return Response(status, reason or REASONS.get(status, "Unknown"), headers, body)

@@ -6,6 +6,10 @@ read these; the sets are checked against each other at import.
 
 from __future__ import annotations
 
+import re
+
+from sipmask.sip import grammar
+
 # In registry order (the metrics list their labels in it).
 METHODS = (
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER",   # RFC 3261
@@ -29,6 +33,8 @@ RELAYED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO", "OPTIONS", "MESSAGE"}
 
 if not (set(ALLOW_METHODS) <= KNOWN_METHODS and RELAYED_IN_DIALOG <= KNOWN_METHODS):
     raise ValueError("ALLOW_METHODS and RELAYED_IN_DIALOG must be known methods")
+if not all(re.fullmatch(grammar.METHOD, method) for method in METHODS):
+    raise ValueError("every known method must be a token (RFC 3261 §25.1 Method)")
 
 
 def no_dialog_status(method: str, has_to_tag: bool) -> int:

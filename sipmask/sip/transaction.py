@@ -1044,15 +1044,16 @@ def stamp_top_via(request: Request, source: Address) -> Via:
     value = request.headers.get("via")
     if value is None:
         raise ParseError("Missing Via")
-    top = Via.parse(split_commas(value)[0] if "," in value else value)
+    top = request.top_via                     # the first value of that line, parsed once
     stamped = top.stamped(source)
-    if stamped is top or (top._params is not None and stamped.params == top.params):
-        # Unchanged (stamped() returns the Via itself when its unsplit text stays the same).
+    if stamped is top:
+        # Unchanged (stamped() returns the Via itself when it says so already).
         return top
     # Only the first Via line changes; the other fields keep their text.
     first = str(stamped)
     request.headers.set_first(
         "via", first if "," not in value else ", ".join([first, *split_commas(value)[1:]]))
+    request.headers.keep_values(top_via=stamped)
     return stamped
 
 

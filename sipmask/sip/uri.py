@@ -1,28 +1,20 @@
 """URIs (`sip:`, `sips:`, `tel:`), name-addr values and Via, parsed and written back.
 
-`SipUri.parse(text)` and `str(uri)` are symmetric for the forms RFC 3261 §19.1 allows;
-parameters keep their order and case. The user part is kept as written (escaped);
-`user_unescaped` decodes it (§19.1.2).
+Each value has one parser: a pattern compiled from `sipmask.sip.grammar` decides whether
+the text is valid and captures its pieces in one call, and the value is built from those
+pieces through its constructor. When the pattern refuses, a `_why_*` function words the
+refusal for the 400's reason phrase; those functions only ever raise, so what is valid is
+decided by the grammar alone, the same way for a Request-URI, From, To, Contact, Route and
+Via.
+
+`str()` writes a value back as it was parsed, with two normalisations: the LWS the grammar
+allows around `;` and `=` of header parameters is dropped, and a port is written as a
+number (`05060` as `5060`). Parameters keep their order and case; the user part is kept as
+written (escaped), `user_unescaped` decodes it (§19.1.2).
 
 We are strict where RFC 4475 §3.1.2 asks for a 400 (whitespace inside `<…>`, unbalanced
-quotes, a display name that is not tokens, empty parameters) and liberal elsewhere: a user
-part may hold any visible character but `@`, `:`, `<`, `>` and `"`, because trunks send
-`*21#` and friends unescaped.
-
-Speed: `NameAddr.parse`, `SipUri.parse`, `parse_uri` and `Via.parse` first try one
-precompiled pattern for the common well-formed shapes (ASCII, no quotes inside parameters,
-no escapes in a quoted display name, no LWS, no password or `?headers`). A fast pattern only
-ever accepts a subset of what the full parser accepts and captures the same pieces; anything
-else falls back to the full parser, which has the last word on what is valid and which error
-is raised (tests/unit/sip/test_uri_fast.py holds the two to that). What a fast match found
-is kept as text until it is read: parameters are split on first access to `params` (every
-fast parameter is `;name` or `;name=value` with no whitespace or quote, so the split cannot
-fail; `tag`, `branch` and `param()` look into the text without splitting it), and a fast
-name-addr builds its SipUri on first access to `uri`. The values are __slots__ classes with
-the dataclasses' constructors, equality and repr. The pieces of a fast name-addr or sip: URI
-match are remembered by text in a bounded table (`_SEEN_*`), since From, To and Contact come
-back on every message of a dialog; each parse still builds a new value
-(tests/unit/sip/test_uri_speed.py holds the table to the code before it).
+quotes, a display name that is not tokens, empty parameters) and liberal where the grammar
+module says so (a user part may hold `*21#` unescaped, hostnames `_`).
 """
 
 from __future__ import annotations
@@ -32,39 +24,77 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from sipmask.errors import ParseError
+from sipmask.sip import grammar
 
 Params = list[tuple[str, str | None]]
 
-_PARAM_NAME = re.compile(r"[^\s;=,?<>\"@]+")
+
+def _compiled(pattern: str, groups: tuple[str, ...]) -> re.Pattern[str]:
+    """`pattern` compiled, checked to hold exactly `groups` in this order: the parsers
+    unpack `match.groups()` by position."""
+    compiled = re.compile(pattern)
+    found = tuple(sorted(compiled.groupindex, key=compiled.groupindex.__getitem__))
+    if found != groups or compiled.groups != len(groups):
+        raise AssertionError(f"grammar groups {found} are not {groups}")
+    return compiled
+
+
+_URI_GROUPS = ("scheme", "user", "password", "host", "port", "uri_params", "uri_headers")
+_SIP_URI = _compiled(grammar.SIP_URI, _URI_GROUPS)
+_TEL_URI = _compiled(grammar.TEL_URI, ("number", "uri_params"))
+_ABSOLUTE_URI = re.compile(grammar.ABSOLUTE_URI)
+_NAME_ADDR = _compiled(grammar.NAME_ADDR, ("display", *_URI_GROUPS, "absolute", "params"))
+_ADDR_SPEC = _compiled(grammar.ADDR_SPEC, ("scheme", "user", "password", "host", "port",
+                                           "absolute", "params"))
+_VIA_PARM = _compiled(grammar.VIA_PARM, ("protocol_name", "protocol_version", "transport",
+                                         "host", "port", "params"))
+_GENERIC_PARAMS = re.compile(grammar.GENERIC_PARAMS)
+_GENERIC_PARAM_PARTS = re.compile(grammar.GENERIC_PARAM_PARTS)
+_CANONICAL_PARAM_PARTS = re.compile(grammar.CANONICAL_PARAM_PARTS)
+_URI_PARAMETER_PARTS = re.compile(grammar.URI_PARAMETER_PARTS)
+_QUOTED_PAIR = re.compile(grammar.QUOTED_PAIR)
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+# A parameter as `findall` gives it: (name, "=" or "" for a flag parameter, value).
+_Found = list[tuple[str, str, str]]
+
+
+def _listed(found: _Found) -> Params:
+    """Found parameters as Params: in order, a flag's value None."""
+    return [(name, value if eq else None) for name, eq, value in found]
+
+
+def _header_params(text: str) -> Params:
+    """The generic-params of a run GENERIC_PARAMS matched."""
+    return _listed(_GENERIC_PARAM_PARTS.findall(text)) if text else []
+
+
+def _uri_params(text: str) -> Params:
+    """The uri-parameters of a run URI_PARAMETERS matched."""
+    return _listed(_URI_PARAMETER_PARTS.findall(text)) if text else []
+
+
+def _canonical(text: str) -> str:
+    """Header parameters GENERIC_PARAMS matched, in canonical form: the LWS the grammar
+    allows around ";" and "=" (§25.1 SEMI, EQUAL) left out."""
+    if " " in text or "\t" in text:
+        return format_params(_header_params(text))
+    return text
 
 
 def parse_params(text: str, what: str) -> Params:
-    """`;a=1;b;c=x` (leading `;` optional) → ordered pairs; a flag param has value None.
-
-    LWS around `;` and `=` is allowed (RFC 3261 §25.1 SEMI and EQUAL are SWS-wrapped);
-    a quoted value may hold `;` (generic-param, §25.1 gen-value)."""
-    out: Params = []
+    """`;a=1;b;c=x` (leading `;` optional, LWS around `;` and `=` allowed, §25.1 SEMI and
+    EQUAL) as ordered pairs, a flag param's value None; ParseError naming `what`."""
+    text = text.strip(" \t")
     if not text:
-        return out
-    text = text.strip()
-    if text.startswith(";"):
-        text = text[1:]
-    parts = _split_unquoted(text, ";") if '"' in text else text.split(";")
-    for part in parts:
-        name, eq, value = part.partition("=")
-        name = name.strip()
-        if not name:
-            raise ParseError(f"Bad {what}: empty parameter")
-        if _PARAM_NAME.fullmatch(name) is None:
-            raise ParseError(f"Bad {what}: invalid parameter name")
-        if eq:
-            value = value.strip()
-            if value.startswith('"') and _quoted_end(value, 0) != len(value):
-                raise ParseError(f"Bad {what}: unterminated quoted parameter")
-            out.append((name, value))
-        else:
-            out.append((name, None))
-    return out
+        return []
+    if not text.startswith(";"):
+        text = ";" + text
+    if _GENERIC_PARAMS.fullmatch(text) is None:
+        raise ParseError(_why_params(text, what))
+    return _header_params(text)
 
 
 def format_params(params: Params) -> str:
@@ -74,27 +104,6 @@ def format_params(params: Params) -> str:
 def get_param(params: Params, name: str) -> str | None:
     """Value of a parameter (case-insensitive name); '' for a flag param, None when absent."""
     return _find_param(params, name.lower())
-
-
-def _find_in_text(text: str, low: str) -> str | None:
-    """_find_param on a fast match's unsplit parameters. It keeps no list: a list kept by a
-    value outlives the young GC generation, and a tag read must not cost that."""
-    if not text:
-        return None
-    if text.startswith(low, 1):
-        # The first parameter is the one asked for, as written (From's tag, Via's branch).
-        after = len(low) + 1
-        c = text[after:after + 1]
-        if c == "=":
-            end = text.find(";", after)
-            return text[after + 1:] if end < 0 else text[after + 1:end]
-        if c in ("", ";"):
-            return ""
-    for part in text[1:].split(";"):
-        name, eq, value = part.partition("=")
-        if name == low or name.lower() == low:
-            return value if eq else ""
-    return None
 
 
 def _find_param(params: Params, low: str) -> str | None:
@@ -127,131 +136,97 @@ def set_param(params: Params, name: str, value: str | None) -> Params:
     return out
 
 
-# RFC 3261 §25.1 host = hostname / IPv4address / IPv6reference. Underscores are tolerated
-# in hostnames (seen from real trunks' DNS names).
-_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)"
-_HOSTPORT = re.compile(rf"({_HOST})(?::([0-9]{{1,5}}))?")
-
-# Pieces of the fast patterns. Classes are positive and ASCII (one bitmap test a character
-# in the regex engine) and each a subset of what the full pattern allows at that place; no
-# piece holds `@`, so a user part still ends at the only `@`, as in the full pattern.
-# Parameters are one run of characters `;` included: _fast_params_ok then refuses the empty
-# parameters parse_params refuses. A name is what comes before a parameter's first `=`, so it
-# holds only _PARAM_NAME characters; values may hold anything the run allows.
-_FAST_PARAMS = r"(;[A-Za-z0-9\-_.!~*'()%&+$`\[\]/:=;]*|)"
-_FAST_HOST = r"([A-Za-z0-9\-._]+|\[[0-9A-Fa-f:.]+\])"
-# RFC 3261 §25.1 port, 1-65535 without leading zeros (the full parser takes those and 0).
-_FAST_PORT = (r"(?::([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|"
-              r"655[0-2][0-9]|6553[0-5]))?")
-# user / telephone-subscriber characters (§25.1 unreserved, escaped, user-unreserved and
-# the `;` of user parameters) plus `#`, which trunks send unescaped (`*21#`).
-_FAST_USER = r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/#]"
+# How a parameter of one name is found: grammar.named_param and grammar.found_param of it,
+# compiled, and ";name=" (a first parameter that starts so is the one).
+_Rules = tuple[re.Pattern[str], re.Pattern[str], str]
 
 
-def _fast_params_ok(text: str) -> bool:
-    """The parameter runs of a fast match, joined, hold no empty parameter (`;;`, `;=`, a
-    trailing `;`), which parse_params would refuse (RFC 3261 §25.1 generic-param)."""
-    return ";;" not in text and ";=" not in text and text[-1:] != ";"
+def _named(names: tuple[str, ...], *, uri: bool) -> dict[str, _Rules]:
+    """The rules of each name (the parameters sipmask reads); a lookup of another name
+    compiles its rules then."""
+    return {name: _rules_of(name, uri) for name in names}
 
 
-def _split_params(text: str) -> Params:
-    """Parameters text a fast pattern matched (`;a=1;b` or ''), as parse_params gives them."""
-    out: Params = []
-    if not text:
-        return out
-    append = out.append
-    for part in text[1:].split(";"):
-        name, eq, value = part.partition("=")
-        append((name, value if eq else None))
-    return out
+def _rules_of(low: str, uri: bool) -> _Rules:
+    return (re.compile(grammar.named_param(low, uri=uri)),
+            re.compile(grammar.found_param(low, uri=uri)), f";{low}=")
 
 
-def _split_host_port(hostport: str, what: str) -> tuple[str, int | None]:
-    m = _HOSTPORT.fullmatch(hostport)
-    if m is None:
-        if hostport.startswith("[") and "]" not in hostport:
-            raise ParseError(f"Bad {what}: unterminated IPv6 reference")
-        if hostport.count(":") > 1 and not hostport.startswith("["):
-            raise ParseError(f"Bad {what}: IPv6 address must be in brackets")
-        if hostport.endswith(":"):
-            raise ParseError(f"Bad {what}: empty port")
-        if not hostport or hostport.startswith(":"):
-            raise ParseError(f"Bad {what}: empty host")
-        raise ParseError(f"Bad {what}: invalid host or port")
-    host, port_text = m.group(1, 2)
-    if port_text is None:
-        return host, None
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ParseError(f"Bad {what}: invalid port")
-    return host, port
+# -- URIs ------------------------------------------------------------------------------------
 
+class _WithParams:
+    """What SipUri, NameAddr and Via share: their parameters, and equality within one class
+    (mutable, so unhashable).
 
-def colon_ok(host: str) -> bool:
-    """RFC 3261 §25.1 host: hostname, IPv4 or bracketed IPv6."""
-    return re.fullmatch(_HOST, host) is not None
+    The parameters are held as text in canonical form (`;name` or `;name=value` each, as
+    `format_params` writes them): `str()` writes it, equality compares it, and a lookup
+    (`param`, `tag`, `branch`) is one match of the grammar's rule for a parameter of that
+    name. `params` lists them anew on each read (most values are never asked for theirs);
+    setting `params` writes the text anew."""
 
-
-# sip:/sips: URI, RFC 3261 §19.1.1. The user part ends at the first `@` (neither user nor
-# password may hold a raw `@`), so `?` and `;` before it belong to the user (RFC 4475
-# §3.1.1.2 intmeth). Whitespace, `<`, `>` and `"` are never part of a URI.
-_SIP_URI = re.compile(
-    r"""([sS][iI][pP][sS]?):
-        (?:([^\s@:<>"]+)(?::([^\s@<>"]*))?@)?
-        ([^\s;?<>"@]*)
-        ((?:;[^\s;?<>"]*)*)
-        (?:\?([^\s<>"]*))?""",
-    re.VERBOSE,
-)
-
-
-# The common sip: URI (RFC 3261 §19.1.1): scheme in one case, no password, no `?headers`.
-_FAST_SIP = rf"(sips?|SIPS?):(?:({_FAST_USER}+)@)?{_FAST_HOST}{_FAST_PORT}{_FAST_PARAMS}"
-_FAST_SIP_URI = re.compile(_FAST_SIP)
-
-_new = object.__new__
-
-# Fast parses remembered by their text. The same From, To and Contact values come back on
-# every message of a dialog (the INVITE, its responses, the ACK, the BYE) and are parsed
-# again for each, and a dialog parses its stored local and remote URIs for every request it
-# builds. What is kept is the pieces a fast match found, never a value: each parse still
-# returns a new object, so nothing one caller does to its value can reach another's. Only
-# fast matches are kept (whatever the full parser has to decide, it decides each time), so
-# a kept text gives exactly what parsing it again would. Bounded: a peer may send endless
-# distinct values; at `_SEEN_MAX` entries the table starts again empty (dropping only the
-# oldest costs more: a dict walks its deleted slots to find its first key).
-_SEEN_MAX = 2048
-_SipPieces = tuple[str, str | None, str, str | None, str]
-_NameAddrPieces = tuple[tuple[str, str | None, str, str | None, str], str | None, str, bool]
-_SEEN_URIS: dict[str, _SipPieces] = {}
-_SEEN_NAME_ADDRS: dict[str, _NameAddrPieces] = {}
-
-
-def _forget_seen() -> None:
-    """Drop every remembered parse (tests use it to compare the fast and full parsers)."""
-    _SEEN_URIS.clear()
-    _SEEN_NAME_ADDRS.clear()
-
-
-class _LazyParams:
-    """What SipUri, NameAddr and Via share: `params` kept as raw text by a fast parse and
-    split on first access, and value equality over `_fields()` within one class (mutable,
-    so unhashable, as the dataclasses they replaced were)."""
-
-    __slots__ = ("_params", "_ptext")
-    _params: Params | None           # None: not split yet, `_ptext` holds them
-    _ptext: str
+    __slots__ = ("_params_text",)
+    _params_text: str
+    _PARTS: re.Pattern[str]          # the pattern of one parameter, in three groups
+    _NAMED: dict[str, _Rules]        # the rules of the names sipmask reads
+    _URI_PARAMS: bool                # uri-parameters (else header parameters)
 
     @property
     def params(self) -> Params:
-        params = self._params
-        if params is None:
-            params = self._params = _split_params(self._ptext)
-        return params
+        return _listed(self._PARTS.findall(self._params_text))
 
     @params.setter
     def params(self, value: Params) -> None:
-        self._params = value
+        self._params_text = format_params(value)
+        self._forget()
+
+    def _forget(self) -> None:
+        """The parameters changed: what a subclass kept of them is forgotten."""
+
+    def _param(self, low: str) -> str | None:
+        """get_param for a name in lower case ('' for a flag, None when absent)."""
+        text = self._params_text
+        if not text:
+            return None
+        rules = self._NAMED.get(low)
+        if rules is None:
+            rules = _rules_of(low, self._URI_PARAMS)
+        if '"' in text:
+            # A quoted value may hold ";name=": the parameters before are passed over whole.
+            found = rules[0].match(text)
+        else:
+            first = rules[2]
+            if text.startswith(first):
+                # The first parameter (where tag and branch usually stand) runs to the next
+                # ";", which only starts a parameter here.
+                end = text.find(";", len(first))
+                return text[len(first):] if end < 0 else text[len(first):end]
+            found = rules[1].search(text)
+        if found is None:
+            return None
+        value = found.group(1)
+        return "" if value is None else value
+
+    def param(self, name: str) -> str | None:
+        return self._param(name.lower())
+
+    def _params_with(self, low: str, value: str | None, text: str | None = None) -> str:
+        """These parameters (or `text`, parameters of this kind in canonical form) with
+        `low` (a name in lower case) set, as set_param sets it: in place (keeping how its
+        name was written, dropping any later one of that name), else appended."""
+        if text is None:
+            text = self._params_text
+        if '"' not in text:
+            rules = self._NAMED.get(low)
+            find = (rules if rules is not None else _rules_of(low, self._URI_PARAMS))[1]
+            found = find.search(text)
+            if found is None:
+                return f"{text};{low}" if value is None else f"{text};{low}={value}"
+            start, end = found.span()
+            if find.search(text, end) is None:      # the only one: replaced in the text
+                name = text[start + 1:start + 1 + len(low)]
+                return (text[:start] + (f";{name}" if value is None else f";{name}={value}")
+                        + text[end:])
+        return format_params(set_param(_listed(self._PARTS.findall(text)), low, value))
 
     def _fields(self) -> tuple[object, ...]:
         raise NotImplementedError
@@ -259,14 +234,14 @@ class _LazyParams:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        assert isinstance(other, _LazyParams)
+        assert isinstance(other, _WithParams)
         return self._fields() == other._fields()
 
     __hash__ = None  # type: ignore[assignment]
 
 
-class SipUri(_LazyParams):
-    """A sip: or sips: URI. `params` of a fast-parsed URI are split on first access."""
+class SipUri(_WithParams):
+    """A sip: or sips: URI (RFC 3261 §19.1.1)."""
 
     __slots__ = ("headers", "host", "password", "port", "scheme", "user")
     __match_args__ = ("scheme", "user", "host", "port", "password", "params", "headers")
@@ -280,18 +255,30 @@ class SipUri(_LazyParams):
 
     def __init__(self, scheme: str, user: str | None, host: str, port: int | None = None,
                  password: str | None = None, params: Params | None = None,
-                 headers: str = "") -> None:
+                 headers: str = "", params_text: str = "") -> None:
+        """`params_text`: the uri-parameters in canonical form (`;a=1;b`, as URI_PARAMETERS
+        matched them), what the parsers give; `params` wins when both are given."""
         self.scheme = scheme
         self.user = user
         self.host = host
         self.port = port
         self.password = password
-        self._params = [] if params is None else params
-        self._ptext = ""
+        self._params_text = format_params(params) if params is not None else params_text
         self.headers = headers
 
+    _PARTS = _URI_PARAMETER_PARTS
+    _NAMED = _named(("transport", "user", "lr", "maddr", "method", "ttl"), uri=True)
+    _URI_PARAMS = True
+
+    @classmethod
+    def parse(cls, text: str) -> SipUri:
+        m = _SIP_URI.fullmatch(text)
+        if m is None:
+            raise ParseError(_why_sip_uri(text))
+        return _sip_uri(m)
+
     def _fields(self) -> tuple[object, ...]:
-        return (self.scheme, self.user, self.host, self.port, self.password, self.params,
+        return (self.scheme, self.user, self.host, self.port, self.password, self._params_text,
                 self.headers)
 
     def __repr__(self) -> str:
@@ -299,44 +286,13 @@ class SipUri(_LazyParams):
                 f"port={self.port!r}, password={self.password!r}, params={self.params!r}, "
                 f"headers={self.headers!r})")
 
-    @classmethod
-    def parse(cls, text: str) -> SipUri:
-        uri = _seen_sip_uri(text)
-        return cls._parse_full(text) if uri is None else uri
-
-    @classmethod
-    def _parse_full(cls, text: str) -> SipUri:
-        m = _SIP_URI.fullmatch(text)
-        if m is None:
-            if text.partition(":")[0].lower() not in ("sip", "sips"):
-                raise ParseError("Bad URI: expected sip: or sips:")
-            if any(c in text for c in " \t\r\n<>\""):
-                raise ParseError("Bad URI: contains whitespace, quotes or angle brackets")
-            raise ParseError("Bad URI: invalid sip URI")
-        scheme, user, password, hostport, ptext, headers = m.groups()
-        if user is not None and user == "":
-            raise ParseError("Bad URI: empty user part")
-        host, port = _split_host_port(hostport, "URI")
-        params = parse_params(ptext, "URI") if ptext else []
-        return cls(scheme, user, host, port, password, params,
-                   headers if headers is not None else "")
-
-    def _has_params(self) -> bool:
-        return bool(self._params) if self._params is not None else bool(self._ptext)
-
     def __str__(self) -> str:
-        out = self.scheme + ":"
-        if self.user is not None:
-            out += self.user if self.password is None else f"{self.user}:{self.password}"
-            out += "@"
-        out += self.host
-        if self.port is not None:
-            out += f":{self.port}"
-        # Unsplit parameters print as they came: _split_params and format_params are inverse.
-        out += self._ptext if self._params is None else format_params(self._params)
-        if self.headers:
-            out += "?" + self.headers
-        return out
+        user = self.user
+        if user is not None:
+            user = f"{user}@" if self.password is None else f"{user}:{self.password}@"
+        port = self.port
+        return (f"{self.scheme}:{user or ''}{self.host}{'' if port is None else f':{port}'}"
+                f"{self._params_text}{f'?{self.headers}' if self.headers else ''}")
 
     @property
     def user_unescaped(self) -> str | None:
@@ -369,52 +325,21 @@ class SipUri(_LazyParams):
             out.append((unquote(name), unquote(value)))
         return out
 
-    def param(self, name: str) -> str | None:
-        if self._params is None:
-            return _find_in_text(self._ptext, name.lower())
-        return get_param(self._params, name)
 
 
-def _seen_sip_uri(text: str) -> SipUri | None:
-    """The SipUri of a text the fast pattern accepts (remembered or matched now), else
-    None for the full parser to decide."""
-    pieces = _SEEN_URIS.get(text)
-    if pieces is None:
-        m = _FAST_SIP_URI.fullmatch(text)
-        if m is None:
-            return None
-        scheme, user, host, port, ptext = m.groups()
-        if not _fast_params_ok(ptext):
-            return None
-        pieces = (scheme, user, host, port, ptext)
-        if len(_SEEN_URIS) >= _SEEN_MAX:
-            _SEEN_URIS.clear()
-        _SEEN_URIS[text] = pieces
-    return _fast_sip_uri(*pieces)
+def _sip_uri(m: re.Match[str]) -> SipUri:
+    """The SipUri of a SIP_URI match."""
+    return _sip_uri_of(*m.groups())
 
 
-def _fast_sip_uri(scheme: str, user: str | None, host: str, port: str | None,
-                  ptext: str) -> SipUri:
-    """The SipUri of a fast match's pieces. Built without __init__: this runs for every
-    From, To and Contact whose URI is read."""
-    uri: SipUri = _new(SipUri)
-    uri.scheme = scheme
-    uri.user = user
-    uri.host = host
-    uri.port = None if port is None else int(port)
-    uri.password = None
-    uri._params = None
-    uri._ptext = ptext
-    uri.headers = ""
-    return uri
+def _sip_uri_of(scheme: str, user: str | None, password: str | None, host: str,
+                port: str | None, params: str, headers: str | None) -> SipUri:
+    """The SipUri of the pieces SIP_URI matched, in its groups' order."""
+    return SipUri(scheme, user, host, None if port is None else int(port), password, None,
+                  headers or "", params)
 
 
-# RFC 3966 §3: telephone-subscriber = global-number / local-number. We keep visual
-# separators as written; sipmask.numbers normalises.
-_TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()]+")
-
-
-@dataclass
+@dataclass(slots=True)
 class TelUri:
     """RFC 3966 `tel:+86-138-0000-0001;npdi;rn=…`."""
 
@@ -424,13 +349,11 @@ class TelUri:
 
     @classmethod
     def parse(cls, text: str) -> TelUri:
-        scheme, colon, rest = text.partition(":")
-        if not colon or scheme.lower() != "tel":
-            raise ParseError("Bad URI: expected tel:")
-        number, _, ptext = rest.partition(";")
-        if _TEL_NUMBER.fullmatch(number) is None or not any(c.isdigit() for c in number):
-            raise ParseError("Bad URI: invalid telephone-subscriber")
-        return cls(number, parse_params(ptext, "URI") if ptext else [], scheme)
+        m = _TEL_URI.fullmatch(text)
+        if m is None:
+            raise ParseError(_why_tel_uri(text))
+        number, params = m.groups()
+        return cls(number, _uri_params(params), text[:3])
 
     def __str__(self) -> str:
         return f"{self.scheme}:{self.number}{format_params(self.params)}"
@@ -443,10 +366,7 @@ class TelUri:
         return get_param(self.params, name)
 
 
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
-
-
-@dataclass
+@dataclass(slots=True)
 class AbsoluteUri:
     """Any other scheme (RFC 3261 allows absoluteURI, e.g. `mailto:`, `urn:`); kept as text.
     A request to one is answered 416 by the application (RFC 3261 §8.2.2.1)."""
@@ -462,49 +382,31 @@ class AbsoluteUri:
 
 
 Uri = SipUri | TelUri | AbsoluteUri
+# What match_name_addr finds: the NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match.
+NameAddrMatch = tuple[re.Match[str], bool]
+# A URI a name-addr holds before it is built (NameAddr.uri): the pieces SIP_URI matched
+# (scheme, user, password, host, port, uri-parameters, headers), or the text of a URI of
+# another scheme, which the grammar has already checked.
+UriPieces = tuple[str, str | None, str | None, str, str | None, str, str | None] | str
 
 
 def parse_uri(text: str) -> Uri:
-    uri = _seen_sip_uri(text)                        # most Request-URIs and Contacts
-    if uri is not None:
-        return uri
-    scheme, colon, rest = text.partition(":")
-    if not colon or not scheme or not rest:
-        raise ParseError("Bad URI: no scheme")
-    low = scheme.lower()
-    if low in ("sip", "sips"):
-        return SipUri.parse(text)
-    if low == "tel":
+    m = _SIP_URI.fullmatch(text)
+    if m is not None:
+        return _sip_uri(m)
+    scheme = text.partition(":")[0].lower()
+    if scheme in ("sip", "sips"):
+        raise ParseError(_why_sip_uri(text))
+    if scheme == "tel":
         return TelUri.parse(text)
-    if _SCHEME.fullmatch(scheme) is None:
-        raise ParseError("Bad URI: invalid scheme")
-    if any(c in text for c in " \t\r\n<>\""):
-        raise ParseError("Bad URI: contains whitespace, quotes or angle brackets")
+    if _ABSOLUTE_URI.fullmatch(text) is None:
+        raise ParseError(_why_absolute_uri(text))
     return AbsoluteUri(text)
 
 
-# display-name = *(token LWS) / quoted-string (RFC 3261 §25.1). Unquoted display names
-# outside ASCII (UTF-8 names from some CN trunks) are tolerated; ASCII separators such as
-# `,` are not (RFC 4475 §3.1.2.15).
-_DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+"
-                             r"(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+)*")
-_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+# -- name-addr -------------------------------------------------------------------------------
 
-
-# The common name-addr shapes. Bracketed: an optional display name (a quoted string
-# without quoted-pairs, or tokens not starting with whitespace, which the full parser would
-# strip), `<` a fast sip: URI `>`, header parameters. Bare addr-spec (§20.10): a sip: URI
-# whose user has no `;`, `?` or `,` (the full parser splits the header parameters off at the
-# first `;`), then header parameters.
-_FAST_NAME_ADDR = re.compile(
-    rf'(?:("[^"\\]*")[ \t]*|(?!\s)({_DISPLAY_TOKENS.pattern})[ \t]*)?<{_FAST_SIP}>'
-    rf"{_FAST_PARAMS}")
-_FAST_ADDR_SPEC = re.compile(
-    rf"(sips?|SIPS?):(?:([A-Za-z0-9\-_.!~*'()%&=+$/#]+)@)?{_FAST_HOST}{_FAST_PORT}"
-    rf"{_FAST_PARAMS}")
-
-
-class NameAddr(_LazyParams):
+class NameAddr(_WithParams):
     """A From/To/Contact/Route value: `"Name" <uri>;tag=…` or a bare addr-spec.
 
     For a bare addr-spec, parameters after the URI belong to the header, not the URI
@@ -512,123 +414,90 @@ class NameAddr(_LazyParams):
     or `;` must be in angle brackets.
     """
 
-    __slots__ = ("_uri", "_uri_pieces", "bracketed", "display")
+    __slots__ = ("_tag", "_tag_read", "_uri", "_uri_pieces", "bracketed", "display")
     __match_args__ = ("uri", "display", "params", "bracketed")
 
     display: str | None              # as written, quotes included
     bracketed: bool
-    _uri: Uri | None                 # None: not built yet, `_uri_pieces` hold a fast match's
-    _uri_pieces: tuple[str, str | None, str, str | None, str]
+    _uri: Uri | None                 # None until built from `_uri_pieces`
+    _uri_pieces: UriPieces | None
+    # The tag, once read (`_tag_read`): every layer asks the From and To of a message for
+    # theirs, several times over.
+    _tag: str | None
+    _tag_read: bool
 
-    def __init__(self, uri: Uri, display: str | None = None, params: Params | None = None,
-                 bracketed: bool = True) -> None:
+    def __init__(self, uri: Uri | None, display: str | None = None,
+                 params: Params | None = None, bracketed: bool = True,
+                 params_text: str = "", uri_pieces: UriPieces | None = None) -> None:
+        """`params_text`: the header parameters in canonical form (`_canonical`), what the
+        parsers give; `params` wins when both are given. `uri` None: `uri_pieces` are what
+        the grammar matched, built into the URI when it is first read (most From and To
+        values are asked for their tag only)."""
+        if uri is None and uri_pieces is None:
+            raise ValueError("a NameAddr needs its URI or the pieces of one")
         self._uri = uri
+        self._uri_pieces = uri_pieces
         self.display = display
-        self._params = [] if params is None else params
-        self._ptext = ""
+        self._params_text = format_params(params) if params is not None else params_text
         self.bracketed = bracketed
+        self._tag_read = False
 
     @property
     def uri(self) -> Uri:
         uri = self._uri
         if uri is None:
-            uri = self._uri = _fast_sip_uri(*self._uri_pieces)
+            pieces = self._uri_pieces
+            assert pieces is not None                 # __init__ has one or the other
+            uri = self._uri = parse_uri(pieces) if isinstance(pieces, str) else \
+                _sip_uri_of(*pieces)
         return uri
 
     @uri.setter
     def uri(self, value: Uri) -> None:
         self._uri = value
 
+    _PARTS = _CANONICAL_PARAM_PARTS
+    _NAMED = _named(("tag", "expires", "q"), uri=False)
+    _URI_PARAMS = False
+
+    @classmethod
+    def parse(cls, text: str) -> NameAddr:
+        return cls.of_match(match_name_addr(text))
+
+    @classmethod
+    def of_match(cls, found: NameAddrMatch) -> NameAddr:
+        """The value of what match_name_addr found (the parser checks From and To with it;
+        Message builds them from it when they are read). The URI is built when read."""
+        m, bracketed = found
+        if bracketed:
+            display, scheme, user, password, host, port, uri_params, uri_headers, absolute, \
+                params = m.groups()
+        else:
+            scheme, user, password, host, port, absolute, params = m.groups()
+            display = uri_headers = None
+            uri_params = ""
+        pieces: UriPieces
+        if absolute is not None:
+            pieces = absolute
+        else:
+            # The rules' groups: a sip: URI has its scheme, host and parameters (maybe "").
+            assert scheme is not None and host is not None and uri_params is not None
+            pieces = (scheme, user, password, host, port, uri_params, uri_headers)
+        assert params is not None
+        return cls(None, display, None, bracketed, _canonical(params), pieces)
+
     def _fields(self) -> tuple[object, ...]:
-        return (self.uri, self.display, self.params, self.bracketed)
+        return (self.uri, self.display, self._params_text, self.bracketed)
 
     def __repr__(self) -> str:
         return (f"NameAddr(uri={self.uri!r}, display={self.display!r}, "
                 f"params={self.params!r}, bracketed={self.bracketed!r})")
 
-    @classmethod
-    def parse(cls, text: str) -> NameAddr:
-        pieces = _SEEN_NAME_ADDRS.get(text)
-        if pieces is None:
-            m = _FAST_NAME_ADDR.fullmatch(text)
-            if m is not None:
-                quoted, words, scheme, user, host, port, uparams, hparams = m.groups()
-                if not _fast_params_ok(uparams + hparams):
-                    return cls._parse_full(text)
-                pieces = ((scheme, user, host, port, uparams),
-                          quoted if words is None else words, hparams, True)
-            else:
-                pieces = _fast_addr_spec_pieces(text)
-                if pieces is None:
-                    return cls._parse_full(text)
-            if len(_SEEN_NAME_ADDRS) >= _SEEN_MAX:
-                _SEEN_NAME_ADDRS.clear()
-            _SEEN_NAME_ADDRS[text] = pieces
-        # Built without __init__, as _fast_sip_uri builds: From and To of every message.
-        addr: NameAddr = _new(NameAddr)
-        addr._uri = None
-        addr._params = None
-        addr._uri_pieces, addr.display, addr._ptext, addr.bracketed = pieces
-        return addr
-
-    @classmethod
-    def _parse_full(cls, text: str) -> NameAddr:
-        text = text.strip()
-        if text == "*":
-            raise ParseError("Bad name-addr: '*' is not an address")
-        display: str | None = None
-        if text.startswith('"'):
-            end = _quoted_end(text, 0)
-            if end < 0:
-                raise ParseError("Bad name-addr: unterminated quoted display name")
-            display = text[:end]
-            lt = end + len(text[end:]) - len(text[end:].lstrip(" \t"))
-            if text[lt:lt + 1] != "<":
-                raise ParseError("Bad name-addr: display name without <uri>")
-        else:
-            lt = text.find("<")
-            if lt >= 0:
-                words = text[:lt].strip(" \t")
-                if words:
-                    if _DISPLAY_TOKENS.fullmatch(words) is None:
-                        raise ParseError("Bad name-addr: display name must be tokens or "
-                                         "a quoted string")
-                    display = words
-        if lt >= 0:
-            gt = text.find(">", lt)
-            if gt < 0:
-                raise ParseError("Bad name-addr: missing '>'")
-            inner = text[lt + 1: gt]
-            # RFC 3261 §25.1: LAQUOT = SWS "<" and RAQUOT = ">" SWS: no LWS inside.
-            if inner != inner.strip(" \t") or not inner:
-                raise ParseError("Bad name-addr: whitespace inside <>")
-            rest = text[gt + 1:].strip(" \t")
-            if rest and not rest.startswith(";"):
-                raise ParseError("Bad name-addr: junk after '>'")
-            return cls(parse_uri(inner), display, parse_params(rest, "header parameters"),
-                       True)
-        addr, _, ptext = text.partition(";")
-        addr = addr.rstrip(" \t")
-        if "?" in addr or "," in addr:
-            raise ParseError("Bad name-addr: URI with '?' or ',' must be in <>")
-        return cls(parse_uri(addr), None, parse_params(ptext, "header parameters"), False)
-
     def __str__(self) -> str:
-        params = self._ptext if self._params is None else format_params(self._params)
-        if self._uri is None:
-            # A fast match whose URI was never read: printed from its pieces, as
-            # SipUri.__str__ would print them, and bracketed on the same conditions.
-            scheme, user, host, port, uparams = self._uri_pieces
-            text = f"{scheme}:{host}" if user is None else f"{scheme}:{user}@{host}"
-            if port is not None:
-                text += ":" + port
-            if self.bracketed or self.display is not None or uparams:
-                prefix = f"{self.display} " if self.display else ""
-                return f"{prefix}<{text}{uparams}>{params}"
-            return text + params
+        params = self._params_text
         uri = self.uri
         if self.bracketed or self.display is not None or not isinstance(uri, SipUri) or \
-                uri._has_params() or uri.headers:
+                uri._params_text or uri.headers:
             prefix = f"{self.display} " if self.display else ""
             return f"{prefix}<{uri}>{params}"
         return f"{uri}{params}"
@@ -644,131 +513,109 @@ class NameAddr(_LazyParams):
 
     @property
     def tag(self) -> str | None:
-        # Read for every message by the transaction, dialog and call layers.
-        params = self._params
-        if params is None:
-            return _find_in_text(self._ptext, "tag")
-        return _find_param(params, "tag")
+        if self._tag_read:
+            return self._tag
+        tag = self._tag = self._param("tag")
+        self._tag_read = True
+        return tag
 
-    def _same_address(self) -> NameAddr:
-        """A NameAddr with this one's URI (built or not), display name and brackets; the
-        caller sets its parameters."""
-        addr: NameAddr = _new(NameAddr)
-        uri = addr._uri = self._uri
-        if uri is None:
-            addr._uri_pieces = self._uri_pieces  # the URI stays unbuilt (dialog.py's From/To)
-        addr.display = self.display
-        addr.bracketed = self.bracketed
-        return addr
+    def _forget(self) -> None:
+        self._tag_read = False
 
     def with_tag(self, tag: str) -> NameAddr:
-        addr = self._same_address()
-        ptext = self._ptext
-        if self._params is None and tag.isalnum() and tag.isascii() and \
-                _find_in_text(ptext, "tag") is None:
-            # set_param appends a parameter that is absent; on unsplit text that is
-            # `;tag=…` at the end, and a tag of letters and digits keeps the text splittable.
-            addr._params = None
-            addr._ptext = ptext + ";tag=" + tag
+        """This address with its `tag` parameter set (in place, or appended)."""
+        if self.tag is None:
+            # Appended: the canonical text gains one parameter, in the form str() writes.
+            tagged = NameAddr(self._uri, self.display, None, self.bracketed,
+                              f"{self._params_text};tag={tag}", self._uri_pieces)
         else:
-            addr._params = set_param(self.params, "tag", tag)
-            addr._ptext = ""
-        return addr
+            tagged = NameAddr(self._uri, self.display, set_param(self.params, "tag", tag),
+                              self.bracketed, "", self._uri_pieces)
+        tagged._tag, tagged._tag_read = tag, True
+        return tagged
 
     def without_tag(self) -> NameAddr:
         """This address with no `tag` parameter (a dialog's local and remote URI, §12.1)."""
-        addr = self._same_address()
-        ptext = self._ptext
-        if self._params is None and (not ptext or (ptext.startswith(";tag=")
-                                                   and ptext.find(";", 5) < 0)):
-            addr._params = None                   # no parameter, or only the tag: none left
-            addr._ptext = ""
+        text = self._params_text
+        if not text or (text.startswith(";tag=") and text.find(";", 5) < 0):
+            # No parameters, or the tag alone (the usual From and To): none left.
+            bare = NameAddr(self._uri, self.display, None, self.bracketed, "",
+                            self._uri_pieces)
+        elif '"' not in text:
+            # Every ";" starts a parameter: each ";tag" found (found_param) goes.
+            bare = NameAddr(self._uri, self.display, None, self.bracketed,
+                            self._NAMED["tag"][1].sub("", text), self._uri_pieces)
         else:
-            addr._params = [(k, v) for k, v in self.params if k.lower() != "tag"]
-            addr._ptext = ""
-        return addr
+            bare = NameAddr(self._uri, self.display,
+                            [(k, v) for k, v in self.params if k.lower() != "tag"],
+                            self.bracketed, "", self._uri_pieces)
+        bare._tag, bare._tag_read = None, True
+        return bare
 
 
-def _fast_addr_spec_pieces(text: str) -> _NameAddrPieces | None:
-    """What NameAddr.parse keeps for a bare addr-spec the fast pattern accepts, else None."""
-    m = _FAST_ADDR_SPEC.fullmatch(text)
+def match_name_addr(text: str) -> NameAddrMatch:
+    """The NAME_ADDR (bracketed: True) or ADDR_SPEC (False) match of `text`; ParseError
+    when neither matches. What NameAddr.parse builds from, and all the parser needs to
+    check a From, To or Contact value without building one: the grammar checks the URI
+    too, whatever its scheme."""
+    # A bare addr-spec holds no "<" outside a quoted parameter value, so "<" decides which
+    # form to try first; the other one is tried before giving up.
+    if "<" in text:
+        m = _NAME_ADDR.fullmatch(text)
+        if m is not None:
+            return m, True
+    m = _ADDR_SPEC.fullmatch(text)
     if m is None:
+        raise ParseError(_why_name_addr(text))
+    return m, False
+
+
+def written_uri(found: NameAddrMatch) -> str | None:
+    """The URI of the name-addr `found` as str() of its value writes it, taken from the
+    text it was matched in; None when the text says it otherwise (a port with leading
+    zeros, an empty `?`), which only the value can tell."""
+    m, bracketed = found
+    if bracketed:
+        if m.group(9) is not None:                    # tel: or another URI: kept as written
+            return m.group(9)
+        port, headers = m.group(6, 8)
+        start, end = m.start(2), m.end(7 if headers is None else 8)
+    else:
+        if m.group(6) is not None:
+            return m.group(6)
+        port, headers = m.group(5), None
+        start, end = m.start(1), m.end(4 if port is None else 5)
+    if (port is not None and port.startswith("0")) or headers == "":
         return None
-    scheme, user, host, port, hparams = m.groups()
-    if not _fast_params_ok(hparams):
-        return None
-    return (scheme, user, host, port, ""), None, hparams, False
+    return m.string[start:end]
 
 
-def _quoted_end(text: str, start: int) -> int:
-    """Index just past the quoted-string that opens at `start`, or -1 if unterminated."""
-    i = start + 1
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            return i + 1
-        i += 1
-    return -1
+def check_name_addr(text: str) -> None:
+    """ParseError unless NameAddr.parse(text) would give a value, without building one."""
+    if ("<" not in text or _NAME_ADDR.fullmatch(text) is None) and \
+            _ADDR_SPEC.fullmatch(text) is None:
+        raise ParseError(_why_name_addr(text))
 
 
-def _split_unquoted(text: str, sep: str) -> list[str]:
-    parts: list[str] = []
-    start = 0
-    i = 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == '"':
-            end = _quoted_end(text, i)
-            if end < 0:
-                raise ParseError("Bad parameters: unterminated quoted string")
-            i = end
-            continue
-        if c == sep:
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
-    parts.append(text[start:])
-    return parts
+def check_uri(text: str) -> bool:
+    """ParseError unless parse_uri(text) would give a value, without building one; whether
+    it is a sip: or sips: URI with `?headers` (§19.1.1: a Request-URI may not have them)."""
+    m = _SIP_URI.fullmatch(text)
+    if m is None:
+        parse_uri(text)                         # a tel: or other URI, or the refusal
+        return False
+    return bool(m.group("uri_headers"))
 
 
-def _find_unquoted(text: str, ch: str) -> int:
-    quoted = False
-    escaped = False
-    for i, c in enumerate(text):
-        if escaped:
-            escaped = False
-        elif c == "\\" and quoted:
-            escaped = True
-        elif c == '"':
-            quoted = not quoted
-        elif c == ch and not quoted:
-            return i
-    return -1
+def check_via(text: str) -> None:
+    """ParseError unless Via.parse(text) would give a value, without building one."""
+    if _VIA_PARM.fullmatch(text) is None:
+        raise ParseError(_why_via(text))
 
 
-# RFC 3261 §20.42 via-parm = sent-protocol LWS sent-by *( SEMI via-params ), where
-# SLASH, COLON and SEMI allow LWS around them (§25.1) — RFC 4475 §3.1.1.1 uses all of it.
-_VIA = re.compile(
-    r"""\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)
-        \s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)
-        \s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?:\s*:\s*([0-9]{1,5}))?
-        \s*((?:;.*)?)""",
-    re.VERBOSE | re.DOTALL,
-)
+# -- Via -------------------------------------------------------------------------------------
 
-
-# The common Via (§20.42): one space before sent-by, no LWS elsewhere, plain parameters.
-_VIA_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_FAST_VIA = re.compile(
-    rf"({_VIA_TOKEN})/({_VIA_TOKEN})/({_VIA_TOKEN}) {_FAST_HOST}{_FAST_PORT}{_FAST_PARAMS}")
-
-
-class Via(_LazyParams):
+class Via(_WithParams):
     """One Via value: `SIP/2.0/UDP host:port;branch=z9hG4bK…;rport;received=…`."""
 
     __slots__ = ("host", "port", "protocol", "transport")
@@ -780,90 +627,57 @@ class Via(_LazyParams):
     protocol: str
 
     def __init__(self, transport: str, host: str, port: int | None = None,
-                 params: Params | None = None, protocol: str = "SIP/2.0") -> None:
+                 params: Params | None = None, protocol: str = "SIP/2.0",
+                 params_text: str = "") -> None:
+        """`params_text`: the via-params in canonical form (`_canonical`), what the parsers
+        give; `params` wins when both are given."""
         self.transport = transport
         self.host = host
         self.port = port
-        self._params = [] if params is None else params
-        self._ptext = ""
+        self._params_text = format_params(params) if params is not None else params_text
         self.protocol = protocol
 
+    _PARTS = _CANONICAL_PARAM_PARTS
+    _NAMED = _named(("branch", "rport", "received", "maddr", "ttl"), uri=False)
+    _URI_PARAMS = False
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        m = _VIA_PARM.fullmatch(text)
+        if m is None:
+            raise ParseError(_why_via(text))
+        name, version, transport, host, port, params = m.groups()
+        return cls(transport, host, None if port is None else int(port), None,
+                   f"{name}/{version}", _canonical(params))
+
     def _fields(self) -> tuple[object, ...]:
-        return (self.transport, self.host, self.port, self.params, self.protocol)
+        return (self.transport, self.host, self.port, self._params_text, self.protocol)
 
     def __repr__(self) -> str:
         return (f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
                 f"params={self.params!r}, protocol={self.protocol!r})")
 
-    @classmethod
-    def parse(cls, text: str) -> Via:
-        m = _FAST_VIA.fullmatch(text)
-        if m is not None:
-            name, version, transport, host, port_text, ptext = m.groups()
-            if _fast_params_ok(ptext):
-                via: Via = _new(Via)
-                via.transport = transport
-                via.host = host
-                via.port = None if port_text is None else int(port_text)
-                via._params = None
-                via._ptext = ptext
-                via.protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else \
-                    f"{name}/{version}"
-                return via
-        return cls._parse_full(text)
-
-    @classmethod
-    def _parse_full(cls, text: str) -> Via:
-        m = _VIA.fullmatch(text)
-        if m is None:
-            if "/" not in text:
-                raise ParseError("Bad Via: sent-protocol")
-            raise ParseError("Bad Via: sent-protocol or sent-by")
-        name, version, transport, host, port_text, ptext = m.groups()
-        port: int | None = None
-        if port_text is not None:
-            port = int(port_text)
-            if not 0 < port < 65536:
-                raise ParseError("Bad Via: invalid port")
-        params = parse_params(ptext, "Via") if ptext else []
-        return cls(transport, host, port, params, f"{name}/{version}")
-
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
-        params = self._ptext if self._params is None else format_params(self._params)
-        return f"{self.protocol}/{self.transport} {self.host}{port}{params}"
+        return f"{self.protocol}/{self.transport} {self.host}{port}{self._params_text}"
 
     @property
     def branch(self) -> str | None:
-        params = self._params
-        if params is None:
-            return _find_in_text(self._ptext, "branch")
-        return _find_param(params, "branch")
+        return self._param("branch")
 
     @property
     def rport(self) -> str | None:
         """'' when the client asked for rport (RFC 3581 §3), the port when filled in."""
-        params = self._params
-        if params is None:
-            return _find_in_text(self._ptext, "rport")
-        return _find_param(params, "rport")
+        return self._param("rport")
 
     @property
     def received(self) -> str | None:
-        params = self._params
-        if params is None:
-            return _find_in_text(self._ptext, "received")
-        return _find_param(params, "received")
+        return self._param("received")
 
     @property
     def default_port(self) -> int:
         """RFC 3261 §18.2.2 / §19.1.2: 5061 for TLS, else 5060."""
         return 5061 if self.transport.upper() == "TLS" else 5060
-
-    def param(self, name: str) -> str | None:
-        if self._params is None:
-            return _find_in_text(self._ptext, name.lower())
-        return get_param(self._params, name)
 
     def with_params(self, **values: str | None) -> Via:
         params = self.params
@@ -872,66 +686,22 @@ class Via(_LazyParams):
         return Via(self.transport, self.host, self.port, params, self.protocol)
 
     def stamped(self, source: tuple[str, int]) -> Via:
-        """The Via a server keeps after receiving a request from `source` (ip, port).
+        """The Via a server keeps after receiving a request from `source` (ip, port); this
+        Via itself when it says so already (a Via stamped before).
 
         RFC 3261 §18.2.1: add `received` when sent-by's host differs from the source IP.
         RFC 3581 §4: when `rport` came without a value, fill it with the source port and
         add `received` even when it equals sent-by."""
         ip, port = source
-        if self._params is None:
-            return self._stamped_text(ip, port)
-        params = self.params
         if self.rport == "":
-            params = set_param(params, "rport", str(port))
-            params = set_param(params, "received", ip)
+            text = self._params_with("received", ip, self._params_with("rport", str(port)))
         elif self.host.strip("[]") != ip.strip("[]"):
-            params = set_param(params, "received", ip)
+            text = self._params_with("received", ip)
         else:
             return self
-        return Via(self.transport, self.host, self.port, params, self.protocol)
-
-    def _stamped_text(self, ip: str, port: int) -> Via:
-        """`stamped` for unsplit parameters, on the text: both set_param calls in one pass
-        (the first `rport` / `received` takes the value, written name kept, later ones
-        dropped, an absent `received` appended), and self when the text comes out the
-        same (a Via stamped already). The new values hold no `;`, so the text stays
-        splittable."""
-        text = self._ptext
-        rport = _find_in_text(text, "rport")
-        if rport == "":
-            fill: str | None = str(port)
-        elif self.host.strip("[]") != ip.strip("[]"):
-            fill = None
-        else:
+        if text == self._params_text:
             return self
-        out: list[str] = []
-        placed_rport = placed_received = False
-        for part in text[1:].split(";") if text else ():
-            name = part.partition("=")[0]
-            low = name.lower()
-            if fill is not None and low == "rport":
-                if not placed_rport:
-                    out.append(f";{name}={fill}")
-                    placed_rport = True
-            elif low == "received":
-                if not placed_received:
-                    out.append(f";{name}={ip}")
-                    placed_received = True
-            else:
-                out.append(";" + part)
-        if not placed_received:
-            out.append(";received=" + ip)
-        stamped_text = "".join(out)
-        if stamped_text == text:
-            return self
-        via: Via = _new(Via)            # this Via with the new unsplit parameters
-        via.transport = self.transport
-        via.host = self.host
-        via.port = self.port
-        via._params = None
-        via._ptext = stamped_text
-        via.protocol = self.protocol
-        return via
+        return Via(self.transport, self.host, self.port, None, self.protocol, text)
 
     def response_target(self, source: tuple[str, int]) -> tuple[str, int]:
         """Where a response to this Via goes over UDP (RFC 3261 §18.2.2, RFC 3581 §4), on a
@@ -945,8 +715,179 @@ class Via(_LazyParams):
         return source[0], self.port or self.default_port
 
 
-def _split_ws(text: str) -> tuple[str, str, str]:
+# -- why a text was refused ------------------------------------------------------------------
+# These run only after a grammar pattern said no, to name the problem in the 400's reason
+# phrase (RFC 4475 §3.1.2 cases first). They look at the text with the grammar's own
+# pieces and always raise or return a reason: they never accept anything.
+
+_QUOTED_STRING = re.compile(grammar.QUOTED_STRING)
+_DISPLAY_TOKENS = re.compile(grammar.DISPLAY_TOKENS)
+_GEN_PNAME = re.compile(grammar.GEN_PNAME)
+_URI_PARAMETERS = re.compile(grammar.URI_PARAMETERS)
+_HOST = re.compile(grammar.HOST)
+_PORT = re.compile(grammar.PORT)
+_SCHEME = re.compile(grammar.SCHEME)
+_SENT_PROTOCOL = re.compile(grammar.SWS + grammar.SENT_PROTOCOL)
+_VIA_HEAD = re.compile(grammar.SWS + grammar.SENT_PROTOCOL + grammar.LWS + grammar.SENT_BY)
+_NOT_IN_URI = frozenset(map(chr, [*range(0x21), 0x7F])) | frozenset('<>"')
+
+
+def _why_params(text: str, what: str) -> str:
+    """Why GENERIC_PARAMS refused `text` (`;name[=value]…`)."""
+    for part in _split_outside_quotes(text, ";")[1:]:
+        name, _, value = part.partition("=")
+        name = name.strip(" \t")
+        if not name:
+            return f"Bad {what}: empty parameter"
+        if _GEN_PNAME.fullmatch(name) is None:
+            return f"Bad {what}: invalid parameter name"
+        value = value.strip(" \t")
+        if value.startswith('"') and _QUOTED_STRING.fullmatch(value) is None:
+            return f"Bad {what}: unterminated quoted parameter"
+    return f"Bad {what}: invalid parameter"
+
+
+def _why_host_port(hostport: str, what: str) -> str:
+    host = _HOST.match(hostport)
+    if host is None:
+        if hostport.startswith("[") and "]" not in hostport:
+            return f"Bad {what}: unterminated IPv6 reference"
+        if not hostport or hostport.startswith(":"):
+            return f"Bad {what}: empty host"
+        return f"Bad {what}: invalid host"
+    rest = hostport[host.end():]
+    if rest.count(":") > 1 or (rest.startswith(":") and ":" in rest[1:]):
+        return f"Bad {what}: IPv6 address must be in brackets"
+    if rest == ":":
+        return f"Bad {what}: empty port"
+    if rest.startswith(":") and _PORT.fullmatch(rest[1:]) is None:
+        return f"Bad {what}: invalid port"
+    return f"Bad {what}: invalid host or port"
+
+
+def _why_sip_uri(text: str) -> str:
+    scheme, colon, rest = text.partition(":")
+    if not colon or scheme.lower() not in ("sip", "sips"):
+        return "Bad URI: expected sip: or sips:"
+    if any(c in _NOT_IN_URI for c in rest):
+        return "Bad URI: contains whitespace, controls, quotes or angle brackets"
+    if rest.count("@") > 1:
+        return "Bad URI: more than one '@'"
+    userinfo, at, rest = rest.rpartition("@")
+    if at and not userinfo.partition(":")[0]:
+        return "Bad URI: empty user part"
+    rest = rest.partition("?")[0]
+    hostport, semi, params = rest.partition(";")
+    if _HOST.fullmatch(hostport) is None and not (
+            ":" in hostport and _HOST.fullmatch(hostport.rpartition(":")[0])
+            and _PORT.fullmatch(hostport.rpartition(":")[2])):
+        return _why_host_port(hostport, "URI")
+    if semi and _URI_PARAMETERS.fullmatch(";" + params) is None:
+        return "Bad URI: empty or invalid parameter"
+    return "Bad URI: invalid sip URI"
+
+
+def _why_tel_uri(text: str) -> str:
+    scheme, colon, rest = text.partition(":")
+    if not colon or scheme.lower() != "tel":
+        return "Bad URI: expected tel:"
+    number = rest.partition(";")[0]
+    if not number or not any(c.isdigit() for c in number) or \
+            _TEL_URI.fullmatch(f"tel:{number}") is None:
+        return "Bad URI: invalid telephone-subscriber"
+    return "Bad URI: empty or invalid parameter"
+
+
+def _why_absolute_uri(text: str) -> str:
+    scheme, colon, rest = text.partition(":")
+    if not colon or not scheme or not rest:
+        return "Bad URI: no scheme"
+    if _SCHEME.fullmatch(scheme) is None:
+        return "Bad URI: invalid scheme"
+    return "Bad URI: contains whitespace, controls, quotes or angle brackets"
+
+
+def _why_name_addr(text: str) -> str:
+    """Why NAME_ADDR and ADDR_SPEC both refused `text`, in the order RFC 4475 §3.1.2 names
+    the problems; the reason of the URI or parameters inside when those are at fault."""
+    text = text.strip(" \t")
+    if text == "*":
+        return "Bad name-addr: '*' is not an address"
+    lt = -1
+    if text.startswith('"'):
+        quoted = _QUOTED_STRING.match(text)
+        if quoted is None:
+            return "Bad name-addr: unterminated quoted display name"
+        after = text[quoted.end():]
+        lt = quoted.end() + len(after) - len(after.lstrip(" \t"))
+        if text[lt:lt + 1] != "<":
+            return "Bad name-addr: display name without <uri>"
+    elif "<" in text:
+        lt = text.index("<")
+        words = text[:lt].strip(" \t")
+        if words and _DISPLAY_TOKENS.fullmatch(words) is None:
+            return "Bad name-addr: display name must be tokens or a quoted string"
+    if lt >= 0:
+        gt = text.find(">", lt)
+        if gt < 0:
+            return "Bad name-addr: missing '>'"
+        inner = text[lt + 1: gt]
+        # RFC 3261 §25.1: LAQUOT = SWS "<" and RAQUOT = ">" SWS: no LWS inside.
+        if not inner or inner != inner.strip(" \t"):
+            return "Bad name-addr: whitespace inside <>"
+        rest = text[gt + 1:].strip(" \t")
+        if rest and not rest.startswith(";"):
+            return "Bad name-addr: junk after '>'"
+        return _why_inside(inner, rest)
+    addr, semi, params = text.partition(";")
+    addr = addr.rstrip(" \t")
+    if "?" in addr or "," in addr:
+        return "Bad name-addr: URI with '?' or ',' must be in <>"
+    return _why_inside(addr, semi + params)
+
+
+def _why_inside(uri: str, params: str) -> str:
+    """The reason of the URI or of the header parameters of a refused name-addr."""
+    try:
+        parse_uri(uri)
+        parse_params(params, "header parameters")
+    except ParseError as refused:
+        return refused.reason
+    return "Bad name-addr"
+
+
+def _why_via(text: str) -> str:
+    head = _VIA_HEAD.match(text)
+    if head is None:
+        if _SENT_PROTOCOL.match(text) is None:
+            return "Bad Via: sent-protocol"
+        return "Bad Via: sent-protocol or sent-by"
+    rest = text[head.end():].strip(" \t")
+    if rest.startswith(":"):
+        return "Bad Via: invalid port"
+    if not rest.startswith(";"):
+        return "Bad Via: junk after sent-by"
+    return _why_params(rest, "Via")
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    """`text` split at each `sep` outside a quoted-string (an unterminated one runs to the
+    end)."""
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
     for i, c in enumerate(text):
-        if c in " \t":
-            return text[:i], c, text[i + 1:]
-    return text, "", ""
+        if escaped:
+            escaped = False
+        elif quoted:
+            if c == "\\":
+                escaped = True
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == sep:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts

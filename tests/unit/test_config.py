@@ -239,3 +239,16 @@ def test_the_announcement_keys_are_the_prompts_module_s() -> None:
     assert ANNOUNCEMENT_KEYS == ANNOUNCEMENTS
     assert tuple(f.name for f in __import__("dataclasses").fields(AnnouncementsConfig)) \
         == ANNOUNCEMENTS
+
+
+@pytest.mark.parametrize("port", ["1", "5060", "05060", "65535"])
+def test_a_listen_or_trunk_port_is_the_sip_grammars_port(port: str) -> None:
+    assert Endpoint.parse(f"udp://127.0.0.1:{port}").port == int(port)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "５０６０", "٥٠٦٠", "+5060", " 5060", ""])
+def test_a_port_the_sip_grammar_refuses_is_refused_here_too(port: str) -> None:
+    # One port rule (sip/grammar.py PORT) for the ports a peer writes and the ones the
+    # config names: 1-65535 in ASCII digits (str.isdigit took other scripts' digits).
+    with pytest.raises(ValueError, match="port must be a number from 1 to 65535"):
+        Endpoint.parse(f"udp://127.0.0.1:{port}")

@@ -19,6 +19,7 @@ from sipmask.b2bua import masking
 from sipmask.b2bua.masking import _DIALOG_METHODS, _LONG_NAMES, _PER_LEG_OPTIONS, CROSSING
 from sipmask.sip.headers import canonical
 from sipmask.sip.message import REASONS, Message, Request, Response
+from sipmask.sip.parser import parse_message
 from tests.support.corpus import CORPUS_MESSAGES
 from tests.support.sip_oracle import (
     MESSAGES,
@@ -218,3 +219,33 @@ def test_build_relayed_response_matches_the_reference(data: bytes, status: int) 
         _assert_same_relayed(data, INVITE)
     else:
         _assert_same_relayed(make_message([("Supported", "timer", False)], status, b""), data)
+
+
+# -- what was parsed of the request is not parsed again ------------------------------------
+def _invite(to: str) -> Request:
+    message = parse_message(
+        (f"INVITE sip:700100000000001@127.0.0.1 SIP/2.0\r\n"
+         f"Via: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKr1;rport\r\n"
+         f"From: <sip:13800000001@127.0.0.2>;tag=f1\r\nTo: {to}\r\nCall-ID: r1\r\n"
+         f"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+    assert isinstance(message, Request)
+    return message
+
+
+def test_a_relayed_response_keeps_what_was_parsed_of_its_request() -> None:
+    # The transaction layer reads the To tag, CSeq and top Via of each response it sends:
+    # those of a relayed response are the request's, parsed once (the To with its tag).
+    for to, tag in (("<sip:700100000000001@127.0.0.1>", "a9"),
+                    ("<sip:700100000000001@127.0.0.1>;tag=x1", "x1")):
+        request = _invite(to)
+        assert request.from_.tag == "f1" and request.to.tag in (None, "x1")   # as the engine
+        answer = Response(180, "Ringing", request.headers.copy())
+        out = masking.build_relayed_response(answer, request, to_tag="a9", contact=None)
+        assert out.headers._p_to is not None and out.headers._p_cseq is request.cseq
+        assert out.headers._p_via is request.top_via and out.from_ is request.from_
+        assert out.to.tag == tag and str(out.to) == out.headers.get("to")
+    # A To whose tag the text check misses (a flag `tag`) is read from the text it got.
+    request = _invite("<sip:700100000000001@127.0.0.1>;tag")
+    out = masking.build_relayed_response(Response(180, "Ringing", request.headers.copy()),
+                                         request, to_tag="a9", contact=None)
+    assert out.headers._p_to is None and out.to.tag == ""

@@ -8,6 +8,7 @@ from sipmask.b2bua import routing
 from sipmask.errors import SipError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request
+from sipmask.sip.uri import NameAddr
 from sipmask.store.base import Binding, Target
 
 X = "700100000000001"
@@ -129,3 +130,17 @@ def test_check_request(uri: str, require: str | None, status: int | None) -> Non
     assert err.value.status == status
     if status == 420:
         assert isinstance(err.value, routing.BadExtension) and err.value.unsupported == "100rel"
+
+
+def test_the_caller_is_the_from_the_parser_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # From was parsed when the message was (request.from_ keeps it): reading the caller
+    # does not parse it again. PAI, read only on a trusted trunk, is parsed when read.
+    req = invite("sip:700100000000001@h", '"x" <sip:13800000001@h>',
+                 pai="<tel:+8613700000003>")
+    assert req.from_.tag == "1"
+
+    def parsed_again(text: str) -> NameAddr:
+        raise AssertionError(f"parsed again: {text}")
+
+    monkeypatch.setattr(NameAddr, "parse", parsed_again)
+    assert routing.caller_number(req, trust_pai=False) == "13800000001"

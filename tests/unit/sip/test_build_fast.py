@@ -6,7 +6,7 @@ it knows (`Headers.built`), `Message.to_bytes` renders the head in one join
 implementations (tests/support/sip_oracle.py, and `ref_build_response` below) are the code
 they replaced, kept verbatim: for the corpus messages and for hypothesis-made header blocks
 (compact forms, odd case, duplicates, folded lines, unknown headers), each parsed once and
-again (the parser's later tiers keep a lazier form), the new code gives the same fields and
+again after other messages (parsing keeps no state), the new code gives the same fields and
 the same bytes.
 """
 
