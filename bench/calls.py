@@ -34,7 +34,7 @@ nodes' together, and Kamailio's is printed beside it.
 Run: python3 bench/calls.py [--rates 50,100,200,300,400,500,600] [--duration 10]
                             [--hold-ms 100] [--quick]
                             [--only sipmask|direct|postgres|nodes] [--store postgres]
-                            [--dsn URI] [--nodes 2] [--keep]
+                            [--dsn URI] [--nodes 2] [--keep] [--set KEY=VALUE ...]
 Under load, `py-spy top --pid PID` / `py-spy record -f raw --pid PID` (pip install py-spy)
 show where sipmask's time goes (the PID is printed). With SIPMASK_BENCH_PROFILE=FILE set,
 the sipmask under test runs under cProfile (bench-only hook: python3 -m cProfile -o FILE
@@ -476,7 +476,12 @@ def main() -> None:
                         help="also N sipmask nodes behind Kamailio (N >= 2; needs kamailio)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp dir (SIPp stats and traces, sipmask stderr)")
+    parser.add_argument("--set", dest="serve_set", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="a config override for the sipmask under test (LMDB and "
+                             "PostgreSQL ladders), as `sipmask serve --set`; repeatable")
     args = parser.parse_args()
+    serve_set = tuple(arg for setting in args.serve_set for arg in ("--set", setting))
     if shutil.which("sipp") is None:
         raise SystemExit("sipp (sip-tester) is not installed")
     rates = [int(r) for r in args.rates.split(",")]
@@ -509,7 +514,7 @@ def main() -> None:
         if args.only in (None, "sipmask"):
             print("sipmask: caller -> sipmask -> callee", flush=True)
             callee = Callee(tmp, callee_xml, callee_port)
-            server = Sipmask(tmp, callee_port, profile)
+            server = Sipmask(tmp, callee_port, profile, extra=serve_set)
             print(f"sipmask serve pid {server.proc.pid} (profile it: py-spy top --pid "
                   f"{server.proc.pid})", flush=True)
             steps["sipmask"] = run_through("sipmask", server, [server], callee, tmp, caller,
@@ -523,7 +528,7 @@ def main() -> None:
                 stack.callback(pg.stop)
             print("postgres: caller -> sipmask (PostgreSQL store) -> callee", flush=True)
             callee = Callee(tmp, callee_xml, callee_port)
-            server = Sipmask(tmp, callee_port, profile, name="postgres", dsn=dsn)
+            server = Sipmask(tmp, callee_port, profile, serve_set, name="postgres", dsn=dsn)
             steps["postgres"] = run_through("postgres", server, [server], callee, tmp, caller,
                                             rates, duration, args.hold_ms)
         if args.nodes >= 2 and args.only in (None, "nodes"):
