@@ -34,7 +34,7 @@ nodes' together, and Kamailio's is printed beside it.
 Run: python3 bench/calls.py [--rates 50,100,200,300,400,500,600] [--duration 10]
                             [--hold-ms 100] [--quick]
                             [--only sipmask|direct|postgres|nodes] [--store postgres]
-                            [--dsn URI] [--nodes 2] [--keep] [--set KEY=VALUE ...]
+                            [--dsn URI] [--nodes 2] [--keep] [--set KEY=VALUE ...] [--pin CPU]
 Under load, `py-spy top --pid PID` / `py-spy record -f raw --pid PID` (pip install py-spy)
 show where sipmask's time goes (the PID is printed). With SIPMASK_BENCH_PROFILE=FILE set,
 the sipmask under test runs under cProfile (bench-only hook: python3 -m cProfile -o FILE
@@ -157,7 +157,7 @@ class Sipmask:
     def __init__(self, tmp: Path, callee_port: int, profile: str | None,
                  extra: tuple[str, ...] = (), *, media_ports: str = "20000-29999",
                  bind: bool = True, name: str = "serve", store: str = "bench.lmdb",
-                 dsn: str | None = None) -> None:
+                 dsn: str | None = None, cpu: int | None = None) -> None:
         self.tmp = tmp
         self.port = free_port(SIPMASK_IP)
         self.name = name
@@ -184,9 +184,12 @@ class Sipmask:
         runner = ([sys.executable, "-m", "cProfile", "-o", profile] if profile
                   else [sys.executable])
         self.stderr = (tmp / f"{name}.stderr").open("wb")
+        # --pin: the process and every thread it starts on one core, as deploy/'s
+        # CPUAffinity= would run it (README "What one process holds today").
+        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         self.proc = subprocess.Popen([*runner, "-m", "sipmask", "serve", *self.settings],
                                      stdout=subprocess.DEVNULL, stderr=self.stderr,
-                                     cwd=ROOT, env=env)
+                                     cwd=ROOT, env=env, preexec_fn=pin)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -480,6 +483,9 @@ def main() -> None:
                         metavar="KEY=VALUE",
                         help="a config override for the sipmask under test (LMDB and "
                              "PostgreSQL ladders), as `sipmask serve --set`; repeatable")
+    parser.add_argument("--pin", type=int, metavar="CPU",
+                        help="run the sipmask under test (LMDB and PostgreSQL ladders) on "
+                             "this one core, all its threads (sched_setaffinity)")
     args = parser.parse_args()
     serve_set = tuple(arg for setting in args.serve_set for arg in ("--set", setting))
     if shutil.which("sipp") is None:
@@ -514,7 +520,7 @@ def main() -> None:
         if args.only in (None, "sipmask"):
             print("sipmask: caller -> sipmask -> callee", flush=True)
             callee = Callee(tmp, callee_xml, callee_port)
-            server = Sipmask(tmp, callee_port, profile, extra=serve_set)
+            server = Sipmask(tmp, callee_port, profile, extra=serve_set, cpu=args.pin)
             print(f"sipmask serve pid {server.proc.pid} (profile it: py-spy top --pid "
                   f"{server.proc.pid})", flush=True)
             steps["sipmask"] = run_through("sipmask", server, [server], callee, tmp, caller,
@@ -528,7 +534,8 @@ def main() -> None:
                 stack.callback(pg.stop)
             print("postgres: caller -> sipmask (PostgreSQL store) -> callee", flush=True)
             callee = Callee(tmp, callee_xml, callee_port)
-            server = Sipmask(tmp, callee_port, profile, serve_set, name="postgres", dsn=dsn)
+            server = Sipmask(tmp, callee_port, profile, serve_set, name="postgres", dsn=dsn,
+                             cpu=args.pin)
             steps["postgres"] = run_through("postgres", server, [server], callee, tmp, caller,
                                             rates, duration, args.hold_ms)
         if args.nodes >= 2 and args.only in (None, "nodes"):
