@@ -1,0 +1,72 @@
+"""The optional compiled build (README "mypyc: an optional compiled build"): the modules
+`scripts/setup --compiled` compiles in place with mypyc, written once here. The script reads
+the list from `python -m sipmask._compiled` (one source path a line); `sipmask serve` and
+`sipmask --version` say how many of them this process runs compiled.
+
+Left out on purpose: modules of nothing but constants read once at import (`sip/grammar`,
+`sdp/grammar`: in one mypyc build with their readers, mypy cannot order their types),
+modules of exception classes (`errors`, `b2bua/refusals`, `sdp/errors`: a compiled subclass of
+an interpreted exception loses its class attributes, `status` and `cause`), and everything
+that does I/O (the asyncio shells gain nothing: their time is in the event loop).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+MODULES: tuple[str, ...] = (
+    # b2bua: the call core (sans-IO) and the rules it applies
+    "sipmask.b2bua.core", "sipmask.b2bua.calling", "sipmask.b2bua.relaying",
+    "sipmask.b2bua.context", "sipmask.b2bua.actions", "sipmask.b2bua.call",
+    "sipmask.b2bua.timers", "sipmask.b2bua.masking", "sipmask.b2bua.routing",
+    "sipmask.b2bua.announcing", "sipmask.b2bua.failover",
+    # sip: parsing, messages, transactions, dialogs
+    "sipmask.sip.transaction", "sipmask.sip.message", "sipmask.sip.dialog",
+    "sipmask.sip.parser", "sipmask.sip.headers", "sipmask.sip.uri", "sipmask.sip.methods",
+    # sdp: the call path and its test oracle
+    "sipmask.sdp.endpoints", "sipmask.sdp.model", "sipmask.sdp.origin", "sipmask.sdp.parser",
+    "sipmask.sdp.privacy", "sipmask.sdp.rewrite", "sipmask.sdp.scan",
+)
+
+
+@dataclass(frozen=True)
+class BuildState:
+    compiled: int       # modules of MODULES that import from a compiled .so
+    stale: int          # of those, how many have a .py newer than their .so (edited since)
+
+
+def source_paths() -> list[str]:
+    """MODULES as the paths mypyc takes, relative to the checkout."""
+    return [name.replace(".", "/") + ".py" for name in MODULES]
+
+
+def state() -> BuildState:
+    """Which of MODULES Python loads (or would load) from a .so. A .so beside a .py wins the
+    import (its suffix comes first in importlib's list), so an edit to a compiled module's
+    .py does nothing until the build is redone or the .so removed: `stale` counts those."""
+    compiled = stale = 0
+    for name in MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        if origin is None or origin.endswith(".py"):
+            continue
+        compiled += 1
+        source = os.path.join(os.path.dirname(origin), name.rpartition(".")[2] + ".py")
+        if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(origin):
+            stale += 1
+    return BuildState(compiled, stale)
+
+
+def describe() -> str:
+    """For `sipmask --version`."""
+    s = state()
+    if not s.compiled:
+        return "pure Python"
+    stale = f", {s.stale} older than their .py" if s.stale else ""
+    return f"compiled with mypyc: {s.compiled} of {len(MODULES)} modules{stale}"
+
+
+if __name__ == "__main__":
+    print("\n".join(source_paths()))
