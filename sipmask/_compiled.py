@@ -1,7 +1,8 @@
 """The optional compiled build (README "mypyc: an optional compiled build"): the modules
-`scripts/setup --compiled` compiles in place with mypyc, written once here. The script reads
-the list from `python -m sipmask._compiled` (one source path a line); `sipmask serve` and
-`sipmask --version` say how many of them this process runs compiled.
+`scripts/setup --compiled` compiles in place with mypyc, written once here. `python -m
+sipmask._compiled` prints the list (one source path a line); `python -m sipmask._compiled
+build`, what the script runs, compiles it; `sipmask serve` and `sipmask --version` say how
+many of them this process runs compiled.
 
 Left out on purpose: modules of nothing but constants read once at import (`sip/grammar`,
 `sdp/grammar`: in one mypyc build with their readers, mypy cannot order their types),
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 
 MODULES: tuple[str, ...] = (
@@ -29,6 +31,13 @@ MODULES: tuple[str, ...] = (
     "sipmask.sdp.endpoints", "sipmask.sdp.model", "sipmask.sdp.origin", "sipmask.sdp.parser",
     "sipmask.sdp.privacy", "sipmask.sdp.rewrite", "sipmask.sdp.scan",
 )
+
+
+# The build's shared library is `sipmask/_build__mypyc….so`, inside the package: under the
+# default name (`<hash>__mypyc….so` at the top of the checkout, what `python -m mypyc` makes)
+# an installed `sipmask` command, whose sys.path holds the package but not the checkout,
+# fails with "No module named '<hash>__mypyc'".
+GROUP = "sipmask._build"
 
 
 @dataclass(frozen=True)
@@ -68,5 +77,19 @@ def describe() -> str:
     return f"compiled with mypyc: {s.compiled} of {len(MODULES)} modules{stale}"
 
 
+def build() -> None:
+    """Compile MODULES in place with mypyc (`scripts/setup --compiled`): a .so beside each
+    .py, the shared library in the package, C sources and objects under build/."""
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    setup(name="sipmask-compiled", script_args=["build_ext", "--inplace"],
+          ext_modules=mypycify(source_paths(), group_name=GROUP))
+
+
 if __name__ == "__main__":
-    print("\n".join(source_paths()))
+    if sys.argv[1:] == ["build"]:
+        build()
+    else:
+        print("\n".join(source_paths()))
