@@ -13,10 +13,10 @@ that does I/O (the asyncio shells gain nothing: their time is in the event loop)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from importlib.machinery import EXTENSION_SUFFIXES
 
 MODULES: tuple[str, ...] = (
     # b2bua: the call core (sans-IO) and the rules it applies
@@ -52,18 +52,21 @@ def source_paths() -> list[str]:
 
 
 def state() -> BuildState:
-    """Which of MODULES Python loads (or would load) from a .so. A .so beside a .py wins the
-    import (its suffix comes first in importlib's list), so an edit to a compiled module's
-    .py does nothing until the build is redone or the .so removed: `stale` counts those."""
+    """Which of MODULES Python loads from a .so: importlib's file finder tries the extension
+    suffixes before .py, so a .so beside a .py wins the import, and an edit to a compiled
+    module's .py does nothing until the build is redone or the .so removed (`stale` counts
+    those). Read from the files, not `module.__file__`: for a module another compiled
+    module initialised, mypyc's shared library sets a wrong one."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     compiled = stale = 0
     for name in MODULES:
-        spec = importlib.util.find_spec(name)
-        origin = spec.origin if spec is not None else None
-        if origin is None or origin.endswith(".py"):
+        base = os.path.join(root, *name.split("."))
+        built = next((base + suffix for suffix in EXTENSION_SUFFIXES
+                      if os.path.exists(base + suffix)), None)
+        if built is None:
             continue
         compiled += 1
-        source = os.path.join(os.path.dirname(origin), name.rpartition(".")[2] + ".py")
-        if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(origin):
+        if os.path.getmtime(base + ".py") > os.path.getmtime(built):
             stale += 1
     return BuildState(compiled, stale)
 

@@ -11,9 +11,10 @@ SIPP_SCENARIOS = REPO / "sipp-scenarios"
 
 
 def source_of(module: ModuleType) -> Path:
-    """A module's .py file, also when the optional compiled build (README "mypyc") loaded it
-    from the .so beside it: `module.__file__` then names the .so."""
-    return Path(str(module.__file__)).with_name(module.__name__.rpartition(".")[2] + ".py")
+    """A sipmask module's .py file, also when the optional compiled build (README "mypyc")
+    loaded it from a .so: its `__file__` then names the .so, or for a module another
+    compiled module initialised, a path that does not exist."""
+    return REPO.joinpath(*module.__name__.split(".")).with_suffix(".py")
 
 
 def is_compiled(module: ModuleType) -> bool:
