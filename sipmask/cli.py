@@ -57,12 +57,23 @@ def _common(sub: bool) -> argparse.ArgumentParser:
     return p
 
 
+class _Version(argparse.Action):
+    """`sipmask --version`: the version and the build (pure Python, or how many modules run
+    compiled: README "mypyc"). Worked out only when asked: it looks for each module's file."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from sipmask import _compiled
+        parser.exit(message=f"sipmask {__version__} ({_compiled.describe()})\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common(sub=True)
     parser = argparse.ArgumentParser(
         prog="sipmask", parents=[_common(sub=False)],
         description="Number-protection SIP B2BUA for 700 privacy numbers.")
-    parser.add_argument("--version", action="version", version=f"sipmask {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the version and whether the compiled build is in use")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     subs.add_parser("serve", parents=[common],

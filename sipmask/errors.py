@@ -21,8 +21,8 @@
 
 A SipError that refuses a call also carries `cause` (the CDR's unconnected_cause, CONTRACT
 "Call detail records") and `metric` (the sipmask_refusals_total reason), as typed fields:
-class defaults a refusal class sets (routing.UnknownX, policy.rules.Blacklisted…) or values
-given to the constructor; None leaves the choice to the engine (by status).
+class defaults a refusal class sets (b2bua.refusals.UnknownX, policy.rules.Blacklisted…) or
+values given to the constructor; None leaves the choice to the engine (by status).
 
 `field` on RefusedError feeds the CLI (exit 1, "a: …") and the API
 (`{"error": {"field": …, "message": …}}`).

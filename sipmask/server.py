@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from sipmask import _compiled
 from sipmask.api.app import cdrs_from_log, connection_counts, reconfigure_api, start_api
 from sipmask.b2bua import routing
 from sipmask.b2bua.engine import Engine
@@ -758,6 +759,8 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
     pid_file = write_pid_file(config.sip.pid_file)
     print(f"sipmask listening on {', '.join(urls)}", flush=True)
     log.info("sipmask.started", listen=urls, api=str(config.api.listen))
+    build = _compiled.state()
+    log.info("serve.compiled", modules=build.compiled, stale=build.stale)
     try:
         await stop.wait()
         await services.drain(float(config.sip.drain_timeout_s))

@@ -48,7 +48,7 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING
 
-from sipmask.b2bua import calling, masking, relaying, routing
+from sipmask.b2bua import calling, masking, refusals, relaying, routing
 from sipmask.b2bua.actions import (
     CollectDigits,
     DigitHeard,
@@ -160,9 +160,9 @@ class Announcer:
             return True
         if setup.ending is not None or setup.a_body.kind is not masking.BodyKind.SDP:
             return False        # the caller has gone (or the node drains); or no offer
-        if isinstance(exc, routing.NeedsExtension):
+        if isinstance(exc, refusals.NeedsExtension):
             kind, key = Kind.EXTENSION, "ext_prompt"
-        elif isinstance(exc, routing.UnknownX):
+        elif isinstance(exc, refusals.UnknownX):
             kind, key = Kind.REFUSAL, "unbound"
         elif exc.status == 403 and exc.cause in _ANNOUNCED_403:
             kind, key = Kind.REFUSAL, "not_allowed"
@@ -301,7 +301,7 @@ class Announcer:
             return
         try:
             routing.route(done.binding, p.setup.x, p.setup.caller, ext)
-        except routing.UnknownX:
+        except refusals.UnknownX:
             self._wrong(p)          # no binding has this extension
             return
         except SipError as exc:

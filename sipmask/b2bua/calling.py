@@ -16,7 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from sipmask import numbers
-from sipmask.b2bua import masking, routing
+from sipmask.b2bua import masking, refusals, routing
 from sipmask.b2bua.actions import (
     CdrCommitted,
     CommitCdr,
@@ -509,7 +509,7 @@ def _unrecorded(exc: SipError) -> bool:
 def refusal_headers(exc: SipError) -> tuple[tuple[str, str], ...]:
     """The headers a refusal carries: Unsupported with 420 (§8.2.2.3), Retry-After when
     the refusal says when to come back (§21.5.4)."""
-    if isinstance(exc, routing.BadExtension):
+    if isinstance(exc, refusals.BadExtension):
         return (("Unsupported", exc.unsupported),)
     if exc.retry_after is not None:
         return (("Retry-After", str(exc.retry_after)),)

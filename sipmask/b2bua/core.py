@@ -107,10 +107,19 @@ class CoreLog(Protocol):
 
 
 class _Quiet:
+    # One def per level, not `info = warning = debug`: mypyc refuses assignments that alias
+    # methods in a class body (README "mypyc").
     def debug(self, event: str, **kw: Any) -> None:
         pass
 
-    info = warning = exception = debug
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    def warning(self, event: str, **kw: Any) -> None:
+        pass
+
+    def exception(self, event: str, **kw: Any) -> None:
+        pass
 
 
 class Policy(Protocol):

@@ -121,7 +121,9 @@ def in_dialog_table() -> dict[str, InDialog]:
     (405 with Allow). Checked: the relayed methods have no rule of their own, and every
     method named is one we know."""
     table: dict[str, InDialog] = {"BYE": on_bye, "PRACK": on_prack, "REFER": on_refer}
-    if RELAYED_IN_DIALOG & table.keys() or not table.keys() <= KNOWN_METHODS:
+    # isdisjoint/issubset, not `frozenset & dict.keys()`: that is a set at run time where
+    # typeshed says frozenset, and compiled code (mypyc) checks the declared type.
+    if not RELAYED_IN_DIALOG.isdisjoint(table) or not KNOWN_METHODS.issuperset(table):
         raise ValueError("a relayed method with its own in-dialog rule, or an unknown method")
     table.update(dict.fromkeys(RELAYED_IN_DIALOG, on_relayed))
     return table

@@ -13,44 +13,21 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from sipmask import numbers
+from sipmask.b2bua.refusals import (
+    BadExtension,
+    NeedsExtension,
+    NotAllowed,
+    UnknownX,
+    UnsupportedScheme,
+)
 from sipmask.config.schema import TrunkConfig
-from sipmask.errors import ForbiddenError, NotFoundError, ParseError, SipError
+from sipmask.errors import ParseError
 from sipmask.sip.message import Request
 from sipmask.sip.transports import Address, Transport
 from sipmask.sip.uri import AbsoluteUri, NameAddr, SipUri, TelUri, Uri, parse_uri
 
 if TYPE_CHECKING:       # the store package opens LMDB on import (see route)
     from sipmask.store.base import Binding, Target
-
-
-class UnknownX(NotFoundError):
-    cause = "no_binding"
-
-
-class NotAllowed(ForbiddenError):
-    cause = "not_allowed"
-
-
-class NeedsExtension(UnknownX):
-    """An AXE number dialled without its extension by someone the binding does not route
-    without one (store.base.Refusal.ASK_EXT). Answered 404 unless the call core asks the
-    caller for the extension (CONTRACT "SIP behaviour": AXE)."""
-
-
-class UnsupportedScheme(SipError):
-    status = 416
-    default_reason = "Unsupported URI Scheme"
-
-
-class BadExtension(SipError):
-    """420, with the option tags to list in Unsupported (§8.2.2.3)."""
-
-    status = 420
-    default_reason = "Bad Extension"
-
-    def __init__(self, unsupported: list[str]) -> None:
-        super().__init__()
-        self.unsupported = ", ".join(unsupported)
 
 
 # The Request-URI schemes sipmask serves: a number is reached through sip, sips or tel.

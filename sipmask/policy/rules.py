@@ -2,7 +2,7 @@
 
 Each refusal is a SipError that knows its answer (status, Retry-After) and the CDR's
 `unconnected_cause` (CONTRACT "Call detail records"); the engine turns it into the final
-response and a CDR through `getattr(exc, "cause")`, as for routing.UnknownX/NotAllowed.
+response and a CDR through `getattr(exc, "cause")`, as for b2bua.refusals.UnknownX/NotAllowed.
 
     refusal            status                 cause
     Blacklisted        403 Forbidden          blacklist

@@ -117,15 +117,22 @@ class Dialog:
     secure: bool = False
     state: DialogState = DialogState.EARLY
     # _constant_parts' cache: the fields it read, and what it made of them.
+    # (The three caches are set in __post_init__, not by field(default=None, init=False):
+    # a class compiled by mypyc never gives such a field its default.)
     _parts: tuple[tuple[str, tuple[str, ...], str, str, str, str], _Parts] | None = field(
-        default=None, init=False, repr=False, compare=False)
+        init=False, repr=False, compare=False)
     # The values `local_uri` and `remote_uri` were written from (as_uac, as_uas), each with
     # that text: _constant_parts parses a text only when it is not the one written.
     _addrs: tuple[str, NameAddr, str, NameAddr] | None = field(
-        default=None, init=False, repr=False, compare=False)
+        init=False, repr=False, compare=False)
     # The remote target as written from a Contact the parser checked (_contact_uri):
     # _constant_parts checks a target only when it is not that text.
-    _checked_target: str | None = field(default=None, init=False, repr=False, compare=False)
+    _checked_target: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._parts = None
+        self._addrs = None
+        self._checked_target = None
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 from urllib.parse import unquote
 
 from sipmask.errors import ParseError
@@ -166,9 +167,11 @@ class _WithParams:
 
     __slots__ = ("_params_text",)
     _params_text: str
-    _PARTS: re.Pattern[str]          # the pattern of one parameter, in three groups
-    _NAMED: dict[str, _Rules]        # the rules of the names sipmask reads
-    _URI_PARAMS: bool                # uri-parameters (else header parameters)
+    # Class attributes each subclass sets (ClassVar: mypyc would take them for instance
+    # attributes' defaults, which it cannot hold).
+    _PARTS: ClassVar[re.Pattern[str]]      # the pattern of one parameter, in three groups
+    _NAMED: ClassVar[dict[str, _Rules]]    # the rules of the names sipmask reads
+    _URI_PARAMS: ClassVar[bool]            # uri-parameters (else header parameters)
 
     @property
     def params(self) -> Params:

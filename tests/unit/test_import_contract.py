@@ -31,6 +31,7 @@ MODULES = ("sipmask.b2bua.core", "sipmask.b2bua.calling", "sipmask.b2bua.relayin
            "sipmask.b2bua.context", "sipmask.b2bua.failover", "sipmask.b2bua.announcing",
            "sipmask.b2bua.actions",
            "sipmask.b2bua.call", "sipmask.b2bua.masking", "sipmask.b2bua.routing",
+           "sipmask.b2bua.refusals",
            "sipmask.b2bua.timers",
            "sipmask.media.ports",
            # Media services: prompts, DTMF in, recording (the file sink does os calls only).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipmask.b2bua import routing
+from sipmask.b2bua import refusals, routing
 from sipmask.errors import SipError
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import Request
@@ -41,7 +41,7 @@ def test_target_x_normalises(uri: str) -> None:
 @pytest.mark.parametrize("uri", ["sip:13900000002@h", "sip:h", "mailto:x@y",
                                  "sip:700100000000001123456789@h"])
 def test_not_an_x_is_404(uri: str) -> None:
-    with pytest.raises(routing.UnknownX) as err:
+    with pytest.raises(refusals.UnknownX) as err:
         routing.target_x(invite(uri, "<sip:13800000001@h>"))
     assert err.value.status == 404 and err.value.cause == "no_binding"
 
@@ -55,7 +55,7 @@ def test_caller_from_from_header() -> None:
 
 def test_untrusted_or_anonymous_caller_is_403() -> None:
     req = invite("sip:700100000000001@h", '"Anonymous" <sip:anonymous@anonymous.invalid>')
-    with pytest.raises(routing.NotAllowed) as err:
+    with pytest.raises(refusals.NotAllowed) as err:
         routing.caller_number(req, trust_pai=False)
     assert err.value.status == 403
 
@@ -64,22 +64,22 @@ def test_axb_both_directions_and_strangers() -> None:
     binding = B("axb", "13800000001", "13900000002")
     assert routing.route(binding, X, "13800000001") == Target("13900000002", X, "a_to_b")
     assert routing.route(binding, X, "13900000002") == Target("13800000001", X, "b_to_a")
-    with pytest.raises(routing.NotAllowed):
+    with pytest.raises(refusals.NotAllowed):
         routing.route(binding, X, "13700000003")
 
 
 def test_axn() -> None:
     binding = B("axn", "13800000001")
     assert routing.route(binding, X, "13700000003") == Target("13800000001", X, "n_to_a")
-    with pytest.raises(routing.NotAllowed):
+    with pytest.raises(refusals.NotAllowed):
         routing.route(binding, X, "13800000001")
 
 
 def test_no_binding_is_404_and_an_axe_number_without_its_extension_too() -> None:
-    with pytest.raises(routing.UnknownX):
+    with pytest.raises(refusals.UnknownX):
         routing.route(None, X, "13800000001")
     axe = B("axe", "13800000001")._replace(ext="12")
-    with pytest.raises(routing.NeedsExtension) as err:
+    with pytest.raises(refusals.NeedsExtension) as err:
         routing.route(axe, X, "13700000003")
     assert (err.value.status, err.value.cause) == (404, "no_binding")
     assert routing.route(axe, X, "13700000003", "12") == Target("13800000001", X, "n_to_a")
@@ -88,7 +88,7 @@ def test_no_binding_is_404_and_an_axe_number_without_its_extension_too() -> None
 def test_an_x_followed_by_an_extension_is_read_as_both() -> None:
     assert routing.dialled(invite(f"sip:{X}1234@h", "<sip:13800000001@h>")) == (X, "1234")
     assert routing.dialled(invite(f"tel:+86{X}", "<sip:13800000001@h>")) == (X, None)
-    with pytest.raises(routing.UnknownX):
+    with pytest.raises(refusals.UnknownX):
         routing.dialled(invite(f"sip:{X}123456789@h", "<sip:13800000001@h>"))
 
 
@@ -129,7 +129,7 @@ def test_check_request(uri: str, require: str | None, status: int | None) -> Non
         routing.check_request(request)
     assert err.value.status == status
     if status == 420:
-        assert isinstance(err.value, routing.BadExtension) and err.value.unsupported == "100rel"
+        assert isinstance(err.value, refusals.BadExtension) and err.value.unsupported == "100rel"
 
 
 def test_the_caller_is_the_from_the_parser_read(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ from sipmask.sip import parser
 from sipmask.sip.headers import Headers
 from sipmask.sip.message import CSeq, Request, Response, build_response
 from sipmask.sip.parser import parse_message, salvage
+from tests.support.paths import source_of
 
 TRUNK_INVITE = (Path(__file__).resolve().parents[2] / "corpus" / "trunk" /
                 "invite_sdp.sip").read_bytes()
@@ -274,7 +275,7 @@ def test_sans_io_modules_import_no_io() -> None:
 
     for module in (sipmask.sip.grammar, sipmask.sip.headers, sipmask.sip.uri,
                    sipmask.sip.message, parser):
-        tree = ast.parse(Path(str(module.__file__)).read_text())
+        tree = ast.parse(source_of(module).read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                     if isinstance(node, ast.Import) for alias in node.names}
         imported |= {str(node.module).split(".")[0] for node in ast.walk(tree)
