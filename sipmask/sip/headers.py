@@ -106,17 +106,15 @@ if not all(map(is_token, KNOWN_NAMES)):
     raise ValueError("a header name in the table is not a token")
 
 
-def split_commas(value: str) -> list[str]:
-    """Split a header value on commas outside quotes and angle brackets (§7.3.1)."""
-    if "," not in value:
-        value = value.strip(" \t")
-        return [value] if value else []
+def split_outside(text: str, sep: str, *, angle: bool) -> list[str]:
+    """`text` split at each `sep` outside quoted-strings (an unterminated one runs to the
+    end) and, with `angle`, outside `<...>` (§7.3.1, §25.1). The one splitter: header
+    values on commas, parameters on semicolons (uri's explanations)."""
     parts: list[str] = []
     depth = 0
-    quoted = False
-    escaped = False
+    quoted = escaped = False
     start = 0
-    for i, ch in enumerate(value):
+    for i, ch in enumerate(text):
         if escaped:
             escaped = False
         elif quoted:
@@ -126,15 +124,24 @@ def split_commas(value: str) -> list[str]:
                 quoted = False
         elif ch == '"':
             quoted = True
-        elif ch == "<":
+        elif angle and ch == "<":
             depth += 1
-        elif ch == ">":
+        elif angle and ch == ">":
             depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            parts.append(value[start:i].strip(" \t"))
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
             start = i + 1
-    parts.append(value[start:].strip(" \t"))
-    return [p for p in parts if p]
+    parts.append(text[start:])
+    return parts
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value on commas outside quotes and angle brackets (§7.3.1)."""
+    if "," not in value:
+        value = value.strip(" \t")
+        return [value] if value else []
+    return [p for p in (part.strip(" \t") for part in split_outside(value, ",", angle=True))
+            if p]
 
 
 def fields_of(pairs: Iterable[tuple[str, str]]) -> list[Field]:

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from sipmask.errors import ParseError
 from sipmask.sip import grammar
+from sipmask.sip.headers import split_outside
 
 Params = list[tuple[str, str | None]]
 
@@ -737,7 +738,7 @@ _NOT_IN_URI = frozenset(map(chr, [*range(0x21), 0x7F])) | frozenset('<>"')
 
 def _why_params(text: str, what: str) -> str:
     """Why GENERIC_PARAMS refused `text` (`;name[=value]…`)."""
-    for part in _split_outside_quotes(text, ";")[1:]:
+    for part in split_outside(text, ";", angle=False)[1:]:
         name, _, value = part.partition("=")
         name = name.strip(" \t")
         if not name:
@@ -871,26 +872,3 @@ def _why_via(text: str) -> str:
     if not rest.startswith(";"):
         return "Bad Via: junk after sent-by"
     return _why_params(rest, "Via")
-
-
-def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    """`text` split at each `sep` outside a quoted-string (an unterminated one runs to the
-    end)."""
-    parts: list[str] = []
-    start = 0
-    quoted = escaped = False
-    for i, c in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quoted:
-            if c == "\\":
-                escaped = True
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == sep:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
