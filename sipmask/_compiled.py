@@ -51,13 +51,21 @@ def source_paths() -> list[str]:
     return [name.replace(".", "/") + ".py" for name in MODULES]
 
 
-def state() -> BuildState:
+def state(root: str | None = None) -> BuildState:
     """Which of MODULES Python loads from a .so: importlib's file finder tries the extension
     suffixes before .py, so a .so beside a .py wins the import, and an edit to a compiled
     module's .py does nothing until the build is redone or the .so removed (`stale` counts
     those). Read from the files, not `module.__file__`: for a module another compiled
-    module initialised, mypyc's shared library sets a wrong one."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    module initialised, mypyc's shared library sets a wrong one. A module's code lives in
+    the group's shared library; its own .so is a shim that a rebuild leaves alone when it
+    did not change, so a module counts as built when the later of the two was made.
+    `root`: the checkout (default: this one)."""
+    if root is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    group = os.path.join(root, *GROUP.split("."))
+    shared = max((os.path.getmtime(group + "__mypyc" + suffix)
+                  for suffix in EXTENSION_SUFFIXES
+                  if os.path.exists(group + "__mypyc" + suffix)), default=0.0)
     compiled = stale = 0
     for name in MODULES:
         base = os.path.join(root, *name.split("."))
@@ -66,7 +74,7 @@ def state() -> BuildState:
         if built is None:
             continue
         compiled += 1
-        if os.path.getmtime(base + ".py") > os.path.getmtime(built):
+        if os.path.getmtime(base + ".py") > max(os.path.getmtime(built), shared):
             stale += 1
     return BuildState(compiled, stale)
 

@@ -6,8 +6,10 @@ These hold on the pure tree (CI) and on a compiled one alike."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from sipmask import _compiled
 from tests.support.paths import REPO
@@ -51,3 +53,25 @@ def test_version_says_which_build_runs() -> None:
     expected = "pure Python" if not state.compiled else \
         f"compiled with mypyc: {state.compiled} of {len(_compiled.MODULES)} modules"
     assert expected in out
+
+
+def test_a_module_rebuilt_into_the_shared_library_is_not_stale(tmp_path: Path) -> None:
+    # mypyc puts a group's code in one shared library; each module's own .so is a shim a
+    # rebuild leaves untouched when it did not change. After an edit and a rebuild the
+    # shim is older than the .py, but the code it loads is not: counted stale before.
+    from importlib.machinery import EXTENSION_SUFFIXES
+    name = _compiled.MODULES[0]
+    base = tmp_path.joinpath(*name.split("."))
+    base.parent.mkdir(parents=True)
+    shim = base.with_name(base.name + EXTENSION_SUFFIXES[0])
+    shim.write_bytes(b"")
+    os.utime(shim, (1_000, 1_000))
+    source = base.with_name(base.name + ".py")
+    source.write_text("")
+    os.utime(source, (2_000, 2_000))
+    assert _compiled.state(str(tmp_path)) == _compiled.BuildState(compiled=1, stale=1)
+    shared = tmp_path.joinpath(*_compiled.GROUP.split("."))
+    library = shared.with_name(shared.name + "__mypyc" + EXTENSION_SUFFIXES[0])
+    library.write_bytes(b"")
+    os.utime(library, (3_000, 3_000))
+    assert _compiled.state(str(tmp_path)) == _compiled.BuildState(compiled=1, stale=0)
