@@ -288,12 +288,18 @@ def hang_up(server: ServeProcess, caller: Peer, callee: Peer, ok: Response) -> N
     assert isinstance(final, Response) and final.cseq.method == "BYE" and final.status == 200
 
 
+def bind_axe_0042(tmp_path: Path) -> None:
+    """The AXE binding the prompt tests key into: A on X, extension 0042, no expiry, in the
+    store `start` opens (tmp_path / "calls.lmdb")."""
+    sipmask_cli(tmp_path / "calls.lmdb", "bind", "axe", "--a", A, "--x", X, "--ext", "0042",
+                "--ttl", "0")
+
+
 def test_the_axe_prompt_takes_rfc4733_keys_and_routes_the_call_to_a(
         serve: Callable[..., ServeProcess], tmp_path: Path, peers: tuple[Peer, Peer],
         tone_file: Path) -> None:
     caller, callee = peers
-    store = tmp_path / "calls.lmdb"
-    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    bind_axe_0042(tmp_path)
     server, api_port, _ = start(serve, tmp_path, callee,
                                 "--set", f"announcements.ext_prompt={tone_file}")
     _ok, leg_b = prompted_call_reaches_a(
@@ -314,8 +320,7 @@ def test_with_rtpengine_rfc4733_keys_reach_the_prompt_through_its_dtmf_log(
     # rtpengine reports RFC 4733 events only to its --dtmf-log-dest; serve listens there
     # (media.rtpengine.dtmf_log) from start-up, before any call.
     caller, callee = peers
-    store = tmp_path / "calls.lmdb"
-    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    bind_axe_0042(tmp_path)
     dtmf_log = HostPort(LOOPBACK, free_port())
     with running_daemon(tmp_path, free_udp_range(),
                         extra=[f"--dtmf-log-dest={dtmf_log}"]) as daemon:
@@ -364,8 +369,7 @@ def test_a_trunk_with_inband_dtmf_keys_the_extension_with_tones(
     # trunks.<t>.inband_dtmf: a trunk that sends neither RFC 4733 nor INFO keys the AXE
     # extension with tones the embedded relay hears (media/dtmf.py's Goertzel detector).
     caller, callee = peers
-    store = tmp_path / "calls.lmdb"
-    sipmask_cli(store, "bind", "axe", "--a", A, "--x", X, "--ext", "0042", "--ttl", "0")
+    bind_axe_0042(tmp_path)
     server, api_port, _ = start(serve, tmp_path, callee,
                                 "--set", f"announcements.ext_prompt={tone_file}",
                                 "--set", "trunks.carrier.inband_dtmf=true")

@@ -92,17 +92,20 @@ def shell(tmp_path: Path, backend: Backend, *overrides: str) -> ShellHarness:
         f"announcements.unbound={tone_file(tmp_path)}", *overrides]), media=backend)
 
 
-def test_the_shell_plays_the_configured_file_and_the_404_follows_its_end(
-        tmp_path: Path) -> None:
-    backend = Backend()
-
+def invite_unbound(tmp_path: Path, backend: Backend) -> ShellHarness:
+    """A caller's INVITE to an unbound X through the shell, run until nothing is left."""
     async def flow() -> ShellHarness:
         h = shell(tmp_path, backend)
         h.deliver(a_invite(), A_ADDR)
         await h.idle()
         return h
+    return asyncio.run(flow())
 
-    h = asyncio.run(flow())
+
+def test_the_shell_plays_the_configured_file_and_the_404_follows_its_end(
+        tmp_path: Path) -> None:
+    backend = Backend()
+    h = invite_unbound(tmp_path, backend)
     [(_, leg, audio)] = backend.played
     assert leg == "a" and audio.pcm == pcm(sine(1000.0, 0.1))
     assert finals(h) == [404]
@@ -113,14 +116,7 @@ def test_a_prompt_whose_end_is_never_reported_is_stopped_after_its_length(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_mod, "PROMPT_GRACE_S", 0.05)
     backend = Backend(end=None)
-
-    async def flow() -> ShellHarness:
-        h = shell(tmp_path, backend)
-        h.deliver(a_invite(), A_ADDR)
-        await h.idle()
-        return h
-
-    h = asyncio.run(flow())
+    h = invite_unbound(tmp_path, backend)
     assert finals(h) == [404]
     assert len(backend.stopped) == 1
 
@@ -129,14 +125,7 @@ def test_a_backend_that_cannot_play_ends_the_prompt_and_the_attempt_goes_on(
         tmp_path: Path) -> None:
     backend = Backend()
     backend.fail_play = True
-
-    async def flow() -> ShellHarness:
-        h = shell(tmp_path, backend)
-        h.deliver(a_invite(), A_ADDR)
-        await h.idle()
-        return h
-
-    h = asyncio.run(flow())
+    h = invite_unbound(tmp_path, backend)
     assert finals(h) == [404]
     assert h.engine.active_calls == 0
 
