@@ -453,6 +453,11 @@ def through(backend: EmbeddedRelay | Rtpengine, a_addr: list[tuple[str, int]],
 
 
 # -- the ladder ------------------------------------------------------------------------
+def measured(step: Step, seconds: float) -> str:
+    """A relayed run's loss, packets/s and share of the core: the columns every row has."""
+    return f"{step.loss:>9.3%} {step.pps:>13,.0f} {(step.cpu_s or 0) / seconds:>8.0%}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ladder", default="100,200,300,500,700,1000")
@@ -494,8 +499,8 @@ def main() -> None:
             per_packet = relayed.us_per_packet
             ok = relayed.loss < LOSS_LIMIT
             best = calls if ok else best
-            print(f"{calls:>6} {calls * 100:>8} | {direct.loss:>10.3%} | {relayed.loss:>9.3%} "
-                  f"{relayed.pps:>13,.0f} {(relayed.cpu_s or 0) / args.seconds:>8.0%} "
+            print(f"{calls:>6} {calls * 100:>8} | {direct.loss:>10.3%} | "
+                  f"{measured(relayed, args.seconds)} "
                   f"{per_packet:>7.1f} | "
                   f"{relayed.pps / direct.pps if direct.pps else 0:.2f} of direct"
                   f"{'' if ok else '  <- over 0.1 % loss'}", flush=True)
@@ -508,8 +513,8 @@ def main() -> None:
                 extra = recorded.services
                 ok = recorded.loss < LOSS_LIMIT and extra["recordings_failed"] == 0
                 best_recorded = calls if ok else best_recorded
-                print(f"{'':>6} {'recorded':>8} | {'':>11} | {recorded.loss:>9.3%} "
-                      f"{recorded.pps:>13,.0f} {(recorded.cpu_s or 0) / args.seconds:>8.0%} "
+                print(f"{'':>6} {'recorded':>8} | {'':>11} | "
+                      f"{measured(recorded, args.seconds)} "
                       f"{recorded.us_per_packet:>7.1f} | {files} sealed files, "
                       f"{recorded.us_per_packet / per_packet if per_packet else 0:.2f}x "
                       f"the unrecorded us/pkt, {extra['recordings_failed']} failed, "
@@ -523,8 +528,8 @@ def main() -> None:
                 late = skipped / (sent_by_relay + skipped) if sent_by_relay else 0.0
                 ok = prompted.loss < LOSS_LIMIT and late < LOSS_LIMIT
                 best_prompted = calls if ok else best_prompted
-                print(f"{'':>6} {'prompts':>8} | {'':>11} | {prompted.loss:>9.3%} "
-                      f"{prompted.pps:>13,.0f} {(prompted.cpu_s or 0) / args.seconds:>8.0%} "
+                print(f"{'':>6} {'prompts':>8} | {'':>11} | "
+                      f"{measured(prompted, args.seconds)} "
                       f"{'':>7} | {late:.3%} slots late; CPU "
                       f"{(prompted.cpu_s or 0) / cpu if cpu else 0:.2f}x the unrecorded run's"
                       f"{'' if ok else '  <- over 0.1 % loss'}", flush=True)
