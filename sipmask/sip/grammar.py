@@ -38,30 +38,8 @@ COLON = SWS + ":" + SWS
 LAQUOT = SWS + "<"
 RAQUOT = ">" + SWS
 
-
-def _but(excluded: str) -> str:
-    """The class of every character but `excluded` (the body of a class of ASCII
-    characters, as inside `[^...]`), written as the positive class it is: `re` tests a
-    character against a positive class in one step and against a negated one in two, and
-    the runs these classes match (users, hosts, tags, branches) are most of what a message's
-    checks read. The same set of characters, so the same language."""
-    outside = re.compile(f"[{excluded}]")
-    if any(outside.match(chr(c)) for c in range(0x80, 0x100)):
-        raise ValueError(f"[^{excluded}] excludes a character past ASCII")
-    runs: list[list[int]] = []
-    for c in range(0x80):
-        if outside.match(chr(c)) is None:
-            if runs and runs[-1][1] == c - 1:
-                runs[-1][1] = c
-            else:
-                runs.append([c, c])
-    return "[" + "".join(f"\\x{a:02x}" if a == b else f"\\x{a:02x}-\\x{b:02x}"
-                         for a, b in runs) + "\\x80-\\U0010ffff]"
-
-
 # Characters no URI holds (§19.1.1, §25.1): controls (CTL), SP, and the delimiters of the
-# text around a URI, `<`, `>` and DQUOTE. Each class below that leaves them out is
-# `_but(_NOT_IN_URI + ...)`: any character but these.
+# text around a URI, `<`, `>` and DQUOTE. Used inside `[^...]` classes below.
 _NOT_IN_URI = r'\x00-\x20\x7f<>"'
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
@@ -74,7 +52,7 @@ METHOD = TOKEN
 # Leniency: qdtext is any character but DQUOTE and "\" (the ABNF leaves controls out; RFC
 # 4475 §3.1.1.2 intmeth sends them escaped, trunks now and then raw). The leading SWS is the
 # caller's.
-QUOTED_STRING = '"(?:' + _but(r'"\\') + r'++|\\[\s\S])*+"'
+QUOTED_STRING = r'"(?:[^"\\]++|\\[\s\S])*+"'
 # One quoted-pair, the quoted character in a group (to undo it).
 QUOTED_PAIR = r"\\([\s\S])"
 
@@ -113,18 +91,18 @@ SIP_SCHEME = r"[sS][iI][pP][sS]?+"
 # escaped and user-unreserved, plus what trunks send unescaped, such as `#` in `*21#`);
 # password any but "@". The user part ends at the only "@" (RFC 4475 §3.1.1.2 intmeth puts
 # `?`, `;` and `/` in it, §3.1.1.9 semiuri `;`).
-USER = _but(_NOT_IN_URI + "@:") + "++"
-PASSWORD = _but(_NOT_IN_URI + "@") + "*+"
+USER = rf"[^{_NOT_IN_URI}@:]++"
+PASSWORD = rf"[^{_NOT_IN_URI}@]*+"
 # uri-parameter = pname [ "=" pvalue ] (transport-param, user-param, ... are all of this
 # shape). Leniency: pname is any URI character but ";", "=", ",", "?" and "@"; pvalue any
 # but ";", "?" and "@", and may be empty (`;a=`). No "@" outside the user part: where it
 # ends is never in doubt.
-URI_PNAME = _but(_NOT_IN_URI + ";=,?@") + "++"
-URI_PVALUE = _but(_NOT_IN_URI + ";?@") + "*+"
+URI_PNAME = rf"[^{_NOT_IN_URI};=,?@]++"
+URI_PVALUE = rf"[^{_NOT_IN_URI};?@]*+"
 URI_PARAMETERS = "(?:;" + URI_PNAME + "(?:=" + URI_PVALUE + ")?+)*+"
 # headers = "?" header *( "&" header ). Leniency: kept as one run of URI characters; its
 # pairs are split when read (SipUri.header_pairs).
-URI_HEADERS = _but(_NOT_IN_URI) + "*+"
+URI_HEADERS = rf"[^{_NOT_IN_URI}]*+"
 # (userinfo is possessive: USER and PASSWORD hold no "@", so once it matched, neither a
 # shorter userinfo nor none could let the host match instead.)
 SIP_URI = (
@@ -139,7 +117,7 @@ SIP_URI = (
 # absoluteURI = scheme ":" ( hier-part / opaque-part ) (RFC 2396); scheme = ALPHA
 # *( ALPHA / DIGIT / "+" / "-" / "." ). Leniency: the rest is any run of URI characters.
 SCHEME = r"[A-Za-z][A-Za-z0-9+\-.]*+"
-ABSOLUTE_URI = SCHEME + ":" + _but(_NOT_IN_URI) + "++"
+ABSOLUTE_URI = SCHEME + rf":[^{_NOT_IN_URI}]++"
 # RFC 3966 telephone-subscriber = global-number / local-number. Leniency: one run of the
 # characters both use (digits, hex digits of local numbers, `*`, `#`, visual separators)
 # holding at least one digit, an optional leading "+". Parameters as a sip: URI's.
@@ -156,8 +134,8 @@ OTHER_URI = "(?!" + SIP_SCHEME + ":|" + TEL_SCHEME + ":)" + ABSOLUTE_URI
 # DQUOTE; an unquoted value any visible character but ";", ",", "<", ">" and DQUOTE (so
 # `=`, `@`, `/` and UTF-8 pass), and it may be empty (`;a=`). A value holding the others
 # is quoted, as RFC 5626's `+sip.instance="<urn:...>"` is.
-GEN_PNAME = _but(r'\x00-\x20\x7f;=,?@<>"') + "++"
-_UNQUOTED = _but(r'\x00-\x20\x7f;,<>"')
+GEN_PNAME = r'[^\x00-\x20\x7f;=,?@<>"]++'
+_UNQUOTED = r'[^\x00-\x20\x7f;,<>"]'
 GEN_VALUE = "(?:" + _UNQUOTED + "++|" + QUOTED_STRING + ")"
 # (The value, which may be empty, as one alternation: the same language in fewer steps.)
 GENERIC_PARAM = GEN_PNAME + "(?:" + EQUAL + "(?:" + QUOTED_STRING + "|" + _UNQUOTED + "*+))?+"
@@ -213,11 +191,11 @@ NAME_ADDR = (
 _BARE = ",;?"
 ADDR_SPEC = (
     SWS + "(?:(?P<scheme>" + SIP_SCHEME + "):"
-    "(?:(?P<user>" + _but(_NOT_IN_URI + "@:" + _BARE) + "++)"
-    "(?::(?P<password>" + _but(_NOT_IN_URI + "@" + _BARE) + "*+))?+@)?+"
+    "(?:(?P<user>" + rf"[^{_NOT_IN_URI}@:{_BARE}]++" + ")"
+    "(?::(?P<password>" + rf"[^{_NOT_IN_URI}@{_BARE}]*+" + "))?+@)?+"
     "(?P<host>" + HOST + ")(?::(?P<port>" + PORT + "))?+"
     "|(?P<absolute>" + TEL_SCHEME + ":" + TELEPHONE_SUBSCRIBER + "|(?!" + SIP_SCHEME + ":|"
-    + TEL_SCHEME + ":)" + SCHEME + ":" + _but(_NOT_IN_URI + _BARE) + "++))"
+    + TEL_SCHEME + ":)" + SCHEME + rf":[^{_NOT_IN_URI}{_BARE}]++" + "))"
     "(?P<params>" + GENERIC_PARAMS + ")" + SWS
 )
 
