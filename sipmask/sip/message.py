@@ -62,10 +62,11 @@ class Message:
     """What requests and responses share: headers, body, original bytes.
 
     Every attribute that is written on the wire either drops the original bytes when it is
-    set (a property) or is checked before they are reused (`headers`: a plain attribute,
-    read hundreds of times a call, whose bytes are reused only while it is still the
-    `Headers` they were parsed with, unmodified), so `to_bytes()` can never send stale text
-    after a change."""
+    set (a property) or is checked before they are reused: `headers` (bytes reused only
+    while it is still the `Headers` they were parsed with, unmodified), a request's `method`
+    and a response's `status` (only while they are still the parsed ones). Those three are
+    plain attributes because every layer reads them, dozens of times a call, and a property
+    is a Python call each time. So `to_bytes()` can never send stale text after a change."""
 
     __slots__ = ("_body", "_raw", "_raw_headers", "_version", "headers")
 
@@ -92,9 +93,13 @@ class Message:
     def raw(self) -> bytes | None:
         """The bytes this message was parsed from while they are still what it says."""
         headers = self.headers
-        if headers is self._raw_headers and not headers.modified:
+        if headers is self._raw_headers and not headers.modified and self._start_as_parsed():
             return self._raw
         return None
+
+    def _start_as_parsed(self) -> bool:
+        """Whether the start line's plain attributes still say what the bytes say."""
+        raise NotImplementedError
 
     # -- body ---------------------------------------------------------------------------
     @property
@@ -223,7 +228,9 @@ class Message:
 
 
 class Request(Message):
-    __slots__ = ("_method", "_uri")
+    __slots__ = ("_parsed_method", "_uri", "method")
+
+    method: str
 
     def __init__(self, method: str, uri: str, headers: Headers, body: bytes = b"",
                  version: str = SIP_VERSION, raw: bytes | None = None) -> None:
@@ -232,17 +239,11 @@ class Request(Message):
         self._version = version
         self._raw = raw
         self._raw_headers = headers if raw is not None else None
-        self._method = method
+        self.method = self._parsed_method = method
         self._uri = uri
 
-    @property
-    def method(self) -> str:
-        return self._method
-
-    @method.setter
-    def method(self, value: str) -> None:
-        self._method = value
-        self._raw = None
+    def _start_as_parsed(self) -> bool:
+        return self.method == self._parsed_method
 
     @property
     def uri(self) -> str:
@@ -259,14 +260,16 @@ class Request(Message):
         return parse_uri(self._uri)
 
     def start_line(self) -> str:
-        return f"{self._method} {self._uri} {self._version}"
+        return f"{self.method} {self._uri} {self._version}"
 
     def __repr__(self) -> str:
         return f"<Request {self.method} call-id={self.headers.get('call-id')}>"
 
 
 class Response(Message):
-    __slots__ = ("_reason", "_status")
+    __slots__ = ("_parsed_status", "_reason", "status")
+
+    status: int
 
     def __init__(self, status: int, reason: str, headers: Headers, body: bytes = b"",
                  version: str = SIP_VERSION, raw: bytes | None = None) -> None:
@@ -275,17 +278,11 @@ class Response(Message):
         self._version = version
         self._raw = raw
         self._raw_headers = headers if raw is not None else None
-        self._status = status
+        self.status = self._parsed_status = status
         self._reason = reason
 
-    @property
-    def status(self) -> int:
-        return self._status
-
-    @status.setter
-    def status(self, value: int) -> None:
-        self._status = value
-        self._raw = None
+    def _start_as_parsed(self) -> bool:
+        return self.status == self._parsed_status
 
     @property
     def reason(self) -> str:
@@ -297,7 +294,7 @@ class Response(Message):
         self._raw = None
 
     def start_line(self) -> str:
-        return f"{self._version} {self._status} {self._reason}"
+        return f"{self._version} {self.status} {self._reason}"
 
     def __repr__(self) -> str:
         return f"<Response {self.status} call-id={self.headers.get('call-id')}>"

@@ -230,6 +230,22 @@ def test_response_status_change_drops_the_bytes() -> None:
     assert resp.to_bytes().startswith(b"SIP/2.0 183 Session Progress\r\n")
 
 
+def test_a_status_or_method_changed_alone_is_what_is_sent() -> None:
+    """`status` and `method` are plain attributes (read on every layer): the parsed bytes
+    are reused only while they still say what the message says."""
+    resp = parse_message(build_response(_msg(), 180).to_bytes())
+    assert isinstance(resp, Response)
+    resp.status = 183
+    assert resp.to_bytes().startswith(b"SIP/2.0 183 Ringing\r\n")
+    req = _msg()
+    assert isinstance(req, Request)
+    raw = req.to_bytes()
+    req.method = "OPTIONS"
+    out = req.to_bytes()
+    assert out != raw and out.startswith(b"OPTIONS ")
+    assert out.split(b"\r\n", 1)[1] == raw.split(b"\r\n", 1)[1]
+
+
 def test_build_response_copies_the_dialog_headers() -> None:
     req = _msg()
     resp = build_response(req, 486, to_tag="b2")
