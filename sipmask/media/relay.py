@@ -494,11 +494,17 @@ class RelaySession:
             rtcp.set_sdp_peer(None, _NO_ONE)
         else:
             sip_ip = None if sip_source is None else _normal_ip(sip_source, family)
-            rtcp_ip = ip if rtcp_host is None else _normal_ip(rtcp_host, family)
-            rtp.set_sdp_peer(rtp_peer, frozenset(i for i in (ip, sip_ip) if i is not None))
+            signalled = frozenset((ip,) if sip_ip is None else (ip, sip_ip))
+            if rtcp_host is None:       # RTCP at the RTP host (the common case)
+                rtcp_ip: str | None = ip
+                rtcp_signalled = signalled
+            else:
+                rtcp_ip = _normal_ip(rtcp_host, family)
+                rtcp_signalled = signalled if rtcp_ip is None else signalled | {rtcp_ip}
+            rtp.set_sdp_peer(rtp_peer, signalled)
             rtcp.set_sdp_peer(
                 None if rtcp_ip is None else _address(rtcp_ip, rtcp_port or rtp_port + 1, family),
-                frozenset(i for i in (rtcp_ip, ip, sip_ip) if i is not None))
+                rtcp_signalled)
         rtp.secure = rtcp.secure = secure
         if self._armed_at is None:
             self._remote_set.add(Side.A if side == Side.A else Side.B)
