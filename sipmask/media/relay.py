@@ -101,8 +101,10 @@ Address = tuple[Any, ...]   # what the socket layer gives: (host, port) or IPv6 
 # How many port pairs a side tries before giving up when binds keep failing (other
 # processes holding ports in our range); each failed pair goes to the back of the queue.
 MAX_BIND_ATTEMPTS = 64
-# The idle pool of bound port pairs (module docstring).
-POOL_MAX_IDLE = 2048
+# The idle pool of bound port pairs (module docstring): a quarantine's worth at 1,024 calls/s
+# (2 pairs a call), so a steady 800 calls/s (issue 13's ladder) binds nothing; at 2,048
+# a fifth to a half of its pairs were bound fresh (bench/call_cpu.py at 600-800/s).
+POOL_MAX_IDLE = 4096
 POOL_QUARANTINE_S = 2.0
 
 
