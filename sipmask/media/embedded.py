@@ -129,11 +129,17 @@ class EmbeddedBackend:
         found = self._parse_endpoints(sdp)
         check_media_lines(len(found))
         held = self._is_hold(sdp) if self._is_hold is not None else None
-        before = self.relay.session(call_id)
-        enabled = await self._resolved([e for e in found if e is not None])
         session = self.relay.session(call_id)
-        if session is not before or (session is None and not may_open):
-            # The call ended (BYE, media timeout) while its names were looked up.
+        enabled = [e for e in found if e is not None]
+        names = _host_names(enabled)
+        if names:       # most bodies name IPs: no lookup, nothing to await
+            before = session
+            enabled = await self._resolved(enabled, names)
+            session = self.relay.session(call_id)
+            if session is not before:
+                # The call ended (BYE, media timeout) while its names were looked up.
+                raise MediaError(f"relay session for call {call_id} closed during the offer")
+        if session is None and not may_open:
             raise MediaError(f"relay session for call {call_id} closed during the offer")
         opened = session is None
         if session is None:
@@ -157,10 +163,12 @@ class EmbeddedBackend:
                                rtcp_host=endpoint.rtcp_host, sip_source=sip_source,
                                secure=endpoint.secure)
         if held is not None:
-            holding = self._held.setdefault(call_id, set())
+            holding = self._held.get(call_id)
             if held:
+                if holding is None:
+                    holding = self._held[call_id] = set()
                 holding.add(leg)
-            else:
+            elif holding is not None:
                 holding.discard(leg)
             session.set_hold(bool(holding))
         bodies = self._bodies.get(call_id)
@@ -199,7 +207,8 @@ class EmbeddedBackend:
             return None
         # Relay lines are the body's m= lines that are not at port 0, in order.
         line = sum(1 for e in found[:chosen.index] if e is not None)
-        (resolved,) = await self._resolved([endpoint])
+        names = _host_names([endpoint])
+        (resolved,) = await self._resolved([endpoint], names) if names else (endpoint,)
         if self.relay.session(call_id) is not None:
             raise MediaError(f"a relay session for call {call_id} opened meanwhile")
         session = await self.relay.open_session(call_id)
@@ -284,14 +293,12 @@ class EmbeddedBackend:
             return self._sdp.origin(leg_key, self.relay.address)
         return OriginCounter(address=self.relay.address, sess_id=new_session_id())
 
-    async def _resolved(self, endpoints: list[MediaEndpoint]) -> list[MediaEndpoint]:
-        """`endpoints` with every host name replaced by its address: each name looked up
-        once, all of them within resolve_timeout_s. SdpError (488) when one fails or is
-        late; its reason names no host (a name may hold a number)."""
-        names = {host for e in endpoints for host in (e.host, e.rtcp_host)
-                 if host is not None and not _is_ip(host)}
-        if not names:
-            return endpoints
+    async def _resolved(self, endpoints: list[MediaEndpoint],
+                        names: set[str]) -> list[MediaEndpoint]:
+        """`endpoints` with every host name (`names`, from _host_names) replaced by its
+        address: each name looked up once, all of them within resolve_timeout_s. SdpError
+        (488) when one fails or is late; its reason names no host (a name may hold a
+        number)."""
         ordered = sorted(names)
         loop = asyncio.get_running_loop()
         lookups = [loop.create_task(self._look_up(name)) for name in ordered]
@@ -360,6 +367,12 @@ class EmbeddedBackend:
 def _leg(leg: str) -> Leg:
     """"a" or "b" as a Leg; ValueError otherwise."""
     return "a" if other_leg(leg) == "b" else "b"
+
+
+def _host_names(endpoints: Sequence[MediaEndpoint]) -> set[str]:
+    """The hosts of `endpoints` (c= and a=rtcp) that are names, not IP literals."""
+    return {host for e in endpoints for host in (e.host, e.rtcp_host)
+            if host is not None and not _is_ip(host)}
 
 
 def _is_ip(host: str) -> bool:

@@ -101,8 +101,10 @@ Address = tuple[Any, ...]   # what the socket layer gives: (host, port) or IPv6 
 # How many port pairs a side tries before giving up when binds keep failing (other
 # processes holding ports in our range); each failed pair goes to the back of the queue.
 MAX_BIND_ATTEMPTS = 64
-# The idle pool of bound port pairs (module docstring).
-POOL_MAX_IDLE = 2048
+# The idle pool of bound port pairs (module docstring): a quarantine's worth at 1,024 calls/s
+# (2 pairs a call), so a steady 800 calls/s (issue 13's ladder) binds nothing; at 2,048
+# a fifth to a half of its pairs were bound fresh (bench/call_cpu.py at 600-800/s).
+POOL_MAX_IDLE = 4096
 POOL_QUARANTINE_S = 2.0
 
 
@@ -494,11 +496,17 @@ class RelaySession:
             rtcp.set_sdp_peer(None, _NO_ONE)
         else:
             sip_ip = None if sip_source is None else _normal_ip(sip_source, family)
-            rtcp_ip = ip if rtcp_host is None else _normal_ip(rtcp_host, family)
-            rtp.set_sdp_peer(rtp_peer, frozenset(i for i in (ip, sip_ip) if i is not None))
+            signalled = frozenset((ip,) if sip_ip is None else (ip, sip_ip))
+            if rtcp_host is None:       # RTCP at the RTP host (the common case)
+                rtcp_ip: str | None = ip
+                rtcp_signalled = signalled
+            else:
+                rtcp_ip = _normal_ip(rtcp_host, family)
+                rtcp_signalled = signalled if rtcp_ip is None else signalled | {rtcp_ip}
+            rtp.set_sdp_peer(rtp_peer, signalled)
             rtcp.set_sdp_peer(
                 None if rtcp_ip is None else _address(rtcp_ip, rtcp_port or rtp_port + 1, family),
-                frozenset(i for i in (rtcp_ip, ip, sip_ip) if i is not None))
+                rtcp_signalled)
         rtp.secure = rtcp.secure = secure
         if self._armed_at is None:
             self._remote_set.add(Side.A if side == Side.A else Side.B)

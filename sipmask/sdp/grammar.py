@@ -26,10 +26,11 @@ def split_lines(text: str) -> list[str]:
     LF). RFC 4566 §9: text excludes NUL, CR and LF, so a NUL or a CR not followed by LF is
     refused. The checks run on the whole text first; the line-by-line search only runs to
     name the bad line."""
-    crlf = text.count("\r\n")
-    if crlf == text.count("\n"):
-        lines = text.split("\r\n")
-        clean = crlf == text.count("\r")
+    lines = text.split("\r\n")
+    # What is left once every CRLF is taken out: one search each for LF and CR, not a count.
+    rest = "".join(lines)
+    if "\n" not in rest:
+        clean = "\r" not in rest
     else:
         lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
         clean = not any("\r" in line for line in lines)

@@ -83,6 +83,9 @@ def _facts(section: Section) -> dict[str, Facts]:
 
 
 _FACTS = {section: _facts(section) for section in Section}
+# The fates the line loop tests, as module names: Python 3.11 looks an attribute of an enum
+# class up through its metaclass on every read.
+_KEEP, _RELAY, _GROUP = Fate.KEEP, Fate.RELAY, Fate.GROUP
 
 
 def scan(data: bytes) -> Scan:
@@ -133,16 +136,16 @@ def scan(data: bytes) -> Scan:
                 ice = True
             if named is not None and not colon and found is None:
                 found = named
-            if fate is Fate.KEEP:
+            if fate is _KEEP:
                 kept.append(line)
-            elif fate is Fate.RELAY:
+            elif fate is _RELAY:
                 # a=rtcp, on an active stream only: its value goes to the endpoint and the
                 # relay's RTCP port and address are filled in by `rewrite`.
                 if rtcp is None:
                     rtcp = value if colon else ""
                 rtcp_at.append(len(kept))
                 kept.append(f"a={name}:")
-            elif fate is Fate.GROUP and group_crosses(value if colon else None):
+            elif fate is _GROUP and group_crosses(value if colon else None):
                 kept.append(line)
         elif kind == "c":
             fields = line[2:].split()
@@ -189,10 +192,10 @@ def scan(data: bytes) -> Scan:
             bwtype, colon, _ = line[2:].partition(":")
             if not colon or not bwtype:
                 raise bad_line(number, "b= is not <bwtype>:<bandwidth>")
-            if line_fate("b", section) is Fate.KEEP:
+            if line_fate("b", section) is _KEEP:
                 kept.append(line)
         elif kind not in "vos":
-            if line_fate(kind, section) is Fate.KEEP:
+            if line_fate(kind, section) is _KEEP:
                 has_time = has_time or kind == "t"
                 kept.append(line)
         elif kind == "v" or port != -1:
