@@ -57,7 +57,7 @@ from sipmask.sip.timers import (
     backoff,
     initial,
 )
-from sipmask.sip.transports import RELIABLE, Address, Transport
+from sipmask.sip.transports import ALL, RELIABLE, Address, Transport
 from sipmask.sip.uri import Via
 
 RandomBytes = Callable[[int], bytes]
@@ -490,14 +490,19 @@ class TransactionLayer:
                  local_port: int, rand: RandomBytes = token_bytes,
                  trying_delay: float | None = TRYING_DELAY,
                  via_ports: Mapping[str, int] | None = None) -> None:
-        self.timers = timers if timers is not None else TimerConfig()
+        # How long each timer runs when started, per transport: derived from `timers` and
+        # `trying_delay` whenever either is set (the properties below), so _run looks an
+        # interval up instead of asking sip/timers.initial on every start.
+        self._intervals: dict[str, dict[Timer, float | None]] = {}
+        self._timers = timers if timers is not None else TimerConfig()
+        self._trying_delay = trying_delay
+        self._derive_intervals()
         self.local_via_host = local_via_host
         self.local_port = local_port
         # The port our Via names per transport when it has its own listener (TLS usually
         # does: 5061, §26.2.1); §18.2.2 sends a response there if the connection is gone.
         self.via_ports: dict[str, int] = dict(via_ports or {})
         self.rand = rand
-        self.trying_delay = trying_delay
         self._txns: dict[str, Transaction] = {}
         # Accepted server INVITE transactions by (Call-ID, CSeq number, From tag, To tag),
         # to match the ACK for their 2xx, which has a branch of its own (§17.1.1.3).
@@ -513,6 +518,34 @@ class TransactionLayer:
         self._out: list[Outgoing] = []
         self._events: list[TUEvent] = []
         self._live: dict[Kind, int] = dict.fromkeys(Kind, 0)
+
+    # -- timer values ------------------------------------------------------------------------
+    @property
+    def timers(self) -> TimerConfig:
+        """T1, T2, T4 (§17.1.1.1)."""
+        return self._timers
+
+    @timers.setter
+    def timers(self, value: TimerConfig) -> None:
+        self._timers = value
+        self._derive_intervals()
+
+    @property
+    def trying_delay(self) -> float | None:
+        """§17.2.1: when the layer sends 100 Trying itself (None: never)."""
+        return self._trying_delay
+
+    @trying_delay.setter
+    def trying_delay(self, value: float | None) -> None:
+        self._trying_delay = value
+        self._derive_intervals()
+
+    def _derive_intervals(self) -> None:
+        for transport in ALL:
+            table: dict[Timer, float | None] = {
+                timer: initial(timer, self._timers, transport) for timer in Timer}
+            table[Timer.TRYING] = self._trying_delay
+            self._intervals[transport] = table
 
     # -- draining --------------------------------------------------------------------------
     def outgoing(self) -> list[Outgoing]:
@@ -729,7 +762,8 @@ class TransactionLayer:
         self._txns[txn.txn_id] = txn
         self._live[txn.kind] += 1
         self._run(txn, _INITIAL_RULES[txn.kind], ctx)
-        self._settle(txn, ctx)
+        if txn.due_now or txn.state in _TERMINATED:
+            self._settle(txn, ctx)
 
     def _feed(self, txn: Transaction, event: Event, ctx: _Context) -> None:
         rule = _RULES[txn.state].get(event)
@@ -739,11 +773,12 @@ class TransactionLayer:
                 f"{event.value}")
         txn.state = rule.next
         self._run(txn, rule, ctx)
-        self._settle(txn, ctx)
+        if txn.due_now or txn.state in _TERMINATED:
+            self._settle(txn, ctx)
 
     def _settle(self, txn: Transaction, ctx: _Context) -> None:
         """Fire zero-length timers now (a reliable transport's D, I, J, K: §17), then retire
-        a terminated transaction."""
+        a terminated transaction. Called only when there is one or the other to do."""
         while txn.due_now and txn.state not in _TERMINATED:
             self._feed(txn, txn.due_now.pop(0), _Context(ctx.now))
         if txn.state in _TERMINATED and self._txns.get(txn.txn_id) is txn:
@@ -763,10 +798,13 @@ class TransactionLayer:
             self._stop(txn, timer)
         for step in rule.steps:
             step(self, txn, ctx)
+        if not rule.starts:
+            return
+        intervals = self._intervals[txn.transport]
         for timer, how in rule.starts:
             interval: float | None
             if how is _START:
-                interval = self._initial(timer, txn.transport)
+                interval = intervals[timer]
                 if interval is None:
                     continue        # not used on this transport (§17.1.1.2 and on)
             elif how is _BACKOFF:
@@ -774,11 +812,6 @@ class TransactionLayer:
             else:
                 interval = self.timers.t2   # §17.1.2.2: E in Proceeding
             self._start(txn, timer, interval, ctx.now)
-
-    def _initial(self, timer: Timer, transport: Transport) -> float | None:
-        if timer is Timer.TRYING:
-            return self.trying_delay
-        return initial(timer, self.timers, transport)
 
     def _start(self, txn: Transaction, timer: Timer, interval: float, now: float) -> None:
         txn.intervals[timer] = interval
