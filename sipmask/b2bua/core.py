@@ -551,15 +551,15 @@ class CallCore:
                 assert ctx.rest is None, "one transition waits at a time"
                 ctx.rest = (transition, i + 1)
                 return
-        self._after(ctx)
-
-    def _after(self, ctx: CallContext) -> None:
+        # The transition is complete: what its new state asks for.
         call = ctx.call
-        if call.state is not CallState.CALLING and call.state is not CallState.EARLY:
-            self.timers.stop(call.call_id, CallTimer.RING)
-        if call.state is CallState.ENDING and not ctx.pending_byes:
-            self.transition(ctx, CallEvent.BYES_DONE)      # its own _after forgets the call
-        elif call.state is CallState.ENDED:
+        state = call.state
+        if state is CallState.CALLING or state is CallState.EARLY:
+            return
+        self.timers.stop(call.call_id, CallTimer.RING)
+        if state is CallState.ENDING and not ctx.pending_byes:
+            self.transition(ctx, CallEvent.BYES_DONE)      # its own end forgets the call
+        elif state is CallState.ENDED:
             self._forget(ctx)
 
     # -- the actions of the call's table (_ACTIONS); one may leave the call waiting ---------
