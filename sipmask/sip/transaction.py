@@ -436,10 +436,15 @@ _TERMINATED: frozenset[State] = frozenset({
     _CI.TERMINATED, _CN.TERMINATED, _SI.TERMINATED, _SN.TERMINATED})
 
 
+# Bound once as globals: reading a member off its Enum class is a slow attribute hook in
+# Python 3.11 (EnumType.__getattr__), and this runs for every response in and out.
+_PROVISIONAL, _SUCCESS, _FAILURE = Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE
+
+
 def response_input(status: int) -> Input:
     if status < 200:
-        return Input.PROVISIONAL
-    return Input.SUCCESS if status < 300 else Input.FAILURE
+        return _PROVISIONAL
+    return _SUCCESS if status < 300 else _FAILURE
 
 
 # -- one transaction ------------------------------------------------------------------------
@@ -914,17 +919,17 @@ class TransactionLayer:
             txn.cancel_id = None
 
     def _send_server_response(self, txn: Transaction, response: Response) -> None:
+        invite = txn.kind is Kind.INVITE_SERVER
         # The To tag matters to INVITE transactions only: CANCEL's 200 and the 2xx ACK.
-        tag = _to_tag(response) if txn.kind is Kind.INVITE_SERVER else None
+        tag = _to_tag(response) if invite else None
         if tag is not None:
             txn.to_tag = tag
         # A non-INVITE server resends only bytes (§17.2.2); an INVITE server keeps the
         # response for AckTimeout until its ACK comes.
-        txn.last_response = response if txn.kind is Kind.INVITE_SERVER else None
+        txn.last_response = response if invite else None
         txn.last_bytes = response.to_bytes()
         self._out.append(Outgoing(txn.last_bytes, txn.peer, txn.transport))
-        if txn.kind is Kind.INVITE_SERVER and 200 <= response.status < 300 \
-                and txn.dialog_key is None:
+        if invite and 200 <= response.status < 300 and txn.dialog_key is None:
             key = _dialog_key(txn.request, tag or "")
             txn.dialog_key = key
             self._accepted[key] = txn.txn_id
