@@ -149,6 +149,7 @@ _LEG_A, _LEG_B = Leg.A, Leg.B
 _ENDING, _ENDED = CallState.ENDING, CallState.ENDED
 _RINGING = frozenset({CallState.CALLING, CallState.EARLY})     # the RING timer runs
 _B_INVITE, _BYE_A = Role.B_INVITE, Role.BYE_A
+_RING, _FAILOVER = CallTimer.RING, CallTimer.FAILOVER
 _SDP_BODY = masking.BodyKind.SDP
 
 
@@ -416,7 +417,7 @@ class CallCore:
         if role is _B_INVITE:
             # Any response, 100 included: the target is there (RFC 3263 §4.3).
             ctx.b_heard = True
-            self.timers.stop(ctx.call.call_id, CallTimer.FAILOVER)
+            self.timers.stop(ctx.call.call_id, _FAILOVER)
             if status == 100:
                 return
             if status < 200:
@@ -564,7 +565,7 @@ class CallCore:
         state = call.state
         if state in _RINGING:
             return
-        self.timers.stop(call.call_id, CallTimer.RING)
+        self.timers.stop(call.call_id, _RING)
         if state is _ENDING and not ctx.pending_byes:
             self.transition(ctx, CallEvent.BYES_DONE)      # its own end forgets the call
         elif state is _ENDED:

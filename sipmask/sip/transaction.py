@@ -437,8 +437,9 @@ _TERMINATED: frozenset[State] = frozenset({
 
 
 # Bound once as globals: reading a member off its Enum class is a slow attribute hook in
-# Python 3.11 (EnumType.__getattr__), and this runs for every response in and out.
+# Python 3.11 (EnumType.__getattr__), and these are read for every response in and out.
 _PROVISIONAL, _SUCCESS, _FAILURE = Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE
+_INVITE_SERVER = Kind.INVITE_SERVER
 
 
 def response_input(status: int) -> Input:
@@ -919,7 +920,7 @@ class TransactionLayer:
             txn.cancel_id = None
 
     def _send_server_response(self, txn: Transaction, response: Response) -> None:
-        invite = txn.kind is Kind.INVITE_SERVER
+        invite = txn.kind is _INVITE_SERVER
         # The To tag matters to INVITE transactions only: CANCEL's 200 and the 2xx ACK.
         tag = _to_tag(response) if invite else None
         if tag is not None:
