@@ -437,9 +437,10 @@ _TERMINATED: frozenset[State] = frozenset({
 
 
 # Bound once as globals: reading a member off its Enum class is a slow attribute hook in
-# Python 3.11 (EnumType.__getattr__), and these are read for every response in and out.
+# Python 3.11 (EnumType.__getattr__), and these are read for every message in and out.
 _PROVISIONAL, _SUCCESS, _FAILURE = Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE
-_INVITE_SERVER = Kind.INVITE_SERVER
+_INVITE_SERVER, _NON_INVITE_SERVER = Kind.INVITE_SERVER, Kind.NON_INVITE_SERVER
+_INVITE_CLIENT, _NON_INVITE_CLIENT = Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT
 
 
 def response_input(status: int) -> Input:
@@ -664,7 +665,7 @@ class TransactionLayer:
         if txn is not None:
             self._feed(txn, Input.REQUEST, _Context(now, request, source, transport))
             return
-        kind = Kind.INVITE_SERVER if method == "INVITE" else Kind.NON_INVITE_SERVER
+        kind = _INVITE_SERVER if method == "INVITE" else _NON_INVITE_SERVER
         peer = source if transport in RELIABLE else via.response_target(source)
         txn = Transaction(key, kind, request, transport, peer, INITIAL_STATE[kind],
                           source=source)
@@ -705,7 +706,7 @@ class TransactionLayer:
         key = client_key(branch, request.cseq.method)
         if key in self._txns:
             raise TransactionError(f"a transaction with branch {branch} is already live")
-        kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
+        kind = _INVITE_CLIENT if request.method == "INVITE" else _NON_INVITE_CLIENT
         txn = Transaction(key, kind, request, transport, dest, INITIAL_STATE[kind],
                           request_bytes=request.to_bytes())
         self._add(txn, _Context(now))
@@ -742,7 +743,7 @@ class TransactionLayer:
         out = Outgoing(ack.to_bytes(), dest, transport)
         self._out.append(out)
         txn = self._txns.get(invite_txn_id) if invite_txn_id is not None else None
-        if txn is not None and txn.kind is Kind.INVITE_CLIENT:
+        if txn is not None and txn.kind is _INVITE_CLIENT:
             txn.acks_2xx[ack.to.tag or ""] = out
 
     def send_stateless(self, msg: Request | Response, dest: Address,
