@@ -150,6 +150,10 @@ _ENDING, _ENDED = CallState.ENDING, CallState.ENDED
 _RINGING = frozenset({CallState.CALLING, CallState.EARLY})     # the RING timer runs
 _B_INVITE, _BYE_A = Role.B_INVITE, Role.BYE_A
 _RING, _FAILOVER = CallTimer.RING, CallTimer.FAILOVER
+_B_PROVISIONAL, _B_ANSWER = CallEvent.B_PROVISIONAL, CallEvent.B_ANSWER
+_A_ACK, _BYES_DONE = CallEvent.A_ACK, CallEvent.BYES_DONE
+_DTMF_BODY = masking.BodyKind.DTMF
+_DIALOG_ENDED = DialogState.TERMINATED
 _SDP_BODY = masking.BodyKind.SDP
 
 
@@ -381,7 +385,7 @@ class CallCore:
             self._actions.append(make(op, ctx.call.call_id, leg, body.content,
                                       self._sip_source(ctx, leg)))
             return None
-        if body.kind is masking.BodyKind.DTMF:
+        if body.kind is _DTMF_BODY:
             return body.content, body.content_type
         return b"", None
 
@@ -423,9 +427,9 @@ class CallCore:
             if status < 200:
                 if not calling.in_order_reliable(ctx, response):
                     return
-                self.fire(ctx, CallEvent.B_PROVISIONAL, response=response)
+                self.fire(ctx, _B_PROVISIONAL, response=response)
             elif status < 300:
-                self.fire(ctx, CallEvent.B_ANSWER, response=response)
+                self.fire(ctx, _B_ANSWER, response=response)
             else:
                 self._by_txn.pop(txn_id, None)
                 failover.attempt_failed(self, ctx, txn_id, CallEvent.B_FAILURE, response)
@@ -468,7 +472,7 @@ class CallCore:
             return
         ctx.b_source = event.source
         ctx.b_acked.discard(response.to.tag or "")
-        self.fire(ctx, CallEvent.B_ANSWER, response=response)
+        self.fire(ctx, _B_ANSWER, response=response)
 
     def _on_ack(self, event: AckReceived) -> None:
         found = self.find_dialog(event.request)
@@ -478,7 +482,7 @@ class CallCore:
         if leg is _LEG_B:
             ctx.b_source = event.source
         if leg is _LEG_A and event.request.cseq.number == ctx.a_invite.cseq.number:
-            self.fire(ctx, CallEvent.A_ACK)
+            self.fire(ctx, _A_ACK)
         relaying.on_ack(self, ctx, leg, event.request)
 
     def _on_ack_timeout(self, event: AckTimeout) -> None:
@@ -567,7 +571,7 @@ class CallCore:
             return
         self.timers.stop(call.call_id, _RING)
         if state is _ENDING and not ctx.pending_byes:
-            self.transition(ctx, CallEvent.BYES_DONE)      # its own end forgets the call
+            self.transition(ctx, _BYES_DONE)      # its own end forgets the call
         elif state is _ENDED:
             self._forget(ctx)
 
@@ -641,7 +645,7 @@ class CallCore:
     # -- pieces ----------------------------------------------------------------------------
     def _send_bye(self, ctx: CallContext, leg: Leg) -> None:
         dialog = ctx.a_dialog if leg is _LEG_A else ctx.b_dialog
-        if dialog is None or dialog.state is DialogState.TERMINATED:
+        if dialog is None or dialog.state is _DIALOG_ENDED:
             return
         try:
             bye = dialog.new_request("BYE")
@@ -666,7 +670,7 @@ class CallCore:
         self._by_txn.pop(txn_id, None)
         ctx.pending_byes.discard(txn_id)
         if not ctx.pending_byes and ctx.call.state is _ENDING:
-            self.fire(ctx, CallEvent.BYES_DONE)
+            self.fire(ctx, _BYES_DONE)
 
     def send_request(self, request: Request, dest: Address, transport: Transport,
                      reuse: Reuse) -> str:
