@@ -226,10 +226,29 @@ _CAUSE_FOR_EVENT: dict[CallEvent, str] = {
 _NOTICE_CAUSE: dict[CallEvent, str] = {E.B_BYE: "callee_failed"}
 
 
-# What Call.apply does for each transition, worked out once from the tables above:
-# (next state, actions, decides the end (WRITE_CDR), the status an ANSWER_A_* action fixes,
-# relays B's failure, release side it sets, unconnected cause it sets).
-_Step = tuple[CallState, tuple[Action, ...], bool, int | None, bool, str | None, str | None]
+# The time a transition stamps on the record (Call.apply), by its event and state: B's
+# first provisional (ring_at, not while cancelling), B's answer while ringing (answer_at and
+# the status), the notices' end (answer_at: talk time starts at A's 200).
+_RING, _ANSWER, _TALK = "ring", "answer", "talk"
+
+
+def _stamp(state: CallState, event: CallEvent) -> str | None:
+    if event is E.B_PROVISIONAL and state is not S.CANCELLING:
+        return _RING
+    if event is E.B_ANSWER and (state is S.CALLING or state is S.EARLY):
+        return _ANSWER
+    if event is E.NOTICE_DONE:
+        return _TALK
+    return None
+
+
+# What Call.apply does for each transition, worked out once from the tables above (so
+# apply compares no Enum members: reading one off its class is a slow attribute hook in
+# Python 3.11): (next state, actions, decides the end (WRITE_CDR), the status an ANSWER_A_*
+# action fixes, relays B's failure, release side it sets, unconnected cause it sets, the
+# time it stamps (_stamp), ends while a notice plays).
+_Step = tuple[CallState, tuple[Action, ...], bool, int | None, bool, str | None, str | None,
+              str | None, bool]
 
 
 def _step(state: CallState, event: CallEvent, next_state: CallState,
@@ -239,8 +258,9 @@ def _step(state: CallState, event: CallEvent, next_state: CallState,
     cause = _CAUSE_FOR_EVENT.get(event)
     if state is S.NOTICE:
         cause = _NOTICE_CAUSE.get(event, cause)
-    return (next_state, actions, A.WRITE_CDR in actions, fixed,
-            A.RELAY_FAILURE_TO_A in actions, release, cause)
+    ends = A.WRITE_CDR in actions
+    return (next_state, actions, ends, fixed, A.RELAY_FAILURE_TO_A in actions, release,
+            cause, _stamp(state, event), ends and state is S.NOTICE)
 
 
 _STEPS: dict[tuple[CallState, CallEvent], _Step] = {
@@ -279,23 +299,27 @@ class Call:
         step = _STEPS.get((state, event))
         if step is None:
             raise CallStateError(f"{event.value} is not allowed in state {state.value}")
-        next_state, actions, ends, fixed_status, relay_failure, release, cause = step
+        (next_state, actions, ends, fixed_status, relay_failure, release, cause, stamp,
+         notice_end) = step
         self.history.append((state, event))
         # The record (CDR fields), from what _STEPS worked out for this transition.
-        if event is E.B_PROVISIONAL and self.ring_at is None and state is not S.CANCELLING:
-            self.ring_at = now
-        elif event is E.B_ANSWER and self.answer_at is None and (
-                state is S.CALLING or state is S.EARLY):
-            self.answer_at = now
-            self.sip_status = status or 200
-        elif event is E.NOTICE_DONE:
-            # The parties are connected now, the caller's 200 on its way: talk time (and
-            # billing, as the caller's carrier counts it from that 200) starts here, not at
-            # the callee's answer. A notice is not talk time.
+        if stamp is None:
+            pass
+        elif stamp == _RING:
+            if self.ring_at is None:
+                self.ring_at = now
+        elif stamp == _ANSWER:
+            if self.answer_at is None:
+                self.answer_at = now
+                self.sip_status = status or 200
+        else:
+            # _TALK: the parties are connected now, the caller's 200 on its way: talk time
+            # (and billing, as the caller's carrier counts it from that 200) starts here,
+            # not at the callee's answer. A notice is not talk time.
             self.answer_at = now
         if relay_failure:
             self.sip_status = status
-        if ends and state is S.NOTICE:
+        if notice_end:
             # A never heard B's answer (a notice was playing): to the record the call was
             # not answered, and its status is the one A gets now.
             self.answer_at = None

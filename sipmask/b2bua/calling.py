@@ -50,6 +50,15 @@ SDP = masking.SDP
 _SUPPORTED_NAMES = frozenset({"supported", "k"})     # Supported, long and compact
 # Refusals whose status says more than the CDR cause (metrics reasons, not CDR causes).
 _REFUSAL_REASON = {400: "bad_request", 416: "bad_request", 420: "bad_request", 483: "loop"}
+# Enum members each call reads, bound once as module globals: in Python 3.11 reading a
+# member off its Enum class goes through EnumType.__getattr__'s slow attribute hook (as in
+# core.py).
+_LEG_A, _LEG_B = Leg.A, Leg.B
+_ROUTING, _ANSWERED = CallState.ROUTING, CallState.ANSWERED
+_RING, _FAILOVER = CallTimer.RING, CallTimer.FAILOVER
+_B_INVITE = Role.B_INVITE
+_SDP_BODY = masking.BodyKind.SDP
+_EARLY_DIALOG = DialogState.EARLY
 
 
 @dataclass
@@ -243,7 +252,7 @@ def _refusal_recorded(core: CallCore, event: RequestReceived, status: int,
 
 # -- leg B -----------------------------------------------------------------------------------
 def _place_leg_b(core: CallCore, ctx: CallContext, max_forwards: int) -> None:
-    if ctx.call.state is not CallState.ROUTING:
+    if ctx.call.state is not _ROUTING:
         return
     if not ctx.b_targets:
         # No server to try (a name that did not resolve, RFC 3263 §4.3): 503 at once,
@@ -252,7 +261,7 @@ def _place_leg_b(core: CallCore, ctx: CallContext, max_forwards: int) -> None:
         core.log.warning("call.trunk_unreachable", call_id=ctx.call.call_id)
         core.transition(ctx, CallEvent.B_UNREACHABLE)
         return
-    crossed = core.cross(ctx, Leg.A, ctx.a_body, offer=True,
+    crossed = core.cross(ctx, _LEG_A, ctx.a_body, offer=True,
                          then=partial(_leg_b_offered, core, ctx, max_forwards))
     if crossed is not None:
         _send_leg_b(core, ctx, max_forwards, *crossed)
@@ -266,7 +275,7 @@ def _leg_b_offered(core: CallCore, ctx: CallContext, max_forwards: int,
         status = error.status if isinstance(error, SipError) else 503
         core.transition(ctx, CallEvent.SETUP_FAILED, status_override=status)
         return
-    if ctx.call.state is CallState.ROUTING:
+    if ctx.call.state is _ROUTING:
         _send_leg_b(core, ctx, max_forwards, done.sdp, SDP)
 
 
@@ -275,7 +284,7 @@ def _send_leg_b(core: CallCore, ctx: CallContext, max_forwards: int, body: bytes
     ctx.b_offer = (max_forwards, body, content_type)
     send_attempt(core, ctx)
     core.transition(ctx, CallEvent.LEG_B_SENT)
-    core.timers.start(ctx.call.call_id, CallTimer.RING,
+    core.timers.start(ctx.call.call_id, _RING,
                       core.now + core.config.sip.ring_timeout_s)
 
 
@@ -291,16 +300,16 @@ def send_attempt(core: CallCore, ctx: CallContext) -> None:
         ctx.b_tag = new_tag()
         ctx.b_dialog, ctx.b_source, ctx.b_heard = None, None, False
         ctx.b_rseq.clear()
-        ctx.contacts.pop(Leg.B, None)          # the transport may differ
-        ctx.hops.pop(Leg.B, None)
+        ctx.contacts.pop(_LEG_B, None)          # the transport may differ
+        ctx.hops.pop(_LEG_B, None)
     ctx.b_dest, ctx.b_transport = target.server.address, target.server.transport
     cseq = 1 if previous is None else previous.cseq.number + 1
     ctx.b_invite = request = _leg_b_invite(core, ctx, target, cseq)
     ctx.b_txn = core.send_request(request, ctx.b_dest, ctx.b_transport, None)
-    core.track(ctx.b_txn, (Role.B_INVITE, ctx), ctx)
+    core.track(ctx.b_txn, (_B_INVITE, ctx), ctx)
     timeout_ms = ctx.trunk.failover_timeout_ms
     if timeout_ms:
-        core.timers.start(ctx.call.call_id, CallTimer.FAILOVER, core.now + timeout_ms / 1000)
+        core.timers.start(ctx.call.call_id, _FAILOVER, core.now + timeout_ms / 1000)
 
 
 def _leg_b_invite(core: CallCore, ctx: CallContext, target: Target, cseq: int) -> Request:
@@ -325,7 +334,7 @@ def _leg_b_invite(core: CallCore, ctx: CallContext, target: Target, cseq: int) -
                     for n, v in crossing]
     return masking.build_request(
         "INVITE", request_uri=uri, local=local, remote=f"<{uri}>",
-        call_id=call.call_id, cseq=cseq, contact=core.contact_of(ctx, Leg.B),
+        call_id=call.call_id, cseq=cseq, contact=core.contact_of(ctx, _LEG_B),
         max_forwards=max_forwards, crossing=crossing, extra=extra, body=body,
         content_type=content_type)
 
@@ -379,8 +388,8 @@ def relay_provisional(core: CallCore, ctx: CallContext, transition: Transition) 
             and ctx.b_dialog is not None:
         # RFC 3262 §4: PRACK the reliable provisional on leg B ourselves.
         prack = ctx.b_dialog.prack(response)
-        core.track(core.send_in_dialog(ctx, Leg.B, prack), (Role.PRACK, ctx), ctx)
-    crossed = core.cross(ctx, Leg.B, core.body_of(response), offer=not ctx.media_open,
+        core.track(core.send_in_dialog(ctx, _LEG_B, prack), (Role.PRACK, ctx), ctx)
+    crossed = core.cross(ctx, _LEG_B, core.body_of(response), offer=not ctx.media_open,
                          then=partial(_provisional_crossed, core, ctx, response))
     if crossed is not None:
         _send_provisional(core, ctx, response, *crossed)
@@ -393,7 +402,7 @@ def _provisional_crossed(core: CallCore, ctx: CallContext, response: Response,
 
 def _send_provisional(core: CallCore, ctx: CallContext, response: Response, body: bytes,
                       content_type: str | None) -> None:
-    contact = core.contact_of(ctx, Leg.A)
+    contact = core.contact_of(ctx, _LEG_A)
     if ctx.a_dialog is None and response.to.tag is not None:
         ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact)
     out = masking.build_relayed_response(
@@ -408,7 +417,7 @@ def _send_provisional(core: CallCore, ctx: CallContext, response: Response, body
 def relay_answer(core: CallCore, ctx: CallContext, transition: Transition) -> None:
     response = transition.response
     assert response is not None
-    crossed = core.cross(ctx, Leg.B, core.body_of(response), offer=not ctx.media_open,
+    crossed = core.cross(ctx, _LEG_B, core.body_of(response), offer=not ctx.media_open,
                          then=partial(_answer_crossed, core, ctx, response))
     if crossed is not None:
         _journal_answer(core, ctx, response, *crossed)
@@ -421,12 +430,12 @@ def _answer_crossed(core: CallCore, ctx: CallContext, response: Response,
 
 def _journal_answer(core: CallCore, ctx: CallContext, response: Response, body: bytes,
                     content_type: str | None) -> None:
-    if ctx.call.state is not CallState.ANSWERED:
+    if ctx.call.state is not _ANSWERED:
         return  # the call ended while media was being answered
     if core.announcer.notices_first(ctx, body, content_type, partial(
             _journal_answer, core, ctx, response, body, content_type)):
         return  # issue 15 §4: notices play first; this runs again when they end
-    contact = core.contact_of(ctx, Leg.A)
+    contact = core.contact_of(ctx, _LEG_A)
     if ctx.a_dialog is None:
         ctx.a_dialog = Dialog.as_uas(ctx.a_invite, ctx.a_tag, local_contact=contact,
                                      confirmed=True)
@@ -471,8 +480,8 @@ def _track_b_dialog(core: CallCore, ctx: CallContext, response: Response) -> Non
                                 and response.status >= 200):
         # The first dialog, or the one a 2xx confirms when B forked (§13.2.2.4).
         ctx.b_dialog = Dialog.as_uac(ctx.b_invite, response,
-                                     local_contact=core.contact_of(ctx, Leg.B))
-    elif response.status >= 200 and ctx.b_dialog.state is DialogState.EARLY:
+                                     local_contact=core.contact_of(ctx, _LEG_B))
+    elif response.status >= 200 and ctx.b_dialog.state is _EARLY_DIALOG:
         ctx.b_dialog.on_response(response)
 
 
@@ -482,13 +491,13 @@ def _ack_b_response(core: CallCore, ctx: CallContext, response: Response) -> Non
     if tag in ctx.b_acked or ctx.b_dialog is None or ctx.b_invite is None:
         return  # the transaction layer re-sends our ACK for 2xx retransmissions
     ctx.b_acked.add(tag)
-    if ctx.a_body.kind is not masking.BodyKind.SDP and \
-            masking.crossing_body(response).kind is masking.BodyKind.SDP:
+    if ctx.a_body.kind is not _SDP_BODY and \
+            masking.crossing_body(response).kind is _SDP_BODY:
         # RFC 3264 §4 delayed offer: B's 2xx made the offer, A's ACK brings the answer.
-        ctx.late_acks[(Leg.A, ctx.a_invite.cseq.number)] = (
-            Leg.B, ctx.b_invite.cseq.number, ctx.b_txn)
+        ctx.late_acks[(_LEG_A, ctx.a_invite.cseq.number)] = (
+            _LEG_B, ctx.b_invite.cseq.number, ctx.b_txn)
         return
-    core.send_ack(ctx, Leg.B, ctx.b_txn, ctx.b_dialog.ack(ctx.b_invite.cseq.number))
+    core.send_ack(ctx, _LEG_B, ctx.b_txn, ctx.b_dialog.ack(ctx.b_invite.cseq.number))
 
 
 def _should_record(binding: Binding, tenants: Mapping[str, TenantConfig]) -> bool:

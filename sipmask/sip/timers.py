@@ -1,7 +1,8 @@
 """RFC 3261 §17 timer values, as pure functions of T1, T2, T4 and the transport.
 
-Everything is in seconds. The transaction layer asks these functions how long to wait; it
-never reads a clock (time comes in as `now`). Reliable transports (TCP) need no
+Everything is in seconds. The transaction layer asks these functions how long to wait (once
+per timer and transport when its T1/T2/T4 are set, not on every start); it never reads a
+clock (time comes in as `now`). Reliable transports (TCP) need no
 retransmissions, so the retransmit timers are not started on them (None) and the timers that
 only exist to absorb retransmissions are zero (§17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2).
 """

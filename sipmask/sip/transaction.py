@@ -57,7 +57,7 @@ from sipmask.sip.timers import (
     backoff,
     initial,
 )
-from sipmask.sip.transports import RELIABLE, Address, Transport
+from sipmask.sip.transports import ALL, RELIABLE, Address, Transport
 from sipmask.sip.uri import Via
 
 RandomBytes = Callable[[int], bytes]
@@ -436,10 +436,17 @@ _TERMINATED: frozenset[State] = frozenset({
     _CI.TERMINATED, _CN.TERMINATED, _SI.TERMINATED, _SN.TERMINATED})
 
 
+# Bound once as globals: reading a member off its Enum class is a slow attribute hook in
+# Python 3.11 (EnumType.__getattr__), and these are read for every message in and out.
+_PROVISIONAL, _SUCCESS, _FAILURE = Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE
+_INVITE_SERVER, _NON_INVITE_SERVER = Kind.INVITE_SERVER, Kind.NON_INVITE_SERVER
+_INVITE_CLIENT, _NON_INVITE_CLIENT = Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT
+
+
 def response_input(status: int) -> Input:
     if status < 200:
-        return Input.PROVISIONAL
-    return Input.SUCCESS if status < 300 else Input.FAILURE
+        return _PROVISIONAL
+    return _SUCCESS if status < 300 else _FAILURE
 
 
 # -- one transaction ------------------------------------------------------------------------
@@ -490,14 +497,19 @@ class TransactionLayer:
                  local_port: int, rand: RandomBytes = token_bytes,
                  trying_delay: float | None = TRYING_DELAY,
                  via_ports: Mapping[str, int] | None = None) -> None:
-        self.timers = timers if timers is not None else TimerConfig()
+        # How long each timer runs when started, per transport: derived from `timers` and
+        # `trying_delay` whenever either is set (the properties below), so _run looks an
+        # interval up instead of asking sip/timers.initial on every start.
+        self._intervals: dict[str, dict[Timer, float | None]] = {}
+        self._timers = timers if timers is not None else TimerConfig()
+        self._trying_delay = trying_delay
+        self._derive_intervals()
         self.local_via_host = local_via_host
         self.local_port = local_port
         # The port our Via names per transport when it has its own listener (TLS usually
         # does: 5061, §26.2.1); §18.2.2 sends a response there if the connection is gone.
         self.via_ports: dict[str, int] = dict(via_ports or {})
         self.rand = rand
-        self.trying_delay = trying_delay
         self._txns: dict[str, Transaction] = {}
         # Accepted server INVITE transactions by (Call-ID, CSeq number, From tag, To tag),
         # to match the ACK for their 2xx, which has a branch of its own (§17.1.1.3).
@@ -513,6 +525,34 @@ class TransactionLayer:
         self._out: list[Outgoing] = []
         self._events: list[TUEvent] = []
         self._live: dict[Kind, int] = dict.fromkeys(Kind, 0)
+
+    # -- timer values ------------------------------------------------------------------------
+    @property
+    def timers(self) -> TimerConfig:
+        """T1, T2, T4 (§17.1.1.1)."""
+        return self._timers
+
+    @timers.setter
+    def timers(self, value: TimerConfig) -> None:
+        self._timers = value
+        self._derive_intervals()
+
+    @property
+    def trying_delay(self) -> float | None:
+        """§17.2.1: when the layer sends 100 Trying itself (None: never)."""
+        return self._trying_delay
+
+    @trying_delay.setter
+    def trying_delay(self, value: float | None) -> None:
+        self._trying_delay = value
+        self._derive_intervals()
+
+    def _derive_intervals(self) -> None:
+        for transport in ALL:
+            table: dict[Timer, float | None] = {
+                timer: initial(timer, self._timers, transport) for timer in Timer}
+            table[Timer.TRYING] = self._trying_delay
+            self._intervals[transport] = table
 
     # -- draining --------------------------------------------------------------------------
     def outgoing(self) -> list[Outgoing]:
@@ -625,7 +665,7 @@ class TransactionLayer:
         if txn is not None:
             self._feed(txn, Input.REQUEST, _Context(now, request, source, transport))
             return
-        kind = Kind.INVITE_SERVER if method == "INVITE" else Kind.NON_INVITE_SERVER
+        kind = _INVITE_SERVER if method == "INVITE" else _NON_INVITE_SERVER
         peer = source if transport in RELIABLE else via.response_target(source)
         txn = Transaction(key, kind, request, transport, peer, INITIAL_STATE[kind],
                           source=source)
@@ -666,7 +706,7 @@ class TransactionLayer:
         key = client_key(branch, request.cseq.method)
         if key in self._txns:
             raise TransactionError(f"a transaction with branch {branch} is already live")
-        kind = Kind.INVITE_CLIENT if request.method == "INVITE" else Kind.NON_INVITE_CLIENT
+        kind = _INVITE_CLIENT if request.method == "INVITE" else _NON_INVITE_CLIENT
         txn = Transaction(key, kind, request, transport, dest, INITIAL_STATE[kind],
                           request_bytes=request.to_bytes())
         self._add(txn, _Context(now))
@@ -703,7 +743,7 @@ class TransactionLayer:
         out = Outgoing(ack.to_bytes(), dest, transport)
         self._out.append(out)
         txn = self._txns.get(invite_txn_id) if invite_txn_id is not None else None
-        if txn is not None and txn.kind is Kind.INVITE_CLIENT:
+        if txn is not None and txn.kind is _INVITE_CLIENT:
             txn.acks_2xx[ack.to.tag or ""] = out
 
     def send_stateless(self, msg: Request | Response, dest: Address,
@@ -729,7 +769,8 @@ class TransactionLayer:
         self._txns[txn.txn_id] = txn
         self._live[txn.kind] += 1
         self._run(txn, _INITIAL_RULES[txn.kind], ctx)
-        self._settle(txn, ctx)
+        if txn.due_now or txn.state in _TERMINATED:
+            self._settle(txn, ctx)
 
     def _feed(self, txn: Transaction, event: Event, ctx: _Context) -> None:
         rule = _RULES[txn.state].get(event)
@@ -739,11 +780,12 @@ class TransactionLayer:
                 f"{event.value}")
         txn.state = rule.next
         self._run(txn, rule, ctx)
-        self._settle(txn, ctx)
+        if txn.due_now or txn.state in _TERMINATED:
+            self._settle(txn, ctx)
 
     def _settle(self, txn: Transaction, ctx: _Context) -> None:
         """Fire zero-length timers now (a reliable transport's D, I, J, K: §17), then retire
-        a terminated transaction."""
+        a terminated transaction. Called only when there is one or the other to do."""
         while txn.due_now and txn.state not in _TERMINATED:
             self._feed(txn, txn.due_now.pop(0), _Context(ctx.now))
         if txn.state in _TERMINATED and self._txns.get(txn.txn_id) is txn:
@@ -763,10 +805,13 @@ class TransactionLayer:
             self._stop(txn, timer)
         for step in rule.steps:
             step(self, txn, ctx)
+        if not rule.starts:
+            return
+        intervals = self._intervals[txn.transport]
         for timer, how in rule.starts:
             interval: float | None
             if how is _START:
-                interval = self._initial(timer, txn.transport)
+                interval = intervals[timer]
                 if interval is None:
                     continue        # not used on this transport (§17.1.1.2 and on)
             elif how is _BACKOFF:
@@ -774,11 +819,6 @@ class TransactionLayer:
             else:
                 interval = self.timers.t2   # §17.1.2.2: E in Proceeding
             self._start(txn, timer, interval, ctx.now)
-
-    def _initial(self, timer: Timer, transport: Transport) -> float | None:
-        if timer is Timer.TRYING:
-            return self.trying_delay
-        return initial(timer, self.timers, transport)
 
     def _start(self, txn: Transaction, timer: Timer, interval: float, now: float) -> None:
         txn.intervals[timer] = interval
@@ -881,17 +921,17 @@ class TransactionLayer:
             txn.cancel_id = None
 
     def _send_server_response(self, txn: Transaction, response: Response) -> None:
+        invite = txn.kind is _INVITE_SERVER
         # The To tag matters to INVITE transactions only: CANCEL's 200 and the 2xx ACK.
-        tag = _to_tag(response) if txn.kind is Kind.INVITE_SERVER else None
+        tag = _to_tag(response) if invite else None
         if tag is not None:
             txn.to_tag = tag
         # A non-INVITE server resends only bytes (§17.2.2); an INVITE server keeps the
         # response for AckTimeout until its ACK comes.
-        txn.last_response = response if txn.kind is Kind.INVITE_SERVER else None
+        txn.last_response = response if invite else None
         txn.last_bytes = response.to_bytes()
         self._out.append(Outgoing(txn.last_bytes, txn.peer, txn.transport))
-        if txn.kind is Kind.INVITE_SERVER and 200 <= response.status < 300 \
-                and txn.dialog_key is None:
+        if invite and 200 <= response.status < 300 and txn.dialog_key is None:
             key = _dialog_key(txn.request, tag or "")
             txn.dialog_key = key
             self._accepted[key] = txn.txn_id

@@ -245,3 +245,40 @@ def test_a_slow_media_offer_holds_no_other_call() -> None:
     before, after = asyncio.run(flow())
     assert [uri.split("@")[0] for uri in before] == [f"sip:{A_NUM}"]    # B calls A first
     assert [uri.split("@")[0] for uri in after] == [f"sip:{B_NUM}"]
+
+
+class _FailingCdrLog(MemoryCdrLog):
+    """A CDR store whose every commit fails (a full disk, say)."""
+
+    def write_batch(self, ops: Any) -> None:
+        raise OSError("disk full")
+
+
+def test_cdr_commits_that_fail_are_counted_and_the_call_still_goes_on() -> None:
+    """The group commit's failures come back to the core as results with their error: the
+    journal entry and the final record each count once, A still gets B's 200 and its BYE
+    its 200, and the call ends (nothing waits for a commit for ever)."""
+    async def flow() -> ShellHarness:
+        h = ShellHarness(cdrs=_FailingCdrLog())
+        bind_axb(h)
+        h.deliver(a_invite(), A_ADDR)
+        await h.idle()
+        [b_inv] = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
+        h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
+        await h.idle()
+        [ok] = [m for m in h.take(A_ADDR) if isinstance(m, Response) and m.status == 200]
+        a_inv = caller_invite()
+        h.deliver(in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060",
+                            from_=a_inv.headers.get("from") or "",
+                            to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=11,
+                            via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye"), A_ADDR)
+        await h.idle()
+        [bye_b] = [m for m in h.take(B_ADDR) if isinstance(m, Request) and m.method == "BYE"]
+        h.deliver(b_response(bye_b, 200), B_ADDR)
+        await h.idle()
+        assert [m.status for m in h.take(A_ADDR) if isinstance(m, Response)] == [200]
+        return h
+
+    h = asyncio.run(flow())
+    assert h.engine.stats["cdr_write_failed"] == 2
+    assert h.engine.calls == {} and h.cdrs.records == []
