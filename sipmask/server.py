@@ -864,7 +864,7 @@ class GcFreezer:
 
 def raise_open_files_limit() -> tuple[int, int]:
     """Every relayed call holds 4 sockets (RTP and RTCP on both sides) and the relay keeps
-    up to 2,048 idle pairs for reuse, far past the 1,024 open files a Debian login or
+    up to 4,096 idle pairs for reuse, far past the 1,024 open files a Debian login or
     service gets by default: lift the soft limit to the hard one. Returns (before, after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
