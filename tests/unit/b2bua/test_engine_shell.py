@@ -54,6 +54,14 @@ class Caller(asyncio.DatagramProtocol):
         self.received.put_nowait(message)
 
 
+def caller_bye(ok: Response) -> str:
+    """A's BYE in the dialog sipmask's 200 `ok` made."""
+    a_inv = caller_invite()
+    return in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060", from_=a_inv.headers.get("from") or "",
+                     to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=11,
+                     via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye")
+
+
 def test_send_refused_at_once_ends_the_call_with_503() -> None:
     port = free_port()
     config = loader.loads(loader.default_text(), [
@@ -114,11 +122,7 @@ def test_a_whole_call_sends_only_inside_held_batches() -> None:
         await h.idle()                                  # B's answer, the journal entry
         assert [m.method for m in h.take(B_ADDR) if isinstance(m, Request)] == ["ACK"]
         [ok] = [m for m in h.take(A_ADDR) if isinstance(m, Response) and m.status == 200]
-        a_inv = caller_invite()
-        h.deliver(in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060",
-                            from_=a_inv.headers.get("from") or "",
-                            to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=11,
-                            via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye"), A_ADDR)
+        h.deliver(caller_bye(ok), A_ADDR)
         await h.idle()                                  # the CDR commit
         [bye_b] = [m for m in h.take(B_ADDR) if isinstance(m, Request)]
         h.deliver(b_response(bye_b, 200), B_ADDR)
@@ -267,11 +271,7 @@ def test_cdr_commits_that_fail_are_counted_and_the_call_still_goes_on() -> None:
         h.deliver(b_response(b_inv, 200, sdp=B_SDP), B_ADDR)
         await h.idle()
         [ok] = [m for m in h.take(A_ADDR) if isinstance(m, Response) and m.status == 200]
-        a_inv = caller_invite()
-        h.deliver(in_dialog("BYE", ruri=f"sip:{X}@127.0.0.1:5060",
-                            from_=a_inv.headers.get("from") or "",
-                            to=ok.headers.get("to") or "", call_id=a_inv.call_id, cseq=11,
-                            via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye"), A_ADDR)
+        h.deliver(caller_bye(ok), A_ADDR)
         await h.idle()
         [bye_b] = [m for m in h.take(B_ADDR) if isinstance(m, Request) and m.method == "BYE"]
         h.deliver(b_response(bye_b, 200), B_ADDR)
