@@ -816,6 +816,10 @@ class Relay:
                     self.allocator.skip(pair)
                     continue
                 self.allocator.free(pair)
+                if idle:
+                    # No socket to be had (EMFILE, ENOBUFS): as when the range runs out,
+                    # a pooled pair beats refusing the call.
+                    return self._reuse()
                 raise MediaError(f"cannot bind {self.address}:{pair.rtp}: {exc}") from exc
             streams = (_Stream(socks[0], clock, self.relatch_after_s, port=pair.rtp,
                                latching=self.latching),

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +31,7 @@ from sipmask.media.embedded import EmbeddedBackend
 from sipmask.media.relay import POOL_QUARANTINE_S, Relay, RelaySession, Side, _Stream
 from sipmask.sdp.rewrite import MediaEndpoint
 from tests.support.media import LOOP_KINDS, Runner, UdpPeer, loop_runner, port_range
+from tests.support.paths import REPO
 
 HOST = "127.0.0.1"
 
@@ -367,6 +372,55 @@ def test_pooled_pairs_are_reused_fresh_after_their_quarantine(run: Runner) -> No
             endpoint.close()
         await relay.close()
     run(test)
+
+
+# Run in a child process: the open-files limit is the whole process's, and the event
+# loop's own teardown needs descriptors too.
+_OUT_OF_FDS = """
+import asyncio, json, os, resource, sys
+from sipmask.clock import FakeClock
+from sipmask.errors import MediaError
+from sipmask.config.schema import MediaConfig
+from sipmask.media.relay import Relay
+from tests.support.media import port_range
+
+async def main():
+    clock = FakeClock()
+    ports = port_range(8, first=27000, step=32, spread=900)
+    relay = Relay(MediaConfig(address="127.0.0.1", ports=ports, timeout_s=60),
+                  on_timeout=lambda call_id: None, clock=clock.monotonic, sweep=False)
+    await relay.open_session("c1")
+    relay.close_session("c1")                   # its two pairs pooled, in quarantine
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+    out = {}
+    try:
+        await relay.open_session("c2")
+        out["c2"] = "opened"
+    except MediaError as exc:
+        out["c2"] = str(exc)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    out["reused"] = relay.pool_reused
+    await relay.close()
+    out["in_use"] = relay.allocator.in_use
+    return out
+
+print(json.dumps(asyncio.run(main())), flush=True)
+"""
+
+
+def test_out_of_file_descriptors_a_pooled_pair_beats_refusing_the_call() -> None:
+    """At the process's open-files limit (EMFILE on socket()), a call whose fresh pair
+    cannot be made takes a pooled one still in quarantine, as when the port range runs
+    out, instead of being refused; no pair is left allocated."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", _OUT_OF_FDS], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["c2"] == "opened", result
+    assert result["reused"] >= 1 and result["in_use"] == 0, result
 
 
 def test_counters_add_up_under_a_burst(run: Runner) -> None:
