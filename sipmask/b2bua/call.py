@@ -46,6 +46,11 @@ class CallState(Enum):
     ENDED = "ended"
 
 
+# Leg B being placed, nothing final from it yet: its ring timer runs, a failed attempt may
+# go to the trunk's next target (failover.py), and its 2xx is the call's answer.
+PLACING = frozenset({CallState.CALLING, CallState.EARLY})
+
+
 class CallEvent(Enum):
     __hash__ = object.__hash__
 
@@ -235,7 +240,7 @@ _RING, _ANSWER, _TALK = "ring", "answer", "talk"
 def _stamp(state: CallState, event: CallEvent) -> str | None:
     if event is E.B_PROVISIONAL and state is not S.CANCELLING:
         return _RING
-    if event is E.B_ANSWER and (state is S.CALLING or state is S.EARLY):
+    if event is E.B_ANSWER and state in PLACING:
         return _ANSWER
     if event is E.NOTICE_DONE:
         return _TALK

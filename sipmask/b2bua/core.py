@@ -63,7 +63,7 @@ from sipmask.b2bua.actions import (
     StopRecording,
     TrunkTargets,
 )
-from sipmask.b2bua.call import Action, Call, CallEvent, CallState, Leg
+from sipmask.b2bua.call import PLACING, Action, Call, CallEvent, CallState, Leg
 from sipmask.b2bua.calling import Setup
 from sipmask.b2bua.context import CallContext, Relay, Role, Transition, record_of
 from sipmask.b2bua.timers import CallTimer, CallTimers
@@ -147,7 +147,6 @@ _BYE_ROLES = frozenset(_BYE_ROLE.values())
 # hook (about 70 ns; some 70 reads a call in this module), a global read does not.
 _LEG_A, _LEG_B = Leg.A, Leg.B
 _ENDING, _ENDED = CallState.ENDING, CallState.ENDED
-_RINGING = frozenset({CallState.CALLING, CallState.EARLY})     # the RING timer runs
 _B_INVITE, _BYE_A = Role.B_INVITE, Role.BYE_A
 _RING, _FAILOVER = CallTimer.RING, CallTimer.FAILOVER
 _B_PROVISIONAL, _B_ANSWER = CallEvent.B_PROVISIONAL, CallEvent.B_ANSWER
@@ -567,7 +566,7 @@ class CallCore:
         # The transition is complete: what its new state asks for.
         call = ctx.call
         state = call.state
-        if state in _RINGING:
+        if state in PLACING:                # the RING timer runs
             return
         self.timers.stop(call.call_id, _RING)
         if state is _ENDING and not ctx.pending_byes:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from sipmask.b2bua import calling, routing
 from sipmask.b2bua.actions import Cancel, SendAck
-from sipmask.b2bua.call import CallEvent, CallState, Leg
+from sipmask.b2bua.call import PLACING, CallEvent, Leg
 from sipmask.b2bua.context import CallContext
 from sipmask.errors import CallStateError, ParseError
 from sipmask.sip.dialog import Dialog
@@ -35,10 +35,6 @@ from sipmask.sip.transports import Address, Transport
 
 if TYPE_CHECKING:
     from sipmask.b2bua.core import CallCore
-
-# Where leg B is still being placed: a failed attempt may go to the next target.
-_PLACING = frozenset({CallState.CALLING, CallState.EARLY})
-
 
 @dataclass(slots=True)
 class Abandoned:
@@ -62,7 +58,7 @@ def attempt_failed(core: CallCore, ctx: CallContext, txn_id: str, event: CallEve
 
 def _attempt_failed(core: CallCore, ctx: CallContext, txn_id: str, event: CallEvent,
                     response: Response | None) -> None:
-    if txn_id == ctx.b_txn and ctx.call.state in _PLACING and (
+    if txn_id == ctx.b_txn and ctx.call.state in PLACING and (
             response is None or response.status == 503):
         if response is not None:
             ctx.b_failure = response
@@ -92,7 +88,7 @@ def no_answer(core: CallCore, ctx: CallContext) -> None:
 
 def _no_answer(core: CallCore, ctx: CallContext, txn_id: str) -> None:
     # A response that came while this step waited in the call's queue keeps the attempt.
-    if txn_id != ctx.b_txn or ctx.call.state not in _PLACING or ctx.b_heard:
+    if txn_id != ctx.b_txn or ctx.call.state not in PLACING or ctx.b_heard:
         return
     _abandon(core, ctx, txn_id)
     _attempt_failed(core, ctx, txn_id, CallEvent.B_TIMEOUT, None)
