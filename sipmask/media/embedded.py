@@ -129,17 +129,14 @@ class EmbeddedBackend:
         found = self._parse_endpoints(sdp)
         check_media_lines(len(found))
         held = self._is_hold(sdp) if self._is_hold is not None else None
-        session = self.relay.session(call_id)
+        before = session = self.relay.session(call_id)
         enabled = [e for e in found if e is not None]
         names = _host_names(enabled)
         if names:       # most bodies name IPs: no lookup, nothing to await
-            before = session
             enabled = await self._resolved(enabled, names)
             session = self.relay.session(call_id)
-            if session is not before:
-                # The call ended (BYE, media timeout) while its names were looked up.
-                raise MediaError(f"relay session for call {call_id} closed during the offer")
-        if session is None and not may_open:
+        if session is not before or (session is None and not may_open):
+            # The call ended (BYE, media timeout) while its names were looked up.
             raise MediaError(f"relay session for call {call_id} closed during the offer")
         opened = session is None
         if session is None:
