@@ -183,11 +183,12 @@ _TABLE = re.compile(r"\bsipmask\.(\w+)")
 
 
 @contextlib.contextmanager
-def counted_statements() -> Iterator[Counter[str]]:
+def counted_statements(params: list[int] | None = None) -> Iterator[Counter[str]]:
     """Every statement psycopg sends while the block runs, on any thread (a store's writer
     and lookup threads included), counted by its verb and the first sipmask table it names
-    ("SELECT route", "INSERT xuse", "BEGIN"): each is one round trip to the server. The
-    statements still run; only Cursor.execute is wrapped, and put back on every path."""
+    ("SELECT route", "INSERT xuse", "BEGIN"); with `params`, each one's number of
+    parameters is appended to it. The statements still run; only Cursor.execute is
+    wrapped, and put back on every path."""
     import psycopg
 
     counts: Counter[str] = Counter()
@@ -201,6 +202,9 @@ def counted_statements() -> Iterator[Counter[str]]:
         label = f"{text.split(None, 1)[0].upper()} {table.group(1) if table else ''}".strip()
         with lock:
             counts[label] += 1
+            if params is not None:
+                params.append(len(args[0]) if args and args[0] is not None  # type: ignore[arg-type]
+                              else 0)
         return execute(cursor, query, *args, **kwargs)  # type: ignore[arg-type]
     psycopg.Cursor.execute = counting  # type: ignore[assignment,method-assign]
     try:
