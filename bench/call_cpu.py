@@ -18,6 +18,10 @@ datagrams, no SIP logic). Kernel time for real UDP is not in these figures.
 
 Run: python3 bench/call_cpu.py [--calls 4000] [--rate 400] [--rounds 3] [--profile FILE]
                                [--gc-threshold G0,G1,G2] [--media-ports LO-HI]
+                               [--store postgres [--dsn DSN]]
+With --store postgres the store is a PostgreSQL database (a throwaway durable server from
+Debian's postgresql unless --dsn names one): lookups on the store's threads, CDRs and the
+journal over the network; the process figure then includes those threads.
 Also printed per round: the time the cyclic garbage collector ran (gc.callbacks).
 """
 
@@ -223,8 +227,15 @@ async def offer(driver: Driver, first: int, calls: int, rate: float) -> None:
 
 
 async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, float]]:
+    if args.dsn:
+        from sipmask.store.crypto import create_key_file
+        create_key_file(tmp / "store.key")
+        store = ["store.backend=postgres", f"store.dsn={args.dsn}",
+                 f"store.key_file={tmp / 'store.key'}"]
+    else:
+        store = [f"store.path={tmp / 'bench.lmdb'}"]
     config = loader.loads(loader.default_text(), [
-        f"store.path={tmp / 'bench.lmdb'}", f"sip.listen=[udp://{SIPMASK_IP}:{free_port(SIPMASK_IP)}]",
+        *store, f"sip.listen=[udp://{SIPMASK_IP}:{free_port(SIPMASK_IP)}]",
         "api.listen=null", "log.level=warning", f"media.ports={args.media_ports}",
         f"trunks.carrier.outbound=udp://{CALLEE[0]}:{CALLEE[1]}",
         "trunks.carrier.inbound_allow=['127.0.0.0/8']"])
@@ -317,7 +328,23 @@ def main() -> int:
     parser.add_argument("--gc-threshold", metavar="G0,G1,G2",
                         help="gc.set_threshold for the server (default: Python's)")
     parser.add_argument("--profile", help="cProfile the last round into this file")
+    parser.add_argument("--store", choices=("lmdb", "postgres"), default="lmdb",
+                        help="postgres: a throwaway durable PostgreSQL server (or --dsn)")
+    parser.add_argument("--dsn", help="--store postgres: this database (its schema is "
+                                      "made if missing), not a throwaway server")
     args = parser.parse_args()
+    server = None
+    if args.store == "postgres" and not args.dsn:
+        from tests.support.postgres import DURABLE, throwaway_database
+        args.dsn, server = throwaway_database(DURABLE)
+    try:
+        return measure(args)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def measure(args: argparse.Namespace) -> int:
     try:
         import uvloop
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)

@@ -10,22 +10,13 @@ from pathlib import Path
 import pytest
 
 from sipmask.clock import FakeClock
-from sipmask.config.schema import NumberRange, TenantConfig
 from sipmask.store import LmdbStore, MemoryStore
 from sipmask.store.rules import RuleStore
 from tests.support.postgres import pg_dsn, pg_key, pg_server
+from tests.support.store import TENANTS
 
 __all__ = ["pg_dsn", "pg_key", "pg_server"]   # fixtures for the tests of this directory
 
-A, B, C, D = "13800000001", "13900000002", "13700000003", "13600000004"
-X = "700100000000001"
-DEMO_POOL = "700100000000000-700100000000009"     # ten Xs
-ACME_POOL = "700200000000000-700200000000009"
-
-TENANTS = {
-    "demo": TenantConfig("demo-token", (NumberRange.parse(DEMO_POOL),)),
-    "acme": TenantConfig("acme-token", (NumberRange.parse(ACME_POOL),)),
-}
 
 
 @pytest.fixture

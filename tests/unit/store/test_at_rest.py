@@ -11,9 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import lmdb
 import pytest
-from conftest import TENANTS, A, B, C, D, X
 
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrLog
@@ -21,6 +19,7 @@ from sipmask.clock import FakeClock
 from sipmask.events.outbox import Outbox, new_event
 from sipmask.store import LmdbStore
 from tests.support.postgres import DATABASE, PgServer
+from tests.support.store import TENANTS, A, B, C, D, X, every_record, forms
 
 if TYPE_CHECKING:
     from sipmask.store.lmdb import AnyStore
@@ -29,27 +28,6 @@ X2 = "700200000000003"
 REAL = (A, B, C, D)
 
 
-def forms(number: str) -> list[bytes]:
-    """The ways a real number could be written: national digits, +86 and 0086 prefixed,
-    and UTF-16 (a JSON or text encoder could choose it)."""
-    texts = (number, "+86" + number, "0086" + number, "86" + number)
-    return [t.encode() for t in texts] + [number.encode("utf-16-le")]
-
-
-def every_record(path: Path) -> list[bytes]:
-    """Every database name, key and value in the environment, read through lmdb itself."""
-    out: list[bytes] = []
-    env = lmdb.open(str(path), max_dbs=64, readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            names = [bytes(k) for k, _ in txn.cursor()]
-            for name in names:
-                out.append(name)
-                for key, value in txn.cursor(db=env.open_db(name, txn=txn, create=False)):
-                    out.extend((bytes(key), bytes(value)))
-    finally:
-        env.close()
-    return out
 
 
 def in_dump(number: str) -> list[bytes]:

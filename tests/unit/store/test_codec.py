@@ -9,7 +9,6 @@ import ast
 import random
 from pathlib import Path
 
-from conftest import TENANTS, A, B, C, D, X
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +17,7 @@ from sipmask.store import LmdbStore, codec
 from sipmask.store.base import Binding, BindingRequest
 from sipmask.store.crypto import HEAD, Keyring
 from sipmask.store.rules import RuleStore, Txn
+from tests.support.store import TENANTS, A, B, C, D, X
 
 KEYS = Keyring.generate()
 

@@ -10,7 +10,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import TENANTS, A, B, X
 
 from sipmask.clock import FakeClock
 from sipmask.errors import StoreError
@@ -25,6 +24,7 @@ from sipmask.store.crypto import (
     create_key_file,
 )
 from sipmask.store.lmdb import default_key_file
+from tests.support.store import TENANTS, A, B, X
 
 
 def write_key(path: Path, data: bytes, mode: int = 0o600) -> bytes:

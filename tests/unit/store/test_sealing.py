@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING
 import lmdb
 import pytest
 import structlog
-from conftest import A, C, D
-from test_at_rest import every_record, forms
 
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrLog
@@ -34,6 +32,7 @@ from sipmask.store.base import Binding, PoolRange
 from sipmask.store.crypto import KEY_BYTES, KeyMismatch, Keyring
 from sipmask.store.rules import Txn
 from tests.support.postgres import DATABASE, PgServer
+from tests.support.store import A, C, D, every_record, forms
 
 if TYPE_CHECKING:
     from sipmask.store.lmdb import AnyStore

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from conftest import TENANTS, A, B, X
 
 from sipmask.clock import FakeClock
 from sipmask.config.schema import NumberRange, TenantConfig
@@ -19,6 +18,7 @@ from sipmask.store import LmdbStore, MemoryStore, codec
 from sipmask.store.base import Binding, BindingRequest, BindingStore
 from sipmask.store.crypto import Keyring
 from sipmask.store.rules import RuleStore, Txn
+from tests.support.store import TENANTS, A, B, X
 
 KEYS = Keyring.generate()
 

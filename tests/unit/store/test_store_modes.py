@@ -9,7 +9,6 @@ import random
 from typing import Any
 
 import pytest
-from conftest import TENANTS, A, B, C, D, X
 
 from sipmask.clock import FakeClock
 from sipmask.config.schema import NumberRange, TenantConfig
@@ -17,6 +16,7 @@ from sipmask.errors import ConflictError, PoolExhausted, RefusedError
 from sipmask.store import codec
 from sipmask.store.base import Binding, BindingRequest, Refusal, Target, target
 from sipmask.store.rules import RuleStore
+from tests.support.store import TENANTS, A, B, C, D, X
 
 E_CALLER = "13500000005"          # a stranger who keys an extension
 X2 = "700100000000002"

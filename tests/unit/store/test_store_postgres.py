@@ -15,7 +15,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog
-from conftest import TENANTS, A, B, X
 from psycopg._queries import MAX_CACHED_STATEMENT_PARAMS  # psycopg keeps these parsed
 
 from sipmask.clock import FakeClock
@@ -30,6 +29,7 @@ from sipmask.store.pg_schema import LATEST, SCHEMA, day_of_key, migrate, partiti
 from sipmask.store.postgres import PostgresStore, migrate_database, redact
 from sipmask.store.rules import Txn
 from tests.support.postgres import counted_round_trips, counted_statements
+from tests.support.store import TENANTS, A, B, X
 
 
 @pytest.fixture

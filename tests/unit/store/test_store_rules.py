@@ -8,13 +8,13 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import TENANTS, A, B, C, D, X
 
 from sipmask.clock import FakeClock
 from sipmask.errors import ConflictError, PoolExhausted, RecordNotFound, RefusedError
 from sipmask.store import MemoryStore, codec
 from sipmask.store.base import BindingRequest, ImportOutcome
 from sipmask.store.rules import MAX_CALL_S, MAX_CONCURRENT, MAX_TTL, RuleStore
+from tests.support.store import TENANTS, A, B, C, D, X
 
 
 def refused(exc: pytest.ExceptionInfo[Any], field: str) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import A, B, C, D, X
 
 from sipmask.clock import FakeClock
 from sipmask.errors import RefusedError
 from sipmask.store import BindingRequest
 from sipmask.store.rules import RuleStore
+from tests.support.store import A, B, C, D, X
 
 
 def held(store: RuleStore, at: float) -> list[tuple[str, str | None, float | None,
