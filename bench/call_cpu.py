@@ -22,7 +22,9 @@ Run: python3 bench/call_cpu.py [--calls 4000] [--rate 400] [--rounds 3] [--profi
 With --store postgres the store is a PostgreSQL database (a throwaway durable server from
 Debian's postgresql unless --dsn names one): lookups on the store's threads, CDRs and the
 journal over the network; the process figure then includes those threads.
-Also printed per round: the time the cyclic garbage collector ran (gc.callbacks).
+Also printed per round: the time the cyclic garbage collector ran (gc.callbacks), and the
+user and system CPU of the process's other threads per call (the CDR writer; on PostgreSQL
+the lookup threads too), which hold the GIL for their user time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +229,23 @@ async def offer(driver: Driver, first: int, calls: int, rate: float) -> None:
     await asyncio.wait_for(driver.finished.wait(), timeout=calls / rate + 30)
 
 
+def thread_cpu() -> dict[str, tuple[float, float]]:
+    """CPU seconds (user, system) of each live thread of this process by its Python name
+    (threads of one pool summed, their numbers dropped), from /proc (Linux); {} elsewhere."""
+    names = {t.native_id: re.sub(r"_\d+$", "", t.name) for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, tuple[float, float]] = {}
+    for tid, name in names.items():
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()      # utime, stime: fields 14, 15 of stat
+        user, system = out.get(name, (0.0, 0.0))
+        out[name] = (user + int(fields[11]) / tick, system + int(fields[12]) / tick)
+    return out
+
+
 async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, float]]:
     if args.dsn:
         from sipmask.store.crypto import create_key_file
@@ -263,6 +283,7 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
             driver.spent = 0.0
             collector.spent, collector.runs = 0.0, 0
             commits0 = services.engines[0]._cdr_group.commits
+            threads0 = thread_cpu()
             thread0, process0 = time.thread_time(), time.process_time()
             if profiler:
                 profiler.enable()
@@ -284,6 +305,14 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
                       f"{(services.engines[0]._cdr_group.commits - commits0) / calls:.2f} "
                       "CDR commits/call",
                       flush=True)
+                spent = {name: (user - threads0.get(name, (0.0, 0.0))[0],
+                                system - threads0.get(name, (0.0, 0.0))[1])
+                         for name, (user, system) in thread_cpu().items()
+                         if name != "MainThread"}
+                if spent:
+                    print("    other threads, user/system µs per call: " + ", ".join(
+                        f"{name} {1e6 * u / calls:,.0f}/{1e6 * y / calls:,.0f}"
+                        for name, (u, y) in sorted(spent.items()) if u + y > 0), flush=True)
     finally:
         freezer.close()
         server.close()
