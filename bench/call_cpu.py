@@ -258,7 +258,7 @@ async def run_sipmask(args: argparse.Namespace, tmp: Path) -> list[tuple[float, 
         *store, f"sip.listen=[udp://{SIPMASK_IP}:{free_port(SIPMASK_IP)}]",
         "api.listen=null", "log.level=warning", f"media.ports={args.media_ports}",
         f"trunks.carrier.outbound=udp://{CALLEE[0]}:{CALLEE[1]}",
-        "trunks.carrier.inbound_allow=['127.0.0.0/8']"])
+        "trunks.carrier.inbound_allow=['127.0.0.0/8']", *args.set])
     sm_logging.setup(config.log)
     services = Services.open(config)
     server = SipServer(config, handler_factory=services.engine_factory)
@@ -357,6 +357,9 @@ def main() -> int:
     parser.add_argument("--gc-threshold", metavar="G0,G1,G2",
                         help="gc.set_threshold for the server (default: Python's)")
     parser.add_argument("--profile", help="cProfile the last round into this file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the sipmask under test, as `sipmask "
+                             "serve --set`; repeatable")
     parser.add_argument("--store", choices=("lmdb", "postgres"), default="lmdb",
                         help="postgres: a throwaway durable PostgreSQL server (or --dsn)")
     parser.add_argument("--dsn", help="--store postgres: this database (its schema is "
