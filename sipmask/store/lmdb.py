@@ -48,7 +48,7 @@ from sipmask.errors import StoreError
 from sipmask.observability.logging import get_logger
 from sipmask.store import codec, crypto, reseal
 from sipmask.store.base import Binding
-from sipmask.store.rules import _ROUTE_SCAN, DATABASES, RuleStore, Txn
+from sipmask.store.rules import _ROUTE_SCAN, DATABASES, KeyExists, RuleStore, Txn
 
 if TYPE_CHECKING:
     from sipmask.store.postgres import PostgresStore
@@ -89,6 +89,10 @@ class _LmdbTxn:
     def get(self, db: str, key: bytes) -> bytes | None:
         return cast("bytes | None", self.txn.get(key, db=self.dbs[db]))
 
+    def get_later(self, db: str, key: bytes) -> Callable[[], bytes | None]:
+        value = self.get(db, key)      # a memory read: nothing to gain by waiting
+        return lambda: value
+
     def get_many(self, db: str, keys: list[bytes]) -> dict[bytes, bytes]:
         # A read here is a memory lookup, not a round trip: one get per key.
         get, handle = self.txn.get, self.dbs[db]
@@ -113,7 +117,22 @@ class _LmdbTxn:
     def insert(self, db: str, key: bytes, value: bytes) -> bool:
         return bool(self.txn.put(key, value, db=self.dbs[db], overwrite=False))
 
-    def put_many(self, db: str, items: list[tuple[bytes, bytes]], overwrite: bool = True) -> int:
+    def put_many(self, db: str, items: list[tuple[bytes, bytes]]) -> int:
+        # putmulti counts a key it overwrote as added: the new ones are counted first.
+        get, handle = self.txn.get, self.dbs[db]
+        new = sum(1 for key, _ in items if get(key, db=handle) is None)
+        self._putmulti(db, items, overwrite=True)
+        return new
+
+    def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        self._putmulti(db, items, overwrite=True)
+
+    def insert_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        added = self._putmulti(db, items, overwrite=False)
+        if added != len(items):     # the write transaction is aborted by the raise
+            raise KeyExists(f"{len(items) - added} key(s) already in {db}")
+
+    def _putmulti(self, db: str, items: list[tuple[bytes, bytes]], overwrite: bool) -> int:
         # One cursor, one C loop. Keys past the database's last one (time-first binding
         # ids, audit and expiry keys) are appended: LMDB then fills each page before it
         # starts the next, where an insert splits a full page in two and leaves both half
@@ -127,9 +146,6 @@ class _LmdbTxn:
             # MDB_APPEND skips a key that is not past the last: the items were not sorted.
             raise StoreError(f"put_many on {db}: {len(items) - added} key(s) out of order")
         return int(added)
-
-    def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
-        self.put_many(db, items)
 
     def scan(self, db: str, start: bytes = b"",
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

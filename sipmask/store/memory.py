@@ -15,7 +15,7 @@ from sipmask.clock import Clock
 from sipmask.config.schema import TenantConfig
 from sipmask.store import codec
 from sipmask.store.crypto import Keyring
-from sipmask.store.rules import RuleStore, Txn
+from sipmask.store.rules import KeyExists, RuleStore, Txn
 
 T = TypeVar("T")
 
@@ -54,15 +54,23 @@ class _MemoryTxn:
         self.put(db, key, value)
         return True
 
-    def put_many(self, db: str, items: list[tuple[bytes, bytes]], overwrite: bool = True) -> int:
-        added = 0
+    def get_later(self, db: str, key: bytes) -> Callable[[], bytes | None]:
+        value = self.get(db, key)
+        return lambda: value
+
+    def put_many(self, db: str, items: list[tuple[bytes, bytes]]) -> int:
+        data = self.tables[db].data
+        added = sum(1 for key, _ in items if key not in data)
         for key, value in items:
-            if key not in self.tables[db].data:
-                added += 1
-            elif not overwrite:
-                continue
             self.put(db, key, value)
         return added
+
+    def insert_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        there = sum(1 for key, _ in items if key in self.tables[db].data)
+        if there:
+            raise KeyExists(f"{there} key(s) already in {db}")
+        for key, value in items:
+            self.put(db, key, value)
 
     def put_rows(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
         self.put_many(db, items)

@@ -166,7 +166,7 @@ class Table:
             "delete_many": f"DELETE FROM {q} t USING {self._keys_from()} WHERE "
                            + " AND ".join(f"t.{c} = w.{c}" for c in self.pk),
             "count": f"SELECT count(*) FROM {q}",
-            # put_many with overwrite, in one statement: how many of the keys were there,
+            # put_many, in one statement: how many of the keys were there,
             # and the rows written. Every part of a WITH runs on one snapshot (PostgreSQL
             # docs, "Data-Modifying Statements in WITH"), so the count sees the table as it
             # was before the INSERT.
@@ -174,9 +174,7 @@ class Table:
                         f"{self._keys_from()} USING ({pk})), put AS (INSERT INTO {q} "
                         f"({', '.join(cols)}) VALUES {{rows}} ON CONFLICT ({pk}) DO UPDATE "
                         "SET v = EXCLUDED.v) SELECT n FROM there",
-            "insert_many": f"WITH put AS (INSERT INTO {q} ({', '.join(cols)}) VALUES "
-                           f"{{rows}} ON CONFLICT ({pk}) DO NOTHING RETURNING true) "
-                           "SELECT count(*) FROM put",
+            "insert_rows": f"INSERT INTO {q} ({', '.join(cols)}) VALUES {{rows}}",
             "upsert_many": f"INSERT INTO {q} ({', '.join(cols)}) VALUES {{rows}} "
                            f"ON CONFLICT ({pk}) DO UPDATE SET v = EXCLUDED.v",
             "row": f"({values})",

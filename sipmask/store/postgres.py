@@ -83,7 +83,7 @@ from sipmask.store.pg_schema import (
     partition_name,
     partition_sql,
 )
-from sipmask.store.rules import RuleStore, Txn
+from sipmask.store.rules import KeyExists, RuleStore, Txn
 
 T = TypeVar("T")
 
@@ -188,6 +188,17 @@ class _PgTxn:
         row = self.cur.execute(_SQL[db]["get"], t.cols(key)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def get_later(self, db: str, key: bytes) -> Callable[[], bytes | None]:
+        # A cursor of its own, so the statements after it (on self.cur) do not take its
+        # answer; in pipeline mode the answer is read with the next one waited for.
+        t, cur = self._table(db), self.cur.connection.cursor()
+        cur.execute(_SQL[db]["get"], t.cols(key))
+
+        def value() -> bytes | None:
+            row = cur.fetchone()
+            return None if row is None else bytes(row[0])
+        return value
+
     def put(self, db: str, key: bytes, value: bytes) -> None:
         t = self._table(db)
         if t.kind == "by_day":
@@ -218,28 +229,29 @@ class _PgTxn:
             found.update((bytes(key), bytes(value)) for key, value in rows)
         return found
 
-    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
-                 overwrite: bool = True) -> int:
+    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> int:
         # Multi-row INSERTs (Citus routes or splits them per shard; _chunks), one
         # statement each, which also counts (pg_schema "put_many": the rows that were
-        # there before; "insert_many": the rows that went in), as LMDB's putmulti counts.
+        # there before), as LMDB's putmulti counts.
         added = 0
         for chunk, rows, params in self._chunks(db, items):
-            if overwrite:
-                row = self.cur.execute(_SQL[db]["put_many"].format(rows=rows),
-                                       [*self._table(db).key_arrays([k for k, _ in chunk]),
-                                        *params]).fetchone()
-                added += len(chunk) - (int(row[0]) if row else 0)
-            else:
-                row = self.cur.execute(_SQL[db]["insert_many"].format(rows=rows),
-                                       params).fetchone()
-                added += int(row[0]) if row else 0
+            row = self.cur.execute(_SQL[db]["put_many"].format(rows=rows),
+                                   [*self._table(db).key_arrays([k for k, _ in chunk]),
+                                    *params]).fetchone()
+            added += len(chunk) - (int(row[0]) if row else 0)
         return added
 
     def put_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
         # Nothing to read back: in pipeline mode (_once) these go without a round trip.
         for _, rows, params in self._chunks(db, items):
             self.cur.execute(_SQL[db]["upsert_many"].format(rows=rows), params)
+
+    def insert_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
+        # Plain INSERTs: a key already there fails its statement with a unique violation,
+        # reported by the next statement waited for or by the COMMIT's Sync, and the
+        # transaction is rolled back whole (PostgresStore._run: KeyExists).
+        for _, rows, params in self._chunks(db, items):
+            self.cur.execute(_SQL[db]["insert_rows"].format(rows=rows), params)
 
     def _chunks(self, db: str, items: builtins.list[tuple[bytes, bytes]]
                 ) -> Iterator[tuple[builtins.list[tuple[bytes, bytes]], str, list[Any]]]:
@@ -588,6 +600,10 @@ class PostgresStore(RuleStore):
                     raise StoreError(f"PostgreSQL at {self.where} is unreachable: "
                                      f"{_first_line(exc)}") from None
                 self.pool.check()        # drop every connection the failure broke
+            except pg_errors.UniqueViolation as exc:
+                # Only insert_rows writes without ON CONFLICT: a key it was told is new.
+                raise KeyExists(f"a key already in {exc.diag.table_name or 'a table'}"
+                                ) from None
             except pg_errors.CheckViolation:
                 # A CDR day partition dropped by another node's retention under our cache.
                 with self._days_lock:

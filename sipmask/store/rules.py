@@ -83,13 +83,25 @@ MAX_ROWS = 1_000_000             # records one list, audit or CDR query returns
 MAX_TIME = 253_402_300_799.0     # 9999-12-31T23:59:59Z, the latest time a query may name
 _RANDOM_PROBES = 8               # least-used of this many random Xs before a full walk
 _ROUTE_SCAN = 16                 # expired keys route() steps over before giving up on X
-_RETRIES_ON_CLASH = 4            # a batch made again after an id clash (see _IdClash)
+_RETRIES_ON_CLASH = 4            # a batch made again after an id clash (see KeyExists)
 
 Callers = tuple[tuple[str, str], ...]   # (field, number) pairs a binding keys on a number
 
 
+class KeyExists(StoreError):
+    """Txn.insert_rows met a key already there; the whole transaction is undone. For a
+    batch of new bindings this is an id clash (52 random bits per ms: all but never): the
+    batch is made again with fresh ids."""
+
+
 class Txn(Protocol):
     def get(self, db: str, key: bytes) -> bytes | None: ...
+    def get_later(self, db: str, key: bytes) -> Callable[[], bytes | None]:
+        """`get`, asked now and answered when the function returned is called. On
+        PostgreSQL the statement goes at once and its answer comes back with that of the
+        next statement the transaction waits for (pipeline mode), so reads named ahead
+        of one that must wait cost no round trip of their own."""
+        ...
     def get_many(self, db: str, keys: builtins.list[bytes]) -> dict[bytes, bytes]:
         """The values of those `keys` that are there (one statement on PostgreSQL, where
         each `get` is a round trip; a loop on LMDB)."""
@@ -107,14 +119,18 @@ class Txn(Protocol):
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Forward from the first key >= start, or backward from the last key."""
         ...
-    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
-                 overwrite: bool = True) -> int:
-        """Put sorted (key, value) pairs; returns how many keys were new. With overwrite
-        False a key already there keeps its value (and is not counted)."""
+    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> int:
+        """Put sorted (key, value) pairs, overwriting; returns how many keys were new."""
         ...
     def put_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
         """Put sorted (key, value) pairs, overwriting, and ask nothing back: where each
         answer is a round trip (PostgreSQL), they go without waiting for one."""
+        ...
+    def insert_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
+        """Put sorted (key, value) pairs whose keys must be new, asking nothing back: a
+        key already there undoes the whole transaction with KeyExists, raised here on
+        LMDB and in memory, on PostgreSQL by the next statement that waits for the
+        server or by the COMMIT."""
         ...
 
 
@@ -297,6 +313,11 @@ class _Routes:
         self.fetch(keys)
         return {key: raw for key in keys if (raw := self.get(db, key)) is not None}
 
+    def get_later(self, db: str, key: bytes) -> Callable[[], bytes | None]:
+        if db == "route":        # what this transaction knows of a route key counts
+            return lambda: self.get(db, key)
+        return self.txn.get_later(db, key)
+
     def put(self, db: str, key: bytes, value: bytes) -> None:
         self.txn.put(db, key, value)
         if db == "route":
@@ -318,19 +339,19 @@ class _Routes:
         if db == "route":
             self._seen.update(dict.fromkeys(keys))
 
-    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]],
-                 overwrite: bool = True) -> int:
-        added = self.txn.put_many(db, items, overwrite)
+    def put_many(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> int:
+        added = self.txn.put_many(db, items)
         if db == "route":
-            if overwrite:
-                self._seen.update(items)
-            else:
-                for key, _ in items:
-                    self._seen.pop(key, None)
+            self._seen.update(items)
         return added
 
     def put_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
         self.txn.put_rows(db, items)
+        if db == "route":
+            self._seen.update(items)
+
+    def insert_rows(self, db: str, items: builtins.list[tuple[bytes, bytes]]) -> None:
+        self.txn.insert_rows(db, items)
         if db == "route":
             self._seen.update(items)
 
@@ -348,6 +369,7 @@ class _Work:
         self.actor = actor
         self.keys = keys
         self._seq: int | None = None
+        self._seq_later: Callable[[], bytes | None] | None = None     # read_heads
         self._pools: list[PoolRange] | None = None     # per transaction: imports ask often
         self._tenant_pools: dict[str, list[PoolRange]] = {}
         self._tenants: set[str] = set()
@@ -360,13 +382,29 @@ class _Work:
     # -- audit ------------------------------------------------------------------------------
     def audit(self, tenant: str, action: str, subject: str,
               data: Mapping[str, object] | str, actor: str | None = None) -> None:
-        if self._seq is None:
-            raw = self.txn.get("meta", b"audit_seq")
-            self._seq = codec.from_u64(raw) if raw else 0
-        self._seq += 1
-        self.txn.put("audit", codec.audit_key(self.now, self._seq),
-                     codec.encode_audit(self._seq, self.now, tenant, actor or self.actor,
+        self._seq = seq = self._last_seq() + 1
+        self.txn.put("audit", codec.audit_key(self.now, seq),
+                     codec.encode_audit(seq, self.now, tenant, actor or self.actor,
                                         action, subject, data, self.keys))
+
+    def _last_seq(self) -> int:
+        """The audit sequence so far: this transaction's, or the store's."""
+        if self._seq is not None:
+            return self._seq
+        later, self._seq_later = self._seq_later, None
+        raw = later() if later is not None else self.txn.get("meta", b"audit_seq")
+        return codec.from_u64(raw) if raw else 0
+
+    def read_heads(self, tenants: Iterable[str]) -> None:
+        """Read what every batch of creates reads first, together: the tenants named, the
+        audit sequence, the pools (whose scan is the one wait: the other two statements
+        go ahead of it and are answered with it, Txn.get_later)."""
+        later = {t: self.txn.get_later("tenants", t.encode())
+                 for t in set(tenants) if t not in self._tenants}
+        if self._seq is None and self._seq_later is None:
+            self._seq_later = self.txn.get_later("meta", b"audit_seq")
+        self.pools()
+        self._tenants.update(t for t, read in later.items() if read() is not None)
 
     def finish(self) -> None:
         self.settle()
@@ -610,11 +648,6 @@ def _keys_on(work: _Work, xs: Iterable[str], callers: Callers) -> builtins.list[
             for _, number in callers]
 
 
-class _IdClash(Exception):
-    """A held binding's id was already in the store (52 random bits per ms: all but never);
-    the batch is rolled back and made again with fresh ids."""
-
-
 class _BulkWork(_Work):
     """One create_many batch. New bindings' records, index keys and audit entries are held
     in this work and written when the batch ends, sorted, one Txn.put_many per database (a
@@ -665,10 +698,7 @@ class _BulkWork(_Work):
 
     def audit(self, tenant: str, action: str, subject: str,
               data: Mapping[str, object] | str, actor: str | None = None) -> None:
-        if self._seq is None:
-            raw = self.txn.get("meta", b"audit_seq")
-            self._seq = codec.from_u64(raw) if raw else 0
-        self._seq = seq = self._seq + 1
+        self._seq = seq = self._last_seq() + 1
         self.held["audit"][self._audit_at + codec.u64(seq)] = codec.encode_audit(
             seq, self.now, tenant, actor or self.actor, action, subject, data, self.keys)
 
@@ -680,9 +710,8 @@ class _BulkWork(_Work):
             rows.clear()
             if db != "bindings":
                 self.txn.put_rows(db, items)
-            # A new binding never overwrites one already stored (see _IdClash).
-            elif self.txn.put_many(db, items, overwrite=False) != len(items):
-                raise _IdClash()
+            else:        # a new binding never overwrites one stored (KeyExists)
+                self.txn.insert_rows(db, items)
         uses = self._uses
         dirty = sorted(self._dirty_uses)
         self._dirty_uses.clear()
@@ -1125,7 +1154,7 @@ class RuleStore:
             for _ in range(_RETRIES_ON_CLASH):
                 try:
                     return self._work(run, actor, work_class=_BulkWork)
-                except _IdClash:
+                except KeyExists:
                     continue
             raise StoreError("binding ids kept clashing with stored ones")
 
@@ -1137,17 +1166,20 @@ class RuleStore:
         if chunk:
             yield from commit()
 
-    def _read_ahead(self, work: _Work, lines: Iterable[tuple[int, BindingRequest]],
+    def _read_ahead(self, work: _Work, lines: builtins.list[tuple[int, BindingRequest]],
                     default_tenant: str | None) -> None:
         """Fetch what a batch's lines will read, one statement per table (Txn.get_many),
         before its rules run, where each read would be a round trip on PostgreSQL: the
-        uses of the Xs (and Ys) the lines name, and their callers' route keys on those in
-        use; for a line whose X is allocated, the same of the Xs `_allocate` will probe,
-        drawn ahead from a copy of the rng. The draws are the ones the rules will make as
+        tenants, pools and audit sequence (one round trip: read_heads), the uses of the
+        Xs (and Ys) the lines name, and their callers' route keys on those in use; for a
+        line whose X is allocated, the same of the Xs `_allocate` will probe, drawn ahead
+        from a copy of the rng. The draws are the ones the rules will make as
         long as each line before allocates as foreseen (a line refused before its
         allocation draws nothing, an AXE extension drawn at random takes draws too);
         when they are not, the rules read what they miss, a key at a time. Reads only:
         what the rules decide does not change."""
+        work.read_heads(t for _, req in lines
+                        if (t := default_tenant if req.tenant is None else req.tenant))
         ahead = _twin(self.rng)
         named: builtins.list[tuple[str, Callers]] = []           # an X or Y a line gives
         drawn: builtins.list[tuple[builtins.list[str], Callers]] = []   # an allocation's

@@ -17,7 +17,7 @@ from sipmask.errors import ConfigError, StoreError
 from sipmask.store import LmdbStore, MemoryStore, codec
 from sipmask.store.base import Binding, BindingRequest, BindingStore
 from sipmask.store.crypto import Keyring
-from sipmask.store.rules import RuleStore, Txn
+from sipmask.store.rules import KeyExists, RuleStore, Txn
 from tests.support.store import TENANTS, A, B, X
 
 KEYS = Keyring.generate()
@@ -228,19 +228,48 @@ def test_binding_ids_stay_distinct_across_random_pool_refills() -> None:
 
 def test_put_many_appends_past_the_end_inserts_elsewhere_and_refuses_disorder(
         store: RuleStore) -> None:
-    def put(items: list[tuple[bytes, bytes]], overwrite: bool = True) -> int:
-        return store.write(lambda txn: txn.put_many("cdrs", items, overwrite=overwrite))
+    def put(items: list[tuple[bytes, bytes]]) -> int:
+        return store.write(lambda txn: txn.put_many("cdrs", items))
     assert put([(b"b", b"1"), (b"d", b"2")]) == 2             # empty: appended
     assert put([(b"a", b"3"), (b"c", b"4")]) == 2             # before the end: inserted
     assert put([(b"e", b"5"), (b"f", b"6")]) == 2             # past the end: appended
-    assert put([(b"a", b"x"), (b"g", b"7")], overwrite=False) == 1   # a kept its value
+    assert put([(b"a", b"x"), (b"g", b"7")]) == 1                    # a overwritten
     assert store.read(lambda txn: list(txn.scan("cdrs"))) == [
-        (b"a", b"3"), (b"b", b"1"), (b"c", b"4"), (b"d", b"2"), (b"e", b"5"), (b"f", b"6"),
+        (b"a", b"x"), (b"b", b"1"), (b"c", b"4"), (b"d", b"2"), (b"e", b"5"), (b"f", b"6"),
         (b"g", b"7")]
     if isinstance(store, LmdbStore):   # MDB_APPEND would skip a key out of order silently
         with pytest.raises(StoreError, match="out of order"):
             put([(b"y", b"8"), (b"x", b"9")])
         assert store.read(lambda txn: txn.get("cdrs", b"y")) is None   # rolled back
+
+
+def test_insert_rows_refuses_a_key_there_and_undoes_the_whole_transaction(
+        store: RuleStore) -> None:
+    # Txn.insert_rows asks nothing back (on PostgreSQL the clash surfaces at the COMMIT
+    # or the next wait, not at the call): what the transaction wrote before is undone too.
+    store.write(lambda txn: txn.put_rows("cdrs", [(b"b", b"1")]))
+
+    def clash(txn: Txn) -> None:
+        txn.put("meta", b"before", b"1")
+        txn.insert_rows("cdrs", [(b"a", b"2"), (b"b", b"2"), (b"c", b"2")])
+        txn.put("meta", b"after", b"1")
+    with pytest.raises(KeyExists):
+        store.write(clash)
+    assert store.read(lambda txn: list(txn.scan("cdrs"))) == [(b"b", b"1")]
+    assert store.read(lambda txn: txn.get_many("meta", [b"before", b"after"])) == {}
+    store.write(lambda txn: txn.insert_rows("cdrs", [(b"a", b"3"), (b"c", b"3")]))
+    assert store.read(lambda txn: list(txn.scan("cdrs"))) == [
+        (b"a", b"3"), (b"b", b"1"), (b"c", b"3")]
+
+
+def test_get_later_answers_as_get_did_when_asked(store: RuleStore) -> None:
+    store.write(lambda txn: txn.put("meta", b"k", b"1"))
+
+    def run(txn: Txn) -> tuple[bytes | None, bytes | None, list[tuple[bytes, bytes]]]:
+        there, missing = txn.get_later("meta", b"k"), txn.get_later("meta", b"none")
+        rows = list(txn.scan("cdrs"))          # a statement waited for in between
+        return there(), missing(), rows
+    assert store.write(run) == (b"1", None, [])
 
 
 _KILLED_IMPORT = """
