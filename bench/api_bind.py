@@ -1,7 +1,7 @@
 """Binds per second through the HTTP API on loopback, against direct store calls.
 
     python3 bench/api_bind.py [--n 20000] [--inflight 32,64] [--baseline-n 400] [--repeat 3]
-    python3 bench/api_bind.py --store postgres [--dsn URI] [--inflight 32]
+    python3 bench/api_bind.py --store postgres [--dsn URI] [--inflight 32] [--pin CPU]
 
 `--store postgres` runs every line below on PostgreSQL too, in the same round as LMDB (a
 throwaway server from Debian's postgresql, durable: fsync, synchronous_commit and
@@ -337,12 +337,15 @@ class ApiRun:
 WARMUP = 500    # requests before the clock starts: imports, caches, the store's first pages
 
 
-def api_run(where: str, key: Path, n: int, inflight: int) -> ApiRun:
+def api_run(where: str, key: Path, n: int, inflight: int, pin: int | None = None) -> ApiRun:
     """One server child on a fresh store, driven with `inflight` requests in flight; then
-    every binding the answers named is read back from the store."""
+    every binding the answers named is read back from the store. `pin`: the child and
+    every thread it starts on that one core (as deploy/ gives each node a core)."""
     child = subprocess.Popen([sys.executable, __file__, "--serve", where, "--key-file", str(key)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+                             env={**os.environ, "PYTHONPATH": str(REPO)},
+                             preexec_fn=None if pin is None
+                             else (lambda: os.sched_setaffinity(0, {pin})))
     assert child.stdin is not None and child.stdout is not None
     try:
         port = int(_tagged(child.stdout, "PORT"))
@@ -392,14 +395,14 @@ class Round:
 
 
 def one_round(root: Path, target: Target, n: int, baseline_n: int,
-              inflights: list[int]) -> Round:
+              inflights: list[int], pin: int | None = None) -> Round:
     root.mkdir(exist_ok=True)
     key = root / f"{target.name}.key"
     create_key_file(key)                   # each fresh store below is sealed with it
     direct = baseline_create(target.fresh(root, "direct"), key, baseline_n)
     grouped = baseline_create_many(target.fresh(root, "many"), key, n, inflights[0])
     return Round(target.name, fsync_ms(root), direct, grouped,
-                 [api_run(target.fresh(root, f"api{k}"), key, n, k) for k in inflights])
+                 [api_run(target.fresh(root, f"api{k}"), key, n, k, pin) for k in inflights])
 
 
 def report(r: Round, n: int, baseline_n: int, first_inflight: int) -> None:
@@ -464,6 +467,9 @@ def main() -> int:
     parser.add_argument("--store", choices=("lmdb", "postgres"), default="lmdb",
                         help="postgres: PostgreSQL too, LMDB alongside in each round")
     parser.add_argument("--dsn", help="--store postgres: this server, not a throwaway one")
+    parser.add_argument("--pin", type=int, metavar="CPU",
+                        help="run the API server child on this one core, all its threads "
+                             "(sched_setaffinity), as deploy/ gives each node a core")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--key-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -486,7 +492,7 @@ def main() -> int:
                 # Alternate which store goes first, so neither always gets the cooler CPU.
                 for target in targets if i % 2 == 0 else targets[::-1]:
                     made = one_round(Path(tmp) / f"round{i}", target, args.n,
-                                     args.baseline_n, inflights)
+                                     args.baseline_n, inflights, args.pin)
                     rounds[target.name].append(made)
                     report(made, args.n, args.baseline_n, inflights[0])
     finally:
