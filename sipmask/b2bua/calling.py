@@ -59,6 +59,7 @@ _RING, _FAILOVER = CallTimer.RING, CallTimer.FAILOVER
 _B_INVITE = Role.B_INVITE
 _SDP_BODY = masking.BodyKind.SDP
 _EARLY_DIALOG = DialogState.EARLY
+_LEG_B_SENT = CallEvent.LEG_B_SENT
 
 
 @dataclass
@@ -283,7 +284,7 @@ def _send_leg_b(core: CallCore, ctx: CallContext, max_forwards: int, body: bytes
                 content_type: str | None) -> None:
     ctx.b_offer = (max_forwards, body, content_type)
     send_attempt(core, ctx)
-    core.transition(ctx, CallEvent.LEG_B_SENT)
+    core.transition(ctx, _LEG_B_SENT)
     core.timers.start(ctx.call.call_id, _RING,
                       core.now + core.config.sip.ring_timeout_s)
 

@@ -126,6 +126,10 @@ class Body:
 
 
 NO_BODY = Body(BodyKind.NONE)
+# Bound once: crossing_body runs for every message with a body, and in Python 3.11 reading a
+# member off its Enum class goes through EnumType.__getattr__'s slow attribute hook (as in
+# core.py).
+_SDP_KIND, _DTMF_KIND, _NO_KIND = BodyKind.SDP, BodyKind.DTMF, BodyKind.NONE
 _DROPPED = Body(BodyKind.NONE, dropped=1)
 _UNTYPED = Body(BodyKind.NONE, dropped=1, untyped=True)
 
@@ -152,11 +156,11 @@ def crossing_body(message: Message) -> Body:
     if media_type.startswith("multipart/"):
         return _from_multipart(raw, params.get("boundary"))
     if media_type == SDP:
-        return Body(BodyKind.SDP, raw, SDP)
+        return Body(_SDP_KIND, raw, SDP)
     if media_type in DTMF_TYPES:
         rebuilt = _dtmf(media_type, raw)
         if rebuilt is not None:
-            return Body(BodyKind.DTMF, rebuilt, media_type)
+            return Body(_DTMF_KIND, rebuilt, media_type)
     return _DROPPED
 
 
@@ -185,8 +189,8 @@ def _from_multipart(raw: bytes, boundary: str | None) -> Body:
         else:
             dropped += 1
     if sdp is None:
-        return Body(BodyKind.NONE, dropped=dropped)
-    return Body(BodyKind.SDP, sdp, SDP, dropped)
+        return Body(_NO_KIND, dropped=dropped)
+    return Body(_SDP_KIND, sdp, SDP, dropped)
 
 
 def _split_multipart(raw: bytes, boundary: str) -> list[bytes] | None:

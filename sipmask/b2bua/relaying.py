@@ -32,6 +32,12 @@ ALLOW_HEADER = (("Allow", ALLOW),)
 NOT_CONNECTED = "Server Internal Error (call not connected yet)"
 _BYE_EVENT = {Leg.A: CallEvent.A_BYE, Leg.B: CallEvent.B_BYE}
 _REQUEST_EVENT = {Leg.A: CallEvent.A_REQUEST, Leg.B: CallEvent.B_REQUEST}
+# Enum members in-dialog requests read, bound once as module globals: in Python 3.11 reading
+# a member off its Enum class goes through EnumType.__getattr__'s slow attribute hook (as in
+# core.py).
+_LEG_A = Leg.A
+_DIALOG_ENDED = DialogState.TERMINATED
+_SDP_BODY = masking.BodyKind.SDP
 
 
 def opens_offer(request: Request) -> bool:
@@ -64,14 +70,14 @@ def in_cseq_order(core: CallCore, dialog: Dialog | None, event: RequestReceived)
 
 def on_bye(core: CallCore, event: RequestReceived, ctx: CallContext, leg: Leg) -> None:
     dialog = core.dialog_of(ctx, leg)
-    if dialog is not None and dialog.state is DialogState.TERMINATED:
+    if dialog is not None and dialog.state is _DIALOG_ENDED:
         dialog = None           # the call's table answers it (ENDED: 481)
     if in_cseq_order(core, dialog, event):
         core.fire(ctx, _BYE_EVENT[leg], origin=(event.txn_id, event.request))
 
 
 def on_prack(core: CallCore, event: RequestReceived, ctx: CallContext, leg: Leg) -> None:
-    if leg is Leg.A:
+    if leg is _LEG_A:
         # We never send reliable provisionals to A (no 100rel on leg A), so a PRACK from A
         # matches nothing (RFC 3262 §3).
         core.reply(event.txn_id, event.request, 481)
@@ -180,7 +186,7 @@ def _send_relayed(core: CallCore, ctx: CallContext, from_leg: Leg,
 def on_response(core: CallCore, relay: Relay, event: ResponseReceived) -> None:
     """The other leg answered a request we relayed: relay the answer, in the call's order."""
     ctx, response = relay.ctx, event.response
-    if relay.from_leg is Leg.A:        # a request we relayed to B: B answers
+    if relay.from_leg is _LEG_A:        # a request we relayed to B: B answers
         ctx.b_source = event.source
     if response.status >= 200:
         core.untrack(event.txn_id)
@@ -193,7 +199,7 @@ def _relay_response(core: CallCore, relay: Relay, response: Response) -> None:
     incoming = core.body_of(response)
     # RFC 3264 §4: a re-INVITE without a body asks for the offer in the 2xx.
     late_offer = relay.request.method == "INVITE" and not relay.offered and \
-        incoming.kind is masking.BodyKind.SDP
+        incoming.kind is _SDP_BODY
     crossed = core.cross(relay.ctx, relay.from_leg.other, incoming, offer=late_offer,
                          then=partial(_response_crossed, core, relay, response, late_offer))
     if crossed is not None:
@@ -289,7 +295,7 @@ def _ack_other_leg(core: CallCore, ctx: CallContext, late: tuple[Leg, int, str |
                    body: bytes, content_type: str | None) -> None:
     to_leg, cseq, invite_txn = late
     dialog = core.dialog_of(ctx, to_leg)
-    if dialog is None or dialog.state is DialogState.TERMINATED:
+    if dialog is None or dialog.state is _DIALOG_ENDED:
         return
     # The INVITE's transaction re-sends this ACK for 2xx retransmissions.
     core.send_ack(ctx, to_leg, invite_txn, dialog.ack(cseq, body=body,

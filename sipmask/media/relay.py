@@ -125,6 +125,11 @@ class Side(StrEnum):
         return Side.B if self is Side.A else Side.A
 
 
+# Members read for every call (and _admit's for every packet a stranger sends), bound once
+# as module globals: in Python 3.11 reading a member off its Enum class goes through
+# EnumType.__getattr__'s slow attribute hook (as in b2bua/core.py).
+_STRICT, _SIGNALLED_IP, _ANY = Latching.STRICT, Latching.SIGNALLED_IP, Latching.ANY
+_SIDE_A, _SIDE_B = Side.A, Side.B
 _NO_ONE: frozenset[str] = frozenset()
 
 # What a tap is told of each packet its socket admitted: the datagram, its arrival time on
@@ -216,7 +221,7 @@ class _Stream(asyncio.DatagramProtocol):
         True (and the latch moved where the rule allows) to relay it; False counts it."""
         latching = self._latching
         source = self.source
-        if latching is Latching.STRICT:
+        if latching is _STRICT:
             # The SDP names host and port; an IPv6 source also carries flowinfo and scope.
             if source is not None and addr[:2] == source[:2]:
                 self.source = addr
@@ -224,7 +229,7 @@ class _Stream(asyncio.DatagramProtocol):
             self.strangers += 1
             return False
         silent = self.last_in is None or now - self.last_in >= self._relatch_after
-        if latching is Latching.SIGNALLED_IP:
+        if latching is _SIGNALLED_IP:
             if source is None:
                 if addr[0] not in self.signalled:
                     self.strangers += 1
@@ -261,14 +266,14 @@ class _Stream(asyncio.DatagramProtocol):
         packets go and who is heard; the same again keeps a latch."""
         if addr is None:
             self.sdp_peer = self.peer = None
-            if self._latching is Latching.ANY:
+            if self._latching is _ANY:
                 self.source = None
             return
         if addr == self.sdp_peer and signalled == self.signalled:
             return
         self.sdp_peer = self.peer = addr
         self.signalled = signalled
-        self.source = addr if self._latching is Latching.STRICT else None
+        self.source = addr if self._latching is _STRICT else None
 
     def recycle(self) -> None:
         """Back to the state of a freshly bound socket (for the idle pool); the transport
@@ -382,8 +387,8 @@ class _Media:
     streams: dict[Side, tuple[_Stream, _Stream]]
 
     def link(self, cnames: tuple[bytes, bytes]) -> None:
-        a_rtp, a_rtcp = a = self.streams[Side.A]
-        b_rtp, b_rtcp = b = self.streams[Side.B]
+        a_rtp, a_rtcp = a = self.streams[_SIDE_A]
+        b_rtp, b_rtcp = b = self.streams[_SIDE_B]
         a_rtp.twin, a_rtcp.twin = b
         b_rtp.twin, b_rtcp.twin = a
         a_rtp.cname = a_rtcp.cname = cnames[0]
@@ -393,8 +398,8 @@ class _Media:
         """Forward RTP between the sides (True) or not (False: each side's packets are
         counted and dropped, as before the other party is known). RTCP stays linked: it
         carries no audio, and receivers' reports keep flowing."""
-        a_rtp = self.streams[Side.A][0]
-        b_rtp = self.streams[Side.B][0]
+        a_rtp = self.streams[_SIDE_A][0]
+        b_rtp = self.streams[_SIDE_B][0]
         a_rtp.twin = b_rtp if linked else None
         b_rtp.twin = a_rtp if linked else None
 
@@ -509,7 +514,7 @@ class RelaySession:
                 rtcp_signalled)
         rtp.secure = rtcp.secure = secure
         if self._armed_at is None:
-            self._remote_set.add(Side.A if side == Side.A else Side.B)
+            self._remote_set.add(_SIDE_A if side == _SIDE_A else _SIDE_B)
             if len(self._remote_set) == 2:
                 self._armed_at = self._clock()
 
@@ -538,7 +543,7 @@ class RelaySession:
         """One party's counters, all media lines and RTP with RTCP summed."""
         self._streams(side, 0)                           # a bad side raises here
         if self._final is not None:
-            return self._final.a if side == Side.A else self._final.b
+            return self._final.a if side == _SIDE_A else self._final.b
         # One pass in plain additions: it runs twice at every call's end.
         packets_in = bytes_in = packets_out = bytes_out = dropped = rejected = 0
         strangers = rtcp_dropped = 0
@@ -561,7 +566,7 @@ class RelaySession:
     def stats(self) -> CallStats:
         if self._final is not None:
             return self._final
-        return CallStats(self.call_id, self.leg_stats(Side.A), self.leg_stats(Side.B),
+        return CallStats(self.call_id, self.leg_stats(_SIDE_A), self.leg_stats(_SIDE_B),
                          self.timed_out)
 
     def peer(self, side: Side | str, index: int = 0) -> Address | None:
@@ -570,7 +575,7 @@ class RelaySession:
 
     def remote_known(self, side: Side | str) -> bool:
         """Whether `side`'s SDP has been given (set_remote), once for the session."""
-        return (Side.A if side == Side.A else Side.B) in self._remote_set
+        return (_SIDE_A if side == _SIDE_A else _SIDE_B) in self._remote_set
 
     def tap(self, side: Side | str, index: int, hook: PacketHook | None) -> None:
         """Let `hook` hear what `side`'s party sends on media line `index` (RTP socket,
@@ -742,8 +747,8 @@ class Relay:
             _, pair_a, streams_a = idle.popleft()
             _, pair_b, streams_b = idle.popleft()
             self.pool_reused += 2
-            media = _Media({Side.A: pair_a, Side.B: pair_b},
-                           {Side.A: streams_a, Side.B: streams_b})
+            media = _Media({_SIDE_A: pair_a, _SIDE_B: pair_b},
+                           {_SIDE_A: streams_a, _SIDE_B: streams_b})
         else:
             media = await self._bind_media()
         session = RelaySession(call_id, self.address, media, self.timeout_s,
@@ -792,7 +797,7 @@ class Relay:
         pairs: dict[Side, PortPair] = {}
         streams: dict[Side, tuple[_Stream, _Stream]] = {}
         try:
-            for side in Side:
+            for side in (_SIDE_A, _SIDE_B):
                 pairs[side], streams[side] = await self._bind_side(clock)
         except BaseException:
             for side, pair_streams in streams.items():

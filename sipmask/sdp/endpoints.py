@@ -26,14 +26,19 @@ class Direction(StrEnum):
 
     @property
     def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
+        return self in _SENDING
 
     @property
     def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
+        return self in _RECEIVING
 
 
 DIRECTIONS = {d.value: d for d in Direction}
+# Built once, not per read: in Python 3.11 reading a member off its Enum class goes through
+# EnumType.__getattr__'s slow attribute hook (as in b2bua/core.py), and `receives` is asked
+# of every offer and answer.
+_SENDING = (Direction.SENDRECV, Direction.SENDONLY)
+_RECEIVING = (Direction.SENDRECV, Direction.RECVONLY)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,9 +125,15 @@ _ATTRIBUTES: Mapping[str, Fate] = {
     **{name: Fate.KEEP for name in KEPT_ATTRIBUTES}, "rtcp": Fate.RELAY, "group": Fate.GROUP}
 
 
+# Bound once: the call path (sdp/scan.py) asks line_fate of every b=, t=, r=, z= line, and
+# in Python 3.11 reading a member off its Enum class goes through EnumType.__getattr__'s
+# slow attribute hook (as in b2bua/core.py).
+_DROP = Fate.DROP
+
+
 def line_fate(kind: str, section: Section) -> Fate:
     """The fate of a line that is not a=, v=, o=, s= or m=, by its one-letter type."""
-    return _LINES[section].get(kind, Fate.DROP)
+    return _LINES[section].get(kind, _DROP)
 
 
 def attribute_fate(name: str, section: Section) -> Fate:

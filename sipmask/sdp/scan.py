@@ -83,9 +83,11 @@ def _facts(section: Section) -> dict[str, Facts]:
 
 
 _FACTS = {section: _facts(section) for section in Section}
-# The fates the line loop tests, as module names: Python 3.11 looks an attribute of an enum
-# class up through its metaclass on every read.
+# The fates the line loop tests and the sections it enters, as module names: Python 3.11
+# looks an attribute of an enum class up through its metaclass on every read.
 _KEEP, _RELAY, _GROUP = Fate.KEEP, Fate.RELAY, Fate.GROUP
+_SESSION, _ACTIVE, _DISABLED = Section.SESSION, Section.ACTIVE, Section.DISABLED
+_SENDRECV = Direction.SENDRECV
 
 
 def scan(data: bytes) -> Scan:
@@ -99,7 +101,7 @@ def scan(data: bytes) -> Scan:
     lines = split_lines(text)
     first = first_line(lines)
 
-    section = Section.SESSION
+    section = _SESSION
     classes = _FACTS[section]
     parts: list[Part] = []          # the session section, then one per m= line
     has_origin = has_name = False
@@ -175,7 +177,7 @@ def scan(data: bytes) -> Scan:
                                not parts))
             port = new_port
             port_count = new_count
-            section = Section.ACTIVE if port else Section.DISABLED
+            section = _ACTIVE if port else _DISABLED
             classes = _FACTS[section]
             m_kind = f"m={fields[0]} "
             m_rest = " " + " ".join(fields[2:])
@@ -284,7 +286,7 @@ def is_on_hold(sd: Scan) -> bool:
     for section in sd.media:
         if section.port == 0:
             continue
-        found = section.direction or session.direction or Direction.SENDRECV
+        found = section.direction or session.direction or _SENDRECV
         if not found.receives:
             continue
         unspecified = (section.unspecified if section.host is not None

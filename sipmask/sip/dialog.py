@@ -83,21 +83,27 @@ class DialogEvent(Enum):
     BYE = "BYE"                # §15: BYE ends the dialog
 
 
+# States and events as module names, for the table and for the methods that read them on
+# every message in a dialog: in Python 3.11 reading a member off its Enum class goes through
+# EnumType.__getattr__'s slow attribute hook (as in b2bua/core.py).
 _E, _C, _T = DialogState.EARLY, DialogState.CONFIRMED, DialogState.TERMINATED
+_PROVISIONAL, _SUCCESS, _FAILURE = (DialogEvent.PROVISIONAL, DialogEvent.SUCCESS,
+                                    DialogEvent.FAILURE)
+_GONE, _BYE = DialogEvent.GONE, DialogEvent.BYE
 
 # §12.1, §12.3, §13.2.2.4, §15. A failure to a re-INVITE leaves the dialog as it was (§14.1);
 # a non-2xx final response to the INVITE that created an early dialog ends it (§12.3).
 TRANSITIONS: dict[tuple[DialogState, DialogEvent], DialogState] = {
-    (_E, DialogEvent.PROVISIONAL): _E,
-    (_E, DialogEvent.SUCCESS): _C,
-    (_E, DialogEvent.FAILURE): _T,
-    (_E, DialogEvent.GONE): _T,
-    (_E, DialogEvent.BYE): _T,
-    (_C, DialogEvent.PROVISIONAL): _C,
-    (_C, DialogEvent.SUCCESS): _C,
-    (_C, DialogEvent.FAILURE): _C,
-    (_C, DialogEvent.GONE): _T,
-    (_C, DialogEvent.BYE): _T,
+    (_E, _PROVISIONAL): _E,
+    (_E, _SUCCESS): _C,
+    (_E, _FAILURE): _T,
+    (_E, _GONE): _T,
+    (_E, _BYE): _T,
+    (_C, _PROVISIONAL): _C,
+    (_C, _SUCCESS): _C,
+    (_C, _FAILURE): _C,
+    (_C, _GONE): _T,
+    (_C, _BYE): _T,
 }
 
 
@@ -159,7 +165,7 @@ class Dialog:
             secure=request.uri.lower().startswith("sips:"),
         )
         if response.status >= 200:
-            dialog.state = DialogState.CONFIRMED
+            dialog.state = _C
         dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
         dialog._checked_target = target
         return dialog
@@ -186,7 +192,7 @@ class Dialog:
             is_uac=False,
             local_contact=local_contact,
             secure=request.uri.lower().startswith("sips:"),
-            state=DialogState.CONFIRMED if confirmed else DialogState.EARLY,
+            state=_C if confirmed else _E,
         )
         dialog._addrs = (dialog.local_uri, local, dialog.remote_uri, remote)
         dialog._checked_target = target
@@ -221,17 +227,17 @@ class Dialog:
         status = response.status
         method = response.cseq.method
         if status in (408, 481):
-            return self.apply(DialogEvent.GONE)
+            return self.apply(_GONE)
         if method == "INVITE":
-            was_early = self.state is DialogState.EARLY
+            was_early = self.state is _E
             if status < 200:
-                self.apply(DialogEvent.PROVISIONAL)
+                self.apply(_PROVISIONAL)
             elif status < 300:
-                self.apply(DialogEvent.SUCCESS)
+                self.apply(_SUCCESS)
                 if was_early and self.is_uac:
                     self.route_set = tuple(reversed(response.headers.get_all("record-route")))
             else:
-                self.apply(DialogEvent.FAILURE)
+                self.apply(_FAILURE)
         if self.is_uac and method in TARGET_REFRESH and 100 < status < 300:
             target = _contact_uri(response)
             if target is not None:
@@ -240,7 +246,7 @@ class Dialog:
 
     def terminate(self) -> None:
         """Sending or receiving BYE (§15.1.1, §15.1.2) ends the dialog."""
-        self.apply(DialogEvent.BYE)
+        self.apply(_BYE)
 
     # -- requests received ----------------------------------------------------------------------
     def receive_request(self, request: Request) -> None:
@@ -248,7 +254,7 @@ class Dialog:
         than the last one is out of order: SipError(500). ACK and CANCEL carry the number of
         the request they refer to, so they neither move nor fail the check. A target refresh
         request updates the remote target; BYE ends the dialog."""
-        if self.state is DialogState.TERMINATED:
+        if self.state is _T:
             raise SipError("Call/Transaction Does Not Exist", status=481)
         method = request.method
         number = request.cseq.number
@@ -261,7 +267,7 @@ class Dialog:
             if target is not None:
                 self.remote_target = self._checked_target = target
         if method == "BYE":
-            self.apply(DialogEvent.BYE)
+            self.apply(_BYE)
 
     # -- requests sent ---------------------------------------------------------------------
     def new_request(self, method: str, *, body: bytes = b"", content_type: str | None = None,
@@ -271,7 +277,7 @@ class Dialog:
         if method in ("ACK", "CANCEL"):
             raise CallStateError(f"{method} is not a new request in the dialog: use "
                                  "Dialog.ack or TransactionLayer.cancel")
-        if self.state is DialogState.TERMINATED:
+        if self.state is _T:
             raise CallStateError(f"dialog is terminated: no {method}")
         self.local_seq = INITIAL_CSEQ if self.local_seq is None else self.local_seq + 1
         return self._build(method, self.local_seq, body, content_type, extra)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from sipmask.sip import grammar
 
@@ -220,8 +220,9 @@ class Headers:
         """A parsed header block: each line's key, its name as written, the text after its
         colon (`values`, whitespace not yet taken off) and its raw text (None: the lines
         may not be reused). The lists are kept, not copied."""
-        # The raw lines become None one by one as `set_first` replaces them.
-        return cls(None, keys, split=(names, values, cast("list[str | None] | None", raws)))
+        # The raw lines become None one by one as `set_first` replaces them: the list is
+        # handed over, so typing it anew is sound (not typing.cast: a call per message).
+        return cls(None, keys, split=(names, values, raws))  # type: ignore[arg-type]
 
     def _all(self) -> list[Field]:
         """The fields, made from the split block on first use."""

@@ -441,6 +441,7 @@ _TERMINATED: frozenset[State] = frozenset({
 _PROVISIONAL, _SUCCESS, _FAILURE = Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE
 _INVITE_SERVER, _NON_INVITE_SERVER = Kind.INVITE_SERVER, Kind.NON_INVITE_SERVER
 _INVITE_CLIENT, _NON_INVITE_CLIENT = Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT
+_RETRANSMIT_2XX = Timer.RETRANSMIT_2XX
 
 
 def response_input(status: int) -> Input:
@@ -659,7 +660,7 @@ class TransactionLayer:
             if accepted is not None and not accepted.acked:
                 accepted.acked = True
                 accepted.last_response = None     # kept only for AckTimeout
-                self._stop(accepted, Timer.RETRANSMIT_2XX)
+                self._stop(accepted, _RETRANSMIT_2XX)
             self._events.append(AckReceived(request, source, transport, accepted_id))
             return
         if txn is not None:

@@ -66,19 +66,31 @@ class _Routes(Protocol):
               ext: str | None = None) -> Binding | None: ...
 
 
+def in_place(store: object) -> bool:
+    """Whether `store` answers a lookup where it is asked (LMDB, memory: a memory read of a
+    few µs, cheaper than a thread hop), not on threads of its own (`route_soon`,
+    PostgreSQL)."""
+    return getattr(store, "route_soon", None) is None
+
+
+def route_here(store: _Routes, x: str, caller: str, now: float,
+               ext: str | None = None) -> Binding | None:
+    """The lookup of a store `in_place`, run here. `ext`: an AXE extension the caller gave
+    (store.base.BindingStore.route), passed only when there is one."""
+    return store.route(x, caller, now, ext) if ext is not None else store.route(x, caller, now)
+
+
 def lookup(store: _Routes, x: str, caller: str, now: float,
            ext: str | None = None) -> Future[Binding | None]:
     """The call path's lookup as a future, whatever the backend: on a store that offers
-    `route_soon` (PostgreSQL) it runs on that store's threads; otherwise (LMDB: a memory
-    read of a few µs, cheaper than a thread hop) it runs here and the future is done.
-    `ext`: an AXE extension the caller gave (store.base.BindingStore.route)."""
+    `route_soon` (PostgreSQL) it runs on that store's threads; otherwise (`in_place`) it
+    runs here and the future is done."""
     route_soon: Callable[..., Future[Binding | None]] | None = getattr(store, "route_soon",
                                                                         None)
     if route_soon is not None:
         return (route_soon(x, caller, now, ext) if ext is not None
                 else route_soon(x, caller, now))
-    return _here(lambda: store.route(x, caller, now, ext) if ext is not None
-                 else store.route(x, caller, now))
+    return _here(lambda: route_here(store, x, caller, now, ext))
 
 
 def soon(store: object, fn: Callable[[], T]) -> Future[T]:

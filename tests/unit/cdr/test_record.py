@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
 from sipmask.cdr.record import CSV_COLUMNS, Cdr, iso, parse_time
@@ -26,6 +29,15 @@ def test_recording_is_null_unless_set_and_survives_the_round_trip() -> None:
     recorded = replace(cdr(), recording="0123abcd.wav")
     assert Cdr.decode(recorded.encode()) == recorded
     assert recorded.to_json()["recording"] == "0123abcd.wav"
+
+
+def test_the_stored_bytes_are_the_version_then_every_field_in_order() -> None:
+    # Cdr.encode reads the instance dict: the bytes must stay those of the fields read one
+    # by one, in the contract's order, after "v" (what records already stored hold).
+    for record in (cdr(), replace(cdr(), recording="0123abcd.wav", ring_at=None)):
+        fields = {name: getattr(record, name) for name in CSV_COLUMNS}
+        assert record.encode() == json.dumps({"v": 1, **fields},
+                                             separators=(",", ":")).encode()
 
 
 def test_encode_decode_round_trip_and_tolerates_new_fields() -> None:
