@@ -85,12 +85,10 @@ def lookup(store: _Routes, x: str, caller: str, now: float,
     """The call path's lookup as a future, whatever the backend: on a store that offers
     `route_soon` (PostgreSQL) it runs on that store's threads; otherwise (`in_place`) it
     runs here and the future is done."""
-    route_soon: Callable[..., Future[Binding | None]] | None = getattr(store, "route_soon",
-                                                                        None)
-    if route_soon is not None:
-        return (route_soon(x, caller, now, ext) if ext is not None
-                else route_soon(x, caller, now))
-    return _here(lambda: route_here(store, x, caller, now, ext))
+    if in_place(store):
+        return _here(lambda: route_here(store, x, caller, now, ext))
+    route_soon: Callable[..., Future[Binding | None]] = store.route_soon  # type: ignore[attr-defined]
+    return route_soon(x, caller, now, ext) if ext is not None else route_soon(x, caller, now)
 
 
 def soon(store: object, fn: Callable[[], T]) -> Future[T]:
