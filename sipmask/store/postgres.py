@@ -195,7 +195,8 @@ class _PgTxn:
         cur.execute(_SQL[db]["get"], t.cols(key))
 
         def value() -> bytes | None:
-            row = cur.fetchone()
+            with cur:                  # read once: the cursor goes with its answer
+                row = cur.fetchone()
             return None if row is None else bytes(row[0])
         return value
 
