@@ -163,7 +163,8 @@ class _ListenPorts(Mapping[str, int]):
         return len(ALL)
 
 
-def _lookup_done(op: int, future: Future[Binding | None]) -> LookupDone:
+def _lookup_done(op: int, future: Future[Binding | None] | asyncio.Future[Binding | None]
+                 ) -> LookupDone:
     if future.cancelled():
         # The store's lookup threads gave it up (the store closing): the call still gets
         # its answer (503), never waits for ever.
@@ -354,12 +355,26 @@ class Engine:
             else:
                 self._results.append(LookupDone(action.id, binding))
             return
-        future = offload.lookup(self.store, action.x, action.caller, action.at,
-                                action.ext)
+        # PostgreSQL: asked and answered on this loop where it can (its route_on_loop),
+        # else on the store's threads. A full queue (StoreBusy) is a 503 now.
+        on_loop = getattr(self.store, "route_on_loop", None)
+        try:
+            if on_loop is not None:
+                self._when_done(on_loop(action.x, action.caller, action.at, action.ext),
+                                partial(self._looked_up, action.id))
+                return
+            future = offload.lookup(self.store, action.x, action.caller, action.at,
+                                    action.ext)
+        except Exception as exc:
+            self._results.append(_lookup_failed(action.id, exc))
+            return
         if future.done():
             self._results.append(_lookup_done(action.id, future))
         else:
             self._spawn(self._lookup_later(action.id, future))
+
+    def _looked_up(self, op: int, future: asyncio.Future[Binding | None]) -> None:
+        self._run(_lookup_done(op, future))
 
     async def _lookup_later(self, op: int, future: Future[Binding | None]) -> None:
         try:

@@ -147,6 +147,10 @@ class Table:
         desc = ", ".join(f"{c} DESC" for c in self.pk)
         return {
             "get": f"SELECT v FROM {q} WHERE {self._where()}",
+            # The same with libpq's own placeholders, for a statement prepared with no
+            # psycopg between (store/pg_loop.py).
+            "get_numbered": f"SELECT v FROM {q} WHERE "
+                            + " AND ".join(f"{c} = ${n}" for n, c in enumerate(self.pk, 1)),
             "put": f"INSERT INTO {q} ({', '.join(cols)}) VALUES ({values}) "
                    f"ON CONFLICT ({pk}) DO UPDATE SET v = EXCLUDED.v",
             # RETURNING: whether the row went in, as an answer to read (a row count is

@@ -47,6 +47,7 @@ while another sipmask process is connected to the database.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import logging
@@ -56,6 +57,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,6 +72,7 @@ from sipmask.observability.logging import get_logger
 from sipmask.store import codec, crypto, reseal
 from sipmask.store.base import Binding
 from sipmask.store.offload import Offload
+from sipmask.store.pg_loop import LoopReads
 from sipmask.store.pg_schema import (
     PARTITIONS_SQL,
     RULES_LOCK,
@@ -353,6 +356,7 @@ class PostgresStore(RuleStore):
             raise StoreError(f"cannot connect to PostgreSQL at {self.where} "
                              f"within {connect_timeout_s:g} s") from None
         self.calls = Offload(call_workers, call_queue, "store-lookup")
+        self._on_loop: LoopReads | None = None       # route_on_loop's connection
         self.reads = Offload(READ_WORKERS, READ_QUEUE, "store-read")
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bg")
         try:
@@ -714,6 +718,72 @@ class PostgresStore(RuleStore):
             return self._any_on_x(txn, x, now)
         return self._run(run, None, lock=False, retry_commit=True, deadline=deadline)
 
+    def route_on_loop(self, x: str, caller: str, now: float,
+                      ext: str | None = None) -> asyncio.Future[Binding | None]:
+        """`route` asked from the running event loop, answered there. The caller's key is
+        read on the loop's own connection (store/pg_loop.py: no thread, so no wait for
+        the GIL between the socket and the loop); an AXE extension, a miss (X must be
+        scanned: a stranger, 403 or 404), and every lookup that connection cannot answer
+        (not up yet, lost, an error) go to the lookup threads (`route_soon`), which ride
+        out a failover. The patience counts from now either way. StoreBusy at once when
+        the reads waiting are as many as the lookup queue holds."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self._lookup_patience()
+        out: asyncio.Future[Binding | None] = loop.create_future()
+        if ext is None:
+            key = codec.route_key(self.keys, x, caller)
+            answer = partial(self._answered_on_loop, out, x, caller, now, deadline)
+            if self._loop_reads(loop).read(TABLES["route"].cols(key), answer):
+                return out
+        self._on_threads(out, self._route, x, caller, now, ext, deadline)
+        return out
+
+    def _on_threads(self, out: asyncio.Future[Binding | None],
+                    fn: Callable[..., Binding | None], *args: Any) -> None:
+        """`out` takes the outcome of fn(*args) run on the lookup threads; StoreBusy when
+        their queue is full."""
+        try:
+            work = self.calls.submit(fn, *args)
+        except StoreError as exc:
+            out.set_exception(exc)
+            return
+        _settle(out, work)
+
+    def _loop_reads(self, loop: asyncio.AbstractEventLoop) -> LoopReads:
+        reads = self._on_loop
+        if reads is None or reads.loop is not loop:
+            if reads is not None:
+                reads.close()            # a loop before this one (tests run many)
+            reads = self._on_loop = LoopReads(
+                loop, self._connect, _SQL["route"]["get_numbered"].encode(),
+                patience_s=self._lookup_patience(), max_pending=self.calls.max_pending)
+        return reads
+
+    def _answered_on_loop(self, out: asyncio.Future[Binding | None], x: str, caller: str,
+                          now: float, deadline: float, raw: bytes | StoreError | None
+                          ) -> None:
+        if out.done():
+            return
+        if isinstance(raw, StoreError):
+            # The loop's connection could not answer: the threads try, within the patience.
+            self._on_threads(out, self._route, x, caller, now, None, deadline)
+            return
+        if raw is not None:
+            try:
+                binding = _decode(raw, self.keys)
+            except Exception as exc:
+                out.set_exception(exc)
+                return
+            if binding.live(now):
+                out.set_result(binding)
+                return
+        self._on_threads(out, self._scan_x, x, now, deadline)
+
+    def _scan_x(self, x: str, now: float, deadline: float) -> Binding | None:
+        """The second half of `_route`: X's live binding for a caller it does not name."""
+        return self._run(lambda txn: self._any_on_x(txn, x, now), None, lock=False,
+                         retry_commit=True, deadline=deadline)
+
     def route_soon(self, x: str, caller: str, now: float,
                    ext: str | None = None) -> Future[Binding | None]:
         """`route` on the lookup threads; StoreBusy at once when the queue is full. The
@@ -761,6 +831,8 @@ class PostgresStore(RuleStore):
         return super().sweep(now, limit)
 
     def close(self) -> None:
+        if self._on_loop is not None:
+            self._on_loop.close()
         self.background.shutdown(wait=True)
         self.calls.close()
         self.reads.close()
@@ -793,3 +865,17 @@ def _pages(rows: Iterator[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, by
             page = []
     if page:
         yield page
+
+
+def _settle(out: asyncio.Future[T], work: Future[T]) -> None:
+    """`out` (on its loop) takes `work`'s outcome (from a thread) when it comes."""
+    def copy(done: asyncio.Future[T]) -> None:
+        if out.done():
+            return
+        if done.cancelled():
+            out.cancel()
+        elif (exc := done.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(done.result())
+    asyncio.wrap_future(work, loop=out.get_loop()).add_done_callback(copy)

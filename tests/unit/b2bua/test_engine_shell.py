@@ -25,6 +25,7 @@ from sipmask.sip.message import Request, Response
 from sipmask.sip.parser import parse_message
 from sipmask.store.base import Binding
 from sipmask.store.memory import MemoryStore
+from sipmask.store.offload import StoreBusy
 from tests.support.engine import (
     A_ADDR,
     A_NUM,
@@ -184,6 +185,27 @@ def test_an_unreachable_store_is_503_with_retry_after_and_a_slow_one_blocks_noth
 
     h, before = asyncio.run(flow())
     assert before == [100]                       # the loop went on while the store worked
+    responses = [m for m, _d, _t in h.sent if isinstance(m, Response)]
+    assert [r.status for r in responses] == [100, 503]
+    assert responses[-1].headers.get("retry-after") == "5"
+    assert h.engine.active_calls == 0 and h.cdrs.records == []
+
+
+def test_a_full_lookup_queue_is_503_at_once_not_a_call_left_waiting() -> None:
+    """route_soon refuses at once when its queue is full (StoreBusy, store/offload.py): the
+    caller gets 503 with Retry-After in the same batch, and no call stays behind waiting
+    for a lookup that was never queued."""
+    async def flow() -> ShellHarness:
+        h = ShellHarness()
+
+        def route_soon(x: str, caller: str, now: float) -> Any:
+            raise StoreBusy("1024 store calls already waiting")
+        h.store.route_soon = route_soon  # type: ignore[attr-defined]
+        h.deliver(a_invite(), A_ADDR)
+        await h.idle()
+        return h
+
+    h = asyncio.run(flow())
     responses = [m for m, _d, _t in h.sent if isinstance(m, Response)]
     assert [r.status for r in responses] == [100, 503]
     assert responses[-1].headers.get("retry-after") == "5"

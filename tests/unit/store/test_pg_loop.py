@@ -1,0 +1,188 @@
+"""The call path's lookups asked from the event loop on PostgreSQL (store/pg_loop.py,
+PostgresStore.route_on_loop): answered on the loop's own connection with no lookup thread,
+the rest (a stranger's scan, an extension, a lost connection) on the threads, and every
+lookup answered once, whatever happens to that connection. Real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sipmask.clock import FakeClock
+from sipmask.errors import StoreError
+from sipmask.store.base import Binding
+from sipmask.store.offload import StoreBusy
+from sipmask.store.pg_loop import LoopReads
+from sipmask.store.postgres import PostgresStore
+from tests.support.store import TENANTS, A, B, X
+
+STRANGER = "13700000003"
+
+
+@pytest.fixture
+def store(pg_dsn: str, pg_key: Path, clock: FakeClock) -> Iterator[PostgresStore]:
+    s = PostgresStore(pg_dsn, clock, pool_size=2, call_workers=2, key_file=pg_key)
+    s.sync_tenants(TENANTS)
+    yield s
+    s.close()
+
+
+def counting_threads(store: PostgresStore) -> list[str]:
+    """The names of the functions the store's lookup threads are given, from now on."""
+    ran: list[str] = []
+    submit = store.calls.submit
+
+    def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        ran.append(fn.__name__)
+        return submit(fn, *args)
+    store.calls.submit = counted  # type: ignore[method-assign]
+    return ran
+
+
+async def until(check: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_lookups_are_answered_on_the_loop_with_no_thread(store: PostgresStore,
+                                                         clock: FakeClock) -> None:
+    made = store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
+    ran = counting_threads(store)
+    now = clock.wall()
+
+    async def flow() -> tuple[Binding | None, list[Binding | None]]:
+        # The first lookup finds the loop's connection not made yet: the threads answer it
+        # while it is made.
+        first = await store.route_on_loop(X, A, now)
+        reads = store._on_loop
+        assert reads is not None
+        await until(lambda: reads.up)
+        asked = [store.route_on_loop(X, A if i % 3 else B, now) for i in range(60)]
+        asked.append(store.route_on_loop("700100000000999", A, now))     # bound to nobody
+        asked.append(store.route_on_loop(X, STRANGER, now))              # 403: X scanned
+        return first, list(await asyncio.gather(*asked))
+
+    first, answers = asyncio.run(flow())
+    assert first == made
+    assert answers[:60] == [made] * 60             # each answered once, each its own answer
+    assert answers[60] is None and answers[61] == made
+    # The threads took the first lookup, and then only the scans of X for the unbound
+    # callers: 2 of 62.
+    assert ran == ["_route", "_scan_x", "_scan_x"]
+    assert store._on_loop is not None and store._on_loop.sent == 62
+
+
+def test_a_lost_loop_connection_sends_its_lookups_to_the_threads_then_comes_back(
+        store: PostgresStore, clock: FakeClock, pg_dsn: str) -> None:
+    made = store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
+    now = clock.wall()
+
+    async def flow() -> tuple[list[Binding | None], list[str], Binding | None, int]:
+        await store.route_on_loop(X, A, now)
+        reads = store._on_loop
+        assert reads is not None
+        reads.retry_s = 0.2
+        await until(lambda: reads.up)
+        pid = reads._pg.backend_pid
+        ran = counting_threads(store)
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            # Its server process ends while lookups wait on it: they are sent, and held
+            # by a lock on the table until then.
+            admin.execute("BEGIN")
+            admin.execute("LOCK TABLE sipmask.route IN ACCESS EXCLUSIVE MODE")
+            asked = [store.route_on_loop(X, A, now) for _ in range(20)]
+            await asyncio.sleep(0.2)
+            assert len(reads._waiting) == 20 and not any(f.done() for f in asked)
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            admin.execute("COMMIT")
+            answers = list(await asyncio.gather(*asked))
+        lost = list(ran)
+        await until(lambda: not reads.up)
+        await asyncio.sleep(0.3)                 # past retry_s: the next lookup reconnects
+        await store.route_on_loop(X, A, now)
+        await until(lambda: reads.up)
+        sent = reads.sent
+        after = await store.route_on_loop(X, A, now)
+        return answers, lost, after, reads.sent - sent
+
+    answers, lost, after, sent = asyncio.run(flow())
+    assert answers == [made] * 20                # none lost, none answered twice
+    assert lost == ["_route"] * 20               # the threads answered what was in flight
+    assert after == made and sent == 1           # and the loop's connection is back
+
+
+def test_a_read_unanswered_for_the_patience_gives_up_the_connection(pg_dsn: str) -> None:
+    async def flow() -> tuple[list[object], bool, float]:
+        loop = asyncio.get_running_loop()
+        reads = LoopReads(loop, lambda: psycopg.connect(pg_dsn, autocommit=True),
+                          b"SELECT v FROM (SELECT pg_sleep(2), $1::bytea AS v) s",
+                          patience_s=0.3, max_pending=4)
+        try:
+            assert not reads.read([b"x"], lambda _: None)      # not up: nothing sent
+            await until(lambda: reads.up)
+            got: list[object] = []
+            started = time.monotonic()
+            assert reads.read([b"x"], got.append)
+            await until(lambda: bool(got))
+            return got, reads.up, time.monotonic() - started
+        finally:
+            reads.close()
+
+    got, up, took = asyncio.run(flow())
+    assert len(got) == 1 and isinstance(got[0], StoreError)
+    assert "no answer within 0.3 s" in str(got[0])
+    assert not up and took < 1.5                 # not the statement's 2 s
+
+
+def test_reads_past_the_queue_are_refused_at_once_and_answers_never_come_inside_read(
+        pg_dsn: str) -> None:
+    async def flow() -> tuple[list[object], list[object]]:
+        loop = asyncio.get_running_loop()
+        reads = LoopReads(loop, lambda: psycopg.connect(pg_dsn, autocommit=True),
+                          b"SELECT $1::bytea", patience_s=5, max_pending=2)
+        try:
+            reads.read([b"a"], lambda _: None)
+            await until(lambda: reads.up)
+            got: list[object] = []
+            assert reads.read([b"one"], got.append) and reads.read([b"two"], got.append)
+            with pytest.raises(StoreBusy):
+                reads.read([b"three"], got.append)
+            inside = list(got)
+            await until(lambda: len(got) == 2)
+            return inside, got
+        finally:
+            reads.close()
+
+    inside, got = asyncio.run(flow())
+    assert inside == [] and got == [b"one", b"two"]
+
+
+def test_close_gives_back_the_loop_connection(store: PostgresStore, clock: FakeClock,
+                                              pg_dsn: str) -> None:
+    store.create(mode="axb", tenant="demo", a=A, b=B, x=X)
+
+    async def flow() -> int:
+        await store.route_on_loop(X, A, clock.wall())
+        reads = store._on_loop
+        assert reads is not None
+        await until(lambda: reads.up)
+        pid: int = reads._pg.backend_pid
+        store.close()
+        assert not reads.up
+        return pid
+
+    pid = asyncio.run(flow())
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                            (pid,)).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the loop's session is still open"
+            time.sleep(0.05)
