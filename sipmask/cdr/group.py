@@ -16,11 +16,12 @@ so one bad record cannot fail the others; the one that still fails raises in its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sipmask.cdr.record import Cdr
 from sipmask.cdr.store import CdrSink
+from sipmask.errors import StoreError
 
 Op = tuple[bool, Cdr]     # (final, record): final records as CdrSink.write, else call_up
 
@@ -66,10 +67,34 @@ class CdrGroupCommit:
             running.set_result(self._commit(batch))
             self._finished(loop, ops, running)
             return
+        on_loop = getattr(self.sink, "write_batch_on_loop", None)
+        writing = None
+        if on_loop is not None:
+            try:
+                writing = on_loop(batch)
+            except Exception:
+                pass                     # a record that cannot be sealed: the thread's way
+        if writing is not None:
+            running = loop.create_task(self._commit_on_loop(loop, writing, batch))
+        else:
+            running = loop.run_in_executor(self._writer(), self._commit, batch)
+        running.add_done_callback(lambda f: self._finished(loop, ops, f))
+
+    def _writer(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdr-commit")
-        running = loop.run_in_executor(self._executor, self._commit, batch)
-        running.add_done_callback(lambda f: self._finished(loop, ops, f))
+        return self._executor
+
+    async def _commit_on_loop(self, loop: asyncio.AbstractEventLoop,
+                              writing: Awaitable[None], batch: list[Op]
+                              ) -> list[Exception | None]:
+        """The batch committed on the loop (PostgreSQL); if that fails for any reason, the
+        writer thread's way, which retries through a failover and record by record."""
+        try:
+            await writing
+        except Exception:
+            return await loop.run_in_executor(self._writer(), self._commit, batch)
+        return [None] * len(batch)
 
     def _commit(self, ops: Sequence[Op]) -> list[Exception | None]:
         """On the writer thread: one transaction, or one per record when that fails."""
@@ -90,7 +115,8 @@ class CdrGroupCommit:
     def _finished(self, loop: asyncio.AbstractEventLoop,
                   ops: list[tuple[bool, Cdr, asyncio.Future[None]]],
                   result: asyncio.Future[list[Exception | None]]) -> None:
-        exc = result.exception()
+        exc = (StoreError("the CDR commit was cancelled (shutting down)")
+               if result.cancelled() else result.exception())
         errors = result.result() if exc is None else [exc] * len(ops)
         for (_, _, done), error in zip(ops, errors, strict=True):
             if done.done():

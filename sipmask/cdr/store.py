@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import builtins
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -119,6 +119,16 @@ class CdrLog:
         few statements in one round trip (a `get` of each journal entry before deleting it
         was a round trip per record). The journal's puts go before its deletes, so a call
         answered and ended within one batch leaves no entry."""
+        self.store.write(self._batch(ops))
+
+    def write_batch_on_loop(self, ops: Sequence[tuple[bool, Cdr]]) -> Awaitable[None] | None:
+        """`write_batch` committed on the running event loop, where the store can
+        (PostgreSQL: store.write_on_loop); None where it cannot, or not now: then
+        `write_batch` on the writer thread."""
+        on_loop = getattr(self.store, "write_on_loop", None)
+        return None if on_loop is None else on_loop(self._batch(ops))
+
+    def _batch(self, ops: Sequence[tuple[bool, Cdr]]) -> Callable[[Txn], None]:
         rows: dict[str, dict[bytes, bytes]] = {UP: {}, DB: {}, BY_BINDING: {}}
         closed: list[bytes] = []
         for final, cdr in ops:
@@ -136,7 +146,7 @@ class CdrLog:
                     txn.put_rows(db, sorted(items.items()))
             if closed:
                 txn.delete_many(UP, closed)
-        self.store.write(run)
+        return run
 
     def heartbeat(self, now: float) -> None:
         self.store.write(lambda txn: txn.put(UP, _beat_key(self.node), struct.pack(">d", now)))

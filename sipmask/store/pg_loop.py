@@ -25,7 +25,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -42,6 +42,7 @@ _NAME = b"sipmask_loop_read"
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _BAD = pq.ConnStatus.BAD
+_IDLE = pq.TransactionStatus.IDLE
 
 
 class LoopReads:
@@ -244,3 +245,104 @@ class LoopReads:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class LoopWrites:
+    """Transactions of write statements (no answers read) sent on `loop` over one psycopg
+    AsyncConnection in pipeline mode: BEGIN, the statements, COMMIT in one round trip, with
+    no thread between (cdr/group.py's CDR and journal batches on PostgreSQL). `connect` makes
+    the connection (awaited in a task of its own); until it is up, and for `retry_s` after
+    it is lost, `ready` says no and the caller writes on its thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]], *,
+                 retry_s: float = 1.0) -> None:
+        self.loop = loop
+        self._connect = connect
+        self.retry_s = retry_s
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._next_try = 0.0
+        self._closed = False
+        self._running = False
+        self.committed = 0                     # transactions committed here (tests)
+
+    @property
+    def up(self) -> bool:
+        return self._conn is not None
+
+    def ready(self) -> bool:
+        """Whether `run` may be called now (on the loop's thread); when not, a connection is
+        being made unless the last one was lost within `retry_s`."""
+        if self._conn is not None:
+            return not self._running
+        if (self._connecting is None and not self._closed
+                and time.monotonic() >= self._next_try):
+            self._connecting = self.loop.create_task(self._make())
+        return False
+
+    async def _make(self) -> None:
+        try:
+            conn = await self._connect()
+        except Exception as exc:                        # retried later
+            self._next_try = time.monotonic() + self.retry_s
+            log.info("store.loop_writes_down", error=_first_line(exc))
+        else:
+            if self._closed:
+                conn.pgconn.finish()
+            else:
+                self._conn = conn
+        finally:
+            self._connecting = None
+
+    async def run(self, begin: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """One transaction (as PostgresStore._once runs one on a thread); psycopg.Error
+        when it failed: rolled back, or the connection lost (then `ready` says no for
+        `retry_s`; a COMMIT it broke may or may not have been applied). One at a time."""
+        conn = self._conn
+        assert conn is not None and not self._running, "run() while not ready()"
+        self._running = True                   # one at a time
+        try:
+            async with conn.pipeline() as pipe:
+                cur = conn.cursor()
+                try:
+                    await cur.execute(begin)
+                    for sql, params in statements:
+                        await cur.execute(sql, params)
+                except BaseException:
+                    if not conn.broken:        # a failed statement stops it until a Sync
+                        with contextlib.suppress(psycopg.Error):
+                            await pipe.sync()
+                        with contextlib.suppress(psycopg.Error):
+                            await cur.execute("ROLLBACK")
+                    raise
+                await cur.execute("COMMIT")    # answered with the Sync that ends the pipeline
+        except BaseException as exc:
+            if conn.broken or not isinstance(exc, psycopg.Error):
+                self._conn = None
+                conn.pgconn.finish()
+                self._next_try = time.monotonic() + self.retry_s
+                log.warning("store.loop_writes_lost", error=_first_line(exc))
+            elif conn.pgconn.transaction_status != _IDLE:     # failed at its COMMIT
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("ROLLBACK")
+            self._running = False
+            self._give_back(conn)
+            raise
+        self._running = False
+        self.committed += 1
+        self._give_back(conn)
+
+    def _give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self._closed:                       # closed while it ran
+            conn.pgconn.finish()
+
+    def close(self) -> None:
+        """Close the connection (a transaction in flight finishes first, then closes)."""
+        self._closed = True
+        if self._connecting is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._connecting.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None and not self._running:   # else when its transaction ends
+            conn.pgconn.finish()

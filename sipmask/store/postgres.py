@@ -55,11 +55,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -72,7 +72,7 @@ from sipmask.observability.logging import get_logger
 from sipmask.store import codec, crypto, reseal
 from sipmask.store.base import Binding
 from sipmask.store.offload import Offload
-from sipmask.store.pg_loop import LoopReads
+from sipmask.store.pg_loop import LoopReads, LoopWrites
 from sipmask.store.pg_schema import (
     PARTITIONS_SQL,
     RULES_LOCK,
@@ -170,12 +170,53 @@ def _where(dsn: str) -> str:
     return f"{pairs}/{p.get('dbname') or ''}"
 
 
+class _DayMaker(Protocol):
+    def ensure_day(self, day: int) -> None: ...
+
+
+class _NotOnLoop(Exception):
+    """What write_on_loop cannot do there: a read, or a CDR day's partition to make."""
+
+
+class _Statements:
+    """A cursor that keeps the statements it is given instead of running them
+    (write_on_loop): writes only."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, Any]] = []
+
+    def execute(self, sql: str, params: Any = None) -> _Statements:
+        self.statements.append((sql, params))
+        return self
+
+    def fetchone(self) -> Any:
+        raise _NotOnLoop("a read")
+
+    fetchall = fetchone
+
+    @property
+    def connection(self) -> Any:
+        raise _NotOnLoop("a read")
+
+
+class _KnownDays:
+    """ensure_day for a _Statements transaction: a day already made passes, any other
+    stops it (making one is DDL on a connection of its own: on a thread)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._days = store._days
+
+    def ensure_day(self, day: int) -> None:
+        if day not in self._days:
+            raise _NotOnLoop(f"day {day} has no partition yet")
+
+
 class _PgTxn:
     """rules.Txn over one connection's cursor (inside a transaction, or not: `route`)."""
 
     __slots__ = ("cur", "store")
 
-    def __init__(self, store: PostgresStore, cur: psycopg.Cursor[Any]) -> None:
+    def __init__(self, store: _DayMaker, cur: psycopg.Cursor[Any] | _Statements) -> None:
         self.store = store
         self.cur = cur
 
@@ -357,6 +398,7 @@ class PostgresStore(RuleStore):
                              f"within {connect_timeout_s:g} s") from None
         self.calls = Offload(call_workers, call_queue, "store-lookup")
         self._on_loop: LoopReads | None = None       # route_on_loop's connection
+        self._on_loop_writes: LoopWrites | None = None   # write_on_loop's
         self.reads = Offload(READ_WORKERS, READ_QUEUE, "store-read")
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bg")
         try:
@@ -412,7 +454,7 @@ class PostgresStore(RuleStore):
         `alone`: refuse while another sipmask session is connected (a rekey: a node still
         running would hold the old key)."""
         def run(txn: Txn) -> int | None:
-            assert isinstance(txn, _PgTxn)
+            assert isinstance(txn, _PgTxn) and isinstance(txn.cur, psycopg.Cursor)
             cur = txn.cur
             cur.execute(f"LOCK TABLE {', '.join(t.qname for t in TABLES.values())} "
                         "IN EXCLUSIVE MODE")
@@ -686,6 +728,37 @@ class PostgresStore(RuleStore):
         """A rules write: one writer at a time across all nodes (module docstring)."""
         return self._run(fn, _WRITE, lock=True, retry_commit=False)
 
+    def write_on_loop(self, fn: Callable[[Txn], None]) -> Awaitable[None] | None:
+        """`write` asked from the running event loop and committed there, on the loop's
+        own connection (store/pg_loop.py LoopWrites: no thread, so no wait for the GIL
+        between the socket and the loop): fn's statements are gathered first, then sent
+        as one transaction in one round trip. fn may only write, and only into CDR days
+        already made. None when that connection is not up or fn needs more (a read, a
+        day's partition): the caller then runs `write` on its thread. The awaitable raises
+        psycopg.Error when the transaction failed; the caller's `write` then tries again
+        (fn puts and deletes its own keys: running it twice is safe)."""
+        writes = self._on_loop_writes
+        loop = asyncio.get_running_loop()
+        if writes is None or writes.loop is not loop:
+            if writes is not None:
+                writes.close()           # a loop before this one (tests run many)
+            writes = self._on_loop_writes = LoopWrites(loop, self._connect_async)
+        if not writes.ready():
+            return None
+        cur = _Statements()
+        try:
+            fn(_PgTxn(_KnownDays(self), cur))
+        except _NotOnLoop:
+            return None
+        # A server that stops answering without closing: given up (and the caller's
+        # `write` tries) after failover_s, as a thread's try would be.
+        return asyncio.wait_for(writes.run(_WRITE, cur.statements), self.failover_s)
+
+    async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, connect_timeout=max(1, int(self._timeout)),
+            application_name=self.session_name)
+
     def write(self, fn: Callable[[Txn], T]) -> T:
         """A write of a module's own records (CDRs, journal, outbox): no rules lock; fn
         only puts and deletes keys of its own call or node, so running it again after a
@@ -813,7 +886,7 @@ class PostgresStore(RuleStore):
         """fn(cursor) in a READ COMMITTED transaction, retried as `write` is: for the
         events outbox's queue statements (events/outbox.py), which are not key-value."""
         def run(txn: Txn) -> T:
-            assert isinstance(txn, _PgTxn)
+            assert isinstance(txn, _PgTxn) and isinstance(txn.cur, psycopg.Cursor)
             return fn(txn.cur)
         return self._run(run, _WRITE, lock=False, retry_commit=True)
 
@@ -833,6 +906,8 @@ class PostgresStore(RuleStore):
     def close(self) -> None:
         if self._on_loop is not None:
             self._on_loop.close()
+        if self._on_loop_writes is not None:
+            self._on_loop_writes.close()
         self.background.shutdown(wait=True)
         self.calls.close()
         self.reads.close()

@@ -1,24 +1,33 @@
-"""The call path's lookups asked from the event loop on PostgreSQL (store/pg_loop.py,
-PostgresStore.route_on_loop): answered on the loop's own connection with no lookup thread,
-the rest (a stranger's scan, an extension, a lost connection) on the threads, and every
-lookup answered once, whatever happens to that connection. Real PostgreSQL server."""
+"""The call path's PostgreSQL work done from the event loop (store/pg_loop.py):
+- lookups (PostgresStore.route_on_loop) answered on the loop's own connection with no
+  lookup thread, the rest (a stranger's scan, an extension, a lost connection) on the
+  threads, and every lookup answered once, whatever happens to that connection;
+- CDR and journal batches (cdr/group.py through write_on_loop) committed on the loop, and
+  on the writer thread whenever the loop cannot (not connected, lost, a day's partition to
+  make, a failed statement), with no record lost or written twice.
+Real PostgreSQL server."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from sipmask.cdr.group import CdrGroupCommit
+from sipmask.cdr.record import Cdr
+from sipmask.cdr.store import CdrLog
 from sipmask.clock import FakeClock
 from sipmask.errors import StoreError
 from sipmask.store.base import Binding
 from sipmask.store.offload import StoreBusy
 from sipmask.store.pg_loop import LoopReads
+from sipmask.store.pg_schema import day_of_key, partition_name
 from sipmask.store.postgres import PostgresStore
 from tests.support.store import TENANTS, A, B, X
 
@@ -186,3 +195,110 @@ def test_close_gives_back_the_loop_connection(store: PostgresStore, clock: FakeC
                             (pid,)).fetchone() != (0,):
             assert time.monotonic() < deadline, "the loop's session is still open"
             time.sleep(0.05)
+
+
+CALL = Cdr(call_id="c", tenant="demo", binding_id="b1", x=X, caller=A, callee=B,
+           direction="a_to_b", invite_at=0.0, ring_at=None, answer_at=None, end_at=None,
+           duration_s=0.0, release_side=None, sip_status=200, unconnected_cause="none")
+
+
+class Counted(CdrLog):
+    """A CdrLog that counts the batches its writer thread commits."""
+
+    on_thread = 0
+
+    def write_batch(self, ops: Any) -> None:
+        self.on_thread += 1
+        super().write_batch(ops)
+
+
+def calls(now: float, n: int, tag: str) -> tuple[list[Cdr], list[Cdr]]:
+    """n answered calls' journal entries and their final records."""
+    up = [replace(CALL, call_id=f"{tag}{i}", invite_at=now, answer_at=now + 1)
+          for i in range(n)]
+    return up, [replace(c, end_at=now + 3, duration_s=2.0, release_side="caller") for c in up]
+
+
+def test_cdr_batches_commit_on_the_loop_and_on_the_thread_only_when_it_cannot(
+        store: PostgresStore, clock: FakeClock) -> None:
+    log = Counted(store)
+    group = CdrGroupCommit(log)
+    now = clock.wall()
+    up, ended = calls(now, 30, "c")
+
+    async def flow() -> tuple[int, int]:
+        # Not up yet: on the thread, which also makes the day's CDR partition if needed.
+        await group.write(replace(CALL, call_id="first", invite_at=now, end_at=now))
+        first = log.on_thread
+        writes = store._on_loop_writes
+        assert writes is not None
+        await until(lambda: writes.up)
+        await asyncio.gather(*(group.call_up(c) for c in up))
+        assert sorted(c.call_id for c in log.calls_up()) == sorted(c.call_id for c in up)
+        await asyncio.gather(*(group.write(c) for c in ended))
+        return first, writes.committed
+
+    try:
+        first, committed = asyncio.run(flow())
+    finally:
+        group.close()
+    assert first == 1 and log.on_thread == 1    # only the batch before it was up
+    assert committed >= 2
+    assert sorted(c.call_id for c in log.list()) == sorted(
+        ["first", *(c.call_id for c in ended)])
+    assert log.calls_up() == []                   # each final record closed its entry
+
+
+def test_cdr_batches_the_loop_cannot_commit_go_to_the_thread_and_none_is_lost(
+        store: PostgresStore, clock: FakeClock, pg_dsn: str) -> None:
+    log = Counted(store)
+    group = CdrGroupCommit(log)
+    now = clock.wall()
+    later = now + 400 * 86_400            # a day whose CDR partition is not made yet
+    up, ended = calls(now, 10, "c")
+
+    async def flow() -> list[int]:
+        async def until_up() -> None:
+            """A journal entry at a time (the thread's, until one finds the loop's
+            connection up: a batch asks for it)."""
+            while not (store._on_loop_writes and store._on_loop_writes.up):
+                await group.call_up(replace(CALL, call_id="warm", invite_at=now))
+                await asyncio.sleep(0.05)
+        await group.write(replace(CALL, call_id="day", invite_at=now, end_at=now))
+        await until_up()
+        writes = store._on_loop_writes
+        assert writes is not None
+        writes.retry_s = 0.2
+        on_thread = [log.on_thread]
+        # Its connection ends between two batches: the next batch finds it broken.
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            pid = writes._conn.pgconn.backend_pid if writes._conn else 0
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            await asyncio.sleep(0.2)
+            await asyncio.gather(*(group.call_up(c) for c in up))
+            on_thread.append(log.on_thread)
+            await asyncio.sleep(0.25)             # past retry_s
+            await until_up()
+            on_thread.append(log.on_thread)
+            # A day with no partition: made on the thread, whatever the loop could do.
+            await group.write(replace(CALL, call_id="later", invite_at=later, end_at=later))
+            on_thread.append(log.on_thread)
+            # Another node's retention dropped a day we made (our cache says it is
+            # there): the loop's statement fails, the thread's try makes it again.
+            day = day_of_key(int(now * 1_000_000).to_bytes(8, "big"))
+            admin.execute(f"DROP TABLE sipmask.{partition_name(day)}")
+            await asyncio.gather(*(group.write(c) for c in ended))
+            on_thread.append(log.on_thread)
+        return on_thread
+
+    try:
+        on_thread = asyncio.run(flow())
+    finally:
+        group.close()
+    assert on_thread[1] == on_thread[0] + 1      # the lost connection's batch
+    assert on_thread[3] == on_thread[2] + 1      # the new day's
+    assert on_thread[4] == on_thread[3] + 1      # the dropped day's
+    # ("day" went with its partition, as retention's records do.)
+    assert sorted(c.call_id for c in log.list()) == sorted(
+        ["later", *(c.call_id for c in ended)])
+    assert [c.call_id for c in log.calls_up()] == ["warm"]
