@@ -16,6 +16,7 @@ so one bad record cannot fail the others; the one that still fails raises in its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,10 +71,9 @@ class CdrGroupCommit:
         on_loop = getattr(self.sink, "write_batch_on_loop", None)
         writing = None
         if on_loop is not None:
-            try:
+            # A record that cannot be sealed raises here: the thread's way finds which.
+            with contextlib.suppress(Exception):
                 writing = on_loop(batch)
-            except Exception:
-                pass                     # a record that cannot be sealed: the thread's way
         if writing is not None:
             running = loop.create_task(self._commit_on_loop(loop, writing, batch))
         else:
