@@ -290,8 +290,8 @@ class StoreConfig:
     dsn: str | None = None
     map_size_mb: int = 64
     sweep_interval_s: int = 5
-    pool_size: int = 10            # postgres: connections per process
-    lookup_threads: int = 4        # postgres: call-path lookups run on these threads
+    pool_size: int = 10            # postgres: connections per process (threads; +2 the loop's)
+    lookup_threads: int = 4        # postgres: lookups the loop's connection does not answer
     lookup_queue: int = 1024       # postgres: lookups waiting beyond this are refused (503)
     # 32 random bytes, mode 0600: real numbers are sealed with it (store/crypto.py). LMDB
     # makes it on first start when missing; PostgreSQL refuses to start without it (every

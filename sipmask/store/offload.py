@@ -1,7 +1,9 @@
 """Store work the event loop must not wait for: bounded pools of threads.
 
-A lookup on PostgreSQL is a network round trip. The engine's shell hands it to `Offload`
-and awaits the future, so the loop keeps serving other calls meanwhile:
+A lookup on PostgreSQL is a network round trip. The engine asks the store's `route_on_loop`
+first (the loop's own connection, store/pg_loop.py); what that cannot answer, and any store
+with only `route_soon`, runs on `Offload`'s threads and is awaited as a future, so the loop
+keeps serving other calls meanwhile:
 
     future = lookup(store, x, caller, now)       # raises StoreBusy: answer 503
     binding = await asyncio.wrap_future(future)  # StoreError: the database failed (503)

@@ -26,10 +26,14 @@ connection breaks during COMMIT the outcome is unknown: a rules write then raise
 StoreError saying so (a retried create would be refused as a duplicate of itself), while
 `write` (CDRs, journal, heartbeats, acks: all idempotent puts and deletes) retries.
 
-The call path never waits on the network in the event loop: `route_soon` runs lookups on a
-bounded thread pool (store/offload.py) and returns a future; the HTTP API's reads run on
-`reads`, a pool of their own (offload.soon); CDR commits already run on cdr/group.py's
-writer thread (group commit), and outbox events on `background`.
+The call path never waits on the network in the event loop, and hands the GIL to no thread
+where it can help it: `route_on_loop` sends a lookup on the loop's own connection and takes
+its answer when the socket is readable, and cdr/group.py's batches (CDRs, the journal)
+commit the same way (`write_on_loop`; both store/pg_loop.py). Whatever those cannot do (a
+stranger's scan of X, an extension, anything while their connection is down) runs on
+threads: lookups on a bounded pool (`route_soon`, store/offload.py), batches on the group
+commit's writer thread. The HTTP API's reads run on `reads`, a pool of their own
+(offload.soon), and outbox events on `background`.
 
 Real numbers are sealed with the key in `store.key_file` (store/crypto.py), as on LMDB, so
 a `pg_dump` or a stolen disk shows none. Every node must use the same key, so this store
