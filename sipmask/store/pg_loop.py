@@ -71,6 +71,7 @@ class LoopReads:
         self._waiting: collections.deque[tuple[Answer, float]] = collections.deque()
         self._result: Any = None              # the current read's rows, until its end
         self._watch: asyncio.TimerHandle | None = None
+        self._told = False                    # this outage is in the log already
         self._lock = threading.Lock()         # close() from another thread vs _attach
         self.sent = 0                         # reads sent on this connection (tests)
 
@@ -157,6 +158,7 @@ class LoopReads:
     # -- losing and making the connection ---------------------------------------------------
     def _lost(self, why: str) -> None:
         log.warning("store.loop_reads_lost", error=why, waiting=len(self._waiting))
+        self._told = True
         self._detach()
         self._next_try = time.monotonic() + self.retry_s
         failed = StoreError(f"the loop's PostgreSQL connection was lost: {why}")
@@ -216,7 +218,9 @@ class LoopReads:
     def _failed(self, why: str) -> None:
         self._connecting = False
         self._next_try = time.monotonic() + self.retry_s
-        log.info("store.loop_reads_down", error=why)
+        if not self._told:               # once an outage: a try a second would flood the log
+            self._told = True
+            log.info("store.loop_reads_down", error=why)
 
     def _attach(self, conn: psycopg.Connection[Any]) -> None:
         self._connecting = False
@@ -228,6 +232,7 @@ class LoopReads:
             pg.nonblocking = 1
             pg.enter_pipeline_mode()
             self._conn, self._pg, self._fd = conn, pg, pg.socket
+        self._told = False
         self.loop.add_reader(self._fd, self._readable)
 
     def close(self) -> None:
@@ -265,6 +270,7 @@ class LoopWrites:
         self._next_try = 0.0
         self._closed = False
         self._running = False
+        self._told = False                     # this outage is in the log already
         self.committed = 0                     # transactions committed here (tests)
 
     @property
@@ -286,12 +292,14 @@ class LoopWrites:
             conn = await self._connect()
         except Exception as exc:                        # retried later
             self._next_try = time.monotonic() + self.retry_s
-            log.info("store.loop_writes_down", error=_first_line(exc))
+            if not self._told:           # once an outage: a try a second would flood the log
+                self._told = True
+                log.info("store.loop_writes_down", error=_first_line(exc))
         else:
             if self._closed:
                 conn.pgconn.finish()
             else:
-                self._conn = conn
+                self._conn, self._told = conn, False
         finally:
             self._connecting = None
 
@@ -323,6 +331,7 @@ class LoopWrites:
                 conn.pgconn.finish()
                 self._next_try = time.monotonic() + self.retry_s
                 log.warning("store.loop_writes_lost", error=_first_line(exc))
+                self._told = True
             elif conn.pgconn.transaction_status != _IDLE:     # failed at its COMMIT
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK")

@@ -302,3 +302,28 @@ def test_cdr_batches_the_loop_cannot_commit_go_to_the_thread_and_none_is_lost(
     assert sorted(c.call_id for c in log.list()) == sorted(
         ["later", *(c.call_id for c in ended)])
     assert [c.call_id for c in log.calls_up()] == ["warm"]
+
+
+def test_an_outage_is_logged_once_not_at_every_try_to_connect() -> None:
+    from structlog.testing import capture_logs
+    tries: list[float] = []
+
+    def refused() -> psycopg.Connection[Any]:
+        tries.append(time.monotonic())
+        raise psycopg.OperationalError("connection refused")
+
+    async def flow() -> None:
+        reads = LoopReads(asyncio.get_running_loop(), refused, b"SELECT $1::bytea",
+                          patience_s=1, max_pending=4, retry_s=0.01)
+        try:
+            deadline = time.monotonic() + 10
+            while len(tries) < 5 and time.monotonic() < deadline:
+                assert not reads.read([b"x"], lambda _: None)
+                await asyncio.sleep(0.02)
+        finally:
+            reads.close()
+
+    with capture_logs() as logs:
+        asyncio.run(flow())
+    assert len(tries) >= 5
+    assert [e["event"] for e in logs] == ["store.loop_reads_down"]
