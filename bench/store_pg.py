@@ -26,7 +26,7 @@ codec.py's encoding, the audit log; 4 pairs per X, no expiry), then copies it ke
 as `sipmask store copy` does, into PostgreSQL, the big tables with COPY (binary) and the
 small ones with the store's put_many; so both stores hold exactly the same records. Then,
 alternating PostgreSQL and LMDB round by round, lookups through the call path's entry
-(`offload.lookup` awaited with asyncio.wrap_future, as the engine's shell does) on random
+(as the engine's shell asks them: PostgreSQL's `route_on_loop`, LMDB's in place) on random
 bindings: a bound caller (one statement) and a stranger (two: the X is scanned), one at a
 time and 32 in flight: p50 and p99 µs, and lookups/s. The server gets shared_buffers 1GB
 (of this machine's 23 GB); the rest is the OS page cache.
@@ -45,9 +45,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import psycopg
@@ -395,10 +395,20 @@ def copy_to_postgres(source: LmdbStore, target: PostgresStore) -> int:
     return rows                                  # long-running database has them
 
 
+def call_path_lookup(store: Any, x: str, caller: str, now: float) -> Awaitable[Any]:
+    """A lookup as the engine's shell asks it (b2bua/engine.py `_lookup`): PostgreSQL's
+    `route_on_loop` (the loop's own connection, the lookup threads for the rest), else
+    `offload.lookup` (LMDB: answered in place)."""
+    on_loop = getattr(store, "route_on_loop", None)
+    if on_loop is not None:
+        return cast(Awaitable[Any], on_loop(x, caller, now))
+    return asyncio.wrap_future(offload.lookup(store, x, caller, now))
+
+
 async def timed_lookups(store: Any, keys: list[tuple[str, str]], parallel: int,
                         hit: bool) -> tuple[list[float], float]:
-    """Each key through offload.lookup, awaited on this loop, `parallel` in flight:
-    (seconds per lookup, wall seconds)."""
+    """Each key through the call path's lookup, awaited on this loop, `parallel` in
+    flight: (seconds per lookup, wall seconds)."""
     now = time.time()
     times: list[float] = []
     queue = list(keys)
@@ -407,7 +417,7 @@ async def timed_lookups(store: Any, keys: list[tuple[str, str]], parallel: int,
         while queue:
             x, caller = queue.pop()
             started = time.perf_counter()
-            found = await asyncio.wrap_future(offload.lookup(store, x, caller, now))
+            found = await call_path_lookup(store, x, caller, now)
             times.append(time.perf_counter() - started)
             assert found is not None and (found.a == caller) == hit, (x, caller, found)
     started = time.perf_counter()
@@ -480,7 +490,7 @@ def scale(n: int, work: Path, rounds: int, sample: int, dsn: str | None,
         pg.close()
         lm.close()
         print(f"{n:,} bindings, {rounds} rounds x {sample:,} random lookups (median of rounds; "
-              f"through offload.lookup on an asyncio loop; {lookup_threads} lookup threads); "
+              f"the call path's lookup on an asyncio loop; {lookup_threads} lookup threads); "
               f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
         for label, values in results.items():
             print(f"  {label:<34} {statistics.median(values):>12,.1f}")

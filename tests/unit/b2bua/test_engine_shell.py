@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from sipmask.b2bua.engine import Engine
@@ -135,23 +136,26 @@ def test_a_whole_call_sends_only_inside_held_batches() -> None:
     assert h.engine.calls == {} and len(h.cdrs.records) == 1
 
 
+
+def invited_with_store(name: str, fn: Callable[..., Any]) -> ShellHarness:
+    """A's INVITE through a shell whose store's `name` is `fn`, run until idle."""
+    async def flow() -> ShellHarness:
+        h = ShellHarness()
+        setattr(h.store, name, fn)
+        h.deliver(a_invite(), A_ADDR)
+        await h.idle()
+        return h
+    return asyncio.run(flow())
+
 def test_the_store_is_asked_after_the_core_returned_and_a_failure_is_500() -> None:
     """DESIGN rule 15: the lookup runs while the shell performs the batch's actions, never
     inside CallCore.handle; a store that fails answers the caller 500 and keeps nothing."""
     stacks: list[list[str]] = []
 
-    async def flow() -> ShellHarness:
-        h = ShellHarness()
-
-        def route(x: str, caller: str, now: float) -> Binding | None:
-            stacks.append([f.function for f in inspect.stack()])
-            raise OSError("store unreachable")
-        h.store.route = route  # type: ignore[method-assign]
-        h.deliver(a_invite(), A_ADDR)
-        await h.idle()
-        return h
-
-    h = asyncio.run(flow())
+    def route(x: str, caller: str, now: float) -> Binding | None:
+        stacks.append([f.function for f in inspect.stack()])
+        raise OSError("store unreachable")
+    h = invited_with_store("route", route)
     [stack] = stacks
     assert "_lookup" in stack and "handle" not in stack
     statuses = [m.status for m, _d, _t in h.sent if isinstance(m, Response)]
@@ -195,17 +199,9 @@ def test_a_full_lookup_queue_is_503_at_once_not_a_call_left_waiting() -> None:
     """route_soon refuses at once when its queue is full (StoreBusy, store/offload.py): the
     caller gets 503 with Retry-After in the same batch, and no call stays behind waiting
     for a lookup that was never queued."""
-    async def flow() -> ShellHarness:
-        h = ShellHarness()
-
-        def route_soon(x: str, caller: str, now: float) -> Any:
-            raise StoreBusy("1024 store calls already waiting")
-        h.store.route_soon = route_soon  # type: ignore[attr-defined]
-        h.deliver(a_invite(), A_ADDR)
-        await h.idle()
-        return h
-
-    h = asyncio.run(flow())
+    def route_soon(x: str, caller: str, now: float) -> Any:
+        raise StoreBusy("1024 store calls already waiting")
+    h = invited_with_store("route_soon", route_soon)
     responses = [m for m, _d, _t in h.sent if isinstance(m, Response)]
     assert [r.status for r in responses] == [100, 503]
     assert responses[-1].headers.get("retry-after") == "5"
