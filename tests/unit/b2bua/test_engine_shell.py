@@ -136,7 +136,6 @@ def test_a_whole_call_sends_only_inside_held_batches() -> None:
     assert h.engine.calls == {} and len(h.cdrs.records) == 1
 
 
-
 def invited_with_store(name: str, fn: Callable[..., Any]) -> ShellHarness:
     """A's INVITE through a shell whose store's `name` is `fn`, run until idle."""
     async def flow() -> ShellHarness:
@@ -146,6 +145,7 @@ def invited_with_store(name: str, fn: Callable[..., Any]) -> ShellHarness:
         await h.idle()
         return h
     return asyncio.run(flow())
+
 
 def test_the_store_is_asked_after_the_core_returned_and_a_failure_is_500() -> None:
     """DESIGN rule 15: the lookup runs while the shell performs the batch's actions, never
