@@ -45,9 +45,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import asyncpg
 import psycopg
@@ -395,16 +395,6 @@ def copy_to_postgres(source: LmdbStore, target: PostgresStore) -> int:
     return rows                                  # long-running database has them
 
 
-def call_path_lookup(store: Any, x: str, caller: str, now: float) -> Awaitable[Any]:
-    """A lookup as the engine's shell asks it (b2bua/engine.py `_lookup`): PostgreSQL's
-    `route_on_loop` (the loop's own connection, the lookup threads for the rest), else
-    `offload.lookup` (LMDB: answered in place)."""
-    on_loop = getattr(store, "route_on_loop", None)
-    if on_loop is not None:
-        return cast(Awaitable[Any], on_loop(x, caller, now))
-    return asyncio.wrap_future(offload.lookup(store, x, caller, now))
-
-
 async def timed_lookups(store: Any, keys: list[tuple[str, str]], parallel: int,
                         hit: bool) -> tuple[list[float], float]:
     """Each key through the call path's lookup, awaited on this loop, `parallel` in
@@ -417,7 +407,7 @@ async def timed_lookups(store: Any, keys: list[tuple[str, str]], parallel: int,
         while queue:
             x, caller = queue.pop()
             started = time.perf_counter()
-            found = await call_path_lookup(store, x, caller, now)
+            found = await offload.ask(store, x, caller, now)   # as the engine's shell
             times.append(time.perf_counter() - started)
             assert found is not None and (found.a == caller) == hit, (x, caller, found)
     started = time.perf_counter()

@@ -23,9 +23,8 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
-from concurrent.futures import Future
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sipmask.b2bua.actions import (
     CallFinished,
@@ -84,6 +83,7 @@ from sipmask.store.base import Binding, BindingStore
 from sipmask.transport.resolver import Dns
 
 log = sm_logging.get_logger("sipmask.b2bua")
+R = TypeVar("R")
 
 # A prompt's end is the backend's to report (Playback.ended); rtpengine reports it only when
 # its `play media` answer named the duration. So the shell waits at most the prompt's length
@@ -163,8 +163,7 @@ class _ListenPorts(Mapping[str, int]):
         return len(ALL)
 
 
-def _lookup_done(op: int, future: Future[Binding | None] | asyncio.Future[Binding | None]
-                 ) -> LookupDone:
+def _lookup_done(op: int, future: asyncio.Future[Binding | None]) -> LookupDone:
     if future.cancelled():
         # The store's lookup threads gave it up (the store closing): the call still gets
         # its answer (503), never waits for ever.
@@ -200,7 +199,7 @@ class Engine:
         self._results: collections.deque[CoreEvent] = collections.deque()
         self._batch = False
         # Tasks and futures in flight (each result starts a batch of its own when done).
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._starts_seen = -1          # CallTimers.starts when the loop timer was checked
@@ -342,10 +341,11 @@ class Engine:
         self.sip.send_ack(action.invite_txn_id, action.ack, dest, transport)
 
     def _lookup(self, action: Lookup) -> None:
-        # LMDB answers in microseconds on this thread; PostgreSQL on its lookup threads,
-        # never blocking the loop. Either way the answer reaches the core as an event after
-        # this batch. The one here is taken as it is, not through a done future: a
-        # concurrent Future takes its lock five times, dearer than the read.
+        # LMDB answers in microseconds on this thread; PostgreSQL on this loop's own
+        # connection or its lookup threads, never blocking the loop. Either way the answer
+        # reaches the core as an event after this batch. The one here is taken as it is,
+        # not through a done future: a concurrent Future takes its lock five times, dearer
+        # than the read.
         if offload.in_place(self.store):
             try:
                 binding = offload.route_here(self.store, action.x, action.caller, action.at,
@@ -355,35 +355,16 @@ class Engine:
             else:
                 self._results.append(LookupDone(action.id, binding))
             return
-        # PostgreSQL: asked and answered on this loop where it can (its route_on_loop),
-        # else on the store's threads. A full queue (StoreBusy) is a 503 now.
-        on_loop = getattr(self.store, "route_on_loop", None)
+        # PostgreSQL: asked and answered on this loop where it can, else on the store's
+        # threads (offload.ask). A full queue (StoreBusy) is a 503 now.
         try:
-            if on_loop is not None:
-                self._when_done(on_loop(action.x, action.caller, action.at, action.ext),
-                                partial(self._looked_up, action.id))
-                return
-            future = offload.lookup(self.store, action.x, action.caller, action.at,
-                                    action.ext)
+            answer = offload.ask(self.store, action.x, action.caller, action.at, action.ext)
         except Exception as exc:
             self._results.append(_lookup_failed(action.id, exc))
             return
-        if future.done():
-            self._results.append(_lookup_done(action.id, future))
-        else:
-            self._spawn(self._lookup_later(action.id, future))
+        self._when_done(answer, partial(self._looked_up, action.id))
 
     def _looked_up(self, op: int, future: asyncio.Future[Binding | None]) -> None:
-        self._run(_lookup_done(op, future))
-
-    async def _lookup_later(self, op: int, future: Future[Binding | None]) -> None:
-        try:
-            await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            if not future.cancelled():
-                raise                   # this task itself is cancelled (shutdown)
-        except Exception:
-            pass                        # _lookup_done reads it from the future
         self._run(_lookup_done(op, future))
 
     def _media(self, action: MediaOffer | MediaAnswer) -> None:
@@ -571,8 +552,8 @@ class Engine:
             if self.stats[key] == 1:
                 log.warning("metrics.refusal_unknown", reason=action.reason)
 
-    def _when_done(self, future: asyncio.Future[None],
-                   then: Callable[[asyncio.Future[None]], None]) -> None:
+    def _when_done(self, future: asyncio.Future[R],
+                   then: Callable[[asyncio.Future[R]], None]) -> None:
         """`then` takes `future` once it is done (from the loop, after this batch); until
         then it is in flight, as the tasks are."""
         future.add_done_callback(then)

@@ -1,12 +1,12 @@
 """Store work the event loop must not wait for: bounded pools of threads.
 
-A lookup on PostgreSQL is a network round trip. The engine asks the store's `route_on_loop`
-first (the loop's own connection, store/pg_loop.py); what that cannot answer, and any store
-with only `route_soon`, runs on `Offload`'s threads and is awaited as a future, so the loop
-keeps serving other calls meanwhile:
+A lookup on PostgreSQL is a network round trip. The engine's shell asks it through `ask`:
+the store's `route_on_loop` first (the loop's own connection, store/pg_loop.py); what that
+cannot answer, and any store with only `route_soon`, runs on `Offload`'s threads; either way
+the loop keeps serving other calls meanwhile:
 
-    future = lookup(store, x, caller, now)       # raises StoreBusy: answer 503
-    binding = await asyncio.wrap_future(future)  # StoreError: the database failed (503)
+    answer = ask(store, x, caller, now)          # raises StoreBusy: answer 503
+    binding = await answer                       # StoreError: the database failed (503)
 
 The HTTP API's reads (a binding, a list, CDRs, a trace, the health check) go the same way
 through `soon(store, fn)`, on threads of their own (`reads`), so a flood of them never
@@ -19,6 +19,7 @@ overload turns into 503s, not into memory and INVITEs that time out anyway.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -91,6 +92,18 @@ def lookup(store: _Routes, x: str, caller: str, now: float,
         return _here(lambda: route_here(store, x, caller, now, ext))
     route_soon: Callable[..., Future[Binding | None]] = store.route_soon  # type: ignore[attr-defined]
     return route_soon(x, caller, now, ext) if ext is not None else route_soon(x, caller, now)
+
+
+def ask(store: _Routes, x: str, caller: str, now: float,
+        ext: str | None = None) -> asyncio.Future[Binding | None]:
+    """The call path's lookup from the running event loop, answered on it: the store's own
+    `route_on_loop` where it has one (PostgreSQL: the loop's connection, its threads for
+    the rest), else `lookup`'s future. StoreBusy (a full queue) is raised here, at once."""
+    on_loop: Callable[..., asyncio.Future[Binding | None]] | None = getattr(
+        store, "route_on_loop", None)
+    if on_loop is not None:
+        return on_loop(x, caller, now, ext)
+    return asyncio.wrap_future(lookup(store, x, caller, now, ext))
 
 
 def soon(store: object, fn: Callable[[], T]) -> Future[T]:
