@@ -534,6 +534,7 @@ class Services:
         services.delivery = webhook_from_config(config.events.webhook, services.outbox)
         sources = services.metrics.sources
         sources.store_bytes = store.disk_bytes
+        sources.store_loop = getattr(store, "loop_connected", None)     # PostgreSQL
         sources.event_backlog = services.outbox.backlog
         outbox = services.outbox
         sources.events_dropped = lambda: outbox.dropped

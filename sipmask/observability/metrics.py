@@ -194,6 +194,7 @@ class Sources:
     relay: Callable[[], RelayStatsLike] | None = None             # Relay.stats
     store_bytes: Callable[[], int] | None = None                  # LmdbStore.disk_bytes
     store_bindings: Callable[[], int] | None = None
+    store_loop: Callable[[], Mapping[str, int]] | None = None     # PostgresStore.loop_connected
     event_backlog: Callable[[], int] | None = None                # Outbox.backlog
     events_dropped: Callable[[], int] | None = None               # Outbox.dropped
     event_delivery: Callable[[], DeliveryStatsLike] | None = None
@@ -394,6 +395,14 @@ class _SourceCollector(Collector):
         if self.sources.store_bindings is not None:
             yield _gauge("sipmask_store_bindings", "Bindings in the store.",
                          self.sources.store_bindings())
+        if self.sources.store_loop is not None:
+            loop = GaugeMetricFamily(
+                "sipmask_store_loop_connected", "PostgreSQL: 1 while the event loop's own "
+                "connection is up (lookups; CDR and journal batches); 0: that work goes "
+                "to threads, slower under load.", labels=["connection"])
+            for name, up in sorted(self.sources.store_loop().items()):
+                loop.add_metric([name], up)
+            yield loop
 
     def _events(self) -> Iterator[Metric]:
         if self.sources.event_backlog is not None:

@@ -826,6 +826,11 @@ class PostgresStore(RuleStore):
             return
         _settle(out, work)
 
+    def loop_connected(self) -> dict[str, int]:
+        """Whether the event loop's own connections are up, 1 or 0 (for /metrics)."""
+        return {"lookups": int(self._on_loop is not None and self._on_loop.up),
+                "batches": int(self._on_loop_writes is not None and self._on_loop_writes.up)}
+
     def _loop_reads(self, loop: asyncio.AbstractEventLoop) -> LoopReads:
         reads = self._on_loop
         if reads is None or reads.loop is not loop:

@@ -36,7 +36,7 @@ FAMILIES = {
     "sipmask_events_dropped", "sipmask_media_prompt_packets", "sipmask_media_prompts_unplayable",
     "sipmask_media_digits", "sipmask_recordings_started", "sipmask_recordings_failed",
     "sipmask_recording_queue_bytes", "sipmask_recording_writes_dropped",
-    "sipmask_recording_dropped_bytes",
+    "sipmask_recording_dropped_bytes", "sipmask_store_loop_connected",
 }
 
 
@@ -88,6 +88,7 @@ def full_metrics(tmp_path: Path, live: Live) -> tuple[Metrics, LmdbStore]:
     metrics = Metrics(Sources(
         active_calls=lambda: live.calls, transactions=lambda: live.txns, sip=lambda: sip,
         relay=RelayFigures, store_bytes=store.disk_bytes, store_bindings=lambda: 7,
+        store_loop=lambda: {"lookups": 1, "batches": 0},
         event_backlog=outbox.backlog, events_dropped=lambda: outbox.dropped,
         event_delivery=lambda: DeliveryStats(9, 2),
         media_services=lambda: ServiceCounters(prompt_packets=250, prompts_unplayable=1,
@@ -131,6 +132,8 @@ def test_render_has_every_family_and_reads_sources_at_scrape_time(tmp_path: Path
     assert got[("sipmask_events_dropped_total", ())] == 0
     assert got[("sipmask_store_bindings", ())] == 7
     assert got[("sipmask_store_bytes", ())] > 0
+    assert got[("sipmask_store_loop_connected", (("connection", "lookups"),))] == 1
+    assert got[("sipmask_store_loop_connected", (("connection", "batches"),))] == 0
     # Media services (issue 15): announcements, keys, recordings and their disk thread.
     assert got[("sipmask_media_prompt_packets_total", ())] == 250
     assert got[("sipmask_media_prompts_unplayable_total", ())] == 1

@@ -87,6 +87,7 @@ def test_lookups_are_answered_on_the_loop_with_no_thread(store: PostgresStore,
     # callers: 2 of 62.
     assert ran == ["_route", "_scan_x", "_scan_x"]
     assert store._on_loop is not None and store._on_loop.sent == 62
+    assert store.loop_connected()["lookups"] == 1    # /metrics
 
 
 def test_a_lost_loop_connection_sends_its_lookups_to_the_threads_then_comes_back(
@@ -243,6 +244,7 @@ def test_cdr_batches_commit_on_the_loop_and_on_the_thread_only_when_it_cannot(
     finally:
         group.close()
     assert first == 1 and log.on_thread == 1    # only the batch before it was up
+    assert store.loop_connected()["batches"] == 1    # /metrics
     assert committed >= 2
     assert sorted(c.call_id for c in log.list()) == sorted(
         ["first", *(c.call_id for c in ended)])
