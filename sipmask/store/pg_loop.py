@@ -8,8 +8,8 @@ lookup. Under load the lookups queued behind one another that way: at 400 calls/
 took 5.6 ms (p50) on a thread against well under 1 ms of work, setup times reached 60-150 ms
 and the pool of 1,024 waiting lookups filled (503s) at 600 calls/s. Here the loop sends
 each read without waiting (PQsendQueryPrepared, then a Sync, so a failed read fails alone)
-and takes the answers, in order, when epoll says the socket is readable: README "Where
-PostgreSQL's extra cost per call sits" has the figures.
+and takes the answers, in order, when epoll says the socket is readable: README
+"PostgreSQL on the event loop" has the figures.
 
 What stays on the threads (the caller's choice, PostgresStore.route_on_loop): anything
 while this connection is not up, and every read it could not answer (broken, an error, no
@@ -136,11 +136,11 @@ class LoopReads:
                 res, self._result = self._result, None
                 answer, _sent = waiting.popleft()
                 if res.status == _TUPLES_OK:
-                    answer(res.get_value(0, 0) if res.ntuples else None)
+                    _give(answer, res.get_value(0, 0) if res.ntuples else None)
                 else:
-                    answer(StoreError("PostgreSQL refused the read: "
-                                      + (res.error_message or b"").decode(errors="replace")
-                                      .strip()))
+                    _give(answer, StoreError(
+                        "PostgreSQL refused the read: "
+                        + (res.error_message or b"").decode(errors="replace").strip()))
             elif res.status != _SYNC:
                 self._result = res
 
@@ -164,7 +164,7 @@ class LoopReads:
         failed = StoreError(f"the loop's PostgreSQL connection was lost: {why}")
         waiting, self._waiting = self._waiting, collections.deque()
         for answer, _sent in waiting:       # later: this may run inside `read`
-            self.loop.call_soon(answer, failed)
+            self.loop.call_soon(_give, answer, failed)
 
     def _detach(self) -> None:
         """Off the loop's watch and closed (on the loop's thread)."""
@@ -246,6 +246,14 @@ class LoopReads:
             here = False
         if here or self.loop.is_closed() or not self._call(self._detach):
             self._detach()
+
+
+def _give(answer: Answer, value: bytes | StoreError | None) -> None:
+    """One answer; a caller's callback that fails is logged and costs the others nothing."""
+    try:
+        answer(value)
+    except Exception:
+        log.exception("store.loop_read_answer_failed")
 
 
 def _first_line(exc: BaseException) -> str:
