@@ -4,7 +4,8 @@
 
 For each outage length: a primary with a synchronous hot standby (tests/support/postgres.py,
 on 127.0.0.41 and .42), a store on the multi-host DSN, and a lookup asked every 50 ms
-through the call path's entry (`offload.lookup`, as an INVITE's would be) while the primary
+through the lookup threads (`offload.lookup`: where an INVITE's lookup goes once the event
+loop's own connection is lost, as it is the moment the primary dies) while the primary
 is killed (`pg_ctl stop -m immediate`) and, `outage` seconds later, the standby promoted.
 Printed per run: the window of lookups that failed (by when they were asked: the INVITEs
 that would get 503 once the engine answers StoreError with 503), how long after the kill
