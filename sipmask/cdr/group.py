@@ -17,8 +17,8 @@ A sink that can commit on the loop itself (`write_batch_on_loop`: PostgreSQL, wh
 is a network round trip, store/pg_loop.py) does so, and the writer thread then takes only
 the batches it could not (its connection down or lost, a CDR day to make, a failed
 statement): a thread waiting on a socket must win the GIL back from a busy loop to read
-the answer, which cost a journal entry 10-80 ms at 400 calls/s (README "PostgreSQL beside
-LMDB").
+the answer, which cost a journal entry 10-80 ms at 400 calls/s (README "PostgreSQL on the
+event loop").
 """
 
 from __future__ import annotations
