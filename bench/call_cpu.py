@@ -20,11 +20,12 @@ Run: python3 bench/call_cpu.py [--calls 4000] [--rate 400] [--rounds 3] [--profi
                                [--gc-threshold G0,G1,G2] [--media-ports LO-HI]
                                [--store postgres [--dsn DSN]]
 With --store postgres the store is a PostgreSQL database (a throwaway durable server from
-Debian's postgresql unless --dsn names one): lookups on the store's threads, CDRs and the
-journal over the network; the process figure then includes those threads.
+Debian's postgresql unless --dsn names one): lookups, CDRs and the journal over the network,
+from the loop's own connections (the threads take what those cannot); the process figure
+includes any thread.
 Also printed per round: the time the cyclic garbage collector ran (gc.callbacks), and the
-user and system CPU of the process's other threads per call (the CDR writer; on PostgreSQL
-the lookup threads too), which hold the GIL for their user time.
+user and system CPU of the process's other threads per call (the CDR writer on LMDB; on
+PostgreSQL whatever the loop handed to threads), which hold the GIL for their user time.
 """
 
 from __future__ import annotations
