@@ -329,3 +329,40 @@ def test_an_outage_is_logged_once_not_at_every_try_to_connect() -> None:
         asyncio.run(flow())
     assert len(tries) >= 5
     assert [e["event"] for e in logs] == ["store.loop_reads_down"]
+
+
+def test_loop_writes_roll_back_a_failed_transaction_and_give_up_a_silent_server(
+        pg_dsn: str) -> None:
+    from sipmask.store.pg_loop import LoopWrites
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+
+    async def flow() -> tuple[bool, list[int], bool, bool]:
+        writes = LoopWrites(asyncio.get_running_loop(), connect, retry_s=5)
+        try:
+            assert not writes.ready()                    # connecting
+            await until(lambda: writes.ready())
+            await writes.run("BEGIN", [("CREATE TEMP TABLE t (k int PRIMARY KEY)", None)])
+            # The second row breaks the key: the whole transaction goes, the connection
+            # stays (rolled back, ready for the next).
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await writes.run("BEGIN", [("INSERT INTO t VALUES (1)", None),
+                                           ("INSERT INTO t VALUES (1)", None)])
+            kept = writes.ready()
+            await writes.run("BEGIN", [("INSERT INTO t VALUES (%s)", (2,))])
+            assert writes._conn is not None
+            rows = [r[0] for r in await (await writes._conn.execute(
+                "SELECT k FROM t ORDER BY k")).fetchall()]
+            # A server that does not answer: given up by the caller's deadline; then the
+            # connection is gone and not made again within retry_s.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(writes.run("BEGIN", [("SELECT pg_sleep(5)", None)]),
+                                       0.3)
+            return kept, rows, writes.up, writes.ready()
+        finally:
+            writes.close()
+
+    kept, rows, up, ready = asyncio.run(flow())
+    assert kept and rows == [2]
+    assert not up and not ready
