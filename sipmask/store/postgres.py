@@ -96,7 +96,6 @@ T = TypeVar("T")
 
 log = get_logger("sipmask.store")
 
-_decode = codec.decode_binding
 _FIRST_PAGE, _MAX_PAGE = 16, 1024     # scan pages grow from 16 rows (route's scan) by x4
 _MANY = 500                           # keys per array of get_many and delete_many
 # Parameters a multi-row INSERT may take: psycopg keeps a statement's parsed form (and
@@ -782,18 +781,8 @@ class PostgresStore(RuleStore):
         # (or, with an AXE extension, X + E) holds a live binding, two when X must be
         # scanned (each statement its own snapshot; a write between them changes only
         # whether a stranger hears 403 or 404).
-        keys = self.keys
-
-        def run(txn: Txn) -> Binding | None:
-            if ext is not None:
-                return self._on_ext(txn, x, ext, now)
-            raw = txn.get("route", codec.route_key(keys, x, caller))
-            if raw is not None:
-                b = _decode(raw, keys)
-                if b.live(now):
-                    return b
-            return self._any_on_x(txn, x, now)
-        return self._run(run, None, lock=False, retry_commit=True, deadline=deadline)
+        return self._run(lambda txn: self._route_in(txn, x, caller, now, ext), None,
+                         lock=False, retry_commit=True, deadline=deadline)
 
     def route_on_loop(self, x: str, caller: str, now: float,
                       ext: str | None = None) -> asyncio.Future[Binding | None]:
@@ -850,19 +839,18 @@ class PostgresStore(RuleStore):
             # The loop's connection could not answer: the threads try, within the patience.
             self._on_threads(out, self._route, x, caller, now, None, deadline)
             return
-        if raw is not None:
-            try:
-                binding = _decode(raw, self.keys)
-            except Exception as exc:
-                out.set_exception(exc)
-                return
-            if binding.live(now):
-                out.set_result(binding)
-                return
-        self._on_threads(out, self._scan_x, x, now, deadline)
+        try:
+            binding = self._live_binding(raw, now)       # the second half of `_route_in` follows
+        except Exception as exc:
+            out.set_exception(exc)
+            return
+        if binding is not None:
+            out.set_result(binding)
+        else:
+            self._on_threads(out, self._scan_x, x, now, deadline)
 
     def _scan_x(self, x: str, now: float, deadline: float) -> Binding | None:
-        """The second half of `_route`: X's live binding for a caller it does not name."""
+        """The second half of `_route_in`: X's live binding for a caller it does not name."""
         return self._run(lambda txn: self._any_on_x(txn, x, now), None, lock=False,
                          retry_commit=True, deadline=deadline)
 

@@ -1263,29 +1263,30 @@ class RuleStore:
         return self._read(run)
 
     def route(self, x: str, caller: str, now: float, ext: str | None = None) -> Binding | None:
-        keys = self.keys
-        if ext is not None:
-            return self._read(lambda txn: self._on_ext(txn, x, ext, now))
+        return self._read(lambda txn: self._route_in(txn, x, caller, now, ext))
 
-        def run(txn: Txn) -> Binding | None:
-            raw = txn.get("route", codec.route_key(keys, x, caller))
-            if raw is not None:
-                b = codec.decode_binding(raw, keys)
-                if b.live(now):
-                    return b
-            return self._any_on_x(txn, x, now)
-        return self._read(run)
+    def _route_in(self, txn: Txn, x: str, caller: str, now: float,
+                  ext: str | None) -> Binding | None:
+        """The lookup's rule: with an AXE extension, X + E's binding; else the caller's own
+        binding on X, or any live one on X (`_any_on_x`: 403 rather than 404)."""
+        if ext is not None:
+            return self._on_ext(txn, x, ext, now)
+        found = self._live_binding(txn.get("route", codec.route_key(self.keys, x, caller)), now)
+        return found if found is not None else self._any_on_x(txn, x, now)
+
+    def _live_binding(self, raw: bytes | None, now: float) -> Binding | None:
+        """The binding a route record holds, if there is one and it is live at `now`."""
+        if raw is None:
+            return None
+        b = codec.decode_binding(raw, self.keys)
+        return b if b.live(now) else None
 
     def _on_ext(self, txn: Txn, x: str, ext: str, now: float) -> Binding | None:
         """The live AXE binding with extension `ext` on X (digits only, at most
         MAX_EXT_DIGITS: anything else names no binding)."""
         if not (0 < len(ext) <= MAX_EXT_DIGITS and ext.isascii() and ext.isdigit()):
             return None
-        raw = txn.get("route", codec.ext_key(x, ext))
-        if raw is None:
-            return None
-        b = codec.decode_binding(raw, self.keys)
-        return b if b.live(now) else None
+        return self._live_binding(txn.get("route", codec.ext_key(x, ext)), now)
 
     def _any_on_x(self, txn: Txn, x: str, now: float) -> Binding | None:
         """The AXN binding on X (its key is X alone, so it sorts first), or any live AXB one
@@ -1294,8 +1295,7 @@ class RuleStore:
         for i, (key, raw) in enumerate(txn.scan("route", prefix)):
             if i >= _ROUTE_SCAN or not key.startswith(prefix):
                 break
-            b = codec.decode_binding(raw, self.keys)
-            if b.live(now):
+            if (b := self._live_binding(raw, now)) is not None:
                 return b
         return None
 
