@@ -95,7 +95,7 @@ class LoopReads:
             more = pg.flush()
         except psycopg.Error as exc:
             self._waiting.append((answer, time.monotonic()))
-            self._lost(f"sending failed: {_first_line(exc)}")
+            self._lost(f"sending failed: {first_line(exc)}")
             return True
         self._waiting.append((answer, time.monotonic()))
         self.sent += 1
@@ -111,7 +111,7 @@ class LoopReads:
         try:
             more = self._pg.flush()
         except psycopg.Error as exc:
-            self._lost(f"sending failed: {_first_line(exc)}")
+            self._lost(f"sending failed: {first_line(exc)}")
             return
         if not more:
             self._writing = False
@@ -122,7 +122,7 @@ class LoopReads:
         try:
             pg.consume_input()
         except psycopg.Error as exc:
-            self._lost(_first_line(exc))
+            self._lost(first_line(exc))
             return
         if pg.status == _BAD:
             self._lost("the server closed the connection")
@@ -195,7 +195,7 @@ class LoopReads:
         try:
             conn = self._connect()
         except Exception as exc:                        # retried later
-            self._call(self._failed, _first_line(exc))
+            self._call(self._failed, first_line(exc))
             return
         try:
             res = conn.pgconn.prepare(_NAME, self._sql)
@@ -203,7 +203,7 @@ class LoopReads:
                 raise StoreError((res.error_message or b"").decode(errors="replace").strip())
         except Exception as exc:                        # retried later
             conn.close()
-            self._call(self._failed, _first_line(exc))
+            self._call(self._failed, first_line(exc))
             return
         if not self._call(self._attach, conn):
             conn.close()                                # the loop is gone
@@ -256,7 +256,8 @@ def _give(answer: Answer, value: bytes | StoreError | None) -> None:
         log.exception("store.loop_read_answer_failed")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (libpq's run to several), for a log line."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -302,7 +303,7 @@ class LoopWrites:
             self._next_try = time.monotonic() + self.retry_s
             if not self._told:           # once an outage: a try a second would flood the log
                 self._told = True
-                log.info("store.loop_writes_down", error=_first_line(exc))
+                log.info("store.loop_writes_down", error=first_line(exc))
         else:
             if self._closed:
                 conn.pgconn.finish()
@@ -338,21 +339,18 @@ class LoopWrites:
                 self._conn = None
                 conn.pgconn.finish()
                 self._next_try = time.monotonic() + self.retry_s
-                log.warning("store.loop_writes_lost", error=_first_line(exc))
+                log.warning("store.loop_writes_lost", error=first_line(exc))
                 self._told = True
             elif conn.pgconn.transaction_status != _IDLE:     # failed at its COMMIT
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK")
-            self._running = False
-            self._give_back(conn)
             raise
-        self._running = False
-        self.committed += 1
-        self._give_back(conn)
-
-    def _give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if self._closed:                       # closed while it ran
-            conn.pgconn.finish()
+        else:
+            self.committed += 1
+        finally:
+            self._running = False
+            if self._closed:                   # closed while it ran
+                conn.pgconn.finish()
 
     def close(self) -> None:
         """Close the connection (a transaction in flight finishes first, then closes)."""

@@ -76,7 +76,7 @@ from sipmask.observability.logging import get_logger
 from sipmask.store import codec, crypto, reseal
 from sipmask.store.base import Binding
 from sipmask.store.offload import Offload
-from sipmask.store.pg_loop import LoopReads, LoopWrites
+from sipmask.store.pg_loop import LoopReads, LoopWrites, first_line
 from sipmask.store.pg_schema import (
     PARTITIONS_SQL,
     RULES_LOCK,
@@ -553,7 +553,7 @@ class PostgresStore(RuleStore):
                                    application_name=self.session_name)
         except psycopg.OperationalError as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.where}: "
-                             f"{_first_line(exc)}") from None
+                             f"{first_line(exc)}") from None
 
     def migrate(self) -> tuple[int, int]:
         """Bring the schema to this version (under an advisory lock); (from, to)."""
@@ -645,10 +645,10 @@ class PostgresStore(RuleStore):
                                      f"connection to a primary within {patience:.1f} s"
                                      ) from None
             except psycopg.OperationalError as exc:
-                self._went_down(_first_line(exc))
+                self._went_down(first_line(exc))
                 if time.monotonic() >= deadline:
                     raise StoreError(f"PostgreSQL at {self.where} is unreachable: "
-                                     f"{_first_line(exc)}") from None
+                                     f"{first_line(exc)}") from None
                 self.pool.check()        # drop every connection the failure broke
             except pg_errors.UniqueViolation as exc:
                 # Only insert_rows writes without ON CONFLICT: a key it was told is new.
@@ -721,7 +721,7 @@ class PostgresStore(RuleStore):
                 # reached the server is not known.
                 raise CommitUnknown(f"the connection to PostgreSQL at {self.where} broke "
                                     "during COMMIT: the change may or may not have been "
-                                    f"applied ({_first_line(exc)})") from None
+                                    f"applied ({first_line(exc)})") from None
             return out
 
     def _read(self, fn: Callable[[Txn], T]) -> T:
@@ -917,13 +917,9 @@ def migrate_database(dsn: str) -> tuple[int, int]:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         raise StoreError(f"cannot connect to PostgreSQL at {_where(dsn)}: "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc)}") from None
     with conn:
         return migrate(conn)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _pages(rows: Iterator[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
